@@ -1,0 +1,169 @@
+"""The ``stitchkit`` command line.
+
+Every command is a function of parsed arguments that returns an exit code, and :func:`main` takes ``argv`` so tests
+call it in-process. User errors (:class:`~stitchkit.errors.StitchkitError`) print one message and exit with code 2;
+``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from .errors import StitchkitError
+
+EXIT_USER_ERROR = 2
+
+
+def _cmd_models(args) -> int:
+    from .zoo import list_models
+
+    names = list_models(args.pattern, pretrained=args.pretrained)
+    if not names:
+        raise StitchkitError(f"no supported model matches {args.pattern!r}; try a wider pattern such as '*{args.pattern}*'")
+    print("\n".join(names))
+    return 0
+
+
+def _cmd_adapters(args) -> int:
+    from .adapters import get_adapter, list_adapters
+
+    for name in list_adapters():
+        kind = get_adapter(name)
+        print(f"{name:14s} {kind.layout:7s} {kind.description}")
+    return 0
+
+
+def _cmd_stages(args) -> int:
+    from .zoo import create_model, model_spec
+
+    model = create_model(args.model, pretrained=args.pretrained, input_size=args.input_size)
+    spec = model_spec(model, args.input_size, args.model)
+    rows = [
+        {"stage": c.stage, "position": c.position, "after": c.module, "format": str(c.feature.format),
+         "shape": list(c.feature.shape), "prefix_tokens": c.feature.num_prefix_tokens}
+        for c in spec.cut_points
+    ]
+    if args.json:
+        print(json.dumps({"model": args.model, "family": spec.family, "input_size": args.input_size, "cuts": rows}, indent=2))
+        return 0
+    print(f"{args.model} ({spec.family}) at {args.input_size}x{args.input_size}")
+    print(f"{'stage':>5}  {'position':8}  {'after':24}  {'format':6}  shape")
+    for c in spec.cut_points:
+        print(f"{c.stage:>5}  {c.position:8}  {c.module:24}  {str(c.feature.format):6}  {c.feature.describe().split(' ', 1)[1]}")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from .compute import count_macs, count_params
+    from .stitching import create_stitched
+    from .zoo import create_model
+
+    model = create_stitched(
+        args.src, args.dst, gap=args.gap, adapter=args.adapter, resize=args.resize, pretrained=args.pretrained,
+        input_size=args.input_size, prefix_out=args.prefix_out, prefix_in=args.prefix_in,
+        readd_pos_embed=args.readd_pos_embed,
+    )
+    size = (3, args.input_size, args.input_size)
+    macs = count_macs(model, size)
+    src_macs = count_macs(create_model(args.src, input_size=args.input_size), size)
+    dst_macs = src_macs if args.dst == args.src else count_macs(create_model(args.dst, input_size=args.input_size), size)
+    x, y = model.config.gap
+    report = {
+        "src": args.src,
+        "dst": args.dst,
+        "gap": f"{x}:{y}",
+        "adapter": args.adapter,
+        "resize": args.resize,
+        "input_size": args.input_size,
+        "src_cut": {"stage": x, "position": "first", "after": model.src_spec.cut(*model.config.src_cut).module,
+                    "feature": model.bridge.src.describe()},
+        "dst_cut": {"stage": model.config.dst_cut[0], "position": model.config.dst_cut[1],
+                    "after": model.dst_spec.cut(*model.config.dst_cut).module,
+                    "feature": model.dst_spec.cut(*model.config.dst_cut).feature.describe()},
+        "adapters": [
+            {"in": [s.in_channels, *s.in_size], "out": [s.out_channels, *s.out_size], "resize": s.resize,
+             "stride": s.stride}
+            for s in model.steps
+        ],
+        "params": count_params(model),
+        "trainable_params": count_params(model, trainable_only=True),
+        "gmacs": macs / 1e9,
+        "gmacs_src": src_macs / 1e9,
+        "gmacs_dst": dst_macs / 1e9,
+        "macs_vs_src": macs / src_macs,
+        "macs_vs_dst": macs / dst_macs,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{args.src} stage {x} -> {args.dst} stage {y}   adapter={args.adapter} resize={args.resize} "
+          f"input={args.input_size}px")
+    print(f"  source cut      after {report['src_cut']['after']:20s} {report['src_cut']['feature']}")
+    print(f"  destination cut after {report['dst_cut']['after']:20s} {report['dst_cut']['feature']}")
+    print(f"  adapter chain ({len(model.steps)}):")
+    for i, step in enumerate(model.steps, start=1):
+        print(f"    {i}. {step.describe()}")
+    print(f"  parameters      {report['params'] / 1e6:.2f} M total, {report['trainable_params'] / 1e6:.3f} M trainable")
+    print(f"  compute         {report['gmacs']:.3f} GMACs = {100 * report['macs_vs_src']:.1f}% of {args.src} "
+          f"({report['gmacs_src']:.3f}), {100 * report['macs_vs_dst']:.1f}% of {args.dst} ({report['gmacs_dst']:.3f})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stitchkit", description="Stitch frozen parts of vision models together.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list supported model names")
+    p.add_argument("pattern", nargs="?", default="*", help="glob pattern, e.g. 'resnet*'")
+    p.add_argument("--pretrained", action="store_true", help="list timm names with pretrained tags")
+    p.set_defaults(run=_cmd_models)
+
+    p = sub.add_parser("adapters", help="list registered adapters")
+    p.set_defaults(run=_cmd_adapters)
+
+    p = sub.add_parser("stages", help="show a model's cut points: stage, position, format, shape")
+    p.add_argument("model")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--pretrained", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_cmd_stages)
+
+    p = sub.add_parser("inspect", help="show a stitched model: adapter chain, parameters, GMACs")
+    p.add_argument("--src", required=True, help="source model (its lower layers)")
+    p.add_argument("--dst", required=True, help="destination model (its upper layers and head)")
+    p.add_argument("--gap", default="1:3", help="X:Y, source stage X to destination stage Y (default 1:3)")
+    p.add_argument("--adapter", default="bottleneck")
+    p.add_argument("--resize", default="bilinear")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--prefix-out", default="concat", help="class token out of a ViT: concat, drop, add")
+    p.add_argument("--prefix-in", default="mean", help="class token into a ViT: mean, zeros, learned")
+    p.add_argument("--readd-pos-embed", action="store_true", help="re-add the destination ViT's position embedding")
+    p.add_argument("--pretrained", action="store_true", help="load pretrained weights (needs them cached or network)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 on success, 2 on a user error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        return args.run(args)
+    except StitchkitError as err:
+        if args.debug:
+            raise
+        print(f"stitchkit: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def entry_point() -> None:
+    sys.exit(main())

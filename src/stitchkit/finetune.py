@@ -1,0 +1,73 @@
+"""The paper's fine-tuning baseline: the same model with the gap's blocks removed, every weight trainable.
+
+No adapter: the blocks inside the gap are deleted except those that change the feature's shape (downsampling
+blocks, patch merging, and blocks that change the channel count inside a stage, like MobileNetV3's ``blocks.4.0``).
+Which blocks those are is read from the measured cut-point spec, not from hard-coded indices, so every family and
+every gap chains by construction; MobileNetV3 1 -> 4 works (the paper's code crashes there on a channel mismatch).
+
+Note that for models whose first block of a stage is the downsampling block (ResNet, Swin), FT(x -> x) and
+FT(x -> x+1) keep the same blocks and so are the same network; :attr:`FinetuneBaseline.kept_blocks` makes that
+visible (compare it between gaps) instead of silently training the same network twice.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .chain import parse_gap
+from .errors import IncompatibleError
+from .stitching import StitchConfig
+from .zoo import Part, dissect, model_spec, resolve_model
+
+
+class FinetuneBaseline(Part):
+    """The cut-down model: a :class:`~stitchkit.zoo.Part` with the names of the blocks it kept from the gap."""
+
+    kept_blocks: tuple[str, ...]
+    removed_blocks: tuple[str, ...]
+
+
+def create_finetune_baseline(
+    model: str | nn.Module,
+    gap: str | tuple[int, int],
+    pretrained: bool = False,
+    input_size: int = 224,
+    checkpoint_path=None,
+) -> FinetuneBaseline:
+    """The fine-tuning baseline of ``model`` for ``gap`` (all weights trainable, train mode off until asked).
+
+    Args:
+        model: a supported model name or instance (the source and the destination are this one model).
+        gap: ``(x, y)`` or ``"x:y"``, as for :func:`create_stitched`.
+        pretrained, input_size, checkpoint_path: as for :func:`create_model`.
+
+    Example:
+        >>> ft = create_finetune_baseline("resnet50", "1:3")
+        >>> ft.kept_blocks
+        ('layer2.0', 'layer3.0')
+    """
+    x, y = parse_gap(gap)
+    model, name = resolve_model(model, pretrained, checkpoint_path, input_size)
+    spec = model_spec(model, input_size, name)
+    config = StitchConfig(src=name, dst=name, gap=(x, y))
+    start = spec.cut(*config.src_cut).blocks
+    stop = spec.cut(*config.dst_cut).blocks
+    anatomy = dissect(model)
+    blocks = anatomy.blocks()
+    kept, removed = [], []
+    for i in range(start, stop):
+        changes_shape = spec.block_features[i] != spec.block_features[i - 1]
+        (kept if changes_shape else removed).append(i)
+    baseline = FinetuneBaseline(anatomy.stem, *blocks[:start], *(blocks[i] for i in kept), *blocks[stop:], anatomy.head)
+    baseline.kept_blocks = tuple(spec.block_names[i] for i in kept)
+    baseline.removed_blocks = tuple(spec.block_names[i] for i in removed)
+    baseline.requires_grad_(True)
+    try:
+        with torch.no_grad():
+            baseline.eval()(torch.zeros(1, 3, *spec.input_size, device=next(baseline.parameters()).device))
+    except RuntimeError as err:
+        raise IncompatibleError(
+            f"the fine-tuning baseline of {name} for gap {x}:{y} does not chain ({err}); this model's blocks need "
+            "an adapter between them: use create_stitched instead"
+        ) from err
+    return baseline

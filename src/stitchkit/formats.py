@@ -1,0 +1,189 @@
+"""Tensor layouts at cut points and conversions between them.
+
+Three layouts occur in the supported models:
+
+* ``NCHW``: convolutional networks (ResNet, MobileNet, ConvNeXt, RegNet).
+* ``NHWC``: Swin (timm and torchvision) keeps channels last between its blocks.
+* ``NLC``: token sequences (ViT), optionally led by prefix tokens (class token, registers) that carry no position.
+
+A :class:`FeatureSpec` describes one tensor at a cut point (per sample, batch dimension excluded). Conversions go
+through NCHW, the layout of the convolutional adapters. Prefix tokens need a policy in each direction, because an
+image has no place for them:
+
+* out of a token sequence (:data:`PREFIX_OUT_POLICIES`): ``concat`` the class token to every patch token as extra
+  channels (the paper), ``drop`` it, or ``add`` it to every patch token;
+* into a token sequence (:data:`PREFIX_IN_POLICIES`): the ``mean`` of the patch tokens (the paper), ``zeros``, or a
+  ``learned`` token.
+"""
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+from .errors import StitchkitError, unknown_name
+
+PREFIX_OUT_POLICIES = ("concat", "drop", "add")
+PREFIX_IN_POLICIES = ("mean", "zeros", "learned")
+
+
+class Format(str, enum.Enum):
+    """Memory layout of a feature tensor (batch first)."""
+
+    NCHW = "NCHW"
+    NHWC = "NHWC"
+    NLC = "NLC"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One feature tensor at a cut point: layout, channels, spatial grid and prefix tokens.
+
+    For ``NLC`` the grid is the patch grid; the sequence length is ``num_prefix_tokens + height * width``.
+    """
+
+    format: Format
+    channels: int
+    height: int
+    width: int
+    num_prefix_tokens: int = 0
+
+    def __post_init__(self):
+        if self.num_prefix_tokens and self.format is not Format.NLC:
+            raise ValueError(f"only NLC features carry prefix tokens, got {self.format} with {self.num_prefix_tokens}")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Per-sample shape in the spec's own layout."""
+        if self.format is Format.NCHW:
+            return (self.channels, self.height, self.width)
+        if self.format is Format.NHWC:
+            return (self.height, self.width, self.channels)
+        return (self.num_prefix_tokens + self.height * self.width, self.channels)
+
+    @property
+    def is_tokens(self) -> bool:
+        return self.format is Format.NLC
+
+    def with_(self, **changes) -> "FeatureSpec":
+        return replace(self, **changes)
+
+    def describe(self) -> str:
+        """Short human-readable form, e.g. ``NCHW [256, 56, 56]`` or ``NLC [1+196, 384] (14x14)``."""
+        if self.format is Format.NLC:
+            prefix = f"{self.num_prefix_tokens}+" if self.num_prefix_tokens else ""
+            return f"NLC [{prefix}{self.height * self.width}, {self.channels}] ({self.height}x{self.width})"
+        return f"{self.format} [{', '.join(str(d) for d in self.shape)}]"
+
+    @classmethod
+    def from_tensor(
+        cls, x: torch.Tensor, fmt: Format, num_prefix_tokens: int = 0, grid: tuple[int, int] | None = None
+    ) -> "FeatureSpec":
+        """Describe a batched tensor ``x`` whose layout is ``fmt``.
+
+        Token grids are taken from ``grid`` when given, otherwise assumed square.
+        """
+        if x.dim() != (3 if fmt is Format.NLC else 4):
+            raise ValueError(f"a {fmt} tensor must have {3 if fmt is Format.NLC else 4} dims, got shape {tuple(x.shape)}")
+        if fmt is Format.NCHW:
+            return cls(fmt, x.shape[1], x.shape[2], x.shape[3])
+        if fmt is Format.NHWC:
+            return cls(fmt, x.shape[3], x.shape[1], x.shape[2])
+        patches = x.shape[1] - num_prefix_tokens
+        if grid is None:
+            side = math.isqrt(patches)
+            if side * side != patches:
+                raise ValueError(f"cannot infer a square token grid from {patches} patch tokens; pass grid=")
+            grid = (side, side)
+        if grid[0] * grid[1] != patches:
+            raise ValueError(f"grid {grid} does not hold {patches} patch tokens")
+        return cls(fmt, x.shape[2], grid[0], grid[1], num_prefix_tokens)
+
+
+def channels_after_prefix_out(spec: FeatureSpec, policy: str) -> int:
+    """Channels of the image that :func:`to_nchw` makes from ``spec`` under prefix policy ``policy``."""
+    if spec.num_prefix_tokens and policy == "concat":
+        return 2 * spec.channels
+    return spec.channels
+
+
+def check_policy(policy: str, choices: tuple[str, ...], direction: str) -> None:
+    if policy not in choices:
+        raise unknown_name(f"class-token policy {direction}", policy, choices)
+
+
+def to_nchw(x: torch.Tensor, spec: FeatureSpec, prefix_policy: str = "concat") -> torch.Tensor:
+    """Convert a batched tensor described by ``spec`` to NCHW.
+
+    Prefix tokens are merged into the image by ``prefix_policy``; with several prefix tokens (class token plus
+    registers) only the first, the class token, is used.
+    """
+    if spec.format is Format.NCHW:
+        return x
+    if spec.format is Format.NHWC:
+        return x.permute(0, 3, 1, 2)
+    check_policy(prefix_policy, PREFIX_OUT_POLICIES, "out of tokens")
+    batch = x.shape[0]
+    prefix, patches = x[:, : spec.num_prefix_tokens], x[:, spec.num_prefix_tokens :]
+    if spec.num_prefix_tokens and prefix_policy == "concat":
+        patches = torch.cat([patches, prefix[:, :1].expand(-1, patches.shape[1], -1)], dim=2)
+    elif spec.num_prefix_tokens and prefix_policy == "add":
+        patches = patches + prefix[:, :1]
+    return patches.transpose(1, 2).reshape(batch, patches.shape[2], spec.height, spec.width)
+
+
+def from_nchw(
+    x: torch.Tensor,
+    spec: FeatureSpec,
+    prefix_policy: str = "mean",
+    learned_prefix: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Convert a batched NCHW tensor to the layout of ``spec``.
+
+    The image must already have ``spec``'s channels and grid. Prefix tokens are made by ``prefix_policy``;
+    ``learned`` takes them from ``learned_prefix`` of shape ``(1, num_prefix_tokens, C)``.
+    """
+    if spec.format is Format.NCHW:
+        return x
+    if spec.format is Format.NHWC:
+        return x.permute(0, 2, 3, 1)
+    tokens = x.flatten(2).transpose(1, 2)
+    n = spec.num_prefix_tokens
+    if not n:
+        return tokens
+    check_policy(prefix_policy, PREFIX_IN_POLICIES, "into tokens")
+    if prefix_policy == "mean":
+        prefix = tokens.mean(dim=1, keepdim=True).expand(-1, n, -1)
+    elif prefix_policy == "zeros":
+        prefix = tokens.new_zeros(tokens.shape[0], n, tokens.shape[2])
+    else:
+        if learned_prefix is None:
+            raise StitchkitError("prefix policy 'learned' needs the learned token tensor")
+        prefix = learned_prefix.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
+    return torch.cat([prefix, tokens], dim=1)
+
+
+def convert(
+    x: torch.Tensor,
+    src: FeatureSpec,
+    dst: FeatureSpec,
+    prefix_out: str = "concat",
+    prefix_in: str = "mean",
+    learned_prefix: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Convert ``x`` from layout ``src`` to layout ``dst`` (channels and grid must already agree).
+
+    Token sequences with the same number of prefix tokens pass through untouched.
+    """
+    if src.format is Format.NLC and dst.format is Format.NLC and src.num_prefix_tokens == dst.num_prefix_tokens:
+        return x
+    return from_nchw(to_nchw(x, src, prefix_out), dst, prefix_in, learned_prefix)

@@ -1,0 +1,6 @@
+"""The model zoo: supported architectures, their cut points, and cutting them."""
+from .anatomy import Anatomy, view
+from .families import Family, dissect, families, family_of, register_family
+from .models import create_model, family_for_name, list_models, load_checkpoint, read_state_dict, resolve_model
+from .spec import POSITIONS, STAGES, CutPoint, ModelSpec, as_size, model_spec
+from .split import Part, back_part, front_part, split

@@ -1,0 +1,109 @@
+"""A model laid out as a straight line: stem, four stages of blocks, head.
+
+Stitching needs to run "the model up to block k" and "the model from block k on". Classification networks do not
+offer that, so each supported architecture family (see :mod:`stitchkit.zoo.families`) describes its model as an
+:class:`Anatomy`. The anatomy's modules are the model's own submodules (shared, not copied): running
+``stem``, every block, then ``head`` equals ``model(x)``, which the parity tests check for every cut point.
+
+Where a family's stem or head is not a plain module (a ViT's position embedding, a timm ``forward_head``), it is a
+:func:`view` of the model: a shallow copy that owns only the submodules and parameters that part needs, so the
+model's own methods run unchanged and no parameter belongs to two parts.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ..formats import Format
+
+
+def view(model: nn.Module, modules: Iterable[str], params: Iterable[str] = (), buffers: Iterable[str] = ()) -> nn.Module:
+    """A shallow copy of ``model`` that owns only the named child modules, parameters and buffers.
+
+    Methods of the model (``forward_head``, ``_pos_embed``) can be called on the view; one that touches a part the
+    view does not own fails loudly with an AttributeError instead of silently using weights of another part.
+    """
+    modules, params, buffers = set(modules), set(params), set(buffers)
+    part = copy.copy(model)
+    part._modules = {k: v for k, v in model._modules.items() if k in modules}
+    part._parameters = {k: v for k, v in model._parameters.items() if k in params}
+    part._buffers = {k: v for k, v in model._buffers.items() if k in buffers}
+    part._non_persistent_buffers_set = set(model._non_persistent_buffers_set) & buffers
+    return part
+
+
+class Call(nn.Module):
+    """Runs ``fn(owner, x)`` where ``owner`` is a registered module (usually a :func:`view`)."""
+
+    def __init__(self, owner: nn.Module, fn: Callable[[nn.Module, torch.Tensor], torch.Tensor], name: str = "call"):
+        super().__init__()
+        self.owner = owner
+        self.fn = fn
+        self.label = name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.owner, x)
+
+    def extra_repr(self) -> str:
+        return self.label
+
+
+@dataclass
+class Anatomy:
+    """A model as ``stem -> stages[0] blocks -> ... -> stages[3] blocks -> head``.
+
+    Attributes:
+        stem: runs before the first block of stage 1 (``nn.Identity`` when the stage's first block is the stem).
+        stages: four lists of blocks. Block 0 of every stage is the block that changes resolution (a strided
+            residual block, a patch-merging layer, a patch embedding), so "after the first block" is the paper's
+            cut point directly after the stage's downsampling.
+        head: runs after the last block of stage 4 and returns logits.
+        formats: layout of the activations between blocks of each stage.
+        num_prefix_tokens: prefix (class, register) tokens of token layouts.
+        token_grid: for token layouts, the patch grid for an input size ``(H, W)``.
+        block_names: qualified module names of the blocks, parallel to ``stages``, for display.
+    """
+
+    stem: nn.Module
+    stages: list[list[nn.Module]]
+    head: nn.Module
+    formats: list[Format]
+    num_prefix_tokens: int = 0
+    token_grid: Callable[[tuple[int, int]], tuple[int, int]] | None = None
+    block_names: list[list[str]] = field(default_factory=list)
+
+    def __post_init__(self):
+        if len(self.stages) != 4 or any(len(s) == 0 for s in self.stages):
+            sizes = [len(s) for s in self.stages]
+            raise ValueError(f"an anatomy needs four non-empty stages, got block counts {sizes}")
+        if len(self.formats) != 4:
+            raise ValueError("an anatomy needs one format per stage")
+
+    def blocks(self) -> list[nn.Module]:
+        """All blocks in execution order."""
+        return [b for stage in self.stages for b in stage]
+
+    def block_index(self, stage: int, position: str) -> int:
+        """Number of blocks run before cutting at ``stage`` (1-based) ``position`` (``first`` or ``end``)."""
+        before = sum(len(s) for s in self.stages[: stage - 1])
+        return before + (1 if position == "first" else len(self.stages[stage - 1]))
+
+
+def split_evenly(items: Sequence, parts: int) -> list[list]:
+    """Split ``items`` into ``parts`` consecutive groups whose sizes differ by at most one (larger groups first)."""
+    base, extra = divmod(len(items), parts)
+    groups, start = [], 0
+    for i in range(parts):
+        size = base + (1 if i < extra else 0)
+        groups.append(list(items[start : start + size]))
+        start += size
+    return groups
+
+
+def qualified_names(model: nn.Module) -> dict[int, str]:
+    """Map ``id(module)`` to its qualified name inside ``model``."""
+    return {id(m): name for name, m in model.named_modules(remove_duplicate=False)}

@@ -1,0 +1,255 @@
+"""Architecture families: how each kind of model is laid out as an :class:`~stitchkit.zoo.anatomy.Anatomy`.
+
+A family is chosen by the model's class (never by its name), so any depth or width of a supported architecture
+works, and so does a model instance the user built. Stage boundaries come from the model's own structure: its stage
+containers (``layer1``, ``stages``, ``layers``, ``features``) or its declared ``feature_info`` reductions. Only
+ViT, which has no stages, is grouped by rule: its blocks split into four equal groups (ViT-S/16: 4 x 3).
+
+Register a new family with :func:`register_family`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import StitchkitError
+from ..formats import Format
+from .anatomy import Anatomy, Call, qualified_names, split_evenly, view
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to dissect one kind of model.
+
+    Attributes:
+        name: short family name shown to users.
+        classes: model classes handled (matched with ``isinstance``).
+        dissect: builds the anatomy of a model instance.
+        timm_modules: timm model modules whose registered names this family serves (for ``list_models``).
+        model_names: extra names served outside timm (e.g. ``torchvision:swin_t``).
+        fixed_input_size: the model is built for one input size, so ``create_model`` passes ``img_size``.
+        token_extras: for token models, returns ``(cls_token, pos_embed, num_pos_prefix, pos_grid)`` of a model
+            so that adapters can initialise a learned class token or re-add the position embedding.
+    """
+
+    name: str
+    classes: tuple[type, ...]
+    dissect: Callable[[nn.Module], Anatomy]
+    timm_modules: tuple[str, ...] = ()
+    model_names: tuple[str, ...] = ()
+    fixed_input_size: bool = False
+    token_extras: Callable[[nn.Module], tuple] | None = None
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Add a family; a second family with the same name is an error."""
+    if family.name in _FAMILIES:
+        raise ValueError(f"family {family.name!r} is already registered")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def families() -> list[Family]:
+    return list(_FAMILIES.values())
+
+
+def family_of(model: nn.Module) -> Family:
+    """The family that handles ``model``; raises a StitchkitError naming the supported classes otherwise."""
+    for family in _FAMILIES.values():
+        if isinstance(model, family.classes):
+            return family
+    supported = ", ".join(sorted(c.__name__ for f in _FAMILIES.values() for c in f.classes))
+    raise StitchkitError(
+        f"stitchkit cannot cut a {type(model).__name__}; supported model classes are {supported} "
+        "(register a Family for others)"
+    )
+
+
+def dissect(model: nn.Module) -> Anatomy:
+    """The anatomy of ``model``, with qualified block names filled in."""
+    anatomy = family_of(model).dissect(model)
+    names = qualified_names(model)
+    anatomy.block_names = [[names.get(id(b), type(b).__name__) for b in stage] for stage in anatomy.stages]
+    return anatomy
+
+
+def _join(*modules: nn.Module) -> nn.Module:
+    """One block out of several modules, skipping identities (a stem folded into a stage's first block)."""
+    kept = [m for m in modules if not isinstance(m, nn.Identity)]
+    return kept[0] if len(kept) == 1 else nn.Sequential(*kept)
+
+
+# --- timm ResNet / ResNeXt / SE-ResNet / Wide ResNet --------------------------------------------------------------
+
+
+def _resnet(model) -> Anatomy:
+    stem = nn.Sequential(model.conv1, model.bn1, model.act1, model.maxpool)
+    stages = [list(getattr(model, f"layer{i}")) for i in range(1, 5)]
+    head = Call(view(model, ["global_pool", "fc"]), lambda m, x: m.forward_head(x), "forward_head")
+    return Anatomy(stem, stages, head, [Format.NCHW] * 4)
+
+
+# --- timm EfficientNet / MobileNetV3 ------------------------------------------------------------------------------
+
+
+def _blocks_by_reduction(model) -> tuple[list[nn.Module], list[list[nn.Module]]]:
+    """Group ``model.blocks`` by output stride using the model's declared ``feature_info``.
+
+    Each feature_info entry names the last block group of one reduction; a block group belongs to the first entry
+    at or after it. Groups at stride 2 join the stem; strides 4, 8, 16, 32 are stages 1-4.
+    """
+    taps = sorted((int(f["module"].split(".")[1]), f["reduction"]) for f in model.feature_info if f["module"].startswith("blocks."))
+    early, stages = [], [[] for _ in range(4)]
+    for index, group in enumerate(model.blocks):
+        reduction = next(r for i, r in taps if i >= index)
+        target = early if reduction <= 2 else stages[min(reduction.bit_length() - 3, 3)]
+        target.extend(group.children() if isinstance(group, nn.Sequential) else [group])
+    return early, stages
+
+
+def _efficientnet(model) -> Anatomy:
+    early, stages = _blocks_by_reduction(model)
+    stem = nn.Sequential(model.conv_stem, model.bn1, *early)
+    head = Call(
+        view(model, ["conv_head", "bn2", "global_pool", "classifier"]),
+        lambda m, x: m.forward_head(m.bn2(m.conv_head(x))),
+        "conv_head, bn2, forward_head",
+    )
+    return Anatomy(stem, stages, head, [Format.NCHW] * 4)
+
+
+def _mobilenetv3(model) -> Anatomy:
+    early, stages = _blocks_by_reduction(model)
+    stem = nn.Sequential(model.conv_stem, model.bn1, *early)
+    head = Call(
+        view(model, ["global_pool", "conv_head", "norm_head", "act2", "flatten", "classifier"]),
+        lambda m, x: m.forward_head(x),
+        "forward_head",
+    )
+    return Anatomy(stem, stages, head, [Format.NCHW] * 4)
+
+
+# --- timm ConvNeXt ------------------------------------------------------------------------------------------------
+
+
+def _convnext(model) -> Anatomy:
+    # A ConvNeXt stage starts with its own downsample layer (the stem for stage 1): that layer is the first block.
+    stages = []
+    for i, stage in enumerate(model.stages):
+        first = _join(model.stem, stage.downsample) if i == 0 else stage.downsample
+        stages.append([first, *stage.blocks])
+    head = Call(view(model, ["norm_pre", "head"]), lambda m, x: m.forward_head(m.norm_pre(x)), "norm_pre, forward_head")
+    return Anatomy(nn.Identity(), stages, head, [Format.NCHW] * 4)
+
+
+# --- timm RegNet --------------------------------------------------------------------------------------------------
+
+
+def _regnet(model) -> Anatomy:
+    stages = [list(getattr(model, f"s{i}").children()) for i in range(1, 5)]
+    head = Call(view(model, ["final_conv", "head"]), lambda m, x: m.forward_head(m.final_conv(x)), "final_conv, forward_head")
+    return Anatomy(model.stem, stages, head, [Format.NCHW] * 4)
+
+
+# --- timm Vision Transformer (ViT, DeiT) --------------------------------------------------------------------------
+
+
+def _vit(model) -> Anatomy:
+    stem = Call(
+        view(
+            model,
+            ["patch_embed", "pos_drop", "patch_drop", "norm_pre"],
+            ["cls_token", "reg_token", "dist_token", "pos_embed"],
+        ),
+        lambda m, x: m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x)))),
+        "patch_embed, _pos_embed, norm_pre",
+    )
+    head = Call(
+        view(model, ["norm", "attn_pool", "fc_norm", "head_drop", "head", "head_dist"]),
+        lambda m, x: m.forward_head(m.norm(x)),
+        "norm, forward_head",
+    )
+    # ViT has no stages; like the paper, group its blocks into four equal stages (12 blocks: 3 + 3 + 3 + 3).
+    return Anatomy(
+        stem,
+        split_evenly(list(model.blocks), 4),
+        head,
+        [Format.NLC] * 4,
+        num_prefix_tokens=model.num_prefix_tokens,
+        token_grid=model.patch_embed.dynamic_feat_size,
+    )
+
+
+def _vit_token_extras(model) -> tuple:
+    pos_prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+    return model.cls_token, model.pos_embed, pos_prefix, tuple(model.patch_embed.grid_size)
+
+
+# --- timm Swin ----------------------------------------------------------------------------------------------------
+
+
+def _timm_swin(model) -> Anatomy:
+    # timm puts PatchMerging at the start of layers.k; the patch embedding plays that role for stage 1.
+    stages = []
+    for i, layer in enumerate(model.layers):
+        first = _join(model.patch_embed, layer.downsample) if i == 0 else layer.downsample
+        stages.append([first, *layer.blocks])
+    head = Call(view(model, ["norm", "head"]), lambda m, x: m.forward_head(m.norm(x)), "norm, forward_head")
+    return Anatomy(nn.Identity(), stages, head, [Format.NHWC] * 4)
+
+
+# --- torchvision Swin ---------------------------------------------------------------------------------------------
+
+
+def _torchvision_swin(model) -> Anatomy:
+    # features = [patch_embed, stage1 blocks, merge, stage2 blocks, merge, stage3 blocks, merge, stage4 blocks]
+    f = model.features
+    stages = [[f[2 * i], *f[2 * i + 1]] for i in range(4)]
+    head = nn.Sequential(model.norm, model.permute, model.avgpool, model.flatten, model.head)
+    return Anatomy(nn.Identity(), stages, head, [Format.NHWC] * 4)
+
+
+def _register_builtin() -> None:
+    import timm.models.convnext as convnext
+    import timm.models.efficientnet as efficientnet
+    import timm.models.mobilenetv3 as mobilenetv3
+    import timm.models.regnet as regnet
+    import timm.models.resnet as resnet
+    import timm.models.swin_transformer as swin
+    import timm.models.vision_transformer as vit
+    import torchvision.models.swin_transformer as tv_swin
+
+    register_family(Family("resnet", (resnet.ResNet,), _resnet, timm_modules=("resnet",)))
+    register_family(Family("efficientnet", (efficientnet.EfficientNet,), _efficientnet, timm_modules=("efficientnet",)))
+    register_family(Family("mobilenetv3", (mobilenetv3.MobileNetV3,), _mobilenetv3, timm_modules=("mobilenetv3",)))
+    register_family(Family("convnext", (convnext.ConvNeXt,), _convnext, timm_modules=("convnext",)))
+    register_family(Family("regnet", (regnet.RegNet,), _regnet, timm_modules=("regnet",)))
+    register_family(
+        Family(
+            "vit",
+            (vit.VisionTransformer,),
+            _vit,
+            timm_modules=("vision_transformer", "deit"),
+            fixed_input_size=True,
+            token_extras=_vit_token_extras,
+        )
+    )
+    register_family(Family("swin", (swin.SwinTransformer,), _timm_swin, timm_modules=("swin_transformer",), fixed_input_size=True))
+    register_family(
+        Family(
+            "torchvision_swin",
+            (tv_swin.SwinTransformer,),
+            _torchvision_swin,
+            model_names=("torchvision:swin_t", "torchvision:swin_s", "torchvision:swin_b",
+                         "torchvision:swin_v2_t", "torchvision:swin_v2_s", "torchvision:swin_v2_b"),
+        )
+    )
+
+
+_register_builtin()

@@ -1,0 +1,192 @@
+"""Build supported models by name, with pretrained weights or a local checkpoint file.
+
+Names round-trip with their libraries: timm names with an optional pretrained tag (``resnet50.a1_in1k``), and
+torchvision classification models as ``torchvision:NAME`` with an optional weights tag
+(``torchvision:swin_t.IMAGENET1K_V1``).
+"""
+from __future__ import annotations
+
+import fnmatch
+import functools
+import os
+import sys
+from pathlib import Path
+
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from ..errors import StitchkitError, unknown_name
+from .families import Family, families, family_of
+
+TORCHVISION_PREFIX = "torchvision:"
+
+
+@functools.lru_cache(maxsize=None)
+def _timm_names() -> dict[str, str]:
+    """Every timm model name stitchkit can cut, mapped to its family name."""
+    names = {}
+    for family in families():
+        for module in family.timm_modules:
+            for name in timm.list_models(module=module):
+                names.setdefault(name, family.name)
+    return names
+
+
+def _torchvision_names() -> dict[str, str]:
+    return {name: family.name for family in families() for name in family.model_names}
+
+
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Names of the supported models matching the glob ``pattern``.
+
+    Args:
+        pattern: shell-style pattern, e.g. ``"resnet*"`` or ``"*swin*"``.
+        pretrained: list timm names with their pretrained tags (``resnet50.a1_in1k``) instead of bare names.
+
+    Example:
+        >>> "resnet50" in stitchkit.list_models("resnet5*")
+        True
+    """
+    if pretrained:
+        timm_names = [n for n in timm.list_models(pretrained=True) if n.split(".")[0] in _timm_names()]
+    else:
+        timm_names = list(_timm_names())
+    names = timm_names + list(_torchvision_names())
+    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+
+
+def _split_tag(name: str) -> tuple[str, str]:
+    base, _, tag = name.partition(".")
+    return base, tag
+
+
+def family_for_name(name: str) -> Family:
+    """The family of a model name, raising a helpful error for unknown or unsupported names."""
+    by_name = {f.name: f for f in families()}
+    if name.startswith(TORCHVISION_PREFIX):
+        base = _split_tag(name)[0]
+        tv = _torchvision_names()
+        if base not in tv:
+            raise unknown_name("torchvision model", base, tv, "stitchkit models '*torchvision*' lists them")
+        return by_name[tv[base]]
+    base = _split_tag(name)[0]
+    supported = _timm_names()
+    if base in supported:
+        return by_name[supported[base]]
+    if timm.is_model(base):
+        kinds = ", ".join(sorted({f.name for f in families()}))
+        raise StitchkitError(
+            f"timm model {base!r} is not of a supported family ({kinds}); "
+            "pick a model from `stitchkit models`, or register a Family for its class"
+        )
+    raise unknown_name("model", name, list(supported) + list(_torchvision_names()), "`stitchkit models PATTERN` lists them")
+
+
+def create_model(
+    name: str,
+    pretrained: bool | str = False,
+    checkpoint_path: str | os.PathLike | None = None,
+    input_size: int | tuple[int, int] | None = None,
+    num_classes: int | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Create a supported model by name, in eval mode.
+
+    Args:
+        name: a timm name (``resnet50.a1_in1k``) or ``torchvision:NAME[.WEIGHTS]``.
+        pretrained: load the library's pretrained weights (timm: from the Hugging Face hub cache, honouring
+            ``HF_HUB_OFFLINE``; torchvision: its weights enum, ``DEFAULT`` unless the name has a tag).
+        checkpoint_path: a local state-dict file (``.pt``/``.pth``/``.safetensors``) loaded after construction.
+        input_size: image size the model will see. Models built for one size (ViT, timm Swin) are built for it;
+            others accept any size anyway.
+        num_classes: size of the classifier head (default: the library's, 1000 for ImageNet).
+        **kwargs: passed to the library's model constructor.
+    """
+    family = family_for_name(name)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if name.startswith(TORCHVISION_PREFIX):
+        base, tag = _split_tag(name[len(TORCHVISION_PREFIX) :])
+        weights = (tag or "DEFAULT") if pretrained else None
+        if isinstance(pretrained, str):
+            weights = pretrained
+        try:
+            model = torchvision.models.get_model(base, weights=weights, **kwargs)
+        except (OSError, RuntimeError, ValueError) as err:
+            raise StitchkitError(f"cannot build {name} with weights {weights}: {err}") from err
+    else:
+        if family.fixed_input_size and input_size is not None:
+            kwargs.setdefault("img_size", input_size)
+        try:
+            model = timm.create_model(name, pretrained=bool(pretrained), **kwargs)
+        except (OSError, RuntimeError) as err:
+            raise StitchkitError(
+                f"cannot load pretrained weights for {name}: {err}. Without network access, put the weights in the "
+                "Hugging Face cache or pass a local checkpoint_path"
+            ) from err
+    if checkpoint_path is not None:
+        load_checkpoint(model, checkpoint_path)
+    return model.eval()
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from a local file, unwrapping the usual containers (``state_dict``, ``model``, DDP)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StitchkitError(f"checkpoint file {str(path)!r} does not exist; check the path")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling and safetensors raise many types; all mean "not a usable checkpoint"
+        raise StitchkitError(f"cannot read checkpoint {str(path)!r}: {err}") from err
+    for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise StitchkitError(f"checkpoint {str(path)!r} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a local state-dict file into ``model`` (strictly: every key must match)."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    if any(k in own and own[k].shape != v.shape for k, v in state.items()):
+        # A checkpoint made at another input size (ViT position embeddings, Swin attention tables): let the
+        # model's own timm filter resample it, as timm does for its pretrained weights.
+        filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+        if filter_fn is not None:
+            state = filter_fn(state, model)
+    missing, unexpected = own.keys() - state.keys(), state.keys() - own.keys()
+    mismatched = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    if missing or unexpected or mismatched:
+        details = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if keys:
+                details.append(f"{len(keys)} {label} (e.g. {', '.join(sorted(keys)[:3])})")
+        raise StitchkitError(
+            f"checkpoint {str(path)!r} does not fit {type(model).__name__}: {'; '.join(details)}. "
+            "Check that it was saved from the same model name and number of classes"
+        )
+    model.load_state_dict(state)
+
+
+def resolve_model(
+    model: str | nn.Module,
+    pretrained: bool | str = False,
+    checkpoint_path: str | os.PathLike | None = None,
+    input_size: int | tuple[int, int] | None = None,
+) -> tuple[nn.Module, str]:
+    """``(model, name)`` from a name or an instance (an instance is used as it is)."""
+    if isinstance(model, nn.Module):
+        family_of(model)
+        name = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+        return model, name
+    return create_model(model, pretrained=pretrained, checkpoint_path=checkpoint_path, input_size=input_size), model

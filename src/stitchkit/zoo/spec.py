@@ -1,0 +1,137 @@
+"""Cut points of a model and the feature each one carries, for a given input size.
+
+Shapes are measured, not tabulated: :func:`model_spec` runs the model's anatomy once on a zero image of the
+requested size and records the layout and shape after every block. That keeps the spec true for any depth, width
+and input size the model accepts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import GapError, StitchkitError, unknown_name
+from ..formats import FeatureSpec, Format
+from .anatomy import Anatomy
+from .families import dissect, family_of
+
+POSITIONS = ("first", "end")
+STAGES = (1, 2, 3, 4)
+
+
+@dataclass(frozen=True)
+class CutPoint:
+    """A place to cut a model.
+
+    Attributes:
+        stage: 1..4.
+        position: ``first`` (directly after the stage's first, downsampling block) or ``end`` (end of the stage).
+        blocks: number of blocks (stem excluded) that run before the cut.
+        module: qualified name of the last block before the cut, e.g. ``layer1.0``.
+        feature: the tensor at the cut.
+    """
+
+    stage: int
+    position: str
+    blocks: int
+    module: str
+    feature: FeatureSpec
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything stitching needs to know about one model at one input size."""
+
+    name: str
+    family: str
+    input_size: tuple[int, int]
+    cut_points: tuple[CutPoint, ...]
+    block_features: tuple[FeatureSpec, ...]  # the output of each block, in execution order
+    block_names: tuple[str, ...]
+    stage_of_block: tuple[int, ...]
+
+    def cut(self, stage: int, position: str) -> CutPoint:
+        check_cut(stage, position)
+        return next(c for c in self.cut_points if c.stage == stage and c.position == position)
+
+
+def check_cut(stage: int, position: str) -> None:
+    if position not in POSITIONS:
+        raise unknown_name("cut position", position, POSITIONS)
+    if not isinstance(stage, int) or stage not in STAGES:
+        raise GapError(f"stage must be 1, 2, 3 or 4, got {stage!r}")
+
+
+def as_size(input_size: int | tuple[int, ...]) -> tuple[int, int]:
+    """``(H, W)`` from ``224``, ``(224, 224)`` or ``(3, 224, 224)``."""
+    if isinstance(input_size, int):
+        return (input_size, input_size)
+    size = tuple(int(s) for s in input_size)
+    return size[-2:] if len(size) in (2, 3) else _bad_size(input_size)
+
+
+def _bad_size(input_size) -> tuple[int, int]:
+    raise StitchkitError(f"input size must be N, (H, W) or (C, H, W), got {input_size!r}")
+
+
+def _describe(x: torch.Tensor, anatomy: Anatomy, stage: int, input_hw: tuple[int, int]) -> FeatureSpec:
+    fmt = anatomy.formats[stage - 1]
+    grid = anatomy.token_grid(input_hw) if fmt is Format.NLC and anatomy.token_grid else None
+    return FeatureSpec.from_tensor(x, fmt, anatomy.num_prefix_tokens if fmt is Format.NLC else 0, grid)
+
+
+@torch.no_grad()
+def model_spec(model: nn.Module, input_size: int | tuple[int, ...] = 224, name: str | None = None) -> ModelSpec:
+    """Measure the cut points of ``model`` for images of ``input_size``.
+
+    Example:
+        >>> spec = model_spec(timm.create_model("resnet50"), 224)
+        >>> spec.cut(1, "first").feature.shape
+        (256, 56, 56)
+    """
+    family = family_of(model)
+    anatomy = dissect(model)
+    hw = as_size(input_size)
+    was_training = model.training
+    model.eval()
+    try:
+        x = anatomy.stem(torch.zeros(1, _in_chans(model), *hw, device=_device(model)))
+        blocks, names, stage_of = [], [], []
+        for stage, (stage_blocks, stage_names) in enumerate(zip(anatomy.stages, anatomy.block_names), start=1):
+            for block, block_name in zip(stage_blocks, stage_names):
+                x = block(x)
+                blocks.append(_describe(x, anatomy, stage, hw))
+                names.append(block_name)
+                stage_of.append(stage)
+    except RuntimeError as err:
+        raise StitchkitError(f"{name or type(model).__name__} does not accept {hw[0]}x{hw[1]} images: {err}") from err
+    finally:
+        model.train(was_training)
+    cuts = []
+    for stage in STAGES:
+        for position in POSITIONS:
+            n = anatomy.block_index(stage, position)
+            cuts.append(CutPoint(stage, position, n, names[n - 1], blocks[n - 1]))
+    return ModelSpec(
+        name=name or getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__),
+        family=family.name,
+        input_size=hw,
+        cut_points=tuple(cuts),
+        block_features=tuple(blocks),
+        block_names=tuple(names),
+        stage_of_block=tuple(stage_of),
+    )
+
+
+def _device(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _in_chans(model: nn.Module) -> int:
+    """Input channels from the first convolution (3 for every ImageNet model, 1 for e.g. a grayscale variant)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    return 3

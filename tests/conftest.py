@@ -1,0 +1,29 @@
+"""Test set-up: one torch thread (CI has 2 cores), offline, models built once per session."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import functools
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+# The paper's four models, and a small input size at which every cut point still has a spatial extent.
+PAPER_MODELS = ["resnet50", "mobilenetv3_large_100", "vit_small_patch16_224", "torchvision:swin_t"]
+SMALL = 64
+
+
+@functools.lru_cache(maxsize=None)
+def _model(name: str, input_size: int):
+    from stitchkit import create_model
+
+    torch.manual_seed(0)
+    return create_model(name, input_size=input_size)
+
+
+@pytest.fixture(scope="session")
+def model_factory():
+    """``model_factory(name, input_size)``: a cached, randomly initialised model in eval mode (do not mutate)."""
+    return _model

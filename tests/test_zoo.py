@@ -1,0 +1,176 @@
+"""The model zoo against the models themselves and against timm's own intermediate features."""
+import pytest
+import torch
+
+import stitchkit
+from stitchkit.errors import StitchkitError, UnknownNameError
+from stitchkit.formats import Format, to_nchw
+from stitchkit.zoo import dissect, family_of, model_spec, split
+
+from conftest import SMALL
+
+# At least one model of every supported family, several depths and widths, plus the paper's four models.
+ZOO = [
+    "resnet18", "resnet50", "resnet101", "resnext50_32x4d", "seresnet18",
+    "efficientnet_b0", "mobilenetv3_large_100", "mobilenetv3_small_100",
+    "convnext_atto", "regnetx_002", "regnety_002",
+    "vit_tiny_patch16_224", "vit_small_patch16_224", "deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224",
+    "vit_little_patch16_reg4_gap_256",
+    "swin_tiny_patch4_window7_224", "torchvision:swin_t", "torchvision:swin_v2_t",
+]
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_every_cut_point_reproduces_the_model(name, model_factory):
+    model = model_factory(name, SMALL)
+    spec = model_spec(model, SMALL, name)
+    x = torch.randn(2, 3, SMALL, SMALL)
+    with torch.no_grad():
+        reference = model(x)
+        for cut in spec.cut_points:
+            front, back = split(model, cut.stage, cut.position)
+            feature = front(x)
+            assert tuple(feature.shape[1:]) == cut.feature.shape, f"declared shape wrong at {cut}"
+            assert (back(feature) - reference).abs().max().item() <= 1e-5, f"parity broken at {cut}"
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_parts_own_every_parameter_exactly_once(name, model_factory):
+    model = model_factory(name, SMALL)
+    anatomy = dissect(model)
+    owned = []
+    for part in [anatomy.stem, *anatomy.blocks(), anatomy.head]:
+        owned += [id(p) for p in part.parameters()]
+    assert sorted(owned) == sorted(id(p) for p in model.parameters())
+
+
+TIMM_STAGED = [n for n in ZOO if not n.startswith("torchvision:") and "distilled" not in n]
+
+
+@pytest.mark.parametrize("name", TIMM_STAGED)
+def test_stage_ends_match_timm_forward_intermediates(name, model_factory):
+    """Our 'end' cut of each stage carries what timm itself reports as that stage's (or block's) output."""
+    model = model_factory(name, SMALL)
+    spec = model_spec(model, SMALL, name)
+    x = torch.randn(1, 3, SMALL, SMALL)
+    ends = [spec.cut(stage, "end") for stage in (1, 2, 3, 4)]
+    if spec.family == "vit":
+        indices = [cut.blocks - 1 for cut in ends]
+    else:
+        indices = [len(model.feature_info) - 4 + i for i in range(4)]
+    with torch.no_grad():
+        theirs = model.forward_intermediates(x, indices=indices, intermediates_only=True)
+        for cut, expected in zip(ends, theirs):
+            front, _ = split(model, cut.stage, "end")
+            ours = to_nchw(front(x), cut.feature, "drop")
+            torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+
+
+def test_paper_cut_points_at_224():
+    """REFERENCE section 2: the paper's cut modules and shapes."""
+    expected = {
+        "resnet50.a1_in1k": [("layer1.0", (256, 56, 56)), ("layer2.0", (512, 28, 28)), ("layer3.0", (1024, 14, 14)),
+                             ("layer4.0", (2048, 7, 7))],
+        "mobilenetv3_large_100.ra_in1k": [("blocks.1.0", (24, 56, 56)), ("blocks.2.0", (40, 28, 28)),
+                                          ("blocks.3.0", (80, 14, 14)), ("blocks.5.0", (160, 7, 7))],
+        "vit_small_patch16_224.augreg_in1k": [(f"blocks.{3 * i}", (197, 384)) for i in range(4)],
+        "torchvision:swin_t": [("features.0", (56, 56, 96)), ("features.2", (28, 28, 192)),
+                               ("features.4", (14, 14, 384)), ("features.6", (7, 7, 768))],
+        "swin_tiny_patch4_window7_224": [("patch_embed", (56, 56, 96)), ("layers.1.downsample", (28, 28, 192)),
+                                         ("layers.2.downsample", (14, 14, 384)), ("layers.3.downsample", (7, 7, 768))],
+    }
+    for name, firsts in expected.items():
+        spec = model_spec(stitchkit.create_model(name), 224, name)
+        assert [(spec.cut(s, "first").module, spec.cut(s, "first").feature.shape) for s in (1, 2, 3, 4)] == firsts
+    mobilenet = model_spec(stitchkit.create_model("mobilenetv3_large_100"), 224)
+    assert mobilenet.cut(3, "end").module == "blocks.4.1" and mobilenet.cut(3, "end").feature.shape == (112, 14, 14)
+    vit = model_spec(stitchkit.create_model("vit_small_patch16_224"), 224)
+    assert vit.cut(1, "first").feature.num_prefix_tokens == 1 and vit.cut(4, "end").module == "blocks.11"
+
+
+@pytest.mark.parametrize("name,size", [("vit_small_patch16_224", 32), ("swin_tiny_patch4_window7_224", 32),
+                                       ("torchvision:swin_t", 32), ("resnet18", 32)])
+def test_small_inputs(name, size, model_factory):
+    model = model_factory(name, size)
+    spec = model_spec(model, size)
+    assert model(torch.randn(1, 3, size, size)).shape == (1, 1000)
+    first = spec.cut(1, "first").feature
+    expected_grid = size // 16 if spec.family == "vit" else size // 4
+    assert first.size == (expected_grid, expected_grid)
+
+
+def test_split_accepts_names_and_shares_weights(model_factory):
+    front, back = split("resnet18", 2, "first", input_size=SMALL)
+    assert front(torch.randn(1, 3, SMALL, SMALL)).shape == (1, 128, 8, 8)
+    model = model_factory("resnet18", SMALL)
+    front, _ = split(model, 1, "first")
+    assert front[1] is model.layer1[0]
+
+
+def test_list_models():
+    names = stitchkit.list_models()
+    for name in ["resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "convnext_tiny", "efficientnet_b0",
+                 "mobilenetv3_large_100", "vit_small_patch16_224", "deit_small_patch16_224", "vit_base_patch16_224",
+                 "swin_tiny_patch4_window7_224", "swin_base_patch4_window7_224", "regnety_040", "torchvision:swin_t"]:
+        assert name in names
+    assert stitchkit.list_models("resnet5?") == ["resnet50", "resnet51q"] or "resnet50" in stitchkit.list_models("resnet5?")
+    assert "resnet50.a1_in1k" in stitchkit.list_models("resnet50.*", pretrained=True)
+
+
+def test_unknown_and_unsupported_models():
+    with pytest.raises(UnknownNameError, match="resnet50"):
+        stitchkit.create_model("resnet5")
+    with pytest.raises(StitchkitError, match="not of a supported family"):
+        stitchkit.create_model("levit_128")
+    with pytest.raises(UnknownNameError, match="torchvision:swin_t"):
+        stitchkit.create_model("torchvision:swin_tt")
+    with pytest.raises(StitchkitError, match="cannot cut"):
+        family_of(torch.nn.Linear(2, 2))
+
+
+def test_bad_cut_points(model_factory):
+    model = model_factory("resnet18", SMALL)
+    with pytest.raises(StitchkitError, match="stage must be"):
+        split(model, 5, "first")
+    with pytest.raises(UnknownNameError, match="first"):
+        split(model, 1, "middle")
+
+
+def test_local_checkpoint_file(tmp_path, model_factory):
+    source = stitchkit.create_model("resnet18")
+    torch.nn.init.normal_(source.fc.weight)
+    path = tmp_path / "resnet18.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in source.state_dict().items()}}, path)
+    loaded = stitchkit.create_model("resnet18", checkpoint_path=path)
+    x = torch.randn(1, 3, SMALL, SMALL)
+    assert torch.equal(loaded(x), source(x))
+    front, back = split("resnet18", 3, "first", checkpoint_path=path)
+    assert torch.allclose(back(front(x)), source(x), atol=1e-5)
+
+
+def test_checkpoint_at_another_input_size_is_resampled(tmp_path):
+    vit224 = stitchkit.create_model("vit_tiny_patch16_224")
+    path = tmp_path / "vit.pt"
+    torch.save(vit224.state_dict(), path)
+    vit64 = stitchkit.create_model("vit_tiny_patch16_224", input_size=64, checkpoint_path=path)
+    assert vit64.pos_embed.shape == (1, 17, 192)
+    assert torch.equal(vit64.blocks[0].attn.qkv.weight, vit224.blocks[0].attn.qkv.weight)
+
+
+def test_bad_checkpoints(tmp_path):
+    with pytest.raises(StitchkitError, match="does not exist"):
+        stitchkit.create_model("resnet18", checkpoint_path=tmp_path / "missing.pt")
+    wrong = tmp_path / "wrong.pt"
+    torch.save(stitchkit.create_model("resnet18", num_classes=10).state_dict(), wrong)
+    with pytest.raises(StitchkitError, match="wrong shape"):
+        stitchkit.create_model("resnet18", checkpoint_path=wrong)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(StitchkitError, match="cannot read"):
+        stitchkit.create_model("resnet18", checkpoint_path=junk)
+
+
+def test_pretrained_without_network_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(StitchkitError, match="checkpoint_path"):
+        stitchkit.create_model("resnet18.a1_in1k", pretrained=True)
