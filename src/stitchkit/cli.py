@@ -60,6 +60,8 @@ def _cmd_inspect(args) -> int:
     from .stitching import create_stitched
     from .zoo import create_model
 
+    if args.finetune:
+        return _inspect_finetune(args)
     model = create_stitched(
         args.src, args.dst, gap=args.gap, adapter=args.adapter, resize=args.resize, pretrained=args.pretrained,
         input_size=args.input_size, prefix_out=args.prefix_out, prefix_in=args.prefix_in,
@@ -111,6 +113,33 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+def _inspect_finetune(args) -> int:
+    from .compute import count_macs, count_params
+    from .finetune import create_finetune_baseline
+    from .zoo import create_model
+
+    if args.src != args.dst:
+        raise StitchkitError(
+            f"the fine-tuning baseline cuts one model and keeps its own blocks, so --src and --dst must be the same "
+            f"model (got {args.src} and {args.dst}); to join two models, drop --finetune and pick an --adapter"
+        )
+    baseline = create_finetune_baseline(args.src, args.gap, pretrained=args.pretrained, input_size=args.input_size)
+    size = (3, args.input_size, args.input_size)
+    macs, full = count_macs(baseline, size), count_macs(create_model(args.src, input_size=args.input_size), size)
+    report = {"model": args.src, "gap": args.gap, "kept_blocks": list(baseline.kept_blocks),
+              "removed_blocks": list(baseline.removed_blocks), "params": count_params(baseline),
+              "gmacs": macs / 1e9, "macs_vs_model": macs / full}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"fine-tuning baseline of {args.src}, gap {args.gap}: every weight trains, no adapter")
+    print(f"  kept from the gap  {', '.join(baseline.kept_blocks) or '(none)'}")
+    print(f"  removed            {', '.join(baseline.removed_blocks) or '(none)'}")
+    print(f"  parameters         {report['params'] / 1e6:.2f} M")
+    print(f"  compute            {report['gmacs']:.3f} GMACs = {100 * report['macs_vs_model']:.1f}% of {args.src}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stitchkit", description="Stitch frozen parts of vision models together.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -143,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix-in", default="mean", help="class token into a ViT: mean, zeros, learned")
     p.add_argument("--readd-pos-embed", action="store_true", help="re-add the destination ViT's position embedding")
     p.add_argument("--pretrained", action="store_true", help="load pretrained weights (needs them cached or network)")
+    p.add_argument("--finetune", action="store_true", help="show the fine-tuning baseline instead (src == dst)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_cmd_inspect)
     return parser

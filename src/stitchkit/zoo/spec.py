@@ -6,6 +6,7 @@ and input size the model accepts.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -81,7 +82,11 @@ def _describe(x: torch.Tensor, anatomy: Anatomy, stage: int, input_hw: tuple[int
     return FeatureSpec.from_tensor(x, fmt, anatomy.num_prefix_tokens if fmt is Format.NLC else 0, grid)
 
 
-@torch.no_grad()
+# Specs depend only on the model's structure, not its weights: remember them per model, keyed by input size and
+# the identity of every submodule, so a model whose blocks were swapped is measured again.
+_SPECS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
 def model_spec(model: nn.Module, input_size: int | tuple[int, ...] = 224, name: str | None = None) -> ModelSpec:
     """Measure the cut points of ``model`` for images of ``input_size``.
 
@@ -90,6 +95,15 @@ def model_spec(model: nn.Module, input_size: int | tuple[int, ...] = 224, name: 
         >>> spec.cut(1, "first").feature.shape
         (256, 56, 56)
     """
+    key = (as_size(input_size), name, tuple(id(m) for m in model.modules()))
+    cached = _SPECS.setdefault(model, {})
+    if key not in cached:
+        cached[key] = _measure(model, input_size, name)
+    return cached[key]
+
+
+@torch.no_grad()
+def _measure(model: nn.Module, input_size: int | tuple[int, ...], name: str | None) -> ModelSpec:
     family = family_of(model)
     anatomy = dissect(model)
     hw = as_size(input_size)

@@ -1,0 +1,94 @@
+"""The command line, in-process: output, JSON, and bad input (one message, exit code 2, no traceback)."""
+import json
+
+import pytest
+
+from stitchkit.cli import main
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models(capsys):
+    code, out, _ = _run(capsys, "models", "resnet5*")
+    assert code == 0 and "resnet50" in out.split()
+    code, out, _ = _run(capsys, "models", "*swin_t")
+    assert "torchvision:swin_t" in out.split()
+
+
+def test_stages_json(capsys):
+    code, out, _ = _run(capsys, "stages", "resnet18", "--input-size", "64", "--json")
+    data = json.loads(out)
+    assert code == 0 and len(data["cuts"]) == 8
+    assert data["cuts"][0] == {"stage": 1, "position": "first", "after": "layer1.0", "format": "NCHW",
+                               "shape": [64, 16, 16], "prefix_tokens": 0}
+
+
+def test_stages_table(capsys):
+    code, out, _ = _run(capsys, "stages", "torchvision:swin_t", "--input-size", "64")
+    assert code == 0 and "features.6" in out and "NHWC" in out
+
+
+def test_inspect_json_matches_the_api(capsys):
+    code, out, _ = _run(capsys, "inspect", "--src", "resnet18", "--dst", "resnet34", "--gap", "1:4",
+                        "--input-size", "64", "--json")
+    report = json.loads(out)
+    assert code == 0
+    assert [a["out"] for a in report["adapters"]] == [[128, 8, 8], [256, 4, 4], [512, 2, 2]]
+    assert 0 < report["trainable_params"] < report["params"]
+    assert report["macs_vs_dst"] == pytest.approx(report["gmacs"] / report["gmacs_dst"])
+
+
+def test_inspect_text_and_finetune(capsys):
+    code, out, _ = _run(capsys, "inspect", "--src", "resnet18", "--dst", "resnet18", "--gap", "2:4", "--input-size",
+                        "64", "--adapter", "linear")
+    assert code == 0 and "adapter chain (2)" in out and "GMACs" in out
+    code, out, _ = _run(capsys, "inspect", "--src", "resnet18", "--dst", "resnet18", "--gap", "1:3", "--input-size",
+                        "64", "--finetune")
+    assert code == 0 and "layer2.0, layer3.0" in out
+
+
+BAD = [
+    (["inspect", "--src", "resnet5", "--dst", "resnet18"], "did you mean: resnet50"),
+    (["inspect", "--src", "resnet18", "--dst", "swin_t"], "torchvision:swin_t"),
+    (["inspect", "--src", "resnet18", "--dst", "resnet18", "--adapter", "botleneck"], "bottleneck"),
+    (["inspect", "--src", "resnet18", "--dst", "resnet18", "--resize", "downsample"], "bilinear"),
+    (["inspect", "--src", "resnet18", "--dst", "resnet18", "--gap", "3:1"], "write it as 1:3"),
+    (["inspect", "--src", "resnet18", "--dst", "resnet18", "--gap", "0:2"], "outside 1-4"),
+    (["inspect", "--src", "resnet18", "--dst", "resnet18", "--gap", "1:5"], "outside 1-4"),
+    (["inspect", "--src", "resnet18", "--dst", "resnet18", "--gap", "a:b"], "X:Y"),
+    (["inspect", "--src", "resnet18", "--dst", "resnet18", "--adapter", "vit_block"], "image adapter"),
+    (["inspect", "--src", "resnet18", "--dst", "vit_tiny_patch16_224", "--finetune"], "same model"),
+    (["inspect", "--src", "resnet18", "--dst", "resnet18", "--prefix-in", "avg"], "mean"),
+    (["stages", "levit_128"], "not of a supported family"),
+    (["models", "nothing_like_this*"], "no supported model"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD, ids=[" ".join(a[1:5]) for a, _ in BAD])
+def test_bad_input_is_one_clear_message(capsys, argv, message):
+    code, out, err = _run(capsys, *argv[:1], *argv[1:], *(["--input-size", "64"] if argv[0] == "inspect" else []))
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_debug_shows_the_traceback():
+    from stitchkit.errors import StitchkitError
+
+    with pytest.raises(StitchkitError):
+        main(["--debug", "inspect", "--src", "resnet5", "--dst", "resnet18"])
+
+
+def test_readme_commands_are_the_ci_commands():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = root.joinpath("README.md").read_text().splitlines()
+    fence = readme.index("```bash")
+    demo, tests = readme[fence + 1], readme[fence + 2]
+    assert demo.startswith("bash scripts/setup.sh && .venv/bin/stitchkit ")
+    assert tests in root.joinpath(".ci", "run").read_text().splitlines()

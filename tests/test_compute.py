@@ -1,0 +1,72 @@
+"""MAC and parameter counts against the paper's Table 1 (REFERENCE section 4) and torchvision's own metadata."""
+import pytest
+import torch
+import torchvision
+
+import stitchkit
+from stitchkit import count_macs, count_params, create_stitched
+
+
+def _gmacs(model, size=224):
+    return count_macs(model, (3, size, size)) / 1e9
+
+
+@pytest.mark.parametrize("name,gmacs,mparams", [
+    ("resnet50", 4.089, 25.56),
+    ("resnet18", 1.814, 11.69),
+    ("resnet34", 3.664, 21.80),
+    ("mobilenetv3_large_100", 0.217, 5.48),
+    ("swin_tiny_patch4_window7_224", 4.491, 28.29),
+    ("torchvision:swin_t", 4.491, 28.29),
+])
+def test_model_anchors(name, gmacs, mparams):
+    model = stitchkit.create_model(name)
+    assert _gmacs(model) == pytest.approx(gmacs, rel=0.01)
+    assert count_params(model) / 1e6 == pytest.approx(mparams, rel=0.01)
+
+
+def test_vit_counts_attention_matmuls():
+    """ViT-S/16: 4.241 G without the two attention matmuls per block (the paper's tool), about 4.6 G with them."""
+    model = stitchkit.create_model("vit_small_patch16_224")
+    tokens, dim, blocks = 197, 384, 12
+    attention = blocks * 2 * tokens * tokens * dim
+    total = count_macs(model)
+    assert (total - attention) / 1e9 == pytest.approx(4.241, rel=0.01)
+    assert total / 1e9 == pytest.approx(4.6, rel=0.01)
+
+
+@pytest.mark.parametrize("src,dst,gap,gmacs", [
+    ("resnet50", "resnet50", "1:4", 1.674),
+    ("resnet50", "resnet50", "1:2", 3.575),
+    ("resnet50", "torchvision:swin_t", "1:4", 1.567),
+])
+def test_stitched_anchors(src, dst, gap, gmacs):
+    model = create_stitched(src, dst, gap, "bottleneck", "bilinear")
+    assert _gmacs(model) == pytest.approx(gmacs, rel=0.01)
+
+
+def test_matches_torchvision_weight_metadata():
+    """torchvision records each model's GFLOPS (its MACs) and parameter count next to its weights."""
+    meta = torchvision.models.Swin_T_Weights.IMAGENET1K_V1.meta
+    model = stitchkit.create_model("torchvision:swin_t")
+    assert _gmacs(model) == pytest.approx(meta["_ops"], rel=0.001)
+    assert count_params(model) == meta["num_params"]
+
+
+def test_trainable_params_and_mode_restored():
+    model = create_stitched("resnet18", "resnet18", "1:3", "linear", input_size=64)
+    model.train()
+    bridge = sum(p.numel() for p in model.bridge.parameters())
+    assert count_params(model, trainable_only=True) == bridge
+    count_macs(model, 64)
+    assert model.bridge.training  # counting runs in eval mode and restores the mode
+
+
+def test_no_downsample_costs_more():
+    """The paper's Figure 5 (right): without downsampling, big gaps cost more than the original model."""
+    none = create_stitched("mobilenetv3_large_100", "mobilenetv3_large_100", "2:4", "bottleneck", "none")
+    down = create_stitched("mobilenetv3_large_100", "mobilenetv3_large_100", "2:4", "bottleneck", "bilinear")
+    original = stitchkit.create_model("mobilenetv3_large_100")
+    assert count_macs(none) > count_macs(original) > count_macs(down)
+    with torch.no_grad():
+        assert none(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)

@@ -1,0 +1,234 @@
+"""Stitched models: shapes across every gap, pair, adapter and resize mode; frozen semantics; adapter files."""
+import pytest
+import torch
+from torch import nn
+
+import stitchkit
+from stitchkit import PAPER_GAPS, RESIZE_MODES, create_stitched, plan_chain
+from stitchkit.errors import GapError, IncompatibleError, StitchkitError, UnknownNameError
+
+from conftest import PAPER_MODELS, SMALL
+
+R50, MBV3, VIT, SWIN = PAPER_MODELS
+SAME = [(m, m) for m in PAPER_MODELS]
+CROSS = [(R50, MBV3), (R50, VIT), (R50, SWIN), (VIT, SWIN)]
+PAIRS = SAME + CROSS + [(b, a) for a, b in CROSS]
+IMAGE_ADAPTERS = ["linear", "linear_relu", "conv3x3_relu", "bottleneck"]
+
+
+def _short(name):
+    return name.split(":")[-1].split("_")[0]
+
+
+@pytest.mark.parametrize("gap", PAPER_GAPS, ids=lambda g: f"{g[0]}to{g[1]}")
+@pytest.mark.parametrize("src,dst", PAIRS, ids=[f"{_short(a)}-{_short(b)}" for a, b in PAIRS])
+def test_every_adapter_and_resize_mode_builds_and_runs(src, dst, gap, model_factory):
+    a, b = model_factory(src, SMALL), model_factory(dst, SMALL)
+    adapters = IMAGE_ADAPTERS + (["vit_block"] if src == dst == VIT else [])
+    x = torch.randn(2, 3, SMALL, SMALL)
+    for adapter in adapters:
+        for resize in RESIZE_MODES:
+            if adapter == "vit_block" and resize == "integrated":
+                continue
+            model = create_stitched(a, b, gap, adapter, resize, input_size=SMALL)
+            assert len(model.steps) == max(gap[1] - gap[0], 1)
+            dst_feature = model.dst_spec.cut(*model.config.dst_cut).feature
+            assert model.steps[-1].out_channels == dst_feature.channels
+            expected_size = model.bridge.src.size if resize == "none" else dst_feature.size
+            assert model.steps[-1].out_size == expected_size
+            with torch.no_grad():
+                h = model.bridge(model.front(x))
+                assert h.shape[0] == 2 and h.dim() == len(dst_feature.shape) + 1
+                if resize != "none":
+                    assert tuple(h.shape[1:]) == dst_feature.shape
+                assert model.back(h).shape == (2, 1000)
+
+
+def test_reference_chain_examples():
+    """REFERENCE section 1: ResNet-50 1->4 and ResNet-50 S1 -> Swin-T S4 at 224 px."""
+    steps = plan_chain(256, (56, 56), 2048, (7, 7), 3, "bilinear")
+    assert [(s.in_channels, s.out_channels, s.out_size) for s in steps] == [
+        (256, 512, (28, 28)), (512, 1024, (14, 14)), (1024, 2048, (7, 7))]
+    steps = plan_chain(256, (56, 56), 768, (7, 7), 3, "bilinear")
+    assert [(s.out_channels, s.out_size[0]) for s in steps] == [(512, 28), (768, 14), (768, 7)]
+    assert all(s.resize == "bilinear" for s in steps)
+
+
+def test_resize_modes_place_the_spatial_change():
+    none = plan_chain(256, (56, 56), 2048, (7, 7), 3, "none")
+    assert [s.out_size for s in none] == [(56, 56)] * 3 and all(s.resize == "none" for s in none)
+    integrated = plan_chain(256, (56, 56), 2048, (7, 7), 3, "integrated")
+    assert [s.stride for s in integrated] == [2, 2, 2]
+    single = plan_chain(256, (56, 56), 384, (14, 14), 1, "integrated")
+    assert single[0].stride == 4
+    area = plan_chain(256, (56, 56), 384, (14, 14), 1, "area")
+    assert area[0].resize == "area"
+    # Upsampling (ViT 14x14 into ResNet stage 2 at 28x28) cannot stride: bilinear instead.
+    up = plan_chain(768, (14, 14), 512, (28, 28), 1, "integrated")
+    assert up[0].resize == "bilinear" and up[0].stride == 1
+    with pytest.raises(UnknownNameError, match="bilinear"):
+        plan_chain(1, (1, 1), 1, (1, 1), 1, "bilinar")
+
+
+def test_integrated_resize_strides_inside_the_adapter(model_factory):
+    model = create_stitched(model_factory(R50, SMALL), model_factory(R50, SMALL), "1:3", "conv3x3_relu", "integrated",
+                            input_size=SMALL)
+    convs = [m for m in model.bridge.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2), (2, 2)]
+    assert not any(isinstance(m, stitchkit.chain.Resize) for m in model.bridge.modules())
+
+
+def test_area_resize_averages_every_pixel():
+    resize = stitchkit.chain.Resize((2, 2), "area")
+    x = torch.arange(64.0).reshape(1, 1, 8, 8)
+    assert torch.allclose(resize(x)[0, 0, 0, 0], x[0, 0, :4, :4].mean())
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_frozen_parts_stay_frozen_in_train_mode(model_factory):
+    torch.manual_seed(0)
+    model = create_stitched(stitchkit.create_model(R50, input_size=SMALL), stitchkit.create_model(SWIN),
+                            "1:3", "bottleneck", "bilinear", input_size=SMALL)
+    front, back = _snapshot(model.front), _snapshot(model.back)
+    model.train()
+    assert not model.front.training and not model.back.training and model.bridge.training
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    x, y = torch.randn(4, 3, SMALL, SMALL), torch.randint(0, 1000, (4,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    assert all(p.grad is None for p in model.front.parameters())
+    assert all(p.grad is None for p in model.back.parameters())
+    assert all(p.grad is not None for p in model.bridge.parameters())
+    optimizer.step()
+    for part, before in ((model.front, front), (model.back, back)):
+        for k, v in part.state_dict().items():
+            assert torch.equal(v, before[k]), f"frozen {k} changed"
+    # Swin's stochastic depth (p=0.2 in torchvision's swin_t) is off in the frozen back: outputs repeat exactly.
+    assert torch.equal(model(x), model(x))
+    assert set(map(id, model.trainable_parameters())) == set(map(id, model.bridge.parameters()))
+
+
+def test_frozen_mode_train_reproduces_the_papers_code():
+    torch.manual_seed(0)
+    model = create_stitched(stitchkit.create_model(R50), stitchkit.create_model(SWIN), "1:3", input_size=SMALL,
+                            frozen_mode="train")
+    before = _snapshot(model.front)
+    model.train()
+    x = torch.randn(4, 3, SMALL, SMALL)
+    with torch.no_grad():
+        first, second = model(x), model(x)
+    assert not torch.equal(first, second)  # stochastic depth active in the frozen Swin half
+    changed = [k for k, v in model.front.state_dict().items() if "running_mean" in k and not torch.equal(v, before[k])]
+    assert changed  # BatchNorm statistics of the frozen ResNet overwritten
+
+
+def test_adapter_file_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = create_stitched("resnet18", "resnet18", "1:3", "bottleneck", input_size=SMALL)
+    for p in model.bridge.parameters():
+        nn.init.normal_(p, std=0.1)
+    path = tmp_path / "adapters.pt"
+    model.save_adapters(path)
+    assert set(torch.load(path, weights_only=True)["adapters"]) == set(model.adapter_state_dict())
+    rebuilt = stitchkit.load_stitched(path)
+    x = torch.randn(2, 3, SMALL, SMALL)
+    torch.manual_seed(0)  # same random frozen weights as above
+    model.eval(), rebuilt.eval()
+    assert torch.allclose(rebuilt.bridge(model.front(x)), model.bridge(model.front(x)))
+    assert rebuilt.config == model.config
+
+
+def test_adapter_file_from_another_stitch_is_refused(tmp_path):
+    path = tmp_path / "adapters.pt"
+    create_stitched("resnet18", "resnet18", "1:3", input_size=SMALL).save_adapters(path)
+    with pytest.raises(StitchkitError, match="do not fit"):
+        stitchkit.load_stitched(path, gap=[1, 4])
+    junk = tmp_path / "junk.pt"
+    torch.save({"a": torch.zeros(1)}, junk)
+    with pytest.raises(StitchkitError, match="not a stitchkit adapter file"):
+        stitchkit.load_stitched(junk)
+
+
+def test_same_model_is_built_once():
+    model = create_stitched("resnet18", "resnet18", "1:2", "linear", input_size=SMALL)
+    resnet18 = stitchkit.count_params(stitchkit.create_model("resnet18"))
+    assert stitchkit.count_params(model) < resnet18
+
+
+def test_class_token_policies(model_factory):
+    r50, vit = model_factory(R50, SMALL), model_factory(VIT, SMALL)
+    concat = create_stitched(vit, r50, "1:2", "linear", input_size=SMALL, prefix_out="concat")
+    assert concat.steps[0].in_channels == 2 * 384
+    drop = create_stitched(vit, r50, "1:2", "linear", input_size=SMALL, prefix_out="drop")
+    assert drop.steps[0].in_channels == 384
+    learned = create_stitched(r50, vit, "1:3", "linear", input_size=SMALL, prefix_in="learned")
+    token = learned.bridge.learned_prefix
+    assert token.shape == (1, 1, 384) and token.requires_grad
+    assert torch.allclose(token[0, 0], (vit.cls_token + vit.pos_embed[:, :1])[0, 0])
+    zeros = create_stitched(r50, vit, "1:3", "linear", input_size=SMALL, prefix_in="zeros")
+    h = zeros.bridge(zeros.front(torch.randn(2, 3, SMALL, SMALL)))
+    assert torch.equal(h[:, 0], torch.zeros(2, 384))
+
+
+def test_readd_position_embedding(model_factory):
+    r50, vit = model_factory(R50, SMALL), model_factory(VIT, SMALL)
+    plain = create_stitched(r50, vit, "1:3", "linear", input_size=SMALL)
+    with_pos = create_stitched(r50, vit, "1:3", "linear", input_size=SMALL, readd_pos_embed=True)
+    with_pos.bridge.load_state_dict(plain.bridge.state_dict())
+    x = torch.randn(2, 3, SMALL, SMALL)
+    with torch.no_grad():
+        diff = with_pos.bridge(plain.front(x)) - plain.bridge(plain.front(x))
+    assert torch.allclose(diff, vit.pos_embed.expand(2, -1, -1), atol=1e-6)
+    assert "pos_embed" not in with_pos.adapter_state_dict()  # rebuilt from the destination, not saved
+    with pytest.raises(IncompatibleError, match="position embedding"):
+        create_stitched(r50, r50, "1:3", input_size=SMALL, readd_pos_embed=True)
+
+
+def test_vit_block_between_vits_keeps_the_class_token(model_factory):
+    vit = model_factory(VIT, SMALL)
+    model = create_stitched(vit, vit, "1:4", "vit_block", "bilinear", input_size=SMALL)
+    assert len(model.steps) == 3
+    assert all(type(m.core if hasattr(m, "core") else m[1]).__name__ == "VitBlock" for m in model.bridge.adapters)
+    assert isinstance(model.bridge.adapters[0][0], nn.LayerNorm)
+    h = model.bridge(model.front(torch.randn(2, 3, SMALL, SMALL)))
+    assert h.shape == (2, 17, 384)
+
+
+def test_bad_requests_name_the_fix(model_factory):
+    r50, vit = model_factory(R50, SMALL), model_factory(VIT, SMALL)
+    with pytest.raises(IncompatibleError, match="image adapter"):
+        create_stitched(r50, r50, "1:3", "vit_block", input_size=SMALL)
+    with pytest.raises(IncompatibleError, match="bilinear"):
+        create_stitched(vit, vit, "1:3", "vit_block", "integrated", input_size=SMALL)
+    with pytest.raises(UnknownNameError, match="bottleneck"):
+        create_stitched(r50, r50, "1:3", "botleneck", input_size=SMALL)
+    with pytest.raises(UnknownNameError, match="bilinear"):
+        create_stitched(r50, r50, "1:3", "linear", "bilinaer", input_size=SMALL)
+    for gap in ["3:1", "0:2", "1:5", "a:b", (1,), "1"]:
+        with pytest.raises(GapError):
+            create_stitched(r50, r50, gap, input_size=SMALL)
+
+
+def test_custom_adapter_registration(model_factory):
+    name = "test_depthwise"
+    if name not in stitchkit.list_adapters():
+        @stitchkit.register_adapter(name, description="depthwise 3x3 then 1x1")
+        def depthwise(in_channels, out_channels, stride=1):
+            return nn.Sequential(nn.Conv2d(in_channels, in_channels, 3, stride, 1, groups=in_channels),
+                                 nn.Conv2d(in_channels, out_channels, 1))
+    with pytest.raises(ValueError, match="already registered"):
+        stitchkit.register_adapter(name)(lambda i, o, stride=1: nn.Identity())
+    r50 = model_factory(R50, SMALL)
+    model = create_stitched(r50, r50, "1:2", name, input_size=SMALL)
+    assert model(torch.randn(1, 3, SMALL, SMALL)).shape == (1, 1000)
+
+
+def test_bottleneck_adapter_starts_as_its_shortcut():
+    block = stitchkit.adapters.Bottleneck(64, 128)
+    assert torch.equal(block.bn3.weight, torch.zeros(128))
+    assert block.conv2.in_channels == 32 and isinstance(block.shortcut, nn.Sequential)
+    linear = stitchkit.create_adapter("linear", 8, 16)
+    assert linear[1].padding == (0, 0) and linear[1].kernel_size == (1, 1)  # the paper's code padded by 1
+    assert isinstance(linear[0], nn.BatchNorm2d) and isinstance(linear[2], nn.BatchNorm2d)
