@@ -140,6 +140,66 @@ def _inspect_finetune(args) -> int:
     return 0
 
 
+def _split_config_args(items: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``[CONFIG.yaml] key=value ...`` -> (config path or None, overrides)."""
+    items = list(items)
+    path = items.pop(0) if items and "=" not in items[0] else None
+    stray = [i for i in items if "=" not in i]
+    if stray:
+        raise StitchkitError(f"expected key=value overrides after the config file, got {stray[0]!r}")
+    return path, items
+
+
+def _cmd_train(args) -> int:
+    from .training import RunInterrupted, load_config, train
+
+    path, overrides = _split_config_args(args.settings)
+    config = load_config(path, overrides)
+    try:
+        result = train(config, resume=args.resume, overwrite=args.overwrite)
+    except RunInterrupted as stop:
+        print(f"stitchkit: {stop}", file=sys.stderr)
+        return 130
+    if result.get("world_size", 1) > 1 and not _is_main_process():
+        return 0
+    print(json.dumps({k: result[k] for k in ("status", "top1", "top5", "gmacs", "trainable_params", "epochs",
+                                             "wall_time_s", "images_per_s") if k in result}, indent=2))
+    return 0
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _cmd_eval(args) -> int:
+    from .training import evaluate_run
+
+    record = evaluate_run(args.run_dir, device=args.device, workers=args.workers)
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+def _cmd_eval_model(args) -> int:
+    from .training import evaluate_model, load_config
+
+    overrides = [f"data.name={args.data}", f"data.input_size={args.input_size}", f"train.batch_size={args.batch_size}",
+                 f"train.workers={args.workers}", f"model.pretrained={str(args.pretrained).lower()}"]
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    if args.checkpoint:
+        overrides.append(f"model.src_checkpoint={args.checkpoint}")
+    if args.limit_val:
+        overrides.append(f"data.limit_val={args.limit_val}")
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    config = load_config(None, overrides + list(args.settings))
+    record = evaluate_model(args.model, config, args.out)
+    print(json.dumps({k: v for k, v in record.items() if k != "versions"}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stitchkit", description="Stitch frozen parts of vision models together.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -175,6 +235,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune", action="store_true", help="show the fine-tuning baseline instead (src == dst)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_cmd_inspect)
+
+    p = sub.add_parser("train", help="train a stitch, the fine-tuning baseline, or a model from scratch",
+                       description="stitchkit train [CONFIG.yaml] [key=value ...]: settings are the paper's recipe, "
+                                   "then the YAML file, then the overrides (e.g. mode=stitch model.gap=1:3).")
+    p.add_argument("settings", nargs="*", metavar="[CONFIG.yaml] key=value")
+    p.add_argument("--resume", action="store_true", help="continue the run in output.dir from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in output.dir")
+    p.set_defaults(run=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained run again from its directory")
+    p.add_argument("run_dir")
+    p.add_argument("--device", default=None)
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(run=_cmd_eval)
+
+    p = sub.add_parser("eval-model", help="measure an unstitched model in the training pipeline")
+    p.add_argument("model")
+    p.add_argument("--data", default="imagefolder", help="imagefolder, fashion_mnist or synthetic")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--pretrained", action="store_true")
+    p.add_argument("--checkpoint", default=None, help="a local state-dict file")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--limit-val", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=None, help="folder for result.json")
+    p.add_argument("settings", nargs="*", metavar="key=value", help="further config overrides")
+    p.set_defaults(run=_cmd_eval_model)
     return parser
 
 

@@ -127,8 +127,48 @@ def create_model(
                 "Hugging Face cache or pass a local checkpoint_path"
             ) from err
     if checkpoint_path is not None:
-        load_checkpoint(model, checkpoint_path)
+        state = read_state_dict(checkpoint_path)
+        classes = _checkpoint_classes(model, state)
+        if num_classes is None and classes is not None and classes != num_outputs(model):
+            # A checkpoint trained on another dataset (e.g. a source model made with mode=scratch): build its head.
+            return create_model(name, False, checkpoint_path, input_size, classes, **kwargs)
+        load_checkpoint(model, checkpoint_path, state)
     return model.eval()
+
+
+def _classifier_key(model: nn.Module) -> str | None:
+    """State-dict key of the classifier weight (timm declares it in the pretrained config)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    classifier = cfg.get("classifier") or ("head" if isinstance(getattr(model, "head", None), nn.Linear) else None)
+    if isinstance(classifier, (list, tuple)):
+        classifier = classifier[0]
+    return f"{classifier}.weight" if classifier else None
+
+
+def _checkpoint_classes(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
+    key = _classifier_key(model)
+    return int(state[key].shape[0]) if key in state else None
+
+
+def num_outputs(model: nn.Module) -> int:
+    """Number of classes the model's head predicts."""
+    classes = getattr(model, "num_classes", None)
+    if isinstance(classes, int):
+        return classes
+    head = getattr(model, "head", None) or getattr(model, "fc", None) or getattr(model, "classifier", None)
+    if isinstance(head, nn.Linear):
+        return head.out_features
+    raise StitchkitError(f"cannot tell how many classes {type(model).__name__} predicts")
+
+
+def reset_classifier(model: nn.Module, num_classes: int) -> None:
+    """A new, randomly initialised head of ``num_classes`` outputs (timm's own method where it exists)."""
+    if hasattr(model, "reset_classifier"):
+        model.reset_classifier(num_classes)
+    elif isinstance(getattr(model, "head", None), nn.Linear):
+        model.head = nn.Linear(model.head.in_features, num_classes)
+    else:
+        raise StitchkitError(f"cannot replace the head of {type(model).__name__}")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -154,9 +194,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, state: dict[str, torch.Tensor] | None = None) -> None:
     """Load a local state-dict file into ``model`` (strictly: every key must match)."""
-    state = read_state_dict(path)
+    state = read_state_dict(path) if state is None else state
     own = model.state_dict()
     if any(k in own and own[k].shape != v.shape for k, v in state.items()):
         # A checkpoint made at another input size (ViT position embeddings, Swin attention tables): let the
@@ -187,6 +227,13 @@ def resolve_model(
     """``(model, name)`` from a name or an instance (an instance is used as it is)."""
     if isinstance(model, nn.Module):
         family_of(model)
-        name = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
-        return model, name
+        return model, instance_name(model)
     return create_model(model, pretrained=pretrained, checkpoint_path=checkpoint_path, input_size=input_size), model
+
+
+def instance_name(model: nn.Module) -> str:
+    """The name that rebuilds a model instance: timm's ``architecture.tag`` when known, else its class name."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if cfg.get("architecture"):
+        return f"{cfg['architecture']}.{cfg['tag']}" if cfg.get("tag") else cfg["architecture"]
+    return type(model).__name__

@@ -1,0 +1,7 @@
+"""Training and evaluation: the paper's recipe for stitches, the fine-tuning baseline and models from scratch."""
+from .config import Config, load_config
+from .engine import NonFiniteLossError, RunInterrupted, Trainer, evaluate, train
+from .evaluation import evaluate_model, evaluate_run
+
+__all__ = ["Config", "NonFiniteLossError", "RunInterrupted", "Trainer", "evaluate", "evaluate_model", "evaluate_run",
+           "load_config", "train"]

@@ -1,0 +1,104 @@
+"""Checkpoints that survive being killed at any moment, and load with ``weights_only=True``.
+
+A checkpoint is written to a temporary file in the same folder, flushed and fsynced, then renamed over the old one:
+a reader sees the old complete file or the new complete file, never a torn one. Each file carries a format tag and
+the digest of the config that made it, which loading verifies.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import StitchkitError
+
+FORMAT = "stitchkit.checkpoint.v1"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename, fsync of the folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; runs are meant to be read by others too
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path, config_digest: str | None = None) -> dict:
+    """Load and verify a checkpoint written by :func:`save_checkpoint`."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a torn or foreign file: never half-load it
+        raise StitchkitError(f"checkpoint {str(path)!r} is unreadable ({err}); delete it to start over") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise StitchkitError(f"{str(path)!r} is not a stitchkit training checkpoint")
+    if config_digest is not None and state.get("config_digest") != config_digest:
+        raise StitchkitError(
+            f"checkpoint {str(path)!r} was written by a run with another config (another stitch, model or recipe); "
+            "resume with the run's own config.yaml, or use a new output.dir"
+        )
+    return state
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def rng_state() -> dict:
+    """Every random number generator's state, as tensors and plain values."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(internal), gauss],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,269 @@
+"""The training configuration: typed defaults (the paper's recipe), then a YAML file, then ``key=value`` overrides.
+
+Layering and type checking are OmegaConf's (structured configs from these dataclasses); unknown keys are errors
+that suggest the closest valid key. The resolved config is saved as ``config.yaml`` in the run directory and is
+what ``--resume`` compares against.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from ..errors import StitchkitError
+
+MODES = ("stitch", "finetune", "scratch")
+DATASETS = ("imagefolder", "fashion_mnist", "synthetic")
+AMP_MODES = ("auto", "none", "bf16", "fp16")
+
+
+@dataclass
+class ModelConfig:
+    src: str = "resnet50.a1_in1k"  # source model; for finetune and scratch, the model
+    dst: Optional[str] = None  # destination model (stitch mode; default: same as src)
+    gap: str = "1:3"
+    adapter: str = "bottleneck"
+    resize: str = "bilinear"
+    pretrained: bool = True
+    src_checkpoint: Optional[str] = None
+    dst_checkpoint: Optional[str] = None
+    num_classes: Optional[int] = None  # a new head of this size (scratch, finetune); default: the model's own
+    prefix_out: str = "concat"
+    prefix_in: str = "mean"
+    readd_pos_embed: bool = False
+    frozen_mode: str = "eval"
+
+
+@dataclass
+class DataConfig:
+    name: str = "imagefolder"
+    root: Optional[str] = None
+    input_size: int = 224
+    holdout_fraction: float = 0.0  # carved from train (same images for every seed) for honest model selection
+    holdout_seed: int = 0
+    limit_train: Optional[int] = None  # number of training images, for quick runs
+    limit_val: Optional[int] = None
+    random_resized_crop: bool = True
+    hflip: bool = True
+    auto_augment: bool = True
+    crop_pct: Optional[float] = None  # evaluation crop fraction; default: the source model's pretrained config
+    skip_corrupt: bool = False
+    synthetic_train_size: int = 256
+    synthetic_val_size: int = 64
+    synthetic_classes: int = 10
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.002
+    weight_decay: float = 0.05
+    batch_size: int = 512  # effective batch, reached by gradient accumulation
+    warmup_steps: int = 0
+    no_decay_norm_bias: bool = False
+    beta1: float = 0.9
+    beta2: float = 0.999
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: Optional[int] = None  # stop after this many optimizer steps
+    batch_size: int = 64  # per process
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    threads: Optional[int] = None  # torch CPU threads
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU), none, bf16, fp16
+    channels_last: bool = False
+    compile: bool = False
+    workers: int = 4
+    checkpoint_every: int = 500  # optimizer steps
+    log_every: int = 50  # optimizer steps
+    wandb: bool = False
+    tensorboard: bool = True  # when the tensorboard package is installed
+
+
+@dataclass
+class OutputConfig:
+    dir: Optional[str] = None  # default: runs/<mode>-<models>-<gap>-<adapter>-<resize>-seed<N>
+
+
+@dataclass
+class Config:
+    mode: str = "stitch"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def _all_keys(cls=Config, prefix: str = "") -> list[str]:
+    keys = []
+    for f in fields(cls):
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            keys += _all_keys(type(default), f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _unknown_key_error(key: str, source: str) -> StitchkitError:
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in _all_keys() if k.rsplit(".", 1)[-1] == leaf]  # right name, wrong section: "train.lr"
+    close = [k for k in difflib.get_close_matches(key, _all_keys(), n=3, cutoff=0.6) if k not in same_leaf]
+    matches = (same_leaf + close)[:3]
+    hint = f"did you mean {' or '.join(matches)}?" if matches else "`stitchkit train --help-config` lists the keys"
+    return StitchkitError(f"unknown config key {key!r} in {source}; {hint}")
+
+
+def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except ConfigKeyError as err:
+        raise _unknown_key_error(err.full_key or str(err.key), source) from None
+    except ValidationError as err:
+        raise StitchkitError(f"bad value for {err.full_key!r} in {source}: {err.msg}") from None
+    except OmegaConfBaseException as err:
+        raise StitchkitError(f"invalid config in {source}: {err}") from None
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML without YAML 1.1's base-60 integers, which would read a gap such as ``1:3`` as the number 63."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F_]+)$"), list("-+0123456789")
+)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_YamlLoader)
+    except yaml.YAMLError as err:
+        raise StitchkitError(f"{source} is not valid YAML: {err}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file at ``path`` (optional), then ``key=value`` overrides; validated.
+
+    Example:
+        >>> cfg = load_config(None, ["mode=scratch", "model.src=resnet18", "train.epochs=2"])
+        >>> cfg.train.epochs
+        2
+    """
+    merged = OmegaConf.structured(Config)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise StitchkitError(f"config file {str(path)!r} does not exist; check the path")
+        loaded = _parse_yaml(path.read_text(), f"config file {str(path)!r}")
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise StitchkitError(f"config file {str(path)!r} must hold a mapping of settings")
+        merged = _merge(merged, loaded, str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise StitchkitError(f"override {item!r} is not of the form key=value, e.g. train.epochs=2")
+        key = item.split("=", 1)[0]
+        if key not in _all_keys():
+            raise _unknown_key_error(key, "the command line")
+        value = _parse_yaml(item.split("=", 1)[1], f"the value of {key}")
+        for part in reversed(key.split(".")):
+            value = {part: value}
+        merged = _merge(merged, value, "the command line")
+    config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Check values that types alone do not catch; each error names the fix."""
+    from ..adapters import list_adapters
+    from ..chain import RESIZE_MODES, parse_gap
+    from ..errors import unknown_name
+
+    if config.mode not in MODES:
+        raise unknown_name("mode", config.mode, MODES)
+    if config.data.name not in DATASETS:
+        raise unknown_name("dataset", config.data.name, DATASETS)
+    if config.train.amp not in AMP_MODES:
+        raise unknown_name("train.amp", config.train.amp, AMP_MODES)
+    if config.mode == "stitch":
+        parse_gap(config.model.gap)
+        if config.model.adapter not in list_adapters():
+            raise unknown_name("adapter", config.model.adapter, list_adapters())
+        if config.model.resize not in RESIZE_MODES:
+            raise unknown_name("resize mode", config.model.resize, RESIZE_MODES)
+    if config.mode == "finetune":
+        parse_gap(config.model.gap)
+        if config.model.dst not in (None, config.model.src):
+            raise StitchkitError(
+                f"the fine-tuning baseline cuts one model, so model.dst must be empty or equal model.src (got "
+                f"{config.model.src} and {config.model.dst}); use mode=stitch to join two models"
+            )
+    checks = [
+        (config.optim.lr > 0, f"optim.lr must be positive, got {config.optim.lr}"),
+        (config.optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {config.optim.weight_decay}"),
+        (config.train.epochs >= 1, f"train.epochs must be at least 1, got {config.train.epochs}"),
+        (config.train.max_steps is None or config.train.max_steps >= 1, "train.max_steps must be at least 1"),
+        (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
+        (config.optim.batch_size >= 1, "optim.batch_size must be at least 1"),
+        (config.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+        (0 <= config.data.holdout_fraction < 1, "data.holdout_fraction must be in [0, 1)"),
+        (config.data.input_size >= 8, f"data.input_size must be at least 8 pixels, got {config.data.input_size}"),
+        (config.train.checkpoint_every >= 1, "train.checkpoint_every must be at least 1"),
+        (config.train.log_every >= 1, "train.log_every must be at least 1"),
+        (config.train.workers >= 0, "train.workers must be >= 0"),
+        (config.data.limit_train is None or config.data.limit_train >= 1, "data.limit_train must be at least 1"),
+        (config.data.limit_val is None or config.data.limit_val >= 1, "data.limit_val must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise StitchkitError(message)
+
+
+def to_yaml(config: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def from_yaml_file(path: str | Path) -> Config:
+    """A saved ``config.yaml`` (as written into a run directory) back into a :class:`Config`."""
+    return load_config(path)
+
+
+def flatten(config: Config) -> dict[str, Any]:
+    """``{"train.epochs": 10, ...}``: for comparing configs and for result rows."""
+    container = OmegaConf.to_container(OmegaConf.structured(config))
+
+    def walk(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from walk(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    return dict(walk(container))
+
+
+# Settings that may change between a run and its resumption without changing its results.
+RESUMABLE_CHANGES = {"train.workers", "train.threads", "train.device", "train.log_every", "train.wandb",
+                     "train.tensorboard", "output.dir", "train.checkpoint_every"}
+
+
+def resume_differences(saved: Config, current: Config) -> list[str]:
+    """Human-readable ``key: saved -> current`` lines for settings that would change the run's results."""
+    a, b = flatten(saved), flatten(current)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+            if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k)]

@@ -1,0 +1,324 @@
+"""Datasets, transforms and samplers for training and evaluation.
+
+Three datasets: ``imagefolder`` (ImageNet layout ``root/train/<class>/*``, ``root/val/<class>/*``),
+``fashion_mnist`` (the Debian package ``dataset-fashion-mnist``, a local copy, or a torchvision download) and
+``synthetic`` (random images whose colour depends on the class, for smoke tests).
+
+Randomness is a function of ``(seed, epoch, image index)``: the sampler yields ``(index, epoch)`` and each image's
+augmentation runs under its own seed. So the data a step sees does not depend on the number of workers, and a run
+resumed in the middle of an epoch sees exactly the images and augmentations an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+from torch.utils.data import Dataset, Sampler
+from torchvision import transforms as T
+
+from ..errors import StitchkitError
+from .config import DataConfig
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "~/.cache/stitchkit/fashion-mnist")
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
+
+
+class CorruptImageError(StitchkitError):
+    """An image file that cannot be decoded. Its message names the file and the fix."""
+
+    def __str__(self) -> str:
+        # Raised in a DataLoader worker, the message arrives wrapped with the worker's traceback: keep our line.
+        message = super().__str__()
+        marker = f"{type(self).__name__}: "
+        return message.rsplit(marker, 1)[-1].strip() if "Original Traceback" in message else message
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How the model that sees the pixels expects them."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str  # bilinear, bicubic
+    crop_pct: float
+
+
+def preprocessing_for(model_name: str, model: torch.nn.Module | None = None) -> Preprocessing:
+    """Normalisation, interpolation and crop from the model's own pretrained config (timm) or weights (torchvision)."""
+    if model_name.startswith("torchvision:"):
+        import torchvision
+
+        base, _, tag = model_name.removeprefix("torchvision:").partition(".")
+        weights = torchvision.models.get_weight(f"{torchvision.models.get_model_weights(base).__name__}.{tag or 'DEFAULT'}")
+        t = weights.transforms()
+        crop = t.crop_size[0] / t.resize_size[0]
+        return Preprocessing(tuple(t.mean), tuple(t.std), t.interpolation.value, crop)
+    import timm.data
+
+    cfg = timm.data.resolve_model_data_config(model) if model is not None else timm.data.resolve_data_config(
+        {}, pretrained_cfg=timm.models.get_pretrained_cfg(model_name.split(".")[0]).to_dict())
+    return Preprocessing(tuple(cfg["mean"]), tuple(cfg["std"]), cfg["interpolation"], cfg["crop_pct"])
+
+
+def build_transforms(data: DataConfig, prep: Preprocessing, train: bool) -> Callable:
+    interpolation = T.InterpolationMode(prep.interpolation if prep.interpolation in ("bilinear", "bicubic") else "bilinear")
+    size = data.input_size
+    crop_pct = data.crop_pct or prep.crop_pct
+    steps: list = []
+    if train and data.random_resized_crop:
+        steps.append(T.RandomResizedCrop(size, interpolation=interpolation))
+    else:
+        steps += [T.Resize(int(math.floor(size / crop_pct)), interpolation=interpolation), T.CenterCrop(size)]
+    if train and data.hflip:
+        steps.append(T.RandomHorizontalFlip())
+    if train and data.auto_augment:
+        steps.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET))
+    steps += [T.ToTensor(), T.Normalize(prep.mean, prep.std)]
+    return T.Compose(steps)
+
+
+# --- raw image sources: index -> (PIL image, label) ---------------------------------------------------------------
+
+
+class ImageFolderSource:
+    """``root/<class>/<image>`` files; corrupt files raise :class:`CorruptImageError` (or are skipped)."""
+
+    def __init__(self, root: Path, classes: Sequence[str] | None = None):
+        if not root.is_dir():
+            raise StitchkitError(f"data folder {str(root)!r} does not exist; set data.root to a folder with "
+                                 "train/<class>/ and val/<class>/ subfolders")
+        found = sorted(d.name for d in root.iterdir() if d.is_dir())
+        if not found:
+            raise StitchkitError(f"{str(root)!r} has no class subfolders; expected {root}/<class>/<image files>")
+        self.classes = list(classes) if classes is not None else found
+        self.samples: list[tuple[str, int]] = []
+        for label, name in enumerate(self.classes):
+            files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise StitchkitError(f"class folder {str(root / name)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                                     "add images or remove the folder")
+            self.samples += [(str(p), label) for p in files]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB"), label  # grayscale, palette and CMYK become RGB here
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise CorruptImageError(f"cannot decode image {path!r} ({err}); remove or replace it, or set "
+                                    "data.skip_corrupt=true to skip and count such files") from None
+
+
+class ArraySource:
+    """Images held in memory as a uint8 array ``(N, H, W)`` (grayscale, replicated to RGB) or ``(N, H, W, 3)``."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, classes: Sequence[str]):
+        self.images, self.labels, self.classes = images, labels, list(classes)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.images[index]).convert("RGB"), int(self.labels[index])
+
+
+class SyntheticSource:
+    """Random images with a class-dependent tint, generated from the index (so any worker makes the same one)."""
+
+    def __init__(self, size: int, classes: int, image_size: int, offset: int = 0):
+        self.size, self.classes, self.image_size, self.offset = size, [f"class_{i}" for i in range(classes)], image_size, offset
+
+    def __len__(self) -> int:
+        return self.size
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        label = index % len(self.classes)
+        rng = np.random.default_rng(self.offset + index)
+        tint = np.array([(label * 97) % 256, (label * 57) % 256, (label * 31) % 256], dtype=np.float32)
+        pixels = 0.6 * rng.uniform(0, 255, (self.image_size, self.image_size, 3)) + 0.4 * tint
+        return Image.fromarray(pixels.astype(np.uint8)), label
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    _, dtype, dims = struct.unpack(">HBB", data[:4])
+    shape = struct.unpack(f">{dims}I", data[4 : 4 + 4 * dims])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def find_fashion_mnist(root: str | None) -> Path:
+    """The folder holding the four Fashion-MNIST IDX files, downloading them only where nothing local exists."""
+    candidates = ([root, os.path.join(root, "FashionMNIST", "raw")] if root else []) + list(FASHION_MNIST_DIRS)
+    for candidate in candidates:
+        folder = Path(candidate).expanduser()
+        if all((folder / name).is_file() for pair in FASHION_MNIST_FILES.values() for name in pair):
+            return folder
+    cache = Path(root or FASHION_MNIST_DIRS[-1]).expanduser()
+    try:
+        import torchvision
+
+        torchvision.datasets.FashionMNIST(str(cache), train=True, download=True)
+        torchvision.datasets.FashionMNIST(str(cache), train=False, download=True)
+        return cache / "FashionMNIST" / "raw"
+    except Exception:  # no network, or a mirror that is down: say what to install
+        raise StitchkitError(
+            "Fashion-MNIST not found in " + ", ".join(str(Path(c).expanduser()) for c in candidates)
+            + " and it could not be downloaded; install it with `apt-get install -y dataset-fashion-mnist` or put the "
+            "four *-ubyte.gz files in data.root"
+        ) from None
+
+
+def raw_sources(data: DataConfig) -> dict[str, object]:
+    """``{"train": source, "val": source}`` for the configured dataset, with matching class lists."""
+    if data.name == "synthetic":
+        size = data.input_size + data.input_size // 8
+        return {"train": SyntheticSource(data.synthetic_train_size, data.synthetic_classes, size),
+                "val": SyntheticSource(data.synthetic_val_size, data.synthetic_classes, size, offset=10**6)}
+    if data.name == "fashion_mnist":
+        folder = find_fashion_mnist(data.root)
+        return {split: ArraySource(_read_idx(folder / images), _read_idx(folder / labels), FASHION_MNIST_CLASSES)
+                for split, (images, labels) in FASHION_MNIST_FILES.items()}
+    if not data.root:
+        raise StitchkitError("data.name=imagefolder needs data.root, a folder with train/<class>/ and val/<class>/")
+    root = Path(data.root).expanduser()
+    train = ImageFolderSource(root / "train")
+    val_root = root / "val"
+    if val_root.is_dir():
+        val_classes = sorted(d.name for d in val_root.iterdir() if d.is_dir())
+        if val_classes != train.classes:
+            only_train = sorted(set(train.classes) - set(val_classes))
+            only_val = sorted(set(val_classes) - set(train.classes))
+            raise StitchkitError(
+                f"train and val class folders differ under {str(root)!r} (only in train: {only_train[:5]}, only in "
+                f"val: {only_val[:5]}); both splits need the same class folders"
+            )
+    return {"train": train, "val": ImageFolderSource(val_root, train.classes)}
+
+
+# --- datasets with seeded transforms ------------------------------------------------------------------------------
+
+
+class SeededDataset(Dataset):
+    """``source`` images at ``indices``, transformed under a seed that depends on ``(seed, epoch, index)``.
+
+    Items are requested as ``(position, epoch)`` pairs (see :class:`EpochSampler`). Corrupt images give ``None``
+    when ``skip_corrupt`` is on, and :func:`collate` counts them.
+    """
+
+    def __init__(self, source, indices: Sequence[int], transform: Callable, seed: int, skip_corrupt: bool = False):
+        self.source, self.indices, self.transform = source, list(indices), transform
+        self.seed, self.skip_corrupt = seed, skip_corrupt
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item):
+        position, epoch = item if isinstance(item, tuple) else (item, 0)
+        index = self.indices[position]
+        try:
+            image, label = self.source.load(index)
+        except CorruptImageError:
+            if self.skip_corrupt:
+                return None
+            raise
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_003 + index) % (2**63))
+            return self.transform(image), label
+
+
+def collate(batch):
+    """Stack a batch, dropping skipped (corrupt) images; returns ``(images, labels, skipped_count)``."""
+    kept = [item for item in batch if item is not None]
+    if not kept:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), len(batch)
+    images = torch.stack([image for image, _ in kept])
+    labels = torch.tensor([label for _, label in kept], dtype=torch.long)
+    return images, labels, len(batch) - len(kept)
+
+
+class EpochSampler(Sampler):
+    """A seeded, shardable, resumable sampler yielding ``(position, epoch)``.
+
+    Training (``shuffle=True``): a permutation seeded by ``(seed, epoch)``, padded to a multiple of
+    ``world_size`` (as torch's DistributedSampler does) and dealt round-robin to the ranks. Evaluation
+    (``shuffle=False``): every item exactly once, dealt round-robin, no padding. ``start`` skips the first items
+    of this rank's share (to resume mid-epoch).
+    """
+
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        self.size, self.seed, self.rank, self.world_size, self.shuffle = size, seed, rank, world_size, shuffle
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def _order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))[self.rank :: self.world_size]
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        padded = math.ceil(self.size / self.world_size) * self.world_size
+        order += order[: padded - self.size]
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(i, self.epoch) for i in self._order()[self.start :]])
+
+    def __len__(self) -> int:
+        return max(len(self._order()) - self.start, 0)
+
+
+@dataclass
+class Splits:
+    """The datasets of one run."""
+
+    train: SeededDataset
+    val: SeededDataset
+    holdout: SeededDataset | None
+    classes: list[str]
+
+
+def build_splits(data: DataConfig, prep: Preprocessing, seed: int) -> Splits:
+    """Train, val and the optional hold-out split (carved from train with ``holdout_seed``, the same for every seed)."""
+    sources = raw_sources(data)
+    train_source, val_source = sources["train"], sources["val"]
+    split_rng = np.random.default_rng(data.holdout_seed)
+    order = split_rng.permutation(len(train_source))
+    n_holdout = int(round(data.holdout_fraction * len(order)))
+    holdout_idx, train_idx = order[:n_holdout], order[n_holdout:]
+    if data.limit_train is not None:
+        train_idx = train_idx[: data.limit_train]
+    val_idx = np.arange(len(val_source))
+    if data.limit_val is not None:
+        val_idx = np.random.default_rng(data.holdout_seed + 1).permutation(len(val_source))[: data.limit_val]
+        if data.holdout_fraction:
+            holdout_idx = holdout_idx[: data.limit_val]
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise StitchkitError("the training or validation split is empty; check data.root, data.limit_* and "
+                             "data.holdout_fraction")
+    train_tf, eval_tf = build_transforms(data, prep, True), build_transforms(data, prep, False)
+    skip = data.skip_corrupt
+    return Splits(
+        train=SeededDataset(train_source, sorted(train_idx.tolist()), train_tf, seed, skip),
+        val=SeededDataset(val_source, sorted(val_idx.tolist()), eval_tf, seed, skip),
+        holdout=SeededDataset(train_source, sorted(holdout_idx.tolist()), eval_tf, seed, skip) if n_holdout else None,
+        classes=list(train_source.classes),
+    )

@@ -1,0 +1,94 @@
+"""Evaluate a trained run again, or an unstitched model, in the same data pipeline as training.
+
+The paper quoted model-card accuracies for its original models; ``evaluate_model`` measures them instead, with the
+model's own preprocessing, so stitched and original numbers come from one pipeline.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..compute import count_macs, count_params
+from ..errors import StitchkitError
+from ..zoo.models import create_model, num_outputs
+from . import distributed
+from .checkpoint import atomic_write_json, load_checkpoint
+from .config import Config, from_yaml_file
+from .data import EpochSampler, build_splits, preprocessing_for
+from .engine import _results_relevant_yaml, amp_dtype, evaluate, make_loader, package_versions, resolve_device
+from .checkpoint import digest
+from .models import build_model, load_trainable_state
+
+
+def _eval_loaders(config: Config, splits, device) -> dict:
+    loaders = {}
+    for split in ("val", "holdout"):
+        dataset = getattr(splits, split)
+        if dataset is not None:
+            sampler = EpochSampler(len(dataset), 0, 0, 1, shuffle=False)
+            loaders[split] = make_loader(dataset, sampler, config.train.batch_size, config.train.workers, device, False)
+    return loaders
+
+
+def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | None = None) -> dict:
+    """Rebuild a run's model from its ``config.yaml`` and ``checkpoints/last.pt`` and evaluate it again.
+
+    Writes ``eval.json`` next to the run's ``result.json`` and returns it.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise StitchkitError(f"{str(run_dir)!r} is not a run directory (no config.yaml); pass the output.dir of a run")
+    config = from_yaml_file(run_dir / "config.yaml")
+    if device is not None:
+        config.train.device = device
+    if workers is not None:
+        config.train.workers = workers
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    if not checkpoint.is_file():
+        raise StitchkitError(f"{str(run_dir)!r} has no checkpoints/last.pt to evaluate")
+    dev = resolve_device(config.train.device)
+    splits = build_splits(config.data, preprocessing_for(config.model.src), config.train.seed)
+    torch.manual_seed(config.train.seed)
+    model = build_model(config, len(splits.classes))
+    state = load_checkpoint(checkpoint, digest(_results_relevant_yaml(config)))
+    load_trainable_state(model, state["model"])
+    model.to(dev)
+    dtype = amp_dtype(config.train.amp, dev)
+    results = {split: evaluate(model, loader, dev, dtype, config.train.channels_last, distributed.Dist())
+               for split, loader in _eval_loaders(config, splits, dev).items()}
+    record = {"run_dir": str(run_dir), "step": state["counters"]["step"], **{
+        (k if split == "val" else f"{split}_{k}"): v for split, m in results.items() for k, v in m.items()}}
+    atomic_write_json(run_dir / "eval.json", record)
+    return record
+
+
+def evaluate_model(name: str, config: Config, out_dir: str | Path | None = None) -> dict:
+    """Measure an unstitched model (``name``, with ``config.model.pretrained`` / ``src_checkpoint``) on
+    ``config.data``'s val split, with the model's own preprocessing. Writes ``result.json`` into ``out_dir``."""
+    dev = resolve_device(config.train.device)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    model = create_model(name, pretrained=config.model.pretrained, checkpoint_path=config.model.src_checkpoint,
+                         input_size=config.data.input_size)
+    splits = build_splits(config.data, preprocessing_for(name, model), config.train.seed)
+    if num_outputs(model) != len(splits.classes):
+        raise StitchkitError(
+            f"{name} predicts {num_outputs(model)} classes but the data has {len(splits.classes)}; evaluate a model "
+            "trained on this data (model.src_checkpoint=...)"
+        )
+    gmacs, params = count_macs(model, config.data.input_size) / 1e9, count_params(model)
+    model.to(dev)
+    dtype = amp_dtype(config.train.amp, dev)
+    results = {split: evaluate(model, loader, dev, dtype, config.train.channels_last, distributed.Dist())
+               for split, loader in _eval_loaders(config, splits, dev).items()}
+    record = {"status": "finished", "mode": "eval", "src": name, "dst": name, "dataset": config.data.name,
+              "input_size": config.data.input_size, "pretrained": config.model.pretrained,
+              "checkpoint": config.model.src_checkpoint, "gmacs": gmacs, "params": params, "trainable_params": 0,
+              "versions": package_versions(),
+              **{(k if split == "val" else f"{split}_{k}"): v for split, m in results.items() for k, v in m.items()}}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "result.json", record)
+    return record

@@ -1,0 +1,184 @@
+"""Training end to end, in-process, on tiny synthetic data and a small real Fashion-MNIST subset."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import stitchkit
+from stitchkit.errors import StitchkitError
+from stitchkit.training import NonFiniteLossError, RunInterrupted, load_config, train
+from stitchkit.training.config import Config
+from stitchkit.training.data import find_fashion_mnist
+
+TINY = ["data.name=synthetic", "data.input_size=32", "data.synthetic_train_size=128", "data.synthetic_val_size=64",
+        "optim.batch_size=32", "train.batch_size=16", "train.workers=0", "train.threads=1", "train.log_every=1",
+        "model.pretrained=false"]
+
+
+def _cfg(tmp_path, *overrides, name="run"):
+    return load_config(None, [*TINY, f"output.dir={tmp_path / name}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def source_model(tmp_path_factory):
+    """A resnet10t trained from scratch on the synthetic data: the frozen parts of the stitch tests."""
+    out = tmp_path_factory.mktemp("source")
+    train(load_config(None, [*TINY, "mode=scratch", "model.src=resnet10t", "train.epochs=3", f"output.dir={out}"]))
+    return out / "model.pt"
+
+
+def test_defaults_are_the_papers_recipe():
+    c = Config()
+    assert (c.optim.lr, c.optim.weight_decay, c.optim.batch_size, c.train.epochs) == (0.002, 0.05, 512, 10)
+    assert (c.model.adapter, c.model.resize, c.data.auto_augment, c.data.hflip) == ("bottleneck", "bilinear", True, True)
+
+
+def test_config_layers_and_unknown_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("mode: finetune\nmodel:\n  src: resnet18\n  gap: '1:4'\ntrain:\n  epochs: 3\n")
+    config = load_config(path, ["train.epochs=5"])
+    assert (config.mode, config.model.src, config.model.gap, config.train.epochs) == ("finetune", "resnet18", "1:4", 5)
+    with pytest.raises(StitchkitError, match="did you mean optim.lr"):
+        load_config(None, ["train.lr=0.1"])
+    path.write_text("model:\n  adaptor: linear\n")
+    with pytest.raises(StitchkitError, match="model.adapter"):
+        load_config(path)
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(StitchkitError, match="not valid YAML"):
+        load_config(path)
+    for bad, message in [("optim.lr=-1", "positive"), ("train.epochs=0", "at least 1"),
+                         ("train.epochs=many", "train.epochs"), ("model.adapter=botleneck", "bottleneck"),
+                         ("model.gap=3:1", "write it as 1:3"), ("mode=distill", "stitch")]:
+        with pytest.raises(StitchkitError, match=message):
+            load_config(None, [bad])
+    with pytest.raises(StitchkitError, match="mode=stitch"):
+        load_config(None, ["mode=finetune", "model.src=resnet18", "model.dst=torchvision:swin_t"])
+
+
+def test_scratch_run_writes_a_self_describing_run_dir(tmp_path):
+    result = train(_cfg(tmp_path, "mode=scratch", "model.src=resnet10t", "train.epochs=2"))
+    run = tmp_path / "run"
+    assert result["status"] == "finished" and result["epochs"] == 2 and result["steps"] == 8
+    assert result["top1"] > 40  # 10 tinted classes: far above chance after two epochs
+    assert json.loads((run / "result.json").read_text()) == json.loads(json.dumps(result))
+    assert load_config(run / "config.yaml") == load_config(None, [*TINY, f"output.dir={run}", "mode=scratch",
+                                                                  "model.src=resnet10t", "train.epochs=2"])
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["type"] == "train"] == list(range(1, 9))
+    assert [r["epoch"] for r in lines if r["type"] == "eval"] == [0, 1]
+    lrs = [r["lr"] for r in lines if r["type"] == "train"]
+    assert lrs[-1] == 0.0 and all(a > b for a, b in zip(lrs, lrs[1:]))  # cosine to zero, stepped per step
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["counters"]["step"] == 8
+    assert set(torch.load(run / "model.pt", weights_only=True)) == set(stitchkit.create_model("resnet10t").state_dict())
+
+
+def test_stitch_run_trains_only_the_adapters(tmp_path, source_model):
+    from stitchkit.training import Trainer
+
+    config = _cfg(tmp_path, "mode=stitch", "model.src=resnet10t", "model.gap=1:3", f"model.src_checkpoint={source_model}",
+                  f"model.dst_checkpoint={source_model}", "train.epochs=2")
+    trainer = Trainer(config)
+    result = trainer.run()
+    assert result["status"] == "finished" and 0 < result["trainable_params"] < result["params"]
+    # Frozen weights and BatchNorm statistics after training equal the source model's.
+    source = stitchkit.create_model("resnet10t", checkpoint_path=source_model)
+    untouched = stitchkit.create_stitched(source, source, "1:3", input_size=32)
+    for part in ("front", "back"):
+        trained, original = getattr(trainer.model, part).state_dict(), getattr(untouched, part).state_dict()
+        assert trained.keys() == original.keys()
+        assert all(torch.equal(trained[k], original[k]) for k in trained), part
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in trainer.model.bridge.parameters()}
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert set(checkpoint["model"]) == set(trainer.model.adapter_state_dict())
+    rebuilt = stitchkit.load_stitched(tmp_path / "run" / "adapters.pt")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.eval()(x), trainer.model.eval()(x), atol=1e-6)
+
+
+def test_finetune_run_trains_everything(tmp_path, source_model):
+    result = train(_cfg(tmp_path, "mode=finetune", "model.src=resnet10t", "model.gap=1:3",
+                        f"model.src_checkpoint={source_model}", "train.epochs=1"))
+    assert result["trainable_params"] == result["params"]
+
+
+def _interrupt_at(monkeypatch, step):
+    from stitchkit.training import logging as training_logging
+
+    original = training_logging.MetricsLog.advance
+
+    def advance(self, steps=1):
+        original(self, steps)
+        advance.calls += steps
+        if advance.calls == step:
+            raise KeyboardInterrupt
+
+    advance.calls = 0
+    monkeypatch.setattr(training_logging.MetricsLog, "advance", advance)
+
+
+@pytest.mark.parametrize("stop_at", [3, 4, 6])  # mid-epoch, at an epoch boundary, in the second epoch
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, monkeypatch, stop_at):
+    settings = ["mode=scratch", "model.src=resnet10t", "train.epochs=2", "train.checkpoint_every=100"]
+    reference = train(_cfg(tmp_path, *settings, name="reference"))
+    config = _cfg(tmp_path, *settings, name="interrupted")
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, stop_at)
+        with pytest.raises(RunInterrupted):
+            train(config)
+    assert not (tmp_path / "interrupted" / "result.json").exists()
+    resumed = train(config, resume=True)
+    for key in ("top1", "top5", "loss", "train_loss", "steps", "epochs", "images_seen"):
+        assert resumed[key] == reference[key], key
+
+
+def test_fashion_mnist_modes(tmp_path):
+    try:
+        find_fashion_mnist(None)
+    except StitchkitError:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    data = ["data.name=fashion_mnist", "data.limit_train=512", "data.limit_val=256", "data.random_resized_crop=false",
+            "data.auto_augment=false", "data.crop_pct=1.0", "train.batch_size=32", "optim.batch_size=32"]
+    scratch = train(load_config(None, [*TINY, *data, "mode=scratch", "model.src=resnet10t", "train.epochs=2",
+                                       f"output.dir={tmp_path / 'scratch'}"]))
+    assert scratch["classes"] == 10 and scratch["top1"] > 40  # real images: well above 10% chance
+    checkpoint = tmp_path / "scratch" / "model.pt"
+    for mode in ("stitch", "finetune"):
+        result = train(load_config(None, [*TINY, *data, f"mode={mode}", "model.src=resnet10t", "model.gap=1:3",
+                                          f"model.src_checkpoint={checkpoint}", f"model.dst_checkpoint={checkpoint}",
+                                          "train.epochs=1", f"output.dir={tmp_path / mode}"]))
+        assert result["status"] == "finished" and result["top1"] > 10
+
+
+def test_holdout_split_is_evaluated(tmp_path):
+    result = train(_cfg(tmp_path, "mode=scratch", "model.src=resnet10t", "data.holdout_fraction=0.25",
+                        "train.epochs=1"))
+    assert "holdout_top1" in result and result["images_seen"] == 6 * 16  # 96 of 128 images train
+
+
+def test_refuses_to_clobber_and_to_resume_a_changed_config(tmp_path):
+    settings = ["mode=scratch", "model.src=resnet10t", "train.max_steps=2"]
+    train(_cfg(tmp_path, *settings))
+    with pytest.raises(StitchkitError, match="--overwrite"):
+        train(_cfg(tmp_path, *settings))
+    with pytest.raises(StitchkitError, match=r"optim.lr: 0.002 -> 0.01"):
+        train(_cfg(tmp_path, *settings, "optim.lr=0.01"), resume=True)
+    assert train(_cfg(tmp_path, *settings), overwrite=True)["status"] == "finished"
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path):
+    config = _cfg(tmp_path, "mode=scratch", "model.src=resnet10t", "optim.lr=1e30", "train.epochs=3",
+                  "train.checkpoint_every=1", "train.log_every=100")
+    with pytest.raises(NonFiniteLossError, match="optimizer step") as error:
+        train(config)
+    assert "last good checkpoint" in str(error.value)
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert record["status"] == "failed" and "NaN" in record["error"]
+
+
+def test_batch_sizes_must_divide(tmp_path):
+    with pytest.raises(StitchkitError, match="not a multiple"):
+        train(_cfg(tmp_path, "mode=scratch", "model.src=resnet10t", "optim.batch_size=40", "train.batch_size=16"))
