@@ -1,0 +1,132 @@
+"""Image-folder data: the happy path and every bad input the issue lists, each with a clear message."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stitchkit.errors import StitchkitError
+from stitchkit.training import load_config, train
+from stitchkit.training.data import EpochSampler, Preprocessing, build_splits, preprocessing_for
+
+PREP = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear", 1.0)
+
+
+def make_folder(root, classes=("cat", "dog", "fox"), per_class=6, size=40, split_classes=None):
+    for split in ("train", "val"):
+        for label, name in enumerate(split_classes.get(split, classes) if split_classes else classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                ramp = np.add.outer(np.arange(size), 3 * np.arange(size))  # structure, so crops differ
+                pixels = np.repeat(((label * 80 + i + ramp) % 256)[..., None], 3, axis=2).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def _data(root, *extra):
+    return load_config(None, ["data.name=imagefolder", f"data.root={root}", "data.input_size=32", *extra]).data
+
+
+def test_imagefolder_splits(tmp_path):
+    splits = build_splits(_data(make_folder(tmp_path)), PREP, seed=0)
+    assert splits.classes == ["cat", "dog", "fox"] and len(splits.train) == 18 and len(splits.val) == 18
+    image, label = splits.val[(0, 0)]
+    assert image.shape == (3, 32, 32) and label == 0
+
+
+def test_grayscale_palette_and_cmyk_images_become_rgb(tmp_path):
+    root = make_folder(tmp_path)
+    Image.new("L", (40, 40), 128).save(root / "train" / "cat" / "gray.png")
+    Image.new("CMYK", (40, 40), (0, 255, 0, 0)).save(root / "train" / "cat" / "cmyk.jpg")
+    Image.new("P", (40, 40), 3).save(root / "train" / "cat" / "palette.png")
+    splits = build_splits(_data(root, "data.random_resized_crop=false"), PREP, seed=0)
+    names = [p for p, _ in splits.train.source.samples]
+    for suffix in ("gray.png", "cmyk.jpg", "palette.png"):
+        position = splits.train.indices.index(next(i for i, p in enumerate(names) if p.endswith(suffix)))
+        assert splits.train[(position, 0)][0].shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png"])
+def test_corrupt_images_are_named_or_skipped(tmp_path, kind):
+    root = make_folder(tmp_path)
+    bad = root / "train" / "dog" / f"broken.{'jpg' if kind == 'jpeg' else 'png'}"
+    if kind == "jpeg":
+        bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    else:  # a real PNG cut in half
+        Image.fromarray(np.random.randint(0, 255, (64, 64, 3), dtype=np.uint8)).save(bad)
+        bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    args = ["mode=scratch", "model.src=resnet10t", "data.name=imagefolder", f"data.root={root}", "data.input_size=32",
+            "train.epochs=1", "optim.batch_size=19", "train.batch_size=19", "train.workers=0",
+            f"output.dir={tmp_path / 'run'}"]
+    with pytest.raises(StitchkitError, match=f"cannot decode image .*broken"):
+        train(load_config(None, args))
+    result = train(load_config(None, [*args, "data.skip_corrupt=true"]), overwrite=True)
+    assert result["skipped_images"] == 1 and result["images_seen"] == 18
+
+
+def test_corrupt_image_message_survives_a_worker_process(tmp_path):
+    root = make_folder(tmp_path)
+    (root / "train" / "dog" / "broken.jpg").write_bytes(b"garbage")
+    args = ["mode=scratch", "model.src=resnet10t", "data.name=imagefolder", f"data.root={root}", "data.input_size=32",
+            "optim.batch_size=19", "train.batch_size=19", "train.workers=1", f"output.dir={tmp_path / 'run'}"]
+    with pytest.raises(StitchkitError) as error:
+        train(load_config(None, args))
+    assert str(error.value).startswith("cannot decode image") and "Traceback" not in str(error.value)
+
+
+def test_missing_root_empty_class_and_mismatched_classes(tmp_path):
+    with pytest.raises(StitchkitError, match="does not exist"):
+        build_splits(_data(tmp_path / "nowhere"), PREP, 0)
+    with pytest.raises(StitchkitError, match="needs data.root"):
+        build_splits(load_config(None, ["data.name=imagefolder"]).data, PREP, 0)
+    root = make_folder(tmp_path / "a")
+    (root / "train" / "empty").mkdir()
+    (root / "val" / "empty").mkdir()
+    with pytest.raises(StitchkitError, match="holds no images"):
+        build_splits(_data(root), PREP, 0)
+    root = make_folder(tmp_path / "b", split_classes={"train": ("cat", "dog"), "val": ("cat", "eel")})
+    with pytest.raises(StitchkitError, match="only in train: \\['dog'\\], only in val: \\['eel'\\]"):
+        build_splits(_data(root), PREP, 0)
+
+
+def test_class_count_must_match_the_head(tmp_path):
+    root = make_folder(tmp_path)
+    base = ["data.name=imagefolder", f"data.root={root}", "data.input_size=32", "model.src=resnet10t",
+            "model.pretrained=false", "optim.batch_size=6", "train.batch_size=6", "train.workers=0", "train.epochs=1"]
+    with pytest.raises(StitchkitError, match="model.num_classes=3"):
+        train(load_config(None, [*base, "mode=finetune", f"output.dir={tmp_path / 'ft'}"]))
+    result = train(load_config(None, [*base, "mode=finetune", "model.num_classes=3", f"output.dir={tmp_path / 'ft'}"]))
+    assert result["classes"] == 3
+    with pytest.raises(StitchkitError, match="dst_checkpoint"):
+        train(load_config(None, [*base, "mode=stitch", f"output.dir={tmp_path / 'st'}"]))
+
+
+def test_sampler_shards_and_resumes():
+    full = list(EpochSampler(10, seed=3, shuffle=True))
+    assert sorted(i for i, _ in full) == list(range(10))
+    assert full != list(EpochSampler(10, seed=4, shuffle=True))  # seeds change the data order
+    ranks = [list(EpochSampler(10, seed=3, rank=r, world_size=3)) for r in range(3)]
+    assert sum(len(r) for r in ranks) == 12  # padded to a multiple of the world size, like DistributedSampler
+    resumed = EpochSampler(10, seed=3)
+    resumed.set_epoch(0, start=4)
+    assert list(resumed) == full[4:]
+    evaluation = [list(EpochSampler(10, rank=r, world_size=3, shuffle=False)) for r in range(3)]
+    assert sorted(i for shard in evaluation for i, _ in shard) == list(range(10))
+
+
+def test_preprocessing_comes_from_the_source_model():
+    vit = preprocessing_for("vit_small_patch16_224.augreg_in1k")
+    assert vit.mean == (0.5, 0.5, 0.5) and vit.interpolation == "bicubic" and vit.crop_pct == 0.9
+    resnet = preprocessing_for("resnet50.a1_in1k")
+    assert resnet.mean == pytest.approx((0.485, 0.456, 0.406)) and resnet.crop_pct == 0.95
+    swin = preprocessing_for("torchvision:swin_t")
+    assert swin.interpolation == "bicubic" and swin.crop_pct == pytest.approx(224 / 232)
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index(tmp_path):
+    splits = build_splits(_data(make_folder(tmp_path)), PREP, seed=0)
+    a, b = splits.train[(2, 1)][0], splits.train[(2, 1)][0]
+    assert torch.equal(a, b)
+    assert not torch.equal(a, splits.train[(2, 2)][0])

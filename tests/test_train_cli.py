@@ -1,0 +1,88 @@
+"""``stitchkit train`` / ``eval`` / ``eval-model`` through the CLI, a killed process resumed, and 2-process DDP."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stitchkit.cli import main
+from stitchkit.training import load_config, train
+
+TINY = ["data.name=synthetic", "data.input_size=32", "data.synthetic_train_size=128", "data.synthetic_val_size=64",
+        "optim.batch_size=32", "train.batch_size=16", "train.workers=0", "train.threads=1", "model.pretrained=false",
+        "mode=scratch", "model.src=resnet10t"]
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def test_train_eval_and_eval_model_commands(tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("train:\n  epochs: 1\n")
+    run = tmp_path / "run"
+    assert main(["train", str(config), *TINY, f"output.dir={run}"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status"] == "finished"
+    assert main(["eval", str(run)]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["top1"] == summary["top1"]  # the same weights, the same pipeline
+    assert json.loads((run / "eval.json").read_text())["top1"] == summary["top1"]
+    out = tmp_path / "eval-model"
+    assert main(["eval-model", "resnet10t", "--data", "synthetic", "--input-size", "32", "--checkpoint",
+                 str(run / "model.pt"), "--workers", "0", "--out", str(out)]) == 0
+    measured = json.loads(capsys.readouterr().out)
+    assert measured["top1"] == summary["top1"] and measured["mode"] == "eval"
+    assert json.loads((out / "result.json").read_text())["gmacs"] > 0
+
+
+def test_train_command_errors(tmp_path, capsys):
+    assert main(["train", "model.gapp=1:3"]) == 2
+    assert "did you mean model.gap" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert main(["train", *TINY, "data.name=imagefolder", f"data.root={tmp_path / 'nope'}",
+                 f"output.dir={tmp_path / 'r'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_killed_process_resumes_to_the_same_result(tmp_path):
+    settings = [*TINY, "train.epochs=2", "train.checkpoint_every=1", "train.log_every=1"]
+    reference = train(load_config(None, [*settings, f"output.dir={tmp_path / 'reference'}"]))
+    run = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "stitchkit", "train", *settings, f"output.dir={run}"],
+                               env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run / "result.json").exists(), "the run finished before it could be killed"
+    resumed = train(load_config(None, [*settings, f"output.dir={run}"]), resume=True)
+    for key in ("top1", "top5", "loss", "train_loss", "steps"):
+        assert resumed[key] == reference[key], key
+
+
+def test_two_process_ddp_with_gloo(tmp_path):
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               "-m", "stitchkit", "train", *TINY, "train.epochs=2", "train.log_every=1", f"output.dir={run}"]
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((run / "result.json").read_text())
+    assert result["world_size"] == 2 and result["status"] == "finished"
+    assert result["steps"] == 8  # 128 images / (2 processes x 16) per step, 2 epochs
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["type"] == "train"] == list(range(1, 9))  # written once, by rank 0
+    assert all(r["images"] == 64 for r in records if r["type"] == "eval")  # val split counted over both ranks
