@@ -182,3 +182,18 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path):
 def test_batch_sizes_must_divide(tmp_path):
     with pytest.raises(StitchkitError, match="not a multiple"):
         train(_cfg(tmp_path, "mode=scratch", "model.src=resnet10t", "optim.batch_size=40", "train.batch_size=16"))
+
+
+def test_bf16_autocast_and_channels_last_on_cpu(tmp_path, source_model):
+    result = train(_cfg(tmp_path, "mode=stitch", "model.src=resnet10t", "model.gap=2:3", "model.adapter=linear",
+                        f"model.src_checkpoint={source_model}", f"model.dst_checkpoint={source_model}",
+                        "train.amp=bf16", "train.channels_last=true", "train.max_steps=2"))
+    assert result["status"] == "finished" and result["amp"] == "bfloat16" and result["steps"] == 2
+
+
+def test_seeds_change_initialisation_and_data_order(tmp_path):
+    base = ["mode=scratch", "model.src=resnet10t", "train.max_steps=2"]
+    a = train(_cfg(tmp_path, *base, "train.seed=1", name="a"))
+    b = train(_cfg(tmp_path, *base, "train.seed=2", name="b"))
+    again = train(_cfg(tmp_path, *base, "train.seed=1", name="c"))
+    assert a["train_loss"] == again["train_loss"] and a["train_loss"] != b["train_loss"]

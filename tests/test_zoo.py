@@ -160,10 +160,17 @@ def test_checkpoint_at_another_input_size_is_resampled(tmp_path):
 def test_bad_checkpoints(tmp_path):
     with pytest.raises(StitchkitError, match="does not exist"):
         stitchkit.create_model("resnet18", checkpoint_path=tmp_path / "missing.pt")
-    wrong = tmp_path / "wrong.pt"
-    torch.save(stitchkit.create_model("resnet18", num_classes=10).state_dict(), wrong)
+    ten_classes = tmp_path / "ten.pt"
+    torch.save(stitchkit.create_model("resnet18", num_classes=10).state_dict(), ten_classes)
+    # A checkpoint with another head size builds that head (e.g. a model trained with mode=scratch) ...
+    assert stitchkit.create_model("resnet18", checkpoint_path=ten_classes).fc.out_features == 10
+    # ... unless the caller asked for a different one.
     with pytest.raises(StitchkitError, match="wrong shape"):
-        stitchkit.create_model("resnet18", checkpoint_path=wrong)
+        stitchkit.create_model("resnet18", checkpoint_path=ten_classes, num_classes=5)
+    other = tmp_path / "resnet34.pt"
+    torch.save(stitchkit.create_model("resnet34").state_dict(), other)
+    with pytest.raises(StitchkitError, match="unexpected"):
+        stitchkit.create_model("resnet18", checkpoint_path=other)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(StitchkitError, match="cannot read"):

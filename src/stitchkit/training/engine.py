@@ -443,6 +443,8 @@ class Trainer:
     def _finish(self) -> dict:
         c = self.counters
         if getattr(self, "evaluated_at", None) != c.step:  # stopped by max_steps inside an epoch
+            loss_sum, count = distributed.all_reduce_sum(self.epoch_loss.clone(), self.ctx).tolist()
+            self.last_train_loss = loss_sum / max(count, 1)  # over the part of the epoch that ran
             self._evaluate_all(c.epoch)
             self._checkpoint()
         record = self._record("finished")
