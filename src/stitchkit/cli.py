@@ -200,6 +200,61 @@ def _cmd_eval_model(args) -> int:
     return 0
 
 
+def _cmd_methods(args) -> int:
+    from .sweeps.methods import PAPER_METHODS, list_methods
+
+    for method in list_methods():
+        paper = "paper" if method.name in PAPER_METHODS else ""
+        print(f"{method.name:26s} adapter={method.adapter:13s} resize={method.resize:10s} {paper:5s} {method.label}")
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    import os
+    from pathlib import Path
+
+    from .sweeps.grid import load_sweep
+    from .sweeps.runner import run_local, run_local_gpus, submit_slurm, write_manifest
+    from .training import RunInterrupted
+
+    sweep = load_sweep(args.sweep, args.settings)
+    runs_dir = Path(args.out or Path("runs") / sweep.name)
+    if args.dry_run:
+        from .sweeps.dryrun import dry_run_table
+
+        print(dry_run_table(sweep, with_costs=not args.no_costs))
+        return 0
+    write_manifest(sweep, runs_dir)
+    if args.executor == "slurm":
+        jobs = submit_slurm(sweep, args.sweep, list(args.settings), runs_dir, retry_failed=args.retry_failed,
+                            partition=args.partition, time_min=args.time_min, gpus_per_job=args.gpus_per_job,
+                            cpus_per_task=args.cpus_per_task, array_parallelism=args.array_parallelism,
+                            cluster=args.cluster, wait=args.wait)
+        print(f"submitted {len(jobs)} cells" + (f" (job ids {jobs[0].job_id} ...)" if jobs else " (nothing to run)"))
+        return 0
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus > 1 and not os.environ.get("STITCHKIT_SWEEP_WORKER"):
+        return run_local_gpus(sys.argv[1:], gpus)
+    try:
+        counts = run_local(sweep, runs_dir, retry_failed=args.retry_failed,
+                           log=lambda line: print(line, file=sys.stderr, flush=True))
+    except RunInterrupted as stop:
+        print(f"stitchkit: sweep stopped: {stop}; rerun the same command to continue", file=sys.stderr)
+        return 130
+    print(json.dumps({"runs_dir": str(runs_dir), **counts}))
+    return 1 if counts.get("failed") else 0
+
+
+def _cmd_report(args) -> int:
+    from .reports import write_report
+
+    index = write_report(args.runs_dir, args.out)
+    print(f"report written: {index}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stitchkit", description="Stitch frozen parts of vision models together.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -264,6 +319,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for result.json")
     p.add_argument("settings", nargs="*", metavar="key=value", help="further config overrides")
     p.set_defaults(run=_cmd_eval_model)
+
+    p = sub.add_parser("methods", help="list stitching methods (adapter x resize) for sweep files")
+    p.set_defaults(run=_cmd_methods)
+
+    p = sub.add_parser("sweep", help="run a grid of stitches, resumable, locally or on SLURM")
+    p.add_argument("sweep", help="sweep YAML file (see configs/paper/)")
+    p.add_argument("settings", nargs="*", metavar="key=value", help="overrides of the sweep's base settings")
+    p.add_argument("--out", default=None, help="runs folder (default runs/<sweep name>)")
+    p.add_argument("--dry-run", action="store_true", help="print the cells with GMACs and parameters, run nothing")
+    p.add_argument("--no-costs", action="store_true", help="with --dry-run: skip the GMACs and parameter columns")
+    p.add_argument("--executor", choices=["local", "slurm"], default="local")
+    p.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    p.add_argument("--partition", default=None, help="SLURM partition")
+    p.add_argument("--time-min", type=int, default=24 * 60, help="SLURM time limit per cell (minutes)")
+    p.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per cell (torchrun inside the job when > 1)")
+    p.add_argument("--cpus-per-task", type=int, default=10)
+    p.add_argument("--array-parallelism", type=int, default=64)
+    p.add_argument("--cluster", default=None, help="submitit cluster: slurm (default), local or debug (for testing)")
+    p.add_argument("--wait", action="store_true", help="wait for the submitted jobs to finish")
+    p.set_defaults(run=_cmd_sweep)
+
+    p = sub.add_parser("report", help="results.csv, summary.csv, plots, table1.md and index.html from a runs folder")
+    p.add_argument("runs_dir")
+    p.add_argument("--out", default=None, help="report folder (default RUNS_DIR/report)")
+    p.set_defaults(run=_cmd_report)
     return parser
 
 

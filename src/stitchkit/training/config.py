@@ -154,8 +154,10 @@ def _parse_yaml(text: str, source: str) -> Any:
         raise StitchkitError(f"{source} is not valid YAML: {err}") from None
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file at ``path`` (optional), then ``key=value`` overrides; validated.
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *,
+                layers: Sequence[tuple[str, dict]] = ()) -> Config:
+    """Defaults, then the YAML file at ``path`` (optional), then ``layers`` (``(source, dict)`` pairs, e.g. a sweep's
+    base settings and a cell's), then ``key=value`` overrides; validated.
 
     Example:
         >>> cfg = load_config(None, ["mode=scratch", "model.src=resnet18", "train.epochs=2"])
@@ -173,6 +175,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         if not isinstance(loaded, dict):
             raise StitchkitError(f"config file {str(path)!r} must hold a mapping of settings")
         merged = _merge(merged, loaded, str(path))
+    for source, layer in layers:
+        merged = _merge(merged, layer, source)
     for item in overrides:
         if "=" not in item:
             raise StitchkitError(f"override {item!r} is not of the form key=value, e.g. train.epochs=2")

@@ -314,6 +314,26 @@ class Trainer:
         self.counters = Counters(**state["counters"])
         self.epoch_loss = state["epoch_loss"].to(self.device)
         set_rng_state(state["rng"])
+        if self.ctx.is_main:
+            self._truncate_metrics()
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines written after the checkpoint we resume from: they are about to be written again."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        import json
+
+        step, kept = self.counters.step, []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by the kill
+            if record.get("step", 0) <= step and not (record.get("step") == step and record["type"] in ("eval", "epoch")
+                                                       and record.get("epoch", 0) >= self.counters.epoch):
+                kept.append(line)
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
     def _elapsed(self) -> float:
         return time.time() - self._segment_start

@@ -1,0 +1,57 @@
+"""Reports: the paper's tables and figures from a runs folder, in one command (``stitchkit report``)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from ..errors import StitchkitError
+from .collect import RESULT_COLUMNS, SUMMARY_COLUMNS, collect, standard_error, summarize
+from .model_cards import model_card
+from .page import table1_markdown, table1_rows, write_html
+from .plots import accuracy_vs_compute, accuracy_vs_gap, pairs_overview, pareto_front
+
+__all__ = ["collect", "pareto_front", "standard_error", "summarize", "write_report"]
+
+
+def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _add_model_cards(rows: list[dict], originals: dict) -> None:
+    """Fill in published accuracies for models not measured here, only for ImageNet-sized runs (1000 classes)."""
+    if not any(r.get("dataset") == "imagefolder" for r in rows):
+        return
+    from ..sweeps.dryrun import _meta_model
+    from ..compute import count_macs
+
+    for name in sorted({r["src"] for r in rows} | {r["dst"] for r in rows}):
+        if name and name not in originals and (card := model_card(name)):
+            originals[name] = {"top1": card[0], "gmacs": count_macs(_meta_model(name, 224), 224) / 1e9,
+                               "source": card[1]}
+
+
+def write_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write results.csv, summary.csv, the figures (PNG and PDF), table1.md and index.html; returns index.html."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise StitchkitError(f"runs folder {str(runs_dir)!r} does not exist; pass the --out folder of a sweep")
+    rows, originals = collect(runs_dir)
+    if not rows:
+        raise StitchkitError(f"no runs found under {str(runs_dir)!r} (no sweeps/*.json manifest, no result.json)")
+    _add_model_cards(rows, originals)
+    summary = summarize(rows)
+    out = Path(out) if out else runs_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / "results.csv", rows, RESULT_COLUMNS)
+    _write_csv(out / "summary.csv", summary, SUMMARY_COLUMNS)
+    images = accuracy_vs_gap(summary, originals, out) + accuracy_vs_compute(summary, originals, out)
+    images += pairs_overview(summary, originals, out)
+    table1 = table1_rows(summary, originals)
+    (out / "table1.md").write_text(table1_markdown(table1))
+    index = out / "index.html"
+    write_html(index, runs_dir, rows, summary, originals, table1, images,
+               {"results": RESULT_COLUMNS, "summary": SUMMARY_COLUMNS})
+    return index

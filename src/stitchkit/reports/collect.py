@@ -1,0 +1,154 @@
+"""Results out of a runs folder: one row per run, one summary row per cell, and the original models' accuracies.
+
+Rows come from the sweep manifests (so pending, skipped and failed cells appear too) and from every
+``result.json`` below the folder (so single ``stitchkit train`` and ``eval-model`` runs count as well).
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..chain import parse_gap
+from ..sweeps.runner import MANIFEST_DIR, cell_state
+
+RESULT_COLUMNS = ["pair", "src", "dst", "gap", "src_stage", "dst_stage", "method", "kind", "seed", "lr", "top1", "top5",
+                  "holdout_top1", "gmacs", "params", "trainable_params", "epochs", "wall_time_s", "status", "error",
+                  "dataset", "run_dir"]
+SUMMARY_COLUMNS = ["pair", "src", "dst", "gap", "src_stage", "dst_stage", "method", "kind", "lr", "n", "top1_mean",
+                   "top1_se", "top5_mean", "holdout_top1_mean", "gmacs", "params", "trainable_params", "selected_on",
+                   "n_failed"]
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _stages(gap: str | None) -> tuple[int | None, int | None]:
+    return parse_gap(gap) if gap else (None, None)
+
+
+def _row(cell: dict, result: dict | None, run_dir: Path, status: str) -> dict[str, Any]:
+    result = result or {}
+    src_stage, dst_stage = _stages(cell.get("gap"))
+    row = {
+        "pair": f"{cell['src']} -> {cell['dst']}", "src": cell["src"], "dst": cell["dst"], "gap": cell.get("gap"),
+        "src_stage": src_stage, "dst_stage": dst_stage, "method": cell.get("method"), "kind": cell.get("kind"),
+        "seed": cell.get("seed"), "lr": cell.get("lr"),
+        "status": status, "error": result.get("error") or cell.get("skip_reason"), "run_dir": str(run_dir),
+    }
+    for key in ("top1", "top5", "holdout_top1", "gmacs", "params", "trainable_params", "epochs", "wall_time_s",
+                "dataset"):
+        row[key] = result.get(key)
+    return row
+
+
+def _cell_from_result(result: dict) -> dict:
+    mode = result.get("mode")
+    method = {"stitch": None, "finetune": "finetune", "scratch": "scratch"}.get(mode)
+    if mode == "stitch":
+        from ..sweeps.methods import list_methods
+
+        match = [m.name for m in list_methods() if (m.adapter, m.resize) == (result.get("adapter"), result.get("resize"))]
+        method = match[0] if match else f"{result.get('resize')}_{result.get('adapter')}"
+    return {"src": result.get("src"), "dst": result.get("dst"), "gap": result.get("gap"), "method": method,
+            "kind": mode, "seed": result.get("seed"), "lr": result.get("lr") if mode == "finetune" else None}
+
+
+def collect(runs_dir: str | Path) -> tuple[list[dict], dict[str, dict]]:
+    """``(rows, measured_originals)``; originals map a model name to ``{"top1", "gmacs", "source"}``."""
+    runs_dir = Path(runs_dir)
+    rows, seen = [], set()
+    for manifest in sorted((runs_dir / MANIFEST_DIR).glob("*.json")):
+        data = _read_json(manifest) or {}
+        for cell in data.get("cells", []):
+            run_dir = runs_dir / cell["name"]
+            if run_dir in seen:
+                continue
+            seen.add(run_dir)
+            if cell.get("skip_reason"):
+                rows.append(_row(cell, None, run_dir, "skipped"))
+                continue
+            state = cell_state(run_dir)
+            result = _read_json(run_dir / "result.json") if state in ("finished", "failed") else None
+            status = {"new": "pending", "interrupted": "interrupted"}.get(state, state)
+            rows.append(_row(cell, result, run_dir, status))
+    originals: dict[str, dict] = {}
+    for path in sorted(runs_dir.rglob("result.json")):
+        run_dir = path.parent
+        result = _read_json(path)
+        if result is None:
+            continue
+        if result.get("mode") == "eval" and result.get("top1") is not None:
+            originals[result["src"]] = {"top1": result["top1"], "gmacs": result.get("gmacs"),
+                                        "source": "measured (eval-model)", "dataset": result.get("dataset")}
+            continue
+        if run_dir in seen or result.get("mode") is None:
+            continue
+        seen.add(run_dir)
+        rows.append(_row(_cell_from_result(result), result, run_dir, result.get("status", "failed")))
+    for row in rows:  # a model trained from scratch is also an original model of its own
+        if row["kind"] == "scratch" and row["status"] == "finished" and row["src"] not in originals:
+            scratch = [r["top1"] for r in rows if r["kind"] == "scratch" and r["src"] == row["src"]
+                       and r["status"] == "finished"]
+            originals[row["src"]] = {"top1": statistics.fmean(scratch), "gmacs": row["gmacs"],
+                                     "source": f"trained from scratch ({len(scratch)} seeds)", "dataset": row["dataset"]}
+    return rows, originals
+
+
+def standard_error(values: list[float]) -> float | None:
+    """Sample standard deviation / sqrt(n); None for fewer than two values."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) >= 2 else None
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One row per cell (pair, gap, method), averaged over seeds; for methods run at several learning rates (the
+    fine-tuning baseline), the best learning rate, selected on the hold-out split when every run has one."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["status"] in ("skipped",):
+            continue
+        key = (row["kind"], row["src"], row["dst"], row["gap"], row["method"], row["lr"])
+        groups.setdefault(key, []).append(row)
+    per_lr = []
+    for (kind, src, dst, gap, method, lr), members in groups.items():
+        done = [r for r in members if r["status"] == "finished" and r["top1"] is not None]
+        top1 = [r["top1"] for r in done]
+        src_stage, dst_stage = _stages(gap)
+        per_lr.append({
+            "pair": f"{src} -> {dst}", "src": src, "dst": dst, "gap": gap, "src_stage": src_stage,
+            "dst_stage": dst_stage, "method": method, "kind": kind, "lr": lr, "n": len(done),
+            "top1_mean": _mean(top1), "top1_se": standard_error(top1), "top5_mean": _mean(r["top5"] for r in done),
+            "holdout_top1_mean": _mean(r["holdout_top1"] for r in done) if done and all(
+                r["holdout_top1"] is not None for r in done) else None,
+            "gmacs": _mean(r["gmacs"] for r in done), "params": _mean(r["params"] for r in done),
+            "trainable_params": _mean(r["trainable_params"] for r in done),
+            "n_failed": sum(r["status"] == "failed" for r in members), "selected_on": None,
+        })
+    best: dict[tuple, list[dict]] = {}
+    for row in per_lr:
+        best.setdefault((row["kind"], row["src"], row["dst"], row["gap"], row["method"]), []).append(row)
+    summary = []
+    for candidates in best.values():
+        if len(candidates) == 1:
+            summary.append(candidates[0])
+            continue
+        scored = [c for c in candidates if c["top1_mean"] is not None]
+        on_holdout = bool(scored) and all(c["holdout_top1_mean"] is not None for c in scored)
+        if not scored:
+            summary.append({**candidates[0], "lr": None, "n_failed": sum(c["n_failed"] for c in candidates)})
+            continue
+        chosen = max(scored, key=lambda c: c["holdout_top1_mean"] if on_holdout else c["top1_mean"])
+        summary.append({**chosen, "n_failed": sum(c["n_failed"] for c in candidates),
+                        "selected_on": "holdout" if on_holdout else "eval split (no hold-out: optimistic)"})
+    return sorted(summary, key=lambda r: (r["pair"], r["gap"] or "", r["method"] or ""))

@@ -1,0 +1,144 @@
+"""The paper's figures from summary rows: accuracy vs gap (Figures 3, 4, 9-11) and accuracy vs compute with the
+Pareto front and the original models as stars (Figures 5, 6, 12-15). Each is written as PNG and PDF."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..sweeps.methods import get_method  # noqa: E402
+
+
+def _label(method: str) -> str:
+    try:
+        return get_method(method).label
+    except Exception:  # finetune, scratch and unregistered names are their own labels
+        return {"finetune": "Fine-Tuning"}.get(method, method)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
+
+
+def _save(fig, out: Path, stem: str) -> list[Path]:
+    paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
+    for path in paths:
+        fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not dominated by a cheaper-or-equal and more accurate one, by increasing cost."""
+    front, best = [], float("-inf")
+    for cost, acc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if acc > best:
+            front.append((cost, acc))
+            best = acc
+    return front
+
+
+def _by_method(rows):
+    methods = {}
+    for row in rows:
+        methods.setdefault(row["method"], []).append(row)
+    return methods
+
+
+def accuracy_vs_gap(summary: list[dict], originals: dict, out: Path) -> list[Path]:
+    """Per pair: one panel per source stage, accuracy vs destination stage, one line (± standard error) per method."""
+    paths = []
+    for pair in sorted({r["pair"] for r in summary if r["gap"]}):
+        rows = [r for r in summary if r["pair"] == pair and r["gap"] and r["top1_mean"] is not None]
+        stages = sorted({r["src_stage"] for r in rows})
+        if not stages:
+            continue
+        fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 4), squeeze=False)
+        for ax, stage in zip(axes[0], stages):
+            for method, members in sorted(_by_method([r for r in rows if r["src_stage"] == stage]).items()):
+                members.sort(key=lambda r: r["dst_stage"])
+                x = [r["dst_stage"] for r in members]
+                y = [r["top1_mean"] for r in members]
+                se = [r["top1_se"] or 0.0 for r in members]
+                line, = ax.plot(x, y, marker="o", label=_label(method))
+                ax.fill_between(x, [a - b for a, b in zip(y, se)], [a + b for a, b in zip(y, se)],
+                                color=line.get_color(), alpha=0.2)
+            dst = rows[0]["dst"]
+            if dst in originals:
+                ax.axhline(originals[dst]["top1"], color="grey", linestyle="--", label=f"{dst} (original)")
+            ax.set_title(f"Stage {stage} -> Stage y")
+            ax.set_xlabel("destination stage")
+            ax.set_ylabel("top-1 accuracy (%)")
+            ax.set_xticks(range(stage, 5))
+            ax.grid(alpha=0.3)
+        axes[0][-1].legend(fontsize=7, loc="best")
+        fig.suptitle(f"{pair}: accuracy vs gap (bands: standard error over seeds)")
+        paths += _save(fig, out, f"gap_{_slug(pair)}")
+    return paths
+
+
+def _stars(ax, names, originals):
+    for name in names:
+        if name in originals and originals[name].get("gmacs"):
+            ax.scatter([originals[name]["gmacs"]], [originals[name]["top1"]], marker="*", s=220, zorder=5,
+                       edgecolor="black", label=f"{name} (original)")
+
+
+def accuracy_vs_compute(summary: list[dict], originals: dict, out: Path) -> list[Path]:
+    """Per pair: one panel per source stage, accuracy vs GMACs per method, the Pareto front, originals as stars."""
+    paths = []
+    for pair in sorted({r["pair"] for r in summary if r["gap"]}):
+        rows = [r for r in summary if r["pair"] == pair and r["gap"] and r["top1_mean"] is not None and r["gmacs"]]
+        stages = sorted({r["src_stage"] for r in rows})
+        if not stages:
+            continue
+        fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 4), squeeze=False)
+        for ax, stage in zip(axes[0], stages):
+            panel = [r for r in rows if r["src_stage"] == stage]
+            for method, members in sorted(_by_method(panel).items()):
+                members.sort(key=lambda r: r["gmacs"])
+                ax.plot([r["gmacs"] for r in members], [r["top1_mean"] for r in members], marker="o", label=_label(method))
+            front = pareto_front([(r["gmacs"], r["top1_mean"]) for r in panel])
+            ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black", linestyle=":",
+                    label="Pareto front")
+            _stars(ax, sorted({panel[0]["src"], panel[0]["dst"]}), originals)
+            ax.set_title(f"Stage {stage} -> Stage y")
+            ax.set_xlabel("GMACs (multiply-accumulates, one image)")
+            ax.set_ylabel("top-1 accuracy (%)")
+            ax.grid(alpha=0.3)
+        axes[0][-1].legend(fontsize=7, loc="best")
+        fig.suptitle(f"{pair}: accuracy vs compute (up and left is better)")
+        paths += _save(fig, out, f"compute_{_slug(pair)}")
+    return paths
+
+
+def pairs_overview(summary: list[dict], originals: dict, out: Path) -> list[Path]:
+    """Figure 6: the full-block method of every pair (ViT block for ViT to ViT, bottleneck otherwise)."""
+    rows = [r for r in summary if r["gap"] and r["top1_mean"] is not None and r["gmacs"]
+            and r["method"] in ("downsample_bottleneck", "vit_block")]
+    by_pair = {}
+    for r in rows:
+        by_pair.setdefault(r["pair"], []).append(r)
+    for pair, members in list(by_pair.items()):  # ViT to ViT: the ViT block replaces the bottleneck, as in the paper
+        if any(r["method"] == "vit_block" for r in members):
+            by_pair[pair] = [r for r in members if r["method"] == "vit_block"]
+    stages = sorted({r["src_stage"] for r in rows})
+    if not stages:
+        return []
+    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 4), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        for pair, members in sorted(by_pair.items()):
+            members = sorted((r for r in members if r["src_stage"] == stage), key=lambda r: r["gmacs"])
+            if members:
+                ax.plot([r["gmacs"] for r in members], [r["top1_mean"] for r in members], marker="o", label=pair)
+        _stars(ax, sorted({r["src"] for r in rows}), originals)
+        ax.set_title(f"Stage {stage} -> Stage y, full-block adapters")
+        ax.set_xlabel("GMACs")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=6, loc="best")
+    return _save(fig, out, "pairs_overview")

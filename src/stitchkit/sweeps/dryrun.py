@@ -1,0 +1,71 @@
+"""What a sweep will cost, without training: GMACs and parameters of every cell.
+
+Models are built on PyTorch's ``meta`` device (shapes only, no memory, no weights) and counted with the same
+:func:`~stitchkit.compute.count_macs` as trained runs, so the paper's whole grid is priced in seconds per pair.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..compute import count_macs, count_params
+from ..finetune import create_finetune_baseline
+from ..stitching import create_stitched
+from ..zoo.models import create_model
+from .grid import Cell, Sweep
+from .methods import get_method
+
+
+@functools.lru_cache(maxsize=64)
+def _meta_model(name: str, input_size: int):
+    with torch.device("meta"):
+        return create_model(name, input_size=input_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _costs(kind: str, src: str, dst: str, gap: str | None, method: str, input_size: int) -> tuple[float, int, int]:
+    with torch.device("meta"):
+        if kind == "scratch":
+            model = _meta_model(src, input_size)
+            trainable = count_params(model)
+        elif kind == "finetune":
+            model = create_finetune_baseline(_meta_model(src, input_size), gap, input_size=input_size)
+            trainable = count_params(model)
+        else:
+            m = get_method(method)
+            model = create_stitched(_meta_model(src, input_size), _meta_model(dst, input_size), gap, m.adapter,
+                                    m.resize, input_size=input_size)
+            trainable = count_params(model, trainable_only=True)
+        return count_macs(model, input_size) / 1e9, count_params(model), trainable
+
+
+def cell_costs(sweep: Sweep, cell: Cell) -> dict:
+    """``{"gmacs", "params", "trainable_params"}`` of one cell (``None`` values for skipped cells)."""
+    if cell.skip_reason:
+        return {"gmacs": None, "params": None, "trainable_params": None}
+    size = sweep.base.get("data", {}).get("input_size", 224)
+    gmacs, params, trainable = _costs(cell.kind, cell.src, cell.dst, cell.gap, cell.method, size)
+    return {"gmacs": gmacs, "params": params, "trainable_params": trainable}
+
+
+def dry_run_table(sweep: Sweep, with_costs: bool = True) -> str:
+    """A plain-text table of every cell and the totals."""
+    header = f"{'kind':8} {'pair':58} {'gap':4} {'method':26} {'seed':>4} {'lr':>7} {'GMACs':>7} {'params':>8} {'train':>8}  note"
+    lines = [header, "-" * len(header)]
+    for cell in sweep.cells:
+        costs = cell_costs(sweep, cell) if with_costs else {}
+        gmacs = f"{costs['gmacs']:.3f}" if costs.get("gmacs") is not None else "-"
+        params = f"{costs['params'] / 1e6:.2f}M" if costs.get("params") is not None else "-"
+        trainable = f"{costs['trainable_params'] / 1e6:.2f}M" if costs.get("trainable_params") is not None else "-"
+        lr = f"{cell.lr:g}" if cell.lr is not None else "-"
+        note = f"skipped: {cell.skip_reason}" if cell.skip_reason else ""
+        lines.append(f"{cell.kind:8} {cell.pair[:58]:58} {cell.gap or '-':4} {cell.method[:26]:26} {cell.seed:>4} "
+                     f"{lr:>7} {gmacs:>7} {params:>8} {trainable:>8}  {note}")
+    runnable = len(sweep.runnable)
+    by_kind = {}
+    for cell in sweep.runnable:
+        by_kind[cell.kind] = by_kind.get(cell.kind, 0) + 1
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(by_kind.items()))
+    lines.append(f"total: {len(sweep.cells)} cells, {runnable} to run ({kinds}), {len(sweep.cells) - runnable} skipped")
+    return "\n".join(lines)

@@ -1,0 +1,243 @@
+"""Sweep files and their expansion into cells.
+
+A sweep file names the grid::
+
+    base:            # training settings, as for `stitchkit train` (nested or dotted keys)
+      data: {root: /data/imagenet}
+    pairs:           # [src, dst]; the same model twice stitches a model to itself
+      - [resnet50.a1_in1k, torchvision:swin_t]
+    gaps: ["1:1", "1:2"]            # default: the paper's nine
+    methods: [downsample_bottleneck] # default: every paper method that applies
+    baselines:
+      finetune: {lrs: [0.01, 0.002, 0.0002]}   # for pairs of one model with itself
+      scratch: {models: [resnet18, resnet34]}
+    seeds: [0, 1, 2]
+
+Each cell is one training run. Its run directory name is derived from its settings alone (readable parts plus a
+digest of every setting that changes results), so rerunning a sweep finds the same directories, skips finished
+cells and resumes interrupted ones. Methods that do not apply to a pair (a ViT block between image layouts, a
+fine-tuning baseline across architectures) become cells with a skip reason, never errors mid-sweep.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..chain import PAPER_GAPS, parse_gap
+from ..errors import StitchkitError, close_matches
+from ..training.config import RESUMABLE_CHANGES, Config, _parse_yaml, flatten, load_config
+from .methods import PAPER_METHODS, get_method
+
+TOP_LEVEL_KEYS = ("base", "pairs", "gaps", "methods", "baselines", "seeds", "group_by_front")
+# Settings that locate data or tune speed; they do not change a run's identity.
+NOT_IDENTITY = RESUMABLE_CHANGES | {"data.root", "train.amp", "train.channels_last", "train.compile"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a sweep."""
+
+    kind: str  # stitch | finetune | scratch
+    src: str
+    dst: str
+    gap: str | None
+    method: str  # a method name, "finetune" or "scratch"
+    seed: int
+    lr: float | None
+    name: str  # run directory, relative to the sweep's output folder
+    settings: dict = field(default_factory=dict, hash=False, compare=False)  # the cell's config layer
+    skip_reason: str | None = None
+
+    @property
+    def pair(self) -> str:
+        return f"{self.src} -> {self.dst}"
+
+    def describe(self) -> dict[str, Any]:
+        x, y = parse_gap(self.gap) if self.gap else (None, None)
+        return {"name": self.name, "kind": self.kind, "pair": self.pair, "src": self.src, "dst": self.dst,
+                "gap": self.gap, "src_stage": x, "dst_stage": y, "method": self.method, "seed": self.seed,
+                "lr": self.lr, "skip_reason": self.skip_reason}
+
+
+@dataclass
+class Sweep:
+    name: str
+    base: dict
+    cells: list[Cell]
+    group_by_front: bool = False
+
+    @property
+    def runnable(self) -> list[Cell]:
+        return [c for c in self.cells if c.skip_reason is None]
+
+    def config(self, cell: Cell, runs_dir: Path) -> Config:
+        """The cell's full training config, writing into its run directory under ``runs_dir``."""
+        return load_config(None, [f"output.dir={runs_dir / cell.name}"],
+                           layers=[("the sweep's base", self.base), (f"cell {cell.name}", cell.settings)])
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+def _nest(flat_or_nested: dict) -> dict:
+    """Turn dotted keys (``train.epochs: 1``) into nested dicts, keeping nested ones."""
+    out: dict = {}
+    for key, value in flat_or_nested.items():
+        target = out
+        parts = str(key).split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        if isinstance(value, dict):
+            target.setdefault(parts[-1], {}).update(_nest(value))
+        else:
+            target[parts[-1]] = value
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _defaults() -> dict[str, Any]:
+    return flatten(Config())
+
+
+def _flat(nested: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _coerce(default: Any, value: Any) -> Any:
+    """A YAML value in the type of the setting's default (``2e-3`` is a string to YAML, a float here)."""
+    if isinstance(default, bool) or value is None:
+        return value
+    if isinstance(default, (int, float)) and isinstance(value, (str, int, float)):
+        try:
+            return type(default)(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _identity(*layers: dict) -> str:
+    """Digest of every setting that changes a run's results: the same settings give the same run directory.
+
+    Computed on plain dicts over the typed defaults (building an OmegaConf config per cell would make expanding
+    the paper's 4,000 cells take minutes).
+    """
+    settings = dict(_defaults())
+    for layer in layers:
+        for key, value in _flat(layer).items():
+            settings[key] = _coerce(settings.get(key), value)
+    relevant = {k: v for k, v in settings.items() if k not in NOT_IDENTITY}
+    return hashlib.sha256(repr(sorted(relevant.items())).encode()).hexdigest()[:8]
+
+
+def _is_token_model(name: str) -> bool:
+    from ..zoo.models import family_for_name
+
+    family = family_for_name(name)
+    return family.token_extras is not None  # token layouts (ViT) are the only ones with class tokens
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
+    """Read and expand a sweep file; ``overrides`` (``key=value``) apply to ``base``."""
+    path = Path(path)
+    if not path.is_file():
+        raise StitchkitError(f"sweep file {str(path)!r} does not exist; check the path")
+    spec = _parse_yaml(path.read_text(), f"sweep file {str(path)!r}") or {}
+    if not isinstance(spec, dict):
+        raise StitchkitError(f"sweep file {str(path)!r} must hold a mapping with keys {', '.join(TOP_LEVEL_KEYS)}")
+    return expand(spec, name=path.stem, overrides=overrides or [])
+
+
+def expand(spec: dict, name: str = "sweep", overrides: list[str] | None = None) -> Sweep:
+    """The cells of a parsed sweep file."""
+    for key in spec:
+        if key not in TOP_LEVEL_KEYS:
+            hint = close_matches(str(key), TOP_LEVEL_KEYS, n=1)
+            raise StitchkitError(f"unknown sweep key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else
+                                                                 f"; valid keys: {', '.join(TOP_LEVEL_KEYS)}"))
+    base = _nest(spec.get("base") or {})
+    for item in overrides or []:
+        if "=" not in item:
+            raise StitchkitError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        base = _merge_dicts(base, _nest({key: _parse_yaml(value, f"the value of {key}")}))
+    load_config(layers=[("the sweep's base", base)])  # the base alone must be a valid config
+
+    pairs = spec.get("pairs") or []
+    for pair in pairs:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise StitchkitError(f"each entry of pairs must be [src, dst], got {pair!r}")
+    gaps = [f"{x}:{y}" for x, y in (parse_gap(str(g)) for g in spec.get("gaps") or [f"{x}:{y}" for x, y in PAPER_GAPS])]
+    method_names = list(spec.get("methods") or PAPER_METHODS)
+    seen = set()
+    for method in method_names:
+        if method in seen:
+            raise StitchkitError(f"method {method!r} is listed twice in the sweep file; list each method once")
+        seen.add(method)
+        get_method(method)
+    seeds = spec.get("seeds", [0])
+    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise StitchkitError(f"seeds must be a list of distinct integers, got {seeds!r}")
+    baselines = spec.get("baselines") or {}
+    unknown = set(baselines) - {"finetune", "scratch"}
+    if unknown:
+        raise StitchkitError(f"unknown baseline {sorted(unknown)[0]!r}; baselines are finetune and scratch")
+    finetune_lrs = (baselines.get("finetune") or {}).get("lrs", [])
+    scratch_models = (baselines.get("scratch") or {}).get("models", [])
+
+    cells: list[Cell] = []
+    tokens = {name: _is_token_model(name) for pair in pairs for name in pair}
+    for src, dst in pairs:
+        for gap in gaps:
+            for method_name in method_names:
+                method = get_method(method_name)
+                skip = None
+                if method.needs_tokens and not (tokens[src] and tokens[dst]):
+                    skip = f"{method.name} joins token layouts only (ViT to ViT); {src} -> {dst} is not"
+                settings = {"mode": "stitch", "model": {"src": src, "dst": dst, "gap": gap, "adapter": method.adapter,
+                                                        "resize": method.resize}}
+                cells += _seeded(base, settings, "stitch", src, dst, gap, method.name, None, seeds, skip)
+            for lr in finetune_lrs:
+                skip = None if src == dst else (
+                    f"the fine-tuning baseline needs one model stitched to itself; {src} -> {dst} crosses models")
+                settings = {"mode": "finetune", "model": {"src": src, "dst": None, "gap": gap}, "optim": {"lr": lr}}
+                cells += _seeded(base, settings, "finetune", src, dst, gap, "finetune", lr, seeds, skip)
+    for model in scratch_models:
+        settings = {"mode": "scratch", "model": {"src": model}}
+        cells += _seeded(base, settings, "scratch", model, model, None, "scratch", None, seeds, None)
+    names = [c.name for c in cells]
+    if len(set(names)) != len(names):
+        duplicate = next(n for n in names if names.count(n) > 1)
+        raise StitchkitError(f"the sweep lists the same run twice ({duplicate}); remove the repeated pair or value")
+    return Sweep(name=name, base=base, cells=cells, group_by_front=bool(spec.get("group_by_front", False)))
+
+
+def _seeded(base, settings, kind, src, dst, gap, method, lr, seeds, skip) -> list[Cell]:
+    cells = []
+    for seed in seeds:
+        layer = _merge_dicts(settings, {"train": {"seed": seed}})
+        parts = [kind, f"{_slug(src)}--{_slug(dst)}" if kind != "scratch" else _slug(src)]
+        if gap:
+            parts.append(gap.replace(":", "to"))
+        parts.append(method if lr is None else f"{method}-lr{lr:g}")
+        parts.append(f"seed{seed}-{_identity(base, layer)}")
+        cells.append(Cell(kind, src, dst, gap, method, seed, lr, "/".join(parts), layer, skip))
+    return cells
+
+
+def _merge_dicts(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _merge_dicts(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+

@@ -1,0 +1,61 @@
+"""Stitching methods: named adapter x resize combinations, with the paper's nine plus the ViT block.
+
+Names are stable: they appear in run directory names, result rows and plot legends.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import unknown_name
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    adapter: str
+    resize: str
+    label: str  # legend label, as in the paper's figures
+    needs_tokens: bool = False  # only between token layouts (ViT <-> ViT)
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    if method.name in _METHODS:
+        raise ValueError(f"method {method.name!r} is already registered")
+    _METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    if name not in _METHODS:
+        raise unknown_name("method", name, _METHODS, "`stitchkit methods` lists them")
+    return _METHODS[name]
+
+
+def list_methods() -> list[Method]:
+    return list(_METHODS.values())
+
+
+PAPER_METHODS = (
+    "noresize_linear", "noresize_linear_relu", "noresize_bottleneck",
+    "downsample_linear", "downsample_linear_relu", "downsample_conv3x3_relu", "downsample_bottleneck",
+    "integrated_conv3x3_relu", "integrated_bottleneck",
+    "vit_block",
+)
+
+_RESIZE_LABELS = {"none": "No Downsample", "bilinear": "Downsample", "integrated": "Integrated Downsample",
+                  "area": "Area Downsample"}
+_ADAPTER_LABELS = {"linear": "Linear", "linear_relu": "Linear + ReLU", "conv3x3_relu": "Conv3x3 + ReLU",
+                   "bottleneck": "Bottleneck"}
+_RESIZE_NAMES = {"none": "noresize", "bilinear": "downsample", "integrated": "integrated", "area": "area"}
+
+for _resize, _adapters in (("none", ("linear", "linear_relu", "bottleneck")),
+                           ("bilinear", ("linear", "linear_relu", "conv3x3_relu", "bottleneck")),
+                           ("integrated", ("conv3x3_relu", "bottleneck")),
+                           ("area", ("linear", "bottleneck"))):
+    for _adapter in _adapters:
+        register_method(Method(f"{_RESIZE_NAMES[_resize]}_{_adapter}", _adapter, _resize,
+                               f"{_RESIZE_LABELS[_resize]}, {_ADAPTER_LABELS[_adapter]}"))
+register_method(Method("vit_block", "vit_block", "bilinear", "ViT Block", needs_tokens=True))

@@ -1,0 +1,201 @@
+"""Running a sweep's cells: locally (one after another, or one process per visible GPU) or on SLURM via submitit.
+
+Every cell runs under an exclusive ``flock`` on ``RUN_DIR/.lock``: two sweep processes on one folder never run a
+cell twice, and a killed process's lock vanishes with it. A cell's state is read from its run directory:
+
+* ``finished``: ``result.json`` with status finished: skipped;
+* ``failed``: ``result.json`` with status failed (out of memory, NaN, bad config): skipped, rerun with
+  ``--retry-failed``; it is a row with its error in the report, never a silent gap;
+* ``interrupted``: a checkpoint but no result: resumed;
+* ``new``: started.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import StitchkitError
+from ..training.checkpoint import atomic_write_json
+from .grid import Cell, Sweep
+
+MANIFEST_DIR = "sweeps"
+
+
+def cell_state(run_dir: Path) -> str:
+    result = run_dir / "result.json"
+    if result.is_file():
+        try:
+            status = json.loads(result.read_text()).get("status")
+        except (OSError, json.JSONDecodeError):
+            status = None  # a torn file cannot happen with atomic writes; treat a foreign one as failed
+        return "finished" if status == "finished" else "failed"
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return "interrupted"
+    return "new"
+
+
+@contextmanager
+def cell_lock(run_dir: Path):
+    """Yield True while holding the cell's lock, False when another process holds it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".lock", "a")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()
+
+
+def write_manifest(sweep: Sweep, runs_dir: Path) -> None:
+    """Record every cell (skipped ones with their reason) so the report shows pending and skipped cells too."""
+    atomic_write_json(runs_dir / MANIFEST_DIR / f"{sweep.name}.json",
+                      {"sweep": sweep.name, "base": sweep.base, "cells": [c.describe() for c in sweep.cells]})
+
+
+def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path, retry_failed: bool = False) -> str:
+    """Run one cell unless it is finished, failed (without ``retry_failed``) or running elsewhere.
+
+    Returns what happened: ``finished``, ``failed``, ``skipped-finished``, ``skipped-failed`` or ``busy``.
+    A :class:`~stitchkit.training.RunInterrupted` propagates (the cell resumes next time).
+    """
+    from ..training import train
+
+    run_dir = runs_dir / cell.name
+    with cell_lock(run_dir) as locked:
+        if not locked:
+            return "busy"
+        state = cell_state(run_dir)
+        if state == "finished":
+            return "skipped-finished"
+        if state == "failed" and not retry_failed:
+            return "skipped-failed"
+        atomic_write_json(run_dir / "cell.json", {"sweep": sweep.name, **cell.describe()})
+        _attempt(run_dir, f"start {state}")
+        try:
+            config = sweep.config(cell, runs_dir)
+            train(config, resume=state == "interrupted", overwrite=state == "failed")
+            _attempt(run_dir, "finished")
+            return "finished"
+        except (StitchkitError, RuntimeError, ValueError, OSError) as err:  # RuntimeError covers out-of-memory
+            _attempt(run_dir, "failed")
+            record = run_dir / "result.json"
+            if not record.is_file() or json.loads(record.read_text()).get("status") != "failed":
+                atomic_write_json(record, {"status": "failed", "error": f"{type(err).__name__}: {err}",
+                                           "traceback": traceback.format_exc(limit=8), **cell.describe()})
+            return "failed"
+
+
+def _attempt(run_dir: Path, event: str) -> None:
+    """Append to the cell's ``attempts.log``: who ran it when, and how it ended (one line, appended whole)."""
+    import time
+
+    with open(run_dir / "attempts.log", "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid={os.getpid()} host={os.uname().nodename} {event}\n")
+
+
+def run_local(sweep: Sweep, runs_dir: Path, retry_failed: bool = False, log=print) -> dict[str, int]:
+    """Run every runnable cell in this process, one after another; returns counts of outcomes."""
+    counts: dict[str, int] = {}
+    cells = sweep.runnable
+    for i, cell in enumerate(cells, start=1):
+        log(f"[{i}/{len(cells)}] {cell.name}")
+        outcome = run_cell(sweep, cell, runs_dir, retry_failed)
+        counts[outcome] = counts.get(outcome, 0) + 1
+        if outcome == "failed":
+            log(f"    failed: {json.loads((runs_dir / cell.name / 'result.json').read_text())['error'][:300]}")
+    return counts
+
+
+def run_local_gpus(argv: list[str], gpus: int) -> int:
+    """One sweep process per visible GPU, each pinned to its GPU; the cell locks share out the work."""
+    processes = []
+    for gpu in range(gpus):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu), STITCHKIT_SWEEP_WORKER="1")
+        processes.append(subprocess.Popen([sys.executable, "-m", "stitchkit", *argv], env=env))
+    return max(p.wait() for p in processes)
+
+
+class CellJob:
+    """A submitit job for one cell; on preemption or time-out submitit requeues it, and it resumes."""
+
+    def __init__(self, sweep_file: str, overrides: list[str], cell_name: str, runs_dir: str, retry_failed: bool,
+                 gpus_per_job: int):
+        self.sweep_file, self.overrides, self.cell_name = sweep_file, overrides, cell_name
+        self.runs_dir, self.retry_failed, self.gpus_per_job = runs_dir, retry_failed, gpus_per_job
+
+    def __call__(self) -> str:
+        from .grid import load_sweep
+
+        sweep = load_sweep(self.sweep_file, self.overrides)
+        cell = next(c for c in sweep.cells if c.name == self.cell_name)
+        if self.gpus_per_job <= 1:
+            return run_cell(sweep, cell, Path(self.runs_dir), self.retry_failed)
+        # Several GPUs per job: torchrun inside the job, on this one cell.
+        config = sweep.config(cell, Path(self.runs_dir))
+        run_dir = Path(config.output.dir)
+        with cell_lock(run_dir) as locked:
+            if not locked:
+                return "busy"
+            state = cell_state(run_dir)
+            if state == "finished" or (state == "failed" and not self.retry_failed):
+                return f"skipped-{state}"
+            atomic_write_json(run_dir / "cell.json", {"sweep": sweep.name, **cell.describe()})
+            from ..training.config import to_yaml
+
+            cell_config = run_dir / "cell-config.yaml"
+            cell_config.write_text(to_yaml(config))
+            flags = ["--resume"] if state == "interrupted" else (["--overwrite"] if state == "failed" else [])
+            done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                   f"--nproc_per_node={self.gpus_per_job}", "-m", "stitchkit", "train",
+                                   str(cell_config), *flags])
+            return "finished" if done.returncode == 0 else "failed"
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
+
+
+def submit_slurm(sweep: Sweep, sweep_file: str, overrides: list[str], runs_dir: Path, *, retry_failed: bool,
+                 partition: str | None, time_min: int, gpus_per_job: int, cpus_per_task: int, array_parallelism: int,
+                 cluster: str | None = None, wait: bool = False) -> list:
+    """Submit the pending cells as a SLURM job array (``cluster="local"`` runs them as local processes, for tests)."""
+    try:
+        import submitit
+    except ImportError:
+        raise StitchkitError("--executor slurm needs submitit: pip install 'stitchkit[slurm]'") from None
+    pending = [c for c in sweep.runnable if _needs_run(runs_dir / c.name, retry_failed)]
+    if not pending:
+        return []
+    executor = submitit.AutoExecutor(folder=str(runs_dir / ".submitit" / "%j"), cluster=cluster)
+    params: dict = {"timeout_min": time_min, "cpus_per_task": cpus_per_task, "tasks_per_node": 1}
+    if executor.cluster == "slurm":
+        params.update(slurm_array_parallelism=array_parallelism, gpus_per_node=gpus_per_job,
+                      slurm_additional_parameters={"requeue": True})
+        if partition:
+            params["slurm_partition"] = partition
+    executor.update_parameters(**params)
+    jobs = executor.submit_array([CellJob(str(sweep_file), overrides, c.name, str(runs_dir), retry_failed, gpus_per_job)
+                                  for c in pending])
+    if wait:
+        for job in jobs:
+            job.result()
+    return jobs
+
+
+def _needs_run(run_dir: Path, retry_failed: bool) -> bool:
+    state = cell_state(run_dir)
+    return state in ("new", "interrupted") or (state == "failed" and retry_failed)
