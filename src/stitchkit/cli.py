@@ -244,7 +244,7 @@ def _cmd_sweep(args) -> int:
         print(f"stitchkit: sweep stopped: {stop}; rerun the same command to continue", file=sys.stderr)
         return 130
     print(json.dumps({"runs_dir": str(runs_dir), **counts}))
-    return 1 if counts.get("failed") else 0
+    return 1 if counts.get("failed") or counts.get("skipped-failed") else 0  # failed cells remain: say so
 
 
 def _cmd_report(args) -> int:

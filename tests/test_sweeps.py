@@ -1,0 +1,223 @@
+"""Sweeps: expansion of the paper's grid, a tiny sweep end to end, kills, concurrency, SLURM via submitit's local
+executor; reports checked against hand-computed numbers."""
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stitchkit.cli import main
+from stitchkit.errors import StitchkitError
+from stitchkit.reports import collect, pareto_front, standard_error, summarize, write_report
+from stitchkit.sweeps.grid import _identity, expand, load_sweep
+from stitchkit.training.config import flatten
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = """
+base:
+  data: {name: synthetic, input_size: 32, synthetic_train_size: 64, synthetic_val_size: 32, synthetic_classes: 1000}
+  optim: {batch_size: 16}
+  train: {batch_size: 16, workers: 0, threads: 1, epochs: %(epochs)d, log_every: 1, checkpoint_every: 1}
+  model: {pretrained: false}
+pairs:
+  - [resnet10t, resnet10t]
+  - [resnet10t, vit_tiny_patch16_224]
+gaps: ["1:2", "2:3"]
+methods: [downsample_linear, vit_block]
+baselines:
+  finetune: {lrs: [0.002]}
+seeds: [0, 1]
+"""
+
+
+def _tiny(tmp_path, epochs=1) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY % {"epochs": epochs})
+    return path
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env.pop("STITCHKIT_SWEEP_WORKER", None)
+    return env
+
+
+def test_paper_grid_expands_to_the_papers_cell_counts():
+    sweep = load_sweep(ROOT / "configs" / "paper" / "grid.yaml", ["data.root=/data/imagenet"])
+    runnable = sweep.runnable
+    # 12 pairs x 9 gaps x 9 image methods x 3 seeds, plus the ViT block for ViT->ViT (9 gaps x 3 seeds)
+    assert sum(c.kind == "stitch" for c in runnable) == 12 * 9 * 9 * 3 + 9 * 3 == 2943
+    # fine-tuning: 4 self-pairs x 9 gaps x 3 learning rates x 3 seeds
+    assert sum(c.kind == "finetune" for c in runnable) == 4 * 9 * 3 * 3 == 324
+    skipped = [c for c in sweep.cells if c.skip_reason]
+    assert len(skipped) == 11 * 9 * 3 + 8 * 9 * 3 * 3  # ViT block on 11 pairs, fine-tuning on 8 cross pairs
+    assert len({c.name for c in sweep.cells}) == len(sweep.cells)
+    scratch = load_sweep(ROOT / "configs" / "paper" / "scratch_baselines.yaml")
+    assert [(c.src, c.seed) for c in scratch.runnable] == [(m, s) for m in ("resnet18", "resnet34") for s in (0, 1, 2)]
+
+
+def test_run_names_are_derived_from_the_full_config(tmp_path):
+    sweep = load_sweep(_tiny(tmp_path))
+    for cell in random.Random(0).sample(sweep.runnable, 5):
+        config = sweep.config(cell, tmp_path)
+        assert cell.name.endswith(_identity(flatten(config)))
+    again = load_sweep(_tiny(tmp_path))
+    assert [c.name for c in again.cells] == [c.name for c in sweep.cells]
+    changed = load_sweep(_tiny(tmp_path), ["optim.lr=0.01"])
+    assert all(a.name != b.name for a, b in zip(changed.runnable, sweep.runnable) if a.kind == "stitch")
+    moved = load_sweep(_tiny(tmp_path), ["data.root=/elsewhere", "train.workers=3"])
+    assert [c.name for c in moved.cells] == [c.name for c in sweep.cells]  # where data lives is not identity
+
+
+def test_bad_sweep_files(tmp_path):
+    cases = [({"pairs": [["resnet18", "resnet18"]], "method": ["downsample_linear"]}, "did you mean 'methods'"),
+             ({"pairs": [["resnet18", "resnet18"]], "methods": ["downsample_linear", "downsample_linear"]}, "twice"),
+             ({"pairs": [["resnet18", "resnet18"]], "methods": ["downsample_bottlenek"]}, "downsample_bottleneck"),
+             ({"pairs": [["resnet18"]]}, r"must be \[src, dst\]"),
+             ({"pairs": [["resnet18", "resnet18"]], "gaps": ["3:1"]}, "write it as 1:3"),
+             ({"pairs": [["resnet18", "resnet18"]], "base": {"train": {"epoch": 2}}}, "train.epochs"),
+             ({"pairs": [["resnet18", "resnet18"]], "seeds": [0, 0]}, "distinct")]
+    for spec, message in cases:
+        with pytest.raises(StitchkitError, match=message):
+            expand(spec)
+
+
+def test_tiny_sweep_end_to_end_with_report(tmp_path, capsys):
+    sweep_file, runs = _tiny(tmp_path), tmp_path / "runs"
+    assert main(["sweep", str(sweep_file), "--out", str(runs), "--dry-run"]) == 0
+    table = capsys.readouterr().out
+    assert "total: 24 cells, 12 to run (4 finetune, 8 stitch), 12 skipped" in table
+    assert main(["sweep", str(sweep_file), "--out", str(runs)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["finished"] == 12
+    assert main(["sweep", str(sweep_file), "--out", str(runs)]) == 0  # a rerun skips everything
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"runs_dir": str(runs), "skipped-finished": 12}
+    assert main(["report", str(runs), "--out", str(tmp_path / "report")]) == 0
+    report = tmp_path / "report"
+    rows = (report / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 24  # every cell, skipped ones included
+    assert sum(",skipped," in r for r in rows) == 12 and sum(",finished," in r for r in rows) == 12
+    for png in report.glob("*.png"):
+        assert png.stat().st_size > 5000
+    assert {p.stem for p in report.glob("*.pdf")} == {p.stem for p in report.glob("*.png")} and len(list(report.glob("*.png"))) >= 3
+    page = (report / "index.html").read_text()
+    assert page.count("<img") == len(list(report.glob("*.png"))) and "Table 1" in page and "skipped" in page
+    assert (report / "table1.md").read_text().startswith("| Model |")
+
+
+def test_failed_cell_is_a_row_and_retry_failed_reruns_it(tmp_path, capsys):
+    sweep_file, runs = tmp_path / "s.yaml", tmp_path / "runs"
+    sweep_file.write_text((TINY % {"epochs": 1}).replace("  - [resnet10t, vit_tiny_patch16_224]\n", "")
+                          .replace("optim: {batch_size: 16}", "optim: {batch_size: 16, lr: 1.0e+30}"))
+    assert main(["sweep", str(sweep_file), "--out", str(runs)]) == 1  # NaN losses: cells fail, the sweep goes on
+    rows, _ = collect(runs)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert failed and all("NaN" in r["error"] for r in failed)
+    capsys.readouterr()
+    assert main(["sweep", str(sweep_file), "--out", str(runs)]) == 1
+    assert "skipped-failed" in capsys.readouterr().out
+    main(["sweep", str(sweep_file), "--out", str(runs), "--retry-failed"])
+    attempts = (runs / failed[0]["run_dir"].split(str(runs) + "/")[1] / "attempts.log").read_text()
+    assert attempts.count("start") == 2
+
+
+def _finished_once(runs: Path, expected: int) -> None:
+    logs = sorted(runs.rglob("attempts.log"))
+    finished = [p for p in logs if p.read_text().count(" finished") == 1]
+    assert len(logs) == expected and len(finished) == expected, [p.read_text() for p in logs]
+    for path in runs.rglob("metrics.jsonl"):
+        steps = [json.loads(l)["step"] for l in path.read_text().splitlines() if json.loads(l)["type"] == "train"]
+        assert steps == sorted(set(steps)), f"duplicated metric lines in {path}"
+    rows, _ = collect(runs)
+    done = [r for r in rows if r["status"] == "finished"]
+    assert len(done) == expected and len({r["run_dir"] for r in done}) == expected
+
+
+def test_sweep_killed_at_random_moments_finishes_every_cell_once(tmp_path):
+    sweep_file, runs = _tiny(tmp_path, epochs=2), tmp_path / "runs"
+    command = [sys.executable, "-m", "stitchkit", "sweep", str(sweep_file), "--out", str(runs)]
+    rng = random.Random(1)
+    for _ in range(3):
+        process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(6.0, 12.0))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert subprocess.run(command, env=_env(), capture_output=True).returncode == 0
+    _finished_once(runs, 12)
+
+
+def test_two_sweep_processes_share_one_folder(tmp_path):
+    sweep_file, runs = _tiny(tmp_path), tmp_path / "runs"
+    command = [sys.executable, "-m", "stitchkit", "sweep", str(sweep_file), "--out", str(runs)]
+    processes = [subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                 for _ in range(2)]
+    outputs = [json.loads(p.communicate(timeout=600)[0].strip().splitlines()[-1]) for p in processes]
+    assert sum(o.get("finished", 0) for o in outputs) == 12
+    _finished_once(runs, 12)
+
+
+def test_slurm_executor_through_submitit_local(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    sweep_file, runs = _tiny(tmp_path), tmp_path / "runs"
+    sweep_file.write_text(sweep_file.read_text().replace("seeds: [0, 1]", "seeds: [0]").replace(
+        "  - [resnet10t, vit_tiny_patch16_224]\n", ""))
+    assert main(["sweep", str(sweep_file), "--out", str(runs), "--executor", "slurm", "--cluster", "local",
+                 "--wait", "--time-min", "10"]) == 0
+    assert "submitted 4 cells" in capsys.readouterr().out
+    rows, _ = collect(runs)
+    assert sorted(r["status"] for r in rows if r["status"] != "skipped") == ["finished"] * 4
+
+
+def _fake_run(runs: Path, name: str, **result) -> dict:
+    run = runs / name
+    run.mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps({"status": "finished", **result}))
+    return {"name": name, **{k: result[k] for k in ("kind", "src", "dst", "gap", "method", "seed", "lr")}}
+
+
+def test_summary_matches_hand_computed_means_and_standard_errors(tmp_path):
+    runs = tmp_path / "runs"
+    cells = []
+    for seed, top1 in enumerate([70.0, 72.0, 77.0]):
+        cells.append(_fake_run(runs, f"a/{seed}", kind="stitch", src="m", dst="m", gap="1:3", method="downsample_linear",
+                               seed=seed, lr=None, top1=top1, top5=90.0, gmacs=1.0, params=10, trainable_params=1))
+    for lr, holdout, evaluation in [(0.01, 60.0, 75.0), (0.002, 65.0, 70.0)]:
+        for seed in range(2):
+            cells.append(_fake_run(runs, f"ft/{lr}/{seed}", kind="finetune", src="m", dst="m", gap="1:3",
+                                   method="finetune", seed=seed, lr=lr, top1=evaluation + seed, top5=95.0,
+                                   holdout_top1=holdout + seed, gmacs=2.0, params=20, trainable_params=20))
+    cells.append({"name": "pending/0", "kind": "stitch", "src": "m", "dst": "m", "gap": "1:4", "method": "downsample_linear",
+                  "seed": 0, "lr": None})
+    (runs / "sweeps").mkdir()
+    (runs / "sweeps" / "fake.json").write_text(json.dumps({"cells": cells}))
+    rows, _ = collect(runs)
+    assert [r["status"] for r in rows].count("pending") == 1
+    summary = {(r["method"], r["gap"]): r for r in summarize(rows)}
+    linear = summary[("downsample_linear", "1:3")]
+    assert linear["n"] == 3 and linear["top1_mean"] == pytest.approx(73.0)
+    sd = math.sqrt(((70 - 73) ** 2 + (72 - 73) ** 2 + (77 - 73) ** 2) / 2)
+    assert linear["top1_se"] == pytest.approx(sd / math.sqrt(3)) == pytest.approx(2.081666, abs=1e-5)
+    finetune = summary[("finetune", "1:3")]
+    # lr 0.01 is better on the evaluation split, but 0.002 on the hold-out split, which is what selects.
+    assert finetune["lr"] == 0.002 and finetune["selected_on"] == "holdout"
+    assert finetune["top1_mean"] == pytest.approx(70.5) and finetune["top1_se"] == pytest.approx(0.5)
+    assert summary[("downsample_linear", "1:4")]["n"] == 0
+    assert standard_error([1.0]) is None
+
+
+def test_pareto_front():
+    points = [(1.0, 60.0), (2.0, 70.0), (2.5, 65.0), (3.0, 80.0), (3.0, 75.0), (4.0, 79.0)]
+    assert pareto_front(points) == [(1.0, 60.0), (2.0, 70.0), (3.0, 80.0)]
+
+
+def test_report_errors(tmp_path):
+    with pytest.raises(StitchkitError, match="does not exist"):
+        write_report(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StitchkitError, match="no runs found"):
+        write_report(tmp_path / "empty")
