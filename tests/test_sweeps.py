@@ -221,3 +221,8 @@ def test_report_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(StitchkitError, match="no runs found"):
         write_report(tmp_path / "empty")
+
+
+def test_group_by_front_is_refused_until_it_exists():
+    with pytest.raises(StitchkitError, match="not available yet"):
+        expand({"pairs": [["resnet18", "resnet18"]], "group_by_front": True})

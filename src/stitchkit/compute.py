@@ -36,7 +36,6 @@ def _custom_formulas() -> dict:
     return formulas
 
 
-@torch.no_grad()
 def count_macs(model: nn.Module, input_size: int | tuple[int, ...] = (3, 224, 224)) -> int:
     """Multiply-accumulates of one forward pass of ``model`` on one image of ``input_size``, in eval mode.
 
@@ -50,6 +49,8 @@ def count_macs(model: nn.Module, input_size: int | tuple[int, ...] = (3, 224, 22
     device = first.device if first is not None else torch.device("cpu")
     was_training = model.training
     model.eval()
+    # Not under no_grad: torch's module tracker inside FlopCounterMode fails on some models (timm's attention
+    # pooling) when autograd is off. One image's graph is small, and on the meta device it costs nothing.
     try:
         counter = FlopCounterMode(display=False, custom_mapping=_custom_formulas())
         with counter:

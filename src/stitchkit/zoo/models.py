@@ -98,13 +98,16 @@ def create_model(
         name: a timm name (``resnet50.a1_in1k``) or ``torchvision:NAME[.WEIGHTS]``.
         pretrained: load the library's pretrained weights (timm: from the Hugging Face hub cache, honouring
             ``HF_HUB_OFFLINE``; torchvision: its weights enum, ``DEFAULT`` unless the name has a tag).
-        checkpoint_path: a local state-dict file (``.pt``/``.pth``/``.safetensors``) loaded after construction.
+        checkpoint_path: a local state-dict file (``.pt``/``.pth``/``.safetensors``) loaded after construction; it
+            replaces every weight, so ``pretrained`` is ignored when it is given.
         input_size: image size the model will see. Models built for one size (ViT, timm Swin) are built for it;
             others accept any size anyway.
         num_classes: size of the classifier head (default: the library's, 1000 for ImageNet).
         **kwargs: passed to the library's model constructor.
     """
     family = family_for_name(name)
+    if checkpoint_path is not None:
+        pretrained = False  # the checkpoint replaces every weight: fetching the library's first would be wasted
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if name.startswith(TORCHVISION_PREFIX):
