@@ -255,6 +255,13 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, fast=args.fast, threads=args.threads)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stitchkit", description="Stitch frozen parts of vision models together.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -339,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", default=None, help="submitit cluster: slurm (default), local or debug (for testing)")
     p.add_argument("--wait", action="store_true", help="wait for the submitted jobs to finish")
     p.set_defaults(run=_cmd_sweep)
+
+    p = sub.add_parser("demo", help="the whole method on Fashion-MNIST on this CPU: sources, stitches, report")
+    p.add_argument("--out", default="runs/demo", help="output folder (source models there are reused)")
+    p.add_argument("--fast", action="store_true", help="less data and training: about 3 minutes instead of 10")
+    p.set_defaults(run=_cmd_demo)
 
     p = sub.add_parser("report", help="results.csv, summary.csv, plots, table1.md and index.html from a runs folder")
     p.add_argument("runs_dir")

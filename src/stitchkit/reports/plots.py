@@ -81,11 +81,14 @@ def accuracy_vs_gap(summary: list[dict], originals: dict, out: Path) -> list[Pat
     return paths
 
 
+STAR_COLOURS = ("gold", "silver", "sandybrown", "plum", "lightskyblue", "palegreen")
+
+
 def _stars(ax, names, originals):
-    for name in names:
+    for name, colour in zip(names, STAR_COLOURS * 4):
         if name in originals and originals[name].get("gmacs"):
-            ax.scatter([originals[name]["gmacs"]], [originals[name]["top1"]], marker="*", s=220, zorder=5,
-                       edgecolor="black", label=f"{name} (original)")
+            ax.scatter([originals[name]["gmacs"]], [originals[name]["top1"]], marker="*", s=240, zorder=5,
+                       color=colour, edgecolor="black", label=f"{name} (original)")
 
 
 def accuracy_vs_compute(summary: list[dict], originals: dict, out: Path) -> list[Path]:

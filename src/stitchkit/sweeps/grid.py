@@ -180,7 +180,7 @@ def expand(spec: dict, name: str = "sweep", overrides: list[str] | None = None) 
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
             raise StitchkitError(f"each entry of pairs must be [src, dst], got {pair!r}")
     gaps = [f"{x}:{y}" for x, y in (parse_gap(str(g)) for g in spec.get("gaps") or [f"{x}:{y}" for x, y in PAPER_GAPS])]
-    method_names = list(spec.get("methods") or PAPER_METHODS)
+    method_names = list(PAPER_METHODS if spec.get("methods") is None else spec["methods"])  # [] means none
     seen = set()
     for method in method_names:
         if method in seen:

@@ -216,6 +216,7 @@ def _torchvision_swin(model) -> Anatomy:
 
 
 def _register_builtin() -> None:
+    from . import small_vit  # noqa: F401  (registers stitchkit's small ViTs in timm's registry)
     import timm.models.convnext as convnext
     import timm.models.efficientnet as efficientnet
     import timm.models.mobilenetv3 as mobilenetv3
@@ -235,7 +236,7 @@ def _register_builtin() -> None:
             "vit",
             (vit.VisionTransformer,),
             _vit,
-            timm_modules=("vision_transformer", "deit"),
+            timm_modules=("vision_transformer", "deit", "small_vit"),
             fixed_input_size=True,
             token_extras=_vit_token_extras,
         )
