@@ -194,9 +194,13 @@ def test_summary_matches_hand_computed_means_and_standard_errors(tmp_path):
     cells.append({"name": "pending/0", "kind": "stitch", "src": "m", "dst": "m", "gap": "1:4", "method": "downsample_linear",
                   "seed": 0, "lr": None})
     (runs / "sweeps").mkdir()
-    (runs / "sweeps" / "fake.json").write_text(json.dumps({"cells": cells}))
+    (runs / "sweeps" / "fake.json").write_text(json.dumps({"sweep": "fake", "cells": cells}))
+    # A run left over from other settings, outside the sweep: listed, never averaged in.
+    _fake_run(runs, "old/0", kind="stitch", src="m", dst="m", gap="1:3", method="downsample_linear", seed=5, lr=None,
+              top1=10.0, top5=10.0, gmacs=1.0, params=10, trainable_params=1, mode="stitch", adapter="linear",
+              resize="bilinear")
     rows, _ = collect(runs)
-    assert [r["status"] for r in rows].count("pending") == 1
+    assert [r["status"] for r in rows].count("pending") == 1 and len(rows) == 3 + 4 + 1 + 1
     summary = {(r["method"], r["gap"]): r for r in summarize(rows)}
     linear = summary[("downsample_linear", "1:3")]
     assert linear["n"] == 3 and linear["top1_mean"] == pytest.approx(73.0)

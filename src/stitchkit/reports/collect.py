@@ -16,10 +16,10 @@ from ..sweeps.runner import MANIFEST_DIR, cell_state
 
 RESULT_COLUMNS = ["pair", "src", "dst", "gap", "src_stage", "dst_stage", "method", "kind", "seed", "lr", "top1", "top5",
                   "holdout_top1", "gmacs", "params", "trainable_params", "epochs", "wall_time_s", "status", "error",
-                  "dataset", "run_dir"]
+                  "dataset", "sweep", "settings_id", "run_dir"]
 SUMMARY_COLUMNS = ["pair", "src", "dst", "gap", "src_stage", "dst_stage", "method", "kind", "lr", "n", "top1_mean",
                    "top1_se", "top5_mean", "holdout_top1_mean", "gmacs", "params", "trainable_params", "selected_on",
-                   "n_failed"]
+                   "n_failed", "sweep"]
 
 
 def _read_json(path: Path) -> dict | None:
@@ -33,7 +33,7 @@ def _stages(gap: str | None) -> tuple[int | None, int | None]:
     return parse_gap(gap) if gap else (None, None)
 
 
-def _row(cell: dict, result: dict | None, run_dir: Path, status: str) -> dict[str, Any]:
+def _row(cell: dict, result: dict | None, run_dir: Path, status: str, sweep: str | None = None) -> dict[str, Any]:
     result = result or {}
     src_stage, dst_stage = _stages(cell.get("gap"))
     row = {
@@ -41,9 +41,10 @@ def _row(cell: dict, result: dict | None, run_dir: Path, status: str) -> dict[st
         "src_stage": src_stage, "dst_stage": dst_stage, "method": cell.get("method"), "kind": cell.get("kind"),
         "seed": cell.get("seed"), "lr": cell.get("lr"),
         "status": status, "error": result.get("error") or cell.get("skip_reason"), "run_dir": str(run_dir),
+        "sweep": sweep,
     }
     for key in ("top1", "top5", "holdout_top1", "gmacs", "params", "trainable_params", "epochs", "wall_time_s",
-                "dataset"):
+                "dataset", "settings_id"):
         row[key] = result.get(key)
     return row
 
@@ -66,18 +67,19 @@ def collect(runs_dir: str | Path) -> tuple[list[dict], dict[str, dict]]:
     rows, seen = [], set()
     for manifest in sorted((runs_dir / MANIFEST_DIR).glob("*.json")):
         data = _read_json(manifest) or {}
+        sweep = data.get("sweep", manifest.stem)
         for cell in data.get("cells", []):
             run_dir = runs_dir / cell["name"]
             if run_dir in seen:
                 continue
             seen.add(run_dir)
             if cell.get("skip_reason"):
-                rows.append(_row(cell, None, run_dir, "skipped"))
+                rows.append(_row(cell, None, run_dir, "skipped", sweep))
                 continue
             state = cell_state(run_dir)
             result = _read_json(run_dir / "result.json") if state in ("finished", "failed") else None
             status = {"new": "pending", "interrupted": "interrupted"}.get(state, state)
-            rows.append(_row(cell, result, run_dir, status))
+            rows.append(_row(cell, result, run_dir, status, sweep))
     originals: dict[str, dict] = {}
     for path in sorted(runs_dir.rglob("result.json")):
         run_dir = path.parent
@@ -113,15 +115,22 @@ def _mean(values: Iterable[float | None]) -> float | None:
 
 def summarize(rows: list[dict]) -> list[dict]:
     """One row per cell (pair, gap, method), averaged over seeds; for methods run at several learning rates (the
-    fine-tuning baseline), the best learning rate, selected on the hold-out split when every run has one."""
+    fine-tuning baseline), the best learning rate, selected on the hold-out split when every run has one.
+
+    Seeds are averaged only within one sweep (runs of one sweep share every other setting). In a folder with sweep
+    manifests, runs outside them (left over from other settings) are listed in results.csv but not summarized; in
+    a folder without manifests, runs are grouped by their settings digest.
+    """
+    with_manifest = any(row["sweep"] for row in rows)
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        if row["status"] in ("skipped",):
+        if row["status"] == "skipped" or (with_manifest and not row["sweep"]):
             continue
-        key = (row["kind"], row["src"], row["dst"], row["gap"], row["method"], row["lr"])
+        scope = row["sweep"] if with_manifest else row.get("settings_id")
+        key = (row["kind"], row["src"], row["dst"], row["gap"], row["method"], row["lr"], scope)
         groups.setdefault(key, []).append(row)
     per_lr = []
-    for (kind, src, dst, gap, method, lr), members in groups.items():
+    for (kind, src, dst, gap, method, lr, scope), members in groups.items():
         done = [r for r in members if r["status"] == "finished" and r["top1"] is not None]
         top1 = [r["top1"] for r in done]
         src_stage, dst_stage = _stages(gap)
@@ -134,10 +143,11 @@ def summarize(rows: list[dict]) -> list[dict]:
             "gmacs": _mean(r["gmacs"] for r in done), "params": _mean(r["params"] for r in done),
             "trainable_params": _mean(r["trainable_params"] for r in done),
             "n_failed": sum(r["status"] == "failed" for r in members), "selected_on": None,
+            "sweep": members[0]["sweep"], "_scope": scope,
         })
     best: dict[tuple, list[dict]] = {}
     for row in per_lr:
-        best.setdefault((row["kind"], row["src"], row["dst"], row["gap"], row["method"]), []).append(row)
+        best.setdefault((row["kind"], row["src"], row["dst"], row["gap"], row["method"], row.pop("_scope")), []).append(row)
     summary = []
     for candidates in best.values():
         if len(candidates) == 1:

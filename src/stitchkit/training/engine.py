@@ -508,6 +508,9 @@ class Trainer:
             "train_loss": getattr(self, "last_train_loss", None), "world_size": self.ctx.world_size,
             "device": str(self.device), "amp": str(self.dtype).replace("torch.", "") if self.dtype else "none",
             "versions": package_versions(),
+            # Runs that differ only in their seed share this: reports average over seeds within it, never across
+            # other settings (epochs, data, recipe).
+            "settings_id": digest(_results_relevant_yaml(config, without=("train.seed",))),
         }
         for split, values in metrics.items():
             prefix = "" if split == "val" else f"{split}_"
@@ -521,11 +524,12 @@ def _divisor_hint(effective: int, world: int, current: int) -> int:
     return options[-1] if options else 1
 
 
-def _results_relevant_yaml(config: Config) -> str:
-    """The config without settings that may change on resume, for the checkpoint's digest."""
+def _results_relevant_yaml(config: Config, without: tuple[str, ...] = ()) -> str:
+    """The config without settings that may change on resume (and ``without``), for digests."""
     from .config import RESUMABLE_CHANGES, flatten
 
-    return "\n".join(f"{k}={v!r}" for k, v in sorted(flatten(config).items()) if k not in RESUMABLE_CHANGES)
+    skip = RESUMABLE_CHANGES | set(without)
+    return "\n".join(f"{k}={v!r}" for k, v in sorted(flatten(config).items()) if k not in skip)
 
 
 def train(config: Config, resume: bool = False, overwrite: bool = False) -> dict:
