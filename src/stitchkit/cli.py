@@ -159,7 +159,7 @@ def _cmd_train(args) -> int:
         result = train(config, resume=args.resume, overwrite=args.overwrite)
     except RunInterrupted as stop:
         print(f"stitchkit: {stop}", file=sys.stderr)
-        return 130
+        return stop.exit_code
     if result.get("world_size", 1) > 1 and not _is_main_process():
         return 0
     print(json.dumps({k: result[k] for k in ("status", "top1", "top5", "gmacs", "trainable_params", "epochs",
@@ -242,7 +242,7 @@ def _cmd_sweep(args) -> int:
                            log=lambda line: print(line, file=sys.stderr, flush=True))
     except RunInterrupted as stop:
         print(f"stitchkit: sweep stopped: {stop}; rerun the same command to continue", file=sys.stderr)
-        return 130
+        return stop.exit_code
     print(json.dumps({"runs_dir": str(runs_dir), **counts}))
     return 1 if counts.get("failed") or counts.get("skipped-failed") else 0  # failed cells remain: say so
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import StitchkitError
+from . import faults
 
 FORMAT = "stitchkit.checkpoint.v1"
 
@@ -32,6 +33,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if path.suffix == ".pt":
+            faults.point("checkpoint-write")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

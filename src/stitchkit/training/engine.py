@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from ..compute import count_macs, count_params
 from ..errors import StitchkitError
-from . import distributed
+from . import distributed, faults
 from .checkpoint import atomic_write_json, atomic_write_text, digest, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, from_yaml_file, resume_differences, to_yaml
 from .data import EpochSampler, Splits, build_splits, collate, preprocessing_for
@@ -39,8 +39,19 @@ class NonFiniteLossError(StitchkitError):
     """The loss became NaN or infinite."""
 
 
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after a checkpoint; a scheduler should requeue it
+
+
 class RunInterrupted(Exception):
-    """Training stopped by a signal after writing a checkpoint; ``--resume`` continues it."""
+    """Training stopped by a signal after writing a checkpoint; ``--resume`` continues it.
+
+    ``exit_code`` is 130 for Ctrl-C and 75 (EX_TEMPFAIL, "try again") for SIGTERM, which SLURM sends before
+    preempting or timing out a job: requeue on 75.
+    """
+
+    def __init__(self, message: str, exit_code: int = EXIT_INTERRUPTED):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def default_run_dir(config: Config) -> Path:
@@ -111,6 +122,7 @@ class Counters:
     images: int = 0  # training images seen (this rank)
     skipped: int = 0  # corrupt images skipped (this rank)
     train_seconds: float = 0.0  # wall time spent training, over all resumptions
+    train_loss: float | None = None  # mean training loss of the last (possibly partial) epoch
 
 
 @torch.no_grad()
@@ -126,6 +138,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, dtype: 
         images, labels = _to_device(images, labels, device, channels_last)
         with _autocast(device, dtype):
             logits = model(images)
+        faults.point("evaluation")
         loss = F.cross_entropy(logits.float(), labels, reduction="sum")
         k = min(5, logits.shape[-1])
         top = logits.topk(k, dim=-1).indices
@@ -212,6 +225,8 @@ class Trainer:
             raise StitchkitError(f"{str(run)!r} already holds {what}; pass --overwrite to replace it, or choose another "
                                  "output.dir")
         if main:
+            for stale in (run / "checkpoints").glob(".*.tmp"):  # left by a process killed mid-write
+                stale.unlink(missing_ok=True)
             try:
                 (run / "checkpoints").mkdir(parents=True, exist_ok=True)
                 atomic_write_text(run / ".write-test", "ok\n")
@@ -324,15 +339,19 @@ class Trainer:
             return
         import json
 
-        step, kept = self.counters.step, []
+        c = self.counters
+        step, kept = c.step, []
+        # Killed after its last step but before result.json: the final evaluation at this step runs again.
+        reevaluates = c.step >= self.total_steps or c.epoch >= self.config.train.epochs
         for line in path.read_text().splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line torn by the kill
-            if record.get("step", 0) <= step and not (record.get("step") == step and record["type"] in ("eval", "epoch")
-                                                       and record.get("epoch", 0) >= self.counters.epoch):
-                kept.append(line)
+            at_step = record.get("step", 0)
+            if at_step > step or (reevaluates and at_step == step and record.get("type") == "eval"):
+                continue
+            kept.append(line)
         atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
     def _elapsed(self) -> float:
@@ -360,6 +379,7 @@ class Trainer:
         self._segment_start = time.time()
         self.log = MetricsLog(self.run_dir, self.ctx.is_main, self.total_steps, t.tensorboard, t.wandb,
                               initial_step=c.step)
+        restore = self._catch_sigterm()
         try:
             self._train_loop()
             result = self._finish()
@@ -374,9 +394,38 @@ class Trainer:
                 atomic_write_json(self.run_dir / "result.json", self._record("failed", error=str(err)))
             raise
         finally:
+            restore()
             self.log.close()
             distributed.shutdown(self.ctx)
         return result
+
+    def _catch_sigterm(self):
+        """Turn SIGTERM into "checkpoint at the next step boundary, then stop"; returns the undo function.
+
+        A handler that was already installed (e.g. submitit's) still runs, so its requeue logic keeps working.
+        """
+        import signal
+        import threading
+
+        self._stop_signal = None
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def handler(signum, frame):
+            self._stop_signal = signum
+            if callable(previous) and previous not in (signal.SIG_DFL, signal.SIG_IGN):
+                previous(signum, frame)
+
+        signal.signal(signal.SIGTERM, handler)
+        return lambda: signal.signal(signal.SIGTERM, previous)
+
+    def _stop_if_asked(self) -> None:
+        if self._stop_signal is not None:
+            self._checkpoint()
+            raise RunInterrupted(
+                f"stopped by SIGTERM at step {self.counters.step}; checkpoint written to "
+                f"{str(self.run_dir / 'checkpoints' / 'last.pt')!r}; continue with --resume", exit_code=EXIT_PREEMPTED)
 
     def _train_loop(self) -> None:
         c, t = self.counters, self.config.train
@@ -394,6 +443,7 @@ class Trainer:
                     sync = nullcontext() if i == group - 1 or not self.ctx.enabled else self.forward_model.no_sync()
                     with sync:
                         self._micro_step(images, labels, group)
+                    faults.point("step")
                     images_in_group += labels.numel()
                     skipped_in_group += skipped
                 self.scaler.step(self.optimizer)
@@ -421,6 +471,7 @@ class Trainer:
                     log_start, log_images = time.time(), 0
                 if c.step % t.checkpoint_every == 0 and c.micro < self.micro_per_epoch:
                     self._checkpoint()
+                self._stop_if_asked()
             del batches
             if c.micro >= self.micro_per_epoch:
                 self._end_epoch()
@@ -444,13 +495,14 @@ class Trainer:
     def _end_epoch(self) -> None:
         c = self.counters
         train_loss_sum, train_count = distributed.all_reduce_sum(self.epoch_loss.clone(), self.ctx).tolist()
-        self.log.write({"type": "epoch", "step": c.step, "epoch": c.epoch, "train_loss": train_loss_sum / max(train_count, 1)})
-        self.last_train_loss = train_loss_sum / max(train_count, 1)
+        c.train_loss = train_loss_sum / max(train_count, 1)
+        self.log.write({"type": "epoch", "step": c.step, "epoch": c.epoch, "train_loss": c.train_loss})
         self._evaluate_all(c.epoch)
         c.epoch += 1
         c.micro = 0
         self.epoch_loss.zero_()
         self._checkpoint()
+        faults.point("epoch-end")
 
     def _evaluate_all(self, epoch: int) -> None:
         self.metrics = {}
@@ -462,12 +514,14 @@ class Trainer:
 
     def _finish(self) -> dict:
         c = self.counters
-        if getattr(self, "evaluated_at", None) != c.step:  # stopped by max_steps inside an epoch
-            loss_sum, count = distributed.all_reduce_sum(self.epoch_loss.clone(), self.ctx).tolist()
-            self.last_train_loss = loss_sum / max(count, 1)  # over the part of the epoch that ran
-            self._evaluate_all(c.epoch)
+        if getattr(self, "evaluated_at", None) != c.step:  # stopped inside an epoch, or resumed after the last one
+            if c.micro > 0:  # max_steps stopped the epoch part-way: its loss so far
+                loss_sum, count = distributed.all_reduce_sum(self.epoch_loss.clone(), self.ctx).tolist()
+                c.train_loss = loss_sum / max(count, 1)
+            self._evaluate_all(c.epoch if c.micro > 0 or c.epoch == 0 else c.epoch - 1)
             self._checkpoint()
         record = self._record("finished")
+        faults.point("finish")
         if self.ctx.is_main:
             self._export_weights()
             atomic_write_json(self.run_dir / "result.json", record)
@@ -505,7 +559,7 @@ class Trainer:
             "gmacs": self.gmacs, "params": self.params, "trainable_params": self.trainable,
             "epochs": c.epoch, "steps": c.step, "wall_time_s": seconds, "images_seen": images,
             "images_per_s": images / seconds if seconds > 0 else None, "skipped_images": c.skipped * self.ctx.world_size,
-            "train_loss": getattr(self, "last_train_loss", None), "world_size": self.ctx.world_size,
+            "train_loss": c.train_loss, "world_size": self.ctx.world_size,
             "device": str(self.device), "amp": str(self.dtype).replace("torch.", "") if self.dtype else "none",
             "versions": package_versions(),
             # Runs that differ only in their seed share this: reports average over seeds within it, never across
