@@ -36,8 +36,8 @@ class DemoScale:
     batch_size: int = 128
 
 
-FULL = DemoScale(source_images=20000, source_epochs=2, stitch_images=7000, stitch_epochs=2, val_images=2000)
-FAST = DemoScale(source_images=6000, source_epochs=1, stitch_images=3000, stitch_epochs=1, val_images=1000)
+FULL = DemoScale(source_images=16000, source_epochs=2, stitch_images=6000, stitch_epochs=2, val_images=2000)
+FAST = DemoScale(source_images=5000, source_epochs=2, stitch_images=2500, stitch_epochs=2, val_images=1000)
 
 
 def _base(scale: DemoScale, images: int, epochs: int, threads: int | None) -> dict:

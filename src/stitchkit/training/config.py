@@ -115,11 +115,24 @@ def _all_keys(cls=Config, prefix: str = "") -> list[str]:
 
 
 def _unknown_key_error(key: str, source: str) -> StitchkitError:
-    leaf = key.rsplit(".", 1)[-1]
+    section, _, leaf = key.rpartition(".")
     same_leaf = [k for k in _all_keys() if k.rsplit(".", 1)[-1] == leaf]  # right name, wrong section: "train.lr"
-    close = [k for k in difflib.get_close_matches(key, _all_keys(), n=3, cutoff=0.6) if k not in same_leaf]
-    matches = (same_leaf + close)[:3]
-    hint = f"did you mean {' or '.join(matches)}?" if matches else "`stitchkit train --help-config` lists the keys"
+    siblings = [k.rsplit(".", 1)[-1] for k in _all_keys() if k.rpartition(".")[0] == section]
+    if siblings:  # a known section: compare the leaf alone, or "optim." alone would make everything look close
+        prefix = f"{section}." if section else ""
+        close = [prefix + m for m in difflib.get_close_matches(leaf, siblings, n=3, cutoff=0.6)]
+    else:
+        close = difflib.get_close_matches(key, _all_keys(), n=3, cutoff=0.6)
+    matches = (same_leaf + [k for k in close if k not in same_leaf])[:3]
+    section = key.split(".")[0]
+    if matches:
+        hint = f"did you mean {' or '.join(matches)}?"
+    else:
+        section = key.split(".")[0]
+        in_section = [k.split(".", 1)[1] for k in _all_keys() if k.startswith(section + ".")]
+        sections = sorted({k.split(".")[0] for k in _all_keys() if "." in k})
+        hint = (f"valid keys under {section}: {', '.join(in_section)}" if in_section else
+                f"settings are mode or under {', '.join(sections)}")
     return StitchkitError(f"unknown config key {key!r} in {source}; {hint}")
 
 
@@ -151,7 +164,10 @@ def _parse_yaml(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=_YamlLoader)
     except yaml.YAMLError as err:
-        raise StitchkitError(f"{source} is not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise StitchkitError(f"{source} is not valid YAML{where}: {problem}; fix the file's syntax") from None
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *,

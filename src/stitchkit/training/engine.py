@@ -33,6 +33,9 @@ from .logging import MetricsLog
 from .models import build_model, load_trainable_state, trainable_state
 
 EXIT_INTERRUPTED = 130
+# Everything a run (or the sweep runner) writes into a run directory; anything else there is the user's.
+RUN_FILES = {"config.yaml", "metrics.jsonl", "result.json", "eval.json", "model.pt", "adapters.pt", "checkpoints",
+             "tensorboard", "cell.json", "attempts.log", ".lock", "cell-config.yaml", ".write-test", "wandb"}
 
 
 class NonFiniteLossError(StitchkitError):
@@ -200,9 +203,15 @@ class Trainer:
 
     # --- set-up ---------------------------------------------------------------------------------------------------
 
-    def _prepare_run_dir(self) -> None:
-        """Refuse to clobber finished or unfinished runs; check the folder is writable before any training."""
-        run, main = self.run_dir, self.ctx.is_main
+    def _check_run_dir(self) -> None:
+        """Refuse to clobber finished, unfinished or foreign files (writes nothing; --overwrite deletes our files)."""
+        run = self.run_dir
+        foreign = sorted(p.name for p in run.iterdir() if p.name not in RUN_FILES) if run.is_dir() else []
+        if foreign:
+            raise StitchkitError(
+                f"output.dir {str(run)!r} holds files stitchkit did not write ({', '.join(foreign[:3])}); a run "
+                "directory must be new or a stitchkit run, so choose another output.dir"
+            )
         result, last = run / "result.json", run / "checkpoints" / "last.pt"
         if self.resume:
             if not last.is_file():
@@ -214,16 +223,19 @@ class Trainer:
                     f"the run in {str(run)!r} was started with another config; resume with the same settings or use a "
                     "new output.dir. Differences (saved -> now): " + "; ".join(differences)
                 )
-        elif self.overwrite:
-            if main:
-                for name in ("result.json", "metrics.jsonl", "config.yaml", "eval.json", "model.pt", "adapters.pt"):
-                    (run / name).unlink(missing_ok=True)
-                shutil.rmtree(run / "checkpoints", ignore_errors=True)
-                shutil.rmtree(run / "tensorboard", ignore_errors=True)
-        elif result.is_file() or last.is_file():
+        elif (result.is_file() or last.is_file()) and not self.overwrite:
             what = "a finished run" if result.is_file() else "an unfinished run (pass --resume to continue it)"
             raise StitchkitError(f"{str(run)!r} already holds {what}; pass --overwrite to replace it, or choose another "
                                  "output.dir")
+
+    def _create_run_dir(self) -> None:
+        """Make the run directory and write config.yaml, once data and model have been built without error."""
+        run, main = self.run_dir, self.ctx.is_main
+        if main and self.overwrite and not self.resume:  # only now that the new run has built without error
+            for name in ("result.json", "metrics.jsonl", "config.yaml", "eval.json", "model.pt", "adapters.pt"):
+                (run / name).unlink(missing_ok=True)
+            shutil.rmtree(run / "checkpoints", ignore_errors=True)
+            shutil.rmtree(run / "tensorboard", ignore_errors=True)
         if main:
             for stale in (run / "checkpoints").glob(".*.tmp"):  # left by a process killed mid-write
                 stale.unlink(missing_ok=True)
@@ -305,17 +317,27 @@ class Trainer:
         self._check_finite()
         if self.ctx.is_main:
             c = self.counters
-            save_checkpoint(self.run_dir / "checkpoints" / "last.pt", {
-                "config_digest": self.config_digest,
-                "model": trainable_state(self.model),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "counters": {**c.__dict__, "train_seconds": c.train_seconds + self._elapsed()},
-                "epoch_loss": self.epoch_loss.cpu(),
-                "rng": rng if rng is not None else rng_state(),
-            })
+            try:
+                self._write_checkpoint(rng)
+            except OSError as err:  # disk full, quota, vanished mount: the previous checkpoint is still whole
+                raise StitchkitError(
+                    f"cannot write a checkpoint at step {c.step} ({err.strerror or err}); the last good checkpoint in "
+                    f"{str(self.run_dir / 'checkpoints')!r} is kept. Free space, then continue with --resume"
+                ) from None
         distributed.barrier(self.ctx)
+
+    def _write_checkpoint(self, rng: dict | None) -> None:
+        c = self.counters
+        save_checkpoint(self.run_dir / "checkpoints" / "last.pt", {
+            "config_digest": self.config_digest,
+            "model": trainable_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "counters": {**c.__dict__, "train_seconds": c.train_seconds + self._elapsed()},
+            "epoch_loss": self.epoch_loss.cpu(),
+            "rng": rng if rng is not None else rng_state(),
+        })
 
     def _restore(self) -> None:
         state = load_checkpoint(self.run_dir / "checkpoints" / "last.pt", self.config_digest)
@@ -371,8 +393,9 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------------------------------
 
     def run(self) -> dict:
-        self._prepare_run_dir()
+        self._check_run_dir()
         self._build()
+        self._create_run_dir()  # checks the folder is writable before any training
         if self.resume:
             self._restore()
         c, t = self.counters, self.config.train
