@@ -324,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-val", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="folder for result.json")
-    p.add_argument("settings", nargs="*", metavar="key=value", help="further config overrides")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="a further config override, e.g. --set data.crop_pct=1.0 (repeatable)")
     p.set_defaults(run=_cmd_eval_model)
 
     p = sub.add_parser("methods", help="list stitching methods (adapter x resize) for sweep files")

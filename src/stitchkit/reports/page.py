@@ -7,10 +7,17 @@ from pathlib import Path
 
 
 def _fmt(value, digits=2) -> str:
+    """Numbers as people read them: 4,722,050 parameters, 82.53 %, 0.01958 GMACs, 0.0002 learning rate."""
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if abs(value) >= 1 or value == 0:
+            return f"{value:.{digits}f}"
+        return f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10000:
+        return f"{value:,}"
     return str(value)
 
 
