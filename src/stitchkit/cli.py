@@ -262,6 +262,15 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from .bench import format_bench, run_bench
+
+    result = run_bench(args.src, args.dst, args.gap, args.adapter, args.resize, args.batch_size, args.input_size,
+                       args.repeats, args.warmup, args.channels_last, args.threads)
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stitchkit", description="Stitch frozen parts of vision models together.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -352,6 +361,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder (source models there are reused)")
     p.add_argument("--fast", action="store_true", help="less data and training: about 3 minutes instead of 10")
     p.set_defaults(run=_cmd_demo)
+
+    p = sub.add_parser("bench", help="training images/s: stitchkit vs the paper's naive step vs full model vs bound")
+    p.add_argument("--src", default="resnet50")
+    p.add_argument("--dst", default=None, help="default: same as --src")
+    p.add_argument("--gap", default="1:3")
+    p.add_argument("--adapter", default="bottleneck")
+    p.add_argument("--resize", default="bilinear")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_cmd_bench)
 
     p = sub.add_parser("report", help="results.csv, summary.csv, plots, table1.md and index.html from a runs folder")
     p.add_argument("runs_dir")

@@ -1,0 +1,140 @@
+"""``stitchkit bench``: training throughput of a stitch against its alternatives and its lower bound, side by side.
+
+Columns, all measured in one process on the same inputs (images/s = batch / median step time):
+
+* ``stitchkit``: the stitched training step as the engine runs it (frozen parts in eval mode, the front without
+  autograd, only adapter parameters in AdamW);
+* ``naive``: the same stitch as the paper's code runs it: the whole model in train mode, frozen only by
+  ``requires_grad=False``, the front inside autograd, every parameter handed to AdamW, fp32, NCHW;
+* ``full_dst``: one training step of the whole destination model (what a user might do instead);
+* ``lower_bound``: the sum of the unavoidable parts, timed separately: front forward without autograd + adapters
+  forward and backward (and their AdamW step) + back forward and backward to its input only.
+
+Timings on shared machines are noisy: compare the ratios of one run, not numbers across runs.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .stitching import create_stitched
+from .zoo.models import create_model
+
+
+def _time(step: Callable[[], None], warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _column(times: list[float], batch: int) -> dict:
+    median = statistics.median(times)
+    return {"images_per_s": batch / median, "median_s": median, "min_s": min(times), "max_s": max(times),
+            "repeats": len(times)}
+
+
+def run_bench(src: str = "resnet50", dst: str | None = None, gap: str = "1:3", adapter: str = "bottleneck",
+              resize: str = "bilinear", batch_size: int = 8, input_size: int = 224, repeats: int = 5, warmup: int = 2,
+              channels_last: bool = False, threads: int | None = None) -> dict:
+    """Measure every column; returns ``{"columns": {...}, "speedup_vs_naive", "ratio_to_lower_bound", ...}``."""
+    if threads:
+        torch.set_num_threads(threads)
+    dst = dst or src
+    torch.manual_seed(0)
+    x = torch.randn(batch_size, 3, input_size, input_size)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = x.contiguous(memory_format=fmt)
+
+    def stitched_model(frozen_mode: str):
+        model = create_stitched(src, dst, gap, adapter, resize, input_size=input_size, frozen_mode=frozen_mode)
+        return model.to(memory_format=fmt).train()
+
+    model = stitched_model("eval")
+    labels = torch.randint(0, model(x[:1]).shape[-1], (batch_size,))
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
+
+    def stitchkit_step():
+        F.cross_entropy(model(x), labels).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    naive = stitched_model("train")
+    naive_net = nn.Sequential(naive.front, naive.bridge, naive.back).train()  # front inside autograd, all train mode
+    naive_optimizer = torch.optim.AdamW(naive_net.parameters(), lr=1e-3)  # the paper's optimizer holds everything
+    x_nchw = x.contiguous()
+
+    def naive_step():
+        F.cross_entropy(naive_net(x_nchw), labels).backward()
+        naive_optimizer.step()
+        naive_optimizer.zero_grad(set_to_none=True)
+
+    full = create_model(dst, input_size=input_size).to(memory_format=fmt).train()
+    full_optimizer = torch.optim.AdamW(full.parameters(), lr=1e-3)
+
+    def full_step():
+        F.cross_entropy(full(x), labels).backward()
+        full_optimizer.step()
+        full_optimizer.zero_grad(set_to_none=True)
+
+    with torch.no_grad():
+        h = model.front(x)
+        bridged = model.bridge(h)
+    grad_out = torch.randn_like(bridged)
+
+    def front_part():
+        with torch.no_grad():
+            model.front(x)
+
+    def adapter_part():
+        model.bridge(h).backward(grad_out)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def back_part():
+        inp = bridged.detach().requires_grad_(True)
+        F.cross_entropy(model.back(inp), labels).backward()
+
+    columns = {
+        "stitchkit": _column(_time(stitchkit_step, warmup, repeats), batch_size),
+        "naive": _column(_time(naive_step, warmup, repeats), batch_size),
+        "full_dst": _column(_time(full_step, warmup, repeats), batch_size),
+    }
+    parts = {name: statistics.median(_time(fn, warmup, repeats))
+             for name, fn in (("front", front_part), ("adapters", adapter_part), ("back", back_part))}
+    lower = sum(parts.values())
+    columns["lower_bound"] = {"images_per_s": batch_size / lower, "median_s": lower,
+                              "parts_s": parts, "repeats": repeats}
+    stitched_s = columns["stitchkit"]["median_s"]
+    return {
+        "src": src, "dst": dst, "gap": gap, "adapter": adapter, "resize": resize, "batch_size": batch_size,
+        "input_size": input_size, "channels_last": channels_last, "threads": torch.get_num_threads(),
+        "columns": columns,
+        "speedup_vs_naive": columns["naive"]["median_s"] / stitched_s,
+        "speedup_vs_full_dst": columns["full_dst"]["median_s"] / stitched_s,
+        "ratio_to_lower_bound": stitched_s / lower,
+    }
+
+
+def format_bench(result: dict) -> str:
+    lines = [f"{result['src']} -> {result['dst']} gap {result['gap']} {result['adapter']}/{result['resize']}, batch "
+             f"{result['batch_size']} at {result['input_size']} px, {result['threads']} threads"
+             f"{', channels_last' if result['channels_last'] else ''}",
+             f"{'column':12} {'images/s':>10} {'median s':>10} {'min s':>8} {'max s':>8}"]
+    for name, column in result["columns"].items():
+        lines.append(f"{name:12} {column['images_per_s']:10.1f} {column['median_s']:10.4f} "
+                     f"{column.get('min_s', float('nan')):8.4f} {column.get('max_s', float('nan')):8.4f}")
+    parts = result["columns"]["lower_bound"]["parts_s"]
+    lines.append("lower bound parts: " + ", ".join(f"{k} {v:.4f} s" for k, v in parts.items()))
+    lines.append(f"speedup vs naive {result['speedup_vs_naive']:.2f}x, vs full destination "
+                 f"{result['speedup_vs_full_dst']:.2f}x, ratio to lower bound {result['ratio_to_lower_bound']:.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,19 @@
+"""The benchmark runs at tiny sizes and reports every column (no assertion on wall-clock time)."""
+import json
+
+from stitchkit.cli import main
+
+
+def test_bench_prints_every_column(capsys):
+    assert main(["--threads", "1", "bench", "--src", "resnet18", "--gap", "1:3", "--batch-size", "2",
+                 "--input-size", "32", "--repeats", "1", "--warmup", "0", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["columns"]) == {"stitchkit", "naive", "full_dst", "lower_bound"}
+    assert all(c["images_per_s"] > 0 for c in result["columns"].values())
+    assert set(result["columns"]["lower_bound"]["parts_s"]) == {"front", "adapters", "back"}
+    assert result["speedup_vs_naive"] > 0 and result["ratio_to_lower_bound"] > 0
+    assert main(["--threads", "1", "bench", "--src", "resnet18", "--dst", "resnet34", "--batch-size", "2",
+                 "--input-size", "32", "--repeats", "1", "--warmup", "0"]) == 0
+    text = capsys.readouterr().out
+    for column in ("stitchkit", "naive", "full_dst", "lower_bound", "speedup vs naive"):
+        assert column in text
