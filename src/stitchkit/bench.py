@@ -55,11 +55,11 @@ def run_bench(src: str = "resnet50", dst: str | None = None, gap: str = "1:3", a
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = x.contiguous(memory_format=fmt)
 
-    def stitched_model(frozen_mode: str):
+    def stitched_model(frozen_mode: str, memory_format):
         model = create_stitched(src, dst, gap, adapter, resize, input_size=input_size, frozen_mode=frozen_mode)
-        return model.to(memory_format=fmt).train()
+        return model.to(memory_format=memory_format).train()
 
-    model = stitched_model("eval")
+    model = stitched_model("eval", fmt)
     labels = torch.randint(0, model(x[:1]).shape[-1], (batch_size,))
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
 
@@ -68,7 +68,7 @@ def run_bench(src: str = "resnet50", dst: str | None = None, gap: str = "1:3", a
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    naive = stitched_model("train")
+    naive = stitched_model("train", torch.contiguous_format)  # the paper's code: NCHW whatever the flag says
     naive_net = nn.Sequential(naive.front, naive.bridge, naive.back).train()  # front inside autograd, all train mode
     naive_optimizer = torch.optim.AdamW(naive_net.parameters(), lr=1e-3)  # the paper's optimizer holds everything
     x_nchw = x.contiguous()
