@@ -230,3 +230,17 @@ def test_report_errors(tmp_path):
 def test_group_by_front_is_refused_until_it_exists():
     with pytest.raises(StitchkitError, match="not available yet"):
         expand({"pairs": [["resnet18", "resnet18"]], "group_by_front": True})
+
+
+def test_a_cell_can_train_over_several_processes_with_torchrun(tmp_path, monkeypatch):
+    from stitchkit.sweeps.runner import run_cell, train_with_torchrun
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    sweep = load_sweep(_tiny(tmp_path), ["train.batch_size=8"])  # 16 per step = 2 processes x 8
+    cell = next(c for c in sweep.runnable if c.kind == "stitch" and c.src == c.dst)
+    runs = tmp_path / "runs"
+    assert run_cell(sweep, cell, runs, launch=train_with_torchrun(2)) == "finished"
+    result = json.loads((runs / cell.name / "result.json").read_text())
+    assert result["world_size"] == 2 and result["status"] == "finished"
+    assert run_cell(sweep, cell, runs, launch=train_with_torchrun(2)) == "skipped-finished"

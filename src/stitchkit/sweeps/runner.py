@@ -65,14 +65,37 @@ def write_manifest(sweep: Sweep, runs_dir: Path) -> None:
                       {"sweep": sweep.name, "base": sweep.base, "cells": [c.describe() for c in sweep.cells]})
 
 
-def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path, retry_failed: bool = False) -> str:
+def train_in_process(config, resume: bool, overwrite: bool) -> None:
+    from ..training import train
+
+    train(config, resume=resume, overwrite=overwrite)
+
+
+def train_with_torchrun(gpus: int):
+    """A launcher that trains one cell over ``gpus`` processes with torchrun (DDP), inside one SLURM job."""
+
+    def launch(config, resume: bool, overwrite: bool) -> None:
+        from ..training.config import to_yaml
+
+        run_dir = Path(config.output.dir)
+        cell_config = run_dir / "cell-config.yaml"
+        cell_config.write_text(to_yaml(config))
+        flags = ["--resume"] if resume else (["--overwrite"] if overwrite else [])
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               f"--nproc_per_node={gpus}", "-m", "stitchkit", "train", str(cell_config), *flags])
+        if done.returncode != 0:
+            raise StitchkitError(f"torchrun over {gpus} processes exited with code {done.returncode}")
+
+    return launch
+
+
+def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path, retry_failed: bool = False, launch=train_in_process) -> str:
     """Run one cell unless it is finished, failed (without ``retry_failed``) or running elsewhere.
 
+    ``launch(config, resume, overwrite)`` trains it (in this process by default, or with torchrun).
     Returns what happened: ``finished``, ``failed``, ``skipped-finished``, ``skipped-failed`` or ``busy``.
     A :class:`~stitchkit.training.RunInterrupted` propagates (the cell resumes next time).
     """
-    from ..training import train
-
     run_dir = runs_dir / cell.name
     with cell_lock(run_dir) as locked:
         if not locked:
@@ -86,7 +109,7 @@ def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path, retry_failed: bool = Fals
         _attempt(run_dir, f"start {state}")
         try:
             config = sweep.config(cell, runs_dir)
-            train(config, resume=state == "interrupted", overwrite=state == "failed")
+            launch(config, resume=state == "interrupted", overwrite=state == "failed")
             _attempt(run_dir, "finished")
             return "finished"
         except (StitchkitError, RuntimeError, ValueError, OSError) as err:  # RuntimeError covers out-of-memory
@@ -141,27 +164,8 @@ class CellJob:
 
         sweep = load_sweep(self.sweep_file, self.overrides)
         cell = next(c for c in sweep.cells if c.name == self.cell_name)
-        if self.gpus_per_job <= 1:
-            return run_cell(sweep, cell, Path(self.runs_dir), self.retry_failed)
-        # Several GPUs per job: torchrun inside the job, on this one cell.
-        config = sweep.config(cell, Path(self.runs_dir))
-        run_dir = Path(config.output.dir)
-        with cell_lock(run_dir) as locked:
-            if not locked:
-                return "busy"
-            state = cell_state(run_dir)
-            if state == "finished" or (state == "failed" and not self.retry_failed):
-                return f"skipped-{state}"
-            atomic_write_json(run_dir / "cell.json", {"sweep": sweep.name, **cell.describe()})
-            from ..training.config import to_yaml
-
-            cell_config = run_dir / "cell-config.yaml"
-            cell_config.write_text(to_yaml(config))
-            flags = ["--resume"] if state == "interrupted" else (["--overwrite"] if state == "failed" else [])
-            done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                   f"--nproc_per_node={self.gpus_per_job}", "-m", "stitchkit", "train",
-                                   str(cell_config), *flags])
-            return "finished" if done.returncode == 0 else "failed"
+        launch = train_in_process if self.gpus_per_job <= 1 else train_with_torchrun(self.gpus_per_job)
+        return run_cell(sweep, cell, Path(self.runs_dir), self.retry_failed, launch)
 
     def checkpoint(self, *args, **kwargs):
         import submitit

@@ -174,6 +174,18 @@ def make_loader(dataset, sampler, batch_size: int, workers: int, device: torch.d
     )
 
 
+def eval_loaders(splits: Splits, batch_size: int, workers: int, device: torch.device,
+                 ctx: distributed.Dist) -> dict[str, DataLoader]:
+    """Loaders for the evaluation splits (val, and hold-out when there is one), each image seen once over ranks."""
+    loaders = {}
+    for split in ("val", "holdout"):
+        dataset = getattr(splits, split)
+        if dataset is not None:
+            sampler = EpochSampler(len(dataset), 0, ctx.rank, ctx.world_size, shuffle=False)
+            loaders[split] = make_loader(dataset, sampler, batch_size, workers, device, False)
+    return loaders
+
+
 class Trainer:
     """Sets up a run from a :class:`Config` and trains it; :meth:`run` returns the result record."""
 
@@ -287,12 +299,7 @@ class Trainer:
         self.total_steps = t.epochs * self.steps_per_epoch
         if t.max_steps is not None:
             self.total_steps = min(self.total_steps, t.max_steps)
-        self.eval_loaders = {}
-        for split in ("val", "holdout"):
-            dataset = getattr(self.splits, split)
-            if dataset is not None:
-                sampler = EpochSampler(len(dataset), 0, self.ctx.rank, self.ctx.world_size, shuffle=False)
-                self.eval_loaders[split] = make_loader(dataset, sampler, t.batch_size, t.workers, self.device, False)
+        self.eval_loaders = eval_loaders(self.splits, t.batch_size, t.workers, self.device, self.ctx)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, o.weight_decay, o.no_decay_norm_bias), lr=o.lr, betas=(o.beta1, o.beta2),
             fused=self.device.type == "cuda",

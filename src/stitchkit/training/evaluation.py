@@ -13,22 +13,11 @@ from ..compute import count_macs, count_params
 from ..errors import StitchkitError
 from ..zoo.models import create_model, num_outputs
 from . import distributed
-from .checkpoint import atomic_write_json, load_checkpoint
+from .checkpoint import atomic_write_json, digest, load_checkpoint
 from .config import Config, from_yaml_file
-from .data import EpochSampler, build_splits, preprocessing_for
-from .engine import _results_relevant_yaml, amp_dtype, evaluate, make_loader, package_versions, resolve_device
-from .checkpoint import digest
+from .data import build_splits, preprocessing_for
+from .engine import _results_relevant_yaml, amp_dtype, eval_loaders, evaluate, package_versions, resolve_device
 from .models import build_model, load_trainable_state
-
-
-def _eval_loaders(config: Config, splits, device) -> dict:
-    loaders = {}
-    for split in ("val", "holdout"):
-        dataset = getattr(splits, split)
-        if dataset is not None:
-            sampler = EpochSampler(len(dataset), 0, 0, 1, shuffle=False)
-            loaders[split] = make_loader(dataset, sampler, config.train.batch_size, config.train.workers, device, False)
-    return loaders
 
 
 def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | None = None) -> dict:
@@ -56,7 +45,7 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | 
     model.to(dev)
     dtype = amp_dtype(config.train.amp, dev)
     results = {split: evaluate(model, loader, dev, dtype, config.train.channels_last, distributed.Dist())
-               for split, loader in _eval_loaders(config, splits, dev).items()}
+               for split, loader in eval_loaders(splits, config.train.batch_size, config.train.workers, dev, distributed.Dist()).items()}
     record = {"run_dir": str(run_dir), "step": state["counters"]["step"], **{
         (k if split == "val" else f"{split}_{k}"): v for split, m in results.items() for k, v in m.items()}}
     atomic_write_json(run_dir / "eval.json", record)
@@ -81,7 +70,7 @@ def evaluate_model(name: str, config: Config, out_dir: str | Path | None = None)
     model.to(dev)
     dtype = amp_dtype(config.train.amp, dev)
     results = {split: evaluate(model, loader, dev, dtype, config.train.channels_last, distributed.Dist())
-               for split, loader in _eval_loaders(config, splits, dev).items()}
+               for split, loader in eval_loaders(splits, config.train.batch_size, config.train.workers, dev, distributed.Dist()).items()}
     record = {"status": "finished", "mode": "eval", "src": name, "dst": name, "dataset": config.data.name,
               "input_size": config.data.input_size, "pretrained": config.model.pretrained,
               "checkpoint": config.model.src_checkpoint, "gmacs": gmacs, "params": params, "trainable_params": 0,
