@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import unknown_name
+from .registry import Registry
 
 LAYOUTS = ("image", "tokens")
 
@@ -34,7 +34,7 @@ class AdapterType:
     description: str
 
 
-_ADAPTERS: dict[str, AdapterType] = {}
+_ADAPTERS: Registry[AdapterType] = Registry("adapter")
 
 
 def register_adapter(name: str, layout: str = "image", description: str = ""):
@@ -43,23 +43,19 @@ def register_adapter(name: str, layout: str = "image", description: str = ""):
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
 
     def decorate(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _ADAPTERS:
-            raise ValueError(f"adapter {name!r} is already registered")
         doc = description or next(iter((build.__doc__ or "").strip().splitlines()), "")
-        _ADAPTERS[name] = AdapterType(name, build, layout, doc)
+        _ADAPTERS.add(name, AdapterType(name, build, layout, doc))
         return build
 
     return decorate
 
 
 def list_adapters() -> list[str]:
-    return sorted(_ADAPTERS)
+    return _ADAPTERS.names()
 
 
 def get_adapter(name: str) -> AdapterType:
-    if name not in _ADAPTERS:
-        raise unknown_name("adapter", name, _ADAPTERS)
-    return _ADAPTERS[name]
+    return _ADAPTERS.get(name)
 
 
 def create_adapter(name: str, in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:

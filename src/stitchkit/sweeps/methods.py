@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import unknown_name
+from ..registry import Registry
 
 
 @dataclass(frozen=True)
@@ -18,24 +18,19 @@ class Method:
     needs_tokens: bool = False  # only between token layouts (ViT <-> ViT)
 
 
-_METHODS: dict[str, Method] = {}
+_METHODS: Registry[Method] = Registry("method", "`stitchkit methods` lists them")
 
 
 def register_method(method: Method) -> Method:
-    if method.name in _METHODS:
-        raise ValueError(f"method {method.name!r} is already registered")
-    _METHODS[method.name] = method
-    return method
+    return _METHODS.add(method.name, method)
 
 
 def get_method(name: str) -> Method:
-    if name not in _METHODS:
-        raise unknown_name("method", name, _METHODS, "`stitchkit methods` lists them")
-    return _METHODS[name]
+    return _METHODS.get(name)
 
 
 def list_methods() -> list[Method]:
-    return list(_METHODS.values())
+    return _METHODS.values()
 
 
 PAPER_METHODS = (

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import StitchkitError
 from ..formats import Format
+from ..registry import Registry
 from .anatomy import Anatomy, Call, qualified_names, split_evenly, view
 
 
@@ -44,19 +45,16 @@ class Family:
     token_extras: Callable[[nn.Module], tuple] | None = None
 
 
-_FAMILIES: dict[str, Family] = {}
+_FAMILIES: Registry[Family] = Registry("model family")
 
 
 def register_family(family: Family) -> Family:
     """Add a family; a second family with the same name is an error."""
-    if family.name in _FAMILIES:
-        raise ValueError(f"family {family.name!r} is already registered")
-    _FAMILIES[family.name] = family
-    return family
+    return _FAMILIES.add(family.name, family)
 
 
 def families() -> list[Family]:
-    return list(_FAMILIES.values())
+    return _FAMILIES.values()
 
 
 def family_of(model: nn.Module) -> Family:
