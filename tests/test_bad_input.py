@@ -1,7 +1,6 @@
 """Bad input through the CLI: each case exits non-zero with one message that names the problem and the fix, shows no
 traceback (unless --debug), and leaves everything written earlier untouched."""
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -18,7 +17,7 @@ FAST = ["data.name=synthetic", "data.input_size=32", "data.synthetic_train_size=
 
 def _folder(root: Path, classes=("a", "b"), val_classes=None, per_class=4) -> Path:
     for split, names in (("train", classes), ("val", val_classes or classes)):
-        for label, name in enumerate(names):
+        for name in names:
             (root / split / name).mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
                 pixels = np.random.default_rng(i).integers(0, 255, (36, 36, 3), dtype=np.uint8)

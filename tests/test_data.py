@@ -1,5 +1,4 @@
 """Image-folder data: the happy path and every bad input the issue lists, each with a clear message."""
-import json
 
 import numpy as np
 import pytest
@@ -60,7 +59,7 @@ def test_corrupt_images_are_named_or_skipped(tmp_path, kind):
     args = ["mode=scratch", "model.src=resnet10t", "data.name=imagefolder", f"data.root={root}", "data.input_size=32",
             "train.epochs=1", "optim.batch_size=19", "train.batch_size=19", "train.workers=0",
             f"output.dir={tmp_path / 'run'}"]
-    with pytest.raises(StitchkitError, match=f"cannot decode image .*broken"):
+    with pytest.raises(StitchkitError, match="cannot decode image .*broken"):
         train(load_config(None, args))
     result = train(load_config(None, [*args, "data.skip_corrupt=true"]), overwrite=True)
     assert result["skipped_images"] == 1 and result["images_seen"] == 18

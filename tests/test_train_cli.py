@@ -5,9 +5,7 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pytest
 
 from stitchkit.cli import main
 from stitchkit.training import load_config, train

@@ -1,6 +1,5 @@
 """Training end to end, in-process, on tiny synthetic data and a small real Fashion-MNIST subset."""
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -4,7 +4,7 @@ import torch
 
 import stitchkit
 from stitchkit.errors import StitchkitError, UnknownNameError
-from stitchkit.formats import Format, to_nchw
+from stitchkit.formats import to_nchw
 from stitchkit.zoo import dissect, family_of, model_spec, split
 
 from conftest import SMALL

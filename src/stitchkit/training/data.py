@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 
