@@ -175,6 +175,12 @@ class StitchedModel(nn.Module):
             h = self.front(x)
         return self.back(self.bridge(h))
 
+    def tail(self) -> nn.Sequential:
+        """``back(bridge(h))`` as a module sharing this model's parts: the forward pass after the front, for
+        training several stitches on one front's output. Switch modes on the stitched model, never on the tail
+        (that would put the frozen back in training mode)."""
+        return nn.Sequential(self.bridge, self.back)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters an optimizer should see: the bridge's."""
         return [p for p in self.parameters() if p.requires_grad]

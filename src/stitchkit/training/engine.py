@@ -134,25 +134,42 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, dtype: 
     """Top-1 / top-5 accuracy (percent) and mean loss over a whole split, summed over ranks."""
     was_training = model.training
     model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct@1, correct@5, loss sum, count
+    try:
+        return evaluate_heads(None, [model], loader, device, dtype, channels_last, ctx)[0]
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def evaluate_heads(front, heads, loader: DataLoader, device: torch.device, dtype: torch.dtype | None,
+                   channels_last: bool, ctx: distributed.Dist) -> list[dict[str, float]]:
+    """:func:`evaluate` for several models that share ``front`` (``None``: the heads see the images), in one pass.
+
+    Each head maps the front's output to logits; the caller puts the models in evaluation mode.
+    """
+    totals = [torch.zeros(4, dtype=torch.float64, device=device) for _ in heads]  # correct@1, @5, loss sum, count
     for images, labels, _ in loader:
         if images.numel() == 0:
             continue
         images, labels = _to_device(images, labels, device, channels_last)
         with _autocast(device, dtype):
-            logits = model(images)
+            inputs = front(images) if front is not None else images
+            logits_per_head = [head(inputs) for head in heads]
         faults.point("evaluation")
-        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
-        k = min(5, logits.shape[-1])
-        top = logits.topk(k, dim=-1).indices
-        hits = top.eq(labels[:, None])
-        totals += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), loss, torch.tensor(labels.numel(), device=device)]).double()
-    model.train(was_training)
-    correct1, correct5, loss_sum, count = distributed.all_reduce_sum(totals, ctx).tolist()
-    if count == 0:
-        raise StitchkitError("the evaluation split yielded no images (all skipped as corrupt?)")
-    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count,
-            "images": int(count)}
+        for logits, total in zip(logits_per_head, totals):
+            loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+            k = min(5, logits.shape[-1])
+            hits = logits.topk(k, dim=-1).indices.eq(labels[:, None])
+            total += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), loss,
+                                  torch.tensor(labels.numel(), device=device)]).double()
+    results = []
+    for total in totals:
+        correct1, correct5, loss_sum, count = distributed.all_reduce_sum(total, ctx).tolist()
+        if count == 0:
+            raise StitchkitError("the evaluation split yielded no images (all skipped as corrupt?)")
+        results.append({"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count,
+                        "images": int(count)})
+    return results
 
 
 def _to_device(images, labels, device, channels_last):
@@ -186,8 +203,45 @@ def eval_loaders(splits: Splits, batch_size: int, workers: int, device: torch.de
     return loaders
 
 
+@dataclass
+class DataStream:
+    """What the runs of a group share: the data, its order, and the length of the loop."""
+
+    splits: Splits
+    train_sampler: EpochSampler
+    train_loader: DataLoader
+    eval_loaders: dict[str, DataLoader]
+    accum: int  # micro-batches per optimizer step
+    micro_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+
+
+def build_stream(config: Config, accum: int, device: torch.device, ctx: distributed.Dist) -> DataStream:
+    t = config.train
+    pixels_model = config.model.src  # the model that sees the pixels sets normalisation and crop
+    splits = build_splits(config.data, preprocessing_for(pixels_model), t.seed)
+    sampler = EpochSampler(len(splits.train), t.seed, ctx.rank, ctx.world_size, True)
+    loader = make_loader(splits.train, sampler, t.batch_size, t.workers, device, True)
+    micro_per_epoch = len(sampler) // t.batch_size
+    if micro_per_epoch == 0:
+        raise StitchkitError(
+            f"the training split has {len(splits.train)} images, fewer than one batch of {t.batch_size} per "
+            "process; lower train.batch_size or add data"
+        )
+    steps_per_epoch = math.ceil(micro_per_epoch / accum)
+    total_steps = t.epochs * steps_per_epoch
+    if t.max_steps is not None:
+        total_steps = min(total_steps, t.max_steps)
+    return DataStream(splits, sampler, loader, eval_loaders(splits, t.batch_size, t.workers, device, ctx), accum,
+                      micro_per_epoch, steps_per_epoch, total_steps)
+
+
 class Trainer:
-    """Sets up a run from a :class:`Config` and trains it; :meth:`run` returns the result record."""
+    """One run, set up from a :class:`Config`: its model, optimizer, counters and run directory.
+
+    :meth:`run` trains it alone and returns the result record; :class:`TrainingGroup` trains several in one pass.
+    """
 
     def __init__(self, config: Config, resume: bool = False, overwrite: bool = False):
         self.config, self.resume, self.overwrite = config, resume, overwrite
@@ -212,6 +266,13 @@ class Trainer:
         self.run_dir = Path(config.output.dir) if config.output.dir else default_run_dir(config)
         self.config_yaml = to_yaml(config)
         self.config_digest = digest(_results_relevant_yaml(config))
+        self.group: list[str] = []  # the run directories trained in the same pass, when grouped
+
+    def run(self) -> dict:
+        outcome = TrainingGroup([self]).run()[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     # --- set-up ---------------------------------------------------------------------------------------------------
 
@@ -260,13 +321,16 @@ class Trainer:
                                      "permissions or free space, or choose another output.dir") from None
             if not self.resume:
                 atomic_write_text(run / "config.yaml", self.config_yaml)
+            else:
+                self._truncate_metrics()
         distributed.barrier(self.ctx)
 
-    def _build(self) -> None:
+    def _build(self, stream: DataStream, tail_only: bool = False) -> None:
+        """Build the model and optimizer; ``tail_only``: the forward pass starts after the stitch's front, which a
+        :class:`TrainingGroup` runs once for all its members."""
         config = self.config
+        self.stream, self.splits = stream, stream.splits
         torch.manual_seed(config.train.seed)
-        pixels_model = config.model.src  # the model that sees the pixels sets normalisation and crop
-        self.splits: Splits = build_splits(config.data, preprocessing_for(pixels_model), config.train.seed)
         self.model = build_model(config, len(self.splits.classes)).to(self.device)
         self.gmacs = count_macs(self.model, config.data.input_size) / 1e9
         self.params = count_params(self.model)
@@ -276,7 +340,9 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.train()
-        forward_model = self.model
+        # What evaluation calls, and what training calls (compiled and wrapped in DDP).
+        self.head = self.model.tail() if tail_only else self.model
+        forward_model = self.head
         if config.train.compile:
             forward_model = torch.compile(forward_model)
         if self.ctx.enabled:
@@ -286,32 +352,19 @@ class Trainer:
             forward_model = DistributedDataParallel(forward_model, device_ids=ids)
         self.forward_model = forward_model
 
-        t, o = config.train, config.optim
-        self.train_sampler = EpochSampler(len(self.splits.train), t.seed, self.ctx.rank, self.ctx.world_size, True)
-        self.train_loader = make_loader(self.splits.train, self.train_sampler, t.batch_size, t.workers, self.device, True)
-        self.micro_per_epoch = len(self.train_sampler) // t.batch_size
-        if self.micro_per_epoch == 0:
-            raise StitchkitError(
-                f"the training split has {len(self.splits.train)} images, fewer than one batch of {t.batch_size} per "
-                "process; lower train.batch_size or add data"
-            )
-        self.steps_per_epoch = math.ceil(self.micro_per_epoch / self.accum)
-        self.total_steps = t.epochs * self.steps_per_epoch
-        if t.max_steps is not None:
-            self.total_steps = min(self.total_steps, t.max_steps)
-        self.eval_loaders = eval_loaders(self.splits, t.batch_size, t.workers, self.device, self.ctx)
+        o = config.optim
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, o.weight_decay, o.no_decay_norm_bias), lr=o.lr, betas=(o.beta1, o.beta2),
             fused=self.device.type == "cuda",
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup(self.total_steps, o.warmup_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           cosine_with_warmup(stream.total_steps, o.warmup_steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.counters = Counters()
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # since the last log line
         self.loss_count = torch.zeros((), dtype=torch.float64, device=self.device)
         self.epoch_loss = torch.zeros(2, dtype=torch.float64, device=self.device)  # sum, count over the epoch
         self.group_loss = torch.zeros(2, dtype=torch.float64, device=self.device)  # sum, count in this step
-        self._boundary_rng = rng_state()
         self.bad_step = torch.full((), -1, dtype=torch.long, device=self.device)  # first step with a non-finite loss
 
     # --- checkpoints ----------------------------------------------------------------------------------------------
@@ -347,6 +400,7 @@ class Trainer:
         })
 
     def _restore(self) -> None:
+        """Load the last checkpoint into the model, optimizer and counters (writes nothing)."""
         state = load_checkpoint(self.run_dir / "checkpoints" / "last.pt", self.config_digest)
         try:
             load_trainable_state(self.model, state["model"])
@@ -358,8 +412,6 @@ class Trainer:
         self.counters = Counters(**state["counters"])
         self.epoch_loss = state["epoch_loss"].to(self.device)
         set_rng_state(state["rng"])
-        if self.ctx.is_main:
-            self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:
         """Drop metric lines written after the checkpoint we resume from: they are about to be written again."""
@@ -371,7 +423,7 @@ class Trainer:
         c = self.counters
         step, kept = c.step, []
         # Killed after its last step but before result.json: the final evaluation at this step runs again.
-        reevaluates = c.step >= self.total_steps or c.epoch >= self.config.train.epochs
+        reevaluates = c.step >= self.stream.total_steps or c.epoch >= self.config.train.epochs
         for line in path.read_text().splitlines():
             try:
                 record = json.loads(line)
@@ -397,123 +449,16 @@ class Trainer:
                 "add optim.warmup_steps, or check the data"
             )
 
-    # --- the loop -------------------------------------------------------------------------------------------------
+    # --- one step -------------------------------------------------------------------------------------------------
 
-    def run(self) -> dict:
-        self._check_run_dir()
-        self._build()
-        self._create_run_dir()  # checks the folder is writable before any training
-        if self.resume:
-            self._restore()
-        c, t = self.counters, self.config.train
-        self._segment_start = time.time()
-        self.log = MetricsLog(self.run_dir, self.ctx.is_main, self.total_steps, t.tensorboard, t.wandb,
-                              initial_step=c.step)
-        restore = self._catch_sigterm()
-        try:
-            self._train_loop()
-            result = self._finish()
-        except KeyboardInterrupt:
-            # Whatever the interrupted group accumulated is discarded: resume replays it from the step boundary.
-            self.optimizer.zero_grad(set_to_none=True)
-            self._checkpoint(rng=self._boundary_rng)
-            raise RunInterrupted(f"interrupted at step {c.step}; checkpoint written to "
-                                 f"{str(self.run_dir / 'checkpoints' / 'last.pt')!r}; continue with --resume") from None
-        except NonFiniteLossError as err:
-            if self.ctx.is_main:
-                atomic_write_json(self.run_dir / "result.json", self._record("failed", error=str(err)))
-            raise
-        finally:
-            restore()
-            self.log.close()
-            distributed.shutdown(self.ctx)
-        return result
-
-    def _catch_sigterm(self):
-        """Turn SIGTERM into "checkpoint at the next step boundary, then stop"; returns the undo function.
-
-        A handler that was already installed (e.g. submitit's) still runs, so its requeue logic keeps working.
-        """
-        import signal
-        import threading
-
-        self._stop_signal = None
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = signal.getsignal(signal.SIGTERM)
-
-        def handler(signum, frame):
-            self._stop_signal = signum
-            if callable(previous) and previous not in (signal.SIG_DFL, signal.SIG_IGN):
-                previous(signum, frame)
-
-        signal.signal(signal.SIGTERM, handler)
-        return lambda: signal.signal(signal.SIGTERM, previous)
-
-    def _stop_if_asked(self) -> None:
-        if self._stop_signal is not None:
-            self._checkpoint()
-            raise RunInterrupted(
-                f"stopped by SIGTERM at step {self.counters.step}; checkpoint written to "
-                f"{str(self.run_dir / 'checkpoints' / 'last.pt')!r}; continue with --resume", exit_code=EXIT_PREEMPTED)
-
-    def _train_loop(self) -> None:
-        c, t = self.counters, self.config.train
-        log_start, log_images = time.time(), 0
-        while c.step < self.total_steps and c.epoch < t.epochs:
-            self.train_sampler.set_epoch(c.epoch, start=c.micro * t.batch_size)
-            batches = iter(self.train_loader)
-            while c.micro < self.micro_per_epoch and c.step < self.total_steps:
-                group = min(self.accum, self.micro_per_epoch - c.micro)
-                self._boundary_rng = rng_state()
-                self.group_loss.zero_()
-                images_in_group = skipped_in_group = 0
-                for i in range(group):
-                    images, labels, skipped = next(batches)
-                    sync = nullcontext() if i == group - 1 or not self.ctx.enabled else self.forward_model.no_sync()
-                    with sync:
-                        self._micro_step(images, labels, group)
-                    faults.point("step")
-                    images_in_group += labels.numel()
-                    skipped_in_group += skipped
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
-                # Commit the group's bookkeeping only now, so a checkpoint always describes a step boundary.
-                self.loss_sum += self.group_loss[0]
-                self.loss_count += self.group_loss[1]
-                self.epoch_loss += self.group_loss
-                c.step += 1
-                c.micro += group
-                c.images += images_in_group
-                c.skipped += skipped_in_group
-                log_images += images_in_group
-                self.log.advance()
-                if c.step % t.log_every == 0:
-                    self._check_finite()
-                    elapsed = max(time.time() - log_start, 1e-9)
-                    loss = (self.loss_sum / self.loss_count.clamp(min=1)).item()
-                    self.log.write({"type": "train", "step": c.step, "epoch": c.epoch, "loss": loss,
-                                    "lr": self.optimizer.param_groups[0]["lr"],
-                                    "images_per_s": log_images * self.ctx.world_size / elapsed})
-                    self.loss_sum.zero_(), self.loss_count.zero_()
-                    log_start, log_images = time.time(), 0
-                if c.step % t.checkpoint_every == 0 and c.micro < self.micro_per_epoch:
-                    self._checkpoint()
-                self._stop_if_asked()
-            del batches
-            if c.micro >= self.micro_per_epoch:
-                self._end_epoch()
-
-    def _micro_step(self, images: torch.Tensor, labels: torch.Tensor, group: int) -> None:
-        if images.numel() == 0:
-            return
-        images, labels = _to_device(images, labels, self.device, self.channels_last)
-        with _autocast(self.device, self.dtype):
-            logits = self.forward_model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-        self.scaler.scale(loss / group).backward()
+    def _micro_step(self, inputs: torch.Tensor, labels: torch.Tensor, group: int, last: bool) -> None:
+        """Forward and backward one micro-batch (images, or the shared front's output) of an optimizer step."""
+        sync = nullcontext() if last or not self.ctx.enabled else self.forward_model.no_sync()
+        with sync:
+            with _autocast(self.device, self.dtype):
+                logits = self.forward_model(inputs)
+            loss = F.cross_entropy(logits.float(), labels)
+            self.scaler.scale(loss / group).backward()
         # Bookkeeping stays on the device: no host synchronisation per step.
         detached = loss.detach().double()
         n = labels.numel()
@@ -522,40 +467,40 @@ class Trainer:
         finite = torch.isfinite(detached)
         self.bad_step.copy_(torch.where((self.bad_step < 0) & ~finite, self.counters.step, self.bad_step))
 
-    def _end_epoch(self) -> None:
+    def _optimizer_step(self, micro: int, images: int, skipped: int) -> None:
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        # Commit the step's bookkeeping only now, so a checkpoint always describes a step boundary.
+        self.loss_sum += self.group_loss[0]
+        self.loss_count += self.group_loss[1]
+        self.epoch_loss += self.group_loss
+        self.group_loss.zero_()
         c = self.counters
-        train_loss_sum, train_count = distributed.all_reduce_sum(self.epoch_loss.clone(), self.ctx).tolist()
-        c.train_loss = train_loss_sum / max(train_count, 1)
-        self.log.write({"type": "epoch", "step": c.step, "epoch": c.epoch, "train_loss": c.train_loss})
-        self._evaluate_all(c.epoch)
-        c.epoch += 1
-        c.micro = 0
-        self.epoch_loss.zero_()
-        self._checkpoint()
-        faults.point("epoch-end")
+        c.step += 1
+        c.micro += micro
+        c.images += images
+        c.skipped += skipped
 
-    def _evaluate_all(self, epoch: int) -> None:
-        self.metrics = {}
-        for split, loader in self.eval_loaders.items():
-            metrics = evaluate(self.model, loader, self.device, self.dtype, self.channels_last, self.ctx)
-            self.metrics[split] = metrics
-            self.log.write({"type": "eval", "split": split, "step": self.counters.step, "epoch": epoch, **metrics})
-        self.evaluated_at = self.counters.step
-
-    def _finish(self) -> dict:
+    def _log_train(self, images_per_s: float) -> None:
         c = self.counters
-        if getattr(self, "evaluated_at", None) != c.step:  # stopped inside an epoch, or resumed after the last one
-            if c.micro > 0:  # max_steps stopped the epoch part-way: its loss so far
-                loss_sum, count = distributed.all_reduce_sum(self.epoch_loss.clone(), self.ctx).tolist()
-                c.train_loss = loss_sum / max(count, 1)
-            self._evaluate_all(c.epoch if c.micro > 0 or c.epoch == 0 else c.epoch - 1)
-            self._checkpoint()
-        record = self._record("finished")
-        faults.point("finish")
+        loss = (self.loss_sum / self.loss_count.clamp(min=1)).item()
+        self.log.write({"type": "train", "step": c.step, "epoch": c.epoch, "loss": loss,
+                        "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": images_per_s})
+        self.loss_sum.zero_(), self.loss_count.zero_()
+
+    def _close_epoch_loss(self) -> None:
+        """The mean training loss of the epoch so far, over every process."""
+        loss_sum, count = distributed.all_reduce_sum(self.epoch_loss.clone(), self.ctx).tolist()
+        self.counters.train_loss = loss_sum / max(count, 1)
+
+    # --- results --------------------------------------------------------------------------------------------------
+
+    def _write_result(self, record: dict) -> None:
         if self.ctx.is_main:
             self._export_weights()
             atomic_write_json(self.run_dir / "result.json", record)
-        return record
 
     def _export_weights(self) -> None:
         """The trained weights on their own: ``adapters.pt`` for a stitch (see :func:`stitchkit.load_stitched`),
@@ -591,6 +536,8 @@ class Trainer:
             "images_per_s": images / seconds if seconds > 0 else None, "skipped_images": c.skipped * self.ctx.world_size,
             "train_loss": c.train_loss, "world_size": self.ctx.world_size,
             "device": str(self.device), "amp": str(self.dtype).replace("torch.", "") if self.dtype else "none",
+            # Runs trained in one pass share their wall time: wall_time_s is the group's.
+            "group_size": max(len(self.group), 1), "group": self.group,
             "versions": package_versions(),
             # Runs that differ only in their seed share this: reports average over seeds within it, never across
             # other settings (epochs, data, recipe).
@@ -601,6 +548,260 @@ class Trainer:
             record.update({f"{prefix}top1": values["top1"], f"{prefix}top5": values["top5"],
                            f"{prefix}loss": values["loss"]})
         return record
+
+
+class TrainingGroup:
+    """Trains runs that share a data stream in lockstep: one data pipeline, and for stitches from the same source
+    front one front forward per batch; each run keeps its own adapters, optimizer, scheduler, checkpoints and run
+    directory, and computes exactly what it would alone (see :mod:`stitchkit.training.grouped`).
+
+    A group of one is how :meth:`Trainer.run` trains. :meth:`run` returns one outcome per member: its result
+    record, or the exception that failed it alone (its NaN loss, or an error while setting it up). Errors of the
+    whole group (the data, an interruption) propagate.
+    """
+
+    def __init__(self, members: list[Trainer]):
+        if not members:
+            raise ValueError("a training group needs at least one run")
+        self.members = members
+        self.grouped = len(members) > 1
+        lead = members[0]
+        self.config, self.device, self.ctx = lead.config, lead.device, lead.ctx
+        self.dtype, self.channels_last = lead.dtype, lead.channels_last
+        self.front: nn.Module | None = None
+        self.outcomes: dict[int, dict | BaseException] = {}
+        if self.grouped:
+            names = [str(m.run_dir) for m in members]
+            for m in members:
+                m.group = names
+
+    @property
+    def live(self) -> list[Trainer]:
+        return [m for m in self.members if id(m) not in self.outcomes]
+
+    def _guard(self, member: Trainer, action) -> None:
+        """Run one member's set-up step; in a group, its failure fails that member only."""
+        try:
+            action()
+        except (StitchkitError, RuntimeError, ValueError, OSError) as err:
+            if not self.grouped:
+                raise
+            self.outcomes[id(member)] = err
+
+    def _drop(self, member: Trainer, err: NonFiniteLossError) -> None:
+        if member.ctx.is_main:
+            atomic_write_json(member.run_dir / "result.json", member._record("failed", error=str(err)))
+        member.log.close()
+        self.outcomes[id(member)] = err
+
+    # --- set-up ---------------------------------------------------------------------------------------------------
+
+    def _set_up(self) -> None:
+        from .grouped import check_groupable, share_frozen_parts
+
+        if self.grouped:
+            check_groupable([m.config for m in self.members])
+        for m in self.members:
+            self._guard(m, m._check_run_dir)
+        self.stream = build_stream(self.config, self.members[0].accum, self.device, self.ctx)
+        for m in self.live:
+            self._guard(m, lambda m=m: m._build(self.stream, tail_only=self.grouped))
+        if self.grouped and self.live:
+            self.front = share_frozen_parts([m.model for m in self.live])
+        for m in self.live:
+            if m.resume:
+                self._guard(m, m._restore)
+        positions = {(m.counters.step, m.counters.epoch, m.counters.micro) for m in self.live}
+        if len(positions) > 1:
+            raise StitchkitError(
+                "the runs of a group must continue from the same step, but their checkpoints are at (step, epoch, "
+                f"micro-batch) {sorted(positions)}; resume them one by one"
+            )
+        for m in self.live:
+            self._guard(m, m._create_run_dir)  # checks the folder is writable before any training
+
+    # --- the loop -------------------------------------------------------------------------------------------------
+
+    def run(self) -> list[dict | BaseException]:
+        self._set_up()
+        t = self.config.train
+        start = time.time()
+        for i, m in enumerate(self.live):
+            m._segment_start = start
+            m.log = MetricsLog(m.run_dir, m.ctx.is_main, self.stream.total_steps, t.tensorboard, t.wandb,
+                               initial_step=m.counters.step, progress=i == 0,
+                               label=m.run_dir.name if self.grouped else None)
+        self._boundary_rng = rng_state()
+        restore = self._catch_sigterm()
+        try:
+            if self.live:
+                self._train_loop()
+            if self.live:
+                self._finish()
+        except KeyboardInterrupt:
+            # Whatever the interrupted step accumulated is discarded: resume replays it from the step boundary.
+            for m in self.live:
+                m.optimizer.zero_grad(set_to_none=True)
+            self._checkpoint_all(rng=self._boundary_rng)
+            where = ", ".join(repr(str(m.run_dir / "checkpoints" / "last.pt")) for m in self.live)
+            raise RunInterrupted(f"interrupted at step {self._step}; checkpoint written to {where}; continue with "
+                                 "--resume") from None
+        finally:
+            restore()
+            for m in self.live:
+                m.log.close()
+            distributed.shutdown(self.ctx)
+        for m in self.members:  # a group of one raises its NaN error, as a lone run always has
+            if not self.grouped and isinstance(self.outcomes.get(id(m)), NonFiniteLossError):
+                raise self.outcomes[id(m)]
+        return [self.outcomes[id(m)] for m in self.members]
+
+    @property
+    def _step(self) -> int:
+        live = self.live
+        return live[0].counters.step if live else 0
+
+    def _catch_sigterm(self):
+        """Turn SIGTERM into "checkpoint at the next step boundary, then stop"; returns the undo function.
+
+        A handler that was already installed (e.g. submitit's) still runs, so its requeue logic keeps working.
+        """
+        import signal
+        import threading
+
+        self._stop_signal = None
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def handler(signum, frame):
+            self._stop_signal = signum
+            if callable(previous) and previous not in (signal.SIG_DFL, signal.SIG_IGN):
+                previous(signum, frame)
+
+        signal.signal(signal.SIGTERM, handler)
+        return lambda: signal.signal(signal.SIGTERM, previous)
+
+    def _stop_if_asked(self) -> None:
+        if self._stop_signal is not None:
+            self._checkpoint_all()
+            where = ", ".join(repr(str(m.run_dir / "checkpoints" / "last.pt")) for m in self.live)
+            raise RunInterrupted(f"stopped by SIGTERM at step {self._step}; checkpoint written to {where}; continue "
+                                 "with --resume", exit_code=EXIT_PREEMPTED)
+
+    def _checkpoint_all(self, rng: dict | None = None) -> None:
+        for m in self.live:
+            try:
+                m._checkpoint(rng)
+            except NonFiniteLossError as err:
+                self._drop(m, err)
+
+    def _check_finite_all(self) -> None:
+        for m in self.live:
+            try:
+                m._check_finite()
+            except NonFiniteLossError as err:
+                self._drop(m, err)
+
+    def _forward_front(self, images: torch.Tensor) -> torch.Tensor:
+        """The shared front's output (no autograd: nothing before the adapters is trained)."""
+        if self.front is None:
+            return images
+        with torch.no_grad(), _autocast(self.device, self.dtype):
+            return self.front(images)
+
+    def _train_loop(self) -> None:
+        t, s = self.config.train, self.stream
+        c = self.live[0].counters  # every member's counters move in lockstep
+        log_start, log_images = time.time(), 0
+        while c.step < s.total_steps and c.epoch < t.epochs:
+            s.train_sampler.set_epoch(c.epoch, start=c.micro * t.batch_size)
+            batches = iter(s.train_loader)
+            while c.micro < s.micro_per_epoch and c.step < s.total_steps:
+                group = min(s.accum, s.micro_per_epoch - c.micro)
+                self._boundary_rng = rng_state()
+                images_in_group = skipped_in_group = 0
+                for i in range(group):
+                    images, labels, skipped = next(batches)
+                    if images.numel() > 0:
+                        images, labels = _to_device(images, labels, self.device, self.channels_last)
+                        inputs = self._forward_front(images)
+                        for m in self.live:
+                            m._micro_step(inputs, labels, group, last=i == group - 1)
+                    faults.point("step")
+                    images_in_group += labels.numel()
+                    skipped_in_group += skipped
+                for m in self.live:
+                    m._optimizer_step(group, images_in_group, skipped_in_group)
+                for m in self.live:  # after every member has stepped: an interruption here leaves them in step
+                    m.log.advance()
+                log_images += images_in_group
+                if c.step % t.log_every == 0:
+                    self._check_finite_all()
+                    if not self.live:
+                        return
+                    elapsed = max(time.time() - log_start, 1e-9)
+                    for m in self.live:
+                        m._log_train(log_images * self.ctx.world_size / elapsed)
+                    log_start, log_images = time.time(), 0
+                if c.step % t.checkpoint_every == 0 and c.micro < s.micro_per_epoch:
+                    self._checkpoint_all()
+                if not self.live:
+                    return
+                c = self.live[0].counters
+                self._stop_if_asked()
+            del batches
+            if c.micro >= s.micro_per_epoch:
+                self._end_epoch()
+                if not self.live:
+                    return
+                c = self.live[0].counters
+
+    def _end_epoch(self) -> None:
+        for m in self.live:
+            m._close_epoch_loss()
+            m.log.write({"type": "epoch", "step": m.counters.step, "epoch": m.counters.epoch,
+                         "train_loss": m.counters.train_loss})
+        self._evaluate_all(self.live[0].counters.epoch)
+        for m in self.live:
+            m.counters.epoch += 1
+            m.counters.micro = 0
+            m.epoch_loss.zero_()
+        self._checkpoint_all()
+        if self.live:
+            faults.point("epoch-end")
+
+    def _evaluate_all(self, epoch: int) -> None:
+        live = self.live
+        for m in live:
+            m.model.eval()
+            m.metrics = {}
+        try:
+            for split, loader in self.stream.eval_loaders.items():
+                results = evaluate_heads(self.front, [m.head for m in live], loader, self.device, self.dtype,
+                                         self.channels_last, self.ctx)
+                for m, metrics in zip(live, results):
+                    m.metrics[split] = metrics
+                    m.log.write({"type": "eval", "split": split, "step": m.counters.step, "epoch": epoch, **metrics})
+        finally:
+            for m in live:
+                m.model.train()
+        for m in live:
+            m.evaluated_at = m.counters.step
+
+    def _finish(self) -> None:
+        c = self.live[0].counters
+        if getattr(self.live[0], "evaluated_at", None) != c.step:  # stopped inside an epoch, or resumed after the last
+            if c.micro > 0:  # max_steps stopped the epoch part-way: its loss so far
+                for m in self.live:
+                    m._close_epoch_loss()
+            self._evaluate_all(c.epoch if c.micro > 0 or c.epoch == 0 else c.epoch - 1)
+            self._checkpoint_all()
+        records = {id(m): m._record("finished") for m in self.live}
+        faults.point("finish")
+        for m in self.live:
+            m._write_result(records[id(m)])
+            self.outcomes[id(m)] = records[id(m)]
 
 
 def _divisor_hint(effective: int, world: int, current: int) -> int:

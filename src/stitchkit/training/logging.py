@@ -13,14 +13,17 @@ from ..errors import StitchkitError
 
 class MetricsLog:
     def __init__(self, run_dir: Path, enabled: bool, total_steps: int, tensorboard: bool = True, wandb: bool = False,
-                 initial_step: int = 0):
+                 initial_step: int = 0, progress: bool = True, label: str | None = None):
+        """``progress``: draw the progress bar (one per terminal, when runs train together); ``label`` prefixes the
+        printed lines, to tell such runs apart."""
         self.enabled = enabled
+        self.prefix = f"[{label}] " if label else ""
         self.path = run_dir / "metrics.jsonl"
         self.bar = self.tb = self.wandb = None
         self.start = time.time()
         if not enabled:
             return
-        if sys.stderr.isatty():
+        if progress and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True)
@@ -54,11 +57,11 @@ class MetricsLog:
         if record.get("type") == "train":
             text = f"loss {record['loss']:.4f} lr {record['lr']:.2e} {record['images_per_s']:.0f} img/s"
             if self.bar is not None:
-                self.bar.set_postfix_str(text)
+                self.bar.set_postfix_str(self.prefix + text)
             else:
-                print(f"step {step} epoch {record['epoch']}: {text}", file=sys.stderr, flush=True)
+                print(f"{self.prefix}step {step} epoch {record['epoch']}: {text}", file=sys.stderr, flush=True)
         elif record.get("type") == "eval":
-            text = f"{record['split']} top-1 {record['top1']:.2f}% top-5 {record['top5']:.2f}% (epoch {record['epoch']})"
+            text = f"{self.prefix}{record['split']} top-1 {record['top1']:.2f}% top-5 {record['top5']:.2f}% (epoch {record['epoch']})"
             (self.bar.write if self.bar is not None else lambda s: print(s, file=sys.stderr, flush=True))(text)
 
     def advance(self, steps: int = 1) -> None:

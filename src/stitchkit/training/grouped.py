@@ -1,0 +1,147 @@
+"""Training several stitches in one pass: one data stream and one front forward per batch for all of them.
+
+Stitches from the same source cut (the same source model, weights and source stage) that read the same data in the
+same order compute the same front output on every batch. A :class:`~stitchkit.training.engine.TrainingGroup` runs
+that front once per batch and hands its output to every member's adapters and frozen back; each member has its own
+optimizer, scheduler, checkpoints and run directory, and members whose frozen backs are identical share one copy in
+memory (only in ``frozen_mode=eval``, where a frozen back has no state that a forward pass changes).
+
+Why the results equal separate runs: every member is built exactly as a lone run builds it (the same seed before
+the same construction), the data order and augmentation depend only on (seed, epoch, index), the front runs without
+autograd in both cases, and nothing in the loop draws random numbers (frozen parts in eval mode have no dropout, and
+the adapters have none). On CPU the results are bitwise equal; on GPU, kernels may choose other algorithms for other
+memory layouts, so they agree up to floating-point tolerance.
+
+What can share a pass: stitches (``mode=stitch``) in ``frozen_mode=eval`` whose configs agree on every setting except
+the per-run ones in :data:`PER_RUN_KEYS` and the destination stage of the gap. Frozen parts in training mode (the
+paper's own code) update BatchNorm statistics and draw dropout masks per forward pass, which one shared pass cannot
+reproduce for each run.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..chain import parse_gap
+from ..errors import StitchkitError
+from .config import Config, flatten
+
+# Settings each member of a group may choose for itself. Everything else is shared: the data, the loop (epochs,
+# batch sizes, seed, device, precision) and the source front.
+PER_RUN_KEYS = frozenset({
+    "model.dst", "model.dst_checkpoint", "model.gap", "model.adapter", "model.resize", "model.prefix_out",
+    "model.prefix_in", "model.readd_pos_embed", "model.num_classes",
+    "optim.lr", "optim.weight_decay", "optim.warmup_steps", "optim.no_decay_norm_bias", "optim.beta1", "optim.beta2",
+    "output.dir", "train.wandb", "train.tensorboard",
+})
+
+
+def why_not_groupable(config: Config) -> str | None:
+    """Why this run cannot train in a group, or None when it can."""
+    if config.mode != "stitch":
+        return f"mode={config.mode} trains the whole network, so there is no frozen front to share"
+    if config.model.frozen_mode != "eval":
+        return ("model.frozen_mode=train updates the frozen parts' BatchNorm statistics in every forward pass, which "
+                "one shared pass cannot do for each run")
+    return None
+
+
+def group_key(config: Config) -> tuple | None:
+    """Runs with equal keys can train in one pass; None for runs that must train alone."""
+    if why_not_groupable(config) is not None:
+        return None
+    shared = tuple(sorted((k, repr(v)) for k, v in flatten(config).items() if k not in PER_RUN_KEYS))
+    return shared + (("source stage", parse_gap(config.model.gap)[0]),)
+
+
+def check_groupable(configs: Sequence[Config]) -> None:
+    """Raise a :class:`StitchkitError` naming the first reason these runs cannot train in one pass."""
+    for config in configs:
+        reason = why_not_groupable(config)
+        if reason is not None:
+            raise StitchkitError(f"cannot train {config.output.dir or 'this run'} in a group: {reason}")
+    keys = [dict(group_key(c)) for c in configs]
+    for config, key in zip(configs[1:], keys[1:]):
+        differing = sorted(k for k in key.keys() | keys[0].keys() if key.get(k) != keys[0].get(k))
+        if differing:
+            raise StitchkitError(
+                f"runs in one group must share the data, the loop and the source front, but {differing[0]} differs "
+                f"({keys[0].get(differing[0])} vs {key.get(differing[0])}); train them in separate groups"
+            )
+    dirs = [c.output.dir for c in configs]
+    if None in dirs or len(set(dirs)) != len(dirs):
+        raise StitchkitError("every run in a group needs its own output.dir")
+
+
+def partition(configs: Sequence[Config], max_size: int | None = None) -> list[list[int]]:
+    """Indices of ``configs`` in groups that can train together (order kept; runs that cannot share train alone),
+    at most ``max_size`` per group."""
+    by_key: dict[tuple, list[int]] = defaultdict(list)
+    groups: list[list[int]] = []
+    for i, config in enumerate(configs):
+        key = group_key(config)
+        if key is None:
+            groups.append([i])
+        else:
+            if not by_key[key]:
+                groups.append(by_key[key])
+            by_key[key].append(i)
+    out = []
+    for group in groups:
+        size = max_size or len(group)
+        out += [group[i:i + size] for i in range(0, len(group), size)]
+    return sorted(out, key=lambda g: g[0])
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two modules have the same structure, parameters and buffers."""
+    if a is b:
+        return True
+    if type(a) is not type(b) or repr(a) != repr(b):
+        return False
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def share_frozen_parts(models: Sequence[nn.Module]) -> nn.Module:
+    """Make the stitched ``models`` use one front (checked to be identical), and one back wherever their backs are
+    identical; returns the front."""
+    front = models[0].front
+    for model in models[1:]:
+        if not same_weights(front, model.front):
+            raise StitchkitError(
+                f"the runs of a group must have the same source front, but {model.config.src} at stage "
+                f"{model.config.gap[0]} differs from {models[0].config.src}'s (other weights?); train them in "
+                "separate groups"
+            )
+        model.front = front
+    backs: list[nn.Module] = []
+    for model in models:
+        twin = next((b for b in backs if same_weights(b, model.back)), None)
+        if twin is None:
+            backs.append(model.back)
+        else:
+            model.back = twin
+    return front
+
+
+def train_group(configs: Sequence[Config], resume: bool | Sequence[bool] = False,
+                overwrite: bool | Sequence[bool] = False) -> list[dict | BaseException]:
+    """Train ``configs`` in one pass (see the module docstring); one outcome per config, in order: the result
+    record, or the exception that failed that run alone.
+
+    Example:
+        >>> base = ["mode=stitch", "model.src=resnet50", "model.adapter=bottleneck", "data.root=/data/imagenet"]
+        >>> configs = [load_config(None, [*base, f"model.gap=3:{y}", f"output.dir=runs/3to{y}"]) for y in (3, 4)]
+        >>> [r["top1"] for r in train_group(configs)]
+    """
+    from .engine import Trainer, TrainingGroup
+
+    n = len(configs)
+    resume = [resume] * n if isinstance(resume, bool) else list(resume)
+    overwrite = [overwrite] * n if isinstance(overwrite, bool) else list(overwrite)
+    return TrainingGroup([Trainer(c, r, o) for c, r, o in zip(configs, resume, overwrite)]).run()
