@@ -227,11 +227,6 @@ def test_report_errors(tmp_path):
         write_report(tmp_path / "empty")
 
 
-def test_group_by_front_is_refused_until_it_exists():
-    with pytest.raises(StitchkitError, match="not available yet"):
-        expand({"pairs": [["resnet18", "resnet18"]], "group_by_front": True})
-
-
 def test_a_cell_can_train_over_several_processes_with_torchrun(tmp_path, monkeypatch):
     from stitchkit.sweeps.runner import run_cell, train_with_torchrun
 

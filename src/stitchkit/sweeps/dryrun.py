@@ -68,4 +68,9 @@ def dry_run_table(sweep: Sweep, with_costs: bool = True) -> str:
         by_kind[cell.kind] = by_kind.get(cell.kind, 0) + 1
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(by_kind.items()))
     lines.append(f"total: {len(sweep.cells)} cells, {runnable} to run ({kinds}), {len(sweep.cells) - runnable} skipped")
+    if sweep.group_by_front:
+        groups = sweep.groups(sweep.runnable)
+        shared = sum(len(g) for g in groups if len(g) > 1)
+        lines.append(f"group_by_front: {len(groups)} passes; {shared} stitches share a front in "
+                     f"{sum(len(g) > 1 for g in groups)} of them (largest {max((len(g) for g in groups), default=0)})")
     return "\n".join(lines)

@@ -12,6 +12,7 @@ A sweep file names the grid::
       finetune: {lrs: [0.01, 0.002, 0.0002]}   # for pairs of one model with itself
       scratch: {models: [resnet18, resnet34]}
     seeds: [0, 1, 2]
+    group_by_front: true   # or N: train stitches that share a source front N at a time, in one pass
 
 Each cell is one training run. Its run directory name is derived from its settings alone (readable parts plus a
 digest of every setting that changes results), so rerunning a sweep finds the same directories, skips finished
@@ -69,9 +70,22 @@ class Sweep:
     base: dict
     cells: list[Cell]
 
+    group_by_front: bool = False
+    max_group_size: int | None = None  # with group_by_front: at most this many runs per pass (None: no limit)
+
     @property
     def runnable(self) -> list[Cell]:
         return [c for c in self.cells if c.skip_reason is None]
+
+    def groups(self, cells: list[Cell]) -> list[list[Cell]]:
+        """``cells`` in the groups that train in one pass (see :mod:`stitchkit.training.grouped`): with
+        ``group_by_front``, stitches that share the source front, the data and the loop; otherwise one cell each."""
+        from ..training.grouped import group_key, partition
+
+        if not self.group_by_front:
+            return [[c] for c in cells]
+        keys = [group_key(_settings(self.base, c.settings)) for c in cells]
+        return [[cells[i] for i in group] for group in partition(keys, self.max_group_size)]
 
     def config(self, cell: Cell, runs_dir: Path) -> Config:
         """The cell's full training config, writing into its run directory under ``runs_dir``."""
@@ -125,17 +139,22 @@ def _coerce(default: Any, value: Any) -> Any:
     return value
 
 
+def _settings(*layers: dict) -> dict[str, Any]:
+    """The flat ``key: value`` settings of the typed defaults under these layers."""
+    settings = dict(_defaults())
+    for layer in layers:
+        for key, value in _flat(layer).items():
+            settings[key] = _coerce(settings.get(key), value)
+    return settings
+
+
 def _identity(*layers: dict) -> str:
     """Digest of every setting that changes a run's results: the same settings give the same run directory.
 
     Computed on plain dicts over the typed defaults (building an OmegaConf config per cell would make expanding
     the paper's 4,000 cells take minutes).
     """
-    settings = dict(_defaults())
-    for layer in layers:
-        for key, value in _flat(layer).items():
-            settings[key] = _coerce(settings.get(key), value)
-    relevant = {k: v for k, v in settings.items() if k not in NOT_IDENTITY}
+    relevant = {k: v for k, v in _settings(*layers).items() if k not in NOT_IDENTITY}
     return hashlib.sha256(repr(sorted(relevant.items())).encode()).hexdigest()[:8]
 
 
@@ -164,9 +183,14 @@ def expand(spec: dict, name: str = "sweep", overrides: list[str] | None = None) 
             hint = close_matches(str(key), TOP_LEVEL_KEYS, n=1)
             raise StitchkitError(f"unknown sweep key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else
                                                                  f"; valid keys: {', '.join(TOP_LEVEL_KEYS)}"))
-    if spec.get("group_by_front"):
-        raise StitchkitError("group_by_front: training several stitches in one pass is not available yet; remove the "
-                             "key (cells then train one after another)")
+    group_by_front = spec.get("group_by_front", False)
+    if isinstance(group_by_front, bool):
+        max_group_size = None
+    elif isinstance(group_by_front, int) and group_by_front >= 1:
+        group_by_front, max_group_size = True, spec["group_by_front"]
+    else:
+        raise StitchkitError(f"group_by_front must be true, false or the most runs per pass (an integer >= 1), got "
+                             f"{group_by_front!r}")
     base = _nest(spec.get("base") or {})
     for item in overrides or []:
         if "=" not in item:
@@ -221,7 +245,7 @@ def expand(spec: dict, name: str = "sweep", overrides: list[str] | None = None) 
     if len(set(names)) != len(names):
         duplicate = next(n for n in names if names.count(n) > 1)
         raise StitchkitError(f"the sweep lists the same run twice ({duplicate}); remove the repeated pair or value")
-    return Sweep(name=name, base=base, cells=cells)
+    return Sweep(name=name, base=base, cells=cells, group_by_front=group_by_front, max_group_size=max_group_size)
 
 
 def _seeded(base, settings, kind, src, dst, gap, method, lr, seeds, skip) -> list[Cell]:

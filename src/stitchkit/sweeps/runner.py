@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import traceback
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ..errors import StitchkitError
@@ -96,29 +96,110 @@ def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path, retry_failed: bool = Fals
     Returns what happened: ``finished``, ``failed``, ``skipped-finished``, ``skipped-failed`` or ``busy``.
     A :class:`~stitchkit.training.RunInterrupted` propagates (the cell resumes next time).
     """
+    return run_group(sweep, [cell], runs_dir, retry_failed, launch)[cell.name]
+
+
+def run_group(sweep: Sweep, cells: list[Cell], runs_dir: Path, retry_failed: bool = False,
+              launch=train_in_process) -> dict[str, str]:
+    """Run cells that can share a pass (see :meth:`Sweep.groups`) together; :func:`run_cell`'s outcome per cell.
+
+    Each cell is locked, and skipped when finished, failed or busy, as on its own. The rest train in one pass when
+    they start from the same step (new cells, or interrupted ones whose checkpoints agree); a group that fails as a
+    whole (out of memory with every member loaded, say) falls back to training its cells one by one.
+    """
+    outcomes: dict[str, str] = {}
+    with ExitStack() as locks:
+        todo: dict[tuple, list[tuple[Cell, str]]] = {}
+        for cell in cells:
+            run_dir = runs_dir / cell.name
+            if not locks.enter_context(cell_lock(run_dir)):
+                outcomes[cell.name] = "busy"
+                continue
+            state = cell_state(run_dir)
+            if state == "finished":
+                outcomes[cell.name] = "skipped-finished"
+            elif state == "failed" and not retry_failed:
+                outcomes[cell.name] = "skipped-failed"
+            else:
+                todo.setdefault(_start_position(run_dir, state), []).append((cell, state))
+        for members in todo.values():
+            if len(members) > 1:
+                outcomes.update(_train_together(sweep, members, runs_dir, launch))
+            else:
+                outcomes.update(_train_alone(sweep, *members[0], runs_dir, launch))
+    return outcomes
+
+
+def _start_position(run_dir: Path, state: str) -> tuple:
+    """(step, epoch, micro-batch) a cell starts from: its checkpoint's, or zeros for a new run."""
+    if state != "interrupted":
+        return (0, 0, 0)
+    from ..training.checkpoint import load_checkpoint
+
+    try:
+        c = load_checkpoint(run_dir / "checkpoints" / "last.pt")["counters"]
+        return (c["step"], c["epoch"], c["micro"])
+    except (StitchkitError, OSError, KeyError, RuntimeError):
+        return ("unreadable", str(run_dir))  # resumes alone, where the error is reported
+
+
+def _train_alone(sweep: Sweep, cell: Cell, state: str, runs_dir: Path, launch) -> dict[str, str]:
     run_dir = runs_dir / cell.name
-    with cell_lock(run_dir) as locked:
-        if not locked:
-            return "busy"
-        state = cell_state(run_dir)
-        if state == "finished":
-            return "skipped-finished"
-        if state == "failed" and not retry_failed:
-            return "skipped-failed"
-        atomic_write_json(run_dir / "cell.json", {"sweep": sweep.name, **cell.describe()})
-        _attempt(run_dir, f"start {state}")
-        try:
-            config = sweep.config(cell, runs_dir)
-            launch(config, resume=state == "interrupted", overwrite=state == "failed")
-            _attempt(run_dir, "finished")
-            return "finished"
-        except (StitchkitError, RuntimeError, ValueError, OSError) as err:  # RuntimeError covers out-of-memory
-            _attempt(run_dir, "failed")
-            record = run_dir / "result.json"
-            if not record.is_file() or json.loads(record.read_text()).get("status") != "failed":
-                atomic_write_json(record, {"status": "failed", "error": f"{type(err).__name__}: {err}",
-                                           "traceback": traceback.format_exc(limit=8), **cell.describe()})
-            return "failed"
+    atomic_write_json(run_dir / "cell.json", {"sweep": sweep.name, **cell.describe()})
+    _attempt(run_dir, f"start {state}")
+    try:
+        config = sweep.config(cell, runs_dir)
+        launch(config, resume=state == "interrupted", overwrite=state == "failed")
+    except (StitchkitError, RuntimeError, ValueError, OSError) as err:  # RuntimeError covers out-of-memory
+        _record_failure(run_dir, cell, err)
+        return {cell.name: "failed"}
+    _attempt(run_dir, "finished")
+    return {cell.name: "finished"}
+
+
+def _train_together(sweep: Sweep, members: list[tuple[Cell, str]], runs_dir: Path, launch) -> dict[str, str]:
+    from ..training.grouped import train_group
+
+    if launch is not train_in_process:
+        raise StitchkitError("group_by_front trains a group in one process; it cannot be combined with torchrun "
+                             "(--gpus-per-job > 1). Drop one of them")
+    for cell, state in members:
+        atomic_write_json(runs_dir / cell.name / "cell.json", {"sweep": sweep.name, **cell.describe()})
+        _attempt(runs_dir / cell.name, f"start {state} (in a pass of {len(members)} sharing a front)")
+    try:
+        configs = [sweep.config(cell, runs_dir) for cell, _ in members]
+        results = train_group(configs, resume=[s == "interrupted" for _, s in members],
+                              overwrite=[s == "failed" for _, s in members])
+    except (StitchkitError, RuntimeError, ValueError, OSError) as err:
+        outcomes = {}
+        for cell, before in members:
+            run_dir = runs_dir / cell.name
+            _attempt(run_dir, f"group failed ({type(err).__name__}: {str(err)[:200]}); training alone")
+            now = cell_state(run_dir)
+            if now == "finished" or (now == "failed" and before != "failed"):  # it ended before the group did
+                outcomes[cell.name] = now
+            else:
+                outcomes.update(_train_alone(sweep, cell, now, runs_dir, launch))
+        return outcomes
+    outcomes = {}
+    for (cell, _), result in zip(members, results):
+        if isinstance(result, BaseException):
+            _record_failure(runs_dir / cell.name, cell, result)
+            outcomes[cell.name] = "failed"
+        else:
+            _attempt(runs_dir / cell.name, "finished")
+            outcomes[cell.name] = "finished"
+    return outcomes
+
+
+def _record_failure(run_dir: Path, cell: Cell, err: BaseException) -> None:
+    """Log the failure, and write a failed result.json unless training already wrote one."""
+    _attempt(run_dir, "failed")
+    record = run_dir / "result.json"
+    if not record.is_file() or json.loads(record.read_text()).get("status") != "failed":
+        trace = "".join(traceback.format_exception(type(err), err, err.__traceback__, limit=8))
+        atomic_write_json(record, {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": trace,
+                                   **cell.describe()})
 
 
 def _attempt(run_dir: Path, event: str) -> None:
@@ -130,15 +211,20 @@ def _attempt(run_dir: Path, event: str) -> None:
 
 
 def run_local(sweep: Sweep, runs_dir: Path, retry_failed: bool = False, log=print) -> dict[str, int]:
-    """Run every runnable cell in this process, one after another; returns counts of outcomes."""
+    """Run every runnable cell in this process, one after another (or a group at a time with ``group_by_front``);
+    returns counts of outcomes."""
     counts: dict[str, int] = {}
     cells = sweep.runnable
-    for i, cell in enumerate(cells, start=1):
-        log(f"[{i}/{len(cells)}] {cell.name}")
-        outcome = run_cell(sweep, cell, runs_dir, retry_failed)
-        counts[outcome] = counts.get(outcome, 0) + 1
-        if outcome == "failed":
-            log(f"    failed: {json.loads((runs_dir / cell.name / 'result.json').read_text())['error'][:300]}")
+    done = 0
+    for group in sweep.groups(cells):
+        names = ", ".join(c.name for c in group[:2]) + (f" and {len(group) - 2} more" if len(group) > 2 else "")
+        span = f"{done + 1}" if len(group) == 1 else f"{done + 1}-{done + len(group)}"
+        log(f"[{span}/{len(cells)}] {names}" + (" (one pass)" if len(group) > 1 else ""))
+        done += len(group)
+        for name, outcome in run_group(sweep, group, runs_dir, retry_failed).items():
+            counts[outcome] = counts.get(outcome, 0) + 1
+            if outcome == "failed":
+                log(f"    {name} failed: {json.loads((runs_dir / name / 'result.json').read_text())['error'][:300]}")
     return counts
 
 
@@ -152,20 +238,21 @@ def run_local_gpus(argv: list[str], gpus: int) -> int:
 
 
 class CellJob:
-    """A submitit job for one cell; on preemption or time-out submitit requeues it, and it resumes."""
+    """A submitit job for one cell, or for a group of cells that share a pass; on preemption or time-out submitit
+    requeues it, and it resumes."""
 
-    def __init__(self, sweep_file: str, overrides: list[str], cell_name: str, runs_dir: str, retry_failed: bool,
-                 gpus_per_job: int):
-        self.sweep_file, self.overrides, self.cell_name = sweep_file, overrides, cell_name
+    def __init__(self, sweep_file: str, overrides: list[str], cell_names: list[str], runs_dir: str,
+                 retry_failed: bool, gpus_per_job: int):
+        self.sweep_file, self.overrides, self.cell_names = sweep_file, overrides, cell_names
         self.runs_dir, self.retry_failed, self.gpus_per_job = runs_dir, retry_failed, gpus_per_job
 
-    def __call__(self) -> str:
+    def __call__(self) -> dict[str, str]:
         from .grid import load_sweep
 
         sweep = load_sweep(self.sweep_file, self.overrides)
-        cell = next(c for c in sweep.cells if c.name == self.cell_name)
+        by_name = {c.name: c for c in sweep.cells}
         launch = train_in_process if self.gpus_per_job <= 1 else train_with_torchrun(self.gpus_per_job)
-        return run_cell(sweep, cell, Path(self.runs_dir), self.retry_failed, launch)
+        return run_group(sweep, [by_name[n] for n in self.cell_names], Path(self.runs_dir), self.retry_failed, launch)
 
     def checkpoint(self, *args, **kwargs):
         import submitit
@@ -184,6 +271,9 @@ def submit_slurm(sweep: Sweep, sweep_file: str, overrides: list[str], runs_dir: 
     pending = [c for c in sweep.runnable if _needs_run(runs_dir / c.name, retry_failed)]
     if not pending:
         return []
+    if sweep.group_by_front and gpus_per_job > 1:
+        raise StitchkitError("group_by_front trains a group in one process; it cannot be combined with "
+                             "--gpus-per-job > 1 (torchrun). Drop one of them")
     executor = submitit.AutoExecutor(folder=str(runs_dir / ".submitit" / "%j"), cluster=cluster)
     params: dict = {"timeout_min": time_min, "cpus_per_task": cpus_per_task, "tasks_per_node": 1}
     if executor.cluster == "slurm":
@@ -192,8 +282,8 @@ def submit_slurm(sweep: Sweep, sweep_file: str, overrides: list[str], runs_dir: 
         if partition:
             params["slurm_partition"] = partition
     executor.update_parameters(**params)
-    jobs = executor.submit_array([CellJob(str(sweep_file), overrides, c.name, str(runs_dir), retry_failed, gpus_per_job)
-                                  for c in pending])
+    jobs = executor.submit_array([CellJob(str(sweep_file), overrides, [c.name for c in group], str(runs_dir),
+                                          retry_failed, gpus_per_job) for group in sweep.groups(pending)])
     if wait:
         for job in jobs:
             job.result()

@@ -14,7 +14,7 @@ import math
 import platform
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -682,6 +682,25 @@ class TrainingGroup:
         signal.signal(signal.SIGTERM, handler)
         return lambda: signal.signal(signal.SIGTERM, previous)
 
+    @contextmanager
+    def _deferred_ctrl_c(self):
+        """Hold a Ctrl-C (SIGINT) that arrives inside the block until its end, so that no run is interrupted between
+        updating its weights and counting the step."""
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        held = []
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if held:
+            raise KeyboardInterrupt
+
     def _stop_if_asked(self) -> None:
         if self._stop_signal is not None:
             self._checkpoint_all()
@@ -719,7 +738,6 @@ class TrainingGroup:
             batches = iter(s.train_loader)
             while c.micro < s.micro_per_epoch and c.step < s.total_steps:
                 group = min(s.accum, s.micro_per_epoch - c.micro)
-                self._boundary_rng = rng_state()
                 images_in_group = skipped_in_group = 0
                 for i in range(group):
                     images, labels, skipped = next(batches)
@@ -731,10 +749,10 @@ class TrainingGroup:
                     faults.point("step")
                     images_in_group += labels.numel()
                     skipped_in_group += skipped
-                for m in self.live:
-                    m._optimizer_step(group, images_in_group, skipped_in_group)
-                for m in self.live:  # after every member has stepped: an interruption here leaves them in step
-                    m.log.advance()
+                with self._deferred_ctrl_c():  # every member steps, or none: checkpoints stay at step boundaries
+                    for m in self.live:
+                        m._optimizer_step(group, images_in_group, skipped_in_group)
+                    self._boundary_rng = rng_state()
                 log_images += images_in_group
                 if c.step % t.log_every == 0:
                     self._check_finite_all()
@@ -749,6 +767,8 @@ class TrainingGroup:
                 if not self.live:
                     return
                 c = self.live[0].counters
+                for m in self.live:
+                    m.log.advance()
                 self._stop_if_asked()
             del batches
             if c.micro >= s.micro_per_epoch:

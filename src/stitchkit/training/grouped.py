@@ -20,7 +20,7 @@ reproduce for each run.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -39,22 +39,25 @@ PER_RUN_KEYS = frozenset({
 })
 
 
-def why_not_groupable(config: Config) -> str | None:
-    """Why this run cannot train in a group, or None when it can."""
-    if config.mode != "stitch":
-        return f"mode={config.mode} trains the whole network, so there is no frozen front to share"
-    if config.model.frozen_mode != "eval":
+def why_not_groupable(settings: Config | Mapping[str, Any]) -> str | None:
+    """Why this run (a config, or its flat ``key: value`` settings) cannot train in a group; None when it can."""
+    flat = flatten(settings) if isinstance(settings, Config) else settings
+    if flat["mode"] != "stitch":
+        return f"mode={flat['mode']} trains the whole network, so there is no frozen front to share"
+    if flat["model.frozen_mode"] != "eval":
         return ("model.frozen_mode=train updates the frozen parts' BatchNorm statistics in every forward pass, which "
                 "one shared pass cannot do for each run")
     return None
 
 
-def group_key(config: Config) -> tuple | None:
-    """Runs with equal keys can train in one pass; None for runs that must train alone."""
-    if why_not_groupable(config) is not None:
+def group_key(settings: Config | Mapping[str, Any]) -> tuple | None:
+    """Runs with equal keys can train in one pass; None for runs that must train alone. Takes a config or its flat
+    ``key: value`` settings (what a sweep has for each cell without building thousands of configs)."""
+    flat = flatten(settings) if isinstance(settings, Config) else settings
+    if why_not_groupable(flat) is not None:
         return None
-    shared = tuple(sorted((k, repr(v)) for k, v in flatten(config).items() if k not in PER_RUN_KEYS))
-    return shared + (("source stage", parse_gap(config.model.gap)[0]),)
+    shared = tuple(sorted((k, repr(v)) for k, v in flat.items() if k not in PER_RUN_KEYS))
+    return shared + (("source stage", parse_gap(flat["model.gap"])[0]),)
 
 
 def check_groupable(configs: Sequence[Config]) -> None:
@@ -76,13 +79,12 @@ def check_groupable(configs: Sequence[Config]) -> None:
         raise StitchkitError("every run in a group needs its own output.dir")
 
 
-def partition(configs: Sequence[Config], max_size: int | None = None) -> list[list[int]]:
-    """Indices of ``configs`` in groups that can train together (order kept; runs that cannot share train alone),
-    at most ``max_size`` per group."""
+def partition(keys: Sequence[tuple | None], max_size: int | None = None) -> list[list[int]]:
+    """Indices of runs with these :func:`group_key` values in groups that can train together, in order of first
+    appearance (a run whose key is None trains alone), at most ``max_size`` per group."""
     by_key: dict[tuple, list[int]] = defaultdict(list)
     groups: list[list[int]] = []
-    for i, config in enumerate(configs):
-        key = group_key(config)
+    for i, key in enumerate(keys):
         if key is None:
             groups.append([i])
         else:
@@ -93,7 +95,7 @@ def partition(configs: Sequence[Config], max_size: int | None = None) -> list[li
     for group in groups:
         size = max_size or len(group)
         out += [group[i:i + size] for i in range(0, len(group), size)]
-    return sorted(out, key=lambda g: g[0])
+    return out
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
