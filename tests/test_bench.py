@@ -17,3 +17,14 @@ def test_bench_prints_every_column(capsys):
     text = capsys.readouterr().out
     for column in ("stitchkit", "naive", "full_dst", "lower_bound", "speedup vs naive"):
         assert column in text
+
+
+def test_grouped_bench_times_separate_and_grouped_runs(capsys):
+    assert main(["--threads", "1", "bench", "--grouped", "--src", "resnet10t", "--gap", "1:2,1:3",
+                 "--adapter", "linear", "--batch-size", "8", "--input-size", "32", "--train-images", "16",
+                 "--val-images", "8", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["cells"] == ["1:2 linear", "1:3 linear"]
+    assert result["separate_s"] > 0 and result["grouped_s"] > 0 and result["grouped_vs_separate"] > 0
+    assert result["results_equal"] is True
+    assert main(["bench", "--gap", "1:2,1:3"]) == 2  # lists need --grouped

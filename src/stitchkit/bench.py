@@ -10,6 +10,10 @@ Columns, all measured in one process on the same inputs (images/s = batch / medi
 * ``lower_bound``: the sum of the unavoidable parts, timed separately: front forward without autograd + adapters
   forward and backward (and their AdamW step) + back forward and backward to its input only.
 
+``--grouped`` measures something else: the wall time of whole training runs (data, training, evaluation, result
+files) for several stitches that share a source front, trained one after another and then in one pass
+(:mod:`stitchkit.training.grouped`), and checks that both give the same results.
+
 Timings on shared machines are noisy: compare the ratios of one run, not numbers across runs.
 """
 from __future__ import annotations
@@ -138,3 +142,69 @@ def format_bench(result: dict) -> str:
     lines.append(f"speedup vs naive {result['speedup_vs_naive']:.2f}x, vs full destination "
                  f"{result['speedup_vs_full_dst']:.2f}x, ratio to lower bound {result['ratio_to_lower_bound']:.2f}")
     return "\n".join(lines)
+
+
+def run_group_bench(src: str = "resnet50", dst: str | None = None, gaps: list[str] = ("3:3", "3:4"),
+                    adapters: list[str] = ("linear", "bottleneck"), resize: str = "bilinear", batch_size: int = 8,
+                    input_size: int = 224, train_images: int = 64, val_images: int = 32, workers: int = 0,
+                    repeats: int = 1, channels_last: bool = False, threads: int | None = None) -> dict:
+    """Train every (gap, adapter) cell as a separate run, then all of them in one pass; wall times and their ratio.
+
+    Each run is one epoch of ``train_images`` synthetic images (1,000 classes, so that randomly initialised
+    destination heads fit; no weights can be downloaded here) and an evaluation on ``val_images``, through the real
+    engine: data pipeline, checkpoints and result files included. ``repeats`` alternates separate and grouped
+    measurements and reports medians.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from .training import load_config, train
+    from .training.grouped import train_group
+
+    dst = dst or src
+    cells = [(gap, adapter) for gap in gaps for adapter in adapters]
+    settings = ["mode=stitch", f"model.src={src}", f"model.dst={dst}", f"model.resize={resize}",
+                "model.pretrained=false", "data.name=synthetic", f"data.input_size={input_size}",
+                f"data.synthetic_train_size={train_images}", f"data.synthetic_val_size={val_images}",
+                "data.synthetic_classes=1000", f"train.batch_size={batch_size}", f"optim.batch_size={batch_size}",
+                "train.epochs=1", f"train.workers={workers}", "train.log_every=1000000", "train.tensorboard=false",
+                f"train.channels_last={str(channels_last).lower()}", "train.device=cpu"]
+    if threads:
+        settings.append(f"train.threads={threads}")
+
+    def configs(folder: Path) -> list:
+        return [load_config(None, [*settings, f"model.gap={gap}", f"model.adapter={adapter}",
+                                   f"output.dir={folder / (gap.replace(':', 'to') + '-' + adapter)}"])
+                for gap, adapter in cells]
+
+    separate_s, grouped_s, equal = [], [], True
+    with tempfile.TemporaryDirectory(prefix="stitchkit-bench-") as tmp:
+        for i in range(repeats):
+            start = time.perf_counter()
+            alone = [train(c) for c in configs(Path(tmp) / f"separate{i}")]
+            separate_s.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            together = train_group(configs(Path(tmp) / f"grouped{i}"))
+            grouped_s.append(time.perf_counter() - start)
+            equal &= all(not isinstance(b, BaseException) and (a["loss"], a["train_loss"], a["top1"]) ==
+                         (b["loss"], b["train_loss"], b["top1"]) for a, b in zip(alone, together))
+    separate, grouped = statistics.median(separate_s), statistics.median(grouped_s)
+    return {"src": src, "dst": dst, "cells": [f"{g} {a}" for g, a in cells], "resize": resize,
+            "batch_size": batch_size, "input_size": input_size, "train_images": train_images,
+            "val_images": val_images, "workers": workers, "channels_last": channels_last,
+            "threads": torch.get_num_threads(), "separate_s": separate, "grouped_s": grouped,
+            "separate_runs_s": separate_s, "grouped_runs_s": grouped_s,
+            "grouped_vs_separate": grouped / separate, "results_equal": equal}
+
+
+def format_group_bench(result: dict) -> str:
+    n = len(result["cells"])
+    return "\n".join([
+        f"{result['src']} -> {result['dst']}: {n} stitches ({', '.join(result['cells'])}), {result['resize']}, batch "
+        f"{result['batch_size']} at {result['input_size']} px, {result['train_images']} training + "
+        f"{result['val_images']} evaluation images each, {result['threads']} threads",
+        f"{n} separate runs: {result['separate_s']:.1f} s",
+        f"one pass:        {result['grouped_s']:.1f} s",
+        f"grouped / separate: {result['grouped_vs_separate']:.2f}x wall time; results equal: "
+        f"{'yes' if result['results_equal'] else 'NO'}",
+    ])

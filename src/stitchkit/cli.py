@@ -263,10 +263,20 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import format_bench, run_bench
+    from .bench import format_bench, format_group_bench, run_bench, run_group_bench
 
-    result = run_bench(args.src, args.dst, args.gap, args.adapter, args.resize, args.batch_size, args.input_size,
-                       args.repeats, args.warmup, args.channels_last, args.threads)
+    if args.grouped:
+        gaps, adapters = (args.gap or "3:3,3:4").split(","), (args.adapter or "linear,bottleneck").split(",")
+        result = run_group_bench(args.src, args.dst, gaps, adapters, args.resize, args.batch_size, args.input_size,
+                                 args.train_images, args.val_images, args.workers, args.repeats or 1,
+                                 args.channels_last, args.threads)
+        print(json.dumps(result, indent=2) if args.json else format_group_bench(result))
+        return 0 if result["results_equal"] else 1
+    gap, adapter = args.gap or "1:3", args.adapter or "bottleneck"
+    if "," in gap + adapter:
+        raise StitchkitError("--gap and --adapter take one value each unless --grouped is given")
+    result = run_bench(args.src, args.dst, gap, adapter, args.resize, args.batch_size, args.input_size,
+                       args.repeats or 5, args.warmup, args.channels_last, args.threads)
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
 
@@ -365,15 +375,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="training images/s: stitchkit vs the paper's naive step vs full model vs bound")
     p.add_argument("--src", default="resnet50")
     p.add_argument("--dst", default=None, help="default: same as --src")
-    p.add_argument("--gap", default="1:3")
-    p.add_argument("--adapter", default="bottleneck")
+    p.add_argument("--gap", default=None, help="default 1:3 (with --grouped: 3:3,3:4)")
+    p.add_argument("--adapter", default=None, help="default bottleneck (with --grouped: linear,bottleneck)")
     p.add_argument("--resize", default="bilinear")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=None, help="timed steps (default 5); with --grouped, measurements")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--grouped", action="store_true",
+                   help="wall time of whole runs: each (gap, adapter) of the comma-separated --gap and --adapter lists "
+                        "trained separately, then all in one pass over their shared front")
+    p.add_argument("--train-images", type=int, default=64, help="with --grouped: training images per run")
+    p.add_argument("--val-images", type=int, default=32, help="with --grouped: evaluation images per run")
+    p.add_argument("--workers", type=int, default=0, help="with --grouped: data-loader workers")
     p.set_defaults(run=_cmd_bench)
 
     p = sub.add_parser("report", help="results.csv, summary.csv, plots, table1.md and index.html from a runs folder")
