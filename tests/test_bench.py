@@ -28,3 +28,13 @@ def test_grouped_bench_times_separate_and_grouped_runs(capsys):
     assert result["separate_s"] > 0 and result["grouped_s"] > 0 and result["grouped_vs_separate"] > 0
     assert result["results_equal"] is True
     assert main(["bench", "--gap", "1:2,1:3"]) == 2  # lists need --grouped
+
+
+def test_data_bench_reports_every_pipeline_stage(capsys):
+    assert main(["--threads", "1", "bench", "--data", "--train-images", "8", "--batch-size", "4", "--input-size", "32",
+                 "--repeats", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    names = list(result["columns"])
+    assert names[:3] == ["decode", "decode+augment (cpu)", "decode+crop (augment_on=device, worker part)"]
+    assert names[3].startswith("flip+autoaugment+normalize on cpu")
+    assert all(c["images_per_s"] > 0 for c in result["columns"].values())

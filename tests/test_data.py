@@ -129,3 +129,39 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(tmp_path):
     a, b = splits.train[(2, 1)][0], splits.train[(2, 1)][0]
     assert torch.equal(a, b)
     assert not torch.equal(a, splits.train[(2, 2)][0])
+
+
+def test_device_augmentation_is_seeded_per_image_and_matches_the_cpu_pipeline_without_randomness(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from stitchkit.training.data import collate
+
+    root = make_folder(tmp_path)
+    splits = build_splits(_data(root, "data.augment_on=device"), PREP, seed=0)
+    (crop, seed), label = splits.train[(2, 1)]
+    assert crop.dtype == torch.uint8 and crop.shape == (3, 32, 32) and splits.train[(2, 1)][0][1] == seed
+    assert splits.train[(2, 2)][0][1] != seed  # another epoch, another draw
+    loader = DataLoader(splits.train, batch_size=6, sampler=[(i, 1) for i in range(12)], collate_fn=collate)
+    images, labels, skipped, seeds = next(iter(loader))
+    augment = splits.device_augment
+    out = augment(images, seeds)
+    assert out.dtype == torch.float32 and out.shape == (6, 3, 32, 32) and skipped == 0
+    assert torch.equal(out, augment(images, seeds))  # a function of the seeds alone
+    assert torch.equal(out[2], augment(images[2:3], seeds[2:3])[0])  # each image alone: the same, wherever it sits
+    assert not torch.equal(out, augment(images, seeds + 1))
+    # With the random steps off, the device path equals the CPU path exactly (same crop, same normalisation).
+    plain = ["data.hflip=false", "data.auto_augment=false", "data.random_resized_crop=false"]
+    cpu = build_splits(_data(root, *plain), PREP, seed=0)
+    device = build_splits(_data(root, *plain, "data.augment_on=device"), PREP, seed=0)
+    (crop, seed), _ = device.train[(3, 0)]
+    assert torch.allclose(device.device_augment(crop[None], torch.tensor([seed]))[0], cpu.train[(3, 0)][0], atol=1e-6)
+    with pytest.raises(StitchkitError, match="data.augment_on"):
+        _data(root, "data.augment_on=gpu")
+
+
+def test_training_with_device_augmentation(tmp_path):
+    result = train(load_config(None, [
+        "mode=scratch", "model.src=resnet10t", "data.name=imagefolder", f"data.root={make_folder(tmp_path / 'd')}",
+        "data.input_size=32", "data.augment_on=device", "optim.batch_size=6", "train.batch_size=6", "train.epochs=1",
+        "train.workers=0", "train.threads=1", f"output.dir={tmp_path / 'run'}", "model.pretrained=false"]))
+    assert result["status"] == "finished" and result["images_seen"] == 18

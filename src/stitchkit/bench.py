@@ -208,3 +208,89 @@ def format_group_bench(result: dict) -> str:
         f"grouped / separate: {result['grouped_vs_separate']:.2f}x wall time; results equal: "
         f"{'yes' if result['results_equal'] else 'NO'}",
     ])
+
+
+def _write_jpegs(root, count: int, width: int, height: int, classes: int = 4) -> None:
+    """Smooth, photograph-like JPEGs (gradients plus blurred noise, quality 90) of ImageNet's typical size."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        folder = root / "train" / f"class{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        ramp = np.add.outer(np.linspace(0, 120, height), np.linspace(0, 100, width))[..., None]
+        noise = rng.uniform(0, 135, (height // 8, width // 8, 3))
+        coarse = np.asarray(Image.fromarray(noise.astype(np.uint8)).resize((width, height), Image.BICUBIC))
+        pixels = np.clip(ramp + coarse, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).filter(ImageFilter.DETAIL).save(folder / f"{i}.jpg", quality=90)
+
+
+def run_data_bench(root: str | None = None, src: str = "resnet50", input_size: int = 224, images: int = 64,
+                   batch_size: int = 32, repeats: int = 3, device: str | None = None) -> dict:
+    """Images/s of one data-loader worker (one thread, as in a worker process) for each stage of the training
+    pipeline, and of :class:`~stitchkit.training.data.DeviceAugment` on batches on ``device`` (default: CUDA when
+    available). ``root``: an ImageNet-layout folder (``train/<class>/*.jpg``); default: ``images`` JPEGs of
+    500x375 pixels written to a temporary folder.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from .training import load_config
+    from .training.data import build_splits, collate, preprocessing_for
+
+    generated = root is None
+    threads = torch.get_num_threads()
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    with tempfile.TemporaryDirectory(prefix="stitchkit-data-bench-") as tmp:
+        if root is None:
+            root = Path(tmp)
+            _write_jpegs(root, images, 500, 375)
+            for c in range(4):  # build_splits needs a val split; the bench reads train only
+                val = root / "val" / f"class{c}"
+                val.mkdir(parents=True, exist_ok=True)
+                (val / "0.jpg").write_bytes((root / "train" / f"class{c}" / f"{c}.jpg").read_bytes())
+        prep = preprocessing_for(src)
+
+        def splits(*extra):
+            data = load_config(None, ["data.name=imagefolder", f"data.root={root}", f"data.input_size={input_size}",
+                                      *extra]).data
+            return build_splits(data, prep, seed=0)
+
+        cpu, gpu = splits(), splits("data.augment_on=device")
+        n = min(images, len(cpu.train))
+        positions = [(i % len(cpu.train), 0) for i in range(n)]
+        torch.set_num_threads(1)
+        try:
+            def per_image(fn):
+                return _column(_time(lambda: [fn(p) for p in positions], 1, repeats), n)
+
+            columns = {
+                "decode": per_image(lambda p: cpu.train.source.load(cpu.train.indices[p[0]])),
+                "decode+augment (cpu)": per_image(lambda p: cpu.train[p]),
+                "decode+crop (augment_on=device, worker part)": per_image(lambda p: gpu.train[p]),
+            }
+            batch = collate([gpu.train[(i % len(gpu.train), 0)] for i in range(batch_size)])
+            crops, seeds = batch[0].to(dev), batch[3]
+            augment = gpu.device_augment
+
+            def device_step():
+                augment(crops, seeds)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+
+            torch.set_num_threads(threads)  # the device part runs in the training process
+            columns[f"flip+autoaugment+normalize on {dev.type} (batch {batch_size})"] = _column(
+                _time(device_step, 1, repeats), batch_size)
+        finally:
+            torch.set_num_threads(threads)
+    return {"root": "generated 500x375 JPEGs" if generated else str(root),
+            "input_size": input_size, "images": n, "device": str(dev), "columns": columns}
+
+
+def format_data_bench(result: dict) -> str:
+    lines = [f"data pipeline, one worker (1 thread), {result['images']} images from {result['root']} to "
+             f"{result['input_size']} px", f"{'stage':60} {'images/s':>10}"]
+    for name, column in result["columns"].items():
+        lines.append(f"{name:60} {column['images_per_s']:10.1f}")
+    return "\n".join(lines)

@@ -265,6 +265,13 @@ def _cmd_demo(args) -> int:
 def _cmd_bench(args) -> int:
     from .bench import format_bench, format_group_bench, run_bench, run_group_bench
 
+    if args.data:
+        from .bench import format_data_bench, run_data_bench
+
+        result = run_data_bench(args.data_root, args.src, args.input_size, args.train_images, max(args.batch_size, 1),
+                                args.repeats or 3)
+        print(json.dumps(result, indent=2) if args.json else format_data_bench(result))
+        return 0
     if args.grouped:
         gaps, adapters = (args.gap or "3:3,3:4").split(","), (args.adapter or "linear,bottleneck").split(",")
         result = run_group_bench(args.src, args.dst, gaps, adapters, args.resize, args.batch_size, args.input_size,
@@ -390,6 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-images", type=int, default=64, help="with --grouped: training images per run")
     p.add_argument("--val-images", type=int, default=32, help="with --grouped: evaluation images per run")
     p.add_argument("--workers", type=int, default=0, help="with --grouped: data-loader workers")
+    p.add_argument("--data", action="store_true",
+                   help="images/s of one data-loader worker per pipeline stage (decode, CPU augmentation, the worker "
+                        "part of data.augment_on=device) and of the device-side augmentation; --train-images images")
+    p.add_argument("--data-root", default=None,
+                   help="with --data: an ImageNet-layout folder to read (default: generated 500x375 JPEGs)")
     p.set_defaults(run=_cmd_bench)
 
     p = sub.add_parser("report", help="results.csv, summary.csv, plots, table1.md and index.html from a runs folder")

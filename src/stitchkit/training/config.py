@@ -21,6 +21,7 @@ from ..errors import StitchkitError
 MODES = ("stitch", "finetune", "scratch")
 DATASETS = ("imagefolder", "fashion_mnist", "synthetic")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
+AUGMENT_ON = ("cpu", "device")
 
 
 @dataclass
@@ -52,6 +53,9 @@ class DataConfig:
     random_resized_crop: bool = True
     hflip: bool = True
     auto_augment: bool = True
+    # Where the random training augmentation runs: "cpu" (data-loader workers), or "device" (workers decode and
+    # random-resized-crop to uint8; flips, AutoAugment and normalisation run on batches on the training device).
+    augment_on: str = "cpu"
     crop_pct: Optional[float] = None  # evaluation crop fraction; default: the source model's pretrained config
     skip_corrupt: bool = False
     synthetic_train_size: int = 256
@@ -218,6 +222,8 @@ def validate(config: Config) -> None:
         raise unknown_name("mode", config.mode, MODES)
     if config.data.name not in DATASETS:
         raise unknown_name("dataset", config.data.name, DATASETS)
+    if config.data.augment_on not in AUGMENT_ON:
+        raise unknown_name("data.augment_on", config.data.augment_on, AUGMENT_ON)
     if config.train.amp not in AMP_MODES:
         raise unknown_name("train.amp", config.train.amp, AMP_MODES)
     if config.mode == "stitch":

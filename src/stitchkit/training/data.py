@@ -75,6 +75,8 @@ def preprocessing_for(model_name: str, model: torch.nn.Module | None = None) -> 
 
 
 def build_transforms(data: DataConfig, prep: Preprocessing, train: bool) -> Callable:
+    """The per-image transform a data-loader worker runs; with ``data.augment_on=device`` the training one stops
+    at a uint8 crop and a seed for :class:`DeviceAugment`."""
     interpolation = T.InterpolationMode(prep.interpolation if prep.interpolation in ("bilinear", "bicubic") else "bilinear")
     size = data.input_size
     crop_pct = data.crop_pct or prep.crop_pct
@@ -83,12 +85,55 @@ def build_transforms(data: DataConfig, prep: Preprocessing, train: bool) -> Call
         steps.append(T.RandomResizedCrop(size, interpolation=interpolation))
     else:
         steps += [T.Resize(int(math.floor(size / crop_pct)), interpolation=interpolation), T.CenterCrop(size)]
+    if train and data.augment_on == "device":
+        return T.Compose([*steps, T.PILToTensor(), _with_seed])
     if train and data.hflip:
         steps.append(T.RandomHorizontalFlip())
     if train and data.auto_augment:
         steps.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET))
     steps += [T.ToTensor(), T.Normalize(prep.mean, prep.std)]
     return T.Compose(steps)
+
+
+def _with_seed(image: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Pair a crop with a seed drawn under the image's own seed: the device-side augmentation's randomness stays a
+    function of (seed, epoch, index)."""
+    return image, int(torch.randint(0, 2**62, ()))
+
+
+class DeviceAugment:
+    """The random rest of the training augmentation, on a batch of uint8 crops on the training device: horizontal
+    flip, AutoAugment (ImageNet policy, torchvision transforms v2 on tensors) and normalisation.
+
+    Each image is augmented under the seed its worker drew (see :func:`build_transforms`), so a batch's result does
+    not depend on where it runs or on resumption. Flips and AutoAugment ops run per image (their parameters differ
+    per image), as device kernels; normalisation runs on the whole batch.
+    """
+
+    def __init__(self, data: DataConfig, prep: Preprocessing):
+        from torchvision.transforms import v2
+
+        self.hflip = data.hflip
+        self.policy = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET) if data.auto_augment else None
+        self.mean = torch.tensor(prep.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(prep.std).view(1, 3, 1, 1)
+
+    def __call__(self, images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            raise TypeError("DeviceAugment takes the uint8 crops of data.augment_on=device")
+        if self.hflip or self.policy is not None:
+            out = []
+            for image, seed in zip(images, seeds.tolist()):
+                with torch.random.fork_rng(devices=[]):  # parameters are drawn on the CPU generator
+                    torch.manual_seed(seed)
+                    if self.hflip and torch.rand(()) < 0.5:
+                        image = image.flip(-1)
+                    if self.policy is not None:
+                        image = self.policy(image)
+                out.append(image)
+            images = torch.stack(out)
+        mean, std = self.mean.to(images.device), self.std.to(images.device)
+        return (images.float().div_(255) - mean) / std
 
 
 # --- raw image sources: index -> (PIL image, label) ---------------------------------------------------------------
@@ -245,13 +290,20 @@ class SeededDataset(Dataset):
 
 
 def collate(batch):
-    """Stack a batch, dropping skipped (corrupt) images; returns ``(images, labels, skipped_count)``."""
+    """Stack a batch, dropping skipped (corrupt) images; returns ``(images, labels, skipped_count, seeds)``.
+
+    ``seeds`` holds each image's :class:`DeviceAugment` seed (``data.augment_on=device``), and is None otherwise.
+    """
     kept = [item for item in batch if item is not None]
     if not kept:
-        return torch.empty(0), torch.empty(0, dtype=torch.long), len(batch)
+        return torch.empty(0), torch.empty(0, dtype=torch.long), len(batch), None
+    seeds = None
+    if isinstance(kept[0][0], tuple):
+        seeds = torch.tensor([seed for (_, seed), _ in kept], dtype=torch.long)
+        kept = [(image, label) for (image, _), label in kept]
     images = torch.stack([image for image, _ in kept])
     labels = torch.tensor([label for _, label in kept], dtype=torch.long)
-    return images, labels, len(batch) - len(kept)
+    return images, labels, len(batch) - len(kept), seeds
 
 
 class EpochSampler(Sampler):
@@ -294,6 +346,7 @@ class Splits:
     val: SeededDataset
     holdout: SeededDataset | None
     classes: list[str]
+    device_augment: DeviceAugment | None = None  # the rest of the training augmentation (data.augment_on=device)
 
 
 def build_splits(data: DataConfig, prep: Preprocessing, seed: int) -> Splits:
@@ -321,4 +374,5 @@ def build_splits(data: DataConfig, prep: Preprocessing, seed: int) -> Splits:
         val=SeededDataset(val_source, sorted(val_idx.tolist()), eval_tf, seed, skip),
         holdout=SeededDataset(train_source, sorted(holdout_idx.tolist()), eval_tf, seed, skip) if n_holdout else None,
         classes=list(train_source.classes),
+        device_augment=DeviceAugment(data, prep) if data.augment_on == "device" else None,
     )

@@ -148,7 +148,7 @@ def evaluate_heads(front, heads, loader: DataLoader, device: torch.device, dtype
     Each head maps the front's output to logits; the caller puts the models in evaluation mode.
     """
     totals = [torch.zeros(4, dtype=torch.float64, device=device) for _ in heads]  # correct@1, @5, loss sum, count
-    for images, labels, _ in loader:
+    for images, labels, _, _ in loader:
         if images.numel() == 0:
             continue
         images, labels = _to_device(images, labels, device, channels_last)
@@ -172,8 +172,10 @@ def evaluate_heads(front, heads, loader: DataLoader, device: torch.device, dtype
     return results
 
 
-def _to_device(images, labels, device, channels_last):
+def _to_device(images, labels, device, channels_last, augment=None, seeds=None):
     images = images.to(device, non_blocking=True)
+    if augment is not None:
+        images = augment(images, seeds)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images, labels.to(device, non_blocking=True)
@@ -740,9 +742,10 @@ class TrainingGroup:
                 group = min(s.accum, s.micro_per_epoch - c.micro)
                 images_in_group = skipped_in_group = 0
                 for i in range(group):
-                    images, labels, skipped = next(batches)
+                    images, labels, skipped, seeds = next(batches)
                     if images.numel() > 0:
-                        images, labels = _to_device(images, labels, self.device, self.channels_last)
+                        images, labels = _to_device(images, labels, self.device, self.channels_last,
+                                                    s.splits.device_augment, seeds)
                         inputs = self._forward_front(images)
                         for m in self.live:
                             m._micro_step(inputs, labels, group, last=i == group - 1)
