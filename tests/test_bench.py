@@ -38,3 +38,22 @@ def test_data_bench_reports_every_pipeline_stage(capsys):
     assert names[:3] == ["decode", "decode+augment (cpu)", "decode+crop (augment_on=device, worker part)"]
     assert names[3].startswith("flip+autoaugment+normalize on cpu")
     assert all(c["images_per_s"] > 0 for c in result["columns"].values())
+
+
+def test_gpu_check_script_runs_at_smoke_size(tmp_path):
+    """The GPU check is prepared for a GPU machine; --smoke runs every part of it on the CPU at tiny sizes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    done = subprocess.run([sys.executable, str(script), "--smoke", "--skip-compile", "--out", str(tmp_path)],
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["stitchkit_bf16_channels_last"]["largest_batch"] == 4
+    assert report["speedup_vs_naive_images_per_s"] > 0
+    assert set(report["no_downsample"]) == {"naive_fp32", "stitchkit_bf16"}
+    assert report["engine"]["torchrun"]["returncode"] == 0
+    assert report["engine"]["grouped"]["max_abs_loss_difference"] == 0.0  # on the CPU, exactly equal

@@ -30,13 +30,18 @@ from .stitching import create_stitched
 from .zoo.models import create_model
 
 
-def _time(step: Callable[[], None], warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
+def _time(step: Callable[[], None], warmup: int, repeats: int, device: torch.device | None = None) -> list[float]:
+    def run():
         step()
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)  # kernels are asynchronous: time them, not their launch
+
+    for _ in range(warmup):
+        run()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        step()
+        run()
         times.append(time.perf_counter() - start)
     return times
 
@@ -47,100 +52,156 @@ def _column(times: list[float], batch: int) -> dict:
             "repeats": len(times)}
 
 
+def _measure(step: Callable[[], None], batch: int, warmup: int, repeats: int, device: torch.device) -> dict:
+    """A column: images/s, and on CUDA the peak memory allocated during the steps (GiB)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    column = _column(_time(step, warmup, repeats, device), batch)
+    if device.type == "cuda":
+        column["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return column
+
+
 def run_bench(src: str = "resnet50", dst: str | None = None, gap: str = "1:3", adapter: str = "bottleneck",
               resize: str = "bilinear", batch_size: int = 8, input_size: int = 224, repeats: int = 5, warmup: int = 2,
-              channels_last: bool = False, threads: int | None = None) -> dict:
-    """Measure every column; returns ``{"columns": {...}, "speedup_vs_naive", "ratio_to_lower_bound", ...}``."""
+              channels_last: bool = False, threads: int | None = None, device: str = "cpu", amp: str = "none",
+              compile: bool = False, columns: tuple[str, ...] = ("stitchkit", "naive", "full_dst", "lower_bound")) -> dict:
+    """Measure the ``columns``; returns ``{"columns": {...}, "speedup_vs_naive", "ratio_to_lower_bound", ...}``.
+
+    ``amp`` (``none`` or ``bf16``), ``channels_last`` and ``compile`` apply to stitchkit's step, the full
+    destination step and the lower bound; the naive step is always the paper's fp32 NCHW eager step.
+    """
+    from contextlib import nullcontext
+
     if threads:
         torch.set_num_threads(threads)
+    if amp not in ("none", "bf16"):
+        raise ValueError(f"amp must be none or bf16, got {amp!r}")
+    dev = torch.device(device)
     dst = dst or src
     torch.manual_seed(0)
-    x = torch.randn(batch_size, 3, input_size, input_size)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = x.contiguous(memory_format=fmt)
+    x = torch.randn(batch_size, 3, input_size, input_size, device=dev).contiguous(memory_format=fmt)
+
+    def autocast():
+        return torch.autocast(dev.type, dtype=torch.bfloat16) if amp == "bf16" else nullcontext()
 
     def stitched_model(frozen_mode: str, memory_format):
         model = create_stitched(src, dst, gap, adapter, resize, input_size=input_size, frozen_mode=frozen_mode)
-        return model.to(memory_format=memory_format).train()
+        return model.to(dev, memory_format=memory_format).train()
 
     model = stitched_model("eval", fmt)
-    labels = torch.randint(0, model(x[:1]).shape[-1], (batch_size,))
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
+    with torch.no_grad():
+        classes = model(x[:1]).shape[-1]
+    labels = torch.randint(0, classes, (batch_size,), device=dev)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3, fused=dev.type == "cuda")
+    forward = torch.compile(model) if compile else model
 
     def stitchkit_step():
-        F.cross_entropy(model(x), labels).backward()
+        with autocast():
+            logits = forward(x)
+        F.cross_entropy(logits.float(), labels).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    naive = stitched_model("train", torch.contiguous_format)  # the paper's code: NCHW whatever the flag says
-    naive_net = nn.Sequential(naive.front, naive.bridge, naive.back).train()  # front inside autograd, all train mode
-    naive_optimizer = torch.optim.AdamW(naive_net.parameters(), lr=1e-3)  # the paper's optimizer holds everything
-    x_nchw = x.contiguous()
+    results: dict[str, dict] = {}
+    if "stitchkit" in columns:
+        results["stitchkit"] = _measure(stitchkit_step, batch_size, warmup, repeats, dev)
 
-    def naive_step():
-        F.cross_entropy(naive_net(x_nchw), labels).backward()
-        naive_optimizer.step()
-        naive_optimizer.zero_grad(set_to_none=True)
+    if "naive" in columns:
+        naive = stitched_model("train", torch.contiguous_format)  # the paper's code: NCHW whatever the flag says
+        naive_net = nn.Sequential(naive.front, naive.bridge, naive.back).train()  # front in autograd, all train mode
+        naive_optimizer = torch.optim.AdamW(naive_net.parameters(), lr=1e-3)  # the paper's optimizer holds everything
+        x_nchw = x.contiguous()
 
-    full = create_model(dst, input_size=input_size).to(memory_format=fmt).train()
-    full_optimizer = torch.optim.AdamW(full.parameters(), lr=1e-3)
+        def naive_step():
+            F.cross_entropy(naive_net(x_nchw), labels).backward()
+            naive_optimizer.step()
+            naive_optimizer.zero_grad(set_to_none=True)
 
-    def full_step():
-        F.cross_entropy(full(x), labels).backward()
-        full_optimizer.step()
-        full_optimizer.zero_grad(set_to_none=True)
+        results["naive"] = _measure(naive_step, batch_size, warmup, repeats, dev)
+        del naive, naive_net, naive_optimizer
 
-    with torch.no_grad():
-        h = model.front(x)
-        bridged = model.bridge(h)
-    grad_out = torch.randn_like(bridged)
+    if "full_dst" in columns:
+        full = create_model(dst, input_size=input_size).to(dev, memory_format=fmt).train()
+        full_optimizer = torch.optim.AdamW(full.parameters(), lr=1e-3, fused=dev.type == "cuda")
+        full_forward = torch.compile(full) if compile else full
 
-    def front_part():
-        with torch.no_grad():
-            model.front(x)
+        def full_step():
+            with autocast():
+                logits = full_forward(x)
+            F.cross_entropy(logits.float(), labels).backward()
+            full_optimizer.step()
+            full_optimizer.zero_grad(set_to_none=True)
 
-    def adapter_part():
-        model.bridge(h).backward(grad_out)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        results["full_dst"] = _measure(full_step, batch_size, warmup, repeats, dev)
+        del full, full_optimizer, full_forward
 
-    def back_part():
-        inp = bridged.detach().requires_grad_(True)
-        F.cross_entropy(model.back(inp), labels).backward()
+    if "lower_bound" in columns:
+        with torch.no_grad(), autocast():
+            h = model.front(x)
+            bridged = model.bridge(h)
+        grad_out = torch.randn_like(bridged)
 
-    columns = {
-        "stitchkit": _column(_time(stitchkit_step, warmup, repeats), batch_size),
-        "naive": _column(_time(naive_step, warmup, repeats), batch_size),
-        "full_dst": _column(_time(full_step, warmup, repeats), batch_size),
-    }
-    parts = {name: statistics.median(_time(fn, warmup, repeats))
-             for name, fn in (("front", front_part), ("adapters", adapter_part), ("back", back_part))}
-    lower = sum(parts.values())
-    columns["lower_bound"] = {"images_per_s": batch_size / lower, "median_s": lower,
-                              "parts_s": parts, "repeats": repeats}
-    stitched_s = columns["stitchkit"]["median_s"]
+        def front_part():
+            with torch.no_grad(), autocast():
+                model.front(x)
+
+        def adapter_part():
+            with autocast():
+                out = model.bridge(h)
+            out.backward(grad_out)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        def back_part():
+            inp = bridged.detach().requires_grad_(True)
+            with autocast():
+                logits = model.back(inp)
+            F.cross_entropy(logits.float(), labels).backward()
+
+        parts = {name: statistics.median(_time(fn, warmup, repeats, dev))
+                 for name, fn in (("front", front_part), ("adapters", adapter_part), ("back", back_part))}
+        lower = sum(parts.values())
+        results["lower_bound"] = {"images_per_s": batch_size / lower, "median_s": lower, "parts_s": parts,
+                                  "repeats": repeats}
+
+    def ratio(a: str, b: str) -> float | None:
+        return results[a]["median_s"] / results[b]["median_s"] if a in results and b in results else None
+
     return {
         "src": src, "dst": dst, "gap": gap, "adapter": adapter, "resize": resize, "batch_size": batch_size,
         "input_size": input_size, "channels_last": channels_last, "threads": torch.get_num_threads(),
-        "columns": columns,
-        "speedup_vs_naive": columns["naive"]["median_s"] / stitched_s,
-        "speedup_vs_full_dst": columns["full_dst"]["median_s"] / stitched_s,
-        "ratio_to_lower_bound": stitched_s / lower,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "amp": amp, "compile": compile,
+        "columns": results,
+        "speedup_vs_naive": ratio("naive", "stitchkit"),
+        "speedup_vs_full_dst": ratio("full_dst", "stitchkit"),
+        "ratio_to_lower_bound": ratio("stitchkit", "lower_bound"),
     }
 
 
 def format_bench(result: dict) -> str:
+    flags = [f for f, on in ((", channels_last", result["channels_last"]), (", bf16 autocast", result["amp"] == "bf16"),
+                             (", torch.compile", result["compile"])) if on]
     lines = [f"{result['src']} -> {result['dst']} gap {result['gap']} {result['adapter']}/{result['resize']}, batch "
-             f"{result['batch_size']} at {result['input_size']} px, {result['threads']} threads"
-             f"{', channels_last' if result['channels_last'] else ''}",
-             f"{'column':12} {'images/s':>10} {'median s':>10} {'min s':>8} {'max s':>8}"]
+             f"{result['batch_size']} at {result['input_size']} px on {result['device']}, {result['threads']} threads"
+             + "".join(flags),
+             f"{'column':12} {'images/s':>10} {'median s':>10} {'min s':>8} {'max s':>8} {'peak GiB':>9}"]
     for name, column in result["columns"].items():
-        lines.append(f"{name:12} {column['images_per_s']:10.1f} {column['median_s']:10.4f} "
-                     f"{column.get('min_s', float('nan')):8.4f} {column.get('max_s', float('nan')):8.4f}")
-    parts = result["columns"]["lower_bound"]["parts_s"]
-    lines.append("lower bound parts: " + ", ".join(f"{k} {v:.4f} s" for k, v in parts.items()))
-    lines.append(f"speedup vs naive {result['speedup_vs_naive']:.2f}x, vs full destination "
-                 f"{result['speedup_vs_full_dst']:.2f}x, ratio to lower bound {result['ratio_to_lower_bound']:.2f}")
+        def cell(key: str, width: int, digits: int) -> str:
+            value = column.get(key)
+            return f"{value:{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+
+        lines.append(f"{name:12} {column['images_per_s']:10.1f} {column['median_s']:10.4f} {cell('min_s', 8, 4)} "
+                     f"{cell('max_s', 8, 4)} {cell('peak_memory_gib', 9, 2)}")
+    if "lower_bound" in result["columns"]:
+        parts = result["columns"]["lower_bound"]["parts_s"]
+        lines.append("lower bound parts: " + ", ".join(f"{k} {v:.4f} s" for k, v in parts.items()))
+    described = [("speedup vs naive {:.2f}x", result["speedup_vs_naive"]),
+                 ("vs full destination {:.2f}x", result["speedup_vs_full_dst"]),
+                 ("ratio to lower bound {:.2f}", result["ratio_to_lower_bound"])]
+    lines.append(", ".join(text.format(value) for text, value in described if value is not None))
     return "\n".join(lines)
 
 

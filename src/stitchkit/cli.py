@@ -282,8 +282,13 @@ def _cmd_bench(args) -> int:
     gap, adapter = args.gap or "1:3", args.adapter or "bottleneck"
     if "," in gap + adapter:
         raise StitchkitError("--gap and --adapter take one value each unless --grouped is given")
+    columns = tuple(args.columns.split(",")) if args.columns else ("stitchkit", "naive", "full_dst", "lower_bound")
+    unknown = set(columns) - {"stitchkit", "naive", "full_dst", "lower_bound"}
+    if unknown:
+        raise StitchkitError(f"unknown column {sorted(unknown)[0]!r}; columns are stitchkit, naive, full_dst, lower_bound")
     result = run_bench(args.src, args.dst, gap, adapter, args.resize, args.batch_size, args.input_size,
-                       args.repeats or 5, args.warmup, args.channels_last, args.threads)
+                       args.repeats or 5, args.warmup, args.channels_last, args.threads, args.device, args.amp,
+                       args.compile, columns)
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
 
@@ -391,6 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--amp", default="none", choices=("none", "bf16"), help="autocast for stitchkit and full_dst")
+    p.add_argument("--compile", action="store_true", help="torch.compile stitchkit's and full_dst's model")
+    p.add_argument("--columns", default=None, help="comma-separated subset of stitchkit,naive,full_dst,lower_bound")
     p.add_argument("--grouped", action="store_true",
                    help="wall time of whole runs: each (gap, adapter) of the comma-separated --gap and --adapter lists "
                         "trained separately, then all in one pass over their shared front")

@@ -1,0 +1,208 @@
+"""The GPU check of issue 6, in one run of about 5 minutes on an H100/H200 class card.
+
+    python scripts/gpu_check.py --out OUT_DIR          # on a machine with a GPU
+    python scripts/gpu_check.py --smoke --out OUT_DIR  # tiny sizes on the CPU: checks that the script itself works
+
+Measures, printing each figure as it comes and writing them all to OUT_DIR/gpu_check.json:
+
+1. ResNet-50 S1 -> Swin-T S3, bottleneck adapters, 224 px: the largest batch (powers of two) whose stitchkit step
+   (bf16 autocast + channels_last) fits, its images/s, the naive step (the paper's fp32 NCHW code) at its own largest
+   batch and at the same batch when it fits, and the stitchkit step under torch.compile;
+2. peak memory of the paper's No Downsample ResNet-50 S1 -> S4 (resize none), naive fp32 and stitchkit bf16, at
+   growing batches (the paper ran out of memory on a 32 GB V100);
+3. the engine on CUDA: a short bf16 run under torchrun (NCCL), and a grouped run with data.augment_on=device whose
+   results must match separate runs within tolerance.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from stitchkit.bench import run_bench
+
+SIZES = {  # full check, smoke test on the CPU
+    "full": dict(src="resnet50", dst="torchvision:swin_t", gap="1:3", input=224, batches=[32, 64, 128, 256, 512, 1024],
+                 nods_batches=[32, 64, 128, 256], repeats=10, warmup=3, run_model="resnet50"),
+    "smoke": dict(src="resnet18", dst="resnet34", gap="1:3", input=32, batches=[2, 4], nods_batches=[2, 4],
+                  repeats=1, warmup=1, run_model="resnet10t"),
+}
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def bench_or_oom(**kwargs) -> dict | None:
+    try:
+        return run_bench(**kwargs)
+    except (RuntimeError, torch.OutOfMemoryError) as err:
+        if not is_oom(err):
+            raise
+        return None
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def largest_batch(batches: list[int], **kwargs) -> tuple[int | None, dict | None]:
+    """The largest batch in ``batches`` (ascending) whose step fits, with its measurement."""
+    best = (None, None)
+    for batch in batches:
+        result = bench_or_oom(batch_size=batch, **kwargs)
+        if result is None:
+            say(f"  batch {batch}: out of memory")
+            break
+        column = next(iter(result["columns"].values()))
+        say(f"  batch {batch}: {column['images_per_s']:.0f} images/s, peak {column.get('peak_memory_gib', 0):.1f} GiB")
+        best = (batch, result)
+    return best
+
+
+def engine_checks(size: dict, device: str, out: Path) -> dict:
+    """A short bf16 run under torchrun (NCCL on CUDA), and grouped vs separate runs with device augmentation."""
+    from stitchkit.training import load_config, train
+    from stitchkit.training.grouped import train_group
+
+    results: dict = {}
+    tiny = ["data.name=synthetic", "data.input_size=64", "data.synthetic_train_size=256", "data.synthetic_val_size=64",
+            "data.synthetic_classes=1000", "optim.batch_size=64", "train.batch_size=32", "train.epochs=1",
+            "train.workers=2", "model.pretrained=false", f"train.device={device}", "train.log_every=4",
+            "train.amp=" + ("bf16" if device == "cuda" else "none")]
+    from stitchkit.training.config import to_yaml
+
+    config = out / "torchrun.yaml"
+    config.write_text(to_yaml(load_config(None, ["mode=scratch", f"model.src={size['run_model']}", *tiny,
+                                                 f"output.dir={out / 'torchrun-run'}"])))
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    start = time.time()
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                           "-m", "stitchkit", "train", str(config)], env=env, capture_output=True, text=True)
+    results["torchrun"] = {"returncode": done.returncode, "seconds": time.time() - start,
+                           "backend": "nccl" if device == "cuda" else "gloo", "stderr_tail": done.stderr[-1500:]}
+    if done.returncode == 0:
+        results["torchrun"]["result"] = json.loads((out / "torchrun-run" / "result.json").read_text())
+    say(f"torchrun ({results['torchrun']['backend']}): exit {done.returncode} in {results['torchrun']['seconds']:.0f} s")
+
+    members = [["model.gap=1:3", "model.adapter=bottleneck"], ["model.gap=1:2", "model.adapter=linear"],
+               ["model.gap=1:4", "model.adapter=conv3x3_relu"]]
+
+    def configs(prefix: str) -> list:
+        return [load_config(None, [*tiny, "mode=stitch", f"model.src={size['run_model']}", "data.augment_on=device",
+                                   "train.channels_last=true", *m, f"output.dir={out / f'{prefix}{i}'}"])
+                for i, m in enumerate(members)]
+
+    start = time.time()
+    alone = [train(c) for c in configs("alone")]
+    separate_s = time.time() - start
+    start = time.time()
+    together = train_group(configs("group"))
+    grouped_s = time.time() - start
+    results["grouped"] = {
+        "separate_s": separate_s, "grouped_s": grouped_s,
+        "loss_separate": [r["loss"] for r in alone],
+        "loss_grouped": [r["loss"] if isinstance(r, dict) else repr(r) for r in together],
+        "max_abs_loss_difference": max(abs(a["loss"] - b["loss"]) for a, b in zip(alone, together)),
+    }
+    say(f"grouped vs separate on {device}: {grouped_s:.1f} s vs {separate_s:.1f} s, largest loss difference "
+        f"{results['grouped']['max_abs_loss_difference']:.2e}")
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("OUT", "gpu-check"))
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, to test this script")
+    parser.add_argument("--skip-compile", action="store_true")
+    args = parser.parse_args()
+    size = SIZES["smoke" if args.smoke else "full"]
+    device = "cpu" if args.smoke else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device is visible; run it on a GPU machine, or pass --smoke", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__}
+    say(f"device: {report['device']}, torch {torch.__version__}")
+
+    def save() -> None:
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+
+    common = dict(src=size["src"], dst=size["dst"], gap=size["gap"], adapter="bottleneck", resize="bilinear",
+                  input_size=size["input"], repeats=size["repeats"], warmup=size["warmup"], device=device)
+    say(f"1. {size['src']} S1 -> {size['dst']} S3 bottleneck: stitchkit step, bf16 + channels_last")
+    batch, fast = largest_batch(size["batches"], amp="bf16", channels_last=True, columns=("stitchkit",), **common)
+    report["stitchkit_bf16_channels_last"] = {"largest_batch": batch, "result": fast}
+    save()
+    say("   naive step (fp32, NCHW, frozen parts in train mode)")
+    naive_batch, naive = largest_batch(size["batches"], columns=("naive",), **common)
+    report["naive_fp32"] = {"largest_batch": naive_batch, "result": naive}
+    if batch is not None and naive_batch is not None:
+        same = naive if naive_batch == batch else None
+        report["speedup_vs_naive_images_per_s"] = (fast["columns"]["stitchkit"]["images_per_s"]
+                                                   / naive["columns"]["naive"]["images_per_s"])
+        if same is not None:
+            report["speedup_vs_naive_same_batch"] = report["speedup_vs_naive_images_per_s"]
+        say(f"   stitchkit {fast['columns']['stitchkit']['images_per_s']:.0f} images/s at batch {batch}, naive "
+            f"{naive['columns']['naive']['images_per_s']:.0f} at batch {naive_batch}: "
+            f"{report['speedup_vs_naive_images_per_s']:.2f}x")
+    save()
+    if batch is not None:
+        say("   stitchkit step, bf16 + channels_last at the same batch, without compile, then with torch.compile")
+        full_columns = bench_or_oom(batch_size=batch, amp="bf16", channels_last=True,
+                                    columns=("stitchkit", "full_dst", "lower_bound"), **common)
+        report["at_largest_batch"] = full_columns
+        if full_columns is not None:
+            say("   " + ", ".join(f"{k} {v['images_per_s']:.0f} images/s" for k, v in full_columns["columns"].items()))
+        save()
+        if not args.skip_compile:
+            start = time.time()
+            try:
+                compiled = bench_or_oom(batch_size=batch, amp="bf16", channels_last=True, compile=True,
+                                        columns=("stitchkit",), **common)
+            except Exception as err:  # compile failures are a finding, not a reason to lose the other figures
+                compiled = {"error": f"{type(err).__name__}: {str(err)[:500]}"}
+            report["compiled"] = {"result": compiled, "seconds_including_compile": time.time() - start}
+            if compiled and "columns" in compiled:
+                say(f"   torch.compile: {compiled['columns']['stitchkit']['images_per_s']:.0f} images/s")
+            save()
+
+    say("2. No Downsample ResNet-50 S1 -> S4 (resize none): peak memory")
+    nods = dict(common, src="resnet50" if not args.smoke else size["src"], dst="resnet50" if not args.smoke else
+                size["src"], gap="1:4", resize="none", repeats=1, warmup=1)
+    report["no_downsample"] = {}
+    for name, settings in (("naive_fp32", dict(columns=("naive",))),
+                           ("stitchkit_bf16", dict(columns=("stitchkit",), amp="bf16", channels_last=True))):
+        rows = []
+        for b in size["nods_batches"]:
+            result = bench_or_oom(batch_size=b, **nods, **settings)
+            column = next(iter(result["columns"].values())) if result else None
+            rows.append({"batch": b, "peak_memory_gib": column.get("peak_memory_gib") if column else "OOM",
+                         "images_per_s": column["images_per_s"] if column else None})
+            say(f"   {name} batch {b}: " + (f"peak {rows[-1]['peak_memory_gib']} GiB" if column else "out of memory"))
+            if column is None:
+                break
+        report["no_downsample"][name] = rows
+        save()
+
+    say("3. the engine on this device")
+    with tempfile.TemporaryDirectory() as tmp:
+        report["engine"] = engine_checks(size, device, Path(tmp))
+    save()
+    say(f"written {out / 'gpu_check.json'}")
+    return 0 if report["engine"]["torchrun"]["returncode"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
