@@ -16,6 +16,9 @@ def test_demo_plan_matches_the_issue(tmp_path):
         (g, m) for g in ("1:1", "1:2", "1:3", "1:4") for m in ("downsample_linear", "downsample_bottleneck"))
     assert {c.dst for c in vit.runnable} == {VIT} and {c.gap for c in vit.runnable} == {"1:2", "1:3"}
     assert [(c.kind, c.gap) for c in finetune.runnable] == [("finetune", "1:3")]
+    # Each pair's stitches share the ResNet's Stage-1 front and train in one pass.
+    assert [len(g) for g in resnet.groups(resnet.runnable)] == [8]
+    assert [len(g) for g in vit.groups(vit.runnable)] == [4]
 
 
 def test_demo_end_to_end_and_source_models_are_reused(tmp_path, capsys):
@@ -28,6 +31,7 @@ def test_demo_end_to_end_and_source_models_are_reused(tmp_path, capsys):
     assert index.is_file() and "report:" in out and f"{RESNET} (trained from scratch)" in out
     rows, originals = collect(tmp_path)
     assert len(rows) == 15 and all(r["status"] == "finished" for r in rows)
+    assert "(8 stitches in one pass)" in out and "(4 stitches in one pass)" in out
     assert set(originals) == {RESNET, VIT} and all(o["source"].startswith("trained from scratch") for o in originals.values())
     assert (tmp_path / "report" / "table1.md").is_file() and len(list((tmp_path / "report").glob("*.png"))) >= 3
     # A second run trains nothing again: every cell was finished and is skipped.
