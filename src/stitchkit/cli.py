@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole method on Fashion-MNIST on this CPU: sources, stitches, report")
     p.add_argument("--out", default="runs/demo", help="output folder (source models there are reused)")
-    p.add_argument("--fast", action="store_true", help="less data and training: about 3 minutes instead of 10")
+    p.add_argument("--fast", action="store_true", help="less data and training: about 2 minutes instead of 6")
     p.set_defaults(run=_cmd_demo)
 
     p = sub.add_parser("bench", help="training images/s: stitchkit vs the paper's naive step vs full model vs bound")

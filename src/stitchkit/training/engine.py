@@ -11,6 +11,7 @@ only on (seed, epoch, index) (see :mod:`stitchkit.training.data`), so a resumed 
 from __future__ import annotations
 
 import math
+import os
 import platform
 import shutil
 import time
@@ -628,11 +629,13 @@ class TrainingGroup:
         self._set_up()
         t = self.config.train
         start = time.time()
+        # Printed lines of a group name each run by its path below the runs' common folder.
+        common = os.path.commonpath([m.run_dir.resolve() for m in self.members]) if self.grouped else None
         for i, m in enumerate(self.live):
             m._segment_start = start
             m.log = MetricsLog(m.run_dir, m.ctx.is_main, self.stream.total_steps, t.tensorboard, t.wandb,
                                initial_step=m.counters.step, progress=i == 0,
-                               label=m.run_dir.name if self.grouped else None)
+                               label=str(m.run_dir.resolve().relative_to(common)) if common else None)
         self._boundary_rng = rng_state()
         restore = self._catch_sigterm()
         try:
