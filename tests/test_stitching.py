@@ -232,3 +232,22 @@ def test_bottleneck_adapter_starts_as_its_shortcut():
     linear = stitchkit.create_adapter("linear", 8, 16)
     assert linear[1].padding == (0, 0) and linear[1].kernel_size == (1, 1)  # the paper's code padded by 1
     assert isinstance(linear[0], nn.BatchNorm2d) and isinstance(linear[2], nn.BatchNorm2d)
+
+
+def test_frozen_mode_train_saves_the_frozen_statistics_it_moves(tmp_path):
+    weights = tmp_path / "resnet18.pt"
+    torch.save(stitchkit.create_model("resnet18").state_dict(), weights)  # frozen weights load_stitched can rebuild
+    model = create_stitched("resnet18", "resnet18", "1:3", "bottleneck", input_size=SMALL, frozen_mode="train",
+                            src_checkpoint=weights, dst_checkpoint=weights)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, SMALL, SMALL))  # moves the frozen BatchNorm statistics
+    path = tmp_path / "adapters.pt"
+    model.save_adapters(path)
+    rebuilt = stitchkit.load_stitched(path)
+    x = torch.randn(2, 3, SMALL, SMALL)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), model.eval()(x))
+    eval_mode = create_stitched("resnet18", "resnet18", "1:3", "bottleneck", input_size=SMALL)
+    with pytest.raises(RuntimeError, match="frozen_mode='train'"):
+        eval_mode.load_adapter_state_dict(model.adapter_state_dict())

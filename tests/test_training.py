@@ -196,3 +196,19 @@ def test_seeds_change_initialisation_and_data_order(tmp_path):
     b = train(_cfg(tmp_path, *base, "train.seed=2", name="b"))
     again = train(_cfg(tmp_path, *base, "train.seed=1", name="c"))
     assert a["train_loss"] == again["train_loss"] and a["train_loss"] != b["train_loss"]
+
+
+def test_paper_frozen_mode_resumes_exactly(tmp_path, monkeypatch, source_model):
+    """frozen_mode=train moves the frozen BatchNorm statistics: checkpoints carry them, so resuming is exact."""
+    settings = ["mode=stitch", "model.src=resnet10t", "model.gap=1:3", f"model.src_checkpoint={source_model}",
+                f"model.dst_checkpoint={source_model}", "model.frozen_mode=train", "train.epochs=2",
+                "train.checkpoint_every=100"]
+    reference = train(_cfg(tmp_path, *settings, name="reference"))
+    config = _cfg(tmp_path, *settings, name="interrupted")
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, 3)
+        with pytest.raises(RunInterrupted):
+            train(config)
+    resumed = train(config, resume=True)
+    for key in ("top1", "loss", "train_loss", "steps"):
+        assert resumed[key] == reference[key], key

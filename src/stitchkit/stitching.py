@@ -186,11 +186,33 @@ class StitchedModel(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """The bridge's weights and buffers only (a few MB instead of the whole model)."""
-        return self.bridge.state_dict()
+        """What training changed: the bridge's weights and buffers (a few MB instead of the whole model); with
+        ``frozen_mode="train"`` also the frozen parts' buffers (BatchNorm statistics, which training mode moves),
+        under ``front.`` and ``back.``."""
+        state = dict(self.bridge.state_dict())
+        if self.config.frozen_mode == "train":
+            for name, part in (("front", self.front), ("back", self.back)):
+                state.update({f"{name}.{k}": v for k, v in part.named_buffers()})
+        return state
 
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.bridge.load_state_dict(state)
+        frozen = {k: v for k, v in state.items() if k.startswith(("front.", "back."))}
+        if frozen and self.config.frozen_mode != "train":
+            raise RuntimeError("the state holds frozen-part buffers (saved with frozen_mode='train') but this model "
+                               "has frozen_mode='eval'")
+        if self.config.frozen_mode == "train":
+            expected = {f"{name}.{k}" for name, part in (("front", self.front), ("back", self.back))
+                        for k, _ in part.named_buffers()}
+            missing = sorted(expected - frozen.keys())
+            if missing:
+                raise RuntimeError(f"frozen_mode='train' needs the frozen parts' buffers, missing {missing[:3]}")
+            for name, part in (("front", self.front), ("back", self.back)):
+                buffers = dict(part.named_buffers())
+                with torch.no_grad():
+                    for key, value in frozen.items():
+                        if key.startswith(f"{name}."):
+                            buffers[key[len(name) + 1:]].copy_(value)
+        self.bridge.load_state_dict({k: v for k, v in state.items() if k not in frozen})
 
     def save_adapters(self, path: str | os.PathLike) -> None:
         """Save the adapter weights with the config that rebuilds the frozen parts (see :func:`load_stitched`)."""
