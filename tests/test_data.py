@@ -165,3 +165,52 @@ def test_training_with_device_augmentation(tmp_path):
         "data.input_size=32", "data.augment_on=device", "optim.batch_size=6", "train.batch_size=6", "train.epochs=1",
         "train.workers=0", "train.threads=1", f"output.dir={tmp_path / 'run'}", "model.pretrained=false"]))
     assert result["status"] == "finished" and result["images_seen"] == 18
+
+
+def test_dali_loader_settings_are_checked(tmp_path, monkeypatch):
+    import sys
+
+    for extra, message in [(["data.name=synthetic"], "data.name=imagefolder"),
+                           (["data.skip_corrupt=true"], "skip_corrupt"),
+                           (["data.augment_on=device"], "augment_on"), (["data.loader=nvdali"], "data.loader")]:
+        with pytest.raises(StitchkitError, match=message):
+            load_config(None, [f"data.root={tmp_path}", "data.name=imagefolder", "data.loader=dali", *extra])
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # as if DALI were not installed
+    with pytest.raises(StitchkitError, match="pip install nvidia-dali"):
+        train(load_config(None, ["mode=scratch", "model.src=resnet10t", "data.name=imagefolder",
+                                 f"data.root={make_folder(tmp_path / 'd')}", "data.input_size=32", "data.loader=dali",
+                                 "model.pretrained=false", "optim.batch_size=6", "train.batch_size=6",
+                                 f"output.dir={tmp_path / 'run'}"]))
+
+
+def test_dali_loader_reads_every_training_image_once_per_epoch(tmp_path):
+    pytest.importorskip("nvidia.dali")
+    from stitchkit.training.dali import DaliTrainLoader
+
+    root = make_folder(tmp_path, per_class=5)
+    config = load_config(None, ["data.name=imagefolder", f"data.root={root}", "data.input_size=32",
+                                "data.loader=dali", "data.holdout_fraction=0.2"])
+    splits = build_splits(config.data, PREP, seed=0)
+    sampler = EpochSampler(len(splits.train), seed=0)
+    loader = DaliTrainLoader(splits.train, config.data, PREP, sampler, 4, 1, torch.device("cpu"), 0, 0, 1)
+    expected = sorted(splits.train.source.samples[i][1] for i in splits.train.indices)  # 12 after the hold-out
+    orders = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        batches = list(loader)
+        assert len(batches) == len(splits.train) // 4 == 3
+        images, labels, skipped, seeds = batches[0]
+        assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32 and labels.dtype == torch.long
+        assert skipped == 0 and seeds is None
+        orders.append([label for _, labels, _, _ in batches for label in labels.tolist()])
+        assert sorted(orders[-1]) == expected  # each training image once per epoch, with its folder's class
+    assert orders[0] != orders[1]  # reshuffled after the epoch
+
+
+def test_training_with_the_dali_loader(tmp_path):
+    pytest.importorskip("nvidia.dali")
+    result = train(load_config(None, [
+        "mode=scratch", "model.src=resnet10t", "data.name=imagefolder", f"data.root={make_folder(tmp_path / 'd')}",
+        "data.input_size=32", "data.loader=dali", "optim.batch_size=6", "train.batch_size=6", "train.epochs=2",
+        "train.workers=1", "train.threads=1", f"output.dir={tmp_path / 'run'}", "model.pretrained=false"]))
+    assert result["status"] == "finished" and result["images_seen"] == 36 and result["steps"] == 6

@@ -331,6 +331,7 @@ def run_data_bench(root: str | None = None, src: str = "resnet50", input_size: i
                 "decode+augment (cpu)": per_image(lambda p: cpu.train[p]),
                 "decode+crop (augment_on=device, worker part)": per_image(lambda p: gpu.train[p]),
             }
+            columns.update(_dali_column(cpu, root, src, input_size, batch_size, repeats, dev))
             batch = collate([gpu.train[(i % len(gpu.train), 0)] for i in range(batch_size)])
             crops, seeds = batch[0].to(dev), batch[3]
             augment = gpu.device_augment
@@ -347,6 +348,29 @@ def run_data_bench(root: str | None = None, src: str = "resnet50", input_size: i
             torch.set_num_threads(threads)
     return {"root": "generated 500x375 JPEGs" if generated else str(root),
             "input_size": input_size, "images": n, "device": str(dev), "columns": columns}
+
+
+def _dali_column(splits, root, src: str, input_size: int, batch_size: int, repeats: int,
+                 device: torch.device) -> dict:
+    """The same decoding and augmentation as a DALI pipeline with one thread (on the GPU when there is one), when
+    NVIDIA DALI is installed; nothing otherwise."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return {}
+    from .training import load_config
+    from .training.dali import DaliTrainLoader
+    from .training.data import EpochSampler, preprocessing_for
+
+    data = load_config(None, ["data.name=imagefolder", f"data.root={root}", f"data.input_size={input_size}",
+                              "data.loader=dali"]).data
+    batch = min(batch_size, len(splits.train))
+    sampler = EpochSampler(len(splits.train), 0)
+    loader = DaliTrainLoader(splits.train, data, preprocessing_for(src), sampler, batch, 1, device, 0, 0, 1)
+    images = len(sampler) // batch * batch
+    where = "GPU decoding" if device.type == "cuda" else "CPU"
+    return {f"decode+augment (data.loader=dali, 1 thread, {where})": _column(
+        _time(lambda: [b for b in loader], 1, repeats, device), images)}
 
 
 def format_data_bench(result: dict) -> str:

@@ -22,6 +22,7 @@ MODES = ("stitch", "finetune", "scratch")
 DATASETS = ("imagefolder", "fashion_mnist", "synthetic")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 AUGMENT_ON = ("cpu", "device")
+LOADERS = ("torch", "dali")
 
 
 @dataclass
@@ -56,6 +57,9 @@ class DataConfig:
     # Where the random training augmentation runs: "cpu" (data-loader workers), or "device" (workers decode and
     # random-resized-crop to uint8; flips, AutoAugment and normalisation run on batches on the training device).
     augment_on: str = "cpu"
+    # What decodes and augments the training images: "torch" (DataLoader workers) or "dali" (NVIDIA DALI, when
+    # installed; see stitchkit.training.dali for what it does and does not keep).
+    loader: str = "torch"
     crop_pct: Optional[float] = None  # evaluation crop fraction; default: the source model's pretrained config
     skip_corrupt: bool = False
     synthetic_train_size: int = 256
@@ -224,6 +228,19 @@ def validate(config: Config) -> None:
         raise unknown_name("dataset", config.data.name, DATASETS)
     if config.data.augment_on not in AUGMENT_ON:
         raise unknown_name("data.augment_on", config.data.augment_on, AUGMENT_ON)
+    if config.data.loader not in LOADERS:
+        raise unknown_name("data.loader", config.data.loader, LOADERS)
+    if config.data.loader == "dali":
+        for ok, message in [
+            (config.data.name == "imagefolder", f"data.loader=dali reads image files: it needs data.name=imagefolder, "
+                                                f"not {config.data.name}; use data.loader=torch"),
+            (not config.data.skip_corrupt, "data.skip_corrupt works with data.loader=torch only; remove corrupt "
+                                           "files or use the default loader"),
+            (config.data.augment_on == "cpu", "data.loader=dali runs the whole augmentation in DALI; drop "
+                                              "data.augment_on=device"),
+        ]:
+            if not ok:
+                raise StitchkitError(message)
     if config.train.amp not in AMP_MODES:
         raise unknown_name("train.amp", config.train.amp, AMP_MODES)
     if config.mode == "stitch":

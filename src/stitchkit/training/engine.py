@@ -222,10 +222,16 @@ class DataStream:
 
 def build_stream(config: Config, accum: int, device: torch.device, ctx: distributed.Dist) -> DataStream:
     t = config.train
-    pixels_model = config.model.src  # the model that sees the pixels sets normalisation and crop
-    splits = build_splits(config.data, preprocessing_for(pixels_model), t.seed)
+    prep = preprocessing_for(config.model.src)  # the model that sees the pixels sets normalisation and crop
+    splits = build_splits(config.data, prep, t.seed)
     sampler = EpochSampler(len(splits.train), t.seed, ctx.rank, ctx.world_size, True)
-    loader = make_loader(splits.train, sampler, t.batch_size, t.workers, device, True)
+    if config.data.loader == "dali":
+        from .dali import DaliTrainLoader
+
+        loader = DaliTrainLoader(splits.train, config.data, prep, sampler, t.batch_size,
+                                 t.workers, device, t.seed, ctx.rank, ctx.world_size)
+    else:
+        loader = make_loader(splits.train, sampler, t.batch_size, t.workers, device, True)
     micro_per_epoch = len(sampler) // t.batch_size
     if micro_per_epoch == 0:
         raise StitchkitError(
