@@ -73,7 +73,7 @@ def largest_batch(batches: list[int], **kwargs) -> tuple[int | None, dict | None
 def engine_checks(size: dict, device: str, out: Path) -> dict:
     """A short bf16 run under torchrun (NCCL on CUDA), and grouped vs separate runs with device augmentation."""
     from stitchkit.training import load_config, train
-    from stitchkit.training.grouped import train_group
+    from stitchkit.training import train_group
 
     results: dict = {}
     tiny = ["data.name=synthetic", "data.input_size=64", "data.synthetic_train_size=256", "data.synthetic_val_size=64",

@@ -12,7 +12,8 @@ from stitchkit.errors import StitchkitError
 from stitchkit.sweeps.grid import expand, load_sweep
 from stitchkit.training import NonFiniteLossError, RunInterrupted, load_config, train
 from stitchkit.training.engine import Trainer, TrainingGroup
-from stitchkit.training.grouped import check_groupable, group_key, partition, train_group
+from stitchkit.training import train_group
+from stitchkit.training.grouped import check_groupable, group_key, partition
 
 TINY = ["data.name=synthetic", "data.input_size=32", "data.synthetic_train_size=96", "data.synthetic_val_size=32",
         "data.synthetic_classes=1000", "optim.batch_size=32", "train.batch_size=16", "train.workers=0",

@@ -220,7 +220,7 @@ def run_group_bench(src: str = "resnet50", dst: str | None = None, gaps: list[st
     from pathlib import Path
 
     from .training import load_config, train
-    from .training.grouped import train_group
+    from .training import train_group
 
     dst = dst or src
     cells = [(gap, adapter) for gap in gaps for adapter in adapters]

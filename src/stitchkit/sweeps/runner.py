@@ -158,7 +158,7 @@ def _train_alone(sweep: Sweep, cell: Cell, state: str, runs_dir: Path, launch) -
 
 
 def _train_together(sweep: Sweep, members: list[tuple[Cell, str]], runs_dir: Path, launch) -> dict[str, str]:
-    from ..training.grouped import train_group
+    from ..training import train_group
 
     if launch is not train_in_process:
         raise StitchkitError("group_by_front trains a group in one process; it cannot be combined with torchrun "

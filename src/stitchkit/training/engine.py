@@ -18,6 +18,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -859,3 +860,19 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> dict
     """
     return Trainer(config, resume=resume, overwrite=overwrite).run()
 
+
+def train_group(configs: Sequence[Config], resume: bool | Sequence[bool] = False,
+                overwrite: bool | Sequence[bool] = False) -> list[dict | BaseException]:
+    """Train ``configs`` in one pass (a :class:`TrainingGroup`; which runs can share one is in
+    :mod:`stitchkit.training.grouped`); one outcome per config, in order: the result record, or the exception that
+    failed that run alone.
+
+    Example:
+        >>> base = ["mode=stitch", "model.src=resnet50", "model.adapter=bottleneck", "data.root=/data/imagenet"]
+        >>> configs = [load_config(None, [*base, f"model.gap=3:{y}", f"output.dir=runs/3to{y}"]) for y in (3, 4)]
+        >>> [r["top1"] for r in train_group(configs)]
+    """
+    n = len(configs)
+    resume = [resume] * n if isinstance(resume, bool) else list(resume)
+    overwrite = [overwrite] * n if isinstance(overwrite, bool) else list(overwrite)
+    return TrainingGroup([Trainer(c, r, o) for c, r, o in zip(configs, resume, overwrite)]).run()

@@ -1,4 +1,5 @@
-"""Training several stitches in one pass: one data stream and one front forward per batch for all of them.
+"""Which runs can train in one pass, and the sharing of their frozen parts (the pass itself is
+:class:`~stitchkit.training.engine.TrainingGroup`, started by :func:`~stitchkit.training.train_group`).
 
 Stitches from the same source cut (the same source model, weights and source stage) that read the same data in the
 same order compute the same front output on every batch. A :class:`~stitchkit.training.engine.TrainingGroup` runs
@@ -129,21 +130,3 @@ def share_frozen_parts(models: Sequence[nn.Module]) -> nn.Module:
         else:
             model.back = twin
     return front
-
-
-def train_group(configs: Sequence[Config], resume: bool | Sequence[bool] = False,
-                overwrite: bool | Sequence[bool] = False) -> list[dict | BaseException]:
-    """Train ``configs`` in one pass (see the module docstring); one outcome per config, in order: the result
-    record, or the exception that failed that run alone.
-
-    Example:
-        >>> base = ["mode=stitch", "model.src=resnet50", "model.adapter=bottleneck", "data.root=/data/imagenet"]
-        >>> configs = [load_config(None, [*base, f"model.gap=3:{y}", f"output.dir=runs/3to{y}"]) for y in (3, 4)]
-        >>> [r["top1"] for r in train_group(configs)]
-    """
-    from .engine import Trainer, TrainingGroup
-
-    n = len(configs)
-    resume = [resume] * n if isinstance(resume, bool) else list(resume)
-    overwrite = [overwrite] * n if isinstance(overwrite, bool) else list(overwrite)
-    return TrainingGroup([Trainer(c, r, o) for c, r, o in zip(configs, resume, overwrite)]).run()
