@@ -59,10 +59,10 @@ class MetricsLog:
             if self.bar is not None:
                 self.bar.set_postfix_str(self.prefix + text)
             else:
-                print(f"{self.prefix}step {step} epoch {record['epoch']}: {text}", file=sys.stderr, flush=True)
+                _say(f"{self.prefix}step {step} epoch {record['epoch']}: {text}")
         elif record.get("type") == "eval":
             text = f"{self.prefix}{record['split']} top-1 {record['top1']:.2f}% top-5 {record['top5']:.2f}% (epoch {record['epoch']})"
-            (self.bar.write if self.bar is not None else lambda s: print(s, file=sys.stderr, flush=True))(text)
+            (self.bar.write if self.bar is not None else _say)(text)
 
     def advance(self, steps: int = 1) -> None:
         if self.bar is not None:
@@ -75,3 +75,14 @@ class MetricsLog:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _say(text: str) -> None:
+    """A line on stderr; on a terminal through tqdm, so that it lands above another run's progress bar (the runs of
+    a training group share one bar) instead of through it."""
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        tqdm.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr, flush=True)
