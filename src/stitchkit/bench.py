@@ -63,6 +63,20 @@ def _measure(step: Callable[[], None], batch: int, warmup: int, repeats: int, de
     return column
 
 
+def _training_step(forward: Callable, optimizer: torch.optim.Optimizer, x: torch.Tensor, labels: torch.Tensor,
+                   autocast: Callable) -> Callable[[], None]:
+    """One training step of ``forward`` on ``x``: forward (under ``autocast()``), loss, backward, optimizer step."""
+
+    def step():
+        with autocast():
+            logits = forward(x)
+        F.cross_entropy(logits.float(), labels).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
 def run_bench(src: str = "resnet50", dst: str | None = None, gap: str = "1:3", adapter: str = "bottleneck",
               resize: str = "bilinear", batch_size: int = 8, input_size: int = 224, repeats: int = 5, warmup: int = 2,
               channels_last: bool = False, threads: int | None = None, device: str = "cpu", amp: str = "none",
@@ -98,45 +112,26 @@ def run_bench(src: str = "resnet50", dst: str | None = None, gap: str = "1:3", a
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3, fused=dev.type == "cuda")
     forward = torch.compile(model) if compile else model
 
-    def stitchkit_step():
-        with autocast():
-            logits = forward(x)
-        F.cross_entropy(logits.float(), labels).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
     results: dict[str, dict] = {}
     if "stitchkit" in columns:
+        stitchkit_step = _training_step(forward, optimizer, x, labels, autocast)
         results["stitchkit"] = _measure(stitchkit_step, batch_size, warmup, repeats, dev)
 
     if "naive" in columns:
         naive = stitched_model("train", torch.contiguous_format)  # the paper's code: NCHW whatever the flag says
         naive_net = nn.Sequential(naive.front, naive.bridge, naive.back).train()  # front in autograd, all train mode
         naive_optimizer = torch.optim.AdamW(naive_net.parameters(), lr=1e-3)  # the paper's optimizer holds everything
-        x_nchw = x.contiguous()
-
-        def naive_step():
-            F.cross_entropy(naive_net(x_nchw), labels).backward()
-            naive_optimizer.step()
-            naive_optimizer.zero_grad(set_to_none=True)
-
+        naive_step = _training_step(naive_net, naive_optimizer, x.contiguous(), labels, nullcontext)  # fp32
         results["naive"] = _measure(naive_step, batch_size, warmup, repeats, dev)
-        del naive, naive_net, naive_optimizer
+        del naive, naive_net, naive_optimizer, naive_step
 
     if "full_dst" in columns:
         full = create_model(dst, input_size=input_size).to(dev, memory_format=fmt).train()
         full_optimizer = torch.optim.AdamW(full.parameters(), lr=1e-3, fused=dev.type == "cuda")
         full_forward = torch.compile(full) if compile else full
-
-        def full_step():
-            with autocast():
-                logits = full_forward(x)
-            F.cross_entropy(logits.float(), labels).backward()
-            full_optimizer.step()
-            full_optimizer.zero_grad(set_to_none=True)
-
+        full_step = _training_step(full_forward, full_optimizer, x, labels, autocast)
         results["full_dst"] = _measure(full_step, batch_size, warmup, repeats, dev)
-        del full, full_optimizer, full_forward
+        del full, full_optimizer, full_forward, full_step
 
     if "lower_bound" in columns:
         with torch.no_grad(), autocast():
@@ -272,7 +267,8 @@ def format_group_bench(result: dict) -> str:
 
 
 def _write_jpegs(root, count: int, width: int, height: int, classes: int = 4) -> None:
-    """Smooth, photograph-like JPEGs (gradients plus blurred noise, quality 90) of ImageNet's typical size."""
+    """``root/train/class<k>/``: smooth, photograph-like JPEGs (gradients plus blurred noise, quality 90) of
+    ImageNet's typical size; ``root/val/``: a copy of one per class."""
     import numpy as np
     from PIL import Image, ImageFilter
 
@@ -285,6 +281,10 @@ def _write_jpegs(root, count: int, width: int, height: int, classes: int = 4) ->
         coarse = np.asarray(Image.fromarray(noise.astype(np.uint8)).resize((width, height), Image.BICUBIC))
         pixels = np.clip(ramp + coarse, 0, 255).astype(np.uint8)
         Image.fromarray(pixels).filter(ImageFilter.DETAIL).save(folder / f"{i}.jpg", quality=90)
+    for c in range(classes):  # one image per class as the val split, which build_splits requires
+        val = root / "val" / f"class{c}"
+        val.mkdir(parents=True, exist_ok=True)
+        (val / "0.jpg").write_bytes((root / "train" / f"class{c}" / f"{c}.jpg").read_bytes())
 
 
 def run_data_bench(root: str | None = None, src: str = "resnet50", input_size: int = 224, images: int = 64,
@@ -307,10 +307,6 @@ def run_data_bench(root: str | None = None, src: str = "resnet50", input_size: i
         if root is None:
             root = Path(tmp)
             _write_jpegs(root, images, 500, 375)
-            for c in range(4):  # build_splits needs a val split; the bench reads train only
-                val = root / "val" / f"class{c}"
-                val.mkdir(parents=True, exist_ok=True)
-                (val / "0.jpg").write_bytes((root / "train" / f"class{c}" / f"{c}.jpg").read_bytes())
         prep = preprocessing_for(src)
 
         def splits(*extra):

@@ -143,10 +143,15 @@ def _start_position(run_dir: Path, state: str) -> tuple:
         return ("unreadable", str(run_dir))  # resumes alone, where the error is reported
 
 
+def _begin(sweep: Sweep, cell: Cell, state: str, runs_dir: Path, how: str = "") -> None:
+    """Record in the cell's folder which sweep cell it is and that an attempt starts."""
+    atomic_write_json(runs_dir / cell.name / "cell.json", {"sweep": sweep.name, **cell.describe()})
+    _attempt(runs_dir / cell.name, f"start {state}{how}")
+
+
 def _train_alone(sweep: Sweep, cell: Cell, state: str, runs_dir: Path, launch) -> dict[str, str]:
     run_dir = runs_dir / cell.name
-    atomic_write_json(run_dir / "cell.json", {"sweep": sweep.name, **cell.describe()})
-    _attempt(run_dir, f"start {state}")
+    _begin(sweep, cell, state, runs_dir)
     try:
         config = sweep.config(cell, runs_dir)
         launch(config, resume=state == "interrupted", overwrite=state == "failed")
@@ -164,8 +169,7 @@ def _train_together(sweep: Sweep, members: list[tuple[Cell, str]], runs_dir: Pat
         raise StitchkitError("group_by_front trains a group in one process; it cannot be combined with torchrun "
                              "(--gpus-per-job > 1). Drop one of them")
     for cell, state in members:
-        atomic_write_json(runs_dir / cell.name / "cell.json", {"sweep": sweep.name, **cell.describe()})
-        _attempt(runs_dir / cell.name, f"start {state} (in a pass of {len(members)} sharing a front)")
+        _begin(sweep, cell, state, runs_dir, f" (in a pass of {len(members)} sharing a front)")
     try:
         configs = [sweep.config(cell, runs_dir) for cell, _ in members]
         results = train_group(configs, resume=[s == "interrupted" for _, s in members],

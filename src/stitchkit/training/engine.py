@@ -376,6 +376,8 @@ class Trainer:
         self.epoch_loss = torch.zeros(2, dtype=torch.float64, device=self.device)  # sum, count over the epoch
         self.group_loss = torch.zeros(2, dtype=torch.float64, device=self.device)  # sum, count in this step
         self.bad_step = torch.full((), -1, dtype=torch.long, device=self.device)  # first step with a non-finite loss
+        self.metrics: dict[str, dict] = {}  # the last evaluation, per split
+        self.evaluated_at: int | None = None  # the step it was taken at
 
     # --- checkpoints ----------------------------------------------------------------------------------------------
 
@@ -532,7 +534,6 @@ class Trainer:
         config, c = self.config, self.counters
         seconds = c.train_seconds + self._elapsed()
         images = c.images * self.ctx.world_size
-        metrics = getattr(self, "metrics", {})
         record = {
             "status": status, "error": error, "mode": config.mode, "src": config.model.src,
             "dst": (config.model.dst or config.model.src) if config.mode == "stitch" else config.model.src,
@@ -553,7 +554,7 @@ class Trainer:
             # other settings (epochs, data, recipe).
             "settings_id": digest(_results_relevant_yaml(config, without=("train.seed",))),
         }
-        for split, values in metrics.items():
+        for split, values in self.metrics.items():
             prefix = "" if split == "val" else f"{split}_"
             record.update({f"{prefix}top1": values["top1"], f"{prefix}top5": values["top5"],
                            f"{prefix}loss": values["loss"]})
@@ -655,23 +656,22 @@ class TrainingGroup:
             for m in self.live:
                 m.optimizer.zero_grad(set_to_none=True)
             self._checkpoint_all(rng=self._boundary_rng)
-            where = ", ".join(repr(str(m.run_dir / "checkpoints" / "last.pt")) for m in self.live)
-            raise RunInterrupted(f"interrupted at step {self._step}; checkpoint written to {where}; continue with "
-                                 "--resume") from None
+            raise RunInterrupted(f"interrupted at step {self._step}; checkpoint written to {self._checkpoints()}; "
+                                 "continue with --resume") from None
         finally:
             restore()
             for m in self.live:
                 m.log.close()
             distributed.shutdown(self.ctx)
-        for m in self.members:  # a group of one raises its NaN error, as a lone run always has
-            if not self.grouped and isinstance(self.outcomes.get(id(m)), NonFiniteLossError):
-                raise self.outcomes[id(m)]
         return [self.outcomes[id(m)] for m in self.members]
 
     @property
     def _step(self) -> int:
         live = self.live
         return live[0].counters.step if live else 0
+
+    def _checkpoints(self) -> str:
+        return ", ".join(repr(str(m.run_dir / "checkpoints" / "last.pt")) for m in self.live)
 
     def _catch_sigterm(self):
         """Turn SIGTERM into "checkpoint at the next step boundary, then stop"; returns the undo function.
@@ -716,23 +716,19 @@ class TrainingGroup:
     def _stop_if_asked(self) -> None:
         if self._stop_signal is not None:
             self._checkpoint_all()
-            where = ", ".join(repr(str(m.run_dir / "checkpoints" / "last.pt")) for m in self.live)
-            raise RunInterrupted(f"stopped by SIGTERM at step {self._step}; checkpoint written to {where}; continue "
-                                 "with --resume", exit_code=EXIT_PREEMPTED)
+            raise RunInterrupted(f"stopped by SIGTERM at step {self._step}; checkpoint written to "
+                                 f"{self._checkpoints()}; continue with --resume", exit_code=EXIT_PREEMPTED)
+
+    def _each_live(self, action) -> None:
+        """``action(member)`` for every live member; one whose loss became NaN fails alone (see :meth:`_drop`)."""
+        for m in self.live:
+            try:
+                action(m)
+            except NonFiniteLossError as err:
+                self._drop(m, err)
 
     def _checkpoint_all(self, rng: dict | None = None) -> None:
-        for m in self.live:
-            try:
-                m._checkpoint(rng)
-            except NonFiniteLossError as err:
-                self._drop(m, err)
-
-    def _check_finite_all(self) -> None:
-        for m in self.live:
-            try:
-                m._check_finite()
-            except NonFiniteLossError as err:
-                self._drop(m, err)
+        self._each_live(lambda m: m._checkpoint(rng))  # checks the loss first
 
     def _forward_front(self, images: torch.Tensor) -> torch.Tensor:
         """The shared front's output (no autograd: nothing before the adapters is trained)."""
@@ -768,7 +764,7 @@ class TrainingGroup:
                     self._boundary_rng = rng_state()
                 log_images += images_in_group
                 if c.step % t.log_every == 0:
-                    self._check_finite_all()
+                    self._each_live(Trainer._check_finite)
                     if not self.live:
                         return
                     elapsed = max(time.time() - log_start, 1e-9)
@@ -824,7 +820,7 @@ class TrainingGroup:
 
     def _finish(self) -> None:
         c = self.live[0].counters
-        if getattr(self.live[0], "evaluated_at", None) != c.step:  # stopped inside an epoch, or resumed after the last
+        if self.live[0].evaluated_at != c.step:  # stopped inside an epoch, or resumed after the last
             if c.micro > 0:  # max_steps stopped the epoch part-way: its loss so far
                 for m in self.live:
                     m._close_epoch_loss()
