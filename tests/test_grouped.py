@@ -164,3 +164,30 @@ def test_group_by_front_values():
     assert expand({"pairs": [["resnet18", "resnet18"]], "group_by_front": 3}).max_group_size == 3
     with pytest.raises(StitchkitError, match="group_by_front must be"):
         expand({"pairs": [["resnet18", "resnet18"]], "group_by_front": "yes"})
+
+
+def test_ctrl_c_during_the_optimizer_steps_waits_for_the_end_of_the_step():
+    import signal
+
+    group = TrainingGroup.__new__(TrainingGroup)  # only the signal helper is under test
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with group._deferred_ctrl_c():
+            os.kill(os.getpid(), signal.SIGINT)
+            finished.append(True)  # still runs: the interrupt is held until the block ends
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+
+
+def test_other_runs_lines_go_above_the_shared_progress_bar_on_a_terminal(tmp_path, monkeypatch):
+    import tqdm
+
+    from stitchkit.training import logging as training_logging
+
+    written = []
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(tqdm.tqdm, "write", classmethod(lambda cls, text, file=None: written.append(text)))
+    log = training_logging.MetricsLog(tmp_path, True, 10, tensorboard=False, progress=False, label="1to3/linear")
+    log.write({"type": "eval", "split": "val", "step": 1, "epoch": 0, "top1": 50.0, "top5": 90.0})
+    log.close()
+    assert written == ["[1to3/linear] val top-1 50.00% top-5 90.00% (epoch 0)"]
