@@ -188,10 +188,10 @@ def test_readd_position_embedding(model_factory):
 
 def test_vit_block_between_vits_keeps_the_class_token(model_factory):
     vit = model_factory(VIT, SMALL)
-    model = create_stitched(vit, vit, "1:4", "vit_block", "bilinear", input_size=SMALL)
+    model = create_stitched(vit, vit, "1:4", "vit_block", "bilinear", input_size=SMALL, adapter_norm="paper_text")
     assert len(model.steps) == 3
-    assert all(type(m.core if hasattr(m, "core") else m[1]).__name__ == "VitBlock" for m in model.bridge.adapters)
-    assert isinstance(model.bridge.adapters[0][0], nn.LayerNorm)
+    assert all(type(step.adapter.block).__name__ == "VitBlock" for step in model.bridge.adapters)
+    assert isinstance(model.bridge.adapters[0].adapter.norm_in, nn.LayerNorm)
     h = model.bridge(model.front(torch.randn(2, 3, SMALL, SMALL)))
     assert h.shape == (2, 17, 384)
 
@@ -229,9 +229,10 @@ def test_bottleneck_adapter_starts_as_its_shortcut():
     block = stitchkit.adapters.Bottleneck(64, 128)
     assert torch.equal(block.bn3.weight, torch.zeros(128))
     assert block.conv2.in_channels == 32 and isinstance(block.shortcut, nn.Sequential)
-    linear = stitchkit.create_adapter("linear", 8, 16)
-    assert linear[1].padding == (0, 0) and linear[1].kernel_size == (1, 1)  # the paper's code padded by 1
-    assert isinstance(linear[0], nn.BatchNorm2d) and isinstance(linear[2], nn.BatchNorm2d)
+    linear = stitchkit.create_adapter("linear", 8, 16, norm="paper_text")
+    conv = linear.block.conv
+    assert conv.padding == (0, 0) and conv.kernel_size == (1, 1)  # the paper's code padded by 1
+    assert isinstance(linear.norm_in, nn.BatchNorm2d) and isinstance(linear.norm_out, nn.BatchNorm2d)
 
 
 def test_frozen_mode_train_saves_the_frozen_statistics_it_moves(tmp_path):

@@ -7,10 +7,15 @@ Frozen means one tested policy: frozen weights have ``requires_grad=False`` and 
 frozen parts stay in eval mode whatever ``.train()`` says, so BatchNorm statistics never change and stochastic depth
 and dropout are off. ``frozen_mode="train"`` reproduces the paper's own code (frozen parts in train mode) for
 comparison.
+
+Adapters start where the destination expects its features to be: by default (``adapter_norm="lstsq"``) each
+adapter's output map starts as a least-squares fit to the destination's own features at its cut, measured on the
+``calibration_images`` given to :func:`create_stitched` (see :mod:`stitchkit.initialization`).
 """
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,8 +23,10 @@ import torch
 from torch import nn
 
 from . import adapters as adapter_registry
+from .adapters import CALIBRATED_NORMS, DEFAULT_ADAPTER_NORM, check_adapter_norm
 from .chain import RESIZE_MODES, Resize, Step, TokenResize, num_adapters, parse_gap, plan_chain
 from .errors import IncompatibleError, StitchkitError, unknown_name
+from .initialization import calibrate
 from .formats import (
     PREFIX_IN_POLICIES,
     PREFIX_OUT_POLICIES,
@@ -34,6 +41,8 @@ from .formats import (
 from .zoo import ModelSpec, back_part, dissect, family_of, front_part, model_spec, resolve_model
 
 FROZEN_MODES = ("eval", "train")
+ADAPTER_FILE_FORMAT = "stitchkit.adapters.v2"  # v2: adapters carry adapter_norm and its module layout
+CALIBRATION_BATCH = 64  # images per forward pass while calibrating
 
 
 @dataclass
@@ -50,6 +59,7 @@ class StitchConfig:
     prefix_in: str = "mean"
     readd_pos_embed: bool = False
     frozen_mode: str = "eval"
+    adapter_norm: str = DEFAULT_ADAPTER_NORM
     pretrained: bool = False
     src_checkpoint: str | None = None
     dst_checkpoint: str | None = None
@@ -64,12 +74,32 @@ class StitchConfig:
         return (y, "first") if y > x else (x, "end")
 
 
+class UncalibratedWarning(UserWarning):
+    """A stitch whose adapters should start from data was built without calibration images."""
+
+
+class BridgeStep(nn.Module):
+    """One step of a chain: resize (or not), then the adapter."""
+
+    def __init__(self, resize: nn.Module, adapter: nn.Module):
+        super().__init__()
+        self.resize, self.adapter = resize, adapter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapter(self.resize(x))
+
+
 class Bridge(nn.Module):
     """The trainable middle: layout conversion in, the chain of resized adapters, layout conversion out.
 
     Image adapters run on NCHW: the source feature is converted to an image (prefix tokens merged by
     ``prefix_out``), and the result converted to the destination's layout (prefix tokens made by ``prefix_in``).
     Token adapters run on the token sequence itself.
+
+    Attributes:
+        adapter_norm: how the adapters are wrapped and where they start (:data:`stitchkit.adapters.ADAPTER_NORMS`).
+        calibrated: whether :func:`stitchkit.initialization.calibrate` has started the adapters from data (always
+            True for norms that need none).
     """
 
     def __init__(
@@ -83,10 +113,14 @@ class Bridge(nn.Module):
         prefix_in: str = "mean",
         prefix_init: torch.Tensor | None = None,
         pos_embed: torch.Tensor | None = None,
+        adapter_norm: str = DEFAULT_ADAPTER_NORM,
     ):
         super().__init__()
+        check_adapter_norm(adapter_norm)
         kind = adapter_registry.get_adapter(adapter)
-        self.src, self.prefix_out, self.prefix_in = src, prefix_out, prefix_in
+        self.src, self.dst, self.prefix_out, self.prefix_in = src, dst, prefix_out, prefix_in
+        self.adapter_norm = adapter_norm
+        self.calibrated = adapter_norm not in CALIBRATED_NORMS
         self.tokens = kind.layout == "tokens"
         if self.tokens:
             # Work on the destination's kind of sequence: same prefix count, source channels and grid.
@@ -106,21 +140,34 @@ class Bridge(nn.Module):
             self.learned_prefix = nn.Parameter(init.detach().clone())
         self.register_buffer("pos_embed", pos_embed, persistent=False)
 
-    def _step_module(self, step: Step, adapter: str) -> nn.Module:
-        block = adapter_registry.create_adapter(adapter, step.in_channels, step.out_channels, stride=step.stride)
+    def _step_module(self, step: Step, adapter: str) -> BridgeStep:
+        block = adapter_registry.create_adapter(adapter, step.in_channels, step.out_channels, stride=step.stride,
+                                                norm=self.adapter_norm)
         if step.resize in ("none", "stride"):
-            return block
-        if self.tokens:
+            resize = nn.Identity()
+        elif self.tokens:
             resize = TokenResize(step.in_size, step.out_size, self.enter_spec.num_prefix_tokens, step.resize)
         else:
             resize = Resize(step.out_size, step.resize)
-        return nn.Sequential(resize, block)
+        return BridgeStep(resize, block)
+
+    def enter(self, x: torch.Tensor) -> torch.Tensor:
+        """The source's feature in the adapters' layout (NCHW, or the destination's kind of token sequence)."""
+        if self.tokens:
+            return convert(x, self.src, self.enter_spec, self.prefix_out, self.prefix_in)
+        return to_nchw(x, self.src, self.prefix_out)
+
+    def target(self, dst_feature: torch.Tensor) -> torch.Tensor:
+        """The destination's own feature at its cut in the adapters' layout: what the last adapter should output
+        (for image adapters, the patch tokens only: ``prefix_in`` makes the prefix tokens)."""
+        if self.pos_embed is not None:  # the bridge adds it after the adapters
+            dst_feature = _add_pos_embed(dst_feature, -self.pos_embed, self.dst.num_prefix_tokens)
+        if self.tokens:
+            return dst_feature
+        return to_nchw(dst_feature, self.dst, "drop")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.tokens:
-            x = convert(x, self.src, self.enter_spec, self.prefix_out, self.prefix_in)
-        else:
-            x = to_nchw(x, self.src, self.prefix_out)
+        x = self.enter(x)
         for module in self.adapters:
             x = module(x)
         if not self.tokens:
@@ -157,6 +204,8 @@ class StitchedModel(nn.Module):
         self.config, self.src_spec, self.dst_spec = config, src_spec, dst_spec
         for part in (front, back):
             part.requires_grad_(False)
+        self._warned = False
+        self._built = False  # create_stitched sets it once the adapters have started where they should
         self.train(self.training)
 
     @property
@@ -164,6 +213,12 @@ class StitchedModel(nn.Module):
         return self.bridge.steps
 
     def train(self, mode: bool = True) -> "StitchedModel":
+        if mode and getattr(self, "_built", False) and not self.bridge.calibrated and not self._warned:
+            self._warned = True
+            warnings.warn(UncalibratedWarning(
+                f"training a stitch whose adapters (adapter_norm={self.config.adapter_norm!r}) were never started "
+                "from data: pass calibration_images= (a batch of training images) to create_stitched, as stitchkit "
+                "train does, or they train from their default initialisation"), stacklevel=2)
         super().train(mode)
         if self.config.frozen_mode == "eval":
             self.front.eval()
@@ -218,7 +273,7 @@ class StitchedModel(nn.Module):
         """Save the adapter weights with the config that rebuilds the frozen parts (see :func:`load_stitched`)."""
         config = asdict(self.config)
         config["gap"] = list(config["gap"])
-        torch.save({"format": "stitchkit.adapters.v1", "config": config, "adapters": self.adapter_state_dict()}, path)
+        torch.save({"format": ADAPTER_FILE_FORMAT, "config": config, "adapters": self.adapter_state_dict()}, path)
 
 
 def load_stitched(path: str | os.PathLike, pretrained: bool | None = None, **overrides) -> StitchedModel:
@@ -231,12 +286,18 @@ def load_stitched(path: str | os.PathLike, pretrained: bool | None = None, **ove
     if not path.is_file():
         raise StitchkitError(f"adapter file {str(path)!r} does not exist; check the path")
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(saved, dict) or saved.get("format") != "stitchkit.adapters.v1":
+    if isinstance(saved, dict) and saved.get("format") == "stitchkit.adapters.v1":
+        raise StitchkitError(
+            f"{str(path)!r} was written by stitchkit 0.1, whose adapters were wrapped in untrained norms that pulled "
+            "them away from the destination's features (fixed in 0.2); retrain the stitch with this version"
+        )
+    if not isinstance(saved, dict) or saved.get("format") != ADAPTER_FILE_FORMAT:
         raise StitchkitError(f"{str(path)!r} is not a stitchkit adapter file (written by StitchedModel.save_adapters)")
     config = dict(saved["config"], **overrides)
     if pretrained is not None:
         config["pretrained"] = pretrained
     model = create_stitched(**config)
+    model.bridge.calibrated = True  # the saved weights replace the starting point
     try:
         model.load_adapter_state_dict(saved["adapters"])
     except RuntimeError as err:
@@ -259,6 +320,8 @@ def create_stitched(
     prefix_in: str = "mean",
     readd_pos_embed: bool = False,
     frozen_mode: str = "eval",
+    adapter_norm: str = DEFAULT_ADAPTER_NORM,
+    calibration_images: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> StitchedModel:
     """Stitch the lower layers of ``src`` to the upper layers of ``dst`` across ``gap``.
 
@@ -276,6 +339,12 @@ def create_stitched(
         prefix_in: class-token policy into a token model: ``mean``, ``zeros`` or ``learned``.
         readd_pos_embed: add the destination ViT's position embedding after the adapters.
         frozen_mode: ``eval`` (frozen parts always in eval mode) or ``train`` (the paper's code).
+        adapter_norm: where the adapters start (:data:`stitchkit.adapters.ADAPTER_NORMS`): ``lstsq`` (default),
+            ``dst_stats``, ``paper_code`` or ``paper_text``.
+        calibration_images: a batch of training images (about 128-256, preprocessed for the source), or a pair
+            ``(for_source, for_destination)`` when the two models expect different normalisation. ``lstsq`` and
+            ``dst_stats`` measure both models' features on them to start the adapters; without them those
+            adapters keep their default initialisation (a warning says so). The training engine passes them.
 
     Example:
         >>> model = create_stitched("resnet50", "torchvision:swin_t", gap="1:4")
@@ -290,6 +359,7 @@ def create_stitched(
     check_policy(prefix_in, PREFIX_IN_POLICIES, "into tokens")
     if frozen_mode not in FROZEN_MODES:
         raise unknown_name("frozen mode", frozen_mode, FROZEN_MODES)
+    check_adapter_norm(adapter_norm)
 
     src_model, src_name = resolve_model(src, pretrained, src_checkpoint, input_size)
     if isinstance(src, str) and src == dst and src_checkpoint == dst_checkpoint:
@@ -299,7 +369,7 @@ def create_stitched(
     config = StitchConfig(
         src=src_name, dst=dst_name, gap=(x, y), adapter=adapter, resize=resize, input_size=input_size,
         prefix_out=prefix_out, prefix_in=prefix_in, readd_pos_embed=readd_pos_embed, frozen_mode=frozen_mode,
-        pretrained=bool(pretrained),
+        adapter_norm=adapter_norm, pretrained=bool(pretrained),
         src_checkpoint=str(src_checkpoint) if src_checkpoint else None,
         dst_checkpoint=str(dst_checkpoint) if dst_checkpoint else None,
     )
@@ -325,7 +395,7 @@ def create_stitched(
     bridge = Bridge(
         src_feature, dst_feature, adapter, resize, num_adapters(x, y), prefix_out, prefix_in,
         prefix_init=prefix_init if prefix_in == "learned" else None,
-        pos_embed=None,
+        pos_embed=None, adapter_norm=adapter_norm,
     )
     if readd_pos_embed:
         if pos_embed is None:
@@ -337,7 +407,28 @@ def create_stitched(
     back = back_part(dissect(dst_model), dst_cut.blocks)
     model = StitchedModel(front, bridge, back, config, src_spec, dst_spec)
     _check_runs(model, input_size)
+    if calibration_images is not None and not bridge.calibrated:
+        src_images, dst_images = (calibration_images if isinstance(calibration_images, (tuple, list))
+                                  else (calibration_images, calibration_images))
+        dst_front = front_part(dissect(dst_model), dst_cut.blocks)
+        calibrate(bridge, _features(front, src_images), _features(dst_front, dst_images))
+    model._built = True
     return model
+
+
+@torch.no_grad()
+def _features(part: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``part(images)`` in eval mode, in batches, on the part's device; every module's mode is restored after
+    (the part shares modules with the stitched model, whose frozen parts must stay as they are)."""
+    modes = [(m, m.training) for m in part.modules()]
+    part.eval()
+    try:
+        device = next(part.parameters()).device
+        return torch.cat([part(chunk.to(device)) for chunk in images.split(CALIBRATION_BATCH)])
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
 
 
 def _token_init(extras: tuple, dst: FeatureSpec) -> tuple[torch.Tensor | None, torch.Tensor | None]:

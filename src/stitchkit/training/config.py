@@ -40,6 +40,9 @@ class ModelConfig:
     prefix_in: str = "mean"
     readd_pos_embed: bool = False
     frozen_mode: str = "eval"
+    # Where the adapters start (stitchkit.adapters.ADAPTER_NORMS): lstsq, dst_stats, paper_code or paper_text.
+    adapter_norm: str = "lstsq"
+    init_images: int = 256  # training images that lstsq / dst_stats measure both models' features on
 
 
 @dataclass
@@ -244,7 +247,10 @@ def validate(config: Config) -> None:
     if config.train.amp not in AMP_MODES:
         raise unknown_name("train.amp", config.train.amp, AMP_MODES)
     if config.mode == "stitch":
+        from ..adapters import check_adapter_norm
+
         parse_gap(config.model.gap)
+        check_adapter_norm(config.model.adapter_norm)
         if config.model.adapter not in list_adapters():
             raise unknown_name("adapter", config.model.adapter, list_adapters())
         if config.model.resize not in RESIZE_MODES:
@@ -271,6 +277,7 @@ def validate(config: Config) -> None:
         (config.train.workers >= 0, "train.workers must be >= 0"),
         (config.data.limit_train is None or config.data.limit_train >= 1, "data.limit_train must be at least 1"),
         (config.data.limit_val is None or config.data.limit_val >= 1, "data.limit_val must be at least 1"),
+        (config.model.init_images >= 1, "model.init_images must be at least 1"),
     ]
     for ok, message in checks:
         if not ok:

@@ -376,3 +376,24 @@ def build_splits(data: DataConfig, prep: Preprocessing, seed: int) -> Splits:
         classes=list(train_source.classes),
         device_augment=DeviceAugment(data, prep) if data.augment_on == "device" else None,
     )
+
+
+def calibration_images(splits: Splits, data: DataConfig, model_name: str, count: int, seed: int) -> torch.Tensor:
+    """``count`` training images, chosen by ``seed`` (so the same for every run of one seed, grouped or not), under
+    ``model_name``'s evaluation preprocessing: what a stitch measures both models' features on before training
+    (see :mod:`stitchkit.initialization`)."""
+    train = splits.train
+    transform = build_transforms(data, preprocessing_for(model_name), train=False)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    images = []
+    for position in order:
+        try:
+            image, _ = train.source.load(train.indices[position])
+        except CorruptImageError:
+            if data.skip_corrupt:
+                continue
+            raise
+        images.append(transform(image))
+    if not images:
+        raise StitchkitError("no readable training image to start the adapters from; check the training data")
+    return torch.stack(images)

@@ -30,7 +30,7 @@ from ..errors import StitchkitError
 from . import distributed, faults
 from .checkpoint import atomic_write_json, atomic_write_text, digest, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, from_yaml_file, resume_differences, to_yaml
-from .data import EpochSampler, Splits, build_splits, collate, preprocessing_for
+from .data import EpochSampler, Splits, build_splits, calibration_images, collate, preprocessing_for
 from .logging import MetricsLog
 from .models import build_model, load_trainable_state, trainable_state
 
@@ -341,7 +341,7 @@ class Trainer:
         config = self.config
         self.stream, self.splits = stream, stream.splits
         torch.manual_seed(config.train.seed)
-        self.model = build_model(config, len(self.splits.classes)).to(self.device)
+        self.model = build_model(config, len(self.splits.classes), self._calibration_images).to(self.device)
         self.gmacs = count_macs(self.model, config.data.input_size) / 1e9
         self.params = count_params(self.model)
         self.trainable = count_params(self.model, trainable_only=True)
@@ -378,6 +378,11 @@ class Trainer:
         self.bad_step = torch.full((), -1, dtype=torch.long, device=self.device)  # first step with a non-finite loss
         self.metrics: dict[str, dict] = {}  # the last evaluation, per split
         self.evaluated_at: int | None = None  # the step it was taken at
+
+    def _calibration_images(self, model_name: str) -> torch.Tensor:
+        """A batch of training images for ``model_name`` (the same for every run of this seed, grouped or not)."""
+        config = self.config
+        return calibration_images(self.splits, config.data, model_name, config.model.init_images, config.train.seed)
 
     # --- checkpoints ----------------------------------------------------------------------------------------------
 
@@ -540,8 +545,11 @@ class Trainer:
             "gap": config.model.gap if config.mode != "scratch" else None,
             "adapter": config.model.adapter if config.mode == "stitch" else None,
             "resize": config.model.resize if config.mode == "stitch" else None,
+            "adapter_norm": config.model.adapter_norm if config.mode == "stitch" else None,
+            "frozen_mode": config.model.frozen_mode if config.mode == "stitch" else None,
             "seed": config.train.seed, "lr": config.optim.lr, "dataset": config.data.name,
             "input_size": config.data.input_size, "classes": len(self.splits.classes),
+            "train_images": len(self.splits.train), "planned_epochs": config.train.epochs,
             "gmacs": self.gmacs, "params": self.params, "trainable_params": self.trainable,
             "epochs": c.epoch, "steps": c.step, "wall_time_s": seconds, "images_seen": images,
             "images_per_s": images / seconds if seconds > 0 else None, "skipped_images": c.skipped * self.ctx.world_size,

@@ -1,18 +1,26 @@
 """The network each training mode trains, and which of its weights are trainable."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
+from ..adapters import CALIBRATED_NORMS
 from ..errors import StitchkitError
 from ..finetune import create_finetune_baseline
 from ..stitching import StitchedModel, create_stitched
 from ..zoo.models import create_model, num_outputs, reset_classifier
 from .config import Config
+from .data import preprocessing_for
 
 
-def build_model(config: Config, num_data_classes: int) -> nn.Module:
+def build_model(config: Config, num_data_classes: int,
+                calibration: Callable[[str], torch.Tensor] | None = None) -> nn.Module:
     """The model for ``config.mode``; its head must predict ``num_data_classes`` classes.
+
+    ``calibration(model_name)`` returns a batch of training images preprocessed for that model; a stitch whose
+    ``model.adapter_norm`` starts from data measures both models' features on it.
 
     * ``stitch``: frozen source front + trainable adapters + frozen destination back. The destination's head is
       frozen, so it must already predict the data's classes (train it with ``mode=scratch`` first and pass
@@ -28,11 +36,16 @@ def build_model(config: Config, num_data_classes: int) -> nn.Module:
         model = create_model(m.src, pretrained=m.pretrained, checkpoint_path=m.src_checkpoint, input_size=size)
         _match_head(model, m.num_classes, num_data_classes, m.src)
         return create_finetune_baseline(model, m.gap, input_size=size)
+    images = None
+    if calibration is not None and m.adapter_norm in CALIBRATED_NORMS:
+        dst = m.dst or m.src
+        src_images = calibration(m.src)
+        images = (src_images, src_images if preprocessing_for(dst) == preprocessing_for(m.src) else calibration(dst))
     model = create_stitched(
         m.src, m.dst or m.src, gap=m.gap, adapter=m.adapter, resize=m.resize, pretrained=m.pretrained,
         input_size=size, src_checkpoint=m.src_checkpoint, dst_checkpoint=m.dst_checkpoint,
         prefix_out=m.prefix_out, prefix_in=m.prefix_in, readd_pos_embed=m.readd_pos_embed,
-        frozen_mode=m.frozen_mode,
+        frozen_mode=m.frozen_mode, adapter_norm=m.adapter_norm, calibration_images=images,
     )
     classes = _classes_of_back(model, size)
     if classes != num_data_classes:

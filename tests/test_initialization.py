@@ -1,0 +1,210 @@
+"""Where adapters start: the properties the default (least squares) and its alternatives rely on.
+
+A frozen destination expects its own features at its cut; these tests pin that each adapter_norm hands it what it
+claims, on a self-stitch and across models (a ResNet into a ViT), with random weights and random images.
+"""
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import stitchkit
+from stitchkit import create_stitched
+from stitchkit.adapters import ADAPTER_NORMS, DEFAULT_ADAPTER_NORM
+from stitchkit.chain import Step
+from stitchkit.training.config import ModelConfig
+from stitchkit.errors import StitchkitError, UnknownNameError
+from stitchkit.initialization import lift, ridge_fit
+from stitchkit.stitching import UncalibratedWarning
+from stitchkit.zoo import dissect, front_part
+
+SIZE = 32
+R18, VIT = "resnet18", "vit_pico_patch4_32"
+
+
+def _images(n=64, seed=0):
+    return torch.randn(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def _models(src, dst):
+    """Randomly initialised models whose residual blocks are not identities (timm starts a ResNet block's last
+    BatchNorm at zero gamma, which would make every skipped block an identity)."""
+    torch.manual_seed(0)
+    a = stitchkit.create_model(src, input_size=SIZE).eval()
+    b = a if dst == src else stitchkit.create_model(dst, input_size=SIZE).eval()
+    for module in [*a.modules(), *b.modules()]:
+        if isinstance(module, nn.BatchNorm2d):
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+    return a, b
+
+
+@torch.no_grad()
+def _bridge_and_target(model, dst_model, images):
+    """The bridge's output and the destination's own feature at its cut, both in the adapters' layout."""
+    model.eval()
+    h = model.bridge.enter(model.front(images))
+    for step in model.bridge.adapters:
+        h = step(h)
+    dst_cut = model.dst_spec.cut(*model.config.dst_cut)
+    target = model.bridge.target(front_part(dissect(dst_model), dst_cut.blocks)(images))
+    return h, target
+
+
+def _channel_stats(x):
+    rows = x.reshape(-1, x.shape[-1]) if x.dim() == 3 else x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    return rows.mean(0), rows.std(0, unbiased=False)
+
+
+def test_the_default_is_the_least_squares_start():
+    assert DEFAULT_ADAPTER_NORM == "lstsq"
+    assert set(ADAPTER_NORMS) == {"lstsq", "dst_stats", "paper_code", "paper_text"}
+    assert ModelConfig().adapter_norm == DEFAULT_ADAPTER_NORM
+
+
+def test_ridge_fit_recovers_an_exact_linear_map():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 12, generator=g) * torch.linspace(0.5, 3, 12) + 2.0
+    weight, bias = torch.randn(7, 12, generator=g), torch.randn(7, generator=g)
+    fitted_w, fitted_b = ridge_fit(x, x @ weight.T + bias, ridge=1e-8)
+    assert torch.allclose(fitted_w, weight, atol=1e-4) and torch.allclose(fitted_b, bias, atol=1e-3)
+
+
+def test_lift_keeps_the_information_a_relu_would_lose():
+    x = torch.randn(100, 4)
+    w, b = lift(x, 8)
+    lifted = torch.relu(x @ w.T + b)
+    assert torch.allclose(lifted[:, :4] - lifted[:, 4:], x)  # relu(x) - relu(-x) == x
+    w, _ = lift(x, 6)
+    assert torch.equal((x @ w.T)[:, :4], x) and torch.equal((x @ w.T)[:, 4:], torch.zeros(100, 2))
+    w, _ = lift(x, 2)  # shrinking: orthonormal leading directions
+    assert torch.allclose(w @ w.T, torch.eye(2), atol=1e-5)
+
+
+@pytest.mark.parametrize("src,dst,gap", [(R18, R18, "1:2"), (R18, VIT, "1:3")])
+def test_dst_stats_hands_the_destination_its_own_channel_statistics(src, dst, gap):
+    a, b = _models(src, dst)
+    images = _images()
+    model = create_stitched(a, b, gap, "bottleneck", input_size=SIZE, adapter_norm="dst_stats",
+                            calibration_images=images)
+    out, target = _bridge_and_target(model, b, images)
+    (mean, std), (want_mean, want_std) = _channel_stats(out), _channel_stats(target)
+    assert torch.allclose(mean, want_mean, atol=1e-3 * (1 + want_mean.abs().max()))
+    assert torch.allclose(std, want_std, rtol=1e-2, atol=1e-4)
+    # Train mode normalises with the batch's statistics, eval mode with the calibrated ones: the same at the start.
+    model.train()
+    with torch.no_grad():
+        h = model.bridge.enter(model.front(images))
+        for step in model.bridge.adapters:
+            h = step(h)
+    assert torch.allclose(_channel_stats(h)[0], mean, atol=1e-3 * (1 + mean.abs().max()))
+
+
+@pytest.mark.parametrize("src,dst,gap", [(R18, R18, "1:1"), (R18, R18, "1:4"), (R18, VIT, "1:3"), (VIT, R18, "1:2")])
+def test_least_squares_start_matches_the_destination_better_than_its_mean(src, dst, gap):
+    """The fit has an intercept, so a linear adapter's output has exactly the destination's per-channel mean, and it
+    explains part of the spread around it (what the uncalibrated adapters do not: they miss the mean entirely)."""
+    a, b = _models(src, dst)
+    images = _images()
+    model = create_stitched(a, b, gap, "linear", input_size=SIZE, calibration_images=images)
+    assert model.bridge.calibrated
+    out, target = _bridge_and_target(model, b, images)
+    mean, want_mean = _channel_stats(out)[0], _channel_stats(target)[0]
+    assert torch.allclose(mean, want_mean, atol=1e-3 * (1 + want_mean.abs().max()))
+    residual = ((out - target) ** 2).mean()
+    around_mean = ((target - want_mean.view(-1, 1, 1) if target.dim() == 4 else target - want_mean) ** 2).mean()
+    assert residual < around_mean
+    uncalibrated = create_stitched(a, b, gap, "linear", input_size=SIZE)
+    raw, _ = _bridge_and_target(uncalibrated, b, images)
+    assert residual < ((raw - target) ** 2).mean()
+
+
+def test_least_squares_bottleneck_self_stitch_nearly_reproduces_the_skipped_block():
+    """ResNet-18 to itself at 1:1 skips one block; the fitted start is at least as close to the destination's
+    feature as handing it the source's feature unchanged (the identity is one of the maps the fit could pick)."""
+    a, _ = _models(R18, R18)
+    images = _images(128)
+    model = create_stitched(a, a, "1:1", "bottleneck", input_size=SIZE, calibration_images=images)
+    out, target = _bridge_and_target(model, a, images)
+    identity = model.bridge.enter(model.front(images))
+    assert ((out - target) ** 2).mean() <= ((identity - target) ** 2).mean() * 1.01
+
+
+def test_paper_code_bottleneck_is_an_exact_identity_between_equal_shapes():
+    a, _ = _models(R18, R18)
+    model = create_stitched(a, a, "1:1", "bottleneck", input_size=SIZE, adapter_norm="paper_code").eval()
+    images = _images(4)
+    with torch.no_grad():
+        h = model.front(images)
+        assert torch.equal(model.bridge(h), h)  # post-ReLU features pass the zero-gamma bottleneck unchanged
+
+
+def test_calibration_leaves_the_frozen_parts_in_eval_mode_and_untouched():
+    a, _ = _models(R18, R18)
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    model = create_stitched(a, a, "1:3", "bottleneck", input_size=SIZE, calibration_images=_images())
+    model.train()
+    assert not model.front.training and not model.back.training and model.bridge.training
+    assert all(torch.equal(before[k], v) for k, v in a.state_dict().items())
+
+
+def test_training_an_uncalibrated_stitch_warns_once_and_a_calibrated_one_does_not():
+    a, _ = _models(R18, R18)
+    model = create_stitched(a, a, "1:2", "linear", input_size=SIZE)
+    with pytest.warns(UncalibratedWarning, match="calibration_images"):
+        model.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.train()  # once only
+        create_stitched(a, a, "1:2", "linear", input_size=SIZE, calibration_images=_images(8)).train()
+        create_stitched(a, a, "1:2", "linear", input_size=SIZE, adapter_norm="paper_text").train()
+
+
+def test_custom_adapter_without_a_fit_gets_a_calibrated_output_norm():
+    name = "test_init_depthwise"
+    if name not in stitchkit.list_adapters():
+        @stitchkit.register_adapter(name)
+        def depthwise(in_channels, out_channels, stride=1):
+            return nn.Sequential(nn.Conv2d(in_channels, in_channels, 3, stride, 1, groups=in_channels),
+                                 nn.Conv2d(in_channels, out_channels, 1))
+    a, _ = _models(R18, R18)
+    images = _images()
+    model = create_stitched(a, a, "1:2", name, input_size=SIZE, calibration_images=images)
+    out, target = _bridge_and_target(model, a, images)
+    assert torch.allclose(_channel_stats(out)[1], _channel_stats(target)[1], rtol=1e-2, atol=1e-4)
+
+
+def test_least_squares_adapters_save_and_load(tmp_path):
+    weights = tmp_path / "r18.pt"
+    torch.save(stitchkit.create_model(R18).state_dict(), weights)
+    model = create_stitched(R18, R18, "1:1", "bottleneck", input_size=SIZE, src_checkpoint=weights,
+                            dst_checkpoint=weights, calibration_images=_images(16))
+    path = tmp_path / "adapters.pt"
+    model.save_adapters(path)
+    rebuilt = stitchkit.load_stitched(path)
+    assert rebuilt.config.adapter_norm == "lstsq" and rebuilt.bridge.calibrated
+    x = _images(2, seed=1)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), model.eval()(x))
+
+
+def test_old_adapter_files_and_bad_norms_are_refused_with_the_fix(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"format": "stitchkit.adapters.v1", "config": {}, "adapters": {}}, path)
+    with pytest.raises(StitchkitError, match="retrain"):
+        stitchkit.load_stitched(path)
+    with pytest.raises(UnknownNameError, match="lstsq"):
+        create_stitched(R18, R18, "1:2", input_size=SIZE, adapter_norm="lsq")
+
+
+def test_chain_steps_are_fitted_in_order():
+    """A three-step chain: the inner steps keep the information, the last one fits the destination."""
+    a, _ = _models(R18, R18)
+    images = _images()
+    model = create_stitched(a, a, "1:4", "linear", input_size=SIZE, calibration_images=images)
+    steps: tuple[Step, ...] = model.steps
+    assert len(steps) == 3
+    first = model.bridge.adapters[0].adapter.block.conv.weight[:, :, 0, 0]
+    c = steps[0].in_channels
+    assert torch.equal(first[:c], torch.eye(c))  # 64 -> 128 channels: [I; -I]
+    assert torch.equal(first[c:], -torch.eye(c))
