@@ -24,8 +24,28 @@ def test_kept_blocks_are_the_shape_changing_ones():
     assert mbv3.kept_blocks == ("blocks.2.0", "blocks.3.0", "blocks.4.0", "blocks.5.0")
     assert "blocks.3.1" in mbv3.removed_blocks
     assert create_finetune_baseline("torchvision:swin_t", "2:4", input_size=SMALL).kept_blocks == ("features.4", "features.6")
-    vit = create_finetune_baseline("vit_small_patch16_224", "1:3", input_size=SMALL)
-    assert vit.kept_blocks == () and vit.removed_blocks == tuple(f"blocks.{i}" for i in range(1, 7))
+
+def test_vit_baseline_keeps_each_stage_first_block_like_the_paper_code():
+    """ViT-S/16 as four stages of three blocks: the baseline keeps blocks 3, 6, 9 (the paper's code), so FT 1:4 has
+    as many blocks as the ViT-block stitch (blocks.0, three adapters, blocks.10-11)."""
+    vit = create_finetune_baseline("vit_small_patch16_224", "1:4", input_size=SMALL)
+    assert vit.kept_blocks == ("blocks.3", "blocks.6", "blocks.9")
+    assert vit.removed_blocks == ("blocks.1", "blocks.2", "blocks.4", "blocks.5", "blocks.7", "blocks.8")
+    assert len(vit) == 1 + 1 + 3 + 2 + 1  # stem, blocks.0, kept, blocks.10-11, head
+    assert create_finetune_baseline("vit_small_patch16_224", "1:3", input_size=SMALL).kept_blocks == (
+        "blocks.3", "blocks.6")
+    assert create_finetune_baseline("vit_small_patch16_224", "2:2", input_size=SMALL).kept_blocks == ()
+    stitch = stitchkit.create_stitched("vit_small_patch16_224", "vit_small_patch16_224", "1:4", "vit_block",
+                                       input_size=SMALL)
+    assert len(stitch.steps) == len(vit.kept_blocks)
+
+
+def test_inspect_finetune_shows_the_kept_blocks(capsys):
+    from stitchkit.cli import main
+
+    assert main(["inspect", "--src", "vit_small_patch16_224", "--dst", "vit_small_patch16_224", "--gap", "1:4",
+                 "--finetune", "--input-size", str(SMALL)]) == 0
+    assert "kept from the gap  blocks.3, blocks.6, blocks.9" in capsys.readouterr().out
 
 
 def test_same_network_for_adjacent_gaps_is_visible():

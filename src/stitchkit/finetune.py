@@ -1,9 +1,12 @@
 """The paper's fine-tuning baseline: the same model with the gap's blocks removed, every weight trainable.
 
-No adapter: the blocks inside the gap are deleted except those that change the feature's shape (downsampling
-blocks, patch merging, and blocks that change the channel count inside a stage, like MobileNetV3's ``blocks.4.0``).
-Which blocks those are is read from the measured cut-point spec, not from hard-coded indices, so every family and
-every gap chains by construction; MobileNetV3 1 -> 4 works (the paper's code crashes there on a channel mismatch).
+No adapter: the blocks inside the gap are deleted except the first block of each stage the gap enters (the
+downsampling block, patch merging; for a ViT, whose "stages" are groups of blocks, the first block of each group:
+ViT-S/16 keeps ``blocks.3``, ``blocks.6``, ``blocks.9`` as the paper's code does, so the baseline has as many blocks as
+the ViT-block stitch it is compared with) and any other block that changes the feature's shape (MobileNetV3 changes
+channels inside stage 3 at ``blocks.4.0``). Which blocks those are is read from the measured cut-point spec, not from
+hard-coded indices, so every family and every gap chains by construction; MobileNetV3 1 -> 4 works (the paper's
+code crashes there on a channel mismatch).
 
 Note that for models whose first block of a stage is the downsampling block (ResNet, Swin), FT(x -> x) and
 FT(x -> x+1) keep the same blocks and so are the same network; :attr:`FinetuneBaseline.kept_blocks` makes that
@@ -57,7 +60,8 @@ def create_finetune_baseline(
     kept, removed = [], []
     for i in range(start, stop):
         changes_shape = spec.block_features[i] != spec.block_features[i - 1]
-        (kept if changes_shape else removed).append(i)
+        starts_stage = spec.stage_of_block[i] != spec.stage_of_block[i - 1]
+        (kept if changes_shape or starts_stage else removed).append(i)
     baseline = FinetuneBaseline(anatomy.stem, *blocks[:start], *(blocks[i] for i in kept), *blocks[stop:], anatomy.head)
     baseline.kept_blocks = tuple(spec.block_names[i] for i in kept)
     baseline.removed_blocks = tuple(spec.block_names[i] for i in removed)
