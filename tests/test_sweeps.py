@@ -239,3 +239,34 @@ def test_a_cell_can_train_over_several_processes_with_torchrun(tmp_path, monkeyp
     result = json.loads((runs / cell.name / "result.json").read_text())
     assert result["world_size"] == 2 and result["status"] == "finished"
     assert run_cell(sweep, cell, runs, launch=train_with_torchrun(2)) == "skipped-finished"
+
+
+def test_originals_average_only_runs_with_the_same_settings_and_say_what_they_were(tmp_path, monkeypatch):
+    """Two seeds of a 3-epoch run and one 2-epoch run of the same model: the original is the 3-epoch mean only, and
+    its label names the data and training length; the figures do not claim error bands for single runs."""
+    runs = tmp_path / "runs"
+    common = dict(kind="scratch", src="m", dst="m", gap=None, method="scratch", lr=None, top5=99.0, gmacs=1.0,
+                  params=10, trainable_params=10, mode="scratch", dataset="fashion_mnist", input_size=32)
+    _fake_run(runs, "long/0", seed=0, top1=90.0, epochs=3, train_images=512, settings_id="long", **common)
+    _fake_run(runs, "long/1", seed=1, top1=92.0, epochs=3, train_images=512, settings_id="long", **common)
+    _fake_run(runs, "short/0", seed=0, top1=60.0, epochs=2, train_images=256, settings_id="short", **common)
+    _fake_run(runs, "stitch/0", kind="stitch", src="m", dst="m", gap="1:3", method="downsample_linear", seed=0,
+              lr=None, top1=80.0, top5=99.0, gmacs=0.5, params=10, trainable_params=1, mode="stitch",
+              adapter="linear", resize="bilinear", settings_id="s")
+    rows, originals = collect(runs)
+    assert originals["m"]["top1"] == pytest.approx(91.0) and originals["m"]["n"] == 2
+    label = originals["m"]["source"]
+    assert "fashion_mnist 32 px, 3 epochs x 512 images, 2 seeds" in label and "1 other setting" in label
+    from stitchkit.reports import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out, stem: drawn.append(fig) or [])
+    summary = summarize(rows)
+    plots.accuracy_vs_gap(summary, originals, tmp_path)
+    plots.accuracy_vs_compute(summary, originals, tmp_path)
+    titles = [fig._suptitle.get_text() for fig in drawn]
+    assert "one seed per point: no error bands" in titles[0] and "standard error" not in titles[0]
+    legends = [t.get_text() for fig in drawn for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert any("3 epochs x 512 images" in text for text in legends)
+    assert plots.bands_note([{"n": 3}, {"n": 3}]) == "bands: standard error over seeds, n = 3"
+    write_report(runs)  # and the whole report still builds

@@ -16,10 +16,10 @@ from ..sweeps.runner import MANIFEST_DIR, cell_state
 
 RESULT_COLUMNS = ["pair", "src", "dst", "gap", "src_stage", "dst_stage", "method", "kind", "seed", "lr", "top1", "top5",
                   "holdout_top1", "gmacs", "params", "trainable_params", "epochs", "wall_time_s", "status", "error",
-                  "dataset", "sweep", "settings_id", "run_dir"]
+                  "dataset", "input_size", "train_images", "adapter_norm", "sweep", "settings_id", "run_dir"]
 SUMMARY_COLUMNS = ["pair", "src", "dst", "gap", "src_stage", "dst_stage", "method", "kind", "lr", "n", "top1_mean",
                    "top1_se", "top5_mean", "holdout_top1_mean", "gmacs", "params", "trainable_params", "selected_on",
-                   "n_failed", "sweep"]
+                   "n_failed", "training", "sweep"]
 
 
 def _read_json(path: Path) -> dict | None:
@@ -44,7 +44,7 @@ def _row(cell: dict, result: dict | None, run_dir: Path, status: str, sweep: str
         "sweep": sweep,
     }
     for key in ("top1", "top5", "holdout_top1", "gmacs", "params", "trainable_params", "epochs", "wall_time_s",
-                "dataset", "settings_id"):
+                "dataset", "input_size", "train_images", "adapter_norm", "settings_id"):
         row[key] = result.get(key)
     return row
 
@@ -87,20 +87,49 @@ def collect(runs_dir: str | Path) -> tuple[list[dict], dict[str, dict]]:
         if result is None:
             continue
         if result.get("mode") == "eval" and result.get("top1") is not None:
-            originals[result["src"]] = {"top1": result["top1"], "gmacs": result.get("gmacs"),
-                                        "source": "measured (eval-model)", "dataset": result.get("dataset")}
+            originals[result["src"]] = {"top1": result["top1"], "gmacs": result.get("gmacs"), "dataset": result.get("dataset"),
+                                        "source": f"measured (eval-model) on {result.get('dataset')}"}
             continue
         if run_dir in seen or result.get("mode") is None:
             continue
         seen.add(run_dir)
         rows.append(_row(_cell_from_result(result), result, run_dir, result.get("status", "failed")))
-    for row in rows:  # a model trained from scratch is also an original model of its own
-        if row["kind"] == "scratch" and row["status"] == "finished" and row["src"] not in originals:
-            scratch = [r["top1"] for r in rows if r["kind"] == "scratch" and r["src"] == row["src"]
-                       and r["status"] == "finished"]
-            originals[row["src"]] = {"top1": statistics.fmean(scratch), "gmacs": row["gmacs"],
-                                     "source": f"trained from scratch ({len(scratch)} seeds)", "dataset": row["dataset"]}
+    originals.update(scratch_originals(rows, exclude=set(originals)))
     return rows, originals
+
+
+def training_label(row: dict) -> str:
+    """What a run was trained on, for labels: ``fashion_mnist 32 px, 2 epochs x 16000 images``."""
+    parts = [row.get("dataset") or "unknown data"]
+    if row.get("input_size"):
+        parts[0] += f" {row['input_size']} px"
+    if row.get("epochs") is not None:
+        images = f" x {row['train_images']} images" if row.get("train_images") else ""
+        parts.append(f"{row['epochs']} epoch{'s' if row['epochs'] != 1 else ''}{images}")
+    return ", ".join(parts)
+
+
+def scratch_originals(rows: list[dict], exclude: set[str] = frozenset()) -> dict[str, dict]:
+    """A model trained from scratch in the folder is an original model of its own. Seeds are averaged only within
+    one settings digest (never a 2-epoch run with a 3-epoch one); where a model was trained under several settings,
+    the one with the most seeds (then the longest training) is its original, and the label says how many other
+    settings there were."""
+    by_setting: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["kind"] == "scratch" and row["status"] == "finished" and row["top1"] is not None:
+            by_setting.setdefault((row["src"], row.get("settings_id") or row["run_dir"]), []).append(row)
+    originals: dict[str, dict] = {}
+    for name in sorted({src for src, _ in by_setting} - set(exclude)):
+        settings = [runs for (src, _), runs in by_setting.items() if src == name]
+        runs = max(settings, key=lambda rs: (len(rs), (rs[0].get("epochs") or 0) * (rs[0].get("train_images") or 0),
+                                             rs[0].get("settings_id") or ""))
+        top1 = [r["top1"] for r in runs]
+        label = f"trained from scratch: {training_label(runs[0])}, {len(top1)} seed{'s' if len(top1) > 1 else ''}"
+        if len(settings) > 1:
+            label += f"; {len(settings) - 1} other setting{'s' if len(settings) > 2 else ''} in the folder not shown"
+        originals[name] = {"top1": statistics.fmean(top1), "top1_se": standard_error(top1), "n": len(top1),
+                           "gmacs": runs[0]["gmacs"], "source": label, "dataset": runs[0]["dataset"]}
+    return originals
 
 
 def standard_error(values: list[float]) -> float | None:
@@ -143,7 +172,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             "gmacs": _mean(r["gmacs"] for r in done), "params": _mean(r["params"] for r in done),
             "trainable_params": _mean(r["trainable_params"] for r in done),
             "n_failed": sum(r["status"] == "failed" for r in members), "selected_on": None,
-            "sweep": members[0]["sweep"], "_scope": scope,
+            "sweep": members[0]["sweep"], "_scope": scope, "training": training_label(done[0]) if done else None,
         })
     best: dict[tuple, list[dict]] = {}
     for row in per_lr:

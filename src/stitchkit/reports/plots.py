@@ -42,6 +42,33 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
+def original_label(name: str, originals: dict) -> str:
+    """``resnet18 (original: trained from scratch: fashion_mnist 32 px, 2 epochs x 16000 images, 1 seed)``."""
+    source = originals[name].get("source")
+    return f"{name} (original: {source})" if source else f"{name} (original)"
+
+
+def bands_note(rows: list[dict]) -> str:
+    """What the shaded bands are, honestly: standard error over n seeds, or nothing when every point is one run."""
+    counts = sorted({r["n"] for r in rows if r.get("n")})
+    if not counts or counts[-1] < 2:
+        return "one seed per point: no error bands"
+    n = f"n = {counts[0]}" if len(counts) == 1 else f"n = {counts[0]}-{counts[-1]}"
+    return f"bands: standard error over seeds, {n}"
+
+
+def training_note(rows: list[dict]) -> str:
+    """What the plotted runs were trained on (``fashion_mnist 32 px, 2 epochs x 6000 images``), when one thing."""
+    labels = sorted({r["training"] for r in rows if r.get("training")})
+    return labels[0] if len(labels) == 1 else ""
+
+
+def _title(pair: str, what: str, rows: list[dict], note: str = "") -> str:
+    training = training_note(rows)
+    details = "; ".join(part for part in (f"stitches trained on {training}" if training else "", note) if part)
+    return f"{pair}: {what}" + (f"\n{details}" if details else "")
+
+
 def _by_method(rows):
     methods = {}
     for row in rows:
@@ -69,14 +96,14 @@ def accuracy_vs_gap(summary: list[dict], originals: dict, out: Path) -> list[Pat
                                 color=line.get_color(), alpha=0.2)
             dst = rows[0]["dst"]
             if dst in originals:
-                ax.axhline(originals[dst]["top1"], color="grey", linestyle="--", label=f"{dst} (original)")
+                ax.axhline(originals[dst]["top1"], color="grey", linestyle="--", label=original_label(dst, originals))
             ax.set_title(f"Stage {stage} -> Stage y")
             ax.set_xlabel("destination stage")
             ax.set_ylabel("top-1 accuracy (%)")
             ax.set_xticks(range(stage, 5))
             ax.grid(alpha=0.3)
         axes[0][-1].legend(fontsize=7, loc="best")
-        fig.suptitle(f"{pair}: accuracy vs gap (bands: standard error over seeds)")
+        fig.suptitle(_title(pair, "accuracy vs gap", rows, bands_note(rows)), fontsize=10)
         paths += _save(fig, out, f"gap_{_slug(pair)}")
     return paths
 
@@ -88,7 +115,7 @@ def _stars(ax, names, originals):
     for name, colour in zip(names, STAR_COLOURS * 4):
         if name in originals and originals[name].get("gmacs"):
             ax.scatter([originals[name]["gmacs"]], [originals[name]["top1"]], marker="*", s=240, zorder=5,
-                       color=colour, edgecolor="black", label=f"{name} (original)")
+                       color=colour, edgecolor="black", label=original_label(name, originals))
 
 
 def accuracy_vs_compute(summary: list[dict], originals: dict, out: Path) -> list[Path]:
@@ -105,6 +132,9 @@ def accuracy_vs_compute(summary: list[dict], originals: dict, out: Path) -> list
             for method, members in sorted(_by_method(panel).items()):
                 members.sort(key=lambda r: r["gmacs"])
                 ax.plot([r["gmacs"] for r in members], [r["top1_mean"] for r in members], marker="o", label=_label(method))
+                for r in members:  # which gap each point is
+                    ax.annotate(r["gap"], (r["gmacs"], r["top1_mean"]), textcoords="offset points", xytext=(4, 3),
+                                fontsize=7, color="dimgrey")
             front = pareto_front([(r["gmacs"], r["top1_mean"]) for r in panel])
             ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black", linestyle=":",
                     label="Pareto front")
@@ -114,7 +144,7 @@ def accuracy_vs_compute(summary: list[dict], originals: dict, out: Path) -> list
             ax.set_ylabel("top-1 accuracy (%)")
             ax.grid(alpha=0.3)
         axes[0][-1].legend(fontsize=7, loc="best")
-        fig.suptitle(f"{pair}: accuracy vs compute (up and left is better)")
+        fig.suptitle(_title(pair, "accuracy vs compute (up and left is better)", rows), fontsize=10)
         paths += _save(fig, out, f"compute_{_slug(pair)}")
     return paths
 
