@@ -262,6 +262,13 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_findings(args) -> int:
+    from .findings import run_findings
+
+    run_findings(args.file, args.out, args.doc, smoke=args.smoke, threads=args.threads)
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from .bench import format_bench, format_group_bench, run_bench, run_group_bench
 
@@ -383,6 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder (source models there are reused)")
     p.add_argument("--fast", action="store_true", help="less data and training: about 2 minutes instead of 6")
     p.set_defaults(run=_cmd_demo)
+
+    p = sub.add_parser("findings", help="the paper's five findings at small scale, with seeds, judged and written up")
+    p.add_argument("file", nargs="?", default="configs/findings/fashion_mnist.yaml", help="findings file")
+    p.add_argument("--out", default="runs/findings", help="output folder (resumable; finished runs are reused)")
+    p.add_argument("--doc", default=None, help="write the findings page here (e.g. docs/findings.md)")
+    p.add_argument("--smoke", action="store_true", help="a few hundred images, one gap, two seeds: checks the path")
+    p.set_defaults(run=_cmd_findings)
 
     p = sub.add_parser("bench", help="training images/s: stitchkit vs the paper's naive step vs full model vs bound")
     p.add_argument("--src", default="resnet50")

@@ -41,15 +41,20 @@ FULL = DemoScale(source_images=16000, source_epochs=2, stitch_images=6000, stitc
 FAST = DemoScale(source_images=5000, source_epochs=2, stitch_images=2500, stitch_epochs=2, val_images=1000)
 
 
-def _base(scale: DemoScale, images: int, epochs: int, threads: int | None) -> dict:
+def fashion_mnist_base(images: int, epochs: int, val_images: int, batch_size: int, threads: int | None) -> dict:
+    """Sweep base settings for small CPU runs on Fashion-MNIST at 32 px (no crops or AutoAugment on 28 px images)."""
     return {
         "data": {"name": "fashion_mnist", "input_size": 32, "random_resized_crop": False, "auto_augment": False,
-                 "crop_pct": 1.0, "limit_train": images, "limit_val": scale.val_images},
-        "optim": {"batch_size": scale.batch_size},
-        "train": {"batch_size": scale.batch_size, "epochs": epochs, "workers": 0, "threads": threads,
+                 "crop_pct": 1.0, "limit_train": images, "limit_val": val_images},
+        "optim": {"batch_size": batch_size},
+        "train": {"batch_size": batch_size, "epochs": epochs, "workers": 0, "threads": threads,
                   "log_every": 20, "checkpoint_every": 100},
         "model": {"pretrained": False},
     }
+
+
+def _base(scale: DemoScale, images: int, epochs: int, threads: int | None) -> dict:
+    return fashion_mnist_base(images, epochs, scale.val_images, scale.batch_size, threads)
 
 
 def demo_sweeps(out: Path, scale: DemoScale, threads: int | None = None) -> list[Sweep]:
@@ -79,22 +84,13 @@ def _progress(total: int):
     if sys.stderr.isatty():
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc="demo runs", unit="run", position=0)
+        return tqdm(total=total, desc="runs", unit="run", position=0)
     return None
 
 
-def run_demo(out: str | Path = "runs/demo", fast: bool = False, scale: DemoScale | None = None,
-             threads: int | None = None, log=print) -> Path:
-    """Run the demo into ``out`` and return the path of its HTML report."""
-    from .reports import write_report
-    from .reports.collect import collect, summarize
-    from .training.data import find_fashion_mnist
-
-    find_fashion_mnist(None)  # fail now, with the install command, rather than after the first model is built
-    out = Path(out)
-    scale = scale or (FAST if fast else FULL)
-    start = time.time()
-    sweeps = demo_sweeps(out, scale, threads)
+def run_passes(sweeps: list[Sweep], out: Path, log=print) -> tuple[list[str], int]:
+    """Run every cell of ``sweeps`` in order, each sweep's passes together, with a progress bar on a terminal (log
+    lines otherwise); returns the failed cells' names and the number of cells."""
     passes = [(sweep, group) for sweep in sweeps for group in sweep.groups(sweep.runnable)]
     cells = [cell for _, group in passes for cell in group]
     for sweep in sweeps:
@@ -114,11 +110,27 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, scale: DemoScale
             bar.update(len(group))
     if bar:
         bar.close()
+    return failures, len(cells)
+
+
+def run_demo(out: str | Path = "runs/demo", fast: bool = False, scale: DemoScale | None = None,
+             threads: int | None = None, log=print) -> Path:
+    """Run the demo into ``out`` and return the path of its HTML report."""
+    from .reports import write_report
+    from .reports.collect import collect, summarize
+    from .training.data import find_fashion_mnist
+
+    find_fashion_mnist(None)  # fail now, with the install command, rather than after the first model is built
+    out = Path(out)
+    scale = scale or (FAST if fast else FULL)
+    start = time.time()
+    sweeps = demo_sweeps(out, scale, threads)
+    failures, cells = run_passes(sweeps, out, log)
     index = write_report(out)
     rows, originals = collect(out)
     log("")
     log(summary_table(summarize(rows), originals))
-    log(f"\n{len(cells)} runs in {time.time() - start:.0f} s; report: {index.resolve()}")
+    log(f"\n{cells} runs in {time.time() - start:.0f} s; report: {index.resolve()}")
     if failures:
         raise StitchkitError(f"{len(failures)} demo runs failed (see their result.json): {', '.join(failures[:3])}")
     return index

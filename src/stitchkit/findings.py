@@ -1,0 +1,368 @@
+"""``stitchkit findings``: the paper's five findings checked at small scale, with seeds, in one command.
+
+A findings file (``configs/findings/fashion_mnist.yaml``) names the source models (trained from scratch here), the
+training of sources and stitches, the seeds, and blocks of stitches (pairs x gaps x methods). Every block is an
+ordinary sweep in one output folder, so the command resumes where it stopped. Then each finding is judged from the
+measured numbers by a rule written below next to it (never by hand), and ``docs/findings.md`` gets the numbers
+(mean ± standard error over seeds, n), the verdict and the figures.
+
+The rules say "beats" only when the difference in means is larger than twice its standard error
+(``sqrt(se_a^2 + se_b^2)``): with three seeds that is a rough, not a formal, test.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .demo import fashion_mnist_base, run_passes
+from .errors import StitchkitError
+from .reports.plots import pareto_front
+from .sweeps.grid import Sweep, expand
+from .training.config import _parse_yaml  # YAML that reads a gap such as 1:3 as text, not base-60
+
+FILE_KEYS = ("sources", "stitches", "val_images", "batch_size", "seeds", "blocks")
+SMOKE = {"sources": {"images": 256, "epochs": 1}, "stitches": {"images": 128, "epochs": 1}, "val_images": 96,
+         "batch_size": 32, "seeds": [0, 1], "gaps": ["1:4"]}
+CHANCE_FACTOR = 2.0  # "works": at least this many times chance accuracy
+
+
+@dataclass
+class Finding:
+    number: int
+    claim: str
+    verdict: str  # confirmed | partly confirmed | not confirmed
+    rule: str
+    table: list[list[str]] = field(default_factory=list)  # header first
+    notes: list[str] = field(default_factory=list)
+
+
+def load_findings_file(path: str | Path, smoke: bool = False) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise StitchkitError(f"findings file {str(path)!r} does not exist; see configs/findings/fashion_mnist.yaml")
+    spec = _parse_yaml(path.read_text(), f"findings file {str(path)!r}") or {}
+    unknown = set(spec) - set(FILE_KEYS)
+    if unknown:
+        raise StitchkitError(f"unknown key {sorted(unknown)[0]!r} in {str(path)!r}; keys are {', '.join(FILE_KEYS)}")
+    missing = [k for k in ("sources", "stitches", "blocks") if k not in spec]
+    if missing:
+        raise StitchkitError(f"{str(path)!r} has no {missing[0]!r}; see configs/findings/fashion_mnist.yaml")
+    if smoke:
+        spec = {**spec, **{k: ({**spec[k], **v} if isinstance(v, dict) else v) for k, v in SMOKE.items()
+                           if k != "gaps"}}
+        spec["blocks"] = {name: {**block, "gaps": SMOKE["gaps"]} for name, block in spec["blocks"].items()}
+    return spec
+
+
+def findings_sweeps(spec: dict, out: Path, threads: int | None = None) -> list[Sweep]:
+    """The sources' sweep first, then one sweep per (block, pair): each pair's stitches read its two checkpoints."""
+    val, batch = spec.get("val_images", 2000), spec.get("batch_size", 128)
+    src = spec["sources"]
+    sources = expand({"base": fashion_mnist_base(src["images"], src["epochs"], val, batch, threads),
+                      "baselines": {"scratch": {"models": list(src["models"])}}, "seeds": [0]}, name="findings_sources")
+    checkpoint = {cell.src: str(out / cell.name / "model.pt") for cell in sources.cells}
+    stitches = spec["stitches"]
+    sweeps = [sources]
+    for block_name, block in spec["blocks"].items():
+        for src_name, dst_name in block["pairs"]:
+            for name in (src_name, dst_name):
+                if name not in checkpoint:
+                    raise StitchkitError(f"block {block_name!r} stitches {name}, which is not among sources.models "
+                                         f"({', '.join(checkpoint)}); add it there")
+            base = fashion_mnist_base(stitches["images"], stitches["epochs"], val, batch, threads)
+            base["model"] = {"pretrained": False, "src_checkpoint": checkpoint[src_name],
+                             "dst_checkpoint": checkpoint[dst_name]}
+            sweeps.append(expand({"base": base, "pairs": [[src_name, dst_name]], "gaps": block["gaps"],
+                                  "methods": block["methods"], "seeds": spec.get("seeds", [0]),
+                                  "group_by_front": True}, name=f"findings_{block_name}_{src_name}_{dst_name}"))
+    return sweeps
+
+
+# --- judging ------------------------------------------------------------------------------------------------------
+
+
+def _fmt(row: dict | None) -> str:
+    if not row or row.get("top1_mean") is None:
+        return "-"
+    se = row.get("top1_se")
+    return f"{row['top1_mean']:.1f}" + (f" ± {se:.1f}" if se is not None else "") + f" (n={row['n']})"
+
+
+def _diff(a: dict | None, b: dict | None) -> tuple[float, float] | None:
+    """``(mean_a - mean_b, its standard error)``; None when either is missing."""
+    if not a or not b or a.get("top1_mean") is None or b.get("top1_mean") is None:
+        return None
+    se = math.sqrt((a.get("top1_se") or 0.0) ** 2 + (b.get("top1_se") or 0.0) ** 2)
+    return a["top1_mean"] - b["top1_mean"], se
+
+
+def _beats(a: dict | None, b: dict | None) -> bool | None:
+    d = _diff(a, b)
+    return None if d is None else d[0] > 2 * d[1] and d[0] > 0
+
+
+def _fmt_diff(d: tuple[float, float] | None) -> str:
+    return "-" if d is None else f"{d[0]:+.1f} ± {d[1]:.1f}"
+
+
+def _verdict(outcomes: list[bool]) -> str:
+    if not outcomes:
+        return "not measured"
+    share = sum(outcomes) / len(outcomes)
+    return "confirmed" if share >= 0.75 else ("partly confirmed" if share >= 0.25 else "not confirmed")
+
+
+class _Rows:
+    def __init__(self, summary: list[dict]):
+        self.by_key = {(r["src"], r["dst"], r["gap"], r["method"]): r for r in summary if r["kind"] == "stitch"}
+
+    def get(self, src, dst, gap, method) -> dict | None:
+        row = self.by_key.get((src, dst, gap, method))
+        return row if row and row.get("top1_mean") is not None else None
+
+    def gaps(self, src, dst, method=None) -> list[str]:
+        return sorted({g for (s, d, g, m) in self.by_key if s == src and d == dst and (method is None or m == method)})
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return sorted({(s, d) for (s, d, _, _) in self.by_key})
+
+
+def _full_block(rows: _Rows, src: str, dst: str, gap: str) -> dict | None:
+    """The paper's "full block" adapter: the ViT block between ViTs when measured, else the bottleneck."""
+    return rows.get(src, dst, gap, "vit_block") or rows.get(src, dst, gap, "downsample_bottleneck")
+
+
+def judge(summary: list[dict], originals: dict, chance: float) -> list[Finding]:
+    """The five findings, each judged from ``summary`` (report summary rows) by its rule."""
+    rows = _Rows(summary)
+    cnn = next(((s, d) for s, d in rows.pairs() if s == d and rows.get(s, d, "1:4", "integrated_bottleneck")), None)
+    return [_finding1(rows, originals, chance), _finding2(rows, cnn), _finding3(rows, cnn), _finding4(rows, cnn),
+            _finding5(rows, originals)]
+
+
+def _largest_gap(gaps: list[str]) -> str | None:
+    from .chain import parse_gap
+
+    ones = [g for g in gaps if parse_gap(g)[0] == 1]
+    return max(ones, key=lambda g: parse_gap(g)[1]) if ones else None
+
+
+def _finding1(rows: _Rows, originals: dict, chance: float) -> Finding:
+    table = [["pair", "gap", "full-block stitch top-1", "destination alone", "kept", f">= {CHANCE_FACTOR:g}x chance"]]
+    outcomes = []
+    for src, dst in rows.pairs():
+        gap = _largest_gap(rows.gaps(src, dst))
+        row = _full_block(rows, src, dst, gap) if gap else None
+        if row is None:
+            continue
+        own = originals.get(dst, {}).get("top1")
+        works = row["top1_mean"] >= CHANCE_FACTOR * chance
+        outcomes.append(works)
+        kept = f"{100 * row['top1_mean'] / own:.0f}%" if own else "-"
+        table.append([f"{src} -> {dst}", gap, _fmt(row), f"{own:.1f}" if own else "-", kept, "yes" if works else "no"])
+    return Finding(1, "Stitching works across large gaps (Stage 1 -> 4) and across very different architectures, "
+                      "when the feature maps are resized.", _verdict(outcomes),
+                   f"every pair's full-block stitch (bilinear downsampling; ViT block between ViTs) at its largest gap "
+                   f"from Stage 1 reaches at least {CHANCE_FACTOR:g}x chance ({CHANCE_FACTOR * chance:.0f}%); the "
+                   "share of the destination's own accuracy it keeps is shown next to it", table)
+
+
+def _finding2(rows: _Rows, cnn) -> Finding:
+    table = [["gap", "adapter", "downsample", "integrated", "no resize", "downsample - integrated",
+              "downsample - no resize"]]
+    outcomes = []
+    if cnn:
+        src, dst = cnn
+        for gap in rows.gaps(src, dst):
+            if gap in ("1:1", "2:2", "3:3"):
+                continue  # no change of scale: the three resize modes are the same network
+            for adapter in ("linear", "linear_relu", "conv3x3_relu", "bottleneck"):
+                down = rows.get(src, dst, gap, f"downsample_{adapter}")
+                integ = rows.get(src, dst, gap, f"integrated_{adapter}")
+                none = rows.get(src, dst, gap, f"noresize_{adapter}")
+                if down is None or (integ is None and none is None):
+                    continue
+                d_int, d_none = _diff(down, integ), _diff(down, none)
+                if d_int is not None:  # integrated is worse: downsample at least as good
+                    outcomes.append(d_int[0] > -2 * d_int[1])
+                if d_none is not None:  # bilinear is enough: not clearly worse than keeping the full resolution
+                    outcomes.append(d_none[0] > -2 * d_none[1])
+                table.append([gap, adapter, _fmt(down), _fmt(integ), _fmt(none), _fmt_diff(d_int), _fmt_diff(d_none)])
+    return Finding(2, "A plain bilinear downsample before each adapter is enough, and integrating the downsampling "
+                      "into the adapter (a strided convolution) is worse.", _verdict(outcomes),
+                   "in each comparison at a gap that changes scale, the downsample method is not below the integrated "
+                   "one, nor below the no-resize one, by more than twice the standard error of the difference", table)
+
+
+def _finding3(rows: _Rows, cnn) -> Finding:
+    table = [["pair", "gap", "linear", "linear + ReLU", "conv3x3 + ReLU", "bottleneck", "bottleneck - linear"]]
+    outcomes, small = [], []
+    for src, dst in rows.pairs():
+        for gap in rows.gaps(src, dst):
+            linear = rows.get(src, dst, gap, "downsample_linear")
+            bottleneck = rows.get(src, dst, gap, "downsample_bottleneck")
+            if linear is None or bottleneck is None:
+                continue
+            large = gap == _largest_gap(rows.gaps(src, dst))
+            if large:
+                outcomes.append(bool(_beats(bottleneck, linear)))
+            elif gap == "1:1":
+                small.append(_diff(bottleneck, linear))
+            table.append([f"{src} -> {dst}", gap, _fmt(linear), _fmt(rows.get(src, dst, gap, "downsample_linear_relu")),
+                          _fmt(rows.get(src, dst, gap, "downsample_conv3x3_relu")), _fmt(bottleneck),
+                          _fmt_diff(_diff(bottleneck, linear))])
+    notes = []
+    if small:
+        close = sum(abs(d[0]) <= max(2 * d[1], 1.0) for d in small if d)
+        notes.append(f"At gap 1:1 the linear adapter is within noise (or 1 point) of the bottleneck in {close} of "
+                     f"{len(small)} pairs (the paper: linear adapters suffice for small gaps).")
+    return Finding(3, "Nonlinear adapters beat linear ones on large gaps.", _verdict(outcomes),
+                   "at each pair's largest gap from Stage 1, the bottleneck beats the linear adapter by more than twice "
+                   "the standard error of the difference", table, notes)
+
+
+def _finding4(rows: _Rows, cnn) -> Finding:
+    table = [["gap", "method", "GMACs", "top-1", "on the Pareto front"]]
+    outcomes = []
+    if cnn:
+        src, dst = cnn
+        points = [r for (s, d, g, m), r in rows.by_key.items() if s == src and d == dst and g.startswith("1:")
+                  and r.get("top1_mean") is not None and r.get("gmacs")]
+        front = set(pareto_front([(r["gmacs"], r["top1_mean"]) for r in points]))
+        for gap in rows.gaps(src, dst):
+            if not gap.startswith("1:"):
+                continue
+            bottleneck = rows.get(src, dst, gap, "downsample_bottleneck")
+            conv = rows.get(src, dst, gap, "downsample_conv3x3_relu")
+            if bottleneck and conv:  # the bottleneck gives as much accuracy for less compute than a full conv3x3
+                outcomes.append(bottleneck["gmacs"] < conv["gmacs"] and
+                                bottleneck["top1_mean"] >= conv["top1_mean"] - 2 * (_diff(bottleneck, conv) or (0, 0))[1])
+        for r in sorted(points, key=lambda r: (r["gap"], r["gmacs"])):
+            on = (r["gmacs"], r["top1_mean"]) in front
+            table.append([r["gap"], r["method"], f"{r['gmacs']:.4f}", _fmt(r), "yes" if on else ""])
+        if any(r["method"] == "downsample_bottleneck" and (r["gmacs"], r["top1_mean"]) in front for r in points):
+            outcomes.append(True)
+        else:
+            outcomes.append(False)
+    return Finding(4, "Bottleneck adapters are on the accuracy-compute Pareto front: as accurate as a full Conv3x3 "
+                      "adapter for a fraction of its compute.", _verdict(outcomes),
+                   "at every gap from Stage 1 the downsample bottleneck costs fewer MACs than the downsample conv3x3 and "
+                   "is not less accurate by more than twice the standard error, and at least one bottleneck point is "
+                   "on the Pareto front of all methods and gaps from Stage 1", table)
+
+
+def _finding5(rows: _Rows, originals: dict) -> Finding:
+    table = [["pair", "ViT is", "mean top-1 over gaps (full block)", "mean share of the destination's accuracy"]]
+    retention: dict[tuple[str, str], float] = {}
+    vit_names = {name for name in originals if "vit" in name.lower()} | {
+        s for s, d in rows.pairs() for g in rows.gaps(s, d) if rows.get(s, d, g, "vit_block")}
+    for src, dst in rows.pairs():
+        gaps = [g for g in rows.gaps(src, dst) if g.startswith("1:")]
+        found = [r for g in gaps if (r := _full_block(rows, src, dst, g))]
+        own = originals.get(dst, {}).get("top1")
+        if not found or not own:
+            continue
+        mean = sum(r["top1_mean"] for r in found) / len(found)
+        retention[(src, dst)] = mean / own
+        role = ("both" if src in vit_names and dst in vit_names else "destination" if dst in vit_names
+                else "source" if src in vit_names else "-")
+        table.append([f"{src} -> {dst}", role, f"{mean:.1f}", f"{100 * mean / own:.0f}%"])
+    into_vit = [v for (s, d), v in retention.items() if d in vit_names and s not in vit_names]
+    out_of_vit = [v for (s, d), v in retention.items() if s in vit_names and d not in vit_names]
+    others = [v for (s, d), v in retention.items() if s not in vit_names and d not in vit_names]
+    outcomes = []
+    if into_vit and others:
+        outcomes.append(max(into_vit) < min(others))  # ViT as destination stitches worst
+    if into_vit and out_of_vit:
+        outcomes.append(max(into_vit) < min(out_of_vit))  # especially as the destination
+    if out_of_vit and others:
+        outcomes.append(max(out_of_vit) < min(others) + 0.0)
+    return Finding(5, "ViTs (BERT-style, with a class token) stitch worst, especially as the destination.",
+                   _verdict(outcomes),
+                   "share of the destination's own accuracy kept (mean over gaps from Stage 1): every stitch into a "
+                   "ViT from another family keeps less than every stitch between non-ViT models, and less than "
+                   "every stitch out of a ViT; stitches out of a ViT keep less than those between non-ViT models",
+                   table)
+
+
+# --- the page -----------------------------------------------------------------------------------------------------
+
+
+def findings_markdown(findings: list[Finding], originals: dict, spec: dict, command: str, figures: list[str],
+                      minutes: float | None) -> str:
+    src, st = spec["sources"], spec["stitches"]
+    lines = [
+        "# The paper's five findings at small scale",
+        "",
+        f"Regenerate with `{command}` (resumable; {minutes:.0f} minutes on this run's machine)." if minutes else
+        f"Regenerate with `{command}` (resumable).",
+        "",
+        f"Fashion-MNIST at 32 px. Sources trained from scratch on {src['images']} images for {src['epochs']} "
+        f"epoch(s); every stitch trains its adapters on {st['images']} images for {st['epochs']} epoch(s) with the "
+        f"paper's recipe (AdamW 2e-3, weight decay 0.05, cosine), evaluated on {spec.get('val_images', 2000)} test "
+        f"images; {len(spec.get('seeds', [0]))} seeds; mean ± standard error over seeds (n). Adapters start from "
+        "stitchkit's default (least-squares fit to the destination's features, `model.adapter_norm=lstsq`).",
+        "",
+        "| source model | top-1 | GMACs at 32 px | trained |",
+        "|---|---|---|---|",
+    ]
+    for name, o in sorted(originals.items()):
+        lines.append(f"| {name} | {o['top1']:.1f} | {o.get('gmacs') or 0:.4f} | {o.get('source', '')} |")
+    for f in findings:
+        lines += ["", f"## Finding {f.number}: {f.claim}", "", f"**Verdict at this scale: {f.verdict}.** Rule: {f.rule}.",
+                  ""]
+        if len(f.table) > 1:
+            lines.append("| " + " | ".join(f.table[0]) + " |")
+            lines.append("|" + "---|" * len(f.table[0]))
+            lines += ["| " + " | ".join(row) + " |" for row in f.table[1:]]
+        lines += [""] + f.notes if f.notes else []
+    lines += ["", "## What this scale cannot show", "",
+              "- ImageNet accuracy and the paper's absolute numbers: the sources are small models trained for minutes "
+              "on 28 px grayscale clothes, not ImageNet-pretrained networks; a stitch can keep at most what its parts "
+              "learned.",
+              "- Out-of-memory failures of No Downsample on large gaps: at 32 px the largest feature map is 8 x 8, so "
+              "keeping the full resolution costs compute (see the GMACs) but never memory.",
+              "- Swin: the hierarchical family here is MobileNetV3; a Swin at 32 px has 1 x 1 windows in its last "
+              "stage.",
+              "- Differences smaller than about two standard errors: three seeds separate only clear effects.",
+              "", "## Figures", ""]
+    lines += [f"![{Path(p).stem}]({p})" for p in figures]
+    return "\n".join(lines) + "\n"
+
+
+def run_findings(path: str | Path, out: str | Path = "runs/findings", doc: str | Path | None = None,
+                 smoke: bool = False, threads: int | None = None, log=print) -> list[Finding]:
+    """Train what the findings file asks for (resuming), judge the five findings, write ``doc`` and its figures."""
+    from .reports import write_report
+    from .reports.collect import collect, summarize
+    from .training.data import find_fashion_mnist
+
+    find_fashion_mnist(None)
+    spec = load_findings_file(path, smoke)
+    out = Path(out)
+    start = time.time()
+    failures, cells = run_passes(findings_sweeps(spec, out, threads), out, log)
+    index = write_report(out)
+    rows, originals = collect(out)
+    summary = summarize(rows)
+    findings = judge(summary, originals, chance=10.0)
+    for f in findings:
+        log(f"finding {f.number}: {f.verdict}")
+    if doc is not None:
+        doc = Path(doc)
+        assets = doc.parent / doc.stem
+        assets.mkdir(parents=True, exist_ok=True)
+        figures = []
+        for png in sorted(index.parent.glob("*.png")):
+            shutil.copyfile(png, assets / png.name)
+            figures.append(f"{assets.name}/{png.name}")
+        command = f"stitchkit findings {path} --out {out} --doc {doc}" + (" --smoke" if smoke else "")
+        doc.write_text(findings_markdown(findings, originals, spec, command, figures, (time.time() - start) / 60))
+        log(f"wrote {doc}")
+    log(f"{cells} runs in {time.time() - start:.0f} s; report: {index.resolve()}")
+    if failures:
+        raise StitchkitError(f"{len(failures)} runs failed (see their result.json): {', '.join(failures[:3])}")
+    return findings

@@ -1,0 +1,100 @@
+"""`stitchkit findings`: the judging rules on hand-made numbers (each verdict can go either way), and the whole
+command at smoke size on Fashion-MNIST."""
+import pytest
+
+from stitchkit.errors import StitchkitError
+from stitchkit.findings import findings_sweeps, judge, load_findings_file, run_findings
+from stitchkit.training.data import find_fashion_mnist
+
+FILE = "configs/findings/fashion_mnist.yaml"
+R, V, M = "resnet18", "vit_pico_patch4_32", "mobilenetv3_large_100"
+
+
+def _row(src, dst, gap, method, top1, se=0.5, n=3, gmacs=1.0):
+    return {"kind": "stitch", "src": src, "dst": dst, "gap": gap, "method": method, "top1_mean": top1, "top1_se": se,
+            "n": n, "gmacs": gmacs}
+
+
+def _summary(bottleneck=80.0, linear=60.0, integrated=70.0, into_vit=30.0):
+    rows = []
+    for gap, cost in (("1:2", 3.0), ("1:4", 1.0)):
+        rows += [_row(R, R, gap, "downsample_bottleneck", bottleneck, gmacs=cost),
+                 _row(R, R, gap, "downsample_linear", linear, gmacs=cost * 0.9),
+                 _row(R, R, gap, "downsample_conv3x3_relu", bottleneck - 1, gmacs=cost * 1.5),
+                 _row(R, R, gap, "integrated_bottleneck", integrated, gmacs=cost * 1.05),
+                 _row(R, R, gap, "noresize_bottleneck", bottleneck, gmacs=cost * 20),
+                 _row(R, V, gap, "downsample_bottleneck", into_vit), _row(R, V, gap, "downsample_linear", 25.0),
+                 _row(V, R, gap, "downsample_bottleneck", 60.0), _row(V, R, gap, "downsample_linear", 50.0),
+                 _row(R, M, gap, "downsample_bottleneck", 75.0), _row(R, M, gap, "downsample_linear", 55.0)]
+    return rows
+
+
+ORIGINALS = {R: {"top1": 88.0}, V: {"top1": 65.0}, M: {"top1": 80.0}}
+
+
+def test_the_paper_s_pattern_is_confirmed():
+    verdicts = {f.number: f.verdict for f in judge(_summary(), ORIGINALS, chance=10.0)}
+    assert verdicts == {1: "confirmed", 2: "confirmed", 3: "confirmed", 4: "confirmed", 5: "confirmed"}
+
+
+def test_the_opposite_pattern_is_not_confirmed():
+    swap = {"downsample_bottleneck": "downsample_linear", "downsample_linear": "downsample_bottleneck"}
+    rows = [{**r, "method": swap.get(r["method"], r["method"])} for r in _summary(integrated=85.0)]
+    for r in rows:  # and stitches into and out of the ViT keep the most of their destination's accuracy
+        if (r["src"], r["dst"]) in ((R, V), (V, R)):
+            r["top1_mean"] = 64.0 if r["dst"] == V else 86.0
+    findings = {f.number: f for f in judge(rows, ORIGINALS, chance=10.0)}
+    assert findings[2].verdict == "not confirmed"  # worse than integrated and than no resize
+    assert findings[3].verdict == "not confirmed"  # linear wins everywhere
+    assert findings[5].verdict == "not confirmed"
+    assert findings[1].verdict == "confirmed"  # still far above chance
+    low = judge(_summary(bottleneck=12.0, linear=11.0, integrated=11.0, into_vit=9.0), ORIGINALS, chance=10.0)
+    assert low[0].verdict == "partly confirmed"  # only the ViT -> ResNet and ResNet -> MobileNet pairs work
+    assert "60.0 ± 0.5 (n=3)" in str(low[0].table)
+
+
+def test_findings_file_errors(tmp_path):
+    with pytest.raises(StitchkitError, match="does not exist"):
+        load_findings_file(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sources: {models: [resnet18], images: 10, epochs: 1}\nstitches: {images: 10, epochs: 1}\n"
+                   "blocks: {b: {pairs: [[resnet18, resnet50]], gaps: ['1:2'], methods: [downsample_linear]}}\n")
+    with pytest.raises(StitchkitError, match="not among sources.models"):
+        findings_sweeps(load_findings_file(bad), tmp_path)
+    bad.write_text("sources: {}\nstitchs: {}\n")
+    with pytest.raises(StitchkitError, match="unknown key 'stitchs'"):
+        load_findings_file(bad)
+
+
+def test_the_findings_grid_covers_what_the_issue_asks(tmp_path):
+    spec = load_findings_file(FILE)
+    sweeps = findings_sweeps(spec, tmp_path)
+    cells = [c for s in sweeps[1:] for c in s.runnable]
+    assert len(spec["seeds"]) == 3 and {c.seed for c in cells} == {0, 1, 2}
+    assert {c.method for c in cells} >= {"noresize_linear", "downsample_linear", "downsample_linear_relu",
+                                         "downsample_conv3x3_relu", "downsample_bottleneck", "integrated_bottleneck",
+                                         "vit_block"}
+    assert {c.gap for c in cells} >= {"1:1", "1:2", "1:3", "1:4", "2:3"}
+    assert set(spec["sources"]["models"]) == {R, V, M}  # a CNN, a plain ViT, a hierarchical mobile network
+    assert all(c.settings["model"].get("gap") for c in cells)
+
+
+def test_findings_end_to_end_at_smoke_size(tmp_path, capsys):
+    try:
+        find_fashion_mnist(None)
+    except StitchkitError:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    doc = tmp_path / "docs" / "findings.md"
+    findings = run_findings(FILE, tmp_path / "runs", doc, smoke=True, threads=1)
+    assert [f.number for f in findings] == [1, 2, 3, 4, 5]
+    text = doc.read_text()
+    for number in range(1, 6):
+        assert f"## Finding {number}:" in text
+    assert text.count("**Verdict at this scale:") == 5 and "(n=2)" in text
+    assert "stitchkit findings configs/findings/fashion_mnist.yaml" in text
+    figures = list((tmp_path / "docs" / "findings").glob("*.png"))
+    assert figures and all(f"findings/{p.name}" in text for p in figures)
+    # Resumable: a second run trains nothing again.
+    run_findings(FILE, tmp_path / "runs", doc, smoke=True, threads=1)
+    for log in (tmp_path / "runs").rglob("attempts.log"):
+        assert log.read_text().count("start") == 1
