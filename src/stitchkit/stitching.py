@@ -322,6 +322,7 @@ def create_stitched(
     frozen_mode: str = "eval",
     adapter_norm: str = DEFAULT_ADAPTER_NORM,
     calibration_images: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+    calibration_device: str | torch.device | None = None,
 ) -> StitchedModel:
     """Stitch the lower layers of ``src`` to the upper layers of ``dst`` across ``gap``.
 
@@ -344,7 +345,10 @@ def create_stitched(
         calibration_images: a batch of training images (about 128-256, preprocessed for the source), or a pair
             ``(for_source, for_destination)`` when the two models expect different normalisation. ``lstsq`` and
             ``dst_stats`` measure both models' features on them to start the adapters; without them those
-            adapters keep their default initialisation (a warning says so). The training engine passes them.
+            adapters keep their default initialisation (a warning says so when it trains). The training engine
+            passes them.
+        calibration_device: where to run the two models on those images (a GPU makes it take seconds at 224 px);
+            the stitched model is returned on that device.
 
     Example:
         >>> model = create_stitched("resnet50", "torchvision:swin_t", gap="1:4")
@@ -411,20 +415,26 @@ def create_stitched(
         src_images, dst_images = (calibration_images if isinstance(calibration_images, (tuple, list))
                                   else (calibration_images, calibration_images))
         dst_front = front_part(dissect(dst_model), dst_cut.blocks)
-        calibrate(bridge, _features(front, src_images), _features(dst_front, dst_images))
+        calibrate(bridge, _features(front, src_images, calibration_device),
+                  _features(dst_front, dst_images, calibration_device))
+        if calibration_device is not None:
+            model.to(calibration_device)  # one device for the whole stitch
     model._built = True
     return model
 
 
 @torch.no_grad()
-def _features(part: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """``part(images)`` in eval mode, in batches, on the part's device; every module's mode is restored after
-    (the part shares modules with the stitched model, whose frozen parts must stay as they are)."""
+def _features(part: nn.Module, images: torch.Tensor, device: str | torch.device | None = None) -> torch.Tensor:
+    """``part(images)`` in eval mode, in batches, on ``device`` (default: the part's), returned on the CPU; every
+    module's mode is restored after (the part shares modules with the stitched model, whose frozen parts must stay
+    as they are)."""
     modes = [(m, m.training) for m in part.modules()]
     part.eval()
+    if device is not None:
+        part.to(device)
     try:
         device = next(part.parameters()).device
-        return torch.cat([part(chunk.to(device)) for chunk in images.split(CALIBRATION_BATCH)])
+        return torch.cat([part(chunk.to(device)).cpu() for chunk in images.split(CALIBRATION_BATCH)])
     finally:
         for module, mode in modes:
             module.training = mode

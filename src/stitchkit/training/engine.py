@@ -341,7 +341,8 @@ class Trainer:
         config = self.config
         self.stream, self.splits = stream, stream.splits
         torch.manual_seed(config.train.seed)
-        self.model = build_model(config, len(self.splits.classes), self._calibration_images).to(self.device)
+        self.model = build_model(config, len(self.splits.classes), self._calibration_images,
+                                 self.device).to(self.device)
         self.gmacs = count_macs(self.model, config.data.input_size) / 1e9
         self.params = count_params(self.model)
         self.trainable = count_params(self.model, trainable_only=True)

@@ -16,11 +16,12 @@ from .data import preprocessing_for
 
 
 def build_model(config: Config, num_data_classes: int,
-                calibration: Callable[[str], torch.Tensor] | None = None) -> nn.Module:
+                calibration: Callable[[str], torch.Tensor] | None = None,
+                device: torch.device | None = None) -> nn.Module:
     """The model for ``config.mode``; its head must predict ``num_data_classes`` classes.
 
     ``calibration(model_name)`` returns a batch of training images preprocessed for that model; a stitch whose
-    ``model.adapter_norm`` starts from data measures both models' features on it.
+    ``model.adapter_norm`` starts from data measures both models' features on it, on ``device``.
 
     * ``stitch``: frozen source front + trainable adapters + frozen destination back. The destination's head is
       frozen, so it must already predict the data's classes (train it with ``mode=scratch`` first and pass
@@ -46,6 +47,7 @@ def build_model(config: Config, num_data_classes: int,
         input_size=size, src_checkpoint=m.src_checkpoint, dst_checkpoint=m.dst_checkpoint,
         prefix_out=m.prefix_out, prefix_in=m.prefix_in, readd_pos_embed=m.readd_pos_embed,
         frozen_mode=m.frozen_mode, adapter_norm=m.adapter_norm, calibration_images=images,
+        calibration_device=device if images is not None else None,
     )
     classes = _classes_of_back(model, size)
     if classes != num_data_classes:
@@ -61,7 +63,7 @@ def build_model(config: Config, num_data_classes: int,
 def _classes_of_back(model: StitchedModel, size: int) -> int:
     """Classes the stitched model predicts (its destination head may be a timm ``forward_head`` call)."""
     was_training = model.training
-    classes = model.eval()(torch.zeros(1, 3, size, size)).shape[-1]
+    classes = model.eval()(torch.zeros(1, 3, size, size, device=next(model.parameters()).device)).shape[-1]
     model.train(was_training)
     return classes
 
