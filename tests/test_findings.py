@@ -7,7 +7,7 @@ from stitchkit.findings import findings_sweeps, judge, load_findings_file, run_f
 from stitchkit.training.data import find_fashion_mnist
 
 FILE = "configs/findings/fashion_mnist.yaml"
-R, V, M = "resnet18", "vit_pico_patch4_32", "mobilenetv3_large_100"
+R, V, M = "resnet18", "vit_micro_patch4_32", "mobilenetv3_large_100"
 
 
 def _row(src, dst, gap, method, top1, se=0.5, n=3, gmacs=1.0):

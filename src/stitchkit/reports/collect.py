@@ -94,7 +94,9 @@ def collect(runs_dir: str | Path) -> tuple[list[dict], dict[str, dict]]:
             continue
         seen.add(run_dir)
         rows.append(_row(_cell_from_result(result), result, run_dir, result.get("status", "failed")))
-    originals.update(scratch_originals(rows, exclude=set(originals)))
+    # As for summaries: in a folder with sweep manifests, only the sweeps' own runs count (not leftovers).
+    in_sweeps = [r for r in rows if r["sweep"]] if any(r["sweep"] for r in rows) else rows
+    originals.update(scratch_originals(in_sweeps, exclude=set(originals)))
     return rows, originals
 
 

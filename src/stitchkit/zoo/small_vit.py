@@ -1,7 +1,9 @@
 """Small Vision Transformers for small images (32 px), registered in timm's own model registry.
 
 timm's smallest ViTs use 16-pixel patches: at 32 px they see a 2x2 grid. These keep ViT's structure (class token,
-absolute position embedding, 12 or 6 pre-norm blocks) with 4-pixel patches, so a 32 px image is an 8x8 grid. They
+absolute position embedding, 12 or 6 pre-norm blocks) with 4-pixel patches, so a 32 px image is an 8x8 grid.
+ViT-Micro and ViT-Nano have ViT-S's 12 blocks, so their four stitching stages are 3 blocks each as in the paper;
+ViT-Pico's 6 blocks split 2 + 2 + 1 + 1, so a stitch into its stage 4 keeps none of its blocks. They
 have no pretrained weights: train them with ``mode=scratch`` (the demo does). Because they live in timm's registry,
 their names work everywhere a timm name does, and checkpoints rebuild them by name.
 """
@@ -17,7 +19,8 @@ def _cfg(**kwargs) -> dict:
             "first_conv": "patch_embed.proj", "classifier": "head", **kwargs}
 
 
-default_cfgs = generate_default_cfgs({"vit_pico_patch4_32": _cfg(), "vit_nano_patch4_32": _cfg()})
+default_cfgs = generate_default_cfgs({"vit_pico_patch4_32": _cfg(), "vit_micro_patch4_32": _cfg(),
+                                     "vit_nano_patch4_32": _cfg()})
 
 
 @register_model
@@ -25,6 +28,13 @@ def vit_pico_patch4_32(pretrained: bool = False, **kwargs):
     """ViT-Pico/4: 96 channels, 6 blocks, 3 heads, MLP ratio 2; 0.46 M parameters, 34 MMACs at 32 px."""
     args = dict(img_size=32, patch_size=4, embed_dim=96, depth=6, num_heads=3, mlp_ratio=2.0, num_classes=10)
     return _create_vision_transformer("vit_pico_patch4_32", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vit_micro_patch4_32(pretrained: bool = False, **kwargs):
+    """ViT-Micro/4: 64 channels, 12 blocks (ViT-S's depth), 2 heads, MLP ratio 2; 0.42 M parameters, 32 MMACs at 32 px."""
+    args = dict(img_size=32, patch_size=4, embed_dim=64, depth=12, num_heads=2, mlp_ratio=2.0, num_classes=10)
+    return _create_vision_transformer("vit_micro_patch4_32", pretrained=pretrained, **dict(args, **kwargs))
 
 
 @register_model
