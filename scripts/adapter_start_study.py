@@ -58,11 +58,26 @@ def epoch_accuracies(run_dir: Path) -> list[float]:
     return [r["top1"] for r in evals]
 
 
-def _fmt(values: list[float]) -> str:
+def _fmt(values: list[float], seeds: int = 3) -> str:
     if not values:
         return "-"
     se = standard_error(values)
-    return f"{statistics.fmean(values):.1f}" + (f" ± {se:.1f}" if se is not None else "")
+    n = f" (n={len(values)})" if len(values) != seeds else ""
+    return f"{statistics.fmean(values):.1f}" + (f" ± {se:.1f}" if se is not None else "") + n
+
+
+def arm_means(out: Path, arm_sweeps) -> dict[str, float]:
+    """Each arm's mean final top-1 over the cells every arm has finished (the default is the arm with the highest)."""
+    finals: dict[tuple, dict[str, list[float]]] = {}
+    for arm, sweep in arm_sweeps:
+        for cell in sweep.runnable:
+            if (out / cell.name / "result.json").is_file():
+                accs = epoch_accuracies(out / cell.name)
+                if accs:
+                    finals.setdefault((cell.src, cell.dst, cell.gap, cell.method), {}).setdefault(arm, []).append(accs[-1])
+    arms = [arm for arm, _ in _unique_arms(arm_sweeps)]
+    shared = [cell for cell, by_arm in finals.items() if all(by_arm.get(a) for a in arms)]
+    return {a: statistics.fmean(statistics.fmean(finals[c][a]) for c in shared) for a in arms} if shared else {}
 
 
 def table(out: Path, arm_sweeps) -> str:
@@ -112,6 +127,10 @@ def main(argv=None) -> int:
             print(f"[{time.time() - start:6.0f} s] {sweep.name}: {len(group)} run(s)", flush=True)
             run_group(sweep, group, out)
     text = table(out, arm_sweeps)
+    means = arm_means(out, arm_sweeps)
+    if means:
+        text += "\n\nMean final top-1 over all cells: " + ", ".join(f"{arm} {value:.1f}" for arm, value in
+                                                             sorted(means.items(), key=lambda kv: -kv[1]))
     print(text)
     if args.doc:
         Path(args.doc).write_text(text + "\n")

@@ -53,8 +53,9 @@ class AdapterType:
 
     Attributes:
         residual: the block is residual (bottleneck, ViT block): the paper's code puts no norms around it.
-        fits: the block offers ``fit_inputs`` and ``set_output_map`` and takes ``fit_ready=True`` (a learnable
-            output map even where the shapes would allow an identity), so ``norm="lstsq"`` can start it.
+        fits: the block takes ``fit_ready=True`` (and ``needs_map``: have an output map even between equal shapes)
+            and then offers ``has_output_map()``, ``fit_inputs`` and ``set_output_map``, so ``norm="lstsq"`` can
+            start it.
     """
 
     name: str
@@ -119,19 +120,19 @@ class Adapter(nn.Module):
 
 
 def create_adapter(name: str, in_channels: int, out_channels: int, stride: int = 1,
-                   norm: str = DEFAULT_ADAPTER_NORM) -> Adapter:
+                   norm: str = DEFAULT_ADAPTER_NORM, needs_map: bool = False) -> Adapter:
     """The registered adapter ``name`` with the norms that ``norm`` (a key of :data:`ADAPTER_NORMS`) puts around it.
 
     ``lstsq`` and ``dst_stats`` adapters start where they should only once calibrated on images (which
     :func:`~stitchkit.create_stitched` does when given ``calibration_images``); uncalibrated, they start at their
-    default initialisation.
+    default initialisation. ``needs_map`` (``lstsq``): build an output map to fit even between equal shapes.
     """
     check_adapter_norm(norm)
     kind = get_adapter(name)
     make_norm = nn.BatchNorm2d if kind.layout == "image" else nn.LayerNorm
     if norm == "lstsq":
         if kind.fits:
-            return Adapter(kind.build(in_channels, out_channels, stride=stride, fit_ready=True))
+            return Adapter(kind.build(in_channels, out_channels, stride=stride, fit_ready=True, needs_map=needs_map))
         # A block without a fittable output map: an output norm that calibration starts at the destination's
         # per-channel statistics (as dst_stats does, without the input norm).
         return Adapter(kind.build(in_channels, out_channels, stride=stride), norm_out=make_norm(out_channels))
@@ -143,7 +144,20 @@ def create_adapter(name: str, in_channels: int, out_channels: int, stride: int =
     return Adapter(block, norm_out=make_norm(out_channels), act=nn.LeakyReLU(0.1))
 
 
-class ConvAdapter(nn.Module):
+class FitsOutputMap:
+    """What a block offers a least-squares start: which inputs its output map sees, and setting that map."""
+
+    def has_output_map(self) -> bool:
+        return True
+
+    def fit_inputs(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def set_output_map(self, weight: torch.Tensor, bias: torch.Tensor, rows: torch.Tensor) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+class ConvAdapter(nn.Module, FitsOutputMap):
     """A convolution (1x1 or 3x3, optionally strided), optionally followed by ReLU.
 
     Its least-squares start puts the fitted map on the kernel's centre tap, which a strided, padded convolution
@@ -176,26 +190,29 @@ def image_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 @register_adapter("linear", description="1x1 convolution (no padding): a per-pixel linear map", fits=True)
-def linear(in_channels: int, out_channels: int, stride: int = 1, fit_ready: bool = False) -> nn.Module:
+def linear(in_channels: int, out_channels: int, stride: int = 1, fit_ready: bool = False,
+           needs_map: bool = False) -> nn.Module:
     return ConvAdapter(in_channels, out_channels, 1, stride)
 
 
 @register_adapter("linear_relu", description="1x1 convolution followed by ReLU", fits=True)
-def linear_relu(in_channels: int, out_channels: int, stride: int = 1, fit_ready: bool = False) -> nn.Module:
+def linear_relu(in_channels: int, out_channels: int, stride: int = 1, fit_ready: bool = False,
+                needs_map: bool = False) -> nn.Module:
     return ConvAdapter(in_channels, out_channels, 1, stride, relu=True)
 
 
 @register_adapter("conv3x3_relu", description="3x3 convolution followed by ReLU", fits=True)
-def conv3x3_relu(in_channels: int, out_channels: int, stride: int = 1, fit_ready: bool = False) -> nn.Module:
+def conv3x3_relu(in_channels: int, out_channels: int, stride: int = 1, fit_ready: bool = False,
+                 needs_map: bool = False) -> nn.Module:
     return ConvAdapter(in_channels, out_channels, 3, stride, relu=True)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(nn.Module, FitsOutputMap):
     """ResNet bottleneck block: 1x1 reduce to ``out/4``, 3x3 (strided), 1x1 expand, plus a shortcut.
 
-    The shortcut is a 1x1 projection with BatchNorm when the shape changes (or always, with ``project=True``: the
-    projection is what a least-squares start sets). The last BatchNorm starts with zero gamma, so the block starts
-    as its shortcut (the usual trick for residual blocks).
+    The shortcut is a 1x1 projection with BatchNorm when the shape changes (or always, with ``project=True``). The
+    last BatchNorm starts with zero gamma, so the block starts as its shortcut (the usual trick for residual
+    blocks): between equal shapes an exact identity, otherwise the projection, which a least-squares start sets.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, project: bool = False):
@@ -221,6 +238,9 @@ class Bottleneck(nn.Module):
         y = self.bn3(self.conv3(y))
         return self.act(y + self.shortcut(x))
 
+    def has_output_map(self) -> bool:
+        return not isinstance(self.shortcut, nn.Identity)
+
     def fit_inputs(self, x: torch.Tensor) -> torch.Tensor:
         stride = self.conv2.stride
         return image_rows(x[..., :: stride[0], :: stride[1]])
@@ -244,11 +264,14 @@ class Bottleneck(nn.Module):
 
 @register_adapter("bottleneck", description="ResNet bottleneck block (width out/4, projection shortcut)",
                   residual=True, fits=True)
-def bottleneck(in_channels: int, out_channels: int, stride: int = 1, fit_ready: bool = False) -> nn.Module:
-    return Bottleneck(in_channels, out_channels, stride, project=fit_ready)
+def bottleneck(in_channels: int, out_channels: int, stride: int = 1, fit_ready: bool = False,
+               needs_map: bool = False) -> nn.Module:
+    # No projection between equal shapes unless asked: the block is then an exact identity, the fit happens in an
+    # earlier adapter of the chain (or nowhere: a self-stitch within one stage), and the MACs stay the paper's.
+    return Bottleneck(in_channels, out_channels, stride, project=needs_map)
 
 
-class VitBlock(nn.Module):
+class VitBlock(nn.Module, FitsOutputMap):
     """A pre-norm transformer block (timm's ViT ``Block``), then a linear projection when channels change (or
     always, with ``project=True``: the projection is what a least-squares start sets)."""
 
@@ -280,7 +303,8 @@ class VitBlock(nn.Module):
 
 @register_adapter("vit_block", layout="tokens", description="Vision Transformer block on token sequences",
                   residual=True, fits=True)
-def vit_block(in_channels: int, out_channels: int, stride: int = 1, fit_ready: bool = False) -> nn.Module:
+def vit_block(in_channels: int, out_channels: int, stride: int = 1, fit_ready: bool = False,
+              needs_map: bool = False) -> nn.Module:
     if stride != 1:
         raise ValueError("a vit_block adapter cannot stride; use resize='bilinear'")
     return VitBlock(in_channels, out_channels, project=fit_ready)

@@ -8,12 +8,14 @@ looks at a batch of training images once, before training:
 * ``dst_stats``: every outer norm's running statistics come from the batch (train and eval mode agree from the
   first step), and the last adapter's output norm starts at the destination's own per-channel mean and standard
   deviation at its cut.
-* ``lstsq`` ("direct matching"): each adapter's output map (the 1x1 map of a linear adapter, the centre tap of a
-  3x3 one, a bottleneck's projection shortcut, a ViT block's output projection) starts as the ridge-regularised
-  least-squares map from what it receives to the destination's own features at its cut. Inner adapters of a chain
-  have no destination features of their shape, so they start as maps that keep the information: identity on the
-  first channels (and its negation, where there is room, so that a ReLU keeps the sign), or the leading principal
-  directions where channels shrink. The last adapter then fits its output from those.
+* ``lstsq`` ("direct matching"): the output map (the 1x1 map of a linear adapter, the centre tap of a 3x3 one, a
+  bottleneck's projection shortcut, a ViT block's output projection) of the chain's last adapter that has one
+  starts as the ridge-regularised least-squares map from what it receives to the destination's own features at its
+  cut (resized to that adapter's output). Adapters before it have no destination features of their shape, so they
+  start as maps that keep the information: identity on the first channels (and its negation, where there is room,
+  so that a ReLU keeps the sign), or the leading principal directions where channels shrink. Adapters after it
+  start as identities (a bottleneck between equal shapes). A chain with no output map at all (a bottleneck within
+  one stage of one model) starts as an exact identity.
 
 Both work across different models: the targets are measured through the destination's own front, on the same
 images preprocessed as the destination expects.
@@ -72,6 +74,10 @@ def _subsample(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return x[keep], y[keep]
 
 
+def _has_output_map(block: nn.Module) -> bool:
+    return hasattr(block, "fit_inputs") and block.has_output_map()
+
+
 def channel_stats(x: torch.Tensor, tokens: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and (biased) variance of an NCHW image batch or an NLC token batch."""
     rows = x.reshape(-1, x.shape[-1]) if tokens else image_rows(x)
@@ -128,11 +134,14 @@ def calibrate(bridge: nn.Module, src_features: torch.Tensor, dst_features: torch
         target = bridge.target(dst_features)
         prefix = bridge.enter_spec.num_prefix_tokens
         last = len(bridge.adapters) - 1
+        if norm == "lstsq":  # the fit goes to the last adapter with an output map; later ones are identities
+            mapped = [i for i, step in enumerate(bridge.adapters) if _has_output_map(step.adapter.block)]
+            last = mapped[-1] if mapped else last
         for i, step in enumerate(bridge.adapters):
             x = step.resize(x)
             adapter = step.adapter
             goal = _resize_target(target, bridge.dst.size, bridge.steps[i].out_size, tokens, prefix) if i == last else None
-            if norm == "dst_stats" or not hasattr(adapter.block, "fit_inputs"):
+            if norm == "dst_stats" or not hasattr(adapter.block, "fit_inputs"):  # (no fit: calibrated output norm)
                 _set_norm(adapter.norm_in, x, tokens)
                 z = adapter.block(adapter.norm_in(x))
                 affine = None
@@ -140,7 +149,7 @@ def calibrate(bridge: nn.Module, src_features: torch.Tensor, dst_features: torch
                     mean, var = channel_stats(goal, tokens)
                     affine = (torch.sqrt(var), mean)
                 _set_norm(adapter.norm_out, z, tokens, affine)
-            else:  # lstsq
+            elif _has_output_map(adapter.block):  # lstsq
                 rows = adapter.block.fit_inputs(x)
                 out_channels = bridge.steps[i].out_channels
                 weight, bias = ridge_fit(rows, _rows(goal, tokens)) if goal is not None else lift(rows, out_channels)

@@ -114,6 +114,7 @@ class Bridge(nn.Module):
         prefix_init: torch.Tensor | None = None,
         pos_embed: torch.Tensor | None = None,
         adapter_norm: str = DEFAULT_ADAPTER_NORM,
+        within_one_model: bool = False,
     ):
         super().__init__()
         check_adapter_norm(adapter_norm)
@@ -134,15 +135,20 @@ class Bridge(nn.Module):
         )
         self.exit_spec = dst.with_(height=self.steps[-1].out_size[0], width=self.steps[-1].out_size[1])
         self.adapters = nn.ModuleList(self._step_module(step, adapter) for step in self.steps)
+        if adapter_norm == "lstsq" and not within_one_model and not any(
+                getattr(step.adapter.block, "has_output_map", lambda: True)() for step in self.adapters):
+            # Equal shapes all along between two different models: an identity start would hand the destination
+            # the source's channels as if they were its own, so the last adapter gets an output map to fit.
+            self.adapters[-1] = self._step_module(self.steps[-1], adapter, needs_map=True)
         self.learned_prefix = None
         if not self.tokens and dst.num_prefix_tokens and prefix_in == "learned":
             init = prefix_init if prefix_init is not None else torch.zeros(1, dst.num_prefix_tokens, dst.channels)
             self.learned_prefix = nn.Parameter(init.detach().clone())
         self.register_buffer("pos_embed", pos_embed, persistent=False)
 
-    def _step_module(self, step: Step, adapter: str) -> BridgeStep:
+    def _step_module(self, step: Step, adapter: str, needs_map: bool = False) -> BridgeStep:
         block = adapter_registry.create_adapter(adapter, step.in_channels, step.out_channels, stride=step.stride,
-                                                norm=self.adapter_norm)
+                                                norm=self.adapter_norm, needs_map=needs_map)
         if step.resize in ("none", "stride"):
             resize = nn.Identity()
         elif self.tokens:
@@ -399,7 +405,7 @@ def create_stitched(
     bridge = Bridge(
         src_feature, dst_feature, adapter, resize, num_adapters(x, y), prefix_out, prefix_in,
         prefix_init=prefix_init if prefix_in == "learned" else None,
-        pos_embed=None, adapter_norm=adapter_norm,
+        pos_embed=None, adapter_norm=adapter_norm, within_one_model=dst_model is src_model,
     )
     if readd_pos_embed:
         if pos_embed is None:
