@@ -117,11 +117,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--table-only", action="store_true", help="train nothing: the table of what is finished")
     args = parser.parse_args(argv)
     out = Path(args.out)
     start = time.time()
     sources, *arm_sweeps = sweeps(out, args.seeds, args.arms, args.threads)
-    for sweep in [sources] + [s for _, s in arm_sweeps]:
+    for sweep in [] if args.table_only else [sources] + [s for _, s in arm_sweeps]:
         write_manifest(sweep, out)
         for group in sweep.groups(sweep.runnable):
             print(f"[{time.time() - start:6.0f} s] {sweep.name}: {len(group)} run(s)", flush=True)
