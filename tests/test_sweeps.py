@@ -266,7 +266,7 @@ def test_originals_average_only_runs_with_the_same_settings_and_say_what_they_we
     plots.accuracy_vs_compute(summary, originals, tmp_path)
     titles = [fig._suptitle.get_text() for fig in drawn]
     assert "one seed per point: no error bands" in titles[0] and "standard error" not in titles[0]
-    legends = [t.get_text() for fig in drawn for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    legends = [t.get_text() for fig in drawn for legend in fig.legends for t in legend.get_texts()]
     assert any("3 epochs x 512 images" in text for text in legends)
     assert plots.bands_note([{"n": 3}, {"n": 3}]) == "bands: standard error over seeds, n = 3"
     write_report(runs)  # and the whole report still builds

@@ -219,12 +219,6 @@ class StitchedModel(nn.Module):
         return self.bridge.steps
 
     def train(self, mode: bool = True) -> "StitchedModel":
-        if mode and getattr(self, "_built", False) and not self.bridge.calibrated and not self._warned:
-            self._warned = True
-            warnings.warn(UncalibratedWarning(
-                f"training a stitch whose adapters (adapter_norm={self.config.adapter_norm!r}) were never started "
-                "from data: pass calibration_images= (a batch of training images) to create_stitched, as stitchkit "
-                "train does, or they train from their default initialisation"), stacklevel=2)
         super().train(mode)
         if self.config.frozen_mode == "eval":
             self.front.eval()
@@ -243,7 +237,14 @@ class StitchedModel(nn.Module):
         return nn.Sequential(self.bridge, self.back)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The parameters an optimizer should see: the bridge's."""
+        """The parameters an optimizer should see: the bridge's. Warns once when the adapters should have started
+        from data (``lstsq``, ``dst_stats``) and were built without ``calibration_images``."""
+        if getattr(self, "_built", False) and not self.bridge.calibrated and not self._warned:
+            self._warned = True
+            warnings.warn(UncalibratedWarning(
+                f"training a stitch whose adapters (adapter_norm={self.config.adapter_norm!r}) were never started "
+                "from data: pass calibration_images= (a batch of training images) to create_stitched, as stitchkit "
+                "train does, or they train from their default initialisation"), stacklevel=2)
         return [p for p in self.parameters() if p.requires_grad]
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:

@@ -69,6 +69,12 @@ def _title(pair: str, what: str, rows: list[dict], note: str = "") -> str:
     return f"{pair}: {what}" + (f"\n{details}" if details else "")
 
 
+def _legend_below(fig, ax) -> None:
+    """The legend under the panels, where long labels (an original's training) cover no data."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=7, frameon=False)
+
+
 def _by_method(rows):
     methods = {}
     for row in rows:
@@ -102,8 +108,8 @@ def accuracy_vs_gap(summary: list[dict], originals: dict, out: Path) -> list[Pat
             ax.set_ylabel("top-1 accuracy (%)")
             ax.set_xticks(range(stage, 5))
             ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=7, loc="best")
-        fig.suptitle(_title(pair, "accuracy vs gap", rows, bands_note(rows)), fontsize=10)
+        _legend_below(fig, axes[0][-1])
+        fig.suptitle(_title(pair, "accuracy vs gap", rows, bands_note(rows)), fontsize=10, y=1.08)
         paths += _save(fig, out, f"gap_{_slug(pair)}")
     return paths
 
@@ -143,8 +149,8 @@ def accuracy_vs_compute(summary: list[dict], originals: dict, out: Path) -> list
             ax.set_xlabel("GMACs (multiply-accumulates, one image)")
             ax.set_ylabel("top-1 accuracy (%)")
             ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=7, loc="best")
-        fig.suptitle(_title(pair, "accuracy vs compute (up and left is better)", rows), fontsize=10)
+        _legend_below(fig, axes[0][-1])
+        fig.suptitle(_title(pair, "accuracy vs compute (up and left is better)", rows), fontsize=10, y=1.08)
         paths += _save(fig, out, f"compute_{_slug(pair)}")
     return paths
 
