@@ -170,13 +170,22 @@ def test_ctrl_c_during_the_optimizer_steps_waits_for_the_end_of_the_step():
     import signal
 
     group = TrainingGroup.__new__(TrainingGroup)  # only the signal helper is under test
-    finished = []
-    with pytest.raises(KeyboardInterrupt):
+    started_with = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whoever started us
+    try:
+        finished = []
+        with pytest.raises(KeyboardInterrupt):
+            with group._deferred_ctrl_c():
+                os.kill(os.getpid(), signal.SIGINT)
+                finished.append(True)  # still runs: the interrupt is held until the block ends
+        assert finished == [True]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+        # A process started with Ctrl-C ignored (nohup, a background job) keeps ignoring it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         with group._deferred_ctrl_c():
             os.kill(os.getpid(), signal.SIGINT)
-            finished.append(True)  # still runs: the interrupt is held until the block ends
-    assert finished == [True]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, started_with)
 
 
 def test_other_runs_lines_go_above_the_shared_progress_bar_on_a_terminal(tmp_path, monkeypatch):

@@ -710,8 +710,8 @@ class TrainingGroup:
         import signal
         import threading
 
-        if threading.current_thread() is not threading.main_thread():
-            yield
+        if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            yield  # (a process started with Ctrl-C ignored, e.g. under nohup, keeps ignoring it)
             return
         held = []
         previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
