@@ -20,7 +20,7 @@ from pathlib import Path
 from .demo import fashion_mnist_base, run_passes
 from .errors import StitchkitError
 from .reports.plots import pareto_front
-from .sweeps.grid import Sweep, expand
+from .sweeps.grid import Sweep, expand, is_token_model
 from .training.config import _parse_yaml  # YAML that reads a gap such as 1:3 as text, not base-60
 
 FILE_KEYS = ("sources", "stitches", "val_images", "batch_size", "seeds", "blocks")
@@ -243,10 +243,8 @@ def _finding4(rows: _Rows, cnn) -> Finding:
         for r in sorted(points, key=lambda r: (r["gap"], r["gmacs"])):
             on = (r["gmacs"], r["top1_mean"]) in front
             table.append([r["gap"], r["method"], f"{r['gmacs']:.4f}", _fmt(r), "yes" if on else ""])
-        if any(r["method"] == "downsample_bottleneck" and (r["gmacs"], r["top1_mean"]) in front for r in points):
-            outcomes.append(True)
-        else:
-            outcomes.append(False)
+        outcomes.append(any(r["method"] == "downsample_bottleneck" and (r["gmacs"], r["top1_mean"]) in front
+                            for r in points))
     return Finding(4, "Bottleneck adapters are on the accuracy-compute Pareto front: as accurate as a full Conv3x3 "
                       "adapter for a fraction of its compute.", _verdict(outcomes),
                    "at every gap from Stage 1 the downsample bottleneck costs fewer MACs than the downsample conv3x3 and "
@@ -257,8 +255,8 @@ def _finding4(rows: _Rows, cnn) -> Finding:
 def _finding5(rows: _Rows, originals: dict) -> Finding:
     table = [["pair", "ViT is", "mean top-1 over gaps (full block)", "mean share of the destination's accuracy"]]
     retention: dict[tuple[str, str], float] = {}
-    vit_names = {name for name in originals if "vit" in name.lower()} | {
-        s for s, d in rows.pairs() for g in rows.gaps(s, d) if rows.get(s, d, g, "vit_block")}
+    # A ViT is a model whose features are token sequences with a class token: asked of its family, not its name.
+    vit_names = {name for pair in rows.pairs() for name in pair if is_token_model(name)}
     for src, dst in rows.pairs():
         gaps = [g for g in rows.gaps(src, dst) if g.startswith("1:")]
         found = [r for g in gaps if (r := _full_block(rows, src, dst, g))]
@@ -279,7 +277,7 @@ def _finding5(rows: _Rows, originals: dict) -> Finding:
     if into_vit and out_of_vit:
         outcomes.append(max(into_vit) < min(out_of_vit))  # especially as the destination
     if out_of_vit and others:
-        outcomes.append(max(out_of_vit) < min(others) + 0.0)
+        outcomes.append(max(out_of_vit) < min(others))
     return Finding(5, "ViTs (BERT-style, with a class token) stitch worst, especially as the destination.",
                    _verdict(outcomes),
                    "share of the destination's own accuracy kept (mean over gaps from Stage 1): every stitch into a "

@@ -158,7 +158,7 @@ def _identity(*layers: dict) -> str:
     return hashlib.sha256(repr(sorted(relevant.items())).encode()).hexdigest()[:8]
 
 
-def _is_token_model(name: str) -> bool:
+def is_token_model(name: str) -> bool:
     from ..zoo.models import family_for_name
 
     family = family_for_name(name)
@@ -222,7 +222,7 @@ def expand(spec: dict, name: str = "sweep", overrides: list[str] | None = None) 
     scratch_models = (baselines.get("scratch") or {}).get("models", [])
 
     cells: list[Cell] = []
-    tokens = {name: _is_token_model(name) for pair in pairs for name in pair}
+    tokens = {name: is_token_model(name) for pair in pairs for name in pair}
     for src, dst in pairs:
         for gap in gaps:
             for method_name in method_names:
