@@ -252,3 +252,26 @@ def test_frozen_mode_train_saves_the_frozen_statistics_it_moves(tmp_path):
     eval_mode = create_stitched("resnet18", "resnet18", "1:3", "bottleneck", input_size=SMALL)
     with pytest.raises(RuntimeError, match="frozen_mode='train'"):
         eval_mode.load_adapter_state_dict(model.adapter_state_dict())
+
+
+@pytest.mark.parametrize("adapter", ["linear", "linear_relu"])
+def test_vit_to_vit_per_pixel_adapters_keep_the_class_token(adapter):
+    """Between two ViTs a linear adapter runs on every token, as the paper's code does: the class token is mapped on
+    its own (patch tokens do not change it) instead of being replaced by the mean of the patch tokens."""
+    torch.manual_seed(0)
+    vit = stitchkit.create_model("vit_micro_patch4_32", input_size=32).eval()
+    model = create_stitched(vit, vit, "1:3", adapter, input_size=32, adapter_norm="paper_text").eval()
+    assert model.bridge.tokens and type(model.bridge.adapters[0].adapter.block).__name__ == "TokenLinear"
+    assert isinstance(model.bridge.adapters[0].adapter.norm_in, nn.LayerNorm)
+    with torch.no_grad():
+        h = model.front(torch.randn(2, 3, 32, 32))
+        moved = h.clone()
+        moved[:, 1:] += 1.0
+        assert torch.allclose(model.bridge(h)[:, 0], model.bridge(moved)[:, 0], atol=1e-5)
+    image_route = create_stitched(vit, vit, "1:3", adapter, input_size=32, adapter_norm="paper_text",
+                                  token_adapters=False).eval()
+    assert not image_route.bridge.tokens
+    with torch.no_grad():
+        out = image_route.bridge(h)
+    assert torch.allclose(out[:, 0], out[:, 1:].mean(1), atol=1e-5)  # the paper's text: class token = patch mean
+    assert stitchkit.count_macs(model, 32) < stitchkit.count_macs(image_route, 32)  # no 2C concatenation

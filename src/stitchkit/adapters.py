@@ -56,6 +56,10 @@ class AdapterType:
         fits: the block takes ``fit_ready=True`` (and ``needs_map``: have an output map even between equal shapes)
             and then offers ``has_output_map()``, ``fit_inputs`` and ``set_output_map``, so ``norm="lstsq"`` can
             start it.
+        token_form: for an image adapter that works on each pixel alone (1x1: linear, linear_relu), a builder of
+            the same map on token sequences. Between two token models it runs on every token, the class token
+            included, as the paper's code stitches ViT to ViT (instead of going through an image, which replaces
+            the class token with the mean of the patch tokens).
     """
 
     name: str
@@ -64,20 +68,21 @@ class AdapterType:
     description: str
     residual: bool = False
     fits: bool = False
+    token_form: Callable[..., nn.Module] | None = None  # the same map on token sequences (per-pixel adapters)
 
 
 _ADAPTERS: Registry[AdapterType] = Registry("adapter")
 
 
 def register_adapter(name: str, layout: str = "image", description: str = "", residual: bool = False,
-                     fits: bool = False):
+                     fits: bool = False, token_form: Callable[..., nn.Module] | None = None):
     """Decorator that registers an adapter builder under ``name``; registering a name twice is an error."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
 
     def decorate(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         doc = description or next(iter((build.__doc__ or "").strip().splitlines()), "")
-        _ADAPTERS.add(name, AdapterType(name, build, layout, doc, residual, fits))
+        _ADAPTERS.add(name, AdapterType(name, build, layout, doc, residual, fits, token_form))
         return build
 
     return decorate
@@ -120,15 +125,20 @@ class Adapter(nn.Module):
 
 
 def create_adapter(name: str, in_channels: int, out_channels: int, stride: int = 1,
-                   norm: str = DEFAULT_ADAPTER_NORM, needs_map: bool = False) -> Adapter:
+                   norm: str = DEFAULT_ADAPTER_NORM, needs_map: bool = False, on_tokens: bool = False) -> Adapter:
     """The registered adapter ``name`` with the norms that ``norm`` (a key of :data:`ADAPTER_NORMS`) puts around it.
 
     ``lstsq`` and ``dst_stats`` adapters start where they should only once calibrated on images (which
     :func:`~stitchkit.create_stitched` does when given ``calibration_images``); uncalibrated, they start at their
     default initialisation. ``needs_map`` (``lstsq``): build an output map to fit even between equal shapes.
+    ``on_tokens``: build an image adapter's token form (see :class:`AdapterType`), with LayerNorms.
     """
     check_adapter_norm(norm)
     kind = get_adapter(name)
+    if on_tokens and kind.layout == "image":
+        if kind.token_form is None:
+            raise ValueError(f"adapter {name!r} has no token form; it runs on images only")
+        kind = AdapterType(name, kind.token_form, "tokens", kind.description, kind.residual, kind.fits)
     make_norm = nn.BatchNorm2d if kind.layout == "image" else nn.LayerNorm
     if norm == "lstsq":
         if kind.fits:
@@ -189,13 +199,45 @@ def image_rows(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
-@register_adapter("linear", description="1x1 convolution (no padding): a per-pixel linear map", fits=True)
+class TokenLinear(nn.Module, FitsOutputMap):
+    """A linear map on every token (optionally followed by ReLU): the token form of ``linear`` / ``linear_relu``."""
+
+    def __init__(self, in_channels: int, out_channels: int, relu: bool = False):
+        super().__init__()
+        self.linear = nn.Linear(in_channels, out_channels)
+        self.act = nn.ReLU(inplace=True) if relu else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.linear(x))
+
+    def fit_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, x.shape[-1])
+
+    @torch.no_grad()
+    def set_output_map(self, weight: torch.Tensor, bias: torch.Tensor, rows: torch.Tensor) -> None:
+        self.linear.weight.copy_(weight)
+        self.linear.bias.copy_(bias)
+
+
+def _token_linear(relu: bool):
+    def build(in_channels: int, out_channels: int, stride: int = 1, fit_ready: bool = False,
+              needs_map: bool = False) -> nn.Module:
+        if stride != 1:
+            raise ValueError("a per-token adapter cannot stride; use resize='bilinear'")
+        return TokenLinear(in_channels, out_channels, relu)
+
+    return build
+
+
+@register_adapter("linear", description="1x1 convolution (no padding): a per-pixel linear map", fits=True,
+                  token_form=_token_linear(relu=False))
 def linear(in_channels: int, out_channels: int, stride: int = 1, fit_ready: bool = False,
            needs_map: bool = False) -> nn.Module:
     return ConvAdapter(in_channels, out_channels, 1, stride)
 
 
-@register_adapter("linear_relu", description="1x1 convolution followed by ReLU", fits=True)
+@register_adapter("linear_relu", description="1x1 convolution followed by ReLU", fits=True,
+                  token_form=_token_linear(relu=True))
 def linear_relu(in_channels: int, out_channels: int, stride: int = 1, fit_ready: bool = False,
                 needs_map: bool = False) -> nn.Module:
     return ConvAdapter(in_channels, out_channels, 1, stride, relu=True)

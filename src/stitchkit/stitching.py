@@ -60,6 +60,7 @@ class StitchConfig:
     readd_pos_embed: bool = False
     frozen_mode: str = "eval"
     adapter_norm: str = DEFAULT_ADAPTER_NORM
+    token_adapters: bool = True
     pretrained: bool = False
     src_checkpoint: str | None = None
     dst_checkpoint: str | None = None
@@ -115,6 +116,7 @@ class Bridge(nn.Module):
         pos_embed: torch.Tensor | None = None,
         adapter_norm: str = DEFAULT_ADAPTER_NORM,
         within_one_model: bool = False,
+        token_adapters: bool = True,
     ):
         super().__init__()
         check_adapter_norm(adapter_norm)
@@ -122,7 +124,11 @@ class Bridge(nn.Module):
         self.src, self.dst, self.prefix_out, self.prefix_in = src, dst, prefix_out, prefix_in
         self.adapter_norm = adapter_norm
         self.calibrated = adapter_norm not in CALIBRATED_NORMS
-        self.tokens = kind.layout == "tokens"
+        # Between two token models a per-pixel adapter (linear, linear_relu) runs on every token, the class token
+        # included, as the paper's code does; through an image the class token would become the patch mean.
+        self.on_tokens = (token_adapters and kind.layout == "image" and kind.token_form is not None
+                          and src.is_tokens and dst.is_tokens and resize != "integrated")
+        self.tokens = kind.layout == "tokens" or self.on_tokens
         if self.tokens:
             # Work on the destination's kind of sequence: same prefix count, source channels and grid.
             self.enter_spec = src if src.num_prefix_tokens == dst.num_prefix_tokens else FeatureSpec(
@@ -148,7 +154,7 @@ class Bridge(nn.Module):
 
     def _step_module(self, step: Step, adapter: str, needs_map: bool = False) -> BridgeStep:
         block = adapter_registry.create_adapter(adapter, step.in_channels, step.out_channels, stride=step.stride,
-                                                norm=self.adapter_norm, needs_map=needs_map)
+                                                norm=self.adapter_norm, needs_map=needs_map, on_tokens=self.on_tokens)
         if step.resize in ("none", "stride"):
             resize = nn.Identity()
         elif self.tokens:
@@ -328,6 +334,7 @@ def create_stitched(
     readd_pos_embed: bool = False,
     frozen_mode: str = "eval",
     adapter_norm: str = DEFAULT_ADAPTER_NORM,
+    token_adapters: bool = True,
     calibration_images: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
     calibration_device: str | torch.device | None = None,
 ) -> StitchedModel:
@@ -349,6 +356,8 @@ def create_stitched(
         frozen_mode: ``eval`` (frozen parts always in eval mode) or ``train`` (the paper's code).
         adapter_norm: where the adapters start (:data:`stitchkit.adapters.ADAPTER_NORMS`): ``lstsq`` (default),
             ``dst_stats``, ``paper_code`` or ``paper_text``.
+        token_adapters: between two token models (ViT to ViT), run ``linear`` and ``linear_relu`` on every token,
+            keeping the class token, as the paper's code (default); False sends them through an image.
         calibration_images: a batch of training images (about 128-256, preprocessed for the source), or a pair
             ``(for_source, for_destination)`` when the two models expect different normalisation. ``lstsq`` and
             ``dst_stats`` measure both models' features on them to start the adapters; without them those
@@ -380,7 +389,7 @@ def create_stitched(
     config = StitchConfig(
         src=src_name, dst=dst_name, gap=(x, y), adapter=adapter, resize=resize, input_size=input_size,
         prefix_out=prefix_out, prefix_in=prefix_in, readd_pos_embed=readd_pos_embed, frozen_mode=frozen_mode,
-        adapter_norm=adapter_norm, pretrained=bool(pretrained),
+        adapter_norm=adapter_norm, token_adapters=token_adapters, pretrained=bool(pretrained),
         src_checkpoint=str(src_checkpoint) if src_checkpoint else None,
         dst_checkpoint=str(dst_checkpoint) if dst_checkpoint else None,
     )
@@ -407,6 +416,7 @@ def create_stitched(
         src_feature, dst_feature, adapter, resize, num_adapters(x, y), prefix_out, prefix_in,
         prefix_init=prefix_init if prefix_in == "learned" else None,
         pos_embed=None, adapter_norm=adapter_norm, within_one_model=dst_model is src_model,
+        token_adapters=token_adapters,
     )
     if readd_pos_embed:
         if pos_embed is None:

@@ -43,6 +43,8 @@ class ModelConfig:
     # Where the adapters start (stitchkit.adapters.ADAPTER_NORMS): lstsq, dst_stats, paper_code or paper_text.
     adapter_norm: str = "lstsq"
     init_images: int = 256  # training images that lstsq / dst_stats measure both models' features on
+    # ViT to ViT: linear / linear_relu adapters on every token, class token kept (the paper's code); false: via an image
+    token_adapters: bool = True
 
 
 @dataclass

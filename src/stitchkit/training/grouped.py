@@ -34,7 +34,7 @@ from .config import Config, flatten
 # batch sizes, seed, device, precision) and the source front.
 PER_RUN_KEYS = frozenset({
     "model.dst", "model.dst_checkpoint", "model.gap", "model.adapter", "model.resize", "model.prefix_out",
-    "model.prefix_in", "model.readd_pos_embed", "model.num_classes", "model.adapter_norm",
+    "model.prefix_in", "model.readd_pos_embed", "model.num_classes", "model.adapter_norm", "model.token_adapters",
     "optim.lr", "optim.weight_decay", "optim.warmup_steps", "optim.no_decay_norm_bias", "optim.beta1", "optim.beta2",
     "output.dir", "train.wandb", "train.tensorboard",
 })

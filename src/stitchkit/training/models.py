@@ -46,7 +46,8 @@ def build_model(config: Config, num_data_classes: int,
         m.src, m.dst or m.src, gap=m.gap, adapter=m.adapter, resize=m.resize, pretrained=m.pretrained,
         input_size=size, src_checkpoint=m.src_checkpoint, dst_checkpoint=m.dst_checkpoint,
         prefix_out=m.prefix_out, prefix_in=m.prefix_in, readd_pos_embed=m.readd_pos_embed,
-        frozen_mode=m.frozen_mode, adapter_norm=m.adapter_norm, calibration_images=images,
+        frozen_mode=m.frozen_mode, adapter_norm=m.adapter_norm, token_adapters=m.token_adapters,
+        calibration_images=images,
         calibration_device=device if images is not None else None,
     )
     classes = _classes_of_back(model, size)
