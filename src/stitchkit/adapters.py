@@ -29,12 +29,13 @@ from .registry import Registry
 
 LAYOUTS = ("image", "tokens")
 
-# Where an adapter starts. Measured side by side in docs/findings.md (section "Where adapters start"); the default is
-# the one that measured best, the others stay available to reproduce the paper or compare.
+# Where an adapter starts. Measured side by side in docs/adapter_start.md, which also gives the rule that chose the
+# default; the others stay available to reproduce the paper or compare.
 ADAPTER_NORMS = {
-    "lstsq": "no outer norms; each adapter's output map starts as a least-squares fit from the source's features "
-             "to the destination's own features at its cut, on a batch of training images (direct matching, as "
-             "SN-Net initialises its stitching layers); inner steps of a chain start as information-keeping lifts",
+    "lstsq": "no outer norms; the output map of the chain's last adapter that has one starts as a least-squares fit "
+             "from what it receives to the destination's own features at its cut, on a batch of training images "
+             "(direct matching, as SN-Net initialises its stitching layers); earlier adapters start as "
+             "information-keeping lifts",
     "dst_stats": "a norm before and after each adapter, calibrated on a batch of training images: the last output "
                  "norm starts at the destination's own per-channel mean and spread at its cut",
     "paper_code": "as the paper's public code: no outer norms around bottleneck and ViT-block adapters (a "

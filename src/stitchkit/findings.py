@@ -139,7 +139,7 @@ def judge(summary: list[dict], originals: dict, chance: float) -> list[Finding]:
     """The five findings, each judged from ``summary`` (report summary rows) by its rule."""
     rows = _Rows(summary)
     cnn = next(((s, d) for s, d in rows.pairs() if s == d and rows.get(s, d, "1:4", "integrated_bottleneck")), None)
-    return [_finding1(rows, originals, chance), _finding2(rows, cnn), _finding3(rows, cnn), _finding4(rows, cnn),
+    return [_finding1(rows, originals, chance), _finding2(rows, cnn), _finding3(rows), _finding4(rows, cnn),
             _finding5(rows, originals)]
 
 
@@ -197,17 +197,17 @@ def _finding2(rows: _Rows, cnn) -> Finding:
                    "one, nor below the no-resize one, by more than twice the standard error of the difference", table)
 
 
-def _finding3(rows: _Rows, cnn) -> Finding:
+def _finding3(rows: _Rows) -> Finding:
     table = [["pair", "gap", "linear", "linear + ReLU", "conv3x3 + ReLU", "bottleneck", "bottleneck - linear"]]
     outcomes, small = [], []
     for src, dst in rows.pairs():
+        largest = _largest_gap(rows.gaps(src, dst))
         for gap in rows.gaps(src, dst):
             linear = rows.get(src, dst, gap, "downsample_linear")
             bottleneck = rows.get(src, dst, gap, "downsample_bottleneck")
             if linear is None or bottleneck is None:
                 continue
-            large = gap == _largest_gap(rows.gaps(src, dst))
-            if large:
+            if gap == largest:
                 outcomes.append(bool(_beats(bottleneck, linear)))
             elif gap == "1:1":
                 small.append(_diff(bottleneck, linear))

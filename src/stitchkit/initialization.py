@@ -78,14 +78,15 @@ def _has_output_map(block: nn.Module) -> bool:
     return hasattr(block, "fit_inputs") and block.has_output_map()
 
 
+def _rows(x: torch.Tensor, tokens: bool) -> torch.Tensor:
+    """An NLC token batch or an NCHW image batch as rows of channels."""
+    return x.reshape(-1, x.shape[-1]) if tokens else image_rows(x)
+
+
 def channel_stats(x: torch.Tensor, tokens: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and (biased) variance of an NCHW image batch or an NLC token batch."""
-    rows = x.reshape(-1, x.shape[-1]) if tokens else image_rows(x)
+    rows = _rows(x, tokens)
     return rows.mean(0), rows.var(0, unbiased=False)
-
-
-def _rows(x: torch.Tensor, tokens: bool) -> torch.Tensor:
-    return x.reshape(-1, x.shape[-1]) if tokens else image_rows(x)
 
 
 @torch.no_grad()

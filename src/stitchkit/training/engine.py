@@ -16,7 +16,7 @@ import platform
 import shutil
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -219,6 +219,9 @@ class DataStream:
     micro_per_epoch: int
     steps_per_epoch: int
     total_steps: int
+    # Calibration batches by (model name, images): members of a group share one seed and data, so they load and
+    # preprocess the images once for the whole pass.
+    calibration: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
 
 
 def build_stream(config: Config, accum: int, device: torch.device, ctx: distributed.Dist) -> DataStream:
@@ -383,7 +386,11 @@ class Trainer:
     def _calibration_images(self, model_name: str) -> torch.Tensor:
         """A batch of training images for ``model_name`` (the same for every run of this seed, grouped or not)."""
         config = self.config
-        return calibration_images(self.splits, config.data, model_name, config.model.init_images, config.train.seed)
+        key = (model_name, config.model.init_images)
+        if key not in self.stream.calibration:
+            self.stream.calibration[key] = calibration_images(self.splits, config.data, model_name,
+                                                              config.model.init_images, config.train.seed)
+        return self.stream.calibration[key]
 
     # --- checkpoints ----------------------------------------------------------------------------------------------
 
