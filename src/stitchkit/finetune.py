@@ -55,7 +55,7 @@ def create_finetune_baseline(
     config = StitchConfig(src=name, dst=name, gap=(x, y))
     start = spec.cut(*config.src_cut).blocks
     stop = spec.cut(*config.dst_cut).blocks
-    anatomy = dissect(model)
+    anatomy = dissect(model, spec.input_size)
     blocks = anatomy.blocks()
     kept, removed = [], []
     for i in range(start, stop):

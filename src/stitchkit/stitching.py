@@ -38,7 +38,7 @@ from .formats import (
     from_nchw,
     to_nchw,
 )
-from .zoo import ModelSpec, back_part, dissect, family_of, front_part, model_spec, resolve_model
+from .zoo import ModelSpec, back_part, dissect, front_part, model_spec, resolve_model, token_extras
 
 FROZEN_MODES = ("eval", "train")
 ADAPTER_FILE_FORMAT = "stitchkit.adapters.v2"  # v2: adapters carry adapter_norm and its module layout
@@ -409,9 +409,9 @@ def create_stitched(
                                 "resize='bilinear'")
 
     prefix_init = pos_embed = None
-    extras = family_of(dst_model).token_extras
-    if dst_feature.is_tokens and extras is not None:
-        prefix_init, pos_embed = _token_init(extras(dst_model), dst_feature)
+    extras = token_extras(dst_model) if dst_feature.is_tokens else None
+    if extras is not None:
+        prefix_init, pos_embed = _token_init(extras, dst_feature)
     bridge = Bridge(
         src_feature, dst_feature, adapter, resize, num_adapters(x, y), prefix_out, prefix_in,
         prefix_init=prefix_init if prefix_in == "learned" else None,
@@ -424,14 +424,14 @@ def create_stitched(
                                     "has none at this cut")
         bridge.pos_embed = _resample_pos(pos_embed, dst_feature, bridge.exit_spec.size)
 
-    front = front_part(dissect(src_model), src_cut.blocks)
-    back = back_part(dissect(dst_model), dst_cut.blocks)
+    front = front_part(dissect(src_model, src_spec.input_size), src_cut.blocks)
+    back = back_part(dissect(dst_model, dst_spec.input_size), dst_cut.blocks)
     model = StitchedModel(front, bridge, back, config, src_spec, dst_spec)
     _check_runs(model, input_size)
     if calibration_images is not None and not bridge.calibrated:
         src_images, dst_images = (calibration_images if isinstance(calibration_images, (tuple, list))
                                   else (calibration_images, calibration_images))
-        dst_front = front_part(dissect(dst_model), dst_cut.blocks)
+        dst_front = front_part(dissect(dst_model, dst_spec.input_size), dst_cut.blocks)
         calibrate(bridge, _features(front, src_images, calibration_device),
                   _features(dst_front, dst_images, calibration_device))
         if calibration_device is not None:

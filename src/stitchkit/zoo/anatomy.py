@@ -66,6 +66,8 @@ class Anatomy:
         num_prefix_tokens: prefix (class, register) tokens of token layouts.
         token_grid: for token layouts, the patch grid for an input size ``(H, W)``.
         block_names: qualified module names of the blocks, parallel to ``stages``, for display.
+        reductions: for anatomies cut from a graph, each stage's reduction (input size / feature size); token grids
+            of hierarchical token models follow from it.
     """
 
     stem: nn.Module
@@ -75,6 +77,7 @@ class Anatomy:
     num_prefix_tokens: int = 0
     token_grid: Callable[[tuple[int, int]], tuple[int, int]] | None = None
     block_names: list[list[str]] = field(default_factory=list)
+    reductions: list[int] | None = None
 
     def __post_init__(self):
         if len(self.stages) != 4 or any(len(s) == 0 for s in self.stages):
@@ -91,6 +94,13 @@ class Anatomy:
         """Number of blocks run before cutting at ``stage`` (1-based) ``position`` (``first`` or ``end``)."""
         before = sum(len(s) for s in self.stages[: stage - 1])
         return before + (1 if position == "first" else len(self.stages[stage - 1]))
+
+    def grid(self, stage: int, input_hw: tuple[int, int]) -> tuple[int, int] | None:
+        """The patch grid of a token layout at ``stage`` (1-based) for images of ``input_hw``, if known."""
+        if self.reductions is not None:
+            r = self.reductions[stage - 1]
+            return (-(-input_hw[0] // r), -(-input_hw[1] // r))
+        return self.token_grid(input_hw) if self.token_grid else None
 
 
 def split_evenly(items: Sequence, parts: int) -> list[list]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
 from ..errors import StitchkitError
@@ -33,6 +34,8 @@ class Family:
         fixed_input_size: the model is built for one input size, so ``create_model`` passes ``img_size``.
         token_extras: for token models, returns ``(cls_token, pos_embed, num_pos_prefix, pos_grid)`` of a model
             so that adapters can initialise a learned class token or re-add the position embedding.
+        sized: ``dissect`` takes the input size as a second argument (its parts are specialised to it).
+        fallback: tried only after every other family (the generic graph split, which accepts any module).
     """
 
     name: str
@@ -42,6 +45,8 @@ class Family:
     model_names: tuple[str, ...] = ()
     fixed_input_size: bool = False
     token_extras: Callable[[nn.Module], tuple] | None = None
+    sized: bool = False
+    fallback: bool = False
 
 
 _FAMILIES: Registry[Family] = Registry("model family")
@@ -57,8 +62,12 @@ def families() -> list[Family]:
 
 
 def family_of(model: nn.Module) -> Family:
-    """The family that handles ``model``; raises a StitchkitError naming the supported classes otherwise."""
-    for family in _FAMILIES.values():
+    """The family that handles ``model``; raises a StitchkitError naming the supported classes otherwise.
+
+    Hand-written families come first (also those registered later by a user); the generic graph split last.
+    """
+    ordered = sorted(_FAMILIES.values(), key=lambda f: f.fallback)
+    for family in ordered:
         if isinstance(model, family.classes):
             return family
     supported = ", ".join(sorted(c.__name__ for f in _FAMILIES.values() for c in f.classes))
@@ -68,12 +77,27 @@ def family_of(model: nn.Module) -> Family:
     )
 
 
-def dissect(model: nn.Module) -> Anatomy:
-    """The anatomy of ``model``, with qualified block names filled in."""
-    anatomy = family_of(model).dissect(model)
-    names = qualified_names(model)
-    anatomy.block_names = [[names.get(id(b), type(b).__name__) for b in stage] for stage in anatomy.stages]
+def dissect(model: nn.Module, input_size: tuple[int, int] | None = None) -> Anatomy:
+    """The anatomy of ``model``, with qualified block names filled in.
+
+    ``input_size`` ``(H, W)`` matters only to families whose parts are specialised to a size (the graph split);
+    without it they use the model's default input size.
+    """
+    family = family_of(model)
+    if family.sized:
+        anatomy = family.dissect(model, input_size or default_input_size(model))
+    else:
+        anatomy = family.dissect(model)
+    if not anatomy.block_names:
+        names = qualified_names(model)
+        anatomy.block_names = [[names.get(id(b), type(b).__name__) for b in stage] for stage in anatomy.stages]
     return anatomy
+
+
+def default_input_size(model: nn.Module) -> tuple[int, int]:
+    """The input size a model was built for: timm's pretrained config, else ImageNet's 224."""
+    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    return (int(size[-2]), int(size[-1])) if size else (224, 224)
 
 
 def _join(*modules: nn.Module) -> nn.Module:
@@ -188,6 +212,23 @@ def _vit_token_extras(model) -> tuple:
     return model.cls_token, model.pos_embed, pos_prefix, tuple(model.patch_embed.grid_size)
 
 
+def token_extras(model: nn.Module) -> tuple | None:
+    """``(cls_token, pos_embed, num_pos_prefix, pos_grid)`` of a token model (see :class:`Family`), or None."""
+    extras = family_of(model).token_extras
+    return extras(model) if extras is not None else _generic_token_extras(model)
+
+
+def _generic_token_extras(model) -> tuple | None:
+    """A timm token model's class token and position embedding, when it has ViT's attributes."""
+    cls_token, pos_embed = getattr(model, "cls_token", None), getattr(model, "pos_embed", None)
+    patch_embed = getattr(model, "patch_embed", None)
+    grid = getattr(patch_embed, "grid_size", None)
+    if not isinstance(pos_embed, torch.Tensor) or pos_embed.dim() != 3 or grid is None:
+        return None
+    prefix = 0 if getattr(model, "no_embed_class", False) else pos_embed.shape[1] - grid[0] * grid[1]
+    return cls_token, pos_embed, prefix, tuple(grid)
+
+
 # --- timm Swin ----------------------------------------------------------------------------------------------------
 
 
@@ -214,6 +255,7 @@ def _torchvision_swin(model) -> Anatomy:
 
 def _register_builtin() -> None:
     from . import small_vit  # noqa: F401  (registers stitchkit's small ViTs in timm's registry)
+    from .graph import graph_anatomy
     import timm.models.convnext as convnext
     import timm.models.efficientnet as efficientnet
     import timm.models.mobilenetv3 as mobilenetv3
@@ -248,6 +290,8 @@ def _register_builtin() -> None:
                          "torchvision:swin_v2_t", "torchvision:swin_v2_s", "torchvision:swin_v2_b"),
         )
     )
+    # Everything else: split the exported graph (see stitchkit.zoo.graph).
+    register_family(Family("graph", (nn.Module,), graph_anatomy, sized=True, fallback=True))
 
 
 _register_builtin()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from ..errors import StitchkitError, unknown_name
 from .families import Family, families, family_of
 
 TORCHVISION_PREFIX = "torchvision:"
+GRAPH_FAMILY = "graph"  # the family that splits any other model's exported graph (stitchkit.zoo.graph)
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,8 +36,40 @@ def _timm_names() -> dict[str, str]:
     return names
 
 
+@functools.lru_cache(maxsize=None)
+def _torchvision_classifiers() -> tuple[str, ...]:
+    """torchvision's classification models (``torchvision:resnet50``), which the graph split serves by default."""
+    return tuple(TORCHVISION_PREFIX + n for n in torchvision.models.list_models(module=torchvision.models))
+
+
+@functools.lru_cache(maxsize=None)
+def _coverage_status() -> dict[str, str | None]:
+    """timm model name -> why its class cannot be cut (None: it can), from the measured table in coverage.json
+    (written by scripts/model_coverage.py). Names the table does not know (a newer timm) are tried."""
+    path = Path(__file__).with_name("coverage.json")
+    if not path.is_file():
+        return {}
+    status = {}
+    for entry in json.loads(path.read_text())["timm"].values():
+        for name in entry["names"]:
+            status[name] = None if entry["status"] == "ok" else entry["reason"] or "failed the coverage check"
+    return status
+
+
+def supported_timm(name: str) -> bool:
+    """Whether stitchkit cuts the timm model ``name`` (a hand-written family, or its class passed the check)."""
+    return name in _timm_names() or _coverage_status().get(name) is None
+
+
+def unsupported_reason(name: str) -> str | None:
+    """Why the timm model ``name`` cannot be cut, if the coverage table says it cannot."""
+    return None if name in _timm_names() else _coverage_status().get(name)
+
+
 def _torchvision_names() -> dict[str, str]:
-    return {name: family.name for family in families() for name in family.model_names}
+    names = {name: GRAPH_FAMILY for name in _torchvision_classifiers()}
+    names.update({name: family.name for family in families() for name in family.model_names})
+    return names
 
 
 def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
@@ -50,9 +84,9 @@ def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
         True
     """
     if pretrained:
-        timm_names = [n for n in timm.list_models(pretrained=True) if n.split(".")[0] in _timm_names()]
+        timm_names = [n for n in timm.list_models(pretrained=True) if supported_timm(n.split(".")[0])]
     else:
-        timm_names = list(_timm_names())
+        timm_names = [n for n in timm.list_models() if supported_timm(n)]
     names = timm_names + list(_torchvision_names())
     return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
 
@@ -76,12 +110,15 @@ def family_for_name(name: str) -> Family:
     if base in supported:
         return by_name[supported[base]]
     if timm.is_model(base):
-        kinds = ", ".join(sorted({f.name for f in families()}))
-        raise StitchkitError(
-            f"timm model {base!r} is not of a supported family ({kinds}); "
-            "pick a model from `stitchkit models`, or register a Family for its class"
-        )
-    raise unknown_name("model", name, list(supported) + list(_torchvision_names()), "`stitchkit models PATTERN` lists them")
+        reason = unsupported_reason(base)
+        if reason is not None:
+            raise StitchkitError(
+                f"stitchkit cannot cut timm model {base!r}: {reason} (docs/models.md lists every architecture; "
+                "register a Family for its class to cut it by hand)"
+            )
+        return by_name[GRAPH_FAMILY]
+    raise unknown_name("model", name, timm.list_models() + list(_torchvision_names()),
+                       "`stitchkit models PATTERN` lists them")
 
 
 def create_model(
@@ -120,7 +157,7 @@ def create_model(
         except (OSError, RuntimeError, ValueError) as err:
             raise StitchkitError(f"cannot build {name} with weights {weights}: {err}") from err
     else:
-        if family.fixed_input_size and input_size is not None:
+        if input_size is not None and (family.fixed_input_size or _timm_fixed_size(name)):
             kwargs.setdefault("img_size", input_size)
         try:
             model = timm.create_model(name, pretrained=bool(pretrained), **kwargs)
@@ -137,6 +174,14 @@ def create_model(
             return create_model(name, False, checkpoint_path, input_size, classes, **kwargs)
         load_checkpoint(model, checkpoint_path, state)
     return model.eval()
+
+
+def _timm_fixed_size(name: str) -> bool:
+    """Whether a timm model is built for one input size (its pretrained config says so; ViT-like models)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(_split_tag(name)[0], allow_unregistered=True)
+    return bool(cfg is not None and getattr(cfg, "fixed_input_size", False))
 
 
 def _classifier_key(model: nn.Module) -> str | None:

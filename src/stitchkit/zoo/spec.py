@@ -78,7 +78,7 @@ def _bad_size(input_size) -> tuple[int, int]:
 
 def _describe(x: torch.Tensor, anatomy: Anatomy, stage: int, input_hw: tuple[int, int]) -> FeatureSpec:
     fmt = anatomy.formats[stage - 1]
-    grid = anatomy.token_grid(input_hw) if fmt is Format.NLC and anatomy.token_grid else None
+    grid = anatomy.grid(stage, input_hw) if fmt is Format.NLC else None
     return FeatureSpec.from_tensor(x, fmt, anatomy.num_prefix_tokens if fmt is Format.NLC else 0, grid)
 
 
@@ -105,8 +105,8 @@ def model_spec(model: nn.Module, input_size: int | tuple[int, ...] = 224, name: 
 @torch.no_grad()
 def _measure(model: nn.Module, input_size: int | tuple[int, ...], name: str | None) -> ModelSpec:
     family = family_of(model)
-    anatomy = dissect(model)
     hw = as_size(input_size)
+    anatomy = dissect(model, hw)
     was_training = model.training
     model.eval()
     try:

@@ -8,7 +8,7 @@ from torch import nn
 from .anatomy import Anatomy
 from .families import dissect
 from .models import resolve_model
-from .spec import check_cut
+from .spec import as_size, check_cut
 
 
 class Part(nn.Sequential):
@@ -50,6 +50,6 @@ def split(
     """
     check_cut(stage, position)
     model, _ = resolve_model(model, pretrained, checkpoint_path, input_size)
-    anatomy = dissect(model)
+    anatomy = dissect(model, as_size(input_size) if input_size is not None else None)
     n = anatomy.block_index(stage, position)
     return front_part(anatomy, n), back_part(anatomy, n)

@@ -1,0 +1,402 @@
+"""Cut any traceable model by splitting its graph, with no per-model table.
+
+Hand-written families (:mod:`stitchkit.zoo.families`) lay out the models they know from their stage containers.
+Every other model is exported with :func:`torch.export.export` (non-strict, for the input size it will see, batch
+size dynamic) and its graph is cut where a cut is possible and meaningful:
+
+1. **Where a cut is possible.** A node of the graph is a *cut node* when the one tensor it produces is all that later
+   operations need: no other activation computed before it is used after it. Weights, buffers, constants and the
+   batch size do not count (every part can read them). Dense connections (DenseNet's concatenations inside a dense
+   block) and multi-branch stages (HRNet) have no cut node inside them, which is why they cannot be cut there.
+2. **Which cut nodes are block boundaries.** The model's module tree says where blocks are: starting at the model,
+   a *group* (a plain ``Sequential``/``ModuleList``/``ModuleDict`` with repeated member classes, or a module that
+   holds such a container, like a timm stage with its ``blocks``) is opened, anything else is a block. A cut node
+   that is the last operation of a block inside a group is a block boundary. Modules that hang directly off the
+   model (a stem convolution, a max-pool, the final norm) are stem or head, never blocks; a block without
+   parameters (an activation, a pooling) joins the block before it.
+3. **Stages by reduction.** Each boundary's tensor gives its layout (NCHW, NHWC, or tokens with prefix tokens) and
+   its reduction (input size / feature size). Blocks at reductions below 4 join the stem; the remaining reductions
+   are the stages. Four reductions (4x, 8x, 16x, 32x) are the paper's four stages. One reduction (ViT-like, Mixer,
+   ConvMixer: isotropic) is split into four equal groups of blocks, as for ViT. More than four: the deepest ones join
+   stage 4. Fewer than four (but more than one): the stage with most blocks is halved until there are four.
+
+The parts are :class:`torch.fx.GraphModule` segments of the exported graph that use the model's own parameters and
+buffers (shared, not copied). What this costs, compared with a hand-written family:
+
+* the parts are specialised to one input size (the model's anatomy is exported per size);
+* the graph was exported in eval mode, so in the parts BatchNorm uses its running statistics and dropout is off
+  even when a part is trained (fine-tuning baseline). Frozen parts, the usual case, behave exactly as the model.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from ..errors import StitchkitError
+from ..formats import Format
+from .anatomy import Anatomy, split_evenly
+
+_PLAIN_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+class GraphSplitError(StitchkitError):
+    """A model whose graph cannot be cut into four stages (the message says why)."""
+
+
+@dataclass
+class _Boundary:
+    node: fx.Node
+    index: int
+    block: str  # qualified name of the block that ends here
+    format: Format
+    reduction: int
+    prefix: int  # prefix tokens of a token layout
+
+
+# --- the model's module tree ------------------------------------------------------------------------------------
+
+
+def _is_plain_group(module: nn.Module) -> bool:
+    """A plain container whose members repeat a class (blocks), not a one-off sequence (conv, norm) of a stem."""
+    if type(module) not in _PLAIN_CONTAINERS:
+        return False
+    counts = Counter(type(m) for m in module.children())
+    return bool(counts) and max(counts.values()) >= 2
+
+
+def _is_group(module: nn.Module, is_root: bool) -> bool:
+    if is_root or _is_plain_group(module):
+        return True
+    # A stage object that holds its blocks in a container (timm's ``stages.N`` with ``downsample`` and ``blocks``).
+    return type(module) not in _PLAIN_CONTAINERS and any(_is_plain_group(c) for c in module.children())
+
+
+def _block_of(stack: list[str], modules: dict[str, nn.Module]) -> str | None:
+    """The block a node belongs to: open groups from the model down along the node's module stack.
+
+    Returns ``None`` for code that runs in a group's own forward (a ViT's position embedding), ``""`` never.
+    """
+    current, depth = "", 0
+    while _is_group(modules[current], current == ""):
+        if depth == len(stack):
+            return None
+        current = stack[depth]
+        depth += 1
+    return current
+
+
+def _parent(name: str) -> str:
+    return name.rpartition(".")[0]
+
+
+# --- layouts ------------------------------------------------------------------------------------------------------
+
+
+def _grid_reduction(h: int, w: int, hw: tuple[int, int]) -> int | None:
+    """The reduction ``r`` with ``(h, w) == ceil(hw / r)``, if there is one."""
+    if h <= 0 or w <= 0:
+        return None
+    r = max(1, round(hw[0] / h))
+    for candidate in (r, r + 1, r - 1):
+        if candidate >= 1 and math.ceil(hw[0] / candidate) == h and math.ceil(hw[1] / candidate) == w:
+            return candidate
+    return None
+
+
+def _layout(shape: tuple[int, ...], hw: tuple[int, int], prefix_hint: int | None) -> tuple[Format, int, int] | None:
+    """``(format, reduction, prefix tokens)`` of a feature of ``shape`` (batch excluded), or None if not spatial."""
+    if len(shape) == 3:
+        c, h, w = shape
+        r = _grid_reduction(h, w, hw)
+        if r is not None:
+            return Format.NCHW, r, 0
+        r = _grid_reduction(c, h, hw)
+        if r is not None:
+            return Format.NHWC, r, 0
+        return None
+    if len(shape) == 2:
+        length = shape[0]
+        prefixes = [prefix_hint] if prefix_hint is not None else []
+        for prefix in prefixes + [p for p in range(0, 17) if p != prefix_hint]:
+            patches = length - prefix
+            if patches <= 0:
+                break
+            r = max(1, round(math.sqrt(hw[0] * hw[1] / patches)))
+            for candidate in (r, r + 1, r - 1):
+                if candidate >= 1 and math.ceil(hw[0] / candidate) * math.ceil(hw[1] / candidate) == patches:
+                    return Format.NLC, candidate, prefix
+    return None
+
+
+# --- export and cut nodes -----------------------------------------------------------------------------------------
+
+
+def _export(model: nn.Module, hw: tuple[int, int]):
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    in_chans = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
+    x = torch.randn(2, in_chans, *hw, device=device)
+    batch = torch.export.Dim("batch", min=1)
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.export.export(model, (x,), dynamic_shapes=({0: batch},), strict=False)
+    except Exception as err:  # export raises many error types; each means "cannot trace this model"
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GraphSplitError(f"torch.export cannot trace {type(model).__name__}: {first_line[:300]}") from err
+    finally:
+        model.train(was_training)
+
+
+class _Graph:
+    """The exported graph with what splitting needs: free inputs, cut nodes, module stacks."""
+
+    def __init__(self, model: nn.Module, program, hw: tuple[int, int]):
+        self.model = model
+        self.hw = hw
+        self.graph = program.graph
+        self.nodes = [n for n in self.graph.nodes]
+        self.index = {n: i for i, n in enumerate(self.nodes)}
+        signature = program.graph_signature
+        if any(spec.kind.name not in ("USER_OUTPUT",) for spec in signature.output_specs):
+            raise GraphSplitError(f"{type(model).__name__} changes its own buffers in eval mode; cannot cut it")
+        user_outputs = [s for s in signature.output_specs if s.kind.name == "USER_OUTPUT"]
+        if len(user_outputs) != 1:
+            raise GraphSplitError(f"{type(model).__name__} returns {len(user_outputs)} outputs, not one logits tensor")
+        params = dict(model.named_parameters(remove_duplicate=False))
+        buffers = dict(model.named_buffers(remove_duplicate=False))
+        # placeholder name -> (attribute name inside a part, tensor) for weights, buffers and lifted constants
+        self.constants: dict[str, tuple[str, torch.Tensor]] = {}
+        self.user_input = None
+        for spec in signature.input_specs:
+            kind = spec.kind.name
+            if kind == "USER_INPUT":
+                if self.user_input is not None:
+                    raise GraphSplitError(f"{type(model).__name__} takes more than one input")
+                self.user_input = spec.arg.name
+            elif kind == "PARAMETER":
+                self.constants[spec.arg.name] = (spec.target, params[spec.target])
+            elif kind == "BUFFER":
+                tensor = buffers[spec.target] if spec.target in buffers else program.constants[spec.target]
+                self.constants[spec.arg.name] = (spec.target, tensor)
+            elif kind == "CONSTANT_TENSOR":
+                self.constants[spec.arg.name] = (f"_constants.{spec.target.replace('.', '_')}", program.constants[spec.target])
+            else:
+                raise GraphSplitError(f"{type(model).__name__} has a graph input of kind {kind}; cannot cut it")
+        self.input_node = next(n for n in self.nodes if n.op == "placeholder" and n.name == self.user_input)
+        self.batch = self.input_node.meta["val"].shape[0]
+        self.free: set[fx.Node] = set()
+        for node in self.nodes:  # in order, so a size's inputs are classified before it
+            if self._is_free(node):
+                self.free.add(node)
+        self.cut_nodes = self._cut_nodes()
+
+    def _is_free(self, node: fx.Node) -> bool:
+        """Readable by every part: a weight/buffer/constant, or a size computed only from the batch size."""
+        if node.op == "placeholder":
+            return node.name in self.constants
+        if node.op != "call_function" or isinstance(node.meta.get("val"), torch.Tensor):
+            return False
+        if self._is_batch_size(node):
+            return True
+        value = node.meta.get("val")
+        scalar = isinstance(value, (int, float, bool, torch.SymInt, torch.SymFloat, torch.SymBool))
+        return scalar and all(a in self.free for a in node.all_input_nodes)
+
+    def _is_batch_size(self, node: fx.Node) -> bool:
+        value = node.meta.get("val")
+        return (node.target is torch.ops.aten.sym_size.int and isinstance(value, torch.SymInt)
+                and node.args[1] == 0 and str(value) == str(self.batch))
+
+    def _cut_nodes(self) -> set[fx.Node]:
+        """Nodes after which only the node's own tensor is still needed."""
+        last_use = {}
+        for node in self.nodes:
+            if node in self.free or node.op == "output":
+                continue
+            users = [u for u in node.users if not (u in self.free)]
+            last_use[node] = max((self.index[u] for u in users), default=self.index[node])
+        cuts, reach = set(), -1
+        for node in self.nodes:
+            if node in self.free or node.op == "output":
+                continue
+            value = node.meta.get("val")
+            if (reach <= self.index[node] and isinstance(value, torch.Tensor) and value.dim() >= 3
+                    and str(value.shape[0]) == str(self.batch)):
+                cuts.add(node)
+            reach = max(reach, last_use[node])
+        return cuts
+
+    def stack(self, node: fx.Node) -> list[str]:
+        entries = node.meta.get("nn_module_stack") or {}
+        return [name for name, _ in entries.values() if name]
+
+    # --- parts -------------------------------------------------------------------------------------------------
+
+    def segment(self, start: fx.Node, end: fx.Node | None) -> fx.GraphModule:
+        """A module computing ``end`` (``None``: the graph's output) from ``start``'s tensor."""
+        graph = fx.Graph()
+        x = graph.placeholder("x")
+        env: dict[fx.Node, fx.Node] = {start: x}
+        root: dict[str, torch.Tensor] = {}
+
+        def lookup(node: fx.Node) -> fx.Node:
+            if node in env:
+                return env[node]
+            if node.op == "placeholder" and node.name in self.constants:
+                target, tensor = self.constants[node.name]
+                root[target] = tensor
+                env[node] = graph.get_attr(target)
+            elif self._is_batch_size(node):
+                env[node] = graph.call_function(torch.ops.aten.sym_size.int, (x, 0))
+            elif node in self.free:
+                env[node] = copy(node)
+            else:
+                raise GraphSplitError(f"internal: {node.name} is needed across a cut")  # a bug in _cut_nodes
+            return env[node]
+
+        def copy(node: fx.Node) -> fx.Node:
+            new = graph.node_copy(node, lookup)
+            device = new.kwargs.get("device")
+            if isinstance(device, torch.device):  # made on the export's device: follow the input's device instead
+                new.kwargs = {**new.kwargs, "device": graph.call_function(getattr, (x, "device"))}
+            return new
+
+        stop = self.index[end] if end is not None else len(self.nodes)
+        for node in self.nodes[self.index[start] + 1 : stop + 1]:
+            if node in self.free or node.op == "placeholder":
+                continue
+            if node.op == "output":
+                graph.output(lookup(node.args[0][0]))
+                break
+            env[node] = copy(node)
+        else:
+            graph.output(env[end])
+        graph.lint()
+        return fx.GraphModule(root, graph, class_name="GraphPart")
+
+
+# --- the anatomy ----------------------------------------------------------------------------------------------------
+
+
+def _boundaries(g: _Graph, prefix_hint: int | None) -> list[_Boundary]:
+    """Block ends, in order, with their layouts (rule 2 of the module docstring)."""
+    modules = dict(g.model.named_modules(remove_duplicate=False))
+    last_index: dict[str, int] = {}
+    for node in g.nodes:
+        for name in g.stack(node):
+            last_index[name] = g.index[node]
+    found: list[_Boundary] = []
+    current, pending = None, None
+
+    def flush():
+        if pending is None:
+            return
+        if found and not any(True for _ in modules[pending.block].parameters()):
+            found[-1] = pending  # a block without weights (activation, pooling) joins the block before it
+        else:
+            found.append(pending)
+
+    for node in g.nodes:
+        if node in g.free or node.op in ("placeholder", "output"):
+            continue
+        stack = [name for name in g.stack(node) if name in modules]
+        block = _block_of(stack, modules) if stack else None
+        if block is not None and _parent(block) == "":
+            flush()
+            current = pending = None  # a direct child of the model: stem or head, never a block
+            continue
+        if block is not None and block != current:
+            flush()
+            current, pending = block, None
+        if current is None or node not in g.cut_nodes:
+            continue
+        # The block's own last operation, or the group's code right after it (a residual add written in the
+        # stage's forward): the last cut node before the next block starts ends this block.
+        if block is None or last_index[block] == g.index[node]:
+            layout = _layout(tuple(int(s) for s in node.meta["val"].shape[1:]), g.hw, prefix_hint)
+            if layout is not None:
+                pending = _Boundary(node, g.index[node], current, *layout)
+    flush()
+    return found
+
+
+def _stages(found: list[_Boundary], name: str) -> list[list[_Boundary]]:
+    """Rule 3: group block ends by reduction into four stages."""
+    levels: list[list[_Boundary]] = []
+    for b in found:
+        if b.reduction < 4:
+            continue
+        if levels and b.reduction < levels[-1][-1].reduction:
+            raise GraphSplitError(f"{name}'s resolution goes back up at {b.block}; only single-path pyramids can be "
+                                  "cut into four stages")
+        if levels and b.reduction == levels[-1][-1].reduction:
+            levels[-1].append(b)
+        else:
+            levels.append([b])
+    if not levels:
+        raise GraphSplitError(f"{name} has no block boundary at a reduction of 4x or more; cannot find its stages")
+    if len(levels) == 1:
+        if len(levels[0]) < 4:
+            raise GraphSplitError(f"{name} has {len(levels[0])} cuttable blocks; four stages need at least four")
+        return split_evenly(levels[0], 4)
+    while len(levels) > 4:
+        levels[-2:] = [levels[-2] + levels[-1]]
+    while len(levels) < 4:
+        longest = max(range(len(levels)), key=lambda i: len(levels[i]))
+        if len(levels[longest]) < 2:
+            raise GraphSplitError(f"{name} has {len(levels)} resolutions and too few blocks to make four stages")
+        halves = split_evenly(levels[longest], 2)
+        levels[longest : longest + 1] = halves
+    return levels
+
+
+_ANATOMIES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def graph_anatomy(model: nn.Module, input_size: tuple[int, int]) -> Anatomy:
+    """The anatomy of ``model`` for images of ``input_size``, by splitting its exported graph (cached per size)."""
+    hw = (int(input_size[0]), int(input_size[1]))
+    cached = _ANATOMIES.setdefault(model, {})
+    key = (hw, tuple(id(m) for m in model.modules()))
+    if key not in cached:
+        cached[key] = _build(model, hw)
+    return cached[key]
+
+
+def _build(model: nn.Module, hw: tuple[int, int]) -> Anatomy:
+    name = type(model).__name__
+    g = _Graph(model, _export(model, hw), hw)
+    prefix_hint = getattr(model, "num_prefix_tokens", None)
+    stages = _stages(_boundaries(g, prefix_hint if isinstance(prefix_hint, int) else None), name)
+    formats = []
+    for stage in stages:
+        # One layout per stage: a boundary of another layout inside the stage is dropped (its block joins the next).
+        fmt = stage[-1].format
+        stage[:] = [b for b in stage if b.format is fmt]
+        formats.append(fmt)
+    first = stages[0][0]
+    # The stem ends at the last cut node before the first block starts (its first node comes after that cut).
+    block_start = min(g.index[n] for n in g.nodes if first.block in g.stack(n))
+    stem_end = max((c for c in g.cut_nodes if g.index[c] < block_start), key=g.index.get, default=None)
+    boundaries = [b.node for stage in stages for b in stage]
+    start = stem_end if stem_end is not None else g.input_node
+    stem = g.segment(g.input_node, stem_end) if stem_end is not None else nn.Identity()
+    parts, previous = [], start
+    for node in boundaries:
+        parts.append(g.segment(previous, node))
+        previous = node
+    head = g.segment(previous, None)
+    it = iter(parts)
+    stage_parts = [[next(it) for _ in stage] for stage in stages]
+    token_stages = [s for s in stages if s[-1].format is Format.NLC]
+    prefix = token_stages[0][-1].prefix if token_stages else 0
+    anatomy = Anatomy(stem, stage_parts, head, formats, num_prefix_tokens=prefix,
+                      reductions=[s[-1].reduction for s in stages])
+    anatomy.block_names = [[b.block for b in stage] for stage in stages]
+    return anatomy
