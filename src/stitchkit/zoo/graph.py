@@ -51,7 +51,6 @@ class GraphSplitError(StitchkitError):
 @dataclass
 class _Boundary:
     node: fx.Node
-    index: int
     block: str  # qualified name of the block that ends here
     format: Format
     reduction: int
@@ -321,7 +320,7 @@ def _boundaries(g: _Graph, prefix_hint: int | None) -> list[_Boundary]:
         if block is None or last_index[block] == g.index[node]:
             layout = _layout(tuple(int(s) for s in node.meta["val"].shape[1:]), g.hw, prefix_hint)
             if layout is not None:
-                pending = _Boundary(node, g.index[node], current, *layout)
+                pending = _Boundary(node, current, *layout)
     flush()
     return found
 

@@ -160,7 +160,14 @@ def create_model(
         if input_size is not None and (family.fixed_input_size or _timm_fixed_size(name)):
             kwargs.setdefault("img_size", input_size)
         try:
-            model = timm.create_model(name, pretrained=bool(pretrained), **kwargs)
+            try:
+                model = timm.create_model(name, pretrained=bool(pretrained), **kwargs)
+            except TypeError as err:
+                if "img_size" not in str(err) or "img_size" not in kwargs:
+                    raise
+                # Built for one size but without an img_size argument (it adapts to, or fixes, its own size).
+                kwargs.pop("img_size")
+                model = timm.create_model(name, pretrained=bool(pretrained), **kwargs)
         except (OSError, RuntimeError) as err:
             raise StitchkitError(
                 f"cannot load pretrained weights for {name}: {err}. Without network access, put the weights in the "
@@ -184,13 +191,30 @@ def _timm_fixed_size(name: str) -> bool:
     return bool(cfg is not None and getattr(cfg, "fixed_input_size", False))
 
 
-def _classifier_key(model: nn.Module) -> str | None:
-    """State-dict key of the classifier weight (timm declares it in the pretrained config)."""
+def _classifier_name(model: nn.Module) -> str | None:
+    """Qualified name of the classifier layer: timm declares it in the pretrained config; otherwise (torchvision)
+    it is the model's last ``nn.Linear`` (``fc``, ``classifier.1``, ``heads.head``)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    classifier = cfg.get("classifier") or ("head" if isinstance(getattr(model, "head", None), nn.Linear) else None)
+    classifier = cfg.get("classifier")
     if isinstance(classifier, (list, tuple)):
         classifier = classifier[0]
-    return f"{classifier}.weight" if classifier else None
+    if classifier and isinstance(_get(model, classifier), nn.Module):
+        return classifier
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def _get(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _classifier_key(model: nn.Module) -> str | None:
+    """State-dict key of the classifier weight."""
+    name = _classifier_name(model)
+    return f"{name}.weight" if name else None
 
 
 def _checkpoint_classes(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
@@ -203,9 +227,10 @@ def num_outputs(model: nn.Module) -> int:
     classes = getattr(model, "num_classes", None)
     if isinstance(classes, int):
         return classes
-    head = getattr(model, "head", None) or getattr(model, "fc", None) or getattr(model, "classifier", None)
-    if isinstance(head, nn.Linear):
-        return head.out_features
+    name = _classifier_name(model)
+    layer = _get(model, name) if name else None
+    if isinstance(layer, nn.Linear):
+        return layer.out_features
     raise StitchkitError(f"cannot tell how many classes {type(model).__name__} predicts")
 
 
@@ -213,10 +238,16 @@ def reset_classifier(model: nn.Module, num_classes: int) -> None:
     """A new, randomly initialised head of ``num_classes`` outputs (timm's own method where it exists)."""
     if hasattr(model, "reset_classifier"):
         model.reset_classifier(num_classes)
-    elif isinstance(getattr(model, "head", None), nn.Linear):
-        model.head = nn.Linear(model.head.in_features, num_classes)
-    else:
+        return
+    name = _classifier_name(model)
+    layer = _get(model, name) if name else None
+    if not isinstance(layer, nn.Linear):
         raise StitchkitError(f"cannot replace the head of {type(model).__name__}")
+    parent, _, attr = name.rpartition(".")
+    new = nn.Linear(layer.in_features, num_classes, bias=layer.bias is not None)
+    setattr(model.get_submodule(parent) if parent else model, attr, new.to(layer.weight.device))
+    if isinstance(getattr(model, "num_classes", None), int):
+        model.num_classes = num_classes
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
