@@ -228,3 +228,23 @@ def test_chain_steps_are_fitted_in_order():
     c = steps[0].in_channels
     assert torch.equal(first[:c], torch.eye(c))  # 64 -> 128 channels: [I; -I]
     assert torch.equal(first[c:], -torch.eye(c))
+
+
+@pytest.mark.parametrize("adapter", ["bottleneck", "linear_relu", "conv3x3_relu"])
+def test_adapters_keep_the_sign_that_a_signed_destination_expects(adapter):
+    """MobileNetV3's blocks end without an activation (linear bottlenecks): a fitted adapter that ended in a ReLU
+    would clip half of what the destination expects. Into a ResNet (post-ReLU features) the ReLU stays."""
+    images = _images()
+    r18, mnv3 = _models(R18, "mobilenetv3_large_100")
+    into_signed = create_stitched(r18, mnv3, "1:1", adapter=adapter, input_size=SIZE, calibration_images=images)
+    assert not into_signed.dst_spec.cut(*into_signed.config.dst_cut).nonnegative
+    h, target = _bridge_and_target(into_signed, mnv3, images)
+    assert (target < 0).float().mean() > 0.2 and (h < 0).float().mean() > 0.2
+    into_relu = create_stitched(mnv3, r18, "1:1", adapter=adapter, input_size=SIZE, calibration_images=images)
+    assert into_relu.dst_spec.cut(*into_relu.config.dst_cut).nonnegative
+    h, _ = _bridge_and_target(into_relu, r18, images)
+    assert (h >= 0).all()
+    # Within one signed model, a bottleneck between equal shapes is again an exact identity (no ReLU after it).
+    self_stitch = create_stitched(mnv3, mnv3, "1:1", adapter="bottleneck", input_size=SIZE, calibration_images=images)
+    x = self_stitch.bridge.enter(self_stitch.front(images))
+    torch.testing.assert_close(self_stitch.bridge.adapters[0](x), x)

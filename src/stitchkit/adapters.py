@@ -35,7 +35,8 @@ ADAPTER_NORMS = {
     "lstsq": "no outer norms; the output map of the chain's last adapter that has one starts as a least-squares fit "
              "from what it receives to the destination's own features at its cut, on a batch of training images "
              "(direct matching, as SN-Net initialises its stitching layers); earlier adapters start as "
-             "information-keeping lifts",
+             "information-keeping lifts; where the destination's features take negative values, the adapters from "
+             "the fitted one on end without their output ReLU",
     "dst_stats": "a norm before and after each adapter, calibrated on a batch of training images: the last output "
                  "norm starts at the destination's own per-channel mean and spread at its cut",
     "paper_code": "as the paper's public code: no outer norms around bottleneck and ViT-block adapters (a "
@@ -167,6 +168,12 @@ class FitsOutputMap:
     def set_output_map(self, weight: torch.Tensor, bias: torch.Tensor, rows: torch.Tensor) -> None:  # pragma: no cover
         raise NotImplementedError
 
+    def keep_sign(self) -> None:
+        """End without the output ReLU: for a destination whose features take negative values, which a ReLU would
+        clip (MobileNet's linear bottlenecks, ViT and Swin tokens). Inner activations stay."""
+        if hasattr(self, "act_out"):
+            self.act_out = nn.Identity()
+
 
 class ConvAdapter(nn.Module, FitsOutputMap):
     """A convolution (1x1 or 3x3, optionally strided), optionally followed by ReLU.
@@ -178,10 +185,10 @@ class ConvAdapter(nn.Module, FitsOutputMap):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, relu: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
-        self.act = nn.ReLU(inplace=True) if relu else nn.Identity()
+        self.act_out = nn.ReLU(inplace=True) if relu else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv(x))
+        return self.act_out(self.conv(x))
 
     def fit_inputs(self, x: torch.Tensor) -> torch.Tensor:
         """The input pixels the output map sees, as rows ``(N * H_out * W_out, C_in)``."""
@@ -206,10 +213,10 @@ class TokenLinear(nn.Module, FitsOutputMap):
     def __init__(self, in_channels: int, out_channels: int, relu: bool = False):
         super().__init__()
         self.linear = nn.Linear(in_channels, out_channels)
-        self.act = nn.ReLU(inplace=True) if relu else nn.Identity()
+        self.act_out = nn.ReLU(inplace=True) if relu else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.linear(x))
+        return self.act_out(self.linear(x))
 
     def fit_inputs(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, x.shape[-1])
@@ -269,6 +276,7 @@ class Bottleneck(nn.Module, FitsOutputMap):
         self.bn3 = nn.BatchNorm2d(out_channels)
         nn.init.zeros_(self.bn3.weight)
         self.act = nn.ReLU(inplace=True)
+        self.act_out = nn.ReLU(inplace=True)
         self.shortcut = nn.Identity()
         if project or in_channels != out_channels or stride != 1:
             self.shortcut = nn.Sequential(
@@ -279,7 +287,7 @@ class Bottleneck(nn.Module, FitsOutputMap):
         y = self.act(self.bn1(self.conv1(x)))
         y = self.act(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
-        return self.act(y + self.shortcut(x))
+        return self.act_out(y + self.shortcut(x))
 
     def has_output_map(self) -> bool:
         return not isinstance(self.shortcut, nn.Identity)

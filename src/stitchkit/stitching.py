@@ -117,6 +117,7 @@ class Bridge(nn.Module):
         adapter_norm: str = DEFAULT_ADAPTER_NORM,
         within_one_model: bool = False,
         token_adapters: bool = True,
+        dst_nonnegative: bool = True,
     ):
         super().__init__()
         check_adapter_norm(adapter_norm)
@@ -146,6 +147,14 @@ class Bridge(nn.Module):
             # Equal shapes all along between two different models: an identity start would hand the destination
             # the source's channels as if they were its own, so the last adapter gets an output map to fit.
             self.adapters[-1] = self._step_module(self.steps[-1], adapter, needs_map=True)
+        if adapter_norm == "lstsq" and not dst_nonnegative:
+            # The destination expects signed features: a ReLU at the end of the fitted adapter, or of an identity
+            # after it, would clip half of them for good (no later norm can give the sign back).
+            blocks = [step.adapter.block for step in self.adapters]
+            mapped = [i for i, b in enumerate(blocks) if getattr(b, "has_output_map", lambda: False)()]
+            for block in blocks[mapped[-1] if mapped else 0 :]:
+                if hasattr(block, "keep_sign"):
+                    block.keep_sign()
         self.learned_prefix = None
         if not self.tokens and dst.num_prefix_tokens and prefix_in == "learned":
             init = prefix_init if prefix_init is not None else torch.zeros(1, dst.num_prefix_tokens, dst.channels)
@@ -416,7 +425,7 @@ def create_stitched(
         src_feature, dst_feature, adapter, resize, num_adapters(x, y), prefix_out, prefix_in,
         prefix_init=prefix_init if prefix_in == "learned" else None,
         pos_embed=None, adapter_norm=adapter_norm, within_one_model=dst_model is src_model,
-        token_adapters=token_adapters,
+        token_adapters=token_adapters, dst_nonnegative=dst_cut.nonnegative,
     )
     if readd_pos_embed:
         if pos_embed is None:

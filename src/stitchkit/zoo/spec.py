@@ -31,6 +31,8 @@ class CutPoint:
         blocks: number of blocks (stem excluded) that run before the cut.
         module: qualified name of the last block before the cut, e.g. ``layer1.0``.
         feature: the tensor at the cut.
+        nonnegative: the feature never takes negative values (it comes out of a ReLU), measured on a random image.
+            Adapters that start from a fit keep their output ReLU only in front of such a cut.
     """
 
     stage: int
@@ -38,6 +40,7 @@ class CutPoint:
     blocks: int
     module: str
     feature: FeatureSpec
+    nonnegative: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,12 +113,15 @@ def _measure(model: nn.Module, input_size: int | tuple[int, ...], name: str | No
     was_training = model.training
     model.eval()
     try:
-        x = anatomy.stem(torch.zeros(1, _in_chans(model), *hw, device=_device(model)))
-        blocks, names, stage_of = [], [], []
+        # A fixed random image: shapes do not depend on it, and a feature that is signed shows negative values.
+        image = torch.randn(1, _in_chans(model), *hw, generator=torch.Generator().manual_seed(0))
+        x = anatomy.stem(image.to(_device(model)))
+        blocks, names, stage_of, nonnegative = [], [], [], []
         for stage, (stage_blocks, stage_names) in enumerate(zip(anatomy.stages, anatomy.block_names), start=1):
             for block, block_name in zip(stage_blocks, stage_names):
                 x = block(x)
                 blocks.append(_describe(x, anatomy, stage, hw))
+                nonnegative.append(bool((x >= 0).all()))
                 names.append(block_name)
                 stage_of.append(stage)
     except RuntimeError as err:
@@ -126,7 +132,7 @@ def _measure(model: nn.Module, input_size: int | tuple[int, ...], name: str | No
     for stage in STAGES:
         for position in POSITIONS:
             n = anatomy.block_index(stage, position)
-            cuts.append(CutPoint(stage, position, n, names[n - 1], blocks[n - 1]))
+            cuts.append(CutPoint(stage, position, n, names[n - 1], blocks[n - 1], nonnegative[n - 1]))
     return ModelSpec(
         name=name or getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__),
         family=family.name,
