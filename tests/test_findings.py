@@ -45,6 +45,7 @@ def test_the_opposite_pattern_is_not_confirmed():
             r["top1_mean"] = 64.0 if r["dst"] == V else 86.0
     findings = {f.number: f for f in judge(rows, ORIGINALS, chance=10.0)}
     assert findings[2].verdict == "not confirmed"  # worse than integrated and than no resize
+    assert findings[2].verdict.checks > 0 and findings[2].verdict.held < findings[2].verdict.checks / 4
     assert findings[3].verdict == "not confirmed"  # linear wins everywhere
     assert findings[5].verdict == "not confirmed"
     assert findings[1].verdict == "confirmed"  # still far above chance

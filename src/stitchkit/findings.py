@@ -11,6 +11,7 @@ The rules say "beats" only when the difference in means is larger than twice its
 """
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -108,11 +109,23 @@ def _fmt_diff(d: tuple[float, float] | None) -> str:
     return "-" if d is None else f"{d[0]:+.1f} ± {d[1]:.1f}"
 
 
-def _verdict(outcomes: list[bool]) -> str:
-    if not outcomes:
-        return "not measured"
-    share = sum(outcomes) / len(outcomes)
-    return "confirmed" if share >= 0.75 else ("partly confirmed" if share >= 0.25 else "not confirmed")
+class Verdict(str):
+    """``confirmed`` (at least 3 in 4 comparisons hold), ``partly confirmed`` (at least 1 in 4), ``not confirmed``
+    or ``not measured``; it also keeps how many of its comparisons held, which the page shows next to it."""
+
+    held: int = 0
+    checks: int = 0
+
+
+def _verdict(outcomes: list[bool]) -> Verdict:
+    share = sum(outcomes) / len(outcomes) if outcomes else None
+    if share is None:
+        text = "not measured"
+    else:
+        text = "confirmed" if share >= 0.75 else ("partly confirmed" if share >= 0.25 else "not confirmed")
+    verdict = Verdict(text)
+    verdict.held, verdict.checks = sum(outcomes), len(outcomes)
+    return verdict
 
 
 class _Rows:
@@ -289,13 +302,23 @@ def _finding5(rows: _Rows, originals: dict) -> Finding:
 # --- the page -----------------------------------------------------------------------------------------------------
 
 
+def _add_compute_time(out: Path, seconds: float) -> float:
+    """Add this invocation's training time to the folder's total (a resumed or doc-only run adds little) and
+    return the total, so the page states what the whole run cost, not what its last invocation did."""
+    path = out / "findings_time.json"
+    total = (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0) + seconds
+    path.write_text(json.dumps({"seconds": total}))
+    return total
+
+
 def findings_markdown(findings: list[Finding], originals: dict, spec: dict, command: str, figures: list[str],
                       minutes: float | None) -> str:
     src, st = spec["sources"], spec["stitches"]
     lines = [
         "# The paper's five findings at small scale",
         "",
-        f"Regenerate with `{command}` (resumable; {minutes:.0f} minutes on this run's machine)." if minutes else
+        f"Regenerate with `{command}` (resumable; {minutes:.0f} minutes of training in all on the machine that made "
+        "this page, over every invocation)." if minutes else
         f"Regenerate with `{command}` (resumable).",
         "",
         f"Fashion-MNIST at 32 px. Sources trained from scratch on {src['images']} images for {src['epochs']} "
@@ -310,7 +333,8 @@ def findings_markdown(findings: list[Finding], originals: dict, spec: dict, comm
     for name, o in sorted(originals.items()):
         lines.append(f"| {name} | {o['top1']:.1f} | {o.get('gmacs') or 0:.4f} | {o.get('source', '')} |")
     for f in findings:
-        lines += ["", f"## Finding {f.number}: {f.claim}", "", f"**Verdict at this scale: {f.verdict}.** Rule: {f.rule}.",
+        lines += ["", f"## Finding {f.number}: {f.claim}", "", f"**Verdict at this scale: {f.verdict}** ({getattr(f.verdict, 'held', '?')} of "
+                  f"{getattr(f.verdict, 'checks', '?')} comparisons hold; confirmed needs 3 in 4). Rule: {f.rule}.",
                   ""]
         if len(f.table) > 1:
             lines.append("| " + " | ".join(f.table[0]) + " |")
@@ -343,6 +367,7 @@ def run_findings(path: str | Path, out: str | Path = "runs/findings", doc: str |
     out = Path(out)
     start = time.time()
     failures, cells = run_passes(findings_sweeps(spec, out, threads), out, log)
+    minutes = _add_compute_time(out, time.time() - start) / 60
     index = write_report(out)
     rows, originals = collect(out)
     summary = summarize(rows)
@@ -358,7 +383,7 @@ def run_findings(path: str | Path, out: str | Path = "runs/findings", doc: str |
             shutil.copyfile(png, assets / png.name)
             figures.append(f"{assets.name}/{png.name}")
         command = f"stitchkit findings {path} --out {out} --doc {doc}" + (" --smoke" if smoke else "")
-        doc.write_text(findings_markdown(findings, originals, spec, command, figures, (time.time() - start) / 60))
+        doc.write_text(findings_markdown(findings, originals, spec, command, figures, minutes))
         log(f"wrote {doc}")
     log(f"{cells} runs in {time.time() - start:.0f} s; report: {index.resolve()}")
     if failures:
