@@ -68,6 +68,8 @@ class Anatomy:
         block_names: qualified module names of the blocks, parallel to ``stages``, for display.
         reductions: for anatomies cut from a graph, each stage's reduction (input size / feature size); token grids
             of hierarchical token models follow from it.
+        stage_prefix_tokens: for anatomies cut from a graph, each stage's prefix tokens (CaiT adds its class token
+            only in its last blocks); otherwise ``num_prefix_tokens`` holds for every stage.
     """
 
     stem: nn.Module
@@ -78,6 +80,7 @@ class Anatomy:
     token_grid: Callable[[tuple[int, int]], tuple[int, int]] | None = None
     block_names: list[list[str]] = field(default_factory=list)
     reductions: list[int] | None = None
+    stage_prefix_tokens: list[int] | None = None
 
     def __post_init__(self):
         if len(self.stages) != 4 or any(len(s) == 0 for s in self.stages):
@@ -94,6 +97,10 @@ class Anatomy:
         """Number of blocks run before cutting at ``stage`` (1-based) ``position`` (``first`` or ``end``)."""
         before = sum(len(s) for s in self.stages[: stage - 1])
         return before + (1 if position == "first" else len(self.stages[stage - 1]))
+
+    def prefix_tokens(self, stage: int) -> int:
+        """Prefix (class, register) tokens of the token layout at ``stage`` (1-based)."""
+        return self.stage_prefix_tokens[stage - 1] if self.stage_prefix_tokens else self.num_prefix_tokens
 
     def grid(self, stage: int, input_hw: tuple[int, int]) -> tuple[int, int] | None:
         """The patch grid of a token layout at ``stage`` (1-based) for images of ``input_hw``, if known."""

@@ -89,6 +89,17 @@ def _block_of(stack: list[str], modules: dict[str, nn.Module]) -> str | None:
     return current
 
 
+def _repeated_children(model: nn.Module) -> set[str]:
+    """Direct children of the model that are blocks although no container holds them: runs of two or more
+    consecutive children of one composite class (DLA's ``level2``..``level5``, Inception's ``Mixed_5b``..``5d``)."""
+    children = list(model.named_children())
+    found = set()
+    for (a, ma), (b, mb) in zip(children, children[1:]):
+        if type(ma) is type(mb) and any(True for _ in ma.children()) and any(True for _ in ma.parameters()):
+            found.update((a, b))
+    return found
+
+
 def _parent(name: str) -> str:
     return name.rpartition(".")[0]
 
@@ -187,6 +198,7 @@ class _Graph:
                 self.constants[spec.arg.name] = (f"_constants.{spec.target.replace('.', '_')}", program.constants[spec.target])
             else:
                 raise GraphSplitError(f"{type(model).__name__} has a graph input of kind {kind}; cannot cut it")
+        self.program_module = program.graph_module  # owns get_attr targets (regions such as autocast blocks)
         self.input_node = next(n for n in self.nodes if n.op == "placeholder" and n.name == self.user_input)
         self.batch = self.input_node.meta["val"].shape[0]
         self.free: set[fx.Node] = set()
@@ -196,16 +208,19 @@ class _Graph:
         self.cut_nodes = self._cut_nodes()
 
     def _is_free(self, node: fx.Node) -> bool:
-        """Readable by every part: a weight/buffer/constant, or a size computed only from the batch size."""
+        """Readable or recomputable by every part: a weight, buffer, constant or graph attribute, the batch size,
+        or anything computed from those alone, not from the image (sizes, position embeddings, rotary tables).
+        Nodes that are written in place, or that write, are never free: a copy per part would lose the write."""
         if node.op == "placeholder":
             return node.name in self.constants
-        if node.op != "call_function" or isinstance(node.meta.get("val"), torch.Tensor):
+        if node.op == "get_attr":
+            return True
+        if node.op != "call_function" or _mutates(node) or any(_mutates(u) and u.args and u.args[0] is node
+                                                                   for u in node.users):
             return False
         if self._is_batch_size(node):
             return True
-        value = node.meta.get("val")
-        scalar = isinstance(value, (int, float, bool, torch.SymInt, torch.SymFloat, torch.SymBool))
-        return scalar and all(a in self.free for a in node.all_input_nodes)
+        return all(a in self.free for a in node.all_input_nodes)
 
     def _is_batch_size(self, node: fx.Node) -> bool:
         value = node.meta.get("val")
@@ -251,6 +266,9 @@ class _Graph:
                 target, tensor = self.constants[node.name]
                 root[target] = tensor
                 env[node] = graph.get_attr(target)
+            elif node.op == "get_attr":
+                root[node.target] = getattr(self.program_module, node.target)
+                env[node] = graph.get_attr(node.target)
             elif self._is_batch_size(node):
                 env[node] = graph.call_function(torch.ops.aten.sym_size.int, (x, 0))
             elif node in self.free:
@@ -259,11 +277,13 @@ class _Graph:
                 raise GraphSplitError(f"internal: {node.name} is needed across a cut")  # a bug in _cut_nodes
             return env[node]
 
+        device_of_input = graph.call_function(getattr, (x, "device"))
+
         def copy(node: fx.Node) -> fx.Node:
             new = graph.node_copy(node, lookup)
-            device = new.kwargs.get("device")
-            if isinstance(device, torch.device):  # made on the export's device: follow the input's device instead
-                new.kwargs = {**new.kwargs, "device": graph.call_function(getattr, (x, "device"))}
+            if isinstance(new.kwargs.get("device"), torch.device):
+                # Made on the export's device: follow the input's device instead (a part moved to a GPU).
+                new.kwargs = {**new.kwargs, "device": device_of_input}
             return new
 
         stop = self.index[end] if end is not None else len(self.nodes)
@@ -276,8 +296,16 @@ class _Graph:
             env[node] = copy(node)
         else:
             graph.output(env[end])
+        if not device_of_input.users:
+            graph.erase_node(device_of_input)
         graph.lint()
         return fx.GraphModule(root, graph, class_name="GraphPart")
+
+
+def _mutates(node: fx.Node) -> bool:
+    """Whether a call writes into one of its arguments (an in-place op such as ``relu_`` or ``index_put_``)."""
+    schema = getattr(node.target, "_schema", None)
+    return schema is not None and any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)
 
 
 # --- the anatomy ----------------------------------------------------------------------------------------------------
@@ -291,7 +319,8 @@ def _boundaries(g: _Graph, prefix_hint: int | None) -> list[_Boundary]:
         for name in g.stack(node):
             last_index[name] = g.index[node]
     found: list[_Boundary] = []
-    current, pending = None, None
+    current, pending, own_layout = None, None, None
+    repeated = _repeated_children(g.model)
 
     def flush():
         if pending is None:
@@ -306,21 +335,26 @@ def _boundaries(g: _Graph, prefix_hint: int | None) -> list[_Boundary]:
             continue
         stack = [name for name in g.stack(node) if name in modules]
         block = _block_of(stack, modules) if stack else None
-        if block is not None and _parent(block) == "":
+        if block is not None and _parent(block) == "" and block not in repeated:
             flush()
             current = pending = None  # a direct child of the model: stem or head, never a block
             continue
         if block is not None and block != current:
             flush()
-            current, pending = block, None
-        if current is None or node not in g.cut_nodes:
+            current, pending, own_layout = block, None, None
+        if current is None:
             continue
-        # The block's own last operation, or the group's code right after it (a residual add written in the
-        # stage's forward): the last cut node before the next block starts ends this block.
-        if block is None or last_index[block] == g.index[node]:
-            layout = _layout(tuple(int(s) for s in node.meta["val"].shape[1:]), g.hw, prefix_hint)
-            if layout is not None:
+        value = node.meta.get("val")
+        layout = (_layout(tuple(int(s) for s in value.shape[1:]), g.hw, prefix_hint)
+                  if isinstance(value, torch.Tensor) and value.dim() >= 3 else None)
+        if block is not None and last_index[block] == g.index[node]:
+            own_layout = layout  # what the block itself hands on
+            if node in g.cut_nodes and layout is not None:
                 pending = _Boundary(node, current, *layout)
+        elif block is None and node in g.cut_nodes and layout is not None and layout == own_layout:
+            # The group's own code right after the block, in the block's layout (a residual add written in the
+            # stage's forward): the block ends there. Not a head's token pooling or reshaping, which changes it.
+            pending = _Boundary(node, current, *layout)
     flush()
     return found
 
@@ -375,10 +409,11 @@ def _build(model: nn.Module, hw: tuple[int, int]) -> Anatomy:
     stages = _stages(_boundaries(g, prefix_hint if isinstance(prefix_hint, int) else None), name)
     formats = []
     for stage in stages:
-        # One layout per stage: a boundary of another layout inside the stage is dropped (its block joins the next).
-        fmt = stage[-1].format
-        stage[:] = [b for b in stage if b.format is fmt]
-        formats.append(fmt)
+        # One layout per stage: a boundary of another layout (or another number of prefix tokens) inside the stage
+        # is dropped, so its block joins the next.
+        end = stage[-1]
+        stage[:] = [b for b in stage if b.format is end.format and b.prefix == end.prefix]
+        formats.append(end.format)
     first = stages[0][0]
     # The stem ends at the last cut node before the first block starts (its first node comes after that cut).
     block_start = min(g.index[n] for n in g.nodes if first.block in g.stack(n))
@@ -393,9 +428,8 @@ def _build(model: nn.Module, hw: tuple[int, int]) -> Anatomy:
     head = g.segment(previous, None)
     it = iter(parts)
     stage_parts = [[next(it) for _ in stage] for stage in stages]
-    token_stages = [s for s in stages if s[-1].format is Format.NLC]
-    prefix = token_stages[0][-1].prefix if token_stages else 0
-    anatomy = Anatomy(stem, stage_parts, head, formats, num_prefix_tokens=prefix,
-                      reductions=[s[-1].reduction for s in stages])
+    prefixes = [s[-1].prefix for s in stages]
+    anatomy = Anatomy(stem, stage_parts, head, formats, num_prefix_tokens=max(prefixes),
+                      reductions=[s[-1].reduction for s in stages], stage_prefix_tokens=prefixes)
     anatomy.block_names = [[b.block for b in stage] for stage in stages]
     return anatomy
