@@ -92,3 +92,17 @@ def test_readme_commands_are_the_ci_commands():
     demo, tests = readme[fence + 1], readme[fence + 2]
     assert demo.startswith("bash scripts/setup.sh && .venv/bin/stitchkit ")
     assert tests in root.joinpath(".ci", "run").read_text().splitlines()
+
+
+def test_a_closed_pipe_is_not_an_error():
+    """`stitchkit models | head -1`: the reader stops early; no BrokenPipeError traceback, exit status 0."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "stitchkit", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
