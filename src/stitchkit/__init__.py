@@ -18,7 +18,7 @@ from .formats import FeatureSpec, Format, convert
 from .stitching import StitchConfig, StitchedModel, create_stitched, load_stitched
 from .zoo import create_model, list_models, model_spec, split
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"
 
 __all__ = [
     "PAPER_GAPS",
