@@ -103,7 +103,7 @@ CASES = {
     "sweep names a method twice": (lambda w: ["sweep", str(w["sweep_twice"]), "--dry-run"], "listed twice"),
     "finished run in output dir": (lambda w: _train(f"output.dir={w['finished']}"), "--overwrite"),
     "nothing to resume": (lambda w: _train(f"output.dir={w['root'] / 'empty_run'}", "--resume"), "nothing to resume"),
-    "unsupported timm model": (lambda w: ["stages", "levit_128"], "not of a supported family"),
+    "unsupported timm model": (lambda w: ["stages", "hrnet_w18_small", "--input-size", "64"], "cannot cut"),
     "report of a missing folder": (lambda w: ["report", str(w["root"] / "nowhere")], "does not exist"),
     "eval of a non-run": (lambda w: ["eval", str(w["good"])], "not a run directory"),
     "unwritable output dir": (lambda w: _train(f"output.dir={w['yaml'] / 'run'}"), "cannot write to output directory"),

@@ -398,7 +398,13 @@ def graph_anatomy(model: nn.Module, input_size: tuple[int, int]) -> Anatomy:
     cached = _ANATOMIES.setdefault(model, {})
     key = (hw, tuple(id(m) for m in model.modules()))
     if key not in cached:
-        cached[key] = _build(model, hw)
+        try:
+            cached[key] = _build(model, hw)
+        except GraphSplitError as err:
+            raise GraphSplitError(
+                f"stitchkit cannot cut {type(model).__name__} at {hw[0]}x{hw[1]}: {err}. docs/models.md lists the "
+                "models that can be cut; register a Family (stitchkit.zoo.register_family) to cut this one by hand"
+            ) from err
     return cached[key]
 
 
