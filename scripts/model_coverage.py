@@ -207,13 +207,13 @@ def write_outputs(work: Path, results: dict[str, dict], doc: Path, data: Path) -
         rep = entry["representative"]
         if rep is None:
             continue
-        row = results.get(rep, {"status": "fail", "reason": "not checked"})
+        row = results.get(rep, {"status": "unchecked", "reason": "not checked yet (run the script to finish)"})
         coverage["timm"][cls] = {"representative": rep, "status": row["status"], "reason": row.get("reason"),
                                  "names": sorted(entry["names"])}
         timm_rows.append((cls, rep, len(entry["names"]), row))
     tv_rows = []
     for name in torchvision_models():
-        row = results.get(name, {"status": "fail", "reason": "not checked"})
+        row = results.get(name, {"status": "unchecked", "reason": "not checked yet (run the script to finish)"})
         coverage["torchvision"][name] = {"status": row["status"], "reason": row.get("reason")}
         tv_rows.append((name, row))
     data.write_text(json.dumps(coverage, indent=1, sort_keys=True) + "\n")
@@ -226,6 +226,7 @@ def write_outputs(work: Path, results: dict[str, dict], doc: Path, data: Path) -
     ok_names = sum(len(classes[c]["names"]) for c, _, _, r in timm_rows if r["status"] == "ok")
     all_names = sum(len(e["names"]) for e in classes.values())
     ok_tv = sum(r["status"] == "ok" for _, r in tv_rows)
+    unchecked = sum(r[3]["status"] == "unchecked" for r in timm_rows) + sum(r["status"] == "unchecked" for _, r in tv_rows)
     lines = [
         "# Models stitchkit can cut and stitch",
         "",
@@ -234,7 +235,9 @@ def write_outputs(work: Path, results: dict[str, dict], doc: Path, data: Path) -
         "",
         f"**timm: {ok_timm} of {len(timm_rows)} model classes** ({100 * ok_timm / max(1, len(timm_rows)):.0f}%, "
         f"{ok_names} of {all_names} model names) split with parity at all 8 cut points and stitch both ways with "
-        f"a ResNet-18 at gap 1:3. **torchvision: {ok_tv} of {len(tv_rows)} classification models.**",
+        f"a ResNet-18 at gap 1:3. **torchvision: {ok_tv} of {len(tv_rows)} classification models.**"
+        + (f" **{unchecked} models are not checked yet**: the run was stopped before the end (it resumes)."
+           if unchecked else ""),
         "",
         "Each class is represented by its smallest model, with random weights, at the smallest input size it accepts "
         "(32, 64 or 128 px, else its default). *Parity*: the largest |back(front(x)) - model(x)| over the 8 cut "
@@ -252,7 +255,10 @@ def write_outputs(work: Path, results: dict[str, dict], doc: Path, data: Path) -
         blocks = "/".join(str(b) for b in row.get("blocks", [])) or "-"
         parity = f"{row['parity']:.0e}" if "parity" in row else "-"
         gmacs = f"{row['gmacs']:.3f}" if "gmacs" in row else "-"
-        status = "ok" if row["status"] == "ok" else f"**no** ({row.get('step', '?')}): {row.get('reason', '')}"
+        if row["status"] == "unchecked":
+            status = "not checked yet"
+        else:
+            status = "ok" if row["status"] == "ok" else f"**no** ({row.get('step', '?')}): {row.get('reason', '')}"
         status = status.replace("|", "\\|")
         return f"{row.get('size', '-')} | {row.get('family', '-')} | {blocks} | {parity} | {gmacs} | {status}"
 
