@@ -63,7 +63,7 @@ BAD = [
     (["inspect", "--src", "resnet18", "--dst", "resnet18", "--adapter", "vit_block"], "image adapter"),
     (["inspect", "--src", "resnet18", "--dst", "vit_tiny_patch16_224", "--finetune"], "same model"),
     (["inspect", "--src", "resnet18", "--dst", "resnet18", "--prefix-in", "avg"], "mean"),
-    (["stages", "levit_128"], "not of a supported family"),
+    (["stages", "hrnet_w18_small", "--input-size", "64"], "cannot cut"),
     (["models", "nothing_like_this*"], "no supported model"),
 ]
 

@@ -121,7 +121,8 @@ def _measure(model: nn.Module, input_size: int | tuple[int, ...], name: str | No
             for block, block_name in zip(stage_blocks, stage_names):
                 x = block(x)
                 blocks.append(_describe(x, anatomy, stage, hw))
-                nonnegative.append(bool((x >= 0).all()))
+                # (unknown on the meta device, where dry runs price models: only the MACs matter there)
+                nonnegative.append(x.device.type != "meta" and bool((x >= 0).all()))
                 names.append(block_name)
                 stage_of.append(stage)
     except RuntimeError as err:
