@@ -69,10 +69,20 @@ def _title(pair: str, what: str, rows: list[dict], note: str = "") -> str:
     return f"{pair}: {what}" + (f"\n{details}" if details else "")
 
 
-def _legend_below(fig, ax) -> None:
-    """The legend under the panels, where long labels (an original's training) cover no data."""
-    handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=7, frameon=False)
+def _legend_below(fig, *axes) -> None:
+    """One legend under the panels, where long labels (an original's training) cover no data, with every entry
+    of every panel once (a pair drawn only in the first panel is listed too)."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    fig.legend(list(entries.values()), list(entries), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2,
+               fontsize=7, frameon=False)
+
+
+def _method_colours(rows) -> dict[str, str]:
+    """One colour per method for a whole figure, so a method has the same colour in every panel."""
+    return {m: f"C{i % 10}" for i, m in enumerate(sorted({r["method"] for r in rows}))}
 
 
 def _by_method(rows):
@@ -91,13 +101,14 @@ def accuracy_vs_gap(summary: list[dict], originals: dict, out: Path) -> list[Pat
         if not stages:
             continue
         fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 4), squeeze=False)
+        colours = _method_colours(rows)
         for ax, stage in zip(axes[0], stages):
             for method, members in sorted(_by_method([r for r in rows if r["src_stage"] == stage]).items()):
                 members.sort(key=lambda r: r["dst_stage"])
                 x = [r["dst_stage"] for r in members]
                 y = [r["top1_mean"] for r in members]
                 se = [r["top1_se"] or 0.0 for r in members]
-                line, = ax.plot(x, y, marker="o", label=_label(method))
+                line, = ax.plot(x, y, marker="o", label=_label(method), color=colours[method])
                 ax.fill_between(x, [a - b for a, b in zip(y, se)], [a + b for a, b in zip(y, se)],
                                 color=line.get_color(), alpha=0.2)
             dst = rows[0]["dst"]
@@ -108,7 +119,7 @@ def accuracy_vs_gap(summary: list[dict], originals: dict, out: Path) -> list[Pat
             ax.set_ylabel("top-1 accuracy (%)")
             ax.set_xticks(range(stage, 5))
             ax.grid(alpha=0.3)
-        _legend_below(fig, axes[0][-1])
+        _legend_below(fig, *axes[0])
         fig.suptitle(_title(pair, "accuracy vs gap", rows, bands_note(rows)), fontsize=10, y=1.08)
         paths += _save(fig, out, f"gap_{_slug(pair)}")
     return paths
@@ -133,11 +144,13 @@ def accuracy_vs_compute(summary: list[dict], originals: dict, out: Path) -> list
         if not stages:
             continue
         fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 4), squeeze=False)
+        colours = _method_colours(rows)
         for ax, stage in zip(axes[0], stages):
             panel = [r for r in rows if r["src_stage"] == stage]
             for method, members in sorted(_by_method(panel).items()):
                 members.sort(key=lambda r: r["gmacs"])
-                ax.plot([r["gmacs"] for r in members], [r["top1_mean"] for r in members], marker="o", label=_label(method))
+                ax.plot([r["gmacs"] for r in members], [r["top1_mean"] for r in members], marker="o", label=_label(method),
+                        color=colours[method])
                 for r in members:  # which gap each point is
                     ax.annotate(r["gap"], (r["gmacs"], r["top1_mean"]), textcoords="offset points", xytext=(4, 3),
                                 fontsize=7, color="dimgrey")
@@ -149,7 +162,7 @@ def accuracy_vs_compute(summary: list[dict], originals: dict, out: Path) -> list
             ax.set_xlabel("GMACs (multiply-accumulates, one image)")
             ax.set_ylabel("top-1 accuracy (%)")
             ax.grid(alpha=0.3)
-        _legend_below(fig, axes[0][-1])
+        _legend_below(fig, *axes[0])
         fig.suptitle(_title(pair, "accuracy vs compute (up and left is better)", rows), fontsize=10, y=1.08)
         paths += _save(fig, out, f"compute_{_slug(pair)}")
     return paths
@@ -169,15 +182,17 @@ def pairs_overview(summary: list[dict], originals: dict, out: Path) -> list[Path
     if not stages:
         return []
     fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 4), squeeze=False)
+    colours = {pair: f"C{i % 10}" for i, pair in enumerate(sorted(by_pair))}  # one colour per pair in every panel
     for ax, stage in zip(axes[0], stages):
         for pair, members in sorted(by_pair.items()):
             members = sorted((r for r in members if r["src_stage"] == stage), key=lambda r: r["gmacs"])
             if members:
-                ax.plot([r["gmacs"] for r in members], [r["top1_mean"] for r in members], marker="o", label=pair)
+                ax.plot([r["gmacs"] for r in members], [r["top1_mean"] for r in members], marker="o", label=pair,
+                        color=colours[pair])
         _stars(ax, sorted({r["src"] for r in rows}), originals)
         ax.set_title(f"Stage {stage} -> Stage y, full-block adapters")
         ax.set_xlabel("GMACs")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=6, loc="best")
+    _legend_below(fig, *axes[0])
     return _save(fig, out, "pairs_overview")
