@@ -73,6 +73,9 @@ def check_one(name: str) -> dict:
     from stitchkit.zoo import STAGES, POSITIONS, dissect, family_of, model_spec
     from stitchkit.zoo.split import back_part, front_part
 
+    from stitchkit.zoo import models
+
+    models._coverage_status = lambda: {}  # measure the model itself, not what the last table said about it
     torch.manual_seed(0)
     torch.set_num_threads(1)
     row = {"name": name, "status": "fail"}

@@ -195,7 +195,9 @@ class Bridge(nn.Module):
             x = from_nchw(x, self.exit_spec, self.prefix_in, self.learned_prefix)
         if self.pos_embed is not None:
             x = _add_pos_embed(x, self.pos_embed, self.exit_spec.num_prefix_tokens)
-        return x
+        # In the destination's own memory layout: an NHWC permute of an NCHW image is a strided view, and a
+        # destination that reshapes with .view (timm's swinv2_cr, through the graph split) cannot take one.
+        return x.contiguous()
 
 
 def _add_pos_embed(x: torch.Tensor, pos: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
