@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import time
 import warnings
-from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +37,6 @@ TOLERANCE = 1e-4
 
 
 def _build(name: str, size: int | None):
-    import stitchkit
     from stitchkit.zoo.models import create_model
 
     return create_model(name, input_size=size, num_classes=10)

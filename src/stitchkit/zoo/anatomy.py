@@ -124,3 +124,17 @@ def split_evenly(items: Sequence, parts: int) -> list[list]:
 def qualified_names(model: nn.Module) -> dict[int, str]:
     """Map ``id(module)`` to its qualified name inside ``model``."""
     return {id(m): name for name, m in model.named_modules(remove_duplicate=False)}
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's weights (the CPU for a model without any)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def input_channels(model: nn.Module) -> int:
+    """Input channels from the first convolution (3 for every ImageNet model, 1 for e.g. a grayscale variant)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    return 3

@@ -39,7 +39,7 @@ from torch import fx, nn
 
 from ..errors import StitchkitError
 from ..formats import Format
-from .anatomy import Anatomy, split_evenly
+from .anatomy import Anatomy, input_channels, model_device, split_evenly
 
 _PLAIN_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -143,14 +143,18 @@ def _layout(shape: tuple[int, ...], hw: tuple[int, int], prefix_hint: int | None
     return None
 
 
+def _node_layout(node: fx.Node, hw: tuple[int, int], prefix_hint: int | None) -> tuple[Format, int, int] | None:
+    value = node.meta.get("val")
+    if not isinstance(value, torch.Tensor) or value.dim() < 3:
+        return None
+    return _layout(tuple(int(s) for s in value.shape[1:]), hw, prefix_hint)
+
+
 # --- export and cut nodes -----------------------------------------------------------------------------------------
 
 
 def _export(model: nn.Module, hw: tuple[int, int]):
-    first = next(iter(model.parameters()), None)
-    device = first.device if first is not None else torch.device("cpu")
-    in_chans = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
-    x = torch.randn(2, in_chans, *hw, device=device)
+    x = torch.randn(2, input_channels(model), *hw, device=model_device(model))
     batch = torch.export.Dim("batch", min=1)
     was_training = model.training
     model.eval()
@@ -344,14 +348,15 @@ def _boundaries(g: _Graph, prefix_hint: int | None) -> list[_Boundary]:
             current, pending, own_layout = block, None, None
         if current is None:
             continue
-        value = node.meta.get("val")
-        layout = (_layout(tuple(int(s) for s in value.shape[1:]), g.hw, prefix_hint)
-                  if isinstance(value, torch.Tensor) and value.dim() >= 3 else None)
-        if block is not None and last_index[block] == g.index[node]:
+        ends_block = block is not None and last_index[block] == g.index[node]
+        if not ends_block and not (block is None and node in g.cut_nodes):
+            continue  # only a block's last node, or a cut in the group's own code, can end a block
+        layout = _node_layout(node, g.hw, prefix_hint)
+        if ends_block:
             own_layout = layout  # what the block itself hands on
             if node in g.cut_nodes and layout is not None:
                 pending = _Boundary(node, current, *layout)
-        elif block is None and node in g.cut_nodes and layout is not None and layout == own_layout:
+        elif layout is not None and layout == own_layout:
             # The group's own code right after the block, in the block's layout (a residual add written in the
             # stage's forward): the block ends there. Not a head's token pooling or reshaping, which changes it.
             pending = _Boundary(node, current, *layout)

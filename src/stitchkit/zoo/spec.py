@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import GapError, StitchkitError, unknown_name
 from ..formats import FeatureSpec, Format
-from .anatomy import Anatomy
+from .anatomy import Anatomy, input_channels, model_device
 from .families import dissect, family_of
 
 POSITIONS = ("first", "end")
@@ -114,8 +114,8 @@ def _measure(model: nn.Module, input_size: int | tuple[int, ...], name: str | No
     model.eval()
     try:
         # A fixed random image: shapes do not depend on it, and a feature that is signed shows negative values.
-        image = torch.randn(1, _in_chans(model), *hw, generator=torch.Generator().manual_seed(0))
-        x = anatomy.stem(image.to(_device(model)))
+        image = torch.randn(1, input_channels(model), *hw, generator=torch.Generator().manual_seed(0))
+        x = anatomy.stem(image.to(model_device(model)))
         blocks, names, stage_of, nonnegative = [], [], [], []
         for stage, (stage_blocks, stage_names) in enumerate(zip(anatomy.stages, anatomy.block_names), start=1):
             for block, block_name in zip(stage_blocks, stage_names):
@@ -143,16 +143,3 @@ def _measure(model: nn.Module, input_size: int | tuple[int, ...], name: str | No
         block_names=tuple(names),
         stage_of_block=tuple(stage_of),
     )
-
-
-def _device(model: nn.Module) -> torch.device:
-    first = next(model.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
-
-
-def _in_chans(model: nn.Module) -> int:
-    """Input channels from the first convolution (3 for every ImageNet model, 1 for e.g. a grayscale variant)."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels
-    return 3
