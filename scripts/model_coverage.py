@@ -2,12 +2,13 @@
 
 For every model class among ``timm.list_models()`` (one representative each: the one with the fewest parameters)
 and every torchvision classification model, with random weights at the smallest input size it accepts
-(32, 64, 128 px, else its default):
+(32, 64, 96, 128 px, else its default):
 
 * split parity at all 8 cut points: ``back(front(x))`` against ``model(x)``, max abs difference relative to the
   output's scale, must be at most 1e-4;
 * a stitch from it into a ResNet-18 and from a ResNet-18 into it at gap 1:3 (bottleneck adapter, bilinear resizing)
-  that runs and gives finite logits;
+  that runs and gives finite outputs of the destination's shape (logits; an encoder's own
+  features for the few timm encoders without a classifier);
 * its MACs at that size.
 
 Writes ``docs/models.md`` (the table, with the reason for each failure) and ``src/stitchkit/zoo/coverage.json``
@@ -29,7 +30,7 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SIZES = (32, 64, 128)
+SIZES = (32, 64, 96, 128)  # 96: models whose patch grid needs multiples of 48 (Gemma-4 ViT encoders)
 TOLERANCE = 1e-4
 
 
@@ -107,8 +108,12 @@ def check_one(name: str) -> dict:
                                                  input_size=size)
             with torch.no_grad():
                 logits = stitched(x)
-            if logits.shape != (2, 10) or not torch.isfinite(logits).all():
-                raise RuntimeError(f"stitch {label} resnet18 gave {tuple(logits.shape)} / non-finite logits")
+                # A stitch ends in its destination's head: logits for a classifier, the encoder's own output
+                # (tokens, a feature map) for the few timm encoders that have no classifier.
+                expected = tuple(dst(x).shape)
+            if tuple(logits.shape) != expected or not torch.isfinite(logits).all():
+                raise RuntimeError(f"stitch {label} resnet18 gave {tuple(logits.shape)} (expected {expected}) "
+                                   "or non-finite outputs")
         step = "macs"
         row["gmacs"] = count_macs(model, (3, size, size)) / 1e9
         row["status"] = "ok"
@@ -240,7 +245,7 @@ def write_outputs(work: Path, results: dict[str, dict], doc: Path, data: Path) -
            if unchecked else ""),
         "",
         "Each class is represented by its smallest model, with random weights, at the smallest input size it accepts "
-        "(32, 64 or 128 px, else its default). *Parity*: the largest |back(front(x)) - model(x)| over the 8 cut "
+        "(32, 64, 96 or 128 px, else its default). *Parity*: the largest |back(front(x)) - model(x)| over the 8 cut "
         f"points, relative to the largest logit (must be <= {TOLERANCE:g}). *Family*: the hand-written family that "
         "cuts it, or `graph` for the generic split of the exported graph (how it works and what it costs: "
         "`src/stitchkit/zoo/graph.py`). *Blocks*: blocks per stage.",

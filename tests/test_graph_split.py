@@ -169,3 +169,108 @@ def test_a_registered_family_wins_over_the_graph_split():
         assert family_of(StagedNet()).name == "staged_by_hand"
     finally:
         _FAMILIES._items.pop("staged_by_hand")
+
+
+class SpaceToDepthNet(StagedNet):
+    """TResNet's layout: the image is rearranged into 48 channels before the first convolution sees it."""
+
+    def __init__(self):
+        super().__init__()
+        self.in_chans = 3
+        self.stem = nn.Sequential(nn.PixelUnshuffle(4), nn.Conv2d(48, 8, 1), nn.BatchNorm2d(8))
+
+
+def test_the_declared_input_channels_win_over_the_first_convolution():
+    model = SpaceToDepthNet().eval()
+    anatomy = _parity(model, 64)
+    assert anatomy.reductions == [8, 16, 32, 64]  # the stem is at 4x already; the stages follow from there
+
+
+class TupleStages(nn.Sequential):
+    """A Sequential subclass whose members pass (tokens, class token) pairs, like timm's PiT."""
+
+    def forward(self, pair):
+        for module in self:
+            pair = module(pair)
+        return pair
+
+
+class PairStage(nn.Module):
+    def __init__(self, dim: int, depth: int, pool: bool):
+        super().__init__()
+        self.pool = nn.Conv2d(dim, dim, 2, stride=2) if pool else None
+        self.blocks = nn.Sequential(*[nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim)) for _ in range(depth)])
+
+    def forward(self, pair):
+        x, cls = pair
+        if self.pool is not None:
+            x = self.pool(x)
+        h, w = x.shape[2:]
+        tokens = torch.cat([cls, x.flatten(2).transpose(1, 2)], dim=1)
+        for block in self.blocks:
+            tokens = tokens + block(tokens)
+        cls, x = tokens[:, :1], tokens[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, h, w)
+        return x, cls
+
+
+class PairNet(nn.Module):
+    def __init__(self, dim=16):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.stages = TupleStages(PairStage(dim, 2, False), PairStage(dim, 4, True), PairStage(dim, 2, True))
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        x, cls = self.stages((self.patch(x), self.cls_token.expand(x.shape[0], -1, -1)))
+        return self.head(cls[:, 0])
+
+
+def test_stages_in_a_container_subclass_are_found_on_the_second_try():
+    """The first try takes a container subclass for one block (DenseNet's dense block); where that finds no stages,
+    the blocks inside it are tried (PiT). Between stages the state is a pair; inside them one token tensor."""
+    model = PairNet().eval()
+    anatomy = _parity(model, 32)
+    assert anatomy.reductions == [4, 8, 8, 16]  # three resolutions: the longest (4 blocks at 8x) is halved
+    assert [len(s) for s in anatomy.stages] == [2, 2, 2, 2]
+    assert anatomy.formats == [Format.NLC] * 4 and anatomy.num_prefix_tokens == 1
+
+
+class Mix(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, a, b):
+        return a + self.conv(b), b - self.conv(a)
+
+
+class TwoStreams(nn.Module):
+    """Every block takes and returns two tensors (TNT's pixel and patch streams): there is nothing to cut."""
+
+    def __init__(self, dim=8, depth=6):
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 4, stride=4)
+        self.blocks = nn.ModuleList([Mix(dim) for _ in range(depth)])
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        a = b = self.stem(x)
+        for block in self.blocks:
+            a, b = block(a, b)
+        return self.head((a * b).mean((2, 3)))
+
+
+def test_models_whose_blocks_pass_several_tensors_are_refused_with_the_reason():
+    with pytest.raises(GraphSplitError, match=r"after 6 of its \d+ blocks more than one tensor is still needed "
+                                              r"\(e.g. after blocks.0.*an adapter maps one tensor"):
+        dissect(TwoStreams().eval(), (32, 32))
+
+
+def test_token_models_are_recognised_for_token_adapters_whatever_cuts_them():
+    from stitchkit.zoo.models import is_token_model
+
+    assert is_token_model("vit_tiny_patch16_224", 32)  # the hand-written ViT family
+    assert is_token_model("vit_tiny_patch16_dinov3_qkvb", 32)  # EVA (rotary embeddings), by the graph split
+    assert not is_token_model("densenet121", 32)
+    assert not is_token_model("resnet18")

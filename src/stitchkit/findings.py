@@ -21,7 +21,7 @@ from pathlib import Path
 from .demo import fashion_mnist_base, run_passes
 from .errors import StitchkitError
 from .reports.plots import pareto_front
-from .sweeps.grid import Sweep, expand, is_token_model
+from .sweeps.grid import Sweep, expand
 from .training.config import _parse_yaml  # YAML that reads a gap such as 1:3 as text, not base-60
 
 FILE_KEYS = ("sources", "stitches", "val_images", "batch_size", "seeds", "blocks")
@@ -269,6 +269,8 @@ def _finding5(rows: _Rows, originals: dict) -> Finding:
     table = [["pair", "ViT is", "mean top-1 over gaps (full block)", "mean share of the destination's accuracy"]]
     retention: dict[tuple[str, str], float] = {}
     # A ViT is a model whose features are token sequences with a class token: asked of its family, not its name.
+    from .zoo.models import is_token_model
+
     vit_names = {name for pair in rows.pairs() for name in pair if is_token_model(name)}
     for src, dst in rows.pairs():
         gaps = [g for g in rows.gaps(src, dst) if g.startswith("1:")]

@@ -158,13 +158,6 @@ def _identity(*layers: dict) -> str:
     return hashlib.sha256(repr(sorted(relevant.items())).encode()).hexdigest()[:8]
 
 
-def is_token_model(name: str) -> bool:
-    from ..zoo.models import family_for_name
-
-    family = family_for_name(name)
-    return family.token_extras is not None  # token layouts (ViT) are the only ones with class tokens
-
-
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Read and expand a sweep file; ``overrides`` (``key=value``) apply to ``base``."""
     path = Path(path)
@@ -222,7 +215,10 @@ def expand(spec: dict, name: str = "sweep", overrides: list[str] | None = None) 
     scratch_models = (baselines.get("scratch") or {}).get("models", [])
 
     cells: list[Cell] = []
-    tokens = {name: is_token_model(name) for pair in pairs for name in pair}
+    from ..zoo.models import is_token_model  # here, not at the top: expanding a sweep file must not import timm
+
+    input_size = _settings(base)["data.input_size"]
+    tokens = {name: is_token_model(name, input_size) for pair in pairs for name in pair}
     for src, dst in pairs:
         for gap in gaps:
             for method_name in method_names:

@@ -133,7 +133,15 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def input_channels(model: nn.Module) -> int:
-    """Input channels from the first convolution (3 for every ImageNet model, 1 for e.g. a grayscale variant)."""
+    """Input image channels (3 for every ImageNet model, 1 for e.g. a grayscale variant).
+
+    timm models declare it as ``in_chans``; that comes first because the first convolution can see something else
+    (TResNet rearranges the image into 48 channels before its first convolution). Otherwise the first
+    convolution's input channels, else 3.
+    """
+    declared = getattr(model, "in_chans", None)
+    if isinstance(declared, int) and declared > 0:
+        return declared
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             return module.in_channels

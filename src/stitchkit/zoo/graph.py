@@ -60,28 +60,33 @@ class _Boundary:
 # --- the model's module tree ------------------------------------------------------------------------------------
 
 
-def _is_plain_group(module: nn.Module) -> bool:
-    """A plain container whose members repeat a class (blocks), not a one-off sequence (conv, norm) of a stem."""
-    if type(module) not in _PLAIN_CONTAINERS:
+def _is_plain_group(module: nn.Module, loose: bool = False) -> bool:
+    """A plain container whose members repeat a class (blocks), not a one-off sequence (conv, norm) of a stem.
+
+    ``loose`` also accepts subclasses of the containers. Not by default: a subclass usually has its own forward
+    (DenseNet's dense block concatenates its layers' outputs) and is one block. It is the second try for models in
+    which the first finds no stages (PiT's ``SequentialTuple`` of stages, which passes (tokens, class token) pairs).
+    """
+    if type(module) not in _PLAIN_CONTAINERS and not (loose and isinstance(module, _PLAIN_CONTAINERS)):
         return False
     counts = Counter(type(m) for m in module.children())
     return bool(counts) and max(counts.values()) >= 2
 
 
-def _is_group(module: nn.Module, is_root: bool) -> bool:
-    if is_root or _is_plain_group(module):
+def _is_group(module: nn.Module, is_root: bool, loose: bool = False) -> bool:
+    if is_root or _is_plain_group(module, loose):
         return True
     # A stage object that holds its blocks in a container (timm's ``stages.N`` with ``downsample`` and ``blocks``).
-    return type(module) not in _PLAIN_CONTAINERS and any(_is_plain_group(c) for c in module.children())
+    return type(module) not in _PLAIN_CONTAINERS and any(_is_plain_group(c, loose) for c in module.children())
 
 
-def _block_of(stack: list[str], modules: dict[str, nn.Module]) -> str | None:
+def _block_of(stack: list[str], modules: dict[str, nn.Module], loose: bool = False) -> str | None:
     """The block a node belongs to: open groups from the model down along the node's module stack.
 
     Returns ``None`` for code that runs in a group's own forward (a ViT's position embedding), ``""`` never.
     """
     current, depth = "", 0
-    while _is_group(modules[current], current == ""):
+    while _is_group(modules[current], current == "", loose):
         if depth == len(stack):
             return None
         current = stack[depth]
@@ -91,11 +96,13 @@ def _block_of(stack: list[str], modules: dict[str, nn.Module]) -> str | None:
 
 def _repeated_children(model: nn.Module) -> set[str]:
     """Direct children of the model that are blocks although no container holds them: runs of two or more
-    consecutive children of one composite class (DLA's ``level2``..``level5``, Inception's ``Mixed_5b``..``5d``)."""
+    consecutive children of one composite class (DLA's ``level2``..``level5``, Inception's ``Mixed_5b``..``5d``).
+    Plain containers do not count: a ``stem`` and a ``stages`` Sequential side by side are not two blocks."""
     children = list(model.named_children())
     found = set()
     for (a, ma), (b, mb) in zip(children, children[1:]):
-        if type(ma) is type(mb) and any(True for _ in ma.children()) and any(True for _ in ma.parameters()):
+        if (type(ma) is type(mb) and type(ma) not in _PLAIN_CONTAINERS and any(True for _ in ma.children())
+                and any(True for _ in ma.parameters())):
             found.update((a, b))
     return found
 
@@ -210,6 +217,7 @@ class _Graph:
             if self._is_free(node):
                 self.free.add(node)
         self.cut_nodes = self._cut_nodes()
+        self.uncut_blocks: list[str] = []  # blocks after which more than one tensor is needed (set by _boundaries)
 
     def _is_free(self, node: fx.Node) -> bool:
         """Readable or recomputable by every part: a weight, buffer, constant or graph attribute, the batch size,
@@ -315,8 +323,9 @@ def _mutates(node: fx.Node) -> bool:
 # --- the anatomy ----------------------------------------------------------------------------------------------------
 
 
-def _boundaries(g: _Graph, prefix_hint: int | None) -> list[_Boundary]:
+def _boundaries(g: _Graph, prefix_hint: int | None, loose: bool = False) -> list[_Boundary]:
     """Block ends, in order, with their layouts (rule 2 of the module docstring)."""
+    g.uncut_blocks = []
     modules = dict(g.model.named_modules(remove_duplicate=False))
     last_index: dict[str, int] = {}
     for node in g.nodes:
@@ -338,7 +347,7 @@ def _boundaries(g: _Graph, prefix_hint: int | None) -> list[_Boundary]:
         if node in g.free or node.op in ("placeholder", "output"):
             continue
         stack = [name for name in g.stack(node) if name in modules]
-        block = _block_of(stack, modules) if stack else None
+        block = _block_of(stack, modules, loose) if stack else None
         if block is not None and _parent(block) == "" and block not in repeated:
             flush()
             current = pending = None  # a direct child of the model: stem or head, never a block
@@ -356,6 +365,8 @@ def _boundaries(g: _Graph, prefix_hint: int | None) -> list[_Boundary]:
             own_layout = layout  # what the block itself hands on
             if node in g.cut_nodes and layout is not None:
                 pending = _Boundary(node, current, *layout)
+            elif node not in g.cut_nodes:
+                g.uncut_blocks.append(current)
         elif layout is not None and layout == own_layout:
             # The group's own code right after the block, in the block's layout (a residual add written in the
             # stage's forward): the block ends there. Not a head's token pooling or reshaping, which changes it.
@@ -381,7 +392,8 @@ def _stages(found: list[_Boundary], name: str) -> list[list[_Boundary]]:
         raise GraphSplitError(f"{name} has no block boundary at a reduction of 4x or more; cannot find its stages")
     if len(levels) == 1:
         if len(levels[0]) < 4:
-            raise GraphSplitError(f"{name} has {len(levels[0])} cuttable blocks; four stages need at least four")
+            n = len(levels[0])
+            raise GraphSplitError(f"{name} has {n} cuttable block{'' if n == 1 else 's'}; four stages need at least four")
         return split_evenly(levels[0], 4)
     while len(levels) > 4:
         levels[-2:] = [levels[-2] + levels[-1]]
@@ -413,11 +425,31 @@ def graph_anatomy(model: nn.Module, input_size: tuple[int, int]) -> Anatomy:
     return cached[key]
 
 
+def _find_stages(g: _Graph, prefix_hint: int | None, name: str) -> list[list[_Boundary]]:
+    """Rules 2 and 3, with plain containers as groups; if that finds no four stages, once more with container
+    subclasses as groups too. The error says why when most blocks hand on more than one tensor."""
+    found = _boundaries(g, prefix_hint)
+    uncut = list(g.uncut_blocks)
+    try:
+        return _stages(found, name)
+    except GraphSplitError as err:
+        try:
+            return _stages(_boundaries(g, prefix_hint, loose=True), name)
+        except GraphSplitError:
+            pass
+        if len(uncut) > len(found):
+            raise GraphSplitError(
+                f"{err}: after {len(uncut)} of its {len(uncut) + len(found)} blocks more than one tensor is still "
+                f"needed (e.g. after {uncut[0]}: parallel branches, two streams, or an earlier output kept for "
+                "later), and an adapter maps one tensor") from None
+        raise
+
+
 def _build(model: nn.Module, hw: tuple[int, int]) -> Anatomy:
     name = type(model).__name__
     g = _Graph(model, _export(model, hw), hw)
     prefix_hint = getattr(model, "num_prefix_tokens", None)
-    stages = _stages(_boundaries(g, prefix_hint if isinstance(prefix_hint, int) else None), name)
+    stages = _find_stages(g, prefix_hint if isinstance(prefix_hint, int) else None, name)
     formats = []
     for stage in stages:
         # One layout per stage: a boundary of another layout (or another number of prefix tokens) inside the stage

@@ -18,6 +18,7 @@ import torch
 import torchvision
 from torch import nn
 
+from ..formats import Format
 from ..errors import StitchkitError, unknown_name
 from .families import Family, families, family_of
 
@@ -157,6 +158,7 @@ def create_model(
             model = torchvision.models.get_model(base, weights=weights, **kwargs)
         except (OSError, RuntimeError, ValueError) as err:
             raise StitchkitError(f"cannot build {name} with weights {weights}: {err}") from err
+        model = _torchvision_vit_at_size(model, base, input_size, kwargs)
     else:
         if input_size is not None and (family.fixed_input_size or _timm_fixed_size(name)):
             kwargs.setdefault("img_size", input_size)
@@ -182,6 +184,27 @@ def create_model(
             return create_model(name, False, checkpoint_path, input_size, classes, **kwargs)
         load_checkpoint(model, checkpoint_path, state)
     return model.eval()
+
+
+def _torchvision_vit_at_size(model: nn.Module, base: str, input_size, kwargs: dict) -> nn.Module:
+    """torchvision's ViTs are built for one image size (224 for the ImageNet weights) and assert it. For another
+    size, build one for that size and give it the weights with the position embedding resampled to its grid
+    (torchvision's own ``interpolate_embeddings``), as timm does for ``img_size``."""
+    from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
+
+    if input_size is None or not isinstance(model, VisionTransformer):
+        return model
+    size = input_size if isinstance(input_size, int) else int(input_size[0])
+    if isinstance(input_size, (tuple, list)) and len(set(input_size)) != 1:
+        raise StitchkitError(f"torchvision's ViTs take square images only, got input size {tuple(input_size)}")
+    if size == model.image_size:
+        return model
+    if size % model.patch_size:
+        raise StitchkitError(f"input size {size} is not a multiple of {base}'s patch size {model.patch_size}; "
+                             f"use a multiple such as {max(1, round(size / model.patch_size)) * model.patch_size}")
+    resized = torchvision.models.get_model(base, weights=None, image_size=size, **kwargs)
+    resized.load_state_dict(interpolate_embeddings(size, model.patch_size, model.state_dict()))
+    return resized
 
 
 def _timm_fixed_size(name: str) -> bool:
@@ -317,3 +340,22 @@ def instance_name(model: nn.Module) -> str:
     if cfg.get("architecture"):
         return f"{cfg['architecture']}.{cfg['tag']}" if cfg.get("tag") else cfg["architecture"]
     return type(model).__name__
+
+
+def is_token_model(name: str, input_size: int | None = None) -> bool:
+    """Whether the model's features are token sequences at every cut (a ViT, BEiT, EVA; not Swin's NHWC maps).
+
+    Token-only adapters (``vit_block``) need them at both ends. A hand-written family says so itself; a model cut by
+    the graph split is built (random weights) and dissected at ``input_size`` (default: its own) to find out.
+    """
+    family = family_for_name(name)
+    if family.token_extras is not None:
+        return True
+    if not family.fallback:
+        return False
+    from .families import default_input_size, dissect
+
+    model = create_model(name, input_size=input_size)
+    size = (input_size, input_size) if input_size else default_input_size(model)
+    return all(f is Format.NLC for f in dissect(model, size).formats)
+
