@@ -87,6 +87,8 @@ CASES = {
     "truncated png": (lambda w: _train("data.name=imagefolder", f"data.root={w['png']}", "optim.batch_size=9",
                                        "train.batch_size=9", f"output.dir={w['root'] / 'r5'}"), "cut.png"),
     "yaml syntax error": (lambda w: ["train", str(w["yaml"])], "not valid YAML"),
+    "unknown model in a run's settings": (lambda w: _train("mode=stitch", "model.src=resnet1800", "model.dst=resnet18",
+                                                          "model.gap=1:2"), "model.src: unknown model 'resnet1800'; did you mean: resnet18"),
     "unknown config key": (lambda w: _train("optim.weight_decy=0.1"), "did you mean optim.weight_decay"),
     "unknown config key, no close match": (lambda w: _train("optim.zzz=1"), "valid keys under optim: lr,"),
     "negative learning rate": (lambda w: _train("optim.lr=-0.1"), "must be positive"),

@@ -106,3 +106,46 @@ def test_a_closed_pipe_is_not_an_error():
     err = proc.stderr.read().decode()
     assert proc.wait() == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_version_and_help_answer_without_importing_torch(capsys):
+    import subprocess
+    import sys
+
+    import stitchkit
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"stitchkit {stitchkit.__version__}"
+    # `stitchkit --help` must answer at once: nothing it runs may import torch or timm (seconds on a cold start).
+    probe = ("import sys\nfrom stitchkit.cli import main\n"
+             "for argv in (['--help'], ['train', '--help'], ['sweep', '--help']):\n"
+             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+             "print(sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+    assert "train.epochs=10  passes over the training data" in out  # train --help lists every setting
+
+
+def test_every_option_has_help():
+    from stitchkit.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            assert action.help, f"stitchkit {name} {'/'.join(action.option_strings) or action.dest} has no help"
+
+
+def test_global_options_after_the_subcommand_and_overrides_after_options(capsys):
+    assert main(["adapters", "--threads", "1"]) == 0
+    code, out, _ = _run(capsys, "train", "mode=scratch", "--print-config", "model.src=resnet18", "train.epochs=3")
+    assert code == 0 and "src: resnet18" in out and "epochs: 3" in out and "mode: scratch" in out
+
+
+def test_sweep_print_config_shows_the_resolved_base(tmp_path, capsys):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("base:\n  train: {epochs: 2}\npairs: [[resnet18, resnet18]]\ngaps: ['1:2']\n"
+                     "methods: [downsample_linear]\nseeds: [0]\n")
+    code, out, _ = _run(capsys, "sweep", str(sweep), "--print-config", "optim.lr=0.01")
+    assert code == 0 and "epochs: 2" in out and "lr: 0.01" in out and "batch_size: 512" in out

@@ -270,3 +270,24 @@ def test_originals_average_only_runs_with_the_same_settings_and_say_what_they_we
     assert any("3 epochs x 512 images" in text for text in legends)
     assert plots.bands_note([{"n": 3}, {"n": 3}]) == "bands: standard error over seeds, n = 3"
     write_report(runs)  # and the whole report still builds
+
+
+def test_an_interrupted_sweep_resumes_with_changed_speed_settings(tmp_path, capsys):
+    """amp, channels_last and compile change how fast a run goes, not what it computes: a sweep killed mid-cell and
+    rerun with them changed finds the same cell folders and resumes them (it used to record them as failed)."""
+    sweep_file, runs = tmp_path / "s.yaml", tmp_path / "runs"
+    sweep_file.write_text((TINY % {"epochs": 2}).replace("  - [resnet10t, vit_tiny_patch16_224]\n", "")
+                          .replace('gaps: ["1:2", "2:3"]', 'gaps: ["1:2"]').replace("seeds: [0, 1]", "seeds: [0]")
+                          .replace("methods: [downsample_linear, vit_block]", "methods: [downsample_linear]"))
+    env = dict(_env(), STITCHKIT_FAULT="epoch-end:1")  # SIGKILL after the first cell's first epoch
+    killed = subprocess.run([sys.executable, "-m", "stitchkit", "sweep", str(sweep_file), "--out", str(runs)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert len(list(runs.rglob("checkpoints/last.pt"))) == 1 and not list(runs.rglob("result.json"))
+    faster = ["train.channels_last=true", "train.amp=none"]
+    assert main(["sweep", str(sweep_file), "--out", str(runs), *faster]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["finished"] == 2
+    _finished_once(runs, 2)
+    resumed = [p for p in runs.rglob("attempts.log") if p.read_text().count("start") == 2]
+    assert len(resumed) == 1  # the killed cell continued in its own folder
+    assert json.loads((resumed[0].parent / "result.json").read_text())["epochs"] == 2

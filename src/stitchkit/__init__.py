@@ -8,40 +8,56 @@ The public surface::
     model = stitchkit.create_stitched("resnet50.a1_in1k", "torchvision:swin_t", gap="1:4")
     baseline = stitchkit.create_finetune_baseline("resnet50", "1:3")
     stitchkit.count_macs(model), stitchkit.count_params(model, trainable_only=True)
+
+The names are imported on first use (PEP 562), so ``import stitchkit`` and ``stitchkit --help`` do not pay for torch
+and timm until something needs them.
 """
-from .adapters import create_adapter, list_adapters, register_adapter
-from .chain import PAPER_GAPS, RESIZE_MODES, parse_gap, plan_chain
-from .compute import count_macs, count_params
-from .errors import StitchkitError
-from .finetune import FinetuneBaseline, create_finetune_baseline
-from .formats import FeatureSpec, Format, convert
-from .stitching import StitchConfig, StitchedModel, create_stitched, load_stitched
-from .zoo import create_model, list_models, model_spec, split
+from __future__ import annotations
 
-__version__ = "0.2.1"
+import importlib
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "PAPER_GAPS",
-    "RESIZE_MODES",
-    "FeatureSpec",
-    "FinetuneBaseline",
-    "Format",
-    "StitchConfig",
-    "StitchedModel",
-    "StitchkitError",
-    "convert",
-    "count_macs",
-    "count_params",
-    "create_adapter",
-    "create_finetune_baseline",
-    "create_model",
-    "create_stitched",
-    "list_adapters",
-    "list_models",
-    "load_stitched",
-    "model_spec",
-    "parse_gap",
-    "plan_chain",
-    "register_adapter",
-    "split",
-]
+__version__ = "0.3.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "create_adapter": "adapters", "list_adapters": "adapters", "register_adapter": "adapters",
+    "PAPER_GAPS": "chain", "RESIZE_MODES": "chain", "parse_gap": "chain", "plan_chain": "chain",
+    "count_macs": "compute", "count_params": "compute",
+    "StitchkitError": "errors",
+    "FinetuneBaseline": "finetune", "create_finetune_baseline": "finetune",
+    "FeatureSpec": "formats", "Format": "formats", "convert": "formats",
+    "StitchConfig": "stitching", "StitchedModel": "stitching", "create_stitched": "stitching",
+    "load_stitched": "stitching",
+    "create_model": "zoo", "list_models": "zoo", "model_spec": "zoo", "split": "zoo",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # later lookups are plain attribute reads
+        return value
+    try:  # a submodule used as an attribute: stitchkit.zoo, stitchkit.training
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module 'stitchkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .adapters import create_adapter, list_adapters, register_adapter
+    from .chain import PAPER_GAPS, RESIZE_MODES, parse_gap, plan_chain
+    from .compute import count_macs, count_params
+    from .errors import StitchkitError
+    from .finetune import FinetuneBaseline, create_finetune_baseline
+    from .formats import FeatureSpec, Format, convert
+    from .stitching import StitchConfig, StitchedModel, create_stitched, load_stitched
+    from .zoo import create_model, list_models, model_spec, split

@@ -46,7 +46,25 @@ def _row(cell: dict, result: dict | None, run_dir: Path, status: str, sweep: str
     for key in ("top1", "top5", "holdout_top1", "gmacs", "params", "trainable_params", "epochs", "wall_time_s",
                 "dataset", "input_size", "train_images", "adapter_norm", "settings_id"):
         row[key] = result.get(key)
+    if row["settings_id"] and _written_before_0_3(result):
+        row["settings_id"] = _current_settings_id(run_dir) or row["settings_id"]
     return row
+
+
+def _written_before_0_3(result: dict) -> bool:
+    version = str((result.get("versions") or {}).get("stitchkit", "0.3"))
+    return version.startswith(("0.1.", "0.2."))
+
+
+def _current_settings_id(run_dir: Path) -> str | None:
+    """stitchkit 0.2 wrote settings_id with another digest text: recompute it from the run's saved config, so its
+    seeds average with runs written since (a sweep resumed across the upgrade)."""
+    from ..training.config import from_yaml_file, settings_id
+
+    try:
+        return settings_id(from_yaml_file(run_dir / "config.yaml"))
+    except Exception:  # no readable config: keep the recorded id (the run still counts, in a group of its own)
+        return None
 
 
 def _cell_from_result(result: dict) -> dict:

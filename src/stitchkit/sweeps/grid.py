@@ -22,7 +22,6 @@ fine-tuning baseline across architectures) become cells with a skip reason, neve
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +29,10 @@ from typing import Any
 
 from ..chain import PAPER_GAPS, parse_gap
 from ..errors import StitchkitError, close_matches
-from ..training.config import RESUMABLE_CHANGES, Config, _parse_yaml, flatten, load_config
+from ..training.config import NOT_IDENTITY, Config, _parse_yaml, flatten, load_config, settings_digest
 from .methods import PAPER_METHODS, get_method
 
 TOP_LEVEL_KEYS = ("base", "pairs", "gaps", "methods", "baselines", "seeds", "group_by_front")
-# Settings that locate data or tune speed; they do not change a run's identity.
-NOT_IDENTITY = RESUMABLE_CHANGES | {"data.root", "train.amp", "train.channels_last", "train.compile"}
 
 
 @dataclass(frozen=True)
@@ -154,8 +151,7 @@ def _identity(*layers: dict) -> str:
     Computed on plain dicts over the typed defaults (building an OmegaConf config per cell would make expanding
     the paper's 4,000 cells take minutes).
     """
-    relevant = {k: v for k, v in _settings(*layers).items() if k not in NOT_IDENTITY}
-    return hashlib.sha256(repr(sorted(relevant.items())).encode()).hexdigest()[:8]
+    return settings_digest(_settings(*layers), NOT_IDENTITY, length=8)
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:

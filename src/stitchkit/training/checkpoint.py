@@ -6,7 +6,6 @@ the digest of the config that made it, which loading verifies.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -62,24 +61,22 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path, config_digest: str | None = None) -> dict:
-    """Load and verify a checkpoint written by :func:`save_checkpoint`."""
+def load_checkpoint(path: Path, config_digest: str | tuple[str, ...] | None = None) -> dict:
+    """Load and verify a checkpoint written by :func:`save_checkpoint` (by a run whose config has one of the
+    ``config_digest`` values, when given)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a torn or foreign file: never half-load it
         raise StitchkitError(f"checkpoint {str(path)!r} is unreadable ({err}); delete it to start over") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise StitchkitError(f"{str(path)!r} is not a stitchkit training checkpoint")
-    if config_digest is not None and state.get("config_digest") != config_digest:
+    accepted = (config_digest,) if isinstance(config_digest, str) else config_digest
+    if accepted is not None and state.get("config_digest") not in accepted:
         raise StitchkitError(
             f"checkpoint {str(path)!r} was written by a run with another config (another stitch, model or recipe); "
             "resume with the run's own config.yaml, or use a new output.dir"
         )
     return state
-
-
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def rng_state() -> dict:

@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader
 from ..compute import count_macs, count_params
 from ..errors import StitchkitError
 from . import distributed, faults
-from .checkpoint import atomic_write_json, atomic_write_text, digest, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Config, from_yaml_file, resume_differences, to_yaml
+from .checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import Config, accepted_digests, config_digest, from_yaml_file, resume_differences, settings_id, to_yaml
 from .data import EpochSampler, Splits, build_splits, calibration_images, collate, preprocessing_for
 from .logging import MetricsLog
 from .models import build_model, load_trainable_state, trainable_state
@@ -278,7 +278,7 @@ class Trainer:
         self.accum = config.optim.batch_size // per_step
         self.run_dir = Path(config.output.dir) if config.output.dir else default_run_dir(config)
         self.config_yaml = to_yaml(config)
-        self.config_digest = digest(_results_relevant_yaml(config))
+        self.config_digest = config_digest(config)
         self.group: list[str] = []  # the run directories trained in the same pass, when grouped
 
     def run(self) -> dict:
@@ -426,7 +426,7 @@ class Trainer:
 
     def _restore(self) -> None:
         """Load the last checkpoint into the model, optimizer and counters (writes nothing)."""
-        state = load_checkpoint(self.run_dir / "checkpoints" / "last.pt", self.config_digest)
+        state = load_checkpoint(self.run_dir / "checkpoints" / "last.pt", accepted_digests(self.config))
         try:
             load_trainable_state(self.model, state["model"])
         except RuntimeError as err:
@@ -568,7 +568,7 @@ class Trainer:
             "versions": package_versions(),
             # Runs that differ only in their seed share this: reports average over seeds within it, never across
             # other settings (epochs, data, recipe).
-            "settings_id": digest(_results_relevant_yaml(config, without=("train.seed",))),
+            "settings_id": settings_id(config),
         }
         for split, values in self.metrics.items():
             prefix = "" if split == "val" else f"{split}_"
@@ -852,14 +852,6 @@ class TrainingGroup:
 def _divisor_hint(effective: int, world: int, current: int) -> int:
     options = [b for b in range(1, effective + 1) if effective % (b * world) == 0 and b <= max(current, 1)]
     return options[-1] if options else 1
-
-
-def _results_relevant_yaml(config: Config, without: tuple[str, ...] = ()) -> str:
-    """The config without settings that may change on resume (and ``without``), for digests."""
-    from .config import RESUMABLE_CHANGES, flatten
-
-    skip = RESUMABLE_CHANGES | set(without)
-    return "\n".join(f"{k}={v!r}" for k, v in sorted(flatten(config).items()) if k not in skip)
 
 
 def train(config: Config, resume: bool = False, overwrite: bool = False) -> dict:

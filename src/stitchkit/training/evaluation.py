@@ -13,10 +13,10 @@ from ..compute import count_macs, count_params
 from ..errors import StitchkitError
 from ..zoo.models import create_model, num_outputs
 from . import distributed
-from .checkpoint import atomic_write_json, digest, load_checkpoint
-from .config import Config, from_yaml_file
+from .checkpoint import atomic_write_json, load_checkpoint
+from .config import Config, accepted_digests, from_yaml_file
 from .data import build_splits, preprocessing_for
-from .engine import _results_relevant_yaml, amp_dtype, eval_loaders, evaluate, package_versions, resolve_device
+from .engine import amp_dtype, eval_loaders, evaluate, package_versions, resolve_device
 from .models import build_model, load_trainable_state
 
 
@@ -40,7 +40,7 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | 
     splits = build_splits(config.data, preprocessing_for(config.model.src), config.train.seed)
     torch.manual_seed(config.train.seed)
     model = build_model(config, len(splits.classes))
-    state = load_checkpoint(checkpoint, digest(_results_relevant_yaml(config)))
+    state = load_checkpoint(checkpoint, accepted_digests(config))
     load_trainable_state(model, state["model"])
     model.to(dev)
     dtype = amp_dtype(config.train.amp, dev)

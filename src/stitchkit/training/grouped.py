@@ -28,16 +28,11 @@ from torch import nn
 
 from ..chain import parse_gap
 from ..errors import StitchkitError
-from .config import Config, flatten
+from .config import Config, flatten, per_run_keys
 
-# Settings each member of a group may choose for itself. Everything else is shared: the data, the loop (epochs,
-# batch sizes, seed, device, precision) and the source front.
-PER_RUN_KEYS = frozenset({
-    "model.dst", "model.dst_checkpoint", "model.gap", "model.adapter", "model.resize", "model.prefix_out",
-    "model.prefix_in", "model.readd_pos_embed", "model.num_classes", "model.adapter_norm", "model.token_adapters",
-    "optim.lr", "optim.weight_decay", "optim.warmup_steps", "optim.no_decay_norm_bias", "optim.beta1", "optim.beta2",
-    "output.dir", "train.wandb", "train.tensorboard",
-})
+# Settings each member of a group may choose for itself (declared per setting in config.py). Everything else is
+# shared: the data, the loop (epochs, batch sizes, seed, device, precision) and the source front.
+PER_RUN_KEYS = per_run_keys()
 
 
 def why_not_groupable(settings: Config | Mapping[str, Any]) -> str | None:

@@ -1,0 +1,36 @@
+"""``stitchkit demo`` (the whole method on Fashion-MNIST, offline) and ``stitchkit findings`` (the paper's five
+findings at small scale, with seeds)."""
+from __future__ import annotations
+
+from .common import add_command
+
+
+def add_demo(subparsers) -> None:
+    p = add_command(subparsers, "demo", _demo, "the whole method on Fashion-MNIST on this CPU: sources, stitches, report",
+                    "Train small source models from scratch on Fashion-MNIST, stitch them across small and large "
+                    "gaps with several adapters, and write a report: offline, on a laptop CPU.")
+    p.add_argument("--out", default="runs/demo", help="output folder (source models there are reused)")
+    p.add_argument("--fast", action="store_true", help="less data and training: a few minutes instead of half an hour")
+
+
+def _demo(args) -> int:
+    from ..demo import run_demo
+
+    run_demo(args.out, fast=args.fast, threads=args.threads)
+    return 0
+
+
+def add_findings(subparsers) -> None:
+    p = add_command(subparsers, "findings", _findings,
+                    "the paper's five findings at small scale, with seeds, judged and written up")
+    p.add_argument("file", nargs="?", default="configs/findings/fashion_mnist.yaml", help="findings file")
+    p.add_argument("--out", default="runs/findings", help="output folder (resumable; finished runs are reused)")
+    p.add_argument("--doc", default=None, help="write the findings page here (e.g. docs/findings.md)")
+    p.add_argument("--smoke", action="store_true", help="a few hundred images, one gap, two seeds: checks the path")
+
+
+def _findings(args) -> int:
+    from ..findings import run_findings
+
+    run_findings(args.file, args.out, args.doc, smoke=args.smoke, threads=args.threads)
+    return 0

@@ -1,0 +1,61 @@
+"""``stitchkit eval RUN_DIR`` (a trained run again) and ``stitchkit eval-model MODEL`` (an unstitched model)."""
+from __future__ import annotations
+
+import json
+
+from .common import add_command
+
+
+def add_eval(subparsers) -> None:
+    p = add_command(subparsers, "eval", _eval, "evaluate a trained run again from its directory",
+                    "Evaluate the run in RUN_DIR again with its own settings and final weights; writes eval.json "
+                    "there and prints it.")
+    p.add_argument("run_dir", help="a run folder written by 'stitchkit train' or a sweep")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the run's own setting)")
+    p.add_argument("--workers", type=int, default=None, help="data-loader workers (default: the run's own)")
+
+
+def _eval(args) -> int:
+    from ..training import evaluate_run
+
+    record = evaluate_run(args.run_dir, device=args.device, workers=args.workers)
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+def add_eval_model(subparsers) -> None:
+    p = add_command(subparsers, "eval-model", _eval_model, "measure an unstitched model in the training pipeline",
+                    "Top-1/top-5 of MODEL as it is (pretrained, or a local checkpoint) with the same data pipeline "
+                    "that trains and evaluates stitches: the reference a stitch is compared with.")
+    p.add_argument("model", help="a timm name or torchvision:NAME")
+    p.add_argument("--data", default="imagefolder", help="imagefolder, fashion_mnist or synthetic")
+    p.add_argument("--data-root", default=None, help="dataset folder (imagefolder: with val/ inside)")
+    p.add_argument("--input-size", type=int, default=224, metavar="PX", help="image size")
+    p.add_argument("--pretrained", action="store_true", help="load the library's pretrained weights")
+    p.add_argument("--checkpoint", default=None, help="a local state-dict file (.pt, .pth, .safetensors)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    p.add_argument("--workers", type=int, default=4, help="data-loader workers")
+    p.add_argument("--limit-val", type=int, default=None, metavar="N", help="evaluate the first N images only")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--out", default=None, help="folder for result.json")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="a further config override, e.g. --set data.crop_pct=1.0 (repeatable)")
+
+
+def _eval_model(args) -> int:
+    from ..training import evaluate_model, load_config
+
+    overrides = [f"data.name={args.data}", f"data.input_size={args.input_size}", f"train.batch_size={args.batch_size}",
+                 f"train.workers={args.workers}", f"model.pretrained={str(args.pretrained).lower()}"]
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    if args.checkpoint:
+        overrides.append(f"model.src_checkpoint={args.checkpoint}")
+    if args.limit_val:
+        overrides.append(f"data.limit_val={args.limit_val}")
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    config = load_config(None, overrides + list(args.settings))
+    record = evaluate_model(args.model, config, args.out)
+    print(json.dumps({k: v for k, v in record.items() if k != "versions"}, indent=2))
+    return 0

@@ -1,0 +1,77 @@
+"""``stitchkit inspect``: a stitched model (or the fine-tuning baseline) before training it."""
+from __future__ import annotations
+
+import json
+
+from ..errors import StitchkitError
+from .common import add_command
+
+
+def add_parser(subparsers) -> None:
+    p = add_command(subparsers, "inspect", run, "show a stitched model: adapter chain, parameters, GMACs",
+                    "Build the stitch of --src's lower layers and --dst's upper layers (random weights unless "
+                    "--pretrained) and show its cuts, adapter chain, parameters and compute.")
+    p.add_argument("--src", required=True, help="source model (its lower layers)")
+    p.add_argument("--dst", required=True, help="destination model (its upper layers and head)")
+    p.add_argument("--gap", default="1:3", help="X:Y, source stage X to destination stage Y")
+    p.add_argument("--adapter", default="bottleneck", help="adapter name ('stitchkit adapters' lists them)")
+    p.add_argument("--resize", default="bilinear", help="how the feature map's size is matched: none, bilinear, "
+                                                       "integrated (a strided conv in the adapter)")
+    p.add_argument("--input-size", type=int, default=224, metavar="PX", help="image size")
+    p.add_argument("--prefix-out", default="concat", help="class token out of a ViT: concat, drop, add")
+    p.add_argument("--prefix-in", default="mean", help="class token into a ViT: mean, zeros, learned")
+    p.add_argument("--readd-pos-embed", action="store_true", help="re-add the destination ViT's position embedding")
+    p.add_argument("--pretrained", action="store_true", help="load pretrained weights (needs them cached or network)")
+    p.add_argument("--finetune", action="store_true", help="show the fine-tuning baseline instead (src == dst)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run(args) -> int:
+    from ..stitching import create_stitched
+    from ..summary import describe_stitch
+
+    if args.finetune:
+        return _finetune(args)
+    model = create_stitched(
+        args.src, args.dst, gap=args.gap, adapter=args.adapter, resize=args.resize, pretrained=args.pretrained,
+        input_size=args.input_size, prefix_out=args.prefix_out, prefix_in=args.prefix_in,
+        readd_pos_embed=args.readd_pos_embed,
+    )
+    report = describe_stitch(model, args.src, args.dst, args.input_size)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    x, y = model.config.gap
+    print(f"{args.src} stage {x} -> {args.dst} stage {y}   adapter={args.adapter} resize={args.resize} "
+          f"input={args.input_size}px")
+    print(f"  source cut      after {report['src_cut']['after']:20s} {report['src_cut']['feature']}")
+    print(f"  destination cut after {report['dst_cut']['after']:20s} {report['dst_cut']['feature']}")
+    print(f"  adapter chain ({len(model.steps)}):")
+    for i, step in enumerate(model.steps, start=1):
+        print(f"    {i}. {step.describe()}")
+    print(f"  parameters      {report['params'] / 1e6:.2f} M total, {report['trainable_params'] / 1e6:.3f} M trainable")
+    print(f"  compute         {report['gmacs']:.3f} GMACs = {100 * report['macs_vs_src']:.1f}% of {args.src} "
+          f"({report['gmacs_src']:.3f}), {100 * report['macs_vs_dst']:.1f}% of {args.dst} ({report['gmacs_dst']:.3f})")
+    return 0
+
+
+def _finetune(args) -> int:
+    from ..finetune import create_finetune_baseline
+    from ..summary import describe_finetune
+
+    if args.src != args.dst:
+        raise StitchkitError(
+            f"the fine-tuning baseline cuts one model and keeps its own blocks, so --src and --dst must be the same "
+            f"model (got {args.src} and {args.dst}); to join two models, drop --finetune and pick an --adapter"
+        )
+    baseline = create_finetune_baseline(args.src, args.gap, pretrained=args.pretrained, input_size=args.input_size)
+    report = describe_finetune(baseline, args.src, args.gap, args.input_size)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"fine-tuning baseline of {args.src}, gap {args.gap}: every weight trains, no adapter")
+    print(f"  kept from the gap  {', '.join(baseline.kept_blocks) or '(none)'}")
+    print(f"  removed            {', '.join(baseline.removed_blocks) or '(none)'}")
+    print(f"  parameters         {report['params'] / 1e6:.2f} M")
+    print(f"  compute            {report['gmacs']:.3f} GMACs = {100 * report['macs_vs_model']:.1f}% of {args.src}")
+    return 0

@@ -1,0 +1,48 @@
+"""``stitchkit models``, ``adapters`` and ``methods``: what there is to choose from."""
+from __future__ import annotations
+
+from ..errors import StitchkitError
+from .common import add_command
+
+
+def add_models(subparsers) -> None:
+    p = add_command(subparsers, "models", _models, "list supported model names",
+                    "List the timm and torchvision model names stitchkit can cut (docs/models.md: the measured table).")
+    p.add_argument("pattern", nargs="?", default="*", help="glob pattern, e.g. 'resnet*' or '*swin*'")
+    p.add_argument("--pretrained", action="store_true", help="list timm names with their pretrained tags")
+
+
+def _models(args) -> int:
+    from ..zoo import list_models
+
+    names = list_models(args.pattern, pretrained=args.pretrained)
+    if not names:
+        raise StitchkitError(f"no supported model matches {args.pattern!r}; try a wider pattern such as '*{args.pattern}*'")
+    print("\n".join(names))
+    return 0
+
+
+def add_adapters(subparsers) -> None:
+    add_command(subparsers, "adapters", _adapters, "list registered adapters (name, layout, description)")
+
+
+def _adapters(args) -> int:
+    from ..adapters import get_adapter, list_adapters
+
+    for name in list_adapters():
+        kind = get_adapter(name)
+        print(f"{name:14s} {kind.layout:7s} {kind.description}")
+    return 0
+
+
+def add_methods(subparsers) -> None:
+    add_command(subparsers, "methods", _methods, "list stitching methods (adapter x resize) for sweep files")
+
+
+def _methods(args) -> int:
+    from ..sweeps.methods import PAPER_METHODS, list_methods
+
+    for method in list_methods():
+        paper = "paper" if method.name in PAPER_METHODS else ""
+        print(f"{method.name:26s} adapter={method.adapter:13s} resize={method.resize:10s} {paper:5s} {method.label}")
+    return 0

@@ -1,0 +1,36 @@
+"""``stitchkit stages MODEL``: a model's eight cut points with their layouts and shapes."""
+from __future__ import annotations
+
+import json
+
+from .common import add_command
+
+
+def add_parser(subparsers) -> None:
+    p = add_command(subparsers, "stages", run, "show a model's cut points: stage, position, format, shape",
+                    "Show where MODEL can be cut: the first and last block of each of its four stages, the module "
+                    "each cut follows, and the feature there (layout and shape) for images of --input-size.")
+    p.add_argument("model", help="a timm name (resnet50.a1_in1k) or torchvision:NAME")
+    p.add_argument("--input-size", type=int, default=224, metavar="PX", help="image size the shapes are given for")
+    p.add_argument("--pretrained", action="store_true", help="load pretrained weights (needs them cached or network)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run(args) -> int:
+    from ..zoo import create_model, model_spec
+
+    model = create_model(args.model, pretrained=args.pretrained, input_size=args.input_size)
+    spec = model_spec(model, args.input_size, args.model)
+    if args.json:
+        rows = [{"stage": c.stage, "position": c.position, "after": c.module, "format": str(c.feature.format),
+                 "shape": list(c.feature.shape), "prefix_tokens": c.feature.num_prefix_tokens}
+                for c in spec.cut_points]
+        print(json.dumps({"model": args.model, "family": spec.family, "input_size": args.input_size, "cuts": rows},
+                         indent=2))
+        return 0
+    print(f"{args.model} ({spec.family}) at {args.input_size}x{args.input_size}")
+    print(f"{'stage':>5}  {'position':8}  {'after':24}  {'format':6}  shape")
+    for c in spec.cut_points:
+        shape = c.feature.describe().split(" ", 1)[1]
+        print(f"{c.stage:>5}  {c.position:8}  {c.module:24}  {str(c.feature.format):6}  {shape}")
+    return 0

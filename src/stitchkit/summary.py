@@ -1,0 +1,55 @@
+"""What a stitched model (or a fine-tuning baseline) is, as data: where it is cut, its adapter chain, parameters and
+MACs next to the models it was made from. ``stitchkit inspect`` prints it; the same dict is its ``--json``."""
+from __future__ import annotations
+
+from .compute import count_macs, count_params
+from .finetune import FinetuneBaseline
+from .stitching import StitchedModel
+from .zoo import create_model
+
+
+def _model_macs(name: str, input_size: int) -> int:
+    return count_macs(create_model(name, input_size=input_size), (3, input_size, input_size))
+
+
+def describe_stitch(model: StitchedModel, src: str, dst: str, input_size: int) -> dict:
+    """The cuts, the adapter chain, parameters and MACs (against the two whole models, built with random weights)."""
+    size = (3, input_size, input_size)
+    macs = count_macs(model, size)
+    src_macs = _model_macs(src, input_size)
+    dst_macs = src_macs if dst == src else _model_macs(dst, input_size)
+    x, y = model.config.gap
+    dst_cut = model.dst_spec.cut(*model.config.dst_cut)
+    return {
+        "src": src,
+        "dst": dst,
+        "gap": f"{x}:{y}",
+        "adapter": model.config.adapter,
+        "resize": model.config.resize,
+        "input_size": input_size,
+        "src_cut": {"stage": x, "position": "first", "after": model.src_spec.cut(*model.config.src_cut).module,
+                    "feature": model.bridge.src.describe()},
+        "dst_cut": {"stage": model.config.dst_cut[0], "position": model.config.dst_cut[1], "after": dst_cut.module,
+                    "feature": dst_cut.feature.describe()},
+        "adapters": [
+            {"in": [s.in_channels, *s.in_size], "out": [s.out_channels, *s.out_size], "resize": s.resize,
+             "stride": s.stride}
+            for s in model.steps
+        ],
+        "params": count_params(model),
+        "trainable_params": count_params(model, trainable_only=True),
+        "gmacs": macs / 1e9,
+        "gmacs_src": src_macs / 1e9,
+        "gmacs_dst": dst_macs / 1e9,
+        "macs_vs_src": macs / src_macs,
+        "macs_vs_dst": macs / dst_macs,
+    }
+
+
+def describe_finetune(baseline: FinetuneBaseline, name: str, gap: str, input_size: int) -> dict:
+    """The blocks the baseline keeps and removes, its parameters and its MACs against the whole model."""
+    size = (3, input_size, input_size)
+    macs = count_macs(baseline, size)
+    return {"model": name, "gap": gap, "kept_blocks": list(baseline.kept_blocks),
+            "removed_blocks": list(baseline.removed_blocks), "params": count_params(baseline),
+            "gmacs": macs / 1e9, "macs_vs_model": macs / _model_macs(name, input_size)}

@@ -1,0 +1,38 @@
+"""Each setting's class is declared once, on its config field; every digest and key set derives from it."""
+from stitchkit.sweeps.grid import _identity
+from stitchkit.training import load_config
+from stitchkit.training.config import (NOT_IDENTITY, RESUMABLE_CHANGES, accepted_digests, keys_of_kind, per_run_keys,
+                                       resume_differences, settings_id)
+from stitchkit.training.grouped import PER_RUN_KEYS
+
+
+def test_setting_classes():
+    assert keys_of_kind("speed") == {"train.amp", "train.channels_last", "train.compile"}
+    assert keys_of_kind("location") == {"data.root"}
+    assert {"train.device", "train.workers", "output.dir", "train.log_every"} <= keys_of_kind("run")
+    assert RESUMABLE_CHANGES == keys_of_kind("run", "speed")
+    assert NOT_IDENTITY == RESUMABLE_CHANGES | {"data.root"}
+    assert PER_RUN_KEYS == per_run_keys() and "model.gap" in PER_RUN_KEYS and "train.epochs" not in PER_RUN_KEYS
+
+
+def test_resume_accepts_speed_and_run_changes_only():
+    saved = load_config(None, ["mode=scratch"])
+    faster = load_config(None, ["mode=scratch", "train.channels_last=true", "train.amp=bf16", "train.workers=0"])
+    assert resume_differences(saved, faster) == []
+    assert resume_differences(saved, load_config(None, ["mode=scratch", "train.epochs=3"])) == ["train.epochs: 10 -> 3"]
+    assert resume_differences(saved, load_config(None, ["mode=scratch", "data.root=/elsewhere"])) != []
+
+
+def test_digests_keep_what_earlier_versions_wrote():
+    """Values computed by stitchkit 0.2.1 (commit f0166ab) for these settings: a sweep cell keeps its folder name,
+    and a 0.2 checkpoint is still accepted when its run is resumed or evaluated."""
+    config = load_config(None, ["mode=scratch", "model.src=resnet10t", "train.channels_last=true"])
+    assert accepted_digests(config)[1] == "76b118c59238773c"
+    assert _identity({"train": {"epochs": 2}}, {"model": {"src": "resnet18"}}) == "bf3c5442"
+
+
+def test_settings_id_ignores_the_seed_and_how_a_run_ran_but_not_its_precision():
+    base = load_config(None, ["mode=scratch"])
+    assert settings_id(base) == settings_id(load_config(None, ["mode=scratch", "train.seed=3", "train.workers=1"]))
+    assert settings_id(base) != settings_id(load_config(None, ["mode=scratch", "train.amp=bf16"]))
+    assert settings_id(base) != settings_id(load_config(None, ["mode=scratch", "train.epochs=2"]))
