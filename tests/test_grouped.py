@@ -196,7 +196,9 @@ def test_other_runs_lines_go_above_the_shared_progress_bar_on_a_terminal(tmp_pat
     written = []
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     monkeypatch.setattr(tqdm.tqdm, "write", classmethod(lambda cls, text, file=None: written.append(text)))
-    log = training_logging.MetricsLog(tmp_path, True, 10, tensorboard=False, progress=False, label="1to3/linear")
+    config = load_config(None, ["train.epochs=2"])
+    log = training_logging.MetricsLog(tmp_path, True, config, 10, progress=False, label="1to3/linear", device="cpu")
     log.write({"type": "eval", "split": "val", "step": 1, "epoch": 0, "top1": 50.0, "top5": 90.0})
     log.close()
-    assert written == ["[1to3/linear] val top-1 50.00% top-5 90.00% (epoch 0)"]
+    assert written == [f"[1to3/linear] training stitch run in {tmp_path}: 10 steps, 2 epochs on cpu",
+                       "[1to3/linear] val top-1 50.00% top-5 90.00% (after epoch 1/2)"]

@@ -25,9 +25,17 @@ def test_train_eval_and_eval_model_commands(tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
     config.write_text("train:\n  epochs: 1\n")
     run = tmp_path / "run"
-    assert main(["train", str(config), *TINY, f"output.dir={run}"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    assert main(["train", str(config), *TINY, "train.log_every=1", f"output.dir={run}"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
     assert summary["status"] == "finished"
+    # Without a terminal (a SLURM log): where the run is, then each step out of the total with an ETA, epochs from 1.
+    lines = err.splitlines()
+    assert lines[0] == f"training scratch run in {run}: 4 steps, 1 epochs on cpu"
+    steps = [line for line in lines if line.startswith("step ")]
+    assert [line.split(":")[0] for line in steps] == [f"step {i}/4 epoch 1/1" for i in range(1, 5)]
+    assert ", ETA " in steps[0] and ", ETA " not in steps[-1]
+    assert any(line.startswith("val top-1") and line.endswith("(after epoch 1/1)") for line in lines)
     assert main(["eval", str(run)]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["top1"] == summary["top1"]  # the same weights, the same pipeline

@@ -121,9 +121,13 @@ class TrainConfig:
     workers: int = setting(4, "data-loader worker processes", kind="run")
     checkpoint_every: int = setting(500, "optimizer steps between checkpoints", kind="run")
     log_every: int = setting(50, "optimizer steps between progress lines", kind="run")
-    wandb: bool = setting(False, "log to Weights & Biases (pip install stitchkit[wandb])", kind="run", per_run=True)
-    tensorboard: bool = setting(True, "write TensorBoard logs when the tensorboard package is installed", kind="run",
-                                per_run=True)
+    wandb: bool = setting(False, "log to Weights & Biases (pip install 'stitchkit[wandb]')", kind="run", per_run=True)
+    wandb_project: str = setting("stitchkit", "W&B project", kind="run", per_run=True)
+    wandb_entity: Optional[str] = setting(None, "W&B entity (team or user); default: yours", kind="run", per_run=True)
+    wandb_group: Optional[str] = setting(None, "W&B group; default: the sweep's name for sweep cells", kind="run",
+                                         per_run=True)
+    tensorboard: bool = setting(False, "write TensorBoard logs to RUN_DIR/tensorboard (pip install "
+                                       "'stitchkit[tensorboard]')", kind="run", per_run=True)
 
 
 @dataclass

@@ -651,15 +651,15 @@ class TrainingGroup:
 
     def run(self) -> list[dict | BaseException]:
         self._set_up()
-        t = self.config.train
         start = time.time()
         # Printed lines of a group name each run by its path below the runs' common folder.
         common = os.path.commonpath([m.run_dir.resolve() for m in self.members]) if self.grouped else None
         for i, m in enumerate(self.live):
             m._segment_start = start
-            m.log = MetricsLog(m.run_dir, m.ctx.is_main, self.stream.total_steps, t.tensorboard, t.wandb,
+            m.log = MetricsLog(m.run_dir, m.ctx.is_main, m.config, self.stream.total_steps,
                                initial_step=m.counters.step, progress=i == 0,
-                               label=str(m.run_dir.resolve().relative_to(common)) if common else None)
+                               label=str(m.run_dir.resolve().relative_to(common)) if common else None,
+                               device=str(self.device))
         self._boundary_rng = rng_state()
         restore = self._catch_sigterm()
         try:

@@ -1,7 +1,12 @@
-"""Metrics out of a run: JSON lines always, a progress bar on a terminal (plain lines otherwise), TensorBoard when
-installed, Weights & Biases only when asked. Only rank 0 writes."""
+"""Metrics out of a run: JSON lines always, a progress bar on a terminal (plain lines with the total and an ETA
+otherwise, as in a SLURM log), TensorBoard and Weights & Biases when asked for. Only rank 0 writes.
+
+``metrics.jsonl`` counts epochs from 0 (the epoch a step belongs to; an evaluation after the first epoch says 0);
+printed lines count from 1, as ``result.json``'s ``epochs`` does.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -9,37 +14,40 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StitchkitError
+from .config import Config, flatten
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, enabled: bool, total_steps: int, tensorboard: bool = True, wandb: bool = False,
-                 initial_step: int = 0, progress: bool = True, label: str | None = None):
+    def __init__(self, run_dir: Path, enabled: bool, config: Config, total_steps: int, initial_step: int = 0,
+                 progress: bool = True, label: str | None = None, device: str = ""):
         """``progress``: draw the progress bar (one per terminal, when runs train together); ``label`` prefixes the
         printed lines, to tell such runs apart."""
         self.enabled = enabled
         self.prefix = f"[{label}] " if label else ""
         self.path = run_dir / "metrics.jsonl"
+        self.total_steps, self.epochs = total_steps, config.train.epochs
+        self.initial_step = initial_step
         self.bar = self.tb = self.wandb = None
         self.start = time.time()
         if not enabled:
             return
+        t = config.train
+        if t.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise StitchkitError("train.tensorboard=true needs the tensorboard package: "
+                                     "pip install 'stitchkit[tensorboard]', or set train.tensorboard=false") from None
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        if t.wandb:
+            self.wandb = _start_wandb(run_dir, config)
+        resumed = f", resuming at step {initial_step}" if initial_step else ""
+        _say(f"{self.prefix}training {config.mode} run in {run_dir}: {total_steps} steps, {self.epochs} epochs "
+             f"on {device or t.device}{resumed}")
         if progress and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:  # tensorboard not installed: JSON lines are the record
-                self.tb = None
-        if wandb:
-            try:
-                import wandb as wandb_module
-            except ImportError:
-                raise StitchkitError("train.wandb=true needs the wandb package: pip install wandb") from None
-            self.wandb = wandb_module.init(project="stitchkit", dir=str(run_dir))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -59,10 +67,19 @@ class MetricsLog:
             if self.bar is not None:
                 self.bar.set_postfix_str(self.prefix + text)
             else:
-                _say(f"{self.prefix}step {step} epoch {record['epoch']}: {text}")
+                _say(f"{self.prefix}step {step}/{self.total_steps} epoch {record['epoch'] + 1}/{self.epochs}: {text}"
+                     f"{self._eta(step)}")
         elif record.get("type") == "eval":
-            text = f"{self.prefix}{record['split']} top-1 {record['top1']:.2f}% top-5 {record['top5']:.2f}% (epoch {record['epoch']})"
+            text = (f"{self.prefix}{record['split']} top-1 {record['top1']:.2f}% top-5 {record['top5']:.2f}% "
+                    f"(after epoch {record['epoch'] + 1}/{self.epochs})")
             (self.bar.write if self.bar is not None else _say)(text)
+
+    def _eta(self, step: int) -> str:
+        """Time left at the rate of this process so far (steps since it started or resumed)."""
+        done, elapsed = step - self.initial_step, time.time() - self.start
+        if done <= 0 or elapsed <= 0 or step >= self.total_steps:
+            return ""
+        return f", ETA {format_duration((self.total_steps - step) * elapsed / done)}"
 
     def advance(self, steps: int = 1) -> None:
         if self.bar is not None:
@@ -75,6 +92,31 @@ class MetricsLog:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h07m``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _start_wandb(run_dir: Path, config: Config):
+    """A W&B run named after the run folder, with every setting as its config. Its id comes from the folder's path,
+    so a resumed run continues the same W&B run; sweep cells are grouped by their sweep (the runs folder's name)."""
+    try:
+        import wandb
+    except ImportError:
+        raise StitchkitError("train.wandb=true needs the wandb package: pip install 'stitchkit[wandb]'") from None
+    t = config.train
+    folder = run_dir.resolve()
+    group = t.wandb_group or (folder.parent.name if (folder / "cell.json").exists() else None)
+    return wandb.init(project=t.wandb_project, entity=t.wandb_entity, group=group, name=folder.name,
+                      id=hashlib.sha256(str(folder).encode()).hexdigest()[:16], resume="allow",
+                      config=flatten(config), dir=str(run_dir))
 
 
 def _say(text: str) -> None:
