@@ -291,3 +291,23 @@ def test_an_interrupted_sweep_resumes_with_changed_speed_settings(tmp_path, caps
     resumed = [p for p in runs.rglob("attempts.log") if p.read_text().count("start") == 2]
     assert len(resumed) == 1  # the killed cell continued in its own folder
     assert json.loads((resumed[0].parent / "result.json").read_text())["epochs"] == 2
+
+
+def test_dry_run_prices_a_stitch_as_the_sum_of_its_parts(tmp_path):
+    """The dry run counts each front and back once and adds the adapters: the same MACs as counting the whole
+    stitched model, for CNN and ViT parts and for the baselines."""
+    import stitchkit
+    from stitchkit.sweeps.dryrun import cell_costs
+    from stitchkit.sweeps.methods import get_method
+
+    sweep = expand({"base": {"data": {"input_size": 32}}, "pairs": [["resnet10t", "vit_tiny_patch16_224"],
+                                                                   ["vit_tiny_patch16_224", "resnet10t"]],
+                    "gaps": ["1:2", "2:4"], "methods": ["downsample_bottleneck", "integrated_conv3x3_relu"], "seeds": [0]},
+                   name="priced")
+    for cell in sweep.runnable:
+        costs = cell_costs(sweep, cell)
+        method = get_method(cell.method)
+        model = stitchkit.create_stitched(cell.src, cell.dst, cell.gap, method.adapter, method.resize, input_size=32)
+        assert costs["gmacs"] == pytest.approx(stitchkit.count_macs(model, 32) / 1e9, rel=1e-9), cell.name
+        assert costs["params"] == stitchkit.count_params(model)
+        assert costs["trainable_params"] == stitchkit.count_params(model, trainable_only=True)

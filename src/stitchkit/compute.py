@@ -47,6 +47,12 @@ def count_macs(model: nn.Module, input_size: int | tuple[int, ...] = (3, 224, 22
     channels = input_size[0] if isinstance(input_size, tuple) and len(input_size) == 3 else 3
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
+    return count_macs_on(model, torch.zeros(1, channels, height, width, device=device))
+
+
+def count_macs_on(model: nn.Module, inputs: torch.Tensor) -> int:
+    """Multiply-accumulates of ``model(inputs)`` in eval mode: for a part of a model that takes features, not
+    images (the front, adapters and back of a stitch are counted separately and add up to the whole)."""
     was_training = model.training
     model.eval()
     # Not under no_grad: torch's module tracker inside FlopCounterMode fails on some models (timm's attention
@@ -54,7 +60,7 @@ def count_macs(model: nn.Module, input_size: int | tuple[int, ...] = (3, 224, 22
     try:
         counter = FlopCounterMode(display=False, custom_mapping=_custom_formulas())
         with counter:
-            model(torch.zeros(1, channels, height, width, device=device))
+            model(inputs)
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
