@@ -52,15 +52,35 @@ def _column(times: list[float], batch: int) -> dict:
             "repeats": len(times)}
 
 
-def _measure(step: Callable[[], None], batch: int, warmup: int, repeats: int, device: torch.device) -> dict:
-    """A column: images/s, and on CUDA the peak memory allocated during the steps (GiB)."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    column = _column(_time(step, warmup, repeats, device), batch)
-    if device.type == "cuda":
-        column["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    return column
+def _interleaved(steps: dict[str, Callable[[], None]], warmup: int, repeats: int,
+                 device: torch.device) -> dict[str, list[float]]:
+    """Step times of every entry, measured in turns (one step of each, ``repeats`` times), so that the machine's
+    noise (another job, a frequency change) falls on every column alike and their ratios hold."""
+    def run(step):
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # kernels are asynchronous: time them, not their launch
+
+    for step in steps.values():
+        for _ in range(warmup):
+            run(step)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            run(step)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _peak_memory_gib(step: Callable[[], None], device: torch.device) -> float:
+    """Peak memory allocated during one step (CUDA), measured on its own after the timing."""
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**30
 
 
 def _training_step(forward: Callable, optimizer: torch.optim.Optimizer, x: torch.Tensor, labels: torch.Tensor,
@@ -114,27 +134,21 @@ def run_bench(src: str = "resnet50", dst: str | None = None, gap: str = "1:3", a
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3, fused=dev.type == "cuda")
     forward = torch.compile(model) if compile else model
 
-    results: dict[str, dict] = {}
+    # Every step is built first and then timed in turns (see _interleaved); the models stay in memory together.
+    steps: dict[str, Callable[[], None]] = {}
     if "stitchkit" in columns:
-        stitchkit_step = _training_step(forward, optimizer, x, labels, autocast)
-        results["stitchkit"] = _measure(stitchkit_step, batch_size, warmup, repeats, dev)
-
+        steps["stitchkit"] = _training_step(forward, optimizer, x, labels, autocast)
     if "naive" in columns:
         naive = stitched_model("train", torch.contiguous_format)  # the paper's code: NCHW whatever the flag says
         naive_net = nn.Sequential(naive.front, naive.bridge, naive.back).train()  # front in autograd, all train mode
         naive_optimizer = torch.optim.AdamW(naive_net.parameters(), lr=1e-3)  # the paper's optimizer holds everything
-        naive_step = _training_step(naive_net, naive_optimizer, x.contiguous(), labels, nullcontext)  # fp32
-        results["naive"] = _measure(naive_step, batch_size, warmup, repeats, dev)
-        del naive, naive_net, naive_optimizer, naive_step
-
+        steps["naive"] = _training_step(naive_net, naive_optimizer, x.contiguous(), labels, nullcontext)  # fp32
     if "full_dst" in columns:
         full = create_model(dst, input_size=input_size).to(dev, memory_format=fmt).train()
         full_optimizer = torch.optim.AdamW(full.parameters(), lr=1e-3, fused=dev.type == "cuda")
         full_forward = torch.compile(full) if compile else full
-        full_step = _training_step(full_forward, full_optimizer, x, labels, autocast)
-        results["full_dst"] = _measure(full_step, batch_size, warmup, repeats, dev)
-        del full, full_optimizer, full_forward, full_step
-
+        steps["full_dst"] = _training_step(full_forward, full_optimizer, x, labels, autocast)
+    bound_parts = ("front", "adapters", "back")
     if "lower_bound" in columns:
         with torch.no_grad(), autocast():
             h = model.front(x)
@@ -158,8 +172,17 @@ def run_bench(src: str = "resnet50", dst: str | None = None, gap: str = "1:3", a
                 logits = model.back(inp)
             F.cross_entropy(logits.float(), labels).backward()
 
-        parts = {name: statistics.median(_time(fn, warmup, repeats, dev))
-                 for name, fn in (("front", front_part), ("adapters", adapter_part), ("back", back_part))}
+        steps.update(zip((f"bound:{p}" for p in bound_parts), (front_part, adapter_part, back_part)))
+
+    times = _interleaved(steps, warmup, repeats, dev)
+    results: dict[str, dict] = {}
+    for name in ("stitchkit", "naive", "full_dst"):
+        if name in steps:
+            results[name] = _column(times[name], batch_size)
+            if dev.type == "cuda":
+                results[name]["peak_memory_gib"] = _peak_memory_gib(steps[name], dev)
+    if "lower_bound" in columns:
+        parts = {p: statistics.median(times[f"bound:{p}"]) for p in bound_parts}
         lower = sum(parts.values())
         results["lower_bound"] = {"images_per_s": batch_size / lower, "median_s": lower, "parts_s": parts,
                                   "repeats": repeats}
