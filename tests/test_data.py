@@ -7,7 +7,8 @@ from PIL import Image
 
 from stitchkit.errors import StitchkitError
 from stitchkit.training import load_config, train
-from stitchkit.training.data import EpochSampler, Preprocessing, build_splits, preprocessing_for
+from stitchkit.training.data import EpochSampler, build_splits
+from stitchkit.zoo.metadata import Preprocessing, preprocessing
 
 PREP = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear", 1.0)
 
@@ -116,11 +117,11 @@ def test_sampler_shards_and_resumes():
 
 
 def test_preprocessing_comes_from_the_source_model():
-    vit = preprocessing_for("vit_small_patch16_224.augreg_in1k")
+    vit = preprocessing("vit_small_patch16_224.augreg_in1k")
     assert vit.mean == (0.5, 0.5, 0.5) and vit.interpolation == "bicubic" and vit.crop_pct == 0.9
-    resnet = preprocessing_for("resnet50.a1_in1k")
+    resnet = preprocessing("resnet50.a1_in1k")
     assert resnet.mean == pytest.approx((0.485, 0.456, 0.406)) and resnet.crop_pct == 0.95
-    swin = preprocessing_for("torchvision:swin_t")
+    swin = preprocessing("torchvision:swin_t")
     assert swin.interpolation == "bicubic" and swin.crop_pct == pytest.approx(224 / 232)
 
 

@@ -186,3 +186,29 @@ def test_pretrained_without_network_says_what_to_do(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(StitchkitError, match="checkpoint_path"):
         stitchkit.create_model("resnet18.a1_in1k", pretrained=True)
+
+
+def test_a_family_registered_after_first_use_is_seen():
+    from stitchkit.zoo import Family, register_family
+    from stitchkit.zoo.families import _FAMILIES
+    from stitchkit.zoo.models import family_for_name
+
+    assert family_for_name("densenet121").name == "graph"  # the name tables are built (and cached) here
+    register_family(Family("densenet_by_hand", (torch.nn.Identity,), lambda model: None, timm_modules=("densenet",)))
+    try:
+        assert family_for_name("densenet121").name == "densenet_by_hand"
+    finally:
+        _FAMILIES._items.pop("densenet_by_hand")
+    assert family_for_name("densenet121").name == "graph"
+
+
+def test_model_names_are_parsed_in_one_place():
+    from stitchkit.zoo.metadata import ModelName, published_top1
+
+    assert ModelName.parse("resnet50.a1_in1k") == ModelName("timm", "resnet50", "a1_in1k")
+    parsed = ModelName.parse("torchvision:resnet50.IMAGENET1K_V2")
+    assert (parsed.library, parsed.base, parsed.tag, parsed.key) == ("torchvision", "resnet50", "IMAGENET1K_V2",
+                                                                     "torchvision:resnet50")
+    assert published_top1("torchvision:resnet50.IMAGENET1K_V2")[0] == 80.858  # torchvision's own metadata
+    assert published_top1("resnet50.a1_in1k") == (80.4, "timm model card (paper)")
+    assert published_top1("convnext_atto") is None

@@ -323,7 +323,8 @@ def run_data_bench(root: str | None = None, src: str = "resnet50", input_size: i
     from pathlib import Path
 
     from .training import load_config
-    from .training.data import build_splits, collate, preprocessing_for
+    from .training.data import build_splits, collate
+    from .zoo.metadata import preprocessing
 
     generated = root is None
     threads = torch.get_num_threads()
@@ -332,7 +333,7 @@ def run_data_bench(root: str | None = None, src: str = "resnet50", input_size: i
         if root is None:
             root = Path(tmp)
             _write_jpegs(root, images, 500, 375)
-        prep = preprocessing_for(src)
+        prep = preprocessing(src)
 
         def splits(*extra):
             data = load_config(None, ["data.name=imagefolder", f"data.root={root}", f"data.input_size={input_size}",
@@ -381,13 +382,14 @@ def _dali_column(splits, root, src: str, input_size: int, batch_size: int, repea
         return {}
     from .training import load_config
     from .training.dali import DaliTrainLoader
-    from .training.data import EpochSampler, preprocessing_for
+    from .training.data import EpochSampler
+    from .zoo.metadata import preprocessing
 
     data = load_config(None, ["data.name=imagefolder", f"data.root={root}", f"data.input_size={input_size}",
                               "data.loader=dali"]).data
     batch = min(batch_size, len(splits.train))
     sampler = EpochSampler(len(splits.train), 0)
-    loader = DaliTrainLoader(splits.train, data, preprocessing_for(src), sampler, batch, 1, device, 0, 0, 1)
+    loader = DaliTrainLoader(splits.train, data, preprocessing(src), sampler, batch, 1, device, 0, 0, 1)
     images = len(sampler) // batch * batch
     where = "GPU decoding" if device.type == "cuda" else "CPU"
     return {f"decode+augment (data.loader=dali, 1 thread, {where})": _column(

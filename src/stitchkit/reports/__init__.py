@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import StitchkitError
 from .collect import RESULT_COLUMNS, SUMMARY_COLUMNS, collect, standard_error, summarize
-from .model_cards import model_card
+from ..zoo.metadata import published_top1
 from .page import table1_markdown, table1_rows, write_html
 from .plots import accuracy_vs_compute, accuracy_vs_gap, pairs_overview, pareto_front
 
@@ -28,7 +28,7 @@ def _add_model_cards(rows: list[dict], originals: dict) -> None:
     from ..compute import count_macs
 
     for name in sorted({r["src"] for r in rows} | {r["dst"] for r in rows}):
-        if name and name not in originals and (card := model_card(name)):
+        if name and name not in originals and (card := published_top1(name)):
             originals[name] = {"top1": card[0], "gmacs": count_macs(_meta_model(name, 224), 224) / 1e9,
                                "source": card[1]}
 

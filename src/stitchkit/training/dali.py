@@ -21,7 +21,8 @@ import torch
 
 from ..errors import StitchkitError
 from .config import DataConfig
-from .data import EpochSampler, Preprocessing, SeededDataset
+from ..zoo.metadata import Preprocessing
+from .data import EpochSampler, SeededDataset
 
 
 def _import_dali():

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 
 from ..errors import StitchkitError
+from ..zoo.metadata import Preprocessing, preprocessing
 from .config import DataConfig
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -45,33 +46,6 @@ class CorruptImageError(StitchkitError):
         message = super().__str__()
         marker = f"{type(self).__name__}: "
         return message.rsplit(marker, 1)[-1].strip() if "Original Traceback" in message else message
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How the model that sees the pixels expects them."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str  # bilinear, bicubic
-    crop_pct: float
-
-
-def preprocessing_for(model_name: str, model: torch.nn.Module | None = None) -> Preprocessing:
-    """Normalisation, interpolation and crop from the model's own pretrained config (timm) or weights (torchvision)."""
-    if model_name.startswith("torchvision:"):
-        import torchvision
-
-        base, _, tag = model_name.removeprefix("torchvision:").partition(".")
-        weights = torchvision.models.get_weight(f"{torchvision.models.get_model_weights(base).__name__}.{tag or 'DEFAULT'}")
-        t = weights.transforms()
-        crop = t.crop_size[0] / t.resize_size[0]
-        return Preprocessing(tuple(t.mean), tuple(t.std), t.interpolation.value, crop)
-    import timm.data
-
-    cfg = timm.data.resolve_model_data_config(model) if model is not None else timm.data.resolve_data_config(
-        {}, pretrained_cfg=timm.models.get_pretrained_cfg(model_name.split(".")[0]).to_dict())
-    return Preprocessing(tuple(cfg["mean"]), tuple(cfg["std"]), cfg["interpolation"], cfg["crop_pct"])
 
 
 def build_transforms(data: DataConfig, prep: Preprocessing, train: bool) -> Callable:
@@ -383,7 +357,7 @@ def calibration_images(splits: Splits, data: DataConfig, model_name: str, count:
     ``model_name``'s evaluation preprocessing: what a stitch measures both models' features on before training
     (see :mod:`stitchkit.initialization`)."""
     train = splits.train
-    transform = build_transforms(data, preprocessing_for(model_name), train=False)
+    transform = build_transforms(data, preprocessing(model_name), train=False)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:count].tolist()
     images = []
     for position in order:

@@ -30,7 +30,8 @@ from ..errors import StitchkitError
 from . import distributed, faults
 from .checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, accepted_digests, config_digest, from_yaml_file, resume_differences, settings_id, to_yaml
-from .data import EpochSampler, Splits, build_splits, calibration_images, collate, preprocessing_for
+from ..zoo.metadata import preprocessing
+from .data import EpochSampler, Splits, build_splits, calibration_images, collate
 from .logging import MetricsLog
 from .models import build_model, load_trainable_state, trainable_state
 
@@ -226,7 +227,7 @@ class DataStream:
 
 def build_stream(config: Config, accum: int, device: torch.device, ctx: distributed.Dist) -> DataStream:
     t = config.train
-    prep = preprocessing_for(config.model.src)  # the model that sees the pixels sets normalisation and crop
+    prep = preprocessing(config.model.src)  # the model that sees the pixels sets normalisation and crop
     splits = build_splits(config.data, prep, t.seed)
     sampler = EpochSampler(len(splits.train), t.seed, ctx.rank, ctx.world_size, True)
     if config.data.loader == "dali":

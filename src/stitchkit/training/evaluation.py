@@ -15,7 +15,8 @@ from ..zoo.models import create_model, num_outputs
 from . import distributed
 from .checkpoint import atomic_write_json, load_checkpoint
 from .config import Config, accepted_digests, from_yaml_file
-from .data import build_splits, preprocessing_for
+from ..zoo.metadata import preprocessing
+from .data import build_splits
 from .engine import amp_dtype, eval_loaders, evaluate, package_versions, resolve_device
 from .models import build_model, load_trainable_state
 
@@ -37,7 +38,7 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | 
     if not checkpoint.is_file():
         raise StitchkitError(f"{str(run_dir)!r} has no checkpoints/last.pt to evaluate")
     dev = resolve_device(config.train.device)
-    splits = build_splits(config.data, preprocessing_for(config.model.src), config.train.seed)
+    splits = build_splits(config.data, preprocessing(config.model.src), config.train.seed)
     torch.manual_seed(config.train.seed)
     model = build_model(config, len(splits.classes))
     state = load_checkpoint(checkpoint, accepted_digests(config))
@@ -60,7 +61,7 @@ def evaluate_model(name: str, config: Config, out_dir: str | Path | None = None)
         torch.set_num_threads(config.train.threads)
     model = create_model(name, pretrained=config.model.pretrained, checkpoint_path=config.model.src_checkpoint,
                          input_size=config.data.input_size)
-    splits = build_splits(config.data, preprocessing_for(name, model), config.train.seed)
+    splits = build_splits(config.data, preprocessing(name, model), config.train.seed)
     if num_outputs(model) != len(splits.classes):
         raise StitchkitError(
             f"{name} predicts {num_outputs(model)} classes but the data has {len(splits.classes)}; evaluate a model "

@@ -12,7 +12,7 @@ from ..finetune import create_finetune_baseline
 from ..stitching import StitchedModel, create_stitched
 from ..zoo.models import create_model, num_outputs, reset_classifier
 from .config import Config
-from .data import preprocessing_for
+from ..zoo.metadata import preprocessing
 
 
 def build_model(config: Config, num_data_classes: int,
@@ -41,7 +41,7 @@ def build_model(config: Config, num_data_classes: int,
     if calibration is not None and m.adapter_norm in CALIBRATED_NORMS:
         dst = m.dst or m.src
         src_images = calibration(m.src)
-        images = (src_images, src_images if preprocessing_for(dst) == preprocessing_for(m.src) else calibration(dst))
+        images = (src_images, src_images if preprocessing(dst) == preprocessing(m.src) else calibration(dst))
     model = create_stitched(
         m.src, m.dst or m.src, gap=m.gap, adapter=m.adapter, resize=m.resize, pretrained=m.pretrained,
         input_size=size, src_checkpoint=m.src_checkpoint, dst_checkpoint=m.dst_checkpoint,

@@ -21,16 +21,21 @@ from torch import nn
 from ..formats import Format
 from ..errors import StitchkitError, unknown_name
 from .families import Family, families, family_of
+from .metadata import TORCHVISION_PREFIX, ModelName
 
-TORCHVISION_PREFIX = "torchvision:"
 GRAPH_FAMILY = "graph"  # the family that splits any other model's exported graph (stitchkit.zoo.graph)
 
 
-@functools.lru_cache(maxsize=None)
 def _timm_names() -> dict[str, str]:
-    """Every timm model name stitchkit can cut, mapped to its family name."""
+    """Every timm model name a hand-written family cuts, mapped to the family's name (computed again when a family
+    is registered: the cache is keyed by the families there are)."""
+    return _timm_names_of(tuple(families()))
+
+
+@functools.lru_cache(maxsize=8)
+def _timm_names_of(registered: tuple[Family, ...]) -> dict[str, str]:
     names = {}
-    for family in families():
+    for family in registered:
         for module in family.timm_modules:
             for name in timm.list_models(module=module):
                 names.setdefault(name, family.name)
@@ -93,21 +98,16 @@ def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
     return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
 
 
-def _split_tag(name: str) -> tuple[str, str]:
-    base, _, tag = name.partition(".")
-    return base, tag
-
-
 def family_for_name(name: str) -> Family:
     """The family of a model name, raising a helpful error for unknown or unsupported names."""
     by_name = {f.name: f for f in families()}
-    if name.startswith(TORCHVISION_PREFIX):
-        base = _split_tag(name)[0]
+    parsed = ModelName.parse(name)
+    if parsed.is_torchvision:
         tv = _torchvision_names()
-        if base not in tv:
-            raise unknown_name("torchvision model", base, tv, "stitchkit models '*torchvision*' lists them")
-        return by_name[tv[base]]
-    base = _split_tag(name)[0]
+        if parsed.key not in tv:
+            raise unknown_name("torchvision model", parsed.key, tv, "stitchkit models '*torchvision*' lists them")
+        return by_name[tv[parsed.key]]
+    base = parsed.base
     supported = _timm_names()
     if base in supported:
         return by_name[supported[base]]
@@ -149,8 +149,9 @@ def create_model(
         pretrained = False  # the checkpoint replaces every weight: fetching the library's first would be wasted
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    if name.startswith(TORCHVISION_PREFIX):
-        base, tag = _split_tag(name[len(TORCHVISION_PREFIX) :])
+    parsed = ModelName.parse(name)
+    if parsed.is_torchvision:
+        base, tag = parsed.base, parsed.tag
         weights = (tag or "DEFAULT") if pretrained else None
         if isinstance(pretrained, str):
             weights = pretrained
@@ -211,7 +212,7 @@ def _timm_fixed_size(name: str) -> bool:
     """Whether a timm model is built for one input size (its pretrained config says so; ViT-like models)."""
     from timm.models import get_pretrained_cfg
 
-    cfg = get_pretrained_cfg(_split_tag(name)[0], allow_unregistered=True)
+    cfg = get_pretrained_cfg(ModelName.parse(name).base, allow_unregistered=True)
     return bool(cfg is not None and getattr(cfg, "fixed_input_size", False))
 
 
