@@ -89,6 +89,8 @@ CASES = {
     "yaml syntax error": (lambda w: ["train", str(w["yaml"])], "not valid YAML"),
     "unknown model in a run's settings": (lambda w: _train("mode=stitch", "model.src=resnet1800", "model.dst=resnet18",
                                                           "model.gap=1:2"), "model.src: unknown model 'resnet1800'; did you mean: resnet18"),
+    "a setting the mode cannot honour": (lambda w: _train("mode=scratch", "model.src=resnet10t",
+                                                          "model.src_checkpoint=weights.pt"), "use mode=finetune"),
     "unknown config key": (lambda w: _train("optim.weight_decy=0.1"), "did you mean optim.weight_decay"),
     "unknown config key, no close match": (lambda w: _train("optim.zzz=1"), "valid keys under optim: lr,"),
     "negative learning rate": (lambda w: _train("optim.lr=-0.1"), "must be positive"),

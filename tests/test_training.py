@@ -212,3 +212,33 @@ def test_paper_frozen_mode_resumes_exactly(tmp_path, monkeypatch, source_model):
     resumed = train(config, resume=True)
     for key in ("top1", "loss", "train_loss", "steps"):
         assert resumed[key] == reference[key], key
+
+
+def test_a_registered_mode_trains_like_the_built_in_ones(tmp_path):
+    """The engine, the run folder and the result record ask the mode: a new one (here a linear probe: the model
+    frozen, a new head trained) needs nothing outside its own class."""
+    from stitchkit.training.modes import MODES, Mode, get_mode, register_mode
+    from stitchkit.zoo.models import create_model, reset_classifier
+
+    class LinearProbe(Mode):
+        name = "linear_probe"
+        has_gap = False
+
+        def build(self, config, num_data_classes, calibration=None, device=None):
+            model = create_model(config.model.src, input_size=config.data.input_size)
+            model.requires_grad_(False)
+            reset_classifier(model, num_data_classes)  # a new head, trainable
+            return model
+
+    assert (get_mode("stitch").shares_front, get_mode("finetune").shares_front) == (True, False)
+    register_mode(LinearProbe())
+    try:
+        result = train(load_config(None, [*TINY, "mode=linear_probe", "model.src=resnet10t", "train.epochs=1",
+                                          f"output.dir={tmp_path / 'probe'}"]))
+        assert result["status"] == "finished" and result["mode"] == "linear_probe" and result["gap"] is None
+        assert result["trainable_params"] == 512 * 10 + 10  # resnet10t's 512 features -> 10 classes
+        assert load_config(None, ["mode=linear_probe", "model.src=resnet10t"]).mode == "linear_probe"
+    finally:
+        MODES._items.pop("linear_probe")
+    with pytest.raises(StitchkitError, match="unknown mode 'linear_probe'"):
+        load_config(None, ["mode=linear_probe"])

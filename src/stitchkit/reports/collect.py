@@ -68,15 +68,19 @@ def _current_settings_id(run_dir: Path) -> str | None:
 
 
 def _cell_from_result(result: dict) -> dict:
-    mode = result.get("mode")
-    method = {"stitch": None, "finetune": "finetune", "scratch": "scratch"}.get(mode)
-    if mode == "stitch":
-        from ..sweeps.methods import list_methods
+    """A row's identity for a run trained outside a sweep: a baseline's method is its mode's name, a stitch's the
+    stitching method with its adapter and resizing (or ``<resize>_<adapter>`` when no method is registered)."""
+    from ..sweeps.methods import list_methods
+    from ..training.modes import MODES
 
+    name = result.get("mode")
+    mode = MODES.get(name) if name in MODES else None
+    method = name
+    if mode is not None and mode.joins_models:
         match = [m.name for m in list_methods() if (m.adapter, m.resize) == (result.get("adapter"), result.get("resize"))]
         method = match[0] if match else f"{result.get('resize')}_{result.get('adapter')}"
     return {"src": result.get("src"), "dst": result.get("dst"), "gap": result.get("gap"), "method": method,
-            "kind": mode, "seed": result.get("seed"), "lr": result.get("lr") if mode == "finetune" else None}
+            "kind": name, "seed": result.get("seed"), "lr": result.get("lr") if mode and mode.sweeps_lr else None}
 
 
 def collect(runs_dir: str | Path) -> tuple[list[dict], dict[str, dict]]:

@@ -12,8 +12,8 @@ import functools
 import torch
 
 from ..compute import count_macs, count_macs_on, count_params
-from ..finetune import create_finetune_baseline
-from ..stitching import create_stitched
+from ..stitching import StitchedModel
+from ..training.modes import get_mode
 from ..zoo.models import create_model
 from .grid import Cell, Sweep
 from .methods import get_method
@@ -28,16 +28,13 @@ def _meta_model(name: str, input_size: int):
 @functools.lru_cache(maxsize=None)
 def _costs(kind: str, src: str, dst: str, gap: str | None, method: str, input_size: int) -> tuple[float, int, int]:
     with torch.device("meta"):
-        if kind == "scratch":
-            model = _meta_model(src, input_size)
-            return count_macs(model, input_size) / 1e9, count_params(model), count_params(model)
-        if kind == "finetune":
-            model = create_finetune_baseline(_meta_model(src, input_size), gap, input_size=input_size)
-            return count_macs(model, input_size) / 1e9, count_params(model), count_params(model)
-        m = get_method(method)
-        model = create_stitched(_meta_model(src, input_size), _meta_model(dst, input_size), gap, m.adapter,
-                                m.resize, input_size=input_size, check=False)
-        return _stitch_macs(model, src, dst, input_size) / 1e9, count_params(model), count_params(model, True)
+        mode = get_mode(kind)
+        m = get_method(method) if mode.joins_models else None
+        model = mode.build_for_pricing(_meta_model(src, input_size), _meta_model(dst, input_size), gap,
+                                       m and m.adapter, m and m.resize, input_size)
+        macs = _stitch_macs(model, src, dst, input_size) if isinstance(model, StitchedModel) else count_macs(
+            model, input_size)
+        return macs / 1e9, count_params(model), count_params(model, trainable_only=True)
 
 
 _PART_MACS: dict[tuple, tuple[int, torch.Tensor]] = {}

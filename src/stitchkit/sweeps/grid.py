@@ -241,10 +241,12 @@ def expand(spec: dict, name: str = "sweep", overrides: list[str] | None = None) 
 
 
 def _seeded(base, settings, kind, src, dst, gap, method, lr, seeds, skip) -> list[Cell]:
+    from ..training.modes import get_mode
+
     cells = []
     for seed in seeds:
         layer = _merge_dicts(settings, {"train": {"seed": seed}})
-        parts = [kind, f"{_slug(src)}--{_slug(dst)}" if kind != "scratch" else _slug(src)]
+        parts = [kind, f"{_slug(src)}--{_slug(dst)}" if get_mode(kind).has_gap else _slug(src)]
         if gap:
             parts.append(gap.replace(":", "to"))
         parts.append(method if lr is None else f"{method}-lr{lr:g}")

@@ -19,7 +19,6 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from ..errors import StitchkitError
 
-MODES = ("stitch", "finetune", "scratch")
 DATASETS = ("imagefolder", "fashion_mnist", "synthetic")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 AUGMENT_ON = ("cpu", "device")
@@ -286,13 +285,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
 
 
 def validate(config: Config) -> None:
-    """Check values that types alone do not catch; each error names the fix."""
-    from ..adapters import list_adapters
-    from ..chain import RESIZE_MODES, parse_gap
+    """Check values that types alone do not catch; each error names the fix. The mode checks its own settings."""
     from ..errors import unknown_name
+    from .modes import get_mode
 
-    if config.mode not in MODES:
-        raise unknown_name("mode", config.mode, MODES)
+    mode = get_mode(config.mode)  # an unknown mode names the valid ones
     if config.data.name not in DATASETS:
         raise unknown_name("dataset", config.data.name, DATASETS)
     if config.data.augment_on not in AUGMENT_ON:
@@ -320,22 +317,7 @@ def validate(config: Config) -> None:
                 family_for_name(name)
             except StitchkitError as err:
                 raise type(err)(f"{key}: {err}") from None
-    if config.mode == "stitch":
-        from ..adapters import check_adapter_norm
-
-        parse_gap(config.model.gap)
-        check_adapter_norm(config.model.adapter_norm)
-        if config.model.adapter not in list_adapters():
-            raise unknown_name("adapter", config.model.adapter, list_adapters())
-        if config.model.resize not in RESIZE_MODES:
-            raise unknown_name("resize mode", config.model.resize, RESIZE_MODES)
-    if config.mode == "finetune":
-        parse_gap(config.model.gap)
-        if config.model.dst not in (None, config.model.src):
-            raise StitchkitError(
-                f"the fine-tuning baseline cuts one model, so model.dst must be empty or equal model.src (got "
-                f"{config.model.src} and {config.model.dst}); use mode=stitch to join two models"
-            )
+    mode.validate(config)
     checks = [
         (config.optim.lr > 0, f"optim.lr must be positive, got {config.optim.lr}"),
         (config.optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {config.optim.weight_decay}"),

@@ -33,7 +33,7 @@ from .config import Config, accepted_digests, config_digest, from_yaml_file, res
 from ..zoo.metadata import preprocessing
 from .data import EpochSampler, Splits, build_splits, calibration_images, collate
 from .logging import MetricsLog
-from .models import build_model, load_trainable_state, trainable_state
+from .modes import build_model, get_mode, load_trainable_state, trainable_state
 
 EXIT_INTERRUPTED = 130
 # Everything a run (or the sweep runner) writes into a run directory; anything else there is the user's.
@@ -61,15 +61,7 @@ class RunInterrupted(Exception):
 
 
 def default_run_dir(config: Config) -> Path:
-    m = config.model
-    models = m.src if config.mode != "stitch" else f"{m.src}--{m.dst or m.src}"
-    parts = [config.mode, models.replace(":", "_").replace("/", "_")]
-    if config.mode != "scratch":
-        parts.append(m.gap.replace(":", "to"))
-    if config.mode == "stitch":
-        parts += [m.adapter, m.resize]
-    parts.append(f"seed{config.train.seed}")
-    return Path("runs") / "-".join(parts)
+    return Path("runs") / "-".join([*get_mode(config.mode).run_dir_parts(config), f"seed{config.train.seed}"])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -549,13 +541,7 @@ class Trainer:
         seconds = c.train_seconds + self._elapsed()
         images = c.images * self.ctx.world_size
         record = {
-            "status": status, "error": error, "mode": config.mode, "src": config.model.src,
-            "dst": (config.model.dst or config.model.src) if config.mode == "stitch" else config.model.src,
-            "gap": config.model.gap if config.mode != "scratch" else None,
-            "adapter": config.model.adapter if config.mode == "stitch" else None,
-            "resize": config.model.resize if config.mode == "stitch" else None,
-            "adapter_norm": config.model.adapter_norm if config.mode == "stitch" else None,
-            "frozen_mode": config.model.frozen_mode if config.mode == "stitch" else None,
+            "status": status, "error": error, "mode": config.mode, **get_mode(config.mode).model_settings(config),
             "seed": config.train.seed, "lr": config.optim.lr, "dataset": config.data.name,
             "input_size": config.data.input_size, "classes": len(self.splits.classes),
             "train_images": len(self.splits.train), "planned_epochs": config.train.epochs,

@@ -18,7 +18,7 @@ from .config import Config, accepted_digests, from_yaml_file
 from ..zoo.metadata import preprocessing
 from .data import build_splits
 from .engine import amp_dtype, eval_loaders, evaluate, package_versions, resolve_device
-from .models import build_model, load_trainable_state
+from .modes import build_model, load_trainable_state
 
 
 def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | None = None) -> dict:

@@ -38,7 +38,9 @@ PER_RUN_KEYS = per_run_keys()
 def why_not_groupable(settings: Config | Mapping[str, Any]) -> str | None:
     """Why this run (a config, or its flat ``key: value`` settings) cannot train in a group; None when it can."""
     flat = flatten(settings) if isinstance(settings, Config) else settings
-    if flat["mode"] != "stitch":
+    from .modes import get_mode
+
+    if not get_mode(flat["mode"]).shares_front:
         return f"mode={flat['mode']} trains the whole network, so there is no frozen front to share"
     if flat["model.frozen_mode"] != "eval":
         return ("model.frozen_mode=train updates the frozen parts' BatchNorm statistics in every forward pass, which "

@@ -1,0 +1,226 @@
+"""The training modes, one registry: each mode knows what network it trains, how to check its settings, how its
+runs are named and recorded, and whether its runs may share a frozen front. Everything that used to branch on the
+mode's name asks its :class:`Mode` instead, as timm's model registry stands in for a chain of ``if name == ...``.
+
+* ``stitch``: frozen source front + trainable adapters + frozen destination back.
+* ``finetune``: the paper's fine-tuning baseline: one model cut across the gap, every weight trainable.
+* ``scratch``: a whole model from random initialisation (small source models for the demo and the findings).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..adapters import CALIBRATED_NORMS, check_adapter_norm, list_adapters
+from ..chain import RESIZE_MODES, parse_gap
+from ..errors import StitchkitError, unknown_name
+from ..finetune import create_finetune_baseline
+from ..registry import Registry
+from ..stitching import StitchedModel, create_stitched
+from ..zoo.metadata import preprocessing
+from ..zoo.models import create_model, num_outputs, reset_classifier
+from .config import Config
+
+Calibration = Callable[[str], torch.Tensor]
+
+
+class Mode:
+    """One way of training. Subclasses set the flags and implement :meth:`build`."""
+
+    name: str = ""
+    description: str = ""
+    joins_models: bool = False  # a destination model (model.dst) and an adapter chain
+    has_gap: bool = True  # the model is cut across model.gap
+    shares_front: bool = False  # its runs may train in one pass over a shared frozen front
+    sweeps_lr: bool = False  # a sweep's baselines list learning rates for it (they name its cells)
+
+    def validate(self, config: Config) -> None:
+        """Settings this mode needs or cannot honour; each error names the fix."""
+        if self.has_gap:
+            parse_gap(config.model.gap)
+
+    def build(self, config: Config, num_data_classes: int, calibration: Calibration | None = None,
+              device: torch.device | None = None) -> nn.Module:
+        """The network to train; its head predicts ``num_data_classes`` classes."""
+        raise NotImplementedError
+
+    def build_for_pricing(self, src: nn.Module, dst: nn.Module, gap: str | None, adapter: str, resize: str,
+                          input_size: int) -> nn.Module:
+        """The network from already built models (on the meta device for a sweep's dry run), for MACs and
+        parameters; its trainable parameters are the ones that require grad."""
+        raise NotImplementedError
+
+    def run_dir_parts(self, config: Config) -> list[str]:
+        """The parts of a run's default folder name (``runs/<parts joined by ->-seed<N>``)."""
+        m = self.model_settings(config)
+        models = f"{m['src']}--{m['dst']}" if self.joins_models else m["src"]
+        parts = [self.name, models.replace(":", "_").replace("/", "_")]
+        if self.has_gap:
+            parts.append(m["gap"].replace(":", "to"))
+        if self.joins_models:
+            parts += [m["adapter"], m["resize"]]
+        return parts
+
+    def model_settings(self, config: Config) -> dict:
+        """What ``result.json`` records of the model: the settings this mode uses, None for the others."""
+        m = config.model
+        stitch = self.joins_models
+        return {"src": m.src, "dst": (m.dst or m.src) if stitch else m.src, "gap": m.gap if self.has_gap else None,
+                "adapter": m.adapter if stitch else None, "resize": m.resize if stitch else None,
+                "adapter_norm": m.adapter_norm if stitch else None, "frozen_mode": m.frozen_mode if stitch else None}
+
+
+MODES: Registry[Mode] = Registry("mode", "modes are stitch, finetune and scratch")
+
+
+def register_mode(mode: Mode) -> Mode:
+    return MODES.add(mode.name, mode)
+
+
+def get_mode(name: str) -> Mode:
+    return MODES.get(name)
+
+
+class Stitch(Mode):
+    name = "stitch"
+    description = "train adapters between a frozen source front and a frozen destination back"
+    joins_models = True
+    shares_front = True
+
+    def validate(self, config: Config) -> None:
+        super().validate(config)
+        check_adapter_norm(config.model.adapter_norm)
+        if config.model.adapter not in list_adapters():
+            raise unknown_name("adapter", config.model.adapter, list_adapters())
+        if config.model.resize not in RESIZE_MODES:
+            raise unknown_name("resize mode", config.model.resize, RESIZE_MODES)
+
+    def build(self, config, num_data_classes, calibration=None, device=None):
+        """The destination's head is frozen, so it must already predict the data's classes (train it with
+        ``mode=scratch`` first and pass ``model.dst_checkpoint``)."""
+        m, size = config.model, config.data.input_size
+        images = None
+        if calibration is not None and m.adapter_norm in CALIBRATED_NORMS:
+            dst = m.dst or m.src
+            src_images = calibration(m.src)
+            images = (src_images, src_images if preprocessing(dst) == preprocessing(m.src) else calibration(dst))
+        model = create_stitched(
+            m.src, m.dst or m.src, gap=m.gap, adapter=m.adapter, resize=m.resize, pretrained=m.pretrained,
+            input_size=size, src_checkpoint=m.src_checkpoint, dst_checkpoint=m.dst_checkpoint,
+            prefix_out=m.prefix_out, prefix_in=m.prefix_in, readd_pos_embed=m.readd_pos_embed,
+            frozen_mode=m.frozen_mode, adapter_norm=m.adapter_norm, token_adapters=m.token_adapters,
+            calibration_images=images, calibration_device=device if images is not None else None,
+        )
+        classes = _classes_of_back(model, size)
+        if classes != num_data_classes:
+            raise StitchkitError(
+                f"the destination {m.dst or m.src} predicts {classes} classes but the data has {num_data_classes}; "
+                "its head is frozen in a stitch, so train the destination on this data first (mode=scratch) and pass "
+                "it as model.dst_checkpoint"
+            )
+        return model
+
+    def build_for_pricing(self, src, dst, gap, adapter, resize, input_size):
+        return create_stitched(src, dst, gap, adapter, resize, input_size=input_size, check=False)
+
+
+class Finetune(Mode):
+    name = "finetune"
+    description = "the paper's fine-tuning baseline: one model cut across the gap, every weight trainable"
+    sweeps_lr = True
+
+    def validate(self, config: Config) -> None:
+        super().validate(config)
+        if config.model.dst not in (None, config.model.src):
+            raise StitchkitError(
+                f"the fine-tuning baseline cuts one model, so model.dst must be empty or equal model.src (got "
+                f"{config.model.src} and {config.model.dst}); use mode=stitch to join two models"
+            )
+        if config.model.dst_checkpoint not in (None, config.model.src_checkpoint):
+            raise StitchkitError("mode=finetune trains one model from model.src_checkpoint; another "
+                                 "model.dst_checkpoint means nothing here: remove it, or use mode=stitch")
+
+    def build(self, config, num_data_classes, calibration=None, device=None):
+        """``model.num_classes`` gives it a new head."""
+        m, size = config.model, config.data.input_size
+        model = create_model(m.src, pretrained=m.pretrained, checkpoint_path=m.src_checkpoint, input_size=size)
+        _match_head(model, m.num_classes, num_data_classes, m.src)
+        return create_finetune_baseline(model, m.gap, input_size=size)
+
+    def build_for_pricing(self, src, dst, gap, adapter, resize, input_size):
+        return create_finetune_baseline(src, gap, input_size=input_size)
+
+
+class Scratch(Mode):
+    name = "scratch"
+    description = "a whole model from random initialisation"
+    has_gap = False
+
+    def validate(self, config: Config) -> None:
+        m = config.model
+        if m.src_checkpoint is not None:
+            raise StitchkitError("mode=scratch trains model.src from random initialisation, so it cannot load "
+                                 "model.src_checkpoint: remove it, or use mode=finetune to train from those weights")
+        if m.dst is not None or m.dst_checkpoint is not None:
+            raise StitchkitError("mode=scratch trains one model (model.src); model.dst and model.dst_checkpoint mean "
+                                 "nothing here: remove them, or use mode=stitch")
+
+    def build(self, config, num_data_classes, calibration=None, device=None):
+        """A head for the data's classes unless ``model.num_classes`` says otherwise (``model.pretrained`` is
+        ignored)."""
+        m = config.model
+        return create_model(m.src, pretrained=False, input_size=config.data.input_size,
+                            num_classes=m.num_classes or num_data_classes)
+
+    def build_for_pricing(self, src, dst, gap, adapter, resize, input_size):
+        return src
+
+
+for _mode in (Stitch(), Finetune(), Scratch()):
+    register_mode(_mode)
+
+
+def build_model(config: Config, num_data_classes: int, calibration: Calibration | None = None,
+                device: torch.device | None = None) -> nn.Module:
+    """The model for ``config.mode`` (see each :class:`Mode`'s ``build``).
+
+    ``calibration(model_name)`` returns a batch of training images preprocessed for that model; a stitch whose
+    ``model.adapter_norm`` starts from data measures both models' features on it, on ``device``.
+    """
+    return get_mode(config.mode).build(config, num_data_classes, calibration, device)
+
+
+@torch.no_grad()
+def _classes_of_back(model: StitchedModel, size: int) -> int:
+    """Classes the stitched model predicts (its destination head may be a timm ``forward_head`` call)."""
+    was_training = model.training
+    classes = model.eval()(torch.zeros(1, 3, size, size, device=next(model.parameters()).device)).shape[-1]
+    model.train(was_training)
+    return classes
+
+
+def _match_head(model: nn.Module, num_classes: int | None, num_data_classes: int, name: str) -> None:
+    if num_classes is not None:
+        if num_classes != num_data_classes:
+            raise StitchkitError(f"model.num_classes={num_classes} but the data has {num_data_classes} classes")
+        if num_outputs(model) != num_classes:
+            reset_classifier(model, num_classes)
+    elif num_outputs(model) != num_data_classes:
+        raise StitchkitError(
+            f"{name} predicts {num_outputs(model)} classes but the data has {num_data_classes}; set "
+            f"model.num_classes={num_data_classes} to give it a new head"
+        )
+
+
+def trainable_state(model: nn.Module) -> dict:
+    """What a checkpoint must hold to restore training: the adapters of a stitch, everything otherwise."""
+    return model.adapter_state_dict() if isinstance(model, StitchedModel) else model.state_dict()
+
+
+def load_trainable_state(model: nn.Module, state: dict) -> None:
+    if isinstance(model, StitchedModel):
+        model.load_adapter_state_dict(state)
+    else:
+        model.load_state_dict(state)
