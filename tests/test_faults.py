@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from stitchkit.training import load_config, train
-from stitchkit.training.faults import POINTS
+from stitchkit.faults import POINTS
 
 SETTINGS = ["data.name=synthetic", "data.input_size=32", "data.synthetic_train_size=96", "data.synthetic_val_size=32",
             "optim.batch_size=32", "train.batch_size=16", "train.workers=0", "train.threads=1", "model.pretrained=false",

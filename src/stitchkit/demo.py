@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import StitchkitError
+from .rundir import RunDir
 from .sweeps.grid import Sweep, expand
 from .sweeps.runner import run_group, write_manifest
 
@@ -61,7 +62,7 @@ def demo_sweeps(out: Path, scale: DemoScale, threads: int | None = None) -> list
     """The demo's four sweeps: sources, ResNet -> ResNet, ResNet -> ViT, and the fine-tuning baseline."""
     sources = expand({"base": _base(scale, scale.source_images, scale.source_epochs, threads),
                       "baselines": {"scratch": {"models": [RESNET, VIT]}}, "seeds": [0]}, name="demo_sources")
-    checkpoint = {cell.src: str(out / cell.name / "model.pt") for cell in sources.cells}
+    checkpoint = {cell.src: str(RunDir(out / cell.name).model_weights) for cell in sources.cells}
     stitch_base = _base(scale, scale.stitch_images, scale.stitch_epochs, threads)
     methods = ["downsample_linear", "downsample_bottleneck"]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .demo import fashion_mnist_base, run_passes
 from .errors import StitchkitError
+from .rundir import RunDir
 from .reports.plots import pareto_front
 from .sweeps.grid import Sweep, expand
 from .training.config import _parse_yaml  # YAML that reads a gap such as 1:3 as text, not base-60
@@ -64,7 +65,7 @@ def findings_sweeps(spec: dict, out: Path, threads: int | None = None) -> list[S
     src = spec["sources"]
     sources = expand({"base": fashion_mnist_base(src["images"], src["epochs"], val, batch, threads),
                       "baselines": {"scratch": {"models": list(src["models"])}}, "seeds": [0]}, name="findings_sources")
-    checkpoint = {cell.src: str(out / cell.name / "model.pt") for cell in sources.cells}
+    checkpoint = {cell.src: str(RunDir(out / cell.name).model_weights) for cell in sources.cells}
     stitches = spec["stitches"]
     sweeps = [sources]
     for block_name, block in spec["blocks"].items():

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from ..errors import StitchkitError
+from ..files import atomic_write_text, remove_own_temps
 from .collect import RESULT_COLUMNS, SUMMARY_COLUMNS, collect, standard_error, summarize
 from ..zoo.metadata import published_top1
 from .page import table1_markdown, table1_rows, write_html
@@ -14,10 +16,11 @@ __all__ = ["collect", "pareto_front", "standard_error", "summarize", "write_repo
 
 
 def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def _add_model_cards(rows: list[dict], originals: dict) -> None:
@@ -34,7 +37,10 @@ def _add_model_cards(rows: list[dict], originals: dict) -> None:
 
 
 def write_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write results.csv, summary.csv, the figures (PNG and PDF), table1.md and index.html; returns index.html."""
+    """Write results.csv, summary.csv, the figures (PNG and PDF), table1.md and index.html; returns index.html.
+
+    Each file is written atomically and index.html last: a report killed half-way leaves whole files, and a rerun
+    writes them all again."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise StitchkitError(f"runs folder {str(runs_dir)!r} does not exist; pass the --out folder of a sweep")
@@ -45,12 +51,13 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     summary = summarize(rows)
     out = Path(out) if out else runs_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
+    remove_own_temps(out)  # temporary files of a report killed while writing
     _write_csv(out / "results.csv", rows, RESULT_COLUMNS)
     _write_csv(out / "summary.csv", summary, SUMMARY_COLUMNS)
     images = accuracy_vs_gap(summary, originals, out) + accuracy_vs_compute(summary, originals, out)
     images += pairs_overview(summary, originals, out)
     table1 = table1_rows(summary, originals)
-    (out / "table1.md").write_text(table1_markdown(table1))
+    atomic_write_text(out / "table1.md", table1_markdown(table1))
     index = out / "index.html"
     write_html(index, runs_dir, rows, summary, originals, table1, images,
                {"results": RESULT_COLUMNS, "summary": SUMMARY_COLUMNS})

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..chain import parse_gap
-from ..sweeps.runner import MANIFEST_DIR, cell_state
+from ..rundir import RunDir
+from ..sweeps.runner import MANIFEST_DIR
 
 RESULT_COLUMNS = ["pair", "src", "dst", "gap", "src_stage", "dst_stage", "method", "kind", "seed", "lr", "top1", "top5",
                   "holdout_top1", "gmacs", "params", "trainable_params", "epochs", "wall_time_s", "status", "error",
@@ -62,7 +63,7 @@ def _current_settings_id(run_dir: Path) -> str | None:
     from ..training.config import from_yaml_file, settings_id
 
     try:
-        return settings_id(from_yaml_file(run_dir / "config.yaml"))
+        return settings_id(from_yaml_file(RunDir(run_dir).config))
     except Exception:  # no readable config: keep the recorded id (the run still counts, in a group of its own)
         return None
 
@@ -98,8 +99,9 @@ def collect(runs_dir: str | Path) -> tuple[list[dict], dict[str, dict]]:
             if cell.get("skip_reason"):
                 rows.append(_row(cell, None, run_dir, "skipped", sweep))
                 continue
-            state = cell_state(run_dir)
-            result = _read_json(run_dir / "result.json") if state in ("finished", "failed") else None
+            run = RunDir(run_dir)
+            state = run.state()
+            result = run.read_result() if state in ("finished", "failed") else None
             status = {"new": "pending", "interrupted": "interrupted"}.get(state, state)
             rows.append(_row(cell, result, run_dir, status, sweep))
     originals: dict[str, dict] = {}

@@ -5,6 +5,8 @@ import base64
 import html
 from pathlib import Path
 
+from ..files import atomic_write_text
+
 
 def _fmt(value, digits=2) -> str:
     """Numbers as people read them: 4,722,050 parameters, 82.53 %, 0.01958 GMACs, 0.0002 learning rate."""
@@ -111,4 +113,4 @@ evaluation split; ± is the standard error over seeds (sample standard deviation
 <h2>All runs</h2>{_table(rows, columns["results"])}
 <p class="sub">Files: results.csv, summary.csv, table1.md, and every figure as PNG and PDF next to this page.</p>
 </body></html>"""
-    path.write_text(page)
+    atomic_write_text(path, page)

@@ -2,6 +2,7 @@
 Pareto front and the original models as stars (Figures 5, 6, 12-15). Each is written as PNG and PDF."""
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..files import atomic_write_bytes  # noqa: E402
 from ..sweeps.methods import get_method  # noqa: E402
 
 
@@ -27,7 +29,9 @@ def _slug(text: str) -> str:
 def _save(fig, out: Path, stem: str) -> list[Path]:
     paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=130, bbox_inches="tight")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=path.suffix[1:], dpi=130, bbox_inches="tight")
+        atomic_write_bytes(path, buffer.getvalue())
     plt.close(fig)
     return paths
 

@@ -12,45 +12,35 @@ cell twice, and a killed process's lock vanishes with it. A cell's state is read
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import subprocess
 import sys
+import time
 import traceback
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ..errors import StitchkitError
-from ..training.checkpoint import atomic_write_json
+from .. import faults
+from ..files import append_line, atomic_write_json, cut_torn_tail, remove_own_temps
+from ..rundir import RunDir
 from .grid import Cell, Sweep
 
 MANIFEST_DIR = "sweeps"
-
-
-def cell_state(run_dir: Path) -> str:
-    result = run_dir / "result.json"
-    if result.is_file():
-        try:
-            status = json.loads(result.read_text()).get("status")
-        except (OSError, json.JSONDecodeError):
-            status = None  # a torn file cannot happen with atomic writes; treat a foreign one as failed
-        return "finished" if status == "finished" else "failed"
-    if (run_dir / "checkpoints" / "last.pt").is_file():
-        return "interrupted"
-    return "new"
 
 
 @contextmanager
 def cell_lock(run_dir: Path):
     """Yield True while holding the cell's lock, False when another process holds it."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(run_dir / ".lock", "a")
+    handle = open(RunDir(run_dir).lock, "a")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
+        faults.point("locked")
         try:
             yield True
         finally:
@@ -61,6 +51,8 @@ def cell_lock(run_dir: Path):
 
 def write_manifest(sweep: Sweep, runs_dir: Path) -> None:
     """Record every cell (skipped ones with their reason) so the report shows pending and skipped cells too."""
+    # Temporary files of a process killed while writing a manifest; an hour old, so never a live writer's.
+    remove_own_temps(runs_dir / MANIFEST_DIR, older_than=time.time() - 3600)
     atomic_write_json(runs_dir / MANIFEST_DIR / f"{sweep.name}.json",
                       {"sweep": sweep.name, "base": sweep.base, "cells": [c.describe() for c in sweep.cells]})
 
@@ -78,7 +70,7 @@ def train_with_torchrun(gpus: int):
         from ..training.config import to_yaml
 
         run_dir = Path(config.output.dir)
-        cell_config = run_dir / "cell-config.yaml"
+        cell_config = RunDir(run_dir).cell_config
         cell_config.write_text(to_yaml(config))
         flags = ["--resume"] if resume else (["--overwrite"] if overwrite else [])
         done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -115,7 +107,9 @@ def run_group(sweep: Sweep, cells: list[Cell], runs_dir: Path, retry_failed: boo
             if not locks.enter_context(cell_lock(run_dir)):
                 outcomes[cell.name] = "busy"
                 continue
-            state = cell_state(run_dir)
+            state = RunDir(run_dir).state()
+            if state in ("finished", "failed"):
+                _close_attempt(run_dir, state)
             if state == "finished":
                 outcomes[cell.name] = "skipped-finished"
             elif state == "failed" and not retry_failed:
@@ -137,7 +131,7 @@ def _start_position(run_dir: Path, state: str) -> tuple:
     from ..training.checkpoint import load_checkpoint
 
     try:
-        c = load_checkpoint(run_dir / "checkpoints" / "last.pt")["counters"]
+        c = load_checkpoint(RunDir(run_dir).last_checkpoint)["counters"]
         return (c["step"], c["epoch"], c["micro"])
     except (StitchkitError, OSError, KeyError, RuntimeError):
         return ("unreadable", str(run_dir))  # resumes alone, where the error is reported
@@ -145,7 +139,7 @@ def _start_position(run_dir: Path, state: str) -> tuple:
 
 def _begin(sweep: Sweep, cell: Cell, state: str, runs_dir: Path, how: str = "") -> None:
     """Record in the cell's folder which sweep cell it is and that an attempt starts."""
-    atomic_write_json(runs_dir / cell.name / "cell.json", {"sweep": sweep.name, **cell.describe()})
+    atomic_write_json(RunDir(runs_dir / cell.name).cell, {"sweep": sweep.name, **cell.describe()})
     _attempt(runs_dir / cell.name, f"start {state}{how}")
 
 
@@ -179,7 +173,7 @@ def _train_together(sweep: Sweep, members: list[tuple[Cell, str]], runs_dir: Pat
         for cell, before in members:
             run_dir = runs_dir / cell.name
             _attempt(run_dir, f"group failed ({type(err).__name__}: {str(err)[:200]}); training alone")
-            now = cell_state(run_dir)
+            now = RunDir(run_dir).state()
             if now == "finished" or (now == "failed" and before != "failed"):  # it ended before the group did
                 outcomes[cell.name] = now
             else:
@@ -199,19 +193,29 @@ def _train_together(sweep: Sweep, members: list[tuple[Cell, str]], runs_dir: Pat
 def _record_failure(run_dir: Path, cell: Cell, err: BaseException) -> None:
     """Log the failure, and write a failed result.json unless training already wrote one."""
     _attempt(run_dir, "failed")
-    record = run_dir / "result.json"
-    if not record.is_file() or json.loads(record.read_text()).get("status") != "failed":
+    run = RunDir(run_dir)
+    if (run.read_result() or {}).get("status") != "failed":
         trace = "".join(traceback.format_exception(type(err), err, err.__traceback__, limit=8))
-        atomic_write_json(record, {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": trace,
+        atomic_write_json(run.result, {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": trace,
                                    **cell.describe()})
+
+
+def _close_attempt(run_dir: Path, state: str) -> None:
+    """A process killed after writing a cell's result but before logging how the attempt ended leaves the log at
+    its start line (or a torn one): say how it ended, once."""
+    attempts = RunDir(run_dir).attempts
+    if not attempts.is_file():
+        return
+    cut_torn_tail(attempts)
+    lines = attempts.read_text().splitlines()
+    if lines and " start " in lines[-1]:
+        _attempt(run_dir, f"{state} (found so by a later run: the process that ended it stopped before saying so)")
 
 
 def _attempt(run_dir: Path, event: str) -> None:
     """Append to the cell's ``attempts.log``: who ran it when, and how it ended (one line, appended whole)."""
-    import time
-
-    with open(run_dir / "attempts.log", "a") as f:
-        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid={os.getpid()} host={os.uname().nodename} {event}\n")
+    append_line(RunDir(run_dir).attempts,
+                f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid={os.getpid()} host={os.uname().nodename} {event}")
 
 
 def run_local(sweep: Sweep, runs_dir: Path, retry_failed: bool = False, log=print) -> dict[str, int]:
@@ -228,7 +232,7 @@ def run_local(sweep: Sweep, runs_dir: Path, retry_failed: bool = False, log=prin
         for name, outcome in run_group(sweep, group, runs_dir, retry_failed).items():
             counts[outcome] = counts.get(outcome, 0) + 1
             if outcome == "failed":
-                log(f"    {name} failed: {json.loads((runs_dir / name / 'result.json').read_text())['error'][:300]}")
+                log(f"    {name} failed: {(RunDir(runs_dir / name).read_result() or {}).get('error', '?')[:300]}")
     return counts
 
 
@@ -295,5 +299,5 @@ def submit_slurm(sweep: Sweep, sweep_file: str, overrides: list[str], runs_dir: 
 
 
 def _needs_run(run_dir: Path, retry_failed: bool) -> bool:
-    state = cell_state(run_dir)
+    state = RunDir(run_dir).state()
     return state in ("new", "interrupted") or (state == "failed" and retry_failed)

@@ -1,56 +1,21 @@
 """Checkpoints that survive being killed at any moment, and load with ``weights_only=True``.
 
-A checkpoint is written to a temporary file in the same folder, flushed and fsynced, then renamed over the old one:
-a reader sees the old complete file or the new complete file, never a torn one. Each file carries a format tag and
+A checkpoint is written atomically (:mod:`stitchkit.files`): a reader sees the old complete file or the new
+complete file, never a torn one. Each file carries a format tag and
 the digest of the config that made it, which loading verifies.
 """
 from __future__ import annotations
 
-import json
-import os
 import random
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import StitchkitError
-from . import faults
+from ..files import atomic_write_bytes
 
 FORMAT = "stitchkit.checkpoint.v1"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename, fsync of the folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; runs are meant to be read by others too
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.suffix == ".pt":
-            faults.point("checkpoint-write")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

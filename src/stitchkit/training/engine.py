@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import shutil
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -27,8 +26,11 @@ from torch.utils.data import DataLoader
 
 from ..compute import count_macs, count_params
 from ..errors import StitchkitError
-from . import distributed, faults
-from .checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .. import faults
+from . import distributed
+from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..rundir import RunDir
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, accepted_digests, config_digest, from_yaml_file, resume_differences, settings_id, to_yaml
 from ..zoo.metadata import preprocessing
 from .data import EpochSampler, Splits, build_splits, calibration_images, collate
@@ -36,9 +38,6 @@ from .logging import MetricsLog
 from .modes import build_model, get_mode, load_trainable_state, trainable_state
 
 EXIT_INTERRUPTED = 130
-# Everything a run (or the sweep runner) writes into a run directory; anything else there is the user's.
-RUN_FILES = {"config.yaml", "metrics.jsonl", "result.json", "eval.json", "model.pt", "adapters.pt", "checkpoints",
-             "tensorboard", "cell.json", "attempts.log", ".lock", "cell-config.yaml", ".write-test", "wandb"}
 
 
 class NonFiniteLossError(StitchkitError):
@@ -270,6 +269,7 @@ class Trainer:
             )
         self.accum = config.optim.batch_size // per_step
         self.run_dir = Path(config.output.dir) if config.output.dir else default_run_dir(config)
+        self.dir = RunDir(self.run_dir)
         self.config_yaml = to_yaml(config)
         self.config_digest = config_digest(config)
         self.group: list[str] = []  # the run directories trained in the same pass, when grouped
@@ -285,17 +285,17 @@ class Trainer:
     def _check_run_dir(self) -> None:
         """Refuse to clobber finished, unfinished or foreign files (writes nothing; --overwrite deletes our files)."""
         run = self.run_dir
-        foreign = sorted(p.name for p in run.iterdir() if p.name not in RUN_FILES) if run.is_dir() else []
+        foreign = self.dir.foreign_files()
         if foreign:
             raise StitchkitError(
                 f"output.dir {str(run)!r} holds files stitchkit did not write ({', '.join(foreign[:3])}); a run "
                 "directory must be new or a stitchkit run, so choose another output.dir"
             )
-        result, last = run / "result.json", run / "checkpoints" / "last.pt"
+        result, last = self.dir.result, self.dir.last_checkpoint
         if self.resume:
             if not last.is_file():
                 raise StitchkitError(f"nothing to resume in {str(run)!r}: no checkpoints/last.pt; drop --resume to start")
-            saved = from_yaml_file(run / "config.yaml")
+            saved = from_yaml_file(self.dir.config)
             differences = resume_differences(saved, self.config)
             if differences:
                 raise StitchkitError(
@@ -309,24 +309,20 @@ class Trainer:
 
     def _create_run_dir(self) -> None:
         """Make the run directory and write config.yaml, once data and model have been built without error."""
-        run, main = self.run_dir, self.ctx.is_main
+        run, main = self.dir, self.ctx.is_main
         if main and self.overwrite and not self.resume:  # only now that the new run has built without error
-            for name in ("result.json", "metrics.jsonl", "config.yaml", "eval.json", "model.pt", "adapters.pt"):
-                (run / name).unlink(missing_ok=True)
-            shutil.rmtree(run / "checkpoints", ignore_errors=True)
-            shutil.rmtree(run / "tensorboard", ignore_errors=True)
+            run.remove_outputs()
         if main:
-            for stale in (run / "checkpoints").glob(".*.tmp"):  # left by a process killed mid-write
-                stale.unlink(missing_ok=True)
+            run.remove_leftovers()  # temporary files of a process killed mid-write
             try:
-                (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-                atomic_write_text(run / ".write-test", "ok\n")
-                (run / ".write-test").unlink()
+                run.checkpoints.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(run.write_test, "ok\n")
+                run.write_test.unlink()
             except OSError as err:
-                raise StitchkitError(f"cannot write to output directory {str(run)!r} ({err.strerror}); fix its "
+                raise StitchkitError(f"cannot write to output directory {str(run.path)!r} ({err.strerror}); fix its "
                                      "permissions or free space, or choose another output.dir") from None
             if not self.resume:
-                atomic_write_text(run / "config.yaml", self.config_yaml)
+                atomic_write_text(run.config, self.config_yaml)
             else:
                 self._truncate_metrics()
         distributed.barrier(self.ctx)
@@ -400,13 +396,13 @@ class Trainer:
             except OSError as err:  # disk full, quota, vanished mount: the previous checkpoint is still whole
                 raise StitchkitError(
                     f"cannot write a checkpoint at step {c.step} ({err.strerror or err}); the last good checkpoint in "
-                    f"{str(self.run_dir / 'checkpoints')!r} is kept. Free space, then continue with --resume"
+                    f"{str(self.dir.checkpoints)!r} is kept. Free space, then continue with --resume"
                 ) from None
         distributed.barrier(self.ctx)
 
     def _write_checkpoint(self, rng: dict | None) -> None:
         c = self.counters
-        save_checkpoint(self.run_dir / "checkpoints" / "last.pt", {
+        save_checkpoint(self.dir.last_checkpoint, {
             "config_digest": self.config_digest,
             "model": trainable_state(self.model),
             "optimizer": self.optimizer.state_dict(),
@@ -419,7 +415,7 @@ class Trainer:
 
     def _restore(self) -> None:
         """Load the last checkpoint into the model, optimizer and counters (writes nothing)."""
-        state = load_checkpoint(self.run_dir / "checkpoints" / "last.pt", accepted_digests(self.config))
+        state = load_checkpoint(self.dir.last_checkpoint, accepted_digests(self.config))
         try:
             load_trainable_state(self.model, state["model"])
         except RuntimeError as err:
@@ -433,7 +429,7 @@ class Trainer:
 
     def _truncate_metrics(self) -> None:
         """Drop metric lines written after the checkpoint we resume from: they are about to be written again."""
-        path = self.run_dir / "metrics.jsonl"
+        path = self.dir.metrics
         if not path.is_file():
             return
         import json
@@ -459,7 +455,7 @@ class Trainer:
     def _check_finite(self) -> None:
         bad = int(self.bad_step.item())
         if distributed.any_true(bad >= 0, self.ctx, self.device):
-            last = self.run_dir / "checkpoints" / "last.pt"
+            last = self.dir.last_checkpoint
             kept = f"the last good checkpoint is {str(last)!r}" if last.is_file() else "no checkpoint was written"
             where = f"at optimizer step {bad + 1}" if bad >= 0 else "on another process"
             raise NonFiniteLossError(
@@ -518,7 +514,7 @@ class Trainer:
     def _write_result(self, record: dict) -> None:
         if self.ctx.is_main:
             self._export_weights()
-            atomic_write_json(self.run_dir / "result.json", record)
+            atomic_write_json(self.dir.result, record)
 
     def _export_weights(self) -> None:
         """The trained weights on their own: ``adapters.pt`` for a stitch (see :func:`stitchkit.load_stitched`),
@@ -526,15 +522,14 @@ class Trainer:
         import io
 
         from ..stitching import StitchedModel
-        from .checkpoint import atomic_write_bytes
 
         buffer = io.BytesIO()
         if isinstance(self.model, StitchedModel):
             self.model.save_adapters(buffer)
-            atomic_write_bytes(self.run_dir / "adapters.pt", buffer.getvalue())
+            atomic_write_bytes(self.dir.adapter_weights, buffer.getvalue())
         else:
             torch.save(self.model.state_dict(), buffer)
-            atomic_write_bytes(self.run_dir / "model.pt", buffer.getvalue())
+            atomic_write_bytes(self.dir.model_weights, buffer.getvalue())
 
     def _record(self, status: str, error: str | None = None) -> dict:
         config, c = self.config, self.counters
@@ -604,7 +599,7 @@ class TrainingGroup:
 
     def _drop(self, member: Trainer, err: NonFiniteLossError) -> None:
         if member.ctx.is_main:
-            atomic_write_json(member.run_dir / "result.json", member._record("failed", error=str(err)))
+            atomic_write_json(member.dir.result, member._record("failed", error=str(err)))
         member.log.close()
         self.outcomes[id(member)] = err
 
@@ -674,7 +669,7 @@ class TrainingGroup:
         return live[0].counters.step if live else 0
 
     def _checkpoints(self) -> str:
-        return ", ".join(repr(str(m.run_dir / "checkpoints" / "last.pt")) for m in self.live)
+        return ", ".join(repr(str(m.dir.last_checkpoint)) for m in self.live)
 
     def _catch_sigterm(self):
         """Turn SIGTERM into "checkpoint at the next step boundary, then stop"; returns the undo function.

@@ -13,7 +13,9 @@ from ..compute import count_macs, count_params
 from ..errors import StitchkitError
 from ..zoo.models import create_model, num_outputs
 from . import distributed
-from .checkpoint import atomic_write_json, load_checkpoint
+from ..files import atomic_write_json
+from ..rundir import RunDir
+from .checkpoint import load_checkpoint
 from .config import Config, accepted_digests, from_yaml_file
 from ..zoo.metadata import preprocessing
 from .data import build_splits
@@ -26,15 +28,15 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | 
 
     Writes ``eval.json`` next to the run's ``result.json`` and returns it.
     """
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    run = RunDir(run_dir)
+    if not run.config.is_file():
         raise StitchkitError(f"{str(run_dir)!r} is not a run directory (no config.yaml); pass the output.dir of a run")
-    config = from_yaml_file(run_dir / "config.yaml")
+    config = from_yaml_file(run.config)
     if device is not None:
         config.train.device = device
     if workers is not None:
         config.train.workers = workers
-    checkpoint = run_dir / "checkpoints" / "last.pt"
+    checkpoint = run.last_checkpoint
     if not checkpoint.is_file():
         raise StitchkitError(f"{str(run_dir)!r} has no checkpoints/last.pt to evaluate")
     dev = resolve_device(config.train.device)
@@ -47,9 +49,9 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | 
     dtype = amp_dtype(config.train.amp, dev)
     results = {split: evaluate(model, loader, dev, dtype, config.train.channels_last, distributed.Dist())
                for split, loader in eval_loaders(splits, config.train.batch_size, config.train.workers, dev, distributed.Dist()).items()}
-    record = {"run_dir": str(run_dir), "step": state["counters"]["step"], **{
+    record = {"run_dir": str(run.path), "step": state["counters"]["step"], **{
         (k if split == "val" else f"{split}_{k}"): v for split, m in results.items() for k, v in m.items()}}
-    atomic_write_json(run_dir / "eval.json", record)
+    atomic_write_json(run.evaluation, record)
     return record
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StitchkitError
+from ..files import append_line
+from ..rundir import RunDir
 from .config import Config, flatten
 
 
@@ -24,7 +26,7 @@ class MetricsLog:
         printed lines, to tell such runs apart."""
         self.enabled = enabled
         self.prefix = f"[{label}] " if label else ""
-        self.path = run_dir / "metrics.jsonl"
+        self.path = RunDir(run_dir).metrics
         self.total_steps, self.epochs = total_steps, config.train.epochs
         self.initial_step = initial_step
         self.bar = self.tb = self.wandb = None
@@ -53,8 +55,7 @@ class MetricsLog:
         if not self.enabled:
             return
         record = {"time": round(time.time() - self.start, 3), **record}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
         step = record.get("step", 0)
         scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("step", "time")}
         if self.tb is not None:
@@ -113,7 +114,7 @@ def _start_wandb(run_dir: Path, config: Config):
         raise StitchkitError("train.wandb=true needs the wandb package: pip install 'stitchkit[wandb]'") from None
     t = config.train
     folder = run_dir.resolve()
-    group = t.wandb_group or (folder.parent.name if (folder / "cell.json").exists() else None)
+    group = t.wandb_group or (folder.parent.name if RunDir(folder).cell.exists() else None)
     return wandb.init(project=t.wandb_project, entity=t.wandb_entity, group=group, name=folder.name,
                       id=hashlib.sha256(str(folder).encode()).hexdigest()[:16], resume="allow",
                       config=flatten(config), dir=str(run_dir))

@@ -1,0 +1,123 @@
+"""Writing files so that a kill at any moment leaves either the old file or the new one, never half of one, and
+recognising what such a kill leaves behind.
+
+* :func:`atomic_write_bytes` writes a temporary ``.NAME.XXXXXXXX.tmp`` beside ``NAME``, fsyncs it, renames it over
+  ``NAME`` and fsyncs the folder. A kill before the rename leaves the temporary file: :func:`is_own_temp` knows it
+  by its name, and :func:`remove_own_temps` deletes those older than the process that finds them (so a process
+  never deletes what a live one is writing).
+* :func:`append_line` appends one JSON line (metrics, attempts) with one write; a kill in the middle leaves a torn
+  last line without its newline, which :func:`cut_torn_tail` removes before the next append.
+
+Every write passes the fault points ``write:NAME`` and ``renamed:NAME``, every append ``append:NAME``
+(:mod:`stitchkit.faults`), and the tests kill the process at each of them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import faults
+
+_TEMP = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp$")  # what tempfile.mkstemp makes for atomic writes
+PROCESS_START = time.time()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename, fsync of the folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; runs are meant to be read by others too
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        faults.point(f"write:{path.name}")
+        if path.name == "last.pt":
+            faults.point("checkpoint-write")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    faults.point(f"renamed:{path.name}")
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` and a newline in one write, synced. A torn earlier tail is cut first."""
+    path = Path(path)
+    cut_torn_tail(path)
+    data = (line + "\n").encode()
+    with open(path, "ab") as f:
+        if faults.fires_next(f"append:{path.name}"):
+            f.write(data[: len(data) // 2])  # what a kill in the middle of the write leaves
+            f.flush()
+            os.fsync(f.fileno())
+        faults.point(f"append:{path.name}")
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def cut_torn_tail(path: Path) -> bool:
+    """Remove a last line without its newline (a write cut short by a kill); True when there was one."""
+    try:
+        with open(path, "rb+") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            if size == 0:
+                return False
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return False
+            f.seek(0)
+            data = f.read()
+            f.truncate(data.rfind(b"\n") + 1)
+            f.flush()
+            os.fsync(f.fileno())
+            return True
+    except FileNotFoundError:
+        return False
+
+
+def is_own_temp(path: Path) -> bool:
+    """Whether ``path`` is a temporary file of :func:`atomic_write_bytes`."""
+    return _TEMP.match(Path(path).name) is not None
+
+
+def remove_own_temps(folder: Path, older_than: float = PROCESS_START) -> list[str]:
+    """Delete this module's temporary files in ``folder`` last modified before ``older_than`` (default: when this
+    process started): the leftovers of killed writers. Returns their names."""
+    removed = []
+    if not Path(folder).is_dir():
+        return removed
+    for entry in Path(folder).iterdir():
+        try:
+            if entry.is_file() and is_own_temp(entry) and entry.stat().st_mtime < older_than:
+                entry.unlink()
+                removed.append(entry.name)
+        except FileNotFoundError:  # another process cleaned it first
+            continue
+    return removed
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,97 @@
+"""The run folder: one owner for its layout and its state.
+
+A run folder holds what ``stitchkit train`` writes (settings, metrics, checkpoints, weights, result) and, for sweep
+cells, what the sweep runner adds (the cell's description, its attempts, its lock). Every other module asks a
+:class:`RunDir` for a path or the run's state instead of spelling file names.
+
+States (:meth:`RunDir.state`): ``finished`` and ``failed`` (``result.json`` says which), ``interrupted`` (a
+checkpoint but no result: resume it), ``new``.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .files import is_own_temp, remove_own_temps
+
+
+class RunDir:
+    """Paths and state of one run folder (nothing is created until something is written)."""
+
+    # What a run and the sweep runner write at the folder's top level; anything else there is the user's.
+    OWN = frozenset({"config.yaml", "metrics.jsonl", "result.json", "eval.json", "model.pt", "adapters.pt",
+                     "checkpoints", "tensorboard", "wandb", "cell.json", "attempts.log", ".lock", "cell-config.yaml",
+                     ".write-test"})
+    # What a new run replaces when it overwrites an old one (the sweep runner's files stay).
+    OUTPUTS = ("result.json", "metrics.jsonl", "config.yaml", "eval.json", "model.pt", "adapters.pt")
+    OUTPUT_DIRS = ("checkpoints", "tensorboard")
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # --- the layout ---------------------------------------------------------------------------------------------
+
+    config = property(lambda self: self.path / "config.yaml")  # the resolved settings
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    result = property(lambda self: self.path / "result.json")
+    evaluation = property(lambda self: self.path / "eval.json")  # stitchkit eval RUN_DIR
+    model_weights = property(lambda self: self.path / "model.pt")  # finetune and scratch runs
+    adapter_weights = property(lambda self: self.path / "adapters.pt")  # stitches
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    last_checkpoint = property(lambda self: self.path / "checkpoints" / "last.pt")
+    tensorboard = property(lambda self: self.path / "tensorboard")
+    write_test = property(lambda self: self.path / ".write-test")
+    cell = property(lambda self: self.path / "cell.json")  # sweep cells: the cell's description
+    attempts = property(lambda self: self.path / "attempts.log")  # sweep cells: one line per start and end
+    lock = property(lambda self: self.path / ".lock")  # sweep cells: flock while a process runs it
+    cell_config = property(lambda self: self.path / "cell-config.yaml")  # torchrun cells: the settings handed over
+
+    # --- the state ----------------------------------------------------------------------------------------------
+
+    def read_result(self) -> dict | None:
+        """``result.json``, or None when it is missing or unreadable (a foreign file: it cannot be torn)."""
+        try:
+            data = json.loads(self.result.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def state(self) -> str:
+        if self.result.is_file():
+            result = self.read_result()
+            return "finished" if result is not None and result.get("status") == "finished" else "failed"
+        if self.last_checkpoint.is_file():
+            return "interrupted"
+        return "new"
+
+    def foreign_files(self) -> list[str]:
+        """Names at the top level that neither a run nor the sweep runner wrote (their temporary files count as
+        theirs: a kill between writing one and renaming it leaves it)."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if p.name not in self.OWN and not is_own_temp(p))
+
+    def remove_leftovers(self) -> list[str]:
+        """Delete temporary files left by killed writers (older than this process), here and in checkpoints/."""
+        return remove_own_temps(self.path) + remove_own_temps(self.checkpoints)
+
+    def remove_outputs(self) -> None:
+        """What a run wrote, before a new run replaces it (``--overwrite``)."""
+        for name in self.OUTPUTS:
+            (self.path / name).unlink(missing_ok=True)
+        for name in self.OUTPUT_DIRS:
+            shutil.rmtree(self.path / name, ignore_errors=True)
+
+    def read_json(self, name: str) -> Any:
+        try:
+            return json.loads((self.path / name).read_text())
+        except (OSError, json.JSONDecodeError):
+            return None

@@ -1,0 +1,132 @@
+"""A sweep (and its report) SIGKILLed at every write and state change, then rerun, ends as an uninterrupted one.
+
+Each kill is injected with ``STITCHKIT_FAULT=POINT:N`` (stitchkit.faults) in a subprocess; the rerun must finish
+every cell exactly once, refuse nothing, and give the numbers of a sweep that was never interrupted.
+"""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stitchkit.files import append_line, atomic_write_text, cut_torn_tail, is_own_temp, remove_own_temps
+from stitchkit.rundir import RunDir
+
+SWEEP = """
+base:
+  data: {name: synthetic, input_size: 32, synthetic_train_size: 64, synthetic_val_size: 32, synthetic_classes: 1000}
+  optim: {batch_size: 16}
+  train: {batch_size: 16, workers: 0, threads: 1, epochs: 2, log_every: 1, checkpoint_every: 2}
+  model: {pretrained: false}
+pairs:
+  - [resnet10t, resnet10t]
+gaps: ["1:2"]
+methods: [downsample_linear]
+baselines:
+  finetune: {lrs: [0.002]}
+seeds: [0]
+"""
+NUMBERS = ("top1", "top5", "epochs", "gmacs", "params", "trainable_params")
+# Every write and state change of a sweep of one stitch and one fine-tuning baseline (N: which occurrence).
+POINTS = ["write:kills.json:1", "renamed:kills.json:1", "locked:1", "write:cell.json:1", "renamed:cell.json:2",
+          "append:attempts.log:1", "write:config.yaml:1", "renamed:config.yaml:2", "append:metrics.jsonl:3",
+          "write:last.pt:2", "renamed:last.pt:1", "write:adapters.pt:1", "renamed:model.pt:1",
+          "write:result.json:1", "renamed:result.json:2", "append:attempts.log:2", "step:3", "evaluation:2"]
+
+
+def _env(**extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", **extra)
+    for key in ("STITCHKIT_SWEEP_WORKER", "STITCHKIT_FAULT", "WORLD_SIZE"):
+        if key not in extra:
+            env.pop(key, None)
+    return env
+
+
+def _stitchkit(*args, **env):
+    return subprocess.run([sys.executable, "-m", "stitchkit", *map(str, args)], env=_env(**env), capture_output=True,
+                          text=True, timeout=600)
+
+
+def _numbers(runs: Path) -> dict:
+    """Each cell's numbers from the report's results.csv (times left out)."""
+    report = runs / "report"
+    done = _stitchkit("report", runs, "--out", report)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(report / "results.csv") as f:
+        return {row["run_dir"].split("/")[-1] + row["method"]: {k: row[k] for k in NUMBERS} for row in csv.DictReader(f)}
+
+
+def _sweep_file(folder: Path) -> Path:
+    path = folder / "kills.yaml"
+    path.write_text(SWEEP)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reference")
+    runs = folder / "runs"
+    done = _stitchkit("sweep", _sweep_file(folder), "--out", runs)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return _numbers(runs)
+
+
+def _finished_once(runs: Path) -> None:
+    cells = [RunDir(p.parent) for p in runs.rglob("cell.json")]
+    assert len(cells) == 2 and all(c.state() == "finished" for c in cells)
+    for cell in cells:
+        attempts = cell.attempts.read_text().splitlines()
+        assert sum(" finished" in line for line in attempts) == 1, attempts
+        assert all(" pid=" in line for line in attempts)  # no torn line left
+        steps = [json.loads(l)["step"] for l in cell.metrics.read_text().splitlines() if '"train"' in l]
+        assert steps == sorted(set(steps)), f"metric lines lost or repeated in {cell}"
+        assert not cell.foreign_files()
+
+
+@pytest.mark.parametrize("fault", POINTS)
+def test_a_sweep_killed_at_any_write_reruns_to_the_uninterrupted_result(tmp_path, reference, fault):
+    sweep, runs = _sweep_file(tmp_path), tmp_path / "runs"
+    killed = _stitchkit("sweep", sweep, "--out", runs, STITCHKIT_FAULT=fault)
+    assert killed.returncode == -9, f"{fault} was never reached: {killed.stderr[-1500:]}"
+    rerun = _stitchkit("sweep", sweep, "--out", runs)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    _finished_once(runs)
+    assert _numbers(runs) == reference
+
+
+@pytest.mark.parametrize("fault", ["write:results.csv:1", "renamed:gap_resnet10t_resnet10t.png:1", "write:index.html:1"])
+def test_a_report_killed_half_way_is_whole_after_a_rerun(tmp_path, reference, fault):
+    sweep, runs = _sweep_file(tmp_path), tmp_path / "runs"
+    assert _stitchkit("sweep", sweep, "--out", runs).returncode == 0
+    killed = _stitchkit("report", runs, "--out", runs / "report", STITCHKIT_FAULT=fault)
+    assert killed.returncode == -9, f"{fault} was never reached: {killed.stderr[-1500:]}"
+    assert _numbers(runs) == reference
+    assert not [p for p in (runs / "report").iterdir() if is_own_temp(p)]
+
+
+def test_own_leftovers_are_told_from_a_users_files(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    atomic_write_text(run.result, "{}")
+    leftover = run.path / ".result.json.k2j3ab_Z.tmp"  # what a kill before the rename leaves
+    leftover.write_text("half")
+    os.utime(leftover, (1e9, 1e9))  # written by a process that is gone (before this one started)
+    (run.path / "notes.txt").write_text("mine")
+    assert run.foreign_files() == ["notes.txt"]
+    assert run.remove_leftovers() == [".result.json.k2j3ab_Z.tmp"] and (run.path / "notes.txt").is_file()
+    fresh = run.path / ".config.yaml.abcdefgh.tmp"
+    fresh.write_text("a live writer's")
+    assert remove_own_temps(run.path) == [] and fresh.is_file()  # newer than this process: not a leftover
+
+
+def test_a_torn_line_is_cut_before_the_next_append(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    append_line(log, '{"step": 1}')
+    with open(log, "a") as f:
+        f.write('{"step": 2, "lo')  # a kill in the middle of a write
+    append_line(log, '{"step": 2}')
+    assert log.read_text() == '{"step": 1}\n{"step": 2}\n'
+    assert not cut_torn_tail(log)
