@@ -176,10 +176,15 @@ def test_bad_checkpoints(tmp_path):
     torch.save(stitchkit.create_model("resnet34").state_dict(), other)
     with pytest.raises(StitchkitError, match="unexpected"):
         stitchkit.create_model("resnet18", checkpoint_path=other)
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(StitchkitError, match="cannot read"):
-        stitchkit.create_model("resnet18", checkpoint_path=junk)
+    import pickle
+
+    for name, content in (("junk.pt", b"not a checkpoint"), ("notes.txt", b"hello\n"),
+                          ("pickled.pt", pickle.dumps({"fc.weight": object()})), ("bad.safetensors", b"\x00" * 64)):
+        junk = tmp_path / name
+        junk.write_bytes(content)
+        with pytest.raises(StitchkitError, match="is not a weights-only PyTorch checkpoint or a safetensors") as err:
+            stitchkit.create_model("resnet18", checkpoint_path=junk)
+        assert "\n" not in str(err.value) and "weights_only=False" not in str(err.value)
 
 
 def test_pretrained_without_network_says_what_to_do(monkeypatch):

@@ -287,8 +287,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling and safetensors raise many types; all mean "not a usable checkpoint"
-        raise StitchkitError(f"cannot read checkpoint {str(path)!r}: {err}") from err
+    except Exception:  # unpickling and safetensors raise many types; all mean "not a usable checkpoint"
+        # One line, and never torch's advice to retry with weights_only=False: unpickling a file runs its code.
+        raise StitchkitError(
+            f"{str(path)!r} is not a weights-only PyTorch checkpoint or a safetensors file (stitchkit does not "
+            "unpickle arbitrary objects); pass a state dict saved with torch.save(model.state_dict(), PATH) or a "
+            ".safetensors file"
+        ) from None
     for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
