@@ -274,3 +274,13 @@ def test_token_models_are_recognised_for_token_adapters_whatever_cuts_them():
     assert is_token_model("vit_tiny_patch16_dinov3_qkvb", 32)  # EVA (rotary embeddings), by the graph split
     assert not is_token_model("densenet121", 32)
     assert not is_token_model("resnet18")
+
+
+def test_blocks_holding_conv_sequences_in_branches_are_blocks_not_groups():
+    """torchvision's ShuffleNetV2: each block holds two conv-norm-act Sequentials side by side. Taken for groups,
+    their convolutions would be blocks inside parallel branches (nothing to cut); the third grouping rule makes the
+    blocks themselves the units, each handing on one tensor."""
+    model = stitchkit.create_model("torchvision:shufflenet_v2_x0_5").eval()
+    anatomy = _parity(model, 32)
+    assert [len(s) for s in anatomy.stages] == [4, 4, 4, 4]
+    assert anatomy.block_names[0][0] == "stage2.0" and anatomy.reductions == [8, 16, 16, 32]

@@ -60,33 +60,47 @@ class _Boundary:
 # --- the model's module tree ------------------------------------------------------------------------------------
 
 
-def _is_plain_group(module: nn.Module, loose: bool = False) -> bool:
-    """A plain container whose members repeat a class (blocks), not a one-off sequence (conv, norm) of a stem.
+@dataclass(frozen=True)
+class _Rule:
+    """Which containers open a group of blocks (rule 2). The first rule that finds four stages wins (_RULES)."""
 
-    ``loose`` also accepts subclasses of the containers. Not by default: a subclass usually has its own forward
-    (DenseNet's dense block concatenates its layers' outputs) and is one block. It is the second try for models in
-    which the first finds no stages (PiT's ``SequentialTuple`` of stages, which passes (tokens, class token) pairs).
-    """
-    if type(module) not in _PLAIN_CONTAINERS and not (loose and isinstance(module, _PLAIN_CONTAINERS)):
+    subclasses: bool = False  # subclasses of the plain containers count too
+    composite: bool = False  # only containers whose members have members (blocks, not a conv-norm-act sequence)
+
+
+# Plain containers; then their subclasses too: a subclass usually has its own forward (DenseNet's dense block
+# concatenates its layers' outputs) and is one block, but PiT's ``SequentialTuple`` of stages passes (tokens, class
+# token) pairs between stages with one token tensor inside; then only containers of composite members, for models
+# whose blocks hold conv-norm-act Sequentials in parallel branches (torchvision's ShuffleNetV2: its branches would
+# otherwise be taken for groups, and their convolutions for blocks).
+_RULES = (_Rule(), _Rule(subclasses=True), _Rule(composite=True))
+
+
+def _is_plain_group(module: nn.Module, rule: _Rule = _RULES[0]) -> bool:
+    """A plain container whose members repeat a class (blocks), not a one-off sequence (conv, norm) of a stem."""
+    if type(module) not in _PLAIN_CONTAINERS and not (rule.subclasses and isinstance(module, _PLAIN_CONTAINERS)):
         return False
-    counts = Counter(type(m) for m in module.children())
+    members = list(module.children())
+    if rule.composite and not all(any(True for _ in m.children()) for m in members):
+        return False
+    counts = Counter(type(m) for m in members)
     return bool(counts) and max(counts.values()) >= 2
 
 
-def _is_group(module: nn.Module, is_root: bool, loose: bool = False) -> bool:
-    if is_root or _is_plain_group(module, loose):
+def _is_group(module: nn.Module, is_root: bool, rule: _Rule = _RULES[0]) -> bool:
+    if is_root or _is_plain_group(module, rule):
         return True
     # A stage object that holds its blocks in a container (timm's ``stages.N`` with ``downsample`` and ``blocks``).
-    return type(module) not in _PLAIN_CONTAINERS and any(_is_plain_group(c, loose) for c in module.children())
+    return type(module) not in _PLAIN_CONTAINERS and any(_is_plain_group(c, rule) for c in module.children())
 
 
-def _block_of(stack: list[str], modules: dict[str, nn.Module], loose: bool = False) -> str | None:
+def _block_of(stack: list[str], modules: dict[str, nn.Module], rule: _Rule = _RULES[0]) -> str | None:
     """The block a node belongs to: open groups from the model down along the node's module stack.
 
     Returns ``None`` for code that runs in a group's own forward (a ViT's position embedding), ``""`` never.
     """
     current, depth = "", 0
-    while _is_group(modules[current], current == "", loose):
+    while _is_group(modules[current], current == "", rule):
         if depth == len(stack):
             return None
         current = stack[depth]
@@ -323,7 +337,7 @@ def _mutates(node: fx.Node) -> bool:
 # --- the anatomy ----------------------------------------------------------------------------------------------------
 
 
-def _boundaries(g: _Graph, prefix_hint: int | None, loose: bool = False) -> list[_Boundary]:
+def _boundaries(g: _Graph, prefix_hint: int | None, rule: _Rule = _RULES[0]) -> list[_Boundary]:
     """Block ends, in order, with their layouts (rule 2 of the module docstring)."""
     g.uncut_blocks = []
     modules = dict(g.model.named_modules(remove_duplicate=False))
@@ -347,7 +361,7 @@ def _boundaries(g: _Graph, prefix_hint: int | None, loose: bool = False) -> list
         if node in g.free or node.op in ("placeholder", "output"):
             continue
         stack = [name for name in g.stack(node) if name in modules]
-        block = _block_of(stack, modules, loose) if stack else None
+        block = _block_of(stack, modules, rule) if stack else None
         if block is not None and _parent(block) == "" and block not in repeated:
             flush()
             current = pending = None  # a direct child of the model: stem or head, never a block
@@ -426,17 +440,18 @@ def graph_anatomy(model: nn.Module, input_size: tuple[int, int]) -> Anatomy:
 
 
 def _find_stages(g: _Graph, prefix_hint: int | None, name: str) -> list[list[_Boundary]]:
-    """Rules 2 and 3, with plain containers as groups; if that finds no four stages, once more with container
-    subclasses as groups too. The error says why when most blocks hand on more than one tensor."""
+    """Rules 2 and 3 under each grouping rule in turn (_RULES); the first that finds four stages wins. The error
+    is the first rule's, saying why when most blocks hand on more than one tensor."""
     found = _boundaries(g, prefix_hint)
     uncut = list(g.uncut_blocks)
     try:
         return _stages(found, name)
     except GraphSplitError as err:
-        try:
-            return _stages(_boundaries(g, prefix_hint, loose=True), name)
-        except GraphSplitError:
-            pass
+        for rule in _RULES[1:]:
+            try:
+                return _stages(_boundaries(g, prefix_hint, rule), name)
+            except GraphSplitError:
+                pass
         if len(uncut) > len(found):
             raise GraphSplitError(
                 f"{err}: after {len(uncut)} of its {len(uncut) + len(found)} blocks more than one tensor is still "
