@@ -250,6 +250,23 @@ def write_outputs(work: Path, results: dict[str, dict], doc: Path, data: Path) -
         "cuts it, or `graph` for the generic split of the exported graph (how it works and what it costs: "
         "`src/stitchkit/zoo/graph.py`). *Blocks*: blocks per stage.",
         "",
+        "What the table does not show:",
+        "",
+        "* **Models that pass several tensors between their blocks** (HRNet's parallel resolutions, NASNet's and "
+        "PNASNet's cells that take the two previous cells' outputs, TNT's pixel and patch streams, CrossViT's two "
+        "branches) have no point where one tensor carries everything, so there is nothing for an adapter to map; the "
+        "refusal says so. Register a Family to cut one by hand at its few single-tensor points.",
+        "* **Hiera** keeps its tokens in mask-unit (unrolled) order, not row by row. Its cuts are exact, but a stitch "
+        "with another model reads those tokens as a row-major grid, so spatial positions arrive scrambled: the stitch "
+        "runs and trains, from a worse start than the table's other token models. Not yet handled.",
+        "* **Coarse splits**: where a model's blocks hand on a layout the graph split cannot read as an image or "
+        "tokens (Nest's blocked tokens), or dense connections tie blocks together (DLA), only stage boundaries are "
+        "cuts (a `1/1/1/1` row): every cut is exact, there are just fewer of them.",
+        "* **Encoders without a classifier** (the `_enc` models): a stitch into one ends in the encoder's own "
+        "output (tokens or a feature map), which is what the check compares; training one needs a head.",
+        "* Models cut by the graph split are specialised to the input size they were exported for, and their graph "
+        "was exported in eval mode: BatchNorm uses its running statistics even in the fine-tuning baseline.",
+        "",
         "## timm",
         "",
         "| class | representative | names | size | family | blocks | parity | GMACs | status |",
