@@ -20,9 +20,9 @@ from pathlib import Path
 
 SWEEP = """
 base:
-  data: {name: synthetic, input_size: 32, synthetic_train_size: 96, synthetic_val_size: 32, synthetic_classes: 1000}
+  data: {name: synthetic, input_size: 32, synthetic_train_size: 256, synthetic_val_size: 32, synthetic_classes: 1000}
   optim: {batch_size: 16}
-  train: {batch_size: 16, workers: 0, threads: 1, epochs: 2, log_every: 1, checkpoint_every: 2}
+  train: {batch_size: 16, workers: 0, threads: 1, epochs: 3, log_every: 1, checkpoint_every: 3}
   model: {pretrained: false}
 pairs:
   - [resnet10t, resnet10t]
@@ -31,7 +31,7 @@ gaps: ["1:2", "2:3"]
 methods: [downsample_linear, downsample_bottleneck]
 baselines:
   finetune: {lrs: [0.002]}
-seeds: [0, 1]
+seeds: [0, 1, 2]
 """
 NUMBERS = ("status", "top1", "top5", "epochs", "gmacs", "params", "trainable_params")
 
@@ -91,8 +91,10 @@ def main() -> int:
             else:
                 finished_early += 1
             process.wait()
-            print(f"kill {i + 1}/{args.kills} after {interval:.1f} s: {'landed' if process.returncode == -9 else 'the sweep had ended'}",
-                  flush=True)
+            print(f"kill {i + 1}/{args.kills} after {interval:.1f} s: "
+                  f"{'landed' if process.returncode == -9 else 'the sweep had ended'}", flush=True)
+            if process.returncode == 0:
+                break  # every cell is done: later kills would only hit a sweep that skips them all
     finally:
         for burner in burners:
             burner.kill()
