@@ -165,3 +165,20 @@ def test_soak_a_sweep_killed_many_times_at_random_moments_on_a_busy_machine(tmp_
     _finished_once(runs)
     assert _numbers(runs) == reference
     assert kills >= 1  # at least one landed (the first comes within 1.5 s, long before the sweep can finish)
+
+
+def test_eval_killed_while_writing_its_result_gives_the_same_result_when_rerun(tmp_path):
+    run = tmp_path / "run"
+    trained = _stitchkit("train", "mode=scratch", "model.src=resnet10t", "model.pretrained=false", "data.name=synthetic",
+                         "data.input_size=32", "data.synthetic_train_size=32", "data.synthetic_val_size=32",
+                         "optim.batch_size=16", "train.batch_size=16", "train.workers=0", "train.epochs=1",
+                         f"output.dir={run}")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    killed = _stitchkit("eval", run, "--workers", "0", STITCHKIT_FAULT="write:eval.json:1")
+    assert killed.returncode == -9 and not RunDir(run).evaluation.exists()
+    assert [p.name for p in run.iterdir() if is_own_temp(p)]  # the kill left a temporary file ...
+    again = _stitchkit("eval", run, "--workers", "0")
+    assert again.returncode == 0, again.stderr[-2000:]
+    record = json.loads(RunDir(run).evaluation.read_text())
+    assert record["top1"] == json.loads(RunDir(run).result.read_text())["top1"]
+    assert not RunDir(run).foreign_files()  # ... which is ours, not the user's

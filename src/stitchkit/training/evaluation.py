@@ -51,6 +51,7 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | 
                for split, loader in eval_loaders(splits, config.train.batch_size, config.train.workers, dev, distributed.Dist()).items()}
     record = {"run_dir": str(run.path), "step": state["counters"]["step"], **{
         (k if split == "val" else f"{split}_{k}"): v for split, m in results.items() for k, v in m.items()}}
+    run.remove_leftovers()  # a temporary eval.json of an evaluation killed before
     atomic_write_json(run.evaluation, record)
     return record
 
