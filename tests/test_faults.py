@@ -45,7 +45,7 @@ def test_sigterm_checkpoints_and_exits_for_requeue(tmp_path, reference):
     import signal
     import time
 
-    from stitchkit.training.engine import EXIT_PREEMPTED
+    from stitchkit.training.loop import EXIT_PREEMPTED
 
     run = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")

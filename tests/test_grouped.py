@@ -11,7 +11,8 @@ from stitchkit.cli import main
 from stitchkit.errors import StitchkitError
 from stitchkit.sweeps.grid import expand, load_sweep
 from stitchkit.training import NonFiniteLossError, RunInterrupted, load_config, train
-from stitchkit.training.engine import Trainer, TrainingGroup
+from stitchkit.training.loop import TrainingPass
+from stitchkit.training.run import Run
 from stitchkit.training import train_group
 from stitchkit.training.grouped import check_groupable, group_key, partition
 
@@ -49,8 +50,8 @@ def _same_outcome(separate: dict, grouped: dict, run_a, run_b) -> None:
 
 def test_grouped_training_equals_separate_runs(tmp_path):
     separate = [train(c) for c in _configs(tmp_path, "alone")]
-    members = [Trainer(c) for c in _configs(tmp_path, "group")]
-    grouped = TrainingGroup(members).run()
+    members = [Run(c) for c in _configs(tmp_path, "group")]
+    grouped = TrainingPass(members).run()
     for i, (s, g) in enumerate(zip(separate, grouped)):
         assert g["status"] == "finished" and g["group_size"] == 4 and s["group_size"] == 1
         _same_outcome(s, g, tmp_path / f"alone{i}", tmp_path / f"group{i}")
@@ -169,7 +170,7 @@ def test_group_by_front_values():
 def test_ctrl_c_during_the_optimizer_steps_waits_for_the_end_of_the_step():
     import signal
 
-    group = TrainingGroup.__new__(TrainingGroup)  # only the signal helper is under test
+    group = TrainingPass.__new__(TrainingPass)  # only the signal helper is under test
     started_with = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whoever started us
     try:
         finished = []

@@ -74,12 +74,12 @@ def test_scratch_run_writes_a_self_describing_run_dir(tmp_path):
 
 
 def test_stitch_run_trains_only_the_adapters(tmp_path, source_model):
-    from stitchkit.training import Trainer
+    from stitchkit.training import Run, TrainingPass
 
     config = _cfg(tmp_path, "mode=stitch", "model.src=resnet10t", "model.gap=1:3", f"model.src_checkpoint={source_model}",
                   f"model.dst_checkpoint={source_model}", "train.epochs=2")
-    trainer = Trainer(config)
-    result = trainer.run()
+    trainer = Run(config)
+    result = TrainingPass([trainer]).run()[0]
     assert result["status"] == "finished" and 0 < result["trainable_params"] < result["params"]
     # Frozen weights and BatchNorm statistics after training equal the source model's.
     source = stitchkit.create_model("resnet10t", checkpoint_path=source_model)

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .files import is_own_temp, remove_own_temps
+from .files import atomic_write_text, is_own_temp, remove_own_temps
 
 
 class RunDir:
@@ -89,6 +89,23 @@ class RunDir:
             (self.path / name).unlink(missing_ok=True)
         for name in self.OUTPUT_DIRS:
             shutil.rmtree(self.path / name, ignore_errors=True)
+
+    def cut_metrics_after(self, step: int, also_evaluation_at_step: bool = False) -> None:
+        """Drop the metric lines written after ``step`` (a resumed run is about to write them again), and torn ones;
+        ``also_evaluation_at_step``: the evaluation at ``step`` too (it runs again)."""
+        if not self.metrics.is_file():
+            return
+        kept = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by the kill
+            at_step = record.get("step", 0)
+            if at_step > step or (also_evaluation_at_step and at_step == step and record.get("type") == "eval"):
+                continue
+            kept.append(line)
+        atomic_write_text(self.metrics, "".join(f"{line}\n" for line in kept))
 
     def read_json(self, name: str) -> Any:
         try:

@@ -60,7 +60,8 @@ def _written_before_0_3(result: dict) -> bool:
 def _current_settings_id(run_dir: Path) -> str | None:
     """stitchkit 0.2 wrote settings_id with another digest text: recompute it from the run's saved config, so its
     seeds average with runs written since (a sweep resumed across the upgrade)."""
-    from ..training.config import from_yaml_file, settings_id
+    from ..training.config import from_yaml_file
+    from ..training.identity import settings_id
 
     try:
         return settings_id(from_yaml_file(RunDir(run_dir).config))

@@ -29,7 +29,8 @@ from typing import Any
 
 from ..chain import PAPER_GAPS, parse_gap
 from ..errors import StitchkitError, close_matches
-from ..training.config import NOT_IDENTITY, Config, _parse_yaml, flatten, load_config, settings_digest
+from ..training.config import Config, _parse_yaml, flatten, load_config
+from ..training.identity import NOT_IDENTITY, settings_digest
 from .methods import PAPER_METHODS, get_method
 
 TOP_LEVEL_KEYS = ("base", "pairs", "gaps", "methods", "baselines", "seeds", "group_by_front")

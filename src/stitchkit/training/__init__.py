@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "Config": "config", "load_config": "config",
-    "NonFiniteLossError": "engine", "RunInterrupted": "engine", "Trainer": "engine", "TrainingGroup": "engine",
-    "evaluate": "engine", "train": "engine", "train_group": "engine",
+    "NonFiniteLossError": "run", "Run": "run", "RunInterrupted": "loop", "TrainingPass": "loop",
+    "evaluate": "scoring", "train": "loop", "train_group": "loop",
     "evaluate_model": "evaluation", "evaluate_run": "evaluation",
 }
 __all__ = sorted(_EXPORTS)
@@ -26,5 +26,7 @@ def __getattr__(name: str):
 
 if TYPE_CHECKING:
     from .config import Config, load_config
-    from .engine import NonFiniteLossError, RunInterrupted, Trainer, TrainingGroup, evaluate, train, train_group
+    from .loop import RunInterrupted, TrainingPass, train, train_group
+    from .run import NonFiniteLossError, Run
+    from .scoring import evaluate
     from .evaluation import evaluate_model, evaluate_run

@@ -7,11 +7,10 @@ what ``--resume`` compares against.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import re
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -176,14 +175,6 @@ def describe_settings() -> str:
         value = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
         lines.append(f"    {key}={value}  {f.metadata['help']}")
     return "\n".join(lines)
-
-
-def settings_digest(settings: Mapping[str, Any], skip: Iterable[str] = (), length: int = 16) -> str:
-    """The one digest of a run's settings (flat ``key: value``), without the ``skip`` keys: the same relevant
-    settings give the same digest. What is relevant is each caller's choice of KINDS."""
-    skip = set(skip)
-    relevant = sorted((k, v) for k, v in settings.items() if k not in skip)
-    return hashlib.sha256(repr(relevant).encode()).hexdigest()[:length]
 
 
 def _all_keys() -> list[str]:
@@ -361,36 +352,3 @@ def flatten(config: Config) -> dict[str, Any]:
                 yield f"{prefix}{key}", value
 
     return dict(walk(container))
-
-
-# Settings that may change between a run and its resumption without changing its results.
-RESUMABLE_CHANGES = keys_of_kind("run", "speed")
-# Settings a sweep cell's folder name does not depend on (move the data, change the speed settings: same cells).
-NOT_IDENTITY = keys_of_kind("run", "speed", "location")
-
-
-def config_digest(config: Config) -> str:
-    """Digest of the settings a resumed run must keep: matches checkpoints to their run."""
-    return settings_digest(flatten(config), RESUMABLE_CHANGES)
-
-
-def accepted_digests(config: Config) -> tuple[str, str]:
-    """This version's :func:`config_digest` and the one stitchkit 0.2 wrote into checkpoints (other text, same
-    settings), so runs trained before 0.3 still resume and evaluate."""
-    flat = flatten(config)
-    legacy_skip = RESUMABLE_CHANGES - keys_of_kind("speed")  # 0.2 refused speed changes on resume
-    legacy = "\n".join(f"{k}={v!r}" for k, v in sorted(flat.items()) if k not in legacy_skip)
-    return config_digest(config), hashlib.sha256(legacy.encode()).hexdigest()[:16]
-
-
-def settings_id(config: Config) -> str:
-    """Shared by runs that differ only in their seed (and in how they ran): reports average seeds within it, never
-    across other settings. Speed settings count (a bf16 run is not averaged with an fp32 one)."""
-    return settings_digest(flatten(config), keys_of_kind("run") | {"train.seed"})
-
-
-def resume_differences(saved: Config, current: Config) -> list[str]:
-    """Human-readable ``key: saved -> current`` lines for settings that would change the run's results."""
-    a, b = flatten(saved), flatten(current)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
-            if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k)]

@@ -16,10 +16,14 @@ from . import distributed
 from ..files import atomic_write_json
 from ..rundir import RunDir
 from .checkpoint import load_checkpoint
-from .config import Config, accepted_digests, from_yaml_file
+from .config import Config, from_yaml_file
+from .identity import accepted_digests
 from ..zoo.metadata import preprocessing
 from .data import build_splits
-from .engine import amp_dtype, eval_loaders, evaluate, package_versions, resolve_device
+
+from .runtime import Runtime, amp_dtype, package_versions, resolve_device
+from .scoring import evaluate
+from .stream import eval_loaders
 from .modes import build_model, load_trainable_state
 
 
@@ -46,9 +50,10 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | 
     state = load_checkpoint(checkpoint, accepted_digests(config))
     load_trainable_state(model, state["model"])
     model.to(dev)
-    dtype = amp_dtype(config.train.amp, dev)
-    results = {split: evaluate(model, loader, dev, dtype, config.train.channels_last, distributed.Dist())
-               for split, loader in eval_loaders(splits, config.train.batch_size, config.train.workers, dev, distributed.Dist()).items()}
+    runtime = Runtime(dev, amp_dtype(config.train.amp, dev), config.train.channels_last, distributed.Dist())
+    results = {split: evaluate(model, loader, runtime)
+               for split, loader in eval_loaders(splits, config.train.batch_size, config.train.workers, dev,
+                                                 runtime.ctx).items()}
     record = {"run_dir": str(run.path), "step": state["counters"]["step"], **{
         (k if split == "val" else f"{split}_{k}"): v for split, m in results.items() for k, v in m.items()}}
     run.remove_leftovers()  # a temporary eval.json of an evaluation killed before
@@ -72,9 +77,10 @@ def evaluate_model(name: str, config: Config, out_dir: str | Path | None = None)
         )
     gmacs, params = count_macs(model, config.data.input_size) / 1e9, count_params(model)
     model.to(dev)
-    dtype = amp_dtype(config.train.amp, dev)
-    results = {split: evaluate(model, loader, dev, dtype, config.train.channels_last, distributed.Dist())
-               for split, loader in eval_loaders(splits, config.train.batch_size, config.train.workers, dev, distributed.Dist()).items()}
+    runtime = Runtime(dev, amp_dtype(config.train.amp, dev), config.train.channels_last, distributed.Dist())
+    results = {split: evaluate(model, loader, runtime)
+               for split, loader in eval_loaders(splits, config.train.batch_size, config.train.workers, dev,
+                                                 runtime.ctx).items()}
     record = {"status": "finished", "mode": "eval", "src": name, "dst": name, "dataset": config.data.name,
               "input_size": config.data.input_size, "pretrained": config.model.pretrained,
               "checkpoint": config.model.src_checkpoint, "gmacs": gmacs, "params": params, "trainable_params": 0,

@@ -1,8 +1,8 @@
 """Which runs can train in one pass, and the sharing of their frozen parts (the pass itself is
-:class:`~stitchkit.training.engine.TrainingGroup`, started by :func:`~stitchkit.training.train_group`).
+:class:`~stitchkit.training.loop.TrainingPass`, started by :func:`~stitchkit.training.train_group`).
 
 Stitches from the same source cut (the same source model, weights and source stage) that read the same data in the
-same order compute the same front output on every batch. A :class:`~stitchkit.training.engine.TrainingGroup` runs
+same order compute the same front output on every batch. A :class:`~stitchkit.training.loop.TrainingPass` runs
 that front once per batch and hands its output to every member's adapters and frozen back; each member has its own
 optimizer, scheduler, checkpoints and run directory, and members whose frozen backs are identical share one copy in
 memory (only in ``frozen_mode=eval``, where a frozen back has no state that a forward pass changes).

@@ -8,6 +8,7 @@ mode's name asks its :class:`Mode` instead, as timm's model registry stands in f
 """
 from __future__ import annotations
 
+import io
 from typing import Callable
 
 import torch
@@ -16,8 +17,10 @@ from torch import nn
 from ..adapters import CALIBRATED_NORMS, check_adapter_norm, list_adapters
 from ..chain import RESIZE_MODES, parse_gap
 from ..errors import StitchkitError, unknown_name
+from ..files import atomic_write_bytes
 from ..finetune import create_finetune_baseline
 from ..registry import Registry
+from ..rundir import RunDir
 from ..stitching import StitchedModel, create_stitched
 from ..zoo.metadata import preprocessing
 from ..zoo.models import create_model, num_outputs, reset_classifier
@@ -224,3 +227,15 @@ def load_trainable_state(model: nn.Module, state: dict) -> None:
         model.load_adapter_state_dict(state)
     else:
         model.load_state_dict(state)
+
+
+def export_weights(model: nn.Module, run: RunDir) -> None:
+    """The trained weights on their own: ``adapters.pt`` for a stitch (see :func:`stitchkit.load_stitched`),
+    ``model.pt`` (a plain state dict, usable as ``model.src_checkpoint``) otherwise."""
+    buffer = io.BytesIO()
+    if isinstance(model, StitchedModel):
+        model.save_adapters(buffer)
+        atomic_write_bytes(run.adapter_weights, buffer.getvalue())
+    else:
+        torch.save(model.state_dict(), buffer)
+        atomic_write_bytes(run.model_weights, buffer.getvalue())

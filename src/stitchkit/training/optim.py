@@ -1,0 +1,38 @@
+"""The paper's optimizer and schedule: AdamW over the trainable parameters, cosine annealing to 0 stepped per
+optimizer step, with an optional linear warm-up."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import OptimConfig
+
+
+def cosine_with_warmup(total_steps: int, warmup_steps: int):
+    """LR factor at optimizer step ``s``: linear warm-up, then cosine annealing to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool) -> list[dict]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not no_decay_norm_bias:
+        return [{"params": params, "weight_decay": weight_decay}]
+    decay = [p for p in params if p.dim() > 1]
+    other = [p for p in params if p.dim() <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, o: OptimConfig, total_steps: int, device: torch.device):
+    """``(AdamW, LambdaLR)`` for ``model``'s trainable parameters (fused AdamW on CUDA)."""
+    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay, o.no_decay_norm_bias), lr=o.lr,
+                                  betas=(o.beta1, o.beta2), fused=device.type == "cuda")
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, o.warmup_steps))

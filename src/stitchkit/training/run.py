@@ -1,0 +1,354 @@
+"""One training run: its settings, folder, model, optimizer and bookkeeping, with a public surface that the loop
+(:mod:`stitchkit.training.loop`) drives: :meth:`Run.check_folder`, :meth:`Run.build`, :meth:`Run.restore`,
+:meth:`Run.create_folder`, :meth:`Run.micro_step`, :meth:`Run.optimizer_step`, :meth:`Run.checkpoint`,
+:meth:`Run.record` and :meth:`Run.finish`. Where the loop stands (:class:`Position`) belongs to the loop, which
+hands it to the run when the run needs it; the run keeps only what is its own (:class:`RunStats`).
+"""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+from ..compute import count_macs, count_params
+from ..errors import StitchkitError
+from ..files import atomic_write_json, atomic_write_text
+from ..rundir import RunDir
+from . import distributed
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import Config, from_yaml_file, to_yaml
+from .identity import accepted_digests, config_digest, resume_differences, settings_id
+from .logging import MetricsLog
+from .modes import build_model, export_weights, get_mode, load_trainable_state, trainable_state
+from .optim import build_optimizer
+from .runtime import Runtime, package_versions
+from .stream import DataStream
+
+
+class NonFiniteLossError(StitchkitError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class Position:
+    """Where the training loop stands; one for all the runs of a pass, saved in each run's checkpoint."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epoch in progress (0-based)
+    micro: int = 0  # micro-batches of this epoch consumed
+
+
+@dataclass
+class RunStats:
+    """What one run has seen, saved in its checkpoint next to the position."""
+
+    images: int = 0  # training images seen (this rank)
+    skipped: int = 0  # corrupt images skipped (this rank)
+    train_seconds: float = 0.0  # wall time spent training, over all resumptions
+    train_loss: float | None = None  # mean training loss of the last (possibly partial) epoch
+
+
+def default_run_dir(config: Config) -> Path:
+    return Path("runs") / "-".join([*get_mode(config.mode).run_dir_parts(config), f"seed{config.train.seed}"])
+
+
+def _divisor_hint(effective: int, world: int, current: int) -> int:
+    options = [b for b in range(1, effective + 1) if effective % (b * world) == 0 and b <= max(current, 1)]
+    return options[-1] if options else 1
+
+
+class Run:
+    """One run, set up from a :class:`Config` (nothing is built or written until the loop asks)."""
+
+    def __init__(self, config: Config, resume: bool = False, overwrite: bool = False, runtime: Runtime | None = None):
+        self.config, self.resume, self.overwrite = config, resume, overwrite
+        self.runtime = runtime or Runtime.from_settings(config.train)
+        t, world = config.train, self.runtime.ctx.world_size
+        per_step = t.batch_size * world
+        if config.optim.batch_size % per_step:
+            raise StitchkitError(
+                f"optim.batch_size={config.optim.batch_size} is not a multiple of train.batch_size x processes = "
+                f"{t.batch_size} x {world}; choose sizes that divide it (e.g. train.batch_size="
+                f"{_divisor_hint(config.optim.batch_size, world, t.batch_size)})"
+            )
+        self.accum = config.optim.batch_size // per_step  # micro-batches per optimizer step
+        self.dir = RunDir(Path(config.output.dir) if config.output.dir else default_run_dir(config))
+        self.config_yaml = to_yaml(config)
+        self.pass_members: list[str] = []  # the run folders trained in the same pass (empty when alone)
+        self.stats = RunStats()
+        self.metrics: dict[str, dict] = {}  # the last evaluation, per split
+        self.log: MetricsLog | None = None
+        self._started = time.time()  # when this process's stretch of training began (train_seconds adds it)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.dir.path
+
+    @property
+    def is_main(self) -> bool:
+        return self.runtime.ctx.is_main
+
+    # --- the folder -----------------------------------------------------------------------------------------------
+
+    def check_folder(self) -> None:
+        """Refuse to clobber finished, unfinished or foreign files (writes nothing; --overwrite deletes our files)."""
+        run = self.run_dir
+        foreign = self.dir.foreign_files()
+        if foreign:
+            raise StitchkitError(
+                f"output.dir {str(run)!r} holds files stitchkit did not write ({', '.join(foreign[:3])}); a run "
+                "directory must be new or a stitchkit run, so choose another output.dir"
+            )
+        result, last = self.dir.result, self.dir.last_checkpoint
+        if self.resume:
+            if not last.is_file():
+                raise StitchkitError(f"nothing to resume in {str(run)!r}: no checkpoints/last.pt; drop --resume to start")
+            differences = resume_differences(from_yaml_file(self.dir.config), self.config)
+            if differences:
+                raise StitchkitError(
+                    f"the run in {str(run)!r} was started with another config; resume with the same settings or use a "
+                    "new output.dir. Differences (saved -> now): " + "; ".join(differences)
+                )
+        elif (result.is_file() or last.is_file()) and not self.overwrite:
+            what = "a finished run" if result.is_file() else "an unfinished run (pass --resume to continue it)"
+            raise StitchkitError(f"{str(run)!r} already holds {what}; pass --overwrite to replace it, or choose another "
+                                 "output.dir")
+
+    def create_folder(self, position: Position, total_steps: int) -> None:
+        """Make the run folder and write config.yaml (a resumed run: cut its metrics back to ``position``), once data
+        and model have been built without error."""
+        run = self.dir
+        if self.is_main and self.overwrite and not self.resume:  # only now that the new run has built without error
+            run.remove_outputs()
+        if self.is_main:
+            run.remove_leftovers()  # temporary files of a process killed mid-write
+            try:
+                run.checkpoints.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(run.write_test, "ok\n")
+                run.write_test.unlink()
+            except OSError as err:
+                raise StitchkitError(f"cannot write to output directory {str(run.path)!r} ({err.strerror}); fix its "
+                                     "permissions or free space, or choose another output.dir") from None
+            if not self.resume:
+                atomic_write_text(run.config, self.config_yaml)
+            else:
+                # Killed after its last step but before result.json: the final evaluation at this step runs again.
+                final = position.step >= total_steps or position.epoch >= self.config.train.epochs
+                run.cut_metrics_after(position.step, also_evaluation_at_step=final)
+        distributed.barrier(self.runtime.ctx)
+
+    def open_log(self, total_steps: int, initial_step: int, progress: bool, label: str | None) -> None:
+        self._started = time.time()
+        self.log = MetricsLog(self.run_dir, self.is_main, self.config, total_steps, initial_step=initial_step,
+                              progress=progress, label=label, device=str(self.runtime.device))
+
+    def share_pass(self, run_dirs: list[str]) -> None:
+        """Record the runs trained in the same pass (their wall time is the pass's)."""
+        self.pass_members = list(run_dirs)
+
+    # --- the model ------------------------------------------------------------------------------------------------
+
+    def build(self, stream: DataStream, tail_only: bool = False) -> None:
+        """Build the model and optimizer; ``tail_only``: the forward pass starts after the stitch's front, which the
+        loop runs once for all the runs of a pass."""
+        config, rt = self.config, self.runtime
+        self.splits = stream.splits
+        torch.manual_seed(config.train.seed)
+        self.model = build_model(config, len(self.splits.classes), stream.calibration_images, rt.device).to(rt.device)
+        self.gmacs = count_macs(self.model, config.data.input_size) / 1e9
+        self.params = count_params(self.model)
+        self.trainable = count_params(self.model, trainable_only=True)
+        if self.trainable == 0:
+            raise StitchkitError("the model has no trainable parameters")
+        if rt.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model.train()
+        # What evaluation calls, and what training calls (compiled and wrapped in DDP).
+        self.head = self.model.tail() if tail_only else self.model
+        forward_model = self.head
+        if config.train.compile:
+            forward_model = torch.compile(forward_model)
+        if rt.ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [rt.device.index] if rt.device.type == "cuda" else None
+            forward_model = DistributedDataParallel(forward_model, device_ids=ids)
+        self.forward_model = forward_model
+
+        self.optimizer, self.scheduler = build_optimizer(self.model, config.optim, stream.total_steps, rt.device)
+        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
+        zeros = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=rt.device)  # noqa: E731
+        self.loss_sum, self.loss_count = zeros(), zeros()  # since the last log line
+        self.epoch_loss = zeros(2)  # sum, count over the epoch
+        self.step_loss = zeros(2)  # sum, count over this optimizer step's micro-batches
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=rt.device)  # first step with a non-finite loss
+
+    def restore(self) -> Position:
+        """Load the last checkpoint into the model, optimizer and statistics; returns where it was taken."""
+        state = load_checkpoint(self.dir.last_checkpoint, accepted_digests(self.config))
+        try:
+            load_trainable_state(self.model, state["model"])
+        except RuntimeError as err:
+            raise StitchkitError(f"checkpoint in {str(self.run_dir)!r} does not fit this model: {err}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        counters = dict(state["counters"])
+        position = Position(**{k: counters.pop(k) for k in ("step", "epoch", "micro")})
+        self.stats = RunStats(**counters)
+        self.epoch_loss = state["epoch_loss"].to(self.runtime.device)
+        set_rng_state(state["rng"])
+        return position
+
+    # --- one step -------------------------------------------------------------------------------------------------
+
+    def micro_step(self, inputs: torch.Tensor, labels: torch.Tensor, step: int, micro_batches: int, last: bool) -> None:
+        """Forward and backward one micro-batch (images, or the shared front's output) of optimizer step ``step``,
+        which has ``micro_batches`` of them (``last``: this is its last one)."""
+        rt = self.runtime
+        sync = nullcontext() if last or not rt.ctx.enabled else self.forward_model.no_sync()
+        with sync:
+            with rt.autocast():
+                logits = self.forward_model(inputs)
+            loss = F.cross_entropy(logits.float(), labels)
+            self.scaler.scale(loss / micro_batches).backward()
+        # Bookkeeping stays on the device: no host synchronisation per step.
+        detached = loss.detach().double()
+        n = labels.numel()
+        self.step_loss[0] += detached * n
+        self.step_loss[1] += n
+        finite = torch.isfinite(detached)
+        self.bad_step.copy_(torch.where((self.bad_step < 0) & ~finite, step, self.bad_step))
+
+    def optimizer_step(self, images: int, skipped: int) -> None:
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        # Commit the step's bookkeeping only now, so a checkpoint always describes a step boundary.
+        self.loss_sum += self.step_loss[0]
+        self.loss_count += self.step_loss[1]
+        self.epoch_loss += self.step_loss
+        self.step_loss.zero_()
+        self.stats.images += images
+        self.stats.skipped += skipped
+
+    def discard_step(self) -> None:
+        """Drop what an interrupted step accumulated: resumption replays it from the step boundary."""
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def check_finite(self) -> None:
+        bad = int(self.bad_step.item())
+        if distributed.any_true(bad >= 0, self.runtime.ctx, self.runtime.device):
+            last = self.dir.last_checkpoint
+            kept = f"the last good checkpoint is {str(last)!r}" if last.is_file() else "no checkpoint was written"
+            where = f"at optimizer step {bad + 1}" if bad >= 0 else "on another process"
+            raise NonFiniteLossError(
+                f"the training loss became NaN or infinite {where}; training stopped and {kept}. Lower optim.lr, "
+                "add optim.warmup_steps, or check the data"
+            )
+
+    def log_train(self, position: Position, images_per_s: float) -> None:
+        loss = (self.loss_sum / self.loss_count.clamp(min=1)).item()
+        self.log.write({"type": "train", "step": position.step, "epoch": position.epoch, "loss": loss,
+                        "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": images_per_s})
+        self.loss_sum.zero_(), self.loss_count.zero_()
+
+    def end_epoch(self, position: Position) -> None:
+        """The epoch's mean training loss over every process, logged; the next epoch's sum starts at zero."""
+        loss_sum, count = distributed.all_reduce_sum(self.epoch_loss.clone(), self.runtime.ctx).tolist()
+        self.stats.train_loss = loss_sum / max(count, 1)
+        self.log.write({"type": "epoch", "step": position.step, "epoch": position.epoch,
+                        "train_loss": self.stats.train_loss})
+
+    def close_partial_epoch(self) -> None:
+        """``train.max_steps`` stopped an epoch part-way: its mean loss so far."""
+        loss_sum, count = distributed.all_reduce_sum(self.epoch_loss.clone(), self.runtime.ctx).tolist()
+        self.stats.train_loss = loss_sum / max(count, 1)
+
+    def start_epoch(self) -> None:
+        self.epoch_loss.zero_()
+
+    def evaluated(self, split: str, position: Position, epoch: int, metrics: dict) -> None:
+        self.metrics[split] = metrics
+        self.log.write({"type": "eval", "split": split, "step": position.step, "epoch": epoch, **metrics})
+
+    # --- checkpoints and results ------------------------------------------------------------------------------------
+
+    def checkpoint(self, position: Position, rng: dict | None = None) -> None:
+        """Write ``checkpoints/last.pt`` (rank 0), after checking that no loss so far was NaN or infinite.
+
+        Called only at optimizer-step boundaries; ``rng`` is the RNG state at that boundary when it is not now.
+        """
+        self.check_finite()
+        if self.is_main:
+            try:
+                save_checkpoint(self.dir.last_checkpoint, self.state_dict(position, rng))
+            except OSError as err:  # disk full, quota, vanished mount: the previous checkpoint is still whole
+                raise StitchkitError(
+                    f"cannot write a checkpoint at step {position.step} ({err.strerror or err}); the last good "
+                    f"checkpoint in {str(self.dir.checkpoints)!r} is kept. Free space, then continue with --resume"
+                ) from None
+        distributed.barrier(self.runtime.ctx)
+
+    def state_dict(self, position: Position, rng: dict | None = None) -> dict:
+        """Everything resumption needs, at a step boundary."""
+        return {
+            "config_digest": config_digest(self.config),
+            "model": trainable_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "counters": {**asdict(position), **asdict(self.stats), "train_seconds": self._train_seconds()},
+            "epoch_loss": self.epoch_loss.cpu(),
+            "rng": rng if rng is not None else rng_state(),
+        }
+
+    def _train_seconds(self) -> float:
+        return self.stats.train_seconds + time.time() - self._started
+
+    def record(self, position: Position, status: str, error: str | None = None) -> dict:
+        """The result record (``result.json``)."""
+        config, rt = self.config, self.runtime
+        seconds = self._train_seconds()
+        images = self.stats.images * rt.ctx.world_size
+        record = {
+            "status": status, "error": error, "mode": config.mode, **get_mode(config.mode).model_settings(config),
+            "seed": config.train.seed, "lr": config.optim.lr, "dataset": config.data.name,
+            "input_size": config.data.input_size, "classes": len(self.splits.classes),
+            "train_images": len(self.splits.train), "planned_epochs": config.train.epochs,
+            "gmacs": self.gmacs, "params": self.params, "trainable_params": self.trainable,
+            "epochs": position.epoch, "steps": position.step, "wall_time_s": seconds, "images_seen": images,
+            "images_per_s": images / seconds if seconds > 0 else None,
+            "skipped_images": self.stats.skipped * rt.ctx.world_size,
+            "train_loss": self.stats.train_loss, "world_size": rt.ctx.world_size,
+            "device": str(rt.device), "amp": rt.amp_name,
+            # Runs trained in one pass share their wall time: wall_time_s is the pass's.
+            "group_size": max(len(self.pass_members), 1), "group": self.pass_members,
+            "versions": package_versions(),
+            # Runs that differ only in their seed share this: reports average over seeds within it, never across
+            # other settings (epochs, data, recipe).
+            "settings_id": settings_id(config),
+        }
+        for split, values in self.metrics.items():
+            prefix = "" if split == "val" else f"{split}_"
+            record.update({f"{prefix}top1": values["top1"], f"{prefix}top5": values["top5"],
+                           f"{prefix}loss": values["loss"]})
+        return record
+
+    def finish(self, record: dict) -> None:
+        """Write the trained weights, then ``result.json`` (the run is finished once it exists)."""
+        if self.is_main:
+            export_weights(self.model, self.dir)
+            atomic_write_json(self.dir.result, record)
+
+    def fail(self, position: Position, err: BaseException) -> None:
+        """A run that cannot go on (its loss became NaN) while the rest of its pass does: a failed result."""
+        if self.is_main:
+            atomic_write_json(self.dir.result, self.record(position, "failed", error=str(err)))
+        self.log.close()

@@ -1,0 +1,76 @@
+"""Where and how tensors are computed during a run: the device, the autocast dtype, the memory format and the
+process group, travelling together as one :class:`Runtime`."""
+from __future__ import annotations
+
+import platform
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import StitchkitError
+from . import distributed
+from .config import TrainConfig
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise StitchkitError(f"train.device={name} but no CUDA device is visible; use train.device=cpu")
+    return device
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[setting]
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype; None: full precision
+    channels_last: bool
+    ctx: distributed.Dist
+
+    @classmethod
+    def from_settings(cls, t: TrainConfig) -> "Runtime":
+        """Set torch's threads, pick the device, join the process group (under torchrun) and pin this process's
+        GPU."""
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        device = resolve_device(t.device)
+        ctx = distributed.init(device.type)
+        if device.type == "cuda" and ctx.enabled:
+            device = torch.device("cuda", ctx.local_rank)
+            torch.cuda.set_device(device)
+        return cls(device, amp_dtype(t.amp, device), t.channels_last, ctx)
+
+    def autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+
+    def to_device(self, images: torch.Tensor, labels: torch.Tensor, augment=None, seeds=None):
+        """A batch on the device (augmented there when the data pipeline leaves that to the device), in the memory
+        format the models use."""
+        images = images.to(self.device, non_blocking=True)
+        if augment is not None:
+            images = augment(images, seeds)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels.to(self.device, non_blocking=True)
+
+    @property
+    def amp_name(self) -> str:
+        return str(self.dtype).replace("torch.", "") if self.dtype else "none"
+
+
+def package_versions() -> dict[str, str]:
+    import timm
+    import torchvision
+
+    from .. import __version__
+
+    return {"stitchkit": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "timm": timm.__version__, "python": platform.python_version()}
