@@ -13,7 +13,7 @@ import stitchkit
 from stitchkit import create_stitched
 from stitchkit.adapters import ADAPTER_NORMS, DEFAULT_ADAPTER_NORM
 from stitchkit.chain import Step
-from stitchkit.training.config import ModelConfig
+from stitchkit.training.settings import ModelConfig
 from stitchkit.errors import StitchkitError, UnknownNameError
 from stitchkit.initialization import lift, ridge_fit
 from stitchkit.stitching import UncalibratedWarning

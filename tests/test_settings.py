@@ -1,7 +1,7 @@
 """Each setting's class is declared once, on its config field; every digest and key set derives from it."""
 from stitchkit.sweeps.grid import _identity
 from stitchkit.training import load_config
-from stitchkit.training.config import keys_of_kind, per_run_keys
+from stitchkit.training.settings import keys_of_kind, per_run_keys
 from stitchkit.training.identity import (NOT_IDENTITY, RESUMABLE_CHANGES, accepted_digests,
                                        resume_differences, settings_id)
 from stitchkit.training.grouped import PER_RUN_KEYS

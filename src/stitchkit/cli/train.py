@@ -20,7 +20,7 @@ class _TrainParser(argparse.ArgumentParser):
     """Lists every setting under the options; built only when help is asked for, so parsing stays fast."""
 
     def format_help(self) -> str:
-        from ..training.config import describe_settings
+        from ..training.settings import describe_settings
 
         return super().format_help() + "\nsettings (key=default  meaning):\n" + describe_settings() + "\n"
 

@@ -8,173 +8,21 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from ..errors import StitchkitError
+# The settings themselves (typed defaults with their help and class) live in settings.py; loading them is here.
+from .settings import Config, _fields
 
 DATASETS = ("imagefolder", "fashion_mnist", "synthetic")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 AUGMENT_ON = ("cpu", "device")
 LOADERS = ("torch", "dali")
-
-
-# What a setting is, declared once on its field (``setting(...)``) and read by everything that needs to know:
-#   result    changes what is trained or measured: part of a run's identity; a resumed run must keep it.
-#   speed     changes how fast, not what is computed (beyond float rounding): a resume may change it, and a sweep
-#             cell keeps its folder when it changes. Still part of ``settings_id``: reports do not average a bf16
-#             run with an fp32 one.
-#   location  where the data lives: not part of a sweep cell's identity (move the data, keep the cells); a resume
-#             must keep it (an interrupted run continues on the same files).
-#   run       how this process runs and reports (device, workers, logging, output folder): may change on resume,
-#             part of no identity.
-KINDS = ("result", "speed", "location", "run")
-
-
-def setting(default: Any = MISSING, help: str = "", *, kind: str = "result", per_run: bool = False,
-            factory: Any = MISSING):
-    """A config field with its help text and class. ``per_run``: runs trained in one pass over a shared front
-    (stitchkit.training.grouped) may each choose their own value; every other setting is shared by the group."""
-    assert kind in KINDS, kind
-    metadata = {"help": help, "kind": kind, "per_run": per_run}
-    if factory is not MISSING:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-@dataclass
-class ModelConfig:
-    src: str = setting("resnet50.a1_in1k", "source model (its lower layers); for finetune and scratch, the model")
-    dst: Optional[str] = setting(None, "destination model (its upper layers and head); default: model.src",
-                                 per_run=True)
-    gap: str = setting("1:3", "X:Y, source stage X to destination stage Y", per_run=True)
-    adapter: str = setting("bottleneck", "adapter ('stitchkit adapters' lists them)", per_run=True)
-    resize: str = setting("bilinear", "none, bilinear or integrated (a strided conv in the adapter)", per_run=True)
-    pretrained: bool = setting(True, "load the library's pretrained weights for src and dst")
-    src_checkpoint: Optional[str] = setting(None, "local weights for model.src (.pt, .pth, .safetensors)")
-    dst_checkpoint: Optional[str] = setting(None, "local weights for model.dst", per_run=True)
-    num_classes: Optional[int] = setting(None, "a new head of this size (scratch, finetune); default: the model's own",
-                                         per_run=True)
-    prefix_out: str = setting("concat", "class token out of a ViT: concat, drop, add", per_run=True)
-    prefix_in: str = setting("mean", "class token into a ViT: mean, zeros, learned", per_run=True)
-    readd_pos_embed: bool = setting(False, "re-add the destination ViT's position embedding", per_run=True)
-    frozen_mode: str = setting("eval", "frozen parts in eval mode (BatchNorm statistics fixed) or train mode")
-    adapter_norm: str = setting("lstsq", "where adapters start: lstsq, dst_stats, paper_code or paper_text",
-                                per_run=True)
-    init_images: int = setting(256, "training images that lstsq / dst_stats measure both models' features on")
-    token_adapters: bool = setting(True, "ViT to ViT: linear adapters on every token, class token kept (the paper's "
-                                         "code); false: via an image", per_run=True)
-
-
-@dataclass
-class DataConfig:
-    name: str = setting("imagefolder", "imagefolder, fashion_mnist or synthetic")
-    root: Optional[str] = setting(None, "dataset folder (imagefolder: train/ and val/ inside)", kind="location")
-    input_size: int = setting(224, "image size the models see (pixels)")
-    holdout_fraction: float = setting(0.0, "carved from train (same images for every seed) for model selection")
-    holdout_seed: int = setting(0, "which images the holdout takes")
-    limit_train: Optional[int] = setting(None, "number of training images, for quick runs")
-    limit_val: Optional[int] = setting(None, "number of validation images")
-    random_resized_crop: bool = setting(True, "random-resized-crop training images")
-    hflip: bool = setting(True, "random horizontal flips")
-    auto_augment: bool = setting(True, "AutoAugment (ImageNet policy)")
-    augment_on: str = setting("cpu", "where training augmentation runs: cpu (data-loader workers) or device (flips, "
-                                     "AutoAugment and normalisation on batches on the training device)")
-    loader: str = setting("torch", "what decodes and augments: torch (DataLoader workers) or dali (NVIDIA DALI, when "
-                                   "installed; see stitchkit.training.dali)")
-    crop_pct: Optional[float] = setting(None, "evaluation crop fraction; default: the source model's pretrained config")
-    skip_corrupt: bool = setting(False, "skip unreadable images (each named in the log) instead of stopping")
-    synthetic_train_size: int = setting(256, "synthetic data: training images")
-    synthetic_val_size: int = setting(64, "synthetic data: validation images")
-    synthetic_classes: int = setting(10, "synthetic data: classes")
-
-
-@dataclass
-class OptimConfig:
-    lr: float = setting(0.002, "peak learning rate (AdamW, cosine schedule)", per_run=True)
-    weight_decay: float = setting(0.05, "AdamW weight decay", per_run=True)
-    batch_size: int = setting(512, "effective batch size, reached by gradient accumulation")
-    warmup_steps: int = setting(0, "linear warm-up steps before the cosine decay", per_run=True)
-    no_decay_norm_bias: bool = setting(False, "no weight decay on norms and biases", per_run=True)
-    beta1: float = setting(0.9, "AdamW beta1", per_run=True)
-    beta2: float = setting(0.999, "AdamW beta2", per_run=True)
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = setting(10, "passes over the training data")
-    max_steps: Optional[int] = setting(None, "stop after this many optimizer steps")
-    batch_size: int = setting(64, "images per process per micro-batch")
-    seed: int = setting(0, "random seed (data order, augmentation, adapter start)")
-    device: str = setting("auto", "auto, cpu, cuda, cuda:N", kind="run")
-    threads: Optional[int] = setting(None, "torch CPU threads", kind="run")
-    amp: str = setting("auto", "autocast: auto (bf16 on CUDA, off on CPU), none, bf16, fp16", kind="speed")
-    channels_last: bool = setting(False, "channels-last memory format for images and models", kind="speed")
-    compile: bool = setting(False, "torch.compile the trained model", kind="speed")
-    workers: int = setting(4, "data-loader worker processes", kind="run")
-    checkpoint_every: int = setting(500, "optimizer steps between checkpoints", kind="run")
-    log_every: int = setting(50, "optimizer steps between progress lines", kind="run")
-    wandb: bool = setting(False, "log to Weights & Biases (pip install 'stitchkit[wandb]')", kind="run", per_run=True)
-    wandb_project: str = setting("stitchkit", "W&B project", kind="run", per_run=True)
-    wandb_entity: Optional[str] = setting(None, "W&B entity (team or user); default: yours", kind="run", per_run=True)
-    wandb_group: Optional[str] = setting(None, "W&B group; default: the sweep's name for sweep cells", kind="run",
-                                         per_run=True)
-    tensorboard: bool = setting(False, "write TensorBoard logs to RUN_DIR/tensorboard (pip install "
-                                       "'stitchkit[tensorboard]')", kind="run", per_run=True)
-
-
-@dataclass
-class OutputConfig:
-    dir: Optional[str] = setting(None, "run folder; default runs/<mode>-<models>-<gap>-<adapter>-<resize>-seed<N>",
-                                 kind="run", per_run=True)
-
-
-@dataclass
-class Config:
-    mode: str = setting("stitch", "stitch, finetune (the baseline) or scratch (train a model from scratch)")
-    model: ModelConfig = setting(factory=ModelConfig)
-    data: DataConfig = setting(factory=DataConfig)
-    optim: OptimConfig = setting(factory=OptimConfig)
-    train: TrainConfig = setting(factory=TrainConfig)
-    output: OutputConfig = setting(factory=OutputConfig)
-
-
-def _fields(cls=Config, prefix: str = ""):
-    """``(dotted key, field)`` of every setting."""
-    for f in fields(cls):
-        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-        if is_dataclass(default):
-            yield from _fields(type(default), f"{prefix}{f.name}.")
-        else:
-            yield f"{prefix}{f.name}", f
-
-
-def keys_of_kind(*kinds: str) -> frozenset[str]:
-    """The settings of these classes (see KINDS), e.g. ``keys_of_kind("run", "speed")``."""
-    return frozenset(k for k, f in _fields() if f.metadata["kind"] in kinds)
-
-
-def per_run_keys() -> frozenset[str]:
-    return frozenset(k for k, f in _fields() if f.metadata["per_run"])
-
-
-def describe_settings() -> str:
-    """Every setting with its default and help, one per line (``stitchkit train --help``)."""
-    lines, section = [], None
-    for key, f in _fields():
-        head = key.split(".")[0] if "." in key else ""
-        if head != section:
-            section = head
-            lines.append(f"  {head or 'top level'}:")
-        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-        value = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
-        lines.append(f"    {key}={value}  {f.metadata['help']}")
-    return "\n".join(lines)
 
 
 def _all_keys() -> list[str]:

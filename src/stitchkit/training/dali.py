@@ -20,7 +20,7 @@ from typing import Iterator
 import torch
 
 from ..errors import StitchkitError
-from .config import DataConfig
+from .settings import DataConfig
 from ..zoo.metadata import Preprocessing
 from .data import EpochSampler, SeededDataset
 

@@ -26,7 +26,7 @@ from torchvision import transforms as T
 
 from ..errors import StitchkitError
 from ..zoo.metadata import Preprocessing, preprocessing
-from .config import DataConfig
+from .settings import DataConfig
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "~/.cache/stitchkit/fashion-mnist")

@@ -28,7 +28,8 @@ from torch import nn
 
 from ..chain import parse_gap
 from ..errors import StitchkitError
-from .config import Config, flatten, per_run_keys
+from .config import Config, flatten
+from .settings import per_run_keys
 
 # Settings each member of a group may choose for itself (declared per setting in config.py). Everything else is
 # shared: the data, the loop (epochs, batch sizes, seed, device, precision) and the source front.

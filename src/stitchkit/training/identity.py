@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Iterable, Mapping
 
-from .config import Config, flatten, keys_of_kind
+from .config import Config, flatten
+from .settings import keys_of_kind
 
 
 def settings_digest(settings: Mapping[str, Any], skip: Iterable[str] = (), length: int = 16) -> str:

@@ -24,7 +24,7 @@ from ..rundir import RunDir
 from ..stitching import StitchedModel, create_stitched
 from ..zoo.metadata import preprocessing
 from ..zoo.models import create_model, num_outputs, reset_classifier
-from .config import Config
+from .settings import Config
 
 Calibration = Callable[[str], torch.Tensor]
 

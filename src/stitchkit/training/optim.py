@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .config import OptimConfig
+from .settings import OptimConfig
 
 
 def cosine_with_warmup(total_steps: int, warmup_steps: int):

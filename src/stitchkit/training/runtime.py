@@ -10,7 +10,7 @@ import torch
 
 from ..errors import StitchkitError
 from . import distributed
-from .config import TrainConfig
+from .settings import TrainConfig
 
 
 def resolve_device(name: str) -> torch.device:
