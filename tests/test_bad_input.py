@@ -169,7 +169,7 @@ def test_disk_full_at_a_checkpoint_keeps_the_last_good_one(tmp_path, monkeypatch
 
     import torch
 
-    from stitchkit.training import checkpoint as checkpoint_module
+    from stitchkit import files as files_module
 
     writes = {"n": 0}
     real_replace = os.replace
@@ -181,7 +181,7 @@ def test_disk_full_at_a_checkpoint_keeps_the_last_good_one(tmp_path, monkeypatch
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(checkpoint_module.os, "replace", failing_replace)
+    monkeypatch.setattr(files_module.os, "replace", failing_replace)
     run = tmp_path / "run"
     code = main(_train("train.epochs=3", "train.batch_size=16", "optim.batch_size=16", "train.checkpoint_every=1",
                        f"output.dir={run}"))
@@ -189,6 +189,6 @@ def test_disk_full_at_a_checkpoint_keeps_the_last_good_one(tmp_path, monkeypatch
     assert code == 2 and "No space left on device" in err and "--resume" in err
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["counters"]["step"] == 2  # the checkpoint before the failed write, whole
-    monkeypatch.setattr(checkpoint_module.os, "replace", real_replace)
+    monkeypatch.setattr(files_module.os, "replace", real_replace)
     assert main(_train("train.epochs=3", "train.batch_size=16", "optim.batch_size=16", "train.checkpoint_every=1",
                        f"output.dir={run}", "--resume")) == 0
