@@ -147,7 +147,7 @@ class TrainingPass:
         finally:
             restore()
             for r in self.live:
-                r.log.close()
+                r.close_log()
             distributed.shutdown(self.runtime.ctx)
         return [self.outcomes[id(r)] for r in self.runs]
 
@@ -203,7 +203,7 @@ class TrainingPass:
                 if not self.live:
                     return
                 for r in self.live:
-                    r.log.advance()
+                    r.advance_progress()
                 self._stop_if_asked()
             del batches
             if p.micro >= s.micro_per_epoch:
@@ -226,8 +226,7 @@ class TrainingPass:
     def _evaluate_all(self, epoch: int) -> None:
         live = self.live
         for r in live:
-            r.model.eval()
-            r.metrics = {}
+            r.begin_evaluation()
         try:
             for split, loader in self.stream.eval_loaders.items():
                 results = evaluate_heads(self.front, [r.head for r in live], loader, self.runtime)
@@ -235,7 +234,7 @@ class TrainingPass:
                     r.evaluated(split, self.position, epoch, metrics)
         finally:
             for r in live:
-                r.model.train()
+                r.end_evaluation()
         self.evaluated_at = self.position.step
 
     def _finish(self) -> None:

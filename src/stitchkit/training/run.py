@@ -274,6 +274,20 @@ class Run:
     def start_epoch(self) -> None:
         self.epoch_loss.zero_()
 
+    def begin_evaluation(self) -> None:
+        """Evaluation mode, and the last evaluation's metrics forgotten."""
+        self.model.eval()
+        self.metrics = {}
+
+    def end_evaluation(self) -> None:
+        self.model.train()  # StitchedModel.train keeps its frozen parts in eval mode
+
+    def advance_progress(self) -> None:
+        self.log.advance()
+
+    def close_log(self) -> None:
+        self.log.close()
+
     def evaluated(self, split: str, position: Position, epoch: int, metrics: dict) -> None:
         self.metrics[split] = metrics
         self.log.write({"type": "eval", "split": split, "step": position.step, "epoch": epoch, **metrics})
@@ -351,4 +365,4 @@ class Run:
         """A run that cannot go on (its loss became NaN) while the rest of its pass does: a failed result."""
         if self.is_main:
             atomic_write_json(self.dir.result, self.record(position, "failed", error=str(err)))
-        self.log.close()
+        self.close_log()

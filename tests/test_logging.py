@@ -1,0 +1,52 @@
+"""Metrics out of a run: Weights & Biases gets what a user needs to find and resume a run; TensorBoard asked for but
+not installed is an error that names the extra."""
+import sys
+import types
+
+import pytest
+
+from stitchkit.errors import StitchkitError
+from stitchkit.rundir import RunDir
+from stitchkit.training import load_config
+from stitchkit.training.logging import MetricsLog, format_duration
+
+
+class FakeWandb(types.ModuleType):
+    def __init__(self):
+        super().__init__("wandb")
+        self.inits, self.logged = [], []
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+        return types.SimpleNamespace(log=lambda data, step: self.logged.append((step, data)), finish=lambda: None)
+
+
+def test_wandb_run_is_named_grouped_configured_and_resumable(tmp_path, monkeypatch):
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    run = tmp_path / "sweep_a" / "cell1"
+    run.mkdir(parents=True)
+    RunDir(run).cell.write_text("{}")  # a sweep cell: grouped by its sweep
+    config = load_config(None, ["train.wandb=true", "train.wandb_project=stitching", "train.epochs=3"])
+    for _ in range(2):  # started, then resumed
+        log = MetricsLog(run, True, config, 10, progress=False)
+        log.write({"type": "train", "step": 1, "epoch": 0, "loss": 2.0, "lr": 0.1, "images_per_s": 5.0})
+        log.close()
+    first, again = fake.inits
+    assert first == again  # the resumed process continues the same W&B run
+    assert (first["project"], first["group"], first["name"], first["resume"]) == ("stitching", "sweep_a", "cell1",
+                                                                                  "allow")
+    assert len(first["id"]) == 16 and first["config"]["train.epochs"] == 3 and first["dir"] == str(run)
+    assert fake.logged[0] == (1, {"train/epoch": 0, "train/loss": 2.0, "train/lr": 0.1, "train/images_per_s": 5.0})
+
+
+def test_tensorboard_asked_for_but_missing_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # importing it fails, as when not installed
+    config = load_config(None, ["train.tensorboard=true"])
+    with pytest.raises(StitchkitError, match=r"pip install 'stitchkit\[tensorboard\]'"):
+        MetricsLog(tmp_path, True, config, 10, progress=False)
+    MetricsLog(tmp_path, True, load_config(None, []), 10, progress=False).close()  # off by default: no error
+
+
+def test_durations_read_like_a_clock():
+    assert [format_duration(s) for s in (5, 65, 3 * 3600 + 125)] == ["5s", "1m05s", "3h02m"]
