@@ -275,3 +275,34 @@ def test_vit_to_vit_per_pixel_adapters_keep_the_class_token(adapter):
         out = image_route.bridge(h)
     assert torch.allclose(out[:, 0], out[:, 1:].mean(1), atol=1e-5)  # the paper's text: class token = patch mean
     assert stitchkit.count_macs(model, 32) < stitchkit.count_macs(image_route, 32)  # no 2C concatenation
+
+
+@pytest.mark.parametrize("src,dst,size", [("resnet18", "vit_tiny_patch16_224", 32), ("convnext_atto", "regnetx_002", 32),
+                                          ("mobilenetv3_small_050", "efficientnet_b0", 32),
+                                          ("densenet121", "swin_tiny_patch4_window7_224", 64)])
+def test_a_stitched_model_pickles_whole(src, dst, size, tmp_path):
+    """torch.save(model) works for every family (the hand-written ones' glue code is named functions, the graph
+    split's parts are fx modules) and the loaded model computes the same."""
+    model = create_stitched(src, dst, "1:3", input_size=size).eval()
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False).eval()  # our own file: unpickling is trusted here
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_timm_reads_a_stitched_models_preprocessing():
+    import timm.data
+
+    model = create_stitched("resnet18", "vit_tiny_patch16_224", "1:3", input_size=32)
+    cfg = timm.data.resolve_model_data_config(model)
+    source = timm.data.resolve_model_data_config(stitchkit.create_model("resnet18"))
+    assert cfg["input_size"] == (3, 32, 32)  # the stitch's size, not the source's 224
+    assert (cfg["mean"], cfg["std"], cfg["interpolation"]) == (source["mean"], source["std"], source["interpolation"])
+    transform = timm.data.create_transform(**cfg)
+    from PIL import Image
+
+    assert transform(Image.new("RGB", (50, 40))).shape == (3, 32, 32)
+    assert model.pretrained_cfg["num_classes"] == 1000
+    tv = create_stitched("torchvision:resnet18", "resnet18", "1:3", input_size=32)
+    assert timm.data.resolve_model_data_config(tv)["interpolation"] == "bilinear"  # torchvision's weights say so

@@ -451,8 +451,32 @@ def create_stitched(
                   _features(dst_front, dst_images, calibration_device))
         if calibration_device is not None:
             model.to(calibration_device)  # one device for the whole stitch
+    model.pretrained_cfg = _data_config(model, src_model, src_name, dst_model, input_size)
     model._built = True
     return model
+
+
+def _data_config(model: StitchedModel, src_model: nn.Module, src_name: str, dst_model: nn.Module,
+                 input_size: int) -> dict:
+    """What timm's ``resolve_model_data_config`` / ``create_transform`` read: the stitch sees pixels through its
+    source, so the source's normalisation, interpolation and crop, at the stitch's input size."""
+    from .zoo.metadata import preprocessing
+    from .zoo.models import num_outputs
+
+    try:
+        prep = preprocessing(src_name, src_model if hasattr(src_model, "pretrained_cfg") else None)
+        mean, std, interpolation, crop = prep.mean, prep.std, prep.interpolation, prep.crop_pct
+    except (StitchkitError, ValueError, KeyError):  # a model the zoo has no metadata for: ImageNet's statistics
+        mean, std, interpolation, crop = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", 0.875
+    c = model.config
+    cfg = {"architecture": f"stitch:{c.src}->{c.dst}@{c.gap[0]}:{c.gap[1]}", "input_size": (3, input_size, input_size),
+           "fixed_input_size": True, "mean": tuple(mean), "std": tuple(std), "interpolation": interpolation,
+           "crop_pct": crop, "crop_mode": "center"}
+    try:
+        cfg["num_classes"] = num_outputs(dst_model)
+    except StitchkitError:  # an encoder without a classifier
+        pass
+    return cfg
 
 
 @torch.no_grad()

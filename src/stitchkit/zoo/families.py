@@ -106,13 +106,42 @@ def _join(*modules: nn.Module) -> nn.Module:
     return kept[0] if len(kept) == 1 else nn.Sequential(*kept)
 
 
+# --- what the hand-written families call around their blocks -------------------------------------------------------
+# Named functions, not lambdas: a stitched model holds them, and it must pickle (torch.save(model), DataLoader
+# workers, multiprocessing).
+
+
+def _head(m, x):
+    return m.forward_head(x)
+
+
+def _conv_head_then_head(m, x):  # timm EfficientNet
+    return m.forward_head(m.bn2(m.conv_head(x)))
+
+
+def _norm_pre_then_head(m, x):  # timm ConvNeXt
+    return m.forward_head(m.norm_pre(x))
+
+
+def _final_conv_then_head(m, x):  # timm RegNet
+    return m.forward_head(m.final_conv(x))
+
+
+def _norm_then_head(m, x):  # timm ViT, Swin
+    return m.forward_head(m.norm(x))
+
+
+def _vit_stem(m, x):
+    return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
+
+
 # --- timm ResNet / ResNeXt / SE-ResNet / Wide ResNet --------------------------------------------------------------
 
 
 def _resnet(model) -> Anatomy:
     stem = nn.Sequential(model.conv1, model.bn1, model.act1, model.maxpool)
     stages = [list(getattr(model, f"layer{i}")) for i in range(1, 5)]
-    head = Call(view(model, ["global_pool", "fc"]), lambda m, x: m.forward_head(x), "forward_head")
+    head = Call(view(model, ["global_pool", "fc"]), _head, "forward_head")
     return Anatomy(stem, stages, head, [Format.NCHW] * 4)
 
 
@@ -139,7 +168,7 @@ def _efficientnet(model) -> Anatomy:
     stem = nn.Sequential(model.conv_stem, model.bn1, *early)
     head = Call(
         view(model, ["conv_head", "bn2", "global_pool", "classifier"]),
-        lambda m, x: m.forward_head(m.bn2(m.conv_head(x))),
+        _conv_head_then_head,
         "conv_head, bn2, forward_head",
     )
     return Anatomy(stem, stages, head, [Format.NCHW] * 4)
@@ -150,7 +179,7 @@ def _mobilenetv3(model) -> Anatomy:
     stem = nn.Sequential(model.conv_stem, model.bn1, *early)
     head = Call(
         view(model, ["global_pool", "conv_head", "norm_head", "act2", "flatten", "classifier"]),
-        lambda m, x: m.forward_head(x),
+        _head,
         "forward_head",
     )
     return Anatomy(stem, stages, head, [Format.NCHW] * 4)
@@ -165,7 +194,7 @@ def _convnext(model) -> Anatomy:
     for i, stage in enumerate(model.stages):
         first = _join(model.stem, stage.downsample) if i == 0 else stage.downsample
         stages.append([first, *stage.blocks])
-    head = Call(view(model, ["norm_pre", "head"]), lambda m, x: m.forward_head(m.norm_pre(x)), "norm_pre, forward_head")
+    head = Call(view(model, ["norm_pre", "head"]), _norm_pre_then_head, "norm_pre, forward_head")
     return Anatomy(nn.Identity(), stages, head, [Format.NCHW] * 4)
 
 
@@ -174,7 +203,7 @@ def _convnext(model) -> Anatomy:
 
 def _regnet(model) -> Anatomy:
     stages = [list(getattr(model, f"s{i}").children()) for i in range(1, 5)]
-    head = Call(view(model, ["final_conv", "head"]), lambda m, x: m.forward_head(m.final_conv(x)), "final_conv, forward_head")
+    head = Call(view(model, ["final_conv", "head"]), _final_conv_then_head, "final_conv, forward_head")
     return Anatomy(model.stem, stages, head, [Format.NCHW] * 4)
 
 
@@ -188,12 +217,12 @@ def _vit(model) -> Anatomy:
             ["patch_embed", "pos_drop", "patch_drop", "norm_pre"],
             ["cls_token", "reg_token", "dist_token", "pos_embed"],
         ),
-        lambda m, x: m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x)))),
+        _vit_stem,
         "patch_embed, _pos_embed, norm_pre",
     )
     head = Call(
         view(model, ["norm", "attn_pool", "fc_norm", "head_drop", "head", "head_dist"]),
-        lambda m, x: m.forward_head(m.norm(x)),
+        _norm_then_head,
         "norm, forward_head",
     )
     # ViT has no stages; like the paper, group its blocks into four equal stages (12 blocks: 3 + 3 + 3 + 3).
@@ -238,7 +267,7 @@ def _timm_swin(model) -> Anatomy:
     for i, layer in enumerate(model.layers):
         first = _join(model.patch_embed, layer.downsample) if i == 0 else layer.downsample
         stages.append([first, *layer.blocks])
-    head = Call(view(model, ["norm", "head"]), lambda m, x: m.forward_head(m.norm(x)), "norm, forward_head")
+    head = Call(view(model, ["norm", "head"]), _norm_then_head, "norm, forward_head")
     return Anatomy(nn.Identity(), stages, head, [Format.NHWC] * 4)
 
 
