@@ -92,3 +92,26 @@ def test_two_process_ddp_with_gloo(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["type"] == "train"] == list(range(1, 9))  # written once, by rank 0
     assert all(r["images"] == 64 for r in records if r["type"] == "eval")  # val split counted over both ranks
+
+
+def test_eval_finds_the_source_weights_from_anywhere_and_in_a_moved_runs_tree(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(work)  # settings name the source weights relative to here, as users type them
+    assert main(["train", *TINY, "train.epochs=1", "output.dir=runs/source"]) == 0
+    stitch = ["mode=stitch", "model.gap=1:3", "model.src_checkpoint=runs/source/model.pt",
+              "model.dst_checkpoint=runs/source/model.pt", "output.dir=runs/stitch"]
+    assert main(["train", *[s for s in TINY if s != "mode=scratch"], "train.epochs=1", *stitch]) == 0
+    top1 = json.loads((work / "runs" / "stitch" / "result.json").read_text())["top1"]
+    capsys.readouterr()
+    monkeypatch.chdir(elsewhere)
+    assert main(["eval", str(work / "runs" / "stitch"), "--workers", "0"]) == 0  # by the absolute path it recorded
+    assert json.loads(capsys.readouterr().out)["top1"] == top1
+    shutil.move(str(work / "runs"), str(tmp_path / "moved"))  # the whole runs tree elsewhere
+    assert main(["eval", str(tmp_path / "moved" / "stitch"), "--workers", "0"]) == 0  # relative to the run
+    assert json.loads(capsys.readouterr().out)["top1"] == top1
+    (tmp_path / "moved" / "source" / "model.pt").unlink()
+    assert main(["eval", str(tmp_path / "moved" / "stitch"), "--workers", "0"]) == 2
+    assert "model.src_checkpoint of the run" in capsys.readouterr().err

@@ -23,7 +23,7 @@ class RunDir:
     # What a run and the sweep runner write at the folder's top level; anything else there is the user's.
     OWN = frozenset({"config.yaml", "metrics.jsonl", "result.json", "eval.json", "model.pt", "adapters.pt",
                      "checkpoints", "tensorboard", "wandb", "cell.json", "attempts.log", ".lock", "cell-config.yaml",
-                     ".write-test"})
+                     ".write-test", "sources.json"})
     # What a new run replaces when it overwrites an old one (the sweep runner's files stay).
     OUTPUTS = ("result.json", "metrics.jsonl", "config.yaml", "eval.json", "model.pt", "adapters.pt")
     OUTPUT_DIRS = ("checkpoints", "tensorboard")
@@ -53,6 +53,7 @@ class RunDir:
     attempts = property(lambda self: self.path / "attempts.log")  # sweep cells: one line per start and end
     lock = property(lambda self: self.path / ".lock")  # sweep cells: flock while a process runs it
     cell_config = property(lambda self: self.path / "cell-config.yaml")  # torchrun cells: the settings handed over
+    sources = property(lambda self: self.path / "sources.json")  # where the weight files the settings name are
 
     # --- the state ----------------------------------------------------------------------------------------------
 
@@ -106,6 +107,38 @@ class RunDir:
                 continue
             kept.append(line)
         atomic_write_text(self.metrics, "".join(f"{line}\n" for line in kept))
+
+    def record_sources(self, files: dict[str, str | None]) -> None:
+        """Remember where the weight files named by the settings are (``{"model.src_checkpoint": path}``), as given,
+        absolute, and relative to this folder: config.yaml keeps them as given (relative to wherever the run was
+        started), and the run must still find them from another directory or after the runs tree moved."""
+        import os
+
+        entries = {}
+        for key, given in files.items():
+            if given:
+                absolute = os.path.abspath(given)
+                entries[key] = {"given": given, "absolute": absolute,
+                                "from_run": os.path.relpath(absolute, os.path.abspath(self.path))}
+        atomic_write_text(self.sources, json.dumps(entries, indent=2, sort_keys=True) + "\n")
+
+    def locate(self, key: str, given: str) -> Path:
+        """The weight file a setting names: as given if it exists from here, else where :meth:`record_sources` saw
+        it (absolute, then relative to this folder, for a runs tree moved as a whole)."""
+        recorded = (self.read_json("sources.json") or {}).get(key) or {}
+        candidates = [Path(given)]
+        if recorded.get("absolute"):
+            candidates.append(Path(recorded["absolute"]))
+        if recorded.get("from_run"):
+            candidates.append(self.path / recorded["from_run"])
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        from .errors import StitchkitError
+
+        tried = ", ".join(repr(str(c)) for c in dict.fromkeys(candidates))
+        raise StitchkitError(f"{key} of the run in {str(self.path)!r} is not found (tried {tried}); put the file back "
+                             "or run from the directory the run was started in")
 
     def read_json(self, name: str) -> Any:
         try:

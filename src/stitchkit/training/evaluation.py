@@ -43,11 +43,15 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | 
     checkpoint = run.last_checkpoint
     if not checkpoint.is_file():
         raise StitchkitError(f"{str(run_dir)!r} has no checkpoints/last.pt to evaluate")
+    digests = accepted_digests(config)  # of the settings as the run saved them, before the paths are located
+    for key in ("src_checkpoint", "dst_checkpoint"):  # from any directory, in a moved runs tree
+        if getattr(config.model, key):
+            setattr(config.model, key, str(run.locate(f"model.{key}", getattr(config.model, key))))
     dev = resolve_device(config.train.device)
     splits = build_splits(config.data, preprocessing(config.model.src), config.train.seed)
     torch.manual_seed(config.train.seed)
     model = build_model(config, len(splits.classes))
-    state = load_checkpoint(checkpoint, accepted_digests(config))
+    state = load_checkpoint(checkpoint, digests)
     load_trainable_state(model, state["model"])
     model.to(dev)
     runtime = Runtime(dev, amp_dtype(config.train.amp, dev), config.train.channels_last, distributed.Dist())

@@ -135,6 +135,8 @@ class Run:
                 raise StitchkitError(f"cannot write to output directory {str(run.path)!r} ({err.strerror}); fix its "
                                      "permissions or free space, or choose another output.dir") from None
             if not self.resume:
+                m = self.config.model
+                run.record_sources({"model.src_checkpoint": m.src_checkpoint, "model.dst_checkpoint": m.dst_checkpoint})
                 atomic_write_text(run.config, self.config_yaml)
             else:
                 # Killed after its last step but before result.json: the final evaluation at this step runs again.
