@@ -27,11 +27,11 @@ from .stream import eval_loaders
 from .modes import build_model, load_trainable_state
 
 
-def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | None = None) -> dict:
-    """Rebuild a run's model from its ``config.yaml`` and ``checkpoints/last.pt`` and evaluate it again.
-
-    Writes ``eval.json`` next to the run's ``result.json`` and returns it.
-    """
+def load_trained(run_dir: str | Path, num_classes: int | None = None, device: str | None = None,
+                 workers: int | None = None):
+    """A run's model with its trained weights (``checkpoints/last.pt``), and its settings: ``(run, config, model,
+    state)``. ``num_classes`` is what the data has (default: what the run recorded in result.json). The weight files
+    its settings name are found from any directory (:meth:`RunDir.locate`)."""
     run = RunDir(run_dir)
     if not run.config.is_file():
         raise StitchkitError(f"{str(run_dir)!r} is not a run directory (no config.yaml); pass the output.dir of a run")
@@ -42,18 +42,35 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | 
         config.train.workers = workers
     checkpoint = run.last_checkpoint
     if not checkpoint.is_file():
-        raise StitchkitError(f"{str(run_dir)!r} has no checkpoints/last.pt to evaluate")
+        raise StitchkitError(f"{str(run_dir)!r} has no checkpoints/last.pt: the run never reached a checkpoint")
     digests = accepted_digests(config)  # of the settings as the run saved them, before the paths are located
     for key in ("src_checkpoint", "dst_checkpoint"):  # from any directory, in a moved runs tree
         if getattr(config.model, key):
             setattr(config.model, key, str(run.locate(f"model.{key}", getattr(config.model, key))))
-    dev = resolve_device(config.train.device)
-    splits = build_splits(config.data, preprocessing(config.model.src), config.train.seed)
+    if num_classes is None:
+        num_classes = (run.read_result() or {}).get("classes")
+        if num_classes is None:
+            raise StitchkitError(f"the run in {str(run_dir)!r} has no result.json saying how many classes it "
+                                 "predicts; finish it (train --resume) first")
     torch.manual_seed(config.train.seed)
-    model = build_model(config, len(splits.classes))
+    model = build_model(config, num_classes)
     state = load_checkpoint(checkpoint, digests)
     load_trainable_state(model, state["model"])
-    model.to(dev)
+    return run, config, model.to(resolve_device(config.train.device)).eval(), state
+
+
+def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | None = None) -> dict:
+    """Rebuild a run's model from its ``config.yaml`` and ``checkpoints/last.pt`` and evaluate it again.
+
+    Writes ``eval.json`` next to the run's ``result.json`` and returns it.
+    """
+    run = RunDir(run_dir)
+    if not run.config.is_file():
+        raise StitchkitError(f"{str(run_dir)!r} is not a run directory (no config.yaml); pass the output.dir of a run")
+    saved = from_yaml_file(run.config)
+    splits = build_splits(saved.data, preprocessing(saved.model.src), saved.train.seed)
+    run, config, model, state = load_trained(run_dir, len(splits.classes), device, workers)
+    dev = resolve_device(config.train.device)
     runtime = Runtime(dev, amp_dtype(config.train.amp, dev), config.train.channels_last, distributed.Dist())
     results = {split: evaluate(model, loader, runtime)
                for split, loader in eval_loaders(splits, config.train.batch_size, config.train.workers, dev,

@@ -337,6 +337,7 @@ class Run:
             "status": status, "error": error, "mode": config.mode, **get_mode(config.mode).model_settings(config),
             "seed": config.train.seed, "lr": config.optim.lr, "dataset": config.data.name,
             "input_size": config.data.input_size, "classes": len(self.splits.classes),
+            "class_names": list(self.splits.classes),  # what `stitchkit predict` names its answers with
             "train_images": len(self.splits.train), "planned_epochs": config.train.epochs,
             "gmacs": self.gmacs, "params": self.params, "trainable_params": self.trainable,
             "epochs": position.epoch, "steps": position.step, "wall_time_s": seconds, "images_seen": images,
