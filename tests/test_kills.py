@@ -182,3 +182,21 @@ def test_eval_killed_while_writing_its_result_gives_the_same_result_when_rerun(t
     record = json.loads(RunDir(run).evaluation.read_text())
     assert record["top1"] == json.loads(RunDir(run).result.read_text())["top1"]
     assert not RunDir(run).foreign_files()  # ... which is ours, not the user's
+
+
+def test_export_killed_half_way_leaves_no_folder_and_reruns_whole(tmp_path):
+    run = tmp_path / "run"
+    trained = _stitchkit("train", "mode=scratch", "model.src=resnet10t", "model.pretrained=false", "data.name=synthetic",
+                         "data.input_size=32", "data.synthetic_train_size=32", "data.synthetic_val_size=32",
+                         "optim.batch_size=16", "train.batch_size=16", "train.workers=0", "train.epochs=1",
+                         f"output.dir={run}")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    out = tmp_path / "exported"
+    killed = _stitchkit("export", run, "--out", out, "--format", "torchscript", "--format", "torch-export",
+                        STITCHKIT_FAULT="write:model.pt2:1")
+    assert killed.returncode == -9 and not out.exists()  # never a folder that looks complete
+    again = _stitchkit("export", run, "--out", out, "--format", "torchscript", "--format", "torch-export")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.pt2", "model.torchscript.pt",
+                                                     "preprocessing.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "run"]  # the killed one's staging is gone

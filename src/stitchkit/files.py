@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -107,8 +108,11 @@ def remove_own_temps(folder: Path, older_than: float = PROCESS_START) -> list[st
         return removed
     for entry in Path(folder).iterdir():
         try:
-            if entry.is_file() and is_own_temp(entry) and entry.stat().st_mtime < older_than:
-                entry.unlink()
+            if is_own_temp(entry) and entry.stat().st_mtime < older_than:
+                if entry.is_dir():  # a folder being assembled (stitchkit export) when its writer was killed
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
                 removed.append(entry.name)
         except FileNotFoundError:  # another process cleaned it first
             continue

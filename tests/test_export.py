@@ -1,0 +1,76 @@
+"""stitchkit export: a finished stitch as torch.export, TorchScript and ONNX files that compute what it computes."""
+import json
+
+import pytest
+import torch
+
+from stitchkit.cli import main
+from stitchkit.training import load_config, train
+from stitchkit.training.evaluation import load_trained
+
+TINY = ["data.name=synthetic", "data.input_size=32", "data.synthetic_train_size=64", "data.synthetic_val_size=32",
+        "optim.batch_size=32", "train.batch_size=16", "train.workers=0", "train.threads=1", "model.pretrained=false",
+        "model.src=resnet10t", "train.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def stitch_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    train(load_config(None, [*TINY, "mode=scratch", f"output.dir={root / 'source'}"]))
+    weights = root / "source" / "model.pt"
+    train(load_config(None, [*TINY, "mode=stitch", "model.gap=1:3", "model.dst=vit_tiny_patch16_224",
+                             f"model.src_checkpoint={weights}", "data.synthetic_classes=1000",
+                             f"output.dir={root / 'stitch'}"]))
+    return root / "stitch"
+
+
+def test_every_format_computes_what_the_stitch_computes(stitch_run, tmp_path, capsys):
+    out = tmp_path / "exported"
+    assert main(["export", str(stitch_run), "--out", str(out)]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert set(manifest["formats"]) == {"torch-export", "torchscript", "onnx"}
+    assert all(f["checked"] and f["max_abs_diff"] <= 1e-4 for f in manifest["formats"].values())
+    stated = json.loads((out / "preprocessing.json").read_text())
+    assert stated["input_size"] == [3, 32, 32] and len(stated["class_names"]) == 1000
+    _, _, model, _ = load_trained(stitch_run, device="cpu")
+    x = torch.randn(5, 3, 32, 32)  # a batch size the export never saw
+    with torch.no_grad():
+        expected = model(x)
+        exported = torch.export.load(out / "model.pt2").module()(x)
+        extra = {"preprocessing.json": ""}
+        scripted = torch.jit.load(str(out / "model.torchscript.pt"), _extra_files=extra)(x)
+    assert (exported - expected).abs().max() <= 1e-4 and (scripted - expected).abs().max() <= 1e-4
+    assert json.loads(extra["preprocessing.json"]) == stated  # the file states its preprocessing
+    import onnx
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert abs(got - expected.numpy()).max() <= 1e-4
+    props = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert json.loads(props["stitchkit.preprocessing"]) == stated
+
+
+def test_export_refusals_write_nothing(stitch_run, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "mine.txt").write_text("keep")
+    cases = [(["export", str(stitch_run), "--out", str(taken)], "already exists"),
+             (["export", str(stitch_run), "--out", str(tmp_path / "a"), "--format", "tflite"], "unknown export format"),
+             (["export", str(tmp_path), "--out", str(tmp_path / "b")], "not a run directory")]
+    for argv, message in cases:
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # no half-written folder anywhere
+    assert (taken / "mine.txt").read_text() == "keep"
+
+
+def test_an_unfinished_run_is_not_exported(stitch_run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(stitch_run, copy)
+    result = json.loads((copy / "result.json").read_text())
+    (copy / "result.json").write_text(json.dumps({**result, "status": "failed"}))
+    assert main(["export", str(copy), "--out", str(tmp_path / "out")]) == 2
+    assert "is not finished" in capsys.readouterr().err and not (tmp_path / "out").exists()
