@@ -215,3 +215,29 @@ def test_training_with_the_dali_loader(tmp_path):
         "data.input_size=32", "data.loader=dali", "optim.batch_size=6", "train.batch_size=6", "train.epochs=2",
         "train.workers=1", "train.threads=1", f"output.dir={tmp_path / 'run'}", "model.pretrained=false"]))
     assert result["status"] == "finished" and result["images_seen"] == 36 and result["steps"] == 6
+
+
+def test_a_subset_of_classes_is_a_task_of_its_own(tmp_path):
+    from stitchkit.errors import StitchkitError
+    from stitchkit.training import load_config, train
+    from stitchkit.training.data import raw_sources
+
+    data = load_config(None, ["data.name=synthetic", "data.synthetic_train_size=100", "data.synthetic_val_size=40",
+                              "data.classes=[3, 1]", "data.input_size=32"]).data
+    sources = raw_sources(data)
+    train_source = sources["train"]
+    assert train_source.classes == ["class_3", "class_1"] and len(train_source) == 20  # 10 of each in 100 images
+    assert {train_source.load(i)[1] for i in range(len(train_source))} == {0, 1}
+    assert all(train_source.load(i)[1] == train_source.label(i) for i in range(4))
+    whole = raw_sources(load_config(None, ["data.name=synthetic", "data.synthetic_train_size=100",
+                                           "data.input_size=32"]).data)["train"]
+    assert train_source.load(0)[1] == {3: 0, 1: 1}[whole.label(train_source.indices[0])]
+    for bad in ("[3, 3]", "[10]", "[]"):
+        with pytest.raises(StitchkitError, match="data.classes must be distinct class indices 0..9"):
+            raw_sources(load_config(None, ["data.name=synthetic", f"data.classes={bad}"]).data)
+    result = train(load_config(None, ["data.name=synthetic", "data.input_size=32", "data.synthetic_train_size=160",
+                                      "data.synthetic_val_size=40", "data.classes=[0, 5]", "mode=scratch",
+                                      "model.src=resnet10t", "model.pretrained=false", "train.epochs=1",
+                                      "optim.batch_size=16", "train.batch_size=16", "train.workers=0",
+                                      f"output.dir={tmp_path / 'run'}"]))
+    assert result["classes"] == 2 and result["class_names"] == ["class_0", "class_5"]

@@ -30,6 +30,10 @@ def test_digests_keep_what_earlier_versions_wrote():
     config = load_config(None, ["mode=scratch", "model.src=resnet10t", "train.channels_last=true"])
     assert accepted_digests(config)[1] == "76b118c59238773c"
     assert _identity({"train": {"epochs": 2}}, {"model": {"src": "resnet18"}}) == "bf3c5442"
+    # A setting added since (data.classes) counts only once it is set: then it is another run.
+    subset = load_config(None, ["mode=scratch", "model.src=resnet10t", "train.channels_last=true", "data.classes=[0, 1]"])
+    assert accepted_digests(subset)[0] != accepted_digests(config)[0]
+    assert _identity({"data": {"classes": [0, 1]}}, {"model": {"src": "resnet18"}}) != _identity({}, {"model": {"src": "resnet18"}})
 
 
 def test_settings_id_ignores_the_seed_and_how_a_run_ran_but_not_its_precision():

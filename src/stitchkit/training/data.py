@@ -135,6 +135,9 @@ class ImageFolderSource:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def label(self, index: int) -> int:
+        return self.samples[index][1]
+
     def load(self, index: int) -> tuple[Image.Image, int]:
         path, label = self.samples[index]
         try:
@@ -154,6 +157,9 @@ class ArraySource:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def label(self, index: int) -> int:
+        return int(self.labels[index])
+
     def load(self, index: int) -> tuple[Image.Image, int]:
         return Image.fromarray(self.images[index]).convert("RGB"), int(self.labels[index])
 
@@ -166,6 +172,9 @@ class SyntheticSource:
 
     def __len__(self) -> int:
         return self.size
+
+    def label(self, index: int) -> int:
+        return index % len(self.classes)
 
     def load(self, index: int) -> tuple[Image.Image, int]:
         label = index % len(self.classes)
@@ -205,8 +214,41 @@ def find_fashion_mnist(root: str | None) -> Path:
         ) from None
 
 
+class ClassSubset:
+    """The images of some classes of a source, labelled 0..k-1 in the order the classes are given (``data.classes``:
+    a task of its own, e.g. Fashion-MNIST's classes 5-9 for models trained on 0-4)."""
+
+    def __init__(self, source, keep: Sequence[int]):
+        names = list(source.classes)
+        bad = [c for c in keep if not 0 <= c < len(names)]
+        if bad or len(set(keep)) != len(keep) or not keep:
+            raise StitchkitError(f"data.classes must be distinct class indices 0..{len(names) - 1} of this dataset "
+                                 f"({len(names)} classes), got {list(keep)}")
+        self.source, self.classes = source, [names[c] for c in keep]
+        self.relabel = {old: new for new, old in enumerate(keep)}
+        self.indices = [i for i in range(len(source)) if source.label(i) in self.relabel]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def label(self, index: int) -> int:
+        return self.relabel[self.source.label(self.indices[index])]
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        image, label = self.source.load(self.indices[index])
+        return image, self.relabel[label]
+
+
 def raw_sources(data: DataConfig) -> dict[str, object]:
-    """``{"train": source, "val": source}`` for the configured dataset, with matching class lists."""
+    """``{"train": source, "val": source}`` for the configured dataset, with matching class lists (only
+    ``data.classes`` when it is set)."""
+    sources = _whole_sources(data)
+    if data.classes is not None:
+        sources = {split: ClassSubset(source, list(data.classes)) for split, source in sources.items()}
+    return sources
+
+
+def _whole_sources(data: DataConfig) -> dict[str, object]:
     if data.name == "synthetic":
         size = data.input_size + data.input_size // 8
         return {"train": SyntheticSource(data.synthetic_train_size, data.synthetic_classes, size),

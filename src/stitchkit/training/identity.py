@@ -7,13 +7,18 @@ import hashlib
 from typing import Any, Iterable, Mapping
 
 from .config import Config, flatten
-from .settings import keys_of_kind
+from .settings import added_later, keys_of_kind
+
+
+def _at_later_defaults(settings: Mapping[str, Any]) -> set[str]:
+    """Settings added after 0.2 that are at their default: digests leave them out (see ``since`` in settings.py)."""
+    return {k for k, default in added_later().items() if k in settings and settings[k] == default}
 
 
 def settings_digest(settings: Mapping[str, Any], skip: Iterable[str] = (), length: int = 16) -> str:
     """The one digest of a run's settings (flat ``key: value``), without the ``skip`` keys: the same relevant
     settings give the same digest. What is relevant is each caller's choice of KINDS."""
-    skip = set(skip)
+    skip = set(skip) | _at_later_defaults(settings)
     relevant = sorted((k, v) for k, v in settings.items() if k not in skip)
     return hashlib.sha256(repr(relevant).encode()).hexdigest()[:length]
 
@@ -34,6 +39,7 @@ def accepted_digests(config: Config) -> tuple[str, str]:
     settings), so runs trained before 0.3 still resume and evaluate."""
     flat = flatten(config)
     legacy_skip = RESUMABLE_CHANGES - keys_of_kind("speed")  # 0.2 refused speed changes on resume
+    legacy_skip = legacy_skip | _at_later_defaults(flat)
     legacy = "\n".join(f"{k}={v!r}" for k, v in sorted(flat.items()) if k not in legacy_skip)
     return config_digest(config), hashlib.sha256(legacy.encode()).hexdigest()[:16]
 

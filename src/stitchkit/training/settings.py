@@ -3,7 +3,7 @@ dataclass field. Loading, layering and validating them is :mod:`stitchkit.traini
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 
 # What a setting is, declared once on its field (``setting(...)``) and read by everything that needs to know:
@@ -19,11 +19,13 @@ KINDS = ("result", "speed", "location", "run")
 
 
 def setting(default: Any = MISSING, help: str = "", *, kind: str = "result", per_run: bool = False,
-            factory: Any = MISSING):
+            factory: Any = MISSING, since: str | None = None):
     """A config field with its help text and class. ``per_run``: runs trained in one pass over a shared front
-    (stitchkit.training.grouped) may each choose their own value; every other setting is shared by the group."""
+    (stitchkit.training.grouped) may each choose their own value; every other setting is shared by the group.
+    ``since``: the version that added it. At its default such a setting is left out of every digest, so adding a
+    setting does not rename existing sweep cells or orphan existing checkpoints."""
     assert kind in KINDS, kind
-    metadata = {"help": help, "kind": kind, "per_run": per_run}
+    metadata = {"help": help, "kind": kind, "per_run": per_run, "since": since}
     if factory is not MISSING:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -74,6 +76,9 @@ class DataConfig:
     synthetic_train_size: int = setting(256, "synthetic data: training images")
     synthetic_val_size: int = setting(64, "synthetic data: validation images")
     synthetic_classes: int = setting(10, "synthetic data: classes")
+    classes: Optional[List[int]] = setting(None, "train and evaluate on these classes only (their indices in the "
+                                                 "dataset), numbered 0..k-1 in this order: a task of its own",
+                                           since="0.3")
 
 
 @dataclass
@@ -139,6 +144,15 @@ def _fields(cls=Config, prefix: str = ""):
 def keys_of_kind(*kinds: str) -> frozenset[str]:
     """The settings of these classes (see KINDS), e.g. ``keys_of_kind("run", "speed")``."""
     return frozenset(k for k, f in _fields() if f.metadata["kind"] in kinds)
+
+
+def added_later() -> dict[str, Any]:
+    """Settings added after 0.2, with their defaults (see ``since`` in :func:`setting`)."""
+    return {k: _default(f) for k, f in _fields() if f.metadata.get("since")}
+
+
+def _default(f) -> Any:
+    return f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
 
 
 def per_run_keys() -> frozenset[str]:
