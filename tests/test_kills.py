@@ -167,13 +167,18 @@ def test_soak_a_sweep_killed_many_times_at_random_moments_on_a_busy_machine(tmp_
     assert kills >= 1  # at least one landed (the first comes within 1.5 s, long before the sweep can finish)
 
 
-def test_eval_killed_while_writing_its_result_gives_the_same_result_when_rerun(tmp_path):
-    run = tmp_path / "run"
+def _trained_run(run: Path) -> Path:
+    """A finished tiny run (trained in a subprocess, as the kill tests run everything)."""
     trained = _stitchkit("train", "mode=scratch", "model.src=resnet10t", "model.pretrained=false", "data.name=synthetic",
                          "data.input_size=32", "data.synthetic_train_size=32", "data.synthetic_val_size=32",
                          "optim.batch_size=16", "train.batch_size=16", "train.workers=0", "train.epochs=1",
                          f"output.dir={run}")
     assert trained.returncode == 0, trained.stderr[-2000:]
+    return run
+
+
+def test_eval_killed_while_writing_its_result_gives_the_same_result_when_rerun(tmp_path):
+    run = _trained_run(tmp_path / "run")
     killed = _stitchkit("eval", run, "--workers", "0", STITCHKIT_FAULT="write:eval.json:1")
     assert killed.returncode == -9 and not RunDir(run).evaluation.exists()
     assert [p.name for p in run.iterdir() if is_own_temp(p)]  # the kill left a temporary file ...
@@ -185,12 +190,7 @@ def test_eval_killed_while_writing_its_result_gives_the_same_result_when_rerun(t
 
 
 def test_export_killed_half_way_leaves_no_folder_and_reruns_whole(tmp_path):
-    run = tmp_path / "run"
-    trained = _stitchkit("train", "mode=scratch", "model.src=resnet10t", "model.pretrained=false", "data.name=synthetic",
-                         "data.input_size=32", "data.synthetic_train_size=32", "data.synthetic_val_size=32",
-                         "optim.batch_size=16", "train.batch_size=16", "train.workers=0", "train.epochs=1",
-                         f"output.dir={run}")
-    assert trained.returncode == 0, trained.stderr[-2000:]
+    run = _trained_run(tmp_path / "run")
     out = tmp_path / "exported"
     killed = _stitchkit("export", run, "--out", out, "--format", "torchscript", "--format", "torch-export",
                         STITCHKIT_FAULT="write:model.pt2:1")

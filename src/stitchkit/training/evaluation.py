@@ -27,11 +27,9 @@ from .stream import eval_loaders
 from .modes import build_model, load_trainable_state
 
 
-def load_trained(run_dir: str | Path, num_classes: int | None = None, device: str | None = None,
-                 workers: int | None = None):
-    """A run's model with its trained weights (``checkpoints/last.pt``), and its settings: ``(run, config, model,
-    state)``. ``num_classes`` is what the data has (default: what the run recorded in result.json). The weight files
-    its settings name are found from any directory (:meth:`RunDir.locate`)."""
+def _read_run(run_dir: str | Path, device: str | None, workers: int | None):
+    """``(run, config, digests)``: the run's saved settings, with the weight files they name found from any
+    directory (:meth:`RunDir.locate`), and the digests its checkpoint must carry (of the settings as saved)."""
     run = RunDir(run_dir)
     if not run.config.is_file():
         raise StitchkitError(f"{str(run_dir)!r} is not a run directory (no config.yaml); pass the output.dir of a run")
@@ -40,23 +38,41 @@ def load_trained(run_dir: str | Path, num_classes: int | None = None, device: st
         config.train.device = device
     if workers is not None:
         config.train.workers = workers
-    checkpoint = run.last_checkpoint
-    if not checkpoint.is_file():
+    if not run.last_checkpoint.is_file():
         raise StitchkitError(f"{str(run_dir)!r} has no checkpoints/last.pt: the run never reached a checkpoint")
-    digests = accepted_digests(config)  # of the settings as the run saved them, before the paths are located
+    digests = accepted_digests(config)  # before the paths are located
     for key in ("src_checkpoint", "dst_checkpoint"):  # from any directory, in a moved runs tree
         if getattr(config.model, key):
             setattr(config.model, key, str(run.locate(f"model.{key}", getattr(config.model, key))))
-    if num_classes is None:
-        num_classes = (run.read_result() or {}).get("classes")
-        if num_classes is None:
-            raise StitchkitError(f"the run in {str(run_dir)!r} has no result.json saying how many classes it "
-                                 "predicts; finish it (train --resume) first")
+    return run, config, digests
+
+
+def _trained_model(run: RunDir, config: Config, digests: tuple[str, ...], num_classes: int):
     torch.manual_seed(config.train.seed)
     model = build_model(config, num_classes)
-    state = load_checkpoint(checkpoint, digests)
+    state = load_checkpoint(run.last_checkpoint, digests)
     load_trainable_state(model, state["model"])
-    return run, config, model.to(resolve_device(config.train.device)).eval(), state
+    return model.to(resolve_device(config.train.device)).eval(), state
+
+
+def load_trained(run_dir: str | Path, device: str | None = None, workers: int | None = None):
+    """A finished run's model with its trained weights (``checkpoints/last.pt``), without its data: ``(run, config,
+    model, state)``. Its number of classes is what the run recorded in result.json."""
+    run, config, digests = _read_run(run_dir, device, workers)
+    num_classes = (run.read_result() or {}).get("classes")
+    if num_classes is None:
+        raise StitchkitError(f"the run in {str(run_dir)!r} has no result.json saying how many classes it "
+                             "predicts; finish it (train --resume) first")
+    return (run, config, *_trained_model(run, config, digests, num_classes))
+
+
+def _evaluate_splits(model, splits, config: Config) -> dict[str, float]:
+    """Top-1, top-5 and loss on every evaluation split (``val_*`` keys plain, others prefixed), in one process."""
+    dev = resolve_device(config.train.device)
+    runtime = Runtime(dev, amp_dtype(config.train.amp, dev), config.train.channels_last, distributed.Dist())
+    loaders = eval_loaders(splits, config.train.batch_size, config.train.workers, dev, runtime.ctx)
+    return {(k if split == "val" else f"{split}_{k}"): v
+            for split, loader in loaders.items() for k, v in evaluate(model, loader, runtime).items()}
 
 
 def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | None = None) -> dict:
@@ -64,19 +80,10 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | 
 
     Writes ``eval.json`` next to the run's ``result.json`` and returns it.
     """
-    run = RunDir(run_dir)
-    if not run.config.is_file():
-        raise StitchkitError(f"{str(run_dir)!r} is not a run directory (no config.yaml); pass the output.dir of a run")
-    saved = from_yaml_file(run.config)
-    splits = build_splits(saved.data, preprocessing(saved.model.src), saved.train.seed)
-    run, config, model, state = load_trained(run_dir, len(splits.classes), device, workers)
-    dev = resolve_device(config.train.device)
-    runtime = Runtime(dev, amp_dtype(config.train.amp, dev), config.train.channels_last, distributed.Dist())
-    results = {split: evaluate(model, loader, runtime)
-               for split, loader in eval_loaders(splits, config.train.batch_size, config.train.workers, dev,
-                                                 runtime.ctx).items()}
-    record = {"run_dir": str(run.path), "step": state["counters"]["step"], **{
-        (k if split == "val" else f"{split}_{k}"): v for split, m in results.items() for k, v in m.items()}}
+    run, config, digests = _read_run(run_dir, device, workers)
+    splits = build_splits(config.data, preprocessing(config.model.src), config.train.seed)
+    model, state = _trained_model(run, config, digests, len(splits.classes))
+    record = {"run_dir": str(run.path), "step": state["counters"]["step"], **_evaluate_splits(model, splits, config)}
     run.remove_leftovers()  # a temporary eval.json of an evaluation killed before
     atomic_write_json(run.evaluation, record)
     return record
@@ -98,15 +105,11 @@ def evaluate_model(name: str, config: Config, out_dir: str | Path | None = None)
         )
     gmacs, params = count_macs(model, config.data.input_size) / 1e9, count_params(model)
     model.to(dev)
-    runtime = Runtime(dev, amp_dtype(config.train.amp, dev), config.train.channels_last, distributed.Dist())
-    results = {split: evaluate(model, loader, runtime)
-               for split, loader in eval_loaders(splits, config.train.batch_size, config.train.workers, dev,
-                                                 runtime.ctx).items()}
     record = {"status": "finished", "mode": "eval", "src": name, "dst": name, "dataset": config.data.name,
               "input_size": config.data.input_size, "pretrained": config.model.pretrained,
               "checkpoint": config.model.src_checkpoint, "gmacs": gmacs, "params": params, "trainable_params": 0,
               "versions": package_versions(),
-              **{(k if split == "val" else f"{split}_{k}"): v for split, m in results.items() for k, v in m.items()}}
+              **_evaluate_splits(model, splits, config)}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -262,14 +262,13 @@ class Run:
         self.loss_sum.zero_(), self.loss_count.zero_()
 
     def end_epoch(self, position: Position) -> None:
-        """The epoch's mean training loss over every process, logged; the next epoch's sum starts at zero."""
-        loss_sum, count = distributed.all_reduce_sum(self.epoch_loss.clone(), self.runtime.ctx).tolist()
-        self.stats.train_loss = loss_sum / max(count, 1)
+        """The epoch's mean training loss over every process, logged."""
+        self.close_partial_epoch()
         self.log.write({"type": "epoch", "step": position.step, "epoch": position.epoch,
                         "train_loss": self.stats.train_loss})
 
     def close_partial_epoch(self) -> None:
-        """``train.max_steps`` stopped an epoch part-way: its mean loss so far."""
+        """The epoch's mean training loss so far, over every process (``train.max_steps`` may stop it part-way)."""
         loss_sum, count = distributed.all_reduce_sum(self.epoch_loss.clone(), self.runtime.ctx).tolist()
         self.stats.train_loss = loss_sum / max(count, 1)
 
