@@ -34,9 +34,6 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
-    def __fspath__(self) -> str:
-        return str(self.path)
-
     # --- the layout ---------------------------------------------------------------------------------------------
 
     config = property(lambda self: self.path / "config.yaml")  # the resolved settings
