@@ -131,7 +131,7 @@ def test_adapter_file_round_trip(tmp_path):
         nn.init.normal_(p, std=0.1)
     path = tmp_path / "adapters.pt"
     model.save_adapters(path)
-    assert set(torch.load(path, weights_only=True)["adapters"]) == set(model.adapter_state_dict())
+    assert set(torch.load(path, weights_only=True)["adapters"]) == set(model.trained_state_dict())
     rebuilt = stitchkit.load_stitched(path)
     x = torch.randn(2, 3, SMALL, SMALL)
     torch.manual_seed(0)  # same random frozen weights as above
@@ -181,7 +181,7 @@ def test_readd_position_embedding(model_factory):
     with torch.no_grad():
         diff = with_pos.bridge(plain.front(x)) - plain.bridge(plain.front(x))
     assert torch.allclose(diff, vit.pos_embed.expand(2, -1, -1), atol=1e-6)
-    assert "pos_embed" not in with_pos.adapter_state_dict()  # rebuilt from the destination, not saved
+    assert "pos_embed" not in with_pos.trained_state_dict()  # rebuilt from the destination, not saved
     with pytest.raises(IncompatibleError, match="position embedding"):
         create_stitched(r50, r50, "1:3", input_size=SMALL, readd_pos_embed=True)
 
@@ -250,8 +250,8 @@ def test_frozen_mode_train_saves_the_frozen_statistics_it_moves(tmp_path):
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(x), model.eval()(x))
     eval_mode = create_stitched("resnet18", "resnet18", "1:3", "bottleneck", input_size=SMALL)
-    with pytest.raises(RuntimeError, match="frozen_mode='train'"):
-        eval_mode.load_adapter_state_dict(model.adapter_state_dict())
+    with pytest.raises(RuntimeError, match="another frozen_mode"):
+        eval_mode.load_trained_state_dict(model.trained_state_dict())
 
 
 @pytest.mark.parametrize("adapter", ["linear", "linear_relu"])

@@ -91,7 +91,7 @@ def test_stitch_run_trains_only_the_adapters(tmp_path, source_model):
     optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert optimized == {id(p) for p in trainer.model.bridge.parameters()}
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
-    assert set(checkpoint["model"]) == set(trainer.model.adapter_state_dict())
+    assert set(checkpoint["model"]) == set(trainer.model.trained_state_dict())
     rebuilt = stitchkit.load_stitched(tmp_path / "run" / "adapters.pt")
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

@@ -39,9 +39,11 @@ from .formats import (
     to_nchw,
 )
 from .zoo import ModelSpec, back_part, dissect, front_part, model_spec, resolve_model, token_extras
+from .zoo.models import num_outputs, reset_classifier
 
 FROZEN_MODES = ("eval", "train")
-ADAPTER_FILE_FORMAT = "stitchkit.adapters.v2"  # v2: adapters carry adapter_norm and its module layout
+ADAPTER_FILE_FORMAT = "stitchkit.adapters.v3"  # v3: also the trained head and blocks of the back (new-task stitches)
+READABLE_ADAPTER_FORMATS = ("stitchkit.adapters.v2", ADAPTER_FILE_FORMAT)  # v2: adapters carry adapter_norm
 CALIBRATION_BATCH = 64  # images per forward pass while calibrating
 
 
@@ -64,6 +66,9 @@ class StitchConfig:
     pretrained: bool = False
     src_checkpoint: str | None = None
     dst_checkpoint: str | None = None
+    num_classes: int | None = None  # a new head of this size; None: the destination's own head
+    train_head: bool = False  # the back's head trains with the adapters
+    unfreeze_last: int = 0  # blocks at the end of the back that train with the adapters
 
     @property
     def src_cut(self) -> tuple[int, str]:
@@ -227,6 +232,16 @@ class StitchedModel(nn.Module):
         self.config, self.src_spec, self.dst_spec = config, src_spec, dst_spec
         for part in (front, back):
             part.requires_grad_(False)
+        blocks_in_back = len(back) - 1  # the back is its blocks, then the head
+        if not 0 <= config.unfreeze_last <= blocks_in_back:
+            raise IncompatibleError(f"unfreeze_last={config.unfreeze_last}, but the back of {config.dst} at gap "
+                                    f"{config.gap[0]}:{config.gap[1]} has {blocks_in_back} block"
+                                    f"{'' if blocks_in_back == 1 else 's'}; use 0 to {blocks_in_back}")
+        # Indices into ``back`` of the modules that train with the adapters (and follow .train()/.eval()).
+        self.trained_back = tuple(range(blocks_in_back - config.unfreeze_last, blocks_in_back)) + (
+            (blocks_in_back,) if config.train_head else ())
+        for i in self.trained_back:
+            back[i].requires_grad_(True)
         self._warned = False
         self._built = False  # create_stitched sets it once the adapters have started where they should
         self.train(self.training)
@@ -240,7 +255,18 @@ class StitchedModel(nn.Module):
         if self.config.frozen_mode == "eval":
             self.front.eval()
             self.back.eval()
+            for i in getattr(self, "trained_back", ()):
+                self.back[i].train(mode)
         return self
+
+    def trained_parts(self) -> list[str]:
+        """What training changes, for people: ``adapters``, then the back's trained blocks by their names in the
+        destination model, then ``head``."""
+        first = self.dst_spec.cut(*self.config.dst_cut).blocks
+        names = self.dst_spec.block_names
+        return ["adapters", *(names[first + i] if first + i < len(names) else f"back.{i}"
+                              for i in self.trained_back if i < len(self.back) - 1),
+                *(["head"] if self.config.train_head else [])]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():  # nothing before the bridge is trained: skip its autograd graph
@@ -254,7 +280,8 @@ class StitchedModel(nn.Module):
         return nn.Sequential(self.bridge, self.back)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The parameters an optimizer should see: the bridge's. Warns once when the adapters should have started
+        """The parameters an optimizer should see: the bridge's, and those of the back's trained blocks and head
+        (``unfreeze_last``, ``train_head``). Warns once when the adapters should have started
         from data (``lstsq``, ``dst_stats``) and were built without ``calibration_images``."""
         if getattr(self, "_built", False) and not self.bridge.calibrated and not self._warned:
             self._warned = True
@@ -264,40 +291,51 @@ class StitchedModel(nn.Module):
                 "train does, or they train from their default initialisation"), stacklevel=2)
         return [p for p in self.parameters() if p.requires_grad]
 
-    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """What training changed: the bridge's weights and buffers (a few MB instead of the whole model); with
-        ``frozen_mode="train"`` also the frozen parts' buffers (BatchNorm statistics, which training mode moves),
-        under ``front.`` and ``back.``."""
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """What training changed: the bridge's weights and buffers (a few MB instead of the whole model); the back's
+        trained blocks and head (under ``back.``); with ``frozen_mode="train"`` also the frozen parts' buffers
+        (BatchNorm statistics, which training mode moves), under ``front.`` and ``back.``."""
         state = dict(self.bridge.state_dict())
+        for i in self.trained_back:
+            state.update({f"back.{i}.{k}": v for k, v in self.back[i].state_dict().items()})
         if self.config.frozen_mode == "train":
             for name, part in (("front", self.front), ("back", self.back)):
                 state.update({f"{name}.{k}": v for k, v in part.named_buffers()})
         return state
 
-    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        frozen = {k: v for k, v in state.items() if k.startswith(("front.", "back."))}
-        if frozen and self.config.frozen_mode != "train":
-            raise RuntimeError("the state holds frozen-part buffers (saved with frozen_mode='train') but this model "
-                               "has frozen_mode='eval'")
+    def load_trained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load :meth:`trained_state_dict` output; every entry this model trains must be there, and nothing else."""
+        expected = {f"back.{i}.{k}" for i in self.trained_back for k in self.back[i].state_dict()}
         if self.config.frozen_mode == "train":
-            expected = {f"{name}.{k}" for name, part in (("front", self.front), ("back", self.back))
-                        for k, _ in part.named_buffers()}
-            missing = sorted(expected - frozen.keys())
-            if missing:
-                raise RuntimeError(f"frozen_mode='train' needs the frozen parts' buffers, missing {missing[:3]}")
-            for name, part in (("front", self.front), ("back", self.back)):
-                buffers = dict(part.named_buffers())
-                with torch.no_grad():
-                    for key, value in frozen.items():
-                        if key.startswith(f"{name}."):
-                            buffers[key[len(name) + 1:]].copy_(value)
-        self.bridge.load_state_dict({k: v for k, v in state.items() if k not in frozen})
+            expected |= {f"{name}.{k}" for name, part in (("front", self.front), ("back", self.back))
+                         for k, _ in part.named_buffers()}
+        given = {k for k in state if k.startswith(("front.", "back."))}
+        if given - expected:
+            extra = sorted(given - expected)
+            raise RuntimeError(f"the state holds weights of parts this model keeps frozen ({', '.join(extra[:3])}); "
+                               "it was saved from a stitch with another frozen_mode, train_head or unfreeze_last")
+        if expected - given:
+            missing = sorted(expected - given)
+            raise RuntimeError(f"the state lacks weights this model trains ({', '.join(missing[:3])}); it was saved "
+                               "from a stitch with another frozen_mode, train_head or unfreeze_last")
+        for name, part in (("front", self.front), ("back", self.back)):
+            own = dict(part.state_dict(keep_vars=True))
+            with torch.no_grad():
+                for key in given:
+                    if key.startswith(f"{name}."):
+                        target, value = own[key[len(name) + 1:]], state[key]
+                        if target.shape != value.shape:
+                            raise RuntimeError(f"{key} has shape {tuple(value.shape)}, this model's "
+                                               f"{tuple(target.shape)}")
+                        target.copy_(value)
+        self.bridge.load_state_dict({k: v for k, v in state.items() if k not in given})
 
     def save_adapters(self, path: str | os.PathLike) -> None:
-        """Save the adapter weights with the config that rebuilds the frozen parts (see :func:`load_stitched`)."""
+        """Save the trained weights (adapters; a trained head and blocks) with the config that rebuilds the frozen parts
+        (see :func:`load_stitched`)."""
         config = asdict(self.config)
         config["gap"] = list(config["gap"])
-        torch.save({"format": ADAPTER_FILE_FORMAT, "config": config, "adapters": self.adapter_state_dict()}, path)
+        torch.save({"format": ADAPTER_FILE_FORMAT, "config": config, "adapters": self.trained_state_dict()}, path)
 
 
 def load_stitched(path: str | os.PathLike, pretrained: bool | None = None, **overrides) -> StitchedModel:
@@ -315,7 +353,7 @@ def load_stitched(path: str | os.PathLike, pretrained: bool | None = None, **ove
             f"{str(path)!r} was written by stitchkit 0.1, whose adapters were wrapped in untrained norms that pulled "
             "them away from the destination's features (fixed in 0.2); retrain the stitch with this version"
         )
-    if not isinstance(saved, dict) or saved.get("format") != ADAPTER_FILE_FORMAT:
+    if not isinstance(saved, dict) or saved.get("format") not in READABLE_ADAPTER_FORMATS:
         raise StitchkitError(f"{str(path)!r} is not a stitchkit adapter file (written by StitchedModel.save_adapters)")
     config = dict(saved["config"], **overrides)
     if pretrained is not None:
@@ -323,7 +361,7 @@ def load_stitched(path: str | os.PathLike, pretrained: bool | None = None, **ove
     model = create_stitched(**config)
     model.bridge.calibrated = True  # the saved weights replace the starting point
     try:
-        model.load_adapter_state_dict(saved["adapters"])
+        model.load_trained_state_dict(saved["adapters"])
     except RuntimeError as err:
         raise StitchkitError(f"the adapters in {str(path)!r} do not fit the rebuilt stitch: {err}") from err
     return model
@@ -346,6 +384,9 @@ def create_stitched(
     frozen_mode: str = "eval",
     adapter_norm: str = DEFAULT_ADAPTER_NORM,
     token_adapters: bool = True,
+    num_classes: int | None = None,
+    train_head: bool | None = None,
+    unfreeze_last: int = 0,
     calibration_images: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
     calibration_device: str | torch.device | None = None,
     check: bool = True,
@@ -370,6 +411,12 @@ def create_stitched(
             ``dst_stats``, ``paper_code`` or ``paper_text``.
         token_adapters: between two token models (ViT to ViT), run ``linear`` and ``linear_relu`` on every token,
             keeping the class token, as the paper's code (default); False sends them through an image.
+        num_classes: give the destination a new, randomly initialised head of this many classes (a task neither
+            model was trained for); None or the destination's own number keeps its head.
+        train_head: train the back's head (its pooling, final norm and classifier) with the adapters; default: True
+            exactly when the head is new (a new head cannot stay at its random start: False is an error then).
+        unfreeze_last: train this many blocks at the end of the destination's back with the adapters (0 to the
+            number of blocks after the cut).
         calibration_images: a batch of training images (about 128-256, preprocessed for the source), or a pair
             ``(for_source, for_destination)`` when the two models expect different normalisation. ``lstsq`` and
             ``dst_stats`` measure both models' features on them to start the adapters; without them those
@@ -400,12 +447,21 @@ def create_stitched(
         dst_model, dst_name = src_model, src_name  # one model stitched to itself: build it once
     else:
         dst_model, dst_name = resolve_model(dst, pretrained, dst_checkpoint, input_size)
+    new_head = num_classes is not None and num_classes != _classes_of(dst_model)
+    if new_head:
+        reset_classifier(dst_model, num_classes)  # before the cut: the back takes the model's (new) head
+    if train_head is None:
+        train_head = new_head
+    elif new_head and not train_head:
+        raise IncompatibleError(f"a new head of {num_classes} classes starts from random weights, so it must train: "
+                                "drop train_head=False, or keep the destination's own head (num_classes=None)")
     config = StitchConfig(
         src=src_name, dst=dst_name, gap=(x, y), adapter=adapter, resize=resize, input_size=input_size,
         prefix_out=prefix_out, prefix_in=prefix_in, readd_pos_embed=readd_pos_embed, frozen_mode=frozen_mode,
         adapter_norm=adapter_norm, token_adapters=token_adapters, pretrained=bool(pretrained),
         src_checkpoint=str(src_checkpoint) if src_checkpoint else None,
         dst_checkpoint=str(dst_checkpoint) if dst_checkpoint else None,
+        num_classes=num_classes if new_head else None, train_head=bool(train_head), unfreeze_last=int(unfreeze_last),
     )
     src_spec = model_spec(src_model, input_size, src_name)
     dst_spec = src_spec if dst_model is src_model else model_spec(dst_model, input_size, dst_name)
@@ -456,12 +512,19 @@ def create_stitched(
     return model
 
 
+def _classes_of(model: nn.Module) -> int | None:
+    """Classes the model's head predicts (None for an encoder without a classifier)."""
+    try:
+        return num_outputs(model)
+    except StitchkitError:
+        return None
+
+
 def _data_config(model: StitchedModel, src_model: nn.Module, src_name: str, dst_model: nn.Module,
                  input_size: int) -> dict:
     """What timm's ``resolve_model_data_config`` / ``create_transform`` read: the stitch sees pixels through its
     source, so the source's normalisation, interpolation and crop, at the stitch's input size."""
     from .zoo.metadata import preprocessing
-    from .zoo.models import num_outputs
 
     try:
         prep = preprocessing(src_name, src_model if hasattr(src_model, "pretrained_cfg") else None)

@@ -43,6 +43,10 @@ class Mode:
         """Settings this mode needs or cannot honour; each error names the fix."""
         if self.has_gap:
             parse_gap(config.model.gap)
+        m = config.model
+        if not self.joins_models and (m.train_head is not None or m.unfreeze_last):
+            raise StitchkitError(f"model.train_head and model.unfreeze_last choose what a stitch trains besides its "
+                                 f"adapters; mode={self.name} trains every weight: remove them, or use mode=stitch")
 
     def build(self, config: Config, num_data_classes: int, calibration: Calibration | None = None,
               device: torch.device | None = None) -> nn.Module:
@@ -72,7 +76,8 @@ class Mode:
         stitch = self.joins_models
         return {"src": m.src, "dst": (m.dst or m.src) if stitch else m.src, "gap": m.gap if self.has_gap else None,
                 "adapter": m.adapter if stitch else None, "resize": m.resize if stitch else None,
-                "adapter_norm": m.adapter_norm if stitch else None, "frozen_mode": m.frozen_mode if stitch else None}
+                "adapter_norm": m.adapter_norm if stitch else None, "frozen_mode": m.frozen_mode if stitch else None,
+                "num_classes": m.num_classes}
 
 
 MODES: Registry[Mode] = Registry("mode", "modes are stitch, finetune and scratch")
@@ -101,8 +106,8 @@ class Stitch(Mode):
             raise unknown_name("resize mode", config.model.resize, RESIZE_MODES)
 
     def build(self, config, num_data_classes, calibration=None, device=None):
-        """The destination's head is frozen, so it must already predict the data's classes (train it with
-        ``mode=scratch`` first and pass ``model.dst_checkpoint``)."""
+        """The destination's head must predict the data's classes: its own (frozen unless ``model.train_head``), or
+        a new one of ``model.num_classes`` that trains with the adapters (with ``model.unfreeze_last`` blocks)."""
         m, size = config.model, config.data.input_size
         images = None
         if calibration is not None and m.adapter_norm in CALIBRATED_NORMS:
@@ -114,14 +119,17 @@ class Stitch(Mode):
             input_size=size, src_checkpoint=m.src_checkpoint, dst_checkpoint=m.dst_checkpoint,
             prefix_out=m.prefix_out, prefix_in=m.prefix_in, readd_pos_embed=m.readd_pos_embed,
             frozen_mode=m.frozen_mode, adapter_norm=m.adapter_norm, token_adapters=m.token_adapters,
+            num_classes=m.num_classes, train_head=m.train_head, unfreeze_last=m.unfreeze_last,
             calibration_images=images, calibration_device=device if images is not None else None,
         )
         classes = _classes_of_back(model, size)
         if classes != num_data_classes:
+            if m.num_classes is not None:
+                raise StitchkitError(f"model.num_classes={m.num_classes} but the data has {num_data_classes} classes")
             raise StitchkitError(
                 f"the destination {m.dst or m.src} predicts {classes} classes but the data has {num_data_classes}; "
-                "its head is frozen in a stitch, so train the destination on this data first (mode=scratch) and pass "
-                "it as model.dst_checkpoint"
+                f"set model.num_classes={num_data_classes} to give the stitch a new head that trains with the "
+                "adapters, or pass a destination trained on this data as model.dst_checkpoint"
             )
         return model
 
@@ -218,15 +226,21 @@ def _match_head(model: nn.Module, num_classes: int | None, num_data_classes: int
 
 
 def trainable_state(model: nn.Module) -> dict:
-    """What a checkpoint must hold to restore training: the adapters of a stitch, everything otherwise."""
-    return model.adapter_state_dict() if isinstance(model, StitchedModel) else model.state_dict()
+    """What a checkpoint must hold to restore training: what a stitch trains (its adapters, and a trained head and
+    blocks), everything otherwise."""
+    return model.trained_state_dict() if isinstance(model, StitchedModel) else model.state_dict()
 
 
 def load_trainable_state(model: nn.Module, state: dict) -> None:
     if isinstance(model, StitchedModel):
-        model.load_adapter_state_dict(state)
+        model.load_trained_state_dict(state)
     else:
         model.load_state_dict(state)
+
+
+def trained_parts(model: nn.Module) -> list[str]:
+    """What training changed, for the record: a stitch's :meth:`~StitchedModel.trained_parts`, else everything."""
+    return model.trained_parts() if isinstance(model, StitchedModel) else ["all"]
 
 
 def export_weights(model: nn.Module, run: RunDir) -> None:

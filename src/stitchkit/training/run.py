@@ -24,7 +24,7 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import Config, from_yaml_file, to_yaml
 from .identity import accepted_digests, config_digest, resume_differences, settings_id
 from .logging import MetricsLog
-from .modes import build_model, export_weights, get_mode, load_trainable_state, trainable_state
+from .modes import build_model, export_weights, get_mode, load_trainable_state, trainable_state, trained_parts
 from .optim import build_optimizer
 from .runtime import Runtime, package_versions
 from .stream import DataStream
@@ -339,6 +339,7 @@ class Run:
             "class_names": list(self.splits.classes),  # what `stitchkit predict` names its answers with
             "train_images": len(self.splits.train), "planned_epochs": config.train.epochs,
             "gmacs": self.gmacs, "params": self.params, "trainable_params": self.trainable,
+            "trained": trained_parts(self.model),  # adapters, a stitch's trained blocks and head; or all
             "epochs": position.epoch, "steps": position.step, "wall_time_s": seconds, "images_seen": images,
             "images_per_s": images / seconds if seconds > 0 else None,
             "skipped_images": self.stats.skipped * rt.ctx.world_size,
