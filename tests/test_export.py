@@ -57,7 +57,7 @@ def test_export_refusals_write_nothing(stitch_run, tmp_path, capsys):
     (taken / "mine.txt").write_text("keep")
     cases = [(["export", str(stitch_run), "--out", str(taken)], "already exists"),
              (["export", str(stitch_run), "--out", str(tmp_path / "a"), "--format", "tflite"], "unknown export format"),
-             (["export", str(tmp_path), "--out", str(tmp_path / "b")], "not a run directory")]
+             (["export", str(tmp_path), "--out", str(tmp_path / "b")], "neither a run folder")]
     for argv, message in cases:
         assert main(argv) == 2
         assert message in capsys.readouterr().err

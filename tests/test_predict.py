@@ -51,4 +51,4 @@ def test_unreadable_files_are_named_and_skipped(trained, tmp_path, capsys):
     assert main(["predict", str(run), str(tmp_path / "broken.jpg")]) == 2
     assert "none of the 1 files could be read" in capsys.readouterr().err
     assert main(["predict", str(tmp_path), str(images)]) == 2  # not a run folder
-    assert "not a run directory" in capsys.readouterr().err
+    assert "neither a run folder" in capsys.readouterr().err

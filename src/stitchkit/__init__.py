@@ -8,6 +8,7 @@ The public surface::
     model = stitchkit.create_stitched("resnet50.a1_in1k", "torchvision:swin_t", gap="1:4")
     baseline = stitchkit.create_finetune_baseline("resnet50", "1:3")
     stitchkit.count_macs(model), stitchkit.count_params(model, trainable_only=True)
+    model.save_pretrained("my-stitch"); model = stitchkit.load_pretrained("my-stitch")   # one portable folder
 
 The names are imported on first use (PEP 562), so ``import stitchkit`` and ``stitchkit --help`` do not pay for torch
 and timm until something needs them.
@@ -30,6 +31,7 @@ _EXPORTS = {
     "StitchConfig": "stitching", "StitchedModel": "stitching", "create_stitched": "stitching",
     "load_stitched": "stitching",
     "create_model": "zoo", "list_models": "zoo", "model_spec": "zoo", "split": "zoo",
+    "load_pretrained": "pretrained", "save_pretrained": "pretrained",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -60,4 +62,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .finetune import FinetuneBaseline, create_finetune_baseline
     from .formats import FeatureSpec, Format, convert
     from .stitching import StitchConfig, StitchedModel, create_stitched, load_stitched
+    from .pretrained import load_pretrained, save_pretrained
     from .zoo import create_model, list_models, model_spec, split

@@ -1,16 +1,21 @@
-"""``stitchkit export RUN_DIR --out DIR --format ...``: a finished run's model for deployment, checked against itself.
+"""``stitchkit export RUN_DIR --out DIR``: a finished run's model as one self-contained model folder, and as
+deployment files checked against it.
 
-Formats (each with a dynamic batch size, checked at export time on a batch of another size against the eager model,
-max abs difference <= 1e-4 in fp32):
+The folder is always a model folder (:mod:`stitchkit.modelfolder`: ``config.json``, ``model.safetensors`` with every
+weight, frozen parts included, and a ``README.md`` model card; load it with :func:`stitchkit.load_pretrained`,
+predict and evaluate with it from any directory, push it to the Hugging Face Hub as it is). Deployment formats (each
+with a dynamic batch size, checked at export time on a batch of another size against the eager model, max abs
+difference <= 1e-4 in fp32):
 
 * ``torch-export``: ``model.pt2`` from :func:`torch.export.export` (load with ``torch.export.load(...).module()``);
 * ``torchscript``: ``model.torchscript.pt`` from :func:`torch.jit.trace` (specialised to the run's image size);
 * ``onnx``: ``model.onnx`` (torch's dynamo exporter, which needs the ``onnx`` and ``onnxscript`` packages:
   ``pip install 'stitchkit[export]'``), checked with onnxruntime when it is installed.
 
-Every file states its preprocessing (input size, mean, std, interpolation, crop, class names): ``preprocessing.json``
-beside them, and inside each file (an extra file of the .pt2 and TorchScript archives, metadata of the ONNX model).
-The folder appears whole or not at all: it is written under a temporary name and renamed at the end.
+``safetensors`` asks for the model folder alone. Every file states its preprocessing (input size, mean, std,
+interpolation, crop, class names): ``preprocessing.json`` beside them, and inside each file (an extra file of the
+.pt2 and TorchScript archives, metadata of the ONNX model). The source may also be a model folder (re-export it in
+other formats). The folder appears whole or not at all: it is written under a temporary name and renamed at the end.
 """
 from __future__ import annotations
 
@@ -24,34 +29,35 @@ from pathlib import Path
 import torch
 
 from .errors import StitchkitError
-from .files import atomic_write_bytes, atomic_write_json, remove_own_temps
+from .files import atomic_write_json, atomic_write_bytes, remove_own_temps
+from .modelfolder import folder_config, read_model_config, write_files
+from .pretrained import WHOLE_MODEL, is_model_folder, load_pretrained
+from .rundir import RunDir
 from .training.evaluation import load_trained
 from .zoo.metadata import preprocessing
 
-FORMATS = ("torch-export", "torchscript", "onnx")
+DEPLOYMENT_FORMATS = ("torch-export", "torchscript", "onnx")
+FORMATS = ("safetensors", *DEPLOYMENT_FORMATS)
 TOLERANCE = 1e-4
 FILES = {"torch-export": "model.pt2", "torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
+RESULT_KEYS = ("top1", "top5", "loss", "gmacs", "params", "trainable_params", "epochs", "dataset")
 
 
-def export_run(run_dir: str | Path, out: str | Path, formats: tuple[str, ...] = FORMATS) -> dict:
-    """Export the finished run in ``run_dir`` to the new folder ``out``; returns what was written and checked."""
+def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = FORMATS) -> dict:
+    """Export the finished run in ``source`` (or a model folder) to the new folder ``out``: the model folder and
+    ``formats``' deployment files; returns what was written and checked."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise StitchkitError(f"unknown export format {unknown[0]!r}; formats are {', '.join(FORMATS)}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise StitchkitError(f"{str(out)!r} already exists; export into a new folder")
-    run, config, model, _ = load_trained(run_dir, device="cpu")
-    result = run.read_result() or {}
-    if result.get("status") != "finished":
-        raise StitchkitError(f"the run in {str(run_dir)!r} is not finished (status {result.get('status', 'none')}); "
-                             "finish it with `stitchkit train ... --resume`, then export")
-    size = config.data.input_size
-    prep = preprocessing(config.model.src)
-    stated = {"input_size": [3, size, size], "mean": list(prep.mean), "std": list(prep.std),
-              "interpolation": prep.interpolation, "crop_pct": config.data.crop_pct or prep.crop_pct,
-              "class_names": result.get("class_names"), "top1": result.get("top1"), "run": str(run.path.resolve())}
+    model, described = _model_and_config(source)
     model = model.float().eval()
+    prep, result = described["preprocessing"], described.get("result") or {}
+    size = prep["input_size"][-1]
+    stated = {**prep, "class_names": described.get("class_names"), "top1": result.get("top1"),
+              "run": (described.get("provenance") or {}).get("run")}
     example, check = torch.randn(2, 3, size, size), torch.randn(3, 3, size, size)  # two batch sizes: dynamic batch
     with torch.no_grad():
         expected = model(check)
@@ -59,14 +65,15 @@ def export_run(run_dir: str | Path, out: str | Path, formats: tuple[str, ...] = 
     remove_own_temps(out.parent)  # the half-assembled folder of an export killed before
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        write_files(staging, described, model)
         checks = {}
-        for fmt in formats:
+        for fmt in (f for f in DEPLOYMENT_FORMATS if f in formats):
             data, got = _EXPORTERS[fmt](model, example, check, json.dumps(stated))
             atomic_write_bytes(staging / FILES[fmt], data)
-            checks[fmt] = _compare(fmt, got, expected)
+            checks[fmt] = {"file": FILES[fmt], **_compare(fmt, got, expected)}
         atomic_write_json(staging / "preprocessing.json", stated)
-        manifest = {"formats": {f: {"file": FILES[f], **checks[f]} for f in formats}, "tolerance": TOLERANCE,
-                    "torch": torch.__version__}
+        manifest = {"model_folder": ["config.json", "model.safetensors", "README.md"], "formats": checks,
+                    "tolerance": TOLERANCE, "torch": torch.__version__}
         atomic_write_json(staging / "export.json", manifest)
         if out.exists():
             out.rmdir()  # empty (checked above)
@@ -75,6 +82,46 @@ def export_run(run_dir: str | Path, out: str | Path, formats: tuple[str, ...] = 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _model_and_config(source: str | Path):
+    """``(model, config.json contents)`` of a model folder, or of a finished run."""
+    if is_model_folder(source):
+        return load_pretrained(source), read_model_config(source)
+    if not RunDir(source).config.is_file():
+        raise StitchkitError(f"{str(source)!r} is neither a run folder (config.yaml) nor a model folder "
+                             "(config.json); pass the output.dir of a run or a folder written by export")
+    run, config, model, _ = load_trained(source, device="cpu")
+    result = run.read_result() or {}
+    if result.get("status") != "finished":
+        raise StitchkitError(f"the run in {str(source)!r} is not finished (status {result.get('status', 'none')}); "
+                             "finish it with `stitchkit train ... --resume`, then export")
+    return model, run_folder_config(run, config, model, result)
+
+
+def run_folder_config(run: RunDir, config, model, result: dict) -> dict:
+    """The ``config.json`` of a run's model: its architecture, the run's preprocessing and class names, its
+    result, what trained, the data it was evaluated on (for ``stitchkit eval MODEL_DIR``) and where it came from."""
+    size, prep = config.data.input_size, preprocessing(config.model.src)
+    if hasattr(model, "architecture"):
+        kind, architecture = model.folder_kind, model.architecture()
+    else:
+        kind, architecture = WHOLE_MODEL, {"name": config.model.src, "input_size": size,
+                                           "num_classes": result.get("classes")}
+    data = {k: v for k, v in vars(config.data).items()}
+    if data.get("root"):
+        data["root"] = str(Path(data["root"]).resolve())
+    return folder_config(
+        kind, architecture,
+        {"input_size": [3, size, size], "mean": prep.mean, "std": prep.std, "interpolation": prep.interpolation,
+         "crop_pct": config.data.crop_pct or prep.crop_pct},
+        result.get("class_names"), name=run.path.resolve().name,
+        result={k: result[k] for k in RESULT_KEYS if result.get(k) is not None}, trained=result.get("trained"),
+        evaluation={"data": data, "seed": config.train.seed, "batch_size": config.train.batch_size,
+                    "amp": config.train.amp},
+        provenance={"run": str(run.path.resolve()), "mode": config.mode, "pretrained": config.model.pretrained,
+                    "src_checkpoint": config.model.src_checkpoint, "dst_checkpoint": config.model.dst_checkpoint},
+    )
 
 
 def _compare(fmt: str, got, expected: torch.Tensor) -> dict:

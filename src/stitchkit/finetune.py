@@ -19,15 +19,33 @@ from torch import nn
 
 from .chain import parse_gap
 from .errors import IncompatibleError
+from .modelfolder import SavesPretrained
 from .stitching import StitchConfig
-from .zoo import Part, dissect, model_spec, resolve_model
+from .zoo import Part, create_model, dissect, model_spec, resolve_model
 
 
-class FinetuneBaseline(Part):
-    """The cut-down model: a :class:`~stitchkit.zoo.Part` with the names of the blocks it kept from the gap."""
+class FinetuneBaseline(SavesPretrained, Part):
+    """The cut-down model: a :class:`~stitchkit.zoo.Part` with the names of the blocks it kept from the gap.
+    ``save_pretrained(folder)`` / ``from_pretrained(folder)`` as for a stitch (:mod:`stitchkit.modelfolder`)."""
 
     kept_blocks: tuple[str, ...]
     removed_blocks: tuple[str, ...]
+    source: str  # the model it was cut from, and how
+    gap: tuple[int, int]
+    input_size: int
+    num_classes: int  # what its head predicts
+
+    folder_kind = "finetune"
+
+    def architecture(self) -> dict:
+        return {"model": self.source, "gap": list(self.gap), "input_size": self.input_size,
+                "num_classes": self.num_classes}
+
+    @classmethod
+    def from_architecture(cls, architecture: dict) -> "FinetuneBaseline":
+        a = architecture
+        model = create_model(a["model"], input_size=a["input_size"], num_classes=a["num_classes"])
+        return create_finetune_baseline(model, tuple(a["gap"]), input_size=a["input_size"], name=a["model"])
 
 
 def create_finetune_baseline(
@@ -36,6 +54,7 @@ def create_finetune_baseline(
     pretrained: bool = False,
     input_size: int = 224,
     checkpoint_path=None,
+    name: str | None = None,
 ) -> FinetuneBaseline:
     """The fine-tuning baseline of ``model`` for ``gap`` (all weights trainable, train mode off until asked).
 
@@ -43,6 +62,7 @@ def create_finetune_baseline(
         model: a supported model name or instance (the source and the destination are this one model).
         gap: ``(x, y)`` or ``"x:y"``, as for :func:`create_stitched`.
         pretrained, input_size, checkpoint_path: as for :func:`create_model`.
+        name: the name that rebuilds an instance given as ``model`` (default: timm's architecture name).
 
     Example:
         >>> ft = create_finetune_baseline("resnet50", "1:3")
@@ -50,7 +70,8 @@ def create_finetune_baseline(
         ('layer2.0', 'layer3.0')
     """
     x, y = parse_gap(gap)
-    model, name = resolve_model(model, pretrained, checkpoint_path, input_size)
+    model, resolved = resolve_model(model, pretrained, checkpoint_path, input_size)
+    name = name or resolved
     spec = model_spec(model, input_size, name)
     config = StitchConfig(src=name, dst=name, gap=(x, y))
     start = spec.cut(*config.src_cut).blocks
@@ -65,13 +86,15 @@ def create_finetune_baseline(
     baseline = FinetuneBaseline(anatomy.stem, *blocks[:start], *(blocks[i] for i in kept), *blocks[stop:], anatomy.head)
     baseline.kept_blocks = tuple(spec.block_names[i] for i in kept)
     baseline.removed_blocks = tuple(spec.block_names[i] for i in removed)
+    baseline.source, baseline.gap, baseline.input_size = name, (x, y), input_size
     baseline.requires_grad_(True)
     try:
         with torch.no_grad():
-            baseline.eval()(torch.zeros(1, 3, *spec.input_size, device=next(baseline.parameters()).device))
+            out = baseline.eval()(torch.zeros(1, 3, *spec.input_size, device=next(baseline.parameters()).device))
     except RuntimeError as err:
         raise IncompatibleError(
             f"the fine-tuning baseline of {name} for gap {x}:{y} does not chain ({err}); this model's blocks need "
             "an adapter between them: use create_stitched instead"
         ) from err
+    baseline.num_classes = out.shape[-1]
     return baseline

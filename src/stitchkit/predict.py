@@ -1,7 +1,8 @@
-"""``stitchkit predict``: a trained run's model on image files, with its own preprocessing, class names and
-probabilities, in batches. Unreadable files are named and skipped.
+"""``stitchkit predict``: a trained model on image files, with its own preprocessing, class names and
+probabilities, in batches. The model is a finished run (its folder) or a model folder (``stitchkit export``,
+``save_pretrained``). Unreadable files are named and skipped.
 
-    predictor = Predictor("runs/my-stitch")
+    predictor = Predictor("runs/my-stitch")            # or Predictor("exported/my-stitch")
     predictor.predict([Image.open("cat.jpg")], top_k=3)   # [[{"class": "cat", "index": 3, "probability": 0.91}, ...]]
 """
 from __future__ import annotations
@@ -15,22 +16,37 @@ import torch
 from PIL import Image
 
 from .errors import StitchkitError
-from .training.data import IMAGE_EXTENSIONS, build_transforms
+from .pretrained import is_model_folder, load_pretrained
+from .rundir import RunDir
+from .training.data import IMAGE_EXTENSIONS, eval_transform
 from .training.evaluation import load_trained
+from .training.runtime import resolve_device
 from .zoo.metadata import preprocessing
 
 
 class Predictor:
-    """The model of a finished run (its folder), ready to classify images the way it was evaluated: the same resize,
-    centre crop and normalisation as its validation split."""
+    """A trained model ready to classify images the way it was evaluated: the same resize, centre crop and
+    normalisation as its validation split. ``source``: a finished run's folder or a model folder."""
 
-    def __init__(self, run_dir: str | Path, device: str | None = None):
-        run, config, self.model, _ = load_trained(run_dir, device=device)
+    def __init__(self, source: str | Path, device: str | None = None):
+        if is_model_folder(source):
+            self.model = load_pretrained(source, device=resolve_device(device or "auto"))
+            info, cfg = self.model.stitchkit_info, self.model.pretrained_cfg
+            names, classes = info.get("class_names"), cfg.get("num_classes") or 0
+            self.transform = eval_transform(cfg["input_size"][-1], cfg["crop_pct"], cfg["interpolation"],
+                                            cfg["mean"], cfg["std"])
+        elif RunDir(source).config.is_file():
+            run, config, self.model, _ = load_trained(source, device=device)
+            prep = preprocessing(config.model.src)
+            self.transform = eval_transform(config.data.input_size, config.data.crop_pct or prep.crop_pct,
+                                            prep.interpolation, prep.mean, prep.std)
+            result = run.read_result() or {}
+            names, classes = result.get("class_names"), result.get("classes", 0)
+        else:
+            raise StitchkitError(f"{str(source)!r} is neither a run folder (config.yaml) nor a model folder "
+                                 "(config.json); pass the output.dir of a run or a folder written by export")
         self.device = next(self.model.parameters()).device
-        self.transform = build_transforms(config.data, preprocessing(config.model.src), train=False)
-        result = run.read_result() or {}
-        names = result.get("class_names")
-        self.class_names = list(names) if names else [str(i) for i in range(result.get("classes", 0))]
+        self.class_names = list(names) if names else [str(i) for i in range(classes)]
 
     @torch.no_grad()
     def predict(self, images: Sequence[Image.Image], top_k: int = 5) -> list[list[dict]]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from . import adapters as adapter_registry
 from .adapters import CALIBRATED_NORMS, DEFAULT_ADAPTER_NORM, check_adapter_norm
 from .chain import RESIZE_MODES, Resize, Step, TokenResize, num_adapters, parse_gap, plan_chain
 from .errors import IncompatibleError, StitchkitError, unknown_name
+from .modelfolder import SavesPretrained
 from .initialization import calibrate
 from .formats import (
     PREFIX_IN_POLICIES,
@@ -39,7 +40,7 @@ from .formats import (
     to_nchw,
 )
 from .zoo import ModelSpec, back_part, dissect, front_part, model_spec, resolve_model, token_extras
-from .zoo.models import num_outputs, reset_classifier
+from .zoo.models import create_model, num_outputs, reset_classifier
 
 FROZEN_MODES = ("eval", "train")
 ADAPTER_FILE_FORMAT = "stitchkit.adapters.v3"  # v3: also the trained head and blocks of the back (new-task stitches)
@@ -212,8 +213,12 @@ def _add_pos_embed(x: torch.Tensor, pos: torch.Tensor, num_prefix_tokens: int) -
     return torch.cat([x[:, :num_prefix_tokens], x[:, num_prefix_tokens:] + pos], dim=1)
 
 
-class StitchedModel(nn.Module):
+class StitchedModel(SavesPretrained, nn.Module):
     """``back(bridge(front(x)))`` with ``front`` and ``back`` frozen.
+
+    ``save_pretrained(folder)`` writes it with every weight as one self-contained folder (the Hugging Face Hub
+    layout, :mod:`stitchkit.modelfolder`); ``StitchedModel.from_pretrained(folder)`` or
+    :func:`stitchkit.load_pretrained` rebuild it without the network or the original checkpoints.
 
     Attributes:
         front: the source model up to the source cut (frozen).
@@ -329,6 +334,36 @@ class StitchedModel(nn.Module):
                                                f"{tuple(target.shape)}")
                         target.copy_(value)
         self.bridge.load_state_dict({k: v for k, v in state.items() if k not in given})
+
+    folder_kind = "stitch"
+
+    def architecture(self) -> dict:
+        """What rebuilds this network without its weights (see :meth:`from_architecture`): the
+        :class:`StitchConfig` without where the weights came from, whether source and destination were one model,
+        and how many classes the head predicts."""
+        arch = asdict(self.config)
+        for key in ("pretrained", "src_checkpoint", "dst_checkpoint"):
+            arch.pop(key)
+        arch["gap"] = list(arch["gap"])
+        arch["one_model"] = getattr(self, "one_model", False)
+        arch["head_classes"] = getattr(self, "pretrained_cfg", {}).get("num_classes")
+        return arch
+
+    @classmethod
+    def from_architecture(cls, architecture: dict) -> "StitchedModel":
+        """The network :meth:`architecture` describes, with random weights (load them next), built offline."""
+        a = dict(architecture)
+        size, classes = a["input_size"], a.pop("head_classes", None)
+        one_model = a.pop("one_model", False)
+        src = create_model(a["src"], input_size=size, **({"num_classes": classes} if one_model and classes else {}))
+        dst = src if one_model else create_model(a["dst"], input_size=size,
+                                                 **({"num_classes": classes} if classes else {}))
+        fields = {k: a[k] for k in ("adapter", "resize", "prefix_out", "prefix_in", "readd_pos_embed",
+                                    "frozen_mode", "adapter_norm", "token_adapters", "train_head", "unfreeze_last")}
+        model = create_stitched(src, dst, tuple(a["gap"]), input_size=size, **fields)
+        model.config = replace(model.config, src=a["src"], dst=a["dst"], num_classes=a.get("num_classes"))
+        model.bridge.calibrated = True  # the saved weights replace the starting point
+        return model
 
     def save_adapters(self, path: str | os.PathLike) -> None:
         """Save the trained weights (adapters; a trained head and blocks) with the config that rebuilds the frozen parts
@@ -497,6 +532,7 @@ def create_stitched(
     front = front_part(dissect(src_model, src_spec.input_size), src_cut.blocks)
     back = back_part(dissect(dst_model, dst_spec.input_size), dst_cut.blocks)
     model = StitchedModel(front, bridge, back, config, src_spec, dst_spec)
+    model.one_model = dst_model is src_model  # with the same weights for both ends, within-model adapters
     if check:
         _check_runs(model, input_size)
     if calibration_images is not None and not bridge.calibrated:

@@ -7,18 +7,29 @@ from .common import add_command
 
 
 def add_eval(subparsers) -> None:
-    p = add_command(subparsers, "eval", _eval, "evaluate a trained run again from its directory",
-                    "Evaluate the run in RUN_DIR again with its own settings and final weights; writes eval.json "
-                    "there and prints it.")
-    p.add_argument("run_dir", help="a run folder written by 'stitchkit train' or a sweep")
+    p = add_command(subparsers, "eval", _eval, "evaluate a trained run or a model folder again",
+                    "Evaluate the run in RUN_DIR again with its own settings and final weights (writes eval.json "
+                    "there), or a model folder written by 'stitchkit export' on the data its run was evaluated on "
+                    "(key=value overrides such as data.root=DIR point it elsewhere); prints the record.")
+    p.add_argument("run_dir", metavar="RUN_DIR_OR_MODEL_DIR",
+                   help="a run folder written by 'stitchkit train' or a sweep, or a model folder")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="for a model folder: data settings, e.g. "
+                                                                     "data.root=/data/val-copy")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the run's own setting)")
     p.add_argument("--workers", type=int, default=None, help="data-loader workers (default: the run's own)")
 
 
 def _eval(args) -> int:
-    from ..training import evaluate_run
+    from ..errors import StitchkitError
+    from ..pretrained import is_model_folder
+    from ..training import evaluate_folder, evaluate_run
 
-    record = evaluate_run(args.run_dir, device=args.device, workers=args.workers)
+    if is_model_folder(args.run_dir):
+        record = evaluate_folder(args.run_dir, args.overrides, device=args.device, workers=args.workers)
+    elif args.overrides:
+        raise StitchkitError("key=value settings apply to a model folder; a run is evaluated with its own settings")
+    else:
+        record = evaluate_run(args.run_dir, device=args.device, workers=args.workers)
     print(json.dumps(record, indent=2))
     return 0
 

@@ -1,4 +1,5 @@
-"""``stitchkit export RUN_DIR --out DIR``: a finished run's model as torch.export, TorchScript and ONNX files."""
+"""``stitchkit export RUN_DIR --out DIR``: a finished run's model as one portable model folder, and as torch.export,
+TorchScript and ONNX files checked against it."""
 from __future__ import annotations
 
 import json
@@ -7,14 +8,18 @@ from .common import add_command
 
 
 def add_parser(subparsers) -> None:
-    from_list = "torch-export, torchscript, onnx"
-    p = add_command(subparsers, "export", run, "export a finished run's model (torch.export, TorchScript, ONNX)",
-                    "Write a finished run's model into a new folder as deployment files with a dynamic batch size, each "
-                    "checked against the eager model (max abs difference <= 1e-4) and stating its preprocessing.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="the output.dir of a finished run")
+    from_list = "safetensors (the model folder alone), torch-export, torchscript, onnx"
+    p = add_command(subparsers, "export", run, "export a finished run's model (model folder, torch.export, "
+                                               "TorchScript, ONNX)",
+                    "Write a finished run's model into a new folder: a self-contained model folder (config.json, "
+                    "model.safetensors with every weight, README.md; load it with stitchkit.load_pretrained, predict "
+                    "and evaluate with it anywhere) and deployment files with a dynamic batch size, each checked "
+                    "against the eager model (max abs difference <= 1e-4) and stating its preprocessing.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the output.dir of a finished run (or a model folder, to "
+                                                      "export it in other formats)")
     p.add_argument("--out", required=True, help="a new folder for the files")
     p.add_argument("--format", dest="formats", action="append", default=None, metavar="FORMAT",
-                   help=f"one of {from_list} (repeatable; default: all three)")
+                   help=f"one of {from_list} (repeatable; default: all; the model folder is always written)")
 
 
 def run(args) -> int:

@@ -1,4 +1,4 @@
-"""``stitchkit predict RUN_DIR IMAGE_OR_FOLDER...``: a trained run's answers for image files."""
+"""``stitchkit predict MODEL_DIR_OR_RUN_DIR IMAGE_OR_FOLDER...``: a trained model's answers for image files."""
 from __future__ import annotations
 
 import json
@@ -9,15 +9,17 @@ from .common import add_command
 
 
 def add_parser(subparsers) -> None:
-    p = add_command(subparsers, "predict", run, "classify image files with a trained run's model",
-                    "Classify image files (or every image in folders) with the model of a finished run, preprocessed as "
-                    "its validation images were. Unreadable files are named on stderr and skipped; the exit code is "
+    p = add_command(subparsers, "predict", run, "classify image files with a trained model",
+                    "Classify image files (or every image in folders) with a model folder (stitchkit export) or the "
+                    "model of a finished run, preprocessed as its validation images were. Unreadable files are named on stderr and skipped; the exit code is "
                     "non-zero when no file could be read.")
-    p.add_argument("model", metavar="RUN_DIR", help="the output.dir of a finished run")
+    p.add_argument("model", metavar="MODEL_DIR_OR_RUN_DIR",
+                   help="a model folder (written by stitchkit export) or the output.dir of a finished run")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and folders of images")
     p.add_argument("--top-k", type=int, default=5, help="classes per image")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the run's own setting)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the run's own setting; for a model "
+                                                 "folder the GPU when there is one)")
     p.add_argument("--json", action="store_true", help="print JSON instead of one line per image")
 
 

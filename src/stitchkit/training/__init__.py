@@ -11,7 +11,7 @@ _EXPORTS = {
     "Config": "config", "load_config": "config",
     "NonFiniteLossError": "run", "Run": "run", "RunInterrupted": "loop", "TrainingPass": "loop",
     "evaluate": "scoring", "train": "loop", "train_group": "loop",
-    "evaluate_model": "evaluation", "evaluate_run": "evaluation",
+    "evaluate_folder": "evaluation", "evaluate_model": "evaluation", "evaluate_run": "evaluation",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -29,4 +29,4 @@ if TYPE_CHECKING:
     from .loop import RunInterrupted, TrainingPass, train, train_group
     from .run import NonFiniteLossError, Run
     from .scoring import evaluate
-    from .evaluation import evaluate_model, evaluate_run
+    from .evaluation import evaluate_folder, evaluate_model, evaluate_run

@@ -51,22 +51,38 @@ class CorruptImageError(StitchkitError):
 def build_transforms(data: DataConfig, prep: Preprocessing, train: bool) -> Callable:
     """The per-image transform a data-loader worker runs; with ``data.augment_on=device`` the training one stops
     at a uint8 crop and a seed for :class:`DeviceAugment`."""
-    interpolation = T.InterpolationMode(prep.interpolation if prep.interpolation in ("bilinear", "bicubic") else "bilinear")
+    if not train:
+        return eval_transform(data.input_size, data.crop_pct or prep.crop_pct, prep.interpolation, prep.mean, prep.std)
+    interpolation = _interpolation(prep.interpolation)
     size = data.input_size
-    crop_pct = data.crop_pct or prep.crop_pct
     steps: list = []
-    if train and data.random_resized_crop:
+    if data.random_resized_crop:
         steps.append(T.RandomResizedCrop(size, interpolation=interpolation))
     else:
-        steps += [T.Resize(int(math.floor(size / crop_pct)), interpolation=interpolation), T.CenterCrop(size)]
-    if train and data.augment_on == "device":
+        steps += _resize_and_crop(size, data.crop_pct or prep.crop_pct, interpolation)
+    if data.augment_on == "device":
         return T.Compose([*steps, T.PILToTensor(), _with_seed])
-    if train and data.hflip:
+    if data.hflip:
         steps.append(T.RandomHorizontalFlip())
-    if train and data.auto_augment:
+    if data.auto_augment:
         steps.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET))
     steps += [T.ToTensor(), T.Normalize(prep.mean, prep.std)]
     return T.Compose(steps)
+
+
+def eval_transform(size: int, crop_pct: float, interpolation: str, mean, std) -> Callable:
+    """How a model sees an image at evaluation: resize to ``size / crop_pct``, centre crop ``size``, normalise.
+    A run's validation split, ``stitchkit predict`` and a model folder's preprocessing all use this one."""
+    return T.Compose([*_resize_and_crop(size, crop_pct, _interpolation(interpolation)), T.ToTensor(),
+                      T.Normalize(tuple(mean), tuple(std))])
+
+
+def _interpolation(name: str) -> T.InterpolationMode:
+    return T.InterpolationMode(name if name in ("bilinear", "bicubic") else "bilinear")
+
+
+def _resize_and_crop(size: int, crop_pct: float, interpolation: T.InterpolationMode) -> list:
+    return [T.Resize(int(math.floor(size / crop_pct)), interpolation=interpolation), T.CenterCrop(size)]
 
 
 def _with_seed(image: torch.Tensor) -> tuple[torch.Tensor, int]:

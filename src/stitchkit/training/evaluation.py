@@ -6,6 +6,7 @@ model's own preprocessing, so stitched and original numbers come from one pipeli
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -16,9 +17,11 @@ from . import distributed
 from ..files import atomic_write_json
 from ..rundir import RunDir
 from .checkpoint import load_checkpoint
-from .config import Config, from_yaml_file
+from .config import Config, from_yaml_file, load_config
 from .identity import accepted_digests
-from ..zoo.metadata import preprocessing
+from ..modelfolder import read_model_config
+from ..pretrained import load_pretrained
+from ..zoo.metadata import Preprocessing, preprocessing
 from .data import build_splits
 
 from .runtime import Runtime, amp_dtype, package_versions, resolve_device
@@ -87,6 +90,38 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | 
     run.remove_leftovers()  # a temporary eval.json of an evaluation killed before
     atomic_write_json(run.evaluation, record)
     return record
+
+
+def evaluate_folder(folder: str | Path, overrides: Sequence[str] = (), device: str | None = None,
+                    workers: int | None = None) -> dict:
+    """Evaluate a model folder (``stitchkit export``, ``save_pretrained``) on the data its run was evaluated on
+    (recorded in its config.json), or on ``data.*`` ``overrides`` (e.g. ``data.root=...`` on another machine);
+    with its own preprocessing. Returns the record (nothing is written into the folder)."""
+    described = read_model_config(folder)
+    recorded = described.get("evaluation") or {}
+    layer = {"mode": "scratch", "model": {"src": "resnet18"}}  # validated, never built: the folder holds the model
+    if recorded:
+        layer.update(data=recorded["data"], train={"seed": recorded.get("seed", 0),
+                                                   "batch_size": recorded.get("batch_size", 64),
+                                                   "amp": recorded.get("amp", "auto")})
+    elif not any(item.startswith("data.") for item in overrides):
+        raise StitchkitError(f"{str(folder)!r} does not record the data it was evaluated on; name it, e.g. "
+                             "data.name=imagefolder data.root=DIR data.input_size=224")
+    config = load_config(None, [*overrides, *([f"train.device={device}"] if device else []),
+                                *([f"train.workers={workers}"] if workers is not None else [])],
+                         layers=[(f"{str(folder)}/config.json", layer)])
+    prep = described["preprocessing"]
+    if config.data.input_size != prep["input_size"][-1]:
+        raise StitchkitError(f"the model in {str(folder)!r} is built for {prep['input_size'][-1]} px images; "
+                             f"remove data.input_size={config.data.input_size}")
+    splits = build_splits(config.data, Preprocessing(tuple(prep["mean"]), tuple(prep["std"]), prep["interpolation"],
+                                                     prep["crop_pct"]), config.train.seed)
+    model = load_pretrained(folder, device=resolve_device(config.train.device))
+    classes = model.pretrained_cfg.get("num_classes")
+    if classes is not None and classes != len(splits.classes):
+        raise StitchkitError(f"the model in {str(folder)!r} predicts {classes} classes but the data has "
+                             f"{len(splits.classes)}; evaluate it on the data it was trained for")
+    return {"model_dir": str(Path(folder)), "dataset": config.data.name, **_evaluate_splits(model, splits, config)}
 
 
 def evaluate_model(name: str, config: Config, out_dir: str | Path | None = None) -> dict:

@@ -1,0 +1,87 @@
+"""Save any stitchkit model as one self-contained folder and load it back (:mod:`stitchkit.modelfolder` is the
+folder): a stitch, a fine-tuning baseline, or a whole model (trained from scratch, or any supported model).
+
+    model.save_pretrained("my-stitch")                 # a StitchedModel or FinetuneBaseline
+    stitchkit.save_pretrained(resnet, "my-resnet", name="resnet18")   # a whole model: say what rebuilds it
+    model = stitchkit.load_pretrained("my-stitch")     # or a Hugging Face Hub repository id
+
+A loaded model is in eval mode and carries ``pretrained_cfg`` (``timm.data.resolve_model_data_config(model)`` and
+``timm.data.create_transform`` give its preprocessing) and ``stitchkit_info`` (class names, result).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import StitchkitError
+from .finetune import FinetuneBaseline
+from .modelfolder import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    SavesPretrained,
+    finish_loading,
+    folder_config,
+    local_folder,
+    read_model_config,
+    write_model_folder,
+)
+from .stitching import StitchedModel
+from .zoo.models import create_model, instance_name, num_outputs
+
+KINDS: dict[str, type[SavesPretrained]] = {"stitch": StitchedModel, "finetune": FinetuneBaseline}
+WHOLE_MODEL = "model"  # the kind of a folder holding a whole model (mode=scratch, or any supported model)
+
+
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, name: str | None = None,
+                    input_size: int | None = None, **info) -> Path:
+    """Write ``model`` into ``directory`` as a model folder. A stitch or a fine-tuning baseline describes itself;
+    for a whole model, ``name`` is what rebuilds it (``resnet18``, ``torchvision:resnet50``; default: timm's
+    architecture name) and ``input_size`` the image size it is built for (default: its ``pretrained_cfg``'s).
+    ``info``: ``class_names``, ``preprocessing``, ``result`` and other records (see
+    :meth:`~stitchkit.modelfolder.SavesPretrained.save_pretrained`)."""
+    if isinstance(model, SavesPretrained):
+        return model.save_pretrained(directory, **info)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = name or (instance_name(model) if cfg.get("architecture") else None)
+    if not name:
+        raise StitchkitError(f"cannot tell which model a {type(model).__name__} is; pass name= (e.g. "
+                             "'torchvision:resnet50') so that the folder can rebuild it")
+    size = input_size or (cfg.get("input_size") or (3, 224, 224))[-1]
+    preprocessing = info.pop("preprocessing", None) or {**cfg, "input_size": [3, size, size]}
+    architecture = {"name": name, "input_size": size, "num_classes": num_outputs(model)}
+    known = getattr(model, "stitchkit_info", {})
+    config = folder_config(WHOLE_MODEL, architecture, preprocessing, info.pop("class_names", None)
+                           or known.get("class_names"), **{**known, **info})
+    return write_model_folder(directory, config, model)
+
+
+def load_pretrained(path_or_repo: str | os.PathLike, device: str | torch.device = "cpu",
+                    revision: str | None = None) -> nn.Module:
+    """The model in a folder written by :func:`save_pretrained` or ``stitchkit export`` (or a Hugging Face Hub
+    repository id, which needs the network), with every weight, in eval mode on ``device``."""
+    directory = local_folder(path_or_repo, revision)
+    config = read_model_config(directory)
+    kind, arch = config["kind"], config["architecture"]
+    try:
+        if kind == WHOLE_MODEL:
+            model = create_model(arch["name"], input_size=arch["input_size"], num_classes=arch["num_classes"])
+        elif kind in KINDS:
+            model = KINDS[kind].from_architecture(arch)
+        else:
+            raise StitchkitError(f"{str(path_or_repo)!r} holds a model of kind {kind!r}, which this stitchkit "
+                                 f"does not know (it knows {', '.join([*KINDS, WHOLE_MODEL])}): upgrade stitchkit")
+    except KeyError as err:
+        raise StitchkitError(f"the architecture in {str(directory / 'config.json')!r} lacks {err}; export or save "
+                             "the model again") from None
+    return finish_loading(model, directory, config, device)
+
+
+def is_model_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is meant as a model folder (a config.json or weights, no run's config.yaml): what reads it
+    then says exactly what is wrong with it, instead of calling it no run."""
+    path = Path(path)
+    return not (path / "config.yaml").is_file() and any((path / name).is_file() for name in (CONFIG_FILE,
+                                                                                             WEIGHTS_FILE))

@@ -1,0 +1,183 @@
+"""One self-contained model folder (config.json + model.safetensors + README.md, the Hugging Face Hub layout): a
+moved run, with its source checkpoints gone, evaluates and predicts from its exported folder with the run's own
+top-1; every kind of model saves and loads; bad folders are one clear error each."""
+import json
+import shutil
+
+import pytest
+import torch
+
+import stitchkit
+from stitchkit.cli import main
+from stitchkit.errors import StitchkitError
+from stitchkit.training import load_config, train
+from stitchkit.training.data import SyntheticSource
+
+TINY = ["data.name=synthetic", "data.input_size=32", "data.synthetic_train_size=128", "data.synthetic_val_size=40",
+        "optim.batch_size=32", "train.batch_size=16", "train.workers=0", "train.threads=1", "model.pretrained=false",
+        "train.epochs=2"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A stitch of a scratch-trained source to a random 1000-class destination with a new 10-class head, exported;
+    then the run moved and the source checkpoint deleted."""
+    root = tmp_path_factory.mktemp("folder")
+    train(load_config(None, [*TINY, "mode=scratch", "model.src=resnet10t", f"output.dir={root / 'source'}"]))
+    result = train(load_config(None, [
+        *TINY, "mode=stitch", "model.src=resnet10t", f"model.src_checkpoint={root / 'source' / 'model.pt'}",
+        "model.dst=resnet18", "model.gap=1:3", "model.num_classes=10", f"output.dir={root / 'runs' / 'stitch'}"]))
+    assert main(["export", str(root / "runs" / "stitch"), "--out", str(root / "exported"), "--format",
+                 "safetensors"]) == 0
+    shutil.move(root / "runs", root / "moved")
+    shutil.rmtree(root / "source")  # a copy on a machine without the source checkpoints
+    images = root / "images"
+    images.mkdir()
+    val = SyntheticSource(40, 10, 32 + 32 // 8, offset=10**6)  # the run's validation images, as files
+    labels = {}
+    for i in range(len(val)):
+        image, labels[f"{i:03d}.png"] = val.load(i)
+        image.save(images / f"{i:03d}.png")
+    return root / "exported", images, labels, result
+
+
+def test_the_folder_is_the_hub_layout_and_describes_the_model(exported):
+    from huggingface_hub import constants
+
+    folder, _, _, result = exported
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [constants.CONFIG_NAME, constants.SAFETENSORS_SINGLE_FILE, "README.md", "export.json", "preprocessing.json"])
+    config = json.loads((folder / "config.json").read_text())
+    assert config["format"] == "stitchkit.model" and config["kind"] == "stitch"
+    arch = config["architecture"]
+    assert (arch["src"], arch["dst"], arch["gap"], arch["num_classes"], arch["head_classes"]) == (
+        "resnet10t", "resnet18", [1, 3], 10, 10)
+    assert config["preprocessing"]["input_size"] == [3, 32, 32] and len(config["class_names"]) == 10
+    assert config["result"]["top1"] == result["top1"] and config["trained"] == ["adapters", "head"]
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: stitchkit") and "resnet10t" in card and "stitchkit.load_pretrained" in card
+
+
+def test_a_moved_run_without_its_sources_evaluates_and_predicts_from_its_folder(exported, capsys, monkeypatch,
+                                                                                tmp_path):
+    folder, images, labels, result = exported
+    monkeypatch.chdir(tmp_path)  # from anywhere
+    assert main(["eval", str(folder), "--workers", "0"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["top1"] == result["top1"] and record["top5"] == result["top5"]
+    assert main(["predict", str(folder), str(images), "--json", "--top-k", "2"]) == 0
+    answers = json.loads(capsys.readouterr().out)
+    correct = sum(a["top"][0]["index"] == labels[a["file"].rsplit("/", 1)[-1]] for a in answers)
+    assert 100.0 * correct / len(labels) == pytest.approx(result["top1"])
+    assert answers[0]["top"][0]["class"].startswith("class_")  # the run's class names
+    assert main(["eval", str(folder), "data.synthetic_classes=5"]) == 2
+    assert "predicts 10 classes but the data has 5" in capsys.readouterr().err
+
+
+def test_loaded_model_carries_its_preprocessing_and_saves_again(exported, tmp_path):
+    import timm.data
+
+    folder = exported[0]
+    model = stitchkit.load_pretrained(folder)
+    assert isinstance(model, stitchkit.StitchedModel) and not model.training
+    data_config = timm.data.resolve_model_data_config(model)
+    assert data_config["input_size"] == (3, 32, 32) and timm.data.create_transform(**data_config) is not None
+    again = model.save_pretrained(tmp_path / "again")
+    reloaded = stitchkit.StitchedModel.from_pretrained(again)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), reloaded(x))
+    assert json.loads((again / "config.json").read_text())["class_names"] == model.stitchkit_info["class_names"]
+    with pytest.raises(StitchkitError, match="holds a stitch model, not a finetune"):
+        stitchkit.FinetuneBaseline.from_pretrained(again)
+
+
+@pytest.mark.parametrize("kind", ["finetune", "model", "vit-stitch"])
+def test_every_kind_saves_and_loads_offline(kind, tmp_path):
+    torch.manual_seed(0)
+    if kind == "finetune":
+        model = stitchkit.create_finetune_baseline("torchvision:resnet18", "1:3", input_size=32)
+        model.pretrained_cfg = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3,
+                                "interpolation": "bilinear", "crop_pct": 1.0}
+        model.save_pretrained(tmp_path / "m")
+    elif kind == "model":
+        model = stitchkit.create_model("resnet10t", num_classes=3)
+        stitchkit.save_pretrained(model, tmp_path / "m", input_size=32)
+    else:
+        model = stitchkit.create_stitched("vit_micro_patch4_32", "resnet10t", "2:3", adapter="linear", input_size=32,
+                                          unfreeze_last=1)
+        model.save_pretrained(tmp_path / "m", class_names=[f"c{i}" for i in range(1000)])
+    loaded = stitchkit.load_pretrained(tmp_path / "m")
+    assert type(loaded) is type(model)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), loaded(x))
+
+
+def test_hub_ids_download_and_push_uploads_the_folder(exported, tmp_path, monkeypatch):
+    """No network here: the Hub calls are replaced by fakes that check what they are given."""
+    import huggingface_hub
+
+    folder = exported[0]
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, revision=None, allow_patterns=None: (
+        str(folder) if repo == "someone/my-stitch" else (_ for _ in ()).throw(OSError("offline"))))
+    model = stitchkit.load_pretrained("someone/my-stitch")
+    assert model.config.dst == "resnet18"
+    with pytest.raises(StitchkitError, match="could not be downloaded from the Hugging Face Hub"):
+        stitchkit.load_pretrained("someone/missing")
+    uploaded = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            uploaded["repo"] = repo_id
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            uploaded["files"] = sorted(p.name for p in __import__("pathlib").Path(folder_path).iterdir())
+            return "https://huggingface.co/someone/copy/commit/1"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    assert model.push_to_hub("someone/copy").endswith("/commit/1")
+    assert uploaded == {"repo": "someone/copy", "files": ["README.md", "config.json", "model.safetensors"]}
+
+
+def test_bad_folders_are_one_clear_error_each(exported, tmp_path, capsys):
+    folder = exported[0]
+
+    def broken(name, change):
+        copy = tmp_path / name
+        shutil.copytree(folder, copy)
+        change(copy)
+        return copy
+
+    def newer(copy):
+        config = json.loads((copy / "config.json").read_text())
+        (copy / "config.json").write_text(json.dumps({**config, "format_version": 99, "stitchkit_version": "9.0"}))
+
+    def other_weights(copy):
+        stitchkit.save_pretrained(stitchkit.create_model("resnet10t", num_classes=3), tmp_path / "other",
+                                  input_size=32)
+        shutil.copy(tmp_path / "other" / "model.safetensors", copy / "model.safetensors")
+
+    cases = [
+        (broken("newer", newer), "newer stitchkit (9.0, model format 99; this one reads up to 1): upgrade"),
+        (broken("mismatch", other_weights), "do not match the model its config.json describes"),
+        (broken("torn", lambda c: (c / "model.safetensors").write_bytes(b"\x00" * 64)), "not a readable safetensors"),
+        (broken("unsaved", lambda c: (c / "config.json").unlink()), "saving was interrupted"),
+        (broken("noweights", lambda c: (c / "model.safetensors").unlink()), "has no model.safetensors"),
+        (broken("foreign", lambda c: (c / "config.json").write_text('{"model_type": "bert"}')),
+         "does not describe a stitchkit model"),
+    ]
+    for path, message in cases:
+        with pytest.raises(StitchkitError) as error:
+            stitchkit.load_pretrained(path)
+        assert message in str(error.value), str(error.value)
+        assert main(["predict", str(path), str(exported[1] / "000.png")]) == 2
+        assert message in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(StitchkitError, match="holds other files"):
+        stitchkit.load_pretrained(folder).save_pretrained(tmp_path / "mine")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
