@@ -104,3 +104,26 @@ def test_stitch_of_two_1000_class_models_learns_fashion_mnist_with_a_new_head(tm
         "model.num_classes=10", "optim.lr=0.01", f"output.dir={tmp_path / 'run'}"]))
     assert result["classes"] == 10 and result["trained"] == ["adapters", "head"]
     assert result["top1"] > 50, result["top1"]  # chance is 10%; measured 67.2 at seed 0
+
+
+def test_probe_trains_a_new_head_on_a_frozen_model_and_exports(tmp_path):
+    """mode=probe: the destination given a new head alone (the baseline of a new-task stitch)."""
+    import stitchkit
+    from stitchkit.cli import main
+
+    train(load_config(None, [*TINY, "mode=scratch", "model.src=resnet10t", "train.epochs=1", "data.synthetic_classes=5",
+                             f"output.dir={tmp_path / 'source'}"]))
+    settings = [*TINY, "mode=probe", "model.src=resnet10t", f"model.src_checkpoint={tmp_path / 'source' / 'model.pt'}",
+                "train.epochs=2"]
+    result = train(load_config(None, [*settings, f"output.dir={tmp_path / 'probe'}"]))
+    assert result["trained"] == ["head"] and result["trainable_params"] == 512 * 10 + 10 and result["classes"] == 10
+    assert evaluate_run(tmp_path / "probe")["top1"] == result["top1"]
+    deeper = train(load_config(None, [*settings, "model.unfreeze_last=1", f"output.dir={tmp_path / 'deeper'}"]))
+    assert deeper["trained"] == ["layer4.0", "head"] and deeper["trainable_params"] > result["trainable_params"]
+    assert main(["export", str(tmp_path / "deeper"), "--out", str(tmp_path / "folder"), "--format", "safetensors"]) == 0
+    loaded = stitchkit.load_pretrained(tmp_path / "folder")
+    assert isinstance(loaded, stitchkit.HeadProbe) and loaded.trained_parts() == ["layer4.0", "head"]
+    for bad, message in [("model.dst=resnet18", "mode=probe trains a head on one model"),
+                         ("model.train_head=false", "a probe trains its head")]:
+        with pytest.raises(StitchkitError, match=message):
+            load_config(None, [*settings, bad])

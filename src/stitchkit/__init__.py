@@ -32,6 +32,7 @@ _EXPORTS = {
     "load_stitched": "stitching",
     "create_model": "zoo", "list_models": "zoo", "model_spec": "zoo", "split": "zoo",
     "load_pretrained": "pretrained", "save_pretrained": "pretrained",
+    "HeadProbe": "probe", "create_probe": "probe",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -63,4 +64,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .formats import FeatureSpec, Format, convert
     from .stitching import StitchConfig, StitchedModel, create_stitched, load_stitched
     from .pretrained import load_pretrained, save_pretrained
+    from .probe import HeadProbe, create_probe
     from .zoo import create_model, list_models, model_spec, split

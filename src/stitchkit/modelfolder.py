@@ -255,8 +255,11 @@ def model_card(config: dict) -> str:
                 f"{arch['gap'][1]} on, with its head.")
     elif config["kind"] == "finetune":
         what = f"The fine-tuning baseline of **{arch['model']}** for gap {arch['gap'][0]}:{arch['gap'][1]}."
+    elif config["kind"] == "probe":
+        what = (f"**{arch['model']}**, frozen but for its head" + (f" and its last {arch['unfreeze_last']} blocks"
+                                                                   if arch.get("unfreeze_last") else "") + ".")
     else:
-        what = f"**{arch['name']}**."
+        what = f"**{arch.get('name', '?')}**."
     trained = config.get("trained")
     classes = config.get("class_names") or []
     lines = ["---", "library_name: stitchkit", "pipeline_tag: image-classification",

@@ -28,10 +28,11 @@ from .modelfolder import (
     read_model_config,
     write_model_folder,
 )
+from .probe import HeadProbe
 from .stitching import StitchedModel
 from .zoo.models import create_model, instance_name, num_outputs
 
-KINDS: dict[str, type[SavesPretrained]] = {"stitch": StitchedModel, "finetune": FinetuneBaseline}
+KINDS: dict[str, type[SavesPretrained]] = {"stitch": StitchedModel, "finetune": FinetuneBaseline, "probe": HeadProbe}
 WHOLE_MODEL = "model"  # the kind of a folder holding a whole model (mode=scratch, or any supported model)
 
 

@@ -5,6 +5,7 @@ mode's name asks its :class:`Mode` instead, as timm's model registry stands in f
 * ``stitch``: frozen source front + trainable adapters + frozen destination back.
 * ``finetune``: the paper's fine-tuning baseline: one model cut across the gap, every weight trainable.
 * ``scratch``: a whole model from random initialisation (small source models for the demo and the findings).
+* ``probe``: one model frozen but for a new head (and its last blocks): the baseline of a stitch for a new task.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ..chain import RESIZE_MODES, parse_gap
 from ..errors import StitchkitError, unknown_name
 from ..files import atomic_write_bytes
 from ..finetune import create_finetune_baseline
+from ..probe import create_probe
 from ..registry import Registry
 from ..rundir import RunDir
 from ..stitching import StitchedModel, create_stitched
@@ -38,15 +40,16 @@ class Mode:
     has_gap: bool = True  # the model is cut across model.gap
     shares_front: bool = False  # its runs may train in one pass over a shared frozen front
     sweeps_lr: bool = False  # a sweep's baselines list learning rates for it (they name its cells)
+    chooses_trained: bool = False  # model.train_head / model.unfreeze_last choose what trains besides the new part
 
     def validate(self, config: Config) -> None:
         """Settings this mode needs or cannot honour; each error names the fix."""
         if self.has_gap:
             parse_gap(config.model.gap)
         m = config.model
-        if not self.joins_models and (m.train_head is not None or m.unfreeze_last):
-            raise StitchkitError(f"model.train_head and model.unfreeze_last choose what a stitch trains besides its "
-                                 f"adapters; mode={self.name} trains every weight: remove them, or use mode=stitch")
+        if not self.chooses_trained and (m.train_head is not None or m.unfreeze_last):
+            raise StitchkitError(f"model.train_head and model.unfreeze_last choose what a stitch or a probe trains; "
+                                 f"mode={self.name} trains every weight: remove them, or use mode=stitch or probe")
 
     def build(self, config: Config, num_data_classes: int, calibration: Calibration | None = None,
               device: torch.device | None = None) -> nn.Module:
@@ -80,7 +83,7 @@ class Mode:
                 "num_classes": m.num_classes}
 
 
-MODES: Registry[Mode] = Registry("mode", "modes are stitch, finetune and scratch")
+MODES: Registry[Mode] = Registry("mode", "modes are stitch, finetune, scratch and probe")
 
 
 def register_mode(mode: Mode) -> Mode:
@@ -96,6 +99,7 @@ class Stitch(Mode):
     description = "train adapters between a frozen source front and a frozen destination back"
     joins_models = True
     shares_front = True
+    chooses_trained = True
 
     def validate(self, config: Config) -> None:
         super().validate(config)
@@ -189,7 +193,36 @@ class Scratch(Mode):
         return src
 
 
-for _mode in (Stitch(), Finetune(), Scratch()):
+class Probe(Mode):
+    name = "probe"
+    description = "one model frozen but for a new head (and model.unfreeze_last blocks): a new task's baseline"
+    has_gap = False
+    chooses_trained = True
+
+    def validate(self, config: Config) -> None:
+        super().validate(config)
+        m = config.model
+        if m.dst is not None or m.dst_checkpoint is not None:
+            raise StitchkitError("mode=probe trains a head on one model (model.src, model.src_checkpoint); "
+                                 "model.dst and model.dst_checkpoint mean nothing here: remove them, or use mode=stitch")
+        if m.train_head is False:
+            raise StitchkitError("a probe trains its head; remove model.train_head=false")
+
+    def build(self, config, num_data_classes, calibration=None, device=None):
+        """A head for the data's classes (new unless the model's own has that size; ``model.num_classes`` must
+        agree with the data)."""
+        m = config.model
+        if m.num_classes not in (None, num_data_classes):
+            raise StitchkitError(f"model.num_classes={m.num_classes} but the data has {num_data_classes} classes")
+        return create_probe(m.src, num_classes=num_data_classes, unfreeze_last=m.unfreeze_last,
+                            pretrained=m.pretrained, input_size=config.data.input_size,
+                            checkpoint_path=m.src_checkpoint)
+
+    def build_for_pricing(self, src, dst, gap, adapter, resize, input_size):
+        return create_probe(src, input_size=input_size)
+
+
+for _mode in (Stitch(), Finetune(), Scratch(), Probe()):
     register_mode(_mode)
 
 
@@ -226,26 +259,28 @@ def _match_head(model: nn.Module, num_classes: int | None, num_data_classes: int
 
 
 def trainable_state(model: nn.Module) -> dict:
-    """What a checkpoint must hold to restore training: what a stitch trains (its adapters, and a trained head and
-    blocks), everything otherwise."""
-    return model.trained_state_dict() if isinstance(model, StitchedModel) else model.state_dict()
+    """What a checkpoint must hold to restore training: what a stitch or a probe trains (adapters, a trained head
+    and blocks), everything otherwise."""
+    return model.trained_state_dict() if hasattr(model, "trained_state_dict") else model.state_dict()
 
 
 def load_trainable_state(model: nn.Module, state: dict) -> None:
-    if isinstance(model, StitchedModel):
+    if hasattr(model, "load_trained_state_dict"):
         model.load_trained_state_dict(state)
     else:
         model.load_state_dict(state)
 
 
 def trained_parts(model: nn.Module) -> list[str]:
-    """What training changed, for the record: a stitch's :meth:`~StitchedModel.trained_parts`, else everything."""
-    return model.trained_parts() if isinstance(model, StitchedModel) else ["all"]
+    """What training changed, for the record: a stitch's or a probe's ``trained_parts()``, else everything."""
+    return model.trained_parts() if hasattr(model, "trained_parts") else ["all"]
 
 
 def export_weights(model: nn.Module, run: RunDir) -> None:
     """The trained weights on their own: ``adapters.pt`` for a stitch (see :func:`stitchkit.load_stitched`),
-    ``model.pt`` (a plain state dict, usable as ``model.src_checkpoint``) otherwise."""
+    ``model.pt`` (a plain state dict) otherwise: a scratch model's is usable as ``model.src_checkpoint``; a
+    fine-tuning baseline's and a probe's load into the same build (``stitchkit export`` makes any of them a
+    portable model folder)."""
     buffer = io.BytesIO()
     if isinstance(model, StitchedModel):
         model.save_adapters(buffer)

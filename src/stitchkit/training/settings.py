@@ -128,7 +128,8 @@ class OutputConfig:
 
 @dataclass
 class Config:
-    mode: str = setting("stitch", "stitch, finetune (the baseline) or scratch (train a model from scratch)")
+    mode: str = setting("stitch", "stitch, finetune (the baseline), scratch (train a model from scratch) or probe "
+                                  "(a new head on one frozen model)")
     model: ModelConfig = setting(factory=ModelConfig)
     data: DataConfig = setting(factory=DataConfig)
     optim: OptimConfig = setting(factory=OptimConfig)

@@ -1,0 +1,101 @@
+"""The probe: one model frozen except its head (and optionally its last blocks), the baseline a stitch for a new
+task is compared with ("the destination given a new head alone").
+
+``create_probe("resnet50", num_classes=5)`` keeps ResNet-50 frozen in eval mode and trains a new 5-class head on
+its pooled features (a linear probe); ``unfreeze_last=2`` also trains its last two blocks. Frozen means what it
+means for a stitch (:mod:`stitchkit.stitching`): no gradient, never in the optimizer, BatchNorm statistics fixed.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .errors import IncompatibleError
+from .modelfolder import SavesPretrained
+from .zoo import Part, back_part, create_model, dissect, front_part, model_spec, resolve_model
+from .zoo.models import num_outputs, reset_classifier
+
+
+class HeadProbe(SavesPretrained, nn.Module):
+    """``top(body(x))``: ``body`` (stem and all blocks but the last ``unfreeze_last``) frozen, ``top`` (those blocks
+    and the head) trained.
+
+    Attributes:
+        source: the model's name; ``input_size``, ``unfreeze_last``, ``num_classes``: how it was built.
+        top_block_names: the trained blocks' names in the model.
+    """
+
+    folder_kind = "probe"
+
+    def __init__(self, body: Part, top: Part, source: str, input_size: int, unfreeze_last: int, num_classes: int,
+                 top_block_names: tuple[str, ...]):
+        super().__init__()
+        self.body, self.top = body, top
+        self.body.requires_grad_(False)
+        self.top.requires_grad_(True)
+        self.source, self.input_size, self.unfreeze_last = source, input_size, unfreeze_last
+        self.num_classes, self.top_block_names = num_classes, top_block_names
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "HeadProbe":
+        super().train(mode)
+        self.body.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            h = self.body(x)
+        return self.top(h)
+
+    def trained_parts(self) -> list[str]:
+        return [*self.top_block_names, "head"]
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """What training changes: the trained blocks and the head (under ``top.``)."""
+        return {f"top.{k}": v for k, v in self.top.state_dict().items()}
+
+    def load_trained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.top.load_state_dict({k[len("top."):]: v for k, v in state.items()})
+
+    def architecture(self) -> dict:
+        return {"model": self.source, "input_size": self.input_size, "num_classes": self.num_classes,
+                "unfreeze_last": self.unfreeze_last}
+
+    @classmethod
+    def from_architecture(cls, architecture: dict) -> "HeadProbe":
+        a = architecture
+        model = create_model(a["model"], input_size=a["input_size"], num_classes=a["num_classes"])
+        return create_probe(model, unfreeze_last=a["unfreeze_last"], input_size=a["input_size"], name=a["model"])
+
+
+def create_probe(
+    model: str | nn.Module,
+    num_classes: int | None = None,
+    unfreeze_last: int = 0,
+    pretrained: bool = False,
+    input_size: int = 224,
+    checkpoint_path: str | os.PathLike | None = None,
+    name: str | None = None,
+) -> HeadProbe:
+    """``model`` frozen but for its head, a new one of ``num_classes`` classes when that differs from its own, and
+    its last ``unfreeze_last`` blocks.
+
+    Example:
+        >>> probe = create_probe("resnet18", num_classes=5, input_size=32)
+        >>> probe.trained_parts()
+        ['head']
+    """
+    model, resolved = resolve_model(model, pretrained, checkpoint_path, input_size)
+    name = name or resolved
+    if num_classes is not None and num_classes != num_outputs(model):
+        reset_classifier(model, num_classes)
+    spec = model_spec(model, input_size, name)
+    anatomy = dissect(model, spec.input_size)
+    blocks = len(anatomy.blocks())
+    if not 0 <= unfreeze_last <= blocks:
+        raise IncompatibleError(f"unfreeze_last={unfreeze_last}, but {name} has {blocks} blocks; use 0 to {blocks}")
+    cut = blocks - unfreeze_last
+    return HeadProbe(front_part(anatomy, cut), back_part(anatomy, cut), name, input_size, unfreeze_last,
+                     num_outputs(model), tuple(spec.block_names[cut:]))
