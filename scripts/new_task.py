@@ -6,6 +6,7 @@ ankle boot), which neither saw. On it, with the same images and steps:
 
 * B given a new head alone (mode=probe), and with its last block too;
 * A stitched to B with a new 5-class head (adapters + head), and with B's last block too;
+* A stitched to B keeping B's own head frozen (only the adapters train: they learn to drive the old head);
 * the same ResNet-18 trained from scratch on the task (what the budget buys without reused parts).
 
     python scripts/new_task.py --out runs/new_task            # 3 seeds, about 15 minutes on 2 CPU cores
@@ -50,15 +51,21 @@ def _run(out: Path, name: str, settings: list[str]) -> dict:
     return result
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 100_000 else f"{n / 1e3:.1f}K"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the runs and the results")
     parser.add_argument("--fast", action="store_true", help="one seed, fewer images")
+    parser.add_argument("--smoke", action="store_true", help="the same code on a few hundred images (the tests)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="task seeds (default 0 1 2; --fast: 0)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
     args = parser.parse_args(argv)
-    seeds = args.seeds or ([0] if args.fast else [0, 1, 2])
-    src_images, task_images, val = (5000, 2000, 1000) if args.fast else (16000, 4000, 2000)
+    seeds = args.seeds or ([0] if args.fast or args.smoke else [0, 1, 2])
+    src_images, task_images, val = ((256, 128, 64) if args.smoke else (5000, 2000, 1000) if args.fast
+                                    else (16000, 4000, 2000))
     sources = _base(src_images, 2, val, OLD, args.threads)
     task = _base(task_images, 2, val, NEW, args.threads)
     began = time.time()
@@ -68,21 +75,24 @@ def main(argv: list[str] | None = None) -> int:
     b = _run(args.out, "source_b", [*sources, "mode=scratch", f"model.src={MODEL}", "train.seed=1"])
     a_weights, b_weights = RunDir(args.out / "source_a").model_weights, RunDir(args.out / "source_b").model_weights
     stitch = ["mode=stitch", f"model.src={MODEL}", f"model.dst={MODEL}", f"model.src_checkpoint={a_weights}",
-              f"model.dst_checkpoint={b_weights}", "model.gap=1:3", "model.adapter=bottleneck", "model.num_classes=5"]
-    probe = ["mode=probe", f"model.src={MODEL}", f"model.src_checkpoint={b_weights}"]
-    methods = {
-        "B, new head alone (probe)": probe,
-        "B, new head + last block": [*probe, "model.unfreeze_last=1"],
-        "A -> B stitch 1:3, new head": stitch,
-        "A -> B stitch 1:3, new head + last block": [*stitch, "model.unfreeze_last=1"],
-        f"{MODEL} from scratch on the task": ["mode=scratch", f"model.src={MODEL}"],
-    }
+              f"model.dst_checkpoint={b_weights}", "model.gap=1:3", "model.adapter=bottleneck"]
+    probe = ["mode=probe", f"model.src={MODEL}", f"model.src_checkpoint={b_weights}", "model.new_head=true"]
+    # (folder name, label, settings); B has 5 classes as the task does, so a new head is asked for explicitly.
+    methods = [
+        ("probe", "B, new head alone (probe)", probe),
+        ("probe_last", "B, new head + last block", [*probe, "model.unfreeze_last=1"]),
+        ("stitch_new_head", "A -> B stitch 1:3, new head", [*stitch, "model.new_head=true"]),
+        ("stitch_new_head_last", "A -> B stitch 1:3, new head + last block",
+         [*stitch, "model.new_head=true", "model.unfreeze_last=1"]),
+        ("stitch_old_head", "A -> B stitch 1:3, B's own head kept frozen", stitch),
+        ("scratch", f"{MODEL} from scratch on the task", ["mode=scratch", f"model.src={MODEL}"]),
+    ]
     rows, runs = [], {"source_a": a, "source_b": b}
-    for label, settings in methods.items():
+    for slug, label, settings in methods:
         print(f"{label}, seeds {seeds}", file=sys.stderr)
         results = []
         for seed in seeds:
-            name = f"{settings[0].split('=')[1]}_{len(rows)}_seed{seed}"
+            name = f"{slug}_seed{seed}"
             results.append(_run(args.out, name, [*task, *settings, f"train.seed={seed}"]))
             runs[name] = results[-1]
         top1 = [r["top1"] for r in results]
@@ -97,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{seeds}.", "", "| method | top-1 (%) | trained | trainable params | GMACs |", "|---|---|---|---|---|"]
     for r in rows:
         shown = f"{r['top1_mean']:.2f}" + (f" ± {r['top1_se']:.2f}" if r["top1_se"] is not None else "")
-        lines.append(f"| {r['method']} | {shown} | {', '.join(r['trained'])} | {r['trainable_params'] / 1e6:.2f}M "
+        lines.append(f"| {r['method']} | {shown} | {', '.join(r['trained'])} | {_count(r['trainable_params'])} "
                      f"| {r['gmacs']:.3f} |")
     table = "\n".join(lines)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -127,3 +127,46 @@ def test_probe_trains_a_new_head_on_a_frozen_model_and_exports(tmp_path):
                          ("model.train_head=false", "a probe trains its head")]:
         with pytest.raises(StitchkitError, match=message):
             load_config(None, [*settings, bad])
+
+
+def test_new_head_for_a_task_with_as_many_classes():
+    """As in timm, a head of the model's own size is kept unless model.new_head asks for a fresh one."""
+    from stitchkit import create_probe
+
+    def head_weight(build, **kwargs):
+        torch.manual_seed(0)  # the same random model each time: only a new head can differ
+        model = build(**kwargs)
+        return model, next(v for k, v in model.state_dict().items() if k.endswith("fc.weight"))
+
+    stitch = lambda **kw: create_stitched("resnet10t", "resnet18", "1:3", input_size=32, **kw)  # noqa: E731
+    kept, kept_fc = head_weight(stitch, num_classes=1000)
+    again, again_fc = head_weight(stitch)
+    fresh, fresh_fc = head_weight(stitch, num_classes=1000, new_head=True)
+    assert kept.trained_parts() == ["adapters"] and fresh.trained_parts() == ["adapters", "head"]
+    assert kept.config.num_classes is None and fresh.config.num_classes == 1000
+    assert torch.equal(kept_fc, again_fc) and not torch.equal(kept_fc, fresh_fc)
+    probe = lambda **kw: create_probe("resnet18", input_size=32, **kw)  # noqa: E731
+    _, own = head_weight(probe)
+    _, own_again = head_weight(probe, num_classes=1000)
+    _, new = head_weight(probe, new_head=True)
+    assert torch.equal(own, own_again) and not torch.equal(own, new)
+
+
+def test_new_task_demonstration_script_at_smoke_size(tmp_path):
+    """scripts/new_task.py (the README's new-task table) on a few hundred real images: every method trains what it
+    says, and a second run reads the finished runs back instead of training them again."""
+    import subprocess
+    import sys
+
+    try:
+        find_fashion_mnist(None)
+    except StitchkitError:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    command = [sys.executable, "scripts/new_task.py", "--out", str(tmp_path / "runs"), "--smoke", "--threads", "1"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    rows = json.loads((tmp_path / "runs" / "results.json").read_text())["rows"]
+    assert [r["trained"] for r in rows] == [["head"], ["layer4.1", "head"], ["adapters", "head"],
+                                           ["adapters", "layer4.1", "head"], ["adapters"], ["all"]]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout == first.stdout and "training" not in again.stderr

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.3.0"
+from .version import __version__
 
 # public name -> the module that defines it
 _EXPORTS = {

@@ -40,7 +40,7 @@ def folder_config(kind: str, architecture: dict, preprocessing: dict, class_name
                   **info: Any) -> dict:
     """The ``config.json`` of a model folder; ``info`` (``result``, ``trained``, ``evaluation``, ``provenance``)
     is stored as given, None values left out."""
-    from . import __version__
+    from .version import __version__
 
     missing = [k for k in PREPROCESSING_KEYS if preprocessing.get(k) is None]
     if missing:

@@ -73,14 +73,16 @@ class HeadProbe(SavesPretrained, nn.Module):
 def create_probe(
     model: str | nn.Module,
     num_classes: int | None = None,
+    new_head: bool | None = None,
     unfreeze_last: int = 0,
     pretrained: bool = False,
     input_size: int = 224,
     checkpoint_path: str | os.PathLike | None = None,
     name: str | None = None,
 ) -> HeadProbe:
-    """``model`` frozen but for its head, a new one of ``num_classes`` classes when that differs from its own, and
-    its last ``unfreeze_last`` blocks.
+    """``model`` frozen but for its head, and its last ``unfreeze_last`` blocks. The head is a new one of
+    ``num_classes`` classes when that differs from the model's own, or when ``new_head`` asks for one; otherwise the
+    model's own head trains on from its weights.
 
     Example:
         >>> probe = create_probe("resnet18", num_classes=5, input_size=32)
@@ -89,8 +91,10 @@ def create_probe(
     """
     model, resolved = resolve_model(model, pretrained, checkpoint_path, input_size)
     name = name or resolved
-    if num_classes is not None and num_classes != num_outputs(model):
-        reset_classifier(model, num_classes)
+    if new_head is None:
+        new_head = num_classes is not None and num_classes != num_outputs(model)
+    if new_head:
+        reset_classifier(model, num_classes or num_outputs(model))
     spec = model_spec(model, input_size, name)
     anatomy = dissect(model, spec.input_size)
     blocks = len(anatomy.blocks())

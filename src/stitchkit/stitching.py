@@ -391,6 +391,7 @@ def load_stitched(path: str | os.PathLike, pretrained: bool | None = None, **ove
     if not isinstance(saved, dict) or saved.get("format") not in READABLE_ADAPTER_FORMATS:
         raise StitchkitError(f"{str(path)!r} is not a stitchkit adapter file (written by StitchedModel.save_adapters)")
     config = dict(saved["config"], **overrides)
+    config.setdefault("new_head", config.get("num_classes") is not None)  # num_classes is recorded for new heads only
     if pretrained is not None:
         config["pretrained"] = pretrained
     model = create_stitched(**config)
@@ -420,6 +421,7 @@ def create_stitched(
     adapter_norm: str = DEFAULT_ADAPTER_NORM,
     token_adapters: bool = True,
     num_classes: int | None = None,
+    new_head: bool | None = None,
     train_head: bool | None = None,
     unfreeze_last: int = 0,
     calibration_images: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -447,7 +449,10 @@ def create_stitched(
         token_adapters: between two token models (ViT to ViT), run ``linear`` and ``linear_relu`` on every token,
             keeping the class token, as the paper's code (default); False sends them through an image.
         num_classes: give the destination a new, randomly initialised head of this many classes (a task neither
-            model was trained for); None or the destination's own number keeps its head.
+            model was trained for); None or the destination's own number keeps its head (as timm's
+            ``create_model(num_classes=...)`` keeps a pretrained head of that size).
+        new_head: a new head even when ``num_classes`` (default: the destination's own) equals the destination's
+            (a new task with as many classes); default: exactly when the numbers differ.
         train_head: train the back's head (its pooling, final norm and classifier) with the adapters; default: True
             exactly when the head is new (a new head cannot stay at its random start: False is an error then).
         unfreeze_last: train this many blocks at the end of the destination's back with the adapters (0 to the
@@ -482,8 +487,13 @@ def create_stitched(
         dst_model, dst_name = src_model, src_name  # one model stitched to itself: build it once
     else:
         dst_model, dst_name = resolve_model(dst, pretrained, dst_checkpoint, input_size)
-    new_head = num_classes is not None and num_classes != _classes_of(dst_model)
+    own_classes = _classes_of(dst_model)
+    if new_head is None:
+        new_head = num_classes is not None and num_classes != own_classes
     if new_head:
+        num_classes = num_classes or own_classes
+        if num_classes is None:
+            raise IncompatibleError(f"{dst_name} has no classifier to replace; pass num_classes= for the new head")
         reset_classifier(dst_model, num_classes)  # before the cut: the back takes the model's (new) head
     if train_head is None:
         train_head = new_head

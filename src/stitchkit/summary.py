@@ -38,6 +38,7 @@ def describe_stitch(model: StitchedModel, src: str, dst: str, input_size: int) -
         ],
         "params": count_params(model),
         "trainable_params": count_params(model, trainable_only=True),
+        "trained": model.trained_parts(),
         "gmacs": macs / 1e9,
         "gmacs_src": src_macs / 1e9,
         "gmacs_dst": dst_macs / 1e9,

@@ -21,6 +21,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prefix-out", default="concat", help="class token out of a ViT: concat, drop, add")
     p.add_argument("--prefix-in", default="mean", help="class token into a ViT: mean, zeros, learned")
     p.add_argument("--readd-pos-embed", action="store_true", help="re-add the destination ViT's position embedding")
+    p.add_argument("--num-classes", type=int, default=None, metavar="N",
+                   help="a new head of N classes for the destination (a new task)")
+    p.add_argument("--new-head", action="store_true", help="a new head even when N equals the destination's")
+    p.add_argument("--train-head", action="store_true", help="train the destination's own head too")
+    p.add_argument("--unfreeze-last", type=int, default=0, metavar="K",
+                   help="train the destination's last K blocks too")
     p.add_argument("--pretrained", action="store_true", help="load pretrained weights (needs them cached or network)")
     p.add_argument("--finetune", action="store_true", help="show the fine-tuning baseline instead (src == dst)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -35,7 +41,8 @@ def run(args) -> int:
     model = create_stitched(
         args.src, args.dst, gap=args.gap, adapter=args.adapter, resize=args.resize, pretrained=args.pretrained,
         input_size=args.input_size, prefix_out=args.prefix_out, prefix_in=args.prefix_in,
-        readd_pos_embed=args.readd_pos_embed,
+        readd_pos_embed=args.readd_pos_embed, num_classes=args.num_classes, new_head=args.new_head or None,
+        train_head=args.train_head or None, unfreeze_last=args.unfreeze_last,
     )
     report = describe_stitch(model, args.src, args.dst, args.input_size)
     if args.json:
@@ -49,7 +56,8 @@ def run(args) -> int:
     print(f"  adapter chain ({len(model.steps)}):")
     for i, step in enumerate(model.steps, start=1):
         print(f"    {i}. {step.describe()}")
-    print(f"  parameters      {report['params'] / 1e6:.2f} M total, {report['trainable_params'] / 1e6:.3f} M trainable")
+    print(f"  parameters      {report['params'] / 1e6:.2f} M total, {report['trainable_params'] / 1e6:.3f} M trainable "
+          f"({', '.join(report['trained'])})")
     print(f"  compute         {report['gmacs']:.3f} GMACs = {100 * report['macs_vs_src']:.1f}% of {args.src} "
           f"({report['gmacs_src']:.3f}), {100 * report['macs_vs_dst']:.1f}% of {args.dst} ({report['gmacs_dst']:.3f})")
     return 0

@@ -123,7 +123,8 @@ class Stitch(Mode):
             input_size=size, src_checkpoint=m.src_checkpoint, dst_checkpoint=m.dst_checkpoint,
             prefix_out=m.prefix_out, prefix_in=m.prefix_in, readd_pos_embed=m.readd_pos_embed,
             frozen_mode=m.frozen_mode, adapter_norm=m.adapter_norm, token_adapters=m.token_adapters,
-            num_classes=m.num_classes, train_head=m.train_head, unfreeze_last=m.unfreeze_last,
+            num_classes=m.num_classes, new_head=m.new_head or None, train_head=m.train_head,
+            unfreeze_last=m.unfreeze_last,
             calibration_images=images, calibration_device=device if images is not None else None,
         )
         classes = _classes_of_back(model, size)
@@ -161,7 +162,7 @@ class Finetune(Mode):
         """``model.num_classes`` gives it a new head."""
         m, size = config.model, config.data.input_size
         model = create_model(m.src, pretrained=m.pretrained, checkpoint_path=m.src_checkpoint, input_size=size)
-        _match_head(model, m.num_classes, num_data_classes, m.src)
+        _match_head(model, m.num_classes, num_data_classes, m.src, m.new_head)
         return create_finetune_baseline(model, m.gap, input_size=size)
 
     def build_for_pricing(self, src, dst, gap, adapter, resize, input_size):
@@ -214,7 +215,8 @@ class Probe(Mode):
         m = config.model
         if m.num_classes not in (None, num_data_classes):
             raise StitchkitError(f"model.num_classes={m.num_classes} but the data has {num_data_classes} classes")
-        return create_probe(m.src, num_classes=num_data_classes, unfreeze_last=m.unfreeze_last,
+        return create_probe(m.src, num_classes=num_data_classes, new_head=m.new_head or None,
+                            unfreeze_last=m.unfreeze_last,
                             pretrained=m.pretrained, input_size=config.data.input_size,
                             checkpoint_path=m.src_checkpoint)
 
@@ -245,11 +247,14 @@ def _classes_of_back(model: StitchedModel, size: int) -> int:
     return classes
 
 
-def _match_head(model: nn.Module, num_classes: int | None, num_data_classes: int, name: str) -> None:
+def _match_head(model: nn.Module, num_classes: int | None, num_data_classes: int, name: str,
+                new_head: bool = False) -> None:
+    if new_head:
+        num_classes = num_classes or num_data_classes
     if num_classes is not None:
         if num_classes != num_data_classes:
             raise StitchkitError(f"model.num_classes={num_classes} but the data has {num_data_classes} classes")
-        if num_outputs(model) != num_classes:
+        if new_head or num_outputs(model) != num_classes:
             reset_classifier(model, num_classes)
     elif num_outputs(model) != num_data_classes:
         raise StitchkitError(

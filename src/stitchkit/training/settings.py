@@ -42,13 +42,15 @@ class ModelConfig:
     pretrained: bool = setting(True, "load the library's pretrained weights for src and dst")
     src_checkpoint: Optional[str] = setting(None, "local weights for model.src (.pt, .pth, .safetensors)")
     dst_checkpoint: Optional[str] = setting(None, "local weights for model.dst", per_run=True)
-    num_classes: Optional[int] = setting(None, "a new head of this size (a stitch's destination, finetune, scratch); "
-                                               "default: the model's own", per_run=True)
+    num_classes: Optional[int] = setting(None, "classes of the head (a stitch's destination, finetune, scratch, "
+                                               "probe): a new head when it differs from the model's own; default: "
+                                               "the model's own", per_run=True)
+    new_head: bool = setting(False, "a freshly initialised head even when model.num_classes equals the model's own "
+                                    "(a new task with as many classes)", per_run=True, since="0.4")
     train_head: Optional[bool] = setting(None, "stitch: train the destination's head with the adapters; default: "
-                                               "true exactly when model.num_classes gives it a new head",
-                                         per_run=True, since="0.3")
-    unfreeze_last: int = setting(0, "stitch: train this many blocks at the end of the destination's back with the "
-                                    "adapters", per_run=True, since="0.3")
+                                               "true exactly when the head is new", per_run=True, since="0.4")
+    unfreeze_last: int = setting(0, "stitch, probe: train this many blocks at the end of the (destination) model "
+                                    "too", per_run=True, since="0.4")
     prefix_out: str = setting("concat", "class token out of a ViT: concat, drop, add", per_run=True)
     prefix_in: str = setting("mean", "class token into a ViT: mean, zeros, learned", per_run=True)
     readd_pos_embed: bool = setting(False, "re-add the destination ViT's position embedding", per_run=True)
