@@ -92,6 +92,17 @@ def test_loaded_model_carries_its_preprocessing_and_saves_again(exported, tmp_pa
         stitchkit.FinetuneBaseline.from_pretrained(again)
 
 
+def test_a_finetune_run_of_a_torchvision_model_exports_and_loads(tmp_path):
+    """The folder names the model as the run did (torchvision:..., not the class name of the instance)."""
+    result = train(load_config(None, [*TINY, "train.epochs=1", "mode=finetune", "model.src=torchvision:resnet18",
+                                      "model.gap=1:3", "model.num_classes=10", f"output.dir={tmp_path / 'ft'}"]))
+    assert main(["export", str(tmp_path / "ft"), "--out", str(tmp_path / "folder"), "--format", "safetensors"]) == 0
+    config = json.loads((tmp_path / "folder" / "config.json").read_text())
+    assert config["kind"] == "finetune" and config["architecture"]["model"] == "torchvision:resnet18"
+    model = stitchkit.load_pretrained(tmp_path / "folder")
+    assert isinstance(model, stitchkit.FinetuneBaseline) and config["result"]["top1"] == result["top1"]
+
+
 @pytest.mark.parametrize("kind", ["finetune", "model", "vit-stitch"])
 def test_every_kind_saves_and_loads_offline(kind, tmp_path):
     torch.manual_seed(0)

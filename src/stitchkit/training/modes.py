@@ -163,7 +163,7 @@ class Finetune(Mode):
         m, size = config.model, config.data.input_size
         model = create_model(m.src, pretrained=m.pretrained, checkpoint_path=m.src_checkpoint, input_size=size)
         _match_head(model, m.num_classes, num_data_classes, m.src, m.new_head)
-        return create_finetune_baseline(model, m.gap, input_size=size)
+        return create_finetune_baseline(model, m.gap, input_size=size, name=m.src)
 
     def build_for_pricing(self, src, dst, gap, adapter, resize, input_size):
         return create_finetune_baseline(src, gap, input_size=input_size)
