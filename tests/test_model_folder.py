@@ -192,3 +192,17 @@ def test_bad_folders_are_one_clear_error_each(exported, tmp_path, capsys):
     with pytest.raises(StitchkitError, match="holds other files"):
         stitchkit.load_pretrained(folder).save_pretrained(tmp_path / "mine")
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+
+
+def test_saving_again_replaces_an_earlier_save_and_nothing_else(tmp_path):
+    first, second = (stitchkit.create_model("resnet10t", num_classes=3) for _ in range(2))
+    folder = tmp_path / "m"
+    stitchkit.save_pretrained(first, folder, input_size=32)
+    stitchkit.save_pretrained(second, folder, input_size=32)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(stitchkit.load_pretrained(folder)(x), second.eval()(x))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no staging folder left
+    (folder / "model.onnx").write_bytes(b"an export of the first")
+    with pytest.raises(StitchkitError, match=r"holds other files \(model.onnx\)"):
+        stitchkit.save_pretrained(first, folder, input_size=32)

@@ -60,8 +60,7 @@ def test_new_head_settings_are_checked():
 
 
 def test_stitch_with_new_head_trains_resumes_and_evaluates(tmp_path, monkeypatch):
-    from test_training import _interrupt_at
-    from stitchkit.training import RunInterrupted
+    from test_training import assert_resumes_exactly
 
     settings = [*TINY, "mode=stitch", "model.src=resnet10t", "model.dst=resnet18", "model.gap=1:3",
                 "model.num_classes=10", "model.unfreeze_last=1", "train.epochs=2", "train.checkpoint_every=100"]
@@ -74,14 +73,8 @@ def test_stitch_with_new_head_trains_resumes_and_evaluates(tmp_path, monkeypatch
     for k, v in torch.load(tmp_path / "reference" / "adapters.pt", weights_only=True)["adapters"].items():
         adapters_only += not k.startswith("back.")
     assert 0 < adapters_only < len(torch.load(tmp_path / "reference" / "adapters.pt", weights_only=True)["adapters"])
-    config = load_config(None, [*settings, f"output.dir={tmp_path / 'interrupted'}"])
-    with monkeypatch.context() as patch:
-        _interrupt_at(patch, 3)
-        with pytest.raises(RunInterrupted):
-            train(config)
-    resumed = train(config, resume=True)
-    for key in ("top1", "loss", "train_loss", "steps"):
-        assert resumed[key] == reference[key], key
+    assert_resumes_exactly(monkeypatch, load_config(None, [*settings, f"output.dir={tmp_path / 'interrupted'}"]),
+                           reference)
     # The trained head and block come back from the checkpoint: evaluating again gives the run's own numbers.
     again = evaluate_run(tmp_path / "reference")
     assert again["top1"] == reference["top1"] and again["loss"] == pytest.approx(reference["loss"], abs=1e-6)

@@ -204,9 +204,13 @@ def test_paper_frozen_mode_resumes_exactly(tmp_path, monkeypatch, source_model):
                 f"model.dst_checkpoint={source_model}", "model.frozen_mode=train", "train.epochs=2",
                 "train.checkpoint_every=100"]
     reference = train(_cfg(tmp_path, *settings, name="reference"))
-    config = _cfg(tmp_path, *settings, name="interrupted")
+    assert_resumes_exactly(monkeypatch, _cfg(tmp_path, *settings, name="interrupted"), reference)
+
+
+def assert_resumes_exactly(monkeypatch, config, reference: dict, stop_at: int = 3) -> None:
+    """Interrupt ``config``'s run at step ``stop_at``, resume it, and compare with the uninterrupted ``reference``."""
     with monkeypatch.context() as patch:
-        _interrupt_at(patch, 3)
+        _interrupt_at(patch, stop_at)
         with pytest.raises(RunInterrupted):
             train(config)
     resumed = train(config, resume=True)

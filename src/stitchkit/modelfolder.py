@@ -63,9 +63,12 @@ def write_model_folder(directory: str | os.PathLike, config: dict, model: nn.Mod
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise StitchkitError(f"{str(directory)!r} is a file; save the model into a folder")
-    existing = directory.is_dir() and any(directory.iterdir())
-    if existing and not (directory / WEIGHTS_FILE).exists() and not (directory / CONFIG_FILE).exists():
-        raise StitchkitError(f"{str(directory)!r} holds other files; save the model into a new or empty folder")
+    present = {p.name for p in directory.iterdir()} if directory.is_dir() else set()
+    existing = bool(present)
+    others = sorted(present - {CONFIG_FILE, WEIGHTS_FILE, CARD_FILE})
+    if others:  # a user's files, or an export's (model.onnx would no longer match the new weights)
+        raise StitchkitError(f"{str(directory)!r} holds other files ({', '.join(others[:3])}); save the model into a "
+                             "new or empty folder, or into an earlier save_pretrained folder")
     directory.parent.mkdir(parents=True, exist_ok=True)
     remove_own_temps(directory.parent)  # the staging folder of a save killed before
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
