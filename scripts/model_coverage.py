@@ -256,9 +256,10 @@ def write_outputs(work: Path, results: dict[str, dict], doc: Path, data: Path) -
         "PNASNet's cells that take the two previous cells' outputs, TNT's pixel and patch streams, CrossViT's two "
         "branches) have no point where one tensor carries everything, so there is nothing for an adapter to map; the "
         "refusal says so. Register a Family to cut one by hand at its few single-tensor points.",
-        "* **Hiera** keeps its tokens in mask-unit (unrolled) order, not row by row. Its cuts are exact, but a stitch "
-        "with another model reads those tokens as a row-major grid, so spatial positions arrive scrambled: the stitch "
-        "runs and trains, from a worse start than the table's other token models. Not yet handled.",
+        "* **Hiera** keeps its tokens in mask-unit (unrolled) order between blocks, not row by row. A front of Hiera "
+        "ends with its tokens put row by row (the order the model's own `reroll` gives, so they equal timm's "
+        "`forward_intermediates` at every stage end: tested) and a back of Hiera puts them back, so a stitch with "
+        "another model sees positions where they are. (Before 0.4 they arrived scrambled.)",
         "* **Coarse splits**: where a model's blocks hand on a layout the graph split cannot read as an image or "
         "tokens (Nest's blocked tokens), or dense connections tie blocks together (DLA), only stage boundaries are "
         "cuts (a `1/1/1/1` row): every cut is exact, there are just fewer of them.",

@@ -284,3 +284,25 @@ def test_blocks_holding_conv_sequences_in_branches_are_blocks_not_groups():
     anatomy = _parity(model, 32)
     assert [len(s) for s in anatomy.stages] == [4, 4, 4, 4]
     assert anatomy.block_names[0][0] == "stage2.0" and anatomy.reductions == [8, 16, 16, 32]
+
+
+def test_hiera_fronts_give_tokens_row_by_row_as_timm_rerolls_them():
+    """Hiera keeps its tokens unrolled into mask units between blocks. A front ends with them put row by row, which
+    is what timm's own forward_intermediates returns at every stage end; backs take them row by row; parity holds."""
+    torch.manual_seed(0)
+    model = stitchkit.create_model("hiera_tiny_224", input_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.forward_intermediates(x, indices=4, intermediates_only=True, output_fmt="NHWC")
+        full = model(x)
+        for stage in range(1, 5):
+            front, back = stitchkit.split(model, stage, "end", input_size=64)
+            tokens = front(x)
+            assert torch.equal(tokens.reshape(expected[stage - 1].shape), expected[stage - 1]), stage
+            assert torch.allclose(back(tokens), full, atol=1e-5)
+            front, back = stitchkit.split(model, stage, "first", input_size=64)
+            assert torch.allclose(back(front(x)), full, atol=1e-5)
+    stitched = stitchkit.create_stitched(model, "resnet10t", "2:3", input_size=64, unfreeze_last=1)
+    assert stitched.trained_parts() == ["adapters", "layer4.0"] and stitched(x).shape == (2, 1000)
+    into_hiera = stitchkit.create_stitched("resnet10t", model, "1:3", input_size=64, unfreeze_last=2)
+    assert into_hiera.trained_parts() == ["adapters", "blocks.10", "blocks.11"]

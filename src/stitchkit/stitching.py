@@ -41,6 +41,7 @@ from .formats import (
 )
 from .zoo import ModelSpec, back_part, dissect, front_part, model_spec, resolve_model, token_extras
 from .zoo.models import create_model, num_outputs, reset_classifier
+from .zoo.split import TokenOrder
 
 FROZEN_MODES = ("eval", "train")
 ADAPTER_FILE_FORMAT = "stitchkit.adapters.v3"  # v3: also the trained head and blocks of the back (new-task stitches)
@@ -237,14 +238,16 @@ class StitchedModel(SavesPretrained, nn.Module):
         self.config, self.src_spec, self.dst_spec = config, src_spec, dst_spec
         for part in (front, back):
             part.requires_grad_(False)
-        blocks_in_back = len(back) - 1  # the back is its blocks, then the head
+        # The back is its blocks, then the head (after a token reordering for models like Hiera, see zoo.split).
+        self._back_lead = int(isinstance(back[0], TokenOrder)) if len(back) else 0
+        blocks_in_back = len(back) - 1 - self._back_lead
         if not 0 <= config.unfreeze_last <= blocks_in_back:
             raise IncompatibleError(f"unfreeze_last={config.unfreeze_last}, but the back of {config.dst} at gap "
                                     f"{config.gap[0]}:{config.gap[1]} has {blocks_in_back} block"
                                     f"{'' if blocks_in_back == 1 else 's'}; use 0 to {blocks_in_back}")
         # Indices into ``back`` of the modules that train with the adapters (and follow .train()/.eval()).
-        self.trained_back = tuple(range(blocks_in_back - config.unfreeze_last, blocks_in_back)) + (
-            (blocks_in_back,) if config.train_head else ())
+        head = len(back) - 1
+        self.trained_back = tuple(range(head - config.unfreeze_last, head)) + ((head,) if config.train_head else ())
         for i in self.trained_back:
             back[i].requires_grad_(True)
         self._warned = False
@@ -267,10 +270,9 @@ class StitchedModel(SavesPretrained, nn.Module):
     def trained_parts(self) -> list[str]:
         """What training changes, for people: ``adapters``, then the back's trained blocks by their names in the
         destination model, then ``head``."""
-        first = self.dst_spec.cut(*self.config.dst_cut).blocks
+        first = self.dst_spec.cut(*self.config.dst_cut).blocks - getattr(self, "_back_lead", 0)
         names = self.dst_spec.block_names
-        return ["adapters", *(names[first + i] if first + i < len(names) else f"back.{i}"
-                              for i in self.trained_back if i < len(self.back) - 1),
+        return ["adapters", *(names[first + i] for i in self.trained_back if i < len(self.back) - 1),
                 *(["head"] if self.config.train_head else [])]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

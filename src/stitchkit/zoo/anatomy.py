@@ -70,6 +70,10 @@ class Anatomy:
             of hierarchical token models follow from it.
         stage_prefix_tokens: for anatomies cut from a graph, each stage's prefix tokens (CaiT adds its class token
             only in its last blocks); otherwise ``num_prefix_tokens`` holds for every stage.
+        token_order: for models that keep their tokens in another order than row by row (Hiera's mask units), the
+            order after ``n`` blocks: ``order(n)[p]`` is the token at row-major position ``p`` (None: row-major).
+            A front ends and a back starts with the reordering (:mod:`stitchkit.zoo.split`), so the tokens between
+            two models are always row by row.
     """
 
     stem: nn.Module
@@ -81,6 +85,7 @@ class Anatomy:
     block_names: list[list[str]] = field(default_factory=list)
     reductions: list[int] | None = None
     stage_prefix_tokens: list[int] | None = None
+    token_order: Callable[[int], torch.Tensor | None] | None = None
 
     def __post_init__(self):
         if len(self.stages) != 4 or any(len(s) == 0 for s in self.stages):

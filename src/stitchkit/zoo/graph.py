@@ -490,4 +490,39 @@ def _build(model: nn.Module, hw: tuple[int, int]) -> Anatomy:
     anatomy = Anatomy(stem, stage_parts, head, formats, num_prefix_tokens=max(prefixes),
                       reductions=[s[-1].reduction for s in stages], stage_prefix_tokens=prefixes)
     anatomy.block_names = [[b.block for b in stage] for stage in stages]
+    anatomy.token_order = _unrolled_order(model, [b for stage in anatomy.block_names for b in stage])
     return anatomy
+
+
+def _unrolled_order(model: nn.Module, block_names: list[str]):
+    """For a model that keeps its tokens unrolled into mask units between blocks (timm's Hiera: ``unroll`` before
+    the blocks, ``reroll`` to read a block's output as an image), the row-major order after ``n`` blocks, taken
+    from the model's own ``reroll``; None for every other model."""
+    reroll = getattr(model, "reroll", None)
+    if reroll is None or not hasattr(model, "unroll") or not hasattr(reroll, "schedule"):
+        return None
+    indices = []
+    for name in block_names:  # the model's own block index that ends each of our blocks ("blocks.7" -> 7)
+        tail = name.rsplit(".", 1)[-1]
+        if not tail.isdigit():
+            raise GraphSplitError(f"cannot tell which of its blocks {name} is, to put its tokens row by row")
+        indices.append(int(tail))
+    return _TokenOrders(reroll, indices)
+
+
+class _TokenOrders:
+    """``order(n)``: after ``n`` blocks, which unrolled token sits at each row-major position (None when the order
+    is already row-major). A named class, not a closure: anatomies are cached and stitched models pickle."""
+
+    def __init__(self, reroll: nn.Module, block_indices: list[int]):
+        self.reroll, self.block_indices = reroll, block_indices
+
+    @torch.no_grad()
+    def __call__(self, n: int) -> torch.Tensor | None:
+        if n == 0:
+            return None  # cuts are after a stage's first block at the earliest
+        schedule, size = self.reroll.schedule[self.block_indices[n - 1]]
+        tokens = math.prod(size)
+        positions = torch.arange(tokens, dtype=torch.float64).view(1, tokens, 1)
+        order = self.reroll(positions, self.block_indices[n - 1]).reshape(-1).long()
+        return None if torch.equal(order, torch.arange(tokens)) else order

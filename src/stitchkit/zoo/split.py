@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from torch import nn
 
 from .anatomy import Anatomy
@@ -15,14 +16,28 @@ class Part(nn.Sequential):
     """A run of a model's own modules (shared with the model, not copied), applied in order."""
 
 
+class TokenOrder(nn.Module):
+    """Tokens ``[B, N, C]`` put in another order: ``x[:, index]`` (no weights; the index is rebuilt with the part)."""
+
+    def __init__(self, index: torch.Tensor):
+        super().__init__()
+        self.register_buffer("index", index.long(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(1, self.index)
+
+
 def front_part(anatomy: Anatomy, blocks: int) -> Part:
-    """The stem and the first ``blocks`` blocks."""
-    return Part(anatomy.stem, *anatomy.blocks()[:blocks])
+    """The stem and the first ``blocks`` blocks (their tokens row by row, whatever order the model keeps)."""
+    order = anatomy.token_order(blocks) if anatomy.token_order else None
+    return Part(anatomy.stem, *anatomy.blocks()[:blocks], *([TokenOrder(order)] if order is not None else []))
 
 
 def back_part(anatomy: Anatomy, blocks: int) -> Part:
-    """Every block after the first ``blocks``, then the head."""
-    return Part(*anatomy.blocks()[blocks:], anatomy.head)
+    """Every block after the first ``blocks``, then the head (taking tokens row by row)."""
+    order = anatomy.token_order(blocks) if anatomy.token_order else None
+    return Part(*([TokenOrder(torch.argsort(order))] if order is not None else []), *anatomy.blocks()[blocks:],
+                anatomy.head)
 
 
 def split(
