@@ -123,13 +123,14 @@ class Run:
         """Make the run folder and write config.yaml (a resumed run: cut its metrics back to ``position``), once data
         and model have been built without error."""
         run = self.dir
-        if self.is_main and not self.resume:  # only now that the new run has built without error
-            # --overwrite: the old run goes. Otherwise check_folder found no checkpoint and no result, so any output
-            # here is what an attempt killed before its first checkpoint left (its metric lines would repeat).
-            run.remove_outputs()
         if self.is_main:
-            run.remove_leftovers()  # temporary files of a process killed mid-write
             try:
+                if not self.resume:  # only now that the new run has built without error
+                    # --overwrite: the old run goes. Otherwise check_folder found no checkpoint and no result, so any
+                    # output here is what an attempt killed before its first checkpoint left (its metric lines
+                    # would repeat).
+                    run.remove_outputs()
+                run.remove_leftovers()  # temporary files of a process killed mid-write
                 run.checkpoints.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(run.write_test, "ok\n")
                 run.write_test.unlink()
