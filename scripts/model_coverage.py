@@ -141,7 +141,7 @@ def timm_classes(work: Path) -> dict[str, dict]:
             with torch.device("meta"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = timm.create_model(name, pretrained=False)
-        except Exception as err:
+        except Exception:  # counted under "(cannot build)"; the check itself names the error
             classes.setdefault("(cannot build)", {"representative": None, "names": [], "params": 0})["names"].append(name)
             continue
         cls = f"{type(model).__module__}.{type(model).__qualname__}"
