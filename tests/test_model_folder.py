@@ -103,7 +103,7 @@ def test_a_finetune_run_of_a_torchvision_model_exports_and_loads(tmp_path):
     assert isinstance(model, stitchkit.FinetuneBaseline) and config["result"]["top1"] == result["top1"]
 
 
-@pytest.mark.parametrize("kind", ["finetune", "model", "vit-stitch"])
+@pytest.mark.parametrize("kind", ["finetune", "model", "vit-stitch", "pos-embed", "hiera"])
 def test_every_kind_saves_and_loads_offline(kind, tmp_path):
     torch.manual_seed(0)
     if kind == "finetune":
@@ -114,10 +114,18 @@ def test_every_kind_saves_and_loads_offline(kind, tmp_path):
     elif kind == "model":
         model = stitchkit.create_model("resnet10t", num_classes=3)
         stitchkit.save_pretrained(model, tmp_path / "m", input_size=32)
+    elif kind == "pos-embed":  # computed from the destination's weights and kept out of state dicts
+        model = stitchkit.create_stitched("vit_micro_patch4_32", "vit_pico_patch4_32", "1:3", input_size=32,
+                                          readd_pos_embed=True, prefix_in="learned")
+        model.save_pretrained(tmp_path / "m")
+    elif kind == "hiera":  # its token reordering between the parts
+        model = stitchkit.create_stitched("hiera_tiny_224", "resnet10t", "2:3", input_size=32)
+        model.save_pretrained(tmp_path / "m")
     else:
         model = stitchkit.create_stitched("vit_micro_patch4_32", "resnet10t", "2:3", adapter="linear", input_size=32,
                                           unfreeze_last=1)
         model.save_pretrained(tmp_path / "m", class_names=[f"c{i}" for i in range(1000)])
+    torch.manual_seed(1)  # other random weights while it is rebuilt: only the folder's may count
     loaded = stitchkit.load_pretrained(tmp_path / "m")
     assert type(loaded) is type(model)
     x = torch.randn(3, 3, 32, 32)

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +97,28 @@ def write_files(folder: Path, config: dict, model: nn.Module) -> None:
 
     was_training = model.training
     try:
-        save_model(model.eval(), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+        with _every_buffer(model):
+            save_model(model.eval(), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     finally:
         model.train(was_training)
     faults.point(f"write:{WEIGHTS_FILE}")
     atomic_write_text(folder / CARD_FILE, model_card(config))
     atomic_write_json(folder / CONFIG_FILE, config)
+
+
+@contextmanager
+def _every_buffer(model: nn.Module):
+    """Buffers a module keeps out of its state dict (``persistent=False``) count as state while the folder is
+    written and read: some are computed from weights a folder does not rebuild (a stitch's re-added position
+    embedding comes from the destination's), so the folder must hold them too."""
+    hidden = [(m, set(m._non_persistent_buffers_set)) for m in model.modules()]
+    for module, _ in hidden:
+        module._non_persistent_buffers_set.clear()
+    try:
+        yield
+    finally:
+        for module, names in hidden:
+            module._non_persistent_buffers_set.update(names)
 
 
 def read_model_config(directory: str | os.PathLike) -> dict:
@@ -145,7 +162,8 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, device: str | t
 
     path = Path(directory) / WEIGHTS_FILE
     try:
-        load_model(model, str(path), strict=True, device=str(device))
+        with _every_buffer(model):
+            load_model(model, str(path), strict=True, device=str(device))
     except SafetensorError as err:
         raise StitchkitError(f"{str(path)!r} is not a readable safetensors file ({err}); copy it again or export "
                              "the model again") from None
