@@ -7,6 +7,8 @@ ankle boot), which neither saw. On it, with the same images and steps:
 * B given a new head alone (mode=probe), and with its last block too;
 * A stitched to B with a new 5-class head (adapters + head), and with B's last block too;
 * A stitched to B keeping B's own head frozen (only the adapters train: they learn to drive the old head);
+* controls: the same stitches into an untrained B (bottleneck and linear adapters), which tell how much of a
+  stitch's accuracy B's trained stages give and how much the adapters learn on their own;
 * the same ResNet-18 trained from scratch on the task (what the budget buys without reused parts).
 
     python scripts/new_task.py --out runs/new_task            # 3 seeds, about 15 minutes on 2 CPU cores
@@ -74,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     a = _run(args.out, "source_a", [*sources, "mode=scratch", f"model.src={MODEL}", "train.seed=0"])
     b = _run(args.out, "source_b", [*sources, "mode=scratch", f"model.src={MODEL}", "train.seed=1"])
     a_weights, b_weights = RunDir(args.out / "source_a").model_weights, RunDir(args.out / "source_b").model_weights
-    stitch = ["mode=stitch", f"model.src={MODEL}", f"model.dst={MODEL}", f"model.src_checkpoint={a_weights}",
-              f"model.dst_checkpoint={b_weights}", "model.gap=1:3", "model.adapter=bottleneck"]
+    untrained_b = ["mode=stitch", f"model.src={MODEL}", f"model.dst={MODEL}", f"model.src_checkpoint={a_weights}",
+                   "model.gap=1:3", "model.adapter=bottleneck"]
+    stitch = [*untrained_b, f"model.dst_checkpoint={b_weights}"]
     probe = ["mode=probe", f"model.src={MODEL}", f"model.src_checkpoint={b_weights}", "model.new_head=true"]
     # (folder name, label, settings); B has 5 classes as the task does, so a new head is asked for explicitly.
     methods = [
@@ -85,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         ("stitch_new_head_last", "A -> B stitch 1:3, new head + last block",
          [*stitch, "model.new_head=true", "model.unfreeze_last=1"]),
         ("stitch_old_head", "A -> B stitch 1:3, B's own head kept frozen", stitch),
+        # Controls: how much comes from B's trained stages rather than from the adapters themselves.
+        ("stitch_untrained_dst", "control: A -> untrained B, 1:3, new head", [*untrained_b, "model.new_head=true"]),
+        ("stitch_linear", "A -> B stitch 1:3 linear, new head", [*stitch, "model.adapter=linear", "model.new_head=true"]),
+        ("stitch_linear_untrained_dst", "control: A -> untrained B, 1:3 linear, new head",
+         [*untrained_b, "model.adapter=linear", "model.new_head=true"]),
         ("scratch", f"{MODEL} from scratch on the task", ["mode=scratch", f"model.src={MODEL}"]),
     ]
     rows, runs = [], {"source_a": a, "source_b": b}

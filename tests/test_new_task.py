@@ -160,6 +160,16 @@ def test_new_task_demonstration_script_at_smoke_size(tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     rows = json.loads((tmp_path / "runs" / "results.json").read_text())["rows"]
     assert [r["trained"] for r in rows] == [["head"], ["layer4.1", "head"], ["adapters", "head"],
-                                           ["adapters", "layer4.1", "head"], ["adapters"], ["all"]]
+                                           ["adapters", "layer4.1", "head"], ["adapters"], ["adapters", "head"],
+                                           ["adapters", "head"], ["adapters", "head"], ["all"]]
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout == first.stdout and "training" not in again.stderr
+
+
+def test_new_head_alone_fits_the_data(tmp_path):
+    """model.new_head=true without model.num_classes: a new head for the data's classes (here 10, the destination
+    has 1000)."""
+    result = train(load_config(None, [*TINY, "mode=stitch", "model.src=resnet10t", "model.dst=resnet18",
+                                      "model.gap=1:3", "model.new_head=true", "train.max_steps=1",
+                                      f"output.dir={tmp_path / 'run'}"]))
+    assert result["classes"] == 10 and result["trained"] == ["adapters", "head"]

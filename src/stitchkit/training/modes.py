@@ -123,7 +123,8 @@ class Stitch(Mode):
             input_size=size, src_checkpoint=m.src_checkpoint, dst_checkpoint=m.dst_checkpoint,
             prefix_out=m.prefix_out, prefix_in=m.prefix_in, readd_pos_embed=m.readd_pos_embed,
             frozen_mode=m.frozen_mode, adapter_norm=m.adapter_norm, token_adapters=m.token_adapters,
-            num_classes=m.num_classes, new_head=m.new_head or None, train_head=m.train_head,
+            num_classes=m.num_classes or (num_data_classes if m.new_head else None),  # new_head: for this data
+            new_head=m.new_head or None, train_head=m.train_head,
             unfreeze_last=m.unfreeze_last,
             calibration_images=images, calibration_device=device if images is not None else None,
         )
