@@ -15,7 +15,7 @@ from torch import nn
 from .errors import IncompatibleError
 from .modelfolder import SavesPretrained
 from .zoo import Part, back_part, create_model, dissect, front_part, model_spec, resolve_model
-from .zoo.models import num_outputs, reset_classifier
+from .zoo.models import fit_head, num_outputs
 
 
 class HeadProbe(SavesPretrained, nn.Module):
@@ -91,10 +91,7 @@ def create_probe(
     """
     model, resolved = resolve_model(model, pretrained, checkpoint_path, input_size)
     name = name or resolved
-    if new_head is None:
-        new_head = num_classes is not None and num_classes != num_outputs(model)
-    if new_head:
-        reset_classifier(model, num_classes or num_outputs(model))
+    fit_head(model, num_classes, new_head)
     spec = model_spec(model, input_size, name)
     anatomy = dissect(model, spec.input_size)
     blocks = len(anatomy.blocks())

@@ -40,7 +40,7 @@ from .formats import (
     to_nchw,
 )
 from .zoo import ModelSpec, back_part, dissect, front_part, model_spec, resolve_model, token_extras
-from .zoo.models import create_model, num_outputs, reset_classifier
+from .zoo.models import classes_or_none, create_model, fit_head, num_outputs
 from .zoo.split import TokenOrder
 
 FROZEN_MODES = ("eval", "train")
@@ -489,14 +489,9 @@ def create_stitched(
         dst_model, dst_name = src_model, src_name  # one model stitched to itself: build it once
     else:
         dst_model, dst_name = resolve_model(dst, pretrained, dst_checkpoint, input_size)
-    own_classes = _classes_of(dst_model)
-    if new_head is None:
-        new_head = num_classes is not None and num_classes != own_classes
+    new_head = fit_head(dst_model, num_classes, new_head)  # before the cut: the back takes the model's head
     if new_head:
-        num_classes = num_classes or own_classes
-        if num_classes is None:
-            raise IncompatibleError(f"{dst_name} has no classifier to replace; pass num_classes= for the new head")
-        reset_classifier(dst_model, num_classes)  # before the cut: the back takes the model's (new) head
+        num_classes = num_outputs(dst_model)
     if train_head is None:
         train_head = new_head
     elif new_head and not train_head:
@@ -560,14 +555,6 @@ def create_stitched(
     return model
 
 
-def _classes_of(model: nn.Module) -> int | None:
-    """Classes the model's head predicts (None for an encoder without a classifier)."""
-    try:
-        return num_outputs(model)
-    except StitchkitError:
-        return None
-
-
 def _data_config(model: StitchedModel, src_model: nn.Module, src_name: str, dst_model: nn.Module,
                  input_size: int) -> dict:
     """What timm's ``resolve_model_data_config`` / ``create_transform`` read: the stitch sees pixels through its
@@ -583,10 +570,8 @@ def _data_config(model: StitchedModel, src_model: nn.Module, src_name: str, dst_
     cfg = {"architecture": f"stitch:{c.src}->{c.dst}@{c.gap[0]}:{c.gap[1]}", "input_size": (3, input_size, input_size),
            "fixed_input_size": True, "mean": tuple(mean), "std": tuple(std), "interpolation": interpolation,
            "crop_pct": crop, "crop_mode": "center"}
-    try:
+    if classes_or_none(dst_model) is not None:  # an encoder has no classifier
         cfg["num_classes"] = num_outputs(dst_model)
-    except StitchkitError:  # an encoder without a classifier
-        pass
     return cfg
 
 

@@ -25,7 +25,7 @@ from ..registry import Registry
 from ..rundir import RunDir
 from ..stitching import StitchedModel, create_stitched
 from ..zoo.metadata import preprocessing
-from ..zoo.models import create_model, num_outputs, reset_classifier
+from ..zoo.models import create_model, fit_head, num_outputs
 from .settings import Config
 
 Calibration = Callable[[str], torch.Tensor]
@@ -255,8 +255,7 @@ def _match_head(model: nn.Module, num_classes: int | None, num_data_classes: int
     if num_classes is not None:
         if num_classes != num_data_classes:
             raise StitchkitError(f"model.num_classes={num_classes} but the data has {num_data_classes} classes")
-        if new_head or num_outputs(model) != num_classes:
-            reset_classifier(model, num_classes)
+        fit_head(model, num_classes, new_head or None)
     elif num_outputs(model) != num_data_classes:
         raise StitchkitError(
             f"{name} predicts {num_outputs(model)} classes but the data has {num_data_classes}; set "

@@ -19,7 +19,7 @@ import torchvision
 from torch import nn
 
 from ..formats import Format
-from ..errors import StitchkitError, unknown_name
+from ..errors import IncompatibleError, StitchkitError, unknown_name
 from .families import Family, families, family_of
 from .metadata import TORCHVISION_PREFIX, ModelName
 
@@ -273,6 +273,29 @@ def reset_classifier(model: nn.Module, num_classes: int) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, new.to(layer.weight.device))
     if isinstance(getattr(model, "num_classes", None), int):
         model.num_classes = num_classes
+
+
+def classes_or_none(model: nn.Module) -> int | None:
+    """:func:`num_outputs`, or None for a model without a classifier (an encoder)."""
+    try:
+        return num_outputs(model)
+    except StitchkitError:
+        return None
+
+
+def fit_head(model: nn.Module, num_classes: int | None, new_head: bool | None = None) -> bool:
+    """Give ``model`` a new, randomly initialised head of ``num_classes`` when that differs from what its head
+    predicts (as timm's ``create_model(num_classes=...)`` keeps a pretrained head of the same size), or whenever
+    ``new_head`` asks for one (of the model's own size when ``num_classes`` is None). Returns whether it did."""
+    own = classes_or_none(model)
+    if new_head is None:
+        new_head = num_classes is not None and num_classes != own
+    if new_head:
+        if (num_classes or own) is None:
+            raise IncompatibleError(f"{type(model).__name__} has no classifier to replace; pass num_classes= for the "
+                                 "new head")
+        reset_classifier(model, num_classes or own)
+    return new_head
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
