@@ -214,3 +214,14 @@ def test_saving_again_replaces_an_earlier_save_and_nothing_else(tmp_path):
     (folder / "model.onnx").write_bytes(b"an export of the first")
     with pytest.raises(StitchkitError, match=r"holds other files \(model.onnx\)"):
         stitchkit.save_pretrained(first, folder, input_size=32)
+
+
+def test_a_loaded_whole_model_saves_again_with_its_name_and_class_names(tmp_path):
+    model = stitchkit.create_model("resnet10t", num_classes=3)
+    stitchkit.save_pretrained(model, tmp_path / "a", input_size=32, class_names=["x", "y", "z"])
+    stitchkit.save_pretrained(stitchkit.load_pretrained(tmp_path / "a"), tmp_path / "b")
+    first, config = (json.loads((tmp_path / f / "config.json").read_text()) for f in ("a", "b"))
+    assert first["architecture"]["name"] == "resnet10t.c3_in1k"  # timm's architecture.tag
+    assert config["architecture"] == first["architecture"] and config["class_names"] == ["x", "y", "z"]
+    stitchkit.save_pretrained(stitchkit.load_pretrained(tmp_path / "b"), tmp_path / "c", class_names=["p", "q", "r"])
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["class_names"] == ["p", "q", "r"]

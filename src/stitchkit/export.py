@@ -31,7 +31,7 @@ import torch
 from .errors import StitchkitError
 from .files import atomic_write_json, atomic_write_bytes, remove_own_temps
 from .modelfolder import folder_config, read_model_config, write_files
-from .pretrained import WHOLE_MODEL, is_model_folder, load_pretrained
+from .pretrained import WHOLE_MODEL, folder_or_run, load_described
 from .rundir import RunDir
 from .training.evaluation import load_trained
 from .zoo.metadata import preprocessing
@@ -86,11 +86,9 @@ def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = F
 
 def _model_and_config(source: str | Path):
     """``(model, config.json contents)`` of a model folder, or of a finished run."""
-    if is_model_folder(source):
-        return load_pretrained(source), read_model_config(source)
-    if not RunDir(source).config.is_file():
-        raise StitchkitError(f"{str(source)!r} is neither a run folder (config.yaml) nor a model folder "
-                             "(config.json); pass the output.dir of a run or a folder written by export")
+    if folder_or_run(source) == "folder":
+        described = read_model_config(source)
+        return load_described(Path(source), described), described
     run, config, model, _ = load_trained(source, device="cpu")
     result = run.read_result() or {}
     if result.get("status") != "finished":
@@ -108,7 +106,7 @@ def run_folder_config(run: RunDir, config, model, result: dict) -> dict:
     else:
         kind, architecture = WHOLE_MODEL, {"name": config.model.src, "input_size": size,
                                            "num_classes": result.get("classes")}
-    data = {k: v for k, v in vars(config.data).items()}
+    data = dict(vars(config.data))
     if data.get("root"):
         data["root"] = str(Path(data["root"]).resolve())
     return folder_config(

@@ -58,6 +58,15 @@ def folder_config(kind: str, architecture: dict, preprocessing: dict, class_name
     return {k: v for k, v in config.items() if v is not None}
 
 
+def model_config(model: nn.Module, kind: str, architecture: dict, preprocessing: dict | None = None,
+                 **info: Any) -> dict:
+    """:func:`folder_config` for ``model``: the preprocessing of its ``pretrained_cfg`` and what it was loaded with
+    (``stitchkit_info``: class names, result, ...), unless given (None values count as not given)."""
+    known = dict(getattr(model, "stitchkit_info", {}))
+    known.update((k, v) for k, v in info.items() if v is not None)
+    return folder_config(kind, architecture, preprocessing or getattr(model, "pretrained_cfg", None) or {}, **known)
+
+
 def write_model_folder(directory: str | os.PathLike, config: dict, model: nn.Module) -> Path:
     """Write ``config`` and ``model``'s weights (every one, in safetensors) with a model card into ``directory``,
     a new or empty folder or an earlier model folder (replaced)."""
@@ -178,8 +187,9 @@ def apply_config(model: nn.Module, config: dict) -> nn.Module:
     """What a loaded model carries besides its weights: a timm ``pretrained_cfg`` (so ``timm.data`` gives its
     preprocessing) and ``stitchkit_info`` (class names, result; kept when it is saved again)."""
     prep = config["preprocessing"]
-    model.pretrained_cfg = {
-        "architecture": config.get("name") or config["kind"], "input_size": tuple(prep["input_size"]),
+    model.pretrained_cfg = {  # a whole model's architecture is the name that rebuilds it (save_pretrained reads it)
+        "architecture": config["architecture"].get("name") or config.get("name") or config["kind"],
+        "input_size": tuple(prep["input_size"]),
         "fixed_input_size": True, "mean": tuple(prep["mean"]), "std": tuple(prep["std"]),
         "interpolation": prep["interpolation"], "crop_pct": prep["crop_pct"], "crop_mode": "center",
         # a stitch's head_classes is what its head predicts (num_classes only says whether the head is new)
@@ -235,11 +245,8 @@ class SavesPretrained:
                         preprocessing: dict | None = None, result: dict | None = None, **info: Any) -> Path:
         """Write the model into ``directory`` (see :mod:`stitchkit.modelfolder`). ``preprocessing`` defaults to the
         model's ``pretrained_cfg``; class names and result to what it was loaded with."""
-        known = getattr(self, "stitchkit_info", {})
-        config = folder_config(self.folder_kind, self.architecture(),
-                               preprocessing or getattr(self, "pretrained_cfg", None) or {},
-                               class_names or known.get("class_names"), result=result or known.get("result"),
-                               **{**{k: v for k, v in known.items() if k not in ("class_names", "result")}, **info})
+        config = model_config(self, self.folder_kind, self.architecture(), preprocessing, class_names=class_names,
+                              result=result, **info)
         return write_model_folder(directory, config, self)
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None, **save) -> str:

@@ -16,9 +16,8 @@ import torch
 from PIL import Image
 
 from .errors import StitchkitError
-from .pretrained import is_model_folder, load_pretrained
-from .rundir import RunDir
-from .training.data import IMAGE_EXTENSIONS, eval_transform
+from .pretrained import folder_or_run, load_pretrained
+from .training.data import IMAGE_EXTENSIONS, build_transforms, eval_transform
 from .training.evaluation import load_trained
 from .training.runtime import resolve_device
 from .zoo.metadata import preprocessing
@@ -29,22 +28,17 @@ class Predictor:
     normalisation as its validation split. ``source``: a finished run's folder or a model folder."""
 
     def __init__(self, source: str | Path, device: str | None = None):
-        if is_model_folder(source):
+        if folder_or_run(source) == "folder":
             self.model = load_pretrained(source, device=resolve_device(device or "auto"))
             info, cfg = self.model.stitchkit_info, self.model.pretrained_cfg
             names, classes = info.get("class_names"), cfg.get("num_classes") or 0
             self.transform = eval_transform(cfg["input_size"][-1], cfg["crop_pct"], cfg["interpolation"],
                                             cfg["mean"], cfg["std"])
-        elif RunDir(source).config.is_file():
+        else:
             run, config, self.model, _ = load_trained(source, device=device)
-            prep = preprocessing(config.model.src)
-            self.transform = eval_transform(config.data.input_size, config.data.crop_pct or prep.crop_pct,
-                                            prep.interpolation, prep.mean, prep.std)
+            self.transform = build_transforms(config.data, preprocessing(config.model.src), train=False)
             result = run.read_result() or {}
             names, classes = result.get("class_names"), result.get("classes", 0)
-        else:
-            raise StitchkitError(f"{str(source)!r} is neither a run folder (config.yaml) nor a model folder "
-                                 "(config.json); pass the output.dir of a run or a folder written by export")
         self.device = next(self.model.parameters()).device
         self.class_names = list(names) if names else [str(i) for i in range(classes)]
 

@@ -23,8 +23,8 @@ from .modelfolder import (
     WEIGHTS_FILE,
     SavesPretrained,
     finish_loading,
-    folder_config,
     local_folder,
+    model_config,
     read_model_config,
     write_model_folder,
 )
@@ -53,10 +53,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, name: str
     size = input_size or (cfg.get("input_size") or (3, 224, 224))[-1]
     preprocessing = info.pop("preprocessing", None) or {**cfg, "input_size": [3, size, size]}
     architecture = {"name": name, "input_size": size, "num_classes": num_outputs(model)}
-    known = getattr(model, "stitchkit_info", {})
-    config = folder_config(WHOLE_MODEL, architecture, preprocessing, info.pop("class_names", None)
-                           or known.get("class_names"), **{**known, **info})
-    return write_model_folder(directory, config, model)
+    return write_model_folder(directory, model_config(model, WHOLE_MODEL, architecture, preprocessing, **info), model)
 
 
 def load_pretrained(path_or_repo: str | os.PathLike, device: str | torch.device = "cpu",
@@ -64,7 +61,12 @@ def load_pretrained(path_or_repo: str | os.PathLike, device: str | torch.device 
     """The model in a folder written by :func:`save_pretrained` or ``stitchkit export`` (or a Hugging Face Hub
     repository id, which needs the network), with every weight, in eval mode on ``device``."""
     directory = local_folder(path_or_repo, revision)
-    config = read_model_config(directory)
+    return load_described(directory, read_model_config(directory), device)
+
+
+def load_described(directory: Path, config: dict, device: str | torch.device = "cpu") -> nn.Module:
+    """:func:`load_pretrained` for a local folder whose ``config.json`` the caller has read already
+    (:func:`stitchkit.modelfolder.read_model_config`)."""
     kind, arch = config["kind"], config["architecture"]
     try:
         if kind == WHOLE_MODEL:
@@ -72,12 +74,12 @@ def load_pretrained(path_or_repo: str | os.PathLike, device: str | torch.device 
         elif kind in KINDS:
             model = KINDS[kind].from_architecture(arch)
         else:
-            raise StitchkitError(f"{str(path_or_repo)!r} holds a model of kind {kind!r}, which this stitchkit "
+            raise StitchkitError(f"{str(directory)!r} holds a model of kind {kind!r}, which this stitchkit "
                                  f"does not know (it knows {', '.join([*KINDS, WHOLE_MODEL])}): upgrade stitchkit")
     except KeyError as err:
         raise StitchkitError(f"the architecture in {str(directory / 'config.json')!r} lacks {err}; export or save "
                              "the model again") from None
-    return finish_loading(model, directory, config, device)
+    return finish_loading(model, Path(directory), config, device)
 
 
 def is_model_folder(path: str | os.PathLike) -> bool:
@@ -86,3 +88,13 @@ def is_model_folder(path: str | os.PathLike) -> bool:
     path = Path(path)
     return not (path / "config.yaml").is_file() and any((path / name).is_file() for name in (CONFIG_FILE,
                                                                                              WEIGHTS_FILE))
+
+
+def folder_or_run(path: str | os.PathLike) -> str:
+    """``"folder"`` for a model folder, ``"run"`` for a run folder; for anything else the one error naming both."""
+    if is_model_folder(path):
+        return "folder"
+    if not (Path(path) / "config.yaml").is_file():
+        raise StitchkitError(f"{str(path)!r} is neither a run folder (config.yaml) nor a model folder "
+                             "(config.json); pass the output.dir of a run or a folder written by export")
+    return "run"

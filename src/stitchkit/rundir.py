@@ -10,10 +10,12 @@ checkpoint but no result: resume it), ``new``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from .errors import StitchkitError
 from .files import atomic_write_text, is_own_temp, remove_own_temps
 
 
@@ -109,8 +111,6 @@ class RunDir:
         """Remember where the weight files named by the settings are (``{"model.src_checkpoint": path}``), as given,
         absolute, and relative to this folder: config.yaml keeps them as given (relative to wherever the run was
         started), and the run must still find them from another directory or after the runs tree moved."""
-        import os
-
         entries = {}
         for key, given in files.items():
             if given:
@@ -131,8 +131,6 @@ class RunDir:
         for candidate in candidates:
             if candidate.is_file():
                 return candidate
-        from .errors import StitchkitError
-
         tried = ", ".join(repr(str(c)) for c in dict.fromkeys(candidates))
         raise StitchkitError(f"{key} of the run in {str(self.path)!r} is not found (tried {tried}); put the file back "
                              "or run from the directory the run was started in")

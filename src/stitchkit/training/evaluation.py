@@ -20,7 +20,7 @@ from .checkpoint import load_checkpoint
 from .config import Config, from_yaml_file, load_config
 from .identity import accepted_digests
 from ..modelfolder import read_model_config
-from ..pretrained import load_pretrained
+from ..pretrained import load_described
 from ..zoo.metadata import Preprocessing, preprocessing
 from .data import build_splits
 
@@ -116,7 +116,7 @@ def evaluate_folder(folder: str | Path, overrides: Sequence[str] = (), device: s
                              f"remove data.input_size={config.data.input_size}")
     splits = build_splits(config.data, Preprocessing(tuple(prep["mean"]), tuple(prep["std"]), prep["interpolation"],
                                                      prep["crop_pct"]), config.train.seed)
-    model = load_pretrained(folder, device=resolve_device(config.train.device))
+    model = load_described(Path(folder), described, device=resolve_device(config.train.device))
     classes = model.pretrained_cfg.get("num_classes")
     if classes is not None and classes != len(splits.classes):
         raise StitchkitError(f"the model in {str(folder)!r} predicts {classes} classes but the data has "
