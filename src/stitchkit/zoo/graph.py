@@ -521,7 +521,7 @@ class _TokenOrders:
     def __call__(self, n: int) -> torch.Tensor | None:
         if n == 0:
             return None  # cuts are after a stage's first block at the earliest
-        schedule, size = self.reroll.schedule[self.block_indices[n - 1]]
+        _, size = self.reroll.schedule[self.block_indices[n - 1]]
         tokens = math.prod(size)
         positions = torch.arange(tokens, dtype=torch.float64).view(1, tokens, 1)
         order = self.reroll(positions, self.block_indices[n - 1]).reshape(-1).long()
