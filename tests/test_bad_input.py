@@ -94,7 +94,7 @@ CASES = {
     "unknown config key": (lambda w: _train("optim.weight_decy=0.1"), "did you mean optim.weight_decay"),
     "unknown config key, no close match": (lambda w: _train("optim.zzz=1"), "valid keys under optim: lr,"),
     "negative learning rate": (lambda w: _train("optim.lr=-0.1"), "must be positive"),
-    "zero epochs": (lambda w: _train("train.epochs=0"), "at least 1"),
+    "negative epochs": (lambda w: _train("train.epochs=-1"), "0 or more"),
     "effective batch not divisible": (lambda w: _train("optim.batch_size=48", f"output.dir={w['root'] / 'r6'}"),
                                       "not a multiple"),
     "nan loss": (lambda w: _train("optim.lr=1e30", "train.epochs=3", "train.batch_size=16", "optim.batch_size=16",

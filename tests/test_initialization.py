@@ -1,7 +1,8 @@
-"""Where adapters start: the properties the default (least squares) and its alternatives rely on.
+"""Where adapters start: the properties the default (``fitted``) and its alternatives rely on.
 
-A frozen destination expects its own features at its cut; these tests pin that each adapter_norm hands it what it
-claims, on a self-stitch and across models (a ResNet into a ViT), with random weights and random images.
+A frozen destination expects its own features at its cut; these tests pin that each start hands it what it claims,
+on a self-stitch and across models (a ResNet into a ViT, a ResNet into MobileNetV3), with random weights and random
+images.
 """
 import warnings
 
@@ -11,7 +12,7 @@ from torch import nn
 
 import stitchkit
 from stitchkit import create_stitched
-from stitchkit.adapters import ADAPTER_NORMS, DEFAULT_ADAPTER_NORM
+from stitchkit.starts import DEFAULT_START, list_starts
 from stitchkit.chain import Step
 from stitchkit.training.settings import ModelConfig
 from stitchkit.errors import StitchkitError, UnknownNameError
@@ -56,10 +57,10 @@ def _channel_stats(x):
     return rows.mean(0), rows.std(0, unbiased=False)
 
 
-def test_the_default_is_the_least_squares_start():
-    assert DEFAULT_ADAPTER_NORM == "lstsq"
-    assert set(ADAPTER_NORMS) == {"lstsq", "dst_stats", "paper_code", "paper_text"}
-    assert ModelConfig().adapter_norm == DEFAULT_ADAPTER_NORM
+def test_the_default_is_the_fitted_start():
+    assert DEFAULT_START == "fitted"
+    assert {"fitted", "lstsq", "dst_stats", "paper_code", "paper_text"} <= set(list_starts())
+    assert ModelConfig().adapter_norm == DEFAULT_START
 
 
 def test_ridge_fit_recovers_an_exact_linear_map():
@@ -106,7 +107,7 @@ def test_least_squares_start_matches_the_destination_better_than_its_mean(src, d
     explains part of the spread around it (what the uncalibrated adapters do not: they miss the mean entirely)."""
     a, b = _models(src, dst)
     images = _images()
-    model = create_stitched(a, b, gap, "linear", input_size=SIZE, calibration_images=images)
+    model = create_stitched(a, b, gap, "linear", input_size=SIZE, adapter_norm="lstsq", calibration_images=images)
     assert model.bridge.calibrated
     out, target = _bridge_and_target(model, b, images)
     mean, want_mean = _channel_stats(out)[0], _channel_stats(target)[0]
@@ -114,7 +115,7 @@ def test_least_squares_start_matches_the_destination_better_than_its_mean(src, d
     residual = ((out - target) ** 2).mean()
     around_mean = ((target - want_mean.view(-1, 1, 1) if target.dim() == 4 else target - want_mean) ** 2).mean()
     assert residual < around_mean
-    uncalibrated = create_stitched(a, b, gap, "linear", input_size=SIZE)
+    uncalibrated = create_stitched(a, b, gap, "linear", input_size=SIZE, adapter_norm="lstsq")
     raw, _ = _bridge_and_target(uncalibrated, b, images)
     assert residual < ((raw - target) ** 2).mean()
 
@@ -124,7 +125,8 @@ def test_least_squares_bottleneck_within_one_stage_of_one_model_is_an_exact_iden
     projection: the paper's MACs) and hands the destination the source's feature unchanged."""
     a, _ = _models(R18, R18)
     images = _images(16)
-    model = create_stitched(a, a, "1:1", "bottleneck", input_size=SIZE, calibration_images=images).eval()
+    model = create_stitched(a, a, "1:1", "bottleneck", input_size=SIZE, adapter_norm="lstsq",
+                            calibration_images=images).eval()
     assert not model.bridge.adapters[0].adapter.block.has_output_map()
     with torch.no_grad():
         h = model.front(images)
@@ -136,11 +138,11 @@ def test_least_squares_fits_across_models_even_between_equal_shapes():
     identity would hand the ViT ResNet channels, so the last adapter gets a projection that is fitted."""
     a, b = _models(R18, "vit_micro_patch4_32")
     images = _images()
-    model = create_stitched(a, b, "1:4", "bottleneck", input_size=SIZE, calibration_images=images)
+    model = create_stitched(a, b, "1:4", "bottleneck", input_size=SIZE, adapter_norm="lstsq", calibration_images=images)
     maps = [step.adapter.block.has_output_map() for step in model.bridge.adapters]
     assert maps == [False, False, True]
     out, target = _bridge_and_target(model, b, images)
-    uncalibrated = create_stitched(a, b, "1:4", "bottleneck", input_size=SIZE)
+    uncalibrated = create_stitched(a, b, "1:4", "bottleneck", input_size=SIZE, adapter_norm="lstsq")
     raw, _ = _bridge_and_target(uncalibrated, b, images)
     # (a bottleneck ends in a ReLU, so it cannot reach the negative half of a ViT's tokens: closer, not equal)
     assert ((out - target) ** 2).mean() < 0.9 * ((raw - target) ** 2).mean()
@@ -155,10 +157,11 @@ def test_paper_code_bottleneck_is_an_exact_identity_between_equal_shapes():
         assert torch.equal(model.bridge(h), h)  # post-ReLU features pass the zero-gamma bottleneck unchanged
 
 
-def test_calibration_leaves_the_frozen_parts_in_eval_mode_and_untouched():
+@pytest.mark.parametrize("norm", ["fitted", "lstsq"])
+def test_calibration_leaves_the_frozen_parts_in_eval_mode_and_untouched(norm):
     a, _ = _models(R18, R18)
     before = {k: v.clone() for k, v in a.state_dict().items()}
-    model = create_stitched(a, a, "1:3", "bottleneck", input_size=SIZE, calibration_images=_images())
+    model = create_stitched(a, a, "1:3", "bottleneck", input_size=SIZE, adapter_norm=norm, calibration_images=_images())
     model.train()
     assert not model.front.training and not model.back.training and model.bridge.training
     assert all(torch.equal(before[k], v) for k, v in a.state_dict().items())
@@ -189,20 +192,20 @@ def test_custom_adapter_without_a_fit_gets_a_calibrated_output_norm():
                                  nn.Conv2d(in_channels, out_channels, 1))
     a, _ = _models(R18, R18)
     images = _images()
-    model = create_stitched(a, a, "1:2", name, input_size=SIZE, calibration_images=images)
+    model = create_stitched(a, a, "1:2", name, input_size=SIZE, adapter_norm="lstsq", calibration_images=images)
     out, target = _bridge_and_target(model, a, images)
     assert torch.allclose(_channel_stats(out)[1], _channel_stats(target)[1], rtol=1e-2, atol=1e-4)
 
 
-def test_least_squares_adapters_save_and_load(tmp_path):
+def test_fitted_adapters_save_and_load(tmp_path):
     weights = tmp_path / "r18.pt"
     torch.save(stitchkit.create_model(R18).state_dict(), weights)
-    model = create_stitched(R18, R18, "1:1", "bottleneck", input_size=SIZE, src_checkpoint=weights,
+    model = create_stitched(R18, R18, "1:2", "linear", input_size=SIZE, src_checkpoint=weights,
                             dst_checkpoint=weights, calibration_images=_images(16))
     path = tmp_path / "adapters.pt"
     model.save_adapters(path)
     rebuilt = stitchkit.load_stitched(path)
-    assert rebuilt.config.adapter_norm == "lstsq" and rebuilt.bridge.calibrated
+    assert rebuilt.config.adapter_norm == "fitted" and rebuilt.bridge.calibrated
     x = _images(2, seed=1)
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(x), model.eval()(x))
@@ -215,13 +218,15 @@ def test_old_adapter_files_and_bad_norms_are_refused_with_the_fix(tmp_path):
         stitchkit.load_stitched(path)
     with pytest.raises(UnknownNameError, match="lstsq"):
         create_stitched(R18, R18, "1:2", input_size=SIZE, adapter_norm="lsq")
+    with pytest.raises(UnknownNameError, match="choose one of: dst_stats, fitted, lstsq"):
+        create_stitched(R18, R18, "1:2", input_size=SIZE, adapter_norm="zzz")
 
 
 def test_chain_steps_are_fitted_in_order():
     """A three-step chain: the inner steps keep the information, the last one fits the destination."""
     a, _ = _models(R18, R18)
     images = _images()
-    model = create_stitched(a, a, "1:4", "linear", input_size=SIZE, calibration_images=images)
+    model = create_stitched(a, a, "1:4", "linear", input_size=SIZE, adapter_norm="lstsq", calibration_images=images)
     steps: tuple[Step, ...] = model.steps
     assert len(steps) == 3
     first = model.bridge.adapters[0].adapter.block.conv.weight[:, :, 0, 0]
@@ -236,15 +241,134 @@ def test_adapters_keep_the_sign_that_a_signed_destination_expects(adapter):
     would clip half of what the destination expects. Into a ResNet (post-ReLU features) the ReLU stays."""
     images = _images()
     r18, mnv3 = _models(R18, "mobilenetv3_large_100")
-    into_signed = create_stitched(r18, mnv3, "1:1", adapter=adapter, input_size=SIZE, calibration_images=images)
+    into_signed = create_stitched(r18, mnv3, "1:1", adapter=adapter, input_size=SIZE, adapter_norm="lstsq",
+                                  calibration_images=images)
     assert not into_signed.dst_spec.cut(*into_signed.config.dst_cut).nonnegative
     h, target = _bridge_and_target(into_signed, mnv3, images)
     assert (target < 0).float().mean() > 0.2 and (h < 0).float().mean() > 0.2
-    into_relu = create_stitched(mnv3, r18, "1:1", adapter=adapter, input_size=SIZE, calibration_images=images)
+    into_relu = create_stitched(mnv3, r18, "1:1", adapter=adapter, input_size=SIZE, adapter_norm="lstsq",
+                                calibration_images=images)
     assert into_relu.dst_spec.cut(*into_relu.config.dst_cut).nonnegative
     h, _ = _bridge_and_target(into_relu, r18, images)
     assert (h >= 0).all()
     # Within one signed model, a bottleneck between equal shapes is again an exact identity (no ReLU after it).
-    self_stitch = create_stitched(mnv3, mnv3, "1:1", adapter="bottleneck", input_size=SIZE, calibration_images=images)
+    self_stitch = create_stitched(mnv3, mnv3, "1:1", adapter="bottleneck", input_size=SIZE, adapter_norm="lstsq",
+                                  calibration_images=images)
     x = self_stitch.bridge.enter(self_stitch.front(images))
     torch.testing.assert_close(self_stitch.bridge.adapters[0](x), x)
+
+
+# --- the default: fitted --------------------------------------------------------------------------------------------
+
+
+class _NoMatching(stitchkit.starts.Fitted):
+    """The default without its feature matching: what least squares alone starts at."""
+
+    name = "test_fitted_without_matching"
+    match_steps = 0
+
+
+if _NoMatching.name not in list_starts():
+    stitchkit.register_start(_NoMatching)
+
+
+def test_fitted_starts_the_class_token_where_the_vit_has_it():
+    """Into a ViT the class token is an affine map of the patch tokens' mean, fitted to the ViT's own class token at
+    its cut: far closer to it than the paper's plain mean, which is where the map starts without images."""
+    a, b = _models(R18, VIT)
+    images = _images()
+    fitted = create_stitched(a, b, "1:3", "bottleneck", input_size=SIZE, calibration_images=images).eval()
+    paper = create_stitched(a, b, "1:3", "bottleneck", input_size=SIZE, adapter_norm="paper_code").eval()
+    assert fitted.config.prefix_in == "projected" and paper.config.prefix_in == "mean"
+    dst_cut = fitted.dst_spec.cut(*fitted.config.dst_cut)
+    with torch.no_grad():
+        want = front_part(dissect(b), dst_cut.blocks)(images)[:, 0]
+        got = fitted.bridge(fitted.front(images))[:, 0]
+        tokens = fitted.bridge(fitted.front(images))[:, 1:]
+    mean_error = ((tokens.mean(1) - want) ** 2).mean()
+    assert ((got - want) ** 2).mean() < 0.5 * mean_error
+
+
+def test_fitted_linear_adapter_starts_at_least_squares_behind_a_transparent_norm():
+    """The last adapter's map is the least-squares fit; the BatchNorm after it hands the fit on unchanged (in eval
+    mode, and in training mode on such a batch), though the map's weights were scaled to a default initialisation's
+    size behind it; into a ResNet (post-ReLU features) a LeakyReLU follows."""
+    a, _ = _models(R18, R18)
+    images = _images()
+    lstsq = create_stitched(a, a, "1:2", "linear", input_size=SIZE, adapter_norm="lstsq", calibration_images=images)
+    fitted = create_stitched(a, a, "1:2", "linear", input_size=SIZE, adapter_norm=_NoMatching.name,
+                             calibration_images=images)
+    adapter = fitted.bridge.adapters[-1].adapter
+    assert isinstance(adapter.norm_out, nn.BatchNorm2d) and isinstance(adapter.act, nn.LeakyReLU)
+    weight = adapter.block.conv.weight
+    fan_in = weight[0].numel()
+    assert weight.pow(2).mean().sqrt().item() == pytest.approx((3 * fan_in) ** -0.5, rel=1e-3)
+    with torch.no_grad():
+        h = fitted.front(images)
+        want = nn.functional.leaky_relu(lstsq.bridge.adapters[-1].adapter.block(lstsq.bridge.adapters[-1].resize(h)),
+                                        0.1)
+        for mode in (False, True):
+            fitted.bridge.train(mode)
+            torch.testing.assert_close(fitted.bridge(h), want, atol=1e-3, rtol=1e-3)
+
+
+def test_fitted_feature_matching_brings_the_start_closer_to_the_destination():
+    a, b = _models(R18, "mobilenetv3_large_100")
+    images = _images()
+    alone = create_stitched(a, b, "1:2", "bottleneck", input_size=SIZE, adapter_norm=_NoMatching.name,
+                            calibration_images=images)
+    matched = create_stitched(a, b, "1:2", "bottleneck", input_size=SIZE, calibration_images=images)
+    error = {}
+    for name, model in (("alone", alone), ("matched", matched)):
+        out, target = _bridge_and_target(model, b, images)
+        error[name] = ((out - target) ** 2).mean().item()
+    assert error["matched"] < 0.9 * error["alone"]
+
+
+def test_fitted_keeps_the_identity_shortcut_and_fits_the_branch_within_one_model():
+    """MobileNetV3 to itself at 1:1: the bottleneck keeps its identity shortcut (the paper's MACs) and its residual
+    branch starts at what the skipped block adds (not at zero); without a ReLU at its end (signed features)."""
+    _, mnv3 = _models(R18, "mobilenetv3_large_100")
+    images = _images()
+    model = create_stitched(mnv3, mnv3, "1:1", "bottleneck", input_size=SIZE, adapter_norm=_NoMatching.name,
+                            calibration_images=images)
+    block = model.bridge.adapters[0].adapter.block
+    assert isinstance(block.shortcut, nn.Identity) and isinstance(block.act_out, nn.Identity)
+    assert block.bn3.weight.abs().sum() > 0
+    paper = create_stitched(mnv3, mnv3, "1:1", "bottleneck", input_size=SIZE, adapter_norm="paper_code")
+    assert stitchkit.count_macs(model, SIZE) == stitchkit.count_macs(paper, SIZE)
+    out, target = _bridge_and_target(model, mnv3, images)
+    identity, _ = _bridge_and_target(create_stitched(mnv3, mnv3, "1:1", "bottleneck", input_size=SIZE,
+                                                     adapter_norm="lstsq", calibration_images=images), mnv3, images)
+    assert ((out - target) ** 2).mean() < ((identity - target) ** 2).mean()
+
+
+def test_fitted_is_the_same_in_training_and_eval_mode_at_the_start():
+    """Every norm of a chain is calibrated (random inner adapters included), so a first training step sees the
+    function that was fitted."""
+    a, b = _models(R18, VIT)
+    images = _images()
+    model = create_stitched(a, b, "1:4", "linear", input_size=SIZE, calibration_images=images)
+    with torch.no_grad():
+        h = model.front(images)
+        model.bridge.eval()
+        evaluated = model.bridge(h)
+        model.bridge.train()
+        trained = model.bridge(h)
+    torch.testing.assert_close(trained, evaluated, atol=2e-2, rtol=2e-2)
+
+
+def test_fitted_starts_are_reproducible_and_follow_the_seed():
+    a, _ = _models(R18, R18)
+    images = _images()
+
+    def build(seed):
+        torch.manual_seed(seed)
+        return create_stitched(a, a, "1:3", "linear", input_size=SIZE, calibration_images=images).bridge.state_dict()
+
+    first, again, other = build(0), build(0), build(1)
+    torch.manual_seed(0)
+    model = create_stitched(a, a, "1:3", "bottleneck", input_size=SIZE, calibration_images=images)
+    assert all(p.grad is None for p in model.parameters())  # the first training step sees its own gradient only
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)

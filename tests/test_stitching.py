@@ -229,9 +229,10 @@ def test_bottleneck_adapter_starts_as_its_shortcut():
     block = stitchkit.adapters.Bottleneck(64, 128)
     assert torch.equal(block.bn3.weight, torch.zeros(128))
     assert block.conv2.in_channels == 32 and isinstance(block.shortcut, nn.Sequential)
-    linear = stitchkit.create_adapter("linear", 8, 16, norm="paper_text")
-    conv = linear.block.conv
+    conv = stitchkit.create_adapter("linear", 8, 16).conv
     assert conv.padding == (0, 0) and conv.kernel_size == (1, 1)  # the paper's code padded by 1
+    model = create_stitched("resnet18", "resnet18", "1:2", "linear", input_size=SMALL, adapter_norm="paper_text")
+    linear = model.bridge.adapters[0].adapter
     assert isinstance(linear.norm_in, nn.BatchNorm2d) and isinstance(linear.norm_out, nn.BatchNorm2d)
 
 
@@ -285,6 +286,7 @@ def test_a_stitched_model_pickles_whole(src, dst, size, tmp_path):
     split's parts are fx modules) and the loaded model computes the same."""
     model = create_stitched(src, dst, "1:3", input_size=size).eval()
     torch.save(model, tmp_path / "model.pt")
+    torch.save(create_stitched(src, dst, "1:3", "linear", input_size=size), tmp_path / "linear.pt")
     loaded = torch.load(tmp_path / "model.pt", weights_only=False).eval()  # our own file: unpickling is trusted here
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():

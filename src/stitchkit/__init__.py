@@ -33,6 +33,7 @@ _EXPORTS = {
     "create_model": "zoo", "list_models": "zoo", "model_spec": "zoo", "split": "zoo",
     "load_pretrained": "pretrained", "save_pretrained": "pretrained",
     "HeadProbe": "probe", "create_probe": "probe",
+    "Start": "starts", "list_starts": "starts", "register_start": "starts",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -65,4 +66,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .stitching import StitchConfig, StitchedModel, create_stitched, load_stitched
     from .pretrained import load_pretrained, save_pretrained
     from .probe import HeadProbe, create_probe
+    from .starts import Start, list_starts, register_start
     from .zoo import create_model, list_models, model_spec, split

@@ -1,10 +1,9 @@
 """Adapters: the small trainable blocks that join a source's features to a destination's.
 
 An adapter maps ``in_channels`` to ``out_channels``. Image adapters work on NCHW tensors and may take a ``stride``
-(for integrated downsampling); token adapters work on NLC sequences. :func:`create_adapter` wraps the registered
-block in an :class:`Adapter` whose norms depend on ``norm`` (see :data:`ADAPTER_NORMS`): where an adapter starts
-decides what a short training run can reach, because the frozen destination expects its own feature statistics at
-its cut and a trailing norm that starts at gamma=1, beta=0 hands it standardised features instead.
+(for integrated downsampling); token adapters work on NLC sequences. What surrounds an adapter in a chain (norms, an
+activation) and where its weights start is the business of the chain's start (:mod:`stitchkit.starts`,
+``model.adapter_norm``), not of the adapter.
 
 Add your own with :func:`register_adapter`::
 
@@ -13,13 +12,13 @@ Add your own with :func:`register_adapter`::
         return nn.Sequential(nn.Conv2d(in_channels, in_channels, 3, stride, 1, groups=in_channels),
                              nn.Conv2d(in_channels, out_channels, 1))
 
-A block that also offers ``fit_inputs(x)`` and ``set_output_map(weight, bias, rows)`` (see :class:`ConvAdapter`)
-can start from a least-squares fit (``norm="lstsq"``); register it with ``fits=True``. Other blocks get an output
-norm under ``lstsq`` that starts at the destination's per-channel statistics.
+A block with a linear output map that a start can fit by least squares implements :class:`FitsOutputMap`
+(``fit_inputs(x)``, ``set_output_map(weight, bias, rows)``, see :class:`ConvAdapter`); register it with
+``fits=True``, and its builder takes ``output_map=True`` to build such a map even between equal shapes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -29,25 +28,6 @@ from .registry import Registry
 
 LAYOUTS = ("image", "tokens")
 
-# Where an adapter starts. Measured side by side in docs/adapter_start.md, which also gives the rule that chose the
-# default; the others stay available to reproduce the paper or compare.
-ADAPTER_NORMS = {
-    "lstsq": "no outer norms; the output map of the chain's last adapter that has one starts as a least-squares fit "
-             "from what it receives to the destination's own features at its cut, on a batch of training images "
-             "(direct matching, as SN-Net initialises its stitching layers); earlier adapters start as "
-             "information-keeping lifts; where the destination's features take negative values, the adapters from "
-             "the fitted one on end without their output ReLU",
-    "dst_stats": "a norm before and after each adapter, calibrated on a batch of training images: the last output "
-                 "norm starts at the destination's own per-channel mean and spread at its cut",
-    "paper_code": "as the paper's public code: no outer norms around bottleneck and ViT-block adapters (a "
-                  "bottleneck between equal shapes starts as an exact identity), BatchNorm + LeakyReLU(0.1) after "
-                  "the others",
-    "paper_text": "as the paper's text: BatchNorm (LayerNorm for tokens) before and after each adapter, at their "
-                  "default initialisation (stitchkit's default before 0.2)",
-}
-DEFAULT_ADAPTER_NORM = "lstsq"
-CALIBRATED_NORMS = ("lstsq", "dst_stats")  # need a batch of images to start where they should
-
 
 @dataclass(frozen=True)
 class AdapterType:
@@ -55,9 +35,10 @@ class AdapterType:
 
     Attributes:
         residual: the block is residual (bottleneck, ViT block): the paper's code puts no norms around it.
-        fits: the block takes ``fit_ready=True`` (and ``needs_map``: have an output map even between equal shapes)
-            and then offers ``has_output_map()``, ``fit_inputs`` and ``set_output_map``, so ``norm="lstsq"`` can
-            start it.
+        fits: the capability to be fitted, declared once: the builder takes ``output_map=True`` and the block is a
+            :class:`FitsOutputMap`, whose output map a start can set by least squares.
+        identity_start: between equal shapes (and without an output map) the block starts as an exact identity
+            (a bottleneck with its last BatchNorm at zero gamma), so a start need not fit it.
         token_form: for an image adapter that works on each pixel alone (1x1: linear, linear_relu), a builder of
             the same map on token sequences. Between two token models it runs on every token, the class token
             included, as the paper's code stitches ViT to ViT (instead of going through an image, which replaces
@@ -70,21 +51,41 @@ class AdapterType:
     description: str
     residual: bool = False
     fits: bool = False
+    identity_start: bool = False
     token_form: Callable[..., nn.Module] | None = None  # the same map on token sequences (per-pixel adapters)
+
+    def on_tokens(self) -> "AdapterType":
+        """This type's token form (see :attr:`token_form`)."""
+        if self.layout == "tokens":
+            return self
+        if self.token_form is None:
+            raise ValueError(f"adapter {self.name!r} has no token form; it runs on images only")
+        return replace(self, build=self.token_form, layout="tokens", token_form=None)
+
+    def create(self, in_channels: int, out_channels: int, stride: int = 1, output_map: bool = False) -> nn.Module:
+        """Build one block; ``output_map``: with a fittable output map even between equal shapes (``fits`` only)."""
+        if not self.fits:
+            return self.build(in_channels, out_channels, stride=stride)
+        block = self.build(in_channels, out_channels, stride=stride, output_map=output_map)
+        if not isinstance(block, FitsOutputMap):
+            raise TypeError(f"adapter {self.name!r} is registered with fits=True, so its blocks must implement "
+                            "stitchkit.adapters.FitsOutputMap")
+        return block
 
 
 _ADAPTERS: Registry[AdapterType] = Registry("adapter")
 
 
 def register_adapter(name: str, layout: str = "image", description: str = "", residual: bool = False,
-                     fits: bool = False, token_form: Callable[..., nn.Module] | None = None):
+                     fits: bool = False, token_form: Callable[..., nn.Module] | None = None,
+                     identity_start: bool = False):
     """Decorator that registers an adapter builder under ``name``; registering a name twice is an error."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
 
     def decorate(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         doc = description or next(iter((build.__doc__ or "").strip().splitlines()), "")
-        _ADAPTERS.add(name, AdapterType(name, build, layout, doc, residual, fits, token_form))
+        _ADAPTERS.add(name, AdapterType(name, build, layout, doc, residual, fits, identity_start, token_form))
         return build
 
     return decorate
@@ -98,20 +99,14 @@ def get_adapter(name: str) -> AdapterType:
     return _ADAPTERS.get(name)
 
 
-def check_adapter_norm(norm: str) -> None:
-    from .errors import unknown_name
-
-    if norm not in ADAPTER_NORMS:
-        raise unknown_name("adapter norm", norm, tuple(ADAPTER_NORMS))
-
-
 class Adapter(nn.Module):
     """One adapter of a chain: ``act(norm_out(block(norm_in(x))))``; absent parts are identities.
 
     Attributes:
         block: the registered adapter block.
-        norm_in, norm_out: BatchNorm2d (image) or LayerNorm (tokens), or identities.
-        act: LeakyReLU(0.1) after the norm (``paper_code`` for non-residual blocks), or an identity.
+        norm_in, norm_out: BatchNorm2d (image) or LayerNorm (tokens), or identities, as the chain's start chose.
+        act: an activation after the output norm (``paper_code``: LeakyReLU(0.1) after non-residual blocks), or an
+            identity.
     """
 
     def __init__(self, block: nn.Module, norm_in: nn.Module | None = None, norm_out: nn.Module | None = None,
@@ -126,34 +121,17 @@ class Adapter(nn.Module):
         return self.act(self.norm_out(self.block(self.norm_in(x))))
 
 
-def create_adapter(name: str, in_channels: int, out_channels: int, stride: int = 1,
-                   norm: str = DEFAULT_ADAPTER_NORM, needs_map: bool = False, on_tokens: bool = False) -> Adapter:
-    """The registered adapter ``name`` with the norms that ``norm`` (a key of :data:`ADAPTER_NORMS`) puts around it.
-
-    ``lstsq`` and ``dst_stats`` adapters start where they should only once calibrated on images (which
-    :func:`~stitchkit.create_stitched` does when given ``calibration_images``); uncalibrated, they start at their
-    default initialisation. ``needs_map`` (``lstsq``): build an output map to fit even between equal shapes.
-    ``on_tokens``: build an image adapter's token form (see :class:`AdapterType`), with LayerNorms.
-    """
-    check_adapter_norm(norm)
+def create_adapter(name: str, in_channels: int, out_channels: int, stride: int = 1, on_tokens: bool = False,
+                   output_map: bool = False) -> nn.Module:
+    """One block of the registered adapter ``name`` (its token form with ``on_tokens``), with nothing around it
+    (a chain's start adds what it needs, see :mod:`stitchkit.starts`)."""
     kind = get_adapter(name)
-    if on_tokens and kind.layout == "image":
-        if kind.token_form is None:
-            raise ValueError(f"adapter {name!r} has no token form; it runs on images only")
-        kind = AdapterType(name, kind.token_form, "tokens", kind.description, kind.residual, kind.fits)
-    make_norm = nn.BatchNorm2d if kind.layout == "image" else nn.LayerNorm
-    if norm == "lstsq":
-        if kind.fits:
-            return Adapter(kind.build(in_channels, out_channels, stride=stride, fit_ready=True, needs_map=needs_map))
-        # A block without a fittable output map: an output norm that calibration starts at the destination's
-        # per-channel statistics (as dst_stats does, without the input norm).
-        return Adapter(kind.build(in_channels, out_channels, stride=stride), norm_out=make_norm(out_channels))
-    block = kind.build(in_channels, out_channels, stride=stride)
-    if norm == "paper_text" or norm == "dst_stats":
-        return Adapter(block, make_norm(in_channels), make_norm(out_channels))
-    if kind.residual:  # paper_code
-        return Adapter(block)
-    return Adapter(block, norm_out=make_norm(out_channels), act=nn.LeakyReLU(0.1))
+    return (kind.on_tokens() if on_tokens else kind).create(in_channels, out_channels, stride, output_map)
+
+
+def has_output_map(block: nn.Module) -> bool:
+    """Whether ``block`` has a linear output map that a start can set (see :class:`FitsOutputMap`)."""
+    return isinstance(block, FitsOutputMap) and block.has_output_map()
 
 
 class FitsOutputMap:
@@ -173,6 +151,12 @@ class FitsOutputMap:
         clip (MobileNet's linear bottlenecks, ViT and Swin tokens). Inner activations stay."""
         if hasattr(self, "act_out"):
             self.act_out = nn.Identity()
+
+    def fit_branch(self, x: torch.Tensor, target: torch.Tensor, fit) -> bool:
+        """Start a residual block's branch at what its shortcut misses of ``target`` (the wanted output for input
+        ``x``), with ``fit(rows_in, rows_out) -> (weight, bias)``; False for a block without a branch (the
+        default)."""
+        return False
 
 
 class ConvAdapter(nn.Module, FitsOutputMap):
@@ -227,33 +211,38 @@ class TokenLinear(nn.Module, FitsOutputMap):
         self.linear.bias.copy_(bias)
 
 
-def _token_linear(relu: bool):
-    def build(in_channels: int, out_channels: int, stride: int = 1, fit_ready: bool = False,
-              needs_map: bool = False) -> nn.Module:
-        if stride != 1:
-            raise ValueError("a per-token adapter cannot stride; use resize='bilinear'")
-        return TokenLinear(in_channels, out_channels, relu)
+def token_linear(in_channels: int, out_channels: int, stride: int = 1, output_map: bool = False) -> nn.Module:
+    """``linear`` on every token (a named function, not a closure: a stitched model pickles whole)."""
+    return _token_linear(in_channels, out_channels, stride, relu=False)
 
-    return build
+
+def token_linear_relu(in_channels: int, out_channels: int, stride: int = 1, output_map: bool = False) -> nn.Module:
+    """``linear_relu`` on every token."""
+    return _token_linear(in_channels, out_channels, stride, relu=True)
+
+
+def _token_linear(in_channels: int, out_channels: int, stride: int, relu: bool) -> nn.Module:
+    if stride != 1:
+        raise ValueError("a per-token adapter cannot stride; use resize='bilinear'")
+    return TokenLinear(in_channels, out_channels, relu)
 
 
 @register_adapter("linear", description="1x1 convolution (no padding): a per-pixel linear map", fits=True,
-                  token_form=_token_linear(relu=False))
-def linear(in_channels: int, out_channels: int, stride: int = 1, fit_ready: bool = False,
-           needs_map: bool = False) -> nn.Module:
+                  token_form=token_linear)
+def linear(in_channels: int, out_channels: int, stride: int = 1, output_map: bool = False) -> nn.Module:
     return ConvAdapter(in_channels, out_channels, 1, stride)
 
 
 @register_adapter("linear_relu", description="1x1 convolution followed by ReLU", fits=True,
-                  token_form=_token_linear(relu=True))
-def linear_relu(in_channels: int, out_channels: int, stride: int = 1, fit_ready: bool = False,
-                needs_map: bool = False) -> nn.Module:
+                  token_form=token_linear_relu)
+def linear_relu(in_channels: int, out_channels: int, stride: int = 1,
+                output_map: bool = False) -> nn.Module:
     return ConvAdapter(in_channels, out_channels, 1, stride, relu=True)
 
 
 @register_adapter("conv3x3_relu", description="3x3 convolution followed by ReLU", fits=True)
-def conv3x3_relu(in_channels: int, out_channels: int, stride: int = 1, fit_ready: bool = False,
-                 needs_map: bool = False) -> nn.Module:
+def conv3x3_relu(in_channels: int, out_channels: int, stride: int = 1,
+                 output_map: bool = False) -> nn.Module:
     return ConvAdapter(in_channels, out_channels, 3, stride, relu=True)
 
 
@@ -297,6 +286,27 @@ class Bottleneck(nn.Module, FitsOutputMap):
         return image_rows(x[..., :: stride[0], :: stride[1]])
 
     @torch.no_grad()
+    def fit_branch(self, x: torch.Tensor, target: torch.Tensor, fit) -> bool:
+        """Start the residual branch at ``target - shortcut(x)``, keeping the shortcut: the first two convolutions
+        keep their random start (their norms calibrated on ``x``), and the last one is fitted by ``fit(rows_in,
+        rows_out) -> (weight, bias)`` from the branch's hidden features; the last BatchNorm then passes the fit
+        through (instead of starting at zero gamma)."""
+        residual = target - self.shortcut(x)
+        h = self.act(_calibrated(self.bn1, self.conv1(x)))
+        h = self.act(_calibrated(self.bn2, self.conv2(h)))
+        rows = image_rows(h)
+        weight, bias = fit(rows, image_rows(residual))
+        self.conv3.weight.copy_(weight[:, :, None, None])
+        z = self.conv3(h)
+        zr = image_rows(z)
+        mean, var = zr.mean(0), zr.var(0, unbiased=False)
+        self.bn3.running_mean.copy_(mean)
+        self.bn3.running_var.copy_(var)
+        self.bn3.weight.copy_(torch.sqrt(var + self.bn3.eps))
+        self.bn3.bias.copy_(mean + bias)
+        return True
+
+    @torch.no_grad()
     def set_output_map(self, weight: torch.Tensor, bias: torch.Tensor, rows: torch.Tensor) -> None:
         """Set the projection shortcut to ``weight``, and its BatchNorm to pass the projection through unchanged
         (plus ``bias``) in both modes: running statistics and affine parameters from the projected ``rows``."""
@@ -314,12 +324,12 @@ class Bottleneck(nn.Module, FitsOutputMap):
 
 
 @register_adapter("bottleneck", description="ResNet bottleneck block (width out/4, projection shortcut)",
-                  residual=True, fits=True)
-def bottleneck(in_channels: int, out_channels: int, stride: int = 1, fit_ready: bool = False,
-               needs_map: bool = False) -> nn.Module:
+                  residual=True, fits=True, identity_start=True)
+def bottleneck(in_channels: int, out_channels: int, stride: int = 1,
+               output_map: bool = False) -> nn.Module:
     # No projection between equal shapes unless asked: the block is then an exact identity, the fit happens in an
     # earlier adapter of the chain (or nowhere: a self-stitch within one stage), and the MACs stay the paper's.
-    return Bottleneck(in_channels, out_channels, stride, project=needs_map)
+    return Bottleneck(in_channels, out_channels, stride, project=output_map)
 
 
 class VitBlock(nn.Module, FitsOutputMap):
@@ -354,8 +364,17 @@ class VitBlock(nn.Module, FitsOutputMap):
 
 @register_adapter("vit_block", layout="tokens", description="Vision Transformer block on token sequences",
                   residual=True, fits=True)
-def vit_block(in_channels: int, out_channels: int, stride: int = 1, fit_ready: bool = False,
-              needs_map: bool = False) -> nn.Module:
+def vit_block(in_channels: int, out_channels: int, stride: int = 1,
+              output_map: bool = False) -> nn.Module:
     if stride != 1:
         raise ValueError("a vit_block adapter cannot stride; use resize='bilinear'")
-    return VitBlock(in_channels, out_channels, project=fit_ready)
+    return VitBlock(in_channels, out_channels, project=output_map)
+
+
+@torch.no_grad()
+def _calibrated(norm: nn.BatchNorm2d, z: torch.Tensor) -> torch.Tensor:
+    """``norm(z)`` after setting its running statistics to ``z``'s (so that it acts the same in both modes)."""
+    rows = image_rows(z)
+    norm.running_mean.copy_(rows.mean(0))
+    norm.running_var.copy_(rows.var(0, unbiased=False))
+    return norm(z)

@@ -12,21 +12,23 @@ image has no place for them:
 
 * out of a token sequence (:data:`PREFIX_OUT_POLICIES`): ``concat`` the class token to every patch token as extra
   channels (the paper), ``drop`` it, or ``add`` it to every patch token;
-* into a token sequence (:data:`PREFIX_IN_POLICIES`): the ``mean`` of the patch tokens (the paper), ``zeros``, or a
-  ``learned`` token.
+* into a token sequence (:data:`PREFIX_IN_POLICIES`): the ``mean`` of the patch tokens (the paper), ``zeros``, a
+  ``learned`` token, or a learned affine map of the patch tokens' mean (``projected``: the destination's class
+  token at a cut depends on the image, which a constant cannot follow and the plain mean does not resemble).
 """
 from __future__ import annotations
 
 import enum
 import math
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 
 from .errors import StitchkitError, unknown_name
 
 PREFIX_OUT_POLICIES = ("concat", "drop", "add")
-PREFIX_IN_POLICIES = ("mean", "zeros", "learned")
+PREFIX_IN_POLICIES = ("mean", "zeros", "learned", "projected")
 
 
 class Format(str, enum.Enum):
@@ -146,11 +148,14 @@ def from_nchw(
     spec: FeatureSpec,
     prefix_policy: str = "mean",
     learned_prefix: torch.Tensor | None = None,
+    prefix_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Convert a batched NCHW tensor to the layout of ``spec``.
 
     The image must already have ``spec``'s channels and grid. Prefix tokens are made by ``prefix_policy``;
-    ``learned`` takes them from ``learned_prefix`` of shape ``(1, num_prefix_tokens, C)``.
+    ``learned`` takes them from ``learned_prefix`` of shape ``(1, num_prefix_tokens, C)``; ``projected`` applies
+    ``prefix_map`` to the patch tokens' mean ``(B, 1, C)``, which returns ``(B, num_prefix_tokens, C)`` (without a
+    map it is the mean).
     """
     if spec.format is Format.NCHW:
         return x
@@ -161,7 +166,9 @@ def from_nchw(
     if not n:
         return tokens
     check_policy(prefix_policy, PREFIX_IN_POLICIES, "into tokens")
-    if prefix_policy == "mean":
+    if prefix_policy == "projected" and prefix_map is not None:
+        prefix = prefix_map(tokens.mean(dim=1, keepdim=True))
+    elif prefix_policy in ("mean", "projected"):
         prefix = tokens.mean(dim=1, keepdim=True).expand(-1, n, -1)
     elif prefix_policy == "zeros":
         prefix = tokens.new_zeros(tokens.shape[0], n, tokens.shape[2])

@@ -1,24 +1,8 @@
-"""Where a bridge's adapters start: calibrated norms and least-squares fits, measured on a batch of images.
+"""The arithmetic of starting adapters from data: ridge least squares, information-keeping lifts, norms set from
+measured statistics, and the destination's features brought to a step's grid.
 
-A frozen destination expects its own features at its cut. Adapters that start far from them spend a short training
-run getting back, or never do: a trailing BatchNorm at gamma=1, beta=0 hands a ReLU network standardised features
-(about half negative) where it expects non-negative ones, and AdamW moves beta by only ~lr per step. So a stitch
-looks at a batch of training images once, before training:
-
-* ``dst_stats``: every outer norm's running statistics come from the batch (train and eval mode agree from the
-  first step), and the last adapter's output norm starts at the destination's own per-channel mean and standard
-  deviation at its cut.
-* ``lstsq`` ("direct matching"): the output map (the 1x1 map of a linear adapter, the centre tap of a 3x3 one, a
-  bottleneck's projection shortcut, a ViT block's output projection) of the chain's last adapter that has one
-  starts as the ridge-regularised least-squares map from what it receives to the destination's own features at its
-  cut (resized to that adapter's output). Adapters before it have no destination features of their shape, so they
-  start as maps that keep the information: identity on the first channels (and its negation, where there is room,
-  so that a ReLU keeps the sign), or the leading principal directions where channels shrink. Adapters after it
-  start as identities (a bottleneck between equal shapes). A chain with no output map at all (a bottleneck within
-  one stage of one model) starts as an exact identity.
-
-Both work across different models: the targets are measured through the destination's own front, on the same
-images preprocessed as the destination expects.
+The strategies that use them (which adapter is fitted to what, what surrounds it) are the registered starts of
+:mod:`stitchkit.starts`.
 """
 from __future__ import annotations
 
@@ -26,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapters import CALIBRATED_NORMS, image_rows
+from .adapters import image_rows
 
 MAX_FIT_ROWS = 65536  # pixels or tokens used by one fit; more only costs time
 RIDGE = 1e-2  # ridge strength relative to the mean eigenvalue of the inputs' covariance
@@ -74,23 +58,19 @@ def _subsample(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return x[keep], y[keep]
 
 
-def _has_output_map(block: nn.Module) -> bool:
-    return hasattr(block, "fit_inputs") and block.has_output_map()
-
-
-def _rows(x: torch.Tensor, tokens: bool) -> torch.Tensor:
+def rows_of(x: torch.Tensor, tokens: bool) -> torch.Tensor:
     """An NLC token batch or an NCHW image batch as rows of channels."""
     return x.reshape(-1, x.shape[-1]) if tokens else image_rows(x)
 
 
 def channel_stats(x: torch.Tensor, tokens: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and (biased) variance of an NCHW image batch or an NLC token batch."""
-    rows = _rows(x, tokens)
+    rows = rows_of(x, tokens)
     return rows.mean(0), rows.var(0, unbiased=False)
 
 
 @torch.no_grad()
-def _set_norm(norm: nn.Module, x: torch.Tensor, tokens: bool, affine: tuple | None = None) -> None:
+def set_norm(norm: nn.Module, x: torch.Tensor, tokens: bool, affine: tuple | None = None) -> None:
     """BatchNorm: running statistics of ``x``; any norm: affine ``(weight, bias)`` or the identity affine."""
     if isinstance(norm, nn.Identity):
         return
@@ -104,10 +84,11 @@ def _set_norm(norm: nn.Module, x: torch.Tensor, tokens: bool, affine: tuple | No
     norm.bias.copy_(bias)
 
 
-def _resize_target(target: torch.Tensor, size: tuple[int, int], out_size: tuple[int, int], tokens: bool,
-                   num_prefix_tokens: int) -> torch.Tensor:
-    """The destination's features (grid ``size``) at the last step's output grid (they differ only with
-    ``resize='none'``)."""
+def resize_target(target: torch.Tensor, bridge: nn.Module, index: int) -> torch.Tensor:
+    """The destination's features at its cut (in the adapters' layout) at the output grid of the bridge's step
+    ``index`` (they differ only with ``resize='none'``)."""
+    size, out_size = bridge.dst.size, bridge.steps[index].out_size
+    tokens, num_prefix_tokens = bridge.tokens, bridge.enter_spec.num_prefix_tokens
     if tuple(size) == tuple(out_size):
         return target
     if tokens:
@@ -115,47 +96,3 @@ def _resize_target(target: torch.Tensor, size: tuple[int, int], out_size: tuple[
 
         return TokenResize(size, out_size, num_prefix_tokens)(target)
     return F.interpolate(target, size=out_size, mode="bilinear", align_corners=False)
-
-
-@torch.no_grad()
-def calibrate(bridge: nn.Module, src_features: torch.Tensor, dst_features: torch.Tensor) -> None:
-    """Start ``bridge``'s adapters as its ``adapter_norm`` says, from the source's features at its cut and the
-    destination's own features at its cut, both for the same images (see the module docstring).
-
-    Does nothing for norms that need no data (``paper_text``, ``paper_code``).
-    """
-    norm = bridge.adapter_norm
-    if norm not in CALIBRATED_NORMS:
-        return
-    was_training = bridge.training
-    bridge.eval()  # calibrated running statistics are what the forward passes below must use
-    try:
-        tokens = bridge.tokens
-        x = bridge.enter(src_features)
-        target = bridge.target(dst_features)
-        prefix = bridge.enter_spec.num_prefix_tokens
-        last = len(bridge.adapters) - 1
-        if norm == "lstsq":  # the fit goes to the last adapter with an output map; later ones are identities
-            mapped = [i for i, step in enumerate(bridge.adapters) if _has_output_map(step.adapter.block)]
-            last = mapped[-1] if mapped else last
-        for i, step in enumerate(bridge.adapters):
-            x = step.resize(x)
-            adapter = step.adapter
-            goal = _resize_target(target, bridge.dst.size, bridge.steps[i].out_size, tokens, prefix) if i == last else None
-            if norm == "dst_stats" or not hasattr(adapter.block, "fit_inputs"):  # (no fit: calibrated output norm)
-                _set_norm(adapter.norm_in, x, tokens)
-                z = adapter.block(adapter.norm_in(x))
-                affine = None
-                if goal is not None:
-                    mean, var = channel_stats(goal, tokens)
-                    affine = (torch.sqrt(var), mean)
-                _set_norm(adapter.norm_out, z, tokens, affine)
-            elif _has_output_map(adapter.block):  # lstsq
-                rows = adapter.block.fit_inputs(x)
-                out_channels = bridge.steps[i].out_channels
-                weight, bias = ridge_fit(rows, _rows(goal, tokens)) if goal is not None else lift(rows, out_channels)
-                adapter.block.set_output_map(weight, bias, rows)
-            x = adapter(x)
-        bridge.calibrated = True
-    finally:
-        bridge.train(was_training)

@@ -8,9 +8,10 @@ frozen parts stay in eval mode whatever ``.train()`` says, so BatchNorm statisti
 and dropout are off. ``frozen_mode="train"`` reproduces the paper's own code (frozen parts in train mode) for
 comparison.
 
-Adapters start where the destination expects its features to be: by default (``adapter_norm="lstsq"``) each
-adapter's output map starts as a least-squares fit to the destination's own features at its cut, measured on the
-``calibration_images`` given to :func:`create_stitched` (see :mod:`stitchkit.initialization`).
+Adapters start where the destination expects its features to be: by default (``adapter_norm="fitted"``) the last
+adapter's output map starts as a least-squares fit to the destination's own features at its cut, then all adapters
+take a few hundred steps of feature matching, on the ``calibration_images`` given to :func:`create_stitched` (the
+registered starts are in :mod:`stitchkit.starts`).
 """
 from __future__ import annotations
 
@@ -23,11 +24,10 @@ import torch
 from torch import nn
 
 from . import adapters as adapter_registry
-from .adapters import CALIBRATED_NORMS, DEFAULT_ADAPTER_NORM, check_adapter_norm
 from .chain import RESIZE_MODES, Resize, Step, TokenResize, num_adapters, parse_gap, plan_chain
 from .errors import IncompatibleError, StitchkitError, unknown_name
 from .modelfolder import SavesPretrained
-from .initialization import calibrate
+from .starts import DEFAULT_START, ChainContext, Measured, Start, get_start
 from .formats import (
     PREFIX_IN_POLICIES,
     PREFIX_OUT_POLICIES,
@@ -60,10 +60,10 @@ class StitchConfig:
     resize: str = "bilinear"
     input_size: int = 224
     prefix_out: str = "concat"
-    prefix_in: str = "mean"
+    prefix_in: str = "projected"
     readd_pos_embed: bool = False
     frozen_mode: str = "eval"
-    adapter_norm: str = DEFAULT_ADAPTER_NORM
+    adapter_norm: str = DEFAULT_START
     token_adapters: bool = True
     pretrained: bool = False
     src_checkpoint: str | None = None
@@ -121,22 +121,23 @@ class Bridge(nn.Module):
         prefix_in: str = "mean",
         prefix_init: torch.Tensor | None = None,
         pos_embed: torch.Tensor | None = None,
-        adapter_norm: str = DEFAULT_ADAPTER_NORM,
+        adapter_norm: str = DEFAULT_START,
         within_one_model: bool = False,
         token_adapters: bool = True,
         dst_nonnegative: bool = True,
     ):
         super().__init__()
-        check_adapter_norm(adapter_norm)
+        start = get_start(adapter_norm)
         kind = adapter_registry.get_adapter(adapter)
         self.src, self.dst, self.prefix_out, self.prefix_in = src, dst, prefix_out, prefix_in
         self.adapter_norm = adapter_norm
-        self.calibrated = adapter_norm not in CALIBRATED_NORMS
+        self.calibrated = not start.needs_images
         # Between two token models a per-pixel adapter (linear, linear_relu) runs on every token, the class token
         # included, as the paper's code does; through an image the class token would become the patch mean.
         self.on_tokens = (token_adapters and kind.layout == "image" and kind.token_form is not None
                           and src.is_tokens and dst.is_tokens and resize != "integrated")
-        self.tokens = kind.layout == "tokens" or self.on_tokens
+        self.kind = kind.on_tokens() if self.on_tokens else kind
+        self.tokens = self.kind.layout == "tokens"
         if self.tokens:
             # Work on the destination's kind of sequence: same prefix count, source channels and grid.
             self.enter_spec = src if src.num_prefix_tokens == dst.num_prefix_tokens else FeatureSpec(
@@ -148,42 +149,71 @@ class Bridge(nn.Module):
             self.enter_spec.channels, src.size, dst.channels, dst.size, adapters, resize
         )
         self.exit_spec = dst.with_(height=self.steps[-1].out_size[0], width=self.steps[-1].out_size[1])
-        self.adapters = nn.ModuleList(self._step_module(step, adapter) for step in self.steps)
-        if adapter_norm == "lstsq" and not within_one_model and not any(
-                getattr(step.adapter.block, "has_output_map", lambda: True)() for step in self.adapters):
-            # Equal shapes all along between two different models: an identity start would hand the destination
-            # the source's channels as if they were its own, so the last adapter gets an output map to fit.
-            self.adapters[-1] = self._step_module(self.steps[-1], adapter, needs_map=True)
-        if adapter_norm == "lstsq" and not dst_nonnegative:
-            # The destination expects signed features: a ReLU at the end of the fitted adapter, or of an identity
-            # after it, would clip half of them for good (no later norm can give the sign back).
-            blocks = [step.adapter.block for step in self.adapters]
-            mapped = [i for i, b in enumerate(blocks) if getattr(b, "has_output_map", lambda: False)()]
-            for block in blocks[mapped[-1] if mapped else 0 :]:
-                if hasattr(block, "keep_sign"):
-                    block.keep_sign()
-        self.learned_prefix = None
+        self.context = ChainContext(self.kind, self.steps, within_one_model, dst_nonnegative, self.tokens)
+        self.adapters = nn.ModuleList(self._step_module(i) for i in range(len(self.steps)))
+        start.prepare(self, self.context)
+        self.learned_prefix = self.prefix_map = None
         if not self.tokens and dst.num_prefix_tokens and prefix_in == "learned":
             init = prefix_init if prefix_init is not None else torch.zeros(1, dst.num_prefix_tokens, dst.channels)
             self.learned_prefix = nn.Parameter(init.detach().clone())
+        if not self.tokens and dst.num_prefix_tokens and prefix_in == "projected":
+            self.prefix_map = PrefixMap(dst.channels, dst.num_prefix_tokens)
         self.register_buffer("pos_embed", pos_embed, persistent=False)
 
-    def _step_module(self, step: Step, adapter: str, needs_map: bool = False) -> BridgeStep:
-        block = adapter_registry.create_adapter(adapter, step.in_channels, step.out_channels, stride=step.stride,
-                                                norm=self.adapter_norm, needs_map=needs_map, on_tokens=self.on_tokens)
+    @property
+    def start(self) -> Start:
+        """Where the adapters start (the registered :class:`~stitchkit.starts.Start` named by ``adapter_norm``)."""
+        return get_start(self.adapter_norm)
+
+    def _step_module(self, index: int, output_map: bool | None = None) -> BridgeStep:
+        step, kind, start = self.steps[index], self.kind, self.start
+        if output_map is None:
+            output_map = kind.fits and start.wants_output_map(kind, index, self.context)
+        block = kind.create(step.in_channels, step.out_channels, stride=step.stride, output_map=output_map)
+        adapter = start.wrap(kind, block, step, index, self.context)
         if step.resize in ("none", "stride"):
             resize = nn.Identity()
         elif self.tokens:
             resize = TokenResize(step.in_size, step.out_size, self.enter_spec.num_prefix_tokens, step.resize)
         else:
             resize = Resize(step.out_size, step.resize)
-        return BridgeStep(resize, block)
+        return BridgeStep(resize, adapter)
+
+    def rebuild_step(self, index: int, output_map: bool) -> None:
+        """Build step ``index`` again (for a start's :meth:`~stitchkit.starts.Start.prepare`): with or without an
+        output map that its block's type would not have between equal shapes."""
+        self.adapters[index] = self._step_module(index, output_map=output_map)
+
+    @torch.no_grad()
+    def calibrate(self, measured: Measured, device: str | torch.device | None = None) -> None:
+        """Start the adapters as the start says, from features measured on calibration images (see
+        :class:`~stitchkit.starts.Measured`), on ``device`` (where the bridge then stays); a start that needs no
+        images leaves them as built."""
+        start = self.start
+        if not start.needs_images:
+            return
+        if device is not None:
+            self.to(device)
+            measured = Measured(measured.source.to(device), measured.destination.to(device))
+        was_training = self.training
+        self.eval()  # calibrated running statistics are what the fitting passes must use
+        try:
+            start.fit(self, measured)
+        finally:
+            self.train(was_training)
+        self.calibrated = True
 
     def enter(self, x: torch.Tensor) -> torch.Tensor:
         """The source's feature in the adapters' layout (NCHW, or the destination's kind of token sequence)."""
         if self.tokens:
             return convert(x, self.src, self.enter_spec, self.prefix_out, self.prefix_in)
         return to_nchw(x, self.src, self.prefix_out)
+
+    def prefix_target(self, dst_feature: torch.Tensor) -> torch.Tensor:
+        """The destination's own prefix tokens at its cut, as the bridge's prefix policy should make them."""
+        if self.pos_embed is not None:
+            dst_feature = _add_pos_embed(dst_feature, -self.pos_embed, self.dst.num_prefix_tokens)
+        return dst_feature[:, : self.dst.num_prefix_tokens]
 
     def target(self, dst_feature: torch.Tensor) -> torch.Tensor:
         """The destination's own feature at its cut in the adapters' layout: what the last adapter should output
@@ -199,12 +229,38 @@ class Bridge(nn.Module):
         for module in self.adapters:
             x = module(x)
         if not self.tokens:
-            x = from_nchw(x, self.exit_spec, self.prefix_in, self.learned_prefix)
+            x = from_nchw(x, self.exit_spec, self.prefix_in, self.learned_prefix, self.prefix_map)
         if self.pos_embed is not None:
             x = _add_pos_embed(x, self.pos_embed, self.exit_spec.num_prefix_tokens)
         # In the destination's own memory layout: an NHWC permute of an NCHW image is a strided view, and a
         # destination that reshapes with .view (timm's swinv2_cr, through the graph split) cannot take one.
         return x.contiguous()
+
+
+class PrefixMap(nn.Module):
+    """The prefix tokens (class token, registers) as a learned affine map of the patch tokens' mean
+    (``prefix_in="projected"``): it starts as the mean itself, which is the paper's class token, until a start fits
+    it to the destination's own prefix tokens at its cut (:meth:`fit`)."""
+
+    def __init__(self, channels: int, num_prefix_tokens: int):
+        super().__init__()
+        self.num_prefix_tokens = num_prefix_tokens
+        self.linear = nn.Linear(channels, channels * num_prefix_tokens)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.eye(channels).repeat(num_prefix_tokens, 1))
+            self.linear.bias.zero_()
+
+    def forward(self, mean: torch.Tensor) -> torch.Tensor:
+        return self.linear(mean).unflatten(-1, (self.num_prefix_tokens, -1)).flatten(1, 2)
+
+    @torch.no_grad()
+    def fit(self, means: torch.Tensor, targets: torch.Tensor) -> None:
+        """Least squares from the patch means ``(N, C)`` to the wanted prefix tokens ``(N, num_prefix_tokens, C)``."""
+        from .initialization import ridge_fit
+
+        weight, bias = ridge_fit(means, targets.flatten(1))
+        self.linear.weight.copy_(weight)
+        self.linear.bias.copy_(bias)
 
 
 def _add_pos_embed(x: torch.Tensor, pos: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
@@ -417,10 +473,10 @@ def create_stitched(
     src_checkpoint: str | os.PathLike | None = None,
     dst_checkpoint: str | os.PathLike | None = None,
     prefix_out: str = "concat",
-    prefix_in: str = "mean",
+    prefix_in: str | None = None,
     readd_pos_embed: bool = False,
     frozen_mode: str = "eval",
-    adapter_norm: str = DEFAULT_ADAPTER_NORM,
+    adapter_norm: str = DEFAULT_START,
     token_adapters: bool = True,
     num_classes: int | None = None,
     new_head: bool | None = None,
@@ -443,7 +499,9 @@ def create_stitched(
         input_size: image size; sets the feature shapes and builds fixed-size models (ViT, timm Swin) for it.
         src_checkpoint, dst_checkpoint: local state-dict files for the two models.
         prefix_out: class-token policy out of a token model: ``concat``, ``drop`` or ``add``.
-        prefix_in: class-token policy into a token model: ``mean``, ``zeros`` or ``learned``.
+        prefix_in: class-token policy into a token model: ``mean``, ``zeros``, ``learned`` or ``projected`` (see
+            :mod:`stitchkit.formats`); default: the start's (``projected`` for the default, which fits it to the
+            destination's own class token; ``mean`` for the paper's starts, as the paper).
         readd_pos_embed: add the destination ViT's position embedding after the adapters.
         frozen_mode: ``eval`` (frozen parts always in eval mode) or ``train`` (the paper's code).
         adapter_norm: where the adapters start (:data:`stitchkit.adapters.ADAPTER_NORMS`): ``lstsq`` (default),
@@ -479,10 +537,11 @@ def create_stitched(
         raise unknown_name("resize mode", resize, RESIZE_MODES)
     kind = adapter_registry.get_adapter(adapter)
     check_policy(prefix_out, PREFIX_OUT_POLICIES, "out of tokens")
+    prefix_in = prefix_in or get_start(adapter_norm).prefix_in
     check_policy(prefix_in, PREFIX_IN_POLICIES, "into tokens")
     if frozen_mode not in FROZEN_MODES:
         raise unknown_name("frozen mode", frozen_mode, FROZEN_MODES)
-    check_adapter_norm(adapter_norm)
+    get_start(adapter_norm)  # an unknown start is an error before any model is built
 
     src_model, src_name = resolve_model(src, pretrained, src_checkpoint, input_size)
     if isinstance(src, str) and src == dst and src_checkpoint == dst_checkpoint:
@@ -546,8 +605,8 @@ def create_stitched(
         src_images, dst_images = (calibration_images if isinstance(calibration_images, (tuple, list))
                                   else (calibration_images, calibration_images))
         dst_front = front_part(dissect(dst_model, dst_spec.input_size), dst_cut.blocks)
-        calibrate(bridge, _features(front, src_images, calibration_device),
-                  _features(dst_front, dst_images, calibration_device))
+        bridge.calibrate(Measured(_features(front, src_images, calibration_device),
+                                  _features(dst_front, dst_images, calibration_device)), calibration_device)
         if calibration_device is not None:
             model.to(calibration_device)  # one device for the whole stitch
     model.pretrained_cfg = _data_config(model, src_model, src_name, dst_model, input_size)

@@ -26,6 +26,7 @@ def describe_stitch(model: StitchedModel, src: str, dst: str, input_size: int) -
         "gap": f"{x}:{y}",
         "adapter": model.config.adapter,
         "resize": model.config.resize,
+        "start": model.config.adapter_norm,
         "input_size": input_size,
         "src_cut": {"stage": x, "position": "first", "after": model.src_spec.cut(*model.config.src_cut).module,
                     "feature": model.bridge.src.describe()},

@@ -18,7 +18,7 @@ from . import bench, demo, evaluate, export, inspect, listing, predict, report, 
 from .common import EXIT_USER_ERROR, HelpFormatter, global_options
 
 # In the order `stitchkit --help` lists them: find a model, look at it, train, run grids, report, try it.
-COMMANDS = (listing.add_models, listing.add_adapters, stages.add_parser, inspect.add_parser, train.add_parser,
+COMMANDS = (listing.add_models, listing.add_adapters, listing.add_starts, stages.add_parser, inspect.add_parser, train.add_parser,
             evaluate.add_eval, evaluate.add_eval_model, predict.add_parser, export.add_parser, listing.add_methods, sweep.add_parser, report.add_parser,
             demo.add_demo, demo.add_findings, bench.add_parser)
 

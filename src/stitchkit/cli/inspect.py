@@ -19,7 +19,10 @@ def add_parser(subparsers) -> None:
                                                        "integrated (a strided conv in the adapter)")
     p.add_argument("--input-size", type=int, default=224, metavar="PX", help="image size")
     p.add_argument("--prefix-out", default="concat", help="class token out of a ViT: concat, drop, add")
-    p.add_argument("--prefix-in", default="mean", help="class token into a ViT: mean, zeros, learned")
+    p.add_argument("--prefix-in", default=None,
+                   help="class token into a ViT: mean, zeros, learned, projected (default: the start's)")
+    p.add_argument("--adapter-norm", default=None,
+                   help="where the adapters start (`stitchkit starts` lists them; default: stitchkit's default)")
     p.add_argument("--readd-pos-embed", action="store_true", help="re-add the destination ViT's position embedding")
     p.add_argument("--num-classes", type=int, default=None, metavar="N",
                    help="a new head of N classes for the destination (a new task)")
@@ -33,6 +36,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..starts import get_start
     from ..stitching import create_stitched
     from ..summary import describe_stitch
 
@@ -41,7 +45,7 @@ def run(args) -> int:
     model = create_stitched(
         args.src, args.dst, gap=args.gap, adapter=args.adapter, resize=args.resize, pretrained=args.pretrained,
         input_size=args.input_size, prefix_out=args.prefix_out, prefix_in=args.prefix_in,
-        readd_pos_embed=args.readd_pos_embed, num_classes=args.num_classes, new_head=args.new_head or None,
+        **({"adapter_norm": args.adapter_norm} if args.adapter_norm else {}), readd_pos_embed=args.readd_pos_embed, num_classes=args.num_classes, new_head=args.new_head or None,
         train_head=args.train_head or None, unfreeze_last=args.unfreeze_last,
     )
     report = describe_stitch(model, args.src, args.dst, args.input_size)
@@ -56,6 +60,9 @@ def run(args) -> int:
     print(f"  adapter chain ({len(model.steps)}):")
     for i, step in enumerate(model.steps, start=1):
         print(f"    {i}. {step.describe()}")
+    start = get_start(report["start"])
+    when = " (fitted on training images when it trains)" if start.needs_images else ""
+    print(f"  start           {report['start']}{when}")
     print(f"  parameters      {report['params'] / 1e6:.2f} M total, {report['trainable_params'] / 1e6:.3f} M trainable "
           f"({', '.join(report['trained'])})")
     print(f"  compute         {report['gmacs']:.3f} GMACs = {100 * report['macs_vs_src']:.1f}% of {args.src} "

@@ -35,6 +35,20 @@ def _adapters(args) -> int:
     return 0
 
 
+def add_starts(subparsers) -> None:
+    add_command(subparsers, "starts", _starts, "list where adapters can start (model.adapter_norm), the default first")
+
+
+def _starts(args) -> int:
+    from ..starts import DEFAULT_START, describe_starts
+
+    described = describe_starts()
+    for name in sorted(described, key=lambda n: (n != DEFAULT_START, n)):
+        default = "(default)" if name == DEFAULT_START else ""
+        print(f"{name:12s} {default:9s} {described[name]}")
+    return 0
+
+
 def add_methods(subparsers) -> None:
     add_command(subparsers, "methods", _methods, "list stitching methods (adapter x resize) for sweep files")
 

@@ -160,7 +160,8 @@ def validate(config: Config) -> None:
     checks = [
         (config.optim.lr > 0, f"optim.lr must be positive, got {config.optim.lr}"),
         (config.optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {config.optim.weight_decay}"),
-        (config.train.epochs >= 1, f"train.epochs must be at least 1, got {config.train.epochs}"),
+        (config.train.epochs >= 0, f"train.epochs must be 0 or more (0: the start alone, evaluated and saved "
+                                   f"without a training step), got {config.train.epochs}"),
         (config.train.max_steps is None or config.train.max_steps >= 1, "train.max_steps must be at least 1"),
         (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (config.optim.batch_size >= 1, "optim.batch_size must be at least 1"),
@@ -172,7 +173,9 @@ def validate(config: Config) -> None:
         (config.train.workers >= 0, "train.workers must be >= 0"),
         (config.data.limit_train is None or config.data.limit_train >= 1, "data.limit_train must be at least 1"),
         (config.data.limit_val is None or config.data.limit_val >= 1, "data.limit_val must be at least 1"),
-        (config.model.init_images >= 1, "model.init_images must be at least 1"),
+        (config.model.init_images >= 1, f"model.init_images must be at least 1 (the training images a start such as "
+                                        f"the default measures both models on; 256 is plenty), got "
+                                        f"{config.model.init_images}"),
     ]
     for ok, message in checks:
         if not ok:

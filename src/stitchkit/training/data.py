@@ -427,5 +427,7 @@ def calibration_images(splits: Splits, data: DataConfig, model_name: str, count:
             raise
         images.append(transform(image))
     if not images:
-        raise StitchkitError("no readable training image to start the adapters from; check the training data")
+        raise StitchkitError("no readable training image to start the adapters from: the start (model.adapter_norm) "
+                             "measures both models on model.init_images training images; check the training data, "
+                             "or choose a start that needs no images (model.adapter_norm=paper_code)")
     return torch.stack(images)

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..adapters import CALIBRATED_NORMS, check_adapter_norm, list_adapters
+from ..adapters import list_adapters
 from ..chain import RESIZE_MODES, parse_gap
 from ..errors import StitchkitError, unknown_name
 from ..files import atomic_write_bytes
@@ -23,6 +23,7 @@ from ..finetune import create_finetune_baseline
 from ..probe import create_probe
 from ..registry import Registry
 from ..rundir import RunDir
+from ..starts import get_start
 from ..stitching import StitchedModel, create_stitched
 from ..zoo.metadata import preprocessing
 from ..zoo.models import create_model, fit_head, num_outputs
@@ -103,7 +104,7 @@ class Stitch(Mode):
 
     def validate(self, config: Config) -> None:
         super().validate(config)
-        check_adapter_norm(config.model.adapter_norm)
+        get_start(config.model.adapter_norm)
         if config.model.adapter not in list_adapters():
             raise unknown_name("adapter", config.model.adapter, list_adapters())
         if config.model.resize not in RESIZE_MODES:
@@ -114,7 +115,7 @@ class Stitch(Mode):
         a new one of ``model.num_classes`` that trains with the adapters (with ``model.unfreeze_last`` blocks)."""
         m, size = config.model, config.data.input_size
         images = None
-        if calibration is not None and m.adapter_norm in CALIBRATED_NORMS:
+        if calibration is not None and get_start(m.adapter_norm).needs_images:
             dst = m.dst or m.src
             src_images = calibration(m.src)
             images = (src_images, src_images if preprocessing(dst) == preprocessing(m.src) else calibration(dst))

@@ -52,12 +52,15 @@ class ModelConfig:
     unfreeze_last: int = setting(0, "stitch, probe: train this many blocks at the end of the (destination) model "
                                     "too", per_run=True, since="0.4")
     prefix_out: str = setting("concat", "class token out of a ViT: concat, drop, add", per_run=True)
-    prefix_in: str = setting("mean", "class token into a ViT: mean, zeros, learned", per_run=True)
+    prefix_in: Optional[str] = setting(None, "class token into a ViT: mean, zeros, learned, projected; default: the "
+                                             "start's (projected for the default start, mean for the paper's)",
+                                       per_run=True)
     readd_pos_embed: bool = setting(False, "re-add the destination ViT's position embedding", per_run=True)
     frozen_mode: str = setting("eval", "frozen parts in eval mode (BatchNorm statistics fixed) or train mode")
-    adapter_norm: str = setting("lstsq", "where adapters start: lstsq, dst_stats, paper_code or paper_text",
-                                per_run=True)
-    init_images: int = setting(256, "training images that lstsq / dst_stats measure both models' features on")
+    adapter_norm: str = setting("fitted", "where adapters start ('stitchkit starts' lists them): fitted, lstsq, "
+                                          "dst_stats, paper_code or paper_text", per_run=True)
+    init_images: int = setting(256, "training images a start that needs them (fitted, lstsq, dst_stats) measures both "
+                                    "models' features on")
     token_adapters: bool = setting(True, "ViT to ViT: linear adapters on every token, class token kept (the paper's "
                                          "code); false: via an image", per_run=True)
 
@@ -111,6 +114,8 @@ class TrainConfig:
     channels_last: bool = setting(False, "channels-last memory format for images and models", kind="speed")
     compile: bool = setting(False, "torch.compile the trained model", kind="speed")
     workers: int = setting(4, "data-loader worker processes", kind="run")
+    eval_at_start: bool = setting(True, "evaluate before the first step too: the accuracy of the start alone "
+                                        "(result.json: top1_at_start)", kind="run", since="0.5")
     checkpoint_every: int = setting(500, "optimizer steps between checkpoints", kind="run")
     log_every: int = setting(50, "optimizer steps between progress lines", kind="run")
     wandb: bool = setting(False, "log to Weights & Biases (pip install 'stitchkit[wandb]')", kind="run", per_run=True)

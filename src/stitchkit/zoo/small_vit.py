@@ -4,8 +4,10 @@ timm's smallest ViTs use 16-pixel patches: at 32 px they see a 2x2 grid. These k
 absolute position embedding, 12 or 6 pre-norm blocks) with 4-pixel patches, so a 32 px image is an 8x8 grid.
 ViT-Micro and ViT-Nano have ViT-S's 12 blocks, so their four stitching stages are 3 blocks each as in the paper;
 ViT-Pico's 6 blocks split 2 + 2 + 1 + 1, so a stitch into its stage 4 keeps none of its blocks. They
-have no pretrained weights: train them with ``mode=scratch`` (the demo does). Because they live in timm's registry,
-their names work everywhere a timm name does, and checkpoints rebuild them by name.
+have no pretrained weights: train them with ``mode=scratch`` (the demo does). ViT-Micro-GAP has no class token
+(its head averages the patch tokens): the token model without prefix tokens that the adapter-start study stitches
+into. Because they live in timm's registry, their names work everywhere a timm name does, and checkpoints rebuild
+them by name.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ def _cfg(**kwargs) -> dict:
 
 
 default_cfgs = generate_default_cfgs({"vit_pico_patch4_32": _cfg(), "vit_micro_patch4_32": _cfg(),
-                                     "vit_nano_patch4_32": _cfg()})
+                                     "vit_nano_patch4_32": _cfg(), "vit_micro_gap_patch4_32": _cfg()})
 
 
 @register_model
@@ -35,6 +37,15 @@ def vit_micro_patch4_32(pretrained: bool = False, **kwargs):
     """ViT-Micro/4: 64 channels, 12 blocks (ViT-S's depth), 2 heads, MLP ratio 2; 0.42 M parameters, 32 MMACs at 32 px."""
     args = dict(img_size=32, patch_size=4, embed_dim=64, depth=12, num_heads=2, mlp_ratio=2.0, num_classes=10)
     return _create_vision_transformer("vit_micro_patch4_32", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vit_micro_gap_patch4_32(pretrained: bool = False, **kwargs):
+    """ViT-Micro/4 without a class token: its head averages the patch tokens (a token model with no prefix tokens,
+    as timm's ``*_gap`` ViTs); 0.42 M parameters at 32 px."""
+    args = dict(img_size=32, patch_size=4, embed_dim=64, depth=12, num_heads=2, mlp_ratio=2.0, num_classes=10,
+                class_token=False, global_pool="avg", fc_norm=False)
+    return _create_vision_transformer("vit_micro_gap_patch4_32", pretrained=pretrained, **dict(args, **kwargs))
 
 
 @register_model
