@@ -46,7 +46,7 @@ def test_config_layers_and_unknown_keys(tmp_path):
     path.write_text("model: [unclosed\n")
     with pytest.raises(StitchkitError, match="not valid YAML"):
         load_config(path)
-    for bad, message in [("optim.lr=-1", "positive"), ("train.epochs=0", "at least 1"),
+    for bad, message in [("optim.lr=-1", "positive"), ("train.epochs=-1", "0 or more"),
                          ("train.epochs=many", "train.epochs"), ("model.adapter=botleneck", "bottleneck"),
                          ("model.gap=3:1", "write it as 1:3"), ("mode=distill", "stitch")]:
         with pytest.raises(StitchkitError, match=message):
@@ -65,7 +65,7 @@ def test_scratch_run_writes_a_self_describing_run_dir(tmp_path):
                                                                   "model.src=resnet10t", "train.epochs=2"])
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if r["type"] == "train"] == list(range(1, 9))
-    assert [r["epoch"] for r in lines if r["type"] == "eval"] == [0, 1]
+    assert [r["epoch"] for r in lines if r["type"] == "eval"] == [-1, 0, 1]  # before training, after each epoch
     lrs = [r["lr"] for r in lines if r["type"] == "train"]
     assert lrs[-1] == 0.0 and all(a > b for a, b in zip(lrs, lrs[1:]))  # cosine to zero, stepped per step
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
@@ -96,6 +96,39 @@ def test_stitch_run_trains_only_the_adapters(tmp_path, source_model):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(rebuilt.eval()(x), trainer.model.eval()(x), atol=1e-6)
+
+
+def test_runs_record_their_accuracy_before_training_and_after_every_epoch(tmp_path, source_model):
+    """Time to accuracy: top-1 before the first step (the start alone) and after each epoch, in result.json and
+    metrics.jsonl; evaluating before training changes nothing about the training itself."""
+    settings = ["mode=stitch", "model.src=resnet10t", "model.gap=1:3", f"model.src_checkpoint={source_model}",
+                f"model.dst_checkpoint={source_model}", "train.epochs=2"]
+    result = train(_cfg(tmp_path, *settings, name="with"))
+    assert isinstance(result["top1_at_start"], float)
+    assert len(result["top1_after_epoch"]) == 2 and result["top1_after_epoch"][-1] == result["top1"]
+    evals = [json.loads(line) for line in (tmp_path / "with" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if r["type"] == "eval"]
+    assert [(r["step"], r["epoch"]) for r in evals][0] == (0, -1) and evals[0]["top1"] == result["top1_at_start"]
+    without = train(_cfg(tmp_path, *settings, "train.eval_at_start=false", name="without"))
+    assert "top1_at_start" not in without
+    assert (without["top1"], without["train_loss"]) == (result["top1"], result["train_loss"])
+
+
+def test_zero_epochs_saves_the_start_as_a_usable_run(tmp_path, source_model):
+    """train.epochs=0: the adapters start (fitted on the calibration images), are evaluated and saved; the run's
+    weights and its model folder give the same model as the start."""
+    from stitchkit.training import Run, TrainingPass
+
+    config = _cfg(tmp_path, "mode=stitch", "model.src=resnet10t", "model.gap=1:3", "train.epochs=0",
+                  f"model.src_checkpoint={source_model}", f"model.dst_checkpoint={source_model}")
+    run = Run(config)
+    result = TrainingPass([run]).run()[0]
+    assert (result["status"], result["steps"], result["epochs"]) == ("finished", 0, 0)
+    assert result["top1"] == result["top1_at_start"] and result["top1_after_epoch"] == []
+    rebuilt = stitchkit.load_stitched(tmp_path / "run" / "adapters.pt")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), run.model.eval()(x))
 
 
 def test_finetune_run_trains_everything(tmp_path, source_model):
@@ -130,7 +163,8 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, monk
             train(config)
     assert not (tmp_path / "interrupted" / "result.json").exists()
     resumed = train(config, resume=True)
-    for key in ("top1", "top5", "loss", "train_loss", "steps", "epochs", "images_seen"):
+    for key in ("top1", "top5", "loss", "train_loss", "steps", "epochs", "images_seen", "top1_at_start",
+                "top1_after_epoch"):
         assert resumed[key] == reference[key], key
 
 

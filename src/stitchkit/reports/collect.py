@@ -16,10 +16,10 @@ from ..rundir import RunDir
 from ..sweeps.runner import MANIFEST_DIR
 
 RESULT_COLUMNS = ["pair", "src", "dst", "gap", "src_stage", "dst_stage", "method", "kind", "seed", "lr", "top1", "top5",
-                  "holdout_top1", "gmacs", "params", "trainable_params", "epochs", "wall_time_s", "status", "error",
+                  "top1_at_start", "holdout_top1", "gmacs", "params", "trainable_params", "epochs", "wall_time_s", "status", "error",
                   "dataset", "input_size", "train_images", "adapter_norm", "sweep", "settings_id", "run_dir"]
 SUMMARY_COLUMNS = ["pair", "src", "dst", "gap", "src_stage", "dst_stage", "method", "kind", "lr", "n", "top1_mean",
-                   "top1_se", "top5_mean", "holdout_top1_mean", "gmacs", "params", "trainable_params", "selected_on",
+                   "top1_se", "top1_at_start_mean", "top5_mean", "holdout_top1_mean", "gmacs", "params", "trainable_params", "selected_on",
                    "n_failed", "training", "sweep"]
 
 
@@ -44,7 +44,7 @@ def _row(cell: dict, result: dict | None, run_dir: Path, status: str, sweep: str
         "status": status, "error": result.get("error") or cell.get("skip_reason"), "run_dir": str(run_dir),
         "sweep": sweep,
     }
-    for key in ("top1", "top5", "holdout_top1", "gmacs", "params", "trainable_params", "epochs", "wall_time_s",
+    for key in ("top1", "top5", "top1_at_start", "holdout_top1", "gmacs", "params", "trainable_params", "epochs", "wall_time_s",
                 "dataset", "input_size", "train_images", "adapter_norm", "settings_id"):
         row[key] = result.get(key)
     if row["settings_id"] and _written_before_0_3(result):
@@ -194,6 +194,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             "pair": f"{src} -> {dst}", "src": src, "dst": dst, "gap": gap, "src_stage": src_stage,
             "dst_stage": dst_stage, "method": method, "kind": kind, "lr": lr, "n": len(done),
             "top1_mean": _mean(top1), "top1_se": standard_error(top1), "top5_mean": _mean(r["top5"] for r in done),
+            "top1_at_start_mean": _mean(r["top1_at_start"] for r in done),
             "holdout_top1_mean": _mean(r["holdout_top1"] for r in done) if done and all(
                 r["holdout_top1"] is not None for r in done) else None,
             "gmacs": _mean(r["gmacs"] for r in done), "params": _mean(r["params"] for r in done),

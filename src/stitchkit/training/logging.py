@@ -1,8 +1,8 @@
 """Metrics out of a run: JSON lines always, a progress bar on a terminal (plain lines with the total and an ETA
 otherwise, as in a SLURM log), TensorBoard and Weights & Biases when asked for. Only rank 0 writes.
 
-``metrics.jsonl`` counts epochs from 0 (the epoch a step belongs to; an evaluation after the first epoch says 0);
-printed lines count from 1, as ``result.json``'s ``epochs`` does.
+``metrics.jsonl`` counts epochs from 0 (the epoch a step belongs to; an evaluation after the first epoch says 0, one
+before the first step says -1); printed lines count from 1, as ``result.json``'s ``epochs`` does.
 """
 from __future__ import annotations
 
@@ -71,8 +71,9 @@ class MetricsLog:
                 _say(f"{self.prefix}step {step}/{self.total_steps} epoch {record['epoch'] + 1}/{self.epochs}: {text}"
                      f"{self._eta(step)}")
         elif record.get("type") == "eval":
-            text = (f"{self.prefix}{record['split']} top-1 {record['top1']:.2f}% top-5 {record['top5']:.2f}% "
-                    f"(after epoch {record['epoch'] + 1}/{self.epochs})")
+            when = ("before training" if record["epoch"] < 0 else
+                    f"after epoch {record['epoch'] + 1}/{self.epochs}")
+            text = f"{self.prefix}{record['split']} top-1 {record['top1']:.2f}% top-5 {record['top5']:.2f}% ({when})"
             (self.bar.write if self.bar is not None else _say)(text)
 
     def _eta(self, step: int) -> str:

@@ -134,6 +134,8 @@ class TrainingPass:
         self._boundary_rng = rng_state()
         restore = self._catch_sigterm()
         try:
+            if self.live and self.position.step == 0 and self.config.train.eval_at_start:
+                self._evaluate_at_start()
             if self.live:
                 self._train()
             if self.live:
@@ -214,7 +216,7 @@ class TrainingPass:
     def _end_epoch(self) -> None:
         for r in self.live:
             r.end_epoch(self.position)
-        self._evaluate_all(self.position.epoch)
+        self._evaluate_all(self.position.epoch, epoch_end=True)
         self.position.epoch += 1
         self.position.micro = 0
         for r in self.live:
@@ -223,7 +225,14 @@ class TrainingPass:
         if self.live:
             faults.point("epoch-end")
 
-    def _evaluate_all(self, epoch: int) -> None:
+    def _evaluate_at_start(self) -> None:
+        """Every run's accuracy before its first step: what the start alone gives (``train.eval_at_start``). The
+        RNG is left as it was, so training is the same with or without it."""
+        devices = [self.runtime.device.index or 0] if self.runtime.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            self._evaluate_all(-1, at_start=True)
+
+    def _evaluate_all(self, epoch: int, at_start: bool = False, epoch_end: bool = False) -> None:
         live = self.live
         for r in live:
             r.begin_evaluation()
@@ -231,7 +240,7 @@ class TrainingPass:
             for split, loader in self.stream.eval_loaders.items():
                 results = evaluate_heads(self.front, [r.head for r in live], loader, self.runtime)
                 for r, metrics in zip(live, results):
-                    r.evaluated(split, self.position, epoch, metrics)
+                    r.evaluated(split, self.position, epoch, metrics, at_start=at_start, epoch_end=epoch_end)
         finally:
             for r in live:
                 r.end_evaluation()
@@ -243,7 +252,7 @@ class TrainingPass:
             if p.micro > 0:  # max_steps stopped the epoch part-way: its loss so far
                 for r in self.live:
                     r.close_partial_epoch()
-            self._evaluate_all(p.epoch if p.micro > 0 or p.epoch == 0 else p.epoch - 1)
+            self._evaluate_all(-1 if p.step == 0 else p.epoch if p.micro > 0 or p.epoch == 0 else p.epoch - 1)
             self._checkpoint_all()
         records = {id(r): r.record(p, "finished") for r in self.live}
         faults.point("finish")

@@ -51,6 +51,8 @@ class RunStats:
     skipped: int = 0  # corrupt images skipped (this rank)
     train_seconds: float = 0.0  # wall time spent training, over all resumptions
     train_loss: float | None = None  # mean training loss of the last (possibly partial) epoch
+    at_start: dict | None = None  # {split: top-1} before the first step (train.eval_at_start)
+    after_epoch: list | None = None  # validation top-1 after each finished epoch
 
 
 def default_run_dir(config: Config) -> Path:
@@ -292,9 +294,16 @@ class Run:
     def close_log(self) -> None:
         self.log.close()
 
-    def evaluated(self, split: str, position: Position, epoch: int, metrics: dict) -> None:
+    def evaluated(self, split: str, position: Position, epoch: int, metrics: dict, at_start: bool = False,
+                  epoch_end: bool = False) -> None:
+        """Log one split's evaluation: ``at_start`` before any step (epoch -1 in the log), ``epoch_end`` after a whole
+        epoch (its validation top-1 joins :attr:`RunStats.after_epoch`)."""
         self.metrics[split] = metrics
         self.log.write({"type": "eval", "split": split, "step": position.step, "epoch": epoch, **metrics})
+        if at_start:
+            self.stats.at_start = {**(self.stats.at_start or {}), split: metrics["top1"]}
+        if epoch_end and split == "val":
+            self.stats.after_epoch = [*(self.stats.after_epoch or [])[:epoch], metrics["top1"]]
 
     # --- checkpoints and results ------------------------------------------------------------------------------------
 
@@ -359,6 +368,10 @@ class Run:
             prefix = "" if split == "val" else f"{split}_"
             record.update({f"{prefix}top1": values["top1"], f"{prefix}top5": values["top5"],
                            f"{prefix}loss": values["loss"]})
+        # Time to accuracy: top-1 before the first step (the start alone, no training) and after every epoch.
+        for split, top1 in (self.stats.at_start or {}).items():
+            record[f"{'' if split == 'val' else split + '_'}top1_at_start"] = top1
+        record["top1_after_epoch"] = list(self.stats.after_epoch or [])
         return record
 
     def finish(self, record: dict) -> None:
