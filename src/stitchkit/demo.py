@@ -89,34 +89,78 @@ def _progress(total: int):
     return None
 
 
-def run_passes(sweeps: list[Sweep], out: Path, log=print) -> tuple[list[str], int]:
-    """Run every cell of ``sweeps`` in order, each sweep's passes together, with a progress bar on a terminal (log
-    lines otherwise); returns the failed cells' names and the number of cells."""
+def run_passes(sweeps: list[Sweep], out: Path, log=print, workers: int = 1) -> tuple[list[str], int]:
+    """Run every cell of ``sweeps``, each sweep's passes together, with a progress bar on a terminal (log lines
+    otherwise); returns the failed cells' names and the number of cells. The cells of one call must not depend on
+    each other (train the sources in one call, the stitches that read them in the next).
+
+    ``workers`` > 1 starts that many processes in all (give each run one thread): the helpers take the passes from
+    the end, this process from the start, and the cells' locks keep any cell from running twice."""
     passes = [(sweep, group) for sweep in sweeps for group in sweep.groups(sweep.runnable)]
     cells = [cell for _, group in passes for cell in group]
     for sweep in sweeps:
         write_manifest(sweep, out)
+    helpers = []
+    if workers > 1:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no thread pools inherited
+        helpers = [context.Process(target=_help, args=(sweeps, str(out)), daemon=True) for _ in range(workers - 1)]
+        for helper in helpers:
+            helper.start()
     bar = _progress(len(cells))
-    failures, done = [], 0
-    for sweep, group in passes:
-        cell = group[0]
-        label = f"{cell.kind} {cell.pair}" + (f" {cell.gap} {cell.method}" if len(group) == 1 and cell.gap else "")
-        label += f" ({len(group)} stitches in one pass)" if len(group) > 1 else ""
-        span = f"{done + 1}" if len(group) == 1 else f"{done + 1}-{done + len(group)}"
-        (bar.set_postfix_str(label) if bar else log(f"[{span}/{len(cells)}] {label}"))
-        outcomes = run_group(sweep, group, out)
-        failures += [name for name, outcome in outcomes.items() if outcome == "failed"]
-        done += len(group)
+    done = 0
+    try:
+        for sweep, group in passes:
+            cell = group[0]
+            label = f"{cell.kind} {cell.pair}" + (f" {cell.gap} {cell.method}" if len(group) == 1 and cell.gap else "")
+            label += f" ({len(group)} stitches in one pass)" if len(group) > 1 else ""
+            span = f"{done + 1}" if len(group) == 1 else f"{done + 1}-{done + len(group)}"
+            (bar.set_postfix_str(label) if bar else log(f"[{span}/{len(cells)}] {label}"))
+            run_group(sweep, group, out)
+            done += len(group)
+            if bar:
+                bar.update(len(group))
+        for helper in helpers:
+            helper.join()
+    finally:
+        for helper in helpers:
+            if helper.is_alive():
+                helper.terminate()
         if bar:
-            bar.update(len(group))
-    if bar:
-        bar.close()
+            bar.close()
+    failures = [cell.name for cell in cells if RunDir(out / cell.name).state() == "failed"]
     return failures, len(cells)
 
 
+def run_stages(stages: list[list[Sweep]], out: Path, log=print, workers: int = 1) -> tuple[list[str], int]:
+    """:func:`run_passes` for each stage in turn (the source models, then the stitches that read them); a stage
+    with failures ends it, since what follows depends on it. Returns the failed cells and the cells run."""
+    failures, cells = [], 0
+    for sweeps in stages:
+        more_failures, more_cells = run_passes(sweeps, out, log, workers)
+        failures, cells = failures + more_failures, cells + more_cells
+        if failures:
+            break
+    return failures, cells
+
+
+def threads_per_run(threads: int | None, workers: int) -> int | None:
+    """Torch threads each run uses: as asked, else one when several workers share the cores (else torch's default)."""
+    return threads or (1 if workers > 1 else None)
+
+
+def _help(sweeps: list[Sweep], out: str) -> None:
+    """A helper process of :func:`run_passes`: the passes from the last, skipping cells another process holds."""
+    for sweep in sweeps[::-1]:
+        for group in sweep.groups(sweep.runnable)[::-1]:
+            run_group(sweep, group, Path(out))
+
+
 def run_demo(out: str | Path = "runs/demo", fast: bool = False, scale: DemoScale | None = None,
-             threads: int | None = None, log=print) -> Path:
-    """Run the demo into ``out`` and return the path of its HTML report."""
+             threads: int | None = None, workers: int = 1, log=print) -> Path:
+    """Run the demo into ``out`` and return the path of its HTML report; ``workers`` processes train side by side
+    (one torch thread each unless ``threads`` says otherwise)."""
     from .reports import write_report
     from .reports.collect import collect, summarize
     from .training.data import find_fashion_mnist
@@ -125,8 +169,8 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, scale: DemoScale
     out = Path(out)
     scale = scale or (FAST if fast else FULL)
     start = time.time()
-    sweeps = demo_sweeps(out, scale, threads)
-    failures, cells = run_passes(sweeps, out, log)
+    sources, *stitches = demo_sweeps(out, scale, threads_per_run(threads, workers))
+    failures, cells = run_stages([[sources], stitches], out, log, workers)
     index = write_report(out)
     rows, originals = collect(out)
     log("")

@@ -11,12 +11,18 @@ def add_demo(subparsers) -> None:
                     "gaps with several adapters, and write a report: offline, on a laptop CPU.")
     p.add_argument("--out", default="runs/demo", help="output folder (source models there are reused)")
     p.add_argument("--fast", action="store_true", help="less data and training: a few minutes instead of half an hour")
+    _add_workers(p)
+
+
+def _add_workers(p) -> None:
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes training side by side, one torch thread each (e.g. the number of CPU cores)")
 
 
 def _demo(args) -> int:
     from ..demo import run_demo
 
-    run_demo(args.out, fast=args.fast, threads=args.threads)
+    run_demo(args.out, fast=args.fast, threads=args.threads, workers=args.workers)
     return 0
 
 
@@ -27,10 +33,11 @@ def add_findings(subparsers) -> None:
     p.add_argument("--out", default="runs/findings", help="output folder (resumable; finished runs are reused)")
     p.add_argument("--doc", default=None, help="write the findings page here (e.g. docs/findings.md)")
     p.add_argument("--smoke", action="store_true", help="a few hundred images, one gap, two seeds: checks the path")
+    _add_workers(p)
 
 
 def _findings(args) -> int:
     from ..findings import run_findings
 
-    run_findings(args.file, args.out, args.doc, smoke=args.smoke, threads=args.threads)
+    run_findings(args.file, args.out, args.doc, smoke=args.smoke, threads=args.threads, workers=args.workers)
     return 0
