@@ -289,6 +289,23 @@ def test_fitted_starts_the_class_token_where_the_vit_has_it():
     assert ((got - want) ** 2).mean() < 0.5 * mean_error
 
 
+@pytest.mark.parametrize("adapter, paper", [("vit_block", "paper_text"), ("linear", "paper_code")])
+def test_fitted_takes_the_measured_paper_start_on_tokens(adapter, paper):
+    """Between two ViTs the adapters run on tokens, where the default measured best with the paper's structure (a
+    ViT block inside the text's LayerNorms, a linear one followed by the code's norm + LeakyReLU): the same modules,
+    the same weights for the same seed, and nothing fitted on the images."""
+    a, _ = _models(VIT, VIT)
+    images = _images(16)
+    torch.manual_seed(3)
+    fitted = create_stitched(a, a, "1:3", adapter, input_size=SIZE, calibration_images=images).eval()
+    torch.manual_seed(3)
+    reference = create_stitched(a, a, "1:3", adapter, input_size=SIZE, adapter_norm=paper).eval()
+    assert fitted.bridge.tokens and fitted.config.adapter_norm == DEFAULT_START
+    assert str(fitted.bridge.adapters) == str(reference.bridge.adapters)
+    mine, theirs = fitted.bridge.adapters.state_dict(), reference.bridge.adapters.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
 def test_fitted_linear_adapter_starts_at_least_squares_behind_a_transparent_norm():
     """The last adapter's map is the least-squares fit; the BatchNorm after it hands the fit on unchanged (in eval
     mode, and in training mode on such a batch), though the map's weights were scaled to a default initialisation's
