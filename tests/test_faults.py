@@ -21,7 +21,10 @@ def reference(tmp_path_factory):
     return result, (run / "metrics.jsonl").read_text()
 
 
-@pytest.mark.parametrize("fault", ["step:4", "checkpoint-write:3", "evaluation:1", "epoch-end:1", "finish:1"])
+# evaluation:1 is the evaluation of the start, before any checkpoint (the resume starts over); evaluation:2 the
+# first end-of-epoch one.
+@pytest.mark.parametrize("fault", ["step:4", "checkpoint-write:3", "evaluation:1", "evaluation:2", "epoch-end:1",
+                                   "finish:1"])
 def test_killed_at_any_moment_resumes_to_the_same_result(tmp_path, reference, fault):
     assert fault.split(":")[0] in POINTS
     run = tmp_path / "run"

@@ -26,12 +26,19 @@ def test_resume_accepts_speed_and_run_changes_only():
 
 def test_digests_keep_what_earlier_versions_wrote():
     """Values computed by stitchkit 0.2.1 (commit f0166ab) for these settings: a sweep cell keeps its folder name,
-    and a 0.2 checkpoint is still accepted when its run is resumed or evaluated."""
-    config = load_config(None, ["mode=scratch", "model.src=resnet10t", "train.channels_last=true"])
+    and a 0.2 checkpoint is still accepted when its run is resumed or evaluated. 0.5 changed two defaults (the start,
+    model.adapter_norm: lstsq -> fitted; the class token, model.prefix_in: mean -> the start's choice): such a run
+    is resumed with its own values given, as config.yaml records them."""
+    old_defaults = ["model.adapter_norm=lstsq", "model.prefix_in=mean"]
+    config = load_config(None, ["mode=scratch", "model.src=resnet10t", "train.channels_last=true", *old_defaults])
     assert accepted_digests(config)[1] == "76b118c59238773c"
-    assert _identity({"train": {"epochs": 2}}, {"model": {"src": "resnet18"}}) == "bf3c5442"
+    then = {"src": "resnet18", "adapter_norm": "lstsq", "prefix_in": "mean"}
+    assert _identity({"train": {"epochs": 2}}, {"model": then}) == "bf3c5442"
+    # With 0.5's defaults the same cell is another run (another start), so it gets another folder: never reused.
+    assert _identity({"train": {"epochs": 2}}, {"model": {"src": "resnet18"}}) != "bf3c5442"
     # A setting added since (data.classes) counts only once it is set: then it is another run.
-    subset = load_config(None, ["mode=scratch", "model.src=resnet10t", "train.channels_last=true", "data.classes=[0, 1]"])
+    subset = load_config(None, ["mode=scratch", "model.src=resnet10t", "train.channels_last=true", *old_defaults,
+                                "data.classes=[0, 1]"])
     assert accepted_digests(subset)[0] != accepted_digests(config)[0]
     assert _identity({"data": {"classes": [0, 1]}}, {"model": {"src": "resnet18"}}) != _identity({}, {"model": {"src": "resnet18"}})
 

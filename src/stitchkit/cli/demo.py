@@ -2,6 +2,8 @@
 findings at small scale, with seeds)."""
 from __future__ import annotations
 
+import sys
+
 from .common import add_command
 
 
@@ -19,10 +21,20 @@ def _add_workers(p) -> None:
                    help="processes training side by side, one torch thread each (e.g. the number of CPU cores)")
 
 
+def _stopped(command: str, stop) -> int:
+    """A signal stopped a run after its checkpoint: one line, and the exit code that says which signal."""
+    print(f"stitchkit: {command} stopped: {stop}; rerun the same command to continue", file=sys.stderr)
+    return stop.exit_code
+
+
 def _demo(args) -> int:
     from ..demo import run_demo
+    from ..training import RunInterrupted
 
-    run_demo(args.out, fast=args.fast, threads=args.threads, workers=args.workers)
+    try:
+        run_demo(args.out, fast=args.fast, threads=args.threads, workers=args.workers)
+    except RunInterrupted as stop:
+        return _stopped("demo", stop)
     return 0
 
 
@@ -38,6 +50,10 @@ def add_findings(subparsers) -> None:
 
 def _findings(args) -> int:
     from ..findings import run_findings
+    from ..training import RunInterrupted
 
-    run_findings(args.file, args.out, args.doc, smoke=args.smoke, threads=args.threads, workers=args.workers)
+    try:
+        run_findings(args.file, args.out, args.doc, smoke=args.smoke, threads=args.threads, workers=args.workers)
+    except RunInterrupted as stop:
+        return _stopped("findings", stop)
     return 0

@@ -6,6 +6,7 @@ hands it to the run when the run needs it; the run keeps only what is its own (:
 """
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -108,7 +109,7 @@ class Run:
             )
         result, last = self.dir.result, self.dir.last_checkpoint
         if self.resume:
-            if not last.is_file():
+            if not last.is_file() and (result.is_file() or not self.dir.config.is_file()):
                 raise StitchkitError(f"nothing to resume in {str(run)!r}: no checkpoints/last.pt; drop --resume to start")
             differences = resume_differences(from_yaml_file(self.dir.config), self.config)
             if differences:
@@ -116,6 +117,11 @@ class Run:
                     f"the run in {str(run)!r} was started with another config; resume with the same settings or use a "
                     "new output.dir. Differences (saved -> now): " + "; ".join(differences)
                 )
+            if not last.is_file():
+                # Started, then killed before its first checkpoint (e.g. during the evaluation of the start): a
+                # requeued job with --resume starts it again from the beginning, as a rerun without --resume would.
+                print(f"no checkpoint yet in {str(run)!r}: starting the run from the beginning", file=sys.stderr)
+                self.resume = False
         elif (result.is_file() or last.is_file()) and not self.overwrite:
             what = "a finished run" if result.is_file() else "an unfinished run (pass --resume to continue it)"
             raise StitchkitError(f"{str(run)!r} already holds {what}; pass --overwrite to replace it, or choose another "
