@@ -51,14 +51,14 @@ class ChainContext:
         steps: the planned steps of the chain.
         within_one_model: source and destination are one model (a self-stitch with shared weights).
         dst_nonnegative: the destination's features at its cut never go negative (they come out of a ReLU).
-        tokens: the adapters run on token sequences (NLC) rather than images (NCHW).
+
+    Whether the adapters run on tokens is ``kind.layout == "tokens"``.
     """
 
     kind: AdapterType
     steps: tuple["Step", ...]
     within_one_model: bool
     dst_nonnegative: bool
-    tokens: bool
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,12 @@ def _chain_rows(bridge: "Bridge", measured: Measured) -> tuple[torch.Tensor, tor
 
 
 # --- the paper's starts -------------------------------------------------------------------------------------------
+
+
+def last_mapped(bridge: "Bridge") -> int | None:
+    """Index of the chain's last adapter that has an output map to fit (adapters after it are identities), or None."""
+    mapped = [i for i, step in enumerate(bridge.adapters) if has_output_map(step.adapter.block)]
+    return mapped[-1] if mapped else None
 
 
 @register_start
@@ -237,17 +243,15 @@ class LeastSquares(Start):
         if not context.dst_nonnegative:
             # The destination expects signed features: a ReLU at the end of the fitted adapter, or of an identity
             # after it, would clip half of them for good (no later norm can give the sign back).
-            blocks = [step.adapter.block for step in bridge.adapters]
-            mapped = [i for i, b in enumerate(blocks) if has_output_map(b)]
-            for block in blocks[mapped[-1] if mapped else 0:]:
-                if isinstance(block, FitsOutputMap):
-                    block.keep_sign()
+            for step in bridge.adapters[last_mapped(bridge) or 0:]:
+                if isinstance(step.adapter.block, FitsOutputMap):
+                    step.adapter.block.keep_sign()
 
     @torch.no_grad()
     def fit(self, bridge, measured):
         x, target = _chain_rows(bridge, measured)
-        mapped = [i for i, step in enumerate(bridge.adapters) if has_output_map(step.adapter.block)]
-        last = mapped[-1] if mapped else len(bridge.adapters) - 1  # later adapters are identities
+        last = last_mapped(bridge)
+        last = len(bridge.adapters) - 1 if last is None else last  # later adapters are identities
         for i, step in enumerate(bridge.adapters):
             x = step.resize(x)
             adapter = step.adapter
@@ -446,8 +450,8 @@ class Fitted(Start):
         if self._on_tokens(bridge.kind) is not None:
             return  # the paper's start: nothing to fit (and the class token runs through the adapters)
         x, target = _chain_rows(bridge, measured)
-        mapped = [i for i, step in enumerate(bridge.adapters) if has_output_map(step.adapter.block)]
-        last = mapped[-1] if mapped else len(bridge.adapters) - 1
+        last = last_mapped(bridge)
+        last = len(bridge.adapters) - 1 if last is None else last  # later adapters are identities
         for i, step in enumerate(bridge.adapters):
             x = step.resize(x)
             adapter = step.adapter

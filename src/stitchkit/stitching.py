@@ -149,7 +149,7 @@ class Bridge(nn.Module):
             self.enter_spec.channels, src.size, dst.channels, dst.size, adapters, resize
         )
         self.exit_spec = dst.with_(height=self.steps[-1].out_size[0], width=self.steps[-1].out_size[1])
-        self.context = ChainContext(self.kind, self.steps, within_one_model, dst_nonnegative, self.tokens)
+        self.context = ChainContext(self.kind, self.steps, within_one_model, dst_nonnegative)
         self.adapters = nn.ModuleList(self._step_module(i) for i in range(len(self.steps)))
         start.prepare(self, self.context)
         self.learned_prefix = self.prefix_map = None
