@@ -139,23 +139,26 @@ def test_device_augmentation_is_seeded_per_image_and_matches_the_cpu_pipeline_wi
 
     root = make_folder(tmp_path)
     splits = build_splits(_data(root, "data.augment_on=device"), PREP, seed=0)
-    (crop, seed), label = splits.train[(2, 1)]
-    assert crop.dtype == torch.uint8 and crop.shape == (3, 32, 32) and splits.train[(2, 1)][0][1] == seed
-    assert splits.train[(2, 2)][0][1] != seed  # another epoch, another draw
+    (crop, row), label = splits.train[(2, 1)]
+    assert crop.dtype == torch.uint8 and crop.shape == (3, 32, 32) and torch.equal(splits.train[(2, 1)][0][1], row)
+    assert row.shape == (3,) and row.dtype == torch.long
+    other_epoch = torch.stack([splits.train[(i, 2)][0][1] for i in range(12)])
     loader = DataLoader(splits.train, batch_size=6, sampler=[(i, 1) for i in range(12)], collate_fn=collate)
-    images, labels, skipped, seeds = next(iter(loader))
+    batches = list(loader)
+    assert not torch.equal(torch.cat([b[3] for b in batches]), other_epoch)  # another epoch, other draws
+    images, labels, skipped, params = batches[0]
     augment = splits.device_augment
-    out = augment(images, seeds)
+    out = augment(images, params)
     assert out.dtype == torch.float32 and out.shape == (6, 3, 32, 32) and skipped == 0
-    assert torch.equal(out, augment(images, seeds))  # a function of the seeds alone
-    assert torch.equal(out[2], augment(images[2:3], seeds[2:3])[0])  # each image alone: the same, wherever it sits
-    assert not torch.equal(out, augment(images, seeds + 1))
+    assert torch.equal(out, augment(images, params))  # a function of the parameters alone
+    assert torch.equal(out[2], augment(images[2:3], params[2:3])[0])  # each image alone: the same, wherever it sits
+    assert not torch.equal(out, augment(images, params.roll(1, 0)))
     # With the random steps off, the device path equals the CPU path exactly (same crop, same normalisation).
     plain = ["data.hflip=false", "data.auto_augment=false", "data.random_resized_crop=false"]
     cpu = build_splits(_data(root, *plain), PREP, seed=0)
     device = build_splits(_data(root, *plain, "data.augment_on=device"), PREP, seed=0)
-    (crop, seed), _ = device.train[(3, 0)]
-    assert torch.allclose(device.device_augment(crop[None], torch.tensor([seed]))[0], cpu.train[(3, 0)][0], atol=1e-6)
+    (crop, row), _ = device.train[(3, 0)]
+    assert torch.allclose(device.device_augment(crop[None], row[None])[0], cpu.train[(3, 0)][0], atol=1e-6)
     with pytest.raises(StitchkitError, match="data.augment_on"):
         _data(root, "data.augment_on=gpu")
 

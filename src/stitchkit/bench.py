@@ -355,11 +355,11 @@ def run_data_bench(root: str | None = None, src: str = "resnet50", input_size: i
             }
             columns.update(_dali_column(cpu, root, src, input_size, batch_size, repeats, dev))
             batch = collate([gpu.train[(i % len(gpu.train), 0)] for i in range(batch_size)])
-            crops, seeds = batch[0].to(dev), batch[3]
+            crops, params = batch[0].to(dev), batch[3]
             augment = gpu.device_augment
 
             def device_step():
-                augment(crops, seeds)
+                augment(crops, params)
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
 

@@ -26,6 +26,7 @@ from torchvision import transforms as T
 
 from ..errors import StitchkitError
 from ..zoo.metadata import Preprocessing, preprocessing
+from .augment import AugmentPlan, DeviceAugment
 from .settings import DataConfig
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -50,7 +51,7 @@ class CorruptImageError(StitchkitError):
 
 def build_transforms(data: DataConfig, prep: Preprocessing, train: bool) -> Callable:
     """The per-image transform a data-loader worker runs; with ``data.augment_on=device`` the training one stops
-    at a uint8 crop and a seed for :class:`DeviceAugment`."""
+    at a uint8 crop and the parameters :class:`DeviceAugment` applies."""
     if not train:
         return eval_transform(data.input_size, data.crop_pct or prep.crop_pct, prep.interpolation, prep.mean, prep.std)
     interpolation = _interpolation(prep.interpolation)
@@ -61,7 +62,7 @@ def build_transforms(data: DataConfig, prep: Preprocessing, train: bool) -> Call
     else:
         steps += _resize_and_crop(size, data.crop_pct or prep.crop_pct, interpolation)
     if data.augment_on == "device":
-        return T.Compose([*steps, T.PILToTensor(), _with_seed])
+        return T.Compose([*steps, T.PILToTensor(), _DrawParams(AugmentPlan(data.hflip, data.auto_augment))])
     if data.hflip:
         steps.append(T.RandomHorizontalFlip())
     if data.auto_augment:
@@ -85,45 +86,15 @@ def _resize_and_crop(size: int, crop_pct: float, interpolation: T.InterpolationM
     return [T.Resize(int(math.floor(size / crop_pct)), interpolation=interpolation), T.CenterCrop(size)]
 
 
-def _with_seed(image: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Pair a crop with a seed drawn under the image's own seed: the device-side augmentation's randomness stays a
-    function of (seed, epoch, index)."""
-    return image, int(torch.randint(0, 2**62, ()))
+class _DrawParams:
+    """Pair a uint8 crop with its device-augmentation parameters (see :mod:`stitchkit.training.augment`), drawn
+    under a seed that is itself drawn under the image's own seed: a function of (seed, epoch, index)."""
 
+    def __init__(self, plan: AugmentPlan):
+        self.plan = plan
 
-class DeviceAugment:
-    """The random rest of the training augmentation, on a batch of uint8 crops on the training device: horizontal
-    flip, AutoAugment (ImageNet policy, torchvision transforms v2 on tensors) and normalisation.
-
-    Each image is augmented under the seed its worker drew (see :func:`build_transforms`), so a batch's result does
-    not depend on where it runs or on resumption. Flips and AutoAugment ops run per image (their parameters differ
-    per image), as device kernels; normalisation runs on the whole batch.
-    """
-
-    def __init__(self, data: DataConfig, prep: Preprocessing):
-        from torchvision.transforms import v2
-
-        self.hflip = data.hflip
-        self.policy = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET) if data.auto_augment else None
-        self.mean = torch.tensor(prep.mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(prep.std).view(1, 3, 1, 1)
-
-    def __call__(self, images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
-        if images.dtype != torch.uint8:
-            raise TypeError("DeviceAugment takes the uint8 crops of data.augment_on=device")
-        if self.hflip or self.policy is not None:
-            out = []
-            for image, seed in zip(images, seeds.tolist()):
-                with torch.random.fork_rng(devices=[]):  # parameters are drawn on the CPU generator
-                    torch.manual_seed(seed)
-                    if self.hflip and torch.rand(()) < 0.5:
-                        image = image.flip(-1)
-                    if self.policy is not None:
-                        image = self.policy(image)
-                out.append(image)
-            images = torch.stack(out)
-        mean, std = self.mean.to(images.device), self.std.to(images.device)
-        return (images.float().div_(255) - mean) / std
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return image, self.plan.draw(int(torch.randint(0, 2**62, ())))
 
 
 # --- raw image sources: index -> (PIL image, label) ---------------------------------------------------------------
@@ -322,20 +293,21 @@ class SeededDataset(Dataset):
 
 
 def collate(batch):
-    """Stack a batch, dropping skipped (corrupt) images; returns ``(images, labels, skipped_count, seeds)``.
+    """Stack a batch, dropping skipped (corrupt) images; returns ``(images, labels, skipped_count, params)``.
 
-    ``seeds`` holds each image's :class:`DeviceAugment` seed (``data.augment_on=device``), and is None otherwise.
+    ``params`` holds each image's device-augmentation parameters (``data.augment_on=device``; see
+    :class:`~stitchkit.training.augment.AugmentPlan`), and is None otherwise.
     """
     kept = [item for item in batch if item is not None]
     if not kept:
         return torch.empty(0), torch.empty(0, dtype=torch.long), len(batch), None
-    seeds = None
+    params = None
     if isinstance(kept[0][0], tuple):
-        seeds = torch.tensor([seed for (_, seed), _ in kept], dtype=torch.long)
+        params = torch.stack([row for (_, row), _ in kept])
         kept = [(image, label) for (image, _), label in kept]
     images = torch.stack([image for image, _ in kept])
     labels = torch.tensor([label for _, label in kept], dtype=torch.long)
-    return images, labels, len(batch) - len(kept), seeds
+    return images, labels, len(batch) - len(kept), params
 
 
 class EpochSampler(Sampler):
@@ -406,7 +378,8 @@ def build_splits(data: DataConfig, prep: Preprocessing, seed: int) -> Splits:
         val=SeededDataset(val_source, sorted(val_idx.tolist()), eval_tf, seed, skip),
         holdout=SeededDataset(train_source, sorted(holdout_idx.tolist()), eval_tf, seed, skip) if n_holdout else None,
         classes=list(train_source.classes),
-        device_augment=DeviceAugment(data, prep) if data.augment_on == "device" else None,
+        device_augment=(DeviceAugment(AugmentPlan(data.hflip, data.auto_augment), prep.mean, prep.std)
+                        if data.augment_on == "device" else None),
     )
 
 

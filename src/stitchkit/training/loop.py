@@ -176,9 +176,9 @@ class TrainingPass:
                 micro_batches = min(s.accum, s.micro_per_epoch - p.micro)
                 images_in_step = skipped_in_step = 0
                 for i in range(micro_batches):
-                    images, labels, skipped, seeds = next(batches)
+                    images, labels, skipped, params = next(batches)
                     if images.numel() > 0:
-                        images, labels = self.runtime.to_device(images, labels, s.splits.device_augment, seeds)
+                        images, labels = self.runtime.to_device(images, labels, s.splits.device_augment, params)
                         inputs = self._forward_front(images)
                         for r in self.live:
                             r.micro_step(inputs, labels, p.step, micro_batches, last=i == micro_batches - 1)

@@ -51,12 +51,12 @@ class Runtime:
     def autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
 
-    def to_device(self, images: torch.Tensor, labels: torch.Tensor, augment=None, seeds=None):
+    def to_device(self, images: torch.Tensor, labels: torch.Tensor, augment=None, params=None):
         """A batch on the device (augmented there when the data pipeline leaves that to the device), in the memory
         format the models use."""
         images = images.to(self.device, non_blocking=True)
         if augment is not None:
-            images = augment(images, seeds)
+            images = augment(images, params)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, labels.to(self.device, non_blocking=True)
