@@ -41,3 +41,27 @@ def test_flip_only_and_nothing_at_all():
     assert torch.equal(DeviceAugment(nothing, (0,) * 3, (1,) * 3).augment(images, nothing.draw_many(seeds)), images)
     with pytest.raises(TypeError, match="uint8"):
         DeviceAugment(nothing, (0,) * 3, (1,) * 3)(images.float(), nothing.draw_many(seeds))
+
+
+def test_phase_clock_counts_nested_phases_once(monkeypatch):
+    from stitchkit.training import clock
+
+    now = [0.0]
+    monkeypatch.setattr(clock.time, "perf_counter", lambda: now[0])
+    c = clock.PhaseClock()
+    now[0] = 1.0
+    with c.phase("calibration"):
+        now[0] = 3.0
+    c.switch("train")
+    now[0] = 7.0
+    with c.phase("evaluation"):
+        now[0] = 8.5
+        with c.phase("checkpoint"):
+            now[0] = 9.0
+    now[0] = 10.0
+    c.reassign(0.5, "calibration")
+    assert c.seconds() == {"setup": 1.0, "calibration": 2.5, "train": 4.5, "evaluation": 1.5, "checkpoint": 0.5}
+    assert clock.add_seconds({"train": 1.0}, c.seconds())["train"] == 5.5
+    with pytest.raises(ValueError, match="phases are"):
+        with c.phase("loading"):
+            pass

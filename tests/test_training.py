@@ -105,6 +105,12 @@ def test_runs_record_their_accuracy_before_training_and_after_every_epoch(tmp_pa
                 f"model.dst_checkpoint={source_model}", "train.epochs=2"]
     result = train(_cfg(tmp_path, *settings, name="with"))
     assert isinstance(result["top1_at_start"], float)
+    # Honest throughput: wall time split by phase; images/s counts training images per second of training.
+    seconds = result["seconds"]
+    assert set(seconds) == {"setup", "calibration", "train", "evaluation", "checkpoint"}
+    assert all(v >= 0 for v in seconds.values()) and seconds["calibration"] > 0 and seconds["evaluation"] > 0
+    assert result["wall_time_s"] == pytest.approx(sum(seconds.values()))
+    assert result["images_per_s"] == pytest.approx(result["images_seen"] / seconds["train"])
     assert len(result["top1_after_epoch"]) == 2 and result["top1_after_epoch"][-1] == result["top1"]
     evals = [json.loads(line) for line in (tmp_path / "with" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in evals if r["type"] == "eval"]
@@ -163,6 +169,8 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, monk
             train(config)
     assert not (tmp_path / "interrupted" / "result.json").exists()
     resumed = train(config, resume=True)
+    # The stretches before and after the interruption add up, phase by phase.
+    assert resumed["seconds"]["train"] > 0 and resumed["seconds"]["checkpoint"] > 0
     for key in ("top1", "top5", "loss", "train_loss", "steps", "epochs", "images_seen", "top1_at_start",
                 "top1_after_epoch"):
         assert resumed[key] == reference[key], key
@@ -248,6 +256,8 @@ def assert_resumes_exactly(monkeypatch, config, reference: dict, stop_at: int = 
         with pytest.raises(RunInterrupted):
             train(config)
     resumed = train(config, resume=True)
+    # The stretches before and after the interruption add up, phase by phase.
+    assert resumed["seconds"]["train"] > 0 and resumed["seconds"]["checkpoint"] > 0
     for key in ("top1", "loss", "train_loss", "steps"):
         assert resumed[key] == reference[key], key
 

@@ -15,6 +15,8 @@ registered starts are in :mod:`stitchkit.starts`).
 """
 from __future__ import annotations
 
+import time
+
 import os
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -601,7 +603,9 @@ def create_stitched(
     model.one_model = dst_model is src_model  # with the same weights for both ends, within-model adapters
     if check:
         _check_runs(model, input_size)
+    model.start_seconds = 0.0  # wall time of fitting the start on calibration images (training reports it)
     if calibration_images is not None and not bridge.calibrated:
+        began = time.perf_counter()
         src_images, dst_images = (calibration_images if isinstance(calibration_images, (tuple, list))
                                   else (calibration_images, calibration_images))
         dst_front = front_part(dissect(dst_model, dst_spec.input_size), dst_cut.blocks)
@@ -609,6 +613,7 @@ def create_stitched(
                                   _features(dst_front, dst_images, calibration_device)), calibration_device)
         if calibration_device is not None:
             model.to(calibration_device)  # one device for the whole stitch
+        model.start_seconds = time.perf_counter() - began
     model.pretrained_cfg = _data_config(model, src_model, src_name, dst_model, input_size)
     model._built = True
     return model

@@ -53,5 +53,5 @@ def run(args) -> int:
     if result.get("world_size", 1) > 1 and not is_main_process():
         return 0
     print(json.dumps({k: result[k] for k in ("status", "top1", "top5", "gmacs", "trainable_params", "epochs",
-                                             "wall_time_s", "images_per_s") if k in result}, indent=2))
+                                             "wall_time_s", "images_per_s", "seconds") if k in result}, indent=2))
     return 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import astuple
 from typing import Sequence
@@ -26,6 +25,7 @@ from ..errors import StitchkitError
 from . import distributed
 from .checkpoint import rng_state
 from .config import Config
+from .clock import PhaseClock
 from .run import NonFiniteLossError, Position, Run
 from .scoring import evaluate_heads
 from .stream import build_stream
@@ -66,6 +66,10 @@ class TrainingPass:
         self.evaluated_at: int | None = None  # the step of the last evaluation
         self.front: nn.Module | None = None
         self.outcomes: dict[int, dict | BaseException] = {}
+        # One clock for the pass: its runs share its wall time (set-up, training, evaluation, checkpoints).
+        self.clock = PhaseClock()
+        for r in runs:
+            r.clock = self.clock
         if self.shared:
             names = [str(r.run_dir) for r in runs]
             for r in runs:
@@ -136,6 +140,7 @@ class TrainingPass:
         try:
             if self.live and self.position.step == 0 and self.config.train.eval_at_start:
                 self._evaluate_at_start()
+            self.clock.switch("train")
             if self.live:
                 self._train()
             if self.live:
@@ -157,7 +162,8 @@ class TrainingPass:
         return ", ".join(repr(str(r.dir.last_checkpoint)) for r in self.live)
 
     def _checkpoint_all(self, rng: dict | None = None) -> None:
-        self._each_live(lambda r: r.checkpoint(self.position, rng))  # checks the loss first
+        with self.clock.phase("checkpoint"):
+            self._each_live(lambda r: r.checkpoint(self.position, rng))  # checks the loss first
 
     def _forward_front(self, images: torch.Tensor) -> torch.Tensor:
         """The shared front's output (no autograd: nothing before the adapters is trained)."""
@@ -168,7 +174,8 @@ class TrainingPass:
 
     def _train(self) -> None:
         t, s, p = self.config.train, self.stream, self.position
-        log_start, log_images = time.time(), 0
+        train_seconds = lambda: self.clock.seconds()["train"]  # noqa: E731 (evaluation, checkpoints excluded)
+        log_start, log_images = train_seconds(), 0
         while p.step < s.total_steps and p.epoch < t.epochs:
             s.train_sampler.set_epoch(p.epoch, start=p.micro * t.batch_size)
             batches = iter(s.train_loader)
@@ -196,10 +203,10 @@ class TrainingPass:
                     self._each_live(Run.check_finite)
                     if not self.live:
                         return
-                    elapsed = max(time.time() - log_start, 1e-9)
+                    elapsed = max(train_seconds() - log_start, 1e-9)
                     for r in self.live:
                         r.log_train(p, log_images * self.runtime.ctx.world_size / elapsed)
-                    log_start, log_images = time.time(), 0
+                    log_start, log_images = train_seconds(), 0
                 if p.step % t.checkpoint_every == 0 and p.micro < s.micro_per_epoch:
                     self._checkpoint_all()
                 if not self.live:
@@ -233,6 +240,10 @@ class TrainingPass:
             self._evaluate_all(-1, at_start=True)
 
     def _evaluate_all(self, epoch: int, at_start: bool = False, epoch_end: bool = False) -> None:
+        with self.clock.phase("evaluation"):
+            self._evaluate_live(epoch, at_start, epoch_end)
+
+    def _evaluate_live(self, epoch: int, at_start: bool, epoch_end: bool) -> None:
         live = self.live
         for r in live:
             r.begin_evaluation()

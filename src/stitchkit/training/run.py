@@ -7,7 +7,6 @@ hands it to the run when the run needs it; the run keeps only what is its own (:
 from __future__ import annotations
 
 import sys
-import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from .identity import accepted_digests, config_digest, resume_differences, setti
 from .logging import MetricsLog
 from .modes import build_model, export_weights, get_mode, load_trainable_state, trainable_state, trained_parts
 from .optim import build_optimizer
+from .clock import PhaseClock, add_seconds
 from .runtime import Runtime, package_versions
 from .stream import DataStream
 
@@ -50,7 +50,7 @@ class RunStats:
 
     images: int = 0  # training images seen (this rank)
     skipped: int = 0  # corrupt images skipped (this rank)
-    train_seconds: float = 0.0  # wall time spent training, over all resumptions
+    seconds: dict | None = None  # wall time per phase (clock.PHASES), over all resumptions
     train_loss: float | None = None  # mean training loss of the last (possibly partial) epoch
     at_start: dict | None = None  # {split: top-1} before the first step (train.eval_at_start)
     after_epoch: list | None = None  # validation top-1 after each finished epoch
@@ -86,7 +86,7 @@ class Run:
         self.stats = RunStats()
         self.metrics: dict[str, dict] = {}  # the last evaluation, per split
         self.log: MetricsLog | None = None
-        self._started = time.time()  # when this process's stretch of training began (train_seconds adds it)
+        self.clock = PhaseClock()  # this process's stretch; a pass gives its runs its own clock (wall time is shared)
 
     @property
     def run_dir(self) -> Path:
@@ -156,7 +156,6 @@ class Run:
         distributed.barrier(self.runtime.ctx)
 
     def open_log(self, total_steps: int, initial_step: int, progress: bool, label: str | None) -> None:
-        self._started = time.time()
         self.log = MetricsLog(self.run_dir, self.is_main, self.config, total_steps, initial_step=initial_step,
                               progress=progress, label=label, device=str(self.runtime.device))
 
@@ -172,7 +171,12 @@ class Run:
         config, rt = self.config, self.runtime
         self.splits = stream.splits
         torch.manual_seed(config.train.seed)
-        self.model = build_model(config, len(self.splits.classes), stream.calibration_images, rt.device).to(rt.device)
+        def calibration_images(name: str) -> torch.Tensor:
+            with self.clock.phase("calibration"):
+                return stream.calibration_images(name)
+
+        self.model = build_model(config, len(self.splits.classes), calibration_images, rt.device).to(rt.device)
+        self.clock.reassign(getattr(self.model, "start_seconds", 0.0), "calibration")
         self.gmacs = count_macs(self.model, config.data.input_size) / 1e9
         self.params = count_params(self.model)
         self.trainable = count_params(self.model, trainable_only=True)
@@ -212,6 +216,8 @@ class Run:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         counters = dict(state["counters"])
+        if "train_seconds" in counters:  # a checkpoint of stitchkit <= 0.5: one total, counted as training
+            counters["seconds"] = {"train": counters.pop("train_seconds")}
         position = Position(**{k: counters.pop(k) for k in ("step", "epoch", "micro")})
         self.stats = RunStats(**counters)
         self.epoch_loss = state["epoch_loss"].to(self.runtime.device)
@@ -337,18 +343,18 @@ class Run:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "counters": {**asdict(position), **asdict(self.stats), "train_seconds": self._train_seconds()},
+            "counters": {**asdict(position), **asdict(self.stats), "seconds": self._seconds()},
             "epoch_loss": self.epoch_loss.cpu(),
             "rng": rng if rng is not None else rng_state(),
         }
 
-    def _train_seconds(self) -> float:
-        return self.stats.train_seconds + time.time() - self._started
+    def _seconds(self) -> dict[str, float]:
+        return add_seconds(self.stats.seconds, self.clock.seconds())
 
     def record(self, position: Position, status: str, error: str | None = None) -> dict:
         """The result record (``result.json``)."""
         config, rt = self.config, self.runtime
-        seconds = self._train_seconds()
+        seconds = self._seconds()
         images = self.stats.images * rt.ctx.world_size
         record = {
             "status": status, "error": error, "mode": config.mode, **get_mode(config.mode).model_settings(config),
@@ -358,8 +364,10 @@ class Run:
             "train_images": len(self.splits.train), "planned_epochs": config.train.epochs,
             "gmacs": self.gmacs, "params": self.params, "trainable_params": self.trainable,
             "trained": trained_parts(self.model),  # adapters, a stitch's trained blocks and head; or all
-            "epochs": position.epoch, "steps": position.step, "wall_time_s": seconds, "images_seen": images,
-            "images_per_s": images / seconds if seconds > 0 else None,
+            "epochs": position.epoch, "steps": position.step, "wall_time_s": sum(seconds.values()),
+            "seconds": seconds, "images_seen": images,
+            # Training images per second of training: set-up, calibration, evaluation and checkpoints excluded.
+            "images_per_s": images / seconds["train"] if seconds["train"] > 0 else None,
             "skipped_images": self.stats.skipped * rt.ctx.world_size,
             "train_loss": self.stats.train_loss, "world_size": rt.ctx.world_size,
             "device": str(rt.device), "amp": rt.amp_name,
