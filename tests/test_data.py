@@ -244,3 +244,20 @@ def test_a_subset_of_classes_is_a_task_of_its_own(tmp_path):
                                       "optim.batch_size=16", "train.batch_size=16", "train.workers=0",
                                       f"output.dir={tmp_path / 'run'}"]))
     assert result["classes"] == 2 and result["class_names"] == ["class_0", "class_5"]
+
+
+def test_loader_hygiene_prefetch_within_memory_and_evaluation_on_every_worker():
+    from torch.utils.data import DataLoader
+
+    from stitchkit.training.data import collate
+    from stitchkit.training.stream import eval_batch_size, prefetch_factor
+
+    assert prefetch_factor(1000, 4) == 4  # small batches: the usual depth
+    assert prefetch_factor(10**15, 14) == 2  # batches too big for memory: the least that still overlaps
+    assert eval_batch_size(2048, 512, 14) == 147 and eval_batch_size(2048, 128, 14) == 128
+    assert eval_batch_size(2048, 512, 0) == 512
+    # In a worker the batch is stacked straight into shared memory (no second copy when it is sent).
+    items = [(torch.full((3, 4, 4), float(i)), i) for i in range(8)]
+    images, labels, skipped, params = next(iter(DataLoader(items, batch_size=8, num_workers=1, collate_fn=collate)))
+    assert images.is_shared() and torch.equal(images[5], items[5][0]) and labels.tolist() == list(range(8))
+    assert not collate(items)[0].is_shared()

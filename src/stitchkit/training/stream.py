@@ -3,6 +3,7 @@ pass share one :class:`DataStream`."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -16,23 +17,45 @@ from .data import EpochSampler, Splits, build_splits, calibration_images, collat
 from .runtime import Runtime
 
 
-def make_loader(dataset, sampler, batch_size: int, workers: int, device: torch.device, train: bool) -> DataLoader:
+def make_loader(dataset, sampler, batch_size: int, workers: int, device: torch.device, train: bool,
+                image_bytes: int = 0) -> DataLoader:
+    """``image_bytes``: the size of one collated image, to keep the batches in flight within memory."""
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
         pin_memory=device.type == "cuda", drop_last=train, persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=prefetch_factor(batch_size * image_bytes, workers) if workers > 0 else None,
     )
 
 
+def prefetch_factor(batch_bytes: int, workers: int, most: int = 4) -> int:
+    """Batches each worker keeps ready: ``most``, fewer (at least 2) where that would hold more than an eighth of
+    the machine's memory. 14 workers x 4 float32 batches of 512 images at 224 px are 17 GB."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: keep torch's usual depth
+        return 2
+    fits = int(memory / 8 // max(batch_bytes * workers, 1))
+    return max(2, min(most, fits))
+
+
+def eval_batch_size(images: int, batch_size: int, workers: int) -> int:
+    """The training batch size, smaller where the split has fewer batches than workers: evaluation then keeps
+    every worker busy instead of waiting on a few (2,048 images in batches of 512 use 4 of 14 workers)."""
+    if workers <= 1 or images >= batch_size * workers:
+        return batch_size
+    return max(1, math.ceil(images / workers))
+
+
 def eval_loaders(splits: Splits, batch_size: int, workers: int, device: torch.device,
-                 ctx: distributed.Dist) -> dict[str, DataLoader]:
+                 ctx: distributed.Dist, image_bytes: int = 0) -> dict[str, DataLoader]:
     """Loaders for the evaluation splits (val, and hold-out when there is one), each image seen once over ranks."""
     loaders = {}
     for split in ("val", "holdout"):
         dataset = getattr(splits, split)
         if dataset is not None:
             sampler = EpochSampler(len(dataset), 0, ctx.rank, ctx.world_size, shuffle=False)
-            loaders[split] = make_loader(dataset, sampler, batch_size, workers, device, False)
+            batch = eval_batch_size(len(sampler), batch_size, workers)
+            loaders[split] = make_loader(dataset, sampler, batch, workers, device, False, image_bytes)
     return loaders
 
 
@@ -68,13 +91,17 @@ def build_stream(config: Config, accum: int, runtime: Runtime) -> DataStream:
     prep = preprocessing(config.model.src)  # the model that sees the pixels sets normalisation and crop
     splits = build_splits(config.data, prep, t.seed)
     sampler = EpochSampler(len(splits.train), t.seed, ctx.rank, ctx.world_size, True)
+    # One collated image: uint8 crops for augmentation on the device, float32 otherwise.
+    train_bytes = 3 * config.data.input_size**2
+    eval_bytes = 4 * train_bytes
     if config.data.loader == "dali":
         from .dali import DaliTrainLoader
 
         loader = DaliTrainLoader(splits.train, config.data, prep, sampler, t.batch_size,
                                  t.workers, device, t.seed, ctx.rank, ctx.world_size)
     else:
-        loader = make_loader(splits.train, sampler, t.batch_size, t.workers, device, True)
+        loader = make_loader(splits.train, sampler, t.batch_size, t.workers, device, True,
+                             train_bytes if config.data.augment_on == "device" else eval_bytes)
     micro_per_epoch = len(sampler) // t.batch_size
     if micro_per_epoch == 0:
         raise StitchkitError(
@@ -85,5 +112,6 @@ def build_stream(config: Config, accum: int, runtime: Runtime) -> DataStream:
     total_steps = t.epochs * steps_per_epoch
     if t.max_steps is not None:
         total_steps = min(total_steps, t.max_steps)
-    return DataStream(config, splits, sampler, loader, eval_loaders(splits, t.batch_size, t.workers, device, ctx),
+    return DataStream(config, splits, sampler, loader,
+                      eval_loaders(splits, t.batch_size, t.workers, device, ctx, eval_bytes),
                       accum, micro_per_epoch, steps_per_epoch, total_steps)
