@@ -45,6 +45,23 @@ def test_data_bench_reports_every_pipeline_stage(capsys):
     assert all(c["images_per_s"] > 0 for c in result["columns"].values())
 
 
+def test_pipeline_bench_measures_loader_step_and_whole_run_in_one_go(capsys):
+    assert main(["--threads", "1", "bench", "--pipeline", "--src", "resnet10t", "--gap", "1:2", "--adapter", "linear",
+                 "--batch-size", "4", "--input-size", "32", "--train-images", "8", "--repeats", "1",
+                 "--augment-on", "device", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 8 and result["augment_on"] == "device"
+    for key in ("loader_images_per_s", "step_images_per_s", "run_images_per_s"):
+        assert result[key] > 0, key
+    assert result["run_fraction_of_step"] == result["run_images_per_s"] / result["step_images_per_s"]
+    assert result["limited_by"] in ("data", "step") and result["run_seconds"]["train"] > 0
+    assert main(["--threads", "1", "bench", "--pipeline", "--src", "resnet10t", "--gap", "1:2", "--adapter", "linear",
+                 "--batch-size", "4", "--input-size", "32", "--train-images", "8", "--repeats", "1"]) == 0
+    text = capsys.readouterr().out
+    for line in ("loader alone", "step alone", "whole run", "of the step"):
+        assert line in text
+
+
 def test_gpu_check_script_runs_at_smoke_size(tmp_path):
     """The GPU check is prepared for a GPU machine; --smoke runs every part of it on the CPU at tiny sizes."""
     import os

@@ -402,3 +402,85 @@ def format_data_bench(result: dict) -> str:
     for name, column in result["columns"].items():
         lines.append(f"{name:60} {column['images_per_s']:10.1f}")
     return "\n".join(lines)
+
+
+def run_pipeline_bench(src: str = "resnet50", dst: str | None = None, gap: str = "1:3", adapter: str = "bottleneck",
+                       resize: str = "bilinear", batch_size: int = 8, input_size: int = 224, train_images: int = 64,
+                       workers: int = 0, device: str = "cpu", amp: str = "none", channels_last: bool = False,
+                       compile: bool = False, augment_on: str = "cpu", root: str | None = None,
+                       repeats: int = 5, threads: int | None = None) -> dict:
+    """Where a training run's time goes, measured in one process on one data set: the **loader alone** (one epoch of
+    training batches decoded, augmented and moved to ``device``, no model), the **step alone** (stitchkit's training
+    step on a batch already on the device, :func:`run_bench`'s ``stitchkit`` column) and the **whole run**
+    (``stitchkit train`` for one epoch; its training images per second of training, set-up and evaluation
+    excluded). The whole run can be no faster than the slower of the first two; ``run / step`` is the share of the
+    step's speed a user's run sees.
+
+    ``root``: an ImageNet-layout folder; default: ``train_images`` JPEGs of 500x375 pixels written to a temporary
+    folder (decoding real files is part of what is measured).
+    """
+    import tempfile
+    from pathlib import Path
+
+    from .training import load_config, train
+    from .training.runtime import Runtime
+    from .training.stream import build_stream
+
+    if threads:
+        torch.set_num_threads(threads)
+    dst = dst or src
+    amp_setting = {"none": "none", "bf16": "bf16"}[amp]
+    with tempfile.TemporaryDirectory(prefix="stitchkit-pipeline-bench-") as tmp:
+        generated = root is None
+        if generated:
+            root = str(Path(tmp) / "data")
+            _write_jpegs(Path(root), train_images, 500, 375)
+        classes = len([d for d in (Path(root) / "train").iterdir() if d.is_dir()])
+        config = load_config(None, [
+            "mode=stitch", f"model.src={src}", f"model.dst={dst}", f"model.gap={gap}", f"model.adapter={adapter}",
+            f"model.resize={resize}", "model.pretrained=false", f"model.num_classes={classes}",
+            "data.name=imagefolder", f"data.root={root}", f"data.input_size={input_size}",
+            f"data.augment_on={augment_on}", f"data.limit_train={train_images}", f"data.limit_val={batch_size}",
+            f"train.batch_size={batch_size}", f"optim.batch_size={batch_size}", "train.epochs=1",
+            f"train.workers={workers}", f"train.device={device}", f"train.amp={amp_setting}",
+            f"train.channels_last={str(channels_last).lower()}", f"train.compile={str(compile).lower()}",
+            "train.eval_at_start=false", "train.log_every=1000000", f"output.dir={Path(tmp) / 'run'}",
+            *([f"train.threads={threads}"] if threads else [])])
+        runtime = Runtime.from_settings(config.train)
+        stream = build_stream(config, 1, runtime)
+        stream.train_sampler.set_epoch(0)
+        seen, start = 0, time.perf_counter()
+        for images, labels, _, params in stream.train_loader:
+            images, labels = runtime.to_device(images, labels, stream.splits.device_augment, params)
+            seen += labels.numel()
+        if runtime.device.type == "cuda":
+            torch.cuda.synchronize(runtime.device)
+        loader_s = time.perf_counter() - start
+        del stream  # its workers
+        step = run_bench(src, dst, gap, adapter, resize, batch_size, input_size, repeats, 2, channels_last, threads,
+                         str(runtime.device), amp, compile, ("stitchkit",))["columns"]["stitchkit"]
+        result = train(config)
+    loader = seen / loader_s
+    return {"src": src, "dst": dst, "gap": gap, "adapter": adapter, "batch_size": batch_size,
+            "input_size": input_size, "images": seen, "workers": workers, "device": str(runtime.device),
+            "amp": amp, "augment_on": augment_on, "data": "generated 500x375 JPEGs" if generated else str(root),
+            "loader_images_per_s": loader, "step_images_per_s": step["images_per_s"],
+            "run_images_per_s": result["images_per_s"], "run_seconds": result["seconds"],
+            "run_fraction_of_step": result["images_per_s"] / step["images_per_s"],
+            "loader_fraction_of_step": loader / step["images_per_s"],
+            "limited_by": "data" if loader < step["images_per_s"] else "step"}
+
+
+def format_pipeline_bench(result: dict) -> str:
+    seconds = ", ".join(f"{k} {v:.1f}" for k, v in result["run_seconds"].items())
+    return "\n".join([
+        f"{result['src']} -> {result['dst']} {result['gap']} {result['adapter']}, batch {result['batch_size']} at "
+        f"{result['input_size']} px, {result['images']} images ({result['data']}), {result['workers']} workers, "
+        f"augmentation on {result['augment_on']}, {result['device']}, amp {result['amp']}",
+        f"{'loader alone':12} {result['loader_images_per_s']:10.1f} images/s "
+        f"({result['loader_fraction_of_step']:.2f} of the step)",
+        f"{'step alone':12} {result['step_images_per_s']:10.1f} images/s",
+        f"{'whole run':12} {result['run_images_per_s']:10.1f} images/s of training "
+        f"({result['run_fraction_of_step']:.2f} of the step; limited by the {result['limited_by']})",
+        f"whole run seconds: {seconds}",
+    ])

@@ -33,14 +33,20 @@ def add_parser(subparsers) -> None:
     p.add_argument("--grouped", action="store_true",
                    help="wall time of whole runs: each (gap, adapter) of the comma-separated --gap and --adapter lists "
                         "trained separately, then all in one pass over their shared front")
-    p.add_argument("--train-images", type=int, default=64, help="with --grouped or --data: training images per run")
+    p.add_argument("--train-images", type=int, default=64,
+                   help="with --grouped, --data or --pipeline: training images per run")
     p.add_argument("--val-images", type=int, default=32, help="with --grouped: evaluation images per run")
-    p.add_argument("--workers", type=int, default=0, help="with --grouped: data-loader workers")
+    p.add_argument("--workers", type=int, default=0, help="with --grouped or --pipeline: data-loader workers")
     p.add_argument("--data", action="store_true",
                    help="images/s of one data-loader worker per pipeline stage (decode, CPU augmentation, the worker "
                         "part of data.augment_on=device) and of the device-side augmentation")
     p.add_argument("--data-root", default=None,
-                   help="with --data: an ImageNet-layout folder to read (default: generated 500x375 JPEGs)")
+                   help="with --data or --pipeline: an ImageNet-layout folder to read (default: generated 500x375 "
+                        "JPEGs)")
+    p.add_argument("--pipeline", action="store_true",
+                   help="in one run: the loader alone, the training step alone and a whole one-epoch run, and the "
+                        "share of the step's speed the run sees")
+    p.add_argument("--augment-on", default="cpu", choices=("cpu", "device"), help="with --pipeline: data.augment_on")
 
 
 def run(args) -> int:
@@ -52,6 +58,15 @@ def run(args) -> int:
         result = run_data_bench(args.data_root, args.src, args.input_size, args.train_images, max(args.batch_size, 1),
                                 args.repeats or 3)
         print(json.dumps(result, indent=2) if args.json else format_data_bench(result))
+        return 0
+    if args.pipeline:
+        from ..bench import format_pipeline_bench, run_pipeline_bench
+
+        result = run_pipeline_bench(args.src, args.dst, args.gap or "1:3", args.adapter or "bottleneck", args.resize,
+                                    args.batch_size, args.input_size, args.train_images, args.workers, args.device,
+                                    args.amp, args.channels_last, args.compile, args.augment_on, args.data_root,
+                                    args.repeats or 5, args.threads)
+        print(json.dumps(result, indent=2) if args.json else format_pipeline_bench(result))
         return 0
     if args.grouped:
         gaps, adapters = (args.gap or "3:3,3:4").split(","), (args.adapter or "linear,bottleneck").split(",")
