@@ -36,12 +36,13 @@ def test_data_bench_reports_every_pipeline_stage(capsys):
     result = json.loads(capsys.readouterr().out)
     names = list(result["columns"])
     assert names[:3] == ["decode", "decode+augment (cpu)", "decode+crop (augment_on=device, worker part)"]
-    assert names[-1].startswith("flip+autoaugment+normalize on cpu")
+    assert names[-2].startswith("flip+autoaugment+normalize on cpu") and names[-2].endswith("batched)")
+    assert names[-1].startswith("the same per image")  # the reference it replaced, measured beside it
     try:
         import nvidia.dali  # noqa: F401
-        assert names[3] == "decode+augment (data.loader=dali, 1 thread, CPU)" and len(names) == 5
+        assert names[3] == "decode+augment (data.loader=dali, 1 thread, CPU)" and len(names) == 6
     except ImportError:
-        assert len(names) == 4
+        assert len(names) == 5
     assert all(c["images_per_s"] > 0 for c in result["columns"].values())
 
 

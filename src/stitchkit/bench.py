@@ -323,6 +323,7 @@ def run_data_bench(root: str | None = None, src: str = "resnet50", input_size: i
     from pathlib import Path
 
     from .training import load_config
+    from .training.augment import augment_per_image
     from .training.data import build_splits, collate
     from .zoo.metadata import preprocessing
 
@@ -357,15 +358,28 @@ def run_data_bench(root: str | None = None, src: str = "resnet50", input_size: i
             batch = collate([gpu.train[(i % len(gpu.train), 0)] for i in range(batch_size)])
             crops, params = batch[0].to(dev), batch[3]
             augment = gpu.device_augment
+            # The seeds the rows were drawn from, for the per-image reference (stitchkit 0.5's device augmentation).
+            seeds = [int(torch.randint(0, 2**62, (), generator=torch.Generator().manual_seed(i)))
+                     for i in range(batch_size)]
+            reference_params = augment.plan.draw_many(seeds)
 
             def device_step():
                 augment(crops, params)
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
 
+            def per_image_step():
+                augmented = augment_per_image(crops, seeds, augment.plan.hflip, augment.plan.auto_augment)
+                (augmented.float() / 255 - augment.mean.to(dev)) / augment.std.to(dev)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+
             torch.set_num_threads(threads)  # the device part runs in the training process
-            columns[f"flip+autoaugment+normalize on {dev.type} (batch {batch_size})"] = _column(
-                _time(device_step, 1, repeats), batch_size)
+            times = _interleaved({"batched": lambda: augment(crops, reference_params), "per_image": per_image_step},
+                                 1, repeats, dev)
+            columns[f"flip+autoaugment+normalize on {dev.type} (batch {batch_size}, batched)"] = _column(
+                times["batched"], batch_size)
+            columns[f"the same per image (stitchkit 0.5, batch {batch_size})"] = _column(times["per_image"], batch_size)
         finally:
             torch.set_num_threads(threads)
     return {"root": "generated 500x375 JPEGs" if generated else str(root),
