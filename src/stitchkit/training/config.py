@@ -22,7 +22,7 @@ from .settings import Config, _fields
 DATASETS = ("imagefolder", "fashion_mnist", "synthetic")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 AUGMENT_ON = ("cpu", "device")
-LOADERS = ("torch", "dali")
+LOADERS = ("torch", "gpu", "dali")
 
 
 def _all_keys() -> list[str]:
@@ -135,6 +135,9 @@ def validate(config: Config) -> None:
         raise unknown_name("data.augment_on", config.data.augment_on, AUGMENT_ON)
     if config.data.loader not in LOADERS:
         raise unknown_name("data.loader", config.data.loader, LOADERS)
+    if config.data.loader == "gpu" and config.data.name != "imagefolder":
+        raise StitchkitError(f"data.loader=gpu decodes image files on the training device: it needs "
+                             f"data.name=imagefolder, not {config.data.name}; use data.loader=torch")
     if config.data.loader == "dali":
         for ok, message in [
             (config.data.name == "imagefolder", f"data.loader=dali reads image files: it needs data.name=imagefolder, "

@@ -125,6 +125,17 @@ class ImageFolderSource:
     def label(self, index: int) -> int:
         return self.samples[index][1]
 
+    def read(self, index: int) -> tuple[bytes, int, str]:
+        """The file's bytes, undecoded (``data.loader=gpu`` decodes them on the training device), its label and
+        its path."""
+        path, label = self.samples[index]
+        try:
+            with open(path, "rb") as f:
+                return f.read(), label, path
+        except OSError as err:
+            raise CorruptImageError(f"cannot read image {path!r} ({err.strerror or err}); remove or replace it, or set "
+                                    "data.skip_corrupt=true to skip and count such files") from None
+
     def load(self, index: int) -> tuple[Image.Image, int]:
         path, label = self.samples[index]
         try:
@@ -228,6 +239,10 @@ class ClassSubset:
     def label(self, index: int) -> int:
         return self.relabel[self.source.label(self.indices[index])]
 
+    def read(self, index: int) -> tuple[bytes, int, str]:
+        payload, label, name = self.source.read(self.indices[index])
+        return payload, self.relabel[label], name
+
     def load(self, index: int) -> tuple[Image.Image, int]:
         image, label = self.source.load(self.indices[index])
         return image, self.relabel[label]
@@ -295,8 +310,13 @@ class SeededDataset(Dataset):
                 return None
             raise
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_003 + index) % (2**63))
+            torch.manual_seed(image_seed(self.seed, epoch, index))
             return self.transform(image), label
+
+
+def image_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed an image's augmentation runs under in an epoch: what makes runs repeat and resume exactly."""
+    return ((seed * 1_000_003 + epoch) * 1_000_003 + index) % (2**63)
 
 
 def collate(batch):

@@ -79,8 +79,9 @@ class DataConfig:
     auto_augment: bool = setting(True, "AutoAugment (ImageNet policy)")
     augment_on: str = setting("cpu", "where training augmentation runs: cpu (data-loader workers) or device (flips, "
                                      "AutoAugment and normalisation on batches on the training device)")
-    loader: str = setting("torch", "what decodes and augments: torch (DataLoader workers) or dali (NVIDIA DALI, when "
-                                   "installed; see stitchkit.training.dali)")
+    loader: str = setting("torch", "what decodes and augments: torch (DataLoader workers), gpu (workers read files; "
+                                   "JPEG decoding, crops and augmentation on the training device, batched; image "
+                                   "folders) or dali (NVIDIA DALI, when installed; see stitchkit.training.dali)")
     crop_pct: Optional[float] = setting(None, "evaluation crop fraction; default: the source model's pretrained config")
     skip_corrupt: bool = setting(False, "skip unreadable images (each named in the log) instead of stopping")
     synthetic_train_size: int = setting(256, "synthetic data: training images")

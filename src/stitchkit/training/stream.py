@@ -94,7 +94,13 @@ def build_stream(config: Config, accum: int, runtime: Runtime) -> DataStream:
     # One collated image: uint8 crops for augmentation on the device, float32 otherwise.
     train_bytes = 3 * config.data.input_size**2
     eval_bytes = 4 * train_bytes
-    if config.data.loader == "dali":
+    if config.data.loader == "gpu":
+        from .gpu_loader import device_loader
+
+        splits.device_augment = None  # the loader augments on the device itself
+        loader = device_loader(splits.train, config.data, prep, sampler, t.batch_size, t.workers, device, True,
+                               prefetch_factor(t.batch_size * train_bytes, t.workers))
+    elif config.data.loader == "dali":
         from .dali import DaliTrainLoader
 
         loader = DaliTrainLoader(splits.train, config.data, prep, sampler, t.batch_size,
@@ -112,6 +118,11 @@ def build_stream(config: Config, accum: int, runtime: Runtime) -> DataStream:
     total_steps = t.epochs * steps_per_epoch
     if t.max_steps is not None:
         total_steps = min(total_steps, t.max_steps)
-    return DataStream(config, splits, sampler, loader,
-                      eval_loaders(splits, t.batch_size, t.workers, device, ctx, eval_bytes),
+    evaluation = eval_loaders(splits, t.batch_size, t.workers, device, ctx, eval_bytes)
+    if config.data.loader == "gpu":  # evaluation decodes on the device too, with the same sampler and batch
+        evaluation = {split: device_loader(loader.dataset, config.data, prep, loader.sampler, loader.batch_size,
+                                           t.workers, device, False, prefetch_factor(loader.batch_size * train_bytes,
+                                                                                     t.workers))
+                      for split, loader in evaluation.items()}
+    return DataStream(config, splits, sampler, loader, evaluation,
                       accum, micro_per_epoch, steps_per_epoch, total_steps)

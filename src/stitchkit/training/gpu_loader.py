@@ -1,0 +1,207 @@
+"""Image folders decoded, cropped, augmented and normalised on the training device (``data.loader=gpu``).
+
+Data-loader workers only read each file's bytes and draw the image's randomness, under the same per-image seed and
+in the same order as the default loader with ``data.augment_on=device`` (the random-resized-crop box first, then the
+augmentation parameters, see :mod:`stitchkit.training.augment`); they never decode a JPEG. The training process then
+decodes the whole batch at once with ``torchvision.io.decode_jpeg`` on the training device (nvJPEG on CUDA), crops
+and resizes each image there, augments the batch with :class:`~stitchkit.training.augment.DeviceAugment` and
+normalises it. On CUDA this runs on a side stream with the next batch prepared while the current one trains.
+
+The same code runs on the CPU, where the tests check it against the default loader: the same crop boxes and
+augmentation draws; decoding equal (both libjpeg-turbo), resizing within one grey level (torch's antialiased resize
+against PIL's), see tests/test_gpu_loader.py. Files that are not JPEGs (PNG, ...) are decoded by the worker instead.
+An undecodable file is named and, with ``data.skip_corrupt=true``, skipped and counted; otherwise it stops the run
+with its name, as with the default loader.
+"""
+from __future__ import annotations
+
+import io
+import math
+from typing import Iterator
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+from torchvision.transforms.v2 import functional as F
+
+from ..zoo.metadata import Preprocessing
+from .augment import AugmentPlan, DeviceAugment
+from .data import CorruptImageError, EpochSampler, SeededDataset, image_seed
+from .settings import DataConfig
+
+NO_BOX = (-1, -1, -1, -1)
+
+
+class EncodedImages(Dataset):
+    """A split's images as undecoded bytes with their crop box and augmentation parameters (``(position, epoch)``
+    items, as :class:`~stitchkit.training.data.SeededDataset`)."""
+
+    def __init__(self, split: SeededDataset, data: DataConfig, train: bool):
+        self.source, self.indices, self.seed = split.source, split.indices, split.seed
+        self.skip_corrupt, self.train = split.skip_corrupt, train
+        self.random_crop = train and data.random_resized_crop
+        self.plan = AugmentPlan(data.hflip, data.auto_augment) if train else None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item):
+        position, epoch = item if isinstance(item, tuple) else (item, 0)
+        index = self.indices[position]
+        try:
+            payload, label, name = self.source.read(index)
+            with Image.open(io.BytesIO(payload)) as image:
+                is_jpeg = image.format == "JPEG"
+                width, height = image.size
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(image_seed(self.seed, epoch, index))
+                    box = T.RandomResizedCrop.get_params(image, (0.08, 1.0), (3 / 4, 4 / 3)) if self.random_crop \
+                        else NO_BOX
+                    params = self.plan.draw(int(torch.randint(0, 2**62, ()))) if self.plan else None
+                if is_jpeg:
+                    data = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+                else:  # decoded here: the device decoder reads JPEGs only
+                    data = F.pil_to_tensor(image.convert("RGB"))
+        except CorruptImageError:
+            if self.skip_corrupt:
+                return None
+            raise
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            if self.skip_corrupt:
+                return None
+            raise CorruptImageError(f"cannot decode image {name!r} ({err}); remove or replace it, or set "
+                                    "data.skip_corrupt=true to skip and count such files") from None
+        return data, is_jpeg, torch.tensor(box), params, label, name, (height, width)
+
+
+def collate_encoded(batch):
+    """``(payloads, is_jpeg, boxes, params, labels, skipped, names)``; corrupt items (None) are dropped and counted."""
+    kept = [item for item in batch if item is not None]
+    payloads = [item[0] for item in kept]
+    is_jpeg = [item[1] for item in kept]
+    boxes = torch.stack([item[2] for item in kept]) if kept else torch.empty(0, 4, dtype=torch.long)
+    params = torch.stack([item[3] for item in kept]) if kept and kept[0][3] is not None else None
+    labels = torch.tensor([item[4] for item in kept], dtype=torch.long)
+    return payloads, is_jpeg, boxes, params, labels, len(batch) - len(kept), [item[5] for item in kept]
+
+
+class DeviceBatches:
+    """Batches of :class:`EncodedImages` made ready on ``device``: yields ``(images, labels, skipped, None)`` like
+    the default loader, with images already cropped, augmented and normalised (float32) there."""
+
+    def __init__(self, loader: DataLoader, data: DataConfig, prep: Preprocessing, device: torch.device, train: bool):
+        self.loader, self.device, self.train = loader, device, train
+        self.size = data.input_size
+        self.crop_pct = data.crop_pct or prep.crop_pct
+        self.interpolation = T.InterpolationMode(prep.interpolation if prep.interpolation in ("bilinear", "bicubic")
+                                                 else "bilinear")
+        self.augment = DeviceAugment(AugmentPlan(data.hflip, data.auto_augment) if train
+                                     else AugmentPlan(False, False), prep.mean, prep.std)
+        self.skip_corrupt = data.skip_corrupt
+
+    @property
+    def sampler(self):
+        return self.loader.sampler
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        if self.device.type != "cuda":
+            for batch in self.loader:
+                yield self.prepare(batch)
+            return
+        yield from self._on_side_stream(iter(self.loader))
+
+    def _on_side_stream(self, batches) -> Iterator:
+        """Prepare batch i+1 on a side stream while batch i trains: two batches in flight."""
+        side, main = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
+        pending = None
+        for batch in batches:
+            side.wait_stream(main)  # memory the training stream freed may be reused here
+            with torch.cuda.stream(side):
+                ready = self.prepare(batch)
+                done = side.record_event()
+            if pending is not None:
+                yield self._hand_over(*pending, main)
+            pending = (ready, done)
+        if pending is not None:
+            yield self._hand_over(*pending, main)
+
+    @staticmethod
+    def _hand_over(ready, done, main):
+        main.wait_event(done)
+        images, labels = ready[0], ready[1]
+        images.record_stream(main)  # made on the side stream, used on the training stream
+        labels.record_stream(main)
+        return ready
+
+    def prepare(self, batch) -> tuple[torch.Tensor, torch.Tensor, int, None]:
+        payloads, is_jpeg, boxes, params, labels, skipped, names = batch
+        images, kept = self._decode(payloads, is_jpeg, names)
+        if len(kept) < len(payloads):
+            skipped += len(payloads) - len(kept)
+            keep = torch.tensor(kept, dtype=torch.long)
+            boxes, labels = boxes[keep], labels[keep]
+            params = params[keep] if params is not None else None
+        labels = labels.to(self.device, non_blocking=True)
+        if not images:
+            return torch.empty(0, 3, self.size, self.size, device=self.device), labels, skipped, None
+        crops = torch.stack([self._crop(image, box) for image, box in zip(images, boxes.tolist())])
+        if params is None:
+            params = torch.tensor([[0, -1, -1]], dtype=torch.long).expand(len(crops), 3)
+        return self.augment(crops, params), labels, skipped, None
+
+    def _decode(self, payloads, is_jpeg, names) -> tuple[list[torch.Tensor], list[int]]:
+        """Every JPEG of the batch in one call on the device; where that fails, one by one, to name the bad file."""
+        import warnings
+
+        from torchvision.io import ImageReadMode
+        from torchvision.io import decode_jpeg as _decode_jpeg
+
+        def decode_jpeg(*args, **kwargs):
+            # torchvision >= 0.29 warns that its decoders will move to TorchCodec; they are what this loader is for.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return _decode_jpeg(*args, **kwargs)
+
+        jpegs = [i for i, flag in enumerate(is_jpeg) if flag]
+        decoded: dict[int, torch.Tensor] = {i: payloads[i].to(self.device, non_blocking=True)
+                                            for i, flag in enumerate(is_jpeg) if not flag}
+        if jpegs:
+            try:
+                out = decode_jpeg([payloads[i] for i in jpegs], mode=ImageReadMode.RGB, device=self.device)
+                decoded.update(zip(jpegs, out))
+            except RuntimeError:
+                for i in jpegs:
+                    try:
+                        decoded[i] = decode_jpeg(payloads[i], mode=ImageReadMode.RGB, device=self.device)
+                    except RuntimeError as err:
+                        if not self.skip_corrupt:
+                            raise CorruptImageError(
+                                f"cannot decode image {names[i]!r} ({str(err).splitlines()[0]}); remove or replace "
+                                "it, or set data.skip_corrupt=true to skip and count such files") from None
+        kept = sorted(decoded)
+        return [decoded[i] for i in kept], kept
+
+    def _crop(self, image: torch.Tensor, box: list[int]) -> torch.Tensor:
+        """The training crop box resized to the input size, or, without one, the evaluation view: the shorter side
+        resized to ``size / crop_pct``, then the centre ``size`` square (as the default loader does with PIL)."""
+        if box[0] >= 0:
+            top, left, height, width = box
+            return F.resized_crop(image, top, left, height, width, [self.size, self.size],
+                                  interpolation=self.interpolation, antialias=True)
+        resized = F.resize(image, [int(math.floor(self.size / self.crop_pct))], interpolation=self.interpolation,
+                           antialias=True)
+        return F.center_crop(resized, [self.size, self.size])
+
+
+def device_loader(split: SeededDataset, data: DataConfig, prep: Preprocessing, sampler: EpochSampler,
+                  batch_size: int, workers: int, device: torch.device, train: bool,
+                  prefetch_factor: int | None) -> DeviceBatches:
+    loader = DataLoader(EncodedImages(split, data, train), batch_size=batch_size, sampler=sampler,
+                        num_workers=workers, collate_fn=collate_encoded, pin_memory=device.type == "cuda",
+                        drop_last=train, persistent_workers=workers > 0,
+                        prefetch_factor=prefetch_factor if workers > 0 else None)
+    return DeviceBatches(loader, data, prep, device, train)

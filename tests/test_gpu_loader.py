@@ -1,0 +1,113 @@
+"""data.loader=gpu on the CPU: the same crops and augmentation draws as the default loader, decoding equal, resizing
+within one grey level; corrupt files named or skipped; training end to end, resumed exactly."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from stitchkit.errors import StitchkitError
+from stitchkit.training import RunInterrupted, load_config, train
+from stitchkit.training.data import build_splits, collate, EpochSampler
+from stitchkit.training.gpu_loader import device_loader
+from stitchkit.zoo.metadata import preprocessing
+
+PREP = preprocessing("resnet18")
+
+
+def jpeg_folder(root, classes=("cat", "dog"), per_class=8, size=(60, 44)):
+    """Photograph-like JPEGs (smooth ramps and coarse noise), one PNG among them (decoded by the worker)."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                ramp = np.add.outer(np.linspace(0, 120, size[1]), np.linspace(0, 100, size[0]))[..., None]
+                coarse = np.asarray(Image.fromarray(rng.uniform(0, 135, (6, 8, 3)).astype(np.uint8)).resize(size))
+                pixels = np.clip(ramp + coarse + 40 * label, 0, 255).astype(np.uint8)
+                image = Image.fromarray(pixels)
+                image.save(folder / f"{i}.png") if i == 0 else image.save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+def _data(root, *extra):
+    return load_config(None, ["data.name=imagefolder", f"data.root={root}", "data.input_size=32", *extra]).data
+
+
+def _batches(root, train, *extra, loader="torch"):
+    data = _data(root, *extra, "data.augment_on=device")
+    splits = build_splits(data, PREP, seed=3)
+    split = splits.train if train else splits.val
+    sampler = EpochSampler(len(split), 3, shuffle=train)
+    sampler.set_epoch(1)
+    if loader == "gpu":
+        return list(device_loader(split, data, PREP, sampler, 4, 0, torch.device("cpu"), train, None))
+    out = []
+    for images, labels, skipped, params in DataLoader(split, batch_size=4, sampler=sampler, collate_fn=collate):
+        out.append((splits.device_augment(images, params) if train else images, labels, skipped, None))
+    return out
+
+
+@pytest.mark.parametrize("extra", [["data.auto_augment=false"], []])
+def test_training_batches_match_the_default_loader(tmp_path, extra):
+    root = jpeg_folder(tmp_path)
+    reference, gpu = _batches(root, True, *extra), _batches(root, True, *extra, loader="gpu")
+    assert len(reference) == len(gpu) == 4
+    level = 1 / 255 / min(PREP.std) + 1e-5  # one grey level, normalised
+    for (a, la, _, _), (b, lb, _, _) in zip(reference, gpu):
+        assert torch.equal(la, lb) and a.shape == b.shape == (4, 3, 32, 32)
+        difference = (a - b).abs()
+        if extra:  # no AutoAugment: same box, same flip; resizing within one grey level
+            assert difference.max() <= level
+        assert difference.mean() < 0.25 * level  # AutoAugment's steps can amplify a level here and there
+
+
+def test_evaluation_batches_match_the_default_loader(tmp_path):
+    root = jpeg_folder(tmp_path)
+    level = 1 / 255 / min(PREP.std) + 1e-5
+    for (a, la, _, _), (b, lb, _, _) in zip(_batches(root, False), _batches(root, False, loader="gpu")):
+        # Resize, then centre crop: within two grey levels of PIL's, and nearly always equal.
+        assert torch.equal(la, lb) and (a - b).abs().max() <= 2 * level and (a - b).abs().mean() < 0.1 * level
+
+
+def test_corrupt_files_are_named_or_skipped(tmp_path):
+    root = jpeg_folder(tmp_path)
+    bad = root / "train" / "dog" / "3.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])  # a header, then nothing: only decoding finds out
+    (root / "train" / "cat" / "5.jpg").write_bytes(b"not an image at all")
+    with pytest.raises(StitchkitError, match=r"cannot decode image .*(3|5)\.jpg.*data.skip_corrupt=true"):
+        _batches(root, True, loader="gpu")
+    batches = _batches(root, True, "data.skip_corrupt=true", loader="gpu")
+    assert sum(b[2] for b in batches) == 2 and sum(len(b[1]) for b in batches) == 14
+
+
+def test_training_with_the_gpu_loader_resumes_exactly(tmp_path, monkeypatch):
+    from stitchkit.training import logging as training_logging
+
+    root = jpeg_folder(tmp_path / "data")
+    settings = ["mode=scratch", "model.src=resnet10t", "model.pretrained=false", "data.name=imagefolder",
+                f"data.root={root}", "data.input_size=32", "data.loader=gpu", "optim.batch_size=4",
+                "train.batch_size=4", "train.epochs=2", "train.workers=1", "train.threads=1",
+                "train.checkpoint_every=100"]
+    reference = train(load_config(None, [*settings, f"output.dir={tmp_path / 'reference'}"]))
+    assert reference["status"] == "finished" and reference["images_seen"] == 32
+    interrupted = load_config(None, [*settings, f"output.dir={tmp_path / 'interrupted'}"])
+    original = training_logging.MetricsLog.advance
+
+    def advance(self, steps=1):
+        original(self, steps)
+        advance.calls += steps
+        if advance.calls == 3:
+            raise KeyboardInterrupt
+
+    advance.calls = 0
+    with monkeypatch.context() as patch:
+        patch.setattr(training_logging.MetricsLog, "advance", advance)
+        with pytest.raises(RunInterrupted):
+            train(interrupted)
+    resumed = train(interrupted, resume=True)
+    for key in ("top1", "loss", "train_loss", "steps", "images_seen", "top1_after_epoch"):
+        assert resumed[key] == reference[key], key
+    with pytest.raises(StitchkitError, match="data.loader=gpu .* needs data.name=imagefolder"):
+        load_config(None, ["data.name=synthetic", "data.loader=gpu"])
