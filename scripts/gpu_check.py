@@ -11,7 +11,11 @@ Measures, printing each figure as it comes and writing them all to OUT_DIR/gpu_c
 2. peak memory of the paper's No Downsample ResNet-50 S1 -> S4 (resize none), naive fp32 and stitchkit bf16, at
    growing batches (the paper ran out of memory on a 32 GB V100);
 3. the engine on CUDA: a short bf16 run under torchrun (NCCL), and a grouped run with data.augment_on=device whose
-   results must match separate runs within tolerance.
+   results must match separate runs within tolerance;
+4. the data path: a folder of 500x375 JPEGs (20,000), and one epoch of ResNet-50 S1 -> S3 bottleneck at 224 px
+   (bf16, channels_last, batch 512, 14 workers) with each loader (torch with CPU augmentation, torch with device
+   augmentation, gpu): the loader alone, the step alone and the whole run, the run as a share of the step, and the
+   host synchronisations per batch of the loader (`stitchkit bench --pipeline`).
 """
 from __future__ import annotations
 
@@ -30,9 +34,11 @@ from stitchkit.bench import run_bench
 
 SIZES = {  # full check, smoke test on the CPU
     "full": dict(src="resnet50", dst="torchvision:swin_t", gap="1:3", input=224, batches=[32, 64, 128, 256, 512, 1024],
-                 nods_batches=[32, 64, 128, 256], repeats=10, warmup=3, run_model="resnet50"),
+                 nods_batches=[32, 64, 128, 256], repeats=10, warmup=3, run_model="resnet50",
+                 jpegs=20000, data_batch=512, data_workers=14, data_model="resnet50"),
     "smoke": dict(src="resnet18", dst="resnet34", gap="1:3", input=32, batches=[2, 4], nods_batches=[2, 4],
-                  repeats=1, warmup=1, run_model="resnet10t"),
+                  repeats=1, warmup=1, run_model="resnet10t", jpegs=8, data_batch=4, data_workers=1,
+                  data_model="resnet10t"),
 }
 
 
@@ -120,6 +126,39 @@ def engine_checks(size: dict, device: str, out: Path) -> dict:
     return results
 
 
+def data_path_checks(size: dict, device: str, tmp: Path) -> dict:
+    """Section 4: each loader on one JPEG folder, end to end against the step (see the module's docstring)."""
+    from multiprocessing import Pool
+
+    from stitchkit.bench import _write_jpegs, run_pipeline_bench
+
+    root, count = tmp / "jpegs", size["jpegs"]
+    processes = max(os.cpu_count() or 1, 1)
+    start = time.perf_counter()
+    with Pool(processes) as pool:
+        pool.starmap(_write_jpegs, [(root, count, 500, 375, 4, list(range(i, count, processes)))
+                                    for i in range(processes)])
+    say(f"   wrote {count} JPEGs of 500x375 in {time.perf_counter() - start:.0f} s")
+    rows = {}
+    for name, loader, augment_on in [("torch_cpu_augment", "torch", "cpu"), ("torch_device_augment", "torch", "device"),
+                                     ("gpu", "gpu", "cpu")]:
+        try:
+            result = run_pipeline_bench(size["data_model"], None, "1:3", "bottleneck", "bilinear", size["data_batch"],
+                                        size["input"], count, size["data_workers"], device,
+                                        "bf16" if device == "cuda" else "none", device == "cuda", False, augment_on,
+                                        str(root), size["repeats"], None, loader)
+        except Exception as err:  # one loader failing must not hide the others' figures
+            rows[name] = {"error": f"{type(err).__name__}: {err}"}
+            say(f"   {name}: FAILED {rows[name]['error']}")
+            continue
+        rows[name] = result
+        syncs = result["host_syncs_per_batch"]
+        say(f"   {name}: loader {result['loader_images_per_s']:.0f}, step {result['step_images_per_s']:.0f}, run "
+            f"{result['run_images_per_s']:.0f} images/s = {result['run_fraction_of_step']:.2f} of the step"
+            + (f", {syncs:.1f} host syncs per batch" if syncs is not None else ""))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu-check"))
@@ -199,6 +238,10 @@ def main() -> int:
     say("3. the engine on this device")
     with tempfile.TemporaryDirectory() as tmp:
         report["engine"] = engine_checks(size, device, Path(tmp))
+    save()
+    say("4. the data path: one epoch from a JPEG folder with each loader")
+    with tempfile.TemporaryDirectory() as tmp:
+        report["data_path"] = data_path_checks(size, device, Path(tmp))
     save()
     say(f"written {out / 'gpu_check.json'}")
     return 0 if report["engine"]["torchrun"]["returncode"] == 0 else 1

@@ -49,9 +49,9 @@ def test_data_bench_reports_every_pipeline_stage(capsys):
 def test_pipeline_bench_measures_loader_step_and_whole_run_in_one_go(capsys):
     assert main(["--threads", "1", "bench", "--pipeline", "--src", "resnet10t", "--gap", "1:2", "--adapter", "linear",
                  "--batch-size", "4", "--input-size", "32", "--train-images", "8", "--repeats", "1",
-                 "--augment-on", "device", "--json"]) == 0
+                 "--augment-on", "device", "--loader", "gpu", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["images"] == 8 and result["augment_on"] == "device"
+    assert result["images"] == 8 and result["loader"] == "gpu" and result["host_syncs_per_batch"] is None
     for key in ("loader_images_per_s", "step_images_per_s", "run_images_per_s"):
         assert result[key] > 0, key
     assert result["run_fraction_of_step"] == result["run_images_per_s"] / result["step_images_per_s"]
@@ -80,3 +80,5 @@ def test_gpu_check_script_runs_at_smoke_size(tmp_path):
     assert set(report["no_downsample"]) == {"naive_fp32", "stitchkit_bf16"}
     assert report["engine"]["torchrun"]["returncode"] == 0
     assert report["engine"]["grouped"]["max_abs_loss_difference"] == 0.0  # on the CPU, exactly equal
+    assert set(report["data_path"]) == {"torch_cpu_augment", "torch_device_augment", "gpu"}
+    assert all(row.get("run_fraction_of_step", 0) > 0 for row in report["data_path"].values()), report["data_path"]

@@ -291,14 +291,15 @@ def format_group_bench(result: dict) -> str:
     ])
 
 
-def _write_jpegs(root, count: int, width: int, height: int, classes: int = 4) -> None:
+def _write_jpegs(root, count: int, width: int, height: int, classes: int = 4, indices=None) -> None:
     """``root/train/class<k>/``: smooth, photograph-like JPEGs (gradients plus blurred noise, quality 90) of
-    ImageNet's typical size; ``root/val/``: a copy of one per class."""
+    ImageNet's typical size; ``root/val/``: a copy of one per class. ``indices``: write only these of the ``count``
+    images (each is a function of its index, so processes can share the work); the val copies come with index 0."""
     import numpy as np
     from PIL import Image, ImageFilter
 
-    rng = np.random.default_rng(0)
-    for i in range(count):
+    for i in range(count) if indices is None else indices:
+        rng = np.random.default_rng(i)
         folder = root / "train" / f"class{i % classes}"
         folder.mkdir(parents=True, exist_ok=True)
         ramp = np.add.outer(np.linspace(0, 120, height), np.linspace(0, 100, width))[..., None]
@@ -306,10 +307,13 @@ def _write_jpegs(root, count: int, width: int, height: int, classes: int = 4) ->
         coarse = np.asarray(Image.fromarray(noise.astype(np.uint8)).resize((width, height), Image.BICUBIC))
         pixels = np.clip(ramp + coarse, 0, 255).astype(np.uint8)
         Image.fromarray(pixels).filter(ImageFilter.DETAIL).save(folder / f"{i}.jpg", quality=90)
-    for c in range(classes):  # one image per class as the val split, which build_splits requires
-        val = root / "val" / f"class{c}"
-        val.mkdir(parents=True, exist_ok=True)
-        (val / "0.jpg").write_bytes((root / "train" / f"class{c}" / f"{c}.jpg").read_bytes())
+    if indices is None or 0 in indices:
+        for c in range(classes):  # one image per class as the val split, which build_splits requires
+            val = root / "val" / f"class{c}"
+            val.mkdir(parents=True, exist_ok=True)
+            c_rng = np.random.default_rng(10**6 + c)
+            noise = c_rng.uniform(0, 255, (height // 8, width // 8, 3)).astype(np.uint8)
+            Image.fromarray(noise).resize((width, height), Image.BICUBIC).save(val / "0.jpg", quality=90)
 
 
 def run_data_bench(root: str | None = None, src: str = "resnet50", input_size: int = 224, images: int = 64,
@@ -422,7 +426,7 @@ def run_pipeline_bench(src: str = "resnet50", dst: str | None = None, gap: str =
                        resize: str = "bilinear", batch_size: int = 8, input_size: int = 224, train_images: int = 64,
                        workers: int = 0, device: str = "cpu", amp: str = "none", channels_last: bool = False,
                        compile: bool = False, augment_on: str = "cpu", root: str | None = None,
-                       repeats: int = 5, threads: int | None = None) -> dict:
+                       repeats: int = 5, threads: int | None = None, loader: str = "torch") -> dict:
     """Where a training run's time goes, measured in one process on one data set: the **loader alone** (one epoch of
     training batches decoded, augmented and moved to ``device``, no model), the **step alone** (stitchkit's training
     step on a batch already on the device, :func:`run_bench`'s ``stitchkit`` column) and the **whole run**
@@ -431,9 +435,11 @@ def run_pipeline_bench(src: str = "resnet50", dst: str | None = None, gap: str =
     step's speed a user's run sees.
 
     ``root``: an ImageNet-layout folder; default: ``train_images`` JPEGs of 500x375 pixels written to a temporary
-    folder (decoding real files is part of what is measured).
+    folder (decoding real files is part of what is measured). ``loader``: ``data.loader`` (torch or gpu). On CUDA the
+    loader pass also counts the host synchronisations it makes per batch (``torch.cuda.set_sync_debug_mode``).
     """
     import tempfile
+    import warnings
     from pathlib import Path
 
     from .training import load_config, train
@@ -454,7 +460,8 @@ def run_pipeline_bench(src: str = "resnet50", dst: str | None = None, gap: str =
             "mode=stitch", f"model.src={src}", f"model.dst={dst}", f"model.gap={gap}", f"model.adapter={adapter}",
             f"model.resize={resize}", "model.pretrained=false", f"model.num_classes={classes}",
             "data.name=imagefolder", f"data.root={root}", f"data.input_size={input_size}",
-            f"data.augment_on={augment_on}", f"data.limit_train={train_images}", f"data.limit_val={batch_size}",
+            f"data.augment_on={augment_on}", f"data.loader={loader}", f"data.limit_train={train_images}",
+            f"data.limit_val={batch_size}",
             f"train.batch_size={batch_size}", f"optim.batch_size={batch_size}", "train.epochs=1",
             f"train.workers={workers}", f"train.device={device}", f"train.amp={amp_setting}",
             f"train.channels_last={str(channels_last).lower()}", f"train.compile={str(compile).lower()}",
@@ -463,26 +470,37 @@ def run_pipeline_bench(src: str = "resnet50", dst: str | None = None, gap: str =
         runtime = Runtime.from_settings(config.train)
         stream = build_stream(config, 1, runtime)
         stream.train_sampler.set_epoch(0)
-        seen, start = 0, time.perf_counter()
-        for images, labels, _, params in stream.train_loader:
-            images, labels = runtime.to_device(images, labels, stream.splits.device_augment, params)
-            seen += labels.numel()
-        if runtime.device.type == "cuda":
+        cuda = runtime.device.type == "cuda"
+        seen, batches, start = 0, 0, time.perf_counter()
+        with warnings.catch_warnings(record=True) as syncs:
+            warnings.simplefilter("always")
+            if cuda:
+                torch.cuda.set_sync_debug_mode("warn")
+            try:
+                for images, labels, _, params in stream.train_loader:
+                    images, labels = runtime.to_device(images, labels, stream.splits.device_augment, params)
+                    seen, batches = seen + labels.numel(), batches + 1
+            finally:
+                if cuda:
+                    torch.cuda.set_sync_debug_mode("default")
+        if cuda:
             torch.cuda.synchronize(runtime.device)
         loader_s = time.perf_counter() - start
+        host_syncs = sum("synchroniz" in str(w.message) for w in syncs) / max(batches, 1) if cuda else None
         del stream  # its workers
         step = run_bench(src, dst, gap, adapter, resize, batch_size, input_size, repeats, 2, channels_last, threads,
                          str(runtime.device), amp, compile, ("stitchkit",))["columns"]["stitchkit"]
         result = train(config)
-    loader = seen / loader_s
+    loaded = seen / loader_s
     return {"src": src, "dst": dst, "gap": gap, "adapter": adapter, "batch_size": batch_size,
             "input_size": input_size, "images": seen, "workers": workers, "device": str(runtime.device),
-            "amp": amp, "augment_on": augment_on, "data": "generated 500x375 JPEGs" if generated else str(root),
-            "loader_images_per_s": loader, "step_images_per_s": step["images_per_s"],
+            "amp": amp, "augment_on": augment_on, "loader": loader, "host_syncs_per_batch": host_syncs,
+            "data": "generated 500x375 JPEGs" if generated else str(root),
+            "loader_images_per_s": loaded, "step_images_per_s": step["images_per_s"],
             "run_images_per_s": result["images_per_s"], "run_seconds": result["seconds"],
             "run_fraction_of_step": result["images_per_s"] / step["images_per_s"],
-            "loader_fraction_of_step": loader / step["images_per_s"],
-            "limited_by": "data" if loader < step["images_per_s"] else "step"}
+            "loader_fraction_of_step": loaded / step["images_per_s"],
+            "limited_by": "data" if loaded < step["images_per_s"] else "step"}
 
 
 def format_pipeline_bench(result: dict) -> str:
@@ -490,11 +508,14 @@ def format_pipeline_bench(result: dict) -> str:
     return "\n".join([
         f"{result['src']} -> {result['dst']} {result['gap']} {result['adapter']}, batch {result['batch_size']} at "
         f"{result['input_size']} px, {result['images']} images ({result['data']}), {result['workers']} workers, "
-        f"augmentation on {result['augment_on']}, {result['device']}, amp {result['amp']}",
+        f"data.loader={result['loader']}, augmentation on "
+        f"{'device' if result['loader'] == 'gpu' else result['augment_on']}, {result['device']}, amp {result['amp']}",
         f"{'loader alone':12} {result['loader_images_per_s']:10.1f} images/s "
         f"({result['loader_fraction_of_step']:.2f} of the step)",
         f"{'step alone':12} {result['step_images_per_s']:10.1f} images/s",
         f"{'whole run':12} {result['run_images_per_s']:10.1f} images/s of training "
         f"({result['run_fraction_of_step']:.2f} of the step; limited by the {result['limited_by']})",
         f"whole run seconds: {seconds}",
+        *([f"host synchronisations per batch in the loader: {result['host_syncs_per_batch']:.1f}"]
+          if result["host_syncs_per_batch"] is not None else []),
     ])

@@ -47,6 +47,7 @@ def add_parser(subparsers) -> None:
                    help="in one run: the loader alone, the training step alone and a whole one-epoch run, and the "
                         "share of the step's speed the run sees")
     p.add_argument("--augment-on", default="cpu", choices=("cpu", "device"), help="with --pipeline: data.augment_on")
+    p.add_argument("--loader", default="torch", choices=("torch", "gpu"), help="with --pipeline: data.loader")
 
 
 def run(args) -> int:
@@ -65,7 +66,7 @@ def run(args) -> int:
         result = run_pipeline_bench(args.src, args.dst, args.gap or "1:3", args.adapter or "bottleneck", args.resize,
                                     args.batch_size, args.input_size, args.train_images, args.workers, args.device,
                                     args.amp, args.channels_last, args.compile, args.augment_on, args.data_root,
-                                    args.repeats or 5, args.threads)
+                                    args.repeats or 5, args.threads, args.loader)
         print(json.dumps(result, indent=2) if args.json else format_pipeline_bench(result))
         return 0
     if args.grouped:
