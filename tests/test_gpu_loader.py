@@ -111,3 +111,20 @@ def test_training_with_the_gpu_loader_resumes_exactly(tmp_path, monkeypatch):
         assert resumed[key] == reference[key], key
     with pytest.raises(StitchkitError, match="data.loader=gpu .* needs data.name=imagefolder"):
         load_config(None, ["data.name=synthetic", "data.loader=gpu"])
+
+
+def test_synthetic_jpeg_data_goes_through_either_loader_alike(tmp_path):
+    """data.synthetic_jpeg: the same JPEG bytes decoded by PIL (default loader) or decode_jpeg (gpu loader)."""
+    settings = ["data.name=synthetic", "data.synthetic_jpeg=true", "data.input_size=32", "data.synthetic_train_size=8",
+                "data.synthetic_val_size=8", "data.augment_on=device", "data.auto_augment=false"]
+    data = load_config(None, settings).data
+    splits = build_splits(data, PREP, seed=0)
+    payload, label, name = splits.train.source.read(5)
+    assert payload[:2] == b"\xff\xd8" and label == 5 and "synthetic" in name
+    sampler = EpochSampler(len(splits.val), 0, shuffle=False)
+    gpu = list(device_loader(splits.val, load_config(None, [*settings, "data.loader=gpu"]).data, PREP, sampler, 4, 0,
+                             torch.device("cpu"), False, None))
+    reference = [batch for batch in DataLoader(splits.val, batch_size=4, sampler=sampler, collate_fn=collate)]
+    level = 1 / 255 / min(PREP.std) + 1e-5
+    for (a, *_), (b, *_) in zip(reference, gpu):
+        assert (a - b).abs().max() <= 2 * level

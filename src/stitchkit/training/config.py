@@ -135,9 +135,11 @@ def validate(config: Config) -> None:
         raise unknown_name("data.augment_on", config.data.augment_on, AUGMENT_ON)
     if config.data.loader not in LOADERS:
         raise unknown_name("data.loader", config.data.loader, LOADERS)
-    if config.data.loader == "gpu" and config.data.name != "imagefolder":
-        raise StitchkitError(f"data.loader=gpu decodes image files on the training device: it needs "
-                             f"data.name=imagefolder, not {config.data.name}; use data.loader=torch")
+    if config.data.loader == "gpu" and not (config.data.name == "imagefolder" or
+                                            (config.data.name == "synthetic" and config.data.synthetic_jpeg)):
+        raise StitchkitError(f"data.loader=gpu decodes JPEG files on the training device: it needs "
+                             f"data.name=imagefolder (or synthetic with data.synthetic_jpeg=true), not "
+                             f"{config.data.name}; use data.loader=torch")
     if config.data.loader == "dali":
         for ok, message in [
             (config.data.name == "imagefolder", f"data.loader=dali reads image files: it needs data.name=imagefolder, "

@@ -168,8 +168,9 @@ class SyntheticSource:
     Made as uint8 from a seeded PCG64 stream (about 0.8 ms for 252x252 on one core, a quarter of float noise), so a
     benchmark on synthetic data measures the pipeline, not the making of its images."""
 
-    def __init__(self, size: int, classes: int, image_size: int, offset: int = 0):
+    def __init__(self, size: int, classes: int, image_size: int, offset: int = 0, jpeg: bool = False):
         self.size, self.classes, self.image_size, self.offset = size, [f"class_{i}" for i in range(classes)], image_size, offset
+        self.jpeg = jpeg  # served as JPEG bytes (read) and decoded from them (load), like files in a folder
 
     def __len__(self) -> int:
         return self.size
@@ -185,7 +186,21 @@ class SyntheticSource:
         tint = np.array([(label * 97) % 256, (label * 57) % 256, (label * 31) % 256], dtype=np.uint16)
         return ((noise.astype(np.uint16) * 3 + tint * 2) // 5).astype(np.uint8)
 
+    def read(self, index: int) -> tuple[bytes, int, str]:
+        """The image as JPEG bytes (quality 90), its label and a name for messages."""
+        import io
+
+        buffer = io.BytesIO()
+        Image.fromarray(self.pixels(index)).save(buffer, format="JPEG", quality=90)
+        return buffer.getvalue(), self.label(index), f"synthetic image {self.offset + index}"
+
     def load(self, index: int) -> tuple[Image.Image, int]:
+        if self.jpeg:
+            import io
+
+            payload, label, _ = self.read(index)
+            with Image.open(io.BytesIO(payload)) as image:
+                return image.convert("RGB"), label
         return Image.fromarray(self.pixels(index)), self.label(index)
 
 
@@ -260,8 +275,10 @@ def raw_sources(data: DataConfig) -> dict[str, object]:
 def _whole_sources(data: DataConfig) -> dict[str, object]:
     if data.name == "synthetic":
         size = data.input_size + data.input_size // 8
-        return {"train": SyntheticSource(data.synthetic_train_size, data.synthetic_classes, size),
-                "val": SyntheticSource(data.synthetic_val_size, data.synthetic_classes, size, offset=10**6)}
+        return {"train": SyntheticSource(data.synthetic_train_size, data.synthetic_classes, size,
+                                         jpeg=data.synthetic_jpeg),
+                "val": SyntheticSource(data.synthetic_val_size, data.synthetic_classes, size, offset=10**6,
+                                       jpeg=data.synthetic_jpeg)}
     if data.name == "fashion_mnist":
         folder = find_fashion_mnist(data.root)
         return {split: ArraySource(_read_idx(folder / images), _read_idx(folder / labels), FASHION_MNIST_CLASSES)

@@ -87,6 +87,8 @@ class DataConfig:
     synthetic_train_size: int = setting(256, "synthetic data: training images")
     synthetic_val_size: int = setting(64, "synthetic data: validation images")
     synthetic_classes: int = setting(10, "synthetic data: classes")
+    synthetic_jpeg: bool = setting(False, "synthetic data as JPEG bytes (quality 90), decoded like image files, so "
+                                          "data.loader=gpu can be exercised and timed without a folder", since="0.6")
     classes: Optional[List[int]] = setting(None, "train and evaluate on these classes only (their indices in the "
                                                  "dataset), numbered 0..k-1 in this order: a task of its own",
                                            since="0.3")
