@@ -128,3 +128,23 @@ def test_synthetic_jpeg_data_goes_through_either_loader_alike(tmp_path):
     level = 1 / 255 / min(PREP.std) + 1e-5
     for (a, *_), (b, *_) in zip(reference, gpu):
         assert (a - b).abs().max() <= 2 * level
+
+
+def test_grouped_stitches_equal_separate_runs_with_the_gpu_loader(tmp_path):
+    from stitchkit.training import train_group
+
+    root = jpeg_folder(tmp_path / "data")
+    settings = ["mode=stitch", "model.src=resnet10t", "model.pretrained=false", "model.num_classes=2",
+                "data.name=imagefolder", f"data.root={root}", "data.input_size=32", "data.loader=gpu",
+                "optim.batch_size=4", "train.batch_size=4", "train.epochs=1", "train.workers=0", "train.threads=1",
+                "model.init_images=8"]
+    cells = [("1:2", "linear"), ("1:3", "bottleneck")]
+
+    def configs(folder):
+        return [load_config(None, [*settings, f"model.gap={gap}", f"model.adapter={adapter}",
+                                   f"output.dir={tmp_path / folder / gap.replace(':', 'to')}"]) for gap, adapter in cells]
+
+    alone = [train(c) for c in configs("separate")]
+    together = train_group(configs("grouped"))
+    for a, b in zip(alone, together):
+        assert (a["loss"], a["train_loss"], a["top1"]) == (b["loss"], b["train_loss"], b["top1"])
