@@ -139,8 +139,9 @@ def read_model_config(directory: str | os.PathLike) -> dict:
     path = directory / CONFIG_FILE
     if not path.is_file():
         if (directory / WEIGHTS_FILE).exists():
-            raise StitchkitError(f"{str(directory)!r} has weights but no config.json: its saving was interrupted; "
-                                 "export or save the model again")
+            # Saving writes config.json last, so an interrupted save looks like this; so does a removed file.
+            raise StitchkitError(f"{str(directory)!r} has weights but no config.json (an interrupted save, or the "
+                                 "file was removed); export or save the model again")
         raise StitchkitError(f"{str(directory)!r} is not a stitchkit model folder (no config.json); {hint}")
     try:
         config = json.loads(path.read_text())

@@ -57,9 +57,53 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
     except ConfigKeyError as err:
         raise _unknown_key_error(err.full_key or str(err.key), source) from None
     except ValidationError as err:
-        raise StitchkitError(f"bad value for {err.full_key!r} in {source}: {err.msg}") from None
+        raise StitchkitError(_type_error(err, source)) from None
     except OmegaConfBaseException as err:
         raise StitchkitError(f"invalid config in {source}: {err}") from None
+
+
+def _setting_type(key: str):
+    """The declared type of a dotted setting (``train.epochs`` -> int), or None."""
+    import dataclasses
+    import typing
+
+    owner: Any = Config
+    hint = None
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(owner):
+            return None
+        hints = typing.get_type_hints(owner)
+        if part not in hints:
+            return None
+        hint = owner = hints[part]
+    return hint
+
+
+def _type_words(hint) -> str | None:
+    """How a setting's type reads in an error: ``an integer``, ``true or false``, ``a number or null``."""
+    import typing
+
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = typing.get_origin(hint) is typing.Union and len(args) == 1
+    base = args[0] if optional else hint
+    origin = typing.get_origin(base) or base
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
+             dict: "a mapping"}.get(origin)
+    if words is None:
+        return None
+    return f"{words} or null" if optional else words
+
+
+def _type_error(err: ValidationError, source: str) -> str:
+    """One line: ``train.epochs must be an integer, got 'two' (in the command line)``; OmegaConf's own message where
+    the expected type cannot be named."""
+    key = str(err.full_key)
+    expected = _type_words(_setting_type(key))
+    if expected is None:
+        return f"bad value for {key!r} in {source}: {(err.msg or str(err)).splitlines()[0]}"
+    found = re.search(r"Value '(.*?)' (?:of type|could not|is not)", err.msg or "")
+    got = f", got {found.group(1)!r}" if found else ""
+    return f"{key} must be {expected}{got} (in {source})"
 
 
 class _YamlLoader(yaml.SafeLoader):
