@@ -46,6 +46,10 @@ def test_inspect_text_and_finetune(capsys):
     code, out, _ = _run(capsys, "inspect", "--src", "resnet18", "--dst", "resnet18", "--gap", "2:4", "--input-size",
                         "64", "--adapter", "linear")
     assert code == 0 and "adapter chain (2)" in out and "GMACs" in out
+    assert "costs more compute" not in out  # within one model a stitch skips blocks: cheaper than its source
+    code, out, _ = _run(capsys, "inspect", "--src", "resnet18", "--dst", "resnet50", "--gap", "1:2", "--input-size",
+                        "64", "--adapter", "linear")
+    assert code == 0 and "costs more compute than resnet18 itself" in out
     code, out, _ = _run(capsys, "inspect", "--src", "resnet18", "--dst", "resnet18", "--gap", "1:3", "--input-size",
                         "64", "--finetune")
     assert code == 0 and "layer2.0, layer3.0" in out
