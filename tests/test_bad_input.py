@@ -196,3 +196,31 @@ def test_disk_full_at_a_checkpoint_keeps_the_last_good_one(tmp_path, monkeypatch
     monkeypatch.setattr(files_module.os, "replace", real_replace)
     assert main(_train("train.epochs=3", "train.batch_size=16", "optim.batch_size=16", "train.checkpoint_every=1",
                        f"output.dir={run}", "--resume")) == 0
+
+
+@pytest.mark.parametrize("offline", ["unreachable", "HF_HUB_OFFLINE"])
+def test_missing_pretrained_weights_fail_in_one_line_before_any_data_is_read(tmp_path, monkeypatch, capsys, offline):
+    """The default model.pretrained=true on a machine without the weights: one line naming both fixes, no folder
+    written, no Hub retries (the host is asked once, or not at all when HF_HUB_OFFLINE is set)."""
+    import huggingface_hub
+
+    from stitchkit.zoo import weights
+
+    asked = []
+    monkeypatch.setattr(weights, "_reachable", lambda host, timeout=3.0: asked.append(host) or False)
+    # The suite runs with HF_HUB_OFFLINE=1 (conftest); the other case is a machine that simply has no network.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline == "HF_HUB_OFFLINE")
+    run = tmp_path / "run"
+    for name in ("resnet18.a1_in1k", "torchvision:resnet18"):
+        code = main(["train", "mode=stitch", f"model.src={name}", "model.gap=1:2", "model.num_classes=10",
+                     "data.name=synthetic", f"output.dir={run}", "train.workers=0"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("stitchkit: error:") == 1, err
+        assert "model.pretrained=false" in err and "model.src_checkpoint=PATH" in err and "Traceback" not in err
+        assert not run.exists()
+    expected = [] if offline == "HF_HUB_OFFLINE" else ["huggingface.co"]
+    assert asked == expected + ["download.pytorch.org"]
+    # Scratch training never needs them.
+    assert main(["train", "mode=scratch", "model.src=resnet10t", "data.name=synthetic", "data.input_size=32",
+                 "data.synthetic_train_size=32", "data.synthetic_val_size=16", "train.batch_size=16",
+                 "optim.batch_size=16", "train.epochs=1", "train.workers=0", f"output.dir={tmp_path / 'scratch'}"]) == 0

@@ -106,6 +106,8 @@ class TrainingPass:
             check_groupable([r.config for r in self.runs])
         for r in self.runs:
             self._guard(r, r.check_folder)
+        for r in self.live:
+            self._guard(r, r.check_weights)
         self.stream = build_stream(self.config, self.runs[0].accum, self.runtime)
         for r in self.live:
             self._guard(r, lambda r=r: r.build(self.stream, tail_only=self.shared))

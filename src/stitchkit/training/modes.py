@@ -42,6 +42,7 @@ class Mode:
     shares_front: bool = False  # its runs may train in one pass over a shared frozen front
     sweeps_lr: bool = False  # a sweep's baselines list learning rates for it (they name its cells)
     chooses_trained: bool = False  # model.train_head / model.unfreeze_last choose what trains besides the new part
+    loads_pretrained: bool = True  # model.pretrained applies (to the models without a checkpoint)
 
     def validate(self, config: Config) -> None:
         """Settings this mode needs or cannot honour; each error names the fix."""
@@ -175,6 +176,7 @@ class Scratch(Mode):
     name = "scratch"
     description = "a whole model from random initialisation"
     has_gap = False
+    loads_pretrained = False  # a new network: model.pretrained does not apply
 
     def validate(self, config: Config) -> None:
         m = config.model

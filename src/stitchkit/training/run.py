@@ -26,6 +26,7 @@ from .identity import accepted_digests, config_digest, resume_differences, setti
 from .logging import MetricsLog
 from .modes import build_model, export_weights, get_mode, load_trainable_state, trainable_state, trained_parts
 from .optim import build_optimizer
+from ..zoo.models import require_weights
 from .clock import PhaseClock, add_seconds
 from .runtime import Runtime, package_versions
 from .stream import DataStream
@@ -164,6 +165,19 @@ class Run:
         self.pass_members = list(run_dirs)
 
     # --- the model ------------------------------------------------------------------------------------------------
+
+    def check_weights(self) -> None:
+        """Fail in one line, before any data is read, when pretrained weights the run needs can be neither found in
+        the cache nor downloaded (see :mod:`stitchkit.zoo.weights`)."""
+        m = self.config.model
+        if not (m.pretrained and get_mode(self.config.mode).loads_pretrained):
+            return
+        models = [(m.src, m.src_checkpoint)]
+        if get_mode(self.config.mode).joins_models:
+            models.append((m.dst or m.src, m.dst_checkpoint))
+        for name, checkpoint in models:
+            if checkpoint is None:
+                require_weights(name)
 
     def build(self, stream: DataStream, tail_only: bool = False) -> None:
         """Build the model and optimizer; ``tail_only``: the forward pass starts after the stitch's front, which the

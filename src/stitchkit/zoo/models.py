@@ -22,6 +22,7 @@ from ..formats import Format
 from ..errors import IncompatibleError, StitchkitError, unknown_name
 from .families import Family, families, family_of
 from .metadata import TORCHVISION_PREFIX, ModelName
+from .weights import FIX, require_timm_weights, require_url_weights
 
 GRAPH_FAMILY = "graph"  # the family that splits any other model's exported graph (stitchkit.zoo.graph)
 
@@ -155,6 +156,8 @@ def create_model(
         weights = (tag or "DEFAULT") if pretrained else None
         if isinstance(pretrained, str):
             weights = pretrained
+        if weights is not None:
+            _require_torchvision_weights(name, base, weights)
         try:
             model = torchvision.models.get_model(base, weights=weights, **kwargs)
         except (OSError, RuntimeError, ValueError) as err:
@@ -163,6 +166,8 @@ def create_model(
     else:
         if input_size is not None and (family.fixed_input_size or _timm_fixed_size(name)):
             kwargs.setdefault("img_size", input_size)
+        if pretrained:
+            require_timm_weights(name)
         try:
             try:
                 model = timm.create_model(name, pretrained=bool(pretrained), **kwargs)
@@ -173,10 +178,7 @@ def create_model(
                 kwargs.pop("img_size")
                 model = timm.create_model(name, pretrained=bool(pretrained), **kwargs)
         except (OSError, RuntimeError) as err:
-            raise StitchkitError(
-                f"cannot load pretrained weights for {name}: {err}. Without network access, put the weights in the "
-                "Hugging Face cache or pass a local checkpoint_path"
-            ) from err
+            raise StitchkitError(f"cannot load pretrained weights for {name}: {str(err).splitlines()[0]}; {FIX}") from err
     if checkpoint_path is not None:
         state = read_state_dict(checkpoint_path)
         classes = _checkpoint_classes(model, state)
@@ -185,6 +187,25 @@ def create_model(
             return create_model(name, False, checkpoint_path, input_size, classes, **kwargs)
         load_checkpoint(model, checkpoint_path, state)
     return model.eval()
+
+
+def require_weights(name: str) -> None:
+    """Return when ``name``'s pretrained weights are cached or can be downloaded; otherwise one line naming the
+    fix (:mod:`stitchkit.zoo.weights`)."""
+    parsed = ModelName.parse(name)
+    if parsed.is_torchvision:
+        _require_torchvision_weights(name, parsed.base, parsed.tag or "DEFAULT")
+    else:
+        require_timm_weights(name)
+
+
+def _require_torchvision_weights(name: str, base: str, weights: str) -> None:
+    try:
+        url = torchvision.models.get_model_weights(base)[weights].url if weights != "DEFAULT" else \
+            torchvision.models.get_model_weights(base).DEFAULT.url
+    except (KeyError, ValueError, AttributeError):
+        return  # an unknown weights name: torchvision's own error says which exist
+    require_url_weights(name, url)
 
 
 def _torchvision_vit_at_size(model: nn.Module, base: str, input_size, kwargs: dict) -> nn.Module:
