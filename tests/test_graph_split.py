@@ -121,6 +121,24 @@ def test_anatomy_is_exported_once_per_input_size():
     assert graph_anatomy(model, (64, 64)) is not graph_anatomy(model, (32, 32))
 
 
+def test_parts_are_cut_for_the_size_the_model_was_made_for_and_refuse_another_in_one_line():
+    """pvt_v2 bakes its token grid into reshapes: parts of a model created at 64 px are cut for 64 px (not timm's
+    224), and another size is refused naming input_size; cut again for that size, they are exact there too."""
+    import pickle
+
+    model = stitchkit.create_model("pvt_v2_b0", input_size=64)
+    front, back = split(model, 2, "first")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(back(front(x)), model(x), atol=1e-5)
+        with pytest.raises(GraphSplitError, match=r"for 64x64 images and cannot take 96x96; .* input_size=96"):
+            front(torch.randn(1, 3, 96, 96))
+        front96, back96 = split(model, 2, "first", input_size=96)
+        y = torch.randn(1, 3, 96, 96)
+        assert torch.allclose(back96(front96(y)), model(y), atol=1e-5)
+    assert pickle.loads(pickle.dumps(front))(x).shape == front(x).shape  # the size check pickles with the part
+
+
 def test_a_timm_model_with_dense_connections_splits_between_its_dense_blocks(model_factory):
     """DenseNet concatenates inside a dense block: cuts fall between blocks (transitions), never inside one."""
     model = model_factory("densenet121", 32)

@@ -95,7 +95,11 @@ def dissect(model: nn.Module, input_size: tuple[int, int] | None = None) -> Anat
 
 
 def default_input_size(model: nn.Module) -> tuple[int, int]:
-    """The input size a model was built for: timm's pretrained config, else ImageNet's 224."""
+    """The input size a model was built for: the ``input_size`` it was created with by stitchkit, else timm's
+    pretrained config, else ImageNet's 224."""
+    made = getattr(model, "stitchkit_input_size", None)
+    if made is not None:
+        return (int(made[0]), int(made[1]))
     size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
     return (int(size[-2]), int(size[-1])) if size else (224, 224)
 

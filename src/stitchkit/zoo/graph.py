@@ -487,11 +487,30 @@ def _build(model: nn.Module, hw: tuple[int, int]) -> Anatomy:
     it = iter(parts)
     stage_parts = [[next(it) for _ in stage] for stage in stages]
     prefixes = [s[-1].prefix for s in stages]
+    # The parts carry shapes baked in for this size: refuse another one in one line, not deep inside a reshape.
+    (stem if stem_end is not None else stage_parts[0][0]).register_forward_pre_hook(MadeFor(hw))
     anatomy = Anatomy(stem, stage_parts, head, formats, num_prefix_tokens=max(prefixes),
                       reductions=[s[-1].reduction for s in stages], stage_prefix_tokens=prefixes)
     anatomy.block_names = [[b.block for b in stage] for stage in stages]
     anatomy.token_order = _unrolled_order(model, [b for stage in anatomy.block_names for b in stage])
     return anatomy
+
+
+class MadeFor:
+    """Forward pre-hook on the first part of a graph split: its images must have the size the graph was exported
+    at. A named class, not a closure: stitched models pickle."""
+
+    def __init__(self, hw: tuple[int, int]):
+        self.hw = hw
+
+    def __call__(self, module: nn.Module, args) -> None:
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.dim() == 4 and tuple(x.shape[-2:]) != self.hw:
+            h, w = self.hw
+            raise GraphSplitError(
+                f"these parts were cut from the model's exported graph for {h}x{w} images and cannot take "
+                f"{x.shape[-2]}x{x.shape[-1]}; cut them again for that size with input_size={x.shape[-1]} "
+                "(split(..., input_size=), create_stitched(..., input_size=), data.input_size)")
 
 
 def _unrolled_order(model: nn.Module, block_names: list[str]):

@@ -186,6 +186,10 @@ def create_model(
             # A checkpoint trained on another dataset (e.g. a source model made with mode=scratch): build its head.
             return create_model(name, False, checkpoint_path, input_size, classes, **kwargs)
         load_checkpoint(model, checkpoint_path, state)
+    if input_size is not None:  # what splitting it later cuts for, when no size is given then (see default_input_size)
+        from .spec import as_size
+
+        model.stitchkit_input_size = as_size(input_size)
     return model.eval()
 
 
