@@ -5,11 +5,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
+# Debian packages, each only where missing and only as root with apt-get; a failed install is a warning, since
+# what needs the package skips without it. The package index is fetched once, when the first install needs it.
+APT_UPDATED=
+apt_install() {
+  command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] || return 0
+  [ -n "$APT_UPDATED" ] || { apt-get update -qq >/dev/null && APT_UPDATED=1; } || return 1
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
 # Real image data that needs no network: Fashion-MNIST from Debian's package (the demo and some tests use it).
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null \
-   && [ "$(id -u)" = 0 ]; then
-  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  apt_install dataset-fashion-mnist \
     || echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST runs will look for a local copy" >&2
+fi
+# Chromium: tests/test_report_page.py renders the report page in it at a laptop's and a phone's width.
+if ! command -v chromium >/dev/null; then
+  apt_install chromium || echo "warning: could not install chromium; the report page's browser test will skip" >&2
 fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

@@ -54,11 +54,12 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     remove_own_temps(out)  # temporary files of a report killed while writing
     _write_csv(out / "results.csv", rows, RESULT_COLUMNS)
     _write_csv(out / "summary.csv", summary, SUMMARY_COLUMNS)
-    images = accuracy_vs_gap(summary, originals, out) + accuracy_vs_compute(summary, originals, out)
-    images += pairs_overview(summary, originals, out)
+    gap = accuracy_vs_gap(summary, originals, out)
+    compute = accuracy_vs_compute(summary, originals, out)
+    figures = {"gap": gap, "compute": pairs_overview(summary, originals, out) + compute}  # the overview leads
     table1 = table1_rows(summary, originals)
     atomic_write_text(out / "table1.md", table1_markdown(table1))
     index = out / "index.html"
-    write_html(index, runs_dir, rows, summary, originals, table1, images,
+    write_html(index, runs_dir, rows, summary, originals, table1, figures,
                {"results": RESULT_COLUMNS, "summary": SUMMARY_COLUMNS})
     return index

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 from ..chain import parse_gap
 from ..rundir import RunDir
 from ..sweeps.runner import MANIFEST_DIR
+from .words import plural
 
 RESULT_COLUMNS = ["pair", "src", "dst", "gap", "src_stage", "dst_stage", "method", "kind", "seed", "lr", "top1", "top5",
                   "top1_at_start", "holdout_top1", "gmacs", "params", "trainable_params", "epochs", "wall_time_s", "status", "error",
@@ -132,7 +133,7 @@ def training_label(row: dict) -> str:
         parts[0] += f" {row['input_size']} px"
     if row.get("epochs") is not None:
         images = f" x {row['train_images']} images" if row.get("train_images") else ""
-        parts.append(f"{row['epochs']} epoch{'s' if row['epochs'] != 1 else ''}{images}")
+        parts.append(f"{plural(row['epochs'], 'epoch')}{images}")
     return ", ".join(parts)
 
 
@@ -151,9 +152,9 @@ def scratch_originals(rows: list[dict], exclude: set[str] = frozenset()) -> dict
         runs = max(settings, key=lambda rs: (len(rs), (rs[0].get("epochs") or 0) * (rs[0].get("train_images") or 0),
                                              rs[0].get("settings_id") or ""))
         top1 = [r["top1"] for r in runs]
-        label = f"trained from scratch: {training_label(runs[0])}, {len(top1)} seed{'s' if len(top1) > 1 else ''}"
+        label = f"trained from scratch: {training_label(runs[0])}, {plural(len(top1), 'seed')}"
         if len(settings) > 1:
-            label += f"; {len(settings) - 1} other setting{'s' if len(settings) > 2 else ''} in the folder not shown"
+            label += f"; {plural(len(settings) - 1, 'other setting')} in the folder not shown"
         originals[name] = {"top1": statistics.fmean(top1), "top1_se": standard_error(top1), "n": len(top1),
                            "gmacs": runs[0]["gmacs"], "source": label, "dataset": runs[0]["dataset"]}
     return originals

@@ -15,7 +15,8 @@ from ..files import atomic_write_bytes  # noqa: E402
 from ..sweeps.methods import get_method  # noqa: E402
 
 
-def _label(method: str) -> str:
+def method_label(method: str) -> str:
+    """A method as the paper's legends name it: ``Downsample, Bottleneck`` for ``downsample_bottleneck``."""
     try:
         return get_method(method).label
     except Exception:  # finetune, scratch and unregistered names are their own labels
@@ -24,6 +25,23 @@ def _label(method: str) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
+
+
+# Each figure's file name starts with what it shows; figure_title reads it back for the report page.
+FIGURE_KINDS = {"compute": "Accuracy vs compute", "gap": "Accuracy vs gap"}
+OVERVIEW_STEM = "pairs_overview"
+
+
+def figure_title(path: Path, pairs: list[str]) -> str:
+    """What a figure shows, in words, from its file name: ``Accuracy vs compute: resnet18 -> resnet18`` for
+    ``compute_resnet18_resnet18.png`` (``pairs`` are the report's pairs, whose slugs the names hold)."""
+    if path.stem == OVERVIEW_STEM:
+        return "Accuracy vs compute, every pair (full-block adapters)"
+    kind, _, slug = path.stem.partition("_")
+    by_slug = {_slug(pair): pair for pair in pairs}
+    if kind in FIGURE_KINDS and slug in by_slug:
+        return f"{FIGURE_KINDS[kind]}: {by_slug[slug]}"
+    return path.stem.replace("_", " ")  # a figure this module does not name: its file name is all there is
 
 
 def _save(fig, out: Path, stem: str) -> list[Path]:
@@ -112,7 +130,7 @@ def accuracy_vs_gap(summary: list[dict], originals: dict, out: Path) -> list[Pat
                 x = [r["dst_stage"] for r in members]
                 y = [r["top1_mean"] for r in members]
                 se = [r["top1_se"] or 0.0 for r in members]
-                line, = ax.plot(x, y, marker="o", label=_label(method), color=colours[method])
+                line, = ax.plot(x, y, marker="o", label=method_label(method), color=colours[method])
                 ax.fill_between(x, [a - b for a, b in zip(y, se)], [a + b for a, b in zip(y, se)],
                                 color=line.get_color(), alpha=0.2)
             dst = rows[0]["dst"]
@@ -153,8 +171,8 @@ def accuracy_vs_compute(summary: list[dict], originals: dict, out: Path) -> list
             panel = [r for r in rows if r["src_stage"] == stage]
             for method, members in sorted(_by_method(panel).items()):
                 members.sort(key=lambda r: r["gmacs"])
-                ax.plot([r["gmacs"] for r in members], [r["top1_mean"] for r in members], marker="o", label=_label(method),
-                        color=colours[method])
+                ax.plot([r["gmacs"] for r in members], [r["top1_mean"] for r in members], marker="o",
+                        label=method_label(method), color=colours[method])
                 for r in members:  # which gap each point is
                     ax.annotate(r["gap"], (r["gmacs"], r["top1_mean"]), textcoords="offset points", xytext=(4, 3),
                                 fontsize=7, color="dimgrey")
@@ -199,4 +217,4 @@ def pairs_overview(summary: list[dict], originals: dict, out: Path) -> list[Path
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3)
     _legend_below(fig, *axes[0])
-    return _save(fig, out, "pairs_overview")
+    return _save(fig, out, OVERVIEW_STEM)
