@@ -19,12 +19,12 @@ from torch import nn
 
 from .chain import parse_gap
 from .errors import IncompatibleError
-from .modelfolder import SavesPretrained
+from .network import Network, data_config
 from .stitching import StitchConfig
 from .zoo import Part, create_model, dissect, model_spec, resolve_model
 
 
-class FinetuneBaseline(SavesPretrained, Part):
+class FinetuneBaseline(Network, Part):
     """The cut-down model: a :class:`~stitchkit.zoo.Part` with the names of the blocks it kept from the gap.
     ``save_pretrained(folder)`` / ``from_pretrained(folder)`` as for a stitch (:mod:`stitchkit.modelfolder`)."""
 
@@ -33,9 +33,29 @@ class FinetuneBaseline(SavesPretrained, Part):
     source: str  # the model it was cut from, and how
     gap: tuple[int, int]
     input_size: int
-    num_classes: int  # what its head predicts
 
     folder_kind = "finetune"
+
+    def head(self) -> nn.Module:
+        return self[-1]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self[:-1](x)
+
+    def trained_parts(self) -> list[str]:
+        return ["all"]
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.state_dict()
+
+    def load_trained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(state)
+
+    @classmethod
+    def describe(cls, architecture: dict, head: str) -> str:
+        a = architecture
+        return (f"The fine-tuning baseline of **{a['model']}** for gap {a['gap'][0]}:{a['gap'][1]} (the gap's blocks "
+                f"removed, every weight trained), with {head}.")
 
     def architecture(self) -> dict:
         return {"model": self.source, "gap": list(self.gap), "input_size": self.input_size,
@@ -96,5 +116,5 @@ def create_finetune_baseline(
             f"the fine-tuning baseline of {name} for gap {x}:{y} does not chain ({err}); this model's blocks need "
             "an adapter between them: use create_stitched instead"
         ) from err
-    baseline.num_classes = out.shape[-1]
+    baseline.pretrained_cfg = data_config(f"finetune:{name}@{x}:{y}", name, model, input_size, out.shape[-1])
     return baseline

@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from .errors import IncompatibleError
-from .modelfolder import SavesPretrained
+from .network import Network, data_config
 from .zoo import Part, back_part, create_model, dissect, front_part, model_spec, resolve_model
 from .zoo.models import fit_head, num_outputs
 
 
-class HeadProbe(SavesPretrained, nn.Module):
+class HeadProbe(Network, nn.Module):
     """``top(body(x))``: ``body`` (stem and all blocks but the last ``unfreeze_last``) frozen, ``top`` (those blocks
     and the head) trained.
 
@@ -29,14 +29,14 @@ class HeadProbe(SavesPretrained, nn.Module):
 
     folder_kind = "probe"
 
-    def __init__(self, body: Part, top: Part, source: str, input_size: int, unfreeze_last: int, num_classes: int,
+    def __init__(self, body: Part, top: Part, source: str, input_size: int, unfreeze_last: int,
                  top_block_names: tuple[str, ...]):
         super().__init__()
         self.body, self.top = body, top
         self.body.requires_grad_(False)
         self.top.requires_grad_(True)
         self.source, self.input_size, self.unfreeze_last = source, input_size, unfreeze_last
-        self.num_classes, self.top_block_names = num_classes, top_block_names
+        self.top_block_names = top_block_names
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "HeadProbe":
@@ -51,6 +51,20 @@ class HeadProbe(SavesPretrained, nn.Module):
 
     def trained_parts(self) -> list[str]:
         return [*self.top_block_names, "head"]
+
+    def head(self) -> nn.Module:
+        return self.top[-1]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            h = self.body(x)
+        return self.top[:-1](h)
+
+    @classmethod
+    def describe(cls, architecture: dict, head: str) -> str:
+        a = architecture
+        blocks = f" and its last {a['unfreeze_last']} blocks" if a.get("unfreeze_last") else ""
+        return f"**{a['model']}**, frozen but for its head{blocks}; {head}."
 
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
         """What training changes: the trained blocks and the head (under ``top.``)."""
@@ -98,5 +112,7 @@ def create_probe(
     if not 0 <= unfreeze_last <= blocks:
         raise IncompatibleError(f"unfreeze_last={unfreeze_last}, but {name} has {blocks} blocks; use 0 to {blocks}")
     cut = blocks - unfreeze_last
-    return HeadProbe(front_part(anatomy, cut), back_part(anatomy, cut), name, input_size, unfreeze_last,
-                     num_outputs(model), tuple(spec.block_names[cut:]))
+    probe = HeadProbe(front_part(anatomy, cut), back_part(anatomy, cut), name, input_size, unfreeze_last,
+                      tuple(spec.block_names[cut:]))
+    probe.pretrained_cfg = data_config(f"probe:{name}", name, model, input_size, num_outputs(model))
+    return probe

@@ -28,7 +28,7 @@ from torch import nn
 from . import adapters as adapter_registry
 from .chain import RESIZE_MODES, Resize, Step, TokenResize, num_adapters, parse_gap, plan_chain
 from .errors import IncompatibleError, StitchkitError, unknown_name
-from .modelfolder import SavesPretrained
+from .network import Network, data_config
 from .starts import DEFAULT_START, ChainContext, Measured, Start, get_start
 from .formats import (
     PREFIX_IN_POLICIES,
@@ -272,7 +272,7 @@ def _add_pos_embed(x: torch.Tensor, pos: torch.Tensor, num_prefix_tokens: int) -
     return torch.cat([x[:, :num_prefix_tokens], x[:, num_prefix_tokens:] + pos], dim=1)
 
 
-class StitchedModel(SavesPretrained, nn.Module):
+class StitchedModel(Network, nn.Module):
     """``back(bridge(front(x)))`` with ``front`` and ``back`` frozen.
 
     ``save_pretrained(folder)`` writes it with every weight as one self-contained folder (the Hugging Face Hub
@@ -396,6 +396,30 @@ class StitchedModel(SavesPretrained, nn.Module):
         self.bridge.load_state_dict({k: v for k, v in state.items() if k not in given})
 
     folder_kind = "stitch"
+
+    def head(self) -> nn.Module:
+        return self.back[-1]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            h = self.front(x)
+        return self.back[:-1](self.bridge(h))
+
+    def _head_replaced(self, num_classes: int) -> None:
+        # A new classifier trains with the adapters, and is recorded as new (so a reload builds one of its size).
+        self.config = replace(self.config, train_head=True, num_classes=num_classes)
+        head = len(self.back) - 1
+        if head not in self.trained_back:
+            self.trained_back = (*self.trained_back, head)
+        self.back[head].requires_grad_(True)
+        self.train(self.training)
+
+    @classmethod
+    def describe(cls, architecture: dict, head: str) -> str:
+        a = architecture
+        return (f"A stitched network: **{a['src']}** up to the first block of its stage {a['gap'][0]}, "
+                f"{a['adapter']} adapters ({a['resize']} resizing), then **{a['dst']}** from stage {a['gap'][1]} "
+                f"on, with {head}.")
 
     def architecture(self) -> dict:
         """What rebuilds this network without its weights (see :meth:`from_architecture`): the
@@ -621,22 +645,9 @@ def create_stitched(
 
 def _data_config(model: StitchedModel, src_model: nn.Module, src_name: str, dst_model: nn.Module,
                  input_size: int) -> dict:
-    """What timm's ``resolve_model_data_config`` / ``create_transform`` read: the stitch sees pixels through its
-    source, so the source's normalisation, interpolation and crop, at the stitch's input size."""
-    from .zoo.metadata import preprocessing
-
-    try:
-        prep = preprocessing(src_name, src_model if hasattr(src_model, "pretrained_cfg") else None)
-        mean, std, interpolation, crop = prep.mean, prep.std, prep.interpolation, prep.crop_pct
-    except (StitchkitError, ValueError, KeyError):  # a model the zoo has no metadata for: ImageNet's statistics
-        mean, std, interpolation, crop = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", 0.875
     c = model.config
-    cfg = {"architecture": f"stitch:{c.src}->{c.dst}@{c.gap[0]}:{c.gap[1]}", "input_size": (3, input_size, input_size),
-           "fixed_input_size": True, "mean": tuple(mean), "std": tuple(std), "interpolation": interpolation,
-           "crop_pct": crop, "crop_mode": "center"}
-    if classes_or_none(dst_model) is not None:  # an encoder has no classifier
-        cfg["num_classes"] = num_outputs(dst_model)
-    return cfg
+    return data_config(f"stitch:{c.src}->{c.dst}@{c.gap[0]}:{c.gap[1]}", src_name, src_model, input_size,
+                       num_outputs(dst_model) if classes_or_none(dst_model) is not None else None)
 
 
 @torch.no_grad()

@@ -19,11 +19,12 @@ from ..adapters import list_adapters
 from ..chain import RESIZE_MODES, parse_gap
 from ..errors import StitchkitError, unknown_name
 from ..files import atomic_write_bytes
-from ..finetune import create_finetune_baseline
-from ..probe import create_probe
+from ..finetune import FinetuneBaseline, create_finetune_baseline
+from ..probe import HeadProbe, create_probe
 from ..registry import Registry
 from ..rundir import RunDir
 from ..starts import get_start
+from ..network import Network
 from ..stitching import StitchedModel, create_stitched
 from ..zoo.metadata import preprocessing
 from ..zoo.models import create_model, fit_head, num_outputs
@@ -43,6 +44,8 @@ class Mode:
     sweeps_lr: bool = False  # a sweep's baselines list learning rates for it (they name its cells)
     chooses_trained: bool = False  # model.train_head / model.unfreeze_last choose what trains besides the new part
     loads_pretrained: bool = True  # model.pretrained applies (to the models without a checkpoint)
+    # The class of the network it builds (its model folder's kind); None: a whole library model.
+    network: type[Network] | None = None
 
     def validate(self, config: Config) -> None:
         """Settings this mode needs or cannot honour; each error names the fix."""
@@ -98,6 +101,7 @@ def get_mode(name: str) -> Mode:
 
 class Stitch(Mode):
     name = "stitch"
+    network = StitchedModel
     description = "train adapters between a frozen source front and a frozen destination back"
     joins_models = True
     shares_front = True
@@ -147,6 +151,7 @@ class Stitch(Mode):
 
 class Finetune(Mode):
     name = "finetune"
+    network = FinetuneBaseline
     description = "the paper's fine-tuning baseline: one model cut across the gap, every weight trainable"
     sweeps_lr = True
 
@@ -200,6 +205,7 @@ class Scratch(Mode):
 
 class Probe(Mode):
     name = "probe"
+    network = HeadProbe
     description = "one model frozen but for a new head (and model.unfreeze_last blocks): a new task's baseline"
     has_gap = False
     chooses_trained = True
@@ -269,11 +275,11 @@ def _match_head(model: nn.Module, num_classes: int | None, num_data_classes: int
 def trainable_state(model: nn.Module) -> dict:
     """What a checkpoint must hold to restore training: what a stitch or a probe trains (adapters, a trained head
     and blocks), everything otherwise."""
-    return model.trained_state_dict() if hasattr(model, "trained_state_dict") else model.state_dict()
+    return model.trained_state_dict() if isinstance(model, Network) else model.state_dict()
 
 
 def load_trainable_state(model: nn.Module, state: dict) -> None:
-    if hasattr(model, "load_trained_state_dict"):
+    if isinstance(model, Network):
         model.load_trained_state_dict(state)
     else:
         model.load_state_dict(state)
@@ -281,7 +287,7 @@ def load_trainable_state(model: nn.Module, state: dict) -> None:
 
 def trained_parts(model: nn.Module) -> list[str]:
     """What training changed, for the record: a stitch's or a probe's ``trained_parts()``, else everything."""
-    return model.trained_parts() if hasattr(model, "trained_parts") else ["all"]
+    return model.trained_parts() if isinstance(model, Network) else ["all"]
 
 
 def export_weights(model: nn.Module, run: RunDir) -> None:

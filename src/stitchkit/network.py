@@ -1,0 +1,205 @@
+"""The one base of every network stitchkit trains from parts: :class:`~stitchkit.stitching.StitchedModel`,
+:class:`~stitchkit.finetune.FinetuneBaseline` and :class:`~stitchkit.probe.HeadProbe`.
+
+Each declares, once, what the rest of stitchkit asks of it: its folder kind (the registry below replaces a table of
+kinds), what trains (``trained_parts``, ``trained_state_dict``), how to rebuild it and what its model card says
+(``architecture``, ``from_architecture``, ``describe``: the folder's part, :class:`~stitchkit.modelfolder.SavesPretrained`),
+and where its head is (``head`` and ``features``). From the last two it gets the surface timm users call on any classifier: ``num_classes``,
+``num_features``, ``get_classifier``, ``reset_classifier``, ``forward_features``, ``forward_head(pre_logits=)`` and
+``default_cfg``, with timm's meanings (``reset_classifier(0)`` makes the model return the features its classifier
+read).
+
+The classifier is the last ``nn.Linear`` of the head (timm's ``fc``, ``head``, ``classifier``; torchvision's
+``fc``, ``heads.head``): the features it reads are what timm calls pre-logits.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from .errors import StitchkitError
+from .modelfolder import SavesPretrained
+
+_KINDS: dict[str, type["Network"]] = {}
+
+
+def network_class(kind: str) -> type["Network"] | None:
+    """The class that builds a model folder of ``kind`` (``stitch``, ``finetune``, ``probe``), or None."""
+    return _KINDS.get(kind)
+
+
+def network_kinds() -> list[str]:
+    return sorted(_KINDS)
+
+
+def data_config(architecture: str, source: str, source_model: nn.Module | None, input_size: int,
+                num_classes: int | None) -> dict:
+    """A network's ``pretrained_cfg`` (what timm's ``resolve_model_data_config`` and ``create_transform`` read, and
+    what ``save_pretrained`` writes): it sees pixels through the model its first part came from (``source``), so
+    that model's normalisation, interpolation and crop, at the network's input size."""
+    from .zoo.metadata import preprocessing
+
+    try:
+        prep = preprocessing(source, source_model if hasattr(source_model, "pretrained_cfg") else None)
+        mean, std, interpolation, crop = prep.mean, prep.std, prep.interpolation, prep.crop_pct
+    except (StitchkitError, ValueError, KeyError):  # a model the zoo has no metadata for: ImageNet's statistics
+        mean, std, interpolation, crop = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", 0.875
+    cfg = {"architecture": architecture, "input_size": (3, input_size, input_size), "fixed_input_size": True,
+           "mean": tuple(mean), "std": tuple(std), "interpolation": interpolation, "crop_pct": crop,
+           "crop_mode": "center"}
+    if num_classes is not None:  # an encoder has no classifier
+        cfg["num_classes"] = num_classes
+    return cfg
+
+
+class Network(SavesPretrained):
+    """Mix into an ``nn.Module`` subclass that sets ``folder_kind`` and implements the methods that raise here."""
+
+    folder_kind: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("folder_kind"):
+            _KINDS[cls.folder_kind] = cls
+
+    # --- what trains ---------------------------------------------------------------------------------------------
+
+    def trained_parts(self) -> list[str]:
+        """What training changes, for people (``adapters``, block names, ``head``)."""
+        raise NotImplementedError
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint must hold to restore training."""
+        raise NotImplementedError
+
+    def load_trained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    # --- the head, and timm's surface on it -----------------------------------------------------------------------
+
+    def head(self) -> nn.Module:
+        """The module that turns the last block's features into logits."""
+        raise NotImplementedError
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything before :meth:`head` (timm's ``forward_features``)."""
+        raise NotImplementedError
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The features the head reads, unpooled (for a ViT before its final norm, which is part of the head
+        here)."""
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The head on :meth:`forward_features` output; ``pre_logits=True`` returns what the classifier reads."""
+        head = self.head()
+        if not pre_logits:
+            return head(x)
+        classifier = self.get_classifier()
+        if not _is_graph_held(classifier):  # a module the head calls: what it is called with
+            seen: list[torch.Tensor] = []
+            hook = classifier.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+            try:
+                head(x)
+            finally:
+                hook.remove()
+            return seen[-1]
+        # An exported graph reads the classifier's weights without calling it: run the graph with an identity
+        # classifier instead (exact: each output is one input times 1 plus zeros).
+        name, width = self._classifier_name(), classifier.weight.shape[1]
+        swap = {f"{name}.weight": torch.eye(width, dtype=classifier.weight.dtype, device=classifier.weight.device)}
+        if getattr(classifier, "bias", None) is not None:
+            swap[f"{name}.bias"] = classifier.bias.new_zeros(width)
+        return torch.func.functional_call(head, swap, (x,))
+
+    def _classifier_name(self) -> str:
+        name = getattr(self, "_classifier", None)
+        if name is None:
+            found = [n for n, m in self.head().named_modules() if isinstance(m, nn.Linear) or _is_graph_held(m)]
+            if not found:
+                raise StitchkitError(f"the head of this {type(self).__name__} has no linear classifier")
+            name = self._classifier = found[-1]
+        return name
+
+    def get_classifier(self) -> nn.Module:
+        """The head's final linear layer (``nn.Identity`` after ``reset_classifier(0)``). In a head cut from an
+        exported graph (torchvision models) it is the module that holds the classifier's ``weight`` and ``bias``."""
+        return self.head().get_submodule(self._classifier_name())
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new, randomly initialised classifier of ``num_classes`` outputs that trains (0: none, the model then
+        returns the classifier's input, as timm's models do)."""
+        if global_pool is not None:
+            raise StitchkitError("reset_classifier(global_pool=...) is not supported on stitchkit networks: they "
+                                 "keep their parts' pooling; pass num_classes alone")
+        name, old = self._classifier_name(), self.get_classifier()
+        width = self.num_features
+        device = next((p.device for p in old.parameters()), None) or next(self.parameters()).device
+        new = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
+        if _is_graph_held(old):  # the graph reads weight and bias: new ones of the new shape
+            new = _GraphLinear(new.weight, new.bias) if num_classes > 0 else _GraphLinear.identity(width)
+        parent, _, attr = name.rpartition(".")
+        head = self.head()
+        setattr(head.get_submodule(parent) if parent else head, attr, new.to(device))
+        self._num_features = width
+        for owner in head.modules():
+            if owner is not new and isinstance(getattr(owner, "num_classes", None), int):
+                owner.num_classes = num_classes  # a timm model kept inside the head
+        if isinstance(getattr(self, "pretrained_cfg", None), dict):
+            self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes, "label_names": None}
+        if isinstance(getattr(self, "stitchkit_info", None), dict):  # the old head's class names and scores
+            self.stitchkit_info = {k: v for k, v in self.stitchkit_info.items() if k not in ("class_names", "result")}
+        self._head_replaced(num_classes)
+        if num_classes == 0:
+            new.requires_grad_(False)  # nothing to train where there is no classifier
+
+    def _head_replaced(self, num_classes: int) -> None:
+        """What the network must change when its classifier is new (a stitch starts training its head)."""
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes the classifier predicts (0 after ``reset_classifier(0)``)."""
+        classifier = self.get_classifier()
+        if isinstance(classifier, nn.Identity) or getattr(classifier, "is_identity", False):
+            return 0
+        return classifier.weight.shape[0]
+
+    @property
+    def num_features(self) -> int:
+        """The width of the features the classifier reads."""
+        classifier = self.get_classifier()
+        return classifier.weight.shape[1] if hasattr(classifier, "weight") else self._num_features
+
+    @property
+    def default_cfg(self) -> dict:
+        """timm's older name for ``pretrained_cfg``."""
+        return getattr(self, "pretrained_cfg", {})
+
+
+def _is_graph_held(module: nn.Module) -> bool:
+    """A module an exported graph reads a linear layer's weights from without calling it: no forward of its own, no
+    children, a 2-D ``weight``."""
+    weight = module._parameters.get("weight")
+    return (type(module).forward is nn.Module.forward and not module._modules and weight is not None
+            and weight.dim() == 2)
+
+
+class _GraphLinear(nn.Module):
+    """A new classifier's weights where an exported graph reads them (``reset_classifier`` on a torchvision head)."""
+
+    is_identity = False
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone())
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+
+    @classmethod
+    def identity(cls, width: int) -> "_GraphLinear":
+        """No classifier: the graph's linear op passes its input through (frozen identity weights)."""
+        layer = cls(torch.eye(width), torch.zeros(width))
+        layer.requires_grad_(False)
+        layer.is_identity = True
+        return layer
