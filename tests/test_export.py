@@ -49,6 +49,11 @@ def test_every_format_computes_what_the_stitch_computes(stitch_run, tmp_path, ca
     assert abs(got - expected.numpy()).max() <= 1e-4
     props = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
     assert json.loads(props["stitchkit.preprocessing"]) == stated
+    # nothing names a path of this machine: not the run, not the checkpoints, not the output folder
+    for path in [p for p in out.rglob("*") if p.is_file()]:
+        data = path.read_bytes()
+        for local in (str(stitch_run.parent), str(tmp_path)):
+            assert local.encode() not in data, f"{path.name} holds {local}"
 
 
 def test_export_refusals_write_nothing(stitch_run, tmp_path, capsys):
@@ -74,3 +79,18 @@ def test_an_unfinished_run_is_not_exported(stitch_run, tmp_path, capsys):
     (copy / "result.json").write_text(json.dumps({**result, "status": "failed"}))
     assert main(["export", str(copy), "--out", str(tmp_path / "out")]) == 2
     assert "is not finished" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_export_files_have_the_umasks_permissions(stitch_run, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        assert main(["export", str(stitch_run), "--out", str(tmp_path / "out"), "--format", "onnx"]) == 0
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
+    assert modes.pop(".") == 0o755 and modes.pop("model") == 0o755
+    assert set(modes.values()) == {0o644}, modes  # readable by others, as any file the user makes

@@ -205,6 +205,7 @@ def test_export_killed_half_way_leaves_no_folder_and_reruns_whole(tmp_path):
     assert killed.returncode == -9 and not out.exists()  # never a folder that looks complete
     again = _stitchkit("export", run, "--out", out, "--format", "torchscript", "--format", "torch-export")
     assert again.returncode == 0, again.stderr[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "export.json", "model.pt2",
-                                                     "model.safetensors", "model.torchscript.pt", "preprocessing.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model", "model.pt2", "model.torchscript.pt",
+                                                     "preprocessing.json"]
+    assert sorted(p.name for p in (out / "model").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "run"]  # the killed one's staging is gone

@@ -41,14 +41,24 @@ def exported(tmp_path_factory):
     return root / "exported", images, labels, result
 
 
+def record(folder):
+    """stitchkit's record in a model folder's config.json (timm's keys around it)."""
+    return json.loads((folder / "config.json").read_text())["stitchkit"]
+
+
 def test_the_folder_is_the_hub_layout_and_describes_the_model(exported):
     from huggingface_hub import constants
 
-    folder, _, _, result = exported
+    out, _, _, result = exported
+    # the Hub folder holds the model alone; the deployment files sit beside it, so pushing it uploads no export
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model", "preprocessing.json"]
+    folder = out / "model"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [constants.CONFIG_NAME, constants.SAFETENSORS_SINGLE_FILE, "README.md", "export.json", "preprocessing.json"])
-    config = json.loads((folder / "config.json").read_text())
-    assert config["format"] == "stitchkit.model" and config["kind"] == "stitch"
+        [constants.CONFIG_NAME, constants.SAFETENSORS_SINGLE_FILE, "README.md"])
+    hub = json.loads((folder / "config.json").read_text())
+    assert (hub["architecture"], hub["num_classes"], len(hub["label_names"])) == ("stitchkit_stitch", 10, 10)
+    config = hub["stitchkit"]
+    assert config["format"] == "stitchkit.model" and config["kind"] == "stitch" and config["format_version"] == 2
     arch = config["architecture"]
     assert (arch["src"], arch["dst"], arch["gap"], arch["num_classes"], arch["head_classes"]) == (
         "resnet10t", "resnet18", [1, 3], 10, 10)
@@ -56,6 +66,12 @@ def test_the_folder_is_the_hub_layout_and_describes_the_model(exported):
     assert config["result"]["top1"] == result["top1"] and config["trained"] == ["adapters", "head"]
     card = (folder / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: stitchkit") and "resnet10t" in card and "stitchkit.load_pretrained" in card
+    # a title in words, the Hub's metadata, the evaluation set's size, the parts' accuracy and compute, the head
+    assert "\n# resnet10t -> resnet18 stitch, stage 1 -> 3 (bottleneck adapters)\n" in card
+    assert "license: unknown" in card and "model-index:" in card and 'split: "validation (40 images)"' in card
+    assert f"value: {result['top1']:.2f}" in card and "on the 40 images of synthetic's evaluation split" in card
+    assert "## Compared with its parts" in card and "| resnet10t | source (front), checkpoint model.pt" in card
+    assert "with a new 10-class head, trained" in card and "seed" not in card.split("\n# ")[1].splitlines()[0]
 
 
 def test_a_moved_run_without_its_sources_evaluates_and_predicts_from_its_folder(exported, capsys, monkeypatch,
@@ -87,7 +103,7 @@ def test_loaded_model_carries_its_preprocessing_and_saves_again(exported, tmp_pa
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), reloaded(x))
-    assert json.loads((again / "config.json").read_text())["class_names"] == model.stitchkit_info["class_names"]
+    assert record(again)["class_names"] == model.stitchkit_info["class_names"]
     with pytest.raises(StitchkitError, match="holds a stitch model, not a finetune"):
         stitchkit.FinetuneBaseline.from_pretrained(again)
 
@@ -97,7 +113,7 @@ def test_a_finetune_run_of_a_torchvision_model_exports_and_loads(tmp_path):
     result = train(load_config(None, [*TINY, "train.epochs=1", "mode=finetune", "model.src=torchvision:resnet18",
                                       "model.gap=1:3", "model.num_classes=10", f"output.dir={tmp_path / 'ft'}"]))
     assert main(["export", str(tmp_path / "ft"), "--out", str(tmp_path / "folder"), "--format", "safetensors"]) == 0
-    config = json.loads((tmp_path / "folder" / "config.json").read_text())
+    config = record(tmp_path / "folder" / "model")
     assert config["kind"] == "finetune" and config["architecture"]["model"] == "torchvision:resnet18"
     model = stitchkit.load_pretrained(tmp_path / "folder")
     assert isinstance(model, stitchkit.FinetuneBaseline) and config["result"]["top1"] == result["top1"]
@@ -138,10 +154,19 @@ def test_hub_ids_download_and_push_uploads_the_folder(exported, tmp_path, monkey
     import huggingface_hub
 
     folder = exported[0]
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, revision=None, allow_patterns=None: (
-        str(folder) if repo == "someone/my-stitch" else (_ for _ in ()).throw(OSError("offline"))))
-    model = stitchkit.load_pretrained("someone/my-stitch")
+    asked = {}
+
+    def snapshot_download(repo, revision=None, allow_patterns=None, **hub):
+        asked.update(hub)
+        if repo != "someone/my-stitch":
+            raise OSError("offline")
+        return str(folder / "model")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    model = stitchkit.load_pretrained("someone/my-stitch", cache_dir=str(tmp_path / "cache"), local_files_only=True,
+                                      token="hf_x")
     assert model.config.dst == "resnet18"
+    assert asked == {"cache_dir": str(tmp_path / "cache"), "local_files_only": True, "token": "hf_x"}
     with pytest.raises(StitchkitError, match="could not be downloaded from the Hugging Face Hub"):
         stitchkit.load_pretrained("someone/missing")
     uploaded = {}
@@ -163,7 +188,7 @@ def test_hub_ids_download_and_push_uploads_the_folder(exported, tmp_path, monkey
 
 
 def test_bad_folders_are_one_clear_error_each(exported, tmp_path, capsys):
-    folder = exported[0]
+    folder = exported[0] / "model"
 
     def broken(name, change):
         copy = tmp_path / name
@@ -172,8 +197,9 @@ def test_bad_folders_are_one_clear_error_each(exported, tmp_path, capsys):
         return copy
 
     def newer(copy):
-        config = json.loads((copy / "config.json").read_text())
-        (copy / "config.json").write_text(json.dumps({**config, "format_version": 99, "stitchkit_version": "9.0"}))
+        hub = json.loads((copy / "config.json").read_text())
+        hub["stitchkit"].update(format_version=99, stitchkit_version="9.0")
+        (copy / "config.json").write_text(json.dumps(hub))
 
     def other_weights(copy):
         stitchkit.save_pretrained(stitchkit.create_model("resnet10t", num_classes=3), tmp_path / "other",
@@ -181,7 +207,7 @@ def test_bad_folders_are_one_clear_error_each(exported, tmp_path, capsys):
         shutil.copy(tmp_path / "other" / "model.safetensors", copy / "model.safetensors")
 
     cases = [
-        (broken("newer", newer), "newer stitchkit (9.0, model format 99; this one reads up to 1): upgrade"),
+        (broken("newer", newer), "newer stitchkit (9.0, model format 99; this one reads up to 2): upgrade"),
         (broken("mismatch", other_weights), "do not match the model its config.json describes"),
         (broken("torn", lambda c: (c / "model.safetensors").write_bytes(b"\x00" * 64)), "not a readable safetensors"),
         (broken("unsaved", lambda c: (c / "config.json").unlink()), "an interrupted save, or the file was removed"),
@@ -220,8 +246,36 @@ def test_a_loaded_whole_model_saves_again_with_its_name_and_class_names(tmp_path
     model = stitchkit.create_model("resnet10t", num_classes=3)
     stitchkit.save_pretrained(model, tmp_path / "a", input_size=32, class_names=["x", "y", "z"])
     stitchkit.save_pretrained(stitchkit.load_pretrained(tmp_path / "a"), tmp_path / "b")
-    first, config = (json.loads((tmp_path / f / "config.json").read_text()) for f in ("a", "b"))
+    first, config = (record(tmp_path / f) for f in ("a", "b"))
     assert first["architecture"]["name"] == "resnet10t.c3_in1k"  # timm's architecture.tag
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["architecture"] == "resnet10t"  # timm's key
     assert config["architecture"] == first["architecture"] and config["class_names"] == ["x", "y", "z"]
     stitchkit.save_pretrained(stitchkit.load_pretrained(tmp_path / "b"), tmp_path / "c", class_names=["p", "q", "r"])
-    assert json.loads((tmp_path / "c" / "config.json").read_text())["class_names"] == ["p", "q", "r"]
+    assert record(tmp_path / "c")["class_names"] == ["p", "q", "r"]
+
+
+def test_the_card_of_pretrained_parts_names_them_for_the_hub():
+    """Base models with their Hub ids and license, the dataset's Hub id, and an evaluation on part of the split
+    said as such (data.limit_val)."""
+    from stitchkit.export import parts_record
+    from stitchkit.modelfolder import folder_config, model_card
+
+    config = load_config(None, ["mode=stitch", "model.src=resnet18.a1_in1k", "model.dst=resnet34.a1_in1k",
+                                "model.gap=1:3", "data.name=fashion_mnist", "data.input_size=32"])
+    sources = parts_record(config, 32)
+    assert [s["hub_id"] for s in sources] == ["timm/resnet18.a1_in1k", "timm/resnet34.a1_in1k"]
+    record = folder_config("stitch", {"src": "resnet18.a1_in1k", "dst": "resnet34.a1_in1k", "gap": [1, 3],
+                                      "adapter": "bottleneck", "resize": "downsample", "head_classes": 10,
+                                      "num_classes": 10},
+                           {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3,
+                            "interpolation": "bilinear", "crop_pct": 1.0},
+                           result={"top1": 81.25, "dataset": "fashion_mnist", "eval_images": 2000,
+                                   "val_split_images": 10000, "gmacs": 0.2},
+                           trained=["adapters", "head"], sources=sources)
+    card = model_card(record)
+    header = card.split("\n---\n")[0]
+    assert "license: apache-2.0" in header and '- "zalando-datasets/fashion_mnist"' in header
+    assert 'base_model:\n- "timm/resnet18.a1_in1k"\n- "timm/resnet34.a1_in1k"' in header
+    assert 'split: "validation (2,000 of 10,000 images)"' in header and "value: 81.25" in header
+    assert "81.25%** on 2,000 of the 10,000 images of fashion_mnist's evaluation split (a random subset" in card
+    assert "| resnet18.a1_in1k | source (front), timm pretrained, timm/resnet18.a1_in1k |" in card

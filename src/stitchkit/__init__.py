@@ -56,6 +56,56 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
 
+def _register_with_timm() -> None:
+    """Put stitchkit's networks in timm's model registry (:mod:`stitchkit.timm_models`) so that
+    ``timm.create_model("local-dir:A_STITCH_FOLDER")`` works after ``import stitchkit``, without making
+    ``import stitchkit`` pay the seconds ``import timm`` costs: at once when timm is loaded, otherwise right after
+    timm's own import finishes (a one-shot import hook)."""
+    import sys
+
+    if "timm" in sys.modules:
+        _import_timm_models()
+    elif not any(isinstance(f, _AfterTimm) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterTimm())
+
+
+def _import_timm_models() -> None:
+    try:
+        importlib.import_module(".timm_models", __name__)
+    except Exception as err:  # timm must keep working even if stitchkit cannot register with it
+        import warnings
+
+        warnings.warn(f"stitchkit could not register its models with timm ({type(err).__name__}: {err}); "
+                      "timm.create_model will not open stitch folders", RuntimeWarning, stacklevel=2)
+
+
+class _AfterTimm:
+    """A meta path finder that finds nothing itself: for ``timm`` it wraps the real loader so that stitchkit
+    registers its models once timm's module has run, then leaves ``sys.meta_path``."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "timm":
+            return None
+        import importlib.util
+        import sys
+
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("timm")
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            _import_timm_models()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+_register_with_timm()
+
+
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from .adapters import create_adapter, list_adapters, register_adapter
     from .chain import PAPER_GAPS, RESIZE_MODES, parse_gap, plan_chain

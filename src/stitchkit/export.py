@@ -1,9 +1,11 @@
 """``stitchkit export RUN_DIR --out DIR``: a finished run's model as one self-contained model folder, and as
 deployment files checked against it.
 
-The folder is always a model folder (:mod:`stitchkit.modelfolder`: ``config.json``, ``model.safetensors`` with every
-weight, frozen parts included, and a ``README.md`` model card; load it with :func:`stitchkit.load_pretrained`,
-predict and evaluate with it from any directory, push it to the Hugging Face Hub as it is). Deployment formats (each
+``DIR/model`` is always a model folder (:mod:`stitchkit.modelfolder`: ``config.json``, ``model.safetensors`` with
+every weight, frozen parts included, and a ``README.md`` model card; load it with :func:`stitchkit.load_pretrained`
+or timm, predict and evaluate with it from any directory, push it to the Hugging Face Hub as it is: the deployment
+files sit beside it in ``DIR``, so they are not uploaded with it; ``DIR`` itself is accepted wherever a model folder
+is). Deployment formats (each
 with a dynamic batch size, checked at export time on a batch of another size against the eager model, max abs
 difference <= 1e-4 in fp32):
 
@@ -30,17 +32,21 @@ import torch
 
 from .errors import StitchkitError
 from .files import atomic_write_json, atomic_write_bytes, remove_own_temps
-from .modelfolder import folder_config, read_model_config, write_files
-from .pretrained import WHOLE_MODEL, folder_or_run, load_described
+from .modelfolder import EXPORT_MODEL_DIR, apply_umask, folder_config, local_folder, read_model_config, write_files
+from .modelfolder import WHOLE_MODEL
+from .pretrained import folder_or_run, load_described
 from .rundir import RunDir
 from .training.evaluation import load_trained
-from .zoo.metadata import preprocessing
+from .summary import model_macs
+from .training.modes import get_mode
+from .zoo.metadata import ModelName, preprocessing
 
 DEPLOYMENT_FORMATS = ("torch-export", "torchscript", "onnx")
 FORMATS = ("safetensors", *DEPLOYMENT_FORMATS)
 TOLERANCE = 1e-4
 FILES = {"torch-export": "model.pt2", "torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
-RESULT_KEYS = ("top1", "top5", "loss", "gmacs", "params", "trainable_params", "epochs", "dataset")
+RESULT_KEYS = ("top1", "top5", "loss", "gmacs", "params", "trainable_params", "epochs", "dataset", "eval_images",
+               "val_split_images", "top1_at_start")
 
 
 def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = FORMATS) -> dict:
@@ -65,16 +71,19 @@ def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = F
     remove_own_temps(out.parent)  # the half-assembled folder of an export killed before
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        write_files(staging, described, model)
+        (staging / EXPORT_MODEL_DIR).mkdir()
+        write_files(staging / EXPORT_MODEL_DIR, described, model)
         checks = {}
         for fmt in (f for f in DEPLOYMENT_FORMATS if f in formats):
             data, got = _EXPORTERS[fmt](model, example, check, json.dumps(stated))
             atomic_write_bytes(staging / FILES[fmt], data)
             checks[fmt] = {"file": FILES[fmt], **_compare(fmt, got, expected)}
         atomic_write_json(staging / "preprocessing.json", stated)
-        manifest = {"model_folder": ["config.json", "model.safetensors", "README.md"], "formats": checks,
-                    "tolerance": TOLERANCE, "torch": torch.__version__}
+        manifest = {"model_folder": EXPORT_MODEL_DIR, "model_folder_files": ["config.json", "model.safetensors",
+                                                                              "README.md"],
+                    "formats": checks, "tolerance": TOLERANCE, "torch": torch.__version__}
         atomic_write_json(staging / "export.json", manifest)
+        apply_umask(staging)
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.rename(staging, out)
@@ -87,8 +96,9 @@ def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = F
 def _model_and_config(source: str | Path):
     """``(model, config.json contents)`` of a model folder, or of a finished run."""
     if folder_or_run(source) == "folder":
-        described = read_model_config(source)
-        return load_described(Path(source), described), described
+        folder = local_folder(source)
+        described = read_model_config(folder)
+        return load_described(folder, described), described
     run, config, model, _ = load_trained(source, device="cpu")
     result = run.read_result() or {}
     if result.get("status") != "finished":
@@ -98,28 +108,83 @@ def _model_and_config(source: str | Path):
 
 
 def run_folder_config(run: RunDir, config, model, result: dict) -> dict:
-    """The ``config.json`` of a run's model: its architecture, the run's preprocessing and class names, its
-    result, what trained, the data it was evaluated on (for ``stitchkit eval MODEL_DIR``) and where it came from."""
+    """The ``config.json`` record of a run's model: its architecture, the run's preprocessing and class names, its
+    result, what trained, the parts it was made from (their accuracy where a stitchkit run measured it, their
+    compute), the data it was evaluated on (for ``stitchkit eval MODEL_DIR``) and where it came from. No path of
+    this machine is kept: files are named, folders are not (``data.root`` is given again to ``eval``)."""
     size, prep = config.data.input_size, preprocessing(config.model.src)
-    if hasattr(model, "architecture"):
-        kind, architecture = model.folder_kind, model.architecture()
+    network = get_mode(config.mode).network
+    if network is not None:
+        kind, architecture = network.folder_kind, model.architecture()
     else:
         kind, architecture = WHOLE_MODEL, {"name": config.model.src, "input_size": size,
                                            "num_classes": result.get("classes")}
     data = dict(vars(config.data))
     if data.get("root"):
-        data["root"] = str(Path(data["root"]).resolve())
+        data["root"] = None  # a path of this machine; `stitchkit eval FOLDER data.root=...` names the data again
     return folder_config(
         kind, architecture,
         {"input_size": [3, size, size], "mean": prep.mean, "std": prep.std, "interpolation": prep.interpolation,
          "crop_pct": config.data.crop_pct or prep.crop_pct},
-        result.get("class_names"), name=run.path.resolve().name,
+        result.get("class_names"),
         result={k: result[k] for k in RESULT_KEYS if result.get(k) is not None}, trained=result.get("trained"),
+        sources=parts_record(config, size),
         evaluation={"data": data, "seed": config.train.seed, "batch_size": config.train.batch_size,
                     "amp": config.train.amp},
-        provenance={"run": str(run.path.resolve()), "mode": config.mode, "pretrained": config.model.pretrained,
-                    "src_checkpoint": config.model.src_checkpoint, "dst_checkpoint": config.model.dst_checkpoint},
+        provenance={"run": run.path.resolve().name, "mode": config.mode, "pretrained": config.model.pretrained,
+                    "src_checkpoint": _file_name(config.model.src_checkpoint),
+                    "dst_checkpoint": _file_name(config.model.dst_checkpoint)},
     )
+
+
+def _file_name(path: str | None) -> str | None:
+    return Path(path).name if path else None
+
+
+def parts_record(config, size: int) -> list[dict]:
+    """The models a run's network was made from, for its model card: name, role, where the weights came from
+    (the Hub id of pretrained timm weights: the card's ``base_model``), their compute at ``size`` and, for a
+    checkpoint written by a stitchkit run, the accuracy that run measured."""
+    m = config.model
+    if config.mode == "scratch":
+        return []
+    roles = [("source (front)", m.src, m.src_checkpoint), ("destination (back)", m.dst or m.src, m.dst_checkpoint)] \
+        if config.mode == "stitch" else [("cut from" if config.mode == "finetune" else "frozen body", m.src,
+                                          m.src_checkpoint)]
+    parts = []
+    for role, name, checkpoint in roles:
+        part = {"name": name, "role": role, "gmacs": model_macs(name, size) / 1e9}
+        if checkpoint:
+            part["weights"] = f"checkpoint {Path(checkpoint).name}"
+            measured = RunDir(Path(checkpoint).parent).read_result() if Path(checkpoint).parent.is_dir() else None
+            if measured and measured.get("top1") is not None:
+                part["top1"] = measured["top1"]
+                part["top1_on"] = f"{measured.get('dataset')}, {measured.get('mode')} run"
+                part["weights"] += f" (a stitchkit {measured.get('mode')} run)"
+        elif m.pretrained:
+            part.update(_pretrained_source(name))
+        else:
+            part["weights"] = "random initialisation"
+        parts.append(part)
+    return parts
+
+
+def _pretrained_source(name: str) -> dict:
+    """Where pretrained weights of ``name`` come from: a timm model's Hugging Face Hub id and license."""
+    parsed = ModelName.parse(name)
+    if parsed.is_torchvision:
+        return {"weights": f"torchvision {parsed.tag or 'DEFAULT'} weights"}
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name, allow_unregistered=True)
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    out = {"weights": "timm pretrained"}
+    if hub_id:
+        out["hub_id"] = hub_id
+        out["weights"] = f"timm pretrained, {hub_id}"
+    if getattr(cfg, "license", None):
+        out["license"] = cfg.license
+    return out
 
 
 def _compare(fmt: str, got, expected: torch.Tensor) -> dict:

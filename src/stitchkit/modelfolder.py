@@ -1,10 +1,16 @@
 """One self-contained folder per model: ``config.json``, ``model.safetensors`` and a ``README.md`` model card.
 
 The layout is the Hugging Face Hub's (what ``huggingface_hub.PyTorchModelHubMixin`` writes), so a folder can be
-pushed to the Hub as it is and loaded back from a repository id. ``config.json`` says what to build (``kind`` and
+pushed to the Hub as it is and loaded back from a repository id. ``config.json`` is timm's: ``architecture`` (a
+model name timm knows), ``num_classes``, ``num_features``, ``label_names``, ``model_args`` and ``pretrained_cfg``,
+so ``timm.create_model("local-dir:FOLDER", pretrained=True)`` opens it (a whole timm model with timm alone; a
+stitch, fine-tuning baseline or probe once stitchkit is imported, which registers ``stitchkit_stitch`` and its
+siblings with timm). stitchkit's own record sits under the key ``stitchkit``: what to build (``kind`` and
 ``architecture``: model names, gap, adapters, every stitch option), how to feed it (``preprocessing``), what it
-predicts (``class_names``) and what it scored (``result``); ``model.safetensors`` holds every weight the model
-needs, frozen parts included, so loading needs neither the network nor the original checkpoints.
+predicts (``class_names``) and what it scored (``result``). ``model.safetensors`` holds every weight the model
+needs, frozen parts included, so loading needs neither the network nor the original checkpoints. Nothing in a
+folder names a path of the machine that wrote it. Folders of format 1 (stitchkit 0.4 and 0.5, the record at the top
+level) still load.
 
 This module knows the folder; what each kind builds is its class's business (:class:`SavesPretrained`), and
 :func:`stitchkit.pretrained.load_pretrained` picks the class from ``kind``.
@@ -31,10 +37,17 @@ from .errors import StitchkitError
 from .files import atomic_write_json, atomic_write_text, remove_own_temps
 
 FORMAT = "stitchkit.model"
-FORMAT_VERSION = 1  # raise when a reader of this version could not build what a newer writer describes
+FORMAT_VERSION = 2  # raise when a reader of this version could not build what a newer writer describes
+# 2: timm's keys at the top level, stitchkit's record under "stitchkit" (1: the record alone)
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
+EXPORT_MODEL_DIR = "model"  # the model folder inside an export's folder, beside the deployment files
 PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name on the Hugging Face Hub
+WHOLE_MODEL = "model"  # the kind of a folder holding a whole model (mode=scratch, or any supported model)
+# The names under which stitchkit registers its networks with timm (stitchkit.timm_models): what config.json's
+# "architecture" says for every kind timm has no name of its own for.
+TIMM_ARCHITECTURES = {"stitch": "stitchkit_stitch", "finetune": "stitchkit_finetune", "probe": "stitchkit_probe",
+                      WHOLE_MODEL: "stitchkit_model"}
 
 
 def folder_config(kind: str, architecture: dict, preprocessing: dict, class_names: list[str] | None = None,
@@ -68,8 +81,8 @@ def model_config(model: nn.Module, kind: str, architecture: dict, preprocessing:
 
 
 def write_model_folder(directory: str | os.PathLike, config: dict, model: nn.Module) -> Path:
-    """Write ``config`` and ``model``'s weights (every one, in safetensors) with a model card into ``directory``,
-    a new or empty folder or an earlier model folder (replaced)."""
+    """Write ``config`` (stitchkit's record, :func:`folder_config`) and ``model``'s weights (every one, in
+    safetensors) with a model card into ``directory``, a new or empty folder or an earlier model folder (replaced)."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise StitchkitError(f"{str(directory)!r} is a file; save the model into a folder")
@@ -101,18 +114,88 @@ def write_model_folder(directory: str | os.PathLike, config: dict, model: nn.Mod
 
 def write_files(folder: Path, config: dict, model: nn.Module) -> None:
     """The three files of a model folder, written into ``folder`` (the caller makes the folder appear whole);
-    ``config.json`` last."""
+    ``config.json`` last. A whole model's weights are its state dict, as timm loads it; a network cut from parts
+    also keeps the buffers its parts keep out of theirs (see :func:`_every_buffer`)."""
     from safetensors.torch import save_model
 
     was_training = model.training
     try:
-        with _every_buffer(model):
+        with _every_buffer(model) if config["kind"] != WHOLE_MODEL else _nothing():
             save_model(model.eval(), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     finally:
         model.train(was_training)
     faults.point(f"write:{WEIGHTS_FILE}")
-    atomic_write_text(folder / CARD_FILE, model_card(config))
-    atomic_write_json(folder / CONFIG_FILE, config)
+    atomic_write_text(folder / CARD_FILE, model_card(config, model))
+    atomic_write_json(folder / CONFIG_FILE, hub_config(config, model))
+    apply_umask(folder)
+
+
+def apply_umask(folder: Path) -> None:
+    """Files and the folder as any new file of the user's would be: tempfile makes them private (0600, 0700)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(folder, 0o777 & ~mask)
+    for path in folder.iterdir():
+        if path.is_file():
+            os.chmod(path, 0o666 & ~mask)
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+def timm_name(config: dict) -> str:
+    """config.json's ``architecture``: the timm name of a whole timm model, else the name stitchkit registers the
+    kind under with timm (:mod:`stitchkit.timm_models`)."""
+    if config["kind"] == WHOLE_MODEL:
+        from .zoo.metadata import ModelName
+
+        parsed = ModelName.parse(config["architecture"]["name"])
+        if not parsed.is_torchvision:
+            return parsed.base
+    return TIMM_ARCHITECTURES[config["kind"]]
+
+
+def hub_config(config: dict, model: nn.Module) -> dict:
+    """The file config.json: timm's keys (what ``timm.create_model("local-dir:...")`` reads, written as timm's own
+    ``save_config_for_hf`` writes them) around stitchkit's record (``config``) under ``"stitchkit"``."""
+    from .zoo.models import num_outputs
+
+    prep = config["preprocessing"]
+    name = timm_name(config)
+    classes = num_outputs(model)
+    own = getattr(model, "pretrained_cfg", None) or {}
+    pretrained_cfg = {"input_size": list(prep["input_size"]), "fixed_input_size": True,
+                      "interpolation": prep["interpolation"], "crop_pct": prep["crop_pct"], "crop_mode": "center",
+                      "mean": list(prep["mean"]), "std": list(prep["std"]), "num_classes": classes}
+    if name not in TIMM_ARCHITECTURES.values():  # a timm model's own keys, which timm's builder reads
+        for key in ("first_conv", "classifier", "license"):
+            if own.get(key):
+                pretrained_cfg[key] = own[key]
+        # to timm, fixed_input_size also says that the model's constructor takes img_size
+        pretrained_cfg["fixed_input_size"] = bool(own.get("fixed_input_size", False))
+    hub = {"architecture": name, "num_classes": classes}
+    width = getattr(model, "num_features", None)
+    if isinstance(width, int):
+        hub["num_features"] = width
+    if config.get("class_names") and len(config["class_names"]) == classes:
+        hub["label_names"] = list(config["class_names"])
+    if name not in TIMM_ARCHITECTURES.values():  # what timm's factory passes to the model's constructor again
+        args = {k: v for k, v in getattr(model, "_model_args", {}).items() if _is_json(v)}
+        args["num_classes"] = classes
+        hub["model_args"] = args
+    hub["pretrained_cfg"] = pretrained_cfg
+    hub["stitchkit"] = config
+    return hub
+
+
+def _is_json(value) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 @contextmanager
@@ -147,6 +230,8 @@ def read_model_config(directory: str | os.PathLike) -> dict:
         config = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
         raise StitchkitError(f"{str(path)!r} is not valid JSON ({err}); export or save the model again") from None
+    if isinstance(config, dict) and isinstance(config.get("stitchkit"), dict):
+        config = config["stitchkit"]  # format 2: timm's keys around stitchkit's record
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise StitchkitError(f"{str(path)!r} does not describe a stitchkit model (no \"format\": \"{FORMAT}\"); "
                              f"{hint}")
@@ -172,7 +257,7 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, device: str | t
 
     path = Path(directory) / WEIGHTS_FILE
     try:
-        with _every_buffer(model):
+        with _every_buffer(model) if _holds_hidden_buffers(model, path) else _nothing():
             load_model(model, str(path), strict=True, device=str(device))
     except SafetensorError as err:
         raise StitchkitError(f"{str(path)!r} is not a readable safetensors file ({err}); copy it again or export "
@@ -184,34 +269,55 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, device: str | t
                              ) from None
 
 
+def _holds_hidden_buffers(model: nn.Module, path: Path) -> bool:
+    """Whether the file keeps the buffers ``model``'s parts keep out of their state dicts (every folder of a
+    network cut from parts, and whole-model folders of format 1) or not (whole-model folders since format 2)."""
+    from safetensors import SafetensorError, safe_open
+
+    hidden = {f"{prefix}.{name}" if prefix else name for prefix, m in model.named_modules()
+              for name in m._non_persistent_buffers_set if getattr(m, name, None) is not None}
+    if not hidden:
+        return False
+    try:
+        with safe_open(str(path), "pt") as f:
+            return bool(hidden & set(f.keys()))
+    except (SafetensorError, OSError):
+        return True  # load_model says what is wrong with the file
+
+
 def apply_config(model: nn.Module, config: dict) -> nn.Module:
     """What a loaded model carries besides its weights: a timm ``pretrained_cfg`` (so ``timm.data`` gives its
     preprocessing) and ``stitchkit_info`` (class names, result; kept when it is saved again)."""
     prep = config["preprocessing"]
+    classes = config.get("class_names")
     model.pretrained_cfg = {  # a whole model's architecture is the name that rebuilds it (save_pretrained reads it)
-        "architecture": config["architecture"].get("name") or config.get("name") or config["kind"],
+        "architecture": config["architecture"].get("name") or timm_name(config),
         "input_size": tuple(prep["input_size"]),
         "fixed_input_size": True, "mean": tuple(prep["mean"]), "std": tuple(prep["std"]),
         "interpolation": prep["interpolation"], "crop_pct": prep["crop_pct"], "crop_mode": "center",
         # a stitch's head_classes is what its head predicts (num_classes only says whether the head is new)
         "num_classes": config["architecture"].get("head_classes") or config["architecture"].get("num_classes"),
+        "label_names": list(classes) if classes else None,
     }
-    model.stitchkit_info = {k: config[k] for k in ("class_names", "result", "trained", "evaluation", "provenance")
-                            if k in config}
+    model.stitchkit_info = {k: config[k] for k in ("class_names", "result", "trained", "sources", "evaluation",
+                                                   "provenance") if k in config}
     return model
 
 
-def local_folder(path_or_repo: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local folder as it is; otherwise a Hugging Face Hub repository id (``owner/name``), downloaded (which needs
-    the network)."""
+def local_folder(path_or_repo: str | os.PathLike, revision: str | None = None, **hub: Any) -> Path:
+    """A local folder as it is (an export's folder: the model folder inside it); otherwise a Hugging Face Hub
+    repository id (``owner/name``), downloaded (which needs the network unless ``local_files_only``). ``hub``:
+    ``snapshot_download``'s keywords (``cache_dir``, ``local_files_only``, ``token``, ``force_download``, ...)."""
     path = Path(path_or_repo)
     if path.exists() or not _REPO_ID.match(str(path_or_repo)):
+        if (path / EXPORT_MODEL_DIR / CONFIG_FILE).is_file() and not (path / CONFIG_FILE).exists():
+            return path / EXPORT_MODEL_DIR  # `stitchkit export --out DIR` puts the model folder in DIR/model
         return path
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(str(path_or_repo), revision=revision,
-                                      allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, CARD_FILE]))
+                                      allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, CARD_FILE], **hub))
     except Exception as err:  # offline, no such repository, no access: one line that says so
         first = str(err).splitlines()[0] if str(err) else ""
         raise StitchkitError(f"{str(path_or_repo)!r} is not a local folder and could not be downloaded from the "
@@ -242,10 +348,19 @@ class SavesPretrained:
     def from_architecture(cls, architecture: dict) -> nn.Module:
         raise NotImplementedError
 
+    @classmethod
+    def describe(cls, architecture: dict, head: str) -> str:
+        """One sentence for the model card: what this network is, given its :meth:`architecture` and a phrase for
+        its head (``its own 10-class head, frozen``, ``a new 5-class head, trained``)."""
+        raise NotImplementedError
+
     def save_pretrained(self, directory: str | os.PathLike, *, class_names: list[str] | None = None,
                         preprocessing: dict | None = None, result: dict | None = None, **info: Any) -> Path:
         """Write the model into ``directory`` (see :mod:`stitchkit.modelfolder`). ``preprocessing`` defaults to the
-        model's ``pretrained_cfg``; class names and result to what it was loaded with."""
+        model's ``pretrained_cfg``; class names and result to what it was loaded with; what trains to the model's
+        own ``trained_parts()``."""
+        if callable(getattr(self, "trained_parts", None)):
+            info.setdefault("trained", self.trained_parts())
         config = model_config(self, self.folder_kind, self.architecture(), preprocessing, class_names=class_names,
                               result=result, **info)
         return write_model_folder(directory, config, self)
@@ -259,9 +374,10 @@ class SavesPretrained:
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | os.PathLike, device: str | torch.device = "cpu",
-                        revision: str | None = None) -> nn.Module:
-        """The model saved in a folder (or a Hugging Face Hub repository), in eval mode on ``device``."""
-        directory = local_folder(path_or_repo, revision)
+                        revision: str | None = None, **hub: Any) -> nn.Module:
+        """The model saved in a folder (or a Hugging Face Hub repository), in eval mode on ``device``; ``hub``:
+        the Hub's usual keywords (``cache_dir``, ``local_files_only``, ``token``)."""
+        directory = local_folder(path_or_repo, revision, **hub)
         config = read_model_config(directory)
         if config["kind"] != cls.folder_kind:
             raise StitchkitError(f"{str(path_or_repo)!r} holds a {config['kind']} model, not a {cls.folder_kind}; "
@@ -275,38 +391,134 @@ def finish_loading(model: nn.Module, directory: Path, config: dict, device: str 
     return apply_config(model.to(device).eval(), config)
 
 
-def model_card(config: dict) -> str:
-    """A README.md for the Hub: what the model is, how it sees images, what it scored, how to load it."""
-    arch, prep, result = config["architecture"], config["preprocessing"], config.get("result") or {}
-    if config["kind"] == "stitch":
-        what = (f"A stitched network: **{arch['src']}** up to the first block of its stage {arch['gap'][0]}, "
-                f"{arch['adapter']} adapters ({arch['resize']} resizing), then **{arch['dst']}** from stage "
-                f"{arch['gap'][1]} on, with its head.")
-    elif config["kind"] == "finetune":
-        what = f"The fine-tuning baseline of **{arch['model']}** for gap {arch['gap'][0]}:{arch['gap'][1]}."
-    elif config["kind"] == "probe":
-        what = (f"**{arch['model']}**, frozen but for its head" + (f" and its last {arch['unfreeze_last']} blocks"
-                                                                   if arch.get("unfreeze_last") else "") + ".")
+# Hugging Face Hub ids of the datasets stitchkit reads by name (the card's ``datasets`` metadata).
+HUB_DATASETS = {"fashion_mnist": "zalando-datasets/fashion_mnist", "cifar10": "uoft-cs/cifar10",
+                "cifar100": "uoft-cs/cifar100", "imagenet": "ILSVRC/imagenet-1k"}
+
+
+def describe_head(config: dict) -> str:
+    """The card's phrase for the head: new or the destination's own, how many classes, whether it trained."""
+    arch, kind = config["architecture"], config["kind"]
+    trained = "head" in (config.get("trained") or []) or "all" in (config.get("trained") or [])
+    classes = arch.get("head_classes") or arch.get("num_classes")
+    size = f"{classes}-class " if classes else ""
+    if kind == "stitch":
+        whose = f"a new {size}head" if arch.get("num_classes") or arch.get("new_head") else \
+            f"{arch['dst']}'s own {size}head"
     else:
-        what = f"**{arch.get('name', '?')}**."
+        whose = f"its {size}head"
+    return whose + (", trained" if trained else ", frozen")
+
+
+def _title(config: dict) -> str:
+    arch, kind = config["architecture"], config["kind"]
+    if kind == "stitch":
+        same = " (one model)" if arch["src"] == arch["dst"] else ""
+        return (f"{arch['src']} -> {arch['dst']}{same} stitch, stage {arch['gap'][0]} -> {arch['gap'][1]} "
+                f"({arch['adapter']} adapters)")
+    if kind == "finetune":
+        return f"{arch['model']} fine-tuning baseline, gap {arch['gap'][0]}:{arch['gap'][1]}"
+    if kind == "probe":
+        return f"{arch['model']} with a trained head" + (f" and last {arch['unfreeze_last']} blocks"
+                                                          if arch.get("unfreeze_last") else "")
+    return arch.get("name", "model")
+
+
+def _yaml_list(key: str, values: list[str]) -> list[str]:
+    return [f"{key}:", *(f"- {json.dumps(v)}" for v in values)] if values else []
+
+
+def model_card(config: dict, model: nn.Module | None = None) -> str:
+    """A README.md for the Hub: what the model is, what it scored on how many images, what its parts score and
+    cost, its head, how it sees images, how to load it (with stitchkit or timm). Its YAML header is the Hub's
+    model metadata (license, datasets, base models, model-index)."""
+    arch, prep, result = config["architecture"], config["preprocessing"], config.get("result") or {}
+    sources = config.get("sources") or []
+    title = _title(config)
+    describe = type(model).describe if isinstance(model, SavesPretrained) else None
+    what = describe(arch, describe_head(config)) if describe else f"**{arch.get('name', '?')}**, {describe_head(config)}."
+    dataset = result.get("dataset")
+    licenses = {s.get("license") for s in sources}
+    lines = ["---", "library_name: stitchkit",
+             f"license: {licenses.pop() if len(licenses) == 1 and None not in licenses else 'unknown'}",
+             *_yaml_list("datasets", [HUB_DATASETS[dataset]] if dataset in HUB_DATASETS else []),
+             *_yaml_list("base_model", [s["hub_id"] for s in sources if s.get("hub_id")]),
+             "pipeline_tag: image-classification", "tags:", "- image-classification", "- model-stitching",
+             "- stitchkit", "- timm"]
+    evaluated = _evaluated_on(result)
+    if result.get("top1") is not None:
+        metrics = [("accuracy", result["top1"], f"Top-1 accuracy ({evaluated})")]
+        if result.get("top5") is not None:
+            metrics.append(("top_5_accuracy", result["top5"], f"Top-5 accuracy ({evaluated})"))
+        lines += ["model-index:", f"- name: {json.dumps(title)}", "  results:", "  - task:",
+                  "      type: image-classification", "    dataset:",
+                  f"      name: {json.dumps(dataset or 'unknown')}",
+                  f"      type: {json.dumps(HUB_DATASETS.get(dataset, dataset or 'unknown'))}",
+                  f"      split: {json.dumps(_split_text(result))}", "    metrics:"]
+        for kind, value, name in metrics:
+            lines += [f"    - type: {kind}", f"      value: {value:.2f}", f"      name: {json.dumps(name)}"]
+    lines += ["---", "", f"# {title}", "", what, ""]
     trained = config.get("trained")
-    classes = config.get("class_names") or []
-    lines = ["---", "library_name: stitchkit", "pipeline_tag: image-classification",
-             "tags:", "- image-classification", "- model-stitching", "- stitchkit", "---", "",
-             f"# {config.get('name') or config['kind']}", "", what, ""]
     if trained:
-        lines += [f"Trained: {', '.join(trained)}.", ""]
+        lines += [f"Trained: {', '.join(trained)}; everything else is frozen as its source left it."
+                  if "all" not in trained else "Trained: every weight.", ""]
+    if result.get("top1") is not None:
+        start = result.get("top1_at_start")
+        lines += ["## Evaluation", "",
+                  f"Top-1 **{result['top1']:.2f}%**" + (f", top-5 {result['top5']:.2f}%" if result.get("top5")
+                                                         is not None else "")
+                  + f" on {evaluated}" + (f" after {result['epochs']} epoch(s)" if result.get("epochs") else "")
+                  + (f"; {start:.2f}% before training (the adapters' start alone)" if start is not None else "")
+                  + ".", ""]
+    if sources:
+        lines += ["## Compared with its parts", "", "| model | role | top-1 (%) | GMACs | this model's compute |",
+                  "|---|---|---|---|---|"]
+        if result.get("gmacs"):
+            lines.append(f"| this model | - | {_pct(result.get('top1'))} | {result['gmacs']:.4g} | - |")
+        for s in sources:
+            share = (f"{100 * result['gmacs'] / s['gmacs']:.0f}% of it" if result.get("gmacs") and s.get("gmacs")
+                     else "-")
+            lines.append(f"| {s['name']} | {s['role']}, {s.get('weights', 'weights unknown')} | "
+                         f"{_pct(s.get('top1'))}{' (' + s['top1_on'] + ')' if s.get('top1_on') else ''} | "
+                         f"{s['gmacs']:.4g} | {share} |" if s.get("gmacs") else
+                         f"| {s['name']} | {s['role']} | {_pct(s.get('top1'))} | - | - |")
+        lines += ["", "A part's top-1 is shown where stitchkit measured it (a source trained by a stitchkit run); "
+                  "a pretrained part's accuracy on this data was not measured.", ""]
     lines += ["## Preprocessing", "",
               f"{prep['input_size'][1]} x {prep['input_size'][2]} px RGB, {prep['interpolation']} resize to "
               f"{prep['input_size'][1]} / {prep['crop_pct']} px and centre crop, normalised with mean "
               f"{prep['mean']} and std {prep['std']}.", ""]
+    classes = config.get("class_names") or []
     if classes:
         lines += [f"## Classes ({len(classes)})", "", ", ".join(map(str, classes[:50])) +
                   (" ..." if len(classes) > 50 else ""), ""]
-    if result:
-        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
-        lines += ["## Result", "", shown, ""]
+    timm_arch = timm_name(config)
     lines += ["## Use", "", "```python", "import stitchkit", "",
-              'model = stitchkit.load_pretrained("path/to/this/folder")  # or a Hub repository id',
+              'model = stitchkit.load_pretrained("path/to/this/folder")  # or a Hub repository id', "",
+              "import timm  # timm opens the folder too" + (f" (after `import stitchkit`, which registers {timm_arch}"
+                                                             " with timm)" if timm_arch in
+                                                             TIMM_ARCHITECTURES.values() else ""),
+              'model = timm.create_model("local-dir:path/to/this/folder", pretrained=True)',
               "```", "", "```bash", "stitchkit predict path/to/this/folder image.jpg", "```", ""]
     return "\n".join(lines)
+
+
+def _pct(value) -> str:
+    return f"{value:.2f}" if isinstance(value, (int, float)) else "-"
+
+
+def _split_text(result: dict) -> str:
+    images, whole = result.get("eval_images"), result.get("val_split_images")
+    if images and whole and images < whole:
+        return f"validation ({images:,} of {whole:,} images)"
+    return f"validation ({images:,} images)" if images else "validation"
+
+
+def _evaluated_on(result: dict) -> str:
+    images, whole, dataset = result.get("eval_images"), result.get("val_split_images"), result.get("dataset")
+    on = f" of {dataset}'s evaluation split" if dataset else ""
+    if images and whole and images < whole:
+        return f"{images:,} of the {whole:,} images{on} (a random subset, data.limit_val)"
+    if images:
+        return f"the {images:,} images{on}"
+    return f"{dataset}'s evaluation split" if dataset else "its evaluation split (size not recorded)"

@@ -17,10 +17,12 @@ import torch
 from torch import nn
 
 from .errors import StitchkitError
-from .finetune import FinetuneBaseline
+from .finetune import FinetuneBaseline  # noqa: F401
 from .modelfolder import (
     CONFIG_FILE,
+    EXPORT_MODEL_DIR,
     WEIGHTS_FILE,
+    WHOLE_MODEL,
     SavesPretrained,
     finish_loading,
     local_folder,
@@ -28,12 +30,10 @@ from .modelfolder import (
     read_model_config,
     write_model_folder,
 )
-from .probe import HeadProbe
-from .stitching import StitchedModel
+from .network import data_config, network_class, network_kinds
+from .probe import HeadProbe  # noqa: F401  (each network class registers its folder kind when imported)
+from .stitching import StitchedModel  # noqa: F401
 from .zoo.models import create_model, instance_name, num_outputs
-
-KINDS: dict[str, type[SavesPretrained]] = {"stitch": StitchedModel, "finetune": FinetuneBaseline, "probe": HeadProbe}
-WHOLE_MODEL = "model"  # the kind of a folder holding a whole model (mode=scratch, or any supported model)
 
 
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, name: str | None = None,
@@ -51,16 +51,22 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, name: str
         raise StitchkitError(f"cannot tell which model a {type(model).__name__} is; pass name= (e.g. "
                              "'torchvision:resnet50') so that the folder can rebuild it")
     size = input_size or (cfg.get("input_size") or (3, 224, 224))[-1]
-    preprocessing = info.pop("preprocessing", None) or {**cfg, "input_size": [3, size, size]}
+    # a torchvision model has no pretrained_cfg: its weights' transforms say how it sees images
+    base = cfg if cfg.get("mean") else data_config(name, name, model, size, None)
+    preprocessing = info.pop("preprocessing", None) or {**base, "input_size": [3, size, size]}
     architecture = {"name": name, "input_size": size, "num_classes": num_outputs(model)}
     return write_model_folder(directory, model_config(model, WHOLE_MODEL, architecture, preprocessing, **info), model)
 
 
 def load_pretrained(path_or_repo: str | os.PathLike, device: str | torch.device = "cpu",
-                    revision: str | None = None) -> nn.Module:
+                    revision: str | None = None, *, cache_dir: str | os.PathLike | None = None,
+                    local_files_only: bool = False, token: str | bool | None = None, **hub) -> nn.Module:
     """The model in a folder written by :func:`save_pretrained` or ``stitchkit export`` (or a Hugging Face Hub
-    repository id, which needs the network), with every weight, in eval mode on ``device``."""
-    directory = local_folder(path_or_repo, revision)
+    repository id, which needs the network unless ``local_files_only``), with every weight, in eval mode on
+    ``device``. ``cache_dir``, ``local_files_only``, ``token`` and other ``hub`` keywords go to
+    ``huggingface_hub.snapshot_download``."""
+    directory = local_folder(path_or_repo, revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                             token=token, **hub)
     return load_described(directory, read_model_config(directory), device)
 
 
@@ -71,11 +77,12 @@ def load_described(directory: Path, config: dict, device: str | torch.device = "
     try:
         if kind == WHOLE_MODEL:
             model = create_model(arch["name"], input_size=arch["input_size"], num_classes=arch["num_classes"])
-        elif kind in KINDS:
-            model = KINDS[kind].from_architecture(arch)
+        elif network_class(kind) is not None:
+            model = network_class(kind).from_architecture(arch)
         else:
-            raise StitchkitError(f"{str(directory)!r} holds a model of kind {kind!r}, which this stitchkit "
-                                 f"does not know (it knows {', '.join([*KINDS, WHOLE_MODEL])}): upgrade stitchkit")
+            raise StitchkitError(f"{str(directory)!r} holds a model of kind {kind!r}, which this stitchkit does "
+                                 f"not know (it knows {', '.join([*network_kinds(), WHOLE_MODEL])}): upgrade "
+                                 "stitchkit")
     except KeyError as err:
         raise StitchkitError(f"the architecture in {str(directory / 'config.json')!r} lacks {err}; export or save "
                              "the model again") from None
@@ -86,6 +93,8 @@ def is_model_folder(path: str | os.PathLike) -> bool:
     """Whether ``path`` is meant as a model folder (a config.json or weights, no run's config.yaml): what reads it
     then says exactly what is wrong with it, instead of calling it no run."""
     path = Path(path)
+    if (path / EXPORT_MODEL_DIR / CONFIG_FILE).is_file():
+        path = path / EXPORT_MODEL_DIR  # an export's folder
     return not (path / "config.yaml").is_file() and any((path / name).is_file() for name in (CONFIG_FILE,
                                                                                              WEIGHTS_FILE))
 

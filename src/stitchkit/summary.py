@@ -2,13 +2,18 @@
 MACs next to the models it was made from. ``stitchkit inspect`` prints it; the same dict is its ``--json``."""
 from __future__ import annotations
 
+import functools
+
 from .compute import count_macs, count_params
 from .finetune import FinetuneBaseline
 from .stitching import StitchedModel
 from .zoo import create_model
 
 
-def _model_macs(name: str, input_size: int) -> int:
+@functools.lru_cache(maxsize=32)
+def model_macs(name: str, input_size: int) -> int:
+    """MACs of the whole model ``name`` at ``input_size`` (built with random weights; remembered, as a sweep asks
+    for the same few models again and again)."""
     return count_macs(create_model(name, input_size=input_size), (3, input_size, input_size))
 
 
@@ -16,8 +21,8 @@ def describe_stitch(model: StitchedModel, src: str, dst: str, input_size: int) -
     """The cuts, the adapter chain, parameters and MACs (against the two whole models, built with random weights)."""
     size = (3, input_size, input_size)
     macs = count_macs(model, size)
-    src_macs = _model_macs(src, input_size)
-    dst_macs = src_macs if dst == src else _model_macs(dst, input_size)
+    src_macs = model_macs(src, input_size)
+    dst_macs = src_macs if dst == src else model_macs(dst, input_size)
     x, y = model.config.gap
     dst_cut = model.dst_spec.cut(*model.config.dst_cut)
     return {
@@ -54,4 +59,4 @@ def describe_finetune(baseline: FinetuneBaseline, name: str, gap: str, input_siz
     macs = count_macs(baseline, size)
     return {"model": name, "gap": gap, "kept_blocks": list(baseline.kept_blocks),
             "removed_blocks": list(baseline.removed_blocks), "params": count_params(baseline),
-            "gmacs": macs / 1e9, "macs_vs_model": macs / _model_macs(name, input_size)}
+            "gmacs": macs / 1e9, "macs_vs_model": macs / model_macs(name, input_size)}

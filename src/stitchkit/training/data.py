@@ -408,6 +408,7 @@ class Splits:
     holdout: SeededDataset | None
     classes: list[str]
     device_augment: DeviceAugment | None = None  # the rest of the training augmentation (data.augment_on=device)
+    val_split_images: int | None = None  # the whole validation split, of which data.limit_val draws ``val``
 
 
 def build_splits(data: DataConfig, prep: Preprocessing, seed: int) -> Splits:
@@ -437,6 +438,7 @@ def build_splits(data: DataConfig, prep: Preprocessing, seed: int) -> Splits:
         classes=list(train_source.classes),
         device_augment=(DeviceAugment(AugmentPlan(data.hflip, data.auto_augment), prep.mean, prep.std)
                         if data.augment_on == "device" else None),
+        val_split_images=len(val_source),
     )
 
 

@@ -19,7 +19,7 @@ from ..rundir import RunDir
 from .checkpoint import load_checkpoint
 from .config import Config, from_yaml_file, load_config
 from .identity import accepted_digests
-from ..modelfolder import read_model_config
+from ..modelfolder import local_folder, read_model_config
 from ..pretrained import load_described
 from ..zoo.metadata import Preprocessing, preprocessing
 from .data import build_splits
@@ -97,6 +97,7 @@ def evaluate_folder(folder: str | Path, overrides: Sequence[str] = (), device: s
     """Evaluate a model folder (``stitchkit export``, ``save_pretrained``) on the data its run was evaluated on
     (recorded in its config.json), or on ``data.*`` ``overrides`` (e.g. ``data.root=...`` on another machine);
     with its own preprocessing. Returns the record (nothing is written into the folder)."""
+    folder = local_folder(folder)
     described = read_model_config(folder)
     recorded = described.get("evaluation") or {}
     layer = {"mode": "scratch", "model": {"src": "resnet18"}}  # validated, never built: the folder holds the model

@@ -66,7 +66,14 @@ def _coverage_status() -> dict[str, str | None]:
 
 def supported_timm(name: str) -> bool:
     """Whether stitchkit cuts the timm model ``name`` (a hand-written family, or its class passed the check)."""
-    return name in _timm_names() or _coverage_status().get(name) is None
+    if name in _timm_names():
+        return True
+    # stitchkit's own entrypoints (stitchkit.timm_models) rebuild saved folders; they are not models to cut
+    return _coverage_status().get(name) is None and not _registered_by_stitchkit(name)
+
+
+def _registered_by_stitchkit(name: str) -> bool:
+    return timm.is_model(name) and timm.models.model_entrypoint(name).__module__.startswith("stitchkit.")
 
 
 def unsupported_reason(name: str) -> str | None:

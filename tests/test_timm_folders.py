@@ -1,0 +1,228 @@
+"""timm treats stitchkit's models as its own: ``timm.create_model("local-dir:FOLDER")`` opens every kind of model
+folder stitchkit writes (a whole timm model with timm alone; a stitch, fine-tuning baseline, probe or torchvision
+model once stitchkit is imported), folders of format 1 still load, and stitches, baselines and probes answer timm's
+model surface (num_classes, get_classifier, reset_classifier, forward_features, forward_head) as timm's own models
+do."""
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import stitchkit
+
+X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def _run(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+
+
+def _saved(model, folder, **kwargs):
+    model.eval()
+    with torch.no_grad():
+        expected = model(X)
+    torch.save({"x": X, "y": expected}, folder.parent / f"{folder.name}.pt")
+    return model
+
+
+def test_timm_alone_opens_a_whole_model_folder(tmp_path):
+    """No stitchkit in the process: config.json's architecture, model_args (a ViT built for 64 px) and label names
+    are timm's own keys, and the weights load with every key matched."""
+    torch.manual_seed(0)
+    resnet = _saved(stitchkit.create_model("resnet18", num_classes=10), tmp_path / "resnet")
+    stitchkit.save_pretrained(resnet, tmp_path / "resnet", input_size=32, class_names=[f"c{i}" for i in range(10)])
+    vit = stitchkit.create_model("vit_tiny_patch16_224", num_classes=3, input_size=64)
+    stitchkit.save_pretrained(vit, tmp_path / "vit", input_size=64)
+    done = _run(f"""
+import sys, torch, timm
+assert "stitchkit" not in sys.modules
+model = timm.create_model("local-dir:{tmp_path / 'resnet'}", pretrained=True).eval()
+saved = torch.load("{tmp_path / 'resnet.pt'}")
+with torch.no_grad():
+    assert torch.allclose(model(saved["x"]), saved["y"], atol=1e-5)  # other thread counts here
+assert model.num_classes == 10 and model.pretrained_cfg["label_names"][3] == "c3"
+assert list(model.pretrained_cfg["input_size"]) == [3, 32, 32]
+vit = timm.create_model("local-dir:{tmp_path / 'vit'}", pretrained=True)
+assert vit.patch_embed.img_size == (64, 64) and vit.num_classes == 3
+assert vit(torch.zeros(1, 3, 64, 64)).shape == (1, 3)
+new = timm.create_model("local-dir:{tmp_path / 'resnet'}", pretrained=True, num_classes=4)
+assert new(saved["x"]).shape == (2, 4)
+assert "stitchkit" not in sys.modules
+print("ok")
+""")
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A stitch, a fine-tuning baseline, a probe and a whole torchvision model, saved with their outputs on X."""
+    root = tmp_path_factory.mktemp("kinds")
+    torch.manual_seed(0)
+    models = {
+        "stitch": stitchkit.create_stitched("resnet10t", "resnet10t", "1:3", input_size=32, num_classes=10),
+        "finetune": stitchkit.create_finetune_baseline("resnet10t", "1:3", input_size=32),
+        "probe": stitchkit.create_probe("resnet10t", num_classes=6, input_size=32),
+        "torchvision": stitchkit.create_model("torchvision:resnet18", num_classes=4),
+    }
+    for name, model in models.items():
+        _saved(model, root / name)
+        if name == "torchvision":
+            stitchkit.save_pretrained(model, root / name, input_size=32, name="torchvision:resnet18")
+        else:
+            model.save_pretrained(root / name)
+    return root, models
+
+
+def test_timm_opens_every_kind_of_folder_once_stitchkit_is_imported(folders):
+    root, models = folders
+    import timm
+
+    for name, model in models.items():
+        opened = timm.create_model(f"local-dir:{root / name}", pretrained=True)
+        assert type(opened) is type(model) and not opened.training
+        with torch.no_grad():
+            assert torch.equal(opened(X), torch.load(root / f"{name}.pt")["y"]), name
+        assert opened.num_classes == model.num_classes if name != "torchvision" else True
+        renewed = timm.create_model(f"local-dir:{root / name}", pretrained=True, num_classes=5)
+        assert renewed(X).shape == (2, 5), name  # timm's meaning: a new 5-class head
+        fresh = timm.create_model(f"local-dir:{root / name}")  # pretrained=False: the architecture, new weights
+        assert fresh(X).shape == opened(X).shape
+    hub = json.loads((root / "stitch" / "config.json").read_text())
+    assert hub["architecture"] == "stitchkit_stitch" and hub["num_classes"] == 10
+    assert hub["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    assert "stitchkit_stitch" not in stitchkit.list_models("stitchkit*")  # rebuilds folders; not a model to cut
+
+
+def test_timm_refuses_a_stitch_folder_without_stitchkit_and_opens_it_with(folders):
+    """In a fresh process: without stitchkit timm names the unknown architecture; with ``import stitchkit`` first
+    (before timm is imported: stitchkit registers when timm's import finishes) it opens it."""
+    root, _ = folders
+    done = _run(f"""
+import torch
+import timm
+try:
+    timm.create_model("local-dir:{root / 'stitch'}", pretrained=True)
+except RuntimeError as err:
+    print(err)
+""")
+    assert "Unknown model (stitchkit_stitch)" in done.stdout, done.stderr[-3000:]
+    done = _run(f"""
+import sys, torch
+import stitchkit
+assert "timm" not in sys.modules  # import stitchkit stays light
+import timm
+model = timm.create_model("local-dir:{root / 'stitch'}", pretrained=True)
+saved = torch.load("{root / 'stitch.pt'}")
+with torch.no_grad():
+    assert torch.allclose(model(saved["x"]), saved["y"], atol=1e-5)  # other thread counts here
+print(type(model).__name__)
+""")
+    assert done.stdout.strip() == "StitchedModel", done.stderr[-3000:]
+
+
+def test_folders_of_format_1_still_load(folders, tmp_path):
+    """stitchkit 0.4 and 0.5 wrote its record alone as config.json."""
+    root, models = folders
+    for name in ("stitch", "probe"):
+        old = tmp_path / name
+        old.mkdir()
+        hub = json.loads((root / name / "config.json").read_text())
+        (old / "config.json").write_text(json.dumps({**hub["stitchkit"], "format_version": 1}))
+        (old / "model.safetensors").write_bytes((root / name / "model.safetensors").read_bytes())
+        loaded = stitchkit.load_pretrained(old)
+        with torch.no_grad():
+            assert torch.equal(loaded(X), torch.load(root / f"{name}.pt")["y"])
+
+
+def _pair(name: str, **kwargs):
+    """A timm model and its fine-tuning baseline for gap 1:1 (which keeps the first block of stage 1 and the
+    blocks from the end of stage 1 on; resnet10t has one block per stage, so it is the whole network)."""
+    torch.manual_seed(0)
+    model = stitchkit.create_model(name, input_size=32, **kwargs).eval()
+    return model, stitchkit.create_finetune_baseline(copy.deepcopy(model), "1:1", input_size=32, name=name).eval()
+
+
+def _no_classifier_returns_pre_logits(ft):
+    with torch.no_grad():
+        pre_logits = ft.forward_head(ft.forward_features(X), pre_logits=True)
+    ft.reset_classifier(0)
+    with torch.no_grad():
+        assert torch.allclose(ft(X), pre_logits, atol=1e-6) and ft(X).shape == (2, ft.num_features)
+    assert ft.num_classes == 0 and not any(p.requires_grad for p in ft.get_classifier().parameters())
+    ft.reset_classifier(3)
+    assert ft(X).shape == (2, 3) and ft.num_classes == 3 and ft.get_classifier().weight.requires_grad
+
+
+def test_the_timm_surface_answers_as_timms_own_model():
+    model, ft = _pair("resnet10t", num_classes=7)
+    with torch.no_grad():
+        assert torch.allclose(ft(X), model(X), atol=1e-5)
+        ours, theirs = ft.forward_features(X), model.forward_features(X)
+        assert torch.allclose(ours, theirs, atol=1e-5)
+        assert torch.allclose(ft.forward_head(ours), model(X), atol=1e-5)
+        assert torch.allclose(ft.forward_head(ours, pre_logits=True), model.forward_head(theirs, pre_logits=True),
+                              atol=1e-5)
+    assert (ft.num_classes, ft.num_features) == (model.num_classes, model.num_features) == (7, 512)
+    assert ft.get_classifier().weight.shape == model.get_classifier().weight.shape
+    ft.reset_classifier(0)
+    model.reset_classifier(0)
+    with torch.no_grad():  # no classifier: the model returns what its classifier read, as timm's does
+        assert torch.allclose(ft(X), model(X), atol=1e-5)
+    ft.reset_classifier(7)
+    _no_classifier_returns_pre_logits(ft)
+
+
+def test_a_vit_head_gives_timms_pre_logits():
+    """A ViT's head here starts with its final norm (timm's forward_features ends with it)."""
+    model, ft = _pair("vit_pico_patch4_32", num_classes=7)
+    with torch.no_grad():
+        tokens = ft.forward_features(X)
+        assert torch.allclose(ft.forward_head(tokens, pre_logits=True),
+                              model.forward_head(model.norm(tokens), pre_logits=True), atol=1e-5)
+        assert torch.allclose(ft.forward_head(tokens), model.forward_head(model.norm(tokens)), atol=1e-5)
+    assert (ft.num_classes, ft.num_features) == (7, model.num_features)
+    _no_classifier_returns_pre_logits(ft)
+
+
+def test_a_torchvision_head_from_an_exported_graph_answers_too():
+    """torchvision models are cut from an exported graph, whose classifier is weights the graph reads."""
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(num_classes=4).eval()
+    ft = stitchkit.create_finetune_baseline(copy.deepcopy(reference), "1:1", input_size=32,
+                                            name="torchvision:resnet18").eval()
+    with torch.no_grad():
+        features = ft.forward_features(X)
+        pooled = torch.flatten(reference.avgpool(features), 1)  # torchvision's forward after layer4
+        assert torch.allclose(ft.forward_head(features, pre_logits=True), pooled, atol=1e-6)
+        assert torch.allclose(ft(X), reference.fc(pooled), atol=1e-5)
+    assert (ft.num_classes, ft.num_features) == (4, 512)
+    _no_classifier_returns_pre_logits(ft)
+
+
+def test_reset_classifier_on_a_stitch_trains_a_new_head_that_saves_and_loads(tmp_path):
+    torch.manual_seed(0)
+    stitch = stitchkit.create_stitched("resnet10t", "resnet10t", "1:3", input_size=32).eval()
+    with torch.no_grad():
+        assert torch.allclose(stitch.forward_head(stitch.forward_features(X)), stitch(X), atol=1e-6)
+        assert stitch.forward_head(stitch.forward_features(X), pre_logits=True).shape == (2, stitch.num_features)
+    assert stitch.num_classes == 1000 and "head" not in stitch.trained_parts()
+    stitch.reset_classifier(5)
+    assert stitch.num_classes == 5 and stitch.config.num_classes == 5 and "head" in stitch.trained_parts()
+    assert stitch.get_classifier().weight.requires_grad
+    stitch.save_pretrained(tmp_path / "five")
+    loaded = stitchkit.load_pretrained(tmp_path / "five")
+    with torch.no_grad():
+        assert torch.equal(loaded(X), stitch(X)) and loaded(X).shape == (2, 5)
+    assert "a new 5-class head, trained" in (tmp_path / "five" / "README.md").read_text()
+    probe = stitchkit.create_probe("resnet10t", num_classes=6, input_size=32).eval()
+    with torch.no_grad():
+        assert torch.allclose(probe.forward_head(probe.forward_features(X)), probe(X), atol=1e-6)
+    assert (probe.num_classes, probe.num_features) == (6, 512)
+    with pytest.raises(stitchkit.StitchkitError, match="pass num_classes alone"):
+        probe.reset_classifier(2, global_pool="max")
