@@ -21,6 +21,18 @@ def _env():
     return env
 
 
+def test_a_stitch_that_costs_more_than_its_source_says_so_before_it_trains(tmp_path, capsys):
+    """resnet10t to resnet18 from stage 3 on costs 10% more than resnet10t: the second line says so."""
+    small = ["data.synthetic_train_size=16", "data.synthetic_val_size=16", "train.epochs=1", "mode=stitch",
+             "model.gap=1:3", "model.num_classes=10"]
+    assert main(["train", *TINY, *small, "model.dst=resnet18", f"output.dir={tmp_path / 'dearer'}"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[1].startswith("note: this stitch costs more compute than resnet10t itself (0.025 vs 0.023 GMACs, "
+                               "10% more): resnet18's later stages cost more"), lines[:3]
+    assert main(["train", *TINY, *small, f"output.dir={tmp_path / 'cheaper'}"]) == 0  # within one model: cheaper
+    assert "costs more compute" not in capsys.readouterr().err
+
+
 def test_train_eval_and_eval_model_commands(tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
     config.write_text("train:\n  epochs: 1\n")
@@ -31,7 +43,7 @@ def test_train_eval_and_eval_model_commands(tmp_path, capsys):
     assert summary["status"] == "finished"
     # Without a terminal (a SLURM log): where the run is, then each step out of the total with an ETA, epochs from 1.
     lines = err.splitlines()
-    assert lines[0] == f"training scratch run in {run}: 4 steps, 1 epochs on cpu"
+    assert lines[0] == f"training scratch run in {run}: 4 steps, 1 epoch on cpu"
     steps = [line for line in lines if line.startswith("step ")]
     assert [line.split(":")[0] for line in steps] == [f"step {i}/4 epoch 1/1" for i in range(1, 5)]
     assert ", ETA " in steps[0] and ", ETA " not in steps[-1]

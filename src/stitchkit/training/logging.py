@@ -44,12 +44,17 @@ class MetricsLog:
         if t.wandb:
             self.wandb = _start_wandb(run_dir, config)
         resumed = f", resuming at step {initial_step}" if initial_step else ""
-        _say(f"{self.prefix}training {config.mode} run in {run_dir}: {total_steps} steps, {self.epochs} epochs "
+        _say(f"{self.prefix}training {config.mode} run in {run_dir}: {total_steps} steps, {self.epochs} epoch{'s' if self.epochs != 1 else ''} "
              f"on {device or t.device}{resumed}")
         if progress and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True)
+
+    def note(self, text: str) -> None:
+        """A line worth reading before the run trains (said once, by the main process)."""
+        if self.enabled:
+            _say(f"{self.prefix}note: {text}")
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

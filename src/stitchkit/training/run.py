@@ -159,6 +159,22 @@ class Run:
     def open_log(self, total_steps: int, initial_step: int, progress: bool, label: str | None) -> None:
         self.log = MetricsLog(self.run_dir, self.is_main, self.config, total_steps, initial_step=initial_step,
                               progress=progress, label=label, device=str(self.runtime.device))
+        for note in getattr(self, "notes", []):
+            if note:
+                self.log.note(note)
+
+    def _compute_note(self) -> str | None:
+        """A stitch is usually meant to cost less than the model it starts from: say so before it trains when it
+        does not (a destination whose later stages cost more than the source's)."""
+        from ..summary import model_macs
+
+        m, size = self.config.model, self.config.data.input_size
+        src = model_macs(m.src, size) / 1e9
+        if self.gmacs <= src:
+            return None
+        return (f"this stitch costs more compute than {m.src} itself ({self.gmacs:.3f} vs {src:.3f} GMACs, "
+                f"{100 * (self.gmacs / src - 1):.0f}% more): {m.dst or m.src}'s later stages cost more than {m.src}'s; a later "
+                "source cut or a smaller destination costs less")
 
     def share_pass(self, run_dirs: list[str]) -> None:
         """Record the runs trained in the same pass (their wall time is the pass's)."""
@@ -192,6 +208,7 @@ class Run:
         self.model = build_model(config, len(self.splits.classes), calibration_images, rt.device).to(rt.device)
         self.clock.reassign(getattr(self.model, "start_seconds", 0.0), "calibration")
         self.gmacs = count_macs(self.model, config.data.input_size) / 1e9
+        self.notes = [self._compute_note()] if config.mode == "stitch" else []
         self.params = count_params(self.model)
         self.trainable = count_params(self.model, trainable_only=True)
         if self.trainable == 0:
@@ -376,6 +393,7 @@ class Run:
             "input_size": config.data.input_size, "classes": len(self.splits.classes),
             "class_names": list(self.splits.classes),  # what `stitchkit predict` names its answers with
             "train_images": len(self.splits.train), "planned_epochs": config.train.epochs,
+            "val_split_images": self.splits.val_split_images,
             "gmacs": self.gmacs, "params": self.params, "trainable_params": self.trainable,
             "trained": trained_parts(self.model),  # adapters, a stitch's trained blocks and head; or all
             "epochs": position.epoch, "steps": position.step, "wall_time_s": sum(seconds.values()),
@@ -395,7 +413,7 @@ class Run:
         for split, values in self.metrics.items():
             prefix = "" if split == "val" else f"{split}_"
             record.update({f"{prefix}top1": values["top1"], f"{prefix}top5": values["top5"],
-                           f"{prefix}loss": values["loss"]})
+                           f"{prefix}loss": values["loss"], f"{prefix}eval_images": values.get("images")})
         # Time to accuracy: top-1 before the first step (the start alone, no training) and after every epoch.
         for split, top1 in (self.stats.at_start or {}).items():
             record[f"{'' if split == 'val' else split + '_'}top1_at_start"] = top1
