@@ -308,3 +308,31 @@ def test_timm_reads_a_stitched_models_preprocessing():
     assert model.pretrained_cfg["num_classes"] == 1000
     tv = create_stitched("torchvision:resnet18", "resnet18", "1:3", input_size=32)
     assert timm.data.resolve_model_data_config(tv)["interpolation"] == "bilinear"  # torchvision's weights say so
+
+
+def test_a_stitch_is_built_from_its_config_validated_once():
+    """StitchConfig checks every choice when it is made (a search describes thousands before building any);
+    build_stitch builds exactly what it describes, and create_stitched is the same stitch."""
+    from stitchkit.chain import gap_cuts
+    from stitchkit.errors import GapError, IncompatibleError
+    from stitchkit.stitching import StitchConfig, build_stitch
+
+    config = StitchConfig("resnet10t", "resnet10t", "1:3", adapter="linear", input_size=32)
+    assert config.gap == (1, 3) and (config.src_cut, config.dst_cut) == gap_cuts(1, 3) == ((1, "first"), (3, "first"))
+    assert gap_cuts(2, 2) == ((2, "first"), (2, "end"))  # x == y: to the end of stage x, stitch and baseline alike
+    torch.manual_seed(0)
+    built = build_stitch(config)
+    torch.manual_seed(0)
+    created = stitchkit.create_stitched("resnet10t", "resnet10t", "1:3", adapter="linear", input_size=32)
+    assert built.config == created.config == config
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(built.eval()(x), created.eval()(x))
+    for bad, error, message in [({"resize": "bicubic"}, StitchkitError, "resize mode"),
+                                ({"adapter": "linaer"}, StitchkitError, "linear"),
+                                ({"adapter_norm": "lsq"}, StitchkitError, "start"),
+                                ({"gap": "3:1"}, GapError, "write it as 1:3"),
+                                ({"num_classes": 5}, IncompatibleError, "must train"),
+                                ({"unfreeze_last": -1}, StitchkitError, "unfreeze_last")]:
+        with pytest.raises(error, match=message):
+            StitchConfig(**{"src": "resnet10t", "dst": "resnet10t", "gap": (1, 2), **bad})

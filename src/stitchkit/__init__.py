@@ -28,7 +28,7 @@ _EXPORTS = {
     "StitchkitError": "errors",
     "FinetuneBaseline": "finetune", "create_finetune_baseline": "finetune",
     "FeatureSpec": "formats", "Format": "formats", "convert": "formats",
-    "StitchConfig": "stitching", "StitchedModel": "stitching", "create_stitched": "stitching",
+    "StitchConfig": "stitching", "StitchedModel": "stitching", "build_stitch": "stitching", "create_stitched": "stitching",
     "load_stitched": "stitching",
     "create_model": "zoo", "list_models": "zoo", "model_spec": "zoo", "split": "zoo",
     "load_pretrained": "pretrained", "save_pretrained": "pretrained",
@@ -113,7 +113,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .errors import StitchkitError
     from .finetune import FinetuneBaseline, create_finetune_baseline
     from .formats import FeatureSpec, Format, convert
-    from .stitching import StitchConfig, StitchedModel, create_stitched, load_stitched
+    from .stitching import StitchConfig, StitchedModel, build_stitch, create_stitched, load_stitched
     from .pretrained import load_pretrained, save_pretrained
     from .probe import HeadProbe, create_probe
     from .starts import Start, list_starts, register_start

@@ -57,6 +57,14 @@ class Step:
         return f"{src} -> {dst} ({how})" if self.in_size != self.out_size else f"{src} -> {dst}"
 
 
+def gap_cuts(x: int, y: int) -> tuple[tuple[int, str], tuple[int, str]]:
+    """Where a gap from stage ``x`` to stage ``y`` cuts the two models, as ``(stage, position)`` for
+    :meth:`~stitchkit.zoo.ModelSpec.cut`: the source after the first block of stage x; the destination before the
+    first block of stage y, or, when x == y, at the end of stage x (the paper's stage-x-to-stage-x stitch skips the
+    rest of stage x). The one rule for stitches and the fine-tuning baseline alike."""
+    return (x, "first"), ((y, "first") if y > x else (x, "end"))
+
+
 def num_adapters(x: int, y: int) -> int:
     """Adapters for a gap from stage ``x`` to stage ``y``: one per change of scale, at least one."""
     return max(y - x, 1)

@@ -17,10 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .chain import parse_gap
+from .chain import gap_cuts, parse_gap
 from .errors import IncompatibleError
 from .network import Network, data_config
-from .stitching import StitchConfig
 from .zoo import Part, create_model, dissect, model_spec, resolve_model
 
 
@@ -93,9 +92,9 @@ def create_finetune_baseline(
     model, resolved = resolve_model(model, pretrained, checkpoint_path, input_size)
     name = name or resolved
     spec = model_spec(model, input_size, name)
-    config = StitchConfig(src=name, dst=name, gap=(x, y))
-    start = spec.cut(*config.src_cut).blocks
-    stop = spec.cut(*config.dst_cut).blocks
+    src_cut, dst_cut = gap_cuts(x, y)  # where a stitch of this gap would cut the model: what lies between goes
+    start = spec.cut(*src_cut).blocks
+    stop = spec.cut(*dst_cut).blocks
     anatomy = dissect(model, spec.input_size)
     blocks = anatomy.blocks()
     kept, removed = [], []

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import adapters as adapter_registry
-from .chain import RESIZE_MODES, Resize, Step, TokenResize, num_adapters, parse_gap, plan_chain
+from .chain import RESIZE_MODES, Resize, Step, TokenResize, gap_cuts, num_adapters, parse_gap, plan_chain
 from .errors import IncompatibleError, StitchkitError, unknown_name
 from .network import Network, data_config
 from .starts import DEFAULT_START, ChainContext, Measured, Start, get_start
@@ -74,14 +74,41 @@ class StitchConfig:
     train_head: bool = False  # the back's head trains with the adapters
     unfreeze_last: int = 0  # blocks at the end of the back that train with the adapters
 
+    def __post_init__(self):
+        # Validated once, here: every stitch is built from a config (build_stitch), and a search describes
+        # thousands of them before it builds any.
+        self.gap = parse_gap(self.gap)
+        check_choices(self.adapter, self.resize, self.prefix_out, self.prefix_in, self.frozen_mode, self.adapter_norm)
+        if not isinstance(self.unfreeze_last, int) or self.unfreeze_last < 0:
+            raise StitchkitError(f"unfreeze_last must be a whole number >= 0, got {self.unfreeze_last!r}")
+        if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 1):
+            raise StitchkitError(f"num_classes must be a whole number >= 1 or None, got {self.num_classes!r}")
+        if self.num_classes is not None and not self.train_head:
+            raise IncompatibleError(f"a new head of {self.num_classes} classes starts from random weights, so it must "
+                                    "train: drop train_head=False, or keep the destination's own head "
+                                    "(num_classes=None)")
+
     @property
     def src_cut(self) -> tuple[int, str]:
-        return (self.gap[0], "first")
+        return gap_cuts(*self.gap)[0]
 
     @property
     def dst_cut(self) -> tuple[int, str]:
-        x, y = self.gap
-        return (y, "first") if y > x else (x, "end")
+        return gap_cuts(*self.gap)[1]
+
+
+def check_choices(adapter: str, resize: str, prefix_out: str, prefix_in: str, frozen_mode: str,
+                  adapter_norm: str) -> None:
+    """Every named choice of a stitch is one that exists (an error with close matches otherwise), before any model
+    is built."""
+    if resize not in RESIZE_MODES:
+        raise unknown_name("resize mode", resize, RESIZE_MODES)
+    adapter_registry.get_adapter(adapter)
+    check_policy(prefix_out, PREFIX_OUT_POLICIES, "out of tokens")
+    check_policy(prefix_in, PREFIX_IN_POLICIES, "into tokens")
+    if frozen_mode not in FROZEN_MODES:
+        raise unknown_name("frozen mode", frozen_mode, FROZEN_MODES)
+    get_start(adapter_norm)
 
 
 class UncalibratedWarning(UserWarning):
@@ -442,10 +469,10 @@ class StitchedModel(Network, nn.Module):
         src = create_model(a["src"], input_size=size, **({"num_classes": classes} if one_model and classes else {}))
         dst = src if one_model else create_model(a["dst"], input_size=size,
                                                  **({"num_classes": classes} if classes else {}))
-        fields = {k: a[k] for k in ("adapter", "resize", "prefix_out", "prefix_in", "readd_pos_embed",
+        fields = {k: a[k] for k in ("src", "dst", "adapter", "resize", "prefix_out", "prefix_in", "readd_pos_embed",
                                     "frozen_mode", "adapter_norm", "token_adapters", "train_head", "unfreeze_last")}
-        model = create_stitched(src, dst, tuple(a["gap"]), input_size=size, **fields)
-        model.config = replace(model.config, src=a["src"], dst=a["dst"], num_classes=a.get("num_classes"))
+        config = StitchConfig(gap=tuple(a["gap"]), input_size=size, num_classes=a.get("num_classes"), **fields)
+        model = build_stitch(config, src, dst)  # the heads are built at their saved sizes above
         model.bridge.calibrated = True  # the saved weights replace the starting point
         return model
 
@@ -559,15 +586,8 @@ def create_stitched(
         ['256@56x56 -> 512@28x28 (bilinear)', '512@28x28 -> 768@14x14 (bilinear)', '768@14x14 -> 768@7x7 (bilinear)']
     """
     x, y = parse_gap(gap)
-    if resize not in RESIZE_MODES:
-        raise unknown_name("resize mode", resize, RESIZE_MODES)
-    kind = adapter_registry.get_adapter(adapter)
-    check_policy(prefix_out, PREFIX_OUT_POLICIES, "out of tokens")
     prefix_in = prefix_in or get_start(adapter_norm).prefix_in
-    check_policy(prefix_in, PREFIX_IN_POLICIES, "into tokens")
-    if frozen_mode not in FROZEN_MODES:
-        raise unknown_name("frozen mode", frozen_mode, FROZEN_MODES)
-    get_start(adapter_norm)  # an unknown start is an error before any model is built
+    check_choices(adapter, resize, prefix_out, prefix_in, frozen_mode, adapter_norm)  # before any model is built
 
     src_model, src_name = resolve_model(src, pretrained, src_checkpoint, input_size)
     if isinstance(src, str) and src == dst and src_checkpoint == dst_checkpoint:
@@ -579,9 +599,6 @@ def create_stitched(
         num_classes = num_outputs(dst_model)
     if train_head is None:
         train_head = new_head
-    elif new_head and not train_head:
-        raise IncompatibleError(f"a new head of {num_classes} classes starts from random weights, so it must train: "
-                                "drop train_head=False, or keep the destination's own head (num_classes=None)")
     config = StitchConfig(
         src=src_name, dst=dst_name, gap=(x, y), adapter=adapter, resize=resize, input_size=input_size,
         prefix_out=prefix_out, prefix_in=prefix_in, readd_pos_embed=readd_pos_embed, frozen_mode=frozen_mode,
@@ -590,6 +607,43 @@ def create_stitched(
         dst_checkpoint=str(dst_checkpoint) if dst_checkpoint else None,
         num_classes=num_classes if new_head else None, train_head=bool(train_head), unfreeze_last=int(unfreeze_last),
     )
+    return build_stitch(config, src_model, dst_model, calibration_images=calibration_images,
+                        calibration_device=calibration_device, check=check)
+
+
+def stitch_models(config: StitchConfig) -> tuple[nn.Module, nn.Module]:
+    """The source and destination ``config`` names, built from their names, weights and checkpoints (one model
+    when a model is stitched to itself), the destination with the head the config says."""
+    src_model, _ = resolve_model(config.src, config.pretrained, config.src_checkpoint, config.input_size)
+    if config.src == config.dst and config.src_checkpoint == config.dst_checkpoint:
+        dst_model = src_model
+    else:
+        dst_model, _ = resolve_model(config.dst, config.pretrained, config.dst_checkpoint, config.input_size)
+    fit_head(dst_model, config.num_classes, new_head=config.num_classes is not None)
+    return src_model, dst_model
+
+
+def build_stitch(
+    config: StitchConfig,
+    src_model: nn.Module | None = None,
+    dst_model: nn.Module | None = None,
+    *,
+    calibration_images: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+    calibration_device: str | torch.device | None = None,
+    check: bool = True,
+) -> StitchedModel:
+    """The stitch ``config`` describes (validated when it was made): the one place a stitch is built
+    (:func:`create_stitched` is a convenience over it).
+
+    ``src_model``, ``dst_model``: the two models already built, the destination's head as the config says (the same
+    object for a model stitched to itself); default: built from the config (:func:`stitch_models`). The other
+    arguments are :func:`create_stitched`'s."""
+    if src_model is None or dst_model is None:
+        src_model, dst_model = stitch_models(config)
+    src_name, dst_name, input_size, adapter, resize = config.src, config.dst, config.input_size, config.adapter, \
+        config.resize
+    (x, y), kind = config.gap, adapter_registry.get_adapter(adapter)
+    prefix_out, prefix_in = config.prefix_out, config.prefix_in
     src_spec = model_spec(src_model, input_size, src_name)
     dst_spec = src_spec if dst_model is src_model else model_spec(dst_model, input_size, dst_name)
     src_cut, dst_cut = src_spec.cut(*config.src_cut), dst_spec.cut(*config.dst_cut)
@@ -612,10 +666,10 @@ def create_stitched(
     bridge = Bridge(
         src_feature, dst_feature, adapter, resize, num_adapters(x, y), prefix_out, prefix_in,
         prefix_init=prefix_init if prefix_in == "learned" else None,
-        pos_embed=None, adapter_norm=adapter_norm, within_one_model=dst_model is src_model,
-        token_adapters=token_adapters, dst_nonnegative=dst_cut.nonnegative,
+        pos_embed=None, adapter_norm=config.adapter_norm, within_one_model=dst_model is src_model,
+        token_adapters=config.token_adapters, dst_nonnegative=dst_cut.nonnegative,
     )
-    if readd_pos_embed:
+    if config.readd_pos_embed:
         if pos_embed is None:
             raise IncompatibleError(f"readd_pos_embed needs a destination with a position embedding; {dst_name} "
                                     "has none at this cut")
