@@ -34,6 +34,7 @@ _EXPORTS = {
     "load_pretrained": "pretrained", "save_pretrained": "pretrained",
     "HeadProbe": "probe", "create_probe": "probe",
     "Start": "starts", "list_starts": "starts", "register_start": "starts",
+    "search": "stitch_search", "run_search": "stitch_search",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -117,4 +118,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .pretrained import load_pretrained, save_pretrained
     from .probe import HeadProbe, create_probe
     from .starts import Start, list_starts, register_start
+    from .stitch_search import run_search, search
     from .zoo import create_model, list_models, model_spec, split

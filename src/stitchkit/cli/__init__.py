@@ -14,12 +14,12 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import StitchkitError
-from . import bench, demo, evaluate, export, inspect, listing, predict, report, stages, sweep, train
+from . import bench, demo, evaluate, export, inspect, listing, predict, report, search, stages, sweep, train
 from .common import EXIT_USER_ERROR, HelpFormatter, global_options
 
 # In the order `stitchkit --help` lists them: find a model, look at it, train, run grids, report, try it.
 COMMANDS = (listing.add_models, listing.add_adapters, listing.add_starts, stages.add_parser, inspect.add_parser, train.add_parser,
-            evaluate.add_eval, evaluate.add_eval_model, predict.add_parser, export.add_parser, listing.add_methods, sweep.add_parser, report.add_parser,
+            evaluate.add_eval, evaluate.add_eval_model, predict.add_parser, export.add_parser, listing.add_methods, sweep.add_parser, search.add_parser, report.add_parser,
             demo.add_demo, demo.add_findings, bench.add_parser)
 
 __all__ = ["EXIT_USER_ERROR", "build_parser", "entry_point", "main"]

@@ -27,12 +27,12 @@ def _add_model_cards(rows: list[dict], originals: dict) -> None:
     """Fill in published accuracies for models not measured here, only for ImageNet-sized runs (1000 classes)."""
     if not any(r.get("dataset") == "imagefolder" for r in rows):
         return
-    from ..sweeps.dryrun import _meta_model
+    from ..sweeps.dryrun import meta_model
     from ..compute import count_macs
 
     for name in sorted({r["src"] for r in rows} | {r["dst"] for r in rows}):
         if name and name not in originals and (card := published_top1(name)):
-            originals[name] = {"top1": card[0], "gmacs": count_macs(_meta_model(name, 224), 224) / 1e9,
+            originals[name] = {"top1": card[0], "gmacs": count_macs(meta_model(name, 224), 224) / 1e9,
                                "source": card[1]}
 
 

@@ -20,27 +20,38 @@ from .methods import get_method
 
 
 @functools.lru_cache(maxsize=64)
-def _meta_model(name: str, input_size: int):
+def meta_model(name: str, input_size: int, num_classes: int | None = None):
+    """The model ``name`` on the meta device: shapes only, no memory, no weights (remembered); ``num_classes``:
+    its head's size (default: the model's own)."""
     with torch.device("meta"):
-        return create_model(name, input_size=input_size)
+        return create_model(name, input_size=input_size, **({"num_classes": num_classes} if num_classes else {}))
 
 
 @functools.lru_cache(maxsize=None)
-def _costs(kind: str, src: str, dst: str, gap: str | None, method: str, input_size: int) -> tuple[float, int, int]:
+def _costs(kind: str, src: str, dst: str, gap: str | None, method: str, input_size: int,
+           num_classes: int | None = None) -> tuple[float, int, int]:
     with torch.device("meta"):
         mode = get_mode(kind)
         m = get_method(method) if mode.joins_models else None
-        model = mode.build_for_pricing(_meta_model(src, input_size), _meta_model(dst, input_size), gap,
-                                       m and m.adapter, m and m.resize, input_size)
-        macs = _stitch_macs(model, src, dst, input_size) if isinstance(model, StitchedModel) else count_macs(
-            model, input_size)
+        model = mode.build_for_pricing(meta_model(src, input_size, num_classes), meta_model(dst, input_size,
+                                                                                            num_classes),
+                                       gap, m and m.adapter, m and m.resize, input_size)
+        macs = _stitch_macs(model, src, dst, input_size, num_classes) if isinstance(model, StitchedModel) else \
+            count_macs(model, input_size)
         return macs / 1e9, count_params(model), count_params(model, trainable_only=True)
+
+
+def stitch_costs(src: str, dst: str, gap: str, method: str, input_size: int,
+                 num_classes: int | None = None) -> tuple[float, int, int]:
+    """GMACs, parameters and trainable parameters of one stitch, priced on the meta device; ``num_classes``: the
+    models' head size (a zoo trained on 10 classes costs less in its heads than at ImageNet's 1,000)."""
+    return _costs("stitch", src, dst, gap, method, input_size, num_classes)
 
 
 _PART_MACS: dict[tuple, tuple[int, torch.Tensor]] = {}
 
 
-def _stitch_macs(model, src: str, dst: str, input_size: int) -> int:
+def _stitch_macs(model, src: str, dst: str, input_size: int, num_classes: int | None = None) -> int:
     """The stitch's MACs as front + adapters + back. A grid has a few dozen distinct fronts and backs (model, cut)
     but a thousand stitches: each part is counted once, on the meta device, and only the adapters per stitch."""
     def part(key: tuple, module, inputs: torch.Tensor) -> tuple[int, torch.Tensor]:
@@ -52,11 +63,12 @@ def _stitch_macs(model, src: str, dst: str, input_size: int) -> int:
 
     model.eval()  # as count_macs measures: BatchNorm with running statistics (a 1x1 map has no batch statistics)
     image = torch.zeros(1, 3, input_size, input_size, device="meta")
-    front, features = part(("front", src, model.config.src_cut, input_size), model.front, image)
+    front, features = part(("front", src, model.config.src_cut, input_size, num_classes), model.front, image)
     with torch.no_grad():
         bridged = model.bridge(features)
     bridge = count_macs_on(model.bridge, features)
-    back, _ = part(("back", dst, model.config.dst_cut, tuple(bridged.shape), input_size), model.back, bridged)
+    back, _ = part(("back", dst, model.config.dst_cut, tuple(bridged.shape), input_size, num_classes), model.back,
+                   bridged)
     return front + bridge + back
 
 

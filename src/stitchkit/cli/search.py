@@ -1,0 +1,87 @@
+"""``stitchkit search``: which stitches of a zoo to train under a compute budget."""
+from __future__ import annotations
+
+from ..errors import StitchkitError
+from .common import add_command
+
+
+def add_parser(subparsers) -> None:
+    p = add_command(
+        subparsers, "search", _search, "choose which stitches of a zoo to train under a compute budget",
+        "Price every (source, destination, gap, adapter) stitch of the models without building them, score those "
+        "within the budget by training-free proxies on a few hundred training images, train the best few for their "
+        "compute as one resumable sweep, and write the accuracy-compute frontier (table, figure, model folders, "
+        "report). Killed at any moment, the same command continues.\n\n"
+        "example:\n  stitchkit search --models resnet18,mobilenetv3_large_100,vit_small_patch16_224 \\\n"
+        "      --budget-gmacs 1.5 --train-top 12 --out runs/search data.name=imagenet data.root=/data/imagenet")
+    p.add_argument("--models", required=True, help="comma-separated model names (timm, torchvision:NAME)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                   help="weights for a model (repeat per model); others use model.pretrained")
+    p.add_argument("--budget-gmacs", type=float, default=None, help="most compute a stitch may cost, in GMACs")
+    p.add_argument("--adapters", default=None,
+                   help="comma-separated methods or adapters (bottleneck = downsample_bottleneck; "
+                        "default: downsample_linear,downsample_bottleneck)")
+    p.add_argument("--gaps", default=None, help="comma-separated gaps (default: the paper's nine)")
+    p.add_argument("--data", default=None, metavar="NAME", help="shorthand for data.name=NAME")
+    p.add_argument("--proxy", default="init_accuracy",
+                   help="the proxy that chooses what trains: init_accuracy, fit_residual, cka, kl, naswot")
+    p.add_argument("--selection", default="frontier", choices=("frontier", "top"),
+                   help="frontier: the best predicted stitch at every compute; top: the best K scores")
+    p.add_argument("--train-top", type=int, default=10, metavar="K", help="how many candidates to train (0: none)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds each chosen stitch trains with")
+    p.add_argument("--calibration-images", type=int, default=256, help="images each start is fitted on")
+    p.add_argument("--probe-images", type=int, default=256, help="other images the proxies are measured on")
+    p.add_argument("--list", action="store_true", help="list the candidates with their cost and stop")
+    p.add_argument("--out", default="runs/search", help="output folder (resumable)")
+    p.add_argument("--smoke", action="store_true", help="a few hundred images and one epoch: checks the path")
+    p.add_argument("--workers", type=int, default=1, help="processes training side by side")
+    p.add_argument("settings", nargs="*", metavar="key=value", help="training settings, as for stitchkit train")
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _search(args) -> int:
+    from ..stitch_search import run_search, search
+    from ..training import RunInterrupted
+    from ..training.config import _parse_yaml
+
+    settings = {}
+    for item in args.settings:
+        if "=" not in item:
+            raise StitchkitError(f"expected key=value settings, got {item!r}")
+        key, value = item.split("=", 1)
+        settings[key] = _parse_yaml(value, f"the value of {key}")
+    if args.data:
+        settings["data.name"] = args.data
+    checkpoints = {}
+    for item in args.checkpoint:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise StitchkitError(f"--checkpoint takes NAME=PATH, got {item!r}")
+        checkpoints[name] = path
+    try:
+        seeds = tuple(int(s) for s in _split(args.seeds) or ["0"])
+    except ValueError:
+        raise StitchkitError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+    models = _split(args.models) or []
+    common = dict(checkpoints=checkpoints, gaps=_split(args.gaps), adapters=_split(args.adapters), settings=settings)
+    if args.list:
+        records = search(models, args.budget_gmacs, proxies=False, **common)
+        for r in sorted(records, key=lambda r: (r.get("gmacs") is None, r.get("gmacs") or 0)):
+            cost = f"{r['gmacs']:.4f}" if r.get("gmacs") is not None else "-"
+            note = f"  ({r['skip_reason']})" if r.get("skip_reason") else ""
+            print(f"{cost:>8} GMACs  {r['src']} -> {r['dst'] or '-'}  {r['gap'] or '-'}  {r['method'] or '-'}{note}")
+        return 0
+    try:
+        result = run_search(models, args.out, args.budget_gmacs, train_top=args.train_top, proxy=args.proxy,
+                            selection=args.selection, seeds=seeds, calibration_images=args.calibration_images,
+                            probe_images=args.probe_images, workers=args.workers, smoke=args.smoke, **common)
+    except RunInterrupted as stop:
+        from .demo import _stopped
+
+        return _stopped("search", stop)
+    for t in result["frontier"]:
+        print(f"{t['gmacs']:.4f} GMACs  {t['top1']:6.2f}%  {t['src']} -> {t['dst']} {t['gap']} {t['method']}")
+    return 0

@@ -1,0 +1,102 @@
+"""The candidates of a search: every (source, destination, gap, method) stitch of a zoo, priced without building it.
+
+Prices come from the sweep dry run (:mod:`stitchkit.sweeps.dryrun`): models built on PyTorch's meta device, each
+front and back counted once, so a zoo of a dozen models and hundreds of stitches is priced in seconds. A model that
+cannot be cut, a method that does not apply to a pair (a ViT block between image layouts) or a stitch whose shapes
+do not join are candidates with a reason, listed, never errors that stop the others.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..chain import PAPER_GAPS, parse_gap
+from ..errors import StitchkitError
+from ..sweeps.methods import get_method
+
+DEFAULT_METHODS = ("downsample_linear", "downsample_bottleneck")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One stitch a search may train."""
+
+    src: str
+    dst: str
+    gap: str  # "x:y"
+    method: str  # a sweep method: adapter x resize (stitchkit methods)
+
+    @property
+    def key(self) -> str:
+        """A name for files: the candidate's proxies are cached under it."""
+        return f"{self.src}--{self.dst}--{self.gap.replace(':', 'to')}--{self.method}"
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+def method_names(adapters: list[str] | None) -> list[str]:
+    """Method names from ``--adapters``: method names as they are (``integrated_bottleneck``), adapter names with
+    bilinear downsampling (``bottleneck`` -> ``downsample_bottleneck``; the paper's best resizing)."""
+    names = []
+    for name in adapters or DEFAULT_METHODS:
+        try:
+            names.append(get_method(name).name)
+        except StitchkitError:
+            try:
+                names.append(get_method(f"downsample_{name}").name)
+            except StitchkitError:
+                get_method(name)  # the error with the close method names
+    return list(dict.fromkeys(names))
+
+
+def check_models(models: list[str], input_size: int) -> tuple[list[str], dict[str, str]]:
+    """The models stitchkit can cut at ``input_size`` and, for the others, why not. An unknown name is an error
+    (with close matches): it is a typo, not a model to skip."""
+    from ..zoo.models import family_for_name
+    from ..zoo.spec import model_spec
+    from ..sweeps.dryrun import meta_model
+
+    if len(models) < 1:
+        raise StitchkitError("a search needs at least one model (--models A,B,...)")
+    usable, reasons = [], {}
+    for name in dict.fromkeys(models):
+        try:
+            family_for_name(name)  # unknown names raise with close matches
+        except StitchkitError as err:
+            if "cannot cut" not in str(err):
+                raise
+            reasons[name] = str(err)
+            continue
+        try:
+            model_spec(meta_model(name, input_size), input_size, name)
+        except Exception as err:  # noqa: BLE001 -- any failure to cut is this model's reason, not the search's end
+            reasons[name] = f"cannot be cut at {input_size} px: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+            continue
+        usable.append(name)
+    return usable, reasons
+
+
+def enumerate_candidates(models: list[str], input_size: int, gaps: list[str] | None = None,
+                         adapters: list[str] | None = None) -> list[Candidate]:
+    """Every ordered pair of ``models`` (a model with itself included) at every gap with every method."""
+    gaps = [f"{x}:{y}" for x, y in (parse_gap(str(g)) for g in (gaps or [f"{x}:{y}" for x, y in PAPER_GAPS]))]
+    methods = method_names(adapters)
+    return [Candidate(src, dst, gap, method) for src in models for dst in models for gap in gaps for method in methods]
+
+
+def price(candidate: Candidate, input_size: int, num_classes: int | None = None) -> dict:
+    """``{"gmacs", "params", "trainable_params"}`` of the candidate, or ``{"skip_reason"}`` when it cannot be
+    built (a method for token layouts between image models, shapes that do not join)."""
+    from ..sweeps.dryrun import stitch_costs
+    from ..zoo.models import is_token_model
+
+    method = get_method(candidate.method)
+    if method.needs_tokens and not (is_token_model(candidate.src, input_size)
+                                    and is_token_model(candidate.dst, input_size)):
+        return {"skip_reason": f"{method.name} joins token layouts only (ViT to ViT)"}
+    try:
+        gmacs, params, trainable = stitch_costs(candidate.src, candidate.dst, candidate.gap, candidate.method,
+                                                input_size, num_classes)
+    except StitchkitError as err:
+        return {"skip_reason": str(err).splitlines()[0]}
+    return {"gmacs": gmacs, "params": params, "trainable_params": trainable}

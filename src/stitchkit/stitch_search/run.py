@@ -1,0 +1,320 @@
+"""``stitchkit search``: which stitches of a zoo to train under a compute budget.
+
+1. Every (source, destination, gap, method) of the zoo is priced on the meta device; those within the budget are
+   the candidates (a model that cannot be cut is listed with its reason).
+2. Each candidate is scored by training-free proxies (:mod:`stitchkit.stitch_search.proxies`) on a few hundred training
+   images; each score is cached in ``OUT/proxies/`` the moment it is measured, so a killed search continues.
+3. The ``train_top`` candidates the chosen proxy predicts best for their compute (:func:`~stitchkit.stitch_search.frontier.select`) train as
+   one resumable sweep with fronts shared (``OUT/runs``), and the trained stitches' accuracy-compute frontier is
+   written: ``frontier.csv``, ``frontier.md``, ``frontier.png``, a model folder per frontier stitch
+   (``OUT/frontier/``) and the sweep report (``OUT/runs/report``).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from ..errors import StitchkitError
+from ..files import atomic_write_json, atomic_write_text
+from ..training.config import flatten
+from ..training.identity import NOT_IDENTITY, settings_digest
+from .candidates import Candidate, check_models, enumerate_candidates, price
+from .frontier import pareto_front, select, top_by_score
+from .proxies import PROXIES, Zoo, calibration_and_probe, measure, proxy_path, score
+
+DEFAULT_PROXY = "init_accuracy"
+SELECTIONS = ("frontier", "top")
+SMOKE = {"data.limit_train": 256, "data.limit_val": 64, "train.epochs": 1}
+
+
+def _base_config(settings: dict):
+    from ..sweeps.grid import _nest
+    from ..training.config import load_config
+
+    return load_config(layers=[("the search's settings", _nest(settings))])
+
+
+def _records(candidates: list[Candidate], input_size: int, num_classes: int | None,
+             budget_gmacs: float | None) -> list[dict]:
+    records = []
+    for candidate in candidates:
+        record = {**candidate.record(), **price(candidate, input_size, num_classes)}
+        if record.get("gmacs") is not None and budget_gmacs is not None and record["gmacs"] > budget_gmacs:
+            record["skip_reason"] = f"{record['gmacs']:.4f} GMACs, over the budget of {budget_gmacs:g}"
+        records.append(record)
+    return records
+
+
+def search(models: list[str], budget_gmacs: float | None = None, *, checkpoints: dict[str, str] | None = None,
+           gaps: list[str] | None = None, adapters: list[str] | None = None, settings: dict | None = None,
+           proxies: bool = True, cache: str | Path | None = None, calibration_images: int = 256,
+           probe_images: int = 256, seed: int = 0, log=None) -> list[dict]:
+    """The candidates of a zoo as plain records, one per (src, dst, gap, method): ``gmacs``, ``params``,
+    ``trainable_params``, ``skip_reason`` (over the budget, cannot be built, a model that cannot be cut) and, with
+    ``proxies``, every proxy of :data:`~stitchkit.stitch_search.proxies.PROXIES` for those within the budget.
+
+    ``settings``: training settings as for ``stitchkit train`` (``{"data.name": "fashion_mnist", ...}``): the data
+    the proxies are measured on, the input size and whether weights are pretrained; ``checkpoints``: model name ->
+    weights file. ``cache``: a folder where each candidate's proxies are kept (a rerun reads them).
+
+    Example:
+        >>> records = stitchkit.search(["resnet18", "vit_micro_patch4_32"], budget_gmacs=0.05,
+        ...     settings={"data.name": "fashion_mnist", "data.input_size": 32, "model.pretrained": False},
+        ...     proxies=False)
+    """
+    log = log or (lambda *_: None)
+    config = _base_config(settings or {})
+    size = config.data.input_size
+    checkpoints = dict(checkpoints or {})
+    for name in checkpoints:
+        if name not in models:
+            raise StitchkitError(f"--checkpoint names {name!r}, which is not among --models ({', '.join(models)})")
+    usable, unusable = check_models(models, size)
+    num_classes = _data_classes(config)
+    records = _records(enumerate_candidates(usable, size, gaps, adapters), size, num_classes, budget_gmacs)
+    records += [{"src": name, "dst": None, "gap": None, "method": None, "skip_reason": reason}
+                for name, reason in unusable.items()]
+    within = [r for r in records if r.get("skip_reason") is None]
+    priced = [r for r in records if r.get("gmacs") is not None]
+    if not within:
+        if priced:
+            cheapest = min(priced, key=lambda r: r["gmacs"])
+            raise StitchkitError(f"no candidate fits a budget of {budget_gmacs:g} GMACs: the cheapest, "
+                                 f"{cheapest['src']} -> {cheapest['dst']} {cheapest['gap']} {cheapest['method']}, "
+                                 f"costs {cheapest['gmacs']:.4f} GMACs; raise --budget-gmacs to at least that")
+        raise StitchkitError("no candidate can be built from these models: "
+                             + "; ".join(f"{r['src']}: {r['skip_reason']}" for r in records[:3]))
+    log(f"{len(within)} candidates within the budget ({len(records) - len(within)} not: over it, not buildable or "
+        f"not cuttable)")
+    if proxies:
+        _measure_all(within, config, checkpoints, calibration_images, probe_images, seed, cache, log)
+    return records
+
+
+def _data_classes(config) -> int | None:
+    """How many classes the zoo's heads predict when it is trained on this data (prices the heads right)."""
+    if config.model.pretrained:
+        return None  # pretrained heads keep their own size
+    from ..training.data import raw_sources
+
+    try:
+        return len(raw_sources(config.data)["train"].classes)
+    except (StitchkitError, AttributeError, OSError):
+        return None
+
+
+def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calibration: int, probe: int, seed: int,
+                 cache: str | Path | None, log) -> None:
+    # what the proxies depend on: the data (not where it is stored, nor how fast it loads), the weights, the counts
+    data = {k: v for k, v in flatten(config).items() if k.startswith("data.")}
+    digest = settings_digest({**data, "checkpoints": repr(sorted(checkpoints.items())),
+                              "model.pretrained": config.model.pretrained, "calibration": calibration,
+                              "probe": probe, "seed": seed}, skip=NOT_IDENTITY)
+    folder = Path(cache) if cache is not None else None
+    todo = []
+    for record in records:
+        candidate = Candidate(record["src"], record["dst"], record["gap"], record["method"])
+        saved = _read(proxy_path(folder, candidate)) if folder is not None else None
+        if saved and saved.get("settings") == digest:
+            record.update(saved["proxies"])
+        else:
+            todo.append((record, candidate))
+    if not todo:
+        return
+    log(f"measuring proxies of {len(todo)} candidates ({len(records) - len(todo)} cached)")
+    models = sorted({r["src"] for r, _ in todo} | {r["dst"] for r, _ in todo})
+    images, labels = calibration_and_probe(config.data, models, calibration, probe, seed)
+    zoo = Zoo(config.data.input_size, checkpoints, config.model.pretrained, images, labels,
+              num_classes=config.model.num_classes)
+    _check_heads(zoo, sorted({r["dst"] for r, _ in todo}), config)
+    began = time.time()
+    for k, (record, candidate) in enumerate(todo, 1):
+        try:
+            proxies = measure(candidate, zoo, seed)
+        except StitchkitError as err:  # a stitch whose parts do not join at these weights: its reason, not the end
+            proxies = {"proxy_error": str(err).splitlines()[0]}
+        record.update(proxies)
+        if folder is not None:
+            atomic_write_json(proxy_path(folder, candidate), {"candidate": candidate.record(), "settings": digest,
+                                                              "proxies": proxies})
+        if k % 10 == 0 or k == len(todo):
+            log(f"  proxies {k}/{len(todo)} ({time.time() - began:.0f} s)")
+
+
+def _check_heads(zoo: Zoo, destinations: list[str], config) -> None:
+    """Every destination must predict the data's classes (or every stitch gets a new head, model.num_classes):
+    found before any proxy is measured, not by the first run that trains."""
+    from ..training.data import raw_sources
+    from ..zoo.models import classes_or_none
+
+    if config.model.num_classes is not None:
+        return
+    classes = len(raw_sources(config.data)["train"].classes)
+    for name in destinations:
+        own = classes_or_none(zoo.model(name))
+        if own != classes:
+            raise StitchkitError(f"{name} predicts {own} classes but the data has {classes}: pass --checkpoint "
+                                 f"{name}=PATH of a model trained on this data, or set model.num_classes={classes} "
+                                 "(every stitch then gets a new head that trains with its adapters)")
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_search(models: list[str], out: str | Path, budget_gmacs: float | None = None, *, train_top: int = 10,
+               proxy: str = DEFAULT_PROXY, selection: str = "frontier", checkpoints: dict[str, str] | None = None,
+               gaps: list[str] | None = None, adapters: list[str] | None = None, settings: dict | None = None,
+               calibration_images: int = 256, probe_images: int = 256, seeds: tuple[int, ...] = (0,),
+               workers: int = 1, smoke: bool = False, log=print) -> dict:
+    """Search, train the chosen candidates and write the frontier into ``out`` (see the module's docstring);
+    returns ``{"candidates", "trained", "frontier"}`` as plain records."""
+    if proxy not in PROXIES:
+        from ..errors import unknown_name
+
+        raise unknown_name("proxy", proxy, list(PROXIES))
+    if selection not in SELECTIONS:
+        from ..errors import unknown_name
+
+        raise unknown_name("selection", selection, SELECTIONS)
+    if train_top < 0:
+        raise StitchkitError(f"--train-top must be 0 or more, got {train_top}")
+    out = Path(out)
+    settings = dict(settings or {})
+    if smoke:
+        settings = {**settings, **SMOKE}
+        calibration_images, probe_images = min(calibration_images, 32), min(probe_images, 32)
+    began = time.time()
+    records = search(models, budget_gmacs, checkpoints=checkpoints, gaps=gaps, adapters=adapters,
+                     settings=settings, cache=out / "proxies", calibration_images=calibration_images,
+                     probe_images=probe_images, seed=seeds[0], log=log)
+    proxy_seconds = time.time() - began
+    within = [r for r in records if r.get("skip_reason") is None and r.get("proxy_error") is None]
+    scores = [score(proxy, r.get(proxy)) for r in within]
+    costs = [r["gmacs"] for r in within]
+    chosen = (select(costs, scores, train_top) if selection == "frontier" else top_by_score(scores, train_top))
+    for i, record in enumerate(within):
+        record["selected"] = i in chosen
+    log(f"training {len(chosen)} of {len(within)} candidates, chosen by {proxy} ({selection})")
+    trained = _train([within[i] for i in chosen], out, settings, checkpoints or {}, seeds, workers, log)
+    train_seconds = time.time() - began - proxy_seconds
+    front = [trained[i] for i in pareto_front([(t["gmacs"], t["top1"]) for t in trained])]
+    _write_outputs(out, records, trained, front, proxy, selection, proxy_seconds, train_seconds, log)
+    return {"candidates": records, "trained": trained, "frontier": front}
+
+
+def _train(chosen: list[dict], out: Path, settings: dict, checkpoints: dict[str, str], seeds: tuple[int, ...],
+           workers: int, log) -> list[dict]:
+    """The chosen candidates as one sweep (fronts shared), trained or resumed in ``out/runs``; one record per
+    trained stitch, with its run's top-1 and measured GMACs (averaged over seeds)."""
+    if not chosen:
+        return []
+    from ..demo import run_stages
+    from ..rundir import RunDir
+    from ..sweeps.grid import Sweep, _nest, expand
+
+    base = _nest(settings)
+    cells, by_candidate = [], {}
+    for record in chosen:
+        model = {"src_checkpoint": checkpoints.get(record["src"]), "dst_checkpoint": checkpoints.get(record["dst"])}
+        sweep = expand({"base": base, "pairs": [[record["src"], record["dst"]]], "gaps": [record["gap"]],
+                        "methods": [record["method"]], "seeds": list(seeds)}, name="search")
+        for cell in sweep.cells:
+            # the checkpoints live in each cell's own settings, as in findings: one sweep, any number of models
+            cell = replace(cell, settings={**cell.settings, "model": {**cell.settings["model"], **model}})
+            cells.append(cell)
+            by_candidate.setdefault(id(record), []).append(cell)
+    runs = out / "runs"
+    failures, _ = run_stages([[Sweep("search", base, cells, group_by_front=True)]], runs, log, workers)
+    if failures:
+        raise StitchkitError(f"{len(failures)} search runs failed (see their result.json): {', '.join(failures[:3])};"
+                             " run the same command again to retry them")
+    trained = []
+    for record in chosen:
+        results = [RunDir(runs / c.name).read_result() or {} for c in by_candidate[id(record)]]
+        top1 = [r["top1"] for r in results if r.get("top1") is not None]
+        if not top1:
+            continue
+        trained.append({**{k: record[k] for k in ("src", "dst", "gap", "method")},
+                        "top1": sum(top1) / len(top1), "seeds": len(top1),
+                        "gmacs": results[0].get("gmacs", record["gmacs"]),
+                        "runs": [c.name for c in by_candidate[id(record)]],
+                        **{p: record.get(p) for p in PROXIES}})
+    return trained
+
+
+def _write_outputs(out: Path, records: list[dict], trained: list[dict], front: list[dict], proxy: str,
+                   selection: str, proxy_seconds: float, train_seconds: float, log) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    fields = ["src", "dst", "gap", "method", "gmacs", "params", "trainable_params", *PROXIES, "selected",
+              "skip_reason", "proxy_error"]
+    atomic_write_text(out / "candidates.csv", _csv(records, fields))
+    frontier_fields = ["src", "dst", "gap", "method", "gmacs", "top1", "seeds", proxy]
+    atomic_write_text(out / "frontier.csv", _csv(front, frontier_fields))
+    lines = [f"# Search frontier ({len(front)} of {len(trained)} trained stitches)", "",
+             f"Chosen by `{proxy}` ({selection} selection); proxies {proxy_seconds / 60:.1f} min, training "
+             f"{train_seconds / 60:.1f} min.", "", "| stitch | gap | method | GMACs | top-1 (%) |", "|---|---|---|---|---|"]
+    lines += [f"| {t['src']} -> {t['dst']} | {t['gap']} | {t['method']} | {t['gmacs']:.4f} | {t['top1']:.2f} |"
+              for t in front]
+    atomic_write_text(out / "frontier.md", "\n".join(lines) + "\n")
+    atomic_write_json(out / "search.json", {"proxy": proxy, "selection": selection, "proxy_seconds": proxy_seconds,
+                                            "train_seconds": train_seconds, "trained": trained, "frontier": front})
+    if trained:
+        _figure(out / "frontier.png", records, trained, front, proxy)
+        _export_frontier(out, front, log)
+        from ..reports import write_report
+
+        write_report(out / "runs")
+    log(f"frontier: {len(front)} stitches; {out / 'frontier.md'}")
+
+
+def _csv(rows: list[dict], fields: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k) for k in fields})
+    return buffer.getvalue()
+
+
+def _figure(path: Path, records: list[dict], trained: list[dict], front: list[dict], proxy: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.scatter([t["gmacs"] for t in trained], [t["top1"] for t in trained], s=18, color="#4c72b0",
+               label="trained stitches")
+    ax.plot([t["gmacs"] for t in front], [t["top1"] for t in front], "-o", color="#dd8452", ms=4,
+            label="frontier")
+    ax.set_xlabel("compute (GMACs)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    candidates = sum(r.get("skip_reason") is None for r in records)
+    ax.set_title(f"Stitches trained by the search: {len(trained)} of {candidates} candidates ({proxy})")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _export_frontier(out: Path, front: list[dict], log) -> None:
+    """A model folder (the Hub layout) per frontier stitch, from its first seed's run, replaced on a rerun."""
+    import shutil
+
+    from ..export import export_run
+
+    folder = out / "frontier"
+    for t in front:
+        target = folder / f"{t['src']}--{t['dst']}--{t['gap'].replace(':', 'to')}--{t['method']}"
+        if target.exists():
+            shutil.rmtree(target)
+        export_run(out / "runs" / t["runs"][0], target, formats=("safetensors",))
+    log(f"frontier model folders: {folder}")

@@ -1,0 +1,136 @@
+"""stitchkit search: candidates priced without building them (checked against the built stitch), the proxies'
+mathematics (CKA, NASWOT, rank correlations, frontiers) against values worked out by hand, the errors a user meets,
+and a whole search at smoke size through the CLI, killed-and-rerun safe."""
+import json
+import math
+
+import pytest
+import torch
+
+import stitchkit
+from stitchkit.cli import main
+from stitchkit.errors import StitchkitError
+from stitchkit.stitch_search.candidates import Candidate, check_models, enumerate_candidates, price
+from stitchkit.stitch_search.frontier import (bootstrap_interval, hypervolume, kendall, pareto_front, select,
+                                              spearman, top_by_score)
+from stitchkit.stitch_search.proxies import linear_cka, naswot_score
+
+TINY = {"data.name": "synthetic", "data.input_size": 32, "data.synthetic_train_size": 192,
+        "data.synthetic_val_size": 32, "model.pretrained": False, "model.num_classes": 10, "train.workers": 0,
+        "train.batch_size": 32, "optim.batch_size": 32, "train.epochs": 1}
+
+
+def test_frontier_and_hypervolume_by_hand():
+    points = [(1.0, 50.0), (2.0, 60.0), (2.0, 55.0), (3.0, 58.0), (4.0, 70.0)]
+    assert pareto_front(points) == [0, 1, 4]  # (2, 55) and (3, 58) are beaten by (2, 60)
+    # dominated area above accuracy 40 and left of 5 GMACs: (2-1)*10 + (4-2)*20 + (5-4)*30
+    assert hypervolume(points, 5.0, 40.0) == pytest.approx(10 + 40 + 30)
+    assert hypervolume([(6.0, 90.0)], 5.0, 40.0) == 0.0  # beyond the reference compute counts nothing
+
+
+def test_selection_walks_the_predicted_frontier_layer_by_layer():
+    costs = [1.0, 2.0, 3.0, 1.5, 2.5, 9.0]
+    scores = [10.0, 20.0, 30.0, 5.0, 15.0, float("nan")]
+    assert select(costs, scores, 3) == [0, 1, 2]  # the predicted frontier first
+    assert sorted(select(costs, scores, 4)) == [0, 1, 2, 4]  # then the best of the next layer
+    assert top_by_score(scores, 2) == [2, 1]
+    assert 5 not in select(costs, scores, 10)  # no score, not chosen
+
+
+def test_rank_correlations_by_hand():
+    x = [1, 2, 3, 4, 5]
+    assert spearman(x, [2, 4, 6, 8, 10]) == pytest.approx(1.0)
+    assert kendall(x, [5, 4, 3, 2, 1]) == pytest.approx(-1.0)
+    # one swapped pair of five: 9 concordant, 1 discordant -> tau 0.8; spearman 1 - 6*2/(5*24) = 0.9
+    assert kendall(x, [1, 3, 2, 4, 5]) == pytest.approx(0.8)
+    assert spearman(x, [1, 3, 2, 4, 5]) == pytest.approx(0.9)
+    # ties: tau-b = (C - D) / sqrt((C+D+Tx)(C+D+Ty)); x ties one pair, y none: (9 - 0) / sqrt(9 * 10)
+    assert kendall([1, 1, 2, 3, 4], [1, 2, 3, 4, 5]) == pytest.approx(9 / math.sqrt(90))
+    low, high = bootstrap_interval(list(range(30)), [v + (v % 3) for v in range(30)], spearman, resamples=200)
+    assert low <= spearman(list(range(30)), [v + (v % 3) for v in range(30)]) <= high <= 1.0
+
+
+def test_linear_cka_is_one_for_the_same_features_up_to_rotation_and_scale():
+    torch.manual_seed(0)
+    a = torch.randn(64, 20)
+    rotation, _ = torch.linalg.qr(torch.randn(20, 20))
+    assert linear_cka(a, 3.0 * a @ rotation) == pytest.approx(1.0, abs=1e-9)
+    assert linear_cka(a, torch.randn(64, 20)) < 0.5  # unrelated features
+    assert linear_cka(a.reshape(64, 5, 2, 2), a) == pytest.approx(1.0)  # any shape after the batch
+
+
+def test_naswot_counts_agreeing_activation_codes():
+    """Two images with the same codes make the kernel singular (a network that cannot tell them apart)."""
+    net = torch.nn.Sequential(torch.nn.Linear(4, 256), torch.nn.ReLU())
+    torch.manual_seed(0)
+    apart = naswot_score(net, torch.randn(8, 4))
+    assert math.isfinite(apart)
+    same = torch.randn(1, 4).repeat(8, 1)
+    assert math.isnan(naswot_score(net, same))  # log-determinant of a singular kernel: no score
+
+
+def test_a_candidate_costs_what_its_built_stitch_counts():
+    """Priced on the meta device, with the heads at the data's class count (resnet10t's own has 1,000)."""
+    for src, dst in (("resnet10t", "vit_pico_patch4_32"), ("resnet10t", "resnet10t")):
+        priced = price(Candidate(src, dst, "1:3", "downsample_bottleneck"), 32, num_classes=10)
+        built = stitchkit.create_stitched(src, dst, "1:3", adapter="bottleneck", input_size=32, num_classes=10)
+        assert priced["gmacs"] == pytest.approx(stitchkit.count_macs(built, 32) / 1e9, rel=1e-9)
+        assert priced["params"] == stitchkit.count_params(built)
+    thousand = price(Candidate("resnet10t", "resnet10t", "1:3", "downsample_bottleneck"), 32)
+    assert thousand["gmacs"] - priced["gmacs"] == pytest.approx(512 * 990 / 1e9)  # the head's MACs at 1,000
+    assert price(Candidate("resnet10t", "resnet10t", "1:2", "vit_block"), 32)["skip_reason"].startswith("vit_block")
+    assert len(enumerate_candidates(["a", "b"], 32, gaps=["1:2", "2:3"], adapters=["bottleneck", "linear"])) == 16
+
+
+def test_bad_input_is_one_clear_line(capsys):
+    usable, reasons = check_models(["resnet10t", "hrnet_w18_small"], 32)
+    assert usable == ["resnet10t"] and "cannot cut" in reasons["hrnet_w18_small"]
+    args = ["search", "--models", "resnet10t,vit_pico_patch4_32", "--list", "data.input_size=32",
+            "model.pretrained=false"]
+    assert main([*args, "--budget-gmacs", "0.0001"]) == 2
+    err = capsys.readouterr().err
+    assert "no candidate fits a budget of 0.0001 GMACs: the cheapest" in err and "raise --budget-gmacs" in err
+    assert main(["search", "--models", "resnet10t,resnt18", "--list"]) == 2
+    assert "unknown model 'resnt18'; did you mean: resnet18" in capsys.readouterr().err
+    assert main(["search", "--models", "resnet10t,hrnet_w18_small", "--list", "--gaps", "1:3",
+                 "data.input_size=32", "model.pretrained=false"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet10t -> resnet10t  1:3" in out and "hrnet_w18_small -> -" in out and "cannot cut" in out
+    assert main(["search", "--models", "resnet10t", "--adapters", "botleneck", "--list"]) == 2
+    assert "bottleneck" in capsys.readouterr().err
+    assert main(["search", "--models", "resnet10t", "--proxy", "accuracy", "--out", "x"]) == 2
+    assert "init_accuracy" in capsys.readouterr().err
+
+
+def test_a_destination_for_other_classes_is_refused_before_any_proxy(tmp_path):
+    settings = {k: v for k, v in TINY.items() if k != "model.num_classes"}  # random 1000-class heads, 10 classes
+    with pytest.raises(StitchkitError, match=r"predicts 1000 classes but the data has 10: pass --checkpoint "
+                                             r"resnet10t=PATH .* or set model.num_classes=10"):
+        stitchkit.search(["resnet10t"], gaps=["1:3"], adapters=["linear"], settings=settings,
+                         calibration_images=16, probe_images=16)
+
+
+def test_a_smoke_search_trains_its_choice_writes_the_frontier_and_continues(tmp_path, capsys):
+    out = tmp_path / "search"
+    args = ["search", "--models", "resnet10t,vit_pico_patch4_32", "--gaps", "1:3", "--adapters", "linear",
+            "--train-top", "2", "--out", str(out), "--smoke", "--calibration-images", "16", "--probe-images", "16",
+            *[f"{k}={v}" for k, v in TINY.items()]]
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    assert "measuring proxies of 4 candidates" in printed.out
+    records = json.loads((out / "search.json").read_text())
+    assert len(records["trained"]) == 2 and records["frontier"]
+    for name in ("candidates.csv", "frontier.csv", "frontier.md", "frontier.png", "runs/report/index.html"):
+        assert (out / name).is_file(), name
+    cached = sorted(p.name for p in (out / "proxies").iterdir())
+    assert len(cached) == 4 and all(json.loads((out / "proxies" / c).read_text())["proxies"]["init_accuracy"]
+                                    is not None for c in cached)
+    folders = sorted((out / "frontier").iterdir())
+    assert len(folders) == len(records["frontier"])
+    model = stitchkit.load_pretrained(folders[0])
+    assert isinstance(model, stitchkit.StitchedModel)
+    # the same command again: every proxy from the cache, every run finished, the same frontier
+    assert main(args) == 0
+    again = capsys.readouterr().out
+    assert "measuring proxies" not in again and "training stitch run" not in again
+    assert json.loads((out / "search.json").read_text())["frontier"] == records["frontier"]
