@@ -11,8 +11,8 @@ import stitchkit
 from stitchkit.cli import main
 from stitchkit.errors import StitchkitError
 from stitchkit.stitch_search.candidates import Candidate, check_models, enumerate_candidates, price
-from stitchkit.stitch_search.frontier import (bootstrap_interval, hypervolume, kendall, pareto_front, select,
-                                              spearman, top_by_score)
+from stitchkit.pareto import hypervolume, pareto_front
+from stitchkit.stitch_search.frontier import bootstrap_interval, kendall, select, spearman, top_by_score
 from stitchkit.stitch_search.proxies import linear_cka, naswot_score
 
 TINY = {"data.name": "synthetic", "data.input_size": 32, "data.synthetic_train_size": 192,
@@ -134,3 +134,29 @@ def test_a_smoke_search_trains_its_choice_writes_the_frontier_and_continues(tmp_
     again = capsys.readouterr().out
     assert "measuring proxies" not in again and "training stitch run" not in again
     assert json.loads((out / "search.json").read_text())["frontier"] == records["frontier"]
+
+
+def test_the_proxy_study_runs_at_smoke_size_and_writes_its_page(tmp_path, capsys):
+    """The study's whole path (a zoo from scratch on Fashion-MNIST, every proxy, every candidate trained, the
+    analysis and the page) on a toy zoo; its numbers mean nothing at this size."""
+    pytest.importorskip("matplotlib")
+    from stitchkit.training.data import find_fashion_mnist
+
+    try:
+        find_fashion_mnist(None)
+    except StitchkitError:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    study = tmp_path / "study.yaml"
+    study.write_text("sources: {models: [resnet10t, vit_pico_patch4_32], images: 128, epochs: 1}\n"
+                     "stitches: {images: 64, epochs: 1}\nval_images: 32\nbatch_size: 32\n"
+                     "search: {gaps: ['1:3', '2:3'], adapters: [linear], calibration_images: 16, probe_images: 16}\n")
+    doc = tmp_path / "docs" / "search.md"
+    assert main(["search", "--study", str(study), "--out", str(tmp_path / "out"), "--doc", str(doc)]) == 0
+    page = doc.read_text()
+    analysis = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert analysis["stitches"] == analysis["candidates"] == 8
+    assert set(analysis["correlations"]) >= {"init_accuracy", "lstsq_accuracy", "cka", "fit_residual", "naswot"}
+    assert all(-1 <= r["spearman"] <= 1 for r in analysis["correlations"].values())
+    for name in ("Spearman (95% CI)", "hypervolume vs exhaustive", "## Verdict", "search/frontiers.png"):
+        assert name in page, name
+    assert (doc.parent / "search" / "proxy_vs_accuracy.png").is_file()

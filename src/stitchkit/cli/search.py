@@ -14,7 +14,11 @@ def add_parser(subparsers) -> None:
         "report). Killed at any moment, the same command continues.\n\n"
         "example:\n  stitchkit search --models resnet18,mobilenetv3_large_100,vit_small_patch16_224 \\\n"
         "      --budget-gmacs 1.5 --train-top 12 --out runs/search data.name=imagenet data.root=/data/imagenet")
-    p.add_argument("--models", required=True, help="comma-separated model names (timm, torchvision:NAME)")
+    p.add_argument("--models", default=None, help="comma-separated model names (timm, torchvision:NAME)")
+    p.add_argument("--study", default=None, metavar="FILE",
+                   help="instead: the proxies' study (configs/search/fashion_mnist.yaml): train a zoo and every "
+                        "candidate, and measure how well each proxy ranks them")
+    p.add_argument("--doc", default=None, help="with --study: write its page here (e.g. docs/search.md)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
                    help="weights for a model (repeat per model); others use model.pretrained")
     p.add_argument("--budget-gmacs", type=float, default=None, help="most compute a stitch may cost, in GMACs")
@@ -65,7 +69,20 @@ def _search(args) -> int:
         seeds = tuple(int(s) for s in _split(args.seeds) or ["0"])
     except ValueError:
         raise StitchkitError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+    if args.study:
+        from ..stitch_search.study import run_study
+
+        try:
+            run_study(args.study, args.out if args.out != "runs/search" else "runs/search_study", args.doc,
+                      smoke=args.smoke, threads=args.threads, workers=args.workers)
+        except RunInterrupted as stop:
+            from .demo import _stopped
+
+            return _stopped("search", stop)
+        return 0
     models = _split(args.models) or []
+    if not models:
+        raise StitchkitError("stitchkit search needs --models A,B,... (or --study FILE)")
     common = dict(checkpoints=checkpoints, gaps=_split(args.gaps), adapters=_split(args.adapters), settings=settings)
     if args.list:
         records = search(models, args.budget_gmacs, proxies=False, **common)

@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..files import atomic_write_bytes  # noqa: E402
+from ..pareto import front_points as pareto_front  # noqa: E402  (the points, as the figures use them)
 from ..sweeps.methods import get_method  # noqa: E402
 
 
@@ -52,16 +53,6 @@ def _save(fig, out: Path, stem: str) -> list[Path]:
         atomic_write_bytes(path, buffer.getvalue())
     plt.close(fig)
     return paths
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points not dominated by a cheaper-or-equal and more accurate one, by increasing cost."""
-    front, best = [], float("-inf")
-    for cost, acc in sorted(points, key=lambda p: (p[0], -p[1])):
-        if acc > best:
-            front.append((cost, acc))
-            best = acc
-    return front
 
 
 def original_label(name: str, originals: dict) -> str:

@@ -7,7 +7,8 @@ building them, training-free proxies, the chosen few trained, the accuracy-compu
 (The package is ``stitch_search`` so that ``stitchkit.search`` stays the function.)
 """
 from .candidates import Candidate
-from .frontier import hypervolume, kendall, pareto_front, select, spearman
+from ..pareto import hypervolume, pareto_front
+from .frontier import kendall, select, spearman
 from .proxies import PROXIES
 from .run import run_search, search
 

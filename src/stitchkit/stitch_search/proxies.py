@@ -1,10 +1,12 @@
 """Training-free proxies: how good a stitch will be after training, guessed from its start and a few hundred images.
 
-Every proxy is measured on the stitch as it starts (stitchkit's default start, fitted to the destination's own
-features on the calibration images), on *probe* images it was not fitted on:
+Every proxy is measured on *probe* images the stitch's start was not fitted on (it is fitted on the calibration
+images), most on the stitch as it starts:
 
-* ``init_accuracy``: top-1 of the stitch before any training (SN-Net's observation: a least-squares start is
-  already a working network).
+* ``init_accuracy``: top-1 of the stitch before any training, at stitchkit's default start (SN-Net's observation:
+  a least-squares start is already a working network).
+* ``lstsq_accuracy``: the same at the least-squares start alone (``lstsq``: SN-Net's start, no feature-matching
+  steps), a hundred times cheaper.
 * ``fit_residual``: what the start leaves unexplained of the destination's features at its cut,
   ``|bridge(front(x)) - dst_front(x)|^2 / |dst_front(x) - mean|^2`` (lower is better).
 * ``cka``: linear CKA between the source's features at its cut and the destination's at its cut (Kornblith et al.
@@ -12,7 +14,7 @@ features on the calibration images), on *probe* images it was not fitted on:
 * ``kl``: the mean KL divergence from the destination's own predictions to the stitch's (KLAS ranks by a KL;
   lower is better).
 * ``naswot``: the zero-cost NAS score of Mellor et al. 2021 (DeRy's default): the log-determinant of the kernel of
-  binary ReLU codes over a batch, on the whole stitched network.
+  binary ReLU codes over a batch, on the whole stitched network with its adapters at initialisation.
 
 :data:`PROXIES` says for each whether higher is better; :func:`score` turns a measurement into "higher is better".
 """
@@ -21,7 +23,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -30,14 +33,19 @@ from torch import nn
 
 from ..errors import StitchkitError
 from ..starts import DEFAULT_START, get_start
-from ..stitching import StitchConfig, StitchedModel, build_stitch
+from ..stitching import StitchConfig, StitchedModel, UncalibratedWarning, build_stitch
 from ..sweeps.methods import get_method
 from ..zoo import dissect, front_part
 from ..zoo.models import fit_head, resolve_model
 from .candidates import Candidate
 
 # proxy -> +1 where higher predicts a better stitch, -1 where lower does
-PROXIES = {"init_accuracy": 1, "fit_residual": -1, "cka": 1, "kl": -1, "naswot": 1}
+PROXIES = {"init_accuracy": 1, "fit_residual": -1, "lstsq_accuracy": 1, "cka": 1, "kl": -1, "naswot": 1}
+# what each proxy needs measured (parts of measure(); features at each cut are measured once per search)
+PROXY_COSTS = {"init_accuracy": ("features", "fitted"), "fit_residual": ("features", "fitted"),
+               "kl": ("features", "fitted"), "lstsq_accuracy": ("features", "lstsq"), "cka": ("features",),
+               "naswot": ("naswot",)}
+PROXY_VERSION = 2  # raise when what measure() returns changes: cached proxies of another version are measured again
 NASWOT_IMAGES = 64  # the batch the NAS score is measured on (Mellor et al. use 128 at 32 px)
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU)
 
@@ -93,40 +101,72 @@ def stitch_config(candidate: Candidate, zoo: Zoo) -> StitchConfig:
 
 
 def measure(candidate: Candidate, zoo: Zoo, seed: int = 0) -> dict:
-    """Every proxy of ``candidate`` (and the seconds each part took)."""
-    began = time.perf_counter()
+    """Every proxy of ``candidate``, and what each part cost (``seconds``: ``features``, ``naswot``, ``lstsq``,
+    ``fitted``; :data:`PROXY_COSTS` says which parts each proxy needs)."""
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
     src, dst = zoo.model(candidate.src), zoo.model(candidate.dst)
-    torch.manual_seed(seed)
     if zoo.num_classes is not None:  # a new head: the stitch must not change the zoo's shared destination
         dst = copy.deepcopy(dst)
         src = dst if candidate.src == candidate.dst else src
         fit_head(dst, zoo.num_classes, new_head=True)
-    stitch = build_stitch(stitch_config(candidate, zoo), src, dst, check=False,
-                          calibration_images=(zoo.images(candidate.src, "calibration"),
-                                              zoo.images(candidate.dst, "calibration")))
-    stitch.eval()
-    start_seconds = time.perf_counter() - began
-    probe_src = zoo.images(candidate.src, "probe")
-    probe_dst = zoo.images(candidate.dst, "probe")
-    with torch.no_grad():
-        features = zoo.cached(("front", candidate.src, stitch.config.src_cut),
-                              lambda: _batched(stitch.front, probe_src))
-        target = zoo.cached(("front", candidate.dst, stitch.config.dst_cut),
-                            lambda: _batched(_dst_front(stitch, dst), probe_dst))
-        bridged = _batched(stitch.bridge, features)
-        logits = _batched(stitch.back, bridged)
-    labels = zoo.labels
-    accuracy = 100.0 * (logits.argmax(1) == labels).float().mean().item()
-    residual = ((bridged - target) ** 2).sum() / ((target - target.mean(0, keepdim=True)) ** 2).sum().clamp_min(1e-12)
+    probe_src, probe_dst = zoo.images(candidate.src, "probe"), zoo.images(candidate.dst, "probe")
+    config = stitch_config(candidate, zoo)
+
+    def build(start: str | None) -> StitchedModel:
+        torch.manual_seed(seed)
+        images = None if start is None else (zoo.images(candidate.src, "calibration"),
+                                             zoo.images(candidate.dst, "calibration"))
+        chosen = config if start in (None, DEFAULT_START) else replace(config, adapter_norm=start,
+                                                                        prefix_in=get_start(start).prefix_in)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UncalibratedWarning)
+            return build_stitch(chosen, src, dst, check=False, calibration_images=images).eval()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = seconds.get(name, 0.0) + now - clock
+        clock = now
+
+    unstarted = build(None)  # the adapters at their default initialisation: what NASWOT scores (at init)
+    lap("naswot")
+    features = zoo.cached(("front", candidate.src, config.src_cut), lambda: _batched(unstarted.front, probe_src))
+    target = zoo.cached(("front", candidate.dst, config.dst_cut),
+                        lambda: _batched(_dst_front(unstarted, dst), probe_dst))
+    cka = zoo.cached(("cka", candidate.src, config.src_cut, candidate.dst, config.dst_cut),
+                     lambda: torch.tensor(linear_cka(features, target))).item()
+    lap("features")  # once per (model, cut) in a search: later candidates at the same cuts find them cached
+    naswot = naswot_score(unstarted, probe_src[:NASWOT_IMAGES])
+    lap("naswot")
+    lstsq = _started(build("lstsq"), features, target, zoo.labels)
+    lap("lstsq")
+    fitted = _started(build(DEFAULT_START), features, target, zoo.labels)
     kl = None  # with a new head there are no destination predictions to compare with
     if zoo.num_classes is None:
         reference = F.log_softmax(zoo.logits(candidate.dst), 1)
-        kl = F.kl_div(F.log_softmax(logits, 1), reference, log_target=True, reduction="batchmean").item()
-    cka = zoo.cached(("cka", candidate.src, stitch.config.src_cut, candidate.dst, stitch.config.dst_cut),
-                     lambda: torch.tensor(linear_cka(features, target))).item()
-    naswot = naswot_score(stitch, probe_src[:NASWOT_IMAGES])
-    return {"init_accuracy": accuracy, "fit_residual": residual.item(), "cka": cka, "kl": kl, "naswot": naswot,
-            "start_seconds": start_seconds, "seconds": time.perf_counter() - began}
+        kl = F.kl_div(F.log_softmax(fitted["logits"], 1), reference, log_target=True, reduction="batchmean").item()
+    lap("fitted")
+    return {"init_accuracy": fitted["accuracy"], "fit_residual": fitted["residual"], "lstsq_accuracy":
+            lstsq["accuracy"], "cka": cka, "kl": kl, "naswot": naswot,
+            "seconds": sum(seconds.values()), "part_seconds": seconds}
+
+
+def _started(stitch: StitchedModel, features: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Top-1 of a started stitch on the probe images, and the share of the destination's features at its cut that
+    its bridge leaves unexplained."""
+    with torch.no_grad():
+        bridged = _batched(stitch.bridge, features)
+        logits = _batched(stitch.back, bridged)
+    residual = ((bridged - target) ** 2).sum() / ((target - target.mean(0, keepdim=True)) ** 2).sum().clamp_min(1e-12)
+    return {"accuracy": 100.0 * (logits.argmax(1) == labels).float().mean().item(), "residual": residual.item(),
+            "logits": logits}
+
+
+def proxy_seconds(name: str, measured: dict) -> float:
+    """What measuring proxy ``name`` alone cost for one candidate."""
+    parts = measured.get("part_seconds") or {}
+    return sum(parts.get(part, 0.0) for part in PROXY_COSTS[name])
 
 
 def _dst_front(stitch: StitchedModel, dst: nn.Module) -> nn.Module:

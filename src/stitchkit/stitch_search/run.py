@@ -23,8 +23,9 @@ from ..files import atomic_write_json, atomic_write_text
 from ..training.config import flatten
 from ..training.identity import NOT_IDENTITY, settings_digest
 from .candidates import Candidate, check_models, enumerate_candidates, price
-from .frontier import pareto_front, select, top_by_score
-from .proxies import PROXIES, Zoo, calibration_and_probe, measure, proxy_path, score
+from ..pareto import pareto_front
+from .frontier import select, top_by_score
+from .proxies import PROXIES, PROXY_VERSION, Zoo, calibration_and_probe, measure, proxy_path, score
 
 DEFAULT_PROXY = "init_accuracy"
 SELECTIONS = ("frontier", "top")
@@ -113,7 +114,7 @@ def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calib
     data = {k: v for k, v in flatten(config).items() if k.startswith("data.")}
     digest = settings_digest({**data, "checkpoints": repr(sorted(checkpoints.items())),
                               "model.pretrained": config.model.pretrained, "calibration": calibration,
-                              "probe": probe, "seed": seed}, skip=NOT_IDENTITY)
+                              "probe": probe, "seed": seed, "proxies": PROXY_VERSION}, skip=NOT_IDENTITY)
     folder = Path(cache) if cache is not None else None
     todo = []
     for record in records:

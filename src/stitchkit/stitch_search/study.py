@@ -1,0 +1,282 @@
+"""``stitchkit search --study FILE``: how well each proxy ranks stitches, measured by training all of them.
+
+A study file (``configs/search/fashion_mnist.yaml``) names a zoo trained from scratch here, the stitches' training,
+and the search's grid. The study trains the zoo, measures every proxy of every candidate, then trains *every*
+candidate (the ground truth a real search never has), and reports:
+
+* Spearman's and Kendall's rank correlation of each proxy with trained top-1, with 95% bootstrap intervals, over all
+  stitches and per destination;
+* what a search that trains only the top ``top_fraction`` by the best proxy would have found: its frontier's
+  hypervolume against the exhaustive frontier's, and the compute both took, beside a random choice of as many.
+
+It resumes (sources, proxies and runs are all reused), and ``--smoke`` runs the same code at toy size.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+from ..demo import fashion_mnist_base, run_stages, threads_per_run
+from ..errors import StitchkitError
+from ..files import atomic_write_json, atomic_write_text
+from ..pareto import hypervolume, pareto_front
+from ..rundir import RunDir
+from ..sweeps.grid import _flat, expand
+from ..training.config import _parse_yaml
+from .frontier import bootstrap_interval, kendall, select, spearman, top_by_score
+from .proxies import PROXIES, proxy_seconds, score
+from .run import _train, search
+
+STUDY_KEYS = ("sources", "stitches", "val_images", "batch_size", "search")
+SMOKE = {"sources": {"images": 256, "epochs": 1}, "stitches": {"images": 128, "epochs": 1}, "val_images": 64,
+         "batch_size": 32, "search": {"gaps": ["1:3"], "calibration_images": 32, "probe_images": 32}}
+CHANCE = 10.0  # Fashion-MNIST's ten classes: the hypervolume's reference accuracy
+RANDOM_DRAWS = 200
+
+
+def load_study(path: str | Path, smoke: bool = False) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise StitchkitError(f"study file {str(path)!r} does not exist; see configs/search/fashion_mnist.yaml")
+    spec = _parse_yaml(path.read_text(), f"study file {str(path)!r}") or {}
+    unknown = set(spec) - set(STUDY_KEYS)
+    if unknown:
+        raise StitchkitError(f"unknown key {sorted(unknown)[0]!r} in {str(path)!r}; keys are {', '.join(STUDY_KEYS)}")
+    for key in ("sources", "stitches", "search"):
+        if key not in spec:
+            raise StitchkitError(f"{str(path)!r} has no {key!r}; see configs/search/fashion_mnist.yaml")
+    if smoke:
+        spec = {**spec, **{k: ({**spec[k], **v} if isinstance(v, dict) else v) for k, v in SMOKE.items()}}
+    return spec
+
+
+def run_study(path: str | Path, out: str | Path = "runs/search_study", doc: str | Path | None = None,
+              smoke: bool = False, threads: int | None = None, workers: int = 1, log=print) -> dict:
+    """Train the zoo and every candidate, measure every proxy, write ``doc``; returns the analysis."""
+    from ..training.data import find_fashion_mnist
+
+    find_fashion_mnist(None)
+    spec = load_study(path, smoke)
+    out = Path(out)
+    began = time.time()
+    threads = threads_per_run(threads, workers)
+    val, batch = spec.get("val_images", 2000), spec.get("batch_size", 128)
+    src, grid = spec["sources"], spec["search"]
+    models = list(src["models"])
+    sources = expand({"base": fashion_mnist_base(src["images"], src["epochs"], val, batch, threads),
+                      "baselines": {"scratch": {"models": models}}, "seeds": [0]}, name="search_sources")
+    failures, _ = run_stages([[sources]], out / "sources", log, workers)
+    if failures:
+        raise StitchkitError(f"{len(failures)} source models failed to train: {', '.join(failures)}")
+    source_runs = {cell.src: RunDir(out / "sources" / cell.name) for cell in sources.cells}
+    checkpoints = {name: str(run.model_weights) for name, run in source_runs.items()}
+    originals = {name: run.read_result() or {} for name, run in source_runs.items()}
+    stitches = spec["stitches"]
+    settings = _flat(fashion_mnist_base(stitches["images"], stitches["epochs"], val, batch, threads))
+    proxy_began = time.time()
+    records = search(models, grid.get("budget_gmacs"), checkpoints=checkpoints, gaps=grid.get("gaps"),
+                     adapters=grid.get("adapters"), settings=settings, cache=out / "proxies",
+                     calibration_images=grid.get("calibration_images", 256),
+                     probe_images=grid.get("probe_images", 256), log=log)
+    del proxy_began
+    within = [r for r in records if r.get("skip_reason") is None and r.get("proxy_error") is None]
+    log(f"training all {len(within)} candidates (the study's ground truth)")
+    trained = _train(within, out, settings, checkpoints, (0,), workers, log)
+    for t in trained:
+        t["train_seconds"] = _run_seconds(out / "runs", t["runs"])
+    costs = {name: sum(proxy_seconds(name, r) for r in within) for name in PROXIES}
+    analysis = analyse(trained, costs, grid.get("top_fraction", 0.2))
+    analysis.update(models=models, originals={m: {k: originals[m].get(k) for k in ("top1", "gmacs")}
+                                              for m in models},
+                    candidates=len(within), minutes=(time.time() - began) / 60)
+    atomic_write_json(out / "study.json", analysis)
+    if doc is not None:
+        doc = Path(doc)
+        assets = doc.parent / doc.stem
+        assets.mkdir(parents=True, exist_ok=True)
+        figures = _figures(assets, trained, analysis)
+        command = f"stitchkit search --study {path} --out {out} --doc {doc}" + (" --smoke" if smoke else "")
+        atomic_write_text(doc, study_markdown(analysis, spec, command, [f"{assets.name}/{f}" for f in figures]))
+        log(f"wrote {doc}")
+    return analysis
+
+
+def _run_seconds(runs: Path, names: list[str]) -> float:
+    """A run's training time; runs trained in one pass share its time evenly."""
+    total = 0.0
+    for name in names:
+        result = RunDir(runs / name).read_result() or {}
+        total += (result.get("wall_time_s") or 0.0) / max(result.get("group_size") or 1, 1)
+    return total
+
+
+def analyse(trained: list[dict], proxy_costs: dict[str, float], top_fraction: float) -> dict:
+    """Correlations of every proxy with trained top-1 (overall and per destination), and the frontier a search
+    choosing ``top_fraction`` of the candidates by each proxy finds, against the exhaustive one; ``proxy_costs``:
+    seconds each proxy took over every candidate (a search pays them before it trains)."""
+    accuracy = [t["top1"] for t in trained]
+    correlations = {}
+    for name in PROXIES:
+        pairs = [(score(name, t.get(name)), t["top1"]) for t in trained]
+        pairs = [(s, a) for s, a in pairs if s is not None and math.isfinite(s)]
+        if len(pairs) < 3:
+            continue
+        xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+        per_dst = {}
+        for dst in sorted({t["dst"] for t in trained}):
+            sub = [(score(name, t.get(name)), t["top1"]) for t in trained if t["dst"] == dst]
+            sub = [(s, a) for s, a in sub if s is not None and math.isfinite(s)]
+            if len(sub) >= 3:
+                per_dst[dst] = {"spearman": spearman([p[0] for p in sub], [p[1] for p in sub]), "n": len(sub)}
+        correlations[name] = {"n": len(pairs), "spearman": spearman(xs, ys),
+                              "spearman_ci": bootstrap_interval(xs, ys, spearman),
+                              "kendall": kendall(xs, ys), "kendall_ci": bootstrap_interval(xs, ys, kendall, 300),
+                              "per_destination": per_dst}
+    if not correlations:
+        raise StitchkitError("no proxy could be measured on the trained stitches")
+    best = max(correlations, key=lambda n: correlations[n]["spearman"])
+    costs = [t["gmacs"] for t in trained]
+    ref_gmacs = max(costs)
+    exhaustive = hypervolume(list(zip(costs, accuracy)), ref_gmacs, CHANCE)
+    count = max(1, math.ceil(top_fraction * len(trained)))
+    all_seconds = sum(t.get("train_seconds", 0.0) for t in trained)
+
+    def outcome(chosen: list[int], proxy_cost: float) -> dict:
+        points = [(costs[i], accuracy[i]) for i in chosen]
+        seconds = sum(trained[i].get("train_seconds", 0.0) for i in chosen)
+        return {"count": len(chosen), "hypervolume_ratio": hypervolume(points, ref_gmacs, CHANCE) / exhaustive,
+                "train_seconds": seconds, "proxy_seconds": proxy_cost,
+                "compute_share": (seconds + proxy_cost) / all_seconds if all_seconds else float("nan"),
+                "frontier": [_key(trained[chosen[k]]) for k in pareto_front(points)]}
+
+    def scores_of(name: str) -> list[float]:
+        raw = [score(name, t.get(name)) for t in trained]
+        return [s if s is not None and math.isfinite(s) else float("nan") for s in raw]
+
+    by_proxy = {name: {"frontier": outcome(select(costs, scores_of(name), count), proxy_costs.get(name, 0.0)),
+                       "top": outcome(top_by_score(scores_of(name), count), proxy_costs.get(name, 0.0))}
+                for name in correlations}
+    rng = random.Random(0)
+    draws = [outcome(rng.sample(range(len(trained)), count), 0.0)["hypervolume_ratio"] for _ in range(RANDOM_DRAWS)]
+    return {"stitches": len(trained), "best_proxy": best, "correlations": correlations,
+            "top_fraction": top_fraction, "exhaustive_hypervolume": exhaustive, "reference": [ref_gmacs, CHANCE],
+            "exhaustive_train_seconds": all_seconds, "proxy_seconds": proxy_costs,
+            "exhaustive_frontier": [_key(trained[i]) for i in pareto_front(list(zip(costs, accuracy)))],
+            "by_proxy": by_proxy,
+            "selection": {**by_proxy[best], "random_mean_ratio": sum(draws) / len(draws),
+                          "random_p90_ratio": sorted(draws)[int(0.9 * (len(draws) - 1))]},
+            "per_stitch": [{**{k: t[k] for k in ("src", "dst", "gap", "method", "gmacs", "top1")},
+                            **{p: t.get(p) for p in PROXIES}} for t in trained]}
+
+
+def _key(t: dict) -> str:
+    return f"{t['src']} -> {t['dst']} {t['gap']} {t['method']}"
+
+
+def _figures(assets: Path, trained: list[dict], analysis: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = analysis["best_proxy"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    colours = plt.get_cmap("tab10")
+    for k, dst in enumerate(sorted({t["dst"] for t in trained})):
+        points = [(t.get(best), t["top1"]) for t in trained if t["dst"] == dst and t.get(best) is not None]
+        ax.scatter([p[0] for p in points], [p[1] for p in points], s=14, color=colours(k), label=f"into {dst}")
+    c = analysis["correlations"][best]
+    ax.set_xlabel(f"{best} (before training)")
+    ax.set_ylabel("top-1 after training (%)")
+    ax.set_title(f"{best} vs trained accuracy: Spearman {c['spearman']:.2f}, n={c['n']}")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(assets / "proxy_vs_accuracy.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.scatter([t["gmacs"] for t in trained], [t["top1"] for t in trained], s=10, color="#bbbbbb",
+               label="every candidate, trained")
+    keyed = {_key(t): t for t in trained}
+    for label, keys, style in (("exhaustive frontier", analysis["exhaustive_frontier"], "-o"),
+                               (f"frontier of the {analysis['selection']['frontier']['count']} chosen by {best}",
+                                analysis["selection"]["frontier"]["frontier"], "--s")):
+        points = sorted((keyed[k]["gmacs"], keyed[k]["top1"]) for k in keys)
+        ax.plot([p[0] for p in points], [p[1] for p in points], style, ms=4, label=label)
+    ax.set_xlabel("compute (GMACs)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("The frontier a search finds training a fifth of the candidates")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(assets / "frontiers.png", dpi=120)
+    plt.close(fig)
+    return ["proxy_vs_accuracy.png", "frontiers.png"]
+
+
+def _ci(values) -> str:
+    low, high = values
+    return f"[{low:.2f}, {high:.2f}]"
+
+
+def study_markdown(a: dict, spec: dict, command: str, figures: list[str]) -> str:
+    best, sel = a["best_proxy"], a["selection"]
+    c = a["correlations"][best]
+    spearman_ok = c["spearman"] >= 0.7
+    frontier = sel["frontier"]
+    hv_ok = frontier["hypervolume_ratio"] >= 0.9 and frontier["compute_share"] <= 0.25
+    src, st, grid = spec["sources"], spec["stitches"], spec["search"]
+    lines = ["# Which stitch to train: training-free proxies against trained accuracy", "",
+             f"Regenerate with `{command}` (resumable; {a['minutes']:.0f} min for this invocation).", "",
+             "## Set-up", "",
+             f"A zoo of {len(a['models'])} models trained from scratch on Fashion-MNIST at 32 px ({src['images']:,} "
+             f"images x {src['epochs']} epochs, seed 0): "
+             + ", ".join(f"{m} ({a['originals'][m]['top1']:.1f}%)" if a["originals"][m].get("top1") is not None
+                         else m for m in a["models"]) + ". "
+             f"Every ordered pair (each model with itself too) at gaps {', '.join(grid.get('gaps') or ['all nine'])} "
+             f"with {', '.join(grid.get('adapters') or ['downsample_linear', 'downsample_bottleneck'])}: "
+             f"{a['candidates']} candidates, every one then trained ({st['images']:,} images x {st['epochs']} "
+             f"epochs, the paper's recipe, one seed) so that each proxy can be held against the accuracy it "
+             f"predicts: {a['stitches']} trained stitches. Proxies are measured on "
+             f"{grid.get('probe_images', 256)} training images the start was not fitted on (it is fitted on "
+             f"{grid.get('calibration_images', 256)} others).", "",
+             "## How well each proxy ranks the trained stitches", "",
+             "| proxy | better when | Spearman (95% CI) | Kendall (95% CI) | n |", "|---|---|---|---|---|"]
+    for name, r in sorted(a["correlations"].items(), key=lambda kv: -kv[1]["spearman"]):
+        lines.append(f"| {name} | {'higher' if PROXIES[name] > 0 else 'lower'} | {r['spearman']:.2f} "
+                     f"{_ci(r['spearman_ci'])} | {r['kendall']:.2f} {_ci(r['kendall_ci'])} | {r['n']} |")
+    dsts = sorted({d for r in a["correlations"].values() for d in r["per_destination"]})
+    lines += ["", "Spearman per destination (the stitches into one model):", "",
+              "| proxy | " + " | ".join(dsts) + " |", "|---|" + "---|" * len(dsts)]
+    for name, r in sorted(a["correlations"].items(), key=lambda kv: -kv[1]["spearman"]):
+        cells = [f"{r['per_destination'][d]['spearman']:.2f}" if d in r["per_destination"] else "-" for d in dsts]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"![{best} against trained accuracy]({figures[0]})", "",
+              "## What a search that trains a fifth finds", "",
+              f"A search trains {frontier['count']} of the candidates ({100 * a['top_fraction']:.0f}%): those a proxy "
+              "predicts best for their compute (frontier layers: the predicted frontier first, then the next layer) "
+              "or its top scores. Hypervolume: the area the trained frontier dominates above chance (10%) and left "
+              "of the dearest candidate.",
+              "Compute: the proxy's own measuring over every candidate plus the chosen stitches' training, against "
+              "training every candidate.", "",
+              "| chosen by | how | trained | hypervolume vs exhaustive | compute vs exhaustive (proxy minutes) |",
+              "|---|---|---|---|---|"]
+    for name in sorted(a["by_proxy"], key=lambda n: -a["by_proxy"][n]["frontier"]["hypervolume_ratio"]):
+        for how, label in (("frontier", "frontier layers"), ("top", "top scores")):
+            o = a["by_proxy"][name][how]
+            lines.append(f"| {name} | {label} | {o['count']} | {100 * o['hypervolume_ratio']:.1f}% | "
+                         f"{100 * o['compute_share']:.1f}% ({o['proxy_seconds'] / 60:.1f}) |")
+    lines += [f"| at random (mean of {RANDOM_DRAWS} draws; 90th percentile) | - | {frontier['count']} | "
+              f"{100 * sel['random_mean_ratio']:.1f}% ({100 * sel['random_p90_ratio']:.1f}%) | - |",
+              f"| every candidate | - | {a['stitches']} | 100% | 100% ({a['exhaustive_train_seconds'] / 60:.0f} min "
+              "of training) |", "",
+              f"![frontiers]({figures[1]})", "", "## Verdict", "",
+              f"* Best proxy: `{best}`, Spearman {c['spearman']:.2f} {_ci(c['spearman_ci'])} over {c['n']} stitches: "
+              + ("meets the goal of 0.7." if spearman_ok else "below the goal of 0.7."),
+              f"* Training the top {100 * a['top_fraction']:.0f}% by it recovers "
+              f"{100 * frontier['hypervolume_ratio']:.1f}% of the exhaustive frontier's hypervolume for "
+              f"{100 * frontier['compute_share']:.1f}% of its compute: "
+              + ("meets the goal (at least 90% for at most 25%)." if hv_ok else
+                 "does not meet the goal of at least 90% for at most 25%."), ""]
+    return "\n".join(lines)
