@@ -120,7 +120,8 @@ def test_a_smoke_search_trains_its_choice_writes_the_frontier_and_continues(tmp_
     assert "measuring proxies of 4 candidates" in printed.out
     records = json.loads((out / "search.json").read_text())
     assert len(records["trained"]) == 2 and records["frontier"]
-    for name in ("candidates.csv", "frontier.csv", "frontier.md", "frontier.png", "runs/report/index.html"):
+    for name in ("candidates.csv", "frontier.csv", "frontier.md", "frontier.png", "index.html",
+                 "runs/report/index.html"):
         assert (out / name).is_file(), name
     cached = sorted(p.name for p in (out / "proxies").iterdir())
     assert len(cached) == 4 and all(json.loads((out / "proxies" / c).read_text())["proxies"]["init_accuracy"]

@@ -67,7 +67,7 @@ def _cell_text(value, column: str) -> str:
     return _fmt(value)
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
+def html_table(rows: list[dict], columns: list[str]) -> str:
     """A table in a box of its own that scrolls sideways: a wide table never makes the whole page wider than the
     window. Headings are words; the field name (as in the CSV files) is each heading's tooltip."""
     head = "".join(f'<th title="{html.escape(c)}">{html.escape(column_label(c))}</th>' for c in columns)
@@ -178,7 +178,7 @@ def write_html(path: Path, runs_dir: Path, rows: list[dict], summary: list[dict]
                       for k, v in sorted(originals.items())]
     pairs = sorted({r["pair"] for r in summary})
     problems = [r for r in rows if r["status"] in ("failed", "interrupted", "pending")]
-    problems_table = _table(problems, ["run_dir", "status", "error"]) if problems else "<p>None.</p>"
+    problems_table = html_table(problems, ["run_dir", "status", "error"]) if problems else "<p>None.</p>"
     t1 = [{"model": r["model"], "top1": r.get("top1_text") or _fmt(r["top1"], 1), "gmacs": r["gmacs"],
            "source": r["source"]} for r in table1]
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -190,12 +190,12 @@ on the evaluation split; ± is the standard error over seeds (sample standard de
 <div class="cards">{_status_cards(rows)}</div>
 <h2>Each pair in one line</h2>{_pairs_list(summary, originals)}
 <h2>Accuracy vs compute</h2>{_figures(figures["compute"], pairs)}
-<h2>Table 1: stitched models next to models of similar compute</h2>{_table(t1, ["model", "top1", "gmacs", "source"])}
-<h2>Original models</h2>{_table(originals_rows, ["model", "top1", "gmacs", "source"])}
+<h2>Table 1: stitched models next to models of similar compute</h2>{html_table(t1, ["model", "top1", "gmacs", "source"])}
+<h2>Original models</h2>{html_table(originals_rows, ["model", "top1", "gmacs", "source"])}
 <h2>Accuracy vs gap</h2>{_figures(figures["gap"], pairs)}
 <h2>Failed, interrupted and pending runs</h2>{problems_table}
-<h2>Summary per cell</h2>{_table(summary, _page_columns(columns["summary"]))}
-<h2>All runs</h2>{_table(rows, _page_columns(columns["results"]))}
+<h2>Summary per cell</h2>{html_table(summary, _page_columns(columns["summary"]))}
+<h2>All runs</h2>{html_table(rows, _page_columns(columns["results"]))}
 <p class="sub">Files: results.csv, summary.csv, table1.md, and every figure as PNG and PDF next to this page.</p>
 </body></html>"""
     atomic_write_text(path, page)

@@ -5,6 +5,14 @@ from __future__ import annotations
 # name as the heading's tooltip so a reader can find the column in results.csv and summary.csv.
 COLUMN_LABELS = {
     "pair": "source -> destination",
+    "stitch": "source -> destination",
+    # the search's proxies (stitchkit.stitch_search.proxies), measured before training
+    "init_accuracy": "top-1 at the start (%)",
+    "lstsq_accuracy": "top-1 at the least-squares start (%)",
+    "fit_residual": "fit residual",
+    "cka": "linear CKA at the cuts",
+    "kl": "KL to the destination",
+    "naswot": "NASWOT score",
     "src": "source model",
     "dst": "destination model",
     "gap": "gap (stages)",

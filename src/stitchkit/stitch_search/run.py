@@ -273,7 +273,42 @@ def _write_outputs(out: Path, records: list[dict], trained: list[dict], front: l
         from ..reports import write_report
 
         write_report(out / "runs")
-    log(f"frontier: {len(front)} stitches; {out / 'frontier.md'}")
+    _page(out / "index.html", records, trained, front, proxy, selection)
+    log(f"frontier: {len(front)} stitches; {out / 'index.html'}")
+
+
+def _page(path: Path, records: list[dict], trained: list[dict], front: list[dict], proxy: str,
+          selection: str) -> None:
+    """The search's page: what was chosen and why, the frontier first, then every trained stitch (the sweep's own
+    report, with every run, is linked)."""
+    import base64
+    import html
+
+    from ..reports.page import STYLE, html_table
+
+    within = sum(r.get("skip_reason") is None for r in records)
+    rows = [{"stitch": f"{t['src']} -> {t['dst']}", "gap": t["gap"], "method": t["method"], "gmacs": t["gmacs"],
+             "top1": t["top1"], proxy: t.get(proxy)} for t in sorted(trained, key=lambda t: t["gmacs"])]
+    frontier_rows = [r for r in rows if any((r["stitch"], r["gap"], r["method"]) == (f"{t['src']} -> {t['dst']}",
+                                                                                      t["gap"], t["method"])
+                                            for t in front)]
+    figure = path.parent / "frontier.png"
+    image = (f'<img alt="accuracy against compute of the trained stitches" src="data:image/png;base64,'
+             f'{base64.b64encode(figure.read_bytes()).decode()}">' if figure.is_file() else "")
+    how = ("the best predicted stitch at each compute first (non-dominated layers of cost against score)"
+           if selection == "frontier" else "the best scores")
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>stitchkit search</title>
+<style>{STYLE}</style></head><body>
+<h1>stitchkit search</h1><p class="sub">{within} candidates within the budget; {len(trained)} trained, chosen by
+{html.escape(proxy)} ({html.escape(how)}); {len(front)} on the accuracy-compute frontier. Accuracy is top-1 (%) on the
+evaluation split; compute is GMACs for one image.</p>
+<h2>The frontier</h2>{image}{html_table(frontier_rows, ["stitch", "gap", "method", "gmacs", "top1", proxy])}
+<p>Model folders of these stitches: <code>frontier/</code>. Every candidate with its cost and proxies:
+<code>candidates.csv</code>. The trained runs' own report: <a href="runs/report/index.html">runs/report</a>.</p>
+<h2>Every trained stitch</h2>{html_table(rows, ["stitch", "gap", "method", "gmacs", "top1", proxy])}
+</body></html>"""
+    atomic_write_text(path, page)
 
 
 def _csv(rows: list[dict], fields: list[str]) -> str:
