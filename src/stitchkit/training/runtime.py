@@ -70,7 +70,7 @@ def package_versions() -> dict[str, str]:
     import timm
     import torchvision
 
-    from .. import __version__
+    from ..version import __version__
 
     return {"stitchkit": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "timm": timm.__version__, "python": platform.python_version()}
