@@ -46,7 +46,8 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name on the Hugg
 WHOLE_MODEL = "model"  # the kind of a folder holding a whole model (mode=scratch, or any supported model)
 # The names under which stitchkit registers its networks with timm (stitchkit.timm_models): what config.json's
 # "architecture" says for every kind timm has no name of its own for.
-TIMM_ARCHITECTURES = {"stitch": "stitchkit_stitch", "finetune": "stitchkit_finetune", "probe": "stitchkit_probe",
+TIMM_ARCHITECTURES = {"stitch": "stitchkit_stitch", "parallel": "stitchkit_parallel", "finetune": "stitchkit_finetune",
+                      "probe": "stitchkit_probe",
                       WHOLE_MODEL: "stitchkit_model"}
 
 
@@ -399,6 +400,8 @@ HUB_DATASETS = {"fashion_mnist": "zalando-datasets/fashion_mnist", "cifar10": "u
 def describe_head(config: dict) -> str:
     """The card's phrase for the head: new or the destination's own, how many classes, whether it trained."""
     arch, kind = config["architecture"], config["kind"]
+    if kind == "parallel":  # its sources share the destination's head: any one's record says which
+        arch, kind = arch["stitches"][0], "stitch"
     trained = "head" in (config.get("trained") or []) or "all" in (config.get("trained") or [])
     classes = arch.get("head_classes") or arch.get("num_classes")
     size = f"{classes}-class " if classes else ""
@@ -416,6 +419,10 @@ def _title(config: dict) -> str:
         same = " (one model)" if arch["src"] == arch["dst"] else ""
         return (f"{arch['src']} -> {arch['dst']}{same} stitch, stage {arch['gap'][0]} -> {arch['gap'][1]} "
                 f"({arch['adapter']} adapters)")
+    if kind == "parallel":
+        singles = arch["stitches"]
+        fronts = " + ".join(f"{a['src']} (stage {a['gap'][0]})" for a in singles)
+        return f"{fronts} -> {singles[0]['dst']} parallel stitch, {arch['fusion']} fusion"
     if kind == "finetune":
         return f"{arch['model']} fine-tuning baseline, gap {arch['gap'][0]}:{arch['gap'][1]}"
     if kind == "probe":

@@ -18,6 +18,7 @@ from torch import nn
 
 from .errors import StitchkitError
 from .finetune import FinetuneBaseline  # noqa: F401
+from .parallel import ParallelStitchedModel  # noqa: F401
 from .modelfolder import (
     CONFIG_FILE,
     EXPORT_MODEL_DIR,

@@ -69,6 +69,12 @@ def stitchkit_stitch(pretrained: bool = False, pretrained_cfg=None, **kwargs) ->
 
 
 @register_model
+def stitchkit_parallel(pretrained: bool = False, pretrained_cfg=None, **kwargs) -> nn.Module:
+    """Several sources' fronts fused into one destination, saved by stitchkit (``stitchkit.parallel``)."""
+    return _from_folder("parallel", pretrained, pretrained_cfg, kwargs)
+
+
+@register_model
 def stitchkit_finetune(pretrained: bool = False, pretrained_cfg=None, **kwargs) -> nn.Module:
     """A fine-tuning baseline saved by stitchkit."""
     return _from_folder("finetune", pretrained, pretrained_cfg, kwargs)

@@ -1,0 +1,270 @@
+"""Parallel stitching: the fronts of several source models into one destination back, their adapter chains fused.
+
+``create_parallel(["resnet18", "vit_small_patch16_224"], "resnet50", gaps="1:3", fusion="gate")`` keeps each source up
+to its cut, gives each its own chain of adapters to the destination's cut (one single stitch's bridge each, built
+by :func:`~stitchkit.stitching.build_stitch`, so every adapter, resizing and start a single stitch has applies), fuses
+the chains' outputs and runs the destination from its cut on. Only the adapters and the fusion train.
+
+Every fusion starts as the mean of the chains' outputs: each chain starts where the destination expects its features
+(stitchkit's fitted start), so their mean starts there too, and the fused model starts no worse than its fronts'
+average. The fusions (:data:`FUSIONS`):
+
+* ``sum``: a learned weight per source (starting at 1/n), a weighted sum.
+* ``concat``: the outputs concatenated along channels and projected back by a 1x1 map (a linear map per token),
+  starting as the mean.
+* ``gate``: a learned per-channel softmax over the sources (starting uniform): each channel chooses its mix.
+
+The paper names this as future work; its public code carries configurations for it without results.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .chain import parse_gap
+from .errors import IncompatibleError, StitchkitError, unknown_name
+from .formats import Format
+from .network import Network
+from .stitching import StitchConfig, StitchedModel, build_stitch, stitch_models
+from .zoo import resolve_model
+from .zoo.models import fit_head
+
+FUSIONS = ("sum", "concat", "gate")
+
+
+@dataclass
+class ParallelConfig:
+    """Several single stitches into one destination: ``stitches[i]`` is source i's stitch (its gap, adapters and
+    start), every one with the same destination, destination cut and head; ``fusion`` joins their bridges."""
+
+    stitches: tuple[StitchConfig, ...]
+    fusion: str = "sum"
+
+    def __post_init__(self):
+        self.stitches = tuple(self.stitches)
+        if len(self.stitches) < 2:
+            raise StitchkitError("a parallel stitch needs two sources or more; for one source train a single "
+                                 "stitch (model.src=A, not a list)")
+        if self.fusion not in FUSIONS:
+            raise unknown_name("fusion", self.fusion, FUSIONS)
+        first = self.stitches[0]
+        for other in self.stitches[1:]:
+            if other.dst != first.dst or other.dst_checkpoint != first.dst_checkpoint:
+                raise IncompatibleError("every source of a parallel stitch goes into the same destination")
+            if other.dst_cut != first.dst_cut:
+                raise IncompatibleError(
+                    f"the fronts must meet the destination at one cut, but gap {_gap(first)} enters {first.dst} at "
+                    f"stage {first.dst_cut[0]} ({first.dst_cut[1]}) and gap {_gap(other)} at stage {other.dst_cut[0]} "
+                    f"({other.dst_cut[1]}); give every source the same destination stage y, with x < y for all or "
+                    "x == y for all")
+            if (other.num_classes, other.train_head, other.unfreeze_last) != (first.num_classes, first.train_head,
+                                                                             first.unfreeze_last):
+                raise IncompatibleError("every source of a parallel stitch shares the destination's head and back: "
+                                        "give them one num_classes, train_head and unfreeze_last")
+
+    @property
+    def srcs(self) -> tuple[str, ...]:
+        return tuple(s.src for s in self.stitches)
+
+    @property
+    def dst(self) -> str:
+        return self.stitches[0].dst
+
+
+def _gap(config: StitchConfig) -> str:
+    return f"{config.gap[0]}:{config.gap[1]}"
+
+
+class Fusion(nn.Module):
+    """Joins n tensors of one shape (the destination's features at its cut) into one; channels on ``dim``."""
+
+    def __init__(self, method: str, sources: int, channels: int, dim: int):
+        super().__init__()
+        self.method, self.sources, self.channels, self.dim = method, sources, channels, dim
+        if method == "sum":
+            self.weight = nn.Parameter(torch.full((sources,), 1.0 / sources))
+        elif method == "gate":
+            self.logits = nn.Parameter(torch.zeros(sources, channels))
+        elif method == "concat":
+            self.project = nn.Linear(sources * channels, channels)
+            with torch.no_grad():  # the mean of the sources, as the other fusions start
+                self.project.weight.copy_(torch.cat([torch.eye(channels) / sources] * sources, dim=1))
+                self.project.bias.zero_()
+        else:
+            raise unknown_name("fusion", method, FUSIONS)
+
+    def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        return x.movedim(self.dim, -1)
+
+    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        if self.method == "sum":
+            return sum(w * p for w, p in zip(self.weight, parts))
+        if self.method == "gate":
+            gates = torch.softmax(self.logits, dim=0)  # (sources, channels): each channel's mix
+            shape = [1] * parts[0].dim()
+            shape[self.dim] = self.channels
+            return sum(g.view(shape) * p for g, p in zip(gates, parts))
+        joined = torch.cat([self._channels_last(p) for p in parts], dim=-1)
+        return self.project(joined).movedim(-1, self.dim)
+
+
+class ParallelStitchedModel(Network, nn.Module):
+    """Frozen fronts, one trainable bridge each, a trainable fusion, one frozen destination back."""
+
+    folder_kind = "parallel"
+
+    def __init__(self, stitches: list[StitchedModel], fusion: Fusion, config: ParallelConfig):
+        super().__init__()
+        self.config = config
+        self.fronts = nn.ModuleList(s.front for s in stitches)
+        self.bridges = nn.ModuleList(s.bridge for s in stitches)
+        self.fusion = fusion
+        self.back = stitches[0].back  # every stitch's back is the destination's, cut at the same place
+        self.trained_back = stitches[0].trained_back
+        self.dst_spec = stitches[0].dst_spec
+        self._back_parts = stitches[0].trained_parts()[1:]  # the back's trained blocks and head, by name
+        self._architectures = [s.architecture() for s in stitches]
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "ParallelStitchedModel":
+        super().train(mode)
+        if self.config.stitches[0].frozen_mode == "eval":
+            self.fronts.eval()
+            self.back.eval()
+            for i in getattr(self, "trained_back", ()):
+                self.back[i].train(mode)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = [front(x) for front in self.fronts]
+        return self.back(self.fusion([bridge(h) for bridge, h in zip(self.bridges, features)]))
+
+    def head(self) -> nn.Module:
+        return self.back[-1]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = [front(x) for front in self.fronts]
+        return self.back[:-1](self.fusion([bridge(h) for bridge, h in zip(self.bridges, features)]))
+
+    def trained_parts(self) -> list[str]:
+        return ["adapters", "fusion", *self._back_parts]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        state = {f"bridges.{k}": v for k, v in self.bridges.state_dict().items()}
+        state.update({f"fusion.{k}": v for k, v in self.fusion.state_dict().items()})
+        for i in self.trained_back:
+            state.update({f"back.{i}.{k}": v for k, v in self.back[i].state_dict().items()})
+        return state
+
+    def load_trained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        own = self.trained_state_dict()
+        if set(own) != set(state):
+            missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+            raise RuntimeError(f"the state does not fit this parallel stitch (missing {missing[:3]}, extra "
+                               f"{extra[:3]}); it was saved from another one")
+        self.load_state_dict(state, strict=False)
+
+    def architecture(self) -> dict:
+        """What rebuilds it without weights: the fusion and each source's single-stitch architecture."""
+        return {"fusion": self.config.fusion, "stitches": self._architectures}
+
+    @classmethod
+    def from_architecture(cls, architecture: dict) -> "ParallelStitchedModel":
+        from .zoo import create_model
+
+        singles = [dict(a) for a in architecture["stitches"]]
+        first = singles[0]
+        size, classes = first["input_size"], first.get("head_classes")
+        dst = create_model(first["dst"], input_size=size, **({"num_classes": classes} if classes else {}))
+        srcs = [dst if a.get("one_model") else create_model(a["src"], input_size=size) for a in singles]
+        keep = set(StitchConfig.__dataclass_fields__) - {"pretrained", "src_checkpoint", "dst_checkpoint"}
+        configs = [StitchConfig(**{k: (tuple(v) if k == "gap" else v) for k, v in a.items() if k in keep})
+                   for a in singles]
+        model = build_parallel(ParallelConfig(configs, architecture["fusion"]), srcs, dst)
+        for bridge in model.bridges:
+            bridge.calibrated = True  # the saved weights replace the starting point
+        return model
+
+    @classmethod
+    def describe(cls, architecture: dict, head: str) -> str:
+        fronts = ", ".join(f"**{s['src']}** to stage {s['gap'][0]}" for s in architecture["stitches"])
+        return (f"A parallel stitch: {fronts}, each with its own adapters, fused by {architecture['fusion']}, then "
+                f"**{architecture['stitches'][0]['dst']}** from its cut on, with {head}.")
+
+
+def build_parallel(config: ParallelConfig, src_models: list[nn.Module] | None = None,
+                   dst_model: nn.Module | None = None, *, calibration_images=None, check: bool = True
+                   ) -> ParallelStitchedModel:
+    """The parallel stitch ``config`` describes. ``calibration_images``: per source, what
+    :func:`~stitchkit.stitching.build_stitch` takes (the images for that source, or a (source, destination) pair);
+    each chain starts fitted to the destination's features as a single stitch does."""
+    first = config.stitches[0]
+    if dst_model is None:
+        _, dst_model = stitch_models(first)
+    if src_models is None:
+        src_models = [dst_model if s.src == s.dst and s.src_checkpoint == s.dst_checkpoint else
+                      resolve_model(s.src, s.pretrained, s.src_checkpoint, s.input_size)[0] for s in config.stitches]
+    images = calibration_images or [None] * len(config.stitches)
+    stitches = [build_stitch(s, src, dst_model, calibration_images=im, check=False)
+                for s, src, im in zip(config.stitches, src_models, images)]
+    exit_spec = stitches[0].bridge.exit_spec
+    for s in stitches[1:]:
+        if s.bridge.exit_spec != exit_spec:
+            raise IncompatibleError(f"the chains of {first.src} and {s.config.src} hand the destination different "
+                                    f"shapes ({exit_spec.shape} vs {s.bridge.exit_spec.shape}): with resize='none' "
+                                    "each chain keeps its source's resolution; use resize='bilinear' so that every "
+                                    "chain ends at the destination's")
+    dim = 1 if exit_spec.format is Format.NCHW else -1
+    channels = exit_spec.channels
+    model = ParallelStitchedModel(stitches, Fusion(config.fusion, len(stitches), channels, dim), config)
+    # pixels reach every front at once: the first source's preprocessing (as a single stitch's, its source's)
+    model.pretrained_cfg = {**stitches[0].pretrained_cfg, "architecture": "parallel:" + "+".join(config.srcs)
+                            + f"->{config.dst}"}
+    if check:
+        size = first.input_size
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+        model.train()
+    return model
+
+
+def create_parallel(srcs: list[str | nn.Module], dst: str | nn.Module, gaps: str | tuple | list = "1:3",
+                    fusion: str = "sum", adapter: str = "bottleneck", resize: str = "bilinear",
+                    pretrained: bool = False, input_size: int = 224, *, src_checkpoints: list | None = None,
+                    dst_checkpoint=None, num_classes: int | None = None, calibration_images=None,
+                    **options) -> ParallelStitchedModel:
+    """Fronts of ``srcs`` into the back of ``dst``. ``gaps``: one for all sources, or one per source, all entering
+    the destination at the same stage. ``options``: any other :class:`~stitchkit.stitching.StitchConfig` field.
+
+    Example:
+        >>> model = create_parallel(["resnet10t", "vit_pico_patch4_32"], "resnet10t", "1:3", input_size=32)
+    """
+    if isinstance(srcs, (str, nn.Module)) or len(srcs) < 2:
+        raise StitchkitError("a parallel stitch needs two sources or more; for one source use create_stitched")
+    gaps = [gaps] * len(srcs) if isinstance(gaps, str) or (isinstance(gaps, tuple) and len(gaps) == 2
+                                                           and all(isinstance(g, int) for g in gaps)) else list(gaps)
+    if len(gaps) != len(srcs):
+        raise StitchkitError(f"{len(srcs)} sources but {len(gaps)} gaps: give one gap for all or one per source")
+    checkpoints = list(src_checkpoints or [None] * len(srcs))
+    train_head = options.pop("train_head", False)
+    dst_model, dst_name = resolve_model(dst, pretrained, dst_checkpoint, input_size)
+    new_head = fit_head(dst_model, num_classes, None)
+    models, names = zip(*(resolve_model(s, pretrained, c, input_size) for s, c in zip(srcs, checkpoints)))
+    configs = [StitchConfig(name, dst_name, parse_gap(g), adapter=adapter, resize=resize, input_size=input_size,
+                            pretrained=bool(pretrained), src_checkpoint=str(c) if c else None,
+                            dst_checkpoint=str(dst_checkpoint) if dst_checkpoint else None,
+                            num_classes=num_classes if new_head else None,
+                            train_head=bool(new_head) or bool(train_head), **options)
+               for name, g, c in zip(names, gaps, checkpoints)]
+    return build_parallel(ParallelConfig(configs, fusion), list(models), dst_model,
+                          calibration_images=calibration_images)
+
+
+__all__ = ["FUSIONS", "Fusion", "ParallelConfig", "ParallelStitchedModel", "build_parallel", "create_parallel"]
