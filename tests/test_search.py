@@ -161,3 +161,19 @@ def test_the_proxy_study_runs_at_smoke_size_and_writes_its_page(tmp_path, capsys
     for name in ("Spearman (95% CI)", "hypervolume vs exhaustive", "## Verdict", "search/frontiers.png"):
         assert name in page, name
     assert (doc.parent / "search" / "proxy_vs_accuracy.png").is_file()
+
+
+def test_search_in_python_returns_plain_records_within_and_over_the_budget():
+    settings = {"data.input_size": 32, "model.pretrained": False}
+    everything = stitchkit.search(["resnet10t", "vit_pico_patch4_32"], gaps=["1:3"], adapters=["linear"],
+                                  settings=settings, proxies=False)
+    costs = sorted(r["gmacs"] for r in everything)
+    budget = costs[1]  # two of the four fit
+    records = stitchkit.search(["resnet10t", "vit_pico_patch4_32"], budget, gaps=["1:3"], adapters=["linear"],
+                               settings=settings, proxies=False)
+    json.dumps(records)  # plain values only
+    assert {(r["src"], r["dst"]) for r in records} == {(a, b) for a in ("resnet10t", "vit_pico_patch4_32")
+                                                       for b in ("resnet10t", "vit_pico_patch4_32")}
+    within = [r for r in records if r.get("skip_reason") is None]
+    assert len(within) == 2 and all(r["gmacs"] <= budget for r in within)
+    assert all("over the budget" in r["skip_reason"] for r in records if r not in within)
