@@ -259,7 +259,9 @@ def study_markdown(a: dict, spec: dict, command: str, figures: list[str]) -> str
               "or its top scores. Hypervolume: the area the trained frontier dominates above chance (10%) and left "
               "of the dearest candidate.",
               "Compute: the proxy's own measuring over every candidate plus the chosen stitches' training, against "
-              "training every candidate.", "",
+              "training every candidate (wall time on this machine; a stitch's training is its share of the pass it "
+              "trained in here, where stitches sharing a front train together, so a search training fewer of them "
+              "would pay somewhat more per stitch).", "",
               "| chosen by | how | trained | hypervolume vs exhaustive | compute vs exhaustive (proxy minutes) |",
               "|---|---|---|---|---|"]
     for name in sorted(a["by_proxy"], key=lambda n: -a["by_proxy"][n]["frontier"]["hypervolume_ratio"]):
