@@ -177,3 +177,12 @@ def test_search_in_python_returns_plain_records_within_and_over_the_budget():
     within = [r for r in records if r.get("skip_reason") is None]
     assert len(within) == 2 and all(r["gmacs"] <= budget for r in within)
     assert all("over the budget" in r["skip_reason"] for r in records if r not in within)
+
+
+def test_naswot_reads_timms_own_activation_classes():
+    """ConvNeXt's GELU is timm's class, not torch's: counted all the same; a network without any gives no score."""
+    import timm.layers
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 256), timm.layers.activations.GELU())
+    assert math.isfinite(naswot_score(net, torch.randn(8, 4, generator=torch.Generator().manual_seed(0))))
+    assert math.isnan(naswot_score(torch.nn.Sequential(torch.nn.Linear(4, 8)), torch.randn(8, 4)))

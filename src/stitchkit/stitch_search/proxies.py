@@ -47,7 +47,15 @@ PROXY_COSTS = {"init_accuracy": ("features", "fitted"), "fit_residual": ("featur
                "naswot": ("naswot",)}
 PROXY_VERSION = 2  # raise when what measure() returns changes: cached proxies of another version are measured again
 NASWOT_IMAGES = 64  # the batch the NAS score is measured on (Mellor et al. use 128 at 32 px)
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU)
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.Mish)
+# timm builds some activations from classes of its own (timm.layers.activations.GELU in ConvNeXt): known by name
+_ACTIVATION_NAMES = {"ReLU", "ReLU6", "GELU", "GELUTanh", "QuickGELU", "SiLU", "Swish", "HardSwish", "Hardswish",
+                     "LeakyReLU", "Mish", "HardMish"}
+
+
+def _is_activation(module: nn.Module) -> bool:
+    """A unit-wise activation whose sign pattern NASWOT reads (gates such as Hardsigmoid are not)."""
+    return isinstance(module, _ACTIVATIONS) or type(module).__name__ in _ACTIVATION_NAMES
 
 
 def score(name: str, value: float | None) -> float | None:
@@ -201,9 +209,9 @@ def naswot_score(model: nn.Module, images: torch.Tensor) -> float:
         code = (inputs[0].detach().flatten(1) > 0).double()
         kernel.add_(code @ code.T + (1 - code) @ (1 - code).T)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _ACTIVATIONS)]
-    if not handles:
-        raise StitchkitError(f"{type(model).__name__} has no activation layers for the NASWOT score")
+    handles = [m.register_forward_hook(hook) for m in model.modules() if _is_activation(m)]
+    if not handles:  # no score, rather than no candidate: the other proxies still apply
+        return float("nan")
     try:
         with torch.no_grad():
             model(images)
