@@ -112,7 +112,9 @@ def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calib
                  cache: str | Path | None, log) -> None:
     # what the proxies depend on: the data (not where it is stored, nor how fast it loads), the weights, the counts
     data = {k: v for k, v in flatten(config).items() if k.startswith("data.")}
-    digest = settings_digest({**data, "checkpoints": repr(sorted(checkpoints.items())),
+    # the weights by their contents, not their paths: a moved or renamed output folder keeps its cached proxies
+    weights = {name: _file_digest(path) for name, path in sorted(checkpoints.items())}
+    digest = settings_digest({**data, "checkpoints": repr(sorted(weights.items())),
                               "model.pretrained": config.model.pretrained, "calibration": calibration,
                               "probe": probe, "seed": seed, "proxies": PROXY_VERSION}, skip=NOT_IDENTITY)
     folder = Path(cache) if cache is not None else None
@@ -144,6 +146,19 @@ def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calib
                                                               "proxies": proxies})
         if k % 10 == 0 or k == len(todo):
             log(f"  proxies {k}/{len(todo)} ({time.time() - began:.0f} s)")
+
+
+def _file_digest(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as err:
+        raise StitchkitError(f"cannot read the checkpoint {path!r} ({err.strerror}); check --checkpoint") from None
+    return digest.hexdigest()[:16]
 
 
 def _check_heads(zoo: Zoo, destinations: list[str], config) -> None:

@@ -32,7 +32,6 @@ from .run import _train, search
 STUDY_KEYS = ("sources", "stitches", "val_images", "batch_size", "search")
 SMOKE = {"sources": {"images": 256, "epochs": 1}, "stitches": {"images": 128, "epochs": 1}, "val_images": 64,
          "batch_size": 32, "search": {"gaps": ["1:3"], "calibration_images": 32, "probe_images": 32}}
-CHANCE = 10.0  # Fashion-MNIST's ten classes: the hypervolume's reference accuracy
 RANDOM_DRAWS = 200
 
 
@@ -138,15 +137,23 @@ def analyse(trained: list[dict], proxy_costs: dict[str, float], top_fraction: fl
         raise StitchkitError("no proxy could be measured on the trained stitches")
     best = max(correlations, key=lambda n: correlations[n]["spearman"])
     costs = [t["gmacs"] for t in trained]
-    ref_gmacs = max(costs)
-    exhaustive = hypervolume(list(zip(costs, accuracy)), ref_gmacs, CHANCE)
+    # The reference point is the exhaustive frontier's nadir (its dearest compute, its lowest accuracy), as is usual
+    # for hypervolumes: a reference at chance and the dearest candidate counts so much easy area that a random fifth
+    # scores 94% (measured in the first study), which says nothing.
+    every = pareto_front(list(zip(costs, accuracy)))
+    ref_gmacs, ref_accuracy = max(costs[i] for i in every), min(accuracy[i] for i in every)
+    exhaustive = hypervolume(list(zip(costs, accuracy)), ref_gmacs, ref_accuracy)
     count = max(1, math.ceil(top_fraction * len(trained)))
     all_seconds = sum(t.get("train_seconds", 0.0) for t in trained)
 
     def outcome(chosen: list[int], proxy_cost: float) -> dict:
         points = [(costs[i], accuracy[i]) for i in chosen]
         seconds = sum(trained[i].get("train_seconds", 0.0) for i in chosen)
-        return {"count": len(chosen), "hypervolume_ratio": hypervolume(points, ref_gmacs, CHANCE) / exhaustive,
+        if exhaustive > 0:
+            ratio = hypervolume(points, ref_gmacs, ref_accuracy) / exhaustive
+        else:  # a frontier of one point dominates no area from its own nadir: found it or not
+            ratio = float(any(i in every for i in chosen))
+        return {"count": len(chosen), "hypervolume_ratio": ratio,
                 "train_seconds": seconds, "proxy_seconds": proxy_cost,
                 "compute_share": (seconds + proxy_cost) / all_seconds if all_seconds else float("nan"),
                 "frontier": [_key(trained[chosen[k]]) for k in pareto_front(points)]}
@@ -160,8 +167,12 @@ def analyse(trained: list[dict], proxy_costs: dict[str, float], top_fraction: fl
                 for name in correlations}
     rng = random.Random(0)
     draws = [outcome(rng.sample(range(len(trained)), count), 0.0)["hypervolume_ratio"] for _ in range(RANDOM_DRAWS)]
-    return {"stitches": len(trained), "best_proxy": best, "correlations": correlations,
-            "top_fraction": top_fraction, "exhaustive_hypervolume": exhaustive, "reference": [ref_gmacs, CHANCE],
+    cheapest = outcome(sorted(range(len(trained)), key=lambda i: costs[i])[:count], 0.0)
+    meets = [f"{name} ({how})" for name, outcomes in by_proxy.items() for how, o in outcomes.items()
+             if o["hypervolume_ratio"] >= 0.9 and o["compute_share"] <= 0.25]
+    return {"stitches": len(trained), "best_proxy": best, "correlations": correlations, "meets_goal": meets,
+            "top_fraction": top_fraction, "exhaustive_hypervolume": exhaustive,
+            "reference": [ref_gmacs, ref_accuracy], "cheapest": cheapest,
             "exhaustive_train_seconds": all_seconds, "proxy_seconds": proxy_costs,
             "exhaustive_frontier": [_key(trained[i]) for i in pareto_front(list(zip(costs, accuracy)))],
             "by_proxy": by_proxy,
@@ -256,8 +267,9 @@ def study_markdown(a: dict, spec: dict, command: str, figures: list[str]) -> str
               "## What a search that trains a fifth finds", "",
               f"A search trains {frontier['count']} of the candidates ({100 * a['top_fraction']:.0f}%): those a proxy "
               "predicts best for their compute (frontier layers: the predicted frontier first, then the next layer) "
-              "or its top scores. Hypervolume: the area the trained frontier dominates above chance (10%) and left "
-              "of the dearest candidate.",
+              "or its top scores. Hypervolume: the area the trained frontier dominates, measured from the exhaustive "
+              f"frontier's nadir ({a['reference'][1]:.2f}% at {a['reference'][0]:.4f} GMACs: its lowest accuracy "
+              "and its dearest compute).",
               "Compute: the proxy's own measuring over every candidate plus the chosen stitches' training, against "
               "training every candidate (wall time on this machine; a stitch's training is its share of the pass it "
               "trained in here, where stitches sharing a front train together, so a search training fewer of them "
@@ -271,6 +283,8 @@ def study_markdown(a: dict, spec: dict, command: str, figures: list[str]) -> str
                          f"{100 * o['compute_share']:.1f}% ({o['proxy_seconds'] / 60:.1f}) |")
     lines += [f"| at random (mean of {RANDOM_DRAWS} draws; 90th percentile) | - | {frontier['count']} | "
               f"{100 * sel['random_mean_ratio']:.1f}% ({100 * sel['random_p90_ratio']:.1f}%) | - |",
+              f"| the cheapest | - | {a['cheapest']['count']} | {100 * a['cheapest']['hypervolume_ratio']:.1f}% | "
+              f"{100 * a['cheapest']['compute_share']:.1f}% |",
               f"| every candidate | - | {a['stitches']} | 100% | 100% ({a['exhaustive_train_seconds'] / 60:.0f} min "
               "of training) |", "",
               f"![frontiers]({figures[1]})", "", "## Verdict", "",
@@ -280,5 +294,7 @@ def study_markdown(a: dict, spec: dict, command: str, figures: list[str]) -> str
               f"{100 * frontier['hypervolume_ratio']:.1f}% of the exhaustive frontier's hypervolume for "
               f"{100 * frontier['compute_share']:.1f}% of its compute: "
               + ("meets the goal (at least 90% for at most 25%)." if hv_ok else
-                 "does not meet the goal of at least 90% for at most 25%."), ""]
+                 "does not meet the goal of at least 90% for at most 25%."),
+              "* Choices that meet that goal: " + (", ".join(f"`{m}`" for m in a["meets_goal"]) if a["meets_goal"]
+                                                    else "none") + ".", ""]
     return "\n".join(lines)
