@@ -87,9 +87,16 @@ def run_study(path: str | Path, out: str | Path = "runs/search_study", doc: str 
         t["train_seconds"] = _run_seconds(out / "runs", t["runs"])
     costs = {name: sum(proxy_seconds(name, r) for r in within) for name in PROXIES}
     analysis = analyse(trained, costs, grid.get("top_fraction", 0.2))
+    sources_seconds = sum((originals[m].get("wall_time_s") or 0.0) for m in models)
     analysis.update(models=models, originals={m: {k: originals[m].get(k) for k in ("top1", "gmacs")}
                                               for m in models},
-                    candidates=len(within), minutes=(time.time() - began) / 60)
+                    candidates=len(within), minutes=(time.time() - began) / 60,
+                    cost_minutes={"sources": sources_seconds / 60,
+                                  "proxies": sum(r.get("seconds") or 0.0 for r in within) / 60,
+                                  "stitches": analysis["exhaustive_train_seconds"] / 60})
+    from ..findings import environment
+
+    analysis["environment"] = environment(threads)
     atomic_write_json(out / "study.json", analysis)
     if doc is not None:
         doc = Path(doc)
@@ -239,7 +246,12 @@ def study_markdown(a: dict, spec: dict, command: str, figures: list[str]) -> str
     hv_ok = frontier["hypervolume_ratio"] >= 0.9 and frontier["compute_share"] <= 0.25
     src, st, grid = spec["sources"], spec["stitches"], spec["search"]
     lines = ["# Which stitch to train: training-free proxies against trained accuracy", "",
-             f"Regenerate with `{command}` (resumable; {a['minutes']:.0f} min for this invocation).", "",
+             f"Regenerate with `{command}` (resumable: sources, proxies and runs are reused). What it cost, on "
+             f"{a.get('environment', 'this machine')}: "
+             + ", ".join(f"{k} {v:.0f} min" for k, v in a["cost_minutes"].items())
+             + f", {sum(a['cost_minutes'].values()):.0f} min in all, counted per process (training runs in "
+             "`--workers` processes side by side, so from start to end it takes less).",
+             "",
              "## Set-up", "",
              f"A zoo of {len(a['models'])} models trained from scratch on Fashion-MNIST at 32 px ({src['images']:,} "
              f"images x {src['epochs']} epochs, seed 0): "
