@@ -145,6 +145,28 @@ def run_stages(stages: list[list[Sweep]], out: Path, log=print, workers: int = 1
     return failures, cells
 
 
+def read_study_file(path: str | Path, what: str, keys: tuple[str, ...], required: tuple[str, ...],
+                    example: str, smoke: dict | None = None) -> dict:
+    """A study file (findings, search study): a YAML mapping with only ``keys``, the ``required`` ones present; with
+    ``smoke``, its sections merged over the file's (a toy-size run of the same code)."""
+    from .training.config import _parse_yaml  # YAML that reads a gap such as 1:3 as text, not base-60
+
+    path = Path(path)
+    if not path.is_file():
+        raise StitchkitError(f"{what} file {str(path)!r} does not exist; see {example}")
+    spec = _parse_yaml(path.read_text(), f"{what} file {str(path)!r}") or {}
+    unknown = set(spec) - set(keys)
+    if unknown:
+        raise StitchkitError(f"unknown key {sorted(unknown)[0]!r} in {str(path)!r}; keys are {', '.join(keys)}")
+    missing = [k for k in required if k not in spec]
+    if missing:
+        raise StitchkitError(f"{str(path)!r} has no {missing[0]!r}; see {example}")
+    if smoke:
+        spec = {**spec, **{k: ({**spec[k], **v} if isinstance(v, dict) and isinstance(spec.get(k), dict) else v)
+                           for k, v in smoke.items()}}
+    return spec
+
+
 def threads_per_run(threads: int | None, workers: int) -> int | None:
     """Torch threads each run uses: as asked, else one when several workers share the cores (else torch's default)."""
     return threads or (1 if workers > 1 else None)

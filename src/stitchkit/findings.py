@@ -18,13 +18,12 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .demo import fashion_mnist_base, run_stages, threads_per_run
+from .demo import fashion_mnist_base, read_study_file, run_stages, threads_per_run
 from .errors import StitchkitError
 from .rundir import RunDir
 from .reports.plots import pareto_front
 from .sweeps.grid import Sweep, expand
 from .chain import parse_gap
-from .training.config import _parse_yaml  # YAML that reads a gap such as 1:3 as text, not base-60
 
 FILE_KEYS = ("sources", "stitches", "val_images", "batch_size", "seeds", "blocks")
 SMOKE = {"sources": {"images": 256, "epochs": 1}, "stitches": {"images": 128, "epochs": 1}, "val_images": 96,
@@ -44,19 +43,10 @@ class Finding:
 
 
 def load_findings_file(path: str | Path, smoke: bool = False) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise StitchkitError(f"findings file {str(path)!r} does not exist; see configs/findings/fashion_mnist.yaml")
-    spec = _parse_yaml(path.read_text(), f"findings file {str(path)!r}") or {}
-    unknown = set(spec) - set(FILE_KEYS)
-    if unknown:
-        raise StitchkitError(f"unknown key {sorted(unknown)[0]!r} in {str(path)!r}; keys are {', '.join(FILE_KEYS)}")
-    missing = [k for k in ("sources", "stitches", "blocks") if k not in spec]
-    if missing:
-        raise StitchkitError(f"{str(path)!r} has no {missing[0]!r}; see configs/findings/fashion_mnist.yaml")
+    spec = read_study_file(path, "findings", FILE_KEYS, ("sources", "stitches", "blocks"),
+                           "configs/findings/fashion_mnist.yaml",
+                           {k: v for k, v in SMOKE.items() if k != "gaps"} if smoke else None)
     if smoke:
-        spec = {**spec, **{k: ({**spec[k], **v} if isinstance(v, dict) else v) for k, v in SMOKE.items()
-                           if k != "gaps"}}
         spec["blocks"] = {name: {**block, "gaps": SMOKE["gaps"]} for name, block in spec["blocks"].items()}
     return spec
 

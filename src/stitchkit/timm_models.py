@@ -62,31 +62,24 @@ def _from_folder(kind: str, pretrained: bool, pretrained_cfg, kwargs: dict) -> n
     return model
 
 
-@register_model
-def stitchkit_stitch(pretrained: bool = False, pretrained_cfg=None, **kwargs) -> nn.Module:
-    """A stitched network saved by stitchkit (``StitchedModel.save_pretrained``, ``stitchkit export``)."""
-    return _from_folder("stitch", pretrained, pretrained_cfg, kwargs)
+_DOCS = {
+    "stitch": "A stitched network saved by stitchkit (``StitchedModel.save_pretrained``, ``stitchkit export``).",
+    "parallel": "Several sources' fronts fused into one destination, saved by stitchkit (``stitchkit.parallel``).",
+    "finetune": "A fine-tuning baseline saved by stitchkit.",
+    "probe": "A probe (a frozen model with a trained head) saved by stitchkit.",
+    WHOLE_MODEL: "A whole model timm has no name for (a torchvision model) saved by stitchkit.",
+}
 
 
-@register_model
-def stitchkit_parallel(pretrained: bool = False, pretrained_cfg=None, **kwargs) -> nn.Module:
-    """Several sources' fronts fused into one destination, saved by stitchkit (``stitchkit.parallel``)."""
-    return _from_folder("parallel", pretrained, pretrained_cfg, kwargs)
+def _entrypoint(kind: str):
+    """timm's registry keys an entrypoint by its function's name and module: one function per folder kind."""
+    def create(pretrained: bool = False, pretrained_cfg=None, **kwargs) -> nn.Module:
+        return _from_folder(kind, pretrained, pretrained_cfg, kwargs)
+
+    create.__name__ = create.__qualname__ = TIMM_ARCHITECTURES[kind]
+    create.__doc__ = _DOCS[kind]
+    return register_model(create)
 
 
-@register_model
-def stitchkit_finetune(pretrained: bool = False, pretrained_cfg=None, **kwargs) -> nn.Module:
-    """A fine-tuning baseline saved by stitchkit."""
-    return _from_folder("finetune", pretrained, pretrained_cfg, kwargs)
-
-
-@register_model
-def stitchkit_probe(pretrained: bool = False, pretrained_cfg=None, **kwargs) -> nn.Module:
-    """A probe (a frozen model with a trained head) saved by stitchkit."""
-    return _from_folder("probe", pretrained, pretrained_cfg, kwargs)
-
-
-@register_model
-def stitchkit_model(pretrained: bool = False, pretrained_cfg=None, **kwargs) -> nn.Module:
-    """A whole model timm has no name for (a torchvision model) saved by stitchkit."""
-    return _from_folder(WHOLE_MODEL, pretrained, pretrained_cfg, kwargs)
+for _kind in TIMM_ARCHITECTURES:
+    globals()[TIMM_ARCHITECTURES[_kind]] = _entrypoint(_kind)

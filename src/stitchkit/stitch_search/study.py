@@ -18,13 +18,12 @@ import random
 import time
 from pathlib import Path
 
-from ..demo import fashion_mnist_base, run_stages, threads_per_run
+from ..demo import fashion_mnist_base, read_study_file, run_stages, threads_per_run
 from ..errors import StitchkitError
 from ..files import atomic_write_json, atomic_write_text
 from ..pareto import hypervolume, pareto_front
 from ..rundir import RunDir
 from ..sweeps.grid import _flat, expand
-from ..training.config import _parse_yaml
 from .frontier import bootstrap_interval, kendall, select, spearman, top_by_score
 from .proxies import PROXIES, proxy_seconds, score
 from .run import _train, search
@@ -36,19 +35,8 @@ RANDOM_DRAWS = 200
 
 
 def load_study(path: str | Path, smoke: bool = False) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise StitchkitError(f"study file {str(path)!r} does not exist; see configs/search/fashion_mnist.yaml")
-    spec = _parse_yaml(path.read_text(), f"study file {str(path)!r}") or {}
-    unknown = set(spec) - set(STUDY_KEYS)
-    if unknown:
-        raise StitchkitError(f"unknown key {sorted(unknown)[0]!r} in {str(path)!r}; keys are {', '.join(STUDY_KEYS)}")
-    for key in ("sources", "stitches", "search"):
-        if key not in spec:
-            raise StitchkitError(f"{str(path)!r} has no {key!r}; see configs/search/fashion_mnist.yaml")
-    if smoke:
-        spec = {**spec, **{k: ({**spec[k], **v} if isinstance(v, dict) else v) for k, v in SMOKE.items()}}
-    return spec
+    return read_study_file(path, "study", STUDY_KEYS, ("sources", "stitches", "search"),
+                           "configs/search/fashion_mnist.yaml", SMOKE if smoke else None)
 
 
 def run_study(path: str | Path, out: str | Path = "runs/search_study", doc: str | Path | None = None,
