@@ -186,3 +186,21 @@ def test_naswot_reads_timms_own_activation_classes():
     net = torch.nn.Sequential(torch.nn.Linear(4, 256), timm.layers.activations.GELU())
     assert math.isfinite(naswot_score(net, torch.randn(8, 4, generator=torch.Generator().manual_seed(0))))
     assert math.isnan(naswot_score(torch.nn.Sequential(torch.nn.Linear(4, 8)), torch.randn(8, 4)))
+
+
+def test_a_search_measures_only_what_its_proxy_needs_and_adds_to_the_cache(tmp_path):
+    """The cheap least-squares proxy costs no fitted start; asking for another proxy later measures only that."""
+    from stitchkit.stitch_search.run import search
+
+    kwargs = dict(gaps=["1:3"], adapters=["linear"], settings=TINY, calibration_images=16, probe_images=16,
+                  cache=tmp_path / "proxies")
+    search(["resnet10t"], proxies=["lstsq_accuracy"], **kwargs)
+    saved = json.loads(next((tmp_path / "proxies").iterdir()).read_text())["proxies"]
+    assert "lstsq_accuracy" in saved and "init_accuracy" not in saved and "fitted" not in saved["part_seconds"]
+    records = search(["resnet10t"], proxies=["init_accuracy", "lstsq_accuracy"], **kwargs)
+    saved = json.loads(next((tmp_path / "proxies").iterdir()).read_text())["proxies"]
+    assert {"lstsq_accuracy", "init_accuracy", "fit_residual"} <= set(saved)
+    assert {"lstsq", "fitted"} <= set(saved["part_seconds"])
+    assert records[0]["lstsq_accuracy"] == saved["lstsq_accuracy"]
+    with pytest.raises(StitchkitError, match="unknown proxy"):
+        search(["resnet10t"], proxies=["accuracy"], **kwargs)

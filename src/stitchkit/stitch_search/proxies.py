@@ -108,9 +108,13 @@ def stitch_config(candidate: Candidate, zoo: Zoo) -> StitchConfig:
                         train_head=zoo.num_classes is not None)
 
 
-def measure(candidate: Candidate, zoo: Zoo, seed: int = 0) -> dict:
-    """Every proxy of ``candidate``, and what each part cost (``seconds``: ``features``, ``naswot``, ``lstsq``,
-    ``fitted``; :data:`PROXY_COSTS` says which parts each proxy needs)."""
+def measure(candidate: Candidate, zoo: Zoo, seed: int = 0, proxies: list[str] | None = None) -> dict:
+    """The ``proxies`` of ``candidate`` (default: all; a part measured for one gives its siblings too: the fitted
+    start gives init_accuracy, fit_residual and kl), and what each part cost (``part_seconds``: ``features``,
+    ``naswot``, ``lstsq``, ``fitted``; :data:`PROXY_COSTS` says which parts each proxy needs)."""
+    wanted = set(proxies or PROXIES)
+    parts = {part for name in wanted for part in PROXY_COSTS[name]}
+    result: dict = {}
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     src, dst = zoo.model(candidate.src), zoo.model(candidate.dst)
@@ -138,26 +142,30 @@ def measure(candidate: Candidate, zoo: Zoo, seed: int = 0) -> dict:
         clock = now
 
     unstarted = build(None)  # the adapters at their default initialisation: what NASWOT scores (at init)
-    lap("naswot")
-    features = zoo.cached(("front", candidate.src, config.src_cut), lambda: _batched(unstarted.front, probe_src))
-    target = zoo.cached(("front", candidate.dst, config.dst_cut),
-                        lambda: _batched(_dst_front(unstarted, dst), probe_dst))
-    cka = zoo.cached(("cka", candidate.src, config.src_cut, candidate.dst, config.dst_cut),
-                     lambda: torch.tensor(linear_cka(features, target))).item()
-    lap("features")  # once per (model, cut) in a search: later candidates at the same cuts find them cached
-    naswot = naswot_score(unstarted, probe_src[:NASWOT_IMAGES])
-    lap("naswot")
-    lstsq = _started(build("lstsq"), features, target, zoo.labels)
-    lap("lstsq")
-    fitted = _started(build(DEFAULT_START), features, target, zoo.labels)
-    kl = None  # with a new head there are no destination predictions to compare with
-    if zoo.num_classes is None:
-        reference = F.log_softmax(zoo.logits(candidate.dst), 1)
-        kl = F.kl_div(F.log_softmax(fitted["logits"], 1), reference, log_target=True, reduction="batchmean").item()
-    lap("fitted")
-    return {"init_accuracy": fitted["accuracy"], "fit_residual": fitted["residual"], "lstsq_accuracy":
-            lstsq["accuracy"], "cka": cka, "kl": kl, "naswot": naswot,
-            "seconds": sum(seconds.values()), "part_seconds": seconds}
+    lap("naswot" if "naswot" in parts else "features")
+    if "naswot" in parts:
+        result["naswot"] = naswot_score(unstarted, probe_src[:NASWOT_IMAGES])
+        lap("naswot")
+    if parts - {"naswot"}:
+        features = zoo.cached(("front", candidate.src, config.src_cut), lambda: _batched(unstarted.front, probe_src))
+        target = zoo.cached(("front", candidate.dst, config.dst_cut),
+                            lambda: _batched(_dst_front(unstarted, dst), probe_dst))
+        result["cka"] = zoo.cached(("cka", candidate.src, config.src_cut, candidate.dst, config.dst_cut),
+                                   lambda: torch.tensor(linear_cka(features, target))).item()
+        lap("features")  # once per (model, cut) in a search: later candidates at the same cuts find them cached
+    if "lstsq" in parts:
+        result["lstsq_accuracy"] = _started(build("lstsq"), features, target, zoo.labels)["accuracy"]
+        lap("lstsq")
+    if "fitted" in parts:
+        fitted = _started(build(DEFAULT_START), features, target, zoo.labels)
+        kl = None  # with a new head there are no destination predictions to compare with
+        if zoo.num_classes is None:
+            reference = F.log_softmax(zoo.logits(candidate.dst), 1)
+            kl = F.kl_div(F.log_softmax(fitted["logits"], 1), reference, log_target=True,
+                          reduction="batchmean").item()
+        result.update(init_accuracy=fitted["accuracy"], fit_residual=fitted["residual"], kl=kl)
+        lap("fitted")
+    return {**result, "seconds": sum(seconds.values()), "part_seconds": seconds}
 
 
 def _started(stitch: StitchedModel, features: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) -> dict:

@@ -52,11 +52,12 @@ def _records(candidates: list[Candidate], input_size: int, num_classes: int | No
 
 def search(models: list[str], budget_gmacs: float | None = None, *, checkpoints: dict[str, str] | None = None,
            gaps: list[str] | None = None, adapters: list[str] | None = None, settings: dict | None = None,
-           proxies: bool = True, cache: str | Path | None = None, calibration_images: int = 256,
+           proxies: bool | list[str] = True, cache: str | Path | None = None, calibration_images: int = 256,
            probe_images: int = 256, seed: int = 0, log=None) -> list[dict]:
     """The candidates of a zoo as plain records, one per (src, dst, gap, method): ``gmacs``, ``params``,
     ``trainable_params``, ``skip_reason`` (over the budget, cannot be built, a model that cannot be cut) and, with
-    ``proxies``, every proxy of :data:`~stitchkit.stitch_search.proxies.PROXIES` for those within the budget.
+    ``proxies`` (True: every one of :data:`~stitchkit.stitch_search.proxies.PROXIES`; or a list of names), those
+    proxies for the candidates within the budget.
 
     ``settings``: training settings as for ``stitchkit train`` (``{"data.name": "fashion_mnist", ...}``): the data
     the proxies are measured on, the input size and whether weights are pretrained; ``checkpoints``: model name ->
@@ -92,7 +93,13 @@ def search(models: list[str], budget_gmacs: float | None = None, *, checkpoints:
     log(f"{len(within)} candidates within the budget ({len(records) - len(within)} not: over it, not buildable or "
         f"not cuttable)")
     if proxies:
-        _measure_all(within, config, checkpoints, calibration_images, probe_images, seed, cache, log)
+        wanted = list(PROXIES) if proxies is True else list(proxies)
+        for name in wanted:
+            if name not in PROXIES:
+                from ..errors import unknown_name
+
+                raise unknown_name("proxy", name, list(PROXIES))
+        _measure_all(within, config, checkpoints, calibration_images, probe_images, seed, cache, wanted, log)
     return records
 
 
@@ -109,7 +116,7 @@ def _data_classes(config) -> int | None:
 
 
 def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calibration: int, probe: int, seed: int,
-                 cache: str | Path | None, log) -> None:
+                 cache: str | Path | None, wanted: list[str], log) -> None:
     # what the proxies depend on: the data (not where it is stored, nor how fast it loads), the weights, the counts
     data = {k: v for k, v in flatten(config).items() if k.startswith("data.")}
     # the weights by their contents, not their paths: a moved or renamed output folder keeps its cached proxies
@@ -122,24 +129,29 @@ def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calib
     for record in records:
         candidate = Candidate(record["src"], record["dst"], record["gap"], record["method"])
         saved = _read(proxy_path(folder, candidate)) if folder is not None else None
-        if saved and saved.get("settings") == digest:
-            record.update(saved["proxies"])
-        else:
-            todo.append((record, candidate))
+        known = saved["proxies"] if saved and saved.get("settings") == digest else {}
+        record.update(known)
+        missing = [p for p in wanted if p not in known]
+        if missing and "proxy_error" not in known:
+            todo.append((record, candidate, missing, known))
     if not todo:
         return
     log(f"measuring proxies of {len(todo)} candidates ({len(records) - len(todo)} cached)")
-    models = sorted({r["src"] for r, _ in todo} | {r["dst"] for r, _ in todo})
+    models = sorted({r["src"] for r, *_ in todo} | {r["dst"] for r, *_ in todo})
     images, labels = calibration_and_probe(config.data, models, calibration, probe, seed)
     zoo = Zoo(config.data.input_size, checkpoints, config.model.pretrained, images, labels,
               num_classes=config.model.num_classes)
-    _check_heads(zoo, sorted({r["dst"] for r, _ in todo}), config)
+    _check_heads(zoo, sorted({r["dst"] for r, *_ in todo}), config)
     began = time.time()
-    for k, (record, candidate) in enumerate(todo, 1):
+    for k, (record, candidate, missing, known) in enumerate(todo, 1):
         try:
-            proxies = measure(candidate, zoo, seed)
+            measured = measure(candidate, zoo, seed, missing)
         except StitchkitError as err:  # a stitch whose parts do not join at these weights: its reason, not the end
-            proxies = {"proxy_error": str(err).splitlines()[0]}
+            measured = {"proxy_error": str(err).splitlines()[0]}
+        # what was cached and what is new: the seconds of every part measured so far, once each
+        parts = {**(known.get("part_seconds") or {}), **(measured.get("part_seconds") or {})}
+        proxies = {**known, **measured, **({"part_seconds": parts, "seconds": sum(parts.values())}
+                                           if "proxy_error" not in measured else {})}
         record.update(proxies)
         if folder is not None:
             atomic_write_json(proxy_path(folder, candidate), {"candidate": candidate.record(), "settings": digest,
@@ -209,8 +221,8 @@ def run_search(models: list[str], out: str | Path, budget_gmacs: float | None = 
         calibration_images, probe_images = min(calibration_images, 32), min(probe_images, 32)
     began = time.time()
     records = search(models, budget_gmacs, checkpoints=checkpoints, gaps=gaps, adapters=adapters,
-                     settings=settings, cache=out / "proxies", calibration_images=calibration_images,
-                     probe_images=probe_images, seed=seeds[0], log=log)
+                     settings=settings, proxies=[proxy], cache=out / "proxies", calibration_images=calibration_images,
+                     probe_images=probe_images, seed=seeds[0], log=log)  # only what the choice needs
     proxy_seconds = time.time() - began
     within = [r for r in records if r.get("skip_reason") is None and r.get("proxy_error") is None]
     scores = [score(proxy, r.get(proxy)) for r in within]
