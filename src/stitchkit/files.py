@@ -58,6 +58,15 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file's contents, or None when it is missing or unreadable (torn by a kill, not JSON): for records a
+    rerun writes again, where absent and broken mean the same."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def append_line(path: Path, line: str) -> None:
     """Append ``line`` and a newline in one write, synced. A torn earlier tail is cut first."""
     path = Path(path)

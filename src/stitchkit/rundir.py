@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StitchkitError
-from .files import atomic_write_text, is_own_temp, remove_own_temps
+from .files import atomic_write_text, is_own_temp, read_json, remove_own_temps
 
 
 class RunDir:
@@ -136,7 +136,4 @@ class RunDir:
                              "or run from the directory the run was started in")
 
     def read_json(self, name: str) -> Any:
-        try:
-            return json.loads((self.path / name).read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
+        return read_json(self.path / name)

@@ -5,13 +5,13 @@ Rows come from the sweep manifests (so pending, skipped and failed cells appear 
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..chain import parse_gap
+from ..files import read_json
 from ..rundir import RunDir
 from ..sweeps.runner import MANIFEST_DIR
 from .words import plural
@@ -22,13 +22,6 @@ RESULT_COLUMNS = ["pair", "src", "dst", "gap", "src_stage", "dst_stage", "method
 SUMMARY_COLUMNS = ["pair", "src", "dst", "gap", "src_stage", "dst_stage", "method", "kind", "lr", "n", "top1_mean",
                    "top1_se", "top1_at_start_mean", "top5_mean", "holdout_top1_mean", "gmacs", "params", "trainable_params", "selected_on",
                    "n_failed", "training", "sweep"]
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def _stages(gap: str | None) -> tuple[int | None, int | None]:
@@ -91,7 +84,7 @@ def collect(runs_dir: str | Path) -> tuple[list[dict], dict[str, dict]]:
     runs_dir = Path(runs_dir)
     rows, seen = [], set()
     for manifest in sorted((runs_dir / MANIFEST_DIR).glob("*.json")):
-        data = _read_json(manifest) or {}
+        data = read_json(manifest) or {}
         sweep = data.get("sweep", manifest.stem)
         for cell in data.get("cells", []):
             run_dir = runs_dir / cell["name"]
@@ -109,7 +102,7 @@ def collect(runs_dir: str | Path) -> tuple[list[dict], dict[str, dict]]:
     originals: dict[str, dict] = {}
     for path in sorted(runs_dir.rglob("result.json")):
         run_dir = path.parent
-        result = _read_json(path)
+        result = read_json(path)
         if result is None:
             continue
         if result.get("mode") == "eval" and result.get("top1") is not None:

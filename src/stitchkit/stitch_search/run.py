@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from ..errors import StitchkitError
-from ..files import atomic_write_json, atomic_write_text
+from ..files import atomic_write_json, atomic_write_text, read_json
 from ..training.config import flatten
 from ..training.identity import NOT_IDENTITY, settings_digest
 from .candidates import Candidate, check_models, enumerate_candidates, price
@@ -128,7 +127,7 @@ def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calib
     todo = []
     for record in records:
         candidate = Candidate(record["src"], record["dst"], record["gap"], record["method"])
-        saved = _read(proxy_path(folder, candidate)) if folder is not None else None
+        saved = read_json(proxy_path(folder, candidate)) if folder is not None else None
         known = saved["proxies"] if saved and saved.get("settings") == digest else {}
         record.update(known)
         missing = [p for p in wanted if p not in known]
@@ -188,13 +187,6 @@ def _check_heads(zoo: Zoo, destinations: list[str], config) -> None:
             raise StitchkitError(f"{name} predicts {own} classes but the data has {classes}: pass --checkpoint "
                                  f"{name}=PATH of a model trained on this data, or set model.num_classes={classes} "
                                  "(every stitch then gets a new head that trains with its adapters)")
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def run_search(models: list[str], out: str | Path, budget_gmacs: float | None = None, *, train_top: int = 10,
