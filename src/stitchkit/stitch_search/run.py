@@ -75,8 +75,10 @@ def search(models: list[str], budget_gmacs: float | None = None, *, checkpoints:
         if name not in models:
             raise StitchkitError(f"--checkpoint names {name!r}, which is not among --models ({', '.join(models)})")
     usable, unusable = check_models(models, size)
-    num_classes = _data_classes(config)
-    records = _records(enumerate_candidates(usable, size, gaps, adapters), size, num_classes, budget_gmacs)
+    data_classes = _data_classes(config)
+    # pretrained heads keep their own size; a zoo trained here predicts the data's classes
+    records = _records(enumerate_candidates(usable, size, gaps, adapters), size,
+                       None if config.model.pretrained else data_classes, budget_gmacs)
     records += [{"src": name, "dst": None, "gap": None, "method": None, "skip_reason": reason}
                 for name, reason in unusable.items()]
     within = [r for r in records if r.get("skip_reason") is None]
@@ -98,14 +100,14 @@ def search(models: list[str], budget_gmacs: float | None = None, *, checkpoints:
                 from ..errors import unknown_name
 
                 raise unknown_name("proxy", name, list(PROXIES))
-        _measure_all(within, config, checkpoints, calibration_images, probe_images, seed, cache, wanted, log)
+        _measure_all(within, config, checkpoints, calibration_images, probe_images, seed, cache, wanted,
+                     data_classes, log)
     return records
 
 
 def _data_classes(config) -> int | None:
-    """How many classes the zoo's heads predict when it is trained on this data (prices the heads right)."""
-    if config.model.pretrained:
-        return None  # pretrained heads keep their own size
+    """How many classes the data has (None where it cannot be read yet): read once per search, since reading a
+    dataset's sources can mean decoding all of it."""
     from ..training.data import raw_sources
 
     try:
@@ -115,7 +117,7 @@ def _data_classes(config) -> int | None:
 
 
 def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calibration: int, probe: int, seed: int,
-                 cache: str | Path | None, wanted: list[str], log) -> None:
+                 cache: str | Path | None, wanted: list[str], data_classes: int | None, log) -> None:
     # what the proxies depend on: the data (not where it is stored, nor how fast it loads), the weights, the counts
     data = {k: v for k, v in flatten(config).items() if k.startswith("data.")}
     # the weights by their contents, not their paths: a moved or renamed output folder keeps its cached proxies
@@ -140,7 +142,7 @@ def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calib
     images, labels = calibration_and_probe(config.data, models, calibration, probe, seed)
     zoo = Zoo(config.data.input_size, checkpoints, config.model.pretrained, images, labels,
               num_classes=config.model.num_classes)
-    _check_heads(zoo, sorted({r["dst"] for r, *_ in todo}), config)
+    _check_heads(zoo, sorted({r["dst"] for r, *_ in todo}), config, data_classes)
     began = time.time()
     for k, (record, candidate, missing, known) in enumerate(todo, 1):
         try:
@@ -172,15 +174,13 @@ def _file_digest(path: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _check_heads(zoo: Zoo, destinations: list[str], config) -> None:
+def _check_heads(zoo: Zoo, destinations: list[str], config, classes: int | None) -> None:
     """Every destination must predict the data's classes (or every stitch gets a new head, model.num_classes):
     found before any proxy is measured, not by the first run that trains."""
-    from ..training.data import raw_sources
     from ..zoo.models import classes_or_none
 
-    if config.model.num_classes is not None:
+    if config.model.num_classes is not None or classes is None:  # None: reading the images says what is wrong
         return
-    classes = len(raw_sources(config.data)["train"].classes)
     for name in destinations:
         own = classes_or_none(zoo.model(name))
         if own != classes:
