@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +121,7 @@ def write_files(folder: Path, config: dict, model: nn.Module) -> None:
 
     was_training = model.training
     try:
-        with _every_buffer(model) if config["kind"] != WHOLE_MODEL else _nothing():
+        with _every_buffer(model) if config["kind"] != WHOLE_MODEL else nullcontext():
             save_model(model.eval(), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     finally:
         model.train(was_training)
@@ -139,11 +139,6 @@ def apply_umask(folder: Path) -> None:
     for path in folder.iterdir():
         if path.is_file():
             os.chmod(path, 0o666 & ~mask)
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def timm_name(config: dict) -> str:
@@ -258,7 +253,7 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, device: str | t
 
     path = Path(directory) / WEIGHTS_FILE
     try:
-        with _every_buffer(model) if _holds_hidden_buffers(model, path) else _nothing():
+        with _every_buffer(model) if _holds_hidden_buffers(model, path) else nullcontext():
             load_model(model, str(path), strict=True, device=str(device))
     except SafetensorError as err:
         raise StitchkitError(f"{str(path)!r} is not a readable safetensors file ({err}); copy it again or export "
