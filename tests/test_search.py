@@ -124,8 +124,10 @@ def test_a_smoke_search_trains_its_choice_writes_the_frontier_and_continues(tmp_
                  "runs/report/index.html"):
         assert (out / name).is_file(), name
     cached = sorted(p.name for p in (out / "proxies").iterdir())
-    assert len(cached) == 4 and all(json.loads((out / "proxies" / c).read_text())["proxies"]["init_accuracy"]
+    assert len(cached) == 4 and all(json.loads((out / "proxies" / c).read_text())["proxies"]["lstsq_accuracy"]
                                     is not None for c in cached)
+    assert all("fitted" not in json.loads((out / "proxies" / c).read_text())["proxies"]["part_seconds"]
+               for c in cached)  # the default proxy pays for no fitted start
     folders = sorted((out / "frontier").iterdir())
     assert len(folders) == len(records["frontier"])
     model = stitchkit.load_pretrained(folders[0])
