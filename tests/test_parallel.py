@@ -71,3 +71,79 @@ def test_impossible_parallel_stitches_are_one_clear_error():
         create_parallel(["resnet10t", "resnet10t"], "resnet10t", ["1:3", "2:3"], resize="none", input_size=32)
     with pytest.raises(StitchkitError, match="2 sources but 3 gaps"):
         create_parallel(["resnet10t", "resnet10t"], "resnet10t", ["1:3", "2:3", "1:3"], input_size=32)
+
+
+# --- training: mode=stitch with several sources (model.src=[A, B]) ---------------------------------------------------
+
+from stitchkit.training import load_config, train  # noqa: E402
+
+TINY = ["data.name=synthetic", "data.input_size=32", "data.synthetic_train_size=128", "data.synthetic_val_size=64",
+        "optim.batch_size=32", "train.batch_size=16", "train.workers=0", "train.threads=1", "model.pretrained=false",
+        "model.init_images=32"]
+PARALLEL = ["mode=stitch", "model.src=[resnet10t,vit_pico_patch4_32]", "model.dst=resnet10t", "model.gap=1:3",
+            "model.num_classes=10", "model.fusion=gate", "train.epochs=2", "train.checkpoint_every=100"]
+
+
+def _cfg(tmp_path, *overrides, name="run"):
+    return load_config(None, [*TINY, *PARALLEL, f"output.dir={tmp_path / name}", *overrides])
+
+
+def test_a_parallel_stitch_trains_resumes_exactly_evaluates_and_exports(tmp_path, monkeypatch):
+    """The whole life of a parallel stitch, as of a single one: trained with the fitted start (both chains fitted,
+    the ViT's front fed renormalised pixels), resumed exactly after an interruption, evaluated again from its run
+    folder, exported to a model folder that predicts what the run measured."""
+    from test_training import assert_resumes_exactly
+
+    from stitchkit.training.evaluation import evaluate_run
+
+    reference = train(_cfg(tmp_path, name="reference"))
+    assert reference["status"] == "finished" and reference["mode"] == "stitch"
+    assert (reference["src"], reference["srcs"], reference["dst"], reference["gap"], reference["fusion"]) == (
+        "resnet10t+vit_pico_patch4_32", ["resnet10t", "vit_pico_patch4_32"], "resnet10t", "1:3", "gate")
+    assert reference["trained"] == ["adapters", "fusion", "head"] and reference["top1_at_start"] is not None
+    assert reference["seconds"]["calibration"] > 0  # both chains' starts were fitted on training images
+    assert_resumes_exactly(monkeypatch, _cfg(tmp_path, name="interrupted"), reference)
+    again = evaluate_run(tmp_path / "reference")
+    assert again["top1"] == reference["top1"] and again["loss"] == pytest.approx(reference["loss"], abs=1e-6)
+
+    from stitchkit.export import export_run
+
+    export_run(tmp_path / "reference", tmp_path / "out", formats=["safetensors"])
+    model = stitchkit.load_pretrained(tmp_path / "out" / "model")
+    assert type(model).__name__ == "ParallelStitchedModel" and model.architecture()["fusion"] == "gate"
+    assert [type(m).__name__ for m in model.inputs] == ["Identity", "Renormalize"]
+
+
+def test_parallel_runs_record_their_checkpoints_and_refuse_to_share_a_front(tmp_path):
+    from stitchkit.training.grouped import why_not_groupable
+
+    source = tmp_path / "src"
+    train(load_config(None, [*TINY, "mode=scratch", "model.src=resnet10t", "train.max_steps=1",
+                             f"output.dir={source}"]))
+    config = _cfg(tmp_path, f"model.src_checkpoint=[{source / 'model.pt'},null]", "train.max_steps=1",
+                  "model.adapter_norm=paper_code", "model.fusion=sum")
+    assert config.model.source_checkpoints() == [str(source / "model.pt"), None]
+    assert "parallel stitch" in why_not_groupable(config)
+    result = train(config)
+    import json
+
+    recorded = json.loads((tmp_path / "run" / "sources.json").read_text())
+    assert set(recorded) == {"model.src_checkpoint.0"} and result["status"] == "finished"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.src=[resnet10t]"], "lists one source.*model.src=resnet10t"),
+    (["mode=finetune", "model.dst=null"], "only a parallel stitch \\(mode=stitch\\)"),
+    (["model.gap=[1:3,2:3,1:3]"], "model.gap lists 3 entries for 2 sources"),
+    (["model.gap=[1:3,1:4]"], "meet resnet10t at one cut"),
+    (["model.fusion=mean"], "unknown fusion 'mean'"),
+    (["model.dst=null"], "set model.dst=NAME"),
+    (["model.src=resnet10t", "model.gap=[1:3,2:3]"], "model.gap is a list but model.src names one source"),
+    (["model.src_checkpoint=[a.pt]"], "model.src_checkpoint lists 1 entries for 2 sources"),
+    (["model.src=[resnet10t,resnet_typo]"], "model.src: unknown model"),
+])
+def test_bad_parallel_settings_are_one_line_that_names_the_fix(tmp_path, overrides, message):
+    from stitchkit.errors import StitchkitError
+
+    with pytest.raises(StitchkitError, match=message):
+        _cfg(tmp_path, *overrides)

@@ -38,7 +38,7 @@ from .pretrained import folder_or_run, load_described
 from .rundir import RunDir
 from .training.evaluation import load_trained
 from .summary import model_macs
-from .training.modes import get_mode
+from .training.modes import mode_for
 from .zoo.metadata import ModelName, preprocessing
 
 DEPLOYMENT_FORMATS = ("torch-export", "torchscript", "onnx")
@@ -112,8 +112,8 @@ def run_folder_config(run: RunDir, config, model, result: dict) -> dict:
     result, what trained, the parts it was made from (their accuracy where a stitchkit run measured it, their
     compute), the data it was evaluated on (for ``stitchkit eval MODEL_DIR``) and where it came from. No path of
     this machine is kept: files are named, folders are not (``data.root`` is given again to ``eval``)."""
-    size, prep = config.data.input_size, preprocessing(config.model.src)
-    network = get_mode(config.mode).network
+    size, prep = config.data.input_size, preprocessing(config.model.pixel_source)
+    network = mode_for(config).network
     if network is not None:
         kind, architecture = network.folder_kind, model.architecture()
     else:
@@ -132,7 +132,9 @@ def run_folder_config(run: RunDir, config, model, result: dict) -> dict:
         evaluation={"data": data, "seed": config.train.seed, "batch_size": config.train.batch_size,
                     "amp": config.train.amp},
         provenance={"run": run.path.resolve().name, "mode": config.mode, "pretrained": config.model.pretrained,
-                    "src_checkpoint": _file_name(config.model.src_checkpoint),
+                    "src_checkpoint": ([_file_name(c) for c in config.model.src_checkpoint]
+                                       if isinstance(config.model.src_checkpoint, (list, tuple))
+                                       else _file_name(config.model.src_checkpoint)),
                     "dst_checkpoint": _file_name(config.model.dst_checkpoint)},
     )
 
@@ -148,9 +150,13 @@ def parts_record(config, size: int) -> list[dict]:
     m = config.model
     if config.mode == "scratch":
         return []
-    roles = [("source (front)", m.src, m.src_checkpoint), ("destination (back)", m.dst or m.src, m.dst_checkpoint)] \
-        if config.mode == "stitch" else [("cut from" if config.mode == "finetune" else "frozen body", m.src,
-                                          m.src_checkpoint)]
+    if config.mode == "stitch":
+        fronts = list(zip(m.sources(), m.source_checkpoints()))
+        roles = [(f"source {i + 1} (front)" if len(fronts) > 1 else "source (front)", name, checkpoint)
+                 for i, (name, checkpoint) in enumerate(fronts)] + [("destination (back)", m.dst or m.src,
+                                                                     m.dst_checkpoint)]
+    else:
+        roles = [("cut from" if config.mode == "finetune" else "frozen body", m.src, m.src_checkpoint)]
     parts = []
     for role, name, checkpoint in roles:
         part = {"name": name, "role": role, "gmacs": model_macs(name, size) / 1e9}

@@ -27,9 +27,10 @@ from .chain import parse_gap
 from .errors import IncompatibleError, StitchkitError, unknown_name
 from .formats import Format
 from .network import Network
+from .starts import DEFAULT_START, get_start
 from .stitching import StitchConfig, StitchedModel, build_stitch, stitch_models
 from .zoo import resolve_model
-from .zoo.models import fit_head
+from .zoo.models import fit_head, num_outputs
 
 FUSIONS = ("sum", "concat", "gate")
 
@@ -110,6 +111,29 @@ class Fusion(nn.Module):
         return self.project(joined).movedim(-1, self.dim)
 
 
+class Renormalize(nn.Module):
+    """Pixels normalised for one model (``mean``/``std`` of the first source, as the data gives them) renormalised
+    for another: ``(x * std_from + mean_from - mean_to) / std_to``, per channel."""
+
+    def __init__(self, mean_from, std_from, mean_to, std_to):
+        super().__init__()
+        as_column = lambda v: torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1)  # noqa: E731
+        self.register_buffer("scale", as_column(std_from) / as_column(std_to), persistent=False)
+        self.register_buffer("shift", (as_column(mean_from) - as_column(mean_to)) / as_column(std_to),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
+def _renormalization(source_cfg: dict, pixels_cfg: dict) -> nn.Module:
+    """What front ``source_cfg`` needs in front of it when the images are preprocessed as ``pixels_cfg`` says."""
+    same = (tuple(source_cfg["mean"]), tuple(source_cfg["std"])) == (tuple(pixels_cfg["mean"]),
+                                                                      tuple(pixels_cfg["std"]))
+    return nn.Identity() if same else Renormalize(pixels_cfg["mean"], pixels_cfg["std"], source_cfg["mean"],
+                                                  source_cfg["std"])
+
+
 class ParallelStitchedModel(Network, nn.Module):
     """Frozen fronts, one trainable bridge each, a trainable fusion, one frozen destination back."""
 
@@ -118,12 +142,16 @@ class ParallelStitchedModel(Network, nn.Module):
     def __init__(self, stitches: list[StitchedModel], fusion: Fusion, config: ParallelConfig):
         super().__init__()
         self.config = config
+        # The images come preprocessed for the first source (its pretrained_cfg is this model's); a front that
+        # expects other normalisation gets them renormalised on the way in.
+        self.inputs = nn.ModuleList(_renormalization(s.pretrained_cfg, stitches[0].pretrained_cfg) for s in stitches)
         self.fronts = nn.ModuleList(s.front for s in stitches)
         self.bridges = nn.ModuleList(s.bridge for s in stitches)
         self.fusion = fusion
         self.back = stitches[0].back  # every stitch's back is the destination's, cut at the same place
         self.trained_back = stitches[0].trained_back
         self.dst_spec = stitches[0].dst_spec
+        self.src_specs = [s.src_spec for s in stitches]  # where each front was cut (stitchkit inspect shows them)
         self._back_parts = stitches[0].trained_parts()[1:]  # the back's trained blocks and head, by name
         self._architectures = [s.architecture() for s in stitches]
         self.train(self.training)
@@ -137,18 +165,20 @@ class ParallelStitchedModel(Network, nn.Module):
                 self.back[i].train(mode)
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused adapter outputs: what the destination's back receives at its cut."""
         with torch.no_grad():
-            features = [front(x) for front in self.fronts]
-        return self.back(self.fusion([bridge(h) for bridge, h in zip(self.bridges, features)]))
+            features = [front(prepare(x)) for prepare, front in zip(self.inputs, self.fronts)]
+        return self.fusion([bridge(h) for bridge, h in zip(self.bridges, features)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.back(self.fused(x))
 
     def head(self) -> nn.Module:
         return self.back[-1]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            features = [front(x) for front in self.fronts]
-        return self.back[:-1](self.fusion([bridge(h) for bridge, h in zip(self.bridges, features)]))
+        return self.back[:-1](self.fused(x))
 
     def trained_parts(self) -> list[str]:
         return ["adapters", "fusion", *self._back_parts]
@@ -200,8 +230,8 @@ class ParallelStitchedModel(Network, nn.Module):
 
 
 def build_parallel(config: ParallelConfig, src_models: list[nn.Module] | None = None,
-                   dst_model: nn.Module | None = None, *, calibration_images=None, check: bool = True
-                   ) -> ParallelStitchedModel:
+                   dst_model: nn.Module | None = None, *, calibration_images=None, calibration_device=None,
+                   check: bool = True) -> ParallelStitchedModel:
     """The parallel stitch ``config`` describes. ``calibration_images``: per source, what
     :func:`~stitchkit.stitching.build_stitch` takes (the images for that source, or a (source, destination) pair);
     each chain starts fitted to the destination's features as a single stitch does."""
@@ -212,7 +242,8 @@ def build_parallel(config: ParallelConfig, src_models: list[nn.Module] | None = 
         src_models = [dst_model if s.src == s.dst and s.src_checkpoint == s.dst_checkpoint else
                       resolve_model(s.src, s.pretrained, s.src_checkpoint, s.input_size)[0] for s in config.stitches]
     images = calibration_images or [None] * len(config.stitches)
-    stitches = [build_stitch(s, src, dst_model, calibration_images=im, check=False)
+    stitches = [build_stitch(s, src, dst_model, calibration_images=im, check=False,
+                             calibration_device=calibration_device if im is not None else None)
                 for s, src, im in zip(config.stitches, src_models, images)]
     exit_spec = stitches[0].bridge.exit_spec
     for s in stitches[1:]:
@@ -224,6 +255,9 @@ def build_parallel(config: ParallelConfig, src_models: list[nn.Module] | None = 
     dim = 1 if exit_spec.format is Format.NCHW else -1
     channels = exit_spec.channels
     model = ParallelStitchedModel(stitches, Fusion(config.fusion, len(stitches), channels, dim), config)
+    model.start_seconds = sum(s.start_seconds for s in stitches)  # fitting every chain's start (training reports it)
+    if calibration_device is not None:
+        model.to(calibration_device)
     # pixels reach every front at once: the first source's preprocessing (as a single stitch's, its source's)
     model.pretrained_cfg = {**stitches[0].pretrained_cfg, "architecture": "parallel:" + "+".join(config.srcs)
                             + f"->{config.dst}"}
@@ -238,33 +272,45 @@ def build_parallel(config: ParallelConfig, src_models: list[nn.Module] | None = 
 def create_parallel(srcs: list[str | nn.Module], dst: str | nn.Module, gaps: str | tuple | list = "1:3",
                     fusion: str = "sum", adapter: str = "bottleneck", resize: str = "bilinear",
                     pretrained: bool = False, input_size: int = 224, *, src_checkpoints: list | None = None,
-                    dst_checkpoint=None, num_classes: int | None = None, calibration_images=None,
-                    **options) -> ParallelStitchedModel:
+                    dst_checkpoint=None, num_classes: int | None = None, new_head: bool | None = None,
+                    train_head: bool | None = None, prefix_in: str | None = None, calibration_images=None,
+                    calibration_device=None, **options) -> ParallelStitchedModel:
     """Fronts of ``srcs`` into the back of ``dst``. ``gaps``: one for all sources, or one per source, all entering
-    the destination at the same stage. ``options``: any other :class:`~stitchkit.stitching.StitchConfig` field.
+    the destination at the same stage. ``calibration_images``: one entry per source, as
+    :func:`~stitchkit.stitching.create_stitched` takes them. ``num_classes``, ``new_head``, ``train_head``,
+    ``prefix_in`` and ``options`` (any other :class:`~stitchkit.stitching.StitchConfig` field) mean what they mean
+    for :func:`~stitchkit.stitching.create_stitched`.
 
     Example:
         >>> model = create_parallel(["resnet10t", "vit_pico_patch4_32"], "resnet10t", "1:3", input_size=32)
     """
     if isinstance(srcs, (str, nn.Module)) or len(srcs) < 2:
         raise StitchkitError("a parallel stitch needs two sources or more; for one source use create_stitched")
+    if fusion not in FUSIONS:  # before any model is built
+        raise unknown_name("fusion", fusion, FUSIONS)
     gaps = [gaps] * len(srcs) if isinstance(gaps, str) or (isinstance(gaps, tuple) and len(gaps) == 2
                                                            and all(isinstance(g, int) for g in gaps)) else list(gaps)
     if len(gaps) != len(srcs):
         raise StitchkitError(f"{len(srcs)} sources but {len(gaps)} gaps: give one gap for all or one per source")
     checkpoints = list(src_checkpoints or [None] * len(srcs))
-    train_head = options.pop("train_head", False)
+    if len(checkpoints) != len(srcs):
+        raise StitchkitError(f"{len(srcs)} sources but {len(checkpoints)} checkpoints: give one per source (None "
+                             "where a source has none)")
+    prefix_in = prefix_in or get_start(options.get("adapter_norm", DEFAULT_START)).prefix_in
     dst_model, dst_name = resolve_model(dst, pretrained, dst_checkpoint, input_size)
-    new_head = fit_head(dst_model, num_classes, None)
+    new_head = fit_head(dst_model, num_classes, new_head)
+    if new_head:
+        num_classes = num_outputs(dst_model)
+    train_head = new_head if train_head is None else train_head
     models, names = zip(*(resolve_model(s, pretrained, c, input_size) for s, c in zip(srcs, checkpoints)))
     configs = [StitchConfig(name, dst_name, parse_gap(g), adapter=adapter, resize=resize, input_size=input_size,
                             pretrained=bool(pretrained), src_checkpoint=str(c) if c else None,
                             dst_checkpoint=str(dst_checkpoint) if dst_checkpoint else None,
-                            num_classes=num_classes if new_head else None,
-                            train_head=bool(new_head) or bool(train_head), **options)
+                            num_classes=num_classes if new_head else None, train_head=bool(train_head),
+                            prefix_in=prefix_in, **options)
                for name, g, c in zip(names, gaps, checkpoints)]
     return build_parallel(ParallelConfig(configs, fusion), list(models), dst_model,
-                          calibration_images=calibration_images)
+                          calibration_images=calibration_images, calibration_device=calibration_device)
 
 
 __all__ = ["FUSIONS", "Fusion", "ParallelConfig", "ParallelStitchedModel", "build_parallel", "create_parallel"]

@@ -36,7 +36,7 @@ class Predictor:
                                             cfg["mean"], cfg["std"])
         else:
             run, config, self.model, _ = load_trained(source, device=device)
-            self.transform = build_transforms(config.data, preprocessing(config.model.src), train=False)
+            self.transform = build_transforms(config.data, preprocessing(config.model.pixel_source), train=False)
             result = run.read_result() or {}
             names, classes = result.get("class_names"), result.get("classes", 0)
         self.device = next(self.model.parameters()).device

@@ -53,6 +53,36 @@ def describe_stitch(model: StitchedModel, src: str, dst: str, input_size: int) -
     }
 
 
+def describe_parallel(model, input_size: int) -> dict:
+    """A parallel stitch's fronts (each cut and adapter chain), its fusion, parameters and MACs, against the
+    destination and each source whole (built with random weights)."""
+    size = (3, input_size, input_size)
+    macs = count_macs(model, size)
+    first = model.config.stitches[0]
+    dst_macs = model_macs(first.dst, input_size)
+    fronts = []
+    for config, spec, bridge in zip(model.config.stitches, model.src_specs, model.bridges):
+        x, y = config.gap
+        fronts.append({
+            "src": config.src, "gap": f"{x}:{y}", "gmacs_src": model_macs(config.src, input_size) / 1e9,
+            "src_cut": {"stage": x, "after": spec.cut(*config.src_cut).module, "feature": bridge.src.describe()},
+            "adapters": [{"in": [s.in_channels, *s.in_size], "out": [s.out_channels, *s.out_size],
+                          "resize": s.resize, "stride": s.stride} for s in bridge.steps],
+            "steps": [s.describe() for s in bridge.steps],
+        })
+    dst_cut = model.dst_spec.cut(*first.dst_cut)
+    return {
+        "srcs": [f["src"] for f in fronts], "dst": first.dst, "fusion": model.config.fusion,
+        "adapter": first.adapter, "resize": first.resize, "start": first.adapter_norm, "input_size": input_size,
+        "fronts": fronts,
+        "dst_cut": {"stage": first.dst_cut[0], "position": first.dst_cut[1], "after": dst_cut.module,
+                    "feature": dst_cut.feature.describe()},
+        "params": count_params(model), "trainable_params": count_params(model, trainable_only=True),
+        "fusion_params": count_params(model.fusion), "trained": model.trained_parts(),
+        "gmacs": macs / 1e9, "gmacs_dst": dst_macs / 1e9, "macs_vs_dst": macs / dst_macs,
+    }
+
+
 def describe_finetune(baseline: FinetuneBaseline, name: str, gap: str, input_size: int) -> dict:
     """The blocks the baseline keeps and removes, its parameters and its MACs against the whole model."""
     size = (3, input_size, input_size)

@@ -11,9 +11,13 @@ def add_parser(subparsers) -> None:
     p = add_command(subparsers, "inspect", run, "show a stitched model: adapter chain, parameters, GMACs",
                     "Build the stitch of --src's lower layers and --dst's upper layers (random weights unless "
                     "--pretrained) and show its cuts, adapter chain, parameters and compute.")
-    p.add_argument("--src", required=True, help="source model (its lower layers)")
+    p.add_argument("--src", required=True, nargs="+", metavar="SRC",
+                   help="source model (its lower layers); two or more: a parallel stitch, their fronts fused")
     p.add_argument("--dst", required=True, help="destination model (its upper layers and head)")
-    p.add_argument("--gap", default="1:3", help="X:Y, source stage X to destination stage Y")
+    p.add_argument("--gap", default=["1:3"], nargs="+", metavar="X:Y",
+                   help="X:Y, source stage X to destination stage Y (a parallel stitch: one for all or one per "
+                        "source)")
+    p.add_argument("--fusion", default="sum", help="a parallel stitch's fusion: sum, concat or gate")
     p.add_argument("--adapter", default="bottleneck", help="adapter name ('stitchkit adapters' lists them)")
     p.add_argument("--resize", default="bilinear", help="how the feature map's size is matched: none, bilinear, "
                                                        "integrated (a strided conv in the adapter)")
@@ -42,6 +46,12 @@ def run(args) -> int:
 
     if args.finetune:
         return _finetune(args)
+    if len(args.src) > 1:
+        return _parallel(args)
+    if len(args.gap) > 1:
+        raise StitchkitError(f"{len(args.gap)} gaps for one source: give one --gap (several are for a parallel "
+                             "stitch, one per --src)")
+    args.src, args.gap = args.src[0], args.gap[0]
     model = create_stitched(
         args.src, args.dst, gap=args.gap, adapter=args.adapter, resize=args.resize, pretrained=args.pretrained,
         input_size=args.input_size, prefix_out=args.prefix_out, prefix_in=args.prefix_in,
@@ -72,6 +82,42 @@ def run(args) -> int:
         print(f"  note            this stitch costs more compute than {args.src} itself "
               f"({100 * (report['macs_vs_src'] - 1):.1f}% more): {args.dst}'s later stages cost more than "
               f"{args.src}'s; a later source cut or a smaller destination costs less")
+    return 0
+
+
+def _parallel(args) -> int:
+    from ..parallel import create_parallel
+    from ..starts import get_start
+    from ..summary import describe_parallel
+
+    if args.finetune:
+        raise StitchkitError("the fine-tuning baseline cuts one model: give one --src with --finetune")
+    model = create_parallel(
+        args.src, args.dst, args.gap[0] if len(args.gap) == 1 else args.gap, fusion=args.fusion,
+        adapter=args.adapter, resize=args.resize, pretrained=args.pretrained, input_size=args.input_size,
+        prefix_out=args.prefix_out, prefix_in=args.prefix_in, readd_pos_embed=args.readd_pos_embed,
+        **({"adapter_norm": args.adapter_norm} if args.adapter_norm else {}), num_classes=args.num_classes,
+        new_head=args.new_head or None, train_head=args.train_head or None, unfreeze_last=args.unfreeze_last,
+    )
+    report = describe_parallel(model, args.input_size)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"parallel stitch: {' + '.join(args.src)} -> {args.dst} stage {report['dst_cut']['stage']}   "
+          f"fusion={args.fusion} adapter={args.adapter} resize={args.resize} input={args.input_size}px")
+    for i, front in enumerate(report["fronts"], start=1):
+        print(f"  front {i}: {front['src']} stage {front['src_cut']['stage']} (gap {front['gap']}), cut after "
+              f"{front['src_cut']['after']} {front['src_cut']['feature']}")
+        for j, step in enumerate(front["steps"], start=1):
+            print(f"    {j}. {step}")
+    print(f"  destination cut after {report['dst_cut']['after']:20s} {report['dst_cut']['feature']}")
+    when = " (fitted on training images when it trains)" if get_start(report["start"]).needs_images else ""
+    print(f"  start           {report['start']}{when}; the fusion starts as the mean of the fronts' chains")
+    print(f"  parameters      {report['params'] / 1e6:.2f} M total, {report['trainable_params'] / 1e6:.3f} M trainable "
+          f"({', '.join(report['trained'])}; fusion {report['fusion_params']})")
+    sources = ", ".join(f"{f['src']} {f['gmacs_src']:.3f}" for f in report["fronts"])
+    print(f"  compute         {report['gmacs']:.3f} GMACs = {100 * report['macs_vs_dst']:.1f}% of {args.dst} "
+          f"({report['gmacs_dst']:.3f}); the sources whole: {sources}")
     return 0
 
 

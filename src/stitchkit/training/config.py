@@ -170,9 +170,10 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
 def validate(config: Config) -> None:
     """Check values that types alone do not catch; each error names the fix. The mode checks its own settings."""
     from ..errors import unknown_name
-    from .modes import get_mode
+    from .modes import check_sources, mode_for
 
-    mode = get_mode(config.mode)  # an unknown mode names the valid ones
+    check_sources(config)  # model.src / gap / src_checkpoint as one value or lists that agree
+    mode = mode_for(config)  # an unknown mode names the valid ones
     if config.data.name not in DATASETS:
         raise unknown_name("dataset", config.data.name, DATASETS)
     if config.data.augment_on not in AUGMENT_ON:
@@ -199,7 +200,7 @@ def validate(config: Config) -> None:
         raise unknown_name("train.amp", config.train.amp, AMP_MODES)
     from ..zoo.models import family_for_name
 
-    for key, name in (("model.src", config.model.src), ("model.dst", config.model.dst)):
+    for key, name in [*(("model.src", s) for s in config.model.sources()), ("model.dst", config.model.dst)]:
         if name:  # checked here, with its close matches, before data or preprocessing look anything up by it
             try:
                 family_for_name(name)

@@ -44,9 +44,11 @@ def _read_run(run_dir: str | Path, device: str | None, workers: int | None):
     if not run.last_checkpoint.is_file():
         raise StitchkitError(f"{str(run_dir)!r} has no checkpoints/last.pt: the run never reached a checkpoint")
     digests = accepted_digests(config)  # before the paths are located
-    for key in ("src_checkpoint", "dst_checkpoint"):  # from any directory, in a moved runs tree
-        if getattr(config.model, key):
-            setattr(config.model, key, str(run.locate(f"model.{key}", getattr(config.model, key))))
+    located = {key: str(run.locate(key, given)) if given else None  # from any directory, in a moved runs tree
+               for key, given in config.model.checkpoint_files().items()}
+    src = [v for k, v in located.items() if k.startswith("model.src_checkpoint")]
+    config.model.src_checkpoint = src if isinstance(config.model.src_checkpoint, (list, tuple)) else src[0]
+    config.model.dst_checkpoint = located["model.dst_checkpoint"]
     return run, config, digests
 
 
@@ -84,7 +86,7 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | 
     Writes ``eval.json`` next to the run's ``result.json`` and returns it.
     """
     run, config, digests = _read_run(run_dir, device, workers)
-    splits = build_splits(config.data, preprocessing(config.model.src), config.train.seed)
+    splits = build_splits(config.data, preprocessing(config.model.pixel_source), config.train.seed)
     model, state = _trained_model(run, config, digests, len(splits.classes))
     record = {"run_dir": str(run.path), "step": state["counters"]["step"], **_evaluate_splits(model, splits, config)}
     run.remove_leftovers()  # a temporary eval.json of an evaluation killed before

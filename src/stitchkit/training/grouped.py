@@ -41,6 +41,8 @@ def why_not_groupable(settings: Config | Mapping[str, Any]) -> str | None:
     flat = flatten(settings) if isinstance(settings, Config) else settings
     from .modes import get_mode
 
+    if isinstance(flat["model.src"], (list, tuple)):
+        return "a parallel stitch runs several fronts, so it trains alone (grouped training shares one front)"
     if not get_mode(flat["mode"]).shares_front:
         return f"mode={flat['mode']} trains the whole network, so there is no frozen front to share"
     if flat["model.frozen_mode"] != "eval":

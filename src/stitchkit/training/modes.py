@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..adapters import list_adapters
-from ..chain import RESIZE_MODES, parse_gap
+from ..chain import RESIZE_MODES, gap_cuts, parse_gap
 from ..errors import StitchkitError, unknown_name
 from ..files import atomic_write_bytes
 from ..finetune import FinetuneBaseline, create_finetune_baseline
@@ -25,6 +25,7 @@ from ..registry import Registry
 from ..rundir import RunDir
 from ..starts import get_start
 from ..network import Network
+from ..parallel import FUSIONS, ParallelStitchedModel, create_parallel
 from ..stitching import StitchedModel, create_stitched
 from ..zoo.metadata import preprocessing
 from ..zoo.models import create_model, fit_head, num_outputs
@@ -49,9 +50,10 @@ class Mode:
 
     def validate(self, config: Config) -> None:
         """Settings this mode needs or cannot honour; each error names the fix."""
-        if self.has_gap:
-            parse_gap(config.model.gap)
         m = config.model
+        if self.has_gap:
+            for gap in m.source_gaps():
+                parse_gap(gap)
         if not self.chooses_trained and (m.train_head is not None or m.unfreeze_last):
             raise StitchkitError(f"model.train_head and model.unfreeze_last choose what a stitch or a probe trains; "
                                  f"mode={self.name} trains every weight: remove them, or use mode=stitch or probe")
@@ -134,19 +136,62 @@ class Stitch(Mode):
             unfreeze_last=m.unfreeze_last,
             calibration_images=images, calibration_device=device if images is not None else None,
         )
-        classes = _classes_of_back(model, size)
-        if classes != num_data_classes:
-            if m.num_classes is not None:
-                raise StitchkitError(f"model.num_classes={m.num_classes} but the data has {num_data_classes} classes")
-            raise StitchkitError(
-                f"the destination {m.dst or m.src} predicts {classes} classes but the data has {num_data_classes}; "
-                f"set model.num_classes={num_data_classes} to give the stitch a new head that trains with the "
-                "adapters, or pass a destination trained on this data as model.dst_checkpoint"
-            )
+        _check_classes(model, m, size, num_data_classes)
         return model
 
     def build_for_pricing(self, src, dst, gap, adapter, resize, input_size):
         return create_stitched(src, dst, gap, adapter, resize, input_size=input_size, check=False)
+
+
+class ParallelStitch(Stitch):
+    """``mode=stitch`` with several sources (``model.src=[A, B]``): each source's front with its own adapter chain to
+    the destination's cut, the chains fused by ``model.fusion``, the destination's back after (see
+    :mod:`stitchkit.parallel`). Chosen by :func:`mode_for`; not a mode name of its own."""
+
+    network = ParallelStitchedModel
+    description = "train adapters from several frozen source fronts, fused into one frozen destination back"
+    shares_front = False  # its fronts are several models: grouped training shares one front between runs
+
+    def validate(self, config: Config) -> None:
+        super().validate(config)
+        m = config.model
+        if m.fusion not in FUSIONS:
+            raise unknown_name("fusion", m.fusion, FUSIONS)
+        gaps = m.source_gaps()
+        entries = {gap_cuts(*parse_gap(g))[1] for g in gaps}
+        if len(entries) > 1:
+            raise StitchkitError(
+                f"the sources of a parallel stitch must meet {m.dst} at one cut, but model.gap={gaps} enters it at "
+                f"{len(entries)} places; give every source the same destination stage Y, with X < Y for all sources "
+                "or X == Y for all")
+
+    def build(self, config, num_data_classes, calibration=None, device=None):
+        m, size = config.model, config.data.input_size
+        images = None
+        if calibration is not None and get_start(m.adapter_norm).needs_images:
+            images = [(calibration(s), calibration(m.dst)) for s in m.sources()]  # drawn once per model
+        model = create_parallel(
+            m.sources(), m.dst, m.source_gaps(), fusion=m.fusion, adapter=m.adapter, resize=m.resize,
+            pretrained=m.pretrained, input_size=size, src_checkpoints=m.source_checkpoints(),
+            dst_checkpoint=m.dst_checkpoint, num_classes=m.num_classes or (num_data_classes if m.new_head else None),
+            new_head=m.new_head or None, train_head=m.train_head, unfreeze_last=m.unfreeze_last,
+            prefix_out=m.prefix_out, prefix_in=m.prefix_in, readd_pos_embed=m.readd_pos_embed,
+            frozen_mode=m.frozen_mode, adapter_norm=m.adapter_norm, token_adapters=m.token_adapters,
+            calibration_images=images, calibration_device=device if images is not None else None,
+        )
+        _check_classes(model, m, size, num_data_classes)
+        return model
+
+    def build_for_pricing(self, src, dst, gap, adapter, resize, input_size):
+        raise StitchkitError("a parallel stitch is priced from its settings (stitchkit inspect), not from two models")
+
+    def model_settings(self, config: Config) -> dict:
+        """Several sources are recorded joined (``"A+B"``; one gap, or the gaps joined), and listed."""
+        m = config.model
+        gaps = m.source_gaps()
+        return {**super().model_settings(config), "src": "+".join(m.sources()),
+                "gap": gaps[0] if len(set(gaps)) == 1 else "+".join(gaps),
+                "srcs": m.sources(), "fusion": m.fusion}
 
 
 class Finetune(Mode):
@@ -236,6 +281,46 @@ class Probe(Mode):
 
 for _mode in (Stitch(), Finetune(), Scratch(), Probe()):
     register_mode(_mode)
+PARALLEL_STITCH = ParallelStitch()
+
+
+def mode_for(config: Config) -> Mode:
+    """The :class:`Mode` that trains ``config``: its mode's, or the parallel stitch when a stitch lists several
+    sources (``model.src=[A, B]``)."""
+    mode = get_mode(config.mode)
+    return PARALLEL_STITCH if mode.joins_models and config.model.parallel else mode
+
+
+def check_sources(config: Config) -> None:
+    """``model.src``, ``model.gap`` and ``model.src_checkpoint`` are one value each, or (a parallel stitch) lists
+    with one entry per source; each error names the fix."""
+    m = config.model
+    if m.parallel:
+        if config.mode != "stitch":
+            raise StitchkitError(f"model.src lists {len(m.src)} sources, which only a parallel stitch (mode=stitch) "
+                                 f"joins; mode={config.mode} trains one model: give model.src one name")
+        if len(m.src) < 2:
+            raise StitchkitError("model.src lists one source: a parallel stitch needs two or more; for a single "
+                                 f"stitch write model.src={m.src[0] if m.src else 'NAME'} (not a list)")
+        if not all(isinstance(s, str) and s for s in m.src):
+            raise StitchkitError(f"model.src must list model names, got {list(m.src)!r}")
+        if not m.dst:
+            raise StitchkitError("a parallel stitch fuses its sources into one destination: set model.dst=NAME")
+    elif not isinstance(m.src, str) or not m.src:
+        raise StitchkitError(f"model.src must be a model name (or, for a parallel stitch, a list of names), got "
+                             f"{m.src!r}")
+    for key, value, kind in (("model.gap", m.gap, str), ("model.src_checkpoint", m.src_checkpoint, (str, type(None)))):
+        entries = value if isinstance(value, (list, tuple)) else [value]
+        if isinstance(value, (list, tuple)):
+            if not m.parallel:
+                raise StitchkitError(f"{key} is a list but model.src names one source; give one value (lists are for "
+                                     "a parallel stitch, one entry per source)")
+            if len(value) != len(m.src):
+                raise StitchkitError(f"{key} lists {len(value)} entries for {len(m.src)} sources: give one per source"
+                                     + (", or one gap for all" if key == "model.gap" else ""))
+        if not all(isinstance(e, kind) for e in entries):
+            what = "a gap X:Y" if key == "model.gap" else "a file path or null"
+            raise StitchkitError(f"{key} must be {what} (or a list of them, one per source), got {value!r}")
 
 
 def build_model(config: Config, num_data_classes: int, calibration: Calibration | None = None,
@@ -245,11 +330,24 @@ def build_model(config: Config, num_data_classes: int, calibration: Calibration 
     ``calibration(model_name)`` returns a batch of training images preprocessed for that model; a stitch whose
     ``model.adapter_norm`` starts from data measures both models' features on it, on ``device``.
     """
-    return get_mode(config.mode).build(config, num_data_classes, calibration, device)
+    return mode_for(config).build(config, num_data_classes, calibration, device)
+
+
+def _check_classes(model: nn.Module, m, size: int, num_data_classes: int) -> None:
+    """The stitch's head predicts the data's classes, or the error says how to give it a head that does."""
+    classes = _classes_of_back(model, size)
+    if classes != num_data_classes:
+        if m.num_classes is not None:
+            raise StitchkitError(f"model.num_classes={m.num_classes} but the data has {num_data_classes} classes")
+        raise StitchkitError(
+            f"the destination {m.dst or m.src} predicts {classes} classes but the data has {num_data_classes}; "
+            f"set model.num_classes={num_data_classes} to give the stitch a new head that trains with the "
+            "adapters, or pass a destination trained on this data as model.dst_checkpoint"
+        )
 
 
 @torch.no_grad()
-def _classes_of_back(model: StitchedModel, size: int) -> int:
+def _classes_of_back(model: nn.Module, size: int) -> int:
     """Classes the stitched model predicts (its destination head may be a timm ``forward_head`` call)."""
     was_training = model.training
     classes = model.eval()(torch.zeros(1, 3, size, size, device=next(model.parameters()).device)).shape[-1]

@@ -24,7 +24,7 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import Config, from_yaml_file, to_yaml
 from .identity import accepted_digests, config_digest, resume_differences, settings_id
 from .logging import MetricsLog
-from .modes import build_model, export_weights, get_mode, load_trainable_state, trainable_state, trained_parts
+from .modes import build_model, export_weights, load_trainable_state, mode_for, trainable_state, trained_parts
 from .optim import build_optimizer
 from ..zoo.models import require_weights
 from .clock import PhaseClock, add_seconds
@@ -58,7 +58,7 @@ class RunStats:
 
 
 def default_run_dir(config: Config) -> Path:
-    return Path("runs") / "-".join([*get_mode(config.mode).run_dir_parts(config), f"seed{config.train.seed}"])
+    return Path("runs") / "-".join([*mode_for(config).run_dir_parts(config), f"seed{config.train.seed}"])
 
 
 def _divisor_hint(effective: int, world: int, current: int) -> int:
@@ -147,8 +147,7 @@ class Run:
                 raise StitchkitError(f"cannot write to output directory {str(run.path)!r} ({err.strerror}); fix its "
                                      "permissions or free space, or choose another output.dir") from None
             if not self.resume:
-                m = self.config.model
-                run.record_sources({"model.src_checkpoint": m.src_checkpoint, "model.dst_checkpoint": m.dst_checkpoint})
+                run.record_sources(self.config.model.checkpoint_files())
                 atomic_write_text(run.config, self.config_yaml)
             else:
                 # Killed after its last step but before result.json: the final evaluation at this step runs again.
@@ -186,10 +185,10 @@ class Run:
         """Fail in one line, before any data is read, when pretrained weights the run needs can be neither found in
         the cache nor downloaded (see :mod:`stitchkit.zoo.weights`)."""
         m = self.config.model
-        if not (m.pretrained and get_mode(self.config.mode).loads_pretrained):
+        if not (m.pretrained and mode_for(self.config).loads_pretrained):
             return
-        models = [(m.src, m.src_checkpoint)]
-        if get_mode(self.config.mode).joins_models:
+        models = list(zip(m.sources(), m.source_checkpoints()))
+        if mode_for(self.config).joins_models:
             models.append((m.dst or m.src, m.dst_checkpoint))
         for name, checkpoint in models:
             if checkpoint is None:
@@ -208,7 +207,7 @@ class Run:
         self.model = build_model(config, len(self.splits.classes), calibration_images, rt.device).to(rt.device)
         self.clock.reassign(getattr(self.model, "start_seconds", 0.0), "calibration")
         self.gmacs = count_macs(self.model, config.data.input_size) / 1e9
-        self.notes = [self._compute_note()] if config.mode == "stitch" else []
+        self.notes = [self._compute_note()] if config.mode == "stitch" and not config.model.parallel else []
         self.params = count_params(self.model)
         self.trainable = count_params(self.model, trainable_only=True)
         if self.trainable == 0:
@@ -388,7 +387,7 @@ class Run:
         seconds = self._seconds()
         images = self.stats.images * rt.ctx.world_size
         record = {
-            "status": status, "error": error, "mode": config.mode, **get_mode(config.mode).model_settings(config),
+            "status": status, "error": error, "mode": config.mode, **mode_for(config).model_settings(config),
             "seed": config.train.seed, "lr": config.optim.lr, "dataset": config.data.name,
             "input_size": config.data.input_size, "classes": len(self.splits.classes),
             "class_names": list(self.splits.classes),  # what `stitchkit predict` names its answers with

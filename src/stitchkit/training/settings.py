@@ -33,14 +33,19 @@ def setting(default: Any = MISSING, help: str = "", *, kind: str = "result", per
 
 @dataclass
 class ModelConfig:
-    src: str = setting("resnet50.a1_in1k", "source model (its lower layers); for finetune and scratch, the model")
+    src: Any = setting("resnet50.a1_in1k", "source model (its lower layers); for finetune and scratch, the model. "
+                                           "mode=stitch with a list [A, B, ...]: a parallel stitch, each source's "
+                                           "front with its own adapters, fused (model.fusion) into model.dst")
     dst: Optional[str] = setting(None, "destination model (its upper layers and head); default: model.src",
                                  per_run=True)
-    gap: str = setting("1:3", "X:Y, source stage X to destination stage Y", per_run=True)
+    gap: Any = setting("1:3", "X:Y, source stage X to destination stage Y; a parallel stitch: one gap for every "
+                              "source or a list, one per source, all entering the destination at stage Y",
+                       per_run=True)
     adapter: str = setting("bottleneck", "adapter ('stitchkit adapters' lists them)", per_run=True)
     resize: str = setting("bilinear", "none, bilinear or integrated (a strided conv in the adapter)", per_run=True)
     pretrained: bool = setting(True, "load the library's pretrained weights for src and dst")
-    src_checkpoint: Optional[str] = setting(None, "local weights for model.src (.pt, .pth, .safetensors)")
+    src_checkpoint: Any = setting(None, "local weights for model.src (.pt, .pth, .safetensors); a parallel stitch: a "
+                                        "list, one per source (null where a source has none)")
     dst_checkpoint: Optional[str] = setting(None, "local weights for model.dst", per_run=True)
     num_classes: Optional[int] = setting(None, "classes of the head (a stitch's destination, finetune, scratch, "
                                                "probe): a new head when it differs from the model's own; default: "
@@ -61,8 +66,43 @@ class ModelConfig:
                                           "dst_stats, paper_code or paper_text", per_run=True)
     init_images: int = setting(256, "training images a start that needs them (fitted, lstsq, dst_stats) measures both "
                                     "models' features on")
+    fusion: str = setting("sum", "parallel stitch: how the sources' adapter outputs are joined: sum (a learned "
+                                 "weight per source), concat (concatenated, projected by a 1x1 map) or gate (a "
+                                 "learned per-channel mix); each starts as their mean", per_run=True, since="0.7")
     token_adapters: bool = setting(True, "ViT to ViT: linear adapters on every token, class token kept (the paper's "
                                          "code); false: via an image", per_run=True)
+
+    # Several sources (a parallel stitch) are lists; these read either form as lists, one entry per source.
+    @property
+    def parallel(self) -> bool:
+        """model.src lists several sources (validation requires two or more, and mode=stitch)."""
+        return isinstance(self.src, (list, tuple))
+
+    def sources(self) -> list[str]:
+        return list(self.src) if self.parallel else [self.src]
+
+    def source_gaps(self) -> list[str]:
+        gaps = self.gap if isinstance(self.gap, (list, tuple)) else [self.gap] * len(self.sources())
+        return list(gaps)
+
+    def source_checkpoints(self) -> list[Optional[str]]:
+        given = self.src_checkpoint
+        return list(given) if isinstance(given, (list, tuple)) else [given] * len(self.sources())
+
+    def checkpoint_files(self) -> dict[str, Optional[str]]:
+        """The weight files these settings name, by setting: ``model.src_checkpoint`` (``.0``, ``.1``, ... for a
+        parallel stitch's list) and ``model.dst_checkpoint``."""
+        if isinstance(self.src_checkpoint, (list, tuple)):
+            files = {f"model.src_checkpoint.{i}": c for i, c in enumerate(self.src_checkpoint)}
+        else:
+            files = {"model.src_checkpoint": self.src_checkpoint}
+        return {**files, "model.dst_checkpoint": self.dst_checkpoint}
+
+    @property
+    def pixel_source(self) -> str:
+        """The model whose preprocessing (normalisation, crop) the images get: the source, or a parallel stitch's
+        first source (the others' fronts renormalise on the way in)."""
+        return self.sources()[0]
 
 
 @dataclass

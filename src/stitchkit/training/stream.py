@@ -88,7 +88,7 @@ class DataStream:
 
 def build_stream(config: Config, accum: int, runtime: Runtime) -> DataStream:
     t, device, ctx = config.train, runtime.device, runtime.ctx
-    prep = preprocessing(config.model.src)  # the model that sees the pixels sets normalisation and crop
+    prep = preprocessing(config.model.pixel_source)  # the model that sees the pixels sets normalisation and crop
     splits = build_splits(config.data, prep, t.seed)
     sampler = EpochSampler(len(splits.train), t.seed, ctx.rank, ctx.world_size, True)
     # One collated image: uint8 crops for augmentation on the device, float32 otherwise.
