@@ -1,6 +1,8 @@
 """The benchmark runs at tiny sizes and reports every column (no assertion on wall-clock time)."""
 import json
 
+import pytest
+
 from stitchkit.cli import main
 
 
@@ -63,6 +65,7 @@ def test_pipeline_bench_measures_loader_step_and_whole_run_in_one_go(capsys):
         assert line in text
 
 
+@pytest.mark.slow
 def test_gpu_check_script_runs_at_smoke_size(tmp_path):
     """The GPU check is prepared for a GPU machine; --smoke runs every part of it on the CPU at tiny sizes."""
     import os

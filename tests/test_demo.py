@@ -21,6 +21,7 @@ def test_demo_plan_matches_the_issue(tmp_path):
     assert [len(g) for g in vit.groups(vit.runnable)] == [4]
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_and_source_models_are_reused(tmp_path, capsys):
     try:
         find_fashion_mnist(None)

@@ -102,6 +102,7 @@ def test_the_findings_grid_covers_what_the_issue_asks(tmp_path):
     assert all(len({c.seed for c in s.cells}) == 3 for s in sweeps[1:])  # one sweep: the report averages the seeds
 
 
+@pytest.mark.slow
 def test_findings_end_to_end_at_smoke_size(tmp_path, capsys):
     try:
         find_fashion_mnist(None)

@@ -48,6 +48,7 @@ def _same_outcome(separate: dict, grouped: dict, run_a, run_b) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_grouped_training_equals_separate_runs(tmp_path):
     separate = [train(c) for c in _configs(tmp_path, "alone")]
     members = [Run(c) for c in _configs(tmp_path, "group")]
@@ -82,6 +83,7 @@ def test_only_compatible_runs_group(tmp_path):
     assert partition([("a",)] * 5, max_size=2) == [[0, 1], [2, 3], [4]]
 
 
+@pytest.mark.slow
 def test_a_nan_member_fails_alone(tmp_path):
     configs = _configs(tmp_path, "g", [MEMBERS[0], [*MEMBERS[1], "optim.lr=1e30"]])
     outcomes = train_group(configs)
@@ -92,6 +94,7 @@ def test_a_nan_member_fails_alone(tmp_path):
     assert outcomes[0]["top1"] == reference["top1"] and outcomes[0]["loss"] == reference["loss"]
 
 
+@pytest.mark.slow
 def test_an_interrupted_group_resumes_to_the_same_results(tmp_path, monkeypatch):
     from stitchkit.training import logging as training_logging
 
@@ -131,6 +134,7 @@ group_by_front: %s
 """
 
 
+@pytest.mark.slow
 def test_sweep_groups_by_front_and_survives_a_kill(tmp_path, capsys):
     sweep_file, runs = tmp_path / "s.yaml", tmp_path / "runs"
     sweep_file.write_text(SWEEP % "true")

@@ -375,6 +375,7 @@ def test_fitted_is_the_same_in_training_and_eval_mode_at_the_start():
     torch.testing.assert_close(trained, evaluated, atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.slow
 def test_fitted_starts_are_reproducible_and_follow_the_seed():
     a, _ = _models(R18, R18)
     images = _images()

@@ -40,8 +40,11 @@ EVERY_KIND = ["locked:1", "write:cell.json:1", "renamed:config.yaml:2", "append:
 MORE = ["write:kills.json:1", "renamed:kills.json:1", "renamed:cell.json:2", "append:attempts.log:1",
         "write:config.yaml:1", "renamed:last.pt:1", "write:adapters.pt:1", "renamed:model.pt:1", "write:result.json:1"]
 ALL_KILLS = os.environ.get("STITCHKIT_ALL_KILLS") == "1"
-POINTS = EVERY_KIND + [pytest.param(p, marks=pytest.mark.skipif(not ALL_KILLS, reason="the other write points: "
-                                                                "STITCHKIT_ALL_KILLS=1")) for p in MORE]
+# The quick suite (-m "not slow") kills at two of them: mid-checkpoint and mid-line.
+QUICK = ("write:last.pt:2", "append:metrics.jsonl:3")
+POINTS = [p if p in QUICK else pytest.param(p, marks=pytest.mark.slow) for p in EVERY_KIND] + [
+    pytest.param(p, marks=pytest.mark.skipif(not ALL_KILLS, reason="the other write points: STITCHKIT_ALL_KILLS=1"))
+    for p in MORE]
 
 
 def _env(**extra):
@@ -104,7 +107,7 @@ def test_a_sweep_killed_at_any_write_reruns_to_the_uninterrupted_result(tmp_path
     assert _numbers(runs) == reference
 
 
-@pytest.mark.parametrize("fault", ["write:results.csv:1", "write:index.html:1", pytest.param(
+@pytest.mark.parametrize("fault", ["write:results.csv:1", pytest.param("write:index.html:1", marks=pytest.mark.slow), pytest.param(
     "renamed:gap_resnet10t_resnet10t.png:1", marks=pytest.mark.skipif(not ALL_KILLS, reason="STITCHKIT_ALL_KILLS=1"))])
 def test_a_report_killed_half_way_is_whole_after_a_rerun(tmp_path, reference, fault):
     sweep, runs = _sweep_file(tmp_path), tmp_path / "runs"
@@ -145,6 +148,7 @@ def _burn_cpu():
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
+@pytest.mark.slow
 def test_soak_a_sweep_killed_many_times_at_random_moments_on_a_busy_machine(tmp_path, reference):
     """Kills at seeded random moments, short and long, while another process keeps a core busy. Whatever moments
     they hit (the timing varies from machine to machine), the rerun must finish both cells exactly once with the

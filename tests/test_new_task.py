@@ -59,6 +59,7 @@ def test_new_head_settings_are_checked():
         load_config(None, ["mode=finetune", "model.src=resnet10t", "model.unfreeze_last=1"])
 
 
+@pytest.mark.slow
 def test_stitch_with_new_head_trains_resumes_and_evaluates(tmp_path, monkeypatch):
     from test_training import assert_resumes_exactly
 
@@ -145,6 +146,7 @@ def test_new_head_for_a_task_with_as_many_classes():
     assert torch.equal(own, own_again) and not torch.equal(own, new)
 
 
+@pytest.mark.slow
 def test_new_task_demonstration_script_at_smoke_size(tmp_path):
     """scripts/new_task.py (the README's new-task table) on a few hundred real images: every method trains what it
     says, and a second run reads the finished runs back instead of training them again."""

@@ -1,5 +1,8 @@
 """Parallel stitching (several fronts into one back): every fusion starts as the mean of its chains, only adapters
 and fusion train, the model saves, loads and opens in timm, and impossible requests are one line each."""
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -147,3 +150,56 @@ def test_bad_parallel_settings_are_one_line_that_names_the_fix(tmp_path, overrid
 
     with pytest.raises(StitchkitError, match=message):
         _cfg(tmp_path, *overrides)
+
+
+def test_sweeps_expand_and_price_parallel_pairs_with_the_parallel_method_family():
+    from stitchkit.sweeps.dryrun import cell_costs
+    from stitchkit.sweeps.grid import expand
+    from stitchkit.sweeps.methods import get_method
+
+    sweep = expand({"base": {"data": {"input_size": 32}, "model": {"pretrained": False}},
+                    "pairs": [[["resnet10t", "vit_pico_patch4_32"], "resnet10t"], ["resnet10t", "resnet10t"]],
+                    "gaps": ["1:3"], "methods": ["downsample_linear", "parallel_concat_linear"]})
+    by = {(c.src, c.method): c for c in sweep.cells}
+    fused = by[("resnet10t+vit_pico_patch4_32", "parallel_concat_linear")]
+    assert fused.skip_reason is None and fused.settings["model"]["src"] == ["resnet10t", "vit_pico_patch4_32"]
+    assert fused.settings["model"]["fusion"] == "concat" and get_method("parallel_concat_linear").parallel
+    assert "use a parallel_* method" in by[("resnet10t+vit_pico_patch4_32", "downsample_linear")].skip_reason
+    assert "fuses several sources" in by[("resnet10t", "parallel_concat_linear")].skip_reason
+    config = sweep.config(fused, Path("runs"))  # a valid training config, as the runner builds it
+    assert config.model.parallel and config.model.fusion == "concat"
+    torch.manual_seed(0)
+    built = create_parallel(["resnet10t", "vit_pico_patch4_32"], "resnet10t", "1:3", fusion="concat",
+                            adapter="linear", input_size=32)
+    costs = cell_costs(sweep, fused)  # priced on the meta device, as the real model counts
+    assert costs["gmacs"] == pytest.approx(stitchkit.count_macs(built, 32) / 1e9)
+    assert costs["trainable_params"] == sum(p.numel() for p in built.trainable_parameters())
+    with pytest.raises(StitchkitError, match=r"\[\[src, src, ...\], dst\]"):
+        expand({"pairs": [[["resnet10t"], "resnet10t"]]})
+
+
+def test_a_parallel_result_is_its_method_in_reports_and_a_point_on_its_fronts_compute_figure():
+    from stitchkit.reports.collect import _cell_from_result
+    from stitchkit.reports.plots import _parallel_rows
+
+    result = {"mode": "stitch", "src": "resnet10t+vit_pico_patch4_32", "dst": "resnet10t", "gap": "1:3",
+              "adapter": "bottleneck", "resize": "bilinear", "fusion": "gate"}
+    assert _cell_from_result(result)["method"] == "parallel_gate_bottleneck"
+    assert _cell_from_result({**result, "src": "resnet10t", "fusion": None})["method"] == "downsample_bottleneck"
+    row = {"src": "resnet10t+vit_pico_patch4_32", "dst": "resnet10t", "gap": "1:3", "top1_mean": 50.0,
+           "gmacs": 0.02}
+    assert _parallel_rows([row], "vit_pico_patch4_32", "resnet10t") == [row]
+    assert _parallel_rows([row], "resnet18", "resnet10t") == [] == _parallel_rows([row], "resnet10t", "resnet18")
+
+
+def test_inspect_shows_every_front_and_the_whole_cost(capsys):
+    from stitchkit.cli import main
+
+    assert main(["inspect", "--src", "resnet10t", "vit_pico_patch4_32", "--dst", "resnet10t", "--gap", "1:3",
+                 "--input-size", "32", "--fusion", "concat", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [f["src"] for f in report["fronts"]] == ["resnet10t", "vit_pico_patch4_32"]
+    assert report["fusion"] == "concat" and report["trained"] == ["adapters", "fusion"]
+    assert report["fusion_params"] == 256 * 512 + 256  # two 256-channel chains projected back to 256
+    assert main(["inspect", "--src", "resnet10t", "--dst", "resnet10t", "--gap", "1:3", "2:3"]) == 2
+    assert "several are for a parallel stitch" in capsys.readouterr().err

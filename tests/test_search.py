@@ -139,6 +139,7 @@ def test_a_smoke_search_trains_its_choice_writes_the_frontier_and_continues(tmp_
     assert json.loads((out / "search.json").read_text())["frontier"] == records["frontier"]
 
 
+@pytest.mark.slow
 def test_the_proxy_study_runs_at_smoke_size_and_writes_its_page(tmp_path, capsys):
     """The study's whole path (a zoo from scratch on Fashion-MNIST, every proxy, every candidate trained, the
     analysis and the page) on a toy zoo; its numbers mean nothing at this size."""

@@ -110,6 +110,7 @@ def test_tiny_sweep_end_to_end_with_report(tmp_path, capsys):
     assert (report / "table1.md").read_text().startswith("| Model |")
 
 
+@pytest.mark.slow
 def test_failed_cell_is_a_row_and_retry_failed_reruns_it(tmp_path, capsys):
     sweep_file, runs = tmp_path / "s.yaml", tmp_path / "runs"
     sweep_file.write_text((TINY % {"epochs": 1}).replace("  - [resnet10t, vit_tiny_patch16_224]\n", "")
@@ -138,6 +139,7 @@ def _finished_once(runs: Path, expected: int) -> None:
     assert len(done) == expected and len({r["run_dir"] for r in done}) == expected
 
 
+@pytest.mark.slow
 def test_sweep_killed_at_random_moments_finishes_every_cell_once(tmp_path):
     sweep_file, runs = _tiny(tmp_path, epochs=2), tmp_path / "runs"
     command = [sys.executable, "-m", "stitchkit", "sweep", str(sweep_file), "--out", str(runs)]
@@ -151,6 +153,7 @@ def test_sweep_killed_at_random_moments_finishes_every_cell_once(tmp_path):
     _finished_once(runs, 12)
 
 
+@pytest.mark.slow
 def test_two_sweep_processes_share_one_folder(tmp_path):
     sweep_file, runs = _tiny(tmp_path), tmp_path / "runs"
     command = [sys.executable, "-m", "stitchkit", "sweep", str(sweep_file), "--out", str(runs)]
@@ -161,6 +164,7 @@ def test_two_sweep_processes_share_one_folder(tmp_path):
     _finished_once(runs, 12)
 
 
+@pytest.mark.slow
 def test_slurm_executor_through_submitit_local(tmp_path, capsys):
     pytest.importorskip("submitit")
     sweep_file, runs = _tiny(tmp_path), tmp_path / "runs"

@@ -240,6 +240,7 @@ def test_seeds_change_initialisation_and_data_order(tmp_path):
     assert a["train_loss"] == again["train_loss"] and a["train_loss"] != b["train_loss"]
 
 
+@pytest.mark.slow
 def test_paper_frozen_mode_resumes_exactly(tmp_path, monkeypatch, source_model):
     """frozen_mode=train moves the frozen BatchNorm statistics: checkpoints carry them, so resuming is exact."""
     settings = ["mode=stitch", "model.src=resnet10t", "model.gap=1:3", f"model.src_checkpoint={source_model}",

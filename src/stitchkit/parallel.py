@@ -274,12 +274,13 @@ def create_parallel(srcs: list[str | nn.Module], dst: str | nn.Module, gaps: str
                     pretrained: bool = False, input_size: int = 224, *, src_checkpoints: list | None = None,
                     dst_checkpoint=None, num_classes: int | None = None, new_head: bool | None = None,
                     train_head: bool | None = None, prefix_in: str | None = None, calibration_images=None,
-                    calibration_device=None, **options) -> ParallelStitchedModel:
+                    calibration_device=None, check: bool = True, **options) -> ParallelStitchedModel:
     """Fronts of ``srcs`` into the back of ``dst``. ``gaps``: one for all sources, or one per source, all entering
     the destination at the same stage. ``calibration_images``: one entry per source, as
     :func:`~stitchkit.stitching.create_stitched` takes them. ``num_classes``, ``new_head``, ``train_head``,
     ``prefix_in`` and ``options`` (any other :class:`~stitchkit.stitching.StitchConfig` field) mean what they mean
-    for :func:`~stitchkit.stitching.create_stitched`.
+    for :func:`~stitchkit.stitching.create_stitched`; ``check=False`` skips the test image (pricing on the meta
+    device).
 
     Example:
         >>> model = create_parallel(["resnet10t", "vit_pico_patch4_32"], "resnet10t", "1:3", input_size=32)
@@ -310,7 +311,7 @@ def create_parallel(srcs: list[str | nn.Module], dst: str | nn.Module, gaps: str
                             prefix_in=prefix_in, **options)
                for name, g, c in zip(names, gaps, checkpoints)]
     return build_parallel(ParallelConfig(configs, fusion), list(models), dst_model,
-                          calibration_images=calibration_images, calibration_device=calibration_device)
+                          calibration_images=calibration_images, calibration_device=calibration_device, check=check)
 
 
 __all__ = ["FUSIONS", "Fusion", "ParallelConfig", "ParallelStitchedModel", "build_parallel", "create_parallel"]

@@ -44,14 +44,14 @@ def run(args) -> int:
     from ..stitching import create_stitched
     from ..summary import describe_stitch
 
-    if args.finetune:
-        return _finetune(args)
     if len(args.src) > 1:
         return _parallel(args)
     if len(args.gap) > 1:
         raise StitchkitError(f"{len(args.gap)} gaps for one source: give one --gap (several are for a parallel "
                              "stitch, one per --src)")
     args.src, args.gap = args.src[0], args.gap[0]
+    if args.finetune:
+        return _finetune(args)
     model = create_stitched(
         args.src, args.dst, gap=args.gap, adapter=args.adapter, resize=args.resize, pretrained=args.pretrained,
         input_size=args.input_size, prefix_out=args.prefix_out, prefix_in=args.prefix_in,

@@ -73,7 +73,8 @@ def _cell_from_result(result: dict) -> dict:
     mode = MODES.get(name) if name in MODES else None
     method = name
     if mode is not None and mode.joins_models:
-        match = [m.name for m in list_methods() if (m.adapter, m.resize) == (result.get("adapter"), result.get("resize"))]
+        match = [m.name for m in list_methods()
+                 if (m.adapter, m.resize, m.fusion) == (result.get("adapter"), result.get("resize"), result.get("fusion"))]
         method = match[0] if match else f"{result.get('resize')}_{result.get('adapter')}"
     return {"src": result.get("src"), "dst": result.get("dst"), "gap": result.get("gap"), "method": method,
             "kind": name, "seed": result.get("seed"), "lr": result.get("lr") if mode and mode.sweeps_lr else None}

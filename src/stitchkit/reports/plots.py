@@ -148,11 +148,27 @@ def _stars(ax, names, originals):
                        color=colour, edgecolor="black", label=original_label(name, originals))
 
 
+def _sources(row: dict) -> list[str]:
+    """The source models of a row: one, or a parallel stitch's (recorded joined, ``A+B``)."""
+    return row["src"].split("+")
+
+
+def _parallel_rows(summary: list[dict], src: str, dst: str) -> list[dict]:
+    """Parallel stitches into ``dst`` that have ``src`` among their sources: points on its single stitches'
+    accuracy-compute figure (does fusing another front beat the single front at its compute?)."""
+    return [r for r in summary if len(_sources(r)) > 1 and src in _sources(r) and r["dst"] == dst and r["gap"]
+            and r["top1_mean"] is not None and r["gmacs"]]
+
+
 def accuracy_vs_compute(summary: list[dict], originals: dict, out: Path) -> list[Path]:
-    """Per pair: one panel per source stage, accuracy vs GMACs per method, the Pareto front, originals as stars."""
+    """Per pair: one panel per source stage, accuracy vs GMACs per method, the Pareto front, originals as stars;
+    parallel stitches that fuse this pair's source with others appear on it as diamonds."""
     paths = []
     for pair in sorted({r["pair"] for r in summary if r["gap"]}):
         rows = [r for r in summary if r["pair"] == pair and r["gap"] and r["top1_mean"] is not None and r["gmacs"]]
+        if rows and len(_sources(rows[0])) == 1:
+            rows += [{**r, "method": f"{r['method']}:{r['src']}"} for r in _parallel_rows(summary, rows[0]["src"],
+                                                                                          rows[0]["dst"])]
         stages = sorted({r["src_stage"] for r in rows})
         if not stages:
             continue
@@ -162,15 +178,18 @@ def accuracy_vs_compute(summary: list[dict], originals: dict, out: Path) -> list
             panel = [r for r in rows if r["src_stage"] == stage]
             for method, members in sorted(_by_method(panel).items()):
                 members.sort(key=lambda r: r["gmacs"])
-                ax.plot([r["gmacs"] for r in members], [r["top1_mean"] for r in members], marker="o",
-                        label=method_label(method), color=colours[method])
+                fused = len(_sources(members[0])) > 1 and ":" in method
+                label = (f"{method_label(method.split(':')[0])} with {members[0]['src'].replace('+', ' + ')}"
+                         if fused else method_label(method))
+                ax.plot([r["gmacs"] for r in members], [r["top1_mean"] for r in members], marker="D" if fused else "o",
+                        linestyle="--" if fused else "-", label=label, color=colours[method])
                 for r in members:  # which gap each point is
                     ax.annotate(r["gap"], (r["gmacs"], r["top1_mean"]), textcoords="offset points", xytext=(4, 3),
                                 fontsize=7, color="dimgrey")
             front = pareto_front([(r["gmacs"], r["top1_mean"]) for r in panel])
             ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black", linestyle=":",
                     label="Pareto front")
-            _stars(ax, sorted({panel[0]["src"], panel[0]["dst"]}), originals)
+            _stars(ax, sorted({*_sources(panel[0]), panel[0]["dst"]}), originals)
             ax.set_title(f"Stage {stage} -> Stage y")
             ax.set_xlabel("GMACs (multiply-accumulates, one image)")
             ax.set_ylabel("top-1 accuracy (%)")

@@ -48,6 +48,21 @@ def stitch_costs(src: str, dst: str, gap: str, method: str, input_size: int,
     return _costs("stitch", src, dst, gap, method, input_size, num_classes)
 
 
+@functools.lru_cache(maxsize=None)
+def parallel_costs(srcs: tuple[str, ...], dst: str, gap: str, method: str, input_size: int,
+                   num_classes: int | None = None) -> tuple[float, int, int]:
+    """GMACs, parameters and trainable parameters of a parallel stitch (a ``parallel_*`` method), on the meta
+    device: every front, every chain, the fusion and the back, counted whole."""
+    from ..parallel import create_parallel
+
+    m = get_method(method)
+    with torch.device("meta"):
+        model = create_parallel([meta_model(s, input_size, num_classes) for s in srcs],
+                                meta_model(dst, input_size, num_classes), gap, fusion=m.fusion, adapter=m.adapter,
+                                resize=m.resize, input_size=input_size, check=False)
+        return count_macs(model, input_size) / 1e9, count_params(model), count_params(model, trainable_only=True)
+
+
 _PART_MACS: dict[tuple, tuple[int, torch.Tensor]] = {}
 
 
@@ -77,7 +92,11 @@ def cell_costs(sweep: Sweep, cell: Cell) -> dict:
     if cell.skip_reason:
         return {"gmacs": None, "params": None, "trainable_params": None}
     size = sweep.base.get("data", {}).get("input_size", 224)
-    gmacs, params, trainable = _costs(cell.kind, cell.src, cell.dst, cell.gap, cell.method, size)
+    sources = cell.settings.get("model", {}).get("src")
+    if isinstance(sources, list):
+        gmacs, params, trainable = parallel_costs(tuple(sources), cell.dst, cell.gap, cell.method, size)
+    else:
+        gmacs, params, trainable = _costs(cell.kind, cell.src, cell.dst, cell.gap, cell.method, size)
     return {"gmacs": gmacs, "params": params, "trainable_params": trainable}
 
 

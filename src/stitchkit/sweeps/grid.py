@@ -6,6 +6,7 @@ A sweep file names the grid::
       data: {root: /data/imagenet}
     pairs:           # [src, dst]; the same model twice stitches a model to itself
       - [resnet50.a1_in1k, torchvision:swin_t]
+      - [[resnet50.a1_in1k, vit_small_patch16_224], resnet50.a1_in1k]   # a parallel stitch: parallel_* methods
     gaps: ["1:1", "1:2"]            # default: the paper's nine
     methods: [downsample_bottleneck] # default: every paper method that applies
     baselines:
@@ -191,8 +192,11 @@ def expand(spec: dict, name: str = "sweep", overrides: list[str] | None = None) 
 
     pairs = spec.get("pairs") or []
     for pair in pairs:
-        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
-            raise StitchkitError(f"each entry of pairs must be [src, dst], got {pair!r}")
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[1], str)
+                and (isinstance(pair[0], str) or (isinstance(pair[0], (list, tuple)) and len(pair[0]) >= 2
+                                                  and all(isinstance(s, str) for s in pair[0])))):
+            raise StitchkitError(f"each entry of pairs must be [src, dst], or [[src, src, ...], dst] for a parallel "
+                                 f"stitch (two sources or more), got {pair!r}")
     gaps = [f"{x}:{y}" for x, y in (parse_gap(str(g)) for g in spec.get("gaps") or [f"{x}:{y}" for x, y in PAPER_GAPS])]
     method_names = list(PAPER_METHODS if spec.get("methods") is None else spec["methods"])  # [] means none
     seen = set()
@@ -215,17 +219,27 @@ def expand(spec: dict, name: str = "sweep", overrides: list[str] | None = None) 
     from ..zoo.models import is_token_model  # here, not at the top: expanding a sweep file must not import timm
 
     input_size = _settings(base)["data.input_size"]
-    tokens = {name: is_token_model(name, input_size) for pair in pairs for name in pair}
-    for src, dst in pairs:
+    tokens = {name: is_token_model(name, input_size) for pair in pairs for name in _names(pair)}
+    for sources, dst in pairs:
+        parallel = not isinstance(sources, str)
+        src = "+".join(sources) if parallel else sources  # a parallel stitch's sources, as its result records them
         for gap in gaps:
             for method_name in method_names:
                 method = get_method(method_name)
                 skip = None
-                if method.needs_tokens and not (tokens[src] and tokens[dst]):
+                if method.needs_tokens and not (all(tokens[s] for s in _names([sources, dst]))):
                     skip = f"{method.name} joins token layouts only (ViT to ViT); {src} -> {dst} is not"
-                settings = {"mode": "stitch", "model": {"src": src, "dst": dst, "gap": gap, "adapter": method.adapter,
-                                                        "resize": method.resize}}
-                cells += _seeded(base, settings, "stitch", src, dst, gap, method.name, None, seeds, skip)
+                elif method.parallel != parallel:
+                    skip = (f"{method.name} fuses several sources; {src} -> {dst} has one (write the pair as "
+                            f"[[A, B], {dst}])" if method.parallel else
+                            f"{method.name} stitches one source; {src} -> {dst} has {len(sources)}: use a "
+                            "parallel_* method (`stitchkit methods` lists them)")
+                model = {"src": list(sources) if parallel else src, "dst": dst, "gap": gap,
+                         "adapter": method.adapter, "resize": method.resize}
+                if method.parallel:
+                    model["fusion"] = method.fusion
+                cells += _seeded(base, {"mode": "stitch", "model": model}, "stitch", src, dst, gap, method.name,
+                                 None, seeds, skip)
             for lr in finetune_lrs:
                 skip = None if src == dst else (
                     f"the fine-tuning baseline needs one model stitched to itself; {src} -> {dst} crosses models")
@@ -239,6 +253,12 @@ def expand(spec: dict, name: str = "sweep", overrides: list[str] | None = None) 
         duplicate = next(n for n in names if names.count(n) > 1)
         raise StitchkitError(f"the sweep lists the same run twice ({duplicate}); remove the repeated pair or value")
     return Sweep(name=name, base=base, cells=cells, group_by_front=group_by_front, max_group_size=max_group_size)
+
+
+def _names(pair) -> list[str]:
+    """Every model a sweep pair names (a parallel stitch's sources each)."""
+    sources, dst = pair
+    return [sources, dst] if isinstance(sources, str) else [*sources, dst]
 
 
 def _seeded(base, settings, kind, src, dst, gap, method, lr, seeds, skip) -> list[Cell]:

@@ -1,4 +1,5 @@
-"""Stitching methods: named adapter x resize combinations, with the paper's nine plus the ViT block.
+"""Stitching methods: named adapter x resize combinations, with the paper's nine plus the ViT block, and the
+``parallel_*`` family (several sources fused into one destination: a sweep pair ``[[A, B], C]``).
 
 Names are stable: they appear in run directory names, result rows and plot legends.
 """
@@ -16,6 +17,11 @@ class Method:
     resize: str
     label: str  # legend label, as in the paper's figures
     needs_tokens: bool = False  # only between token layouts (ViT <-> ViT)
+    fusion: str | None = None  # a parallel stitch's fusion (stitchkit.parallel); None: one source
+
+    @property
+    def parallel(self) -> bool:
+        return self.fusion is not None
 
 
 _METHODS: Registry[Method] = Registry("method", "`stitchkit methods` lists them")
@@ -54,3 +60,11 @@ for _resize, _adapters in (("none", ("linear", "linear_relu", "bottleneck")),
         register_method(Method(f"{_RESIZE_NAMES[_resize]}_{_adapter}", _adapter, _resize,
                                f"{_RESIZE_LABELS[_resize]}, {_ADAPTER_LABELS[_adapter]}"))
 register_method(Method("vit_block", "vit_block", "bilinear", "ViT Block", needs_tokens=True))
+
+# Parallel stitching (the paper's future work): each source's chain downsamples bilinearly to the destination's cut,
+# as the paper's best single stitches do, and the fusion joins them.
+_FUSION_LABELS = {"sum": "Sum", "concat": "Concat", "gate": "Gate"}
+for _fusion, _fusion_label in _FUSION_LABELS.items():
+    for _adapter in ("linear", "linear_relu", "conv3x3_relu", "bottleneck"):
+        register_method(Method(f"parallel_{_fusion}_{_adapter}", _adapter, "bilinear",
+                               f"Parallel ({_fusion_label}), {_ADAPTER_LABELS[_adapter]}", fusion=_fusion))
