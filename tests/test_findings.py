@@ -122,3 +122,39 @@ def test_findings_end_to_end_at_smoke_size(tmp_path, capsys):
     run_findings(FILE, tmp_path / "runs", doc, smoke=True, threads=1)
     for log in (tmp_path / "runs").rglob("attempts.log"):
         assert log.read_text().count("start") == 1
+
+
+def test_finding_6_judges_fused_fronts_against_the_better_single_front():
+    """Beyond the paper: a parallel stitch counts only when it is ahead of the better of its single fronts (same
+    adapter, same gap) beyond 2 SE; the strong form needs 1 point more; the page states the cost ratio."""
+    fused = "resnet18+vit_micro_patch4_32"
+    rows = _summary() + [_row(fused, R, "1:4", "parallel_gate_bottleneck", 74.0, gmacs=1.6),   # +2.0 vs V -> R 72
+                         _row(fused, R, "1:2", "parallel_gate_bottleneck", 72.5, gmacs=4.5)]   # +0.5: noise
+    findings = judge(rows, ORIGINALS, chance=10.0)
+    assert [f.number for f in findings] == [1, 2, 3, 4, 5, 6]
+    six = findings[5]
+    # R -> R (80) is the better single front at both gaps: the fusion (74, 72.5) does not beat it
+    assert six.verdict == "not confirmed" and (six.verdict.held, six.verdict.checks) == (0, 2)
+    weak = [r if r["src"] != R or r["dst"] != R or r["method"] != "downsample_bottleneck" else {**r, "top1_mean": 70.0}
+            for r in rows]
+    six = judge(weak, ORIGINALS, chance=10.0)[5]  # now V -> R (72) is the better front
+    assert (six.verdict.held, six.verdict.checks) == (1, 2)
+    row = next(r for r in six.table[1:] if r[1] == "1:4")
+    assert row[4] == V and row[7:] == ["yes", "no", "1.60x"]  # +2.0 ± 0.7: beyond 2 SE, not by 1 point more
+    assert "met in 0 of 2" in six.notes[0]
+    assert len(judge(_summary(), ORIGINALS, chance=10.0)) == 5  # no parallel block: the paper's five
+
+
+def test_a_parallel_block_gives_each_source_its_seed_checkpoint(tmp_path):
+    spec = load_findings_file(FILE)
+    spec["blocks"] = {"fused": {"pairs": [[[R, V], R]], "gaps": ["1:4"], "methods": ["parallel_gate_bottleneck"]}}
+    sweeps = findings_sweeps(spec, tmp_path)
+    sources = {(c.src, c.seed): c.name for c in sweeps[0].cells}
+    cells = sweeps[1].runnable
+    assert len(cells) == 3 and {c.src for c in cells} == {f"{R}+{V}"}
+    for c in cells:
+        model = c.settings["model"]
+        assert model["src"] == [R, V] and model["fusion"] == "gate"
+        assert [sources[R, c.seed] in model["src_checkpoint"][0], sources[V, c.seed] in model["src_checkpoint"][1]] \
+            == [True, True]
+        assert sweeps[1].config(c, tmp_path).model.parallel
