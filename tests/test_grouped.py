@@ -207,3 +207,21 @@ def test_other_runs_lines_go_above_the_shared_progress_bar_on_a_terminal(tmp_pat
     log.close()
     assert written == [f"[1to3/linear] training stitch run in {tmp_path}: 10 steps, 2 epochs on cpu",
                        "[1to3/linear] val top-1 50.00% top-5 90.00% (after epoch 1/2)"]
+
+
+def test_a_back_that_trains_is_never_shared(tmp_path):
+    """Stitches with a new head (which trains) keep their own back in a pass: sharing an identical-looking one
+    made a member's checkpoint save another member's head (found in 0.7; its numbers were right, its files not)."""
+    def configs(prefix):
+        return [load_config(None, [*TINY, "data.synthetic_classes=10", "model.num_classes=10", "train.max_steps=2",
+                                   f"model.adapter={adapter}", f"output.dir={tmp_path / f'{prefix}{i}'}"])
+                for i, adapter in enumerate(["linear", "bottleneck"])]
+
+    separate = [train(c) for c in configs("alone")]
+    members = [Run(c) for c in configs("group")]
+    TrainingPass(members).run()
+    assert members[0].model.back is not members[1].model.back
+    for i, result in enumerate(separate):
+        alone = torch.load(tmp_path / f"alone{i}" / "checkpoints" / "last.pt", weights_only=False)["model"]
+        together = torch.load(tmp_path / f"group{i}" / "checkpoints" / "last.pt", weights_only=False)["model"]
+        assert alone.keys() == together.keys() and all(torch.equal(alone[k], together[k]) for k in alone)

@@ -41,8 +41,6 @@ def why_not_groupable(settings: Config | Mapping[str, Any]) -> str | None:
     flat = flatten(settings) if isinstance(settings, Config) else settings
     from .modes import get_mode
 
-    if isinstance(flat["model.src"], (list, tuple)):
-        return "a parallel stitch runs several fronts, so it trains alone (grouped training shares one front)"
     if not get_mode(flat["mode"]).shares_front:
         return f"mode={flat['mode']} trains the whole network, so there is no frozen front to share"
     if flat["model.frozen_mode"] != "eval":
@@ -58,7 +56,10 @@ def group_key(settings: Config | Mapping[str, Any]) -> tuple | None:
     if why_not_groupable(flat) is not None:
         return None
     shared = tuple(sorted((k, repr(v)) for k, v in flat.items() if k not in PER_RUN_KEYS))
-    return shared + (("source stage", parse_gap(flat["model.gap"])[0]),)
+    gaps = flat["model.gap"] if isinstance(flat["model.gap"], (list, tuple)) else [flat["model.gap"]]
+    if isinstance(flat["model.src"], (list, tuple)) and len(gaps) == 1:
+        gaps = gaps * len(flat["model.src"])  # a parallel stitch: one gap for every source
+    return shared + (("source stage", tuple(parse_gap(g)[0] for g in gaps)),)
 
 
 def check_groupable(configs: Sequence[Config]) -> None:
@@ -112,21 +113,30 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
 
 def share_frozen_parts(models: Sequence[nn.Module]) -> nn.Module:
     """Make the stitched ``models`` use one front (checked to be identical), and one back wherever their backs are
-    identical; returns the front."""
-    front = models[0].front
+    identical; returns the front. Parallel stitches share all their fronts (and the renormalisation before each)."""
+    from ..parallel import ParallelStitchedModel
+
+    parallel = isinstance(models[0], ParallelStitchedModel)
+    front = (models[0].fronts, models[0].inputs) if parallel else models[0].front
     for model in models[1:]:
-        if not same_weights(front, model.front):
+        if not all(same_weights(a, b) for a, b in zip(front if parallel else [front],
+                                                        (model.fronts, model.inputs) if parallel else [model.front])):
+            what = " + ".join(model.config.srcs) if parallel else f"{model.config.src} at stage {model.config.gap[0]}"
             raise StitchkitError(
-                f"the runs of a group must have the same source front, but {model.config.src} at stage "
-                f"{model.config.gap[0]} differs from {models[0].config.src}'s (other weights?); train them in "
-                "separate groups"
+                f"the runs of a group must have the same source front, but {what} differs from the first run's "
+                "(other weights?); train them in separate groups"
             )
-        model.front = front
+        if parallel:
+            model.fronts, model.inputs = front
+        else:
+            model.front = front
     backs: list[nn.Module] = []
     for model in models:
+        if getattr(model, "trained_back", ()):
+            continue  # its back trains (a new head, unfreeze_last): its own, or its checkpoint saves another's
         twin = next((b for b in backs if same_weights(b, model.back)), None)
         if twin is None:
             backs.append(model.back)
         else:
             model.back = twin
-    return front
+    return models[0].shared_fronts() if parallel else front
