@@ -117,8 +117,7 @@ def test_a_parallel_stitch_trains_resumes_exactly_evaluates_and_exports(tmp_path
     assert [type(m).__name__ for m in model.inputs] == ["Identity", "Renormalize"]
 
 
-def test_parallel_runs_record_their_checkpoints_and_refuse_to_share_a_front(tmp_path):
-    from stitchkit.training.grouped import why_not_groupable
+def test_parallel_runs_record_their_checkpoints(tmp_path):
 
     source = tmp_path / "src"
     train(load_config(None, [*TINY, "mode=scratch", "model.src=resnet10t", "train.max_steps=1",
@@ -126,7 +125,6 @@ def test_parallel_runs_record_their_checkpoints_and_refuse_to_share_a_front(tmp_
     config = _cfg(tmp_path, f"model.src_checkpoint=[{source / 'model.pt'},null]", "train.max_steps=1",
                   "model.adapter_norm=paper_code", "model.fusion=sum")
     assert config.model.source_checkpoints() == [str(source / "model.pt"), None]
-    assert "parallel stitch" in why_not_groupable(config)
     result = train(config)
     import json
 
@@ -203,3 +201,31 @@ def test_inspect_shows_every_front_and_the_whole_cost(capsys):
     assert report["fusion_params"] == 256 * 512 + 256  # two 256-channel chains projected back to 256
     assert main(["inspect", "--src", "resnet10t", "--dst", "resnet10t", "--gap", "1:3", "2:3"]) == 2
     assert "several are for a parallel stitch" in capsys.readouterr().err
+
+
+def test_parallel_stitches_over_the_same_fronts_train_in_one_pass_as_they_would_alone(tmp_path):
+    """Three fusions of the same two fronts (and a chain of another gap's end) compute the fronts once per batch:
+    bitwise the results of separate runs on the CPU, with one copy of the fronts in memory."""
+    from stitchkit.training.grouped import check_groupable, group_key
+    from stitchkit.training.loop import TrainingPass
+    from stitchkit.training.run import Run
+
+    def configs(prefix):
+        return [_cfg(tmp_path, *extra, "train.max_steps=3", "model.adapter_norm=lstsq", name=f"{prefix}{i}")
+                for i, extra in enumerate([["model.fusion=sum"], ["model.fusion=gate"],
+                                           ["model.fusion=concat", "model.adapter=linear"]])]
+
+    check_groupable(configs("check"))
+    assert group_key(_cfg(tmp_path, "model.gap=[1:3,2:3]")) != group_key(_cfg(tmp_path))  # another source stage
+    separate = [train(c) for c in configs("alone")]
+    members = [Run(c) for c in configs("group")]
+    grouped = TrainingPass(members).run()
+    for i, (s, g) in enumerate(zip(separate, grouped)):
+        assert g["status"] == "finished" and g["group_size"] == 3
+        assert (g["top1"], g["loss"], g["train_loss"]) == (s["top1"], s["loss"], s["train_loss"])
+        alone = torch.load(tmp_path / f"alone{i}" / "checkpoints" / "last.pt", weights_only=False)["model"]
+        together = torch.load(tmp_path / f"group{i}" / "checkpoints" / "last.pt", weights_only=False)["model"]
+        assert alone.keys() == together.keys() and all(torch.equal(alone[k], together[k]) for k in alone)
+    models = [m.model for m in members]
+    assert all(m.fronts is models[0].fronts for m in models)
+    assert models[0].back is not models[1].back  # each trains its own new head

@@ -134,6 +134,29 @@ def _renormalization(source_cfg: dict, pixels_cfg: dict) -> nn.Module:
                                                   source_cfg["std"])
 
 
+class Fronts(nn.Module):
+    """Every source's front on the same images, each fed them normalised as it expects: a tuple of features. The
+    part that runs of one training pass share (their fused chains then differ: fusion, adapters, gaps' ends)."""
+
+    def __init__(self, inputs: nn.ModuleList, fronts: nn.ModuleList):
+        super().__init__()
+        self.inputs, self.fronts = inputs, fronts
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(front(prepare(x)) for prepare, front in zip(self.inputs, self.fronts))
+
+
+class FusedTail(nn.Module):
+    """What follows the fronts: each source's chain, the fusion, the destination's back."""
+
+    def __init__(self, bridges: nn.ModuleList, fusion: "Fusion", back: nn.Module):
+        super().__init__()
+        self.bridges, self.fusion, self.back = bridges, fusion, back
+
+    def forward(self, features: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.back(self.fusion([bridge(h) for bridge, h in zip(self.bridges, features)]))
+
+
 class ParallelStitchedModel(Network, nn.Module):
     """Frozen fronts, one trainable bridge each, a trainable fusion, one frozen destination back."""
 
@@ -164,6 +187,14 @@ class ParallelStitchedModel(Network, nn.Module):
             for i in getattr(self, "trained_back", ()):
                 self.back[i].train(mode)
         return self
+
+    def tail(self) -> FusedTail:
+        """The forward pass after the fronts, sharing this model's parts (as :meth:`StitchedModel.tail
+        <stitchkit.stitching.StitchedModel.tail>`): runs of one pass compute the fronts once per batch."""
+        return FusedTail(self.bridges, self.fusion, self.back)
+
+    def shared_fronts(self) -> Fronts:
+        return Fronts(self.inputs, self.fronts)
 
     def fused(self, x: torch.Tensor) -> torch.Tensor:
         """The fused adapter outputs: what the destination's back receives at its cut."""
@@ -314,4 +345,4 @@ def create_parallel(srcs: list[str | nn.Module], dst: str | nn.Module, gaps: str
                           calibration_images=calibration_images, calibration_device=calibration_device, check=check)
 
 
-__all__ = ["FUSIONS", "Fusion", "ParallelConfig", "ParallelStitchedModel", "build_parallel", "create_parallel"]
+__all__ = ["FUSIONS", "Fronts", "FusedTail", "Fusion", "ParallelConfig", "ParallelStitchedModel", "build_parallel", "create_parallel"]

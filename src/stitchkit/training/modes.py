@@ -150,7 +150,6 @@ class ParallelStitch(Stitch):
 
     network = ParallelStitchedModel
     description = "train adapters from several frozen source fronts, fused into one frozen destination back"
-    shares_front = False  # its fronts are several models: grouped training shares one front between runs
 
     def validate(self, config: Config) -> None:
         super().validate(config)
