@@ -98,7 +98,12 @@ def test_the_findings_grid_covers_what_the_issue_asks(tmp_path):
     assert {seed for _, seed in sources} == {0, 1, 2}
     for c in cells:
         model = c.settings["model"]
-        assert sources[c.src, c.seed] in model["src_checkpoint"] and sources[c.dst, c.seed] in model["dst_checkpoint"]
+        fronts = c.src.split("+")  # a parallel stitch (finding 6): one checkpoint per source
+        checkpoints = model["src_checkpoint"] if len(fronts) > 1 else [model["src_checkpoint"]]
+        assert all(sources[s, c.seed] in path for s, path in zip(fronts, checkpoints))
+        assert sources[c.dst, c.seed] in model["dst_checkpoint"]
+    assert {c.method for c in cells if "+" in c.src} == {"parallel_sum_bottleneck", "parallel_gate_bottleneck",
+                                                       "parallel_concat_bottleneck"}
     assert all(len({c.seed for c in s.cells}) == 3 for s in sweeps[1:])  # one sweep: the report averages the seeds
 
 

@@ -189,6 +189,7 @@ def _trained_run(run: Path) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_eval_killed_while_writing_its_result_gives_the_same_result_when_rerun(tmp_path):
     run = _trained_run(tmp_path / "run")
     killed = _stitchkit("eval", run, "--workers", "0", STITCHKIT_FAULT="write:eval.json:1")
@@ -201,6 +202,7 @@ def test_eval_killed_while_writing_its_result_gives_the_same_result_when_rerun(t
     assert not RunDir(run).foreign_files()  # ... which is ours, not the user's
 
 
+@pytest.mark.slow
 def test_export_killed_half_way_leaves_no_folder_and_reruns_whole(tmp_path):
     run = _trained_run(tmp_path / "run")
     out = tmp_path / "exported"

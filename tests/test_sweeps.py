@@ -231,6 +231,7 @@ def test_report_errors(tmp_path):
         write_report(tmp_path / "empty")
 
 
+@pytest.mark.slow
 def test_a_cell_can_train_over_several_processes_with_torchrun(tmp_path, monkeypatch):
     from stitchkit.sweeps.runner import run_cell, train_with_torchrun
 

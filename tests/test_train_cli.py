@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 
 from stitchkit.cli import main
 from stitchkit.training import load_config, train
@@ -92,6 +94,7 @@ def test_killed_process_resumes_to_the_same_result(tmp_path):
         assert resumed[key] == reference[key], key
 
 
+@pytest.mark.slow
 def test_two_process_ddp_with_gloo(tmp_path):
     run = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
