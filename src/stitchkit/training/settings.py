@@ -66,6 +66,8 @@ class ModelConfig:
                                           "dst_stats, paper_code or paper_text", per_run=True)
     init_images: int = setting(256, "training images a start that needs them (fitted, lstsq, dst_stats) measures both "
                                     "models' features on")
+    # sum: the best mean in the first measurement (3 configurations x 3 seeds on Fashion-MNIST, 0.7: sum 76.4, gate
+    # 76.4, concat 76.1; every difference within noise) and the fewest parameters (one weight per source).
     fusion: str = setting("sum", "parallel stitch: how the sources' adapter outputs are joined: sum (a learned "
                                  "weight per source), concat (concatenated, projected by a 1x1 map) or gate (a "
                                  "learned per-channel mix); each starts as their mean", per_run=True, since="0.7")
