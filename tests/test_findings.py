@@ -115,11 +115,12 @@ def test_findings_end_to_end_at_smoke_size(tmp_path, capsys):
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
     doc = tmp_path / "docs" / "findings.md"
     findings = run_findings(FILE, tmp_path / "runs", doc, smoke=True, threads=1)
-    assert [f.number for f in findings] == [1, 2, 3, 4, 5]
+    assert [f.number for f in findings] == [1, 2, 3, 4, 5, 6]  # the paper's five and parallel stitching's
     text = doc.read_text()
-    for number in range(1, 6):
+    for number in range(1, 7):
         assert f"## Finding {number}:" in text
-    assert text.count("**Verdict at this scale:") == 5 and "(n=2)" in text
+    assert text.count("**Verdict at this scale:") == 6 and "(n=2)" in text
+    assert "parallel_gate_bottleneck" not in text and "gate (bottleneck)" in text  # finding 6's table
     assert "stitchkit findings configs/findings/fashion_mnist.yaml" in text
     figures = list((tmp_path / "docs" / "findings").glob("*.png"))
     assert figures and all(f"findings/{p.name}" in text for p in figures)
