@@ -120,7 +120,7 @@ def test_findings_end_to_end_at_smoke_size(tmp_path, capsys):
     for number in range(1, 7):
         assert f"## Finding {number}:" in text
     assert text.count("**Verdict at this scale:") == 6 and "(n=2)" in text
-    assert "parallel_gate_bottleneck" not in text and "gate (bottleneck)" in text  # finding 6's table
+    assert "gate (bottleneck)" in text  # finding 6's table
     assert "stitchkit findings configs/findings/fashion_mnist.yaml" in text
     figures = list((tmp_path / "docs" / "findings").glob("*.png"))
     assert figures and all(f"findings/{p.name}" in text for p in figures)
