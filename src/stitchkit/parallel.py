@@ -134,6 +134,16 @@ def _renormalization(source_cfg: dict, pixels_cfg: dict) -> nn.Module:
                                                   source_cfg["std"])
 
 
+def _run_fronts(inputs: nn.ModuleList, fronts: nn.ModuleList, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every front on the same images, each fed them renormalised as it expects."""
+    return tuple(front(prepare(x)) for prepare, front in zip(inputs, fronts))
+
+
+def _fuse(bridges: nn.ModuleList, fusion: "Fusion", features) -> torch.Tensor:
+    """Each source's chain on its front's features, joined by the fusion: what the destination's back receives."""
+    return fusion([bridge(h) for bridge, h in zip(bridges, features)])
+
+
 class Fronts(nn.Module):
     """Every source's front on the same images, each fed them normalised as it expects: a tuple of features. The
     part that runs of one training pass share (their fused chains then differ: fusion, adapters, gaps' ends)."""
@@ -143,7 +153,7 @@ class Fronts(nn.Module):
         self.inputs, self.fronts = inputs, fronts
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(front(prepare(x)) for prepare, front in zip(self.inputs, self.fronts))
+        return _run_fronts(self.inputs, self.fronts, x)
 
 
 class FusedTail(nn.Module):
@@ -154,7 +164,7 @@ class FusedTail(nn.Module):
         self.bridges, self.fusion, self.back = bridges, fusion, back
 
     def forward(self, features: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return self.back(self.fusion([bridge(h) for bridge, h in zip(self.bridges, features)]))
+        return self.back(_fuse(self.bridges, self.fusion, features))
 
 
 class ParallelStitchedModel(Network, nn.Module):
@@ -199,8 +209,8 @@ class ParallelStitchedModel(Network, nn.Module):
     def fused(self, x: torch.Tensor) -> torch.Tensor:
         """The fused adapter outputs: what the destination's back receives at its cut."""
         with torch.no_grad():
-            features = [front(prepare(x)) for prepare, front in zip(self.inputs, self.fronts)]
-        return self.fusion([bridge(h) for bridge, h in zip(self.bridges, features)])
+            features = _run_fronts(self.inputs, self.fronts, x)
+        return _fuse(self.bridges, self.fusion, features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.back(self.fused(x))
