@@ -29,7 +29,7 @@ from torch import nn
 from ..chain import parse_gap
 from ..errors import StitchkitError
 from .config import Config, flatten
-from .settings import per_run_keys
+from .settings import per_run_keys, per_source
 
 # Settings each member of a group may choose for itself (declared per setting in config.py). Everything else is
 # shared: the data, the loop (epochs, batch sizes, seed, device, precision) and the source front.
@@ -56,9 +56,7 @@ def group_key(settings: Config | Mapping[str, Any]) -> tuple | None:
     if why_not_groupable(flat) is not None:
         return None
     shared = tuple(sorted((k, repr(v)) for k, v in flat.items() if k not in PER_RUN_KEYS))
-    gaps = flat["model.gap"] if isinstance(flat["model.gap"], (list, tuple)) else [flat["model.gap"]]
-    if isinstance(flat["model.src"], (list, tuple)) and len(gaps) == 1:
-        gaps = gaps * len(flat["model.src"])  # a parallel stitch: one gap for every source
+    gaps = per_source(flat["model.gap"], flat["model.src"])  # a parallel stitch: each source's stage
     return shared + (("source stage", tuple(parse_gap(g)[0] for g in gaps)),)
 
 
@@ -117,19 +115,16 @@ def share_frozen_parts(models: Sequence[nn.Module]) -> nn.Module:
     from ..parallel import ParallelStitchedModel
 
     parallel = isinstance(models[0], ParallelStitchedModel)
-    front = (models[0].fronts, models[0].inputs) if parallel else models[0].front
+    names = ("fronts", "inputs") if parallel else ("front",)  # the frozen modules before the adapters
     for model in models[1:]:
-        if not all(same_weights(a, b) for a, b in zip(front if parallel else [front],
-                                                        (model.fronts, model.inputs) if parallel else [model.front])):
+        if not all(same_weights(getattr(models[0], n), getattr(model, n)) for n in names):
             what = " + ".join(model.config.srcs) if parallel else f"{model.config.src} at stage {model.config.gap[0]}"
             raise StitchkitError(
                 f"the runs of a group must have the same source front, but {what} differs from the first run's "
                 "(other weights?); train them in separate groups"
             )
-        if parallel:
-            model.fronts, model.inputs = front
-        else:
-            model.front = front
+        for n in names:
+            setattr(model, n, getattr(models[0], n))
     backs: list[nn.Module] = []
     for model in models:
         if getattr(model, "trained_back", ()):
@@ -139,4 +134,4 @@ def share_frozen_parts(models: Sequence[nn.Module]) -> nn.Module:
             backs.append(model.back)
         else:
             model.back = twin
-    return models[0].shared_fronts() if parallel else front
+    return models[0].shared_fronts() if parallel else models[0].front

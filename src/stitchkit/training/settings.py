@@ -31,6 +31,15 @@ def setting(default: Any = MISSING, help: str = "", *, kind: str = "result", per
     return field(default=default, metadata=metadata)
 
 
+def per_source(value: Any, src: Any) -> list:
+    """A setting that is one value for every source or a list with one per source (``model.gap``,
+    ``model.src_checkpoint``), as a list with one entry per source of ``src`` (a name, or a parallel stitch's
+    list); also for flat settings, where there is no :class:`ModelConfig`."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value] * (len(src) if isinstance(src, (list, tuple)) else 1)
+
+
 @dataclass
 class ModelConfig:
     src: Any = setting("resnet50.a1_in1k", "source model (its lower layers); for finetune and scratch, the model. "
@@ -84,12 +93,10 @@ class ModelConfig:
         return list(self.src) if self.parallel else [self.src]
 
     def source_gaps(self) -> list[str]:
-        gaps = self.gap if isinstance(self.gap, (list, tuple)) else [self.gap] * len(self.sources())
-        return list(gaps)
+        return per_source(self.gap, self.src)
 
     def source_checkpoints(self) -> list[Optional[str]]:
-        given = self.src_checkpoint
-        return list(given) if isinstance(given, (list, tuple)) else [given] * len(self.sources())
+        return per_source(self.src_checkpoint, self.src)
 
     def checkpoint_files(self) -> dict[str, Optional[str]]:
         """The weight files these settings name, by setting: ``model.src_checkpoint`` (``.0``, ``.1``, ... for a
