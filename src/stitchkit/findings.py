@@ -23,6 +23,7 @@ from .errors import StitchkitError
 from .rundir import RunDir
 from .reports.plots import pareto_front
 from .sweeps.grid import Sweep, expand
+from .sweeps.methods import list_methods
 from .chain import parse_gap
 
 FILE_KEYS = ("sources", "stitches", "val_images", "batch_size", "seeds", "blocks")
@@ -360,6 +361,7 @@ def _finding5(rows: _Rows, originals: dict) -> Finding:
                    "non-ViT models", table, notes)
 
 
+PARALLEL_METHODS = {m.name: m for m in list_methods() if m.parallel}
 FUSED_LEAD = 1.0  # finding 6's strong form: fused ahead of the better single front by this many points beyond 2 SE
 
 
@@ -369,25 +371,24 @@ def _finding6(rows: _Rows) -> Finding:
     table = [["fronts -> destination", "gap", "fusion", "fused top-1", "better single front", "its top-1",
               "fused - single", "beyond 2 SE", f"by >= {FUSED_LEAD:g} point beyond 2 SE", "GMACs fused / single"]]
     outcomes, strong, costs = [], [], []
-    for src, dst in rows.pairs(parallel=True):
-        for gap in rows.gaps(src, dst):
-            for (s, d, g, method), fused in sorted(rows.by_key.items()):
-                if (s, d, g) != (src, dst, gap) or not method.startswith("parallel_") or fused.get("top1_mean") is None:
-                    continue
-                fusion, adapter = method[len("parallel_"):].split("_", 1)
-                singles = [r for name in src.split("+") if (r := rows.get(name, dst, gap, f"downsample_{adapter}"))]
-                if len(singles) < len(src.split("+")):
-                    continue
-                best = max(singles, key=lambda r: r["top1_mean"])
-                diff = _diff(fused, best)
-                held, lead = diff[0] > 2 * diff[1] and diff[0] > 0, diff[0] - 2 * diff[1] >= FUSED_LEAD
-                outcomes.append(held)
-                strong.append(lead)
-                ratio = fused["gmacs"] / best["gmacs"] if fused.get("gmacs") and best.get("gmacs") else None
-                costs.append(ratio)
-                table.append([f"{src.replace('+', ' + ')} -> {dst}", gap, f"{fusion} ({adapter})", _fmt(fused),
-                              best["src"], _fmt(best), _fmt_diff(diff), "yes" if held else "no",
-                              "yes" if lead else "no", f"{ratio:.2f}x" if ratio else "-"])
+    for (src, dst, gap, name), fused in sorted(rows.by_key.items()):  # by pair, gap, method
+        method = PARALLEL_METHODS.get(name) if "+" in src else None
+        if method is None or fused.get("top1_mean") is None:
+            continue
+        single = f"downsample_{method.adapter}"  # the same adapter, resized bilinearly as the parallel chains are
+        singles = [r for front in src.split("+") if (r := rows.get(front, dst, gap, single))]
+        if len(singles) < len(src.split("+")):
+            continue
+        best = max(singles, key=lambda r: r["top1_mean"])
+        diff = _diff(fused, best)
+        held, lead = _beats(fused, best), diff[0] - 2 * diff[1] >= FUSED_LEAD
+        outcomes.append(held)
+        strong.append(lead)
+        ratio = fused["gmacs"] / best["gmacs"] if fused.get("gmacs") and best.get("gmacs") else None
+        costs.append(ratio)
+        table.append([f"{src.replace('+', ' + ')} -> {dst}", gap, f"{method.fusion} ({method.adapter})", _fmt(fused),
+                      best["src"], _fmt(best), _fmt_diff(diff), "yes" if held else "no", "yes" if lead else "no",
+                      f"{ratio:.2f}x" if ratio else "-"])
     notes = []
     if outcomes:
         known = [c for c in costs if c]

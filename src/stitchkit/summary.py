@@ -17,6 +17,12 @@ def model_macs(name: str, input_size: int) -> int:
     return count_macs(create_model(name, input_size=input_size), (3, input_size, input_size))
 
 
+def _adapter_rows(steps) -> list[dict]:
+    """An adapter chain's steps as records: channels and map size in and out, resizing, stride."""
+    return [{"in": [s.in_channels, *s.in_size], "out": [s.out_channels, *s.out_size], "resize": s.resize,
+             "stride": s.stride} for s in steps]
+
+
 def describe_stitch(model: StitchedModel, src: str, dst: str, input_size: int) -> dict:
     """The cuts, the adapter chain, parameters and MACs (against the two whole models, built with random weights)."""
     size = (3, input_size, input_size)
@@ -37,11 +43,7 @@ def describe_stitch(model: StitchedModel, src: str, dst: str, input_size: int) -
                     "feature": model.bridge.src.describe()},
         "dst_cut": {"stage": model.config.dst_cut[0], "position": model.config.dst_cut[1], "after": dst_cut.module,
                     "feature": dst_cut.feature.describe()},
-        "adapters": [
-            {"in": [s.in_channels, *s.in_size], "out": [s.out_channels, *s.out_size], "resize": s.resize,
-             "stride": s.stride}
-            for s in model.steps
-        ],
+        "adapters": _adapter_rows(model.steps),
         "params": count_params(model),
         "trainable_params": count_params(model, trainable_only=True),
         "trained": model.trained_parts(),
@@ -66,8 +68,7 @@ def describe_parallel(model, input_size: int) -> dict:
         fronts.append({
             "src": config.src, "gap": f"{x}:{y}", "gmacs_src": model_macs(config.src, input_size) / 1e9,
             "src_cut": {"stage": x, "after": spec.cut(*config.src_cut).module, "feature": bridge.src.describe()},
-            "adapters": [{"in": [s.in_channels, *s.in_size], "out": [s.out_channels, *s.out_size],
-                          "resize": s.resize, "stride": s.stride} for s in bridge.steps],
+            "adapters": _adapter_rows(bridge.steps),
             "steps": [s.describe() for s in bridge.steps],
         })
     dst_cut = model.dst_spec.cut(*first.dst_cut)
