@@ -1,5 +1,6 @@
 """Starts are pluggable: one registered class decides what surrounds the adapters and how they start, and every
 part of stitchkit (create_stitched, training, the CLI listing) takes a new one by name."""
+import json
 import subprocess
 import sys
 
@@ -90,3 +91,50 @@ def test_a_fittable_adapter_declares_it_once():
             return nn.Conv2d(in_channels, out_channels, 1, stride)
     with pytest.raises(TypeError, match="FitsOutputMap"):
         stitchkit.create_adapter(name, 8, 16)
+
+
+class HalfWarmup(OutputScale):
+    """OutputScale, asking training to warm the learning rate up over half the run."""
+
+    name = "test_half_warmup"
+
+    def warmup(self, context):
+        return 0.5
+
+
+if HalfWarmup.name not in list_starts():
+    register_start(HalfWarmup)
+
+
+def test_the_start_decides_the_warm_up_unless_the_run_says(tmp_path):
+    """A fitted start warms the learning rate up over a quarter of the run, a random one not at all, a start of
+    one's own as it declares; optim.warmup and optim.warmup_steps override it; the schedule follows."""
+    eight_steps = [*TINY, "train.epochs=4", "train.log_every=1"]  # 64 images in batches of 32, 4 epochs
+
+    def run(name, *more):
+        out = tmp_path / name
+        result = train(load_config(None, [*eight_steps, *more, f"output.dir={out}"]))
+        assert result["status"] == "finished" and result["steps"] == 8
+        lrs = [r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "lr" in r]
+        return result["warmup_steps"], lrs
+
+    assert run("fitted")[0] == 2 and run("paper", "model.adapter_norm=paper_code")[0] == 0
+    steps, lrs = run("own", f"model.adapter_norm={HalfWarmup.name}")
+    # Each line logs the learning rate of the next step: steps 1-4 climb by 0.002 / 4, then the cosine decays.
+    assert steps == 4 and lrs[:4] == pytest.approx([0.001, 0.0015, 0.002, 0.002]) and lrs[4] < 0.002
+    assert run("share", "optim.warmup=0.75")[0] == 6 and run("off", "optim.warmup=0")[0] == 0
+    assert run("steps", "optim.warmup_steps=1", "optim.warmup=0.75")[0] == 1
+    with pytest.raises(ValueError, match="optim.warmup is a share"):
+        load_config(None, [*TINY, "optim.warmup=1"])
+
+
+def test_the_fitted_start_warms_up_only_where_it_fitted():
+    """On tokens the default builds the paper's start and fits nothing: nothing to keep, no warm-up; without
+    calibration images the start is not fitted either."""
+    images = torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    fitted = create_stitched("resnet18", "resnet18", "1:3", "linear", input_size=SIZE, calibration_images=images)
+    assert fitted.bridge.warmup() == 0.25
+    tokens = create_stitched("vit_pico_patch4_32", "vit_pico_patch4_32", "1:3", "linear", input_size=SIZE,
+                             calibration_images=images)
+    assert tokens.bridge.tokens and tokens.bridge.warmup() == 0.0
+    assert create_stitched("resnet18", "resnet18", "1:3", "linear", input_size=SIZE).bridge.warmup() == 0.0

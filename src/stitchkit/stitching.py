@@ -208,6 +208,11 @@ class Bridge(nn.Module):
             resize = Resize(step.out_size, step.resize)
         return BridgeStep(resize, adapter)
 
+    def warmup(self) -> float:
+        """The share of the training run over which the learning rate should warm up from where the adapters
+        start (:meth:`stitchkit.starts.Start.warmup`); none when the start could not be fitted (no images)."""
+        return self.start.warmup(self.context) if self.calibrated else 0.0
+
     def rebuild_step(self, index: int, output_map: bool) -> None:
         """Build step ``index`` again (for a start's :meth:`~stitchkit.starts.Start.prepare`): with or without an
         output map that its block's type would not have between equal shapes."""

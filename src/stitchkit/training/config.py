@@ -216,6 +216,8 @@ def validate(config: Config) -> None:
         (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (config.optim.batch_size >= 1, "optim.batch_size must be at least 1"),
         (config.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+        (config.optim.warmup is None or 0 <= config.optim.warmup < 1,
+         f"optim.warmup is a share of the run's steps, from 0 to below 1, got {config.optim.warmup}"),
         (0 <= config.data.holdout_fraction < 1, "data.holdout_fraction must be in [0, 1)"),
         (config.data.input_size >= 8, f"data.input_size must be at least 8 pixels, got {config.data.input_size}"),
         (config.train.checkpoint_every >= 1, "train.checkpoint_every must be at least 1"),

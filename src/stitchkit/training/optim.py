@@ -1,5 +1,5 @@
 """The paper's optimizer and schedule: AdamW over the trainable parameters, cosine annealing to 0 stepped per
-optimizer step, with an optional linear warm-up."""
+optimizer step, after a linear warm-up where the adapters' start asks for one (the paper's recipe has none)."""
 from __future__ import annotations
 
 import math
@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from ..stitching import Bridge
 from .settings import OptimConfig
 
 
@@ -31,8 +32,22 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool
     return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
 
 
+def warmup_steps(model: nn.Module, o: OptimConfig, total_steps: int) -> int:
+    """Optimizer steps of linear warm-up: ``optim.warmup_steps`` when given, else ``optim.warmup`` of the run, else
+    what the adapters' start asks for (:meth:`stitchkit.starts.Start.warmup`; the largest over a model's bridges,
+    none for a model without adapters)."""
+    if o.warmup_steps:
+        return o.warmup_steps
+    share = o.warmup
+    if share is None:
+        share = max((m.warmup() for m in model.modules() if isinstance(m, Bridge)), default=0.0)
+    return round(share * total_steps)
+
+
 def build_optimizer(model: nn.Module, o: OptimConfig, total_steps: int, device: torch.device):
-    """``(AdamW, LambdaLR)`` for ``model``'s trainable parameters (fused AdamW on CUDA)."""
+    """``(AdamW, LambdaLR)`` for ``model``'s trainable parameters (fused AdamW on CUDA), the schedule warmed up
+    for :func:`warmup_steps`."""
     optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay, o.no_decay_norm_bias), lr=o.lr,
                                   betas=(o.beta1, o.beta2), fused=device.type == "cuda")
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, o.warmup_steps))
+    schedule = cosine_with_warmup(total_steps, warmup_steps(model, o, total_steps))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

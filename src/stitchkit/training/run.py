@@ -25,7 +25,7 @@ from .config import Config, from_yaml_file, to_yaml
 from .identity import accepted_digests, config_digest, resume_differences, settings_id
 from .logging import MetricsLog
 from .modes import build_model, export_weights, load_trainable_state, mode_for, trainable_state, trained_parts
-from .optim import build_optimizer
+from .optim import build_optimizer, warmup_steps
 from ..zoo.models import require_weights
 from .clock import PhaseClock, add_seconds
 from .runtime import Runtime, package_versions
@@ -228,6 +228,7 @@ class Run:
         self.forward_model = forward_model
 
         self.optimizer, self.scheduler = build_optimizer(self.model, config.optim, stream.total_steps, rt.device)
+        self.warmup_steps = warmup_steps(self.model, config.optim, stream.total_steps)  # for result.json
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
         zeros = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=rt.device)  # noqa: E731
         self.loss_sum, self.loss_count = zeros(), zeros()  # since the last log line
@@ -388,7 +389,8 @@ class Run:
         images = self.stats.images * rt.ctx.world_size
         record = {
             "status": status, "error": error, "mode": config.mode, **mode_for(config).model_settings(config),
-            "seed": config.train.seed, "lr": config.optim.lr, "dataset": config.data.name,
+            "seed": config.train.seed, "lr": config.optim.lr, "warmup_steps": self.warmup_steps,
+            "dataset": config.data.name,
             "input_size": config.data.input_size, "classes": len(self.splits.classes),
             "class_names": list(self.splits.classes),  # what `stitchkit predict` names its answers with
             "train_images": len(self.splits.train), "planned_epochs": config.train.epochs,

@@ -148,7 +148,12 @@ class OptimConfig:
     lr: float = setting(0.002, "peak learning rate (AdamW, cosine schedule)", per_run=True)
     weight_decay: float = setting(0.05, "AdamW weight decay", per_run=True)
     batch_size: int = setting(512, "effective batch size, reached by gradient accumulation")
-    warmup_steps: int = setting(0, "linear warm-up steps before the cosine decay", per_run=True)
+    warmup_steps: int = setting(0, "linear warm-up steps before the cosine decay (above 0: wins over optim.warmup)",
+                                per_run=True)
+    warmup: Optional[float] = setting(None, "linear warm-up as a share of the run's optimizer steps (0 to <1); "
+                                            "default: the adapters' start's own (model.adapter_norm): a quarter "
+                                            "after the fitted start, none after the paper's", per_run=True,
+                                      since="0.8")
     no_decay_norm_bias: bool = setting(False, "no weight decay on norms and biases", per_run=True)
     beta1: float = setting(0.9, "AdamW beta1", per_run=True)
     beta2: float = setting(0.999, "AdamW beta2", per_run=True)
