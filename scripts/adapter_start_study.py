@@ -19,16 +19,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 import math
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from stitchkit.demo import fashion_mnist_base, run_stages, threads_per_run
+from stitchkit.findings import environment
 from stitchkit.reports.collect import standard_error
 from stitchkit.rundir import RunDir
 from stitchkit.starts import DEFAULT_START, Fitted, list_starts, register_start
@@ -249,10 +246,9 @@ def report(cells: dict, arms: list[str], seeds: int, minutes: float | None, thre
     ablations = [a for a in arms if a in ABLATIONS]
     arms = [a for a in arms if a not in ABLATIONS]
     verdict = judge(cells, arms)
-    lines = [f"Measured by this script with torch {torch.__version__} on {os.cpu_count()} CPU cores "
-             f"({platform.processor() or platform.machine()}), {threads or torch.get_num_threads()} torch thread(s) per "
-             "run" + (f"; {minutes:.0f} minutes of training over the invocations that finished (one killed before "
-                      "its end is not counted)." if minutes else "."),
+    lines = [f"Measured by this script with {environment(threads)}"
+             + (f"; {minutes:.0f} minutes of training over the invocations that finished (one killed before "
+                "its end is not counted)." if minutes else "."),
              "", "Each cell: final top-1 (mean ± standard error over seeds), then the accuracy of the start alone "
              "(before any training step) and after the first of the two epochs.", "", table(cells, arms, seeds), ""]
     if verdict["means"]:

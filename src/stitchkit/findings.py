@@ -421,16 +421,19 @@ def _add_compute_time(out: Path, seconds: float) -> float:
 
 
 def environment(threads: int | None) -> str:
-    """What the numbers depend on beyond the settings: torch's version, the thread count (a model trained on one
-    thread differs from one trained on two, and every stitch from it), the machine."""
+    """What the numbers depend on beyond the settings: stitchkit's version (its defaults, such as where adapters
+    start), torch's, the thread count (a model trained on one thread differs from one trained on two, and every
+    stitch from it), the machine."""
     import os
     import platform
 
     import torch
 
+    from .version import __version__
+
     cpu = platform.processor() or platform.machine()
-    return (f"torch {torch.__version__}, {threads or torch.get_num_threads()} torch thread(s) per run, "
-            f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}")
+    return (f"stitchkit {__version__}, torch {torch.__version__}, {threads or torch.get_num_threads()} torch "
+            f"thread(s) per run, {os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}")
 
 
 def findings_markdown(findings: list[Finding], originals: dict, spec: dict, command: str, figures: list[str],
