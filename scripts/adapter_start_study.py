@@ -82,15 +82,7 @@ class WithLifts(Fitted):
     random_inner = False
 
 
-class FittedOnTokens(Fitted):
-    name = "fitted_on_tokens"
-    description = "fitted on tokens too (between two ViTs), where the default takes the paper's start"
-
-    def _on_tokens(self, kind):
-        return None
-
-
-for _start in (WithoutMatching, WithoutRescaling, WithLifts, FittedOnTokens):
+for _start in (WithoutMatching, WithoutRescaling, WithLifts):
     if _start.name not in list_starts():
         register_start(_start)
 
@@ -100,7 +92,6 @@ for _start in (WithoutMatching, WithoutRescaling, WithLifts, FittedOnTokens):
 WARMUP_CELLS = [([(R18, R18)], ["1:3"], ["downsample_linear"]), ([(PICO, R18)], ["1:4"], ["downsample_linear"]),
                 ([(MNV3, MNV3)], ["1:1", "1:4"], ["downsample_bottleneck"]),
                 ([(MNV3, MNV3)], ["1:1"], ["downsample_linear"])]
-TOKEN_CELLS = [([(MICRO, MICRO)], ["1:4"], ["downsample_linear", "vit_block"])]
 ABLATIONS = {  # name: (settings, the cells where that part mattered while the default was designed)
     "without feature matching": ({"model": {"adapter_norm": WithoutMatching.name}}, [
         ([(MNV3, MNV3)], ["1:1"], ["downsample_bottleneck"]), ([(R18, R18)], ["1:4"], ["downsample_linear"]),
@@ -113,10 +104,6 @@ ABLATIONS = {  # name: (settings, the cells where that part mattered while the d
         ([(R18, PICO)], ["1:3"], ["downsample_linear", "downsample_bottleneck"])]),
     "without warm-up": ({"optim": {"warmup": 0}}, WARMUP_CELLS),
     "without warm-up, 1 epoch": ({"optim": {"warmup": 0}, "train": {"epochs": 1}}, WARMUP_CELLS),
-    # Between two ViTs the fitted start began far ahead but ended behind the paper's before the warm-up existed.
-    "fitted on tokens": ({"model": {"adapter_norm": FittedOnTokens.name}}, TOKEN_CELLS),
-    "fitted on tokens, 1 epoch": ({"model": {"adapter_norm": FittedOnTokens.name}, "train": {"epochs": 1}},
-                                  TOKEN_CELLS),
     # The other way to keep a good start: smaller steps throughout instead of small first steps.
     "lr 1e-3 instead of warm-up": ({"optim": {"warmup": 0, "lr": 1e-3}}, WARMUP_CELLS),
     "lr 1e-3 instead of warm-up, 1 epoch": ({"optim": {"warmup": 0, "lr": 1e-3}, "train": {"epochs": 1}},

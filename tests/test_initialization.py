@@ -272,6 +272,16 @@ if _NoMatching.name not in list_starts():
     stitchkit.register_start(_NoMatching)
 
 
+class _PaperOnTokens(stitchkit.starts.Fitted):
+    name = "test_fitted_paper_on_tokens"
+    description = "fitted, the paper's starts on tokens (0.5-0.7's default)"
+    token_starts = {"residual": "paper_text", "plain": "paper_code"}
+
+
+if _PaperOnTokens.name not in list_starts():
+    stitchkit.register_start(_PaperOnTokens)
+
+
 def test_fitted_starts_the_class_token_where_the_vit_has_it():
     """Into a ViT the class token is an affine map of the patch tokens' mean, fitted to the ViT's own class token at
     its cut: far closer to it than the paper's plain mean, which is where the map starts without images."""
@@ -290,20 +300,29 @@ def test_fitted_starts_the_class_token_where_the_vit_has_it():
 
 
 @pytest.mark.parametrize("adapter, paper", [("vit_block", "paper_text"), ("linear", "paper_code")])
-def test_fitted_takes_the_measured_paper_start_on_tokens(adapter, paper):
-    """Between two ViTs the adapters run on tokens, where the default measured best with the paper's structure (a
-    ViT block inside the text's LayerNorms, a linear one followed by the code's norm + LeakyReLU): the same modules,
-    the same weights for the same seed, and nothing fitted on the images."""
-    a, _ = _models(VIT, VIT)
+def test_fitted_fits_on_tokens_and_a_subclass_can_take_the_paper_start_there(adapter, paper):
+    """Between two ViTs the adapters run on tokens. The default fits them there too (with its warm-up it measured
+    ahead of the paper's starts): its start is nearer the destination's own features than the paper's. A subclass
+    that names the paper's starts for tokens gets exactly them: the same modules, the same weights for a seed."""
+    a, b = _models(VIT, VIT)
     images = _images(16)
     torch.manual_seed(3)
     fitted = create_stitched(a, a, "1:3", adapter, input_size=SIZE, calibration_images=images).eval()
     torch.manual_seed(3)
     reference = create_stitched(a, a, "1:3", adapter, input_size=SIZE, adapter_norm=paper).eval()
     assert fitted.bridge.tokens and fitted.config.adapter_norm == DEFAULT_START
-    assert str(fitted.bridge.adapters) == str(reference.bridge.adapters)
-    mine, theirs = fitted.bridge.adapters.state_dict(), reference.bridge.adapters.state_dict()
+    dst_cut = fitted.dst_spec.cut(*fitted.config.dst_cut)
+    with torch.no_grad():
+        want = front_part(dissect(a), dst_cut.blocks)(images)
+        errors = [((m.bridge(m.front(images)) - want) ** 2).mean() for m in (fitted, reference)]
+    assert errors[0] < 0.5 * errors[1]
+    torch.manual_seed(3)
+    paper_there = create_stitched(a, a, "1:3", adapter, input_size=SIZE, adapter_norm=_PaperOnTokens.name,
+                                  calibration_images=images).eval()
+    assert str(paper_there.bridge.adapters) == str(reference.bridge.adapters)
+    mine, theirs = paper_there.bridge.adapters.state_dict(), reference.bridge.adapters.state_dict()
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert paper_there.bridge.warmup() == 0.0 and fitted.bridge.warmup() == 0.25
 
 
 def test_fitted_linear_adapter_starts_at_least_squares_behind_a_transparent_norm():

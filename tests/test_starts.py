@@ -129,12 +129,12 @@ def test_the_start_decides_the_warm_up_unless_the_run_says(tmp_path):
 
 
 def test_the_fitted_start_warms_up_only_where_it_fitted():
-    """On tokens the default builds the paper's start and fits nothing: nothing to keep, no warm-up; without
-    calibration images the start is not fitted either."""
+    """A fitted start warms up, on images and on tokens; without calibration images it is not fitted: no
+    warm-up."""
     images = torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     fitted = create_stitched("resnet18", "resnet18", "1:3", "linear", input_size=SIZE, calibration_images=images)
     assert fitted.bridge.warmup() == 0.25
     tokens = create_stitched("vit_pico_patch4_32", "vit_pico_patch4_32", "1:3", "linear", input_size=SIZE,
                              calibration_images=images)
-    assert tokens.bridge.tokens and tokens.bridge.warmup() == 0.0
+    assert tokens.bridge.tokens and tokens.bridge.warmup() == 0.25
     assert create_stitched("resnet18", "resnet18", "1:3", "linear", input_size=SIZE).bridge.warmup() == 0.0
