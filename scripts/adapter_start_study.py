@@ -248,13 +248,16 @@ def table(cells: dict, arms: list[str], seeds: int) -> str:
     return "\n".join(lines)
 
 
-def report(cells: dict, arms: list[str], seeds: int, minutes: float | None, threads: int | None) -> str:
+def report(cells: dict, arms: list[str], seeds: int, minutes: float | None, threads: int | None,
+           sources: dict[str, float] | None = None) -> str:
     ablations = [a for a in arms if a in ABLATIONS]
     arms = [a for a in arms if a not in ABLATIONS]
     verdict = judge(cells, arms)
     lines = [f"Measured by this script with {environment(threads)}"
              + (f"; {minutes:.0f} minutes of training over the invocations that finished (one killed before "
                 "its end is not counted)." if minutes else "."),
+             *(["", "Source models (seed 0, trained by this script): " + ", ".join(
+                 f"{name} {top1:.2f}%" for name, top1 in sources.items()) + "."] if sources else []),
              "", "Each cell: final top-1 (mean ± standard error over seeds), then the accuracy of the start alone "
              "(before any training step) and after the first of the two epochs.", "", table(cells, arms, seeds), ""]
     if verdict["means"]:
@@ -313,7 +316,10 @@ def main(argv=None) -> int:
     seconds = (float(clock.read_text()) if clock.is_file() else 0.0) + (0 if args.table_only else time.time() - start)
     out.mkdir(parents=True, exist_ok=True)
     clock.write_text(f"{seconds:.0f}")
-    text = report(results(out, arm_sweeps), arms, len(args.seeds), seconds / 60 if seconds else None, threads)
+    trained = {cell.src: RunDir(out / cell.name).read_result() for cell in sources.cells}
+    source_top1 = {name: r["top1"] for name, r in trained.items() if r and r.get("status") == "finished"}
+    text = report(results(out, arm_sweeps), arms, len(args.seeds), seconds / 60 if seconds else None, threads,
+                  source_top1)
     print(text)
     if args.doc:
         write_doc(Path(args.doc), text)
