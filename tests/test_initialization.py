@@ -218,8 +218,10 @@ def test_old_adapter_files_and_bad_norms_are_refused_with_the_fix(tmp_path):
         stitchkit.load_stitched(path)
     with pytest.raises(UnknownNameError, match="lstsq"):
         create_stitched(R18, R18, "1:2", input_size=SIZE, adapter_norm="lsq")
-    with pytest.raises(UnknownNameError, match="choose one of: dst_stats, fitted, lstsq"):
+    with pytest.raises(UnknownNameError, match="choose one of: ") as err:
         create_stitched(R18, R18, "1:2", input_size=SIZE, adapter_norm="zzz")
+    # Every built-in start is offered (other tests and scripts register more in this process).
+    assert all(name in str(err.value) for name in ("dst_stats", "fitted", "lstsq", "paper_code", "paper_text"))
 
 
 def test_chain_steps_are_fitted_in_order():
