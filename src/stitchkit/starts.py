@@ -422,8 +422,9 @@ class Fitted(Start):
     random_inner = True  # adapters before the last at random (False: lstsq's information-keeping lifts)
     # A fitted start is a good point that AdamW's first full-size steps (lr 2e-3 from step one, in the paper's
     # recipe) partly leave: R18 -> itself at 1:3 with linear adapters started at 67.8% and, without a warm-up, stood
-    # at 66.6% after one epoch of two. A linear warm-up over the first quarter of the run keeps it (two epochs 77.3 vs 75.3, one epoch
-    # 73.8 vs 70.7, 3 seeds; docs/adapter_start.md), where a lower peak lr (1e-3) cost a MobileNetV3 chain 2.6 points.
+    # at 66.6% after one epoch of two. A linear warm-up over the first quarter of the run keeps it (two epochs 77.3
+    # vs 75.3, one epoch 73.8 vs 70.7, 3 seeds; docs/adapter_start.md), where a lower peak lr (1e-3) cost a
+    # MobileNetV3 chain 2.6 points.
     warmup_share = 0.25
     # On tokens (between two ViTs, and every ViT-block chain) no norm can start transparent. Before the warm-up a
     # fitted start there, though far better before training, was left by AdamW's first steps and ended below the

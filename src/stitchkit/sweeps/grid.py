@@ -187,7 +187,7 @@ def expand(spec: dict, name: str = "sweep", overrides: list[str] | None = None) 
         if "=" not in item:
             raise StitchkitError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
-        base = _merge_dicts(base, _nest({key: _parse_yaml(value, f"the value of {key}")}))
+        base = merge_settings(base, _nest({key: _parse_yaml(value, f"the value of {key}")}))
     load_config(layers=[("the sweep's base", base)])  # the base alone must be a valid config
 
     pairs = spec.get("pairs") or []
@@ -266,7 +266,7 @@ def _seeded(base, settings, kind, src, dst, gap, method, lr, seeds, skip) -> lis
 
     cells = []
     for seed in seeds:
-        layer = _merge_dicts(settings, {"train": {"seed": seed}})
+        layer = merge_settings(settings, {"train": {"seed": seed}})
         parts = [kind, f"{_slug(src)}--{_slug(dst)}" if get_mode(kind).has_gap else _slug(src)]
         if gap:
             parts.append(gap.replace(":", "to"))
@@ -276,9 +276,10 @@ def _seeded(base, settings, kind, src, dst, gap, method, lr, seeds, skip) -> lis
     return cells
 
 
-def _merge_dicts(a: dict, b: dict) -> dict:
+def merge_settings(a: dict, b: dict) -> dict:
+    """``a`` with ``b`` merged over it, mapping into mapping (a config layer over another); neither is changed."""
     out = dict(a)
     for key, value in b.items():
-        out[key] = _merge_dicts(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge_settings(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 

@@ -44,10 +44,12 @@ def warmup_steps(model: nn.Module, o: OptimConfig, total_steps: int) -> int:
     return round(share * total_steps)
 
 
-def build_optimizer(model: nn.Module, o: OptimConfig, total_steps: int, device: torch.device):
+def build_optimizer(model: nn.Module, o: OptimConfig, total_steps: int, device: torch.device,
+                    warmup: int | None = None):
     """``(AdamW, LambdaLR)`` for ``model``'s trainable parameters (fused AdamW on CUDA), the schedule warmed up
-    for :func:`warmup_steps`."""
+    over ``warmup`` steps (default: :func:`warmup_steps`)."""
     optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay, o.no_decay_norm_bias), lr=o.lr,
                                   betas=(o.beta1, o.beta2), fused=device.type == "cuda")
-    schedule = cosine_with_warmup(total_steps, warmup_steps(model, o, total_steps))
+    warmup = warmup_steps(model, o, total_steps) if warmup is None else warmup
+    schedule = cosine_with_warmup(total_steps, warmup)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -227,8 +227,9 @@ class Run:
             forward_model = DistributedDataParallel(forward_model, device_ids=ids)
         self.forward_model = forward_model
 
-        self.optimizer, self.scheduler = build_optimizer(self.model, config.optim, stream.total_steps, rt.device)
-        self.warmup_steps = warmup_steps(self.model, config.optim, stream.total_steps)  # for result.json
+        self.warmup_steps = warmup_steps(self.model, config.optim, stream.total_steps)  # result.json records it
+        self.optimizer, self.scheduler = build_optimizer(self.model, config.optim, stream.total_steps, rt.device,
+                                                         self.warmup_steps)
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
         zeros = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=rt.device)  # noqa: E731
         self.loss_sum, self.loss_count = zeros(), zeros()  # since the last log line
