@@ -65,6 +65,7 @@ def findings_sweeps(spec: dict, out: Path, threads: int | None = None) -> list[S
     checkpoint = {(cell.src, cell.seed): str(RunDir(out / cell.name).model_weights) for cell in sources.cells}
     stitches = spec["stitches"]
     sweeps = [sources]
+    seen: set[str] = set()  # run folders already asked for by an earlier block
     for block_name, block in spec["blocks"].items():
         for src_name, dst_name in block["pairs"]:
             parallel = not isinstance(src_name, str)  # [[A, B], C]: a parallel stitch (finding 6)
@@ -85,7 +86,12 @@ def findings_sweeps(spec: dict, out: Path, threads: int | None = None) -> list[S
                 # The checkpoints move into each cell's own settings: one sweep holds every seed, so the report
                 # averages over them (it averages within a sweep).
                 cells += [replace(c, settings={**c.settings, "model": {**c.settings["model"], **model}})
-                          for c in per_seed.cells]
+                          for c in per_seed.cells if c.name not in seen]
+            # A stitch two blocks ask for (blocks that overlap, or every block cut to one gap by --smoke) trains once,
+            # in the first: the same run folder in two sweeps would be trained or counted twice.
+            seen.update(c.name for c in cells)
+            if not cells:
+                continue
             common = fashion_mnist_base(stitches["images"], stitches["epochs"], val, batch, threads)
             src_label = "+".join(src_name) if parallel else src_name
             sweeps.append(Sweep(f"findings_{block_name}_{src_label}_{dst_name}", common, cells,
