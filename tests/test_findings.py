@@ -87,7 +87,7 @@ def test_the_findings_grid_covers_what_the_issue_asks(tmp_path):
     sweeps = findings_sweeps(spec, tmp_path)
     cells = [c for s in sweeps[1:] for c in s.runnable]
     assert len(spec["seeds"]) == 3 and {c.seed for c in cells} == {0, 1, 2}
-    assert {c.method for c in cells} >= {"noresize_linear", "downsample_linear", "downsample_linear_relu",
+    assert {c.method for c in cells} >= {"noresize_bottleneck", "downsample_linear", "downsample_linear_relu",
                                          "downsample_conv3x3_relu", "downsample_bottleneck", "integrated_bottleneck",
                                          "vit_block"}
     assert {c.gap for c in cells} >= {"1:1", "1:2", "1:3", "1:4", "2:3"}
@@ -105,6 +105,24 @@ def test_the_findings_grid_covers_what_the_issue_asks(tmp_path):
     assert {c.method for c in cells if "+" in c.src} == {"parallel_sum_bottleneck", "parallel_gate_bottleneck",
                                                        "parallel_concat_bottleneck"}
     assert all(len({c.seed for c in s.cells}) == 3 for s in sweeps[1:])  # one sweep: the report averages the seeds
+    # Each run folder once in the whole study, and at 1:1 (where the three resize modes build the same network) one
+    # run per adapter, not one per resize mode.
+    names = [c.name for s in sweeps[1:] for c in s.cells]
+    assert len(names) == len(set(names))
+    within = [c.method for c in cells if c.gap == "1:1" and c.src == c.dst == R]
+    assert sorted(within) == sorted(["downsample_linear", "downsample_linear_relu", "downsample_conv3x3_relu",
+                                     "downsample_bottleneck"] * 3)
+
+
+def test_a_stitch_two_blocks_ask_for_trains_once_in_the_first(tmp_path):
+    spec = load_findings_file(FILE)
+    spec["blocks"] = {"first": {"pairs": [[R, R]], "gaps": ["1:4"], "methods": ["downsample_linear"]},
+                      "overlapping": {"pairs": [[R, R]], "gaps": ["1:3", "1:4"], "methods": ["downsample_linear"]},
+                      "repeated": {"pairs": [[R, R]], "gaps": ["1:4"], "methods": ["downsample_linear"]}}
+    sweeps = findings_sweeps(spec, tmp_path)
+    assert [s.name.split("_")[1] for s in sweeps[1:]] == ["first", "overlapping"]  # the repeat adds no sweep
+    assert {c.gap for c in sweeps[1].cells} == {"1:4"} and {c.gap for c in sweeps[2].cells} == {"1:3"}
+    assert len(sweeps[1].cells) == len(sweeps[2].cells) == 3  # every seed
 
 
 @pytest.mark.slow
