@@ -207,3 +207,44 @@ def test_a_search_measures_only_what_its_proxy_needs_and_adds_to_the_cache(tmp_p
     assert records[0]["lstsq_accuracy"] == saved["lstsq_accuracy"]
     with pytest.raises(StitchkitError, match="unknown proxy"):
         search(["resnet10t"], proxies=["accuracy"], **kwargs)
+
+
+def test_the_quick_proxy_fits_the_default_start_with_fewer_steps_and_costs_only_its_own_part(tmp_path):
+    """init_accuracy_quick is the default start with a sixth of its feature matching: the same network (same
+    parameters), a start of its own that the search measures without the full one."""
+    from stitchkit.starts import Fitted, get_start
+    from stitchkit.stitch_search.run import search
+
+    quick = get_start("fitted_quick")
+    assert isinstance(quick, Fitted) and 0 < quick.match_steps < Fitted.match_steps
+    full = stitchkit.create_stitched("resnet10t", "resnet10t", "1:3", adapter="linear", input_size=32)
+    fast = stitchkit.create_stitched("resnet10t", "resnet10t", "1:3", adapter="linear", input_size=32,
+                                     adapter_norm="fitted_quick")
+    assert {k: v.shape for k, v in full.state_dict().items()} == {k: v.shape for k, v in fast.state_dict().items()}
+    search(["resnet10t"], proxies=["init_accuracy_quick"], gaps=["1:3"], adapters=["linear"], settings=TINY,
+           calibration_images=16, probe_images=16, cache=tmp_path / "proxies")
+    saved = json.loads(next((tmp_path / "proxies").iterdir()).read_text())["proxies"]
+    assert 0 <= saved["init_accuracy_quick"] <= 100 and "init_accuracy" not in saved
+    assert "fitted_quick" in saved["part_seconds"] and "fitted" not in saved["part_seconds"]
+
+
+def test_the_study_chooses_the_cheapest_proxy_that_ranks_within_the_best_ones_interval():
+    """A proxy whose Spearman lies inside the highest one's bootstrap interval ranks alike over these stitches: the
+    cheaper of the two is the best proxy (a search pays it over every candidate); one outside the interval is not
+    chosen however cheap."""
+    from stitchkit.stitch_search.study import analyse
+
+    rng = torch.Generator().manual_seed(0)
+    top1 = (torch.rand(60, generator=rng) * 60 + 30).tolist()
+    noise = torch.randn(3, 60, generator=rng).tolist()
+    trained = [{"src": "a", "dst": "b", "gap": "1:3", "method": f"m{i}", "gmacs": 0.01 * (i + 1), "top1": t,
+                "train_seconds": 10.0, "init_accuracy": t + 5 * n, "init_accuracy_quick": t + 6 * q,
+                "lstsq_accuracy": t + 40 * r} for i, (t, n, q, r) in enumerate(zip(top1, *noise))]
+    costs = {"init_accuracy": 600.0, "init_accuracy_quick": 150.0, "lstsq_accuracy": 40.0}
+    a = analyse(trained, costs, 0.2)
+    assert a["ranked_first"] == "init_accuracy"
+    assert a["correlations"]["lstsq_accuracy"]["spearman"] < a["correlations"]["init_accuracy"]["spearman_ci"][0]
+    assert a["best_proxy"] == "init_accuracy_quick"
+    assert a["selection"]["frontier"]["proxy_seconds"] == 150.0
+    a = analyse([{**t, "init_accuracy_quick": t["lstsq_accuracy"]} for t in trained], costs, 0.2)
+    assert a["best_proxy"] == "init_accuracy"

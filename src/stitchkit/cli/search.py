@@ -30,7 +30,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--proxy", default="lstsq_accuracy",
                    help="the proxy that chooses what trains: lstsq_accuracy (accuracy at the least-squares start: "
                         "cheap, and as good as any for finding the frontier, docs/search.md), init_accuracy (at the "
-                        "default start: ranks best, costs ~15x more), fit_residual, cka, kl, naswot")
+                        "default start: ranks best, costs ~15x more), init_accuracy_quick (the same with a sixth of "
+                        "the start's fitting), fit_residual, cka, kl, naswot")
     p.add_argument("--selection", default="frontier", choices=("frontier", "top"),
                    help="frontier: the best predicted stitch at every compute; top: the best K scores")
     p.add_argument("--train-top", type=int, default=10, metavar="K", help="how many candidates to train (0: none)")
