@@ -221,7 +221,8 @@ def test_old_adapter_files_and_bad_norms_are_refused_with_the_fix(tmp_path):
     with pytest.raises(UnknownNameError, match="choose one of: ") as err:
         create_stitched(R18, R18, "1:2", input_size=SIZE, adapter_norm="zzz")
     # Every built-in start is offered (other tests and scripts register more in this process).
-    assert all(name in str(err.value) for name in ("dst_stats", "fitted", "lstsq", "paper_code", "paper_text"))
+    assert all(name in str(err.value) for name in ("dst_stats", "fitted", "fitted_quick", "lstsq", "paper_code",
+                                                   "paper_text"))
 
 
 def test_chain_steps_are_fitted_in_order():
@@ -272,6 +273,16 @@ class _NoMatching(stitchkit.starts.Fitted):
 
 if _NoMatching.name not in list_starts():
     stitchkit.register_start(_NoMatching)
+
+
+class _IdentityShortcut(_NoMatching):
+    name = "test_fitted_identity_shortcut"
+    description = "fitted without feature matching, keeping the identity shortcut in front of signed features"
+    project_signed = False
+
+
+if _IdentityShortcut.name not in list_starts():
+    stitchkit.register_start(_IdentityShortcut)
 
 
 class _PaperOnTokens(stitchkit.starts.Fitted):
@@ -363,22 +374,39 @@ def test_fitted_feature_matching_brings_the_start_closer_to_the_destination():
     assert error["matched"] < 0.9 * error["alone"]
 
 
-def test_fitted_keeps_the_identity_shortcut_and_fits_the_branch_within_one_model():
-    """MobileNetV3 to itself at 1:1: the bottleneck keeps its identity shortcut (the paper's MACs) and its residual
-    branch starts at what the skipped block adds (not at zero); without a ReLU at its end (signed features)."""
+def test_fitted_projects_a_signed_cnn_within_one_model_and_fits_the_branch_too():
+    """MobileNetV3 to itself at 1:1 (signed features): the bottleneck gets a 1x1 projection shortcut, fitted by
+    least squares, and its residual branch starts at what that projection misses (not at zero); no ReLU at its end.
+    It costs the projection's MACs over the paper's identity, and starts closer to the destination's features than
+    the identity with a fitted branch (the start without the projection)."""
     _, mnv3 = _models(R18, "mobilenetv3_large_100")
     images = _images()
     model = create_stitched(mnv3, mnv3, "1:1", "bottleneck", input_size=SIZE, adapter_norm=_NoMatching.name,
                             calibration_images=images)
     block = model.bridge.adapters[0].adapter.block
-    assert isinstance(block.shortcut, nn.Identity) and isinstance(block.act_out, nn.Identity)
+    assert block.has_output_map() and isinstance(block.act_out, nn.Identity)
     assert block.bn3.weight.abs().sum() > 0
     paper = create_stitched(mnv3, mnv3, "1:1", "bottleneck", input_size=SIZE, adapter_norm="paper_code")
-    assert stitchkit.count_macs(model, SIZE) == stitchkit.count_macs(paper, SIZE)
+    assert isinstance(paper.bridge.adapters[0].adapter.block.shortcut, nn.Identity)
+    h, w = model.bridge.steps[0].out_size
+    channels = model.bridge.steps[0].out_channels
+    assert stitchkit.count_macs(model, SIZE) == stitchkit.count_macs(paper, SIZE) + channels * channels * h * w
+    identity = create_stitched(mnv3, mnv3, "1:1", "bottleneck", input_size=SIZE, adapter_norm=_IdentityShortcut.name,
+                               calibration_images=images)
+    assert isinstance(identity.bridge.adapters[0].adapter.block.shortcut, nn.Identity)
     out, target = _bridge_and_target(model, mnv3, images)
-    identity, _ = _bridge_and_target(create_stitched(mnv3, mnv3, "1:1", "bottleneck", input_size=SIZE,
-                                                     adapter_norm="lstsq", calibration_images=images), mnv3, images)
-    assert ((out - target) ** 2).mean() < ((identity - target) ** 2).mean()
+    kept, _ = _bridge_and_target(identity, mnv3, images)
+    assert ((out - target) ** 2).mean() < ((kept - target) ** 2).mean()
+
+
+def test_fitted_keeps_the_identity_shortcut_in_front_of_relu_features_within_one_model():
+    """ResNet-18 to itself at 1:1 (post-ReLU features, blocks close to an identity): the paper's identity shortcut
+    and its MACs."""
+    a, _ = _models(R18, R18)
+    model = create_stitched(a, a, "1:1", "bottleneck", input_size=SIZE, calibration_images=_images(16))
+    paper = create_stitched(a, a, "1:1", "bottleneck", input_size=SIZE, adapter_norm="paper_code")
+    assert isinstance(model.bridge.adapters[0].adapter.block.shortcut, nn.Identity)
+    assert stitchkit.count_macs(model, SIZE) == stitchkit.count_macs(paper, SIZE)
 
 
 def test_fitted_is_the_same_in_training_and_eval_mode_at_the_start():
@@ -411,3 +439,34 @@ def test_fitted_starts_are_reproducible_and_follow_the_seed():
     assert all(p.grad is None for p in model.parameters())  # the first training step sees its own gradient only
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+def test_a_signed_stitch_saved_with_the_identity_shortcut_still_loads_as_that_network(tmp_path):
+    """0.8 saved MobileNetV3 to itself at 1:1 with the identity shortcut under the name ``fitted``, which now builds
+    a projection there: its adapter file and its model folder rebuild the identity and give the same outputs."""
+    import json
+
+    mnv3 = stitchkit.create_model("mobilenetv3_large_100", input_size=SIZE)
+    weights = tmp_path / "mnv3.pt"
+    torch.save(mnv3.state_dict(), weights)
+    old = create_stitched("mobilenetv3_large_100", "mobilenetv3_large_100", "1:1", "bottleneck", input_size=SIZE,
+                          src_checkpoint=weights, dst_checkpoint=weights, adapter_norm=_IdentityShortcut.name,
+                          calibration_images=_images(16)).eval()
+    x = _images(2, seed=1)
+    with torch.no_grad():
+        expected = old(x)
+    path = tmp_path / "adapters.pt"
+    old.save_adapters(path)
+    saved = torch.load(path, weights_only=True)
+    saved["config"]["adapter_norm"] = "fitted"  # as 0.8 wrote it
+    torch.save(saved, path)
+    folder = old.save_pretrained(tmp_path / "folder")
+    config = json.loads((folder / "config.json").read_text())
+    config["stitchkit"]["architecture"]["adapter_norm"] = "fitted"
+    (folder / "config.json").write_text(json.dumps(config))
+    assert create_stitched("mobilenetv3_large_100", "mobilenetv3_large_100", "1:1", "bottleneck", input_size=SIZE
+                           ).bridge.adapters[0].adapter.block.has_output_map()  # what "fitted" builds today
+    for rebuilt in (stitchkit.load_stitched(path), stitchkit.StitchedModel.from_pretrained(folder)):
+        assert isinstance(rebuilt.bridge.adapters[0].adapter.block.shortcut, nn.Identity)
+        with torch.no_grad():
+            torch.testing.assert_close(rebuilt.eval()(x), expected)

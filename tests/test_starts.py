@@ -68,7 +68,8 @@ def test_the_cli_lists_every_start_with_the_default_first():
     out = subprocess.run([sys.executable, "-m", "stitchkit", "starts"], capture_output=True, text=True, check=True).stdout
     lines = out.splitlines()
     assert lines[0].startswith(DEFAULT_START) and "(default)" in lines[0]
-    assert {line.split()[0] for line in lines} == {"fitted", "lstsq", "dst_stats", "paper_code", "paper_text"}
+    assert {line.split()[0] for line in lines} == {"fitted", "fitted_quick", "lstsq", "dst_stats", "paper_code",
+                                                   "paper_text"}
 
 
 def test_unknown_start_names_list_the_choices_in_one_line():

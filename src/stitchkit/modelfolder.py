@@ -252,6 +252,9 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, device: str | t
     from safetensors.torch import load_model
 
     path = Path(directory) / WEIGHTS_FILE
+    bridge = getattr(model, "bridge", None)
+    if hasattr(bridge, "conform_to_saved"):  # a stitch saved by an earlier version keeps its network
+        bridge.conform_to_saved(_saved_keys(path, "bridge."))
     try:
         with _every_buffer(model) if _holds_hidden_buffers(model, path) else nullcontext():
             load_model(model, str(path), strict=True, device=str(device))
@@ -263,6 +266,18 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, device: str | t
         raise StitchkitError(f"the weights in {str(path)!r} do not match the model its config.json describes "
                              f"({detail[:300]}); the two files come from different models: export the folder again"
                              ) from None
+
+
+def _saved_keys(path: Path, prefix: str) -> set[str]:
+    """The names the weights file holds under ``prefix`` (without it); none where the file cannot be read (the
+    load that follows says why)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k[len(prefix):] for k in f.keys() if k.startswith(prefix)}
+    except (SafetensorError, OSError):
+        return set()
 
 
 def _holds_hidden_buffers(model: nn.Module, path: Path) -> bool:

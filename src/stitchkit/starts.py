@@ -386,7 +386,10 @@ class Fitted(Start):
     * **Structure** (the paper's code, where it measured best): nothing around residual adapters (bottleneck, ViT
       block); after a non-residual adapter a BatchNorm (LayerNorm on tokens) and LeakyReLU(0.1), except that the
       last adapter keeps the activation only in front of non-negative features and, on tokens, has nothing after
-      it. A bottleneck between equal shapes of one model keeps its identity shortcut (the paper's MACs).
+      it. A bottleneck between equal shapes of one model keeps its identity shortcut (the paper's MACs) in front
+      of non-negative features (a ResNet's, after a ReLU: there the skipped blocks are close to an identity); in
+      front of signed ones (MobileNetV3's linear bottlenecks) it gets a 1x1 projection shortcut, fitted by least
+      squares (:attr:`project_signed`).
     * **Least squares**: adapters before the last start at random, as in the paper's code (random features of the
       source, kept whole by the LeakyReLU), their norms calibrated on the images; the last adapter's output map
       starts as the ridge least-squares map from what reaches it to the destination's own features at its cut. Its
@@ -412,7 +415,7 @@ class Fitted(Start):
     description = ("least-squares start of the last adapter to the destination's own features (a transparent "
                    "BatchNorm after it), random earlier adapters with BatchNorm + LeakyReLU as in the paper's code, "
                    "then 600 Adam steps of feature matching on the calibration images; into a ViT the class token "
-                   "is fitted too")
+                   "is fitted too; a same-shape bottleneck into signed features gets a fitted projection shortcut")
     needs_images = True
     prefix_in = "projected"
     # Each part can be switched off in a subclass, for ablations (scripts/adapter_start_study.py registers some).
@@ -433,6 +436,12 @@ class Fitted(Start):
     # 37% vs 9%), so the default fits on tokens too. A subclass can name the paper's starts to take there instead,
     # by adapter: ``{"residual": "paper_text", "plain": "paper_code"}``.
     token_starts: dict[str, str] | None = None
+    # A bottleneck between equal shapes of one model, in front of signed features, gets a projection shortcut to fit
+    # (True) instead of the identity. MobileNetV3 to itself at 1:1 skips an inverted-residual block that is far from
+    # an identity (the identity misses 52% of its output's variance, a ResNet-18 block's 0.1%), and a branch of
+    # width out/4 (6 channels there) cannot add what it misses: 70.6 against its source's 72.85 with the identity
+    # (docs/adapter_start.md). The projection costs out^2 MACs a pixel, about as much as that branch.
+    project_signed = True
 
     def _on_tokens(self, kind: AdapterType) -> Start | None:
         if kind.layout != "tokens" or self.token_starts is None:
@@ -461,6 +470,11 @@ class Fitted(Start):
     def prepare(self, bridge, context):
         if (paper := self._on_tokens(context.kind)) is not None:
             return paper.prepare(bridge, context)
+        kind = context.kind
+        if (self.project_signed and kind.fits and kind.residual and kind.layout == "image"
+                and not context.dst_nonnegative
+                and not any(has_output_map(step.adapter.block) for step in bridge.adapters)):
+            bridge.rebuild_step(len(bridge.adapters) - 1, output_map=True)
         return LeastSquares.prepare(self, bridge, context)
 
     def warmup(self, context):
@@ -507,6 +521,18 @@ class Fitted(Start):
             if self.rescale:
                 rescale_to_default(block)
             transparent_norm(adapter.norm_out, block(x), tokens, wanted)
+
+
+@register_start
+class FittedQuick(Fitted):
+    """The default with a sixth of its feature matching: 100 Adam steps instead of 600. Its fitting dominates what
+    the default start costs (about 6 ms a step on a CPU core, so 3.6 s of a candidate's 4 s in ``stitchkit
+    search``), so this is the search's cheaper ``init_accuracy_quick`` proxy; docs/search.md measures how well it
+    ranks against the full start's."""
+
+    name = "fitted_quick"
+    description = "fitted, with 100 steps of feature matching instead of 600 (a sixth of its cost; a proxy's start)"
+    match_steps = 100
 
 
 DEFAULT_START = "fitted"  # chosen by measurement: docs/adapter_start.md

@@ -218,6 +218,23 @@ class Bridge(nn.Module):
         output map that its block's type would not have between equal shapes."""
         self.adapters[index] = self._step_module(index, output_map=output_map)
 
+    def conform_to_saved(self, keys: set[str]) -> None:
+        """Rebuild, without its output map, every step whose saved weights (``keys``: the bridge's state-dict keys,
+        as saved) were made without one: a stitch saved before its start gave that step an output map (0.9 gave
+        a same-shape bottleneck into signed features a projection shortcut) still loads, as the network it was.
+        Only for a freshly built bridge: an optimizer over the replaced step's parameters would miss the new ones."""
+        for i, step in enumerate(self.adapters):
+            if not adapter_registry.has_output_map(step.adapter.block):
+                continue
+            prefix = f"adapters.{i}."
+            saved = {k for k in keys if k.startswith(prefix)}
+            without = {prefix + k for k in self._step_module(i, output_map=False).state_dict()}
+            if saved and saved != {prefix + k for k in step.state_dict()} and saved == without:
+                old = step.adapter.block
+                self.rebuild_step(i, output_map=False)
+                if isinstance(getattr(old, "act_out", None), nn.Identity):  # what prepare() made of it stays
+                    self.adapters[i].adapter.block.keep_sign()
+
     @torch.no_grad()
     def calibrate(self, measured: Measured, device: str | torch.device | None = None) -> None:
         """Start the adapters as the start says, from features measured on calibration images (see
@@ -512,6 +529,7 @@ def load_stitched(path: str | os.PathLike, pretrained: bool | None = None, **ove
         config["pretrained"] = pretrained
     model = create_stitched(**config)
     model.bridge.calibrated = True  # the saved weights replace the starting point
+    model.bridge.conform_to_saved(set(saved["adapters"]))
     try:
         model.load_trained_state_dict(saved["adapters"])
     except RuntimeError as err:
