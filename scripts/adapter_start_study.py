@@ -82,7 +82,13 @@ class WithLifts(Fitted):
     random_inner = False
 
 
-for _start in (WithoutMatching, WithoutRescaling, WithLifts):
+class IdentityShortcut(Fitted):
+    name = "fitted_identity_shortcut"
+    description = "fitted, a same-shape bottleneck into signed features keeping the identity shortcut (0.8's)"
+    project_signed = False
+
+
+for _start in (WithoutMatching, WithoutRescaling, WithLifts, IdentityShortcut):
     if _start.name not in list_starts():
         register_start(_start)
 
@@ -100,6 +106,8 @@ ABLATIONS = {  # name: (settings, the cells where that part mattered while the d
         ([(R18, R18)], ["1:4"], ["downsample_linear"]), ([(R18, PICO)], ["1:3"], ["downsample_linear"])]),
     "lifts before the last": ({"model": {"adapter_norm": WithLifts.name}}, [
         ([(R18, R18)], ["1:4"], ["downsample_linear"]), ([(R18, PICO)], ["1:3"], ["downsample_linear"])]),
+    "identity shortcut into signed features": ({"model": {"adapter_norm": IdentityShortcut.name}}, [
+        ([(MNV3, MNV3)], ["1:1"], ["downsample_bottleneck"])]),
     "mean class token": ({"model": {"prefix_in": "mean"}}, [
         ([(R18, PICO)], ["1:3"], ["downsample_linear", "downsample_bottleneck"])]),
     "without warm-up": ({"optim": {"warmup": 0}}, WARMUP_CELLS),
