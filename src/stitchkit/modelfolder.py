@@ -252,11 +252,12 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, device: str | t
     from safetensors.torch import load_model
 
     path = Path(directory) / WEIGHTS_FILE
+    keys = _saved_keys(path)
     bridge = getattr(model, "bridge", None)
-    if hasattr(bridge, "conform_to_saved"):  # a stitch saved by an earlier version keeps its network
-        bridge.conform_to_saved(_saved_keys(path, "bridge."))
+    if hasattr(bridge, "conform_to_saved") and keys is not None:  # a stitch saved by an earlier version
+        bridge.conform_to_saved({k[len("bridge."):] for k in keys if k.startswith("bridge.")})  # stays that network
     try:
-        with _every_buffer(model) if _holds_hidden_buffers(model, path) else nullcontext():
+        with _every_buffer(model) if _holds_hidden_buffers(model, keys) else nullcontext():
             load_model(model, str(path), strict=True, device=str(device))
     except SafetensorError as err:
         raise StitchkitError(f"{str(path)!r} is not a readable safetensors file ({err}); copy it again or export "
@@ -268,32 +269,26 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, device: str | t
                              ) from None
 
 
-def _saved_keys(path: Path, prefix: str) -> set[str]:
-    """The names the weights file holds under ``prefix`` (without it); none where the file cannot be read (the
-    load that follows says why)."""
+def _saved_keys(path: Path) -> set[str] | None:
+    """The names the weights file holds; None where it cannot be read (the load that follows says why)."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k[len(prefix):] for k in f.keys() if k.startswith(prefix)}
+            return set(f.keys())
     except (SafetensorError, OSError):
-        return set()
+        return None
 
 
-def _holds_hidden_buffers(model: nn.Module, path: Path) -> bool:
-    """Whether the file keeps the buffers ``model``'s parts keep out of their state dicts (every folder of a
-    network cut from parts, and whole-model folders of format 1) or not (whole-model folders since format 2)."""
-    from safetensors import SafetensorError, safe_open
-
+def _holds_hidden_buffers(model: nn.Module, keys: set[str] | None) -> bool:
+    """Whether the file (its ``keys``) keeps the buffers ``model``'s parts keep out of their state dicts (every
+    folder of a network cut from parts, and whole-model folders of format 1) or not (whole-model folders since
+    format 2)."""
     hidden = {f"{prefix}.{name}" if prefix else name for prefix, m in model.named_modules()
               for name in m._non_persistent_buffers_set if getattr(m, name, None) is not None}
     if not hidden:
         return False
-    try:
-        with safe_open(str(path), "pt") as f:
-            return bool(hidden & set(f.keys()))
-    except (SafetensorError, OSError):
-        return True  # load_model says what is wrong with the file
+    return keys is None or bool(hidden & keys)  # unreadable: load_model says what is wrong with the file
 
 
 def apply_config(model: nn.Module, config: dict) -> nn.Module:

@@ -242,11 +242,15 @@ class LeastSquares(Start):
         # bottleneck) only where prepare() asks for it.
         return not kind.identity_start
 
+    def identity_misleads(self, context: ChainContext) -> bool:
+        """Whether a chain of identities between equal shapes would start far from the destination's features, so
+        that its last adapter needs an output map to fit: between two different models an identity hands the
+        destination the source's channels as if they were its own."""
+        return not context.within_one_model
+
     def prepare(self, bridge, context):
-        if not context.within_one_model and context.kind.fits and not any(
+        if context.kind.fits and self.identity_misleads(context) and not any(
                 has_output_map(step.adapter.block) for step in bridge.adapters):
-            # Equal shapes all along between two different models: an identity start would hand the destination
-            # the source's channels as if they were its own, so the last adapter gets an output map to fit.
             bridge.rebuild_step(len(bridge.adapters) - 1, output_map=True)
         if not context.dst_nonnegative:
             # The destination expects signed features: a ReLU at the end of the fitted adapter, or of an identity
@@ -470,12 +474,12 @@ class Fitted(Start):
     def prepare(self, bridge, context):
         if (paper := self._on_tokens(context.kind)) is not None:
             return paper.prepare(bridge, context)
-        kind = context.kind
-        if (self.project_signed and kind.fits and kind.residual and kind.layout == "image"
-                and not context.dst_nonnegative
-                and not any(has_output_map(step.adapter.block) for step in bridge.adapters)):
-            bridge.rebuild_step(len(bridge.adapters) - 1, output_map=True)
         return LeastSquares.prepare(self, bridge, context)
+
+    def identity_misleads(self, context):
+        # Within one model too, in front of signed features (project_signed): the identity bottleneck gets a
+        # projection shortcut.
+        return LeastSquares.identity_misleads(self, context) or (self.project_signed and not context.dst_nonnegative)
 
     def warmup(self, context):
         if (paper := self._on_tokens(context.kind)) is not None:

@@ -229,7 +229,7 @@ class Bridge(nn.Module):
             prefix = f"adapters.{i}."
             saved = {k for k in keys if k.startswith(prefix)}
             without = {prefix + k for k in self._step_module(i, output_map=False).state_dict()}
-            if saved and saved != {prefix + k for k in step.state_dict()} and saved == without:
+            if saved and saved == without:  # (the step as built holds its map's weights too)
                 old = step.adapter.block
                 self.rebuild_step(i, output_map=False)
                 if isinstance(getattr(old, "act_out", None), nn.Identity):  # what prepare() made of it stays
