@@ -210,7 +210,7 @@ def test_a_search_measures_only_what_its_proxy_needs_and_adds_to_the_cache(tmp_p
 
 
 def test_the_quick_proxy_fits_the_default_start_with_fewer_steps_and_costs_only_its_own_part(tmp_path):
-    """init_accuracy_quick is the default start with a sixth of its feature matching: the same network (same
+    """init_accuracy_quick is the default start with an eighth of its feature matching: the same network (same
     parameters), a start of its own that the search measures without the full one."""
     from stitchkit.starts import Fitted, get_start
     from stitchkit.stitch_search.run import search
@@ -226,6 +226,34 @@ def test_the_quick_proxy_fits_the_default_start_with_fewer_steps_and_costs_only_
     saved = json.loads(next((tmp_path / "proxies").iterdir()).read_text())["proxies"]
     assert 0 <= saved["init_accuracy_quick"] <= 100 and "init_accuracy" not in saved
     assert "fitted_quick" in saved["part_seconds"] and "fitted" not in saved["part_seconds"]
+
+
+def test_a_revised_proxy_is_measured_again_and_the_others_are_kept(tmp_path, monkeypatch):
+    """A proxy whose definition changed (its revision raised) is stale in the cache: the next search measures it
+    again and keeps every other cached proxy as it was; files written before revisions existed are revision 1."""
+    from stitchkit.stitch_search import proxies as proxies_module
+    from stitchkit.stitch_search.run import search
+
+    kwargs = dict(gaps=["1:3"], adapters=["linear"], settings=TINY, calibration_images=16, probe_images=16,
+                  cache=tmp_path / "proxies")
+    search(["resnet10t"], proxies=["lstsq_accuracy", "init_accuracy_quick"], **kwargs)
+    path = next((tmp_path / "proxies").iterdir())
+    first = json.loads(path.read_text())
+    assert first["revisions"]["init_accuracy_quick"] == proxies_module.proxy_revision("init_accuracy_quick")
+    first["proxies"]["lstsq_accuracy"] = -1.0  # a mark: kept only if the cache is read, not measured again
+    first["proxies"]["init_accuracy_quick"] = -2.0
+    path.write_text(json.dumps(first))
+    records = search(["resnet10t"], proxies=["lstsq_accuracy", "init_accuracy_quick"], **kwargs)
+    assert records[0]["lstsq_accuracy"] == -1.0 and records[0]["init_accuracy_quick"] == -2.0  # both current
+    monkeypatch.setitem(proxies_module.PROXY_REVISIONS, "init_accuracy_quick", 99)
+    records = search(["resnet10t"], proxies=["lstsq_accuracy", "init_accuracy_quick"], **kwargs)
+    again = json.loads(path.read_text())
+    assert records[0]["lstsq_accuracy"] == -1.0 and 0 <= records[0]["init_accuracy_quick"] <= 100
+    assert again["proxies"]["lstsq_accuracy"] == -1.0 and again["revisions"]["init_accuracy_quick"] == 99
+    del again["revisions"]  # as written before revisions: every proxy at revision 1, so the revised one is stale
+    path.write_text(json.dumps(again))
+    records = search(["resnet10t"], proxies=["lstsq_accuracy"], **kwargs)
+    assert records[0]["lstsq_accuracy"] == -1.0 and "init_accuracy_quick" not in records[0]
 
 
 def test_the_study_chooses_the_cheapest_proxy_that_ranks_within_the_best_ones_interval():

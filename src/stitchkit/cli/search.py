@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
                         "default: downsample_linear,downsample_bottleneck)")
     p.add_argument("--gaps", default=None, help="comma-separated gaps (default: the paper's nine)")
     p.add_argument("--data", default=None, metavar="NAME", help="shorthand for data.name=NAME")
-    p.add_argument("--proxy", default="lstsq_accuracy",
+    p.add_argument("--proxy", default=None,
                    help="the proxy that chooses what trains: lstsq_accuracy (accuracy at the least-squares start: "
                         "cheap, and as good as any for finding the frontier, docs/search.md), init_accuracy (at the "
                         "default start: ranks best, costs ~15x more), init_accuracy_quick (the same with a sixth of "
@@ -95,7 +95,8 @@ def _search(args) -> int:
             print(f"{cost:>8} GMACs  {r['src']} -> {r['dst'] or '-'}  {r['gap'] or '-'}  {r['method'] or '-'}{note}")
         return 0
     try:
-        result = run_search(models, args.out, args.budget_gmacs, train_top=args.train_top, proxy=args.proxy,
+        proxy = {"proxy": args.proxy} if args.proxy else {}  # else run_search's DEFAULT_PROXY: one place decides
+        result = run_search(models, args.out, args.budget_gmacs, train_top=args.train_top, **proxy,
                             selection=args.selection, seeds=seeds, calibration_images=args.calibration_images,
                             probe_images=args.probe_images, workers=args.workers, smoke=args.smoke, **common)
     except RunInterrupted as stop:

@@ -24,7 +24,8 @@ from ..training.identity import NOT_IDENTITY, settings_digest
 from .candidates import Candidate, check_models, enumerate_candidates, price
 from ..pareto import pareto_front
 from .frontier import select, top_by_score
-from .proxies import PROXIES, PROXY_VERSION, Zoo, calibration_and_probe, measure, proxy_path, score
+from .proxies import (PROXIES, PROXY_VERSION, Zoo, calibration_and_probe, measure, proxy_path, proxy_revision,
+                      score)
 
 # The measured best for what a search is for (docs/search.md: a fifth chosen by frontier layers recovers 99.7% of the
 # exhaustive frontier's hypervolume with either; init_accuracy ranks better, Spearman 0.89 vs 0.63, but its fitted
@@ -133,7 +134,10 @@ def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calib
     for record in records:
         candidate = Candidate(record["src"], record["dst"], record["gap"], record["method"])
         saved = read_json(proxy_path(folder, candidate)) if folder is not None else None
-        known = saved["proxies"] if saved and saved.get("settings") == digest else {}
+        known = dict(saved["proxies"]) if saved and saved.get("settings") == digest else {}
+        revisions = (saved or {}).get("revisions", {})
+        for name in [p for p in known if p in PROXIES and revisions.get(p, 1) != proxy_revision(p)]:
+            del known[name]  # measured by an earlier revision of this proxy: measured again, the others kept
         record.update(known)
         missing = [p for p in wanted if p not in known]
         if missing and "proxy_error" not in known:
@@ -158,8 +162,9 @@ def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calib
                                            if "proxy_error" not in measured else {})}
         record.update(proxies)
         if folder is not None:
-            atomic_write_json(proxy_path(folder, candidate), {"candidate": candidate.record(), "settings": digest,
-                                                              "proxies": proxies})
+            atomic_write_json(proxy_path(folder, candidate), {
+                "candidate": candidate.record(), "settings": digest, "proxies": proxies,
+                "revisions": {p: proxy_revision(p) for p in proxies if p in PROXIES}})
         if k % 10 == 0 or k == len(todo):
             log(f"  proxies {k}/{len(todo)} ({time.time() - began:.0f} s)")
 

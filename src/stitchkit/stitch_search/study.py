@@ -23,6 +23,7 @@ from ..errors import StitchkitError
 from ..files import atomic_write_json, atomic_write_text
 from ..pareto import hypervolume, pareto_front
 from ..rundir import RunDir
+from ..starts import get_start
 from ..sweeps.grid import _flat, expand
 from .frontier import bootstrap_interval, kendall, select, spearman, top_by_score
 from .proxies import PROXIES, proxy_seconds, score
@@ -240,6 +241,7 @@ def study_markdown(a: dict, spec: dict, command: str, figures: list[str]) -> str
     frontier = sel["frontier"]
     hv_ok = frontier["hypervolume_ratio"] >= 0.9 and frontier["compute_share"] <= 0.25
     src, st, grid = spec["sources"], spec["stitches"], spec["search"]
+    quick = get_start("fitted_quick")
     lines = ["# Which stitch to train: training-free proxies against trained accuracy", "",
              f"Regenerate with `{command}` (resumable: sources, proxies and runs are reused). What it cost, on "
              f"{a.get('environment', 'this machine')}: "
@@ -258,7 +260,12 @@ def study_markdown(a: dict, spec: dict, command: str, figures: list[str]) -> str
              f"epochs, the paper's recipe, one seed) so that each proxy can be held against the accuracy it "
              f"predicts: {a['stitches']} trained stitches. Proxies are measured on "
              f"{grid.get('probe_images', 256)} training images the start was not fitted on (it is fitted on "
-             f"{grid.get('calibration_images', 256)} others).", "",
+             f"{grid.get('calibration_images', 256)} others)."
+             + (f" `init_accuracy_quick`'s start (`fitted_quick`: {quick.match_steps} feature-matching steps at "
+                f"lr {quick.match_lr:g}) was chosen among variants on these same stitches "
+                "(`stitchkit.starts.FittedQuick` lists each variant's Spearman), so its figures are in-sample."
+                if "init_accuracy_quick" in a["correlations"] else ""),
+             "",
              "## How well each proxy ranks the trained stitches", "",
              "| proxy | better when | Spearman (95% CI) | Kendall (95% CI) | n |", "|---|---|---|---|---|"]
     for name, r in sorted(a["correlations"].items(), key=lambda kv: -kv[1]["spearman"]):
@@ -280,7 +287,11 @@ def study_markdown(a: dict, spec: dict, command: str, figures: list[str]) -> str
               "Compute: the proxy's own measuring over every candidate plus the chosen stitches' training, against "
               "training every candidate (wall time on this machine; a stitch's training is its share of the pass it "
               "trained in here, where stitches sharing a front train together, so a search training fewer of them "
-              "would pay somewhat more per stitch).", "",
+              "would pay somewhat more per stitch). "
+              f"A stitch trains {a['exhaustive_train_seconds'] / max(a['stitches'], 1):.1f} s here on average, so "
+              "each second a proxy spends per candidate costs "
+              f"{100 * max(a['stitches'], 1) / max(a['exhaustive_train_seconds'], 1e-9):.1f}% of exhaustive "
+              "training: a search whose stitches train longer pays relatively less for its proxy.", "",
               "| chosen by | how | trained | hypervolume vs exhaustive | compute vs exhaustive (proxy minutes) |",
               "|---|---|---|---|---|"]
     for name in sorted(a["by_proxy"], key=lambda n: -a["by_proxy"][n]["frontier"]["hypervolume_ratio"]):
