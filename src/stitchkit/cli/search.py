@@ -28,10 +28,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--gaps", default=None, help="comma-separated gaps (default: the paper's nine)")
     p.add_argument("--data", default=None, metavar="NAME", help="shorthand for data.name=NAME")
     p.add_argument("--proxy", default=None,
-                   help="the proxy that chooses what trains: lstsq_accuracy (accuracy at the least-squares start: "
-                        "cheap, and as good as any for finding the frontier, docs/search.md), init_accuracy (at the "
-                        "default start: ranks best, costs ~15x more), init_accuracy_quick (the same with a sixth of "
-                        "the start's fitting), fit_residual, cka, kl, naswot")
+                   help="the proxy that chooses what trains: init_accuracy_quick (the default: accuracy at the "
+                        "default start with an eighth of its fitting; ranks as well as the full start, docs/search.md), "
+                        "init_accuracy (at the full default start: ~7x dearer), lstsq_accuracy (at the least-squares "
+                        "start: cheapest, ranks worse), fit_residual, cka, kl, naswot")
     p.add_argument("--selection", default="frontier", choices=("frontier", "top"),
                    help="frontier: the best predicted stitch at every compute; top: the best K scores")
     p.add_argument("--train-top", type=int, default=10, metavar="K", help="how many candidates to train (0: none)")

@@ -8,6 +8,7 @@ COLUMN_LABELS = {
     "stitch": "source -> destination",
     # the search's proxies (stitchkit.stitch_search.proxies), measured before training
     "init_accuracy": "top-1 at the start (%)",
+    "init_accuracy_quick": "top-1 at the quick start (%)",
     "lstsq_accuracy": "top-1 at the least-squares start (%)",
     "fit_residual": "fit residual",
     "cka": "linear CKA at the cuts",
