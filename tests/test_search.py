@@ -278,3 +278,25 @@ def test_the_study_chooses_the_cheapest_proxy_that_ranks_within_the_best_ones_in
     assert a["selection"]["frontier"]["proxy_seconds"] == 150.0
     a = analyse([{**t, "init_accuracy_quick": t["lstsq_accuracy"]} for t in trained], costs, 0.2)
     assert a["best_proxy"] == "init_accuracy"
+
+
+def test_every_search_study_file_loads_and_names_valid_gaps_and_adapters():
+    """configs/search holds the study and its held-out check: each must load, and its gaps and adapters must be ones
+    the search enumerates (a typo would otherwise surface only an hour into a study)."""
+    from pathlib import Path
+
+    from stitchkit.chain import parse_gap
+    from stitchkit.stitch_search.study import load_study
+    from stitchkit.sweeps.methods import get_method
+
+    files = sorted((Path(__file__).parents[1] / "configs" / "search").glob("*.yaml"))
+    assert len(files) >= 2
+    gaps = set()
+    for path in files:
+        grid = load_study(path)["search"]
+        for gap in grid["gaps"]:
+            parse_gap(gap)
+        for adapter in grid["adapters"]:
+            get_method(adapter)
+        gaps.update(grid["gaps"])
+    assert {"1:1", "3:4"} <= gaps  # the study's grid and the held-out later gaps
