@@ -276,6 +276,16 @@ def test_the_study_chooses_the_cheapest_proxy_that_ranks_within_the_best_ones_in
     assert a["correlations"]["lstsq_accuracy"]["spearman"] < a["correlations"]["init_accuracy"]["spearman_ci"][0]
     assert a["best_proxy"] == "init_accuracy_quick"
     assert a["selection"]["frontier"]["proxy_seconds"] == 150.0
+    # The page says whether the quick proxy's start was tuned on this study's stitches or judged out of sample.
+    from stitchkit.stitch_search.study import study_markdown
+
+    a.update(models=["a"], originals={"a": {"top1": 80.0}}, candidates=60, cost_minutes={"stitches": 10.0})
+    spec = {"sources": {"images": 100, "epochs": 1}, "stitches": {"images": 50, "epochs": 1},
+            "search": {"gaps": ["1:3"], "adapters": ["linear"]}}
+    tuned = study_markdown({**a, "quick_in_sample": True}, spec, "cmd", ["p.png", "f.png"])
+    held_out = study_markdown({**a, "quick_in_sample": False}, spec, "cmd", ["p.png", "f.png"])
+    assert "so its figures are in-sample" in tuned and "out-of-sample" not in tuned
+    assert "here its figures are out-of-sample" in held_out and "in-sample." not in held_out
     a = analyse([{**t, "init_accuracy_quick": t["lstsq_accuracy"]} for t in trained], costs, 0.2)
     assert a["best_proxy"] == "init_accuracy"
 

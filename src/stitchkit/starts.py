@@ -545,6 +545,7 @@ class FittedQuick(Fitted):
                    "cost; a proxy's start)")
     match_steps = 80
     match_lr = 3.5e-3
+    tuned_on = "configs/search/fashion_mnist.yaml"  # the study whose stitches chose these settings (its page says so)
 
 
 DEFAULT_START = "fitted"  # chosen by measurement: docs/adapter_start.md

@@ -86,6 +86,8 @@ def run_study(path: str | Path, out: str | Path = "runs/search_study", doc: str 
     from ..findings import environment
 
     analysis["environment"] = environment(threads)
+    # whether this study's stitches are the ones the quick proxy's start was tuned on (its page must say so)
+    analysis["quick_in_sample"] = Path(path).resolve().as_posix().endswith(get_start("fitted_quick").tuned_on)
     atomic_write_json(out / "study.json", analysis)
     if doc is not None:
         doc = Path(doc)
@@ -261,10 +263,12 @@ def study_markdown(a: dict, spec: dict, command: str, figures: list[str]) -> str
              f"predicts: {a['stitches']} trained stitches. Proxies are measured on "
              f"{grid.get('probe_images', 256)} training images the start was not fitted on (it is fitted on "
              f"{grid.get('calibration_images', 256)} others)."
-             + (f" `init_accuracy_quick`'s start (`fitted_quick`: {quick.match_steps} feature-matching steps at "
-                f"lr {quick.match_lr:g}) was chosen among variants on these same stitches "
-                "(`stitchkit.starts.FittedQuick` lists each variant's Spearman), so its figures are in-sample."
-                if "init_accuracy_quick" in a["correlations"] else ""),
+             + ("" if "init_accuracy_quick" not in a["correlations"] else
+                f" `init_accuracy_quick`'s start (`fitted_quick`: {quick.match_steps} feature-matching steps at "
+                f"lr {quick.match_lr:g}) was chosen among variants "
+                + ("on these same stitches (`stitchkit.starts.FittedQuick` lists each variant's Spearman), so its "
+                   "figures are in-sample." if a.get("quick_in_sample") else
+                   f"on the stitches of {quick.tuned_on}, not on these: here its figures are out-of-sample.")),
              "",
              "## How well each proxy ranks the trained stitches", "",
              "| proxy | better when | Spearman (95% CI) | Kendall (95% CI) | n |", "|---|---|---|---|---|"]
