@@ -51,6 +51,7 @@ def _split(text: str | None) -> list[str] | None:
 
 def _search(args) -> int:
     from ..stitch_search import run_search, search
+    from ..stitch_search.run import DEFAULT_PROXY
     from ..training import RunInterrupted
     from ..training.config import _parse_yaml
 
@@ -95,8 +96,8 @@ def _search(args) -> int:
             print(f"{cost:>8} GMACs  {r['src']} -> {r['dst'] or '-'}  {r['gap'] or '-'}  {r['method'] or '-'}{note}")
         return 0
     try:
-        proxy = {"proxy": args.proxy} if args.proxy else {}  # else run_search's DEFAULT_PROXY: one place decides
-        result = run_search(models, args.out, args.budget_gmacs, train_top=args.train_top, **proxy,
+        result = run_search(models, args.out, args.budget_gmacs, train_top=args.train_top,
+                            proxy=args.proxy or DEFAULT_PROXY,
                             selection=args.selection, seeds=seeds, calibration_images=args.calibration_images,
                             probe_images=args.probe_images, workers=args.workers, smoke=args.smoke, **common)
     except RunInterrupted as stop:

@@ -52,15 +52,15 @@ PROXY_VERSION = 2  # raise when what measure() returns changes: cached proxies o
 # Raise one proxy's revision when only it changes (its start's settings, say): the cache then measures that proxy
 # again and keeps the others. Unlisted proxies are at revision 1.
 PROXY_REVISIONS = {"init_accuracy_quick": 2}  # 2: fitted_quick at 80 steps, lr 3.5e-3 (was 100 at 1e-3)
-
-
-def proxy_revision(name: str) -> int:
-    return PROXY_REVISIONS.get(name, 1)
 NASWOT_IMAGES = 64  # the batch the NAS score is measured on (Mellor et al. use 128 at 32 px)
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.Mish)
 # timm builds some activations from classes of its own (timm.layers.activations.GELU in ConvNeXt): known by name
 _ACTIVATION_NAMES = {"ReLU", "ReLU6", "GELU", "GELUTanh", "QuickGELU", "SiLU", "Swish", "HardSwish", "Hardswish",
                      "LeakyReLU", "Mish", "HardMish"}
+
+
+def proxy_revision(name: str) -> int:
+    return PROXY_REVISIONS.get(name, 1)
 
 
 def _is_activation(module: nn.Module) -> bool:
