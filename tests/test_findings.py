@@ -182,3 +182,25 @@ def test_a_parallel_block_gives_each_source_its_seed_checkpoint(tmp_path):
         assert [sources[R, c.seed] in model["src_checkpoint"][0], sources[V, c.seed] in model["src_checkpoint"][1]] \
             == [True, True]
         assert sweeps[1].config(c, tmp_path).model.parallel
+
+
+def test_the_page_names_what_its_numbers_depend_on(monkeypatch):
+    """Runs repeat to the digit only with the same versions, thread count and CPU kernels: the page names them all."""
+    import os
+    import platform
+
+    import timm
+    import torch
+
+    from stitchkit import findings
+    from stitchkit.version import __version__
+
+    line = findings.environment(1)
+    for part in (f"stitchkit {__version__}", f"torch {torch.__version__}", f"timm {timm.__version__}",
+                 "1 torch thread(s) per run", f"torch's {torch.backends.cpu.get_cpu_capability()} kernels"):
+        assert part in line
+    monkeypatch.setattr(findings, "cpu_model", lambda: "Test CPU 9000")
+    assert "(Test CPU 9000, torch's" in findings.environment(2)
+    monkeypatch.setattr(findings, "cpu_model", lambda: None)  # not Linux: the architecture instead
+    assert f"2 torch thread(s) per run, {os.cpu_count()} CPU cores ({platform.machine()}, torch's" in \
+        findings.environment(2)

@@ -436,18 +436,33 @@ def _add_compute_time(out: Path, seconds: float) -> float:
 
 def environment(threads: int | None) -> str:
     """What the numbers depend on beyond the settings: stitchkit's version (its defaults, such as where adapters
-    start), torch's, the thread count (a model trained on one thread differs from one trained on two, and every
-    stitch from it), the machine."""
+    start), torch's and timm's (their models' initialisation), the thread count (a model trained on one thread
+    differs from one trained on two, and every stitch from it), and the CPU with the kernel level torch chose for it:
+    runs repeat to the last digit on one machine, while on another the sources came out differently and the
+    stitches agreed with them only within their standard errors (configs/findings/fashion_mnist.yaml)."""
     import os
     import platform
 
+    import timm
     import torch
 
     from .version import __version__
 
-    cpu = platform.processor() or platform.machine()
-    return (f"stitchkit {__version__}, torch {torch.__version__}, {threads or torch.get_num_threads()} torch "
-            f"thread(s) per run, {os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}")
+    kernels = torch.backends.cpu.get_cpu_capability()
+    return (f"stitchkit {__version__}, torch {torch.__version__}, timm {timm.__version__}, "
+            f"{threads or torch.get_num_threads()} torch thread(s) per run, {os.cpu_count()} CPU cores "
+            f"({cpu_model() or platform.machine()}, torch's {kernels} kernels), Python {platform.python_version()}")
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name as Linux reports it (platform.processor() is empty there), or None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def findings_markdown(findings: list[Finding], originals: dict, spec: dict, command: str, figures: list[str],
