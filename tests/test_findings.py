@@ -185,7 +185,8 @@ def test_a_parallel_block_gives_each_source_its_seed_checkpoint(tmp_path):
 
 
 def test_the_page_names_what_its_numbers_depend_on(monkeypatch):
-    """Runs repeat to the digit only with the same versions, thread count and CPU kernels: the page names them all."""
+    """Runs repeat to the digit only with the same versions, thread count and CPU kernels: the page names them as
+    its runs recorded them, and says so when a study was resumed elsewhere or its runs recorded nothing."""
     import os
     import platform
 
@@ -193,14 +194,29 @@ def test_the_page_names_what_its_numbers_depend_on(monkeypatch):
     import torch
 
     from stitchkit import findings
+    from stitchkit.training import runtime
     from stitchkit.version import __version__
 
-    line = findings.environment(1)
+    line = findings.environment(1)  # no runs: this process
     for part in (f"stitchkit {__version__}", f"torch {torch.__version__}", f"timm {timm.__version__}",
                  "1 torch thread(s) per run", f"torch's {torch.backends.cpu.get_cpu_capability()} kernels"):
         assert part in line
-    monkeypatch.setattr(findings, "cpu_model", lambda: "Test CPU 9000")
-    assert "(Test CPU 9000, torch's" in findings.environment(2)
-    monkeypatch.setattr(findings, "cpu_model", lambda: None)  # not Linux: the architecture instead
+    monkeypatch.setattr(runtime, "cpu_model", lambda: None)  # not Linux: the architecture instead
     assert f"2 torch thread(s) per run, {os.cpu_count()} CPU cores ({platform.machine()}, torch's" in \
         findings.environment(2)
+
+    versions = {"stitchkit": "0.9.1", "torch": "2.14.1", "timm": "1.0.31", "python": "3.11.7"}
+    here = {"threads": 1, "cores": 2, "cpu": "Test CPU", "cpu_kernels": "AVX2"}
+    run = {"versions": versions, "machine": here}
+    one = findings.environment(1, [run, run])
+    assert one == ("stitchkit 0.9.1, torch 2.14.1, timm 1.0.31, 1 torch thread(s) per run, 2 CPU cores (Test CPU, "
+                   "torch's AVX2 kernels), Python 3.11.7")
+    elsewhere = {"versions": versions, "machine": {**here, "cpu_kernels": "AVX512"}}
+    mixed = findings.environment(1, [run, run, elsewhere])
+    assert mixed.startswith("runs made in more than one environment: " + one + " (2 runs); ")
+    assert mixed.endswith("torch's AVX512 kernels), Python 3.11.7 (1 run)")
+    unrecorded = findings.environment(1, [run, {}])
+    assert unrecorded.startswith(one + " (1 run); not recorded by 1 run (made before stitchkit 0.9.1; the process")
+    assert findings.environment(1, [{}, {}]).startswith("not recorded by 2 runs")
+    gpu = findings.environment(1, [{"versions": versions, "machine": {**here, "gpu": "NVIDIA H100"}}])
+    assert "kernels), GPU NVIDIA H100, Python" in gpu

@@ -61,6 +61,9 @@ def test_scratch_run_writes_a_self_describing_run_dir(tmp_path):
     assert result["status"] == "finished" and result["epochs"] == 2 and result["steps"] == 8
     assert result["top1"] > 40  # 10 tinted classes: far above chance after two epochs
     assert json.loads((run / "result.json").read_text()) == json.loads(json.dumps(result))
+    # What the numbers depend on beyond the settings: the machine as the run saw it (study pages describe it).
+    assert result["machine"]["threads"] == torch.get_num_threads() and result["machine"]["cpu"]
+    assert result["machine"]["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
     assert load_config(run / "config.yaml") == load_config(None, [*TINY, f"output.dir={run}", "mode=scratch",
                                                                   "model.src=resnet10t", "train.epochs=2"])
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -434,35 +435,39 @@ def _add_compute_time(out: Path, seconds: float) -> float:
     return total
 
 
-def environment(threads: int | None) -> str:
+def environment(threads: int | None, runs: list[dict] | None = None) -> str:
     """What the numbers depend on beyond the settings: stitchkit's version (its defaults, such as where adapters
-    start), torch's and timm's (their models' initialisation), the thread count (a model trained on one thread
-    differs from one trained on two, and every stitch from it), and the CPU with the kernel level torch chose for it:
-    runs repeat to the last digit on one machine, while on another the sources came out differently and the
-    stitches agreed with them only within their standard errors (configs/findings/fashion_mnist.yaml)."""
-    import os
-    import platform
+    start), torch's and timm's, the thread count (a model trained on one thread differs from one trained on two, and
+    every stitch from it), and the CPU with the vector kernels torch chose for it. With ``runs`` (their result.json
+    records), as the runs recorded it: a study resumed elsewhere says that its runs were made in several
+    environments, and how many in each. Without, or for runs made before stitchkit recorded it: this process's."""
+    from .training.runtime import machine, package_versions
 
-    import timm
-    import torch
+    here = machine()
+    here["threads"] = threads or here["threads"]
+    if not runs:
+        return _environment(package_versions(), here)
+    seen = Counter(_environment(r.get("versions") or {}, r["machine"]) if r.get("machine") else None for r in runs)
+    unrecorded = seen.pop(None, 0)
+    if len(seen) == 1 and not unrecorded:
+        return next(iter(seen))
+    parts = [f"{text} ({_runs(n)})" for text, n in seen.most_common()]
+    if unrecorded:
+        parts.append(f"not recorded by {_runs(unrecorded)} (made before stitchkit 0.9.1; the process that wrote this "
+                     f"page: {_environment(package_versions(), here)})")
+    return ("runs made in more than one environment: " if len(seen) > 1 else "") + "; ".join(parts)
 
-    from .version import __version__
 
-    kernels = torch.backends.cpu.get_cpu_capability()
-    return (f"stitchkit {__version__}, torch {torch.__version__}, timm {timm.__version__}, "
-            f"{threads or torch.get_num_threads()} torch thread(s) per run, {os.cpu_count()} CPU cores "
-            f"({cpu_model() or platform.machine()}, torch's {kernels} kernels), Python {platform.python_version()}")
+def _runs(n: int) -> str:
+    return f"{n} run" + ("" if n == 1 else "s")
 
 
-def cpu_model() -> str | None:
-    """The CPU's model name as Linux reports it (platform.processor() is empty there), or None."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
+def _environment(versions: dict, machine: dict) -> str:
+    gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ""
+    return (f"stitchkit {versions.get('stitchkit', '?')}, torch {versions.get('torch', '?')}, timm "
+            f"{versions.get('timm', '?')}, {machine['threads']} torch thread(s) per run, {machine.get('cores', '?')} "
+            f"CPU cores ({machine['cpu']}, torch's {machine['cpu_kernels']} kernels){gpu}, Python "
+            f"{versions.get('python', '?')}")
 
 
 def findings_markdown(findings: list[Finding], originals: dict, spec: dict, command: str, figures: list[str],
@@ -552,7 +557,9 @@ def run_findings(path: str | Path, out: str | Path = "runs/findings", doc: str |
             shutil.copyfile(png, assets / png.name)
             figures.append(f"{assets.name}/{png.name}")
         command = f"stitchkit findings {path} --out {out} --doc {doc}" + (" --smoke" if smoke else "")
-        doc.write_text(findings_markdown(findings, originals, spec, command, figures, minutes, environment(threads)))
+        runs = [RunDir(out / cell.name).read_result() or {} for sweep in [sources, *stitches] for cell in sweep.cells]
+        doc.write_text(findings_markdown(findings, originals, spec, command, figures, minutes,
+                                         environment(threads, runs)))
         log(f"wrote {doc}")
     log(f"{cells} runs in {time.time() - start:.0f} s; report: {index.resolve()}")
     if failures:

@@ -24,7 +24,7 @@ from ..pretrained import load_described
 from ..zoo.metadata import Preprocessing, preprocessing
 from .data import build_splits
 
-from .runtime import Runtime, amp_dtype, package_versions, resolve_device
+from .runtime import Runtime, amp_dtype, machine, package_versions, resolve_device
 from .scoring import evaluate
 from .stream import eval_loaders
 from .modes import build_model, load_trainable_state
@@ -146,7 +146,7 @@ def evaluate_model(name: str, config: Config, out_dir: str | Path | None = None)
     record = {"status": "finished", "mode": "eval", "src": name, "dst": name, "dataset": config.data.name,
               "input_size": config.data.input_size, "pretrained": config.model.pretrained,
               "checkpoint": config.model.src_checkpoint, "gmacs": gmacs, "params": params, "trainable_params": 0,
-              "versions": package_versions(),
+              "versions": package_versions(), "machine": machine(dev),
               **_evaluate_splits(model, splits, config)}
     if out_dir is not None:
         out = Path(out_dir)

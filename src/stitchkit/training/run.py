@@ -28,7 +28,7 @@ from .modes import build_model, export_weights, load_trainable_state, mode_for, 
 from .optim import build_optimizer, warmup_steps
 from ..zoo.models import require_weights
 from .clock import PhaseClock, add_seconds
-from .runtime import Runtime, package_versions
+from .runtime import Runtime, machine, package_versions
 from .stream import DataStream
 
 
@@ -407,7 +407,7 @@ class Run:
             "device": str(rt.device), "amp": rt.amp_name,
             # Runs trained in one pass share their wall time: wall_time_s is the pass's.
             "group_size": max(len(self.pass_members), 1), "group": self.pass_members,
-            "versions": package_versions(),
+            "versions": package_versions(), "machine": machine(rt.device),
             # Runs that differ only in their seed share this: reports average over seeds within it, never across
             # other settings (epochs, data, recipe).
             "settings_id": settings_id(config),

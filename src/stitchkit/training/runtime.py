@@ -2,6 +2,7 @@
 process group, travelling together as one :class:`Runtime`."""
 from __future__ import annotations
 
+import os
 import platform
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -74,3 +75,25 @@ def package_versions() -> dict[str, str]:
 
     return {"stitchkit": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "timm": timm.__version__, "python": platform.python_version()}
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name as Linux reports it (``platform.processor()`` is empty there), or None."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def machine(device: torch.device | None = None) -> dict:
+    """What a run's numbers depend on beyond its settings and package versions: torch's CPU thread count (a model
+    trained on one thread differs from one trained on two) and the CPU, with the vector kernels torch chose for it
+    (kernels of another width round differently); the GPU where the run used one."""
+    record = {"threads": torch.get_num_threads(), "cores": os.cpu_count(),
+              "cpu": cpu_model() or platform.machine(), "cpu_kernels": torch.backends.cpu.get_cpu_capability()}
+    if device is not None and device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(device)
+    return record
