@@ -294,3 +294,15 @@ def test_a_registered_mode_trains_like_the_built_in_ones(tmp_path):
         MODES._items.pop("linear_probe")
     with pytest.raises(StitchkitError, match="unknown mode 'linear_probe'"):
         load_config(None, ["mode=linear_probe"])
+
+
+def test_evaluating_an_unstitched_model_records_what_its_numbers_depend_on(tmp_path):
+    from stitchkit.training.evaluation import evaluate_model
+
+    config = load_config(None, ["data.name=synthetic", "data.input_size=32", "data.synthetic_classes=1000",
+                                "data.synthetic_val_size=8", "model.pretrained=false", "train.device=cpu",
+                                "train.workers=0"])
+    record = evaluate_model("resnet10t", config, tmp_path / "eval")
+    assert json.loads((tmp_path / "eval" / "result.json").read_text()) == json.loads(json.dumps(record))
+    assert record["versions"]["stitchkit"] == stitchkit.__version__
+    assert record["machine"]["threads"] == torch.get_num_threads() and "gpu" not in record["machine"]
