@@ -443,10 +443,9 @@ def environment(threads: int | None, runs: list[dict] | None = None) -> str:
     environments, and how many in each. Without, or for runs made before stitchkit recorded it: this process's."""
     from .training.runtime import machine, package_versions
 
-    here = machine()
-    here["threads"] = threads or here["threads"]
+    here = _environment(package_versions(), {**machine(), **({"threads": threads} if threads else {})})
     if not runs:
-        return _environment(package_versions(), here)
+        return here
     seen = Counter(_environment(r.get("versions") or {}, r["machine"]) if r.get("machine") else None for r in runs)
     unrecorded = seen.pop(None, 0)
     if len(seen) == 1 and not unrecorded:
@@ -454,7 +453,7 @@ def environment(threads: int | None, runs: list[dict] | None = None) -> str:
     parts = [f"{text} ({_runs(n)})" for text, n in seen.most_common()]
     if unrecorded:
         parts.append(f"not recorded by {_runs(unrecorded)} (made before stitchkit 0.9.1; the process that wrote this "
-                     f"page: {_environment(package_versions(), here)})")
+                     f"page: {here})")
     return ("runs made in more than one environment: " if len(seen) > 1 else "") + "; ".join(parts)
 
 
