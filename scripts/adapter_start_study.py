@@ -253,15 +253,18 @@ def table(cells: dict, arms: list[str], seeds: int) -> str:
 
 
 def report(cells: dict, arms: list[str], seeds: int, minutes: float | None, threads: int | None,
-           sources: dict[str, float] | None = None) -> str:
+           sources: dict[str, dict] | None = None) -> str:
+    """The page's text from the finished runs' records: ``cells`` (see :func:`results`) and ``sources``, each source
+    model's result.json; its environment line is the one the runs recorded."""
     ablations = [a for a in arms if a in ABLATIONS]
     arms = [a for a in arms if a not in ABLATIONS]
     verdict = judge(cells, arms)
-    lines = [f"Measured by this script with {environment(threads)}"
+    runs = [*(sources or {}).values(), *(r for by_arm in cells.values() for rs in by_arm.values() for r in rs)]
+    lines = [f"Measured by this script with {environment(threads, runs)}"
              + (f"; {minutes:.0f} minutes of training over the invocations that finished (one killed before "
                 "its end is not counted)." if minutes else "."),
              *(["", "Source models (seed 0, trained by this script): " + ", ".join(
-                 f"{name} {top1:.2f}%" for name, top1 in sources.items()) + "."] if sources else []),
+                 f"{name} {r['top1']:.2f}%" for name, r in sources.items()) + "."] if sources else []),
              "", "Each cell: final top-1 (mean ± standard error over seeds), then the accuracy of the start alone "
              "(before any training step) and after the first of the two epochs.", "", table(cells, arms, seeds), ""]
     if verdict["means"]:
@@ -321,9 +324,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     clock.write_text(f"{seconds:.0f}")
     trained = {cell.src: RunDir(out / cell.name).read_result() for cell in sources.cells}
-    source_top1 = {name: r["top1"] for name, r in trained.items() if r and r.get("status") == "finished"}
+    finished = {name: r for name, r in trained.items() if r and r.get("status") == "finished"}
     text = report(results(out, arm_sweeps), arms, len(args.seeds), seconds / 60 if seconds else None, threads,
-                  source_top1)
+                  finished)
     print(text)
     if args.doc:
         write_doc(Path(args.doc), text)

@@ -62,3 +62,17 @@ def test_the_verdict_applies_the_rules_cell_by_cell(study):
     assert verdict["time_to_accuracy"] == [(("resnet18", "resnet18", "1:3", "downsample_linear"), True),
                                            (("resnet18", "resnet18", "1:4", "downsample_linear"), False)]
     assert verdict["means"]["default"] == pytest.approx(75.5)
+
+
+def test_the_page_describes_the_environment_its_runs_recorded(study):
+    here = {"versions": {"stitchkit": "0.9.1", "torch": "2.14.1", "timm": "1.0.31", "python": "3.11.7"},
+            "machine": {"threads": 1, "cores": 2, "cpu": "Test CPU", "cpu_kernels": "AVX2"}}
+    run = {"top1": 80.0, "top1_at_start": 50.0, "top1_after_epoch": [79.0, 80.0], **here}
+    cells = {("resnet18", "resnet18", "1:3", "downsample_linear"): {"default": [run, run], "paper_code": [run, run]}}
+    page = study.report(cells, ["default", "paper_code"], 2, None, 1, {"resnet18": {"top1": 88.0, **here}})
+    assert page.startswith("Measured by this script with stitchkit 0.9.1, torch 2.14.1, timm 1.0.31, 1 torch "
+                           "thread(s) per run, 2 CPU cores (Test CPU, torch's AVX2 kernels), Python 3.11.7.")
+    assert "resnet18 88.00%" in page
+    elsewhere = {**here, "machine": {**here["machine"], "cpu_kernels": "AVX512"}}
+    page = study.report(cells, ["default", "paper_code"], 2, None, 1, {"resnet18": {"top1": 88.0, **elsewhere}})
+    assert "more than one environment" in page and "AVX512 kernels), Python 3.11.7 (1 run)" in page

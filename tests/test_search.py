@@ -163,9 +163,22 @@ def test_the_proxy_study_runs_at_smoke_size_and_writes_its_page(tmp_path, capsys
     assert analysis["stitches"] == analysis["candidates"] == 8
     assert set(analysis["correlations"]) >= {"init_accuracy", "lstsq_accuracy", "cka", "fit_residual", "naswot"}
     assert all(-1 <= r["spearman"] <= 1 for r in analysis["correlations"].values())
+    # The environment as the study's runs recorded it: every run was made here, in one environment.
+    environment = analysis["environment"]
+    assert environment.startswith("stitchkit ") and "torch thread(s) per run" in environment, environment
+    assert "not recorded" not in environment and "more than one environment" not in environment
+    assert environment in page
     for name in ("Spearman (95% CI)", "hypervolume vs exhaustive", "## Verdict", "search/frontiers.png"):
         assert name in page, name
     assert (doc.parent / "search" / "proxy_vs_accuracy.png").is_file()
+    # One run made elsewhere (as if the study were resumed on another machine): the page says so, from the records.
+    moved = next((tmp_path / "out" / "runs").rglob("result.json"))
+    record = json.loads(moved.read_text())
+    moved.write_text(json.dumps({**record, "machine": {**record["machine"], "cpu_kernels": "ELSEWHERE"}}))
+    assert main(["search", "--study", str(study), "--out", str(tmp_path / "out"), "--doc", str(doc)]) == 0
+    environment = json.loads((tmp_path / "out" / "study.json").read_text())["environment"]
+    assert environment.startswith("runs made in more than one environment: ") and "torch's ELSEWHERE kernels" in \
+        environment and "(1 run)" in environment
 
 
 def test_search_in_python_returns_plain_records_within_and_over_the_budget():

@@ -72,8 +72,9 @@ def run_study(path: str | Path, out: str | Path = "runs/search_study", doc: str 
     within = [r for r in records if r.get("skip_reason") is None and r.get("proxy_error") is None]
     log(f"training all {len(within)} candidates (the study's ground truth)")
     trained = _train(within, out, settings, checkpoints, (0,), workers, log)
+    results = {name: RunDir(out / "runs" / name).read_result() or {} for t in trained for name in t["runs"]}
     for t in trained:
-        t["train_seconds"] = _run_seconds(out / "runs", t["runs"])
+        t["train_seconds"] = _run_seconds([results[name] for name in t["runs"]])
     costs = {name: sum(proxy_seconds(name, r) for r in within) for name in PROXIES}
     analysis = analyse(trained, costs, grid.get("top_fraction", 0.2))
     sources_seconds = sum((originals[m].get("wall_time_s") or 0.0) for m in models)
@@ -85,7 +86,7 @@ def run_study(path: str | Path, out: str | Path = "runs/search_study", doc: str 
                                   "stitches": analysis["exhaustive_train_seconds"] / 60})
     from ..findings import environment
 
-    analysis["environment"] = environment(threads)
+    analysis["environment"] = environment(threads, [*originals.values(), *results.values()])  # as the runs recorded
     # whether this study's stitches are the ones the quick proxy's start was tuned on (its page must say so)
     analysis["quick_in_sample"] = Path(path).resolve().as_posix().endswith(get_start("fitted_quick").tuned_on)
     atomic_write_json(out / "study.json", analysis)
@@ -100,13 +101,10 @@ def run_study(path: str | Path, out: str | Path = "runs/search_study", doc: str 
     return analysis
 
 
-def _run_seconds(runs: Path, names: list[str]) -> float:
-    """A run's training time; runs trained in one pass share its time evenly."""
-    total = 0.0
-    for name in names:
-        result = RunDir(runs / name).read_result() or {}
-        total += (result.get("wall_time_s") or 0.0) / max(result.get("group_size") or 1, 1)
-    return total
+def _run_seconds(results: list[dict]) -> float:
+    """The training time of a stitch's runs (their result.json records); runs trained in one pass share its time
+    evenly."""
+    return sum((r.get("wall_time_s") or 0.0) / max(r.get("group_size") or 1, 1) for r in results)
 
 
 def analyse(trained: list[dict], proxy_costs: dict[str, float], top_fraction: float) -> dict:
