@@ -2,6 +2,7 @@
 
     python scripts/gpu_check.py --out OUT_DIR          # on a machine with a GPU
     python scripts/gpu_check.py --smoke --out OUT_DIR  # tiny sizes on the CPU: checks that the script itself works
+    python scripts/gpu_check.py --sections 4 --out DIR # only the sections named (a rerun after a run cut short)
 
 Measures, printing each figure as it comes and writing them all to OUT_DIR/gpu_check.json:
 
@@ -15,7 +16,8 @@ Measures, printing each figure as it comes and writing them all to OUT_DIR/gpu_c
 4. the data path: a folder of 500x375 JPEGs (20,000), and one epoch of ResNet-50 S1 -> S3 bottleneck at 224 px
    (bf16, channels_last, batch 512, 14 workers) with each loader (torch with CPU augmentation, torch with device
    augmentation, gpu): the loader alone, the step alone and the whole run, the run as a share of the step, and the
-   host synchronisations per batch of the loader (`stitchkit bench --pipeline`).
+   host synchronisations per batch of the loader and per training step of the whole run (`stitchkit bench
+   --pipeline`; the run with train.count_host_syncs=true).
 """
 from __future__ import annotations
 
@@ -152,34 +154,16 @@ def data_path_checks(size: dict, device: str, tmp: Path) -> dict:
             say(f"   {name}: FAILED {rows[name]['error']}")
             continue
         rows[name] = result
-        syncs = result["host_syncs_per_batch"]
+        syncs, step_syncs = result["host_syncs_per_batch"], result.get("run_host_syncs_per_step")
         say(f"   {name}: loader {result['loader_images_per_s']:.0f}, step {result['step_images_per_s']:.0f}, run "
             f"{result['run_images_per_s']:.0f} images/s = {result['run_fraction_of_step']:.2f} of the step"
-            + (f", {syncs:.1f} host syncs per batch" if syncs is not None else ""))
+            + (f", host syncs {syncs:.1f} per loader batch" if syncs is not None else "")
+            + (f", {step_syncs:.1f} per training step of the run" if step_syncs is not None else ""))
     return rows
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.environ.get("OUT", "gpu-check"))
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, to test this script")
-    parser.add_argument("--skip-compile", action="store_true")
-    args = parser.parse_args()
-    size = SIZES["smoke" if args.smoke else "full"]
-    device = "cpu" if args.smoke else "cuda"
-    if device == "cuda" and not torch.cuda.is_available():
-        print("gpu_check: no CUDA device is visible; run it on a GPU machine, or pass --smoke", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__}
-    say(f"device: {report['device']}, torch {torch.__version__}")
-
-    def save() -> None:
-        (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
-
-    common = dict(src=size["src"], dst=size["dst"], gap=size["gap"], adapter="bottleneck", resize="bilinear",
-                  input_size=size["input"], repeats=size["repeats"], warmup=size["warmup"], device=device)
+def step_checks(size: dict, common: dict, skip_compile: bool, report: dict, save) -> None:
+    """Section 1: the largest batch whose step fits, its speed against the naive step and under torch.compile."""
     say(f"1. {size['src']} S1 -> {size['dst']} S3 bottleneck: stitchkit step, bf16 + channels_last")
     batch, fast = largest_batch(size["batches"], amp="bf16", channels_last=True, columns=("stitchkit",), **common)
     report["stitchkit_bf16_channels_last"] = {"largest_batch": batch, "result": fast}
@@ -205,7 +189,7 @@ def main() -> int:
         if full_columns is not None:
             say("   " + ", ".join(f"{k} {v['images_per_s']:.0f} images/s" for k, v in full_columns["columns"].items()))
         save()
-        if not args.skip_compile:
+        if not skip_compile:
             start = time.time()
             try:
                 compiled = bench_or_oom(batch_size=batch, amp="bf16", channels_last=True, compile=True,
@@ -217,8 +201,11 @@ def main() -> int:
                 say(f"   torch.compile: {compiled['columns']['stitchkit']['images_per_s']:.0f} images/s")
             save()
 
+
+def no_downsample_checks(size: dict, common: dict, smoke: bool, report: dict, save) -> None:
+    """Section 2: peak memory of the paper's No Downsample ResNet-50 S1 -> S4, naive fp32 and stitchkit bf16."""
     say("2. No Downsample ResNet-50 S1 -> S4 (resize none): peak memory")
-    nods = dict(common, src="resnet50" if not args.smoke else size["src"], dst="resnet50" if not args.smoke else
+    nods = dict(common, src="resnet50" if not smoke else size["src"], dst="resnet50" if not smoke else
                 size["src"], gap="1:4", resize="none", repeats=1, warmup=1)
     report["no_downsample"] = {}
     for name, settings in (("naive_fp32", dict(columns=("naive",))),
@@ -235,16 +222,54 @@ def main() -> int:
         report["no_downsample"][name] = rows
         save()
 
-    say("3. the engine on this device")
-    with tempfile.TemporaryDirectory() as tmp:
-        report["engine"] = engine_checks(size, device, Path(tmp))
-    save()
-    say("4. the data path: one epoch from a JPEG folder with each loader")
-    with tempfile.TemporaryDirectory() as tmp:
-        report["data_path"] = data_path_checks(size, device, Path(tmp))
-    save()
-    say(f"written {out / 'gpu_check.json'}")
-    return 0 if report["engine"]["torchrun"]["returncode"] == 0 else 1
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("OUT", "gpu-check"))
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, to test this script")
+    parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument("--sections", default="1,2,3,4",
+                        help="which sections to run, comma-separated (default: all four, in order)")
+    args = parser.parse_args()
+    sections = {s.strip() for s in args.sections.split(",") if s.strip()}
+    if not sections or not sections <= {"1", "2", "3", "4"}:
+        parser.error(f"--sections takes numbers from 1 to 4 separated by commas, not {args.sections!r}")
+    size = SIZES["smoke" if args.smoke else "full"]
+    device = "cpu" if args.smoke else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device is visible; run it on a GPU machine, or pass --smoke", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
+                    "sections": sorted(sections)}
+    say(f"device: {report['device']}, torch {torch.__version__}")
+
+    def save() -> None:
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+
+    common = dict(src=size["src"], dst=size["dst"], gap=size["gap"], adapter="bottleneck", resize="bilinear",
+                  input_size=size["input"], repeats=size["repeats"], warmup=size["warmup"], device=device)
+    report["section_seconds"] = {}
+    for number in sorted(sections):
+        start = time.perf_counter()
+        if number == "1":
+            step_checks(size, common, args.skip_compile, report, save)
+        elif number == "2":
+            no_downsample_checks(size, common, args.smoke, report, save)
+        elif number == "3":
+            say("3. the engine on this device")
+            with tempfile.TemporaryDirectory() as tmp:
+                report["engine"] = engine_checks(size, device, Path(tmp))
+        else:
+            say("4. the data path: one epoch from a JPEG folder with each loader")
+            with tempfile.TemporaryDirectory() as tmp:
+                report["data_path"] = data_path_checks(size, device, Path(tmp))
+        report["section_seconds"][number] = round(time.perf_counter() - start, 1)
+        save()
+    say(f"written {out / 'gpu_check.json'}; seconds per section: {report['section_seconds']}")
+    engine = report.get("engine")
+    return 0 if engine is None or engine["torchrun"]["returncode"] == 0 else 1
 
 
 if __name__ == "__main__":

@@ -85,3 +85,18 @@ def test_gpu_check_script_runs_at_smoke_size(tmp_path):
     assert report["engine"]["grouped"]["max_abs_loss_difference"] == 0.0  # on the CPU, exactly equal
     assert set(report["data_path"]) == {"torch_cpu_augment", "torch_device_augment", "gpu"}
     assert all(row.get("run_fraction_of_step", 0) > 0 for row in report["data_path"].values()), report["data_path"]
+    assert set(report["section_seconds"]) == {"1", "2", "3", "4"}
+
+
+def test_gpu_check_names_its_sections(tmp_path):
+    """--sections reruns part of the check (a device run cut short); a number it does not have is refused."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    done = subprocess.run([sys.executable, str(script), "--smoke", "--sections", "1,5", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--sections takes numbers from 1 to 4" in done.stderr
+    assert not (tmp_path / "gpu_check.json").exists()
