@@ -465,7 +465,8 @@ def run_pipeline_bench(src: str = "resnet50", dst: str | None = None, gap: str =
             f"train.batch_size={batch_size}", f"optim.batch_size={batch_size}", "train.epochs=1",
             f"train.workers={workers}", f"train.device={device}", f"train.amp={amp_setting}",
             f"train.channels_last={str(channels_last).lower()}", f"train.compile={str(compile).lower()}",
-            "train.eval_at_start=false", "train.log_every=1000000", f"output.dir={Path(tmp) / 'run'}",
+            "train.eval_at_start=false", "train.log_every=1000000", "train.count_host_syncs=true",
+            f"output.dir={Path(tmp) / 'run'}",
             *([f"train.threads={threads}"] if threads else [])])
         runtime = Runtime.from_settings(config.train)
         stream = build_stream(config, 1, runtime)
@@ -495,6 +496,7 @@ def run_pipeline_bench(src: str = "resnet50", dst: str | None = None, gap: str =
     return {"src": src, "dst": dst, "gap": gap, "adapter": adapter, "batch_size": batch_size,
             "input_size": input_size, "images": seen, "workers": workers, "device": str(runtime.device),
             "amp": amp, "augment_on": augment_on, "loader": loader, "host_syncs_per_batch": host_syncs,
+            "run_host_syncs_per_step": result.get("host_syncs_per_step"),
             "data": "generated 500x375 JPEGs" if generated else str(root),
             "loader_images_per_s": loaded, "step_images_per_s": step["images_per_s"],
             "run_images_per_s": result["images_per_s"], "run_seconds": result["seconds"],
@@ -518,4 +520,6 @@ def format_pipeline_bench(result: dict) -> str:
         f"whole run seconds: {seconds}",
         *([f"host synchronisations per batch in the loader: {result['host_syncs_per_batch']:.1f}"]
           if result["host_syncs_per_batch"] is not None else []),
+        *([f"host synchronisations per training step in the whole run: {result['run_host_syncs_per_step']:.1f}"]
+          if result.get("run_host_syncs_per_step") is not None else []),
     ])

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from typing import Callable
+
+import torch
 
 PHASES = ("setup", "calibration", "train", "evaluation", "checkpoint")
 
 
 class PhaseClock:
     """Wall time per phase. Phases nest (evaluation inside training, calibration inside set-up): time spent in an
-    inner phase counts for it alone."""
+    inner phase counts for it alone.
 
-    def __init__(self, phase: str = "setup"):
+    ``synchronize``: waits for the device (on CUDA, see :func:`device_synchronizer`). The host runs ahead of a GPU by
+    the steps it has queued, so without waiting, a phase's last steps would be charged to whatever comes next
+    (evaluation, a checkpoint) and training would look faster than it is. It is called only where the clock is read
+    (phase changes, log points), never inside a training step."""
+
+    def __init__(self, phase: str = "setup", synchronize: Callable[[], None] | None = None):
         self._charged = dict.fromkeys(PHASES, 0.0)
         self._stack = [phase]
+        self._synchronize = synchronize
         self._since = time.perf_counter()
 
     def _charge(self) -> None:
+        if self._synchronize is not None:
+            self._synchronize()
         now = time.perf_counter()
         self._charged[self._stack[-1]] += now - self._since
         self._since = now
@@ -51,6 +62,13 @@ class PhaseClock:
         """Seconds per phase so far (the current phase included)."""
         self._charge()
         return dict(self._charged)
+
+
+def device_synchronizer(device: torch.device) -> Callable[[], None] | None:
+    """What a :class:`PhaseClock` waits for the device with: CUDA's synchronize; None where work is not queued."""
+    if device.type != "cuda":
+        return None
+    return lambda: torch.cuda.synchronize(device)
 
 
 def add_seconds(*parts: dict | None) -> dict[str, float]:

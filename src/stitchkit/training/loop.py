@@ -25,7 +25,8 @@ from ..errors import StitchkitError
 from . import distributed
 from .checkpoint import rng_state
 from .config import Config
-from .clock import PhaseClock
+from .clock import PhaseClock, device_synchronizer
+from .host_syncs import HostSyncCounter
 from .run import NonFiniteLossError, Position, Run
 from .scoring import evaluate_heads
 from .stream import build_stream
@@ -67,9 +68,10 @@ class TrainingPass:
         self.front: nn.Module | None = None
         self.outcomes: dict[int, dict | BaseException] = {}
         # One clock for the pass: its runs share its wall time (set-up, training, evaluation, checkpoints).
-        self.clock = PhaseClock()
+        self.clock = PhaseClock(synchronize=device_synchronizer(self.runtime.device))
+        self.host_syncs = HostSyncCounter(self.config.train.count_host_syncs and self.runtime.device.type == "cuda")
         for r in runs:
-            r.clock = self.clock
+            r.clock, r.host_syncs = self.clock, self.host_syncs
         if self.shared:
             names = [str(r.run_dir) for r in runs]
             for r in runs:
@@ -182,24 +184,25 @@ class TrainingPass:
             s.train_sampler.set_epoch(p.epoch, start=p.micro * t.batch_size)
             batches = iter(s.train_loader)
             while p.micro < s.micro_per_epoch and p.step < s.total_steps:
-                micro_batches = min(s.accum, s.micro_per_epoch - p.micro)
-                images_in_step = skipped_in_step = 0
-                for i in range(micro_batches):
-                    images, labels, skipped, params = next(batches)
-                    if images.numel() > 0:
-                        images, labels = self.runtime.to_device(images, labels, s.splits.device_augment, params)
-                        inputs = self._forward_front(images)
+                with self.host_syncs.step():  # counted when train.count_host_syncs (CUDA)
+                    micro_batches = min(s.accum, s.micro_per_epoch - p.micro)
+                    images_in_step = skipped_in_step = 0
+                    for i in range(micro_batches):
+                        images, labels, skipped, params = next(batches)
+                        if images.numel() > 0:
+                            images, labels = self.runtime.to_device(images, labels, s.splits.device_augment, params)
+                            inputs = self._forward_front(images)
+                            for r in self.live:
+                                r.micro_step(inputs, labels, p.step, micro_batches, last=i == micro_batches - 1)
+                        faults.point("step")
+                        images_in_step += labels.numel()
+                        skipped_in_step += skipped
+                    with self._deferred_ctrl_c():  # every run steps, or none: checkpoints stay at step boundaries
                         for r in self.live:
-                            r.micro_step(inputs, labels, p.step, micro_batches, last=i == micro_batches - 1)
-                    faults.point("step")
-                    images_in_step += labels.numel()
-                    skipped_in_step += skipped
-                with self._deferred_ctrl_c():  # every run steps, or none: checkpoints stay at step boundaries
-                    for r in self.live:
-                        r.optimizer_step(images_in_step, skipped_in_step)
-                    p.step += 1
-                    p.micro += micro_batches
-                    self._boundary_rng = rng_state()
+                            r.optimizer_step(images_in_step, skipped_in_step)
+                        p.step += 1
+                        p.micro += micro_batches
+                        self._boundary_rng = rng_state()
                 log_images += images_in_step
                 if p.step % t.log_every == 0:
                     self._each_live(Run.check_finite)

@@ -28,6 +28,7 @@ from .modes import build_model, export_weights, load_trainable_state, mode_for, 
 from .optim import build_optimizer, warmup_steps
 from ..zoo.models import require_weights
 from .clock import PhaseClock, add_seconds
+from .host_syncs import HostSyncCounter
 from .runtime import Runtime, machine, package_versions
 from .stream import DataStream
 
@@ -88,6 +89,7 @@ class Run:
         self.metrics: dict[str, dict] = {}  # the last evaluation, per split
         self.log: MetricsLog | None = None
         self.clock = PhaseClock()  # this process's stretch; a pass gives its runs its own clock (wall time is shared)
+        self.host_syncs: HostSyncCounter | None = None  # the pass's, when it counts them
 
     @property
     def run_dir(self) -> Path:
@@ -402,6 +404,8 @@ class Run:
             "seconds": seconds, "images_seen": images,
             # Training images per second of training: set-up, calibration, evaluation and checkpoints excluded.
             "images_per_s": images / seconds["train"] if seconds["train"] > 0 else None,
+            # Host synchronisations per training step of this process (train.count_host_syncs on CUDA), else None.
+            "host_syncs_per_step": self.host_syncs.per_step if self.host_syncs else None,
             "skipped_images": self.stats.skipped * rt.ctx.world_size,
             "train_loss": self.stats.train_loss, "world_size": rt.ctx.world_size,
             "device": str(rt.device), "amp": rt.amp_name,

@@ -175,6 +175,9 @@ class TrainConfig:
                                         "(result.json: top1_at_start)", kind="run", since="0.5")
     checkpoint_every: int = setting(500, "optimizer steps between checkpoints", kind="run")
     log_every: int = setting(50, "optimizer steps between progress lines", kind="run")
+    count_host_syncs: bool = setting(False, "on CUDA, count the host synchronisations inside the training steps "
+                                            "(torch's sync debug mode; result.json: host_syncs_per_step)",
+                                     kind="run", since="0.9.2")
     wandb: bool = setting(False, "log to Weights & Biases (pip install 'stitchkit[wandb]')", kind="run", per_run=True)
     wandb_project: str = setting("stitchkit", "W&B project", kind="run", per_run=True)
     wandb_entity: Optional[str] = setting(None, "W&B entity (team or user); default: yours", kind="run", per_run=True)
