@@ -15,9 +15,9 @@ Measures, printing each figure as it comes and writing them all to OUT_DIR/gpu_c
    results must match separate runs within tolerance;
 4. the data path: a folder of 500x375 JPEGs (20,000), and one epoch of ResNet-50 S1 -> S3 bottleneck at 224 px
    (bf16, channels_last, batch 512, 14 workers) with each loader (torch with CPU augmentation, torch with device
-   augmentation, gpu): the loader alone, the step alone and the whole run, the run as a share of the step, and the
-   host synchronisations per batch of the loader and per training step of the whole run (`stitchkit bench
-   --pipeline`; the run with train.count_host_syncs=true).
+   augmentation, gpu; then gpu under torch.compile unless --skip-compile): the loader alone, the step alone and
+   the whole run, the run as a share of the step, and the host synchronisations per batch of the loader and per
+   training step of the whole run (`stitchkit bench --pipeline`; the run with train.count_host_syncs=true).
 """
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def engine_checks(size: dict, device: str, out: Path) -> dict:
     return results
 
 
-def data_path_checks(size: dict, device: str, tmp: Path) -> dict:
+def data_path_checks(size: dict, device: str, tmp: Path, compile: bool = True) -> dict:
     """Section 4: each loader on one JPEG folder, end to end against the step (see the module's docstring)."""
     from multiprocessing import Pool
 
@@ -142,13 +142,16 @@ def data_path_checks(size: dict, device: str, tmp: Path) -> dict:
                                     for i in range(processes)])
     say(f"   wrote {count} JPEGs of 500x375 in {time.perf_counter() - start:.0f} s")
     rows = {}
-    for name, loader, augment_on in [("torch_cpu_augment", "torch", "cpu"), ("torch_device_augment", "torch", "device"),
-                                     ("gpu", "gpu", "cpu")]:
+    loaders = [("torch_cpu_augment", "torch", "cpu", False), ("torch_device_augment", "torch", "device", False),
+               ("gpu", "gpu", "cpu", False)]
+    if compile:  # last: the compiled run (the issue's 8,500 images/s), its compilation timed apart by the run
+        loaders.append(("gpu_compiled", "gpu", "cpu", True))
+    for name, loader, augment_on, compiled in loaders:
         try:
             result = run_pipeline_bench(size["data_model"], None, "1:3", "bottleneck", "bilinear", size["data_batch"],
                                         size["input"], count, size["data_workers"], device,
-                                        "bf16" if device == "cuda" else "none", device == "cuda", False, augment_on,
-                                        str(root), size["repeats"], None, loader)
+                                        "bf16" if device == "cuda" else "none", device == "cuda", compiled,
+                                        augment_on, str(root), size["repeats"], None, loader)
         except Exception as err:  # one loader failing must not hide the others' figures
             rows[name] = {"error": f"{type(err).__name__}: {err}"}
             say(f"   {name}: FAILED {rows[name]['error']}")
@@ -264,7 +267,7 @@ def main() -> int:
         else:
             say("4. the data path: one epoch from a JPEG folder with each loader")
             with tempfile.TemporaryDirectory() as tmp:
-                report["data_path"] = data_path_checks(size, device, Path(tmp))
+                report["data_path"] = data_path_checks(size, device, Path(tmp), compile=not args.skip_compile)
         report["section_seconds"][number] = round(time.perf_counter() - start, 1)
         save()
     say(f"written {out / 'gpu_check.json'}; seconds per section: {report['section_seconds']}")

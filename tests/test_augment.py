@@ -60,7 +60,8 @@ def test_phase_clock_counts_nested_phases_once(monkeypatch):
             now[0] = 9.0
     now[0] = 10.0
     c.reassign(0.5, "calibration")
-    assert c.seconds() == {"setup": 1.0, "calibration": 2.5, "train": 4.5, "evaluation": 1.5, "checkpoint": 0.5}
+    assert c.seconds() == {"setup": 1.0, "calibration": 2.5, "compile": 0.0, "train": 4.5, "evaluation": 1.5,
+                           "checkpoint": 0.5}
     assert clock.add_seconds({"train": 1.0}, c.seconds())["train"] == 5.5
     with pytest.raises(ValueError, match="phases are"):
         with c.phase("loading"):

@@ -110,7 +110,8 @@ def test_runs_record_their_accuracy_before_training_and_after_every_epoch(tmp_pa
     assert isinstance(result["top1_at_start"], float)
     # Honest throughput: wall time split by phase; images/s counts training images per second of training.
     seconds = result["seconds"]
-    assert set(seconds) == {"setup", "calibration", "train", "evaluation", "checkpoint"}
+    assert set(seconds) == {"setup", "calibration", "compile", "train", "evaluation", "checkpoint"}
+    assert seconds["compile"] == 0  # nothing compiled
     assert all(v >= 0 for v in seconds.values()) and seconds["calibration"] > 0 and seconds["evaluation"] > 0
     assert result["wall_time_s"] == pytest.approx(sum(seconds.values()))
     assert result["images_per_s"] == pytest.approx(result["images_seen"] / seconds["train"])
@@ -310,3 +311,23 @@ def test_evaluating_an_unstitched_model_records_what_its_numbers_depend_on(tmp_p
     assert json.loads((tmp_path / "eval" / "result.json").read_text()) == json.loads(json.dumps(record))
     assert record["versions"]["stitchkit"] == stitchkit.__version__
     assert record["machine"]["threads"] == torch.get_num_threads() and "gpu" not in record["machine"]
+
+
+@pytest.mark.skipif(not __import__("shutil").which("cc"), reason="torch.compile on the CPU needs a C compiler")
+def test_compiled_training_keeps_compilation_out_of_the_training_speed(tmp_path, source_model):
+    """train.compile=true: the first step (which compiles) is the 'compile' phase and its images are not counted in
+    images_per_s, so that is the compiled model's speed; what is trained is the same as without compiling."""
+    settings = ["mode=stitch", "model.src=resnet10t", "model.gap=1:3", f"model.src_checkpoint={source_model}",
+                f"model.dst_checkpoint={source_model}", "train.epochs=1", "train.eval_at_start=false"]
+    eager = train(_cfg(tmp_path, *settings, name="eager"))
+    compiled = train(_cfg(tmp_path, *settings, "train.compile=true", name="compiled"))
+    seconds = compiled["seconds"]
+    assert seconds["compile"] > 0 and eager["seconds"]["compile"] == 0
+    first_step = 32  # optim.batch_size: one optimizer step of two micro-batches
+    assert compiled["images_seen"] == eager["images_seen"] == 128
+    assert compiled["images_per_s"] == pytest.approx((compiled["images_seen"] - first_step) / seconds["train"])
+    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-4)
+    assert compiled["top1"] == eager["top1"]
+    lines = [json.loads(line) for line in (tmp_path / "compiled" / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["images_per_s"] for r in lines if r["type"] == "train"]
+    assert rates[0] is None and all(r > 0 for r in rates[1:]) and len(rates) == 4  # log_every=1, 4 steps

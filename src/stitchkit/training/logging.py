@@ -69,7 +69,9 @@ class MetricsLog:
         if self.wandb is not None:
             self.wandb.log({f"{record.get('type', 'train')}/{k}": v for k, v in scalars.items()}, step=step)
         if record.get("type") == "train":
-            text = f"loss {record['loss']:.4f} lr {record['lr']:.2e} {record['images_per_s']:.0f} img/s"
+            speed = record.get("images_per_s")  # None: only the compiling first step since the last line
+            text = (f"loss {record['loss']:.4f} lr {record['lr']:.2e} "
+                    + (f"{speed:.0f} img/s" if speed is not None else "(compiled)"))
             if self.bar is not None:
                 self.bar.set_postfix_str(self.prefix + text)
             else:

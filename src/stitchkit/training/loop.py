@@ -180,11 +180,12 @@ class TrainingPass:
         t, s, p = self.config.train, self.stream, self.position
         train_seconds = lambda: self.clock.seconds()["train"]  # noqa: E731 (evaluation, checkpoints excluded)
         log_start, log_images = train_seconds(), 0
+        compiling = t.compile  # this process's first step compiles the model: its own phase, its syncs not counted
         while p.step < s.total_steps and p.epoch < t.epochs:
             s.train_sampler.set_epoch(p.epoch, start=p.micro * t.batch_size)
             batches = iter(s.train_loader)
             while p.micro < s.micro_per_epoch and p.step < s.total_steps:
-                with self.host_syncs.step():  # counted when train.count_host_syncs (CUDA)
+                with self.clock.phase("compile") if compiling else self.host_syncs.step():
                     micro_batches = min(s.accum, s.micro_per_epoch - p.micro)
                     images_in_step = skipped_in_step = 0
                     for i in range(micro_batches):
@@ -203,14 +204,20 @@ class TrainingPass:
                         p.step += 1
                         p.micro += micro_batches
                         self._boundary_rng = rng_state()
-                log_images += images_in_step
+                if compiling:
+                    for r in self.live:
+                        r.stats.warmup_images += images_in_step
+                    compiling = False
+                else:
+                    log_images += images_in_step
                 if p.step % t.log_every == 0:
                     self._each_live(Run.check_finite)
                     if not self.live:
                         return
                     elapsed = max(train_seconds() - log_start, 1e-9)
+                    rate = log_images * self.runtime.ctx.world_size / elapsed if log_images else None  # None: compiling
                     for r in self.live:
-                        r.log_train(p, log_images * self.runtime.ctx.world_size / elapsed)
+                        r.log_train(p, rate)
                     log_start, log_images = train_seconds(), 0
                 if p.step % t.checkpoint_every == 0 and p.micro < s.micro_per_epoch:
                     self._checkpoint_all()

@@ -52,6 +52,7 @@ class RunStats:
 
     images: int = 0  # training images seen (this rank)
     skipped: int = 0  # corrupt images skipped (this rank)
+    warmup_images: int = 0  # images of compiling first steps (this rank; their time is the compile phase's)
     seconds: dict | None = None  # wall time per phase (clock.PHASES), over all resumptions
     train_loss: float | None = None  # mean training loss of the last (possibly partial) epoch
     at_start: dict | None = None  # {split: top-1} before the first step (train.eval_at_start)
@@ -306,7 +307,7 @@ class Run:
                 "add optim.warmup_steps, or check the data"
             )
 
-    def log_train(self, position: Position, images_per_s: float) -> None:
+    def log_train(self, position: Position, images_per_s: float | None) -> None:
         loss = (self.loss_sum / self.loss_count.clamp(min=1)).item()
         self.log.write({"type": "train", "step": position.step, "epoch": position.epoch, "loss": loss,
                         "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": images_per_s})
@@ -403,7 +404,8 @@ class Run:
             "epochs": position.epoch, "steps": position.step, "wall_time_s": sum(seconds.values()),
             "seconds": seconds, "images_seen": images,
             # Training images per second of training: set-up, calibration, evaluation and checkpoints excluded.
-            "images_per_s": images / seconds["train"] if seconds["train"] > 0 else None,
+            "images_per_s": ((images - self.stats.warmup_images * rt.ctx.world_size) / seconds["train"]
+                             if seconds["train"] > 0 else None),
             # Host synchronisations per training step of this process (train.count_host_syncs on CUDA), else None.
             "host_syncs_per_step": self.host_syncs.per_step if self.host_syncs else None,
             "skipped_images": self.stats.skipped * rt.ctx.world_size,
