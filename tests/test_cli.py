@@ -98,6 +98,17 @@ def test_readme_commands_are_the_ci_commands():
     assert tests in root.joinpath(".ci", "run").read_text().splitlines()
 
 
+def test_readme_inspect_example_is_what_inspect_prints(capsys):
+    """The README's sample of `stitchkit inspect` is the command's real output (it fell behind once)."""
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[1].joinpath("README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(readme) if line.startswith("$ stitchkit inspect "))
+    shown = readme[start + 1:readme.index("```", start)]
+    code, out, _ = _run(capsys, *readme[start].split()[2:])
+    assert code == 0 and out.splitlines() == shown
+
+
 def test_a_closed_pipe_is_not_an_error():
     """`stitchkit models | head -1`: the reader stops early; no BrokenPipeError traceback, exit status 0."""
     import subprocess

@@ -69,9 +69,11 @@ def test_each_rule_tests_what_its_sentence_claims():
     assert judge(rows, ORIGINALS, chance=10.0)[4].verdict != "confirmed"
 
 
-def test_findings_file_errors(tmp_path):
-    with pytest.raises(StitchkitError, match="does not exist"):
+def test_findings_file_errors(tmp_path, monkeypatch):
+    with pytest.raises(StitchkitError, match="does not exist; pass the path of a findings file"):
         load_findings_file(tmp_path / "none.yaml")
+    monkeypatch.chdir(tmp_path)  # the default file, from outside the repository: the checkout's own is read
+    assert "blocks" in load_findings_file("configs/findings/fashion_mnist.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("sources: {models: [resnet18], images: 10, epochs: 1}\nstitches: {images: 10, epochs: 1}\n"
                    "blocks: {b: {pairs: [[resnet18, resnet50]], gaps: ['1:2'], methods: [downsample_linear]}}\n")

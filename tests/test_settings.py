@@ -48,3 +48,21 @@ def test_settings_id_ignores_the_seed_and_how_a_run_ran_but_not_its_precision():
     assert settings_id(base) == settings_id(load_config(None, ["mode=scratch", "train.seed=3", "train.workers=1"]))
     assert settings_id(base) != settings_id(load_config(None, ["mode=scratch", "train.amp=bf16"]))
     assert settings_id(base) != settings_id(load_config(None, ["mode=scratch", "train.epochs=2"]))
+
+
+def test_help_texts_name_every_choice_the_code_accepts():
+    """The settings' help is static text (kept light to import); it must not fall behind the resize modes and starts
+    the code accepts, nor the commands that take them."""
+    from stitchkit.chain import RESIZE_MODES
+    from stitchkit.cli import build_parser
+    from stitchkit.starts import list_starts
+    from stitchkit.training.settings import describe_settings
+
+    settings = {line.split("=")[0].strip(): line for line in describe_settings().splitlines() if "=" in line}
+    resize_help, start_help = settings["model.resize"], settings["model.adapter_norm"]
+    assert all(mode in resize_help for mode in RESIZE_MODES), resize_help
+    assert all(name in start_help for name in list_starts()), start_help
+    parser = build_parser()
+    for command in ("inspect", "bench"):
+        text = parser._subparsers._group_actions[0].choices[command].format_help()
+        assert all(mode in text for mode in RESIZE_MODES), (command, text)

@@ -152,8 +152,13 @@ def read_study_file(path: str | Path, what: str, keys: tuple[str, ...], required
     from .training.config import _parse_yaml  # YAML that reads a gap such as 1:3 as text, not base-60
 
     path = Path(path)
+    if not path.is_file() and path == Path(example):
+        # The default file, asked for outside the repository root: a source checkout still has it, next to src/.
+        in_checkout = Path(__file__).resolve().parents[2] / example
+        path = in_checkout if in_checkout.is_file() else path
     if not path.is_file():
-        raise StitchkitError(f"{what} file {str(path)!r} does not exist; see {example}")
+        raise StitchkitError(f"{what} file {str(path)!r} does not exist; pass the path of a {what} file, such as "
+                             f"{example} in stitchkit's repository (a relative path is read from the current folder)")
     spec = _parse_yaml(path.read_text(), f"{what} file {str(path)!r}") or {}
     unknown = set(spec) - set(keys)
     if unknown:

@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dst", default=None, help="destination model (default: same as --src)")
     p.add_argument("--gap", default=None, help="default 1:3 (with --grouped: 3:3,3:4)")
     p.add_argument("--adapter", default=None, help="default bottleneck (with --grouped: linear,bottleneck)")
-    p.add_argument("--resize", default="bilinear", help="none, bilinear or integrated")
+    p.add_argument("--resize", default="bilinear", help="none, bilinear, area or integrated")
     p.add_argument("--batch-size", type=int, default=8, help="images per step")
     p.add_argument("--input-size", type=int, default=224, metavar="PX", help="image size")
     p.add_argument("--repeats", type=int, default=None, help="timed steps (default 5); with --grouped, measurements")

@@ -12,7 +12,7 @@ def add_demo(subparsers) -> None:
                     "Train small source models from scratch on Fashion-MNIST, stitch them across small and large "
                     "gaps with several adapters, and write a report: offline, on a laptop CPU.")
     p.add_argument("--out", default="runs/demo", help="output folder (source models there are reused)")
-    p.add_argument("--fast", action="store_true", help="less data and training: a few minutes instead of half an hour")
+    p.add_argument("--fast", action="store_true", help="less data and training: about two minutes instead of four to six on a laptop CPU")
     _add_workers(p)
 
 

@@ -20,7 +20,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--fusion", default="sum", help="a parallel stitch's fusion: sum, concat or gate")
     p.add_argument("--adapter", default="bottleneck", help="adapter name ('stitchkit adapters' lists them)")
     p.add_argument("--resize", default="bilinear", help="how the feature map's size is matched: none, bilinear, "
-                                                       "integrated (a strided conv in the adapter)")
+                                                       "area (a box filter) or integrated (a strided conv in the "
+                                                       "adapter)")
     p.add_argument("--input-size", type=int, default=224, metavar="PX", help="image size")
     p.add_argument("--prefix-out", default="concat", help="class token out of a ViT: concat, drop, add")
     p.add_argument("--prefix-in", default=None,

@@ -13,7 +13,7 @@ def add_parser(subparsers) -> None:
         "compute as one resumable sweep, and write the accuracy-compute frontier (table, figure, model folders, "
         "report). Killed at any moment, the same command continues.\n\n"
         "example:\n  stitchkit search --models resnet18,mobilenetv3_large_100,vit_small_patch16_224 \\\n"
-        "      --budget-gmacs 1.5 --train-top 12 --out runs/search data.name=imagenet data.root=/data/imagenet")
+        "      --budget-gmacs 1.5 --train-top 12 --out runs/search data.name=imagefolder data.root=/data/imagenet")
     p.add_argument("--models", default=None, help="comma-separated model names (timm, torchvision:NAME)")
     p.add_argument("--study", default=None, metavar="FILE",
                    help="instead: the proxies' study (configs/search/fashion_mnist.yaml): train a zoo and every "

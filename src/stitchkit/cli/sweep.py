@@ -12,9 +12,10 @@ _DESCRIPTION = """\
 Run every cell of a sweep file (pairs x gaps x methods x seeds, baselines), skipping finished cells; rerun the same
 command after an interruption to continue. Examples:
 
-  stitchkit sweep configs/paper/grid.yaml --dry-run
-  stitchkit sweep configs/demo/sweep.yaml train.epochs=1 --out runs/try
-  stitchkit sweep configs/paper/grid.yaml --executor slurm --partition gpu --gpus-per-job 1"""
+  stitchkit sweep configs/paper/grid.yaml data.root=/data/imagenet --dry-run
+  stitchkit sweep configs/examples/fashion_mnist_resnet10t.yaml model.src_checkpoint=runs/fm/model.pt \
+      model.dst_checkpoint=runs/fm/model.pt train.epochs=1 --out runs/try
+  stitchkit sweep configs/paper/grid.yaml data.root=/data/imagenet --executor slurm --partition gpu --gpus-per-job 1"""
 
 
 def add_parser(subparsers) -> None:

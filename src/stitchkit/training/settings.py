@@ -51,7 +51,8 @@ class ModelConfig:
                               "source or a list, one per source, all entering the destination at stage Y",
                        per_run=True)
     adapter: str = setting("bottleneck", "adapter ('stitchkit adapters' lists them)", per_run=True)
-    resize: str = setting("bilinear", "none, bilinear or integrated (a strided conv in the adapter)", per_run=True)
+    resize: str = setting("bilinear", "none, bilinear, area (a box filter) or integrated (a strided conv in the "
+                                     "adapter)", per_run=True)
     pretrained: bool = setting(True, "load the library's pretrained weights for src and dst")
     src_checkpoint: Any = setting(None, "local weights for model.src (.pt, .pth, .safetensors); a parallel stitch: a "
                                         "list, one per source (null where a source has none)")
@@ -71,8 +72,8 @@ class ModelConfig:
                                        per_run=True)
     readd_pos_embed: bool = setting(False, "re-add the destination ViT's position embedding", per_run=True)
     frozen_mode: str = setting("eval", "frozen parts in eval mode (BatchNorm statistics fixed) or train mode")
-    adapter_norm: str = setting("fitted", "where adapters start ('stitchkit starts' lists them): fitted, lstsq, "
-                                          "dst_stats, paper_code or paper_text", per_run=True)
+    adapter_norm: str = setting("fitted", "where adapters start ('stitchkit starts' lists them): fitted, "
+                                          "fitted_quick, lstsq, dst_stats, paper_code or paper_text", per_run=True)
     init_images: int = setting(256, "training images a start that needs them (fitted, lstsq, dst_stats) measures both "
                                     "models' features on")
     # sum: the best mean in the first measurement (3 configurations x 3 seeds on Fashion-MNIST, 0.7: sum 76.4, gate
