@@ -49,10 +49,17 @@ def test_every_format_computes_what_the_stitch_computes(stitch_run, tmp_path, ca
     assert abs(got - expected.numpy()).max() <= 1e-4
     props = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
     assert json.loads(props["stitchkit.preprocessing"]) == stated
-    # nothing names a path of this machine: not the run, not the checkpoints, not the output folder
+    # nothing names a path of this machine: not the run, not the checkpoints, not the output folder, not the Python
+    # files that built the model (the exporters' stack traces)
+    import sys
+    from pathlib import Path
+
+    import stitchkit
+
+    code = Path(stitchkit.__file__).resolve().parent
     for path in [p for p in out.rglob("*") if p.is_file()]:
         data = path.read_bytes()
-        for local in (str(stitch_run.parent), str(tmp_path)):
+        for local in (str(stitch_run.parent), str(tmp_path), str(code), str(Path(torch.__file__).parent), sys.prefix):
             assert local.encode() not in data, f"{path.name} holds {local}"
 
 

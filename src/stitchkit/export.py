@@ -205,6 +205,10 @@ def _compare(fmt: str, got, expected: torch.Tensor) -> dict:
 def _torch_export(model, example, check, stated: str):
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False)
+    for module in program.graph_module.modules():
+        if isinstance(module, torch.fx.GraphModule):
+            for node in module.graph.nodes:
+                node.meta.pop("stack_trace", None)  # see _without_stack_traces
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={"preprocessing.json": stated})
     buffer.seek(0)
@@ -236,6 +240,7 @@ def _onnx(model, example, check, stated: str):
     program = torch.onnx.export(model, (example,), dynamic_shapes=({0: batch},), input_names=["image"],
                                 output_names=["logits"], dynamo=True, verbose=False)
     proto = program.model_proto
+    _without_stack_traces(proto)
     onnx.helper.set_model_props(proto, {"stitchkit.preprocessing": stated})
     data = proto.SerializeToString()
     try:
@@ -244,6 +249,29 @@ def _onnx(model, example, check, stated: str):
         return data, None
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     return data, session.run(None, {session.get_inputs()[0].name: check.numpy()})[0]
+
+
+def _without_stack_traces(proto) -> None:
+    """Drop the exporter's per-node stack traces from an ONNX model. They name files of the exporting machine (its
+    home folder, its virtual environment, stitchkit's checkout), which a file meant for other machines should not
+    carry; the graph and its weights are untouched. The torch.export file loses its nodes' ``stack_trace`` the
+    same way."""
+    import onnx
+
+    def graphs(graph):
+        yield graph
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    yield from graphs(attribute.g)
+                for sub in attribute.graphs:
+                    yield from graphs(sub)
+
+    nodes = [n for g in graphs(proto.graph) for n in g.node] + [n for f in proto.functions for n in f.node]
+    for node in nodes:
+        kept = [prop for prop in node.metadata_props if not prop.key.endswith("stack_trace")]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
 
 
 _EXPORTERS = {"torch-export": _torch_export, "torchscript": _torchscript, "onnx": _onnx}
