@@ -89,6 +89,11 @@ CASES = {
     "yaml syntax error": (lambda w: ["train", str(w["yaml"])], "not valid YAML"),
     "unknown model in a run's settings": (lambda w: _train("mode=stitch", "model.src=resnet1800", "model.dst=resnet18",
                                                           "model.gap=1:2"), "model.src: unknown model 'resnet1800'; did you mean: resnet18"),
+    "unknown torchvision weights tag": (lambda w: ["stages", "torchvision:resnet50.IMAGENET1K_V9", "--pretrained"],
+                                        "use one of its tags: IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT"),
+    "unknown torchvision weights tag in a run's settings": (
+        lambda w: ["train", "model.src=torchvision:resnet50.IMAGENET1K_V9", "--print-config"],
+        "model.src: torchvision has no weights 'IMAGENET1K_V9'"),
     "a setting the mode cannot honour": (lambda w: _train("mode=scratch", "model.src=resnet10t",
                                                           "model.src_checkpoint=weights.pt"), "use mode=finetune"),
     "unknown config key": (lambda w: _train("optim.weight_decy=0.1"), "did you mean optim.weight_decay"),
