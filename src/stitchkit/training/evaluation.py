@@ -135,7 +135,7 @@ def evaluate_model(name: str, config: Config, out_dir: str | Path | None = None)
         torch.set_num_threads(config.train.threads)
     model = create_model(name, pretrained=config.model.pretrained, checkpoint_path=config.model.src_checkpoint,
                          input_size=config.data.input_size)
-    splits = build_splits(config.data, preprocessing(name, model), config.train.seed)
+    splits = build_splits(config.data, preprocessing(name, model), config.train.seed, need_train=False)
     if num_outputs(model) != len(splits.classes):
         raise StitchkitError(
             f"{name} predicts {num_outputs(model)} classes but the data has {len(splits.classes)}; evaluate a model "
