@@ -118,6 +118,9 @@ CASES = {
     "nothing to resume": (lambda w: _train(f"output.dir={w['root'] / 'empty_run'}", "--resume"), "nothing to resume"),
     "unsupported timm model": (lambda w: ["stages", "hrnet_w18_small", "--input-size", "64"], "cannot cut"),
     "report of a missing folder": (lambda w: ["report", str(w["root"] / "nowhere")], "does not exist"),
+    "eval-model of a head that does not fit the data": (
+        lambda w: ["eval-model", "resnet10t", "--data-root", str(w["good"]), "--input-size", "32", "--workers", "0"],
+        "evaluate a model trained on this data (--checkpoint PATH)"),  # the option eval-model has
     "eval of a non-run": (lambda w: ["eval", str(w["good"])], "not a run directory"),
     "unwritable output dir": (lambda w: _train(f"output.dir={w['yaml'] / 'run'}"), "cannot write to output directory"),
 }
