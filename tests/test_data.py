@@ -122,6 +122,34 @@ def test_evaluating_a_model_needs_only_the_val_folder_and_labels_it_as_the_whole
            {k: records[1][k] for k in ("top1", "top5", "loss")}
 
 
+def test_fashion_mnist_is_read_from_data_root_alone_when_it_is_set(tmp_path, monkeypatch):
+    """A data.root that is mistyped or empty fails naming the path, instead of quietly reading the installed copy (or
+    downloading); unset, the default places are searched as before."""
+    import torchvision
+
+    from stitchkit.cli import main
+    from stitchkit.training.data import FASHION_MNIST_FILES, find_fashion_mnist
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", lambda *a, **k: pytest.fail("downloaded"))
+    typo, empty = tmp_path / "fashon-mnist", tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(StitchkitError, match=f"data.root '{typo}' does not exist; correct data.root, or leave it unset"):
+        find_fashion_mnist(str(typo))
+    with pytest.raises(StitchkitError, match=f"data.root '{empty}' holds no Fashion-MNIST files"):
+        find_fashion_mnist(str(empty))
+    for folder in (tmp_path / "flat", tmp_path / "torchvision" / "FashionMNIST" / "raw"):
+        folder.mkdir(parents=True)
+        for pair in FASHION_MNIST_FILES.values():
+            for name in pair:
+                (folder / name).write_bytes(b"")
+    assert find_fashion_mnist(str(tmp_path / "flat")) == tmp_path / "flat"
+    assert find_fashion_mnist(str(tmp_path / "torchvision")) == tmp_path / "torchvision" / "FashionMNIST" / "raw"
+    run = tmp_path / "run"
+    assert main(["train", "mode=scratch", "model.src=resnet10t", "data.name=fashion_mnist", f"data.root={typo}",
+                 "data.input_size=32", "train.workers=0", f"output.dir={run}"]) == 2
+    assert not run.exists()
+
+
 def test_class_count_must_match_the_head(tmp_path):
     root = make_folder(tmp_path)
     base = ["data.name=imagefolder", f"data.root={root}", "data.input_size=32", "model.src=resnet10t",

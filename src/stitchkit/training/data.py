@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,13 +214,26 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def find_fashion_mnist(root: str | None) -> Path:
-    """The folder holding the four Fashion-MNIST IDX files, downloading them only where nothing local exists."""
-    candidates = ([root, os.path.join(root, "FashionMNIST", "raw")] if root else []) + list(FASHION_MNIST_DIRS)
+    """The folder holding the four Fashion-MNIST IDX files. With ``root`` (data.root), that folder (or torchvision's
+    ``FashionMNIST/raw`` inside it) and nothing else: a mistyped path fails instead of quietly reading the installed
+    copy. Without it, the installed copy or stitchkit's cache, downloading there only where nothing local exists."""
+    if root:
+        given = Path(root).expanduser()
+        for folder in (given, given / "FashionMNIST" / "raw"):
+            if _has_fashion_mnist(folder):
+                return folder
+        problem = ("does not exist" if not given.exists() else
+                   "holds no Fashion-MNIST files (" + ", ".join(FASHION_MNIST_FILES["train"] + FASHION_MNIST_FILES["val"])
+                   + ", directly or in FashionMNIST/raw/)")
+        raise StitchkitError(f"data.root {str(given)!r} {problem}; correct data.root, or leave it unset to read "
+                             f"Fashion-MNIST from {FASHION_MNIST_DIRS[0]} (apt-get install -y dataset-fashion-mnist) "
+                             f"or download it into {FASHION_MNIST_DIRS[1]}")
+    candidates = list(FASHION_MNIST_DIRS)
     for candidate in candidates:
         folder = Path(candidate).expanduser()
-        if all((folder / name).is_file() for pair in FASHION_MNIST_FILES.values() for name in pair):
+        if _has_fashion_mnist(folder):
             return folder
-    cache = Path(root or FASHION_MNIST_DIRS[-1]).expanduser()
+    cache = Path(FASHION_MNIST_DIRS[-1]).expanduser()
     try:
         import torchvision
 
@@ -232,8 +244,12 @@ def find_fashion_mnist(root: str | None) -> Path:
         raise StitchkitError(
             "Fashion-MNIST not found in " + ", ".join(str(Path(c).expanduser()) for c in candidates)
             + " and it could not be downloaded; install it with `apt-get install -y dataset-fashion-mnist` or put the "
-            "four *-ubyte.gz files in data.root"
+            "four *-ubyte.gz files in a folder and set data.root to it"
         ) from None
+
+
+def _has_fashion_mnist(folder: Path) -> bool:
+    return all((folder / name).is_file() for pair in FASHION_MNIST_FILES.values() for name in pair)
 
 
 class ClassSubset:
