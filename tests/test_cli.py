@@ -87,6 +87,20 @@ def test_debug_shows_the_traceback():
         main(["--debug", "inspect", "--src", "resnet5", "--dst", "resnet18"])
 
 
+def test_debug_keeps_the_exit_code_of_a_user_error(monkeypatch, capsys):
+    """The stitchkit command with --debug: the traceback, and exit code 2 as without it (not Python's 1)."""
+    from stitchkit.cli import entry_point
+
+    for argv in (["models", "nothing_like_this*"], ["--debug", "models", "nothing_like_this*"],
+                 ["models", "nothing_like_this*", "--debug"]):
+        monkeypatch.setattr("sys.argv", ["stitchkit", *argv])
+        with pytest.raises(SystemExit) as stop:
+            entry_point()
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and "no supported model matches" in err
+        assert ("Traceback" in err) == ("--debug" in argv), err
+
+
 def test_readme_commands_are_the_ci_commands():
     from pathlib import Path
 

@@ -2,7 +2,8 @@
 ``add_parser(subparsers)`` that registers the subcommand and the function that runs it.
 
 :func:`main` takes ``argv`` so tests call it in-process. User errors (:class:`~stitchkit.errors.StitchkitError`) print
-one message and exit with code 2; ``--debug`` shows the traceback instead. Building the parser imports no torch or
+one message and exit with code 2; with ``--debug``, :func:`main` raises the error and the ``stitchkit`` command prints
+its traceback, still with code 2. Building the parser imports no torch or
 timm (``stitchkit --help`` answers at once); each subcommand imports what it needs when it runs.
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from typing import Sequence
 
 from .. import __version__
@@ -68,6 +70,11 @@ def entry_point() -> None:
     try:
         code = main()
         sys.stdout.flush()
+    except StitchkitError:
+        # Only --debug lets one out of main (which raises it for a debugger or a test): show the traceback it asked
+        # for, and exit as the same mistake does without --debug, so that scripts see one status for it.
+        traceback.print_exc()
+        code = EXIT_USER_ERROR
     except BrokenPipeError:
         # The reader went away (`stitchkit models | head`): not an error of ours, and no traceback. Point stdout at
         # devnull so that the interpreter's final flush does not raise again (the recipe in Python's signal docs).
