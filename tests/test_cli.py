@@ -101,6 +101,14 @@ def test_debug_keeps_the_exit_code_of_a_user_error(monkeypatch, capsys):
         assert ("Traceback" in err) == ("--debug" in argv), err
 
 
+def test_a_stray_option_after_the_command_shows_that_commands_usage(capsys):
+    for argv, usage in ((["train", "--bogus"], "usage: stitchkit train "), (["--bogus", "train"], "usage: stitchkit [")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.startswith(usage) and "unrecognized arguments: --bogus" in err, err
+
+
 def test_readme_commands_are_the_ci_commands():
     from pathlib import Path
 

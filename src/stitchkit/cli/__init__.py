@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
+    parser.command_parsers = sub.choices  # name -> parser: main reports a command's stray arguments with its usage
     return parser
 
 
@@ -51,7 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.settings += settings
         extra = [e for e in extra if e not in settings]
     if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        # After the command name, the stray belongs to that command: show its usage (its options), not the top level's.
+        after_command = extra[0] in argv and argv.index(extra[0]) > argv.index(args.command)
+        (parser.command_parsers[args.command] if after_command else parser).error(
+            f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv  # what a command re-launches itself with (one sweep process per GPU)
     try:
         if args.threads:
