@@ -69,6 +69,8 @@ BAD = [
     (["inspect", "--src", "resnet18", "--dst", "resnet18", "--prefix-in", "avg"], "mean"),
     (["stages", "hrnet_w18_small", "--input-size", "64"], "cannot cut"),
     (["models", "nothing_like_this*"], "no supported model"),
+    (["models", "zzz*"], "try a wider pattern such as '*zzz*'\n"),  # not '*zzz**'
+    (["models", "*zzz*"], "; `stitchkit models` lists them all"),  # already as wide as a pattern goes
 ]
 
 
