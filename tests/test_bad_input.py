@@ -124,6 +124,8 @@ CASES = {
     "a word for an integer on the sweep command line": (
         lambda w: ["sweep", str(w["sweep"]), "train.epochs=two", "--dry-run"],
         "train.epochs must be an integer, got 'two' (in the command line)"),
+    "unknown proxy with --list": (lambda w: ["search", "--models", "resnet10t", "--proxy", "kca", "--list"],
+                                  "unknown proxy 'kca'; did you mean: cka"),  # --list measures none; the search it previews would stop
     "sweep names a method twice": (lambda w: ["sweep", str(w["sweep_twice"]), "--dry-run"], "listed twice"),
     "finished run in output dir": (lambda w: _train(f"output.dir={w['finished']}"), "--overwrite"),
     "nothing to resume": (lambda w: _train(f"output.dir={w['root'] / 'empty_run'}", "--resume"), "nothing to resume"),
