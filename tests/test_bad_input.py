@@ -51,7 +51,8 @@ def world(tmp_path_factory):
     w["sweep_unknown"] = root / "unknown.yaml"
     w["sweep_unknown"].write_text("pairs: [[resnet10t, resnet10t]]\nmethods: [downsample_bottlenek]\n")
     w["sweep"] = root / "sweep.yaml"
-    w["sweep"].write_text("base:\n  train: {epochs: 1}\npairs: [[resnet10t, resnet10t]]\nmethods: [downsample_linear]\n")
+    w["sweep"].write_text("base:\n  train: {epochs: 1}\npairs: [[resnet10t, resnet10t]]\n"
+                          "methods: [downsample_linear]\n")
     w["sweep_bad_key"] = root / "bad_key.yaml"
     w["sweep_bad_key"].write_text("base:\n  train: {epocs: 1}\npairs: [[resnet10t, resnet10t]]\n")
     w["foreign"] = root / "foreign"
@@ -119,13 +120,15 @@ CASES = {
     "foreign files in output dir": (lambda w: _train(f"output.dir={w['foreign']}"), "did not write"),
     "unknown key in a sweep file's base": (lambda w: ["sweep", str(w["sweep_bad_key"]), "--dry-run"],
                                            "unknown config key 'train.epocs' in the sweep's base"),
-    "unknown key on the sweep command line": (lambda w: ["sweep", str(w["sweep"]), "optim.lrr=0.1", "--dry-run"],
-                                              "unknown config key 'optim.lrr' in the command line; did you mean optim.lr"),
+    "unknown key on the sweep command line": (
+        lambda w: ["sweep", str(w["sweep"]), "optim.lrr=0.1", "--dry-run"],
+        "unknown config key 'optim.lrr' in the command line; did you mean optim.lr"),
     "a word for an integer on the sweep command line": (
         lambda w: ["sweep", str(w["sweep"]), "train.epochs=two", "--dry-run"],
         "train.epochs must be an integer, got 'two' (in the command line)"),
+    # --list measures no proxy, but the search it previews would stop on this one
     "unknown proxy with --list": (lambda w: ["search", "--models", "resnet10t", "--proxy", "kca", "--list"],
-                                  "unknown proxy 'kca'; did you mean: cka"),  # --list measures none; the search it previews would stop
+                                  "unknown proxy 'kca'; did you mean: cka"),
     "sweep names a method twice": (lambda w: ["sweep", str(w["sweep_twice"]), "--dry-run"], "listed twice"),
     "finished run in output dir": (lambda w: _train(f"output.dir={w['finished']}"), "--overwrite"),
     "nothing to resume": (lambda w: _train(f"output.dir={w['root'] / 'empty_run'}", "--resume"), "nothing to resume"),

@@ -104,7 +104,8 @@ def test_debug_keeps_the_exit_code_of_a_user_error(monkeypatch, capsys):
 
 
 def test_a_stray_option_after_the_command_shows_that_commands_usage(capsys):
-    for argv, usage in ((["train", "--bogus"], "usage: stitchkit train "), (["--bogus", "train"], "usage: stitchkit [")):
+    for argv, usage in ((["train", "--bogus"], "usage: stitchkit train "),
+                        (["--bogus", "train"], "usage: stitchkit [")):
         with pytest.raises(SystemExit) as stop:
             main(argv)
         err = capsys.readouterr().err

@@ -133,7 +133,7 @@ def test_fashion_mnist_is_read_from_data_root_alone_when_it_is_set(tmp_path, mon
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", lambda *a, **k: pytest.fail("downloaded"))
     typo, empty = tmp_path / "fashon-mnist", tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(StitchkitError, match=f"data.root '{typo}' does not exist; correct data.root, or leave it unset"):
+    with pytest.raises(StitchkitError, match=f"data.root '{typo}' does not exist; correct data.root, or leave it"):
         find_fashion_mnist(str(typo))
     with pytest.raises(StitchkitError, match=f"data.root '{empty}' holds no Fashion-MNIST files"):
         find_fashion_mnist(str(empty))

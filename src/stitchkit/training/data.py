@@ -222,9 +222,9 @@ def find_fashion_mnist(root: str | None) -> Path:
         for folder in (given, given / "FashionMNIST" / "raw"):
             if _has_fashion_mnist(folder):
                 return folder
+        files = ", ".join(FASHION_MNIST_FILES["train"] + FASHION_MNIST_FILES["val"])
         problem = ("does not exist" if not given.exists() else
-                   "holds no Fashion-MNIST files (" + ", ".join(FASHION_MNIST_FILES["train"] + FASHION_MNIST_FILES["val"])
-                   + ", directly or in FashionMNIST/raw/)")
+                   f"holds no Fashion-MNIST files ({files}, directly or in FashionMNIST/raw/)")
         raise StitchkitError(f"data.root {str(given)!r} {problem}; correct data.root, or leave it unset to read "
                              f"Fashion-MNIST from {FASHION_MNIST_DIRS[0]} (apt-get install -y dataset-fashion-mnist) "
                              f"or download it into {FASHION_MNIST_DIRS[1]}")
