@@ -50,6 +50,11 @@ def world(tmp_path_factory):
     w["sweep_twice"].write_text("pairs: [[resnet10t, resnet10t]]\nmethods: [downsample_linear, downsample_linear]\n")
     w["sweep_unknown"] = root / "unknown.yaml"
     w["sweep_unknown"].write_text("pairs: [[resnet10t, resnet10t]]\nmethods: [downsample_bottlenek]\n")
+    w["sweep"] = root / "sweep.yaml"
+    w["sweep"].write_text("base:\n  train: {epochs: 1}\npairs: [[resnet10t, resnet10t]]\n"
+                          "methods: [downsample_linear]\n")
+    w["sweep_bad_key"] = root / "bad_key.yaml"
+    w["sweep_bad_key"].write_text("base:\n  train: {epocs: 1}\npairs: [[resnet10t, resnet10t]]\n")
     w["foreign"] = root / "foreign"
     w["foreign"].mkdir()
     (w["foreign"] / "thesis.tex").write_text("precious")
@@ -89,6 +94,11 @@ CASES = {
     "yaml syntax error": (lambda w: ["train", str(w["yaml"])], "not valid YAML"),
     "unknown model in a run's settings": (lambda w: _train("mode=stitch", "model.src=resnet1800", "model.dst=resnet18",
                                                           "model.gap=1:2"), "model.src: unknown model 'resnet1800'; did you mean: resnet18"),
+    "unknown torchvision weights tag": (lambda w: ["stages", "torchvision:resnet50.IMAGENET1K_V9", "--pretrained"],
+                                        "use one of its tags: IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT"),
+    "unknown torchvision weights tag in a run's settings": (
+        lambda w: ["train", "model.src=torchvision:resnet50.IMAGENET1K_V9", "--print-config"],
+        "model.src: torchvision has no weights 'IMAGENET1K_V9'"),
     "a setting the mode cannot honour": (lambda w: _train("mode=scratch", "model.src=resnet10t",
                                                           "model.src_checkpoint=weights.pt"), "use mode=finetune"),
     "unknown config key": (lambda w: _train("optim.weight_decy=0.1"), "did you mean optim.weight_decay"),
@@ -108,11 +118,25 @@ CASES = {
     "checkpoint from another stitch": (lambda w: _train(f"output.dir={w['root'] / 'swapped'}", "--resume"),
                                        "another config"),
     "foreign files in output dir": (lambda w: _train(f"output.dir={w['foreign']}"), "did not write"),
+    "unknown key in a sweep file's base": (lambda w: ["sweep", str(w["sweep_bad_key"]), "--dry-run"],
+                                           "unknown config key 'train.epocs' in the sweep's base"),
+    "unknown key on the sweep command line": (
+        lambda w: ["sweep", str(w["sweep"]), "optim.lrr=0.1", "--dry-run"],
+        "unknown config key 'optim.lrr' in the command line; did you mean optim.lr"),
+    "a word for an integer on the sweep command line": (
+        lambda w: ["sweep", str(w["sweep"]), "train.epochs=two", "--dry-run"],
+        "train.epochs must be an integer, got 'two' (in the command line)"),
+    # --list measures no proxy, but the search it previews would stop on this one
+    "unknown proxy with --list": (lambda w: ["search", "--models", "resnet10t", "--proxy", "kca", "--list"],
+                                  "unknown proxy 'kca'; did you mean: cka"),
     "sweep names a method twice": (lambda w: ["sweep", str(w["sweep_twice"]), "--dry-run"], "listed twice"),
     "finished run in output dir": (lambda w: _train(f"output.dir={w['finished']}"), "--overwrite"),
     "nothing to resume": (lambda w: _train(f"output.dir={w['root'] / 'empty_run'}", "--resume"), "nothing to resume"),
     "unsupported timm model": (lambda w: ["stages", "hrnet_w18_small", "--input-size", "64"], "cannot cut"),
     "report of a missing folder": (lambda w: ["report", str(w["root"] / "nowhere")], "does not exist"),
+    "eval-model of a head that does not fit the data": (
+        lambda w: ["eval-model", "resnet10t", "--data-root", str(w["good"]), "--input-size", "32", "--workers", "0"],
+        "evaluate a model trained on this data (--checkpoint PATH)"),  # the option eval-model has
     "eval of a non-run": (lambda w: ["eval", str(w["good"])], "not a run directory"),
     "unwritable output dir": (lambda w: _train(f"output.dir={w['yaml'] / 'run'}"), "cannot write to output directory"),
 }

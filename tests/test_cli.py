@@ -69,6 +69,8 @@ BAD = [
     (["inspect", "--src", "resnet18", "--dst", "resnet18", "--prefix-in", "avg"], "mean"),
     (["stages", "hrnet_w18_small", "--input-size", "64"], "cannot cut"),
     (["models", "nothing_like_this*"], "no supported model"),
+    (["models", "zzz*"], "try a wider pattern such as '*zzz*'\n"),  # not '*zzz**'
+    (["models", "*zzz*"], "; `stitchkit models` lists them all"),  # already as wide as a pattern goes
 ]
 
 
@@ -85,6 +87,29 @@ def test_debug_shows_the_traceback():
 
     with pytest.raises(StitchkitError):
         main(["--debug", "inspect", "--src", "resnet5", "--dst", "resnet18"])
+
+
+def test_debug_keeps_the_exit_code_of_a_user_error(monkeypatch, capsys):
+    """The stitchkit command with --debug: the traceback, and exit code 2 as without it (not Python's 1)."""
+    from stitchkit.cli import entry_point
+
+    for argv in (["models", "nothing_like_this*"], ["--debug", "models", "nothing_like_this*"],
+                 ["models", "nothing_like_this*", "--debug"]):
+        monkeypatch.setattr("sys.argv", ["stitchkit", *argv])
+        with pytest.raises(SystemExit) as stop:
+            entry_point()
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and "no supported model matches" in err
+        assert ("Traceback" in err) == ("--debug" in argv), err
+
+
+def test_a_stray_option_after_the_command_shows_that_commands_usage(capsys):
+    for argv, usage in ((["train", "--bogus"], "usage: stitchkit train "),
+                        (["--bogus", "train"], "usage: stitchkit [")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.startswith(usage) and "unrecognized arguments: --bogus" in err, err
 
 
 def test_readme_commands_are_the_ci_commands():

@@ -1,5 +1,7 @@
 """Image-folder data: the happy path and every bad input the issue lists, each with a clear message."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -89,6 +91,63 @@ def test_missing_root_empty_class_and_mismatched_classes(tmp_path):
     root = make_folder(tmp_path / "b", split_classes={"train": ("cat", "dog"), "val": ("cat", "eel")})
     with pytest.raises(StitchkitError, match="only in train: \\['dog'\\], only in val: \\['eel'\\]"):
         build_splits(_data(root), PREP, 0)
+
+
+def test_evaluating_a_model_needs_only_the_val_folder_and_labels_it_as_the_whole_folder_does(tmp_path, capsys):
+    """eval-model reads val/ alone: a folder without train/ evaluates, with the class list and labels (val's class
+    folders, sorted) of the whole folder, so the numbers are the same."""
+    import json
+    import shutil
+
+    import stitchkit
+    from stitchkit.cli import main
+
+    whole = make_folder(tmp_path / "whole", classes=("fox", "cat", "dog"))  # made out of sorted order
+    val_only = tmp_path / "val_only"
+    shutil.copytree(whole / "val", val_only / "val")
+    full, alone = build_splits(_data(whole), PREP, 0), build_splits(_data(val_only), PREP, 0, need_train=False)
+    assert alone.train is None and alone.classes == full.classes == ["cat", "dog", "fox"]
+    assert [(Path(p).relative_to(val_only), label) for p, label in alone.val.source.samples] == \
+           [(Path(p).relative_to(whole), label) for p, label in full.val.source.samples]
+    with pytest.raises(StitchkitError, match="train' does not exist"):  # a hold-out is carved from train
+        build_splits(_data(val_only, "data.holdout_fraction=0.5"), PREP, 0, need_train=False)
+    torch.manual_seed(0)
+    torch.save(stitchkit.create_model("resnet10t", num_classes=3).state_dict(), tmp_path / "model.pt")
+    records = []
+    for root in (whole, val_only):
+        assert main(["eval-model", "resnet10t", "--data-root", str(root), "--input-size", "32", "--workers", "0",
+                     "--batch-size", "6", "--checkpoint", str(tmp_path / "model.pt"), "--device", "cpu"]) == 0
+        records.append(json.loads(capsys.readouterr().out))
+    assert records[0]["images"] == 18 and {k: records[0][k] for k in ("top1", "top5", "loss")} == \
+           {k: records[1][k] for k in ("top1", "top5", "loss")}
+
+
+def test_fashion_mnist_is_read_from_data_root_alone_when_it_is_set(tmp_path, monkeypatch):
+    """A data.root that is mistyped or empty fails naming the path, instead of quietly reading the installed copy (or
+    downloading); unset, the default places are searched as before."""
+    import torchvision
+
+    from stitchkit.cli import main
+    from stitchkit.training.data import FASHION_MNIST_FILES, find_fashion_mnist
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", lambda *a, **k: pytest.fail("downloaded"))
+    typo, empty = tmp_path / "fashon-mnist", tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(StitchkitError, match=f"data.root '{typo}' does not exist; correct data.root, or leave it"):
+        find_fashion_mnist(str(typo))
+    with pytest.raises(StitchkitError, match=f"data.root '{empty}' holds no Fashion-MNIST files"):
+        find_fashion_mnist(str(empty))
+    for folder in (tmp_path / "flat", tmp_path / "torchvision" / "FashionMNIST" / "raw"):
+        folder.mkdir(parents=True)
+        for pair in FASHION_MNIST_FILES.values():
+            for name in pair:
+                (folder / name).write_bytes(b"")
+    assert find_fashion_mnist(str(tmp_path / "flat")) == tmp_path / "flat"
+    assert find_fashion_mnist(str(tmp_path / "torchvision")) == tmp_path / "torchvision" / "FashionMNIST" / "raw"
+    run = tmp_path / "run"
+    assert main(["train", "mode=scratch", "model.src=resnet10t", "data.name=fashion_mnist", f"data.root={typo}",
+                 "data.input_size=32", "train.workers=0", f"output.dir={run}"]) == 2
+    assert not run.exists()
 
 
 def test_class_count_must_match_the_head(tmp_path):

@@ -48,5 +48,18 @@ def test_tensorboard_asked_for_but_missing_names_the_extra(tmp_path, monkeypatch
     MetricsLog(tmp_path, True, load_config(None, []), 10, progress=False).close()  # off by default: no error
 
 
+@pytest.mark.parametrize("logger,module", [("tensorboard", "torch.utils.tensorboard"), ("wandb", "wandb")])
+def test_a_missing_logger_package_fails_before_the_run_folder_is_made(tmp_path, monkeypatch, capsys, logger, module):
+    from stitchkit.cli import main
+
+    monkeypatch.setitem(sys.modules, module, None)  # importing it fails, as when not installed
+    run = tmp_path / "run"
+    code = main(["train", "mode=scratch", "model.src=resnet10t", "model.pretrained=false", "data.name=synthetic",
+                 "data.input_size=32", "train.workers=0", f"train.{logger}=true", f"output.dir={run}"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"pip install 'stitchkit[{logger}]', or set train.{logger}=false" in err, err
+    assert not run.exists()  # no config.yaml, sources.json or checkpoints/ of a run that never started
+
+
 def test_durations_read_like_a_clock():
     assert [format_duration(s) for s in (5, 65, 3 * 3600 + 125)] == ["5s", "1m05s", "3h02m"]

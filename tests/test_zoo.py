@@ -133,6 +133,24 @@ def test_unknown_and_unsupported_models(monkeypatch):
         dissect(torch.nn.Linear(2, 2), (32, 32))
 
 
+def test_an_unknown_torchvision_weights_tag_lists_the_tags_without_downloading(monkeypatch):
+    """torchvision itself fails with a bare KeyError once the model is built; the name alone is checked, so a config
+    or a sweep cell naming the tag fails before anything runs, and nothing is fetched to find out."""
+    from stitchkit.zoo import family_for_name, models
+
+    monkeypatch.setattr(models, "require_url_weights", lambda *a: pytest.fail("asked for weights"))
+    listing = "use one of its tags: IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT"
+    with pytest.raises(UnknownNameError, match=f"no weights 'IMAGENET1K_V9' for torchvision:resnet50; {listing}"):
+        family_for_name("torchvision:resnet50.IMAGENET1K_V9")
+    for pretrained in (False, True):
+        with pytest.raises(UnknownNameError, match=listing):
+            stitchkit.create_model("torchvision:resnet50.IMAGENET1K_V9", pretrained=pretrained)
+    with pytest.raises(UnknownNameError, match=listing):
+        stitchkit.create_model("torchvision:resnet50", pretrained="IMAGENET1K_V9")
+    assert family_for_name("torchvision:resnet50.IMAGENET1K_V2") is family_for_name("torchvision:resnet50")
+    assert family_for_name("torchvision:swin_t.DEFAULT").name == family_for_name("torchvision:swin_t").name
+
+
 def test_bad_cut_points(model_factory):
     model = model_factory("resnet18", SMALL)
     with pytest.raises(StitchkitError, match="stage must be"):

@@ -2,7 +2,8 @@
 ``add_parser(subparsers)`` that registers the subcommand and the function that runs it.
 
 :func:`main` takes ``argv`` so tests call it in-process. User errors (:class:`~stitchkit.errors.StitchkitError`) print
-one message and exit with code 2; ``--debug`` shows the traceback instead. Building the parser imports no torch or
+one message and exit with code 2; with ``--debug``, :func:`main` raises the error and the ``stitchkit`` command prints
+its traceback, still with code 2. Building the parser imports no torch or
 timm (``stitchkit --help`` answers at once); each subcommand imports what it needs when it runs.
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from typing import Sequence
 
 from .. import __version__
@@ -34,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
+    parser.command_parsers = sub.choices  # name -> parser: main reports a command's stray arguments with its usage
     return parser
 
 
@@ -49,7 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.settings += settings
         extra = [e for e in extra if e not in settings]
     if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        # After the command name, the stray belongs to that command: show its usage (its options), not the top level's.
+        after_command = extra[0] in argv and argv.index(extra[0]) > argv.index(args.command)
+        (parser.command_parsers[args.command] if after_command else parser).error(
+            f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv  # what a command re-launches itself with (one sweep process per GPU)
     try:
         if args.threads:
@@ -68,6 +74,11 @@ def entry_point() -> None:
     try:
         code = main()
         sys.stdout.flush()
+    except StitchkitError:
+        # Only --debug lets one out of main (which raises it for a debugger or a test): show the traceback it asked
+        # for, and exit as the same mistake does without --debug, so that scripts see one status for it.
+        traceback.print_exc()
+        code = EXIT_USER_ERROR
     except BrokenPipeError:
         # The reader went away (`stitchkit models | head`): not an error of ours, and no traceback. Point stdout at
         # devnull so that the interpreter's final flush does not raise again (the recipe in Python's signal docs).

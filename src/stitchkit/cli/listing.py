@@ -17,7 +17,11 @@ def _models(args) -> int:
 
     names = list_models(args.pattern, pretrained=args.pretrained)
     if not names:
-        raise StitchkitError(f"no supported model matches {args.pattern!r}; try a wider pattern such as '*{args.pattern}*'")
+        # The pattern's own leading and trailing stars are part of the wider one, not doubled ('zzz*' -> '*zzz*').
+        wider = f"*{args.pattern.strip('*')}*"
+        hint = (f"try a wider pattern such as {wider!r}" if wider != args.pattern else
+                "`stitchkit models` lists them all")
+        raise StitchkitError(f"no supported model matches {args.pattern!r}; {hint}")
     print("\n".join(names))
     return 0
 

@@ -50,11 +50,16 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def _search(args) -> int:
-    from ..stitch_search import run_search, search
+    from ..errors import unknown_name
+    from ..stitch_search import PROXIES, run_search, search
     from ..stitch_search.run import DEFAULT_PROXY
     from ..training import RunInterrupted
     from ..training.config import _parse_yaml
 
+    if args.proxy is not None and args.proxy not in PROXIES:
+        # Checked whatever else is asked (--list, --study): a misspelt proxy is a mistake even where it would not be
+        # used this time, and the next run without --list would stop on it.
+        raise unknown_name("proxy", args.proxy, list(PROXIES))
     settings = {}
     for item in args.settings:
         if "=" not in item:

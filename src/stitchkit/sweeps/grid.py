@@ -182,13 +182,16 @@ def expand(spec: dict, name: str = "sweep", overrides: list[str] | None = None) 
     else:
         raise StitchkitError(f"group_by_front must be true, false or the most runs per pass (an integer >= 1), got "
                              f"{group_by_front!r}")
-    base = _nest(spec.get("base") or {})
+    file_base, command_line = _nest(spec.get("base") or {}), {}
     for item in overrides or []:
         if "=" not in item:
             raise StitchkitError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
-        base = merge_settings(base, _nest({key: _parse_yaml(value, f"the value of {key}")}))
-    load_config(layers=[("the sweep's base", base)])  # the base alone must be a valid config
+        command_line = merge_settings(command_line, _nest({key: _parse_yaml(value, f"the value of {key}")}))
+    # The base alone must be a valid config. Checked as two layers, so that a bad key or value is reported where
+    # it was written: in the file's base or among the command's key=value overrides.
+    load_config(layers=[("the sweep's base", file_base), ("the command line", command_line)])
+    base = merge_settings(file_base, command_line)
 
     pairs = spec.get("pairs") or []
     for pair in pairs:

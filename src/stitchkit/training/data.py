@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,10 +102,12 @@ class _DrawParams:
 class ImageFolderSource:
     """``root/<class>/<image>`` files; corrupt files raise :class:`CorruptImageError` (or are skipped)."""
 
-    def __init__(self, root: Path, classes: Sequence[str] | None = None):
+    def __init__(self, root: Path, classes: Sequence[str] | None = None,
+                 layout: str = "train/<class>/ and val/<class>/"):
+        """``layout``: the subfolders data.root needs, for the message when ``root`` is missing."""
         if not root.is_dir():
             raise StitchkitError(f"data folder {str(root)!r} does not exist; set data.root to a folder with "
-                                 "train/<class>/ and val/<class>/ subfolders")
+                                 f"{layout} subfolders")
         found = sorted(d.name for d in root.iterdir() if d.is_dir())
         if not found:
             raise StitchkitError(f"{str(root)!r} has no class subfolders; expected {root}/<class>/<image files>")
@@ -213,13 +214,26 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def find_fashion_mnist(root: str | None) -> Path:
-    """The folder holding the four Fashion-MNIST IDX files, downloading them only where nothing local exists."""
-    candidates = ([root, os.path.join(root, "FashionMNIST", "raw")] if root else []) + list(FASHION_MNIST_DIRS)
+    """The folder holding the four Fashion-MNIST IDX files. With ``root`` (data.root), that folder (or torchvision's
+    ``FashionMNIST/raw`` inside it) and nothing else: a mistyped path fails instead of quietly reading the installed
+    copy. Without it, the installed copy or stitchkit's cache, downloading there only where nothing local exists."""
+    if root:
+        given = Path(root).expanduser()
+        for folder in (given, given / "FashionMNIST" / "raw"):
+            if _has_fashion_mnist(folder):
+                return folder
+        files = ", ".join(FASHION_MNIST_FILES["train"] + FASHION_MNIST_FILES["val"])
+        problem = ("does not exist" if not given.exists() else
+                   f"holds no Fashion-MNIST files ({files}, directly or in FashionMNIST/raw/)")
+        raise StitchkitError(f"data.root {str(given)!r} {problem}; correct data.root, or leave it unset to read "
+                             f"Fashion-MNIST from {FASHION_MNIST_DIRS[0]} (apt-get install -y dataset-fashion-mnist) "
+                             f"or download it into {FASHION_MNIST_DIRS[1]}")
+    candidates = list(FASHION_MNIST_DIRS)
     for candidate in candidates:
         folder = Path(candidate).expanduser()
-        if all((folder / name).is_file() for pair in FASHION_MNIST_FILES.values() for name in pair):
+        if _has_fashion_mnist(folder):
             return folder
-    cache = Path(root or FASHION_MNIST_DIRS[-1]).expanduser()
+    cache = Path(FASHION_MNIST_DIRS[-1]).expanduser()
     try:
         import torchvision
 
@@ -230,8 +244,12 @@ def find_fashion_mnist(root: str | None) -> Path:
         raise StitchkitError(
             "Fashion-MNIST not found in " + ", ".join(str(Path(c).expanduser()) for c in candidates)
             + " and it could not be downloaded; install it with `apt-get install -y dataset-fashion-mnist` or put the "
-            "four *-ubyte.gz files in data.root"
+            "four *-ubyte.gz files in a folder and set data.root to it"
         ) from None
+
+
+def _has_fashion_mnist(folder: Path) -> bool:
+    return all((folder / name).is_file() for pair in FASHION_MNIST_FILES.values() for name in pair)
 
 
 class ClassSubset:
@@ -263,16 +281,17 @@ class ClassSubset:
         return image, self.relabel[label]
 
 
-def raw_sources(data: DataConfig) -> dict[str, object]:
+def raw_sources(data: DataConfig, splits: Sequence[str] = ("train", "val")) -> dict[str, object]:
     """``{"train": source, "val": source}`` for the configured dataset, with matching class lists (only
-    ``data.classes`` when it is set)."""
-    sources = _whole_sources(data)
+    ``data.classes`` when it is set); ``splits``: only those (``("val",)`` to evaluate: an image folder then needs
+    no train/ folder)."""
+    sources = _whole_sources(data, tuple(splits))
     if data.classes is not None:
         sources = {split: ClassSubset(source, list(data.classes)) for split, source in sources.items()}
     return sources
 
 
-def _whole_sources(data: DataConfig) -> dict[str, object]:
+def _whole_sources(data: DataConfig, splits: tuple[str, ...]) -> dict[str, object]:
     if data.name == "synthetic":
         size = data.input_size + data.input_size // 8
         return {"train": SyntheticSource(data.synthetic_train_size, data.synthetic_classes, size,
@@ -282,10 +301,14 @@ def _whole_sources(data: DataConfig) -> dict[str, object]:
     if data.name == "fashion_mnist":
         folder = find_fashion_mnist(data.root)
         return {split: ArraySource(_read_idx(folder / images), _read_idx(folder / labels), FASHION_MNIST_CLASSES)
-                for split, (images, labels) in FASHION_MNIST_FILES.items()}
+                for split, (images, labels) in FASHION_MNIST_FILES.items() if split in splits}
     if not data.root:
         raise StitchkitError("data.name=imagefolder needs data.root, a folder with train/<class>/ and val/<class>/")
     root = Path(data.root).expanduser()
+    if "train" not in splits:
+        # The val folder's own class folders, sorted: the class list (and label order) a whole folder gives too,
+        # since that is train's sorted folders and val must have the same ones.
+        return {"val": ImageFolderSource(root / "val", layout="val/<class>/")}
     train = ImageFolderSource(root / "train")
     val_root = root / "val"
     if val_root.is_dir():
@@ -403,7 +426,7 @@ class EpochSampler(Sampler):
 class Splits:
     """The datasets of one run."""
 
-    train: SeededDataset
+    train: SeededDataset | None  # None when only evaluated (build_splits' need_train)
     val: SeededDataset
     holdout: SeededDataset | None
     classes: list[str]
@@ -411,12 +434,15 @@ class Splits:
     val_split_images: int | None = None  # the whole validation split, of which data.limit_val draws ``val``
 
 
-def build_splits(data: DataConfig, prep: Preprocessing, seed: int) -> Splits:
-    """Train, val and the optional hold-out split (carved from train with ``holdout_seed``, the same for every seed)."""
-    sources = raw_sources(data)
-    train_source, val_source = sources["train"], sources["val"]
+def build_splits(data: DataConfig, prep: Preprocessing, seed: int, need_train: bool = True) -> Splits:
+    """Train, val and the optional hold-out split (carved from train with ``holdout_seed``, the same for every seed).
+    ``need_train=False`` (an evaluation): no train split, and the train images are not looked for unless the
+    hold-out needs them."""
+    need_train = need_train or data.holdout_fraction > 0
+    sources = raw_sources(data, ("train", "val") if need_train else ("val",))
+    train_source, val_source = sources.get("train"), sources["val"]
     split_rng = np.random.default_rng(data.holdout_seed)
-    order = split_rng.permutation(len(train_source))
+    order = split_rng.permutation(len(train_source) if train_source is not None else 0)
     n_holdout = int(round(data.holdout_fraction * len(order)))
     holdout_idx, train_idx = order[:n_holdout], order[n_holdout:]
     if data.limit_train is not None:
@@ -426,16 +452,16 @@ def build_splits(data: DataConfig, prep: Preprocessing, seed: int) -> Splits:
         val_idx = np.random.default_rng(data.holdout_seed + 1).permutation(len(val_source))[: data.limit_val]
         if data.holdout_fraction:
             holdout_idx = holdout_idx[: data.limit_val]
-    if len(train_idx) == 0 or len(val_idx) == 0:
+    if (need_train and len(train_idx) == 0) or len(val_idx) == 0:
         raise StitchkitError("the training or validation split is empty; check data.root, data.limit_* and "
                              "data.holdout_fraction")
     train_tf, eval_tf = build_transforms(data, prep, True), build_transforms(data, prep, False)
     skip = data.skip_corrupt
     return Splits(
-        train=SeededDataset(train_source, sorted(train_idx.tolist()), train_tf, seed, skip),
+        train=SeededDataset(train_source, sorted(train_idx.tolist()), train_tf, seed, skip) if need_train else None,
         val=SeededDataset(val_source, sorted(val_idx.tolist()), eval_tf, seed, skip),
         holdout=SeededDataset(train_source, sorted(holdout_idx.tolist()), eval_tf, seed, skip) if n_holdout else None,
-        classes=list(train_source.classes),
+        classes=list((train_source if train_source is not None else val_source).classes),
         device_augment=(DeviceAugment(AugmentPlan(data.hflip, data.auto_augment), prep.mean, prep.std)
                         if data.augment_on == "device" else None),
         val_split_images=len(val_source),

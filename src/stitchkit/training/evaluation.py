@@ -127,19 +127,22 @@ def evaluate_folder(folder: str | Path, overrides: Sequence[str] = (), device: s
     return {"model_dir": str(Path(folder)), "dataset": config.data.name, **_evaluate_splits(model, splits, config)}
 
 
-def evaluate_model(name: str, config: Config, out_dir: str | Path | None = None) -> dict:
+def evaluate_model(name: str, config: Config, out_dir: str | Path | None = None, *,
+                   checkpoint_option: str = "model.src_checkpoint=PATH") -> dict:
     """Measure an unstitched model (``name``, with ``config.model.pretrained`` / ``src_checkpoint``) on
-    ``config.data``'s val split, with the model's own preprocessing. Writes ``result.json`` into ``out_dir``."""
+    ``config.data``'s val split, with the model's own preprocessing. Writes ``result.json`` into ``out_dir``.
+    ``checkpoint_option``: how the caller's user gives src_checkpoint, for the message when the head does not fit
+    the data (``eval-model --checkpoint PATH``)."""
     dev = resolve_device(config.train.device)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     model = create_model(name, pretrained=config.model.pretrained, checkpoint_path=config.model.src_checkpoint,
                          input_size=config.data.input_size)
-    splits = build_splits(config.data, preprocessing(name, model), config.train.seed)
+    splits = build_splits(config.data, preprocessing(name, model), config.train.seed, need_train=False)
     if num_outputs(model) != len(splits.classes):
         raise StitchkitError(
             f"{name} predicts {num_outputs(model)} classes but the data has {len(splits.classes)}; evaluate a model "
-            "trained on this data (model.src_checkpoint=...)"
+            f"trained on this data ({checkpoint_option})"
         )
     gmacs, params = count_macs(model, config.data.input_size) / 1e9, count_params(model)
     model.to(dev)

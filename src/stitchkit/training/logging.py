@@ -35,12 +35,7 @@ class MetricsLog:
             return
         t = config.train
         if t.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise StitchkitError("train.tensorboard=true needs the tensorboard package: "
-                                     "pip install 'stitchkit[tensorboard]', or set train.tensorboard=false") from None
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self.tb = _summary_writer()(str(run_dir / "tensorboard"))
         if t.wandb:
             self.wandb = _start_wandb(run_dir, config)
         resumed = f", resuming at step {initial_step}" if initial_step else ""
@@ -113,13 +108,37 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def _start_wandb(run_dir: Path, config: Config):
-    """A W&B run named after the run folder, with every setting as its config. Its id comes from the folder's path,
-    so a resumed run continues the same W&B run; sweep cells are grouped by their sweep (the runs folder's name)."""
+def require_loggers(config: Config) -> None:
+    """Fail in one line when a logger the config asks for cannot be imported. A run calls this before it writes
+    anything: the logs open only after the run folder is made, and a failed start must leave no folder behind."""
+    if config.train.tensorboard:
+        _summary_writer()
+    if config.train.wandb:
+        _wandb()
+
+
+def _summary_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise StitchkitError("train.tensorboard=true needs the tensorboard package: "
+                             "pip install 'stitchkit[tensorboard]', or set train.tensorboard=false") from None
+    return SummaryWriter
+
+
+def _wandb():
     try:
         import wandb
     except ImportError:
-        raise StitchkitError("train.wandb=true needs the wandb package: pip install 'stitchkit[wandb]'") from None
+        raise StitchkitError("train.wandb=true needs the wandb package: pip install 'stitchkit[wandb]', or set "
+                             "train.wandb=false") from None
+    return wandb
+
+
+def _start_wandb(run_dir: Path, config: Config):
+    """A W&B run named after the run folder, with every setting as its config. Its id comes from the folder's path,
+    so a resumed run continues the same W&B run; sweep cells are grouped by their sweep (the runs folder's name)."""
+    wandb = _wandb()
     t = config.train
     folder = run_dir.resolve()
     group = t.wandb_group or (folder.parent.name if RunDir(folder).cell.exists() else None)

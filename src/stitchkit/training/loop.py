@@ -109,6 +109,8 @@ class TrainingPass:
         for r in self.runs:
             self._guard(r, r.check_folder)
         for r in self.live:
+            self._guard(r, r.check_loggers)
+        for r in self.live:
             self._guard(r, r.check_weights)
         self.stream = build_stream(self.config, self.runs[0].accum, self.runtime)
         for r in self.live:

@@ -23,7 +23,7 @@ from . import distributed
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, from_yaml_file, to_yaml
 from .identity import accepted_digests, config_digest, resume_differences, settings_id
-from .logging import MetricsLog
+from .logging import MetricsLog, require_loggers
 from .modes import build_model, export_weights, load_trainable_state, mode_for, trainable_state, trained_parts
 from .optim import build_optimizer, warmup_steps
 from ..zoo.models import require_weights
@@ -183,6 +183,12 @@ class Run:
         self.pass_members = list(run_dirs)
 
     # --- the model ------------------------------------------------------------------------------------------------
+
+    def check_loggers(self) -> None:
+        """Fail before anything is written when train.tensorboard / train.wandb ask for a package that is missing
+        (the logs themselves open only once the run folder exists). Every process checks, so none waits for one
+        that stopped."""
+        require_loggers(self.config)
 
     def check_weights(self) -> None:
         """Fail in one line, before any data is read, when pretrained weights the run needs can be neither found in

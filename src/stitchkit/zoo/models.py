@@ -19,7 +19,7 @@ import torchvision
 from torch import nn
 
 from ..formats import Format
-from ..errors import IncompatibleError, StitchkitError, unknown_name
+from ..errors import IncompatibleError, StitchkitError, UnknownNameError, unknown_name
 from .families import Family, families, family_of
 from .metadata import TORCHVISION_PREFIX, ModelName
 from .weights import FIX, require_timm_weights, require_url_weights
@@ -114,6 +114,8 @@ def family_for_name(name: str) -> Family:
         tv = _torchvision_names()
         if parsed.key not in tv:
             raise unknown_name("torchvision model", parsed.key, tv, "stitchkit models '*torchvision*' lists them")
+        if parsed.tag:  # here, so that a config naming a tag torchvision lacks fails before any run starts
+            check_torchvision_tag(parsed.key, parsed.base, parsed.tag)
         return by_name[tv[parsed.key]]
     base = parsed.base
     supported = _timm_names()
@@ -210,13 +212,20 @@ def require_weights(name: str) -> None:
         require_timm_weights(name)
 
 
+def check_torchvision_tag(key: str, base: str, tag: str) -> None:
+    """Raise one line listing the weights tags torchvision has for ``base`` when ``tag`` is not one of them.
+    torchvision itself fails with a bare ``KeyError`` from its weights enum, and only once the model is built. Reads
+    the enum alone: nothing is downloaded."""
+    tags = list(torchvision.models.get_model_weights(base).__members__)  # with the DEFAULT alias
+    if tag not in tags:
+        raise UnknownNameError(f"torchvision has no weights {tag!r} for {key}; use one of its tags: {', '.join(tags)} "
+                               f"(or no tag, which means DEFAULT)")
+
+
 def _require_torchvision_weights(name: str, base: str, weights: str) -> None:
-    try:
-        url = torchvision.models.get_model_weights(base)[weights].url if weights != "DEFAULT" else \
-            torchvision.models.get_model_weights(base).DEFAULT.url
-    except (KeyError, ValueError, AttributeError):
-        return  # an unknown weights name: torchvision's own error says which exist
-    require_url_weights(name, url)
+    tag = weights.rpartition(".")[2]  # torchvision also takes the enum's own spelling, ResNet50_Weights.IMAGENET1K_V2
+    check_torchvision_tag(TORCHVISION_PREFIX + base, base, tag)
+    require_url_weights(name, torchvision.models.get_model_weights(base)[tag].url)
 
 
 def _torchvision_vit_at_size(model: nn.Module, base: str, input_size, kwargs: dict) -> nn.Module:
