@@ -130,13 +130,22 @@ def test_fashion_mnist_is_read_from_data_root_alone_when_it_is_set(tmp_path, mon
     from stitchkit.cli import main
     from stitchkit.training.data import FASHION_MNIST_FILES, find_fashion_mnist
 
-    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", lambda *a, **k: pytest.fail("downloaded"))
+    asked = []
+
+    def no_network(root, train, download):  # torchvision's download, failing as it does offline
+        asked.append(root)
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", no_network)
     typo, empty = tmp_path / "fashon-mnist", tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(StitchkitError, match=f"data.root '{typo}' does not exist; correct data.root, or leave it"):
         find_fashion_mnist(str(typo))
-    with pytest.raises(StitchkitError, match=f"data.root '{empty}' holds no Fashion-MNIST files"):
+    assert asked == []  # nothing is downloaded into a path that does not exist (a typo)
+    with pytest.raises(StitchkitError, match=f"data.root '{empty}' holds no Fashion-MNIST files .* could not be "
+                                             "downloaded there"):
         find_fashion_mnist(str(empty))
+    assert asked == [str(empty)]  # an existing empty folder: downloaded into, as torchvision's download=True does
     for folder in (tmp_path / "flat", tmp_path / "torchvision" / "FashionMNIST" / "raw"):
         folder.mkdir(parents=True)
         for pair in FASHION_MNIST_FILES.values():

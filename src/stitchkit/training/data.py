@@ -215,16 +215,20 @@ def _read_idx(path: Path) -> np.ndarray:
 
 def find_fashion_mnist(root: str | None) -> Path:
     """The folder holding the four Fashion-MNIST IDX files. With ``root`` (data.root), that folder (or torchvision's
-    ``FashionMNIST/raw`` inside it) and nothing else: a mistyped path fails instead of quietly reading the installed
-    copy. Without it, the installed copy or stitchkit's cache, downloading there only where nothing local exists."""
+    ``FashionMNIST/raw`` inside it), downloaded into it if it exists without them, and nothing else: a mistyped path
+    fails instead of quietly reading the installed copy. Without it, the installed copy or stitchkit's cache,
+    downloading there only where nothing local exists."""
     if root:
         given = Path(root).expanduser()
         for folder in (given, given / "FashionMNIST" / "raw"):
             if _has_fashion_mnist(folder):
                 return folder
+        if given.is_dir() and _download_fashion_mnist(given):  # a folder made for it: torchvision's download=True
+            return given / "FashionMNIST" / "raw"
         files = ", ".join(FASHION_MNIST_FILES["train"] + FASHION_MNIST_FILES["val"])
         problem = ("does not exist" if not given.exists() else
-                   f"holds no Fashion-MNIST files ({files}, directly or in FashionMNIST/raw/)")
+                   f"holds no Fashion-MNIST files ({files}, directly or in FashionMNIST/raw/), and they could not be "
+                   "downloaded there")
         raise StitchkitError(f"data.root {str(given)!r} {problem}; correct data.root, or leave it unset to read "
                              f"Fashion-MNIST from {FASHION_MNIST_DIRS[0]} (apt-get install -y dataset-fashion-mnist) "
                              f"or download it into {FASHION_MNIST_DIRS[1]}")
@@ -234,18 +238,26 @@ def find_fashion_mnist(root: str | None) -> Path:
         if _has_fashion_mnist(folder):
             return folder
     cache = Path(FASHION_MNIST_DIRS[-1]).expanduser()
-    try:
-        import torchvision
-
-        torchvision.datasets.FashionMNIST(str(cache), train=True, download=True)
-        torchvision.datasets.FashionMNIST(str(cache), train=False, download=True)
+    if _download_fashion_mnist(cache):
         return cache / "FashionMNIST" / "raw"
-    except Exception:  # no network, or a mirror that is down: say what to install
-        raise StitchkitError(
+    raise StitchkitError(
             "Fashion-MNIST not found in " + ", ".join(str(Path(c).expanduser()) for c in candidates)
             + " and it could not be downloaded; install it with `apt-get install -y dataset-fashion-mnist` or put the "
             "four *-ubyte.gz files in a folder and set data.root to it"
-        ) from None
+        )
+
+
+def _download_fashion_mnist(folder: Path) -> bool:
+    """Download Fashion-MNIST into ``folder``/FashionMNIST/raw (torchvision's layout); False where that fails (no
+    network, a mirror that is down), for the caller to say what to do instead."""
+    try:
+        import torchvision
+
+        torchvision.datasets.FashionMNIST(str(folder), train=True, download=True)
+        torchvision.datasets.FashionMNIST(str(folder), train=False, download=True)
+    except Exception:
+        return False
+    return _has_fashion_mnist(folder / "FashionMNIST" / "raw")
 
 
 def _has_fashion_mnist(folder: Path) -> bool:
