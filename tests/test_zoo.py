@@ -151,6 +151,22 @@ def test_an_unknown_torchvision_weights_tag_lists_the_tags_without_downloading(m
     assert family_for_name("torchvision:swin_t.DEFAULT").name == family_for_name("torchvision:swin_t").name
 
 
+def test_an_unknown_timm_pretrained_tag_lists_the_tags():
+    """timm refuses an unknown tag only once the model is built (a RuntimeError, even without weights); the name is
+    checked first, so a config naming it fails before anything runs."""
+    from stitchkit.training import load_config
+    from stitchkit.zoo import family_for_name
+
+    listing = "timm has no pretrained tag 'a1_in1kk' for resnet50; use one of a1_in1k, a1h_in1k,"
+    with pytest.raises(UnknownNameError, match=listing):
+        family_for_name("resnet50.a1_in1kk")
+    with pytest.raises(UnknownNameError, match="no pretrained tag 'xx' for resnet10t; use one of c3_in1k"):
+        stitchkit.create_model("resnet10t.xx", pretrained=False)
+    with pytest.raises(StitchkitError, match=listing):
+        load_config(None, ["model.src=resnet50.a1_in1kk", "model.pretrained=false"])
+    assert family_for_name("resnet50.a1_in1k") is family_for_name("resnet50")
+
+
 def test_bad_cut_points(model_factory):
     model = model_factory("resnet18", SMALL)
     with pytest.raises(StitchkitError, match="stage must be"):

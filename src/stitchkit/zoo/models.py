@@ -118,6 +118,8 @@ def family_for_name(name: str) -> Family:
             check_torchvision_tag(parsed.key, parsed.base, parsed.tag)
         return by_name[tv[parsed.key]]
     base = parsed.base
+    if parsed.tag and timm.is_model(base):  # here, so that a config naming a tag timm lacks fails before any run
+        check_timm_tag(base, parsed.tag)
     supported = _timm_names()
     if base in supported:
         return by_name[supported[base]]
@@ -220,6 +222,18 @@ def check_torchvision_tag(key: str, base: str, tag: str) -> None:
     if tag not in tags:
         raise UnknownNameError(f"torchvision has no weights {tag!r} for {key}; use one of its tags: {', '.join(tags)} "
                                f"(or no tag, which means DEFAULT)")
+
+
+def check_timm_tag(base: str, tag: str) -> None:
+    """Raise one line listing the pretrained tags timm has for ``base`` when ``tag`` is not one of them. timm itself
+    refuses the name only once the model is built (with a RuntimeError, even with pretrained=False). Reads timm's
+    registry alone: nothing is downloaded."""
+    tags = [name.partition(".")[2] for name in timm.list_pretrained(f"{base}.*") if name.partition(".")[0] == base]
+    if tag not in tags:
+        raise UnknownNameError(f"timm has no pretrained tag {tag!r} for {base}; use one of {', '.join(tags)} "
+                               f"(or no tag, for timm's default)" if tags else
+                               f"timm has no pretrained tag {tag!r} for {base} (it has no pretrained weights); name "
+                               f"it without a tag")
 
 
 def _require_torchvision_weights(name: str, base: str, weights: str) -> None:
