@@ -137,6 +137,8 @@ CASES = {
     "eval-model of a head that does not fit the data": (
         lambda w: ["eval-model", "resnet10t", "--data-root", str(w["good"]), "--input-size", "32", "--workers", "0"],
         "evaluate a model trained on this data (--checkpoint PATH)"),  # the option eval-model has
+    "eval-model of an image folder without --data-root": (
+        lambda w: ["eval-model", "resnet10t", "--input-size", "32"], "imagefolder needs --data-root DIR"),
     "eval of a non-run": (lambda w: ["eval", str(w["good"])], "not a run directory"),
     "unwritable output dir": (lambda w: _train(f"output.dir={w['yaml'] / 'run'}"), "cannot write to output directory"),
 }

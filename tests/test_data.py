@@ -120,6 +120,13 @@ def test_evaluating_a_model_needs_only_the_val_folder_and_labels_it_as_the_whole
         records.append(json.loads(capsys.readouterr().out))
     assert records[0]["images"] == 18 and {k: records[0][k] for k in ("top1", "top5", "loss")} == \
            {k: records[1][k] for k in ("top1", "top5", "loss")}
+    folder = stitchkit.save_pretrained(stitchkit.create_probe("resnet10t", num_classes=3, input_size=32,
+                                                              checkpoint_path=tmp_path / "model.pt"), tmp_path / "probe")
+    for root in (whole, val_only):  # stitchkit eval of a model folder on other data: val/ alone too
+        assert main(["eval", str(folder), "data.name=imagefolder", f"data.root={root}", "data.input_size=32",
+                     "--workers", "0"]) == 0
+        records.append(json.loads(capsys.readouterr().out))
+    assert {k: records[2][k] for k in ("top1", "top5", "loss")} == {k: records[3][k] for k in ("top1", "top5", "loss")}
 
 
 def test_fashion_mnist_is_read_from_data_root_alone_when_it_is_set(tmp_path, monkeypatch):

@@ -54,7 +54,11 @@ def add_eval_model(subparsers) -> None:
 
 
 def _eval_model(args) -> int:
+    from ..errors import StitchkitError
     from ..training import evaluate_model, load_config
+
+    if args.data == "imagefolder" and not args.data_root and not any(s.startswith("data.root=") for s in args.settings):
+        raise StitchkitError("eval-model --data imagefolder needs --data-root DIR, a folder with val/<class>/ inside")
 
     overrides = [f"data.name={args.data}", f"data.input_size={args.input_size}", f"train.batch_size={args.batch_size}",
                  f"train.workers={args.workers}", f"model.pretrained={str(args.pretrained).lower()}"]

@@ -86,7 +86,7 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | 
     Writes ``eval.json`` next to the run's ``result.json`` and returns it.
     """
     run, config, digests = _read_run(run_dir, device, workers)
-    splits = build_splits(config.data, preprocessing(config.model.pixel_source), config.train.seed)
+    splits = build_splits(config.data, preprocessing(config.model.pixel_source), config.train.seed, need_train=False)
     model, state = _trained_model(run, config, digests, len(splits.classes))
     record = {"run_dir": str(run.path), "step": state["counters"]["step"], **_evaluate_splits(model, splits, config)}
     run.remove_leftovers()  # a temporary eval.json of an evaluation killed before
@@ -118,7 +118,7 @@ def evaluate_folder(folder: str | Path, overrides: Sequence[str] = (), device: s
         raise StitchkitError(f"the model in {str(folder)!r} is built for {prep['input_size'][-1]} px images; "
                              f"remove data.input_size={config.data.input_size}")
     splits = build_splits(config.data, Preprocessing(tuple(prep["mean"]), tuple(prep["std"]), prep["interpolation"],
-                                                     prep["crop_pct"]), config.train.seed)
+                                                     prep["crop_pct"]), config.train.seed, need_train=False)
     model = load_described(Path(folder), described, device=resolve_device(config.train.device))
     classes = model.pretrained_cfg.get("num_classes")
     if classes is not None and classes != len(splits.classes):
