@@ -63,3 +63,19 @@ def test_a_missing_logger_package_fails_before_the_run_folder_is_made(tmp_path, 
 
 def test_durations_read_like_a_clock():
     assert [format_duration(s) for s in (5, 65, 3 * 3600 + 125)] == ["5s", "1m05s", "3h02m"]
+
+
+def test_a_sweep_asking_for_a_missing_logger_fails_once_before_any_cell(tmp_path, monkeypatch):
+    """train.tensorboard=true in a sweep's base on a machine without tensorboard: one error before the first cell,
+    not a failure recorded in every cell's folder."""
+    from stitchkit.sweeps.grid import load_sweep
+    from stitchkit.sweeps.runner import run_local
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text("base: {model: {pretrained: false}, data: {name: synthetic, input_size: 32}, "
+                    "train: {workers: 0, tensorboard: true}}\npairs: [[resnet10t, resnet10t]]\ngaps: ['1:2']\n"
+                    "methods: [downsample_linear]\nseeds: [0]\n")
+    with pytest.raises(StitchkitError, match=r"pip install 'stitchkit\[tensorboard\]'"):
+        run_local(load_sweep(spec), tmp_path / "runs", log=lambda line: None)
+    assert not (tmp_path / "runs").exists()

@@ -221,6 +221,11 @@ def _attempt(run_dir: Path, event: str) -> None:
 def run_local(sweep: Sweep, runs_dir: Path, retry_failed: bool = False, log=print) -> dict[str, int]:
     """Run every runnable cell in this process, one after another (or a group at a time with ``group_by_front``);
     returns counts of outcomes."""
+    from ..training.config import load_config
+    from ..training.logging import require_loggers
+
+    # A logger package the base asks for and this machine lacks fails the sweep once, here, not every cell in turn.
+    require_loggers(load_config(layers=[("the sweep's base", sweep.base)]))
     counts: dict[str, int] = {}
     cells = sweep.runnable
     done = 0
