@@ -226,3 +226,55 @@ def test_reset_classifier_on_a_stitch_trains_a_new_head_that_saves_and_loads(tmp
     assert (probe.num_classes, probe.num_features) == (6, 512)
     with pytest.raises(stitchkit.StitchkitError, match="pass num_classes alone"):
         probe.reset_classifier(2, global_pool="max")
+
+
+def _network(kind: str):
+    """One small random network of ``kind``, in eval mode (``finetune_torchvision``: a head cut from an exported
+    graph, whose classifier is weights the graph reads)."""
+    from stitchkit.parallel import create_parallel
+
+    torch.manual_seed(0)
+    build = {
+        "stitch": lambda: stitchkit.create_stitched("resnet10t", "resnet10t", "1:3", input_size=32),
+        "stitch_new_head": lambda: stitchkit.create_stitched("resnet10t", "resnet10t", "1:3", input_size=32,
+                                                             num_classes=10),
+        "finetune": lambda: stitchkit.create_finetune_baseline("resnet10t", "1:3", input_size=32),
+        "finetune_torchvision": lambda: stitchkit.create_finetune_baseline("torchvision:resnet18", "1:1",
+                                                                           input_size=32),
+        "probe": lambda: stitchkit.create_probe("resnet10t", num_classes=6, input_size=32),
+        "parallel": lambda: create_parallel(["resnet10t", "resnet10t"], "resnet10t", "1:3", input_size=32),
+    }
+    return build[kind]().eval()
+
+
+@pytest.mark.parametrize("kind", ["stitch", "finetune", "probe", "parallel"])
+def test_a_reset_classifier_that_fails_leaves_the_network_as_it_was(kind):
+    model = _network(kind)
+    classifier, cfg, config = model.get_classifier(), dict(model.pretrained_cfg), getattr(model, "config", None)
+    trained, classes = model.trained_parts(), model.num_classes
+    for bad in (-1, 2.5, True, "3", None):
+        with pytest.raises(stitchkit.StitchkitError, match="whole number of classes"):
+            model.reset_classifier(bad)
+    with pytest.raises(stitchkit.StitchkitError, match="pass num_classes alone"):
+        model.reset_classifier(0, global_pool="avg")
+    assert model.get_classifier() is classifier and model.num_classes == classes and model.pretrained_cfg == cfg
+    assert getattr(model, "config", None) == config and model.trained_parts() == trained
+
+
+def test_a_stitch_whose_record_cannot_change_keeps_its_classifier(monkeypatch):
+    """The stitch's config is worked out before its classifier is swapped: a config that refuses (here, every new
+    config) leaves the model whole, not a new head with the old record."""
+    from stitchkit.stitching import StitchConfig
+
+    model = _network("stitch")
+    classifier, config = model.get_classifier(), model.config
+
+    def refuse(self):
+        raise stitchkit.StitchkitError("refused")
+
+    monkeypatch.setattr(StitchConfig, "__post_init__", refuse)
+    for classes in (0, 5):
+        with pytest.raises(stitchkit.StitchkitError, match="refused"):
+            model.reset_classifier(classes)
+        assert model.get_classifier() is classifier and model.num_classes == 1000 and model.config is config
+        assert "head" not in model.trained_parts() and not classifier.weight.requires_grad
