@@ -247,6 +247,58 @@ def _network(kind: str):
     return build[kind]().eval()
 
 
+def _trains(model, parameter) -> bool:
+    """Whether an optimizer gets ``parameter`` and a checkpoint holds it, as the training engine sees them."""
+    params = model.trainable_parameters() if hasattr(model, "trainable_parameters") else [
+        p for p in model.parameters() if p.requires_grad]
+    saved = model.trained_state_dict().values()
+    return any(p is parameter for p in params) and any(t.data_ptr() == parameter.data_ptr() for t in saved)
+
+
+@pytest.mark.parametrize("kind", ["stitch", "stitch_new_head", "finetune", "finetune_torchvision", "probe",
+                                  "parallel"])
+def test_every_network_drops_its_classifier_and_takes_a_new_one_as_timms_models_do(kind, tmp_path):
+    """reset_classifier(0): the model returns the pooled features its classifier read (N, num_features), forward_head
+    works, num_classes is 0, nothing new trains; it saves and loads without a classifier (num_classes 0, as timm's
+    folders say). reset_classifier(k) after it: a new k-class classifier that trains and is saved with the model."""
+    model = _network(kind)
+    width, trained = model.num_features, model.trained_parts()
+    with torch.no_grad():
+        pre_logits = model.forward_head(model.forward_features(X), pre_logits=True)
+    model.reset_classifier(0)
+    with torch.no_grad():
+        out = model(X)
+        assert out.shape == (2, width) and torch.allclose(out, pre_logits, atol=1e-5)
+        assert torch.allclose(model.forward_head(model.forward_features(X)), out, atol=1e-6)
+        assert torch.allclose(model.forward_head(model.forward_features(X), pre_logits=True), out, atol=1e-6)
+    assert (model.num_classes, model.num_features) == (0, width) and model.pretrained_cfg["num_classes"] == 0
+    assert model.trained_parts() == trained  # no classifier: nothing new to train
+    assert not any(p.requires_grad for p in model.get_classifier().parameters())
+    if kind.startswith("stitch"):
+        assert model.config.num_classes == 0 and model.config.train_head == (kind == "stitch_new_head")
+    model.save_pretrained(tmp_path / "headless")
+    hub = json.loads((tmp_path / "headless" / "config.json").read_text())
+    assert hub["num_classes"] == 0 and hub["num_features"] == width
+    assert "no classifier" in (tmp_path / "headless" / "README.md").read_text()
+    loaded = stitchkit.load_pretrained(tmp_path / "headless")
+    with torch.no_grad():
+        assert torch.equal(loaded(X), out)
+    assert loaded.num_classes == 0 and loaded.trained_parts() == trained
+
+    model.reset_classifier(3)
+    assert model(X).shape == (2, 3) and model.num_classes == 3 and model.pretrained_cfg["num_classes"] == 3
+    assert _trains(model, model.get_classifier().weight)
+    assert "head" in model.trained_parts() or model.trained_parts() == ["all"]
+    if kind.startswith("stitch"):
+        assert model.config.num_classes == 3 and model.config.train_head
+    model.save_pretrained(tmp_path / "three")
+    assert "3-class head, trained" in (tmp_path / "three" / "README.md").read_text()
+    loaded = stitchkit.load_pretrained(tmp_path / "three")
+    with torch.no_grad():
+        assert torch.equal(loaded(X), model(X))
+    assert loaded.num_classes == 3 and loaded.trained_parts() == model.trained_parts()
+
+
 @pytest.mark.parametrize("kind", ["stitch", "finetune", "probe", "parallel"])
 def test_a_reset_classifier_that_fails_leaves_the_network_as_it_was(kind):
     model = _network(kind)
@@ -278,3 +330,30 @@ def test_a_stitch_whose_record_cannot_change_keeps_its_classifier(monkeypatch):
             model.reset_classifier(classes)
         assert model.get_classifier() is classifier and model.num_classes == 1000 and model.config is config
         assert "head" not in model.trained_parts() and not classifier.weight.requires_grad
+
+
+def test_a_stitch_opened_by_timm_drops_its_classifier_and_saves_and_opens_without_it(folders, tmp_path):
+    """The README's use: timm.create_model("local-dir:...") then reset_classifier(0); the folder saved from it opens
+    in timm without a classifier and takes a new head with num_classes=."""
+    import timm
+
+    root, _ = folders
+    model = timm.create_model(f"local-dir:{root / 'stitch'}", pretrained=True)
+    with torch.no_grad():
+        pre_logits = model.forward_head(model.forward_features(X), pre_logits=True)
+    model.reset_classifier(0)
+    with torch.no_grad():
+        assert torch.equal(model(X), pre_logits) and model(X).shape == (2, 512)
+    assert model.num_classes == 0 and model.config.num_classes == 0
+    model.save_pretrained(tmp_path / "headless")
+    hub = json.loads((tmp_path / "headless" / "config.json").read_text())
+    assert hub["num_classes"] == 0 and hub["pretrained_cfg"]["num_classes"] == 0
+    assert hub["stitchkit"]["architecture"]["num_classes"] == 0 and hub["stitchkit"]["architecture"]["head_classes"] == 0
+    reopened = timm.create_model(f"local-dir:{tmp_path / 'headless'}", pretrained=True)
+    asked = timm.create_model(f"local-dir:{root / 'stitch'}", pretrained=True, num_classes=0)  # timm's other way
+    with torch.no_grad():
+        assert torch.equal(reopened(X), pre_logits) and torch.equal(asked(X), pre_logits)
+    assert reopened.num_classes == asked.num_classes == 0
+    renewed = timm.create_model(f"local-dir:{tmp_path / 'headless'}", pretrained=True, num_classes=4)
+    assert renewed(X).shape == (2, 4) and "head" in renewed.trained_parts()
+    assert timm.create_model(f"local-dir:{tmp_path / 'headless'}")(X).shape == (2, 512)  # pretrained=False

@@ -8,7 +8,9 @@ stitch, fine-tuning baseline or probe once stitchkit is imported, which register
 siblings with timm). stitchkit's own record sits under the key ``stitchkit``: what to build (``kind`` and
 ``architecture``: model names, gap, adapters, every stitch option), how to feed it (``preprocessing``), what it
 predicts (``class_names``) and what it scored (``result``). ``model.safetensors`` holds every weight the model
-needs, frozen parts included, so loading needs neither the network nor the original checkpoints. Nothing in a
+needs, frozen parts included, so loading needs neither the network nor the original checkpoints. A model saved
+without a classifier (after timm's ``reset_classifier(0)``) records ``num_classes`` 0 (timm's keys and every kind's
+``architecture``, as timm's own folders do) and loads as one that returns its pooled features. Nothing in a
 folder names a path of the machine that wrote it. Folders of format 1 (stitchkit 0.4 and 0.5, the record at the top
 level) still load.
 
@@ -407,6 +409,9 @@ def describe_head(config: dict) -> str:
     arch, kind = config["architecture"], config["kind"]
     if kind == "parallel":  # its sources share the destination's head: any one's record says which
         arch, kind = arch["stitches"][0], "stitch"
+    if arch.get("num_classes") == 0:  # every kind records no classifier (reset_classifier(0)) as 0 classes
+        return "no classifier (it returns the pooled features a classifier would read; give it one with " \
+            "reset_classifier(num_classes))"
     trained = "head" in (config.get("trained") or []) or "all" in (config.get("trained") or [])
     classes = arch.get("head_classes") or arch.get("num_classes")
     size = f"{classes}-class " if classes else ""
