@@ -334,8 +334,10 @@ def test_a_stitch_whose_record_cannot_change_keeps_its_classifier(monkeypatch):
 
 def test_a_stitch_opened_by_timm_drops_its_classifier_and_saves_and_opens_without_it(folders, tmp_path):
     """The README's use: timm.create_model("local-dir:...") then reset_classifier(0); the folder saved from it opens
-    in timm without a classifier and takes a new head with num_classes=."""
+    in timm without a classifier, takes a new head with num_classes=, and refuses to predict classes."""
     import timm
+
+    from stitchkit.predict import Predictor
 
     root, _ = folders
     model = timm.create_model(f"local-dir:{root / 'stitch'}", pretrained=True)
@@ -357,3 +359,5 @@ def test_a_stitch_opened_by_timm_drops_its_classifier_and_saves_and_opens_withou
     renewed = timm.create_model(f"local-dir:{tmp_path / 'headless'}", pretrained=True, num_classes=4)
     assert renewed(X).shape == (2, 4) and "head" in renewed.trained_parts()
     assert timm.create_model(f"local-dir:{tmp_path / 'headless'}")(X).shape == (2, 512)  # pretrained=False
+    with pytest.raises(stitchkit.StitchkitError, match="has no classifier"):
+        Predictor(tmp_path / "headless")

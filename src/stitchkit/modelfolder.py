@@ -293,6 +293,13 @@ def _holds_hidden_buffers(model: nn.Module, keys: set[str] | None) -> bool:
     return keys is None or bool(hidden & keys)  # unreadable: load_model says what is wrong with the file
 
 
+def no_classifier(folder: str | os.PathLike, doing: str) -> StitchkitError:
+    """The error for ``doing`` (predict, evaluate) with a model saved without a classifier."""
+    return StitchkitError(f"the model in {str(folder)!r} has no classifier (it was saved after reset_classifier(0), "
+                          f"and returns features): it cannot {doing}; give it a head and train it, e.g. "
+                          f"timm.create_model('local-dir:FOLDER', pretrained=True, num_classes=N)")
+
+
 def apply_config(model: nn.Module, config: dict) -> nn.Module:
     """What a loaded model carries besides its weights: a timm ``pretrained_cfg`` (so ``timm.data`` gives its
     preprocessing) and ``stitchkit_info`` (class names, result; kept when it is saved again)."""
