@@ -350,7 +350,8 @@ def test_a_stitch_opened_by_timm_drops_its_classifier_and_saves_and_opens_withou
     model.save_pretrained(tmp_path / "headless")
     hub = json.loads((tmp_path / "headless" / "config.json").read_text())
     assert hub["num_classes"] == 0 and hub["pretrained_cfg"]["num_classes"] == 0
-    assert hub["stitchkit"]["architecture"]["num_classes"] == 0 and hub["stitchkit"]["architecture"]["head_classes"] == 0
+    architecture = hub["stitchkit"]["architecture"]
+    assert architecture["num_classes"] == 0 and architecture["head_classes"] == 0
     reopened = timm.create_model(f"local-dir:{tmp_path / 'headless'}", pretrained=True)
     asked = timm.create_model(f"local-dir:{root / 'stitch'}", pretrained=True, num_classes=0)  # timm's other way
     with torch.no_grad():
