@@ -189,3 +189,19 @@ def test_sweep_print_config_shows_the_resolved_base(tmp_path, capsys):
                      "methods: [downsample_linear]\nseeds: [0]\n")
     code, out, _ = _run(capsys, "sweep", str(sweep), "--print-config", "optim.lr=0.01")
     assert code == 0 and "epochs: 2" in out and "lr: 0.01" in out and "batch_size: 512" in out
+
+
+def test_methods_lines_up_its_columns_for_the_longest_names(capsys):
+    """Every column starts at one place on every line, the longest names (parallel_concat_conv3x3_relu) included, with
+    at least one space after each cell."""
+    from stitchkit.sweeps.methods import list_methods
+
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    methods = list_methods()
+    assert len(lines) == len(methods) and max(len(m.name) for m in methods) > 26  # longer than the old fixed width
+    for field in ("adapter=", "resize="):
+        assert len({line.index(field) for line in lines}) == 1, field
+    assert len({len(line) - len(m.label) for line, m in zip(lines, methods)}) == 1  # the labels' column
+    for line, m in zip(lines, methods):
+        assert line.startswith(m.name + " ") and line.endswith(" " + m.label)

@@ -279,3 +279,17 @@ def test_the_card_of_pretrained_parts_names_them_for_the_hub():
     assert 'split: "validation (2,000 of 10,000 images)"' in header and "value: 81.25" in header
     assert "81.25%** on 2,000 of the 10,000 images of fashion_mnist's evaluation split (a random subset" in card
     assert "| resnet18.a1_in1k | source (front), timm pretrained, timm/resnet18.a1_in1k |" in card
+
+
+def test_a_folder_saved_without_a_classifier_refuses_to_evaluate_or_predict(exported, capsys, tmp_path):
+    """After reset_classifier(0) the model returns features: eval and predict say so instead of scoring them as
+    classes ("predicts 0 classes", softmax over 512 features)."""
+    folder, images, _, _ = exported
+    model = stitchkit.load_pretrained(folder)
+    model.reset_classifier(0)
+    model.save_pretrained(tmp_path / "features")
+    assert record(tmp_path / "features")["evaluation"]  # it still says what data it was evaluated on
+    for command in (["eval", str(tmp_path / "features"), "--workers", "0"],
+                    ["predict", str(tmp_path / "features"), str(images)]):
+        assert main(command) == 2
+        assert "has no classifier" in capsys.readouterr().err

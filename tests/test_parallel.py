@@ -229,3 +229,25 @@ def test_parallel_stitches_over_the_same_fronts_train_in_one_pass_as_they_would_
     models = [m.model for m in members]
     assert all(m.fronts is models[0].fronts for m in models)
     assert models[0].back is not models[1].back  # each trains its own new head
+
+
+def test_a_parallel_stitch_without_a_classifier_saves_loads_and_takes_a_new_head(tmp_path):
+    """num_classes=0 (timm's no classifier) when it is built, or reset_classifier(0) after: the pooled features,
+    recorded in every source's record; reset_classifier(k) then gives a head that trains and is saved."""
+    torch.manual_seed(0)
+    model = create_parallel(["resnet10t", "resnet10t"], "resnet10t", "1:3", input_size=32, num_classes=0).eval()
+    assert model(X).shape == (3, 512) and model.num_classes == 0
+    assert [s.num_classes for s in model.config.stitches] == [0, 0]
+    model.save_pretrained(tmp_path / "features")
+    loaded = stitchkit.load_pretrained(tmp_path / "features")
+    with torch.no_grad():
+        assert torch.equal(loaded(X), model(X))
+    model.reset_classifier(4)
+    assert model.trained_parts() == ["adapters", "fusion", "head"]
+    assert [(s.num_classes, s.train_head) for s in model.config.stitches] == [(4, True), (4, True)]
+    assert any(p is model.get_classifier().weight for p in model.trainable_parameters())
+    assert "back.1.owner.fc.weight" in model.trained_state_dict()
+    model.save_pretrained(tmp_path / "four")
+    loaded = stitchkit.load_pretrained(tmp_path / "four")
+    with torch.no_grad():
+        assert torch.equal(loaded(X), model(X)) and loaded(X).shape == (3, 4)

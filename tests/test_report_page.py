@@ -98,6 +98,33 @@ def test_a_pair_in_one_sentence():
     assert [plural(n, "seed") for n in (0, 1, 3)] == ["0 seeds", "1 seed", "3 seeds"]
 
 
+def test_an_empty_table_1_says_that_reference_models_are_missing_and_how_to_add_them(tmp_path):
+    """Finished stitches but no model on its own to compare them with: table1.md and the page say so and name the
+    eval-model command that adds one (not "no finished runs"); once one is measured, it is a row of the table."""
+    runs, cells = tmp_path / "runs", []
+    for gap, top1 in (("1:2", 70.0), ("1:4", 75.0)):
+        _run(runs, cells, f"pair/{gap.replace(':', '-')}/bottleneck/seed0", {"status": "finished", "top1": top1,
+             "gmacs": 0.02, "params": 1000, "dataset": "fashion_mnist", "input_size": 32},
+             kind="stitch", src=SRC, dst=DST, gap=gap, method="bottleneck", seed=0, lr=None)
+    _run(runs, cells, "pair/2-3/bottleneck/seed0", None, kind="stitch", src=SRC, dst=DST, gap="2:3",
+         method="bottleneck", seed=0, lr=None)
+    (runs / "sweeps").mkdir()
+    (runs / "sweeps" / "pair.json").write_text(json.dumps({"sweep": "pair", "cells": cells}))
+    report = write_report(runs)
+    table = (report.parent / "table1.md").read_text()
+    assert table.startswith("| Model |") and "no finished runs" not in table
+    assert "No reference models to compare the 2 finished stitched cells with" in table
+    assert f"stitchkit eval-model {SRC} --data ... --out {runs / 'originals' / SRC}" in table and DST in table
+    assert "No reference models to compare the 2 finished stitched cells with" in report.read_text()
+    (runs / "originals" / DST).mkdir(parents=True)
+    (runs / "originals" / DST / "result.json").write_text(json.dumps({
+        "status": "finished", "mode": "eval", "src": DST, "dst": DST, "top1": 80.0, "gmacs": 0.021,
+        "dataset": "fashion_mnist"}))
+    table = (write_report(runs).parent / "table1.md").read_text()
+    assert f"| {DST} | 80.0 | 0.021 | measured (eval-model) on fashion_mnist |" in table
+    assert "No reference models" not in table
+
+
 def _chromium() -> str | None:
     return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 

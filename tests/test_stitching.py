@@ -336,3 +336,29 @@ def test_a_stitch_is_built_from_its_config_validated_once():
                                 ({"unfreeze_last": -1}, StitchkitError, "unfreeze_last")]:
         with pytest.raises(error, match=message):
             StitchConfig(**{"src": "resnet10t", "dst": "resnet10t", "gap": (1, 2), **bad})
+
+
+def test_num_classes_0_builds_a_stitch_without_a_classifier_that_saves_its_adapters(tmp_path):
+    """num_classes=0 means what timm's create_model(num_classes=0) means (no classifier, the pooled features),
+    for create_stitched, a StitchConfig, build_stitch and an adapter file, not a new head of the destination's size;
+    as a head of none has no random weights, it need not train."""
+    from stitchkit.stitching import StitchConfig, build_stitch
+
+    torch.manual_seed(0)
+    model = create_stitched("resnet10t", "resnet10t", "1:3", input_size=32, num_classes=0).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (2, 512) and torch.equal(model.forward_head(model.forward_features(x)), out)
+    assert model.num_classes == 0 and model.pretrained_cfg["num_classes"] == 0
+    assert (model.config.num_classes, model.config.train_head) == (0, False) and model.trained_parts() == ["adapters"]
+    assert build_stitch(StitchConfig("resnet10t", "resnet10t", "1:3", input_size=32, num_classes=0)).num_classes == 0
+    for p in model.bridge.parameters():
+        nn.init.normal_(p, std=0.1)
+    model.save_adapters(tmp_path / "adapters.pt")
+    rebuilt = stitchkit.load_stitched(tmp_path / "adapters.pt").eval()
+    assert rebuilt.config == model.config and rebuilt.num_classes == 0
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.bridge(model.front(x)), model.bridge(model.front(x)))
+    with pytest.raises(StitchkitError, match="whole number >= 0"):
+        StitchConfig("resnet10t", "resnet10t", "1:3", num_classes=-1, train_head=True)

@@ -226,3 +226,139 @@ def test_reset_classifier_on_a_stitch_trains_a_new_head_that_saves_and_loads(tmp
     assert (probe.num_classes, probe.num_features) == (6, 512)
     with pytest.raises(stitchkit.StitchkitError, match="pass num_classes alone"):
         probe.reset_classifier(2, global_pool="max")
+
+
+def _network(kind: str):
+    """One small random network of ``kind``, in eval mode (``finetune_torchvision``: a head cut from an exported
+    graph, whose classifier is weights the graph reads)."""
+    from stitchkit.parallel import create_parallel
+
+    torch.manual_seed(0)
+    build = {
+        "stitch": lambda: stitchkit.create_stitched("resnet10t", "resnet10t", "1:3", input_size=32),
+        "stitch_new_head": lambda: stitchkit.create_stitched("resnet10t", "resnet10t", "1:3", input_size=32,
+                                                             num_classes=10),
+        "finetune": lambda: stitchkit.create_finetune_baseline("resnet10t", "1:3", input_size=32),
+        "finetune_torchvision": lambda: stitchkit.create_finetune_baseline("torchvision:resnet18", "1:1",
+                                                                           input_size=32),
+        "probe": lambda: stitchkit.create_probe("resnet10t", num_classes=6, input_size=32),
+        "parallel": lambda: create_parallel(["resnet10t", "resnet10t"], "resnet10t", "1:3", input_size=32),
+    }
+    return build[kind]().eval()
+
+
+def _trains(model, parameter) -> bool:
+    """Whether an optimizer gets ``parameter`` and a checkpoint holds it, as the training engine sees them."""
+    params = model.trainable_parameters() if hasattr(model, "trainable_parameters") else [
+        p for p in model.parameters() if p.requires_grad]
+    saved = model.trained_state_dict().values()
+    return any(p is parameter for p in params) and any(t.data_ptr() == parameter.data_ptr() for t in saved)
+
+
+@pytest.mark.parametrize("kind", ["stitch", "stitch_new_head", "finetune", "finetune_torchvision", "probe",
+                                  "parallel"])
+def test_every_network_drops_its_classifier_and_takes_a_new_one_as_timms_models_do(kind, tmp_path):
+    """reset_classifier(0): the model returns the pooled features its classifier read (N, num_features), forward_head
+    works, num_classes is 0, nothing new trains; it saves and loads without a classifier (num_classes 0, as timm's
+    folders say). reset_classifier(k) after it: a new k-class classifier that trains and is saved with the model."""
+    model = _network(kind)
+    width, trained = model.num_features, model.trained_parts()
+    with torch.no_grad():
+        pre_logits = model.forward_head(model.forward_features(X), pre_logits=True)
+    model.reset_classifier(0)
+    with torch.no_grad():
+        out = model(X)
+        assert out.shape == (2, width) and torch.allclose(out, pre_logits, atol=1e-5)
+        assert torch.allclose(model.forward_head(model.forward_features(X)), out, atol=1e-6)
+        assert torch.allclose(model.forward_head(model.forward_features(X), pre_logits=True), out, atol=1e-6)
+    assert (model.num_classes, model.num_features) == (0, width) and model.pretrained_cfg["num_classes"] == 0
+    assert model.trained_parts() == trained  # no classifier: nothing new to train
+    assert not any(p.requires_grad for p in model.get_classifier().parameters())
+    if kind.startswith("stitch"):
+        assert model.config.num_classes == 0 and model.config.train_head == (kind == "stitch_new_head")
+    model.save_pretrained(tmp_path / "headless")
+    hub = json.loads((tmp_path / "headless" / "config.json").read_text())
+    assert hub["num_classes"] == 0 and hub["num_features"] == width
+    assert "no classifier" in (tmp_path / "headless" / "README.md").read_text()
+    loaded = stitchkit.load_pretrained(tmp_path / "headless")
+    with torch.no_grad():
+        assert torch.equal(loaded(X), out)
+    assert loaded.num_classes == 0 and loaded.trained_parts() == trained
+
+    model.reset_classifier(3)
+    assert model(X).shape == (2, 3) and model.num_classes == 3 and model.pretrained_cfg["num_classes"] == 3
+    assert _trains(model, model.get_classifier().weight)
+    assert "head" in model.trained_parts() or model.trained_parts() == ["all"]
+    if kind.startswith("stitch"):
+        assert model.config.num_classes == 3 and model.config.train_head
+    model.save_pretrained(tmp_path / "three")
+    assert "3-class head, trained" in (tmp_path / "three" / "README.md").read_text()
+    loaded = stitchkit.load_pretrained(tmp_path / "three")
+    with torch.no_grad():
+        assert torch.equal(loaded(X), model(X))
+    assert loaded.num_classes == 3 and loaded.trained_parts() == model.trained_parts()
+
+
+@pytest.mark.parametrize("kind", ["stitch", "finetune", "probe", "parallel"])
+def test_a_reset_classifier_that_fails_leaves_the_network_as_it_was(kind):
+    model = _network(kind)
+    classifier, cfg, config = model.get_classifier(), dict(model.pretrained_cfg), getattr(model, "config", None)
+    trained, classes = model.trained_parts(), model.num_classes
+    for bad in (-1, 2.5, True, "3", None):
+        with pytest.raises(stitchkit.StitchkitError, match="whole number of classes"):
+            model.reset_classifier(bad)
+    with pytest.raises(stitchkit.StitchkitError, match="pass num_classes alone"):
+        model.reset_classifier(0, global_pool="avg")
+    assert model.get_classifier() is classifier and model.num_classes == classes and model.pretrained_cfg == cfg
+    assert getattr(model, "config", None) == config and model.trained_parts() == trained
+
+
+def test_a_stitch_whose_record_cannot_change_keeps_its_classifier(monkeypatch):
+    """The stitch's config is worked out before its classifier is swapped: a config that refuses (here, every new
+    config) leaves the model whole, not a new head with the old record."""
+    from stitchkit.stitching import StitchConfig
+
+    model = _network("stitch")
+    classifier, config = model.get_classifier(), model.config
+
+    def refuse(self):
+        raise stitchkit.StitchkitError("refused")
+
+    monkeypatch.setattr(StitchConfig, "__post_init__", refuse)
+    for classes in (0, 5):
+        with pytest.raises(stitchkit.StitchkitError, match="refused"):
+            model.reset_classifier(classes)
+        assert model.get_classifier() is classifier and model.num_classes == 1000 and model.config is config
+        assert "head" not in model.trained_parts() and not classifier.weight.requires_grad
+
+
+def test_a_stitch_opened_by_timm_drops_its_classifier_and_saves_and_opens_without_it(folders, tmp_path):
+    """The README's use: timm.create_model("local-dir:...") then reset_classifier(0); the folder saved from it opens
+    in timm without a classifier, takes a new head with num_classes=, and refuses to predict classes."""
+    import timm
+
+    from stitchkit.predict import Predictor
+
+    root, _ = folders
+    model = timm.create_model(f"local-dir:{root / 'stitch'}", pretrained=True)
+    with torch.no_grad():
+        pre_logits = model.forward_head(model.forward_features(X), pre_logits=True)
+    model.reset_classifier(0)
+    with torch.no_grad():
+        assert torch.equal(model(X), pre_logits) and model(X).shape == (2, 512)
+    assert model.num_classes == 0 and model.config.num_classes == 0
+    model.save_pretrained(tmp_path / "headless")
+    hub = json.loads((tmp_path / "headless" / "config.json").read_text())
+    assert hub["num_classes"] == 0 and hub["pretrained_cfg"]["num_classes"] == 0
+    architecture = hub["stitchkit"]["architecture"]
+    assert architecture["num_classes"] == 0 and architecture["head_classes"] == 0
+    reopened = timm.create_model(f"local-dir:{tmp_path / 'headless'}", pretrained=True)
+    asked = timm.create_model(f"local-dir:{root / 'stitch'}", pretrained=True, num_classes=0)  # timm's other way
+    with torch.no_grad():
+        assert torch.equal(reopened(X), pre_logits) and torch.equal(asked(X), pre_logits)
+    assert reopened.num_classes == asked.num_classes == 0
+    renewed = timm.create_model(f"local-dir:{tmp_path / 'headless'}", pretrained=True, num_classes=4)
+    assert renewed(X).shape == (2, 4) and "head" in renewed.trained_parts()
+    assert timm.create_model(f"local-dir:{tmp_path / 'headless'}")(X).shape == (2, 512)  # pretrained=False
+    with pytest.raises(stitchkit.StitchkitError, match="has no classifier"):
+        Predictor(tmp_path / "headless")

@@ -63,8 +63,12 @@ class FinetuneBaseline(Network, Part):
     @classmethod
     def from_architecture(cls, architecture: dict) -> "FinetuneBaseline":
         a = architecture
-        model = create_model(a["model"], input_size=a["input_size"], num_classes=a["num_classes"])
-        return create_finetune_baseline(model, tuple(a["gap"]), input_size=a["input_size"], name=a["model"])
+        # No classifier (num_classes 0, after reset_classifier(0)): the model is cut with its own, then drops it
+        model = create_model(a["model"], input_size=a["input_size"], num_classes=a["num_classes"] or None)
+        baseline = create_finetune_baseline(model, tuple(a["gap"]), input_size=a["input_size"], name=a["model"])
+        if a["num_classes"] == 0:
+            baseline.reset_classifier(0)
+        return baseline
 
 
 def create_finetune_baseline(

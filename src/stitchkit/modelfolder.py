@@ -8,7 +8,9 @@ stitch, fine-tuning baseline or probe once stitchkit is imported, which register
 siblings with timm). stitchkit's own record sits under the key ``stitchkit``: what to build (``kind`` and
 ``architecture``: model names, gap, adapters, every stitch option), how to feed it (``preprocessing``), what it
 predicts (``class_names``) and what it scored (``result``). ``model.safetensors`` holds every weight the model
-needs, frozen parts included, so loading needs neither the network nor the original checkpoints. Nothing in a
+needs, frozen parts included, so loading needs neither the network nor the original checkpoints. A model saved
+without a classifier (after timm's ``reset_classifier(0)``) records ``num_classes`` 0 (timm's keys and every kind's
+``architecture``, as timm's own folders do) and loads as one that returns its pooled features. Nothing in a
 folder names a path of the machine that wrote it. Folders of format 1 (stitchkit 0.4 and 0.5, the record at the top
 level) still load.
 
@@ -291,6 +293,13 @@ def _holds_hidden_buffers(model: nn.Module, keys: set[str] | None) -> bool:
     return keys is None or bool(hidden & keys)  # unreadable: load_model says what is wrong with the file
 
 
+def no_classifier(folder: str | os.PathLike, doing: str) -> StitchkitError:
+    """The error for ``doing`` (predict, evaluate) with a model saved without a classifier."""
+    return StitchkitError(f"the model in {str(folder)!r} has no classifier (it was saved after reset_classifier(0), "
+                          f"and returns features): it cannot {doing}; give it a head and train it, e.g. "
+                          f"timm.create_model('local-dir:FOLDER', pretrained=True, num_classes=N)")
+
+
 def apply_config(model: nn.Module, config: dict) -> nn.Module:
     """What a loaded model carries besides its weights: a timm ``pretrained_cfg`` (so ``timm.data`` gives its
     preprocessing) and ``stitchkit_info`` (class names, result; kept when it is saved again)."""
@@ -407,6 +416,9 @@ def describe_head(config: dict) -> str:
     arch, kind = config["architecture"], config["kind"]
     if kind == "parallel":  # its sources share the destination's head: any one's record says which
         arch, kind = arch["stitches"][0], "stitch"
+    if arch.get("num_classes") == 0:  # every kind records no classifier (reset_classifier(0)) as 0 classes
+        return "no classifier (it returns the pooled features a classifier would read; give it one with " \
+            "reset_classifier(num_classes))"
     trained = "head" in (config.get("trained") or []) or "all" in (config.get("trained") or [])
     classes = arch.get("head_classes") or arch.get("num_classes")
     size = f"{classes}-class " if classes else ""

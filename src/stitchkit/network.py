@@ -14,7 +14,7 @@ The classifier is the last ``nn.Linear`` of the head (timm's ``fc``, ``head``, `
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
@@ -130,7 +130,11 @@ class Network(SavesPretrained):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new, randomly initialised classifier of ``num_classes`` outputs that trains (0: none, the model then
-        returns the classifier's input, as timm's models do)."""
+        returns the classifier's input, as timm's models do). Everything is checked before anything changes: a
+        reset that fails leaves the model as it was."""
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise StitchkitError(f"reset_classifier takes a whole number of classes >= 0 (0: no classifier), got "
+                                 f"{num_classes!r}")
         if global_pool is not None:
             raise StitchkitError("reset_classifier(global_pool=...) is not supported on stitchkit networks: they "
                                  "keep their parts' pooling; pass num_classes alone")
@@ -140,6 +144,9 @@ class Network(SavesPretrained):
         new = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
         if _is_graph_held(old):  # the graph reads weight and bias: new ones of the new shape
             new = _GraphLinear(new.weight, new.bias) if num_classes > 0 else _GraphLinear.identity(width)
+        # What the network records about its head (a stitch's config) is worked out, and checked, here too: a
+        # failure after the classifier is swapped would leave a model whose head and record disagree.
+        record_head = self._plan_head(num_classes)
         parent, _, attr = name.rpartition(".")
         head = self.head()
         setattr(head.get_submodule(parent) if parent else head, attr, new.to(device))
@@ -151,12 +158,15 @@ class Network(SavesPretrained):
             self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes, "label_names": None}
         if isinstance(getattr(self, "stitchkit_info", None), dict):  # the old head's class names and scores
             self.stitchkit_info = {k: v for k, v in self.stitchkit_info.items() if k not in ("class_names", "result")}
-        self._head_replaced(num_classes)
+        record_head()
         if num_classes == 0:
             new.requires_grad_(False)  # nothing to train where there is no classifier
 
-    def _head_replaced(self, num_classes: int) -> None:
-        """What the network must change when its classifier is new (a stitch starts training its head)."""
+    def _plan_head(self, num_classes: int) -> Callable[[], None]:
+        """Check that this network can record a classifier of ``num_classes`` (0: none), raising before anything
+        changes, and return what records it once the classifier is in place (a stitch's config, what trains). It
+        must not fail. Networks that read their head from the model itself record nothing."""
+        return lambda: None
 
     @property
     def num_classes(self) -> int:

@@ -18,7 +18,7 @@ The paper names this as future work; its public code carries configurations for 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ from .errors import IncompatibleError, StitchkitError, unknown_name
 from .formats import Format
 from .network import Network
 from .starts import DEFAULT_START, get_start
-from .stitching import StitchConfig, StitchedModel, build_stitch, stitch_models
+from .stitching import StitchConfig, StitchedModel, build_stitch, stitch_architecture, stitch_models, train_back_head
 from .zoo import resolve_model
 from .zoo.models import fit_head, num_outputs
 
@@ -186,7 +186,7 @@ class ParallelStitchedModel(Network, nn.Module):
         self.dst_spec = stitches[0].dst_spec
         self.src_specs = [s.src_spec for s in stitches]  # where each front was cut (stitchkit inspect shows them)
         self._back_parts = stitches[0].trained_parts()[1:]  # the back's trained blocks and head, by name
-        self._architectures = [s.architecture() for s in stitches]
+        self._one_model = [getattr(s, "one_model", False) for s in stitches]
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "ParallelStitchedModel":
@@ -242,9 +242,27 @@ class ParallelStitchedModel(Network, nn.Module):
                                f"{extra[:3]}); it was saved from another one")
         self.load_state_dict(state, strict=False)
 
+    def _plan_head(self, num_classes: int):
+        # As a single stitch's (StitchedModel._plan_head): every source's record says what the shared head is now,
+        # and a new classifier trains (and is saved) with the adapters.
+        stitches = [replace(s, num_classes=num_classes, train_head=s.train_head or num_classes > 0)
+                    for s in self.config.stitches]
+        config = replace(self.config, stitches=stitches)
+
+        def record() -> None:
+            self.config = config
+            if num_classes > 0:
+                train_back_head(self)
+                if "head" not in self._back_parts:
+                    self._back_parts = [*self._back_parts, "head"]
+        return record
+
     def architecture(self) -> dict:
-        """What rebuilds it without weights: the fusion and each source's single-stitch architecture."""
-        return {"fusion": self.config.fusion, "stitches": self._architectures}
+        """What rebuilds it without weights: the fusion and each source's single-stitch architecture (as the model
+        is now: a head replaced since it was built is recorded)."""
+        classes = getattr(self, "pretrained_cfg", {}).get("num_classes")
+        return {"fusion": self.config.fusion, "stitches": [stitch_architecture(s, one, classes) for s, one in
+                                                           zip(self.config.stitches, self._one_model)]}
 
     @classmethod
     def from_architecture(cls, architecture: dict) -> "ParallelStitchedModel":
@@ -283,9 +301,12 @@ def build_parallel(config: ParallelConfig, src_models: list[nn.Module] | None = 
         src_models = [dst_model if s.src == s.dst and s.src_checkpoint == s.dst_checkpoint else
                       resolve_model(s.src, s.pretrained, s.src_checkpoint, s.input_size)[0] for s in config.stitches]
     images = calibration_images or [None] * len(config.stitches)
+    # No classifier (num_classes=0) is dropped from the parallel stitch's head below, not from each source's own
+    # stitch: the network asks its head for the classifier it dropped.
+    singles = [replace(s, num_classes=None) if s.num_classes == 0 else s for s in config.stitches]
     stitches = [build_stitch(s, src, dst_model, calibration_images=im, check=False,
                              calibration_device=calibration_device if im is not None else None)
-                for s, src, im in zip(config.stitches, src_models, images)]
+                for s, src, im in zip(singles, src_models, images)]
     exit_spec = stitches[0].bridge.exit_spec
     for s in stitches[1:]:
         if s.bridge.exit_spec != exit_spec:
@@ -302,6 +323,8 @@ def build_parallel(config: ParallelConfig, src_models: list[nn.Module] | None = 
     # pixels reach every front at once: the first source's preprocessing (as a single stitch's, its source's)
     model.pretrained_cfg = {**stitches[0].pretrained_cfg, "architecture": "parallel:" + "+".join(config.srcs)
                             + f"->{config.dst}"}
+    if first.num_classes == 0:
+        model.reset_classifier(0)
     if check:
         size = first.input_size
         with torch.no_grad():
@@ -340,7 +363,7 @@ def create_parallel(srcs: list[str | nn.Module], dst: str | nn.Module, gaps: str
                              "where a source has none)")
     prefix_in = prefix_in or get_start(options.get("adapter_norm", DEFAULT_START)).prefix_in
     dst_model, dst_name = resolve_model(dst, pretrained, dst_checkpoint, input_size)
-    new_head = fit_head(dst_model, num_classes, new_head)
+    new_head = num_classes != 0 and fit_head(dst_model, num_classes, new_head)  # 0: none (build_parallel drops it)
     if new_head:
         num_classes = num_outputs(dst_model)
     train_head = new_head if train_head is None else train_head
@@ -348,7 +371,8 @@ def create_parallel(srcs: list[str | nn.Module], dst: str | nn.Module, gaps: str
     configs = [StitchConfig(name, dst_name, parse_gap(g), adapter=adapter, resize=resize, input_size=input_size,
                             pretrained=bool(pretrained), src_checkpoint=str(c) if c else None,
                             dst_checkpoint=str(dst_checkpoint) if dst_checkpoint else None,
-                            num_classes=num_classes if new_head else None, train_head=bool(train_head),
+                            num_classes=num_classes if new_head or num_classes == 0 else None,
+                            train_head=bool(train_head),
                             prefix_in=prefix_in, **options)
                for name, g, c in zip(names, gaps, checkpoints)]
     return build_parallel(ParallelConfig(configs, fusion), list(models), dst_model,

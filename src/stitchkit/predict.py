@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from .errors import StitchkitError
+from .modelfolder import no_classifier
 from .pretrained import folder_or_run, load_pretrained
 from .training.data import IMAGE_EXTENSIONS, build_transforms, eval_transform
 from .training.evaluation import load_trained
@@ -32,6 +33,8 @@ class Predictor:
             self.model = load_pretrained(source, device=resolve_device(device or "auto"))
             info, cfg = self.model.stitchkit_info, self.model.pretrained_cfg
             names, classes = info.get("class_names"), cfg.get("num_classes") or 0
+            if cfg.get("num_classes") == 0:  # features, not class scores: softmax over them would name nonsense
+                raise no_classifier(source, "predict classes")
             self.transform = eval_transform(cfg["input_size"][-1], cfg["crop_pct"], cfg["interpolation"],
                                             cfg["mean"], cfg["std"])
         else:

@@ -80,8 +80,12 @@ class HeadProbe(Network, nn.Module):
     @classmethod
     def from_architecture(cls, architecture: dict) -> "HeadProbe":
         a = architecture
-        model = create_model(a["model"], input_size=a["input_size"], num_classes=a["num_classes"])
-        return create_probe(model, unfreeze_last=a["unfreeze_last"], input_size=a["input_size"], name=a["model"])
+        # No classifier (num_classes 0, after reset_classifier(0)): the model is cut with its own, then drops it
+        model = create_model(a["model"], input_size=a["input_size"], num_classes=a["num_classes"] or None)
+        probe = create_probe(model, unfreeze_last=a["unfreeze_last"], input_size=a["input_size"], name=a["model"])
+        if a["num_classes"] == 0:
+            probe.reset_classifier(0)
+        return probe
 
 
 def create_probe(

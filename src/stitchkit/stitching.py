@@ -70,7 +70,9 @@ class StitchConfig:
     pretrained: bool = False
     src_checkpoint: str | None = None
     dst_checkpoint: str | None = None
-    num_classes: int | None = None  # a new head of this size; None: the destination's own head
+    # A new head of this size; None: the destination's own head; 0: no classifier (timm's reset_classifier(0)): the
+    # stitch returns the pooled features the destination's classifier would read.
+    num_classes: int | None = None
     train_head: bool = False  # the back's head trains with the adapters
     unfreeze_last: int = 0  # blocks at the end of the back that train with the adapters
 
@@ -81,9 +83,11 @@ class StitchConfig:
         check_choices(self.adapter, self.resize, self.prefix_out, self.prefix_in, self.frozen_mode, self.adapter_norm)
         if not isinstance(self.unfreeze_last, int) or self.unfreeze_last < 0:
             raise StitchkitError(f"unfreeze_last must be a whole number >= 0, got {self.unfreeze_last!r}")
-        if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 1):
-            raise StitchkitError(f"num_classes must be a whole number >= 1 or None, got {self.num_classes!r}")
-        if self.num_classes is not None and not self.train_head:
+        if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
+                                             or self.num_classes < 0):
+            raise StitchkitError(f"num_classes must be a whole number >= 0 (0: no classifier) or None, got "
+                                 f"{self.num_classes!r}")
+        if self.num_classes and not self.train_head:  # (no classifier has no random weights to train)
             raise IncompatibleError(f"a new head of {self.num_classes} classes starts from random weights, so it must "
                                     "train: drop train_head=False, or keep the destination's own head "
                                     "(num_classes=None)")
@@ -321,6 +325,29 @@ def _add_pos_embed(x: torch.Tensor, pos: torch.Tensor, num_prefix_tokens: int) -
     return torch.cat([x[:, :num_prefix_tokens], x[:, num_prefix_tokens:] + pos], dim=1)
 
 
+def stitch_architecture(config: StitchConfig, one_model: bool, head_classes: int | None) -> dict:
+    """A stitch's :meth:`StitchedModel.architecture` (also each source's record in a parallel stitch's): its config
+    without where the weights came from, whether source and destination were one model, and how many classes its
+    head predicts now (0: no classifier)."""
+    arch = asdict(config)
+    for key in ("pretrained", "src_checkpoint", "dst_checkpoint"):
+        arch.pop(key)
+    arch["gap"] = list(arch["gap"])
+    arch["one_model"] = one_model
+    arch["head_classes"] = head_classes
+    return arch
+
+
+def train_back_head(model: nn.Module) -> None:
+    """Make the head of ``model.back`` (a stitch's or a parallel stitch's) one of the parts that train with the
+    adapters: trainable, in ``trained_back`` (so checkpoints hold it), following ``.train()``."""
+    head = len(model.back) - 1
+    if head not in model.trained_back:
+        model.trained_back = (*model.trained_back, head)
+    model.back[head].requires_grad_(True)
+    model.train(model.training)
+
+
 class StitchedModel(Network, nn.Module):
     """``back(bridge(front(x)))`` with ``front`` and ``back`` frozen.
 
@@ -454,14 +481,17 @@ class StitchedModel(Network, nn.Module):
             h = self.front(x)
         return self.back[:-1](self.bridge(h))
 
-    def _head_replaced(self, num_classes: int) -> None:
+    def _plan_head(self, num_classes: int):
         # A new classifier trains with the adapters, and is recorded as new (so a reload builds one of its size).
-        self.config = replace(self.config, train_head=True, num_classes=num_classes)
-        head = len(self.back) - 1
-        if head not in self.trained_back:
-            self.trained_back = (*self.trained_back, head)
-        self.back[head].requires_grad_(True)
-        self.train(self.training)
+        # No classifier (0) is recorded too (a reload drops the destination's), and changes nothing about what
+        # trains: the head keeps its pooling (and norm) as it was, trained or frozen.
+        config = replace(self.config, num_classes=num_classes, train_head=self.config.train_head or num_classes > 0)
+
+        def record() -> None:
+            self.config = config
+            if num_classes > 0:
+                train_back_head(self)
+        return record
 
     @classmethod
     def describe(cls, architecture: dict, head: str) -> str:
@@ -474,13 +504,8 @@ class StitchedModel(Network, nn.Module):
         """What rebuilds this network without its weights (see :meth:`from_architecture`): the
         :class:`StitchConfig` without where the weights came from, whether source and destination were one model,
         and how many classes the head predicts."""
-        arch = asdict(self.config)
-        for key in ("pretrained", "src_checkpoint", "dst_checkpoint"):
-            arch.pop(key)
-        arch["gap"] = list(arch["gap"])
-        arch["one_model"] = getattr(self, "one_model", False)
-        arch["head_classes"] = getattr(self, "pretrained_cfg", {}).get("num_classes")
-        return arch
+        return stitch_architecture(self.config, getattr(self, "one_model", False),
+                                   getattr(self, "pretrained_cfg", {}).get("num_classes"))
 
     @classmethod
     def from_architecture(cls, architecture: dict) -> "StitchedModel":
@@ -524,7 +549,7 @@ def load_stitched(path: str | os.PathLike, pretrained: bool | None = None, **ove
     if not isinstance(saved, dict) or saved.get("format") not in READABLE_ADAPTER_FORMATS:
         raise StitchkitError(f"{str(path)!r} is not a stitchkit adapter file (written by StitchedModel.save_adapters)")
     config = dict(saved["config"], **overrides)
-    config.setdefault("new_head", config.get("num_classes") is not None)  # num_classes is recorded for new heads only
+    config.setdefault("new_head", bool(config.get("num_classes")))  # num_classes is recorded for new heads (and 0)
     if pretrained is not None:
         config["pretrained"] = pretrained
     model = create_stitched(**config)
@@ -586,7 +611,8 @@ def create_stitched(
             keeping the class token, as the paper's code (default); False sends them through an image.
         num_classes: give the destination a new, randomly initialised head of this many classes (a task neither
             model was trained for); None or the destination's own number keeps its head (as timm's
-            ``create_model(num_classes=...)`` keeps a pretrained head of that size).
+            ``create_model(num_classes=...)`` keeps a pretrained head of that size); 0: no classifier, the stitch
+            returns the pooled features the destination's classifier would read (timm's ``num_classes=0``).
         new_head: a new head even when ``num_classes`` (default: the destination's own) equals the destination's
             (a new task with as many classes); default: exactly when the numbers differ.
         train_head: train the back's head (its pooling, final norm and classifier) with the adapters; default: True
@@ -617,7 +643,8 @@ def create_stitched(
         dst_model, dst_name = src_model, src_name  # one model stitched to itself: build it once
     else:
         dst_model, dst_name = resolve_model(dst, pretrained, dst_checkpoint, input_size)
-    new_head = fit_head(dst_model, num_classes, new_head)  # before the cut: the back takes the model's head
+    # before the cut: the back takes the model's head (none, num_classes=0: build_stitch drops the model's own)
+    new_head = num_classes != 0 and fit_head(dst_model, num_classes, new_head)
     if new_head:
         num_classes = num_outputs(dst_model)
     if train_head is None:
@@ -628,7 +655,8 @@ def create_stitched(
         adapter_norm=adapter_norm, token_adapters=token_adapters, pretrained=bool(pretrained),
         src_checkpoint=str(src_checkpoint) if src_checkpoint else None,
         dst_checkpoint=str(dst_checkpoint) if dst_checkpoint else None,
-        num_classes=num_classes if new_head else None, train_head=bool(train_head), unfreeze_last=int(unfreeze_last),
+        num_classes=num_classes if new_head or num_classes == 0 else None, train_head=bool(train_head),
+        unfreeze_last=int(unfreeze_last),
     )
     return build_stitch(config, src_model, dst_model, calibration_images=calibration_images,
                         calibration_device=calibration_device, check=check)
@@ -642,7 +670,8 @@ def stitch_models(config: StitchConfig) -> tuple[nn.Module, nn.Module]:
         dst_model = src_model
     else:
         dst_model, _ = resolve_model(config.dst, config.pretrained, config.dst_checkpoint, config.input_size)
-    fit_head(dst_model, config.num_classes, new_head=config.num_classes is not None)
+    # (no classifier, num_classes=0: the model keeps its own, which build_stitch drops)
+    fit_head(dst_model, config.num_classes or None, new_head=bool(config.num_classes))
     return src_model, dst_model
 
 
@@ -716,6 +745,8 @@ def build_stitch(
             model.to(calibration_device)  # one device for the whole stitch
         model.start_seconds = time.perf_counter() - began
     model.pretrained_cfg = _data_config(model, src_model, src_name, dst_model, input_size)
+    if config.num_classes == 0:  # no classifier: the destination's own was cut with the back, and goes now
+        model.reset_classifier(0)
     model._built = True
     return model
 

@@ -60,7 +60,13 @@ def add_methods(subparsers) -> None:
 def _methods(args) -> int:
     from ..sweeps.methods import PAPER_METHODS, list_methods
 
-    for method in list_methods():
-        paper = "paper" if method.name in PAPER_METHODS else ""
-        print(f"{method.name:26s} adapter={method.adapter:13s} resize={method.resize:10s} {paper:5s} {method.label}")
+    print("\n".join(_aligned([[m.name, f"adapter={m.adapter}", f"resize={m.resize}",
+                              "paper" if m.name in PAPER_METHODS else "", m.label] for m in list_methods()])))
     return 0
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    """Rows of cells as lines whose columns line up: each column as wide as its longest cell, one space between
+    (fixed widths drift as soon as one name is longer, as parallel_concat_conv3x3_relu is)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)] if rows else []
+    return [" ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]) for row in rows]

@@ -9,7 +9,7 @@ from ..errors import StitchkitError
 from ..files import atomic_write_text, remove_own_temps
 from .collect import RESULT_COLUMNS, SUMMARY_COLUMNS, collect, standard_error, summarize
 from ..zoo.metadata import published_top1
-from .page import table1_markdown, table1_rows, write_html
+from .page import table1_markdown, table1_missing, table1_rows, write_html
 from .plots import accuracy_vs_compute, accuracy_vs_gap, pairs_overview, pareto_front
 
 __all__ = ["collect", "pareto_front", "standard_error", "summarize", "write_report"]
@@ -58,7 +58,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     compute = accuracy_vs_compute(summary, originals, out)
     figures = {"gap": gap, "compute": pairs_overview(summary, originals, out) + compute}  # the overview leads
     table1 = table1_rows(summary, originals)
-    atomic_write_text(out / "table1.md", table1_markdown(table1))
+    atomic_write_text(out / "table1.md", table1_markdown(table1, table1_missing(summary, originals, runs_dir)))
     index = out / "index.html"
     write_html(index, runs_dir, rows, summary, originals, table1, figures,
                {"results": RESULT_COLUMNS, "summary": SUMMARY_COLUMNS})

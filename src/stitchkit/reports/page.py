@@ -28,8 +28,11 @@ def _fmt(value, digits=2) -> str:
 def table1_rows(summary: list[dict], originals: dict) -> list[dict]:
     """Stitched models next to the reference models of similar compute (the paper's Table 1 layout).
 
-    For each reference model (trained from scratch here, or a model card), the most accurate stitched cell whose
-    compute lies within 80-102% of it; plus the source models themselves. Sorted by GMACs.
+    The rows are the reference models themselves (``originals`` with known compute: measured here by ``stitchkit
+    eval-model --out``, trained from scratch in the folder, or from a model card; the pairs' source and destination
+    models are among them wherever their accuracy is known) and, for each, the most accurate stitched cell whose
+    compute lies within 80-102% of it. Sorted by GMACs. No reference models, no rows (:func:`table1_missing` says
+    what to add).
     """
     refs = [{"model": name, "top1": o["top1"], "gmacs": o.get("gmacs"), "source": o["source"]}
             for name, o in originals.items() if o.get("gmacs")]
@@ -51,12 +54,33 @@ def table1_rows(summary: list[dict], originals: dict) -> list[dict]:
     return sorted(rows, key=lambda r: r["gmacs"])
 
 
-def table1_markdown(rows: list[dict]) -> str:
+def table1_missing(summary: list[dict], originals: dict, runs_dir: str | Path = "RUNS_DIR") -> str:
+    """Why Table 1 has no rows, and how to add them. Its rows hang off reference models (:func:`table1_rows`), so
+    an empty table means there are none with known compute, whether or not stitched runs have finished."""
+    finished = [r for r in summary if r["kind"] in ("stitch", "finetune") and r["top1_mean"] is not None and r["gmacs"]]
+    models = sorted({m for r in summary if r["gap"] for m in (r["src"], r["dst"]) if m})
+    model = models[0] if models else "MODEL"
+    text = (f"No reference models to compare the {plural(len(finished), 'finished stitched cell')} with"
+            if finished else "No reference models and no finished stitched runs with compute yet")
+    named = f" ({', '.join(models)})" if models else ""
+    text += (": Table 1 puts stitched models next to models on their own of similar compute. Measure each source "
+             f"and destination{named} on this data with `stitchkit eval-model "
+             f"{model} --data ... --out {Path(runs_dir) / 'originals' / model}` (the report reads every result.json "
+             "under the runs folder), or train it from scratch in the folder (mode=scratch); models with a published "
+             "ImageNet top-1 are added from their model cards.")
+    uncounted = sorted(name for name, o in originals.items() if not o.get("gmacs"))
+    if uncounted:
+        text += f" ({', '.join(uncounted)}: accuracy known, compute not recorded.)"
+    return text
+
+
+def table1_markdown(rows: list[dict], missing: str = "") -> str:
+    """Table 1 in Markdown; ``missing`` (:func:`table1_missing`) says, under an empty table, what would fill it."""
     lines = ["| Model | Top-1 (%) | GMACs | Source |", "|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r.get('top1_text') or _fmt(r['top1'], 1)} | {r['gmacs']:.3f} | {r['source']} |")
-    if len(lines) == 2:
-        lines.append("| (no finished runs with compute yet) | | | |")
+    if not rows:
+        lines += ["", missing or "No reference models to compare stitched models with yet."]
     return "\n".join(lines) + "\n"
 
 
@@ -181,6 +205,8 @@ def write_html(path: Path, runs_dir: Path, rows: list[dict], summary: list[dict]
     problems_table = html_table(problems, ["run_dir", "status", "error"]) if problems else "<p>None.</p>"
     t1 = [{"model": r["model"], "top1": r.get("top1_text") or _fmt(r["top1"], 1), "gmacs": r["gmacs"],
            "source": r["source"]} for r in table1]
+    t1_table = (html_table(t1, ["model", "top1", "gmacs", "source"]) if t1 else
+                f"<p>{html.escape(table1_missing(summary, originals, runs_dir))}</p>")
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>stitchkit report</title>
 <style>{STYLE}</style></head><body>
@@ -190,7 +216,7 @@ on the evaluation split; ± is the standard error over seeds (sample standard de
 <div class="cards">{_status_cards(rows)}</div>
 <h2>Each pair in one line</h2>{_pairs_list(summary, originals)}
 <h2>Accuracy vs compute</h2>{_figures(figures["compute"], pairs)}
-<h2>Table 1: stitched models next to models of similar compute</h2>{html_table(t1, ["model", "top1", "gmacs", "source"])}
+<h2>Table 1: stitched models next to models of similar compute</h2>{t1_table}
 <h2>Original models</h2>{html_table(originals_rows, ["model", "top1", "gmacs", "source"])}
 <h2>Accuracy vs gap</h2>{_figures(figures["gap"], pairs)}
 <h2>Failed, interrupted and pending runs</h2>{problems_table}

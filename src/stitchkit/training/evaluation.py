@@ -19,7 +19,7 @@ from ..rundir import RunDir
 from .checkpoint import load_checkpoint
 from .config import Config, from_yaml_file, load_config
 from .identity import accepted_digests
-from ..modelfolder import local_folder, read_model_config
+from ..modelfolder import local_folder, no_classifier, read_model_config
 from ..pretrained import load_described
 from ..zoo.metadata import Preprocessing, preprocessing
 from .data import build_splits
@@ -121,6 +121,8 @@ def evaluate_folder(folder: str | Path, overrides: Sequence[str] = (), device: s
                                                      prep["crop_pct"]), config.train.seed, need_train=False)
     model = load_described(Path(folder), described, device=resolve_device(config.train.device))
     classes = model.pretrained_cfg.get("num_classes")
+    if classes == 0:
+        raise no_classifier(folder, "be evaluated")
     if classes is not None and classes != len(splits.classes):
         raise StitchkitError(f"the model in {str(folder)!r} predicts {classes} classes but the data has "
                              f"{len(splits.classes)}; evaluate it on the data it was trained for")
