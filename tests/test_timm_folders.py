@@ -177,13 +177,15 @@ def test_the_timm_surface_answers_as_timms_own_model():
 
 
 def test_a_vit_head_gives_timms_pre_logits():
-    """A ViT's head here starts with its final norm (timm's forward_features ends with it)."""
+    """A ViT's forward_features ends with its final norm, as timm's does, and its forward_head (timm's too) does not
+    norm again."""
     model, ft = _pair("vit_pico_patch4_32", num_classes=7)
     with torch.no_grad():
         tokens = ft.forward_features(X)
+        assert torch.allclose(tokens, model.norm(ft.features(X)), atol=1e-6)
         assert torch.allclose(ft.forward_head(tokens, pre_logits=True),
-                              model.forward_head(model.norm(tokens), pre_logits=True), atol=1e-5)
-        assert torch.allclose(ft.forward_head(tokens), model.forward_head(model.norm(tokens)), atol=1e-5)
+                              model.forward_head(tokens, pre_logits=True), atol=1e-5)
+        assert torch.allclose(ft.forward_head(tokens), model.forward_head(tokens), atol=1e-5)
     assert (ft.num_classes, ft.num_features) == (7, model.num_features)
     _no_classifier_returns_pre_logits(ft)
 
@@ -362,3 +364,141 @@ def test_a_stitch_opened_by_timm_drops_its_classifier_and_saves_and_opens_withou
     assert timm.create_model(f"local-dir:{tmp_path / 'headless'}")(X).shape == (2, 512)  # pretrained=False
     with pytest.raises(stitchkit.StitchkitError, match="has no classifier"):
         Predictor(tmp_path / "headless")
+
+
+# --- forward_features: what the model's own returns, after its final norm --------------------------------------------
+
+
+def _timm(name: str, **kwargs):
+    torch.manual_seed(0)
+    return stitchkit.create_model(name, input_size=32, num_classes=5, **kwargs).eval()
+
+
+def _own_features(model, x, replace: dict | None = None):
+    """timm's own ``model.forward_features(x)``, with the output of each block named in ``replace`` swapped for the
+    tensor given (what an adapter hands the destination at its cut), and blocks given None skipped."""
+    hooks = [model.get_submodule(name).register_forward_hook(
+        (lambda out: lambda module, args, output: args[0] if out is None else out)(out))
+        for name, out in (replace or {}).items()]
+    try:
+        return model.forward_features(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _answers_as_timm(net, model, x, theirs):
+    """``net``'s forward_features is ``theirs`` (timm's own), and ``model``'s own forward_head on it gives ``net``'s
+    logits and pre-logits: nothing of the head is run twice or left out."""
+    with torch.no_grad():
+        ours = net.forward_features(x)
+        assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5)
+        assert torch.equal(net.forward_head(ours), net(x))
+        assert torch.allclose(net(x), model.forward_head(theirs), atol=1e-5)
+        assert torch.allclose(net.forward_head(ours, pre_logits=True), model.forward_head(theirs, pre_logits=True),
+                              atol=1e-5)
+
+
+# Every timm family laid out by hand whose forward_features runs something after the last block (ViT and Swin: the
+# final norm; ConvNeXt: norm_pre, here not an identity; EfficientNet: conv_head and bn2; RegNet-Z: final_conv), and
+# two that run nothing after it (ResNet, MobileNetV3).
+FAMILIES = {"vit_tiny_patch16_224": {}, "swin_tiny_patch4_window7_224": {}, "resnet18": {},
+            "convnext_atto": {"head_norm_first": True}, "efficientnet_b0": {}, "regnetz_005": {},
+            "mobilenetv3_small_050": {}}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_probe_returns_the_features_timms_forward_features_returns(name):
+    model = _timm(name, **FAMILIES[name])
+    probe = stitchkit.create_probe(copy.deepcopy(model), input_size=32, name=name).eval()
+    with torch.no_grad():
+        _answers_as_timm(probe, model, X, model.forward_features(X))
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "resnet18"])
+def test_a_fine_tuning_baseline_returns_timms_features_of_the_blocks_it_keeps(name):
+    """The reference is timm's own forward_features with the baseline's removed blocks skipped."""
+    model = _timm(name)
+    ft = stitchkit.create_finetune_baseline(copy.deepcopy(model), "1:3", input_size=32, name=name).eval()
+    assert ft.removed_blocks
+    with torch.no_grad():
+        theirs = _own_features(model, X, dict.fromkeys(ft.removed_blocks))
+    _answers_as_timm(ft, model, X, theirs)
+
+
+def _stitch_into_vit():
+    """A stitch from a ResNet into a ViT with a new 5-class head, and the ViT (which it shares its back with)."""
+    dst = _timm("vit_tiny_patch16_224")
+    stitch = stitchkit.create_stitched("resnet10t", dst, "2:3", input_size=32, num_classes=5, new_head=True).eval()
+    return stitch, dst
+
+
+def _vit_reference(dst, x, cut: str, h):
+    """timm's forward_features of the destination, from the adapters' output ``h`` at the block ``cut`` on."""
+    with torch.no_grad():
+        return _own_features(dst, x, {cut: h})
+
+
+def _stitch_reference(stitch, dst, x):
+    with torch.no_grad():
+        h = stitch.bridge(stitch.front(x))
+    return _vit_reference(dst, x, stitch.dst_spec.cut(*stitch.config.dst_cut).module, h)
+
+
+def test_a_stitch_into_a_vit_returns_the_vits_features_after_its_norm_and_trains_what_it_did():
+    stitch, dst = _stitch_into_vit()
+    _answers_as_timm(stitch, dst, X, _stitch_reference(stitch, dst, X))
+    # Only forward_features and forward_head moved: the norm stays in the head, trains with the new classifier,
+    # and is saved under the head's keys.
+    head = len(stitch.back) - 1
+    assert stitch.trained_parts() == ["adapters", "head"] and dst.norm.weight.requires_grad
+    assert f"back.{head}.owner.norm.weight" in stitch.trained_state_dict()
+
+
+def test_a_parallel_stitch_into_a_vit_returns_the_vits_features_after_its_norm():
+    from stitchkit.parallel import create_parallel
+
+    dst = _timm("vit_tiny_patch16_224")
+    parallel = create_parallel(["resnet10t", "resnet10t"], dst, "2:3", input_size=32, num_classes=5).eval()
+    with torch.no_grad():
+        h = parallel.fused(X)
+    cut = parallel.dst_spec.cut(*parallel.config.stitches[0].dst_cut).module
+    _answers_as_timm(parallel, dst, X, _vit_reference(dst, X, cut, h))
+
+
+@pytest.mark.parametrize("kind", ["stitch", "probe"])
+def test_a_folder_timm_reopens_returns_timms_features(kind, tmp_path):
+    """Saved with stitchkit.save_pretrained and opened with timm.create_model("local-dir:..."): the same features
+    (after the ViT's norm) and the same head on them."""
+    import timm
+
+    if kind == "stitch":
+        net, dst = _stitch_into_vit()
+        theirs = _stitch_reference(net, dst, X)
+    else:
+        dst = _timm("vit_tiny_patch16_224")
+        net = stitchkit.create_probe(copy.deepcopy(dst), input_size=32, name="vit_tiny_patch16_224").eval()
+        with torch.no_grad():
+            theirs = dst.forward_features(X)
+    stitchkit.save_pretrained(net, tmp_path / kind)
+    opened = timm.create_model(f"local-dir:{tmp_path / kind}", pretrained=True).eval()
+    with torch.no_grad():
+        assert torch.equal(opened.forward_features(X), net.forward_features(X))
+    _answers_as_timm(opened, dst, X, theirs)
+
+
+def test_a_torchvision_swin_returns_its_features_after_its_norm_before_its_pooling():
+    """torchvision has no forward_features: its nearest is the normed map before the pooling (channels last, as
+    timm's Swin returns it)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.swin_t(num_classes=4).eval()
+    probe = stitchkit.create_probe(copy.deepcopy(model), input_size=32, name="torchvision:swin_t").eval()
+    with torch.no_grad():
+        theirs = model.norm(model.features(X))
+        ours = probe.forward_features(X)
+        assert torch.allclose(ours, theirs, atol=1e-5) and torch.equal(probe.forward_head(ours), probe(X))
+        pooled = model.flatten(model.avgpool(model.permute(theirs)))
+        assert torch.allclose(probe.forward_head(ours, pre_logits=True), pooled, atol=1e-5)
+        assert torch.allclose(probe(X), model.head(pooled), atol=1e-5)

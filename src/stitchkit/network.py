@@ -84,17 +84,28 @@ class Network(SavesPretrained):
         raise NotImplementedError
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Everything before :meth:`head` (timm's ``forward_features``)."""
+        """Everything before :meth:`head`: up to the last block."""
         raise NotImplementedError
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The features the head reads, unpooled (for a ViT before its final norm, which is part of the head
-        here)."""
-        return self.features(x)
+        """The features the head pools, unpooled. For the families laid out by hand (:mod:`stitchkit.zoo.families`)
+        they are what the model the head came from returns from its own ``forward_features``: after a ViT's or
+        Swin's final norm, ConvNeXt's ``norm_pre``, EfficientNet's ``conv_head`` and ``bn2`` (which the head still
+        holds: what trains and the state dict are the head's); torchvision's Swin, which has no
+        ``forward_features``, returns everything before its pooling. A model cut from its exported graph returns
+        its last block's output."""
+        from .zoo.anatomy import split_head
+
+        lead, _ = split_head(self.head())
+        x = self.features(x)
+        return lead(x) if lead is not None else x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """The head on :meth:`forward_features` output; ``pre_logits=True`` returns what the classifier reads."""
-        head = self.head()
+        """The head on :meth:`forward_features` output (``forward_head(forward_features(x))`` is ``forward(x)``);
+        ``pre_logits=True`` returns what the classifier reads."""
+        from .zoo.anatomy import split_head
+
+        _, head = split_head(self.head())  # without the part forward_features ran
         if not pre_logits:
             return head(x)
         classifier = self.get_classifier()

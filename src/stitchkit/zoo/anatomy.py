@@ -37,19 +37,46 @@ def view(model: nn.Module, modules: Iterable[str], params: Iterable[str] = (), b
 
 
 class Call(nn.Module):
-    """Runs ``fn(owner, x)`` where ``owner`` is a registered module (usually a :func:`view`)."""
+    """Runs ``fn(owner, x)`` where ``owner`` is a registered module (usually a :func:`view`).
 
-    def __init__(self, owner: nn.Module, fn: Callable[[nn.Module, torch.Tensor], torch.Tensor], name: str = "call"):
+    A head may have a ``lead``: it runs ``fn(owner, lead(owner, x))``, where ``lead`` is what the model's own
+    ``forward_features`` still runs after the last block (timm's final ``norm``) and ``fn`` its ``forward_head``.
+    The cut points stay before the lead (the paper cuts at blocks); :func:`split_head` gives the two apart.
+    """
+
+    def __init__(self, owner: nn.Module, fn: Callable[[nn.Module, torch.Tensor], torch.Tensor], name: str = "call",
+                 lead: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None):
         super().__init__()
         self.owner = owner
         self.fn = fn
         self.label = name
+        self.lead = lead
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(self.owner, x)
+        return self.fn(self.owner, self.lead(self.owner, x) if self.lead is not None else x)
 
     def extra_repr(self) -> str:
         return self.label
+
+
+class SequentialHead(nn.Sequential):
+    """A head of plain modules run in order, whose first ``lead`` modules are what the model's own features end
+    with (torchvision Swin's final norm, before its pooling). State-dict keys are a ``Sequential``'s."""
+
+    def __init__(self, *modules: nn.Module, lead: int = 0):
+        super().__init__(*modules)
+        self.lead = lead  # (a slice of the head is a SequentialHead without a lead)
+
+
+def split_head(head: nn.Module) -> tuple[nn.Module | None, nn.Module]:
+    """``(lead, rest)``: the part of ``head`` that the model's own ``forward_features`` runs (None when its features
+    end at the last block) and the part after it, ``rest(lead(x)) == head(x)``. Both share ``head``'s modules, and
+    ``rest`` names them as ``head`` does (``rest.get_submodule(name)`` is ``head``'s classifier)."""
+    if isinstance(head, Call) and getattr(head, "lead", None) is not None:
+        return Call(head.owner, head.lead, "lead"), Call(head.owner, head.fn, head.label)
+    if isinstance(head, SequentialHead) and head.lead:
+        return head[: head.lead], head[head.lead :]
+    return None, head
 
 
 @dataclass
@@ -61,7 +88,9 @@ class Anatomy:
         stages: four lists of blocks. Block 0 of every stage is the block that changes resolution (a strided
             residual block, a patch-merging layer, a patch embedding), so "after the first block" is the paper's
             cut point directly after the stage's downsampling.
-        head: runs after the last block of stage 4 and returns logits.
+        head: runs after the last block of stage 4 and returns logits. What the model's own ``forward_features``
+            still runs after that block (a final norm) may lead it: a :class:`Call` with a ``lead``, a
+            :class:`SequentialHead`; a network's ``forward_features`` then ends with it.
         formats: layout of the activations between blocks of each stage.
         num_prefix_tokens: prefix (class, register) tokens of token layouts.
         token_grid: for token layouts, the patch grid for an input size ``(H, W)``.

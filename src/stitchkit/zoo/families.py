@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import StitchkitError
 from ..formats import Format
 from ..registry import Registry
-from .anatomy import Anatomy, Call, qualified_names, split_evenly, view
+from .anatomy import Anatomy, Call, SequentialHead, qualified_names, split_evenly, view
 
 
 @dataclass(frozen=True)
@@ -119,20 +119,24 @@ def _head(m, x):
     return m.forward_head(x)
 
 
-def _conv_head_then_head(m, x):  # timm EfficientNet
-    return m.forward_head(m.bn2(m.conv_head(x)))
+# A head's lead (see Call): what timm's forward_features runs after the last block, so that a network's
+# forward_features returns what the model's own does, and its forward_head takes that.
 
 
-def _norm_pre_then_head(m, x):  # timm ConvNeXt
-    return m.forward_head(m.norm_pre(x))
+def _conv_head(m, x):  # timm EfficientNet
+    return m.bn2(m.conv_head(x))
 
 
-def _final_conv_then_head(m, x):  # timm RegNet
-    return m.forward_head(m.final_conv(x))
+def _norm_pre(m, x):  # timm ConvNeXt
+    return m.norm_pre(x)
 
 
-def _norm_then_head(m, x):  # timm ViT, Swin
-    return m.forward_head(m.norm(x))
+def _final_conv(m, x):  # timm RegNet
+    return m.final_conv(x)
+
+
+def _norm(m, x):  # timm ViT, Swin
+    return m.norm(x)
 
 
 def _vit_stem(m, x):
@@ -172,8 +176,9 @@ def _efficientnet(model) -> Anatomy:
     stem = nn.Sequential(model.conv_stem, model.bn1, *early)
     head = Call(
         view(model, ["conv_head", "bn2", "global_pool", "classifier"]),
-        _conv_head_then_head,
+        _head,
         "conv_head, bn2, forward_head",
+        lead=_conv_head,
     )
     return Anatomy(stem, stages, head, [Format.NCHW] * 4)
 
@@ -198,7 +203,7 @@ def _convnext(model) -> Anatomy:
     for i, stage in enumerate(model.stages):
         first = _join(model.stem, stage.downsample) if i == 0 else stage.downsample
         stages.append([first, *stage.blocks])
-    head = Call(view(model, ["norm_pre", "head"]), _norm_pre_then_head, "norm_pre, forward_head")
+    head = Call(view(model, ["norm_pre", "head"]), _head, "norm_pre, forward_head", lead=_norm_pre)
     return Anatomy(nn.Identity(), stages, head, [Format.NCHW] * 4)
 
 
@@ -207,7 +212,7 @@ def _convnext(model) -> Anatomy:
 
 def _regnet(model) -> Anatomy:
     stages = [list(getattr(model, f"s{i}").children()) for i in range(1, 5)]
-    head = Call(view(model, ["final_conv", "head"]), _final_conv_then_head, "final_conv, forward_head")
+    head = Call(view(model, ["final_conv", "head"]), _head, "final_conv, forward_head", lead=_final_conv)
     return Anatomy(model.stem, stages, head, [Format.NCHW] * 4)
 
 
@@ -226,8 +231,9 @@ def _vit(model) -> Anatomy:
     )
     head = Call(
         view(model, ["norm", "attn_pool", "fc_norm", "head_drop", "head", "head_dist"]),
-        _norm_then_head,
+        _head,
         "norm, forward_head",
+        lead=_norm,
     )
     # ViT has no stages; like the paper, group its blocks into four equal stages (12 blocks: 3 + 3 + 3 + 3).
     return Anatomy(
@@ -271,7 +277,7 @@ def _timm_swin(model) -> Anatomy:
     for i, layer in enumerate(model.layers):
         first = _join(model.patch_embed, layer.downsample) if i == 0 else layer.downsample
         stages.append([first, *layer.blocks])
-    head = Call(view(model, ["norm", "head"]), _norm_then_head, "norm, forward_head")
+    head = Call(view(model, ["norm", "head"]), _head, "norm, forward_head", lead=_norm)
     return Anatomy(nn.Identity(), stages, head, [Format.NHWC] * 4)
 
 
@@ -282,7 +288,10 @@ def _torchvision_swin(model) -> Anatomy:
     # features = [patch_embed, stage1 blocks, merge, stage2 blocks, merge, stage3 blocks, merge, stage4 blocks]
     f = model.features
     stages = [[f[2 * i], *f[2 * i + 1]] for i in range(4)]
-    head = nn.Sequential(model.norm, model.permute, model.avgpool, model.flatten, model.head)
+    # The final norm leads the head (a network's forward_features ends with it): torchvision has no
+    # forward_features, and its nearest is the normed map before the pooling, channels last as timm's Swin returns
+    # it (the permute after it is there for the pooling).
+    head = SequentialHead(model.norm, model.permute, model.avgpool, model.flatten, model.head, lead=1)
     return Anatomy(nn.Identity(), stages, head, [Format.NHWC] * 4)
 
 
