@@ -303,6 +303,8 @@ def no_classifier(folder: str | os.PathLike, doing: str) -> StitchkitError:
 def apply_config(model: nn.Module, config: dict) -> nn.Module:
     """What a loaded model carries besides its weights: a timm ``pretrained_cfg`` (so ``timm.data`` gives its
     preprocessing) and ``stitchkit_info`` (class names, result; kept when it is saved again)."""
+    from .zoo.models import classes_or_none
+
     prep = config["preprocessing"]
     classes = config.get("class_names")
     model.pretrained_cfg = {  # a whole model's architecture is the name that rebuilds it (save_pretrained reads it)
@@ -310,8 +312,9 @@ def apply_config(model: nn.Module, config: dict) -> nn.Module:
         "input_size": tuple(prep["input_size"]),
         "fixed_input_size": True, "mean": tuple(prep["mean"]), "std": tuple(prep["std"]),
         "interpolation": prep["interpolation"], "crop_pct": prep["crop_pct"], "crop_mode": "center",
-        # a stitch's head_classes is what its head predicts (num_classes only says whether the head is new)
-        "num_classes": config["architecture"].get("head_classes") or config["architecture"].get("num_classes"),
+        # What the loaded head predicts, read from the head itself: the records differ by kind (a stitch's
+        # head_classes, a parallel stitch's inside each source's record), and a reader of one kind's missed another's
+        "num_classes": classes_or_none(model),
         "label_names": list(classes) if classes else None,
     }
     model.stitchkit_info = {k: config[k] for k in ("class_names", "result", "trained", "sources", "evaluation",

@@ -30,7 +30,7 @@ from .network import Network
 from .starts import DEFAULT_START, get_start
 from .stitching import StitchConfig, StitchedModel, build_stitch, stitch_architecture, stitch_models, train_back_head
 from .zoo import resolve_model
-from .zoo.models import fit_head, num_outputs
+from .zoo.models import classes_or_none, fit_head, num_outputs
 
 FUSIONS = ("sum", "concat", "gate")
 
@@ -260,7 +260,7 @@ class ParallelStitchedModel(Network, nn.Module):
     def architecture(self) -> dict:
         """What rebuilds it without weights: the fusion and each source's single-stitch architecture (as the model
         is now: a head replaced since it was built is recorded)."""
-        classes = getattr(self, "pretrained_cfg", {}).get("num_classes")
+        classes = classes_or_none(self)  # the head itself: pretrained_cfg is the user's to change
         return {"fusion": self.config.fusion, "stitches": [stitch_architecture(s, one, classes) for s, one in
                                                            zip(self.config.stitches, self._one_model)]}
 

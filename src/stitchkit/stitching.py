@@ -504,8 +504,7 @@ class StitchedModel(Network, nn.Module):
         """What rebuilds this network without its weights (see :meth:`from_architecture`): the
         :class:`StitchConfig` without where the weights came from, whether source and destination were one model,
         and how many classes the head predicts."""
-        return stitch_architecture(self.config, getattr(self, "one_model", False),
-                                   getattr(self, "pretrained_cfg", {}).get("num_classes"))
+        return stitch_architecture(self.config, getattr(self, "one_model", False), classes_or_none(self))
 
     @classmethod
     def from_architecture(cls, architecture: dict) -> "StitchedModel":
