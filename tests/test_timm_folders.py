@@ -97,6 +97,57 @@ def test_timm_opens_every_kind_of_folder_once_stitchkit_is_imported(folders):
     assert "stitchkit_stitch" not in stitchkit.list_models("stitchkit*")  # rebuilds folders; not a model to cut
 
 
+def test_timm_scripts_open_every_kind_of_folder_with_the_arguments_they_always_pass(folders):
+    """validate.py passes in_chans=3, train.py also drop_rate=0.0 (and None for what it leaves to the model): the
+    folder opens as it is. device and dtype move it; pretrained_cfg_overlay changes the preprocessing timm
+    resolves for it, as for a timm model."""
+    import timm
+
+    root, models = folders
+    for name in models:
+        folder = f"local-dir:{root / name}"
+        opened = timm.create_model(folder, pretrained=True, in_chans=3, num_classes=None, drop_rate=0.0,
+                                   drop_path_rate=None, drop_block_rate=None, global_pool=None, bn_momentum=None,
+                                   bn_eps=None, scriptable=False, checkpoint_path="", img_size=32, device="cpu",
+                                   dtype=torch.float64, pretrained_cfg_overlay=dict(crop_pct=1.0, mean=(0.5,) * 3))
+        assert next(opened.parameters()).dtype == torch.float64 and not opened.training
+        with torch.no_grad():
+            assert torch.allclose(opened(X.double()).float(), torch.load(root / f"{name}.pt")["y"], atol=1e-4), name
+        data = timm.data.resolve_model_data_config(opened)
+        assert data["crop_pct"] == 1.0 and tuple(data["mean"]) == (0.5,) * 3 and data["input_size"] == (3, 32, 32)
+        assert next(timm.create_model(folder, pretrained=True, dtype="bfloat16").parameters()).dtype == torch.bfloat16
+        if hasattr(timm.models, "resolve_model_input_args"):  # how this timm's scripts call create_model
+            asked = timm.models.resolve_model_input_args(folder, {"input_size": (3, 32, 32)}, pretrained=True,
+                                                         in_chans=3)
+            with torch.no_grad():
+                assert torch.equal(timm.create_model(**asked)(X), torch.load(root / f"{name}.pt")["y"]), name
+    stitch = timm.create_model(f"local-dir:{root / 'stitch'}", pretrained=True, global_pool="avg")
+    assert stitch(X).shape == (2, 10)  # the pooling it does already
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(in_chans=1), "takes 3-channel images .* in_chans=1: give it 3-channel images"),
+    (dict(img_size=64), "built for 32x32 images; it cannot be rebuilt for 64x64: resize the images"),
+    (dict(pretrained_cfg_overlay=dict(input_size=(3, 64, 64))), "built for 32x32 images"),
+    (dict(drop_rate=0.1), "drop_rate=0.1: pass drop_rate=0 or leave it out"),
+    (dict(drop_path_rate=0.05), "drop_path_rate=0.05"),
+    (dict(features_only=True), r"features_only=True\); open it without features_only and call model.forward_feat"),
+    (dict(global_pool="max"), "pools as its folder's network does \\('avg' pooling\\); .* global_pool='max'"),
+    (dict(bn_eps=1e-3), "cannot take bn_eps=0.001; leave it out"),
+    (dict(dtype=torch.int8), "takes a floating-point dtype"),
+    (dict(pretrained_cfg_overlay=dict(file="/elsewhere/weights.pth", num_classes=-1)),  # train.py --pretrained-path
+     "weights are its folder's model.safetensors; .* without --pretrained-path"),
+    (dict(pretrained_cfg_overlay=dict(num_classes=3)), "overlay's num_classes .* 10-class head"),
+])
+def test_timm_arguments_that_would_change_a_folders_network_are_one_line_naming_what_to_do(folders, arguments,
+                                                                                          message):
+    import timm
+
+    root, _ = folders
+    with pytest.raises(stitchkit.StitchkitError, match=message):
+        timm.create_model(f"local-dir:{root / 'stitch'}", pretrained=True, **arguments)
+
+
 def test_timm_refuses_a_stitch_folder_without_stitchkit_and_opens_it_with(folders):
     """In a fresh process: without stitchkit timm names the unknown architecture; with ``import stitchkit`` first
     (before timm is imported: stitchkit registers when timm's import finishes) it opens it."""
