@@ -202,7 +202,7 @@ def _no_classifier_returns_pre_logits(ft):
         pre_logits = ft.forward_head(ft.forward_features(X), pre_logits=True)
     ft.reset_classifier(0)
     with torch.no_grad():
-        assert torch.allclose(ft(X), pre_logits, atol=1e-6) and ft(X).shape == (2, ft.num_features)
+        assert torch.allclose(ft(X), pre_logits, atol=1e-6) and ft(X).shape == (2, ft.head_hidden_size)
     assert ft.num_classes == 0 and not any(p.requires_grad for p in ft.get_classifier().parameters())
     ft.reset_classifier(3)
     assert ft(X).shape == (2, 3) and ft.num_classes == 3 and ft.get_classifier().weight.requires_grad
@@ -256,12 +256,66 @@ def test_a_torchvision_head_from_an_exported_graph_answers_too():
     _no_classifier_returns_pre_logits(ft)
 
 
+def _tiny(name: str):
+    """Small instances of timm models whose head widths differ from their features' (MobileNetV3 widens the pooled
+    576 channels to 1024, a ConvNeXt with head_hidden_size to that) or whose features are NHWC (Swin)."""
+    import timm
+
+    torch.manual_seed(0)
+    if name == "swin":
+        return timm.create_model("swin_tiny_patch4_window7_224", img_size=32, window_size=2, embed_dim=24,
+                                 depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+    if name == "convnext_hidden":
+        return timm.create_model("convnext_atto", head_hidden_size=64)
+    return stitchkit.create_model(name, input_size=32)
+
+
+@pytest.mark.parametrize("dst", ["resnet10t", "vit_pico_patch4_32", "mobilenetv3_small_100", "convnext_hidden",
+                                 "swin", "torchvision:resnet18", "torchvision:mobilenet_v3_small"])
+def test_num_features_and_head_hidden_size_mean_what_they_mean_in_timm(dst, tmp_path):
+    """num_features: the channel width of forward_features' output (dim 1 of an NCHW map, the last dim of NHWC maps
+    and tokens), the destination's own (timm's attribute); head_hidden_size: what the classifier reads (timm's
+    forward_head(pre_logits=True)). Every kind, into timm and torchvision models; config.json's num_features is
+    timm's; a new classifier reads head_hidden_size features."""
+    from stitchkit.parallel import create_parallel
+
+    model = _tiny(dst).eval()
+    name = dst if ":" in dst else model.pretrained_cfg["architecture"]
+    with torch.no_grad():
+        features = model.forward_features(X) if hasattr(model, "forward_features") else None
+    if ":" not in dst:  # timm's own answers
+        expected = (model.num_features, model.head_hidden_size)
+    else:  # torchvision's: what it pools, and what its last linear layer reads
+        expected = {"torchvision:resnet18": (512, 512), "torchvision:mobilenet_v3_small": (576, 1024)}[dst]
+    networks = {
+        "stitch": stitchkit.create_stitched("resnet10t", copy.deepcopy(model), "2:3", input_size=32),
+        "parallel": create_parallel(["resnet10t", "resnet10t"], copy.deepcopy(model), "2:3", input_size=32),
+        "finetune": stitchkit.create_finetune_baseline(copy.deepcopy(model), "2:3", input_size=32, name=name),
+        "probe": stitchkit.create_probe(copy.deepcopy(model), input_size=32, name=name),
+    }
+    for kind, network in networks.items():
+        network.eval()
+        with torch.no_grad():
+            ours = network.forward_features(X)
+            pre_logits = network.forward_head(ours, pre_logits=True)
+        channels = ours.shape[1] if network.features_spec().format.name == "NCHW" else ours.shape[-1]
+        assert (network.num_features, network.head_hidden_size) == (channels, pre_logits.shape[-1]) == expected, kind
+        if features is not None:
+            assert ours.shape[1:] == features.shape[1:], kind  # timm's forward_features
+    stitch = networks["stitch"]
+    stitch.save_pretrained(tmp_path / "s")
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["num_features"] == expected[0]
+    stitch.reset_classifier(3)
+    assert stitch.get_classifier().weight.shape[1] == expected[1]
+    assert (stitch.num_features, stitch.head_hidden_size) == expected
+
+
 def test_reset_classifier_on_a_stitch_trains_a_new_head_that_saves_and_loads(tmp_path):
     torch.manual_seed(0)
     stitch = stitchkit.create_stitched("resnet10t", "resnet10t", "1:3", input_size=32).eval()
     with torch.no_grad():
         assert torch.allclose(stitch.forward_head(stitch.forward_features(X)), stitch(X), atol=1e-6)
-        assert stitch.forward_head(stitch.forward_features(X), pre_logits=True).shape == (2, stitch.num_features)
+        assert stitch.forward_head(stitch.forward_features(X), pre_logits=True).shape == (2, stitch.head_hidden_size)
     assert stitch.num_classes == 1000 and "head" not in stitch.trained_parts()
     stitch.reset_classifier(5)
     assert stitch.num_classes == 5 and stitch.config.num_classes == 5 and "head" in stitch.trained_parts()
@@ -309,11 +363,12 @@ def _trains(model, parameter) -> bool:
 @pytest.mark.parametrize("kind", ["stitch", "stitch_new_head", "finetune", "finetune_torchvision", "probe",
                                   "parallel"])
 def test_every_network_drops_its_classifier_and_takes_a_new_one_as_timms_models_do(kind, tmp_path):
-    """reset_classifier(0): the model returns the pooled features its classifier read (N, num_features), forward_head
-    works, num_classes is 0, nothing new trains; it saves and loads without a classifier (num_classes 0, as timm's
-    folders say). reset_classifier(k) after it: a new k-class classifier that trains and is saved with the model."""
+    """reset_classifier(0): the model returns the pooled features its classifier read (N, head_hidden_size),
+    forward_head works, num_classes is 0, nothing new trains; it saves and loads without a classifier (num_classes 0,
+    as timm's folders say). reset_classifier(k) after it: a new k-class classifier that trains and is saved with the
+    model."""
     model = _network(kind)
-    width, trained = model.num_features, model.trained_parts()
+    width, trained = model.head_hidden_size, model.trained_parts()
     with torch.no_grad():
         pre_logits = model.forward_head(model.forward_features(X), pre_logits=True)
     model.reset_classifier(0)
@@ -322,14 +377,14 @@ def test_every_network_drops_its_classifier_and_takes_a_new_one_as_timms_models_
         assert out.shape == (2, width) and torch.allclose(out, pre_logits, atol=1e-5)
         assert torch.allclose(model.forward_head(model.forward_features(X)), out, atol=1e-6)
         assert torch.allclose(model.forward_head(model.forward_features(X), pre_logits=True), out, atol=1e-6)
-    assert (model.num_classes, model.num_features) == (0, width) and model.pretrained_cfg["num_classes"] == 0
+    assert (model.num_classes, model.head_hidden_size) == (0, width) and model.pretrained_cfg["num_classes"] == 0
     assert model.trained_parts() == trained  # no classifier: nothing new to train
     assert not any(p.requires_grad for p in model.get_classifier().parameters())
     if kind.startswith("stitch"):
         assert model.config.num_classes == 0 and model.config.train_head == (kind == "stitch_new_head")
     model.save_pretrained(tmp_path / "headless")
     hub = json.loads((tmp_path / "headless" / "config.json").read_text())
-    assert hub["num_classes"] == 0 and hub["num_features"] == width
+    assert hub["num_classes"] == 0 and hub["num_features"] == model.num_features
     assert "no classifier" in (tmp_path / "headless" / "README.md").read_text()
     loaded = stitchkit.load_pretrained(tmp_path / "headless")
     with torch.no_grad():

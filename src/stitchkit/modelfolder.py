@@ -174,6 +174,7 @@ def hub_config(config: dict, model: nn.Module) -> dict:
         # to timm, fixed_input_size also says that the model's constructor takes img_size
         pretrained_cfg["fixed_input_size"] = bool(own.get("fixed_input_size", False))
     hub = {"architecture": name, "num_classes": classes}
+    # timm's meaning: forward_features' width (timm's own save_config_for_hf writes it, and no head_hidden_size)
     width = getattr(model, "num_features", None)
     if isinstance(width, int):
         hub["num_features"] = width

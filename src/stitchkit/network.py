@@ -4,23 +4,28 @@
 Each declares, once, what the rest of stitchkit asks of it: its folder kind (the registry below replaces a table of
 kinds), what trains (``trained_parts``, ``trained_state_dict``), how to rebuild it and what its model card says
 (``architecture``, ``from_architecture``, ``describe``: the folder's part, :class:`~stitchkit.modelfolder.SavesPretrained`),
-and where its head is (``head`` and ``features``). From the last two it gets the surface timm users call on any classifier: ``num_classes``,
-``num_features``, ``get_classifier``, ``reset_classifier``, ``forward_features``, ``forward_head(pre_logits=)`` and
-``default_cfg``, with timm's meanings (``reset_classifier(0)`` makes the model return the features its classifier
-read).
+and where its head is (``head``, ``features`` and ``features_spec``). From these it gets the surface timm users call
+on any classifier: ``num_classes``, ``num_features``, ``head_hidden_size``, ``get_classifier``, ``reset_classifier``,
+``forward_features``, ``forward_head(pre_logits=)`` and ``default_cfg``, with timm's meanings (``num_features``: the
+width of ``forward_features``' output; ``head_hidden_size``: the width of what the classifier reads, wider where the
+head widens the pooled features first, as MobileNetV3's does; ``reset_classifier(0)`` makes the model return what
+its classifier read).
 
 The classifier is the last ``nn.Linear`` of the head (timm's ``fc``, ``head``, ``classifier``; torchvision's
 ``fc``, ``heads.head``): the features it reads are what timm calls pre-logits.
 """
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch
 from torch import nn
 
 from .errors import StitchkitError
 from .modelfolder import SavesPretrained
+
+if TYPE_CHECKING:
+    from .formats import FeatureSpec
 
 _KINDS: dict[str, type["Network"]] = {}
 
@@ -87,6 +92,11 @@ class Network(SavesPretrained):
         """Everything before :meth:`head` (timm's ``forward_features``)."""
         raise NotImplementedError
 
+    def features_spec(self) -> "FeatureSpec":
+        """The layout and width of :meth:`features`' output: the destination's last block's, as the zoo measured
+        it (the head changes neither)."""
+        raise NotImplementedError
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The features the head reads, unpooled (for a ViT before its final norm, which is part of the head
         here)."""
@@ -139,7 +149,7 @@ class Network(SavesPretrained):
             raise StitchkitError("reset_classifier(global_pool=...) is not supported on stitchkit networks: they "
                                  "keep their parts' pooling; pass num_classes alone")
         name, old = self._classifier_name(), self.get_classifier()
-        width = self.num_features
+        width = self.head_hidden_size
         device = next((p.device for p in old.parameters()), None) or next(self.parameters()).device
         new = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
         if _is_graph_held(old):  # the graph reads weight and bias: new ones of the new shape
@@ -150,7 +160,7 @@ class Network(SavesPretrained):
         parent, _, attr = name.rpartition(".")
         head = self.head()
         setattr(head.get_submodule(parent) if parent else head, attr, new.to(device))
-        self._num_features = width
+        self._head_hidden_size = width
         for owner in head.modules():
             if owner is not new and isinstance(getattr(owner, "num_classes", None), int):
                 owner.num_classes = num_classes  # a timm model kept inside the head
@@ -178,9 +188,16 @@ class Network(SavesPretrained):
 
     @property
     def num_features(self) -> int:
-        """The width of the features the classifier reads."""
+        """timm's meaning: the channel width of :meth:`forward_features`' output, what the head's pooling reads (dim 1
+        of an NCHW map; the last dim of an NHWC map or a token sequence). Read from the measured spec, not a forward."""
+        return self.features_spec().channels
+
+    @property
+    def head_hidden_size(self) -> int:
+        """timm's meaning: the width of what the classifier reads (``forward_head(pre_logits=True)``); it differs from
+        :attr:`num_features` where the head widens the pooled features first (MobileNetV3: 576 -> 1024)."""
         classifier = self.get_classifier()
-        return classifier.weight.shape[1] if hasattr(classifier, "weight") else self._num_features
+        return classifier.weight.shape[1] if hasattr(classifier, "weight") else self._head_hidden_size
 
     @property
     def default_cfg(self) -> dict:

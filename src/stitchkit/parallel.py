@@ -25,7 +25,7 @@ from torch import nn
 
 from .chain import parse_gap
 from .errors import IncompatibleError, StitchkitError, unknown_name
-from .formats import Format
+from .formats import FeatureSpec, Format
 from .network import Network
 from .starts import DEFAULT_START, get_start
 from .stitching import StitchConfig, StitchedModel, build_stitch, stitch_architecture, stitch_models, train_back_head
@@ -220,6 +220,9 @@ class ParallelStitchedModel(Network, nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.back[:-1](self.fused(x))
+
+    def features_spec(self) -> FeatureSpec:
+        return self.dst_spec.block_features[-1]  # the back ends with the destination's last block (or its cut)
 
     def trained_parts(self) -> list[str]:
         return ["adapters", "fusion", *self._back_parts]

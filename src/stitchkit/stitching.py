@@ -481,6 +481,9 @@ class StitchedModel(Network, nn.Module):
             h = self.front(x)
         return self.back[:-1](self.bridge(h))
 
+    def features_spec(self) -> FeatureSpec:
+        return self.dst_spec.block_features[-1]  # the back ends with the destination's last block (or its cut)
+
     def _plan_head(self, num_classes: int):
         # A new classifier trains with the adapters, and is recorded as new (so a reload builds one of its size).
         # No classifier (0) is recorded too (a reload drops the destination's), and changes nothing about what
