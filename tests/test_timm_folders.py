@@ -310,6 +310,35 @@ def test_num_features_and_head_hidden_size_mean_what_they_mean_in_timm(dst, tmp_
     assert (stitch.num_features, stitch.head_hidden_size) == expected
 
 
+def test_a_classifier_an_exported_graph_reads_is_a_layer_a_user_can_call(tmp_path):
+    """A torchvision head's classifier is weights its graph reads: get_classifier gives them as a layer with
+    in_features and out_features that computes what the graph does, and the graph still reads those weights (a
+    change to them changes the model's output; the state dict and the saved folder are as before)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(num_classes=4).eval()
+    ft = stitchkit.create_finetune_baseline(copy.deepcopy(reference), "1:1", input_size=32,
+                                            name="torchvision:resnet18").eval()
+    keys = list(ft.state_dict())
+    classifier = ft.get_classifier()
+    assert (classifier.in_features, classifier.out_features) == (512, 4) and ft.get_classifier() is classifier
+    with torch.no_grad():
+        pooled = ft.forward_head(ft.forward_features(X), pre_logits=True)
+        assert torch.allclose(classifier(pooled), reference.fc(pooled), atol=1e-6)
+        assert torch.allclose(classifier(pooled), ft(X), atol=1e-5)
+        classifier.bias.add_(1.0)
+        assert torch.allclose(ft(X), reference.fc(pooled) + 1.0, atol=1e-5)  # the graph reads these weights
+    assert list(ft.state_dict()) == keys
+    ft.save_pretrained(tmp_path / "ft")
+    with torch.no_grad():
+        assert torch.equal(stitchkit.load_pretrained(tmp_path / "ft")(X), ft(X))
+    ft.reset_classifier(3)
+    new = ft.get_classifier()
+    with torch.no_grad():
+        assert (new.in_features, new.out_features) == (512, 3) and torch.allclose(new(pooled), ft(X), atol=1e-5)
+
+
 def test_reset_classifier_on_a_stitch_trains_a_new_head_that_saves_and_loads(tmp_path):
     torch.manual_seed(0)
     stitch = stitchkit.create_stitched("resnet10t", "resnet10t", "1:3", input_size=32).eval()

@@ -135,8 +135,14 @@ class Network(SavesPretrained):
 
     def get_classifier(self) -> nn.Module:
         """The head's final linear layer (``nn.Identity`` after ``reset_classifier(0)``). In a head cut from an
-        exported graph (torchvision models) it is the module that holds the classifier's ``weight`` and ``bias``."""
-        return self.head().get_submodule(self._classifier_name())
+        exported graph (torchvision models) it is the module that holds the classifier's ``weight`` and ``bias``,
+        which answers as an ``nn.Linear`` does (callable, ``in_features``, ``out_features``)."""
+        classifier = self.head().get_submodule(self._classifier_name())
+        if type(classifier) is nn.Module and _is_graph_held(classifier):
+            # The exported graph's bare holder (calling it raised "missing forward"): made a _GraphLinear in place,
+            # so the graph reads the same weight and bias, and a user gets a layer to call
+            classifier.__class__ = _GraphLinear
+        return classifier
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new, randomly initialised classifier of ``num_classes`` outputs that trains (0: none, the model then
@@ -206,17 +212,37 @@ class Network(SavesPretrained):
 
 
 def _is_graph_held(module: nn.Module) -> bool:
-    """A module an exported graph reads a linear layer's weights from without calling it: no forward of its own, no
-    children, a 2-D ``weight``."""
+    """A module an exported graph reads a linear layer's weights from without calling it: a :class:`_GraphLinear`,
+    or the graph's own holder (no forward of its own, no children, a 2-D ``weight``)."""
+    if isinstance(module, _GraphLinear):
+        return True
     weight = module._parameters.get("weight")
     return (type(module).forward is nn.Module.forward and not module._modules and weight is not None
             and weight.dim() == 2)
 
 
 class _GraphLinear(nn.Module):
-    """A new classifier's weights where an exported graph reads them (``reset_classifier`` on a torchvision head)."""
+    """A classifier's weights where an exported graph reads them (the graph's own holder, adopted by
+    ``get_classifier``, or a new classifier from ``reset_classifier`` on a torchvision head). The graph never calls
+    it; a user can, as an ``nn.Linear``."""
 
     is_identity = False
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # what the graph computes from these weights (a holder the graph made may have no bias)
+        return nn.functional.linear(x, self.weight, self._parameters.get("bias"))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, " \
+            f"bias={self._parameters.get('bias') is not None}"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
