@@ -339,6 +339,23 @@ def test_a_classifier_an_exported_graph_reads_is_a_layer_a_user_can_call(tmp_pat
         assert (new.in_features, new.out_features) == (512, 3) and torch.allclose(new(pooled), ft(X), atol=1e-5)
 
 
+def test_default_cfg_can_be_assigned_as_on_timms_models(tmp_path):
+    """timm's older name for pretrained_cfg is a plain attribute on timm's models: assigning it sets pretrained_cfg
+    (what timm resolves preprocessing from and a saved folder records); the head is recorded from the head itself,
+    so a pretrained_cfg without num_classes still saves a folder that loads."""
+    import timm
+
+    torch.manual_seed(0)
+    stitch = stitchkit.create_stitched("resnet10t", "resnet10t", "1:3", input_size=32, num_classes=10).eval()
+    stitch.default_cfg = {k: v for k, v in stitch.default_cfg.items() if k != "num_classes"} | {"crop_pct": 1.0}
+    assert stitch.pretrained_cfg is stitch.default_cfg and timm.data.resolve_model_data_config(stitch)["crop_pct"] == 1.0
+    stitch.save_pretrained(tmp_path / "s")
+    loaded = stitchkit.load_pretrained(tmp_path / "s")
+    with torch.no_grad():
+        assert torch.equal(loaded(X), stitch(X))
+    assert loaded.pretrained_cfg["crop_pct"] == 1.0 and loaded.pretrained_cfg["num_classes"] == 10
+
+
 def test_reset_classifier_on_a_stitch_trains_a_new_head_that_saves_and_loads(tmp_path):
     torch.manual_seed(0)
     stitch = stitchkit.create_stitched("resnet10t", "resnet10t", "1:3", input_size=32).eval()

@@ -210,6 +210,11 @@ class Network(SavesPretrained):
         """timm's older name for ``pretrained_cfg``."""
         return getattr(self, "pretrained_cfg", {})
 
+    @default_cfg.setter
+    def default_cfg(self, cfg: dict) -> None:
+        # timm's models hold it as a plain attribute that code still assigns (timm's own builder does)
+        self.pretrained_cfg = cfg
+
 
 def _is_graph_held(module: nn.Module) -> bool:
     """A module an exported graph reads a linear layer's weights from without calling it: a :class:`_GraphLinear`,
