@@ -348,7 +348,8 @@ def test_default_cfg_can_be_assigned_as_on_timms_models(tmp_path):
     torch.manual_seed(0)
     stitch = stitchkit.create_stitched("resnet10t", "resnet10t", "1:3", input_size=32, num_classes=10).eval()
     stitch.default_cfg = {k: v for k, v in stitch.default_cfg.items() if k != "num_classes"} | {"crop_pct": 1.0}
-    assert stitch.pretrained_cfg is stitch.default_cfg and timm.data.resolve_model_data_config(stitch)["crop_pct"] == 1.0
+    assert stitch.pretrained_cfg is stitch.default_cfg
+    assert timm.data.resolve_model_data_config(stitch)["crop_pct"] == 1.0
     stitch.save_pretrained(tmp_path / "s")
     loaded = stitchkit.load_pretrained(tmp_path / "s")
     with torch.no_grad():
