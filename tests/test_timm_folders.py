@@ -380,6 +380,22 @@ def test_reset_classifier_on_a_stitch_trains_a_new_head_that_saves_and_loads(tmp
         probe.reset_classifier(2, global_pool="max")
 
 
+def test_a_probe_asked_for_no_classifier_has_none(tmp_path):
+    """create_probe(num_classes=0) means timm's no classifier, as for create_stitched and create_parallel (it built
+    a new random head of the model's own 1000 classes): the probe returns the pooled features, and saves so."""
+    from stitchkit.zoo.models import fit_head
+
+    torch.manual_seed(0)
+    probe = stitchkit.create_probe("resnet10t", num_classes=0, input_size=32).eval()
+    assert probe.num_classes == 0 and probe.pretrained_cfg["num_classes"] == 0 and probe(X).shape == (2, 512)
+    assert not any(p.requires_grad for p in probe.get_classifier().parameters())
+    probe.save_pretrained(tmp_path / "p")
+    assert stitchkit.load_pretrained(tmp_path / "p").num_classes == 0
+    model = stitchkit.create_model("resnet10t")
+    classifier = model.fc
+    assert fit_head(model, 0) is False and model.fc is classifier  # the caller drops it once the model is cut
+
+
 def _network(kind: str):
     """One small random network of ``kind``, in eval mode (``finetune_torchvision``: a head cut from an exported
     graph, whose classifier is weights the graph reads)."""

@@ -106,7 +106,8 @@ def create_probe(
 ) -> HeadProbe:
     """``model`` frozen but for its head, and its last ``unfreeze_last`` blocks. The head is a new one of
     ``num_classes`` classes when that differs from the model's own, or when ``new_head`` asks for one; otherwise the
-    model's own head trains on from its weights.
+    model's own head trains on from its weights. ``num_classes=0``: no classifier (as timm's), the probe returns the
+    pooled features its classifier would read.
 
     Example:
         >>> probe = create_probe("resnet18", num_classes=5, input_size=32)
@@ -125,4 +126,6 @@ def create_probe(
     probe = HeadProbe(front_part(anatomy, cut), back_part(anatomy, cut), name, input_size, unfreeze_last,
                       tuple(spec.block_names[cut:]), spec.block_features[-1])
     probe.pretrained_cfg = data_config(f"probe:{name}", name, model, input_size, num_outputs(model))
+    if num_classes == 0:  # no classifier (timm's num_classes=0): the model's own was cut with the head, and goes now
+        probe.reset_classifier(0)
     return probe
