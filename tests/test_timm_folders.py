@@ -448,7 +448,8 @@ def test_every_network_drops_its_classifier_and_takes_a_new_one_as_timms_models_
     model.save_pretrained(tmp_path / "headless")
     hub = json.loads((tmp_path / "headless" / "config.json").read_text())
     assert hub["num_classes"] == 0 and hub["num_features"] == model.num_features
-    assert "no classifier" in (tmp_path / "headless" / "README.md").read_text()
+    card = (tmp_path / "headless" / "README.md").read_text()
+    assert "no classifier" in card and "stitchkit predict path" not in card and "num_classes=N" in card
     loaded = stitchkit.load_pretrained(tmp_path / "headless")
     with torch.no_grad():
         assert torch.equal(loaded(X), out)

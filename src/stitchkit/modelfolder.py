@@ -415,12 +415,23 @@ HUB_DATASETS = {"fashion_mnist": "zalando-datasets/fashion_mnist", "cifar10": "u
                 "cifar100": "uoft-cs/cifar100", "imagenet": "ILSVRC/imagenet-1k"}
 
 
+def _head_record(config: dict) -> tuple[dict, str]:
+    """The architecture record that describes the head, and its kind: a parallel stitch's sources share the
+    destination's head, and any one's single-stitch record says which."""
+    arch, kind = config["architecture"], config["kind"]
+    return (arch["stitches"][0], "stitch") if kind == "parallel" else (arch, kind)
+
+
+def _without_classifier(config: dict) -> bool:
+    """Whether the folder's model was saved without a classifier: every kind records that (reset_classifier(0)) as
+    0 classes."""
+    return _head_record(config)[0].get("num_classes") == 0
+
+
 def describe_head(config: dict) -> str:
     """The card's phrase for the head: new or the destination's own, how many classes, whether it trained."""
-    arch, kind = config["architecture"], config["kind"]
-    if kind == "parallel":  # its sources share the destination's head: any one's record says which
-        arch, kind = arch["stitches"][0], "stitch"
-    if arch.get("num_classes") == 0:  # every kind records no classifier (reset_classifier(0)) as 0 classes
+    arch, kind = _head_record(config)
+    if _without_classifier(config):
         return "no classifier (it returns the pooled features a classifier would read; give it one with " \
             "reset_classifier(num_classes))"
     trained = "head" in (config.get("trained") or []) or "all" in (config.get("trained") or [])
@@ -526,8 +537,16 @@ def model_card(config: dict, model: nn.Module | None = None) -> str:
               "import timm  # timm opens the folder too" + (f" (after `import stitchkit`, which registers {timm_arch}"
                                                              " with timm)" if timm_arch in
                                                              TIMM_ARCHITECTURES.values() else ""),
-              'model = timm.create_model("local-dir:path/to/this/folder", pretrained=True)',
-              "```", "", "```bash", "stitchkit predict path/to/this/folder image.jpg", "```", ""]
+              'model = timm.create_model("local-dir:path/to/this/folder", pretrained=True)']
+    if _without_classifier(config):  # `stitchkit predict` and `eval` refuse such a folder: say what it is for
+        lines += ["", "features = model(images)  # pooled features (it has no classifier)",
+                  "maps = model.forward_features(images)  # the features before pooling", "",
+                  "# a new head of N classes, to train on your data",
+                  'model = timm.create_model("local-dir:path/to/this/folder", pretrained=True, num_classes=N)', "```",
+                  "", "It has no classifier, so `stitchkit predict` and `stitchkit eval` refuse it: use its features "
+                  "as above, or give it a head and train it.", ""]
+    else:
+        lines += ["```", "", "```bash", "stitchkit predict path/to/this/folder image.jpg", "```", ""]
     return "\n".join(lines)
 
 
