@@ -205,3 +205,24 @@ def test_methods_lines_up_its_columns_for_the_longest_names(capsys):
     assert len({len(line) - len(m.label) for line, m in zip(lines, methods)}) == 1  # the labels' column
     for line, m in zip(lines, methods):
         assert line.startswith(m.name + " ") and line.endswith(" " + m.label)
+
+
+@pytest.mark.parametrize("command", ["adapters", "starts"])
+def test_adapters_and_starts_line_up_their_columns_for_a_long_registered_name(command, capsys, monkeypatch):
+    """A user's adapter or start may have a longer name than the old fixed columns (14 and 12 characters): every
+    line's description still starts at one place."""
+    from stitchkit import adapters, starts
+
+    registry, existing = ((adapters._ADAPTERS, "bottleneck") if command == "adapters" else
+                          (starts._STARTS, "lstsq"))
+    monkeypatch.setitem(registry._items, "a_users_own_rather_long_name", registry.get(existing))
+    assert main([command]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    described = {name: registry.get(name).description for name in registry.names()}
+    assert len(lines) == len(described)
+    starts_at = set()
+    for line in lines:
+        name = line.split(" ")[0]
+        assert line.endswith(" " + described[name]), line
+        starts_at.add(len(line) - len(described[name]))
+    assert len(starts_at) == 1

@@ -289,6 +289,10 @@ def test_a_folder_saved_without_a_classifier_refuses_to_evaluate_or_predict(expo
     model.reset_classifier(0)
     model.save_pretrained(tmp_path / "features")
     assert record(tmp_path / "features")["evaluation"]  # it still says what data it was evaluated on
+    card = (tmp_path / "features" / "README.md").read_text()  # its Use section says what it is for instead
+    assert "stitchkit predict path/to/this/folder" not in card and "stitchkit predict path/to/this/folder" in (
+        folder / "model" / "README.md").read_text()
+    assert "model.forward_features(images)" in card and "pretrained=True, num_classes=N)" in card
     for command in (["eval", str(tmp_path / "features"), "--workers", "0"],
                     ["predict", str(tmp_path / "features"), str(images)]):
         assert main(command) == 2

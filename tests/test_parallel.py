@@ -251,3 +251,33 @@ def test_a_parallel_stitch_without_a_classifier_saves_loads_and_takes_a_new_head
     loaded = stitchkit.load_pretrained(tmp_path / "four")
     with torch.no_grad():
         assert torch.equal(loaded(X), model(X)) and loaded(X).shape == (3, 4)
+
+
+@pytest.mark.parametrize("head", ["own", "new", "reset", "none"])
+def test_a_reopened_parallel_stitch_reports_its_classes_and_keeps_its_head_when_asked_for_as_many(head, tmp_path):
+    """A parallel stitch records its head inside each source's record: reopened, it says how many classes it
+    predicts (as a single stitch does), timm's num_classes= of that count keeps the trained head, the folder it is
+    saved into again loads (it rebuilt the destination's 1000-class head around a 10-class one), and one without a
+    classifier still refuses to predict classes."""
+    import timm
+
+    from stitchkit.predict import Predictor
+
+    torch.manual_seed(0)
+    model = create_parallel(["resnet10t", "resnet10t"], "resnet10t", "1:3", input_size=32,
+                            num_classes={"own": None, "new": 10, "reset": None, "none": 0}[head]).eval()
+    if head == "reset":
+        model.reset_classifier(5)
+    classes = model.num_classes
+    model.save_pretrained(tmp_path / "p")
+    loaded = stitchkit.load_pretrained(tmp_path / "p")
+    assert loaded.pretrained_cfg["num_classes"] == classes == {"own": 1000, "new": 10, "reset": 5, "none": 0}[head]
+    opened = timm.create_model(f"local-dir:{tmp_path / 'p'}", pretrained=True, num_classes=classes)
+    loaded.save_pretrained(tmp_path / "again")
+    again = stitchkit.load_pretrained(tmp_path / "again")
+    with torch.no_grad():
+        assert torch.equal(opened(X), model(X)) and torch.equal(again(X), model(X))
+    assert again.pretrained_cfg["num_classes"] == classes
+    if head == "none":
+        with pytest.raises(StitchkitError, match="has no classifier"):
+            Predictor(tmp_path / "p")

@@ -97,6 +97,57 @@ def test_timm_opens_every_kind_of_folder_once_stitchkit_is_imported(folders):
     assert "stitchkit_stitch" not in stitchkit.list_models("stitchkit*")  # rebuilds folders; not a model to cut
 
 
+def test_timm_scripts_open_every_kind_of_folder_with_the_arguments_they_always_pass(folders):
+    """validate.py passes in_chans=3, train.py also drop_rate=0.0 (and None for what it leaves to the model): the
+    folder opens as it is. device and dtype move it; pretrained_cfg_overlay changes the preprocessing timm
+    resolves for it, as for a timm model."""
+    import timm
+
+    root, models = folders
+    for name in models:
+        folder = f"local-dir:{root / name}"
+        opened = timm.create_model(folder, pretrained=True, in_chans=3, num_classes=None, drop_rate=0.0,
+                                   drop_path_rate=None, drop_block_rate=None, global_pool=None, bn_momentum=None,
+                                   bn_eps=None, scriptable=False, checkpoint_path="", img_size=32, device="cpu",
+                                   dtype=torch.float64, pretrained_cfg_overlay=dict(crop_pct=1.0, mean=(0.5,) * 3))
+        assert next(opened.parameters()).dtype == torch.float64 and not opened.training
+        with torch.no_grad():
+            assert torch.allclose(opened(X.double()).float(), torch.load(root / f"{name}.pt")["y"], atol=1e-4), name
+        data = timm.data.resolve_model_data_config(opened)
+        assert data["crop_pct"] == 1.0 and tuple(data["mean"]) == (0.5,) * 3 and data["input_size"] == (3, 32, 32)
+        assert next(timm.create_model(folder, pretrained=True, dtype="bfloat16").parameters()).dtype == torch.bfloat16
+        if hasattr(timm.models, "resolve_model_input_args"):  # how this timm's scripts call create_model
+            asked = timm.models.resolve_model_input_args(folder, {"input_size": (3, 32, 32)}, pretrained=True,
+                                                         in_chans=3)
+            with torch.no_grad():
+                assert torch.equal(timm.create_model(**asked)(X), torch.load(root / f"{name}.pt")["y"]), name
+    stitch = timm.create_model(f"local-dir:{root / 'stitch'}", pretrained=True, global_pool="avg")
+    assert stitch(X).shape == (2, 10)  # the pooling it does already
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(in_chans=1), "takes 3-channel images .* in_chans=1: give it 3-channel images"),
+    (dict(img_size=64), "built for 32x32 images; it cannot be rebuilt for 64x64: resize the images"),
+    (dict(pretrained_cfg_overlay=dict(input_size=(3, 64, 64))), "built for 32x32 images"),
+    (dict(drop_rate=0.1), "drop_rate=0.1: pass drop_rate=0 or leave it out"),
+    (dict(drop_path_rate=0.05), "drop_path_rate=0.05"),
+    (dict(features_only=True), r"features_only=True\); open it without features_only and call model.forward_feat"),
+    (dict(global_pool="max"), "pools as its folder's network does \\('avg' pooling\\); .* global_pool='max'"),
+    (dict(bn_eps=1e-3), "cannot take bn_eps=0.001; leave it out"),
+    (dict(dtype=torch.int8), "takes a floating-point dtype"),
+    (dict(pretrained_cfg_overlay=dict(file="/elsewhere/weights.pth", num_classes=-1)),  # train.py --pretrained-path
+     "weights are its folder's model.safetensors; .* without --pretrained-path"),
+    (dict(pretrained_cfg_overlay=dict(num_classes=3)), "overlay's num_classes .* 10-class head"),
+])
+def test_timm_arguments_that_would_change_a_folders_network_are_one_line_naming_what_to_do(folders, arguments,
+                                                                                          message):
+    import timm
+
+    root, _ = folders
+    with pytest.raises(stitchkit.StitchkitError, match=message):
+        timm.create_model(f"local-dir:{root / 'stitch'}", pretrained=True, **arguments)
+
+
 def test_timm_refuses_a_stitch_folder_without_stitchkit_and_opens_it_with(folders):
     """In a fresh process: without stitchkit timm names the unknown architecture; with ``import stitchkit`` first
     (before timm is imported: stitchkit registers when timm's import finishes) it opens it."""
@@ -151,7 +202,7 @@ def _no_classifier_returns_pre_logits(ft):
         pre_logits = ft.forward_head(ft.forward_features(X), pre_logits=True)
     ft.reset_classifier(0)
     with torch.no_grad():
-        assert torch.allclose(ft(X), pre_logits, atol=1e-6) and ft(X).shape == (2, ft.num_features)
+        assert torch.allclose(ft(X), pre_logits, atol=1e-6) and ft(X).shape == (2, ft.head_hidden_size)
     assert ft.num_classes == 0 and not any(p.requires_grad for p in ft.get_classifier().parameters())
     ft.reset_classifier(3)
     assert ft(X).shape == (2, 3) and ft.num_classes == 3 and ft.get_classifier().weight.requires_grad
@@ -207,12 +258,118 @@ def test_a_torchvision_head_from_an_exported_graph_answers_too():
     _no_classifier_returns_pre_logits(ft)
 
 
+def _tiny(name: str):
+    """Small instances of timm models whose head widths differ from their features' (MobileNetV3 widens the pooled
+    576 channels to 1024, a ConvNeXt with head_hidden_size to that), whose features end after the last block
+    (EfficientNet's conv_head widens 320 channels to 1280) or whose features are NHWC (Swin)."""
+    import timm
+
+    torch.manual_seed(0)
+    if name == "swin":
+        return timm.create_model("swin_tiny_patch4_window7_224", img_size=32, window_size=2, embed_dim=24,
+                                 depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+    if name == "convnext_hidden":
+        return timm.create_model("convnext_atto", head_hidden_size=64)
+    return stitchkit.create_model(name, input_size=32)
+
+
+@pytest.mark.parametrize("dst", ["resnet10t", "vit_pico_patch4_32", "mobilenetv3_small_100", "convnext_hidden",
+                                 "swin", "efficientnet_b0", "torchvision:resnet18", "torchvision:mobilenet_v3_small"])
+def test_num_features_and_head_hidden_size_mean_what_they_mean_in_timm(dst, tmp_path):
+    """num_features: the channel width of forward_features' output (dim 1 of an NCHW map, the last dim of NHWC maps
+    and tokens), the destination's own (timm's attribute); head_hidden_size: what the classifier reads (timm's
+    forward_head(pre_logits=True)). Every kind, into timm and torchvision models; config.json's num_features is
+    timm's; a new classifier reads head_hidden_size features."""
+    from stitchkit.parallel import create_parallel
+
+    model = _tiny(dst).eval()
+    name = dst if ":" in dst else model.pretrained_cfg["architecture"]
+    with torch.no_grad():
+        features = model.forward_features(X) if hasattr(model, "forward_features") else None
+    if ":" not in dst:  # timm's own answers
+        expected = (model.num_features, model.head_hidden_size)
+    else:  # torchvision's: what it pools, and what its last linear layer reads
+        expected = {"torchvision:resnet18": (512, 512), "torchvision:mobilenet_v3_small": (576, 1024)}[dst]
+    networks = {
+        "stitch": stitchkit.create_stitched("resnet10t", copy.deepcopy(model), "2:3", input_size=32),
+        "parallel": create_parallel(["resnet10t", "resnet10t"], copy.deepcopy(model), "2:3", input_size=32),
+        "finetune": stitchkit.create_finetune_baseline(copy.deepcopy(model), "2:3", input_size=32, name=name),
+        "probe": stitchkit.create_probe(copy.deepcopy(model), input_size=32, name=name),
+    }
+    for kind, network in networks.items():
+        network.eval()
+        with torch.no_grad():
+            ours = network.forward_features(X)
+            pre_logits = network.forward_head(ours, pre_logits=True)
+        channels = ours.shape[1] if network.features_spec().format.name == "NCHW" else ours.shape[-1]
+        assert (network.num_features, network.head_hidden_size) == (channels, pre_logits.shape[-1]) == expected, kind
+        if features is not None:
+            assert ours.shape[1:] == features.shape[1:], kind  # timm's forward_features
+    baseline = networks["finetune"].train()  # reading the width changes nothing (EfficientNet's bn2 in training mode)
+    before = copy.deepcopy(baseline.state_dict())
+    assert baseline.num_features == expected[0] and baseline.training and baseline.get_classifier().training
+    assert all(torch.equal(before[k], v) for k, v in baseline.state_dict().items())
+    stitch = networks["stitch"]
+    stitch.save_pretrained(tmp_path / "s")
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["num_features"] == expected[0]
+    stitch.reset_classifier(3)
+    assert stitch.get_classifier().weight.shape[1] == expected[1]
+    assert (stitch.num_features, stitch.head_hidden_size) == expected
+
+
+def test_a_classifier_an_exported_graph_reads_is_a_layer_a_user_can_call(tmp_path):
+    """A torchvision head's classifier is weights its graph reads: get_classifier gives them as a layer with
+    in_features and out_features that computes what the graph does, and the graph still reads those weights (a
+    change to them changes the model's output; the state dict and the saved folder are as before)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(num_classes=4).eval()
+    ft = stitchkit.create_finetune_baseline(copy.deepcopy(reference), "1:1", input_size=32,
+                                            name="torchvision:resnet18").eval()
+    keys = list(ft.state_dict())
+    classifier = ft.get_classifier()
+    assert (classifier.in_features, classifier.out_features) == (512, 4) and ft.get_classifier() is classifier
+    with torch.no_grad():
+        pooled = ft.forward_head(ft.forward_features(X), pre_logits=True)
+        assert torch.allclose(classifier(pooled), reference.fc(pooled), atol=1e-6)
+        assert torch.allclose(classifier(pooled), ft(X), atol=1e-5)
+        classifier.bias.add_(1.0)
+        assert torch.allclose(ft(X), reference.fc(pooled) + 1.0, atol=1e-5)  # the graph reads these weights
+    assert list(ft.state_dict()) == keys
+    ft.save_pretrained(tmp_path / "ft")
+    with torch.no_grad():
+        assert torch.equal(stitchkit.load_pretrained(tmp_path / "ft")(X), ft(X))
+    ft.reset_classifier(3)
+    new = ft.get_classifier()
+    with torch.no_grad():
+        assert (new.in_features, new.out_features) == (512, 3) and torch.allclose(new(pooled), ft(X), atol=1e-5)
+
+
+def test_default_cfg_can_be_assigned_as_on_timms_models(tmp_path):
+    """timm's older name for pretrained_cfg is a plain attribute on timm's models: assigning it sets pretrained_cfg
+    (what timm resolves preprocessing from and a saved folder records); the head is recorded from the head itself,
+    so a pretrained_cfg without num_classes still saves a folder that loads."""
+    import timm
+
+    torch.manual_seed(0)
+    stitch = stitchkit.create_stitched("resnet10t", "resnet10t", "1:3", input_size=32, num_classes=10).eval()
+    stitch.default_cfg = {k: v for k, v in stitch.default_cfg.items() if k != "num_classes"} | {"crop_pct": 1.0}
+    assert stitch.pretrained_cfg is stitch.default_cfg
+    assert timm.data.resolve_model_data_config(stitch)["crop_pct"] == 1.0
+    stitch.save_pretrained(tmp_path / "s")
+    loaded = stitchkit.load_pretrained(tmp_path / "s")
+    with torch.no_grad():
+        assert torch.equal(loaded(X), stitch(X))
+    assert loaded.pretrained_cfg["crop_pct"] == 1.0 and loaded.pretrained_cfg["num_classes"] == 10
+
+
 def test_reset_classifier_on_a_stitch_trains_a_new_head_that_saves_and_loads(tmp_path):
     torch.manual_seed(0)
     stitch = stitchkit.create_stitched("resnet10t", "resnet10t", "1:3", input_size=32).eval()
     with torch.no_grad():
         assert torch.allclose(stitch.forward_head(stitch.forward_features(X)), stitch(X), atol=1e-6)
-        assert stitch.forward_head(stitch.forward_features(X), pre_logits=True).shape == (2, stitch.num_features)
+        assert stitch.forward_head(stitch.forward_features(X), pre_logits=True).shape == (2, stitch.head_hidden_size)
     assert stitch.num_classes == 1000 and "head" not in stitch.trained_parts()
     stitch.reset_classifier(5)
     assert stitch.num_classes == 5 and stitch.config.num_classes == 5 and "head" in stitch.trained_parts()
@@ -228,6 +385,22 @@ def test_reset_classifier_on_a_stitch_trains_a_new_head_that_saves_and_loads(tmp
     assert (probe.num_classes, probe.num_features) == (6, 512)
     with pytest.raises(stitchkit.StitchkitError, match="pass num_classes alone"):
         probe.reset_classifier(2, global_pool="max")
+
+
+def test_a_probe_asked_for_no_classifier_has_none(tmp_path):
+    """create_probe(num_classes=0) means timm's no classifier, as for create_stitched and create_parallel (it built
+    a new random head of the model's own 1000 classes): the probe returns the pooled features, and saves so."""
+    from stitchkit.zoo.models import fit_head
+
+    torch.manual_seed(0)
+    probe = stitchkit.create_probe("resnet10t", num_classes=0, input_size=32).eval()
+    assert probe.num_classes == 0 and probe.pretrained_cfg["num_classes"] == 0 and probe(X).shape == (2, 512)
+    assert not any(p.requires_grad for p in probe.get_classifier().parameters())
+    probe.save_pretrained(tmp_path / "p")
+    assert stitchkit.load_pretrained(tmp_path / "p").num_classes == 0
+    model = stitchkit.create_model("resnet10t")
+    classifier = model.fc
+    assert fit_head(model, 0) is False and model.fc is classifier  # the caller drops it once the model is cut
 
 
 def _network(kind: str):
@@ -260,11 +433,12 @@ def _trains(model, parameter) -> bool:
 @pytest.mark.parametrize("kind", ["stitch", "stitch_new_head", "finetune", "finetune_torchvision", "probe",
                                   "parallel"])
 def test_every_network_drops_its_classifier_and_takes_a_new_one_as_timms_models_do(kind, tmp_path):
-    """reset_classifier(0): the model returns the pooled features its classifier read (N, num_features), forward_head
-    works, num_classes is 0, nothing new trains; it saves and loads without a classifier (num_classes 0, as timm's
-    folders say). reset_classifier(k) after it: a new k-class classifier that trains and is saved with the model."""
+    """reset_classifier(0): the model returns the pooled features its classifier read (N, head_hidden_size),
+    forward_head works, num_classes is 0, nothing new trains; it saves and loads without a classifier (num_classes 0,
+    as timm's folders say). reset_classifier(k) after it: a new k-class classifier that trains and is saved with the
+    model."""
     model = _network(kind)
-    width, trained = model.num_features, model.trained_parts()
+    width, trained = model.head_hidden_size, model.trained_parts()
     with torch.no_grad():
         pre_logits = model.forward_head(model.forward_features(X), pre_logits=True)
     model.reset_classifier(0)
@@ -273,15 +447,16 @@ def test_every_network_drops_its_classifier_and_takes_a_new_one_as_timms_models_
         assert out.shape == (2, width) and torch.allclose(out, pre_logits, atol=1e-5)
         assert torch.allclose(model.forward_head(model.forward_features(X)), out, atol=1e-6)
         assert torch.allclose(model.forward_head(model.forward_features(X), pre_logits=True), out, atol=1e-6)
-    assert (model.num_classes, model.num_features) == (0, width) and model.pretrained_cfg["num_classes"] == 0
+    assert (model.num_classes, model.head_hidden_size) == (0, width) and model.pretrained_cfg["num_classes"] == 0
     assert model.trained_parts() == trained  # no classifier: nothing new to train
     assert not any(p.requires_grad for p in model.get_classifier().parameters())
     if kind.startswith("stitch"):
         assert model.config.num_classes == 0 and model.config.train_head == (kind == "stitch_new_head")
     model.save_pretrained(tmp_path / "headless")
     hub = json.loads((tmp_path / "headless" / "config.json").read_text())
-    assert hub["num_classes"] == 0 and hub["num_features"] == width
-    assert "no classifier" in (tmp_path / "headless" / "README.md").read_text()
+    assert hub["num_classes"] == 0 and hub["num_features"] == model.num_features
+    card = (tmp_path / "headless" / "README.md").read_text()
+    assert "no classifier" in card and "stitchkit predict path" not in card and "num_classes=N" in card
     loaded = stitchkit.load_pretrained(tmp_path / "headless")
     with torch.no_grad():
         assert torch.equal(loaded(X), out)

@@ -19,6 +19,7 @@ from torch import nn
 
 from .chain import gap_cuts, parse_gap
 from .errors import IncompatibleError
+from .formats import FeatureSpec
 from .network import Network, data_config
 from .zoo import Part, create_model, dissect, model_spec, resolve_model
 
@@ -32,6 +33,7 @@ class FinetuneBaseline(Network, Part):
     source: str  # the model it was cut from, and how
     gap: tuple[int, int]
     input_size: int
+    features_out: FeatureSpec  # what its last block gives: the model's last block's (removed blocks kept its shape)
 
     folder_kind = "finetune"
 
@@ -40,6 +42,9 @@ class FinetuneBaseline(Network, Part):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self[:-1](x)
+
+    def features_spec(self) -> FeatureSpec:
+        return self.features_out
 
     def trained_parts(self) -> list[str]:
         return ["all"]
@@ -110,6 +115,7 @@ def create_finetune_baseline(
     baseline.kept_blocks = tuple(spec.block_names[i] for i in kept)
     baseline.removed_blocks = tuple(spec.block_names[i] for i in removed)
     baseline.source, baseline.gap, baseline.input_size = name, (x, y), input_size
+    baseline.features_out = spec.block_features[-1]
     baseline.requires_grad_(True)
     try:
         with torch.no_grad():

@@ -174,6 +174,7 @@ def hub_config(config: dict, model: nn.Module) -> dict:
         # to timm, fixed_input_size also says that the model's constructor takes img_size
         pretrained_cfg["fixed_input_size"] = bool(own.get("fixed_input_size", False))
     hub = {"architecture": name, "num_classes": classes}
+    # timm's meaning: forward_features' width (timm's own save_config_for_hf writes it, and no head_hidden_size)
     width = getattr(model, "num_features", None)
     if isinstance(width, int):
         hub["num_features"] = width
@@ -303,6 +304,8 @@ def no_classifier(folder: str | os.PathLike, doing: str) -> StitchkitError:
 def apply_config(model: nn.Module, config: dict) -> nn.Module:
     """What a loaded model carries besides its weights: a timm ``pretrained_cfg`` (so ``timm.data`` gives its
     preprocessing) and ``stitchkit_info`` (class names, result; kept when it is saved again)."""
+    from .zoo.models import classes_or_none
+
     prep = config["preprocessing"]
     classes = config.get("class_names")
     model.pretrained_cfg = {  # a whole model's architecture is the name that rebuilds it (save_pretrained reads it)
@@ -310,8 +313,9 @@ def apply_config(model: nn.Module, config: dict) -> nn.Module:
         "input_size": tuple(prep["input_size"]),
         "fixed_input_size": True, "mean": tuple(prep["mean"]), "std": tuple(prep["std"]),
         "interpolation": prep["interpolation"], "crop_pct": prep["crop_pct"], "crop_mode": "center",
-        # a stitch's head_classes is what its head predicts (num_classes only says whether the head is new)
-        "num_classes": config["architecture"].get("head_classes") or config["architecture"].get("num_classes"),
+        # What the loaded head predicts, read from the head itself: the records differ by kind (a stitch's
+        # head_classes, a parallel stitch's inside each source's record), and a reader of one kind's missed another's
+        "num_classes": classes_or_none(model),
         "label_names": list(classes) if classes else None,
     }
     model.stitchkit_info = {k: config[k] for k in ("class_names", "result", "trained", "sources", "evaluation",
@@ -411,12 +415,23 @@ HUB_DATASETS = {"fashion_mnist": "zalando-datasets/fashion_mnist", "cifar10": "u
                 "cifar100": "uoft-cs/cifar100", "imagenet": "ILSVRC/imagenet-1k"}
 
 
+def _head_record(config: dict) -> tuple[dict, str]:
+    """The architecture record that describes the head, and its kind: a parallel stitch's sources share the
+    destination's head, and any one's single-stitch record says which."""
+    arch, kind = config["architecture"], config["kind"]
+    return (arch["stitches"][0], "stitch") if kind == "parallel" else (arch, kind)
+
+
+def _without_classifier(config: dict) -> bool:
+    """Whether the folder's model was saved without a classifier: every kind records that (reset_classifier(0)) as
+    0 classes."""
+    return _head_record(config)[0].get("num_classes") == 0
+
+
 def describe_head(config: dict) -> str:
     """The card's phrase for the head: new or the destination's own, how many classes, whether it trained."""
-    arch, kind = config["architecture"], config["kind"]
-    if kind == "parallel":  # its sources share the destination's head: any one's record says which
-        arch, kind = arch["stitches"][0], "stitch"
-    if arch.get("num_classes") == 0:  # every kind records no classifier (reset_classifier(0)) as 0 classes
+    arch, kind = _head_record(config)
+    if _without_classifier(config):
         return "no classifier (it returns the pooled features a classifier would read; give it one with " \
             "reset_classifier(num_classes))"
     trained = "head" in (config.get("trained") or []) or "all" in (config.get("trained") or [])
@@ -522,8 +537,16 @@ def model_card(config: dict, model: nn.Module | None = None) -> str:
               "import timm  # timm opens the folder too" + (f" (after `import stitchkit`, which registers {timm_arch}"
                                                              " with timm)" if timm_arch in
                                                              TIMM_ARCHITECTURES.values() else ""),
-              'model = timm.create_model("local-dir:path/to/this/folder", pretrained=True)',
-              "```", "", "```bash", "stitchkit predict path/to/this/folder image.jpg", "```", ""]
+              'model = timm.create_model("local-dir:path/to/this/folder", pretrained=True)']
+    if _without_classifier(config):  # `stitchkit predict` and `eval` refuse such a folder: say what it is for
+        lines += ["", "features = model(images)  # pooled features (it has no classifier)",
+                  "maps = model.forward_features(images)  # the features before pooling", "",
+                  "# a new head of N classes, to train on your data",
+                  'model = timm.create_model("local-dir:path/to/this/folder", pretrained=True, num_classes=N)', "```",
+                  "", "It has no classifier, so `stitchkit predict` and `stitchkit eval` refuse it: use its features "
+                  "as above, or give it a head and train it.", ""]
+    else:
+        lines += ["```", "", "```bash", "stitchkit predict path/to/this/folder image.jpg", "```", ""]
     return "\n".join(lines)
 
 

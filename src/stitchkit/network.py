@@ -4,23 +4,28 @@
 Each declares, once, what the rest of stitchkit asks of it: its folder kind (the registry below replaces a table of
 kinds), what trains (``trained_parts``, ``trained_state_dict``), how to rebuild it and what its model card says
 (``architecture``, ``from_architecture``, ``describe``: the folder's part, :class:`~stitchkit.modelfolder.SavesPretrained`),
-and where its head is (``head`` and ``features``). From the last two it gets the surface timm users call on any classifier: ``num_classes``,
-``num_features``, ``get_classifier``, ``reset_classifier``, ``forward_features``, ``forward_head(pre_logits=)`` and
-``default_cfg``, with timm's meanings (``reset_classifier(0)`` makes the model return the features its classifier
-read).
+and where its head is (``head``, ``features`` and ``features_spec``). From these it gets the surface timm users call
+on any classifier: ``num_classes``, ``num_features``, ``head_hidden_size``, ``get_classifier``, ``reset_classifier``,
+``forward_features``, ``forward_head(pre_logits=)`` and ``default_cfg``, with timm's meanings (``num_features``: the
+width of ``forward_features``' output; ``head_hidden_size``: the width of what the classifier reads, wider where the
+head widens the pooled features first, as MobileNetV3's does; ``reset_classifier(0)`` makes the model return what
+its classifier read).
 
 The classifier is the last ``nn.Linear`` of the head (timm's ``fc``, ``head``, ``classifier``; torchvision's
 ``fc``, ``heads.head``): the features it reads are what timm calls pre-logits.
 """
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch
 from torch import nn
 
 from .errors import StitchkitError
 from .modelfolder import SavesPretrained
+
+if TYPE_CHECKING:
+    from .formats import FeatureSpec
 
 _KINDS: dict[str, type["Network"]] = {}
 
@@ -87,6 +92,11 @@ class Network(SavesPretrained):
         """Everything before :meth:`head`: up to the last block."""
         raise NotImplementedError
 
+    def features_spec(self) -> "FeatureSpec":
+        """The layout and width of :meth:`features`' output: the destination's last block's, as the zoo measured
+        it (the head changes neither)."""
+        raise NotImplementedError
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The features the head pools, unpooled. For the families laid out by hand (:mod:`stitchkit.zoo.families`)
         they are what the model the head came from returns from its own ``forward_features``: after a ViT's or
@@ -136,8 +146,14 @@ class Network(SavesPretrained):
 
     def get_classifier(self) -> nn.Module:
         """The head's final linear layer (``nn.Identity`` after ``reset_classifier(0)``). In a head cut from an
-        exported graph (torchvision models) it is the module that holds the classifier's ``weight`` and ``bias``."""
-        return self.head().get_submodule(self._classifier_name())
+        exported graph (torchvision models) it is the module that holds the classifier's ``weight`` and ``bias``,
+        which answers as an ``nn.Linear`` does (callable, ``in_features``, ``out_features``)."""
+        classifier = self.head().get_submodule(self._classifier_name())
+        if type(classifier) is nn.Module and _is_graph_held(classifier):
+            # The exported graph's bare holder (calling it raised "missing forward"): made a _GraphLinear in place,
+            # so the graph reads the same weight and bias, and a user gets a layer to call
+            classifier.__class__ = _GraphLinear
+        return classifier
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new, randomly initialised classifier of ``num_classes`` outputs that trains (0: none, the model then
@@ -150,7 +166,7 @@ class Network(SavesPretrained):
             raise StitchkitError("reset_classifier(global_pool=...) is not supported on stitchkit networks: they "
                                  "keep their parts' pooling; pass num_classes alone")
         name, old = self._classifier_name(), self.get_classifier()
-        width = self.num_features
+        width = self.head_hidden_size
         device = next((p.device for p in old.parameters()), None) or next(self.parameters()).device
         new = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
         if _is_graph_held(old):  # the graph reads weight and bias: new ones of the new shape
@@ -161,7 +177,7 @@ class Network(SavesPretrained):
         parent, _, attr = name.rpartition(".")
         head = self.head()
         setattr(head.get_submodule(parent) if parent else head, attr, new.to(device))
-        self._num_features = width
+        self._head_hidden_size = width
         for owner in head.modules():
             if owner is not new and isinstance(getattr(owner, "num_classes", None), int):
                 owner.num_classes = num_classes  # a timm model kept inside the head
@@ -189,28 +205,80 @@ class Network(SavesPretrained):
 
     @property
     def num_features(self) -> int:
-        """The width of the features the classifier reads."""
+        """timm's meaning: the channel width of :meth:`forward_features`' output, what the head's pooling reads (dim 1
+        of an NCHW map; the last dim of an NHWC map or a token sequence). Read from the measured spec of the last
+        block; where the head's lead (what :meth:`forward_features` runs after it) can change the width
+        (EfficientNet's ``conv_head``, RegNet's ``final_conv``), from the lead run on one zero sample of that spec."""
+        from .formats import Format
+        from .zoo.anatomy import split_head
+
+        spec = self.features_spec()
+        lead, _ = split_head(self.head())
+        if lead is None:
+            return spec.channels
+        probe = next(lead.parameters(), None)
+        zeros = torch.zeros(1, *spec.shape, device=probe.device if probe is not None else None,
+                            dtype=probe.dtype if probe is not None and probe.is_floating_point() else None)
+        modes = [(m, m.training) for m in lead.modules()]
+        lead.eval()  # a BatchNorm in training mode would take the zeros into its running statistics
+        try:
+            with torch.no_grad():
+                out = lead(zeros)
+        finally:
+            for module, training in modes:
+                module.training = training
+        return out.shape[1] if spec.format is Format.NCHW else out.shape[-1]
+
+    @property
+    def head_hidden_size(self) -> int:
+        """timm's meaning: the width of what the classifier reads (``forward_head(pre_logits=True)``); it differs from
+        :attr:`num_features` where the head widens the pooled features first (MobileNetV3: 576 -> 1024)."""
         classifier = self.get_classifier()
-        return classifier.weight.shape[1] if hasattr(classifier, "weight") else self._num_features
+        return classifier.weight.shape[1] if hasattr(classifier, "weight") else self._head_hidden_size
 
     @property
     def default_cfg(self) -> dict:
         """timm's older name for ``pretrained_cfg``."""
         return getattr(self, "pretrained_cfg", {})
 
+    @default_cfg.setter
+    def default_cfg(self, cfg: dict) -> None:
+        # timm's models hold it as a plain attribute that code still assigns (timm's own builder does)
+        self.pretrained_cfg = cfg
+
 
 def _is_graph_held(module: nn.Module) -> bool:
-    """A module an exported graph reads a linear layer's weights from without calling it: no forward of its own, no
-    children, a 2-D ``weight``."""
+    """A module an exported graph reads a linear layer's weights from without calling it: a :class:`_GraphLinear`,
+    or the graph's own holder (no forward of its own, no children, a 2-D ``weight``)."""
+    if isinstance(module, _GraphLinear):
+        return True
     weight = module._parameters.get("weight")
     return (type(module).forward is nn.Module.forward and not module._modules and weight is not None
             and weight.dim() == 2)
 
 
 class _GraphLinear(nn.Module):
-    """A new classifier's weights where an exported graph reads them (``reset_classifier`` on a torchvision head)."""
+    """A classifier's weights where an exported graph reads them (the graph's own holder, adopted by
+    ``get_classifier``, or a new classifier from ``reset_classifier`` on a torchvision head). The graph never calls
+    it; a user can, as an ``nn.Linear``."""
 
     is_identity = False
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # what the graph computes from these weights (a holder the graph made may have no bias)
+        return nn.functional.linear(x, self.weight, self._parameters.get("bias"))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, " \
+            f"bias={self._parameters.get('bias') is not None}"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()

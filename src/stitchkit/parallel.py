@@ -25,12 +25,12 @@ from torch import nn
 
 from .chain import parse_gap
 from .errors import IncompatibleError, StitchkitError, unknown_name
-from .formats import Format
+from .formats import FeatureSpec, Format
 from .network import Network
 from .starts import DEFAULT_START, get_start
 from .stitching import StitchConfig, StitchedModel, build_stitch, stitch_architecture, stitch_models, train_back_head
 from .zoo import resolve_model
-from .zoo.models import fit_head, num_outputs
+from .zoo.models import classes_or_none, fit_head, num_outputs
 
 FUSIONS = ("sum", "concat", "gate")
 
@@ -221,6 +221,9 @@ class ParallelStitchedModel(Network, nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.back[:-1](self.fused(x))
 
+    def features_spec(self) -> FeatureSpec:
+        return self.dst_spec.block_features[-1]  # the back ends with the destination's last block (or its cut)
+
     def trained_parts(self) -> list[str]:
         return ["adapters", "fusion", *self._back_parts]
 
@@ -260,7 +263,7 @@ class ParallelStitchedModel(Network, nn.Module):
     def architecture(self) -> dict:
         """What rebuilds it without weights: the fusion and each source's single-stitch architecture (as the model
         is now: a head replaced since it was built is recorded)."""
-        classes = getattr(self, "pretrained_cfg", {}).get("num_classes")
+        classes = classes_or_none(self)  # the head itself: pretrained_cfg is the user's to change
         return {"fusion": self.config.fusion, "stitches": [stitch_architecture(s, one, classes) for s, one in
                                                            zip(self.config.stitches, self._one_model)]}
 

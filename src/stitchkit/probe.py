@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .errors import IncompatibleError
+from .formats import FeatureSpec
 from .network import Network, data_config
 from .zoo import Part, back_part, create_model, dissect, front_part, model_spec, resolve_model
 from .zoo.models import fit_head, num_outputs
@@ -25,18 +26,20 @@ class HeadProbe(Network, nn.Module):
     Attributes:
         source: the model's name; ``input_size``, ``unfreeze_last``, ``num_classes``: how it was built.
         top_block_names: the trained blocks' names in the model.
+        features_out: what the last block gives (the head reads it): :meth:`features_spec`.
     """
 
     folder_kind = "probe"
 
     def __init__(self, body: Part, top: Part, source: str, input_size: int, unfreeze_last: int,
-                 top_block_names: tuple[str, ...]):
+                 top_block_names: tuple[str, ...], features_out: FeatureSpec):
         super().__init__()
         self.body, self.top = body, top
         self.body.requires_grad_(False)
         self.top.requires_grad_(True)
         self.source, self.input_size, self.unfreeze_last = source, input_size, unfreeze_last
         self.top_block_names = top_block_names
+        self.features_out = features_out  # what its last block gives (the model's last block's)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "HeadProbe":
@@ -59,6 +62,9 @@ class HeadProbe(Network, nn.Module):
         with torch.no_grad():
             h = self.body(x)
         return self.top[:-1](h)
+
+    def features_spec(self) -> FeatureSpec:
+        return self.features_out
 
     @classmethod
     def describe(cls, architecture: dict, head: str) -> str:
@@ -100,7 +106,8 @@ def create_probe(
 ) -> HeadProbe:
     """``model`` frozen but for its head, and its last ``unfreeze_last`` blocks. The head is a new one of
     ``num_classes`` classes when that differs from the model's own, or when ``new_head`` asks for one; otherwise the
-    model's own head trains on from its weights.
+    model's own head trains on from its weights. ``num_classes=0``: no classifier (as timm's), the probe returns the
+    pooled features its classifier would read.
 
     Example:
         >>> probe = create_probe("resnet18", num_classes=5, input_size=32)
@@ -117,6 +124,8 @@ def create_probe(
         raise IncompatibleError(f"unfreeze_last={unfreeze_last}, but {name} has {blocks} blocks; use 0 to {blocks}")
     cut = blocks - unfreeze_last
     probe = HeadProbe(front_part(anatomy, cut), back_part(anatomy, cut), name, input_size, unfreeze_last,
-                      tuple(spec.block_names[cut:]))
+                      tuple(spec.block_names[cut:]), spec.block_features[-1])
     probe.pretrained_cfg = data_config(f"probe:{name}", name, model, input_size, num_outputs(model))
+    if num_classes == 0:  # no classifier (timm's num_classes=0): the model's own was cut with the head, and goes now
+        probe.reset_classifier(0)
     return probe

@@ -481,6 +481,9 @@ class StitchedModel(Network, nn.Module):
             h = self.front(x)
         return self.back[:-1](self.bridge(h))
 
+    def features_spec(self) -> FeatureSpec:
+        return self.dst_spec.block_features[-1]  # the back ends with the destination's last block (or its cut)
+
     def _plan_head(self, num_classes: int):
         # A new classifier trains with the adapters, and is recorded as new (so a reload builds one of its size).
         # No classifier (0) is recorded too (a reload drops the destination's), and changes nothing about what
@@ -504,8 +507,7 @@ class StitchedModel(Network, nn.Module):
         """What rebuilds this network without its weights (see :meth:`from_architecture`): the
         :class:`StitchConfig` without where the weights came from, whether source and destination were one model,
         and how many classes the head predicts."""
-        return stitch_architecture(self.config, getattr(self, "one_model", False),
-                                   getattr(self, "pretrained_cfg", {}).get("num_classes"))
+        return stitch_architecture(self.config, getattr(self, "one_model", False), classes_or_none(self))
 
     @classmethod
     def from_architecture(cls, architecture: dict) -> "StitchedModel":

@@ -1,4 +1,4 @@
-"""``stitchkit models``, ``adapters`` and ``methods``: what there is to choose from."""
+"""``stitchkit models``, ``adapters``, ``starts`` and ``methods``: what there is to choose from."""
 from __future__ import annotations
 
 from ..errors import StitchkitError
@@ -33,9 +33,8 @@ def add_adapters(subparsers) -> None:
 def _adapters(args) -> int:
     from ..adapters import get_adapter, list_adapters
 
-    for name in list_adapters():
-        kind = get_adapter(name)
-        print(f"{name:14s} {kind.layout:7s} {kind.description}")
+    rows = [[name, get_adapter(name).layout, get_adapter(name).description] for name in list_adapters()]
+    print("\n".join(_aligned(rows)))
     return 0
 
 
@@ -47,9 +46,8 @@ def _starts(args) -> int:
     from ..starts import DEFAULT_START, describe_starts
 
     described = describe_starts()
-    for name in sorted(described, key=lambda n: (n != DEFAULT_START, n)):
-        default = "(default)" if name == DEFAULT_START else ""
-        print(f"{name:12s} {default:9s} {described[name]}")
+    print("\n".join(_aligned([[name, "(default)" if name == DEFAULT_START else "", described[name]]
+                              for name in sorted(described, key=lambda n: (n != DEFAULT_START, n))])))
     return 0
 
 
@@ -67,6 +65,7 @@ def _methods(args) -> int:
 
 def _aligned(rows: list[list[str]]) -> list[str]:
     """Rows of cells as lines whose columns line up: each column as wide as its longest cell, one space between
-    (fixed widths drift as soon as one name is longer, as parallel_concat_conv3x3_relu is)."""
+    (fixed widths drift as soon as one name is longer, as parallel_concat_conv3x3_relu is, or a user's registered
+    adapter or start)."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)] if rows else []
     return [" ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]) for row in rows]

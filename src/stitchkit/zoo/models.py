@@ -341,7 +341,11 @@ def classes_or_none(model: nn.Module) -> int | None:
 def fit_head(model: nn.Module, num_classes: int | None, new_head: bool | None = None) -> bool:
     """Give ``model`` a new, randomly initialised head of ``num_classes`` when that differs from what its head
     predicts (as timm's ``create_model(num_classes=...)`` keeps a pretrained head of the same size), or whenever
-    ``new_head`` asks for one (of the model's own size when ``num_classes`` is None). Returns whether it did."""
+    ``new_head`` asks for one (of the model's own size when ``num_classes`` is None). Returns whether it did.
+    ``num_classes=0`` (timm's no classifier) leaves the head as it is: the caller drops it once the model is cut
+    (``reset_classifier(0)`` on the network; a torchvision classifier has no 0-wide replacement here)."""
+    if num_classes == 0:  # `num_classes or own` below would otherwise make it a new random head of the own size
+        return False
     own = classes_or_none(model)
     if new_head is None:
         new_head = num_classes is not None and num_classes != own
