@@ -20,6 +20,7 @@ from torch import nn
 from .chain import gap_cuts, parse_gap
 from .errors import IncompatibleError
 from .network import Network, data_config
+from .train_surface import mapped_no_weight_decay
 from .zoo import Part, create_model, dissect, model_spec, resolve_model
 
 
@@ -111,6 +112,7 @@ def create_finetune_baseline(
     baseline.removed_blocks = tuple(spec.block_names[i] for i in removed)
     baseline.source, baseline.gap, baseline.input_size = name, (x, y), input_size
     baseline.requires_grad_(True)
+    baseline._mapped_no_weight_decay = mapped_no_weight_decay(baseline, [model])
     try:
         with torch.no_grad():
             out = baseline.eval()(torch.zeros(1, 3, *spec.input_size, device=next(baseline.parameters()).device))

@@ -27,6 +27,7 @@ from .chain import parse_gap
 from .errors import IncompatibleError, StitchkitError, unknown_name
 from .formats import Format
 from .network import Network
+from .train_surface import mapped_no_weight_decay, prefixed
 from .starts import DEFAULT_START, get_start
 from .stitching import StitchConfig, StitchedModel, build_stitch, stitch_architecture, stitch_models, train_back_head
 from .zoo import resolve_model
@@ -95,6 +96,13 @@ class Fusion(nn.Module):
                 self.project.bias.zero_()
         else:
             raise unknown_name("fusion", method, FUSIONS)
+
+    def no_weight_decay(self) -> set[str]:
+        """The mixing weights (the sum's per source, the gate's logits) are no layer's weights: decay would shrink
+        the sum's (a weaker input to the back) and pull the gate towards equal mixing whatever the data says, so
+        they are exempt, as timm exempts its models' scales and tokens. The concat's projection decays as any
+        layer."""
+        return {"weight"} if self.method == "sum" else {"logits"} if self.method == "gate" else set()
 
     def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
         return x.movedim(self.dim, -1)
@@ -242,6 +250,12 @@ class ParallelStitchedModel(Network, nn.Module):
                                f"{extra[:3]}); it was saved from another one")
         self.load_state_dict(state, strict=False)
 
+    def _own_no_weight_decay(self) -> set[str]:
+        names = prefixed("fusion", self.fusion.no_weight_decay())
+        for i, bridge in enumerate(self.bridges):
+            names |= prefixed(f"bridges.{i}", bridge.no_weight_decay())
+        return names
+
     def _plan_head(self, num_classes: int):
         # As a single stitch's (StitchedModel._plan_head): every source's record says what the shared head is now,
         # and a new classifier trains (and is saved) with the adapters.
@@ -317,6 +331,7 @@ def build_parallel(config: ParallelConfig, src_models: list[nn.Module] | None = 
     dim = 1 if exit_spec.format is Format.NCHW else -1
     channels = exit_spec.channels
     model = ParallelStitchedModel(stitches, Fusion(config.fusion, len(stitches), channels, dim), config)
+    model._mapped_no_weight_decay = mapped_no_weight_decay(model, [*src_models, dst_model])
     model.start_seconds = sum(s.start_seconds for s in stitches)  # fitting every chain's start (training reports it)
     if calibration_device is not None:
         model.to(calibration_device)

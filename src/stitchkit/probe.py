@@ -14,6 +14,7 @@ from torch import nn
 
 from .errors import IncompatibleError
 from .network import Network, data_config
+from .train_surface import mapped_no_weight_decay
 from .zoo import Part, back_part, create_model, dissect, front_part, model_spec, resolve_model
 from .zoo.models import fit_head, num_outputs
 
@@ -118,5 +119,6 @@ def create_probe(
     cut = blocks - unfreeze_last
     probe = HeadProbe(front_part(anatomy, cut), back_part(anatomy, cut), name, input_size, unfreeze_last,
                       tuple(spec.block_names[cut:]))
+    probe._mapped_no_weight_decay = mapped_no_weight_decay(probe, [model])
     probe.pretrained_cfg = data_config(f"probe:{name}", name, model, input_size, num_outputs(model))
     return probe

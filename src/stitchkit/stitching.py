@@ -29,6 +29,7 @@ from . import adapters as adapter_registry
 from .chain import RESIZE_MODES, Resize, Step, TokenResize, gap_cuts, num_adapters, parse_gap, plan_chain
 from .errors import IncompatibleError, StitchkitError, unknown_name
 from .network import Network, data_config
+from .train_surface import mapped_no_weight_decay, prefixed
 from .starts import DEFAULT_START, ChainContext, Measured, Start, get_start
 from .formats import (
     PREFIX_IN_POLICIES,
@@ -192,6 +193,11 @@ class Bridge(nn.Module):
         if not self.tokens and dst.num_prefix_tokens and prefix_in == "projected":
             self.prefix_map = PrefixMap(dst.channels, dst.num_prefix_tokens)
         self.register_buffer("pos_embed", pos_embed, persistent=False)
+
+    def no_weight_decay(self) -> set[str]:
+        """The learned prefix tokens (``prefix_in="learned"``), which stand in for the destination's class token:
+        exempt from weight decay as timm exempts that token."""
+        return {"learned_prefix"} if self.learned_prefix is not None else set()
 
     @property
     def start(self) -> Start:
@@ -481,6 +487,9 @@ class StitchedModel(Network, nn.Module):
             h = self.front(x)
         return self.back[:-1](self.bridge(h))
 
+    def _own_no_weight_decay(self) -> set[str]:
+        return prefixed("bridge", self.bridge.no_weight_decay())
+
     def _plan_head(self, num_classes: int):
         # A new classifier trains with the adapters, and is recorded as new (so a reload builds one of its size).
         # No classifier (0) is recorded too (a reload drops the destination's), and changes nothing about what
@@ -731,6 +740,7 @@ def build_stitch(
     back = back_part(dissect(dst_model, dst_spec.input_size), dst_cut.blocks)
     model = StitchedModel(front, bridge, back, config, src_spec, dst_spec)
     model.one_model = dst_model is src_model  # with the same weights for both ends, within-model adapters
+    model._mapped_no_weight_decay = mapped_no_weight_decay(model, [src_model, dst_model])
     if check:
         _check_runs(model, input_size)
     model.start_seconds = 0.0  # wall time of fitting the start on calibration images (training reports it)
