@@ -63,3 +63,22 @@ def test_stitchkits_own_tokens_and_mixing_weights_are_not_decayed():
     # each chain's prefix tokens, and the (frozen) ViT front's own
     assert concat.no_weight_decay() == {"bridges.0.learned_prefix", "bridges.1.learned_prefix",
                                         "fronts.1.0.owner.cls_token", "fronts.1.0.owner.pos_embed"}
+
+
+def test_stitchkits_optimizer_exempts_those_names_only_with_no_decay_norm_bias():
+    from stitchkit.training.optim import param_groups
+
+    ft = stitchkit.create_finetune_baseline("vit_pico_patch4_32", "1:3", input_size=32)
+    names = {id(p): n for n, p in ft.named_parameters()}
+    # the paper's recipe (the default): one group, everything decayed, as before
+    (group,) = param_groups(ft, 0.05, no_decay_norm_bias=False)
+    assert group["weight_decay"] == 0.05 and len(group["params"]) == len(list(ft.parameters()))
+    decay, other = param_groups(ft, 0.05, no_decay_norm_bias=True)
+    exempt = {names[id(p)] for p in other["params"]}
+    assert other["weight_decay"] == 0.0 and {"0.owner.cls_token", "0.owner.pos_embed"} <= exempt
+    assert all(p.dim() > 1 for p in decay["params"]) and len(decay["params"]) + len(other["params"]) == len(names)
+    assert {names[id(p)] for p in decay["params"]}.isdisjoint(ft.no_weight_decay())
+    # a whole timm model (mode=scratch) is read the same way
+    vit = stitchkit.create_model("vit_pico_patch4_32", input_size=32)
+    _, other = param_groups(vit, 0.05, no_decay_norm_bias=True)
+    assert {id(vit.cls_token), id(vit.pos_embed)} <= {id(p) for p in other["params"]}

@@ -184,6 +184,22 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, monk
         assert resumed[key] == reference[key], key
 
 
+def test_a_run_whose_parameters_were_grouped_otherwise_is_refused_in_one_line(tmp_path, monkeypatch):
+    """Before 0.9.2 optim.no_decay_norm_bias=true decayed a ViT's class token and position embedding; a run started
+    then has optimizer groups of other sizes and cannot resume exactly."""
+    from stitchkit.training import optim
+
+    config = _cfg(tmp_path, "mode=finetune", "model.src=vit_pico_patch4_32", "model.num_classes=10",
+                  "optim.no_decay_norm_bias=true", "train.epochs=1", "train.eval_at_start=false")
+    with monkeypatch.context() as patch:
+        patch.setattr(optim, "_no_weight_decay", lambda model: set())  # the grouping before 0.9.2
+        _interrupt_at(patch, 2)
+        with pytest.raises(RunInterrupted):
+            train(config)
+    with pytest.raises(StitchkitError, match="no_decay_norm_bias=true also exempts .* --overwrite"):
+        train(config, resume=True)
+
+
 def test_fashion_mnist_modes(tmp_path):
     try:
         find_fashion_mnist(None)

@@ -253,7 +253,14 @@ class Run:
             load_trainable_state(self.model, state["model"])
         except RuntimeError as err:
             raise StitchkitError(f"checkpoint in {str(self.run_dir)!r} does not fit this model: {err}") from None
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as err:  # groups of other sizes: the run's parameters were grouped otherwise
+            raise StitchkitError(
+                f"the optimizer state in {str(self.run_dir)!r} groups the parameters otherwise than this version "
+                f"({err}); since 0.9.2 optim.no_decay_norm_bias=true also exempts the model's no_weight_decay() "
+                "parameters (a ViT's class token, learned prefix tokens, fusion weights): finish the run with the "
+                "stitchkit that started it, or start it again with --overwrite") from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         counters = dict(state["counters"])

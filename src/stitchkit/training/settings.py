@@ -155,7 +155,9 @@ class OptimConfig:
                                             "default: the adapters' start's own (model.adapter_norm): a quarter "
                                             "after the fitted start, none after the paper's", per_run=True,
                                       since="0.8")
-    no_decay_norm_bias: bool = setting(False, "no weight decay on norms and biases", per_run=True)
+    no_decay_norm_bias: bool = setting(False, "no weight decay on norms and biases, nor on what the model "
+                                                "exempts (no_weight_decay(): a ViT's class token and position "
+                                                "embedding, learned prefix tokens, fusion weights)", per_run=True)
     beta1: float = setting(0.9, "AdamW beta1", per_run=True)
     beta2: float = setting(0.999, "AdamW beta2", per_run=True)
 
