@@ -82,3 +82,58 @@ def test_stitchkits_optimizer_exempts_those_names_only_with_no_decay_norm_bias()
     vit = stitchkit.create_model("vit_pico_patch4_32", input_size=32)
     _, other = param_groups(vit, 0.05, no_decay_norm_bias=True)
     assert {id(vit.cls_token), id(vit.pos_embed)} <= {id(p) for p in other["params"]}
+
+
+def _lr_scales(model: torch.nn.Module, caplog) -> dict[str, float]:
+    """The learning-rate scale timm's layer-wise decay gives each trainable parameter, by name; every trainable
+    parameter in exactly one group, and timm warns of nothing."""
+    with caplog.at_level("WARNING"):
+        optimizer = create_optimizer_v2(model, "adamw", weight_decay=0.05, layer_decay=0.75)
+    assert "no effect" not in caplog.text
+    names = {id(p): n for n, p in model.named_parameters()}
+    placed = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    assert sorted(placed) == sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    return {names[id(p)]: group["lr_scale"] for group in optimizer.param_groups for p in group["params"]}
+
+
+def _rises_along(scales: dict[str, float], parts: list[str]) -> list[float]:
+    """Each part's one scale (every parameter under it shares it), in the order given: strictly increasing."""
+    per_part = []
+    for part in parts:
+        found = {s for n, s in scales.items() if n.startswith(part + ".")}
+        assert len(found) == 1, (part, found)
+        per_part.append(found.pop())
+    assert per_part == sorted(set(per_part)), per_part
+    return per_part
+
+
+def test_layer_decay_scales_a_baseline_block_by_block_to_the_head(caplog):
+    ft = stitchkit.create_finetune_baseline("resnet10t", "1:3", input_size=32)
+    scales = _rises_along(_lr_scales(ft, caplog), list(ft._modules))  # stem, every block, head
+    assert scales[-1] == 1.0 and scales[0] == pytest.approx(0.75 ** (len(ft) - 1))
+    assert list(ft.group_matcher(coarse=True)) == ["stem", "blocks", "head"]
+
+
+def test_layer_decay_scales_only_what_trains_in_a_stitch_probe_and_parallel_stitch(caplog):
+    stitch = stitchkit.create_stitched("resnet10t", "vit_pico_patch4_32", "1:3", input_size=32, prefix_in="learned",
+                                       unfreeze_last=1, num_classes=5, adapter_norm="paper_code")
+    scales = _lr_scales(stitch, caplog)
+    trained_back = [f"back.{i}" for i in stitch.trained_back]
+    # the frozen front adds no group: the first adapter is the first step of the decay
+    assert _rises_along(scales, ["bridge.adapters.0", "bridge.adapters.1", *trained_back]) == [
+        0.75 ** 3, 0.75 ** 2, 0.75, 1.0]
+    assert scales["bridge.learned_prefix"] == scales["bridge.adapters.1.adapter.block.conv1.weight"]
+    assert list(stitch.group_matcher(coarse=True)) == ["adapters", "blocks", "head"]
+    stitch.front[1].requires_grad_(True)  # asked again, it answers for what trains now
+    assert list(stitch.group_matcher())[0] == "front"
+
+    probe = stitchkit.create_probe("resnet10t", num_classes=5, input_size=32, unfreeze_last=2)
+    assert _rises_along(_lr_scales(probe, caplog), ["top.0", "top.1", "top.2"]) == [0.75 ** 2, 0.75, 1.0]
+
+    # chains of 2 and 1 adapters meet at the fusion: counted from their end, the last adapters share a scale
+    parallel = create_parallel(["resnet10t", "resnet10t"], "resnet10t", ["1:3", "2:3"], fusion="gate",
+                               input_size=32, num_classes=4, adapter_norm="paper_code")
+    scales = _lr_scales(parallel, caplog)
+    assert _rises_along(scales, ["bridges.0.adapters.0", "bridges.0.adapters.1", "fusion", "back.1"]) == [
+        0.75 ** 3, 0.75 ** 2, 0.75, 1.0]
+    assert scales["bridges.1.adapters.0.adapter.block.conv1.weight"] == 0.75 ** 2

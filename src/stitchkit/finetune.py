@@ -20,7 +20,7 @@ from torch import nn
 from .chain import gap_cuts, parse_gap
 from .errors import IncompatibleError
 from .network import Network, data_config
-from .train_surface import mapped_no_weight_decay
+from .train_surface import mapped_no_weight_decay, whole_unit
 from .zoo import Part, create_model, dissect, model_spec, resolve_model
 
 
@@ -44,6 +44,13 @@ class FinetuneBaseline(Network, Part):
 
     def trained_parts(self) -> list[str]:
         return ["all"]
+
+    def _layer_units(self, coarse: bool) -> list[tuple[str, str]]:
+        stem, *blocks, head = self._modules
+        if coarse:
+            return [whole_unit("stem", stem), whole_unit("blocks", *blocks), whole_unit("head", head)]
+        return [whole_unit("stem", stem), *(whole_unit(f"blocks.{i}", b) for i, b in enumerate(blocks)),
+                whole_unit("head", head)]
 
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
         return self.state_dict()

@@ -27,7 +27,7 @@ from .chain import parse_gap
 from .errors import IncompatibleError, StitchkitError, unknown_name
 from .formats import Format
 from .network import Network
-from .train_surface import mapped_no_weight_decay, prefixed
+from .train_surface import back_units, bridge_units, mapped_no_weight_decay, prefixed, whole_unit
 from .starts import DEFAULT_START, get_start
 from .stitching import StitchConfig, StitchedModel, build_stitch, stitch_architecture, stitch_models, train_back_head
 from .zoo import resolve_model
@@ -249,6 +249,11 @@ class ParallelStitchedModel(Network, nn.Module):
             raise RuntimeError(f"the state does not fit this parallel stitch (missing {missing[:3]}, extra "
                                f"{extra[:3]}); it was saved from another one")
         self.load_state_dict(state, strict=False)
+
+    def _layer_units(self, coarse: bool) -> list[tuple[str, str]]:
+        chains = {f"bridges.{i}": len(bridge.adapters) for i, bridge in enumerate(self.bridges)}
+        return [whole_unit("fronts", "inputs", "fronts"), *bridge_units(chains, coarse), whole_unit("fusion", "fusion"),
+                *back_units(self.back, coarse)]
 
     def _own_no_weight_decay(self) -> set[str]:
         names = prefixed("fusion", self.fusion.no_weight_decay())

@@ -14,7 +14,7 @@ from torch import nn
 
 from .errors import IncompatibleError
 from .network import Network, data_config
-from .train_surface import mapped_no_weight_decay
+from .train_surface import mapped_no_weight_decay, whole_unit
 from .zoo import Part, back_part, create_model, dissect, front_part, model_spec, resolve_model
 from .zoo.models import fit_head, num_outputs
 
@@ -52,6 +52,12 @@ class HeadProbe(Network, nn.Module):
 
     def trained_parts(self) -> list[str]:
         return [*self.top_block_names, "head"]
+
+    def _layer_units(self, coarse: bool) -> list[tuple[str, str]]:
+        *blocks, head = (f"top.{key}" for key in self.top._modules)
+        trained = [whole_unit("blocks", *blocks)] if coarse else [whole_unit(f"blocks.{i}", b)
+                                                                 for i, b in enumerate(blocks)]
+        return [whole_unit("body", "body"), *trained, whole_unit("head", head)]
 
     def head(self) -> nn.Module:
         return self.top[-1]

@@ -29,7 +29,7 @@ from . import adapters as adapter_registry
 from .chain import RESIZE_MODES, Resize, Step, TokenResize, gap_cuts, num_adapters, parse_gap, plan_chain
 from .errors import IncompatibleError, StitchkitError, unknown_name
 from .network import Network, data_config
-from .train_surface import mapped_no_weight_decay, prefixed
+from .train_surface import back_units, bridge_units, mapped_no_weight_decay, prefixed, whole_unit
 from .starts import DEFAULT_START, ChainContext, Measured, Start, get_start
 from .formats import (
     PREFIX_IN_POLICIES,
@@ -489,6 +489,10 @@ class StitchedModel(Network, nn.Module):
 
     def _own_no_weight_decay(self) -> set[str]:
         return prefixed("bridge", self.bridge.no_weight_decay())
+
+    def _layer_units(self, coarse: bool) -> list[tuple[str, str]]:
+        return [whole_unit("front", "front"), *bridge_units({"bridge": len(self.bridge.adapters)}, coarse),
+                *back_units(self.back, coarse)]
 
     def _plan_head(self, num_classes: int):
         # A new classifier trains with the adapters, and is recorded as new (so a reload builds one of its size).

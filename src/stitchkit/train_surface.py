@@ -1,10 +1,11 @@
 """What timm's training code asks of a model besides its head, for stitchkit's networks: ``no_weight_decay()`` (the
-names its optimizer factory exempts from weight decay).
+names its optimizer factory exempts from weight decay) and ``group_matcher()`` (its layer-wise learning-rate decay).
 
 :class:`TrainSurface` is mixed into :class:`~stitchkit.network.Network`; each kind says where its own parts are.
 """
 from __future__ import annotations
 
+import re
 from fnmatch import fnmatch
 from typing import Iterable
 
@@ -36,6 +37,39 @@ def prefixed(prefix: str, names: Iterable[str]) -> set[str]:
     return {f"{prefix}.{name}" for name in names}
 
 
+def whole_unit(group: str, *prefixes: str) -> tuple[str, str]:
+    """One unit of :meth:`TrainSurface._layer_units`: every parameter under ``prefixes`` (none: no parameter)."""
+    return group, "|".join(_under(p) for p in prefixes) or "(?!)"
+
+
+def bridge_units(chains: dict[str, int], coarse: bool) -> list[tuple[str, str]]:
+    """The units of adapter chains (``{prefix of a Bridge: its number of adapters}``) that end at one place (a
+    stitch's one; a parallel stitch's, which meet at its fusion): fine, one unit per depth counted from their end,
+    so the adapters that feed the destination share a learning rate; coarse, one unit. What a bridge holds besides
+    its adapters (prefix tokens made after them) goes with its last adapter."""
+    after = [re.escape(p) + r"\.(?!adapters\.)" for p in chains]
+    if coarse:
+        return [whole_unit("adapters", *chains)]
+    longest = max(chains.values())
+    units = []
+    for depth in range(longest, 0, -1):  # adapters from the end
+        patterns = [_under(f"{p}.adapters.{n - depth}") for p, n in chains.items() if n >= depth]
+        units.append((f"adapters.{longest - depth}", "|".join(patterns + (after if depth == 1 else []))))
+    return units
+
+
+def back_units(back: nn.Module, coarse: bool) -> list[tuple[str, str]]:
+    """The units of a destination's back (``back``: its blocks, then its head)."""
+    *blocks, head = (f"back.{key}" for key in back._modules)
+    if coarse:
+        return [whole_unit("blocks", *blocks), whole_unit("head", head)]
+    return [*(whole_unit(f"blocks.{i}", b) for i, b in enumerate(blocks)), whole_unit("head", head)]
+
+
+def _under(prefix: str) -> str:
+    return re.escape(prefix) + r"\."
+
+
 class TrainSurface:
     """timm's training surface over a network's own parameter names (mixed into
     :class:`~stitchkit.network.Network`)."""
@@ -55,3 +89,34 @@ class TrainSurface:
     def _own_no_weight_decay(self) -> set[str]:
         """Parameters of stitchkit's own modules that no weight decay should pull (by name in the network)."""
         return set()
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """timm's parameter groups (what ``create_optimizer_v2(model, ..., layer_decay=...)`` scales learning rates
+        by, the first group least): the network's parts in the order its forward pass runs them, as regular
+        expressions over its parameter names. Fine (``coarse=False``): the stem, every block, every adapter (a
+        parallel stitch's by their distance from the fusion), the fusion and the head each a group; coarse: one
+        group per part (stem or front, adapters, blocks, head).
+
+        Only what trains makes a group: a frozen part joins the next group that trains (the last, when none
+        follows), so a stitch's frozen front and blocks add no steps to the decay of its adapters' learning rates.
+        Asked again after ``requires_grad`` changes, it answers for the new state."""
+        units = [(name, re.compile(pattern)) for name, pattern in self._layer_units(coarse)]
+        trained = [n for n, p in self.named_parameters() if p.requires_grad]
+        trains = [any(pattern.match(n) for n in trained) for _, pattern in units]
+        if not any(trains):
+            return {"all": r"^"}
+        groups: dict[str, list[str]] = {}
+        waiting: list[str] = []  # frozen units before the next one that trains
+        last = ""
+        for (name, pattern), train in zip(units, trains):
+            if train:
+                groups[name], waiting, last = [*waiting, pattern.pattern], [], name
+            else:
+                waiting.append(pattern.pattern)
+        groups[last].extend(waiting)
+        return {name: "^(?:" + "|".join(patterns) + ")" for name, patterns in groups.items()}
+
+    def _layer_units(self, coarse: bool) -> list[tuple[str, str]]:
+        """The network's parts in forward order, ``(group name, regular expression that matches the start of their
+        parameter names)``: one per block, adapter and head (``coarse``: per part). Every parameter is in one."""
+        raise NotImplementedError
