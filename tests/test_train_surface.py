@@ -137,3 +137,69 @@ def test_layer_decay_scales_only_what_trains_in_a_stitch_probe_and_parallel_stit
     assert _rises_along(scales, ["bridges.0.adapters.0", "bridges.0.adapters.1", "fusion", "back.1"]) == [
         0.75 ** 3, 0.75 ** 2, 0.75, 1.0]
     assert scales["bridges.1.adapters.0.adapter.block.conv1.weight"] == 0.75 ** 2
+
+
+def _step(model: torch.nn.Module, images: torch.Tensor):
+    """One training forward and backward from the same start and random state: the loss, every gradient, every
+    buffer, and the bytes autograd saved for backward outside checkpoints."""
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(0)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(images).logsumexp(-1).mean()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads, {n: b.clone() for n, b in model.named_buffers()}, sum(saved)
+
+
+def _same_step_with_checkpointing(model: torch.nn.Module, size: int = 32) -> None:
+    images = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    model.train()
+    start = {n: b.clone() for n, b in model.named_buffers()}
+    plain = _step(model, images)
+    with torch.no_grad():  # BatchNorm's running statistics back where they started
+        for n, b in model.named_buffers():
+            b.copy_(start[n])
+    model.set_grad_checkpointing(True)
+    assert model.grad_checkpointing
+    checkpointed = _step(model, images)
+    model.set_grad_checkpointing(False)
+    assert torch.allclose(plain[0], checkpointed[0])
+    assert plain[1].keys() == checkpointed[1].keys() and plain[1]
+    for name, grad in plain[1].items():
+        assert torch.allclose(grad, checkpointed[1][name], atol=1e-6), name
+    for name, buffer in plain[2].items():  # updated once, not once more by the second run
+        assert torch.equal(buffer, checkpointed[2][name]), name
+    assert checkpointed[3] < plain[3] / 2  # the activations went
+
+
+def test_grad_checkpointing_keeps_a_baselines_gradients_and_statistics():
+    torch.manual_seed(0)
+    _same_step_with_checkpointing(stitchkit.create_finetune_baseline("resnet10t", "1:3", input_size=32))
+    vit = stitchkit.create_model("vit_pico_patch4_32", input_size=32, drop_path_rate=0.1, drop_rate=0.1)
+    _same_step_with_checkpointing(stitchkit.create_finetune_baseline(vit, "1:3", input_size=32))  # dropout replayed
+
+
+def test_grad_checkpointing_reaches_the_frozen_blocks_after_the_adapters():
+    torch.manual_seed(0)
+    stitch = stitchkit.create_stitched("resnet10t", "vit_pico_patch4_32", "1:4", input_size=32, prefix_in="learned",
+                                       adapter_norm="paper_code")
+    assert not any(p.requires_grad for p in stitch.back.parameters())
+    _same_step_with_checkpointing(stitch)
+    # the frozen back's blocks hold activations for backward too: checkpointed, they hold less
+    images = torch.randn(4, 3, 32, 32)
+    stitch.set_grad_checkpointing(True)
+    everything = _step(stitch, images)[3]
+    stitch.back.grad_checkpointing = False
+    assert _step(stitch, images)[3] > everything
+    stitch.set_grad_checkpointing(False)
+    _same_step_with_checkpointing(stitchkit.create_stitched("resnet10t", "resnet10t", "1:3", input_size=32,
+                                                            unfreeze_last=1, num_classes=5))
+    _same_step_with_checkpointing(stitchkit.create_probe("resnet10t", num_classes=5, input_size=32, unfreeze_last=1))
+    _same_step_with_checkpointing(create_parallel(["resnet10t", "vit_pico_patch4_32"], "resnet10t", "1:3",
+                                                  fusion="gate", input_size=32, num_classes=5))

@@ -45,6 +45,12 @@ class FinetuneBaseline(Network, Part):
     def trained_parts(self) -> list[str]:
         return ["all"]
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing (timm's ``train.py --grad-checkpointing``): the stem, every block and the head
+        (everything trains) keep only their input and run again during backward: less memory, more compute, the
+        same gradients and BatchNorm statistics."""
+        self._checkpoint(enable, self)
+
     def _layer_units(self, coarse: bool) -> list[tuple[str, str]]:
         stem, *blocks, head = self._modules
         if coarse:

@@ -255,6 +255,12 @@ class ParallelStitchedModel(Network, nn.Module):
         return [whole_unit("fronts", "inputs", "fronts"), *bridge_units(chains, coarse), whole_unit("fusion", "fusion"),
                 *back_units(self.back, coarse)]
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing (timm's ``train.py --grad-checkpointing``), as a single stitch's: each adapter
+        of every chain and every module of the back, its frozen blocks included, keeps only its input and runs
+        again during backward. The fronts run without autograd; the fusion holds little."""
+        self._checkpoint(enable, *self.bridges, self.back)
+
     def _own_no_weight_decay(self) -> set[str]:
         names = prefixed("fusion", self.fusion.no_weight_decay())
         for i, bridge in enumerate(self.bridges):

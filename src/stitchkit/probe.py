@@ -53,6 +53,11 @@ class HeadProbe(Network, nn.Module):
     def trained_parts(self) -> list[str]:
         return [*self.top_block_names, "head"]
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing (timm's ``train.py --grad-checkpointing``): each trained block and the head
+        keep only their input and run again during backward. The frozen body runs without autograd."""
+        self._checkpoint(enable, self.top)
+
     def _layer_units(self, coarse: bool) -> list[tuple[str, str]]:
         *blocks, head = (f"top.{key}" for key in self.top._modules)
         trained = [whole_unit("blocks", *blocks)] if coarse else [whole_unit(f"blocks.{i}", b)

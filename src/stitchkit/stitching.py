@@ -29,7 +29,7 @@ from . import adapters as adapter_registry
 from .chain import RESIZE_MODES, Resize, Step, TokenResize, gap_cuts, num_adapters, parse_gap, plan_chain
 from .errors import IncompatibleError, StitchkitError, unknown_name
 from .network import Network, data_config
-from .train_surface import back_units, bridge_units, mapped_no_weight_decay, prefixed, whole_unit
+from .train_surface import back_units, bridge_units, mapped_no_weight_decay, prefixed, run_modules, whole_unit
 from .starts import DEFAULT_START, ChainContext, Measured, Start, get_start
 from .formats import (
     PREFIX_IN_POLICIES,
@@ -143,6 +143,8 @@ class Bridge(nn.Module):
         calibrated: whether :func:`stitchkit.initialization.calibrate` has started the adapters from data (always
             True for norms that need none).
     """
+
+    grad_checkpointing = False  # each adapter checkpointed (StitchedModel.set_grad_checkpointing)
 
     def __init__(
         self,
@@ -286,9 +288,7 @@ class Bridge(nn.Module):
         return to_nchw(dst_feature, self.dst, "drop")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.enter(x)
-        for module in self.adapters:
-            x = module(x)
+        x = run_modules(self.adapters, self.enter(x), self.grad_checkpointing)
         if not self.tokens:
             x = from_nchw(x, self.exit_spec, self.prefix_in, self.learned_prefix, self.prefix_map)
         if self.pos_embed is not None:
@@ -493,6 +493,13 @@ class StitchedModel(Network, nn.Module):
     def _layer_units(self, coarse: bool) -> list[tuple[str, str]]:
         return [whole_unit("front", "front"), *bridge_units({"bridge": len(self.bridge.adapters)}, coarse),
                 *back_units(self.back, coarse)]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing (timm's ``train.py --grad-checkpointing``): each adapter and every module of
+        the back, its frozen blocks included (the gradient reaches the adapters through them, so they hold
+        activations too), keeps only its input and runs again during backward: less memory, more compute, the
+        same gradients and BatchNorm statistics. The front runs without autograd and is not checkpointed."""
+        self._checkpoint(enable, self.bridge, self.back)
 
     def _plan_head(self, num_classes: int):
         # A new classifier trains with the adapters, and is recorded as new (so a reload builds one of its size).

@@ -1,15 +1,22 @@
 """What timm's training code asks of a model besides its head, for stitchkit's networks: ``no_weight_decay()`` (the
-names its optimizer factory exempts from weight decay) and ``group_matcher()`` (its layer-wise learning-rate decay).
+names its optimizer factory exempts from weight decay), ``group_matcher()`` (its layer-wise learning-rate decay) and
+``set_grad_checkpointing()`` (``train.py --grad-checkpointing``).
 
-:class:`TrainSurface` is mixed into :class:`~stitchkit.network.Network`; each kind says where its own parts are.
+:class:`TrainSurface` is mixed into :class:`~stitchkit.network.Network`; each kind says where its own parts are. The
+runs of modules that stitchkit executes one by one (:class:`~stitchkit.zoo.Part`, a
+:class:`~stitchkit.stitching.Bridge`'s adapters) checkpoint through :func:`run_modules`: the timm models inside a
+network never run their own ``forward``, so their own checkpointing flags would change nothing.
 """
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 from fnmatch import fnmatch
 from typing import Iterable
 
+import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def mapped_no_weight_decay(network: nn.Module, models: Iterable[nn.Module]) -> tuple[str, ...]:
@@ -120,3 +127,55 @@ class TrainSurface:
         """The network's parts in forward order, ``(group name, regular expression that matches the start of their
         parameter names)``: one per block, adapter and head (``coarse``: per part). Every parameter is in one."""
         raise NotImplementedError
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing, as timm's ``train.py --grad-checkpointing`` asks (each kind says what it
+        checkpoints)."""
+        raise NotImplementedError
+
+    def _checkpoint(self, enable: bool, *runs: nn.Module) -> None:
+        """Checkpoint (or not) the modules of ``runs`` (a :class:`~stitchkit.zoo.Part`, a bridge) as
+        :func:`run_modules` says."""
+        for run in runs:
+            run.grad_checkpointing = bool(enable)
+        self.grad_checkpointing = bool(enable)
+
+
+def run_modules(modules: Iterable[nn.Module], x: torch.Tensor, checkpointed: bool = False) -> torch.Tensor:
+    """``x`` through ``modules`` in order. ``checkpointed``: each module that the backward pass goes through (it
+    trains, or its input carries a gradient: a frozen block after a trained part) keeps only its input and runs
+    again during backward (``torch.utils.checkpoint``, non-reentrant), so its activations are not held; modules
+    before anything that trains hold nothing for backward and run as they are. The gradients are those of the
+    plain run, and so are buffers such as BatchNorm's running statistics (:class:`_KeepBuffers`)."""
+    for module in modules:
+        if checkpointed and torch.is_grad_enabled() and (
+                x.requires_grad or any(p.requires_grad for p in module.parameters())):
+            x = checkpoint(module, x, use_reentrant=False, context_fn=_contexts(module))
+        else:
+            x = module(x)
+    return x
+
+
+def _contexts(module: nn.Module):
+    def contexts():
+        if torch.compiler.is_compiling():  # compiled, the graph updates each buffer once, and takes no context
+            return nullcontext(), nullcontext()
+        return nullcontext(), _KeepBuffers(module)
+    return contexts
+
+
+class _KeepBuffers:
+    """Around a checkpointed module's second run: its buffers as its first run left them. A module in training mode
+    updates buffers as it runs (BatchNorm's running statistics, once per forward pass); running it twice would
+    update them twice, and checkpointing would change the trained model."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __enter__(self) -> None:
+        self.saved = [(b, b.clone()) for m in self.module.modules() if m.training for b in m.buffers(recurse=False)]
+
+    def __exit__(self, *exc) -> None:
+        with torch.no_grad():
+            for buffer, value in self.saved:
+                buffer.copy_(value)
