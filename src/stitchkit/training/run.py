@@ -214,6 +214,8 @@ class Run:
                 return stream.calibration_images(name)
 
         self.model = build_model(config, len(self.splits.classes), calibration_images, rt.device).to(rt.device)
+        if config.train.grad_checkpointing:  # on the parts themselves, so a pass's shared tail checkpoints too
+            self.model.set_grad_checkpointing(True)
         self.clock.reassign(getattr(self.model, "start_seconds", 0.0), "calibration")
         self.gmacs = count_macs(self.model, config.data.input_size) / 1e9
         self.notes = [self._compute_note()] if config.mode == "stitch" and not config.model.parallel else []

@@ -173,6 +173,10 @@ class TrainConfig:
     amp: str = setting("auto", "autocast: auto (bf16 on CUDA, off on CPU), none, bf16, fp16", kind="speed")
     channels_last: bool = setting(False, "channels-last memory format for images and models", kind="speed")
     compile: bool = setting(False, "torch.compile the trained model", kind="speed")
+    grad_checkpointing: bool = setting(False, "activation checkpointing (timm's --grad-checkpointing): the modules "
+                                              "that backward goes through keep only their input and run again in "
+                                              "it: less device memory, more compute, the same results (stitch, "
+                                              "finetune, probe)", kind="speed", since="0.9.2")
     workers: int = setting(4, "data-loader worker processes", kind="run")
     eval_at_start: bool = setting(True, "evaluate before the first step too: the accuracy of the start alone "
                                         "(result.json: top1_at_start)", kind="run", since="0.5")
