@@ -203,3 +203,23 @@ def test_grad_checkpointing_reaches_the_frozen_blocks_after_the_adapters():
     _same_step_with_checkpointing(stitchkit.create_probe("resnet10t", num_classes=5, input_size=32, unfreeze_last=1))
     _same_step_with_checkpointing(create_parallel(["resnet10t", "vit_pico_patch4_32"], "resnet10t", "1:3",
                                                   fusion="gate", input_size=32, num_classes=5))
+
+
+def test_grad_checkpointing_compiles_into_one_graph_with_the_same_step():
+    """train.compile with train.grad_checkpointing: torch.compile traces the checkpoints (a compiled graph updates
+    BatchNorm's statistics once by itself)."""
+    torch.manual_seed(0)
+    ft = stitchkit.create_finetune_baseline("resnet10t", "1:3", input_size=32)
+    images = torch.randn(4, 3, 32, 32)
+    plain = _step(ft.train(), images)
+    torch.manual_seed(0)
+    again = stitchkit.create_finetune_baseline("resnet10t", "1:3", input_size=32).train()
+    again.set_grad_checkpointing(True)
+    compiled = torch.compile(again, fullgraph=True)
+    loss = compiled(images).logsumexp(-1).mean()
+    loss.backward()
+    assert torch.allclose(loss, plain[0], atol=1e-5)
+    for name, p in again.named_parameters():
+        assert torch.allclose(p.grad, plain[1][name], atol=1e-5), name
+    for name, b in again.named_buffers():  # moved once, as by the plain step
+        assert torch.allclose(b.float(), plain[2][name].float(), atol=1e-5), name

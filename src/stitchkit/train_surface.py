@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from contextlib import nullcontext
 from fnmatch import fnmatch
+from functools import partial
 from typing import Iterable
 
 import torch
@@ -150,18 +151,17 @@ def run_modules(modules: Iterable[nn.Module], x: torch.Tensor, checkpointed: boo
     for module in modules:
         if checkpointed and torch.is_grad_enabled() and (
                 x.requires_grad or any(p.requires_grad for p in module.parameters())):
-            x = checkpoint(module, x, use_reentrant=False, context_fn=_contexts(module))
+            if torch.compiler.is_compiling():  # a compiled graph updates each buffer once, and takes no context
+                x = checkpoint(module, x, use_reentrant=False)
+            else:
+                x = checkpoint(module, x, use_reentrant=False, context_fn=partial(_contexts, module))
         else:
             x = module(x)
     return x
 
 
-def _contexts(module: nn.Module):
-    def contexts():
-        if torch.compiler.is_compiling():  # compiled, the graph updates each buffer once, and takes no context
-            return nullcontext(), nullcontext()
-        return nullcontext(), _KeepBuffers(module)
-    return contexts
+def _contexts(module: nn.Module) -> tuple:
+    return nullcontext(), _KeepBuffers(module)
 
 
 class _KeepBuffers:
