@@ -8,7 +8,7 @@ from stitchkit.training.grouped import PER_RUN_KEYS
 
 
 def test_setting_classes():
-    assert keys_of_kind("speed") == {"train.amp", "train.channels_last", "train.compile"}
+    assert keys_of_kind("speed") == {"train.amp", "train.channels_last", "train.compile", "train.grad_checkpointing"}
     assert keys_of_kind("location") == {"data.root"}
     assert {"train.device", "train.workers", "output.dir", "train.log_every"} <= keys_of_kind("run")
     assert RESUMABLE_CHANGES == keys_of_kind("run", "speed")

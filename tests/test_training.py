@@ -184,6 +184,42 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, monk
         assert resumed[key] == reference[key], key
 
 
+def test_grad_checkpointing_trains_the_same_run(tmp_path):
+    """train.grad_checkpointing (a speed setting) reaches the network and changes nothing the run computes, BatchNorm
+    statistics included; a whole library model (mode=scratch) is refused."""
+    from stitchkit.training import Run, TrainingPass
+
+    settings = ["mode=finetune", "model.src=resnet10t", "model.num_classes=10", "train.epochs=1"]
+    plain = train(_cfg(tmp_path, *settings, name="plain"))
+    trainer = Run(_cfg(tmp_path, *settings, "train.grad_checkpointing=true", name="checkpointed"))
+    checkpointed = TrainingPass([trainer]).run()[0]
+    assert trainer.model.grad_checkpointing
+    for key in ("train_loss", "loss", "top1", "top1_at_start"):
+        assert checkpointed[key] == pytest.approx(plain[key], rel=1e-5), key
+    ours = torch.load(tmp_path / "checkpointed" / "model.pt", weights_only=True)
+    theirs = torch.load(tmp_path / "plain" / "model.pt", weights_only=True)
+    for name, value in theirs.items():  # running statistics updated once per step, as without
+        assert torch.allclose(ours[name].float(), value.float(), atol=1e-5), name
+    with pytest.raises(StitchkitError, match="drop train.grad_checkpointing"):
+        _cfg(tmp_path, "mode=scratch", "model.src=resnet10t", "train.grad_checkpointing=true")
+
+
+def test_a_run_whose_parameters_were_grouped_otherwise_is_refused_in_one_line(tmp_path, monkeypatch):
+    """Before 0.9.2 optim.no_decay_norm_bias=true decayed a ViT's class token and position embedding; a run started
+    then has optimizer groups of other sizes and cannot resume exactly."""
+    from stitchkit.training import optim
+
+    config = _cfg(tmp_path, "mode=finetune", "model.src=vit_pico_patch4_32", "model.num_classes=10",
+                  "optim.no_decay_norm_bias=true", "train.epochs=1", "train.eval_at_start=false")
+    with monkeypatch.context() as patch:
+        patch.setattr(optim, "_no_weight_decay", lambda model: set())  # the grouping before 0.9.2
+        _interrupt_at(patch, 2)
+        with pytest.raises(RunInterrupted):
+            train(config)
+    with pytest.raises(StitchkitError, match="no_decay_norm_bias=true also exempts .* --overwrite"):
+        train(config, resume=True)
+
+
 def test_fashion_mnist_modes(tmp_path):
     try:
         find_fashion_mnist(None)

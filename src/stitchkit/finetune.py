@@ -21,6 +21,7 @@ from .chain import gap_cuts, parse_gap
 from .errors import IncompatibleError
 from .formats import FeatureSpec
 from .network import Network, data_config
+from .train_surface import mapped_no_weight_decay, whole_unit
 from .zoo import Part, create_model, dissect, model_spec, resolve_model
 
 
@@ -48,6 +49,19 @@ class FinetuneBaseline(Network, Part):
 
     def trained_parts(self) -> list[str]:
         return ["all"]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing (timm's ``train.py --grad-checkpointing``): the stem, every block and the head
+        (everything trains) keep only their input and run again during backward: less memory, more compute, the
+        same gradients and BatchNorm statistics."""
+        self._checkpoint(enable, self)
+
+    def _layer_units(self, coarse: bool) -> list[tuple[str, str]]:
+        stem, *blocks, head = self._modules
+        if coarse:
+            return [whole_unit("stem", stem), whole_unit("blocks", *blocks), whole_unit("head", head)]
+        return [whole_unit("stem", stem), *(whole_unit(f"blocks.{i}", b) for i, b in enumerate(blocks)),
+                whole_unit("head", head)]
 
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
         return self.state_dict()
@@ -117,6 +131,7 @@ def create_finetune_baseline(
     baseline.source, baseline.gap, baseline.input_size = name, (x, y), input_size
     baseline.features_out = spec.block_features[-1]
     baseline.requires_grad_(True)
+    baseline._mapped_no_weight_decay = mapped_no_weight_decay(baseline, [model])
     try:
         with torch.no_grad():
             out = baseline.eval()(torch.zeros(1, 3, *spec.input_size, device=next(baseline.parameters()).device))

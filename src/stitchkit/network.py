@@ -23,6 +23,7 @@ from torch import nn
 
 from .errors import StitchkitError
 from .modelfolder import SavesPretrained
+from .train_surface import TrainSurface
 
 if TYPE_CHECKING:
     from .formats import FeatureSpec
@@ -59,7 +60,7 @@ def data_config(architecture: str, source: str, source_model: nn.Module | None, 
     return cfg
 
 
-class Network(SavesPretrained):
+class Network(TrainSurface, SavesPretrained):
     """Mix into an ``nn.Module`` subclass that sets ``folder_kind`` and implements the methods that raise here."""
 
     folder_kind: ClassVar[str] = ""

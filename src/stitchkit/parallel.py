@@ -27,6 +27,7 @@ from .chain import parse_gap
 from .errors import IncompatibleError, StitchkitError, unknown_name
 from .formats import FeatureSpec, Format
 from .network import Network
+from .train_surface import back_units, bridge_units, mapped_no_weight_decay, prefixed, whole_unit
 from .starts import DEFAULT_START, get_start
 from .stitching import StitchConfig, StitchedModel, build_stitch, stitch_architecture, stitch_models, train_back_head
 from .zoo import resolve_model
@@ -95,6 +96,13 @@ class Fusion(nn.Module):
                 self.project.bias.zero_()
         else:
             raise unknown_name("fusion", method, FUSIONS)
+
+    def no_weight_decay(self) -> set[str]:
+        """The mixing weights (the sum's per source, the gate's logits) are no layer's weights: decay would shrink
+        the sum's (a weaker input to the back) and pull the gate towards equal mixing whatever the data says, so
+        they are exempt, as timm exempts its models' scales and tokens. The concat's projection decays as any
+        layer."""
+        return {"weight"} if self.method == "sum" else {"logits"} if self.method == "gate" else set()
 
     def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
         return x.movedim(self.dim, -1)
@@ -245,6 +253,23 @@ class ParallelStitchedModel(Network, nn.Module):
                                f"{extra[:3]}); it was saved from another one")
         self.load_state_dict(state, strict=False)
 
+    def _layer_units(self, coarse: bool) -> list[tuple[str, str]]:
+        chains = {f"bridges.{i}": len(bridge.adapters) for i, bridge in enumerate(self.bridges)}
+        return [whole_unit("fronts", "inputs", "fronts"), *bridge_units(chains, coarse), whole_unit("fusion", "fusion"),
+                *back_units(self.back, coarse)]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing (timm's ``train.py --grad-checkpointing``), as a single stitch's: each adapter
+        of every chain and every module of the back, its frozen blocks included, keeps only its input and runs
+        again during backward. The fronts run without autograd; the fusion holds little."""
+        self._checkpoint(enable, *self.bridges, self.back)
+
+    def _own_no_weight_decay(self) -> set[str]:
+        names = prefixed("fusion", self.fusion.no_weight_decay())
+        for i, bridge in enumerate(self.bridges):
+            names |= prefixed(f"bridges.{i}", bridge.no_weight_decay())
+        return names
+
     def _plan_head(self, num_classes: int):
         # As a single stitch's (StitchedModel._plan_head): every source's record says what the shared head is now,
         # and a new classifier trains (and is saved) with the adapters.
@@ -320,6 +345,7 @@ def build_parallel(config: ParallelConfig, src_models: list[nn.Module] | None = 
     dim = 1 if exit_spec.format is Format.NCHW else -1
     channels = exit_spec.channels
     model = ParallelStitchedModel(stitches, Fusion(config.fusion, len(stitches), channels, dim), config)
+    model._mapped_no_weight_decay = mapped_no_weight_decay(model, [*src_models, dst_model])
     model.start_seconds = sum(s.start_seconds for s in stitches)  # fitting every chain's start (training reports it)
     if calibration_device is not None:
         model.to(calibration_device)

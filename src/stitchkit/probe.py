@@ -15,6 +15,7 @@ from torch import nn
 from .errors import IncompatibleError
 from .formats import FeatureSpec
 from .network import Network, data_config
+from .train_surface import mapped_no_weight_decay, whole_unit
 from .zoo import Part, back_part, create_model, dissect, front_part, model_spec, resolve_model
 from .zoo.models import fit_head, num_outputs
 
@@ -54,6 +55,17 @@ class HeadProbe(Network, nn.Module):
 
     def trained_parts(self) -> list[str]:
         return [*self.top_block_names, "head"]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing (timm's ``train.py --grad-checkpointing``): each trained block and the head
+        keep only their input and run again during backward. The frozen body runs without autograd."""
+        self._checkpoint(enable, self.top)
+
+    def _layer_units(self, coarse: bool) -> list[tuple[str, str]]:
+        *blocks, head = (f"top.{key}" for key in self.top._modules)
+        trained = [whole_unit("blocks", *blocks)] if coarse else [whole_unit(f"blocks.{i}", b)
+                                                                 for i, b in enumerate(blocks)]
+        return [whole_unit("body", "body"), *trained, whole_unit("head", head)]
 
     def head(self) -> nn.Module:
         return self.top[-1]
@@ -125,6 +137,7 @@ def create_probe(
     cut = blocks - unfreeze_last
     probe = HeadProbe(front_part(anatomy, cut), back_part(anatomy, cut), name, input_size, unfreeze_last,
                       tuple(spec.block_names[cut:]), spec.block_features[-1])
+    probe._mapped_no_weight_decay = mapped_no_weight_decay(probe, [model])
     probe.pretrained_cfg = data_config(f"probe:{name}", name, model, input_size, num_outputs(model))
     if num_classes == 0:  # no classifier (timm's num_classes=0): the model's own was cut with the head, and goes now
         probe.reset_classifier(0)

@@ -29,6 +29,7 @@ from . import adapters as adapter_registry
 from .chain import RESIZE_MODES, Resize, Step, TokenResize, gap_cuts, num_adapters, parse_gap, plan_chain
 from .errors import IncompatibleError, StitchkitError, unknown_name
 from .network import Network, data_config
+from .train_surface import back_units, bridge_units, mapped_no_weight_decay, prefixed, run_modules, whole_unit
 from .starts import DEFAULT_START, ChainContext, Measured, Start, get_start
 from .formats import (
     PREFIX_IN_POLICIES,
@@ -143,6 +144,8 @@ class Bridge(nn.Module):
             True for norms that need none).
     """
 
+    grad_checkpointing = False  # each adapter checkpointed (StitchedModel.set_grad_checkpointing)
+
     def __init__(
         self,
         src: FeatureSpec,
@@ -192,6 +195,11 @@ class Bridge(nn.Module):
         if not self.tokens and dst.num_prefix_tokens and prefix_in == "projected":
             self.prefix_map = PrefixMap(dst.channels, dst.num_prefix_tokens)
         self.register_buffer("pos_embed", pos_embed, persistent=False)
+
+    def no_weight_decay(self) -> set[str]:
+        """The learned prefix tokens (``prefix_in="learned"``), which stand in for the destination's class token:
+        exempt from weight decay as timm exempts that token."""
+        return {"learned_prefix"} if self.learned_prefix is not None else set()
 
     @property
     def start(self) -> Start:
@@ -280,9 +288,7 @@ class Bridge(nn.Module):
         return to_nchw(dst_feature, self.dst, "drop")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.enter(x)
-        for module in self.adapters:
-            x = module(x)
+        x = run_modules(self.adapters, self.enter(x), self.grad_checkpointing)
         if not self.tokens:
             x = from_nchw(x, self.exit_spec, self.prefix_in, self.learned_prefix, self.prefix_map)
         if self.pos_embed is not None:
@@ -483,6 +489,20 @@ class StitchedModel(Network, nn.Module):
 
     def features_spec(self) -> FeatureSpec:
         return self.dst_spec.block_features[-1]  # the back ends with the destination's last block (or its cut)
+
+    def _own_no_weight_decay(self) -> set[str]:
+        return prefixed("bridge", self.bridge.no_weight_decay())
+
+    def _layer_units(self, coarse: bool) -> list[tuple[str, str]]:
+        return [whole_unit("front", "front"), *bridge_units({"bridge": len(self.bridge.adapters)}, coarse),
+                *back_units(self.back, coarse)]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing (timm's ``train.py --grad-checkpointing``): each adapter and every module of
+        the back, its frozen blocks included (the gradient reaches the adapters through them, so they hold
+        activations too), keeps only its input and runs again during backward: less memory, more compute, the
+        same gradients and BatchNorm statistics. The front runs without autograd and is not checkpointed."""
+        self._checkpoint(enable, self.bridge, self.back)
 
     def _plan_head(self, num_classes: int):
         # A new classifier trains with the adapters, and is recorded as new (so a reload builds one of its size).
@@ -733,6 +753,7 @@ def build_stitch(
     back = back_part(dissect(dst_model, dst_spec.input_size), dst_cut.blocks)
     model = StitchedModel(front, bridge, back, config, src_spec, dst_spec)
     model.one_model = dst_model is src_model  # with the same weights for both ends, within-model adapters
+    model._mapped_no_weight_decay = mapped_no_weight_decay(model, [src_model, dst_model])
     if check:
         _check_runs(model, input_size)
     model.start_seconds = 0.0  # wall time of fitting the start on calibration images (training reports it)

@@ -223,6 +223,11 @@ def validate(config: Config) -> None:
         (config.train.checkpoint_every >= 1, "train.checkpoint_every must be at least 1"),
         (config.train.log_every >= 1, "train.log_every must be at least 1"),
         (config.train.workers >= 0, "train.workers must be >= 0"),
+        # A library model checkpoints itself (timm's own flag), BatchNorm statistics updated again in each second
+        # run: the results would change. stitchkit's networks keep them (stitchkit.train_surface).
+        (not config.train.grad_checkpointing or mode.network is not None,
+         f"train.grad_checkpointing is for stitchkit's networks (mode=stitch, finetune, probe); mode={config.mode} "
+         "trains a whole library model: drop train.grad_checkpointing"),
         (config.data.limit_train is None or config.data.limit_train >= 1, "data.limit_train must be at least 1"),
         (config.data.limit_val is None or config.data.limit_val >= 1, "data.limit_val must be at least 1"),
         (config.model.init_images >= 1, f"model.init_images must be at least 1 (the training images a start such as "

@@ -3,6 +3,7 @@ optimizer step, after a linear warm-up where the adapters' start asks for one (t
 from __future__ import annotations
 
 import math
+from fnmatch import fnmatch
 
 import torch
 from torch import nn
@@ -24,12 +25,23 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int):
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool) -> list[dict]:
+    """One group, every trainable parameter decayed (the paper's recipe); ``no_decay_norm_bias``: norms, biases
+    and what the model names in ``no_weight_decay()`` (a ViT's class token and position embedding, a bridge's
+    learned tokens, a fusion's mixing weights; timm's rule: patterns, ``fnmatch``) are not decayed."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not no_decay_norm_bias:
         return [{"params": params, "weight_decay": weight_decay}]
-    decay = [p for p in params if p.dim() > 1]
-    other = [p for p in params if p.dim() <= 1]
+    exempt = _no_weight_decay(model)
+    decay = [p for p in params if p.dim() > 1 and id(p) not in exempt]
+    other = [p for p in params if p.dim() <= 1 or id(p) in exempt]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+
+
+def _no_weight_decay(model: nn.Module) -> set[int]:
+    """The parameters (by id) that ``model.no_weight_decay()`` names, as timm's optimizer factory matches them."""
+    declared = getattr(model, "no_weight_decay", None)
+    patterns = set(declared()) if callable(declared) else set()
+    return {id(p) for name, p in model.named_parameters() if any(fnmatch(name, pattern) for pattern in patterns)}
 
 
 def warmup_steps(model: nn.Module, o: OptimConfig, total_steps: int) -> int:

@@ -214,6 +214,8 @@ class Run:
                 return stream.calibration_images(name)
 
         self.model = build_model(config, len(self.splits.classes), calibration_images, rt.device).to(rt.device)
+        if config.train.grad_checkpointing:  # on the parts themselves, so a pass's shared tail checkpoints too
+            self.model.set_grad_checkpointing(True)
         self.clock.reassign(getattr(self.model, "start_seconds", 0.0), "calibration")
         self.gmacs = count_macs(self.model, config.data.input_size) / 1e9
         self.notes = [self._compute_note()] if config.mode == "stitch" and not config.model.parallel else []
@@ -253,7 +255,14 @@ class Run:
             load_trainable_state(self.model, state["model"])
         except RuntimeError as err:
             raise StitchkitError(f"checkpoint in {str(self.run_dir)!r} does not fit this model: {err}") from None
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as err:  # groups of other sizes: the run's parameters were grouped otherwise
+            raise StitchkitError(
+                f"the optimizer state in {str(self.run_dir)!r} groups the parameters otherwise than this version "
+                f"({err}); since 0.9.2 optim.no_decay_norm_bias=true also exempts the model's no_weight_decay() "
+                "parameters (a ViT's class token, learned prefix tokens, fusion weights): finish the run with the "
+                "stitchkit that started it, or start it again with --overwrite") from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         counters = dict(state["counters"])

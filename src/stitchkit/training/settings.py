@@ -155,7 +155,9 @@ class OptimConfig:
                                             "default: the adapters' start's own (model.adapter_norm): a quarter "
                                             "after the fitted start, none after the paper's", per_run=True,
                                       since="0.8")
-    no_decay_norm_bias: bool = setting(False, "no weight decay on norms and biases", per_run=True)
+    no_decay_norm_bias: bool = setting(False, "no weight decay on norms and biases, nor on what the model "
+                                                "exempts (no_weight_decay(): a ViT's class token and position "
+                                                "embedding, learned prefix tokens, fusion weights)", per_run=True)
     beta1: float = setting(0.9, "AdamW beta1", per_run=True)
     beta2: float = setting(0.999, "AdamW beta2", per_run=True)
 
@@ -171,6 +173,10 @@ class TrainConfig:
     amp: str = setting("auto", "autocast: auto (bf16 on CUDA, off on CPU), none, bf16, fp16", kind="speed")
     channels_last: bool = setting(False, "channels-last memory format for images and models", kind="speed")
     compile: bool = setting(False, "torch.compile the trained model", kind="speed")
+    grad_checkpointing: bool = setting(False, "activation checkpointing (timm's --grad-checkpointing): the modules "
+                                              "that backward goes through keep only their input and run again in "
+                                              "it: less device memory, more compute, the same results (stitch, "
+                                              "finetune, probe)", kind="speed", since="0.9.2")
     workers: int = setting(4, "data-loader worker processes", kind="run")
     eval_at_start: bool = setting(True, "evaluate before the first step too: the accuracy of the start alone "
                                         "(result.json: top1_at_start)", kind="run", since="0.5")

@@ -6,6 +6,7 @@ import os
 import torch
 from torch import nn
 
+from ..train_surface import run_modules
 from .anatomy import Anatomy
 from .families import dissect
 from .models import resolve_model
@@ -13,7 +14,15 @@ from .spec import as_size, check_cut
 
 
 class Part(nn.Sequential):
-    """A run of a model's own modules (shared with the model, not copied), applied in order."""
+    """A run of a model's own modules (shared with the model, not copied), applied in order
+    (``grad_checkpointing``: checkpointed, see :func:`stitchkit.train_surface.run_modules`)."""
+
+    grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.grad_checkpointing:
+            return super().forward(x)
+        return run_modules(self, x, checkpointed=True)
 
 
 class TokenOrder(nn.Module):
