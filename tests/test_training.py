@@ -205,14 +205,14 @@ def test_grad_checkpointing_trains_the_same_run(tmp_path):
 
 
 def test_a_run_whose_parameters_were_grouped_otherwise_is_refused_in_one_line(tmp_path, monkeypatch):
-    """Before 0.9.2 optim.no_decay_norm_bias=true decayed a ViT's class token and position embedding; a run started
+    """Before 0.10 optim.no_decay_norm_bias=true decayed a ViT's class token and position embedding; a run started
     then has optimizer groups of other sizes and cannot resume exactly."""
     from stitchkit.training import optim
 
     config = _cfg(tmp_path, "mode=finetune", "model.src=vit_pico_patch4_32", "model.num_classes=10",
                   "optim.no_decay_norm_bias=true", "train.epochs=1", "train.eval_at_start=false")
     with monkeypatch.context() as patch:
-        patch.setattr(optim, "_no_weight_decay", lambda model: set())  # the grouping before 0.9.2
+        patch.setattr(optim, "_no_weight_decay", lambda model: set())  # the grouping before 0.10
         _interrupt_at(patch, 2)
         with pytest.raises(RunInterrupted):
             train(config)

@@ -260,7 +260,7 @@ class Run:
         except ValueError as err:  # groups of other sizes: the run's parameters were grouped otherwise
             raise StitchkitError(
                 f"the optimizer state in {str(self.run_dir)!r} groups the parameters otherwise than this version "
-                f"({err}); since 0.9.2 optim.no_decay_norm_bias=true also exempts the model's no_weight_decay() "
+                f"({err}); since 0.10 optim.no_decay_norm_bias=true also exempts the model's no_weight_decay() "
                 "parameters (a ViT's class token, learned prefix tokens, fusion weights): finish the run with the "
                 "stitchkit that started it, or start it again with --overwrite") from None
         self.scheduler.load_state_dict(state["scheduler"])

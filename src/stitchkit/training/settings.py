@@ -176,7 +176,7 @@ class TrainConfig:
     grad_checkpointing: bool = setting(False, "activation checkpointing (timm's --grad-checkpointing): the modules "
                                               "that backward goes through keep only their input and run again in "
                                               "it: less device memory, more compute, the same results (stitch, "
-                                              "finetune, probe)", kind="speed", since="0.9.2")
+                                              "finetune, probe)", kind="speed", since="0.10")
     workers: int = setting(4, "data-loader worker processes", kind="run")
     eval_at_start: bool = setting(True, "evaluate before the first step too: the accuracy of the start alone "
                                         "(result.json: top1_at_start)", kind="run", since="0.5")
@@ -184,7 +184,7 @@ class TrainConfig:
     log_every: int = setting(50, "optimizer steps between progress lines", kind="run")
     count_host_syncs: bool = setting(False, "on CUDA, count the host synchronisations inside the training steps "
                                             "(torch's sync debug mode; result.json: host_syncs_per_step)",
-                                     kind="run", since="0.9.2")
+                                     kind="run", since="0.10")
     wandb: bool = setting(False, "log to Weights & Biases (pip install 'stitchkit[wandb]')", kind="run", per_run=True)
     wandb_project: str = setting("stitchkit", "W&B project", kind="run", per_run=True)
     wandb_entity: Optional[str] = setting(None, "W&B entity (team or user); default: yours", kind="run", per_run=True)
