@@ -129,6 +129,11 @@ CASES = {
     # --list measures no proxy, but the search it previews would stop on this one
     "unknown proxy with --list": (lambda w: ["search", "--models", "resnet10t", "--proxy", "kca", "--list"],
                                   "unknown proxy 'kca'; did you mean: cka"),
+    "the search study with a search's options": (
+        lambda w: ["search", "--study", "configs/search/fashion_mnist.yaml", "--proxy", "cka", "--train-top", "3"],
+        "--proxy, --train-top would be ignored: drop them"),
+    "--doc without --study": (lambda w: ["search", "--models", "resnet10t", "--doc", "x.md", "--list"],
+                              "goes with --study FILE"),
     "sweep names a method twice": (lambda w: ["sweep", str(w["sweep_twice"]), "--dry-run"], "listed twice"),
     "finished run in output dir": (lambda w: _train(f"output.dir={w['finished']}"), "--overwrite"),
     "nothing to resume": (lambda w: _train(f"output.dir={w['root'] / 'empty_run'}", "--resume"), "nothing to resume"),

@@ -81,6 +81,18 @@ def _search(args) -> int:
     if args.study:
         from ..stitch_search.study import run_study
 
+        # The study's file names its zoo, gaps, adapters and training, and it measures every proxy: options that
+        # choose a search's candidates or what it trains would be ignored, so they are refused.
+        defaults = {"models": None, "checkpoint": [], "budget_gmacs": None, "adapters": None, "gaps": None,
+                    "data": None, "proxy": None, "selection": "frontier", "train_top": 10, "seeds": "0",
+                    "calibration_images": 256, "probe_images": 256, "list": False, "settings": []}
+        ignored = [name for name, default in defaults.items() if getattr(args, name) != default]
+        if ignored:
+            spelled = ", ".join("key=value settings" if n == "settings" else "--" + n.replace("_", "-")
+                                for n in ignored)
+            raise StitchkitError(f"--study runs the study its file describes and measures every proxy; {spelled} "
+                                 "would be ignored: drop them (or run a search without --study)")
+
         try:
             run_study(args.study, args.out if args.out != "runs/search" else "runs/search_study", args.doc,
                       smoke=args.smoke, threads=args.threads, workers=args.workers)
@@ -89,6 +101,9 @@ def _search(args) -> int:
 
             return _stopped("search", stop)
         return 0
+    if args.doc:
+        raise StitchkitError("--doc writes the study's page: it goes with --study FILE (a search writes its report "
+                             "under --out)")
     models = _split(args.models) or []
     if not models:
         raise StitchkitError("stitchkit search needs --models A,B,... (or --study FILE)")
