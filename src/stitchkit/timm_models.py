@@ -73,17 +73,18 @@ def _from_folder(kind: str, pretrained: bool, pretrained_cfg, kwargs: dict) -> n
         model = (create_model(arch["name"], input_size=arch["input_size"], num_classes=arch["num_classes"])
                  if kind == WHOLE_MODEL else network_class(kind).from_architecture(arch))
         model = apply_config(model.eval(), config)
-    if pool is not None and pool != _global_pool(model):
-        known = _global_pool(model)
+    known = _global_pool(model) if pool is not None else None
+    if pool is not None and pool != known:
         pools = f" ({known!r} pooling)" if known is not None else ""
         raise StitchkitError(f"{name} pools as its folder's network does{pools}; it cannot be rebuilt with "
                              f"global_pool={pool!r}: leave global_pool out")
-    if "num_classes" in overlay and overlay["num_classes"] != classes_or_none(model):
+    held = classes_or_none(model)
+    if "num_classes" in overlay and overlay["num_classes"] != held:
         raise StitchkitError(f"pretrained_cfg_overlay's num_classes says how many classes the weights predict, and "
-                             f"{name}'s folder holds a {classes_or_none(model)}-class head; leave it out of the "
+                             f"{name}'s folder holds a {held}-class head; leave it out of the "
                              "overlay (num_classes=N asks for a new head of N classes)")
     # timm's meaning: the head the folder holds when it has that many classes, a new one otherwise
-    if num_classes is not None and num_classes != classes_or_none(model):
+    if num_classes is not None and num_classes != held:
         reset_classifier(model, num_classes)
     if device is not None or dtype is not None:  # after the new head, which is built in float32
         model.to(device=device, dtype=dtype)

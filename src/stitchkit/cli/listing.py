@@ -33,7 +33,8 @@ def add_adapters(subparsers) -> None:
 def _adapters(args) -> int:
     from ..adapters import get_adapter, list_adapters
 
-    rows = [[name, get_adapter(name).layout, get_adapter(name).description] for name in list_adapters()]
+    kinds = {name: get_adapter(name) for name in list_adapters()}
+    rows = [[name, kind.layout, kind.description] for name, kind in kinds.items()]
     print("\n".join(_aligned(rows)))
     return 0
 

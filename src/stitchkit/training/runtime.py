@@ -80,9 +80,10 @@ def package_versions() -> dict[str, str]:
 def cpu_model() -> str | None:
     """The CPU's model name as Linux reports it (``platform.processor()`` is empty there), or None."""
     try:
-        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return None
