@@ -223,3 +223,17 @@ def test_grad_checkpointing_compiles_into_one_graph_with_the_same_step():
         assert torch.allclose(p.grad, plain[1][name], atol=1e-5), name
     for name, b in again.named_buffers():  # moved once, as by the plain step
         assert torch.allclose(b.float(), plain[2][name].float(), atol=1e-5), name
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("torchvision:vit_b_16", {"0.class_token", "0.encoder.pos_embedding"}),
+    ("torchvision:swin_t", {f"{i}.attn.relative_position_bias_table" for i in (5, 6)}),
+])
+def test_torchvision_transformer_embeddings_are_not_decayed(name, expected):
+    """torchvision's models declare no no_weight_decay(); the embeddings its reference script exempts
+    (--transformer-embedding-decay) are exempt, in the network's names, wherever the network holds them."""
+    torch.manual_seed(0)
+    net = stitchkit.create_finetune_baseline(name, "1:4", input_size=224)
+    found = net.no_weight_decay()
+    assert found == expected
+    assert all(d == 0.0 for n, d in _decay_by_name(net).items() if n in found)

@@ -27,18 +27,32 @@ def mapped_no_weight_decay(network: nn.Module, models: Iterable[nn.Module]) -> t
     Matched by identity when the network is built, the only time the whole models are at hand: a network holds
     their blocks and views of them (:func:`stitchkit.zoo.anatomy.view`), and a view answers ``no_weight_decay()``
     for its own parameters at most (Swin lists the position-bias tables of its blocks, which no view holds). The
-    names are patterns as timm reads them (``fnmatch``)."""
+    names are patterns as timm reads them (``fnmatch``). torchvision's models, which declare none, exempt what
+    torchvision's reference training script does (:data:`TORCHVISION_EMBEDDINGS`)."""
     ours = {id(p): name for name, p in network.named_parameters()}
     found: set[str] = set()
     for model in dict.fromkeys(models):  # a model stitched to itself counts once
-        declared = getattr(model, "no_weight_decay", None)
-        if not callable(declared):
-            continue
-        patterns = set(declared())
         for name, p in model.named_parameters():
-            if id(p) in ours and any(fnmatch(name, pattern) for pattern in patterns):
+            if id(p) in ours and _exempt(model, name):
                 found.add(ours[id(p)])
     return tuple(sorted(found))
+
+
+# torchvision's models have no no_weight_decay(); its reference training script exempts, by their own attribute
+# name, the transformer embeddings under --transformer-embedding-decay: a ViT's class token, a Swin's or MaxViT's
+# relative-position bias tables, and a position embedding, which the script calls position_embedding and
+# torchvision's ViT holds as encoder.pos_embedding (both names are taken, so the ViT's is exempt as intended).
+TORCHVISION_EMBEDDINGS = frozenset({"class_token", "position_embedding", "pos_embedding",
+                                    "relative_position_bias_table"})
+
+
+def _exempt(model: nn.Module, name: str) -> bool:
+    declared = getattr(model, "no_weight_decay", None)
+    if callable(declared):
+        return any(fnmatch(name, pattern) for pattern in set(declared()))
+    if type(model).__module__.startswith("torchvision."):
+        return name.rsplit(".", 1)[-1] in TORCHVISION_EMBEDDINGS
+    return False
 
 
 def prefixed(prefix: str, names: Iterable[str]) -> set[str]:
