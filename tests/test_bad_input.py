@@ -251,6 +251,15 @@ def test_missing_pretrained_weights_fail_in_one_line_before_any_data_is_read(tmp
         assert not run.exists()
     expected = [] if offline == "HF_HUB_OFFLINE" else ["huggingface.co"]
     assert asked == expected + ["download.pytorch.org"]
+    asked.clear()
+    # eval-model has options of its own, and its message names them.
+    for name in ("resnet18.a1_in1k", "torchvision:resnet18"):
+        code = main(["eval-model", name, "--data", "synthetic", "--pretrained", "--out", str(run)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("stitchkit: error:") == 1, err
+        assert "leave out --pretrained" in err and "--checkpoint PATH" in err and "model." not in err, err
+        assert not run.exists()
+    assert asked == expected + ["download.pytorch.org"]
     # Scratch training never needs them.
     assert main(["train", "mode=scratch", "model.src=resnet10t", "data.name=synthetic", "data.input_size=32",
                  "data.synthetic_train_size=32", "data.synthetic_val_size=16", "train.batch_size=16",

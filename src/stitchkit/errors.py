@@ -28,6 +28,18 @@ class IncompatibleError(StitchkitError):
     """Two parts that cannot be joined the way that was asked for."""
 
 
+class WeightsUnavailableError(StitchkitError):
+    """Pretrained weights that cannot be had here: ``problem`` says why, ``fix`` how to go on in the caller's terms
+    (config keys by default; a command with options of its own names them through :meth:`with_fix`)."""
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(f"{problem}; {fix}")
+        self.problem, self.fix = problem, fix
+
+    def with_fix(self, fix: str) -> "WeightsUnavailableError":
+        return WeightsUnavailableError(self.problem, fix)
+
+
 def close_matches(name: str, choices: Iterable[str], n: int = 5) -> list[str]:
     """Names from ``choices`` that look like ``name`` (case-insensitive), best first."""
     choices = list(choices)

@@ -71,6 +71,7 @@ def _eval_model(args) -> int:
     if args.device:
         overrides.append(f"train.device={args.device}")
     config = load_config(None, overrides + list(args.settings))
-    record = evaluate_model(args.model, config, args.out, checkpoint_option="--checkpoint PATH")
+    record = evaluate_model(args.model, config, args.out, checkpoint_option="--checkpoint PATH",
+                            pretrained_option="leave out --pretrained")
     print(json.dumps({k: v for k, v in record.items() if k != "versions"}, indent=2))
     return 0

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from ..compute import count_macs, count_params
-from ..errors import StitchkitError
+from ..errors import StitchkitError, WeightsUnavailableError
 from ..zoo.models import create_model, num_outputs
 from . import distributed
 from ..files import atomic_write_json
@@ -130,16 +130,22 @@ def evaluate_folder(folder: str | Path, overrides: Sequence[str] = (), device: s
 
 
 def evaluate_model(name: str, config: Config, out_dir: str | Path | None = None, *,
-                   checkpoint_option: str = "model.src_checkpoint=PATH") -> dict:
+                   checkpoint_option: str = "model.src_checkpoint=PATH",
+                   pretrained_option: str = "model.pretrained=false") -> dict:
     """Measure an unstitched model (``name``, with ``config.model.pretrained`` / ``src_checkpoint``) on
     ``config.data``'s val split, with the model's own preprocessing. Writes ``result.json`` into ``out_dir``.
-    ``checkpoint_option``: how the caller's user gives src_checkpoint, for the message when the head does not fit
-    the data (``eval-model --checkpoint PATH``)."""
+    ``checkpoint_option`` / ``pretrained_option``: how the caller's user gives src_checkpoint / leaves out the
+    pretrained weights, for the messages when the head does not fit the data or the weights cannot be had
+    (``eval-model --checkpoint PATH``)."""
     dev = resolve_device(config.train.device)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    model = create_model(name, pretrained=config.model.pretrained, checkpoint_path=config.model.src_checkpoint,
-                         input_size=config.data.input_size)
+    try:
+        model = create_model(name, pretrained=config.model.pretrained, checkpoint_path=config.model.src_checkpoint,
+                             input_size=config.data.input_size)
+    except WeightsUnavailableError as err:
+        raise err.with_fix(f"evaluate it without them ({pretrained_option}) or with local weights "
+                           f"({checkpoint_option})") from None
     splits = build_splits(config.data, preprocessing(name, model), config.train.seed, need_train=False)
     if num_outputs(model) != len(splits.classes):
         raise StitchkitError(

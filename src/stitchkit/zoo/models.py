@@ -19,7 +19,7 @@ import torchvision
 from torch import nn
 
 from ..formats import Format
-from ..errors import IncompatibleError, StitchkitError, UnknownNameError, unknown_name
+from ..errors import IncompatibleError, StitchkitError, UnknownNameError, WeightsUnavailableError, unknown_name
 from .families import Family, families, family_of
 from .metadata import TORCHVISION_PREFIX, ModelName
 from .weights import FIX, require_timm_weights, require_url_weights
@@ -189,7 +189,8 @@ def create_model(
                 kwargs.pop("img_size")
                 model = timm.create_model(name, pretrained=bool(pretrained), **kwargs)
         except (OSError, RuntimeError) as err:
-            raise StitchkitError(f"cannot load pretrained weights for {name}: {str(err).splitlines()[0]}; {FIX}") from err
+            raise WeightsUnavailableError(f"cannot load pretrained weights for {name}: {str(err).splitlines()[0]}",
+                                          FIX) from err
     if checkpoint_path is not None:
         state = read_state_dict(checkpoint_path)
         classes = _checkpoint_classes(model, state)

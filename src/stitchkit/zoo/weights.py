@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..errors import StitchkitError
+from ..errors import WeightsUnavailableError
 
 FIX = ("train without them with model.pretrained=false (pretrained=False in Python), or give local weights with "
        "model.src_checkpoint=PATH / model.dst_checkpoint=PATH (checkpoint_path=PATH)")
@@ -53,8 +53,8 @@ def require_timm_weights(name: str) -> None:
         if _hub_cached(repo, cfg.hf_hub_filename):
             return
         if constants.HF_HUB_OFFLINE:
-            raise StitchkitError(f"the pretrained weights of {name} are not in the Hugging Face cache and HF_HUB_OFFLINE "
-                                 f"is set; {FIX}")
+            raise WeightsUnavailableError(f"the pretrained weights of {name} are not in the Hugging Face cache and "
+                                          "HF_HUB_OFFLINE is set", FIX)
         host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     elif cfg.url:
         if _url_cached(cfg.url):
@@ -63,8 +63,8 @@ def require_timm_weights(name: str) -> None:
     else:
         return
     if not _reachable(host):
-        raise StitchkitError(f"the pretrained weights of {name} are not cached here and {host} cannot be reached "
-                             f"(offline?); {FIX}")
+        raise WeightsUnavailableError(f"the pretrained weights of {name} are not cached here and {host} cannot be "
+                                      "reached (offline?)", FIX)
 
 
 def require_url_weights(name: str, url: str) -> None:
@@ -73,5 +73,5 @@ def require_url_weights(name: str, url: str) -> None:
         return
     host = urlparse(url).hostname or ""
     if not _reachable(host):
-        raise StitchkitError(f"the pretrained weights of {name} are not cached here and {host} cannot be reached "
-                             f"(offline?); {FIX}")
+        raise WeightsUnavailableError(f"the pretrained weights of {name} are not cached here and {host} cannot be "
+                                      "reached (offline?)", FIX)
