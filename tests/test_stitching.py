@@ -1,4 +1,7 @@
 """Stitched models: shapes across every gap, pair, adapter and resize mode; frozen semantics; adapter files."""
+import copy
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -362,3 +365,22 @@ def test_num_classes_0_builds_a_stitch_without_a_classifier_that_saves_its_adapt
         assert torch.allclose(rebuilt.bridge(model.front(x)), model.bridge(model.front(x)))
     with pytest.raises(StitchkitError, match="whole number >= 0"):
         StitchConfig("resnet10t", "resnet10t", "1:3", num_classes=-1, train_head=True)
+
+
+def test_a_model_pickled_whole_by_stitchkit_0_9_still_unpickles(tmp_path):
+    """Up to 0.9 a head was one named function (final norm and forward_head together) and a Call had no lead; such
+    pickles name those functions. Made here the way 0.9 made them, the loaded model computes what the model does."""
+    families = importlib.import_module("stitchkit.zoo.families")  # (stitchkit.zoo.families is also a function)
+
+    model = create_stitched("resnet18", "vit_tiny_patch16_224", "1:3", input_size=32).eval()
+    old = copy.deepcopy(model)
+    head = old.back[-1]
+    assert head.lead is families._norm
+    head.fn, head.label = families._norm_then_head, "norm, forward_head"
+    del head.lead  # the instance attribute 0.9 did not have
+    torch.save(old, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False).eval()
+    assert loaded.back[-1].lead is None
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

@@ -44,6 +44,8 @@ class Call(nn.Module):
     The cut points stay before the lead (the paper cuts at blocks); :func:`split_head` gives the two apart.
     """
 
+    lead = None  # what a Call pickled by stitchkit <= 0.9, which had no lead, reads
+
     def __init__(self, owner: nn.Module, fn: Callable[[nn.Module, torch.Tensor], torch.Tensor], name: str = "call",
                  lead: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None):
         super().__init__()

@@ -139,6 +139,24 @@ def _norm(m, x):  # timm ViT, Swin
     return m.norm(x)
 
 
+# The heads of stitchkit <= 0.9, which ran the lead and forward_head in one function: models pickled whole with
+# those versions name them, and unpickle to heads without a lead (Call.lead's class default).
+def _conv_head_then_head(m, x):
+    return m.forward_head(_conv_head(m, x))
+
+
+def _norm_pre_then_head(m, x):
+    return m.forward_head(_norm_pre(m, x))
+
+
+def _final_conv_then_head(m, x):
+    return m.forward_head(_final_conv(m, x))
+
+
+def _norm_then_head(m, x):
+    return m.forward_head(_norm(m, x))
+
+
 def _vit_stem(m, x):
     return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
 
