@@ -49,7 +49,11 @@ def test_inspect_text_and_finetune(capsys):
     assert "costs more compute" not in out  # within one model a stitch skips blocks: cheaper than its source
     code, out, _ = _run(capsys, "inspect", "--src", "resnet18", "--dst", "resnet50", "--gap", "1:2", "--input-size",
                         "64", "--adapter", "linear")
-    assert code == 0 and "costs more compute than resnet18 itself" in out
+    assert code == 0 and "costs more compute than resnet18 itself" in out and "resnet50's later stages cost more" in out
+    # The same model with resize='none': its later stages run at the source's resolution, and the note says that.
+    code, out, _ = _run(capsys, "inspect", "--src", "resnet18", "--dst", "resnet18", "--gap", "1:4", "--input-size",
+                        "64", "--adapter", "linear", "--resize", "none")
+    assert code == 0 and "resnet18's later stages run at 16x16 instead of its own 2x2 (resize='none'" in out, out
     code, out, _ = _run(capsys, "inspect", "--src", "resnet18", "--dst", "resnet18", "--gap", "1:3", "--input-size",
                         "64", "--finetune")
     assert code == 0 and "layer2.0, layer3.0" in out

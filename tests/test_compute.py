@@ -70,3 +70,15 @@ def test_no_downsample_costs_more():
     assert count_macs(none) > count_macs(original) > count_macs(down)
     with torch.no_grad():
         assert none(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
+
+
+def test_count_macs_defaults_to_the_size_the_model_was_built_for():
+    """A stitch or a timm transformer built for 32 px is counted at 32 px unless told otherwise (not at 224)."""
+    import timm
+
+    stitch = stitchkit.create_stitched("resnet18", "vit_tiny_patch16_224", "1:3", input_size=32)
+    assert stitchkit.count_macs(stitch) == stitchkit.count_macs(stitch, 32)
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32)
+    assert stitchkit.count_macs(vit) == stitchkit.count_macs(vit, 32)
+    resnet = timm.create_model("resnet18")
+    assert stitchkit.count_macs(resnet) == stitchkit.count_macs(resnet, 224)

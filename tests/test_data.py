@@ -51,7 +51,7 @@ def test_grayscale_palette_and_cmyk_images_become_rgb(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["jpeg", "png"])
-def test_corrupt_images_are_named_or_skipped(tmp_path, kind):
+def test_corrupt_images_are_named_or_skipped(tmp_path, kind, capsys):
     root = make_folder(tmp_path)
     bad = root / "train" / "dog" / f"broken.{'jpg' if kind == 'jpeg' else 'png'}"
     if kind == "jpeg":
@@ -64,8 +64,11 @@ def test_corrupt_images_are_named_or_skipped(tmp_path, kind):
             f"output.dir={tmp_path / 'run'}"]
     with pytest.raises(StitchkitError, match="cannot decode image .*broken"):
         train(load_config(None, args))
+    capsys.readouterr()
     result = train(load_config(None, [*args, "data.skip_corrupt=true"]), overwrite=True)
     assert result["skipped_images"] == 1 and result["images_seen"] == 18
+    named = [line for line in capsys.readouterr().err.splitlines() if line.startswith("stitchkit: skipped:")]
+    assert named and all(str(bad) in line and "skip_corrupt" not in line for line in named), named
 
 
 def test_corrupt_image_message_survives_a_worker_process(tmp_path):

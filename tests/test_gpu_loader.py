@@ -71,15 +71,18 @@ def test_evaluation_batches_match_the_default_loader(tmp_path):
         assert torch.equal(la, lb) and (a - b).abs().max() <= 2 * level and (a - b).abs().mean() < 0.1 * level
 
 
-def test_corrupt_files_are_named_or_skipped(tmp_path):
+def test_corrupt_files_are_named_or_skipped(tmp_path, capsys):
     root = jpeg_folder(tmp_path)
     bad = root / "train" / "dog" / "3.jpg"
     bad.write_bytes(bad.read_bytes()[:200])  # a header, then nothing: only decoding finds out
     (root / "train" / "cat" / "5.jpg").write_bytes(b"not an image at all")
     with pytest.raises(StitchkitError, match=r"cannot decode image .*(3|5)\.jpg.*data.skip_corrupt=true"):
         _batches(root, True, loader="gpu")
+    capsys.readouterr()
     batches = _batches(root, True, "data.skip_corrupt=true", loader="gpu")
     assert sum(b[2] for b in batches) == 2 and sum(len(b[1]) for b in batches) == 14
+    named = capsys.readouterr().err
+    assert f"stitchkit: skipped: cannot decode image {str(bad)!r}" in named and "5.jpg" in named, named
 
 
 def test_training_with_the_gpu_loader_resumes_exactly(tmp_path, monkeypatch):

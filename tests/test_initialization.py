@@ -60,6 +60,7 @@ def _channel_stats(x):
 def test_the_default_is_the_fitted_start():
     assert DEFAULT_START == "fitted"
     assert {"fitted", "lstsq", "dst_stats", "paper_code", "paper_text"} <= set(list_starts())
+    assert list_starts()[0] == DEFAULT_START == "fitted"  # as README's example and `stitchkit starts` show them
     assert ModelConfig().adapter_norm == DEFAULT_START
 
 

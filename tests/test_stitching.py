@@ -384,3 +384,14 @@ def test_a_model_pickled_whole_by_stitchkit_0_9_still_unpickles(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_images_of_another_size_are_refused_not_squeezed():
+    """A CNN front takes any size, and the bridge's fixed-size resize would squeeze its features onto the grid it
+    was built for: a wrong answer with no error. The bridge refuses them in one line naming the fix."""
+    model = create_stitched("resnet18", "vit_tiny_patch16_224", "1:3", input_size=32).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 1000)
+        with pytest.raises(StitchkitError, match=r"built for other images.*NCHW \[64, 8, 8\].*NCHW \[64, 16, 16\]"
+                                                 r".*input_size"):
+            model(torch.zeros(1, 3, 64, 64))

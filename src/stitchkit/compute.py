@@ -36,18 +36,36 @@ def _custom_formulas() -> dict:
     return formulas
 
 
-def count_macs(model: nn.Module, input_size: int | tuple[int, ...] = (3, 224, 224)) -> int:
+def count_macs(model: nn.Module, input_size: int | tuple[int, ...] | None = None) -> int:
     """Multiply-accumulates of one forward pass of ``model`` on one image of ``input_size``, in eval mode.
+
+    ``input_size`` defaults to the size the model says it takes (timm's ``pretrained_cfg["input_size"]``: a stitch
+    built for 32 px is counted at 32 px, not at the 224 px of its parts' weights), else 224 px.
 
     Example:
         >>> count_macs(timm.create_model("resnet50")) / 1e9
         4.089...
     """
+    if input_size is None:
+        input_size = own_input_size(model)
     height, width = as_size(input_size)
     channels = input_size[0] if isinstance(input_size, tuple) and len(input_size) == 3 else 3
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     return count_macs_on(model, torch.zeros(1, channels, height, width, device=device))
+
+
+def own_input_size(model: nn.Module) -> tuple[int, int, int]:
+    """The ``(channels, height, width)`` that ``model`` was built for: a timm transformer's patch embedding's size
+    (``img_size=32`` leaves its ``pretrained_cfg`` at the weights' 224 px), else what it declares in timm's
+    ``pretrained_cfg`` (stitchkit's networks declare the size they were built for), else ImageNet's 224 px."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    size = tuple(cfg.get("input_size") or ()) if isinstance(cfg, dict) else ()
+    channels = size[0] if len(size) == 3 else 3
+    built = getattr(getattr(model, "patch_embed", None), "img_size", None)  # None when it takes any size
+    if isinstance(built, (tuple, list)) and len(built) == 2:
+        return (channels, *built)
+    return size if len(size) == 3 else (3, 224, 224)
 
 
 def count_macs_on(model: nn.Module, inputs: torch.Tensor) -> int:

@@ -163,6 +163,8 @@ def parts_record(config, size: int) -> list[dict]:
         if checkpoint:
             part["weights"] = f"checkpoint {Path(checkpoint).name}"
             measured = RunDir(Path(checkpoint).parent).read_result() if Path(checkpoint).parent.is_dir() else None
+            if measured and measured.get("gmacs") and measured.get("input_size") == size:
+                part["gmacs"] = measured["gmacs"]  # with the checkpoint's own head, not a 1000-class one
             if measured and measured.get("top1") is not None:
                 part["top1"] = measured["top1"]
                 part["top1_on"] = f"{measured.get('dataset')}, {measured.get('mode')} run"

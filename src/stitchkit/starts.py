@@ -134,7 +134,9 @@ def get_start(name: str) -> Start:
 
 
 def list_starts() -> list[str]:
-    return _STARTS.names()
+    """The registered starts, the default (:data:`DEFAULT_START`) first, then by name."""
+    names = _STARTS.names()
+    return sorted(names, key=lambda name: (name != DEFAULT_START, name))
 
 
 def describe_starts() -> dict[str, str]:

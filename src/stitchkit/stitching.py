@@ -278,6 +278,20 @@ class Bridge(nn.Module):
             dst_feature = _add_pos_embed(dst_feature, -self.pos_embed, self.dst.num_prefix_tokens)
         return dst_feature[:, : self.dst.num_prefix_tokens]
 
+    def _refuse(self, x: torch.Tensor) -> None:
+        """Features of another shape than the bridge was built for: images of another size (a CNN front takes any).
+        Resized to the built grid they would run, but wrong (a fixed-size resize squeezes them, a destination's
+        position embedding is for one grid), so they are refused."""
+        try:
+            got = FeatureSpec.from_tensor(x, self.src.format, self.src.num_prefix_tokens).describe()
+        except ValueError:  # not even the layout's number of dimensions, or no square grid
+            got = str(list(x.shape[1:]))
+        raise StitchkitError(
+            f"this stitch was built for other images: its bridge takes {self.src.describe()} features from the front "
+            f"and got {got}; give it images of the size it was built for "
+            "(model.pretrained_cfg['input_size']), or build it again for this size (create_stitched(..., "
+            "input_size=), data.input_size)")
+
     def target(self, dst_feature: torch.Tensor) -> torch.Tensor:
         """The destination's own feature at its cut in the adapters' layout: what the last adapter should output
         (for image adapters, the patch tokens only: ``prefix_in`` makes the prefix tokens)."""
@@ -288,6 +302,8 @@ class Bridge(nn.Module):
         return to_nchw(dst_feature, self.dst, "drop")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != self.src.shape and not torch.jit.is_tracing():
+            self._refuse(x)
         x = run_modules(self.adapters, self.enter(x), self.grad_checkpointing)
         if not self.tokens:
             x = from_nchw(x, self.exit_spec, self.prefix_in, self.learned_prefix, self.prefix_map)

@@ -52,7 +52,28 @@ def describe_stitch(model: StitchedModel, src: str, dst: str, input_size: int) -
         "gmacs_dst": dst_macs / 1e9,
         "macs_vs_src": macs / src_macs,
         "macs_vs_dst": macs / dst_macs,
+        "note": costlier_note(model, src, dst, macs, src_macs),
     }
+
+
+def costlier_note(model, src: str, dst: str, macs: float, src_macs: float) -> str | None:
+    """A stitch is usually meant to cost less than the model it starts from: when it does not, one line that says
+    so and why (its destination running at the source's resolution, a costlier destination, costly adapters)."""
+    if macs <= src_macs:
+        return None
+    more = (f"this stitch costs more compute than {src} itself ({macs / 1e9:.3f} vs {src_macs / 1e9:.3f} GMACs, "
+            f"{100 * (macs / src_macs - 1):.0f}% more)")
+    bridge = getattr(model, "bridge", None)
+    if bridge is not None:
+        (eh, ew), (dh, dw) = bridge.exit_spec.size, bridge.dst.size
+        if eh * ew > dh * dw:
+            return (f"{more}: {dst}'s later stages run at {eh}x{ew} instead of its own {dh}x{dw} (resize="
+                    f"'{model.config.resize}' keeps the source's resolution); resize='bilinear' or 'integrated' "
+                    "brings it down")
+    if dst != src:
+        return (f"{more}: {dst}'s later stages cost more than {src}'s; a later source cut or a smaller destination "
+                "costs less")
+    return f"{more}: its adapters cost more than the blocks they stand in for; a lighter adapter costs less"
 
 
 def describe_parallel(model, input_size: int) -> dict:

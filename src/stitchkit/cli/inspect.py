@@ -78,11 +78,8 @@ def run(args) -> int:
           f"({', '.join(report['trained'])})")
     print(f"  compute         {report['gmacs']:.3f} GMACs = {100 * report['macs_vs_src']:.1f}% of {args.src} "
           f"({report['gmacs_src']:.3f}), {100 * report['macs_vs_dst']:.1f}% of {args.dst} ({report['gmacs_dst']:.3f})")
-    if report["macs_vs_src"] > 1:
-        # A stitch is usually meant to be cheaper than the model it starts from: say so when it is not.
-        print(f"  note            this stitch costs more compute than {args.src} itself "
-              f"({100 * (report['macs_vs_src'] - 1):.1f}% more): {args.dst}'s later stages cost more than "
-              f"{args.src}'s; a later source cut or a smaller destination costs less")
+    if report["note"]:
+        print(f"  note            {report['note']}")
     return 0
 
 

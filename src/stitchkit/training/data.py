@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import math
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -357,13 +358,21 @@ class SeededDataset(Dataset):
         index = self.indices[position]
         try:
             image, label = self.source.load(index)
-        except CorruptImageError:
+        except CorruptImageError as err:
             if self.skip_corrupt:
+                say_skipped(err)
                 return None
             raise
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(image_seed(self.seed, epoch, index))
             return self.transform(image), label
+
+
+def say_skipped(err: CorruptImageError) -> None:
+    """Name a skipped image on stderr, from whichever process read it (a data-loader worker's stderr is the run's):
+    the count alone (result.json's skipped_images) does not say which file to replace."""
+    reason = str(err).split("; remove or replace it")[0]
+    print(f"stitchkit: skipped: {reason}", file=sys.stderr, flush=True)
 
 
 def image_seed(seed: int, epoch: int, index: int) -> int:
@@ -491,8 +500,9 @@ def calibration_images(splits: Splits, data: DataConfig, model_name: str, count:
     for position in order:
         try:
             image, _ = train.source.load(train.indices[position])
-        except CorruptImageError:
+        except CorruptImageError as err:
             if data.skip_corrupt:
+                say_skipped(err)
                 continue
             raise
         images.append(transform(image))

@@ -27,7 +27,7 @@ from torchvision.transforms.v2 import functional as F
 
 from ..zoo.metadata import Preprocessing
 from .augment import AugmentPlan, DeviceAugment
-from .data import CorruptImageError, EpochSampler, SeededDataset, image_seed
+from .data import CorruptImageError, EpochSampler, SeededDataset, image_seed, say_skipped
 from .settings import DataConfig
 
 NO_BOX = (-1, -1, -1, -1)
@@ -63,15 +63,18 @@ class EncodedImages(Dataset):
                     data = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
                 else:  # decoded here: the device decoder reads JPEGs only
                     data = F.pil_to_tensor(image.convert("RGB"))
-        except CorruptImageError:
+        except CorruptImageError as err:
             if self.skip_corrupt:
+                say_skipped(err)
                 return None
             raise
         except (OSError, ValueError, Image.DecompressionBombError) as err:
+            corrupt = CorruptImageError(f"cannot decode image {name!r} ({err}); remove or replace it, or set "
+                                        "data.skip_corrupt=true to skip and count such files")
             if self.skip_corrupt:
+                say_skipped(corrupt)
                 return None
-            raise CorruptImageError(f"cannot decode image {name!r} ({err}); remove or replace it, or set "
-                                    "data.skip_corrupt=true to skip and count such files") from None
+            raise corrupt from None
         return data, is_jpeg, torch.tensor(box), params, label, name, (height, width)
 
 
@@ -178,10 +181,12 @@ class DeviceBatches:
                     try:
                         decoded[i] = decode_jpeg(payloads[i], mode=ImageReadMode.RGB, device=self.device)
                     except RuntimeError as err:
+                        corrupt = CorruptImageError(
+                            f"cannot decode image {names[i]!r} ({str(err).splitlines()[0]}); remove or replace "
+                            "it, or set data.skip_corrupt=true to skip and count such files")
                         if not self.skip_corrupt:
-                            raise CorruptImageError(
-                                f"cannot decode image {names[i]!r} ({str(err).splitlines()[0]}); remove or replace "
-                                "it, or set data.skip_corrupt=true to skip and count such files") from None
+                            raise corrupt from None
+                        say_skipped(corrupt)
         kept = sorted(decoded)
         return [decoded[i] for i in kept], kept
 

@@ -168,15 +168,10 @@ class Run:
     def _compute_note(self) -> str | None:
         """A stitch is usually meant to cost less than the model it starts from: say so before it trains when it
         does not (a destination whose later stages cost more than the source's)."""
-        from ..summary import model_macs
+        from ..summary import costlier_note, model_macs
 
         m, size = self.config.model, self.config.data.input_size
-        src = model_macs(m.src, size) / 1e9
-        if self.gmacs <= src:
-            return None
-        return (f"this stitch costs more compute than {m.src} itself ({self.gmacs:.3f} vs {src:.3f} GMACs, "
-                f"{100 * (self.gmacs / src - 1):.0f}% more): {m.dst or m.src}'s later stages cost more than {m.src}'s; a later "
-                "source cut or a smaller destination costs less")
+        return costlier_note(self.model, m.src, m.dst or m.src, self.gmacs * 1e9, model_macs(m.src, size))
 
     def share_pass(self, run_dirs: list[str]) -> None:
         """Record the runs trained in the same pass (their wall time is the pass's)."""

@@ -133,7 +133,8 @@ class DataConfig:
                                    "JPEG decoding, crops and augmentation on the training device, batched; image "
                                    "folders) or dali (NVIDIA DALI, when installed; see stitchkit.training.dali)")
     crop_pct: Optional[float] = setting(None, "evaluation crop fraction; default: the source model's pretrained config")
-    skip_corrupt: bool = setting(False, "skip unreadable images (each named in the log) instead of stopping")
+    skip_corrupt: bool = setting(False, "skip unreadable images (each named on stderr, counted in result.json) "
+                                        "instead of stopping")
     synthetic_train_size: int = setting(256, "synthetic data: training images")
     synthetic_val_size: int = setting(64, "synthetic data: validation images")
     synthetic_classes: int = setting(10, "synthetic data: classes")
