@@ -130,3 +130,32 @@ def test_eval_finds_the_source_weights_from_anywhere_and_in_a_moved_runs_tree(tm
     (tmp_path / "moved" / "source" / "model.pt").unlink()
     assert main(["eval", str(tmp_path / "moved" / "stitch"), "--workers", "0"]) == 2
     assert "model.src_checkpoint of the run" in capsys.readouterr().err
+
+
+def _strict_json(text: str):
+    """``json.loads`` that refuses the bare NaN and Infinity Python's json writes (jq and browsers refuse them)."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_stitch_that_diverges_fails_naming_the_fix_and_writes_strict_json(tmp_path, capsys):
+    """lr=1e6: every training loss is finite (~6e31), but the last step's gradients overflow and AdamW makes the
+    adapters NaN, so the evaluation's loss is NaN and its top-1 chance. The run used to be "finished" with that top-1
+    and a bare NaN in result.json; it fails now as a NaN training loss does, and writes no NaN checkpoint."""
+    run = tmp_path / "diverged"
+    code = main(["train", "mode=stitch", "model.src=resnet10t", "model.dst=resnet10t", "model.gap=1:3",
+                 "model.adapter=linear", "model.pretrained=false", "model.num_classes=10", "model.init_images=32",
+                 "data.name=synthetic", "data.input_size=32", "data.synthetic_train_size=128",
+                 "data.synthetic_val_size=32", "optim.batch_size=32", "train.batch_size=16", "train.epochs=1",
+                 "train.workers=0", "train.threads=1", "optim.lr=1e6", f"output.dir={run}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    message = err.splitlines()[-1]
+    assert message.startswith("stitchkit: error: ") and "NaN or infinite" in message and "Lower optim.lr" in message
+    result = _strict_json((run / "result.json").read_text())
+    assert result["status"] == "failed" and "NaN or infinite" in result["error"]
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        _strict_json(line)
+    assert not (run / "checkpoints" / "last.pt").exists() and not (run / "adapters.pt").exists()

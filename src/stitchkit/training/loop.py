@@ -167,6 +167,10 @@ class TrainingPass:
     def _checkpoints(self) -> str:
         return ", ".join(repr(str(r.dir.last_checkpoint)) for r in self.live)
 
+    def _check_all(self) -> None:
+        """Fail each run whose training has diverged (see :meth:`Run.check_finite`)."""
+        self._each_live(lambda r: r.check_finite(self.position))
+
     def _checkpoint_all(self, rng: dict | None = None) -> None:
         with self.clock.phase("checkpoint"):
             self._each_live(lambda r: r.checkpoint(self.position, rng))  # checks the loss first
@@ -213,7 +217,7 @@ class TrainingPass:
                 else:
                     log_images += images_in_step
                 if p.step % t.log_every == 0:
-                    self._each_live(Run.check_finite)
+                    self._check_all()
                     if not self.live:
                         return
                     elapsed = max(train_seconds() - log_start, 1e-9)
@@ -235,6 +239,9 @@ class TrainingPass:
                     return
 
     def _end_epoch(self) -> None:
+        self._check_all()  # before the epoch's loss is logged and the model evaluated
+        if not self.live:
+            return
         for r in self.live:
             r.end_epoch(self.position)
         self._evaluate_all(self.position.epoch, epoch_end=True)
@@ -263,9 +270,11 @@ class TrainingPass:
             r.begin_evaluation()
         try:
             for split, loader in self.stream.eval_loaders.items():
-                results = evaluate_heads(self.front, [r.head for r in live], loader, self.runtime)
-                for r, metrics in zip(live, results):
-                    r.evaluated(split, self.position, epoch, metrics, at_start=at_start, epoch_end=epoch_end)
+                heads = self.live  # a run whose loss was not finite on an earlier split is out
+                results = dict(zip(map(id, heads), evaluate_heads(self.front, [r.head for r in heads], loader,
+                                                                  self.runtime)))
+                self._each_live(lambda r: r.evaluated(split, self.position, epoch, results[id(r)], at_start=at_start,
+                                                      epoch_end=epoch_end))
         finally:
             for r in live:
                 r.end_evaluation()
@@ -274,6 +283,9 @@ class TrainingPass:
     def _finish(self) -> None:
         p = self.position
         if self.evaluated_at != p.step:  # stopped inside an epoch, or resumed after the last
+            self._check_all()
+            if not self.live:
+                return
             if p.micro > 0:  # max_steps stopped the epoch part-way: its loss so far
                 for r in self.live:
                     r.close_partial_epoch()
