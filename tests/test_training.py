@@ -297,6 +297,19 @@ def test_non_finite_numbers_are_written_as_null():
                                                                                         "c": ["x", 2]}
 
 
+def test_a_resumed_run_logs_the_training_loss_an_uninterrupted_one_logs(tmp_path, monkeypatch):
+    """The log line after a resume averages over the steps since the last line, as without the interruption: the
+    checkpoint holds the running sum (it used to restart at the checkpoint, so the line covered fewer steps)."""
+    settings = ["mode=scratch", "model.src=resnet10t", "train.epochs=1", "train.log_every=2",
+                "train.checkpoint_every=100"]
+    reference = train(_cfg(tmp_path, *settings, name="reference"))
+    assert_resumes_exactly(monkeypatch, _cfg(tmp_path, *settings, name="interrupted"), reference, stop_at=3)
+    train_lines = lambda name: [(r["step"], r["loss"]) for r in map(  # noqa: E731
+        json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines()) if r["type"] == "train"]
+    assert [step for step, _ in train_lines("reference")] == [2, 4]
+    assert train_lines("interrupted") == train_lines("reference")
+
+
 def test_batch_sizes_must_divide(tmp_path):
     with pytest.raises(StitchkitError, match="not a multiple"):
         train(_cfg(tmp_path, "mode=scratch", "model.src=resnet10t", "optim.batch_size=40", "train.batch_size=16"))

@@ -273,6 +273,8 @@ class Run:
         position = Position(**{k: counters.pop(k) for k in ("step", "epoch", "micro")})
         self.stats = RunStats(**counters)
         self.epoch_loss = state["epoch_loss"].to(self.runtime.device)
+        if "log_loss" in state:
+            self.loss_sum, self.loss_count = (v.clone() for v in state["log_loss"].to(self.runtime.device))
         set_rng_state(state["rng"])
         return position
 
@@ -431,6 +433,9 @@ class Run:
             "scaler": self.scaler.state_dict(),
             "counters": {**asdict(position), **asdict(self.stats), "seconds": self._seconds()},
             "epoch_loss": self.epoch_loss.cpu(),
+            # The loss since the last log line (sum, count): a resumed run's first line then averages over the same
+            # steps as an uninterrupted run's (a checkpoint of an older version has none: it starts afresh).
+            "log_loss": torch.stack([self.loss_sum, self.loss_count]).cpu(),
             "rng": rng if rng is not None else rng_state(),
         }
 
