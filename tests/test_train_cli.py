@@ -130,3 +130,137 @@ def test_eval_finds_the_source_weights_from_anywhere_and_in_a_moved_runs_tree(tm
     (tmp_path / "moved" / "source" / "model.pt").unlink()
     assert main(["eval", str(tmp_path / "moved" / "stitch"), "--workers", "0"]) == 2
     assert "model.src_checkpoint of the run" in capsys.readouterr().err
+
+
+def _strict_json(text: str):
+    """``json.loads`` that refuses the bare NaN and Infinity Python's json writes (jq and browsers refuse them)."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_stitch_that_diverges_fails_naming_the_fix_and_writes_strict_json(tmp_path, capsys):
+    """lr=1e6: every training loss is finite (~6e31), but the last step's gradients overflow and AdamW makes the
+    adapters NaN, so the evaluation's loss is NaN and its top-1 chance. The run used to be "finished" with that top-1
+    and a bare NaN in result.json; it fails now as a NaN training loss does, and writes no NaN checkpoint."""
+    run = tmp_path / "diverged"
+    code = main(["train", "mode=stitch", "model.src=resnet10t", "model.dst=resnet10t", "model.gap=1:3",
+                 "model.adapter=linear", "model.pretrained=false", "model.num_classes=10", "model.init_images=32",
+                 "data.name=synthetic", "data.input_size=32", "data.synthetic_train_size=128",
+                 "data.synthetic_val_size=32", "optim.batch_size=32", "train.batch_size=16", "train.epochs=1",
+                 "train.workers=0", "train.threads=1", "optim.lr=1e6", f"output.dir={run}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    message = err.splitlines()[-1]
+    assert message.startswith("stitchkit: error: ") and "NaN or infinite" in message and "Lower optim.lr" in message
+    result = _strict_json((run / "result.json").read_text())
+    assert result["status"] == "failed" and "NaN or infinite" in result["error"]
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        _strict_json(line)
+    assert not (run / "checkpoints" / "last.pt").exists() and not (run / "adapters.pt").exists()
+
+
+def _interrupted_main(argv) -> int:
+    """``main(argv)`` for a command that Ctrl-C interrupts: the command line must handle it (an escaping
+    KeyboardInterrupt would stop pytest itself)."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped the command line as a KeyboardInterrupt (a traceback, Python's exit status)")
+
+
+def _refuse_building(monkeypatch):
+    """Ctrl-C while the model is built (in a real run: loading weights, fitting adapters, calibrating)."""
+    from stitchkit.training import run as training_run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_run, "build_model", interrupted)
+
+
+def test_ctrl_c_says_how_to_go_on_in_one_line_and_exits_130(tmp_path, monkeypatch, capsys):
+    """During set-up (nothing to checkpoint: run the same command again), in the training loop (continue with
+    --resume), and anywhere else (before any run starts): one line, no traceback, exit status 130."""
+    from stitchkit.training.loop import EXIT_INTERRUPTED
+
+    command = ["train", *TINY, "train.epochs=1", "train.log_every=100", f"output.dir={tmp_path / 'run'}"]
+    with monkeypatch.context() as patch:
+        _refuse_building(patch)
+        assert _interrupted_main(command) == EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["stitchkit: interrupted during set-up, before training; nothing to checkpoint; "
+                                "rerun the same command"], err
+    with monkeypatch.context() as patch:
+        _interrupt_at_step(patch, 2)
+        assert _interrupted_main(command) == EXIT_INTERRUPTED  # the same command, as it said
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == (f"stitchkit: interrupted at step 2; checkpoint written to "
+                    f"{str(tmp_path / 'run' / 'checkpoints' / 'last.pt')!r}; continue with --resume"), last
+    assert main([*command, "--resume"]) == 0
+    capsys.readouterr()
+
+    from stitchkit.cli import entry_point
+    from stitchkit.training import config
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(config, "load_config", interrupted)  # before any run: the command line's own catch
+    monkeypatch.setattr("sys.argv", ["stitchkit", *command])
+    with pytest.raises(SystemExit) as stop:
+        try:
+            entry_point()
+        except KeyboardInterrupt:
+            pytest.fail("Ctrl-C escaped the stitchkit command as a KeyboardInterrupt")
+    assert stop.value.code == EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "stitchkit: interrupted; rerun the same command\n"
+    monkeypatch.setattr("sys.argv", ["stitchkit", "--debug", *command])  # --debug: where it landed, same status
+    with pytest.raises(SystemExit) as stop:
+        entry_point()
+    assert stop.value.code == EXIT_INTERRUPTED and "Traceback" in capsys.readouterr().err
+
+
+def _interrupt_at_step(monkeypatch, step):
+    from stitchkit.training import logging as training_logging
+
+    original, calls = training_logging.MetricsLog.advance, []
+
+    def advance(self, steps=1):
+        original(self, steps)
+        calls.append(steps)
+        if len(calls) == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_logging.MetricsLog, "advance", advance)
+
+
+def test_an_interrupted_sweep_says_to_rerun_it_not_to_resume(tmp_path, monkeypatch, capsys):
+    """A sweep has no --resume: interrupted in a cell's set-up or training, it says to rerun the same command."""
+    sweep = tmp_path / "one.yaml"
+    sweep.write_text("""
+base:
+  model: {pretrained: false, num_classes: 10, init_images: 32}
+  data: {name: synthetic, input_size: 32, synthetic_train_size: 128, synthetic_val_size: 32}
+  optim: {batch_size: 32}
+  train: {batch_size: 16, epochs: 1, workers: 0, threads: 1, log_every: 100}
+pairs: [[resnet10t, resnet10t]]
+gaps: ["1:3"]
+methods: [downsample_linear]
+seeds: [0]
+""")
+    command = ["sweep", str(sweep), "--out", str(tmp_path / "runs")]
+    with monkeypatch.context() as patch:
+        _refuse_building(patch)
+        assert _interrupted_main(command) == 130
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == ("stitchkit: sweep stopped: interrupted during set-up, before training; nothing to checkpoint; "
+                       "rerun the same command to continue"), err
+    with monkeypatch.context() as patch:
+        _interrupt_at_step(patch, 2)
+        assert _interrupted_main(command) == 130
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("stitchkit: sweep stopped: interrupted at step 2; checkpoint written to ")
+    assert last.endswith("last.pt'; rerun the same command to continue") and "--resume" not in last, last
+    assert main(command) == 0  # as it said

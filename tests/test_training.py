@@ -264,6 +264,52 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path):
     assert record["status"] == "failed" and "NaN" in record["error"]
 
 
+@pytest.mark.parametrize("bad_call", [1, 2])  # the evaluation of the start; the one after the epoch
+def test_a_non_finite_evaluation_loss_fails_the_run(tmp_path, monkeypatch, bad_call):
+    """An evaluation whose loss is NaN has no meaningful top-1: the run fails, as a NaN training loss fails it, and
+    neither metrics.jsonl nor result.json gets that evaluation (nor a bare NaN: both stay strict JSON)."""
+    from stitchkit.training import loop
+
+    original, calls = loop.evaluate_heads, []
+
+    def evaluate_heads(*args, **kwargs):
+        results = original(*args, **kwargs)
+        calls.append(1)
+        return [{**r, "loss": float("nan")} for r in results] if len(calls) == bad_call else results
+
+    monkeypatch.setattr(loop, "evaluate_heads", evaluate_heads)
+    expected = "before any optimizer step" if bad_call == 1 else "at the evaluation after optimizer step 4.*optim.lr"
+    with pytest.raises(NonFiniteLossError, match=f"val loss (became NaN or infinite )?{expected}"):
+        train(_cfg(tmp_path, "mode=scratch", "model.src=resnet10t", "train.epochs=1", "train.log_every=100"))
+    strict = lambda text: json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))  # noqa: E731
+    record = strict((tmp_path / "run" / "result.json").read_text())
+    assert record["status"] == "failed" and "NaN or infinite" in record["error"]
+    metrics = tmp_path / "run" / "metrics.jsonl"  # none yet when the first evaluation fails
+    evaluations = [line for line in map(strict, metrics.read_text().splitlines() if metrics.exists() else [])
+                   if line["type"] == "eval"]
+    assert len(evaluations) == bad_call - 1
+
+
+def test_non_finite_numbers_are_written_as_null():
+    from stitchkit.training.logging import json_safe
+
+    assert json_safe({"a": float("nan"), "b": [1.5, float("-inf")], "c": ("x", 2)}) == {"a": None, "b": [1.5, None],
+                                                                                        "c": ["x", 2]}
+
+
+def test_a_resumed_run_logs_the_training_loss_an_uninterrupted_one_logs(tmp_path, monkeypatch):
+    """The log line after a resume averages over the steps since the last line, as without the interruption: the
+    checkpoint holds the running sum (it used to restart at the checkpoint, so the line covered fewer steps)."""
+    settings = ["mode=scratch", "model.src=resnet10t", "train.epochs=1", "train.log_every=2",
+                "train.checkpoint_every=100"]
+    reference = train(_cfg(tmp_path, *settings, name="reference"))
+    assert_resumes_exactly(monkeypatch, _cfg(tmp_path, *settings, name="interrupted"), reference, stop_at=3)
+    train_lines = lambda name: [(r["step"], r["loss"]) for r in map(  # noqa: E731
+        json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines()) if r["type"] == "train"]
+    assert [step for step, _ in train_lines("reference")] == [2, 4]
+    assert train_lines("interrupted") == train_lines("reference")
+
+
 def test_batch_sizes_must_divide(tmp_path):
     with pytest.raises(StitchkitError, match="not a multiple"):
         train(_cfg(tmp_path, "mode=scratch", "model.src=resnet10t", "optim.batch_size=40", "train.batch_size=16"))

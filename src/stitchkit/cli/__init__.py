@@ -3,7 +3,8 @@
 
 :func:`main` takes ``argv`` so tests call it in-process. User errors (:class:`~stitchkit.errors.StitchkitError`) print
 one message and exit with code 2; with ``--debug``, :func:`main` raises the error and the ``stitchkit`` command prints
-its traceback, still with code 2. Building the parser imports no torch or
+its traceback, still with code 2. Ctrl-C prints one line and exits with 130 wherever it lands (commands that
+checkpoint say more, e.g. where training stopped). Building the parser imports no torch or
 timm (``stitchkit --help`` answers at once); each subcommand imports what it needs when it runs.
 """
 from __future__ import annotations
@@ -24,7 +25,10 @@ COMMANDS = (listing.add_models, listing.add_adapters, listing.add_starts, stages
             evaluate.add_eval, evaluate.add_eval_model, predict.add_parser, export.add_parser, listing.add_methods, sweep.add_parser, search.add_parser, report.add_parser,
             demo.add_demo, demo.add_findings, bench.add_parser)
 
-__all__ = ["EXIT_USER_ERROR", "build_parser", "entry_point", "main"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_USER_ERROR", "build_parser", "entry_point", "main"]
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C (stitchkit.training.loop says the same)
+INTERRUPTED = "stitchkit: interrupted; rerun the same command"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"stitchkit: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        # Ctrl-C outside what a command handles itself (importing torch, loading data, between a sweep's cells): a
+        # stop the user asked for, not a crash, so no traceback. Runs, checkpoints and sweep cells are written
+        # atomically, so the same command starts again or continues from what was finished (a run with a checkpoint
+        # tells it to pass --resume).
+        if args.debug:
+            raise
+        print(INTERRUPTED, file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def entry_point() -> None:
@@ -79,6 +92,14 @@ def entry_point() -> None:
         # for, and exit as the same mistake does without --debug, so that scripts see one status for it.
         traceback.print_exc()
         code = EXIT_USER_ERROR
+    except KeyboardInterrupt as stop:
+        # From main with --debug (show where it landed), or from outside main's handler (parsing the arguments):
+        # either way the status of a Ctrl-C, not Python's death by SIGINT.
+        if "--debug" in sys.argv[1:]:
+            traceback.print_exception(type(stop), stop, stop.__traceback__)
+        else:
+            print(INTERRUPTED, file=sys.stderr)
+        code = EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`stitchkit models | head`): not an error of ours, and no traceback. Point stdout at
         # devnull so that the interpreter's final flush does not raise again (the recipe in Python's signal docs).

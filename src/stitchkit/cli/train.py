@@ -49,7 +49,10 @@ def run(args) -> int:
     try:
         result = train(config, resume=args.resume, overwrite=args.overwrite)
     except RunInterrupted as stop:
-        print(f"stitchkit: {stop}", file=sys.stderr)
+        # The loop says what happened; the way on is this command's: its checkpoint continues with --resume, and a
+        # set-up stopped before any checkpoint starts again as it was asked (with --resume too, when it was).
+        fix = "continue with --resume" if stop.checkpoints else "rerun the same command"
+        print(f"stitchkit: {stop}; {fix}", file=sys.stderr)
         return stop.exit_code
     if result.get("world_size", 1) > 1 and not is_main_process():
         return 0

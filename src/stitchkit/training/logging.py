@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -55,7 +56,7 @@ class MetricsLog:
         if not self.enabled:
             return
         record = {"time": round(time.time() - self.start, 3), **record}
-        append_line(self.path, json.dumps(record))
+        append_line(self.path, json.dumps(json_safe(record), allow_nan=False))
         step = record.get("step", 0)
         scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("step", "time")}
         if self.tb is not None:
@@ -96,6 +97,20 @@ class MetricsLog:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None: Python's json writes them as bare ``NaN`` and
+    ``Infinity``, which strict JSON readers (jq, JavaScript, most other languages) refuse. The run stops when its
+    losses stop being finite (:meth:`~stitchkit.training.run.Run.check_finite`); this keeps what it writes readable
+    whatever slips through."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def format_duration(seconds: float) -> str:

@@ -36,15 +36,24 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after a checkpoint; a sch
 
 
 class RunInterrupted(Exception):
-    """Training stopped by a signal after writing a checkpoint; ``--resume`` continues it.
+    """Training stopped by a signal: what stopped it (``cause``), at which optimizer ``step`` (None: during set-up,
+    before the loop) and the ``checkpoints`` written then (none during set-up).
+
+    Its message states these facts and names no way to continue: that is the caller's to word (``stitchkit train``
+    continues with --resume, a sweep by rerunning the same command, which resumes its interrupted cells).
 
     ``exit_code`` is 130 for Ctrl-C and 75 (EX_TEMPFAIL, "try again") for SIGTERM, which SLURM sends before
     preempting or timing out a job: requeue on 75.
     """
 
-    def __init__(self, message: str, exit_code: int = EXIT_INTERRUPTED):
+    def __init__(self, cause: str, step: int | None = None, checkpoints: Sequence[str] = (),
+                 exit_code: int = EXIT_INTERRUPTED):
+        self.cause, self.step, self.checkpoints, self.exit_code = cause, step, list(checkpoints), exit_code
+        if step is None:
+            message = f"{cause} during set-up, before training; nothing to checkpoint"
+        else:
+            message = f"{cause} at step {step}; checkpoint written to {', '.join(map(repr, self.checkpoints))}"
         super().__init__(message)
-        self.exit_code = exit_code
 
 
 class TrainingPass:
@@ -135,7 +144,12 @@ class TrainingPass:
     # --- the loop -------------------------------------------------------------------------------------------------
 
     def run(self) -> list[dict | BaseException]:
-        self._set_up()
+        try:
+            self._set_up()  # building models and fitting adapters can take minutes: Ctrl-C is likely here too
+        except KeyboardInterrupt:
+            # Nothing to save: no step was taken. Each run's folder is as a failed set-up leaves it, which the same
+            # command accepts again (see Run.check_folder and Run.create_folder).
+            raise RunInterrupted("interrupted") from None
         # Printed lines of a shared pass name each run by its path below the runs' common folder.
         common = os.path.commonpath([r.run_dir.resolve() for r in self.runs]) if self.shared else None
         for i, r in enumerate(self.live):
@@ -155,8 +169,7 @@ class TrainingPass:
             for r in self.live:
                 r.discard_step()
             self._checkpoint_all(rng=self._boundary_rng)
-            raise RunInterrupted(f"interrupted at step {self.position.step}; checkpoint written to "
-                                 f"{self._checkpoints()}; continue with --resume") from None
+            raise RunInterrupted("interrupted", self.position.step, self._checkpoints()) from None
         finally:
             restore()
             for r in self.live:
@@ -164,8 +177,12 @@ class TrainingPass:
             distributed.shutdown(self.runtime.ctx)
         return [self.outcomes[id(r)] for r in self.runs]
 
-    def _checkpoints(self) -> str:
-        return ", ".join(repr(str(r.dir.last_checkpoint)) for r in self.live)
+    def _checkpoints(self) -> list[str]:
+        return [str(r.dir.last_checkpoint) for r in self.live]
+
+    def _check_all(self) -> None:
+        """Fail each run whose training has diverged (see :meth:`Run.check_finite`)."""
+        self._each_live(lambda r: r.check_finite(self.position))
 
     def _checkpoint_all(self, rng: dict | None = None) -> None:
         with self.clock.phase("checkpoint"):
@@ -213,7 +230,7 @@ class TrainingPass:
                 else:
                     log_images += images_in_step
                 if p.step % t.log_every == 0:
-                    self._each_live(Run.check_finite)
+                    self._check_all()
                     if not self.live:
                         return
                     elapsed = max(train_seconds() - log_start, 1e-9)
@@ -235,6 +252,9 @@ class TrainingPass:
                     return
 
     def _end_epoch(self) -> None:
+        self._check_all()  # before the epoch's loss is logged and the model evaluated
+        if not self.live:
+            return
         for r in self.live:
             r.end_epoch(self.position)
         self._evaluate_all(self.position.epoch, epoch_end=True)
@@ -263,9 +283,11 @@ class TrainingPass:
             r.begin_evaluation()
         try:
             for split, loader in self.stream.eval_loaders.items():
-                results = evaluate_heads(self.front, [r.head for r in live], loader, self.runtime)
-                for r, metrics in zip(live, results):
-                    r.evaluated(split, self.position, epoch, metrics, at_start=at_start, epoch_end=epoch_end)
+                heads = self.live  # a run whose loss was not finite on an earlier split is out
+                results = dict(zip(map(id, heads), evaluate_heads(self.front, [r.head for r in heads], loader,
+                                                                  self.runtime)))
+                self._each_live(lambda r: r.evaluated(split, self.position, epoch, results[id(r)], at_start=at_start,
+                                                      epoch_end=epoch_end))
         finally:
             for r in live:
                 r.end_evaluation()
@@ -274,6 +296,9 @@ class TrainingPass:
     def _finish(self) -> None:
         p = self.position
         if self.evaluated_at != p.step:  # stopped inside an epoch, or resumed after the last
+            self._check_all()
+            if not self.live:
+                return
             if p.micro > 0:  # max_steps stopped the epoch part-way: its loss so far
                 for r in self.live:
                     r.close_partial_epoch()
@@ -324,8 +349,8 @@ class TrainingPass:
     def _stop_if_asked(self) -> None:
         if self._stop_signal is not None:
             self._checkpoint_all()
-            raise RunInterrupted(f"stopped by SIGTERM at step {self.position.step}; checkpoint written to "
-                                 f"{self._checkpoints()}; continue with --resume", exit_code=EXIT_PREEMPTED)
+            raise RunInterrupted("stopped by SIGTERM", self.position.step, self._checkpoints(),
+                                 exit_code=EXIT_PREEMPTED)
 
 
 def train(config: Config, resume: bool = False, overwrite: bool = False) -> dict:

@@ -6,6 +6,7 @@ hands it to the run when the run needs it; the run keeps only what is its own (:
 """
 from __future__ import annotations
 
+import math
 import sys
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -23,7 +24,7 @@ from . import distributed
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, from_yaml_file, to_yaml
 from .identity import accepted_digests, config_digest, resume_differences, settings_id
-from .logging import MetricsLog, require_loggers
+from .logging import MetricsLog, json_safe, require_loggers
 from .modes import build_model, export_weights, load_trainable_state, mode_for, trainable_state, trained_parts
 from .optim import build_optimizer, warmup_steps
 from ..zoo.models import require_weights
@@ -267,6 +268,8 @@ class Run:
         position = Position(**{k: counters.pop(k) for k in ("step", "epoch", "micro")})
         self.stats = RunStats(**counters)
         self.epoch_loss = state["epoch_loss"].to(self.runtime.device)
+        if "log_loss" in state:
+            self.loss_sum, self.loss_count = (v.clone() for v in state["log_loss"].to(self.runtime.device))
         set_rng_state(state["rng"])
         return position
 
@@ -307,16 +310,39 @@ class Run:
         """Drop what an interrupted step accumulated: resumption replays it from the step boundary."""
         self.optimizer.zero_grad(set_to_none=True)
 
-    def check_finite(self) -> None:
-        bad = int(self.bad_step.item())
-        if distributed.any_true(bad >= 0, self.runtime.ctx, self.runtime.device):
-            last = self.dir.last_checkpoint
-            kept = f"the last good checkpoint is {str(last)!r}" if last.is_file() else "no checkpoint was written"
-            where = f"at optimizer step {bad + 1}" if bad >= 0 else "on another process"
-            raise NonFiniteLossError(
-                f"the training loss became NaN or infinite {where}; training stopped and {kept}. Lower optim.lr, "
-                "add optim.warmup_steps, or check the data"
-            )
+    def check_finite(self, position: Position | None = None) -> None:
+        """Stop the run when training has diverged: a non-finite training loss at some step, or non-finite trained
+        weights or optimizer state. Weights can go bad while every loss was finite: one huge but finite loss gives
+        overflowing gradients, and AdamW turns those into NaN weights (or an infinite second moment that freezes a
+        weight for good) at that very step; the next forward would show it, but after the last step there is none,
+        and a checkpoint must never hold such a state as "the last good" one. One host synchronisation; called at
+        log steps, epoch ends and checkpoints, never per step."""
+        bad_state = (~self._state_finite()).long()
+        bad, state_bad = torch.stack([self.bad_step, bad_state]).tolist()
+        if distributed.any_true(bad >= 0 or state_bad > 0, self.runtime.ctx, self.runtime.device):
+            if bad >= 0:
+                what = f"the training loss became NaN or infinite at optimizer step {bad + 1}"
+            elif state_bad:
+                by = f" by optimizer step {position.step}" if position is not None else ""
+                what = f"the trained weights or their optimizer state became NaN or infinite{by}"
+            else:
+                what = "the training loss became NaN or infinite on another process"
+            raise NonFiniteLossError(self._diverged(what))
+
+    def _diverged(self, what: str) -> str:
+        last = self.dir.last_checkpoint
+        kept = f"the last good checkpoint is {str(last)!r}" if last.is_file() else "no checkpoint was written"
+        return f"{what}; training stopped and {kept}. Lower optim.lr, add optim.warmup_steps, or check the data"
+
+    def _state_finite(self) -> torch.Tensor:
+        """Whether every floating-point number training changes is finite, as a device tensor (no synchronisation):
+        the trained weights and buffers (what a checkpoint holds) and the optimizer's moments."""
+        tensors = [v for v in trainable_state(self.model).values() if torch.is_floating_point(v)]
+        tensors += [v for state in self.optimizer.state.values() for v in state.values()
+                    if torch.is_tensor(v) and torch.is_floating_point(v)]
+        if not tensors:
+            return torch.ones((), dtype=torch.bool, device=self.runtime.device)
+        return torch.stack([torch.isfinite(v).all().to(self.runtime.device) for v in tensors]).all()
 
     def log_train(self, position: Position, images_per_s: float | None) -> None:
         loss = (self.loss_sum / self.loss_count.clamp(min=1)).item()
@@ -355,7 +381,18 @@ class Run:
     def evaluated(self, split: str, position: Position, epoch: int, metrics: dict, at_start: bool = False,
                   epoch_end: bool = False) -> None:
         """Log one split's evaluation: ``at_start`` before any step (epoch -1 in the log), ``epoch_end`` after a whole
-        epoch (its validation top-1 joins :attr:`RunStats.after_epoch`)."""
+        epoch (its validation top-1 joins :attr:`RunStats.after_epoch`).
+
+        A non-finite loss fails the run before anything is logged: the top-1 of NaN logits is whatever comparisons of
+        NaNs give (chance, here), not a result."""
+        if not math.isfinite(metrics["loss"]):
+            if at_start:
+                raise NonFiniteLossError(
+                    f"the {split} loss before any optimizer step is NaN or infinite: the untrained model already "
+                    "gives non-finite outputs. Check the weights it starts from (model.src_checkpoint, "
+                    "model.dst_checkpoint), train.amp (fp16 can overflow) and the data")
+            raise NonFiniteLossError(self._diverged(
+                f"the {split} loss became NaN or infinite at the evaluation after optimizer step {position.step}"))
         self.metrics[split] = metrics
         self.log.write({"type": "eval", "split": split, "step": position.step, "epoch": epoch, **metrics})
         if at_start:
@@ -370,7 +407,7 @@ class Run:
 
         Called only at optimizer-step boundaries; ``rng`` is the RNG state at that boundary when it is not now.
         """
-        self.check_finite()
+        self.check_finite(position)
         if self.is_main:
             try:
                 save_checkpoint(self.dir.last_checkpoint, self.state_dict(position, rng))
@@ -391,6 +428,9 @@ class Run:
             "scaler": self.scaler.state_dict(),
             "counters": {**asdict(position), **asdict(self.stats), "seconds": self._seconds()},
             "epoch_loss": self.epoch_loss.cpu(),
+            # The loss since the last log line (sum, count): a resumed run's first line then averages over the same
+            # steps as an uninterrupted run's (a checkpoint of an older version has none: it starts afresh).
+            "log_loss": torch.stack([self.loss_sum, self.loss_count]).cpu(),
             "rng": rng if rng is not None else rng_state(),
         }
 
@@ -437,7 +477,7 @@ class Run:
         for split, top1 in (self.stats.at_start or {}).items():
             record[f"{'' if split == 'val' else split + '_'}top1_at_start"] = top1
         record["top1_after_epoch"] = list(self.stats.after_epoch or [])
-        return record
+        return json_safe(record)
 
     def finish(self, record: dict) -> None:
         """Write the trained weights, then ``result.json`` (the run is finished once it exists)."""
