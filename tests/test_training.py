@@ -143,6 +143,13 @@ def test_zero_epochs_saves_the_start_as_a_usable_run(tmp_path, source_model):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(x), run.model.eval()(x))
+    # The run has its checkpoint, which export (as README says), eval and predict read.
+    from stitchkit.export import export_run
+
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    export_run(tmp_path / "run", tmp_path / "folder", formats=())
+    with torch.no_grad():
+        assert torch.equal(stitchkit.load_pretrained(tmp_path / "folder" / "model").eval()(x), run.model(x))
 
 
 def test_finetune_run_trains_everything(tmp_path, source_model):

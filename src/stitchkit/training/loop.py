@@ -304,6 +304,8 @@ class TrainingPass:
                     r.close_partial_epoch()
             self._evaluate_all(-1 if p.step == 0 else p.epoch if p.micro > 0 or p.epoch == 0 else p.epoch - 1)
             self._checkpoint_all()
+        elif p.step == 0:  # train.epochs=0 evaluated at start: still a checkpoint, which export, eval and predict read
+            self._checkpoint_all()
         records = {id(r): r.record(p, "finished") for r in self.live}
         faults.point("finish")
         for r in self.live:
