@@ -1,12 +1,18 @@
 """The sweep command's edges: options an executor would ignore, SLURM missing or faked, what a queued job carries,
-a closed output stream, a time-out signal, cells that failed before, runs of another version of the sweep, and
-sweep files with values of the wrong type. Each trains at most one tiny cell."""
+a time-out signal, and sweep files with values of the wrong type. Each trains at most one tiny cell."""
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from stitchkit.cli import main
 from stitchkit.errors import StitchkitError
+from stitchkit.rundir import RunDir
 from stitchkit.sweeps.grid import expand, load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +40,132 @@ def _run(capsys, *argv) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+# --- options -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options, message", [
+    (["--gpus-per-job", "2"], "--gpus-per-job goes with --executor slurm"),
+    (["--partition", "gpu", "--time-min", "30"], "--partition, --time-min go with --executor slurm"),
+    (["--wait"], "--wait goes with --executor slurm"),
+    (["--cluster", "local"], "--cluster goes with --executor slurm"),
+    (["--no-costs"], "--no-costs goes with --dry-run"),
+    (["--executor", "slurm", "--gpus-per-job", "-3"], "--gpus-per-job must be at least 1, got -3"),
+    (["--executor", "slurm", "--time-min", "0"], "--time-min must be at least 1"),
+    (["--executor", "slurm", "--cluster", "local", "--partition", "gpu"], "--partition only reaches SLURM"),
+])
+def test_options_an_executor_would_ignore_are_refused(tmp_path, capsys, options, message):
+    code, _, err = _run(capsys, "sweep", _one(tmp_path), "--out", tmp_path / "runs", *options)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_slurm_without_sbatch_is_refused_and_a_fake_sbatch_gets_the_sweeps_job_name(tmp_path, capsys, monkeypatch):
+    """Without sbatch, submitit used to fall back to running every cell at once in the background and report them
+    submitted. With a fake sbatch the submission goes through, under the sweep's name."""
+    pytest.importorskip("submitit")
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    sweep, runs = _one(tmp_path, name="my_grid"), tmp_path / "runs"
+    code, out, err = _run(capsys, "sweep", sweep, "--out", runs, "--executor", "slurm", "--partition", "gpu")
+    assert code == 2 and "no SLURM found (sbatch and srun are not on PATH)" in err and "--cluster local" in err, err
+    assert not out and not runs.exists()
+
+    fake = tmp_path / "fake-bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text(f'#!/bin/sh\ncp "$(eval echo \\${{$#}})" {tmp_path}/script.sh\n'
+                                 'echo "Submitted batch job 4242"\n')
+    for tool in ("sbatch", "srun", "squeue", "sacct", "scancel"):
+        (fake / tool).touch()
+        (fake / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.path.dirname(sys.executable)}{os.pathsep}/usr/bin:/bin")
+    code, out, err = _run(capsys, "sweep", sweep, "--out", runs, "--executor", "slurm", "--partition", "gpu")
+    assert code == 0 and "submitted 1 cells" in out, err
+    script = (tmp_path / "script.sh").read_text()
+    assert "#SBATCH --job-name=my_grid" in script and "#SBATCH --partition=gpu" in script
+
+
+def test_a_queued_job_trains_what_was_submitted(tmp_path, monkeypatch):
+    """The job carries the resolved cells and an absolute runs folder: the sweep file edited by the time the job
+    runs, and the job started in another folder, change nothing (it used to re-read the file by a relative path)."""
+    import yaml
+
+    from stitchkit.sweeps.runner import cell_jobs
+
+    monkeypatch.chdir(tmp_path)
+    sweep_file = _one(tmp_path)
+    submitted = load_sweep(sweep_file.name, ["optim.lr=0.001"])
+    [job] = cell_jobs(submitted, submitted.runnable, Path("runs"), retry_failed=False, gpus_per_job=1)
+    job = pickle.loads(pickle.dumps(job))  # as the queue keeps it
+    assert Path(job.runs_dir).is_absolute() and [c.name for c in job.sweep.cells] == [submitted.cells[0].name]
+    sweep_file.write_text(sweep_file.read_text().replace('gaps: ["1:3"]', 'gaps: ["2:3"]'))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.chdir(elsewhere)
+    assert job() == {submitted.cells[0].name: "finished"}
+    config = yaml.safe_load((tmp_path / "runs" / submitted.cells[0].name / "config.yaml").read_text())
+    assert config["optim"]["lr"] == 0.001 and config["model"]["gap"] == "1:3"
+    assert not (elsewhere / "runs").exists()
+
+
+# --- the time-out signal under submitit ----------------------------------------------------------------------------
+
+_JOB = """
+import sys
+from pathlib import Path
+from submitit.core.utils import DelayedSubmission, JobPaths
+from submitit.local.local import LocalJobEnvironment
+from stitchkit.sweeps.grid import load_sweep
+from stitchkit.sweeps.runner import CellJob
+
+sweep, runs = load_sweep(sys.argv[1]), Path(sys.argv[2])
+delayed = DelayedSubmission(CellJob(sweep, str(runs), False, 1, str(runs.parent)))
+delayed.set_timeout(60, 3)
+paths = JobPaths(runs / ".submitit", job_id="1", task_id=0)
+paths.folder.mkdir(parents=True)
+LocalJobEnvironment()._handle_signals(paths, delayed)  # what submitit does before it runs a job
+delayed.result()
+"""
+
+
+def test_usr2_checkpoints_the_training_cell_before_submitit_requeues(tmp_path):
+    """SLURM's time-out warning (USR2) used to requeue at once, losing the steps since the last periodic checkpoint
+    (train.checkpoint_every); now the cell writes its checkpoint where it stands, then submitit requeues it."""
+    pytest.importorskip("submitit")
+    from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
+
+    sweep, runs = _one(tmp_path, images=100000, every=100000), tmp_path / "runs"
+    cell = runs / load_sweep(sweep).cells[0].name
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", SUBMITIT_LOCAL_JOB_ID="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    job = subprocess.Popen([sys.executable, "-c", _JOB, str(sweep), str(runs)], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in job.stderr:  # once it has taken two steps
+            if line.startswith("step 2/"):
+                break
+        job.send_signal(signal.SIGUSR2)
+        _, err = job.communicate(timeout=120)
+    finally:
+        job.kill()
+    assert job.returncode == LOCAL_REQUEUE_RETURN_CODE, err[-3000:]  # submitit requeued it
+    assert RunDir(cell).state() == "interrupted"
+    import torch
+
+    step = torch.load(RunDir(cell).last_checkpoint, map_location="cpu", weights_only=False)["counters"]["step"]
+    assert step >= 2  # where it stood, not step 0 or the last multiple of checkpoint_every
+    assert list((runs / ".submitit").glob("*_submitted.pkl"))  # the job to resume, as submitit requeues it
+
+
+# --- what the command says -----------------------------------------------------------------------------------------
+
+def test_slurm_wait_exits_non_zero_when_cells_fail(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    sweep, runs = _one(tmp_path), tmp_path / "runs"
+    code, out, _ = _run(capsys, "sweep", sweep, "--out", runs, "optim.lr=1e30", "--executor", "slurm",
+                        "--cluster", "debug", "--wait")
+    assert code == 1 and json.loads(out.splitlines()[-1])["failed"] == 1
 
 
 # --- sweep files ---------------------------------------------------------------------------------------------------
