@@ -1,5 +1,6 @@
 """The sweep command's edges: options an executor would ignore, SLURM missing or faked, what a queued job carries,
-a time-out signal, and sweep files with values of the wrong type. Each trains at most one tiny cell."""
+a closed output stream, a time-out signal, and sweep files with values of the wrong type. Each trains at most one
+tiny cell."""
 import json
 import os
 import pickle
@@ -109,6 +110,41 @@ def test_a_queued_job_trains_what_was_submitted(tmp_path, monkeypatch):
     assert not (elsewhere / "runs").exists()
 
 
+# --- a closed output stream ----------------------------------------------------------------------------------------
+
+class _ClosesAfter:
+    """stderr whose reader goes away once a line containing ``word`` has been written (``... 2>&1 | head``)."""
+
+    def __init__(self, word: str):
+        self.word, self.closed, self.lines = word, False, []
+
+    def write(self, text: str) -> int:
+        if self.closed:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.lines.append(text)
+        self.closed = self.word in text
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_a_closed_output_stops_the_sweep_without_failing_the_cell(tmp_path, capsys, monkeypatch):
+    """The progress line that cannot be written is not the cell's failure: it is not recorded failed, the sweep
+    stops with a non-zero code, and the next run trains the cell to the end."""
+    sweep, runs = _one(tmp_path), tmp_path / "runs"
+    monkeypatch.setattr(sys, "stderr", _ClosesAfter("training stitch run"))
+    assert main(["sweep", str(sweep), "--out", str(runs)]) == 141
+    monkeypatch.undo()
+    cell = load_sweep(sweep).cells[0].name
+    assert RunDir(runs / cell).state() in ("new", "interrupted") and not RunDir(runs / cell).result.exists()
+    code, out, _ = _run(capsys, "sweep", sweep, "--out", runs)
+    assert code == 0 and json.loads(out.splitlines()[-1])["finished"] == 1
+
+
 # --- the time-out signal under submitit ----------------------------------------------------------------------------
 
 _JOB = """
@@ -159,6 +195,23 @@ def test_usr2_checkpoints_the_training_cell_before_submitit_requeues(tmp_path):
 
 
 # --- what the command says -----------------------------------------------------------------------------------------
+
+def test_local_gpu_workers_fail_the_sweep_when_any_does(monkeypatch):
+    """One worker per GPU; one killed by a signal (a negative code) is not hidden behind another's 0."""
+    from stitchkit.sweeps import runner
+
+    class Worker:
+        def __init__(self, code):
+            self.code = code
+
+        def wait(self):
+            return self.code
+
+    for codes, expected in (([0, -9], 137), ([-9, 0], 137), ([0, 3], 3), ([0, 0], 0)):
+        given = iter(codes)
+        monkeypatch.setattr(runner.subprocess, "Popen", lambda *a, **k: Worker(next(given)))
+        assert runner.run_local_gpus(["sweep", "x.yaml"], len(codes)) == expected, codes
+
 
 def test_slurm_wait_exits_non_zero_when_cells_fail(tmp_path, capsys):
     pytest.importorskip("submitit")

@@ -91,11 +91,20 @@ def run(args) -> int:
 
         print(dry_run_table(sweep, with_costs=not args.no_costs))
         return 0
-    from ..sweeps.runner import check_slurm
+    from ..sweeps.runner import OutputClosed, check_slurm, stop_when_output_closes
 
     if args.executor == "slurm":
         check_slurm(args.cluster or "slurm")  # before anything is written
-    return _run(args, sweep, runs_dir)
+    try:
+        with stop_when_output_closes():
+            return _run(args, sweep, runs_dir)
+    except OutputClosed as stop:
+        try:  # seen where only stdout closed; the closed stream itself points at devnull by now
+            _say("stitchkit: sweep stopped: its output was closed; rerun the same command to continue (finished "
+                 "cells are skipped, interrupted ones resume from their last checkpoint)")
+        except OSError:
+            pass
+        return stop.exit_code
 
 
 def _run(args, sweep, runs_dir: Path) -> int:
@@ -130,4 +139,5 @@ def _run(args, sweep, runs_dir: Path) -> int:
 
 
 def _say(line: str) -> None:
+    # sys.stderr looked up at each call: inside stop_when_output_closes it is the guarded stream.
     print(line, file=sys.stderr, flush=True)

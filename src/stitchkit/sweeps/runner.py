@@ -30,6 +30,7 @@ from ..rundir import RunDir
 from .grid import Cell, Sweep, _slug
 
 MANIFEST_DIR = "sweeps"
+EXIT_OUTPUT_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a process that a closed pipe ended
 
 
 @contextmanager
@@ -250,7 +251,67 @@ def run_local_gpus(argv: list[str], gpus: int) -> int:
     for gpu in range(gpus):
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu), STITCHKIT_SWEEP_WORKER="1")
         processes.append(subprocess.Popen([sys.executable, "-m", "stitchkit", *argv], env=env))
-    return max(p.wait() for p in processes)
+    codes = [p.wait() for p in processes]
+    # Any worker that did not succeed fails the whole: max() would hide one killed by a signal (a negative code)
+    # behind another's 0. A signal is reported as a shell does, 128 + its number.
+    return next((128 - code if code < 0 else code for code in codes if code != 0), 0)
+
+
+class OutputClosed(Exception):
+    """The reader of this process's output went away (``stitchkit sweep ... 2>&1 | head``). That says nothing about
+    the cell being trained: the sweep stops as an interrupted one does, the cell keeps its last checkpoint and
+    resumes on the next run, and the command exits with :data:`EXIT_OUTPUT_CLOSED`. Training on with nobody reading
+    would keep a shell pipeline waiting for hours with no sign of life."""
+
+    exit_code = EXIT_OUTPUT_CLOSED
+
+
+class _GuardedStream:
+    """A text stream whose writes raise :class:`OutputClosed` where the stream raises BrokenPipeError (an OSError,
+    which a cell's training would otherwise record as the cell's failure)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _closed(self) -> OutputClosed:
+        # Later writes (the final flush, the stop message) go nowhere instead of raising again: the recipe of
+        # Python's signal documentation for a closed pipe, as stitchkit's entry point follows it.
+        try:
+            fd = self._stream.fileno()
+        except (OSError, ValueError, AttributeError):  # not a file descriptor (a test's capture): nothing to redirect
+            return OutputClosed("the output stream was closed")
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
+        return OutputClosed("the output stream was closed")
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise self._closed() from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise self._closed() from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def stop_when_output_closes():
+    """While inside: a write to a closed stdout or stderr raises :class:`OutputClosed` (see there)."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _GuardedStream(sys.stdout), _GuardedStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 class CellJob:
