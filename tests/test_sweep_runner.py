@@ -1,12 +1,13 @@
 """The sweep command's edges: options an executor would ignore, SLURM missing or faked, what a queued job carries,
-a closed output stream, a time-out signal, and sweep files with values of the wrong type. Each trains at most one
-tiny cell."""
+a closed output stream, a time-out signal, cells that failed before, runs of another version of the sweep, and
+sweep files with values of the wrong type. Each trains at most one tiny cell."""
 import json
 import os
 import pickle
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,42 @@ def test_usr2_checkpoints_the_training_cell_before_submitit_requeues(tmp_path):
 
 
 # --- what the command says -----------------------------------------------------------------------------------------
+
+def _fake_result(run_dir: Path, status: str, sweep: str) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "result.json").write_text(json.dumps({"status": status, "error": "OSError: no such file"}))
+    (run_dir / "cell.json").write_text(json.dumps({"sweep": sweep}))
+
+
+def test_cells_that_failed_before_are_named_with_the_fix(tmp_path, capsys):
+    sweep, runs = _one(tmp_path), tmp_path / "runs"
+    _fake_result(runs / load_sweep(sweep).cells[0].name, "failed", "one")
+    code, out, err = _run(capsys, "sweep", sweep, "--out", runs)
+    assert code == 1 and json.loads(out.splitlines()[-1])["skipped-failed"] == 1
+    assert "1 cell failed in an earlier attempt and was not rerun; add --retry-failed to run it again" in err
+
+
+def test_finished_runs_of_another_version_of_the_sweep_are_announced(tmp_path, capsys):
+    """Changing a setting that names the cells (optim.lr) starts a new set of cells in the same folder and the
+    manifest lists only them: say so, and how many finished runs the report will leave out."""
+    sweep, runs = _one(tmp_path), tmp_path / "runs"
+    _fake_result(runs / load_sweep(sweep, ["optim.lr=0.001"]).cells[0].name, "finished", "one")
+    _fake_result(runs / "elsewhere" / "run", "finished", "another_sweep")  # another sweep's: not counted
+    _fake_result(runs / load_sweep(sweep).cells[0].name, "finished", "one")  # this version's: nothing to train
+    code, _, err = _run(capsys, "sweep", sweep, "--out", runs)
+    assert code == 0
+    assert ("1 finished run in this folder belongs to another version of this sweep (other settings); it stays on "
+            "disk but the report summarises this version") in err
+    code, _, err = _run(capsys, "sweep", sweep, "--out", runs, "optim.lr=0.001")
+    assert code == 0 and "1 finished run in this folder belongs to another version" in err
+
+
+def test_a_missing_data_folder_is_refused_once_before_any_cell(tmp_path, capsys):
+    sweep, runs = _one(tmp_path), tmp_path / "runs"
+    code, _, err = _run(capsys, "sweep", sweep, "--out", runs, "data.name=imagefolder", f"data.root={tmp_path}/none")
+    assert code == 2 and f"data folder '{tmp_path}/none/train' does not exist" in err and err.count("\n") == 1, err
+    assert not runs.exists()
+
 
 def test_local_gpu_workers_fail_the_sweep_when_any_does(monkeypatch):
     """One worker per GPU; one killed by a signal (a negative code) is not hidden behind another's 0."""

@@ -108,9 +108,19 @@ def run(args) -> int:
 
 
 def _run(args, sweep, runs_dir: Path) -> int:
-    from ..sweeps.runner import run_local, run_local_gpus, submit_slurm, wait_for, write_manifest
+    from ..sweeps.runner import (check_shared_settings, failed_before, run_local, run_local_gpus,
+                                 runs_of_other_versions, submit_slurm, wait_for, write_manifest)
     from ..training import RunInterrupted
 
+    if args.executor == "local":
+        check_shared_settings(sweep)  # before the manifest: a sweep refused here leaves nothing behind
+    if not os.environ.get("STITCHKIT_SWEEP_WORKER"):  # once, not again in each GPU's worker
+        others = runs_of_other_versions(sweep, runs_dir)
+        if others:
+            one = others == 1
+            _say(f"stitchkit: warning: {others} finished run{'' if one else 's'} in this folder "
+                 f"belong{'s' if one else ''} to another version of this sweep (other settings); "
+                 f"{'it stays' if one else 'they stay'} on disk but the report summarises this version")
     write_manifest(sweep, runs_dir)
     if args.executor == "slurm":
         jobs = submit_slurm(sweep, runs_dir, retry_failed=args.retry_failed, partition=args.partition,
@@ -119,11 +129,15 @@ def _run(args, sweep, runs_dir: Path) -> int:
                             cluster=args.cluster or "slurm")
         print(f"submitted {len(jobs)} cells" + (f" (job ids {jobs[0].job_id} ...)" if jobs else " (nothing to run)"),
               flush=True)
+        skipped = 0 if args.retry_failed else failed_before(sweep, runs_dir)
+        _hint_retry(skipped, "submitted")
         if not args.wait:
             return 0
         counts = wait_for(jobs, log=_say)
+        if skipped:
+            counts["skipped-failed"] = skipped
         print(json.dumps({"runs_dir": str(runs_dir), **counts}))
-        return 1 if counts.get("failed") or counts.get("job-failed") else 0
+        return 1 if counts.get("failed") or counts.get("job-failed") or skipped else 0
     import torch
 
     gpus = torch.cuda.device_count()
@@ -134,8 +148,17 @@ def _run(args, sweep, runs_dir: Path) -> int:
     except RunInterrupted as stop:
         _say(f"stitchkit: sweep stopped: {stop}; rerun the same command to continue")
         return stop.exit_code
+    _hint_retry(counts.get("skipped-failed", 0), "rerun")
     print(json.dumps({"runs_dir": str(runs_dir), **counts}))
     return 1 if counts.get("failed") or counts.get("skipped-failed") else 0  # failed cells remain: say so
+
+
+def _hint_retry(skipped: int, done: str) -> None:
+    """Cells skipped because an earlier attempt failed (a setting since fixed, say) are not silent."""
+    if skipped:
+        _say(f"stitchkit: {skipped} cell{'s' if skipped != 1 else ''} failed in an earlier attempt and "
+             f"{'was' if skipped == 1 else 'were'} not {done}; add --retry-failed to run "
+             f"{'it' if skipped == 1 else 'them'} again")
 
 
 def _say(line: str) -> None:

@@ -285,7 +285,8 @@ def _listed(value: Any, key: str, default: list) -> list:
 
 # How each mapping of a sweep file is written, for the message when it is not one.
 _MAPPING_EXAMPLES = {"base": "base: {train: {epochs: 10}}", "baselines": "baselines: {finetune: {lrs: [0.01]}}",
-                     "baselines.finetune": "finetune: {lrs: [0.01]}", "baselines.scratch": "scratch: {models: [resnet18]}"}
+                     "baselines.finetune": "finetune: {lrs: [0.01]}",
+                     "baselines.scratch": "scratch: {models: [resnet18]}"}
 
 
 def _mapping(value: Any, key: str) -> dict:

@@ -12,6 +12,7 @@ cell twice, and a killed process's lock vanishes with it. A cell's state is read
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -59,6 +60,47 @@ def write_manifest(sweep: Sweep, runs_dir: Path) -> None:
     remove_own_temps(runs_dir / MANIFEST_DIR, older_than=time.time() - 3600)
     atomic_write_json(runs_dir / MANIFEST_DIR / f"{sweep.name}.json",
                       {"sweep": sweep.name, "base": sweep.base, "cells": [c.describe() for c in sweep.cells]})
+
+
+def runs_of_other_versions(sweep: Sweep, runs_dir: Path) -> int:
+    """Finished runs in ``runs_dir`` that a sweep of this name trained but this version of it does not list (its
+    settings changed since: other cell names). The manifest lists this version only, so the report leaves them out."""
+    if not runs_dir.is_dir():
+        return 0
+    names, count = {c.name for c in sweep.cells}, 0
+    for path in runs_dir.rglob("cell.json"):
+        run_dir = path.parent
+        if run_dir.relative_to(runs_dir).as_posix() in names:
+            continue
+        try:
+            owner = json.loads(path.read_text()).get("sweep")
+        except (OSError, ValueError, AttributeError):  # torn or foreign: not a run this sweep can claim
+            continue
+        if owner == sweep.name and RunDir(run_dir).state() == "finished":
+            count += 1
+    return count
+
+
+def check_shared_settings(sweep: Sweep) -> None:
+    """Fail once, before the first cell, on what every cell shares and would fail on in turn: a logger package
+    this machine lacks, a data folder that is not there. Cheap checks only (no listing of the images)."""
+    from ..training.config import load_config
+    from ..training.logging import require_loggers
+
+    config = load_config(layers=[("the sweep's base", sweep.base)])
+    require_loggers(config)
+    data = config.data
+    if data.name == "imagefolder":
+        if not data.root:
+            raise StitchkitError("data.name=imagefolder needs data.root, a folder with train/<class>/ and "
+                                 "val/<class>/; pass data.root=PATH")
+        train = Path(data.root).expanduser() / "train"
+        if not train.is_dir():
+            raise StitchkitError(f"data folder {str(train)!r} does not exist, so every cell would fail; set data.root "
+                                 "to a folder with train/<class>/ and val/<class>/ subfolders")
+    elif data.name == "fashion_mnist" and data.root and not Path(data.root).expanduser().exists():
+        raise StitchkitError(f"data.root {data.root!r} does not exist, so every cell would fail; correct data.root, "
+                             "or leave it unset to read the installed Fashion-MNIST")
 
 
 def train_in_process(config, resume: bool, overwrite: bool) -> None:
@@ -225,11 +267,9 @@ def _attempt(run_dir: Path, event: str) -> None:
 def run_local(sweep: Sweep, runs_dir: Path, retry_failed: bool = False, log=print) -> dict[str, int]:
     """Run every runnable cell in this process, one after another (or a group at a time with ``group_by_front``);
     returns counts of outcomes."""
-    from ..training.config import load_config
-    from ..training.logging import require_loggers
-
-    # A logger package the base asks for and this machine lacks fails the sweep once, here, not every cell in turn.
-    require_loggers(load_config(layers=[("the sweep's base", sweep.base)]))
+    # A logger package the base asks for and this machine lacks, or a missing data folder, fails the sweep once,
+    # here, not every cell in turn.
+    check_shared_settings(sweep)
     counts: dict[str, int] = {}
     cells = sweep.runnable
     done = 0
@@ -457,3 +497,7 @@ def _needs_run(run_dir: Path, retry_failed: bool) -> bool:
     state = RunDir(run_dir).state()
     return state in ("new", "interrupted") or (state == "failed" and retry_failed)
 
+
+def failed_before(sweep: Sweep, runs_dir: Path) -> int:
+    """Runnable cells whose last attempt failed (they are skipped without ``--retry-failed``)."""
+    return sum(RunDir(runs_dir / c.name).state() == "failed" for c in sweep.runnable)
