@@ -116,8 +116,8 @@ def test_a_queued_job_trains_what_was_submitted(tmp_path, monkeypatch):
 class _ClosesAfter:
     """stderr whose reader goes away once a line containing ``word`` has been written (``... 2>&1 | head``)."""
 
-    def __init__(self, word: str):
-        self.word, self.closed, self.lines = word, False, []
+    def __init__(self, word: str, closed: bool = False):
+        self.word, self.closed, self.lines = word, closed, []
 
     def write(self, text: str) -> int:
         if self.closed:
@@ -144,6 +144,14 @@ def test_a_closed_output_stops_the_sweep_without_failing_the_cell(tmp_path, caps
     assert RunDir(runs / cell).state() in ("new", "interrupted") and not RunDir(runs / cell).result.exists()
     code, out, _ = _run(capsys, "sweep", sweep, "--out", runs)
     assert code == 0 and json.loads(out.splitlines()[-1])["finished"] == 1
+
+
+def test_a_stdout_closed_before_the_summary_keeps_the_sweeps_exit_code(tmp_path, monkeypatch):
+    """The work done, only the summary line is lost: the code still says that a cell failed (not 141)."""
+    sweep, runs = _one(tmp_path), tmp_path / "runs"
+    _fake_result(runs / load_sweep(sweep).cells[0].name, "failed", "one")
+    monkeypatch.setattr(sys, "stdout", _ClosesAfter("", closed=True))
+    assert main(["sweep", str(sweep), "--out", str(runs)]) == 1
 
 
 # --- the time-out signal under submitit ----------------------------------------------------------------------------

@@ -127,8 +127,7 @@ def _run(args, sweep, runs_dir: Path) -> int:
                             time_min=args.time_min or 24 * 60, gpus_per_job=args.gpus_per_job or 1,
                             cpus_per_task=args.cpus_per_task or 10, array_parallelism=args.array_parallelism or 64,
                             cluster=args.cluster or "slurm")
-        print(f"submitted {len(jobs)} cells" + (f" (job ids {jobs[0].job_id} ...)" if jobs else " (nothing to run)"),
-              flush=True)
+        _out(f"submitted {len(jobs)} cells" + (f" (job ids {jobs[0].job_id} ...)" if jobs else " (nothing to run)"))
         skipped = 0 if args.retry_failed else failed_before(sweep, runs_dir)
         _hint_retry(skipped, "submitted")
         if not args.wait:
@@ -136,7 +135,7 @@ def _run(args, sweep, runs_dir: Path) -> int:
         counts = wait_for(jobs, log=_say)
         if skipped:
             counts["skipped-failed"] = skipped
-        print(json.dumps({"runs_dir": str(runs_dir), **counts}))
+        _out(json.dumps({"runs_dir": str(runs_dir), **counts}))
         return 1 if counts.get("failed") or counts.get("job-failed") or skipped else 0
     import torch
 
@@ -149,7 +148,7 @@ def _run(args, sweep, runs_dir: Path) -> int:
         _say(f"stitchkit: sweep stopped: {stop}; rerun the same command to continue")
         return stop.exit_code
     _hint_retry(counts.get("skipped-failed", 0), "rerun")
-    print(json.dumps({"runs_dir": str(runs_dir), **counts}))
+    _out(json.dumps({"runs_dir": str(runs_dir), **counts}))
     return 1 if counts.get("failed") or counts.get("skipped-failed") else 0  # failed cells remain: say so
 
 
@@ -159,6 +158,17 @@ def _hint_retry(skipped: int, done: str) -> None:
         _say(f"stitchkit: {skipped} cell{'s' if skipped != 1 else ''} failed in an earlier attempt and "
              f"{'was' if skipped == 1 else 'were'} not {done}; add --retry-failed to run "
              f"{'it' if skipped == 1 else 'them'} again")
+
+
+def _out(line: str) -> None:
+    """The command's result on stdout. Once the work is done, a reader gone by then loses only this line: the exit
+    code still says how the cells went (OutputClosed has pointed the stream at devnull)."""
+    from ..sweeps.runner import OutputClosed
+
+    try:
+        print(line, flush=True)
+    except OutputClosed:
+        pass
 
 
 def _say(line: str) -> None:
