@@ -5,7 +5,6 @@ import json
 import os
 import pickle
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,6 @@ from stitchkit.errors import StitchkitError
 from stitchkit.rundir import RunDir
 from stitchkit.sweeps.grid import expand, load_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
 ONE = """
 base:
   model: {pretrained: false, num_classes: 10}
@@ -156,51 +154,48 @@ def test_a_stdout_closed_before_the_summary_keeps_the_sweeps_exit_code(tmp_path,
 
 # --- the time-out signal under submitit ----------------------------------------------------------------------------
 
-_JOB = """
-import sys
-from pathlib import Path
-from submitit.core.utils import DelayedSubmission, JobPaths
-from submitit.local.local import LocalJobEnvironment
-from stitchkit.sweeps.grid import load_sweep
-from stitchkit.sweeps.runner import CellJob
-
-sweep, runs = load_sweep(sys.argv[1]), Path(sys.argv[2])
-delayed = DelayedSubmission(CellJob(sweep, str(runs), False, 1, str(runs.parent)))
-delayed.set_timeout(60, 3)
-paths = JobPaths(runs / ".submitit", job_id="1", task_id=0)
-paths.folder.mkdir(parents=True)
-LocalJobEnvironment()._handle_signals(paths, delayed)  # what submitit does before it runs a job
-delayed.result()
-"""
-
-
-def test_usr2_checkpoints_the_training_cell_before_submitit_requeues(tmp_path):
+def test_usr2_checkpoints_the_training_cell_before_submitit_requeues(tmp_path, monkeypatch):
     """SLURM's time-out warning (USR2) used to requeue at once, losing the steps since the last periodic checkpoint
-    (train.checkpoint_every); now the cell writes its checkpoint where it stands, then submitit requeues it."""
+    (train.checkpoint_every); now the cell writes its checkpoint where it stands, then submitit requeues it. The job
+    runs under submitit's own signal handling, as on a node; the signal comes when step 2 is logged."""
     pytest.importorskip("submitit")
-    from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
-
-    sweep, runs = _one(tmp_path, images=100000, every=100000), tmp_path / "runs"
-    cell = runs / load_sweep(sweep).cells[0].name
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", SUBMITIT_LOCAL_JOB_ID="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    job = subprocess.Popen([sys.executable, "-c", _JOB, str(sweep), str(runs)], env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in job.stderr:  # once it has taken two steps
-            if line.startswith("step 2/"):
-                break
-        job.send_signal(signal.SIGUSR2)
-        _, err = job.communicate(timeout=120)
-    finally:
-        job.kill()
-    assert job.returncode == LOCAL_REQUEUE_RETURN_CODE, err[-3000:]  # submitit requeued it
-    assert RunDir(cell).state() == "interrupted"
     import torch
+    from submitit.core.utils import DelayedSubmission, JobPaths
+    from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE, LocalJobEnvironment
 
-    step = torch.load(RunDir(cell).last_checkpoint, map_location="cpu", weights_only=False)["counters"]["step"]
-    assert step >= 2  # where it stood, not step 0 or the last multiple of checkpoint_every
-    assert list((runs / ".submitit").glob("*_submitted.pkl"))  # the job to resume, as submitit requeues it
+    from stitchkit.sweeps.runner import cell_jobs
+    from stitchkit.training.logging import MetricsLog
+
+    monkeypatch.chdir(tmp_path)  # the job moves to the folder it was submitted from
+    monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "1")
+    sweep, runs = load_sweep(_one(tmp_path, images=100000, every=100000)), tmp_path / "runs"
+    [job] = cell_jobs(sweep, sweep.runnable, runs, retry_failed=False, gpus_per_job=1)
+    write = MetricsLog.write
+
+    def write_then_time_out(self, record):
+        write(self, record)
+        if record.get("type") == "train" and record["step"] == 2:
+            os.kill(os.getpid(), signal.SIGUSR2)  # SLURM's warning before the time limit
+
+    monkeypatch.setattr(MetricsLog, "write", write_then_time_out)
+    delayed = DelayedSubmission(job)
+    delayed.set_timeout(60, 3)
+    paths = JobPaths(runs / ".submitit", job_id="1", task_id=0)
+    paths.folder.mkdir(parents=True)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGCONT, signal.SIGUSR2)}
+    try:
+        LocalJobEnvironment()._handle_signals(paths, delayed)  # what submitit does before it runs a job
+        with pytest.raises(SystemExit) as ended:
+            delayed.result()
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
+    assert ended.value.code == LOCAL_REQUEUE_RETURN_CODE  # submitit requeued it
+    cell = RunDir(runs / sweep.cells[0].name)
+    assert cell.state() == "interrupted"
+    step = torch.load(cell.last_checkpoint, map_location="cpu", weights_only=False)["counters"]["step"]
+    assert step == 2  # where it stood, not step 0 or the last multiple of checkpoint_every
+    assert paths.submitted_pickle.is_file()  # the job to resume, as submitit requeues it
 
 
 # --- what the command says -----------------------------------------------------------------------------------------
