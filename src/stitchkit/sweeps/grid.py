@@ -23,6 +23,7 @@ fine-tuning baseline across architectures) become cells with a skip reason, neve
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from ..training.identity import NOT_IDENTITY, settings_digest
 from .methods import PAPER_METHODS, get_method
 
 TOP_LEVEL_KEYS = ("base", "pairs", "gaps", "methods", "baselines", "seeds", "group_by_front")
+BASELINE_KEYS = {"finetune": ("lrs",), "scratch": ("models",)}
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,11 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     spec = _parse_yaml(path.read_text(), f"sweep file {str(path)!r}") or {}
     if not isinstance(spec, dict):
         raise StitchkitError(f"sweep file {str(path)!r} must hold a mapping with keys {', '.join(TOP_LEVEL_KEYS)}")
-    return expand(spec, name=path.stem, overrides=overrides or [])
+    sweep = expand(spec, name=path.stem, overrides=overrides or [])
+    if not sweep.cells:  # a file whose grid is empty is a mistake: running it would "succeed" having done nothing
+        raise StitchkitError(f"sweep file {str(path)!r} lists no runs; add pairs: [[src, dst], ...] (with methods or "
+                             "baselines.finetune.lrs), or baselines.scratch.models")
+    return sweep
 
 
 def expand(spec: dict, name: str = "sweep", overrides: list[str] | None = None) -> Sweep:
@@ -182,7 +188,7 @@ def expand(spec: dict, name: str = "sweep", overrides: list[str] | None = None) 
     else:
         raise StitchkitError(f"group_by_front must be true, false or the most runs per pass (an integer >= 1), got "
                              f"{group_by_front!r}")
-    file_base, command_line = _nest(spec.get("base") or {}), {}
+    file_base, command_line = _nest(_mapping(spec.get("base"), "base")), {}
     for item in overrides or []:
         if "=" not in item:
             raise StitchkitError(f"override {item!r} is not of the form key=value")
@@ -193,30 +199,39 @@ def expand(spec: dict, name: str = "sweep", overrides: list[str] | None = None) 
     load_config(layers=[("the sweep's base", file_base), ("the command line", command_line)])
     base = merge_settings(file_base, command_line)
 
-    pairs = spec.get("pairs") or []
+    pairs = _listed(spec.get("pairs"), "pairs", [])
     for pair in pairs:
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[1], str)
                 and (isinstance(pair[0], str) or (isinstance(pair[0], (list, tuple)) and len(pair[0]) >= 2
                                                   and all(isinstance(s, str) for s in pair[0])))):
             raise StitchkitError(f"each entry of pairs must be [src, dst], or [[src, src, ...], dst] for a parallel "
                                  f"stitch (two sources or more), got {pair!r}")
-    gaps = [f"{x}:{y}" for x, y in (parse_gap(str(g)) for g in spec.get("gaps") or [f"{x}:{y}" for x, y in PAPER_GAPS])]
-    method_names = list(PAPER_METHODS if spec.get("methods") is None else spec["methods"])  # [] means none
+    gaps = [f"{x}:{y}" for x, y in (parse_gap(str(g)) for g in
+                                    _listed(spec.get("gaps"), "gaps", []) or [f"{x}:{y}" for x, y in PAPER_GAPS])]
+    method_names = _listed(spec.get("methods"), "methods", list(PAPER_METHODS))  # [] means none
     seen = set()
     for method in method_names:
         if method in seen:
             raise StitchkitError(f"method {method!r} is listed twice in the sweep file; list each method once")
         seen.add(method)
         get_method(method)
-    seeds = spec.get("seeds", [0])
-    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
-        raise StitchkitError(f"seeds must be a list of distinct integers, got {seeds!r}")
-    baselines = spec.get("baselines") or {}
-    unknown = set(baselines) - {"finetune", "scratch"}
+    seeds = _listed(spec.get("seeds"), "seeds", [0])
+    # bool is an int to Python; `seeds: [true]` is a slip, not seed 1.
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise StitchkitError(f"seeds must be a list of distinct integers, got {spec.get('seeds')!r}")
+    baselines = _mapping(spec.get("baselines"), "baselines")
+    unknown = set(baselines) - set(BASELINE_KEYS)
     if unknown:
         raise StitchkitError(f"unknown baseline {sorted(unknown)[0]!r}; baselines are finetune and scratch")
-    finetune_lrs = (baselines.get("finetune") or {}).get("lrs", [])
-    scratch_models = (baselines.get("scratch") or {}).get("models", [])
+    for kind, keys in BASELINE_KEYS.items():
+        for key in _mapping(baselines.get(kind), f"baselines.{kind}"):
+            if key not in keys:  # `lr:` for `lrs:` would otherwise drop the baseline without a word
+                raise StitchkitError(f"unknown key {key!r} under baselines.{kind}; it takes {', '.join(keys)}")
+    finetune_lrs = _learning_rates(_mapping(baselines.get("finetune"), "baselines.finetune").get("lrs"))
+    scratch_models = _listed(_mapping(baselines.get("scratch"), "baselines.scratch").get("models"),
+                             "baselines.scratch.models", [])
+    if not all(isinstance(m, str) for m in scratch_models):
+        raise StitchkitError(f"baselines.scratch.models must be a list of model names, got {scratch_models!r}")
 
     cells: list[Cell] = []
     from ..zoo.models import is_token_model  # here, not at the top: expanding a sweep file must not import timm
@@ -256,6 +271,47 @@ def expand(spec: dict, name: str = "sweep", overrides: list[str] | None = None) 
         duplicate = next(n for n in names if names.count(n) > 1)
         raise StitchkitError(f"the sweep lists the same run twice ({duplicate}); remove the repeated pair or value")
     return Sweep(name=name, base=base, cells=cells, group_by_front=group_by_front, max_group_size=max_group_size)
+
+
+def _listed(value: Any, key: str, default: list) -> list:
+    """The list a sweep file gives under ``key`` (``default`` when it is absent); one value alone stands for a list
+    of it (``gaps: "1:3"``, ``lrs: 0.01``). A string must not be iterated: "1:3" is one gap, not three."""
+    if value is None:
+        return list(default)
+    if isinstance(value, dict):
+        raise StitchkitError(f"{key} must be a list, got a mapping {value!r}; write {key}: [...]")
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+# How each mapping of a sweep file is written, for the message when it is not one.
+_MAPPING_EXAMPLES = {"base": "base: {train: {epochs: 10}}", "baselines": "baselines: {finetune: {lrs: [0.01]}}",
+                     "baselines.finetune": "finetune: {lrs: [0.01]}",
+                     "baselines.scratch": "scratch: {models: [resnet18]}"}
+
+
+def _mapping(value: Any, key: str) -> dict:
+    """The mapping a sweep file gives under ``key`` ({} when it is absent or empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise StitchkitError(f"{key} must be a mapping, got {value!r}; write it as {_MAPPING_EXAMPLES[key]}")
+    return value
+
+
+def _learning_rates(value: Any) -> list[float]:
+    """``baselines.finetune.lrs`` as floats. YAML 1.1 reads ``2e-3`` (no dot) as a string: it is a number here, as
+    in ``base``; anything that is not a positive number is refused where it is written, not when a cell trains."""
+    lrs = []
+    for item in _listed(value, "baselines.finetune.lrs", []):
+        try:
+            lr = float(item) if not isinstance(item, bool) and isinstance(item, (int, float, str)) else None
+        except ValueError:
+            lr = None
+        if lr is None or not math.isfinite(lr) or lr <= 0:
+            raise StitchkitError(f"baselines.finetune.lrs must be positive numbers, got {item!r}; write e.g. "
+                                 "lrs: [0.01, 0.002]")
+        lrs.append(lr)
+    return lrs
 
 
 def _names(pair) -> list[str]:

@@ -12,9 +12,13 @@ cell twice, and a killed process's lock vanishes with it. A cell's state is read
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from contextlib import ExitStack, contextmanager
@@ -24,9 +28,10 @@ from ..errors import StitchkitError
 from .. import faults
 from ..files import append_line, atomic_write_json, cut_torn_tail, remove_own_temps
 from ..rundir import RunDir
-from .grid import Cell, Sweep
+from .grid import Cell, Sweep, _slug
 
 MANIFEST_DIR = "sweeps"
+EXIT_OUTPUT_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a process that a closed pipe ended
 
 
 @contextmanager
@@ -55,6 +60,47 @@ def write_manifest(sweep: Sweep, runs_dir: Path) -> None:
     remove_own_temps(runs_dir / MANIFEST_DIR, older_than=time.time() - 3600)
     atomic_write_json(runs_dir / MANIFEST_DIR / f"{sweep.name}.json",
                       {"sweep": sweep.name, "base": sweep.base, "cells": [c.describe() for c in sweep.cells]})
+
+
+def runs_of_other_versions(sweep: Sweep, runs_dir: Path) -> int:
+    """Finished runs in ``runs_dir`` that a sweep of this name trained but this version of it does not list (its
+    settings changed since: other cell names). The manifest lists this version only, so the report leaves them out."""
+    if not runs_dir.is_dir():
+        return 0
+    names, count = {c.name for c in sweep.cells}, 0
+    for path in runs_dir.rglob("cell.json"):
+        run_dir = path.parent
+        if run_dir.relative_to(runs_dir).as_posix() in names:
+            continue
+        try:
+            owner = json.loads(path.read_text()).get("sweep")
+        except (OSError, ValueError, AttributeError):  # torn or foreign: not a run this sweep can claim
+            continue
+        if owner == sweep.name and RunDir(run_dir).state() == "finished":
+            count += 1
+    return count
+
+
+def check_shared_settings(sweep: Sweep) -> None:
+    """Fail once, before the first cell, on what every cell shares and would fail on in turn: a logger package
+    this machine lacks, a data folder that is not there. Cheap checks only (no listing of the images)."""
+    from ..training.config import load_config
+    from ..training.logging import require_loggers
+
+    config = load_config(layers=[("the sweep's base", sweep.base)])
+    require_loggers(config)
+    data = config.data
+    if data.name == "imagefolder":
+        if not data.root:
+            raise StitchkitError("data.name=imagefolder needs data.root, a folder with train/<class>/ and "
+                                 "val/<class>/; pass data.root=PATH")
+        train = Path(data.root).expanduser() / "train"
+        if not train.is_dir():
+            raise StitchkitError(f"data folder {str(train)!r} does not exist, so every cell would fail; set data.root "
+                                 "to a folder with train/<class>/ and val/<class>/ subfolders")
+    elif data.name == "fashion_mnist" and data.root and not Path(data.root).expanduser().exists():
+        raise StitchkitError(f"data.root {data.root!r} does not exist, so every cell would fail; correct data.root, "
+                             "or leave it unset to read the installed Fashion-MNIST")
 
 
 def train_in_process(config, resume: bool, overwrite: bool) -> None:
@@ -221,11 +267,9 @@ def _attempt(run_dir: Path, event: str) -> None:
 def run_local(sweep: Sweep, runs_dir: Path, retry_failed: bool = False, log=print) -> dict[str, int]:
     """Run every runnable cell in this process, one after another (or a group at a time with ``group_by_front``);
     returns counts of outcomes."""
-    from ..training.config import load_config
-    from ..training.logging import require_loggers
-
-    # A logger package the base asks for and this machine lacks fails the sweep once, here, not every cell in turn.
-    require_loggers(load_config(layers=[("the sweep's base", sweep.base)]))
+    # A logger package the base asks for and this machine lacks, or a missing data folder, fails the sweep once,
+    # here, not every cell in turn.
+    check_shared_settings(sweep)
     counts: dict[str, int] = {}
     cells = sweep.runnable
     done = 0
@@ -247,25 +291,107 @@ def run_local_gpus(argv: list[str], gpus: int) -> int:
     for gpu in range(gpus):
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu), STITCHKIT_SWEEP_WORKER="1")
         processes.append(subprocess.Popen([sys.executable, "-m", "stitchkit", *argv], env=env))
-    return max(p.wait() for p in processes)
+    codes = [p.wait() for p in processes]
+    # Any worker that did not succeed fails the whole: max() would hide one killed by a signal (a negative code)
+    # behind another's 0. A signal is reported as a shell does, 128 + its number.
+    return next((128 - code if code < 0 else code for code in codes if code != 0), 0)
+
+
+class OutputClosed(Exception):
+    """The reader of this process's output went away (``stitchkit sweep ... 2>&1 | head``). That says nothing about
+    the cell being trained: the sweep stops as an interrupted one does, the cell keeps its last checkpoint and
+    resumes on the next run, and the command exits with :data:`EXIT_OUTPUT_CLOSED`. Training on with nobody reading
+    would keep a shell pipeline waiting for hours with no sign of life."""
+
+    exit_code = EXIT_OUTPUT_CLOSED
+
+
+class _GuardedStream:
+    """A text stream whose writes raise :class:`OutputClosed` where the stream raises BrokenPipeError (an OSError,
+    which a cell's training would otherwise record as the cell's failure)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _closed(self) -> OutputClosed:
+        # Later writes (the final flush, the stop message) go nowhere instead of raising again: the recipe of
+        # Python's signal documentation for a closed pipe, as stitchkit's entry point follows it.
+        try:
+            fd = self._stream.fileno()
+        except (OSError, ValueError, AttributeError):  # not a file descriptor (a test's capture): nothing to redirect
+            return OutputClosed("the output stream was closed")
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
+        return OutputClosed("the output stream was closed")
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise self._closed() from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise self._closed() from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def stop_when_output_closes():
+    """While inside: a write to a closed stdout or stderr raises :class:`OutputClosed` (see there)."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _GuardedStream(sys.stdout), _GuardedStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 class CellJob:
     """A submitit job for one cell, or for a group of cells that share a pass; on preemption or time-out submitit
-    requeues it, and it resumes."""
+    requeues it, and it resumes.
 
-    def __init__(self, sweep_file: str, overrides: list[str], cell_names: list[str], runs_dir: str,
-                 retry_failed: bool, gpus_per_job: int):
-        self.sweep_file, self.overrides, self.cell_names = sweep_file, overrides, cell_names
-        self.runs_dir, self.retry_failed, self.gpus_per_job = runs_dir, retry_failed, gpus_per_job
+    It carries what was submitted: the sweep's resolved settings and its own cells (not the sweep file, which may
+    change or vanish while the job waits in the queue), the runs folder as an absolute path, and the folder it was
+    submitted from, where it runs so that relative paths in the settings (data.root, checkpoints) mean what they
+    meant at submission.
+
+    On time-out SLURM sends USR2 (``--signal=USR2@90``) and submitit's handler requeues the job at once; the steps
+    since the cell's last periodic checkpoint would be lost. While a cell trains, the job turns USR2 into the stop
+    that SIGTERM asks of the training loop (checkpoint at the next step boundary), and hands on to submitit's handler
+    once that checkpoint is written.
+    """
+
+    def __init__(self, sweep: Sweep, runs_dir: str, retry_failed: bool, gpus_per_job: int, workdir: str):
+        self.sweep, self.runs_dir, self.workdir = sweep, runs_dir, workdir
+        self.retry_failed, self.gpus_per_job = retry_failed, gpus_per_job
 
     def __call__(self) -> dict[str, str]:
-        from .grid import load_sweep
+        from ..training import RunInterrupted
 
-        sweep = load_sweep(self.sweep_file, self.overrides)
-        by_name = {c.name: c for c in sweep.cells}
+        if os.path.isdir(self.workdir):  # a node without that folder runs where the scheduler put it
+            os.chdir(self.workdir)
         launch = train_in_process if self.gpus_per_job <= 1 else train_with_torchrun(self.gpus_per_job)
-        return run_group(sweep, [by_name[n] for n in self.cell_names], Path(self.runs_dir), self.retry_failed, launch)
+        usr2 = _Usr2()
+        try:
+            return run_group(self.sweep, self.sweep.cells, Path(self.runs_dir), self.retry_failed, launch)
+        except RunInterrupted:
+            if usr2.signal is None:  # SIGTERM or Ctrl-C: as before, the job ends and the cell resumes next time
+                raise
+            # Stopped on USR2 with its checkpoint written: now what submitit does on USR2 (it calls checkpoint()
+            # below, requeues the job and exits).
+            usr2.restore()
+            usr2.submitit_handler(usr2.signal, None)
+            raise
+        finally:
+            usr2.restore()
 
     def checkpoint(self, *args, **kwargs):
         import submitit
@@ -273,14 +399,57 @@ class CellJob:
         return submitit.helpers.DelayedSubmission(self)
 
 
-def submit_slurm(sweep: Sweep, sweep_file: str, overrides: list[str], runs_dir: Path, *, retry_failed: bool,
-                 partition: str | None, time_min: int, gpus_per_job: int, cpus_per_task: int, array_parallelism: int,
-                 cluster: str | None = None, wait: bool = False) -> list:
-    """Submit the pending cells as a SLURM job array (``cluster="local"`` runs them as local processes, for tests)."""
+class _Usr2:
+    """While installed: USR2 that arrives as a cell trains in this process (the training loop's SIGTERM handler is in
+    place of the one the job started with) asks the loop to stop as SIGTERM does, and is remembered for
+    :meth:`CellJob.__call__` to hand on. At any other moment (setting up, between cells) nothing unsaved is at stake,
+    and submitit's handler runs at once; so it does for torchrun cells, whose training processes it cannot reach."""
+
+    def __init__(self):
+        self.signal = None
+        self.submitit_handler = None
+        if threading.current_thread() is not threading.main_thread():
+            self.restore = lambda: None
+            return
+        usr2 = getattr(signal, "SIGUSR2", None)
+        previous = signal.getsignal(usr2) if usr2 is not None else None
+        if not callable(previous):  # not under submitit (a test, a debug run): nothing to hand on to
+            self.restore = lambda: None
+            return
+        self.submitit_handler, self._term_at_start = previous, signal.getsignal(signal.SIGTERM)
+
+        def handler(signum, frame):
+            term = signal.getsignal(signal.SIGTERM)
+            if term is self._term_at_start or not callable(term):
+                previous(signum, frame)
+                return
+            self.signal = signum
+            term(signal.SIGTERM, frame)
+
+        signal.signal(usr2, handler)
+        self.restore = lambda: signal.signal(usr2, previous)
+
+
+def check_slurm(cluster: str) -> None:
+    """Refuse where SLURM is asked for and missing: submitit would otherwise fall back to running every cell at once
+    as local background processes and still report them submitted."""
+    # sbatch submits; submitit also looks for srun, which runs the job's command on the node.
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None] if cluster == "slurm" else []
+    if missing:
+        raise StitchkitError(f"no SLURM found ({' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not on "
+                             "PATH); load SLURM, or pass --cluster local to run the jobs on this machine")
+
+
+def submit_slurm(sweep: Sweep, runs_dir: Path, *, retry_failed: bool, partition: str | None, time_min: int,
+                 gpus_per_job: int, cpus_per_task: int, array_parallelism: int, cluster: str = "slurm") -> list:
+    """Submit the pending cells as a SLURM job array (``cluster="local"`` runs them as local processes, for tests;
+    ``"debug"`` in this process)."""
     try:
         import submitit
     except ImportError:
         raise StitchkitError("--executor slurm needs submitit: pip install 'stitchkit[slurm]'") from None
+    check_slurm(cluster)
+    runs_dir = Path(runs_dir).resolve()
     pending = [c for c in sweep.runnable if _needs_run(runs_dir / c.name, retry_failed)]
     if not pending:
         return []
@@ -288,21 +457,47 @@ def submit_slurm(sweep: Sweep, sweep_file: str, overrides: list[str], runs_dir: 
         raise StitchkitError("group_by_front trains a group in one process; it cannot be combined with "
                              "--gpus-per-job > 1 (torchrun). Drop one of them")
     executor = submitit.AutoExecutor(folder=str(runs_dir / ".submitit" / "%j"), cluster=cluster)
-    params: dict = {"timeout_min": time_min, "cpus_per_task": cpus_per_task, "tasks_per_node": 1}
+    params: dict = {"timeout_min": time_min, "tasks_per_node": 1, "name": _slug(sweep.name)}
     if executor.cluster == "slurm":
-        params.update(slurm_array_parallelism=array_parallelism, gpus_per_node=gpus_per_job,
-                      slurm_additional_parameters={"requeue": True})
+        params.update(cpus_per_task=cpus_per_task, slurm_array_parallelism=array_parallelism,
+                      gpus_per_node=gpus_per_job, slurm_additional_parameters={"requeue": True})
         if partition:
             params["slurm_partition"] = partition
     executor.update_parameters(**params)
-    jobs = executor.submit_array([CellJob(str(sweep_file), overrides, [c.name for c in group], str(runs_dir),
-                                          retry_failed, gpus_per_job) for group in sweep.groups(pending)])
-    if wait:
-        for job in jobs:
-            job.result()
-    return jobs
+    return executor.submit_array(cell_jobs(sweep, pending, runs_dir, retry_failed, gpus_per_job))
+
+
+def cell_jobs(sweep: Sweep, cells: list[Cell], runs_dir: Path, retry_failed: bool, gpus_per_job: int) -> list[CellJob]:
+    """One :class:`CellJob` per pass of ``cells``, each with only its own cells (a job array of the paper's grid
+    pickles each job's cells, not the grid thousands of times)."""
+    runs_dir, workdir = Path(runs_dir).resolve(), os.getcwd()
+    return [CellJob(Sweep(sweep.name, sweep.base, group, sweep.group_by_front, sweep.max_group_size), str(runs_dir),
+                    retry_failed, gpus_per_job, workdir) for group in sweep.groups(cells)]
+
+
+def wait_for(jobs: list, log=print) -> dict[str, int]:
+    """Wait for submitted jobs; counts of their cells' outcomes (as :func:`run_local`'s), plus ``job-failed`` for a
+    job that ended without any (killed, or stopped by a signal), each named with its log."""
+    counts: dict[str, int] = {}
+    for job in jobs:
+        try:
+            outcomes = job.result()
+        except Exception as err:  # submitit's FailedJobError / UncompletedJobError: the job's log says what happened
+            counts["job-failed"] = counts.get("job-failed", 0) + 1
+            first = str(err).strip().splitlines()
+            log(f"    job {job.job_id} ended without a result ({first[0][:200] if first else type(err).__name__}); "
+                f"see {job.paths.stderr}")
+            continue
+        for outcome in outcomes.values():
+            counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
 
 
 def _needs_run(run_dir: Path, retry_failed: bool) -> bool:
     state = RunDir(run_dir).state()
     return state in ("new", "interrupted") or (state == "failed" and retry_failed)
+
+
+def failed_before(sweep: Sweep, runs_dir: Path) -> int:
+    """Runnable cells whose last attempt failed (they are skipped without ``--retry-failed``)."""
+    return sum(RunDir(runs_dir / c.name).state() == "failed" for c in sweep.runnable)

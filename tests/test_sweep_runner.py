@@ -1,0 +1,310 @@
+"""The sweep command's edges: options an executor would ignore, SLURM missing or faked, what a queued job carries,
+a closed output stream, a time-out signal, cells that failed before, runs of another version of the sweep, and
+sweep files with values of the wrong type. Each trains at most one tiny cell."""
+import json
+import os
+import pickle
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stitchkit.cli import main
+from stitchkit.errors import StitchkitError
+from stitchkit.rundir import RunDir
+from stitchkit.sweeps.grid import expand, load_sweep
+
+ONE = """
+base:
+  model: {pretrained: false, num_classes: 10}
+  data: {name: synthetic, input_size: 32, synthetic_train_size: %(images)d, synthetic_val_size: 16,
+         random_resized_crop: false, auto_augment: false, crop_pct: 1.0}
+  optim: {batch_size: 16}
+  train: {batch_size: 16, epochs: 1, workers: 0, threads: 1, log_every: 1, checkpoint_every: %(every)d}
+pairs: [[resnet10t, resnet10t]]
+gaps: ["1:3"]
+methods: [downsample_linear]
+seeds: [0]
+"""
+
+
+def _one(folder: Path, images: int = 32, every: int = 1000, name: str = "one") -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(ONE % {"images": images, "every": every})
+    return path
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --- options -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options, message", [
+    (["--gpus-per-job", "2"], "--gpus-per-job goes with --executor slurm"),
+    (["--partition", "gpu", "--time-min", "30"], "--partition, --time-min go with --executor slurm"),
+    (["--wait"], "--wait goes with --executor slurm"),
+    (["--cluster", "local"], "--cluster goes with --executor slurm"),
+    (["--no-costs"], "--no-costs goes with --dry-run"),
+    (["--executor", "slurm", "--gpus-per-job", "-3"], "--gpus-per-job must be at least 1, got -3"),
+    (["--executor", "slurm", "--time-min", "0"], "--time-min must be at least 1"),
+    (["--executor", "slurm", "--cluster", "local", "--partition", "gpu"], "--partition only reaches SLURM"),
+])
+def test_options_an_executor_would_ignore_are_refused(tmp_path, capsys, options, message):
+    code, _, err = _run(capsys, "sweep", _one(tmp_path), "--out", tmp_path / "runs", *options)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_slurm_without_sbatch_is_refused_and_a_fake_sbatch_gets_the_sweeps_job_name(tmp_path, capsys, monkeypatch):
+    """Without sbatch, submitit used to fall back to running every cell at once in the background and report them
+    submitted. With a fake sbatch the submission goes through, under the sweep's name."""
+    pytest.importorskip("submitit")
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    sweep, runs = _one(tmp_path, name="my_grid"), tmp_path / "runs"
+    code, out, err = _run(capsys, "sweep", sweep, "--out", runs, "--executor", "slurm", "--partition", "gpu")
+    assert code == 2 and "no SLURM found (sbatch and srun are not on PATH)" in err and "--cluster local" in err, err
+    assert not out and not runs.exists()
+
+    fake = tmp_path / "fake-bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text(f'#!/bin/sh\ncp "$(eval echo \\${{$#}})" {tmp_path}/script.sh\n'
+                                 'echo "Submitted batch job 4242"\n')
+    for tool in ("sbatch", "srun", "squeue", "sacct", "scancel"):
+        (fake / tool).touch()
+        (fake / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.path.dirname(sys.executable)}{os.pathsep}/usr/bin:/bin")
+    code, out, err = _run(capsys, "sweep", sweep, "--out", runs, "--executor", "slurm", "--partition", "gpu")
+    assert code == 0 and "submitted 1 cells" in out, err
+    script = (tmp_path / "script.sh").read_text()
+    assert "#SBATCH --job-name=my_grid" in script and "#SBATCH --partition=gpu" in script
+
+
+def test_a_queued_job_trains_what_was_submitted(tmp_path, monkeypatch):
+    """The job carries the resolved cells and an absolute runs folder: the sweep file edited by the time the job
+    runs, and the job started in another folder, change nothing (it used to re-read the file by a relative path)."""
+    import yaml
+
+    from stitchkit.sweeps.runner import cell_jobs
+
+    monkeypatch.chdir(tmp_path)
+    sweep_file = _one(tmp_path)
+    submitted = load_sweep(sweep_file.name, ["optim.lr=0.001"])
+    [job] = cell_jobs(submitted, submitted.runnable, Path("runs"), retry_failed=False, gpus_per_job=1)
+    job = pickle.loads(pickle.dumps(job))  # as the queue keeps it
+    assert Path(job.runs_dir).is_absolute() and [c.name for c in job.sweep.cells] == [submitted.cells[0].name]
+    sweep_file.write_text(sweep_file.read_text().replace('gaps: ["1:3"]', 'gaps: ["2:3"]'))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.chdir(elsewhere)
+    assert job() == {submitted.cells[0].name: "finished"}
+    config = yaml.safe_load((tmp_path / "runs" / submitted.cells[0].name / "config.yaml").read_text())
+    assert config["optim"]["lr"] == 0.001 and config["model"]["gap"] == "1:3"
+    assert not (elsewhere / "runs").exists()
+
+
+# --- a closed output stream ----------------------------------------------------------------------------------------
+
+class _ClosesAfter:
+    """stderr whose reader goes away once a line containing ``word`` has been written (``... 2>&1 | head``)."""
+
+    def __init__(self, word: str, closed: bool = False):
+        self.word, self.closed, self.lines = word, closed, []
+
+    def write(self, text: str) -> int:
+        if self.closed:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.lines.append(text)
+        self.closed = self.word in text
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_a_closed_output_stops_the_sweep_without_failing_the_cell(tmp_path, capsys, monkeypatch):
+    """The progress line that cannot be written is not the cell's failure: it is not recorded failed, the sweep
+    stops with a non-zero code, and the next run trains the cell to the end."""
+    sweep, runs = _one(tmp_path), tmp_path / "runs"
+    monkeypatch.setattr(sys, "stderr", _ClosesAfter("training stitch run"))
+    assert main(["sweep", str(sweep), "--out", str(runs)]) == 141
+    monkeypatch.undo()
+    cell = load_sweep(sweep).cells[0].name
+    assert RunDir(runs / cell).state() in ("new", "interrupted") and not RunDir(runs / cell).result.exists()
+    code, out, _ = _run(capsys, "sweep", sweep, "--out", runs)
+    assert code == 0 and json.loads(out.splitlines()[-1])["finished"] == 1
+
+
+def test_a_stdout_closed_before_the_summary_keeps_the_sweeps_exit_code(tmp_path, monkeypatch):
+    """The work done, only the summary line is lost: the code still says that a cell failed (not 141)."""
+    sweep, runs = _one(tmp_path), tmp_path / "runs"
+    _fake_result(runs / load_sweep(sweep).cells[0].name, "failed", "one")
+    monkeypatch.setattr(sys, "stdout", _ClosesAfter("", closed=True))
+    assert main(["sweep", str(sweep), "--out", str(runs)]) == 1
+
+
+# --- the time-out signal under submitit ----------------------------------------------------------------------------
+
+def test_usr2_checkpoints_the_training_cell_before_submitit_requeues(tmp_path, monkeypatch):
+    """SLURM's time-out warning (USR2) used to requeue at once, losing the steps since the last periodic checkpoint
+    (train.checkpoint_every); now the cell writes its checkpoint where it stands, then submitit requeues it. The job
+    runs under submitit's own signal handling, as on a node; the signal comes when step 2 is logged."""
+    pytest.importorskip("submitit")
+    import torch
+    from submitit.core.utils import DelayedSubmission, JobPaths
+    from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE, LocalJobEnvironment
+
+    from stitchkit.sweeps.runner import cell_jobs
+    from stitchkit.training.logging import MetricsLog
+
+    monkeypatch.chdir(tmp_path)  # the job moves to the folder it was submitted from
+    monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "1")
+    sweep, runs = load_sweep(_one(tmp_path, images=100000, every=100000)), tmp_path / "runs"
+    [job] = cell_jobs(sweep, sweep.runnable, runs, retry_failed=False, gpus_per_job=1)
+    write = MetricsLog.write
+
+    def write_then_time_out(self, record):
+        write(self, record)
+        if record.get("type") == "train" and record["step"] == 2:
+            os.kill(os.getpid(), signal.SIGUSR2)  # SLURM's warning before the time limit
+
+    monkeypatch.setattr(MetricsLog, "write", write_then_time_out)
+    delayed = DelayedSubmission(job)
+    delayed.set_timeout(60, 3)
+    paths = JobPaths(runs / ".submitit", job_id="1", task_id=0)
+    paths.folder.mkdir(parents=True)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGCONT, signal.SIGUSR2)}
+    try:
+        LocalJobEnvironment()._handle_signals(paths, delayed)  # what submitit does before it runs a job
+        with pytest.raises(SystemExit) as ended:
+            delayed.result()
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
+    assert ended.value.code == LOCAL_REQUEUE_RETURN_CODE  # submitit requeued it
+    cell = RunDir(runs / sweep.cells[0].name)
+    assert cell.state() == "interrupted"
+    step = torch.load(cell.last_checkpoint, map_location="cpu", weights_only=False)["counters"]["step"]
+    assert step == 2  # where it stood, not step 0 or the last multiple of checkpoint_every
+    assert paths.submitted_pickle.is_file()  # the job to resume, as submitit requeues it
+
+
+# --- what the command says -----------------------------------------------------------------------------------------
+
+def _fake_result(run_dir: Path, status: str, sweep: str) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "result.json").write_text(json.dumps({"status": status, "error": "OSError: no such file"}))
+    (run_dir / "cell.json").write_text(json.dumps({"sweep": sweep}))
+
+
+def test_cells_that_failed_before_are_named_with_the_fix(tmp_path, capsys):
+    sweep, runs = _one(tmp_path), tmp_path / "runs"
+    _fake_result(runs / load_sweep(sweep).cells[0].name, "failed", "one")
+    code, out, err = _run(capsys, "sweep", sweep, "--out", runs)
+    assert code == 1 and json.loads(out.splitlines()[-1])["skipped-failed"] == 1
+    assert "1 cell failed in an earlier attempt and was not rerun; add --retry-failed to run it again" in err
+
+
+def test_finished_runs_of_another_version_of_the_sweep_are_announced(tmp_path, capsys):
+    """Changing a setting that names the cells (optim.lr) starts a new set of cells in the same folder and the
+    manifest lists only them: say so, and how many finished runs the report will leave out."""
+    sweep, runs = _one(tmp_path), tmp_path / "runs"
+    _fake_result(runs / load_sweep(sweep, ["optim.lr=0.001"]).cells[0].name, "finished", "one")
+    _fake_result(runs / "elsewhere" / "run", "finished", "another_sweep")  # another sweep's: not counted
+    _fake_result(runs / load_sweep(sweep).cells[0].name, "finished", "one")  # this version's: nothing to train
+    code, _, err = _run(capsys, "sweep", sweep, "--out", runs)
+    assert code == 0
+    assert ("1 finished run in this folder belongs to another version of this sweep (other settings); it stays on "
+            "disk but the report summarises this version") in err
+    code, _, err = _run(capsys, "sweep", sweep, "--out", runs, "optim.lr=0.001")
+    assert code == 0 and "1 finished run in this folder belongs to another version" in err
+
+
+def test_a_missing_data_folder_is_refused_once_before_any_cell(tmp_path, capsys):
+    sweep, runs = _one(tmp_path), tmp_path / "runs"
+    code, _, err = _run(capsys, "sweep", sweep, "--out", runs, "data.name=imagefolder", f"data.root={tmp_path}/none")
+    assert code == 2 and f"data folder '{tmp_path}/none/train' does not exist" in err and err.count("\n") == 1, err
+    assert not runs.exists()
+
+
+def test_local_gpu_workers_fail_the_sweep_when_any_does(monkeypatch):
+    """One worker per GPU; one killed by a signal (a negative code) is not hidden behind another's 0."""
+    from stitchkit.sweeps import runner
+
+    class Worker:
+        def __init__(self, code):
+            self.code = code
+
+        def wait(self):
+            return self.code
+
+    for codes, expected in (([0, -9], 137), ([-9, 0], 137), ([0, 3], 3), ([0, 0], 0)):
+        given = iter(codes)
+        monkeypatch.setattr(runner.subprocess, "Popen", lambda *a, **k: Worker(next(given)))
+        assert runner.run_local_gpus(["sweep", "x.yaml"], len(codes)) == expected, codes
+
+
+def test_slurm_wait_exits_non_zero_when_cells_fail(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    sweep, runs = _one(tmp_path), tmp_path / "runs"
+    code, out, _ = _run(capsys, "sweep", sweep, "--out", runs, "optim.lr=1e30", "--executor", "slurm",
+                        "--cluster", "debug", "--wait")
+    assert code == 1 and json.loads(out.splitlines()[-1])["failed"] == 1
+
+
+# --- sweep files ---------------------------------------------------------------------------------------------------
+
+PAIR = {"pairs": [["resnet10t", "resnet10t"]], "gaps": ["1:2"], "methods": ["downsample_linear"], "seeds": [0]}
+
+
+def test_learning_rates_are_numbers_as_in_base():
+    """YAML 1.1 reads 2e-3 as a string; a single value stands for a list of it; anything else is refused."""
+    def lrs(value):
+        return [c.lr for c in expand({**PAIR, "baselines": {"finetune": {"lrs": value}}}).cells if c.kind == "finetune"]
+
+    assert lrs(["2e-3", 1]) == [0.002, 1.0] and lrs(0.1) == [0.1]
+    assert lrs(["2e-3"]) == lrs([0.002])  # the same cell, by name too
+    assert ([c.name for c in expand({**PAIR, "baselines": {"finetune": {"lrs": ["2e-3"]}}}).cells]
+            == [c.name for c in expand({**PAIR, "baselines": {"finetune": {"lrs": [0.002]}}}).cells])
+    for bad in (["abc"], [-0.1], [None], [True], [".nan"]):
+        with pytest.raises(StitchkitError, match="baselines.finetune.lrs must be positive numbers"):
+            lrs(bad)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({**PAIR, "seeds": [True]}, "seeds must be a list of distinct integers"),
+    ({**PAIR, "baselines": {"finetune": {"lr": [0.1]}}}, "unknown key 'lr' under baselines.finetune"),
+    ({**PAIR, "baselines": {"scratch": ["resnet18"]}}, "baselines.scratch must be a mapping"),
+    ({**PAIR, "baselines": {"scratch": {"models": [3]}}}, "baselines.scratch.models must be a list of model names"),
+    ({**PAIR, "base": ["train.epochs=1"]}, "base must be a mapping"),
+    ({**PAIR, "gaps": {"1": 2}}, "gaps must be a list"),
+])
+def test_sweep_values_of_the_wrong_type(spec, message):
+    with pytest.raises(StitchkitError, match=message):
+        expand(spec)
+
+
+def test_a_single_value_stands_for_a_list_of_it():
+    one = expand({**PAIR, "gaps": "1:2", "methods": "downsample_linear", "seeds": 0,
+                  "baselines": {"scratch": {"models": "resnet10t"}}})
+    assert [(c.kind, c.gap, c.method, c.seed) for c in one.cells] == [
+        ("stitch", "1:2", "downsample_linear", 0), ("scratch", None, "scratch", 0)]
+
+
+def test_a_sweep_file_without_runs_is_refused(tmp_path, capsys):
+    path = tmp_path / "empty.yaml"
+    path.write_text("pairs: []\n")
+    code, _, err = _run(capsys, "sweep", path, "--dry-run")
+    assert code == 2 and "lists no runs" in err
+    path.write_text("pairs: [[resnet10t, resnet10t]]\nmethods: []\n")
+    with pytest.raises(StitchkitError, match="lists no runs"):
+        load_sweep(path)
