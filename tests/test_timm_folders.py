@@ -677,3 +677,76 @@ def test_a_torchvision_swin_returns_its_features_after_its_norm_before_its_pooli
         pooled = model.flatten(model.avgpool(model.permute(theirs)))
         assert torch.allclose(probe.forward_head(ours, pre_logits=True), pooled, atol=1e-5)
         assert torch.allclose(probe(X), model.head(pooled), atol=1e-5)
+
+
+# --- forward_features of models cut from their exported graph ---------------------------------------------------------
+
+
+# Graph-family models (no hand-written family) whose timm forward_features runs something after the last block:
+# XCiT its class-attention blocks and final norm, MLP-Mixer its norm, ResNetV2 its pre-activation norm (BatchNorm,
+# then an in-place ReLU), NF-Net its final_conv and activation, MaxViT its norm, FastViT its final_conv.
+GRAPH_LEADS = ["xcit_nano_12_p16_224", "mixer_s16_224", "resnetv2_18", "test_nfnet", "test_maxvit", "fastvit_t8"]
+
+
+@pytest.mark.parametrize("name", GRAPH_LEADS)
+def test_a_baseline_cut_from_a_graph_returns_timms_features(name):
+    """The head cut from the graph has a lead up to where timm's forward_features ends (found by value): the
+    baseline's forward_features is timm's (with the baseline's removed blocks skipped), its forward_head takes that
+    and gives its logits, and num_features is timm's."""
+    from stitchkit.zoo import family_of
+    from stitchkit.zoo.anatomy import split_head
+
+    model = _timm(name)
+    assert family_of(model).name == "graph"
+    ft = stitchkit.create_finetune_baseline(copy.deepcopy(model), "1:1", input_size=32, name=name).eval()
+    assert split_head(ft.head())[0] is not None
+    with torch.no_grad():
+        theirs = _own_features(model, X, dict.fromkeys(ft.removed_blocks))
+        ours = ft.forward_features(X)
+        assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5)
+        assert torch.equal(ft.forward_head(ours), ft(X))
+        assert torch.allclose(ft(X), model.forward_head(theirs), atol=1e-5)
+        if not ft.removed_blocks:
+            assert torch.allclose(ft.forward_head(ours), model(X), atol=1e-5)
+        # (ResNetV2's classifier is a 1x1 convolution, which get_classifier does not find in a graph head)
+        if isinstance(model.get_classifier(), torch.nn.Linear):
+            assert torch.allclose(ft.forward_head(ours, pre_logits=True), model.forward_head(theirs, pre_logits=True),
+                                  atol=1e-5)
+    assert ft.num_features == model.num_features
+
+
+def test_a_graph_heads_lead_changes_nothing_but_where_forward_features_ends(tmp_path):
+    """The lead is a marker in the head's graph: the head computes what it did bit for bit, lead and rest compose to
+    it, the state dict and MACs are the model's, and the marker survives pickling (which re-traces the graph)."""
+    from stitchkit.zoo.anatomy import split_head
+
+    model = _timm("test_nfnet")
+    ft = stitchkit.create_finetune_baseline(copy.deepcopy(model), "1:1", input_size=32, name="test_nfnet").eval()
+    assert not ft.removed_blocks
+    head = ft.head()
+    lead, rest = split_head(head)
+    with torch.no_grad():
+        h = ft.features(X)
+        assert torch.equal(rest(lead(h)), head(h))
+    assert lead.features_format == "NCHW"
+    assert sorted(k.split(".", 1)[1] for k in ft.state_dict()) == sorted(model.state_dict())  # "0.stem...": stem
+    assert stitchkit.count_macs(ft, 32) == stitchkit.count_macs(model, 32)
+    torch.save(ft, tmp_path / "ft.pt")
+    loaded = torch.load(tmp_path / "ft.pt", weights_only=False).eval()  # our own file: unpickling is trusted here
+    assert split_head(loaded.head())[0] is not None
+    with torch.no_grad():
+        assert torch.equal(loaded.forward_features(X), ft.forward_features(X)) and torch.equal(loaded(X), ft(X))
+
+
+def test_a_graph_model_whose_features_end_at_its_last_block_has_no_lead():
+    """ByobNet's forward_features ends at its last block. Its head pools a 1x1 map at 32 px, whose output has the
+    features' very values: the first match (the last block's own output) wins, so the pooling stays in the head."""
+    from stitchkit.zoo.anatomy import split_head
+
+    model = _timm("test_byobnet")
+    ft = stitchkit.create_finetune_baseline(copy.deepcopy(model), "1:1", input_size=32, name="test_byobnet").eval()
+    assert split_head(ft.head())[0] is None
+    with torch.no_grad():
+        theirs = _own_features(model, X, dict.fromkeys(ft.removed_blocks))
+        assert theirs.shape[-2:] == (1, 1) and torch.allclose(ft.forward_features(X), theirs, atol=1e-5)
+    assert ft.num_features == model.num_features

@@ -104,7 +104,8 @@ class Network(TrainSurface, SavesPretrained):
         Swin's final norm, ConvNeXt's ``norm_pre``, EfficientNet's ``conv_head`` and ``bn2`` (which the head still
         holds: what trains and the state dict are the head's); torchvision's Swin, which has no
         ``forward_features``, returns everything before its pooling. A model cut from its exported graph returns
-        its last block's output."""
+        what its own ``forward_features`` does where its head has a node that computes exactly that (a final norm
+        or conv: :mod:`stitchkit.zoo.graph`), else (torchvision models) its last block's output."""
         from .zoo.anatomy import split_head
 
         lead, _ = split_head(self.head())
@@ -209,7 +210,8 @@ class Network(TrainSurface, SavesPretrained):
         """timm's meaning: the channel width of :meth:`forward_features`' output, what the head's pooling reads (dim 1
         of an NCHW map; the last dim of an NHWC map or a token sequence). Read from the measured spec of the last
         block; where the head's lead (what :meth:`forward_features` runs after it) can change the width
-        (EfficientNet's ``conv_head``, RegNet's ``final_conv``), from the lead run on one zero sample of that spec."""
+        (EfficientNet's ``conv_head``, RegNet's ``final_conv``), from the lead run on one zero sample of that spec,
+        in the layout the lead declares (a graph head's lead may turn channels-last maps back to NCHW)."""
         from .formats import Format
         from .zoo.anatomy import split_head
 
@@ -228,7 +230,8 @@ class Network(TrainSurface, SavesPretrained):
         finally:
             for module, training in modes:
                 module.training = training
-        return out.shape[1] if spec.format is Format.NCHW else out.shape[-1]
+        layout = getattr(lead, "features_format", None) or spec.format
+        return out.shape[1] if layout is Format.NCHW else out.shape[-1]
 
     @property
     def head_hidden_size(self) -> int:

@@ -73,11 +73,19 @@ class SequentialHead(nn.Sequential):
 def split_head(head: nn.Module) -> tuple[nn.Module | None, nn.Module]:
     """``(lead, rest)``: the part of ``head`` that the model's own ``forward_features`` runs (None when its features
     end at the last block) and the part after it, ``rest(lead(x)) == head(x)``. Both share ``head``'s modules, and
-    ``rest`` names them as ``head`` does (``rest.get_submodule(name)`` is ``head``'s classifier)."""
+    ``rest`` names them as ``head`` does (``rest.get_submodule(name)`` is ``head``'s classifier). A head cut from
+    an exported graph (:mod:`stitchkit.zoo.graph`) has a lead where it marks one (a ``FeaturesEnd``): two graph
+    modules; the lead's ``features_format`` is the layout of its output."""
     if isinstance(head, Call) and getattr(head, "lead", None) is not None:
         return Call(head.owner, head.lead, "lead"), Call(head.owner, head.fn, head.label)
     if isinstance(head, SequentialHead) and head.lead:
         return head[: head.lead], head[head.lead :]
+    if isinstance(head, torch.fx.GraphModule):  # a head cut from a graph: a lead where it marks one
+        from .graph import split_graph_head  # (graph.py builds on this module)
+
+        parts = split_graph_head(head)
+        if parts is not None:
+            return parts
     return None, head
 
 
@@ -92,7 +100,8 @@ class Anatomy:
             cut point directly after the stage's downsampling.
         head: runs after the last block of stage 4 and returns logits. What the model's own ``forward_features``
             still runs after that block (a final norm) may lead it: a :class:`Call` with a ``lead``, a
-            :class:`SequentialHead`; a network's ``forward_features`` then ends with it.
+            :class:`SequentialHead`, a graph head with a ``FeaturesEnd`` marker (:mod:`stitchkit.zoo.graph`); a
+            network's ``forward_features`` then ends with it.
         formats: layout of the activations between blocks of each stage.
         num_prefix_tokens: prefix (class, register) tokens of token layouts.
         token_grid: for token layouts, the patch grid for an input size ``(H, W)``.

@@ -278,12 +278,45 @@ class _Graph:
 
     # --- parts -------------------------------------------------------------------------------------------------
 
-    def segment(self, start: fx.Node, end: fx.Node | None) -> fx.GraphModule:
-        """A module computing ``end`` (``None``: the graph's output) from ``start``'s tensor."""
+    def segment(self, start: fx.Node, end: fx.Node | None,
+                lead_end: tuple[fx.Node, Format] | None = None) -> fx.GraphModule:
+        """A module computing ``end`` (``None``: the graph's output) from ``start``'s tensor.
+
+        With ``lead_end`` (a cut node between them and its layout: in the head, where the model's own
+        ``forward_features`` ends, :func:`_features_end`) the module runs ``start -> lead_end`` and
+        ``lead_end -> end`` as two segments joined by a :class:`FeaturesEnd` marker, which returns its input: the
+        output is bit for bit the same, and the second segment reads nothing of the first but the marker's tensor
+        and weights, so :func:`split_graph_head` takes them apart at the marker, also after pickling (which
+        re-traces a graph module: its submodule calls stay, its node names do not). Where both segments would
+        compute one thing from weights alone (each segment computes its own), the marker is left out: the head
+        runs each operation once, as without it, and its MACs stay the same."""
         graph = fx.Graph()
+        root: dict[str, torch.Tensor | nn.Module] = {}
         x = graph.placeholder("x")
+        if lead_end is None:
+            out = self._copy_range(graph, root, x, start, end)
+        else:
+            node, layout = lead_end
+            name = "forward_features_end"
+            while hasattr(self.model, name):  # a name of the model's own would clash with its weights' holders
+                name += "_"
+            root[name] = FeaturesEnd(layout)
+            before, after = set(), set()
+            marked = graph.call_module(name, (self._copy_range(graph, root, x, start, node, before),))
+            out = self._copy_range(graph, root, marked, node, end, after)
+            if before & after:
+                return self.segment(start, end)
+        graph.output(out)
+        graph.lint()
+        return fx.GraphModule(root, graph, class_name="GraphPart")
+
+    def _copy_range(self, graph: fx.Graph, root: dict, x: fx.Node, start: fx.Node, end: fx.Node | None,
+                    computed: set[fx.Node] | None = None) -> fx.Node:
+        """Append to ``graph`` the nodes computing ``end`` (``None``: the graph's output) from ``x``, which stands
+        for ``start``'s tensor; returns the node of the result. Weights, constants and the batch size are read
+        (or recomputed) afresh: the nodes made here use no node of ``graph`` made before but ``x``. ``computed``
+        collects the nodes computed from weights alone (other than the batch size) that this copies."""
         env: dict[fx.Node, fx.Node] = {start: x}
-        root: dict[str, torch.Tensor] = {}
 
         def lookup(node: fx.Node) -> fx.Node:
             if node in env:
@@ -299,6 +332,8 @@ class _Graph:
                 env[node] = graph.call_function(torch.ops.aten.sym_size.int, (x, 0))
             elif node in self.free:
                 env[node] = copy(node)
+                if computed is not None and node.op == "call_function":
+                    computed.add(node)
             else:
                 raise GraphSplitError(f"internal: {node.name} is needed across a cut")  # a bug in _cut_nodes
             return env[node]
@@ -313,19 +348,19 @@ class _Graph:
             return new
 
         stop = self.index[end] if end is not None else len(self.nodes)
+        out = None
         for node in self.nodes[self.index[start] + 1 : stop + 1]:
             if node in self.free or node.op == "placeholder":
                 continue
             if node.op == "output":
-                graph.output(lookup(node.args[0][0]))
+                out = lookup(node.args[0][0])
                 break
             env[node] = copy(node)
         else:
-            graph.output(env[end])
+            out = env[end]
         if not device_of_input.users:
             graph.erase_node(device_of_input)
-        graph.lint()
-        return fx.GraphModule(root, graph, class_name="GraphPart")
+        return out
 
 
 def _mutates(node: fx.Node) -> bool:
@@ -420,6 +455,148 @@ def _stages(found: list[_Boundary], name: str) -> list[list[_Boundary]]:
     return levels
 
 
+# --- the head's lead: where the model's own forward_features ends -------------------------------------------------
+#
+# A hand-written family says in code what its model's forward_features runs after the last block (a Call's lead). The
+# graph split has no such table: it asks the model. It runs the model's own ``forward_features`` and the exported
+# graph on one image and looks, from the last block's output on, for the first node of the head whose tensor is the
+# features exactly (shape and every value). The head is then cut into two segments there, joined by a FeaturesEnd
+# marker (Graph.segment); split_graph_head takes them apart for forward_features and forward_head.
+#
+# Why these choices:
+# * exact equality, not a tolerance: the graph runs the model's own operations, so the node where forward_features
+#   ends carries the very same values; a near match would be a different tensor (a BatchNorm at its initial
+#   statistics is almost, not exactly, the identity).
+# * the first match, counting the last block's output: what follows the true end may repeat its values (a pooling of
+#   a 1x1 map, a dropout, a contiguous), so a later match could put the pooling into forward_features. Ops after the
+#   first match that keep its values are left to the head, which changes nothing they compute.
+# * the first match must be a cut node (only its tensor is needed after it) with a layout the zoo reads; otherwise
+#   no lead (forward_features then ends at the last block, as before): never a cut that needs two tensors.
+# * the head stays one module with the same weights, names and operations: forward is bit for bit the same, the
+#   state dict and MACs do not change (the marker has no weights and computes nothing; Graph.segment leaves it out
+#   where it would make the head compute something twice), and the marker, a submodule call, survives pickling,
+#   which re-traces a graph module and renames its nodes.
+# * the search costs one forward_features and one run of the graph on one image, once per model and input size
+#   (anatomies are cached), beside the export itself.
+
+
+class FeaturesEnd(nn.Module):
+    """In a head cut from a graph: marks where the model's own ``forward_features`` ends; returns its input.
+
+    ``format`` is the layout of the features there (NCHW where timm's forward_features turns a channels-last map
+    back, as TinyViT's does), which ``num_features`` reads its width from."""
+
+    def __init__(self, format: Format):
+        super().__init__()
+        self.format = format
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return str(self.format)
+
+
+def _features_end(g: _Graph, start: fx.Node, prefix_hint: int | None) -> tuple[fx.Node, Format] | None:
+    """The head's node, after ``start`` (the last block's output), where the model's own ``forward_features`` ends,
+    and its layout; None where it ends at ``start``, or cannot be found safely (see the comment above)."""
+    model = g.model
+    forward_features = getattr(model, "forward_features", None)
+    if not callable(forward_features):
+        return None  # torchvision: no forward_features; the last block's output stands for it
+    # One image of a private generator: the caller's random numbers stay as they were
+    x = torch.randn(1, input_channels(model), *g.hw, generator=torch.Generator().manual_seed(0))
+    x = x.to(model_device(model))
+    head = [n for n in g.nodes[g.index[start] :] if n is start or (n not in g.free and n.op == "call_function")]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            theirs = forward_features(x)
+            if not isinstance(theirs, torch.Tensor):
+                return None  # a list of maps (CoaT) or a tuple: no one tensor to end at
+            values = _values(g, x, set(head))
+    except Exception:  # the model's own forward_features, or the graph on real tensors, failed: no lead
+        return None
+    finally:
+        model.train(was_training)
+    for node in head:
+        value = values.get(node)
+        if (isinstance(value, torch.Tensor) and value.shape == theirs.shape and value.dtype == theirs.dtype
+                and torch.equal(value, theirs)):
+            if node is start or node not in g.cut_nodes:
+                return None
+            layout = _node_layout(node, g.hw, prefix_hint)
+            return (node, layout[0]) if layout is not None else None
+    return None
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the exported graph, keeping a copy of the values of the nodes asked for as each is computed: a later
+    in-place op (ResNetV2's ``ReLU(inplace=True)`` after its final BatchNorm) must not make the BatchNorm's node
+    look as if it computed the activation's output."""
+
+    def __init__(self, module: fx.GraphModule, keep: set[fx.Node]):
+        super().__init__(module)
+        self.keep, self.values = keep, {}
+
+    def run_node(self, node: fx.Node):
+        value = super().run_node(node)
+        if node in self.keep and isinstance(value, torch.Tensor):
+            self.values[node] = value.clone()
+        return value
+
+
+def _values(g: _Graph, x: torch.Tensor, keep: set[fx.Node]) -> dict[fx.Node, object]:
+    """The values of the nodes in ``keep`` when the exported graph runs on ``x``, with the model's weights."""
+    args = [g.constants[n.name][1] if n.name in g.constants else x for n in g.nodes if n.op == "placeholder"]
+    recorder = _Recorder(g.program_module, keep)
+    recorder.run(*args, enable_io_processing=False)
+    return recorder.values
+
+
+def split_graph_head(head: fx.GraphModule) -> tuple[fx.GraphModule, fx.GraphModule] | None:
+    """``(lead, rest)`` of a head cut from a graph with a :class:`FeaturesEnd` marker (None without one): the
+    nodes before the marker and those after it, as two graph modules that name the head's submodules, weights and
+    buffers as the head does (they are the head's own: shared, never copied), so ``rest(lead(x)) == head(x)``."""
+    nodes = list(head.graph.nodes)
+    marks = [n for n in nodes if n.op == "call_module" and isinstance(head.get_submodule(n.target), FeaturesEnd)]
+    if len(marks) != 1 or len(marks[0].args) != 1:
+        return None
+    mark = marks[0]
+    at = nodes.index(mark)
+    lead_graph, lead_env = fx.Graph(), {}
+    for node in nodes[:at]:
+        lead_env[node] = lead_graph.node_copy(node, lambda n: lead_env[n])
+    lead_graph.output(lead_env[mark.args[0]])
+    rest_graph = fx.Graph()
+    rest_env = {mark: rest_graph.placeholder("x")}
+    for node in nodes[at + 1 :]:
+        for used in node.all_input_nodes:
+            if used not in rest_env:
+                if used.op != "get_attr":
+                    # A second tensor across the cut (Graph.segment never makes one): no split. A weight may be
+                    # read on both sides: a re-traced (unpickled) graph reads each parameter once, before the marker
+                    return None
+                rest_env[used] = rest_graph.node_copy(used)
+        rest_env[node] = rest_graph.node_copy(node, rest_env.__getitem__)
+    lead, rest = _graph_part(head, lead_graph), _graph_part(head, rest_graph)
+    lead.features_format = head.get_submodule(mark.target).format
+    return lead, rest
+
+
+def _graph_part(head: fx.GraphModule, graph: fx.Graph) -> fx.GraphModule:
+    graph.lint()
+    part = fx.GraphModule(head, graph, class_name="GraphPart")
+    # The head's own holders, by the head's names (the constructor makes new ones on the way to each weight):
+    # rest.get_submodule(name) is the head's classifier, and functional_call takes the head's names.
+    part._modules = {k: m for k, m in head._modules.items() if not isinstance(m, FeaturesEnd)}
+    part._parameters = dict(head._parameters)
+    part._buffers = dict(head._buffers)
+    part._non_persistent_buffers_set = set(head._non_persistent_buffers_set)
+    return part
+
+
 _ANATOMIES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -483,7 +660,8 @@ def _build(model: nn.Module, hw: tuple[int, int]) -> Anatomy:
     for node in boundaries:
         parts.append(g.segment(previous, node))
         previous = node
-    head = g.segment(previous, None)
+    # The head, with where the model's own forward_features ends marked in it (a lead), when that can be found
+    head = g.segment(previous, None, _features_end(g, previous, prefix_hint if isinstance(prefix_hint, int) else None))
     it = iter(parts)
     stage_parts = [[next(it) for _ in stage] for stage in stages]
     prefixes = [s[-1].prefix for s in stages]
