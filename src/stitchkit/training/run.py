@@ -257,7 +257,7 @@ class Run:
             raise StitchkitError(
                 f"the optimizer state in {str(self.run_dir)!r} groups the parameters otherwise than this version "
                 f"({err}); since 0.10 optim.no_decay_norm_bias=true also exempts the model's no_weight_decay() "
-                "parameters (a ViT's class token, learned prefix tokens, fusion weights), since 0.10.1 a torchvision "
+                "parameters (a ViT's class token, learned prefix tokens, fusion weights), since 0.11 a torchvision "
                 "transformer's embeddings too (class token, position embedding, relative-position tables): finish "
                 "the run with the stitchkit that started it, or start it again with --overwrite") from None
         self.scheduler.load_state_dict(state["scheduler"])
