@@ -42,6 +42,11 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     Each file is written atomically and index.html last: a report killed half-way leaves whole files, and a rerun
     writes them all again."""
     runs_dir = Path(runs_dir)
+    if runs_dir.exists() and not runs_dir.is_dir():
+        # Most often the sweep file itself (`stitchkit report tiny.yaml`): name the folder its runs went to.
+        hint = f", runs/{runs_dir.stem} by default for this sweep file" if runs_dir.suffix in (".yaml", ".yml") else ""
+        raise StitchkitError(f"{str(runs_dir)!r} is a file, not a runs folder; pass the folder a sweep wrote its runs "
+                             f"into: the sweep's --out{hint}")
     if not runs_dir.is_dir():
         raise StitchkitError(f"runs folder {str(runs_dir)!r} does not exist; pass the --out folder of a sweep")
     rows, originals = collect(runs_dir)
