@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import StitchkitError
 from ..files import atomic_write_text, remove_own_temps
-from .collect import RESULT_COLUMNS, SUMMARY_COLUMNS, collect, standard_error, summarize
+from .collect import RESULT_COLUMNS, SUMMARY_COLUMNS, collect, left_out, report_notes, standard_error, summarize
 from ..zoo.metadata import published_top1
 from .page import table1_markdown, table1_missing, table1_rows, write_html
 from .plots import accuracy_vs_compute, accuracy_vs_gap, pairs_overview, pareto_front
@@ -36,8 +36,9 @@ def _add_model_cards(rows: list[dict], originals: dict) -> None:
                                "source": card[1]}
 
 
-def write_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
+def write_report(runs_dir: str | Path, out: str | Path | None = None, log=None) -> Path:
     """Write results.csv, summary.csv, the figures (PNG and PDF), table1.md and index.html; returns index.html.
+    ``log``: called with each note on what the report left out or could not read (the page says them too).
 
     Each file is written atomically and index.html last: a report killed half-way leaves whole files, and a rerun
     writes them all again."""
@@ -65,6 +66,9 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     table1 = table1_rows(summary, originals)
     atomic_write_text(out / "table1.md", table1_markdown(table1, table1_missing(summary, originals, runs_dir)))
     index = out / "index.html"
+    notes = report_notes(runs_dir, rows)
     write_html(index, runs_dir, rows, summary, originals, table1, figures,
-               {"results": RESULT_COLUMNS, "summary": SUMMARY_COLUMNS})
+               {"results": RESULT_COLUMNS, "summary": SUMMARY_COLUMNS}, notes, left_out(rows))
+    for note in notes if log else ():
+        log(f"note: {note}")
     return index

@@ -120,6 +120,29 @@ def collect(runs_dir: str | Path) -> tuple[list[dict], dict[str, dict]]:
     return rows, originals
 
 
+def left_out(rows: list[dict]) -> list[dict]:
+    """The runs :func:`summarize` leaves out: in a folder with sweep manifests, those in no sweep's current manifest
+    (left over from a sweep rerun with other settings or a smaller grid). results.csv still lists them."""
+    return [r for r in rows if not r["sweep"]] if any(r["sweep"] for r in rows) else []
+
+
+def report_notes(runs_dir: str | Path, rows: list[dict]) -> list[str]:
+    """What the report leaves out or cannot read, one sentence each (the page and the command both say them)."""
+    notes = []
+    if left := left_out(rows):
+        counts = {}
+        for row in left:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        # finished runs first: they are what the summary would have counted
+        runs = ", ".join(plural(n, f"{status} run") for status, n in sorted(counts.items(),
+                                                                          key=lambda c: (c[0] != "finished", c[0])))
+        notes.append(f"{runs} below the folder {'is' if len(left) == 1 else 'are'} in no sweep's current manifest "
+                     "(left over from a sweep rerun with other settings or a smaller grid): left out of summary.csv, "
+                     "the figures, Table 1 and the pairs' sentences; results.csv lists them, with an empty sweep "
+                     "column")
+    return notes
+
+
 def training_label(row: dict) -> str:
     """What a run was trained on, for labels: ``fashion_mnist 32 px, 2 epochs x 16000 images``."""
     parts = [row.get("dataset") or "unknown data"]
@@ -173,9 +196,10 @@ def summarize(rows: list[dict]) -> list[dict]:
     a folder without manifests, runs are grouped by their settings digest.
     """
     with_manifest = any(row["sweep"] for row in rows)
+    outside = {id(row) for row in left_out(rows)}
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        if row["status"] == "skipped" or (with_manifest and not row["sweep"]):
+        if row["status"] == "skipped" or id(row) in outside:
             continue
         scope = row["sweep"] if with_manifest else row.get("settings_id")
         key = (row["kind"], row["src"], row["dst"], row["gap"], row["method"], row["lr"], scope)

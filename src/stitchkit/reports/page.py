@@ -183,25 +183,40 @@ td.failed{background:#fdd}td.pending,td.interrupted{background:#ffd}td.skipped{c
 .cards{display:flex;flex-wrap:wrap;gap:1em}.card{border:1px solid #ddd;border-radius:6px;padding:.6em 1em}
 .card b{font-size:1.4em;display:block}img{max-width:100%;height:auto;border:1px solid #eee;margin:.5em 0}
 ul.pairs{padding-left:1.2em}ul.pairs li{margin:.4em 0}
+.note{border-left:4px solid #e0b000;background:#fffbe6;padding:.4em .8em}
 """
 
 
-def _status_cards(rows: list[dict]) -> str:
+def _status_cards(rows: list[dict], left: list[dict]) -> str:
+    """Runs by status, counting only the runs the summary counts (``left``: the others, one card of their own),
+    so that "8 finished" is what the figures and tables are made of."""
     counts: dict[str, int] = {}
+    outside = {id(row) for row in left}
     for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    return "".join(f'<div class="card"><b>{n}</b>{html.escape(status)}</div>' for status, n in sorted(counts.items()))
+        if id(row) not in outside:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+    cards = [(str(n), status) for status, n in sorted(counts.items())]
+    if left:
+        cards.append((str(len(left)), "left out: in no current sweep"))
+    return "".join(f'<div class="card"><b>{n}</b>{html.escape(what)}</div>' for n, what in cards)
+
+
+def _notes(notes: list[str]) -> str:
+    return "".join(f'<p class="note">{html.escape(note)}.</p>' for note in notes)
 
 
 def write_html(path: Path, runs_dir: Path, rows: list[dict], summary: list[dict], originals: dict,
-               table1: list[dict], figures: dict[str, list[Path]], columns: dict[str, list[str]]) -> None:
+               table1: list[dict], figures: dict[str, list[Path]], columns: dict[str, list[str]],
+               notes: list[str] = (), left: list[dict] = ()) -> None:
     """The page, in the order people read it: what each pair achieved and the accuracy-vs-compute figures first,
     then Table 1 and the original models, the accuracy-vs-gap figures, and last the long per-cell and per-run
-    tables. ``figures`` holds the image files under "compute" and "gap"."""
+    tables. ``figures`` holds the image files under "compute" and "gap"; ``notes`` (:func:`report_notes`) say,
+    under the status cards, what the report left out and why; ``left``: the runs the summary leaves out."""
     originals_rows = [{"model": k, "top1": v["top1"], "gmacs": v.get("gmacs"), "source": v["source"]}
                       for k, v in sorted(originals.items())]
     pairs = sorted({r["pair"] for r in summary})
-    problems = [r for r in rows if r["status"] in ("failed", "interrupted", "pending")]
+    outside = {id(row) for row in left}
+    problems = [r for r in rows if r["status"] in ("failed", "interrupted", "pending") and id(r) not in outside]
     problems_table = html_table(problems, ["run_dir", "status", "error"]) if problems else "<p>None.</p>"
     t1 = [{"model": r["model"], "top1": r.get("top1_text") or _fmt(r["top1"], 1), "gmacs": r["gmacs"],
            "source": r["source"]} for r in table1]
@@ -210,10 +225,11 @@ def write_html(path: Path, runs_dir: Path, rows: list[dict], summary: list[dict]
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>stitchkit report</title>
 <style>{STYLE}</style></head><body>
-<h1>stitchkit report</h1><p class="sub">{html.escape(str(runs_dir))}: {plural(len(rows), 'run')}. Accuracy is top-1 (%)
+<h1>stitchkit report</h1><p class="sub">{html.escape(str(runs_dir))}: {plural(len(rows) - len(left), 'run')}{
+    f" (and {len(left)} left out)" if left else ""}. Accuracy is top-1 (%)
 on the evaluation split; ± is the standard error over seeds (sample standard deviation / &radic;n); compute is GMACs
 (multiply-accumulates) for one image.</p>
-<div class="cards">{_status_cards(rows)}</div>
+<div class="cards">{_status_cards(rows, left)}</div>{_notes(notes)}
 <h2>Each pair in one line</h2>{_pairs_list(summary, originals)}
 <h2>Accuracy vs compute</h2>{_figures(figures["compute"], pairs)}
 <h2>Table 1: stitched models next to models of similar compute</h2>{t1_table}
