@@ -64,3 +64,71 @@ def test_runs_outside_the_current_manifest_are_counted_apart_and_the_report_says
     shutil.rmtree(runs / "before")
     notes.clear()
     assert "left out" not in write_report(runs, log=notes.append).read_text() and notes == []
+
+
+ONE_CELL = """
+base:
+  model: {pretrained: false, num_classes: 10}
+  data: {name: synthetic, input_size: 32, synthetic_train_size: 32, synthetic_val_size: 16, random_resized_crop: false,
+         auto_augment: false}
+  optim: {batch_size: 16}
+  train: {batch_size: 16, epochs: 1, workers: 0, threads: 1}
+pairs: [[resnet10t, resnet10t]]
+gaps: ["1:3"]
+methods: [downsample_linear]
+seeds: [0]
+"""
+
+
+def _sweep_counts(capsys, *argv) -> tuple[int, dict]:
+    code = main(["sweep", *map(str, argv)])
+    return code, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_a_corrupt_result_json_is_not_a_failure_and_the_sweep_redoes_the_run(tmp_path, capsys):
+    """A result.json damaged on disk (cut to 100 bytes) was read as a failed run with no error: the report said
+    "failed" and a sweep rerun skipped it as failed (exit 1). Now the run is redone: resumed from its last checkpoint
+    when that is there (which evaluates it again and writes result.json anew, the same accuracy), trained again when
+    not; until then the report names the problem and what the sweep will do."""
+    from stitchkit.reports.collect import collect
+    from stitchkit.rundir import RunDir
+
+    sweep_file, runs = tmp_path / "one.yaml", tmp_path / "runs"
+    sweep_file.write_text(ONE_CELL)
+    assert _sweep_counts(capsys, sweep_file, "--out", runs) == (0, {"runs_dir": str(runs), "finished": 1})
+    run = RunDir(next(runs.rglob("result.json")).parent)
+    before = json.loads(run.result.read_text())
+    adapters = run.adapter_weights.read_bytes()
+    run.result.write_bytes(run.result.read_bytes()[:100])
+    assert run.state() == "interrupted" and run.result_problem().startswith("result.json unreadable (corrupt): ")
+    [row] = collect(runs)[0]
+    assert row["status"] == "interrupted" and row["error"].startswith("result.json unreadable (corrupt): ")
+    assert "resumes the run from its last checkpoint" in row["error"]
+    assert _sweep_counts(capsys, sweep_file, "--out", runs) == (0, {"runs_dir": str(runs), "finished": 1})
+    after = json.loads(run.result.read_text())
+    assert after["status"] == "finished" and after["top1"] == before["top1"] and after["params"] == before["params"]
+    assert run.adapter_weights.read_bytes() == adapters  # resumed at its end: evaluated again, not trained again
+    assert "start interrupted" in run.attempts.read_text()
+    # Without its checkpoint there is nothing to resume: the run is new to the sweep, and trained again.
+    import shutil
+    shutil.rmtree(run.checkpoints)
+    run.result.write_text('{"status": "finished", "top1": 5')
+    assert run.state() == "new"
+    [row] = collect(runs)[0]
+    assert row["status"] == "pending" and "no checkpoint to resume from; rerunning the sweep trains" in row["error"]
+    assert _sweep_counts(capsys, sweep_file, "--out", runs) == (0, {"runs_dir": str(runs), "finished": 1})
+    assert run.state() == "finished" and run.read_result()["top1"] == before["top1"]  # seeded: the same run again
+
+
+def test_an_unreadable_result_outside_the_sweeps_is_named_not_dropped(tmp_path):
+    runs = tmp_path / "runs"
+    _manifest(runs, "tiny", [_result(runs, "now/0", **_stitch(0, 70.0))])
+    _result(runs, "single/0", **_stitch(0, 60.0))
+    (runs / "single/0/result.json").write_bytes(b"\x00\xff" * 20)  # not even text
+    (runs / "single/0/checkpoints").mkdir()
+    (runs / "single/0/checkpoints/last.pt").write_bytes(b"")
+    notes = []
+    page = write_report(runs, log=notes.append)
+    assert len(notes) == 1 and notes[0].startswith(f"note: {runs / 'single/0'}: result.json unreadable (corrupt): ")
+    assert f"stitchkit train {runs / 'single/0'}/config.yaml output.dir={runs / 'single/0'} --resume" in notes[0]
+    assert "result.json unreadable (corrupt)" in page.read_text()

@@ -99,7 +99,14 @@ def collect(runs_dir: str | Path) -> tuple[list[dict], dict[str, dict]]:
             state = run.state()
             result = run.read_result() if state in ("finished", "failed") else None
             status = {"new": "pending", "interrupted": "interrupted"}.get(state, state)
-            rows.append(_row(cell, result, run_dir, status, sweep))
+            row = _row(cell, result, run_dir, status, sweep)
+            problem = run.result_problem()
+            if problem:  # not the run's failure: say so, and what the sweep will do about it (RunDir.state)
+                row["error"] = problem + ("; rerunning the sweep resumes the run from its last checkpoint, which "
+                                          "evaluates it again and rewrites result.json" if state == "interrupted" else
+                                          " and there is no checkpoint to resume from; rerunning the sweep trains "
+                                          "the run again")
+            rows.append(row)
     originals: dict[str, dict] = {}
     for path in sorted(runs_dir.rglob("result.json")):
         run_dir = path.parent
@@ -126,6 +133,17 @@ def left_out(rows: list[dict]) -> list[dict]:
     return [r for r in rows if not r["sweep"]] if any(r["sweep"] for r in rows) else []
 
 
+def unreadable_results(runs_dir: str | Path, rows: list[dict]) -> list[tuple[Path, str]]:
+    """``(run folder, problem)`` of every result.json under ``runs_dir`` that cannot be read and belongs to no row
+    (a run outside the sweeps, which would otherwise vanish from the report without a word)."""
+    listed = {str(r["run_dir"]) for r in rows}
+    found = []
+    for path in sorted(Path(runs_dir).rglob("result.json")):
+        if str(path.parent) not in listed and (problem := RunDir(path.parent).result_problem()):
+            found.append((path.parent, problem))
+    return found
+
+
 def report_notes(runs_dir: str | Path, rows: list[dict]) -> list[str]:
     """What the report leaves out or cannot read, one sentence each (the page and the command both say them)."""
     notes = []
@@ -140,6 +158,16 @@ def report_notes(runs_dir: str | Path, rows: list[dict]) -> list[str]:
                      "(left over from a sweep rerun with other settings or a smaller grid): left out of summary.csv, "
                      "the figures, Table 1 and the pairs' sentences; results.csv lists them, with an empty sweep "
                      "column")
+    for run_dir, problem in unreadable_results(runs_dir, rows):
+        fix = (f"resume it to evaluate it again: stitchkit train {run_dir}/config.yaml output.dir={run_dir} --resume"
+               if RunDir(run_dir).last_checkpoint.is_file() else
+               "it has no checkpoint to resume from: run the command that wrote it again, with --overwrite")
+        notes.append(f"{run_dir}: {problem}; left out of the report; {fix}")
+    corrupt = [r for r in rows if (r["error"] or "").startswith("result.json unreadable")]
+    if corrupt:
+        notes.append(f"{plural(len(corrupt), 'sweep run')} with an unreadable result.json, counted as "
+                     f"{' or '.join(sorted({r['status'] for r in corrupt}))} (see 'Failed, interrupted and pending "
+                     f"runs'): {', '.join(r['run_dir'] for r in corrupt[:3])}{' ...' if len(corrupt) > 3 else ''}")
     return notes
 
 
