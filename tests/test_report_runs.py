@@ -29,9 +29,9 @@ def _result(runs: Path, name: str, **result) -> dict:
 
 
 def _stitch(seed: int, top1: float, gap: str = "1:3", **more) -> dict:
-    return dict(kind="stitch", src="m", dst="m", gap=gap, method="downsample_linear", seed=seed, lr=None, top1=top1,
-                top5=90.0, gmacs=1.0, params=10, trainable_params=1, mode="stitch", adapter="linear",
-                resize="bilinear", dataset="synthetic", input_size=32, epochs=1, train_images=64, **more)
+    return {**dict(kind="stitch", src="m", dst="m", gap=gap, method="downsample_linear", seed=seed, lr=None, top1=top1,
+                   top5=90.0, gmacs=1.0, params=10, trainable_params=1, mode="stitch", adapter="linear",
+                   resize="bilinear", dataset="synthetic", input_size=32, epochs=1, train_images=64), **more}
 
 
 def _manifest(runs: Path, name: str, cells: list[dict]) -> None:
@@ -132,3 +132,35 @@ def test_an_unreadable_result_outside_the_sweeps_is_named_not_dropped(tmp_path):
     assert len(notes) == 1 and notes[0].startswith(f"note: {runs / 'single/0'}: result.json unreadable (corrupt): ")
     assert f"stitchkit train {runs / 'single/0'}/config.yaml output.dir={runs / 'single/0'} --resume" in notes[0]
     assert "result.json unreadable (corrupt)" in page.read_text()
+
+
+def test_the_fine_tuning_baseline_is_named_as_a_baseline_and_counts_its_own_failures(tmp_path):
+    """The fine-tuning baseline beat every stitch and was presented as the pair's most accurate "stitch", in Table 1
+    as "stitched" with its error to two decimals (68.8 ± 18.75), and its row counted the failures of the learning
+    rate that was not chosen."""
+    runs = tmp_path / "runs"
+    cells = [_result(runs, f"stitch/{seed}", **_stitch(seed, 30.0 + 10 * seed, gmacs=0.02)) for seed in range(2)]
+    for lr, status in ((0.002, "finished"), (1e6, "failed")):
+        for seed, top1 in enumerate((50.0, 87.5)):
+            cells.append(_result(runs, f"finetune/{lr:g}/{seed}", **{
+                **_stitch(seed, top1 if status == "finished" else None, gmacs=0.022, holdout_top1=top1),
+                "kind": "finetune", "method": "finetune", "mode": "finetune", "lr": lr, "status": status}))
+    cells.append(_result(runs, "scratch/0", **{**_stitch(0, 46.9, gmacs=0.022), "kind": "scratch", "gap": None,
+                                                "method": "scratch", "mode": "scratch"}))
+    _manifest(runs, "f1", cells)
+    page = write_report(runs)
+    summary = {r["method"]: r for r in __import__("csv").DictReader((page.parent / "summary.csv").open())}
+    finetune = summary["finetune"]
+    assert (finetune["lr"], finetune["n"], finetune["n_failed"]) == ("0.002", "2", "0")
+    assert finetune["selected_on"] == "holdout; 2 runs failed at learning rate 1e+06"
+    text = page.read_text()
+    assert "most accurate stitch: Downsample, Linear at stage 1 -&gt; 3, with 35.0 ± 5.0 % top-1" in text
+    assert "most accurate: Fine-Tuning" not in text and "most accurate stitch: Fine-Tuning" not in text
+    assert ("The fine-tuning baseline (no stitch: the model cut across the gap, every weight trained): best at stage "
+            "1 -&gt; 3, with 68.8 ± 18.8 % top-1 at 0.022 GMACs (mean of 2 seeds, learning rate 0.002 chosen on "
+            "holdout; 2 runs failed at learning rate 1e+06).") in text
+    table = (page.parent / "table1.md").read_text()
+    assert ("| m -> m Stage 1 -> 3 (fine-tuning baseline, learning rate 0.002) | 68.8 ± 18.8 | 0.022 | fine-tuning "
+            "baseline (no stitch), mean of 2 seeds |") in table
+    # The stitch within reach of the original's compute keeps its row: the better baseline does not take its place.
+    assert "| m -> m Stage 1 -> 3 (downsample_linear) | 35.0 ± 5.0 | 0.020 | stitched, mean of 2 seeds |" in table

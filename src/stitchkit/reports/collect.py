@@ -259,10 +259,18 @@ def summarize(rows: list[dict]) -> list[dict]:
             continue
         scored = [c for c in candidates if c["top1_mean"] is not None]
         on_holdout = bool(scored) and all(c["holdout_top1_mean"] is not None for c in scored)
-        if not scored:
+        if not scored:  # no learning rate has a finished run: the row stands for them all
             summary.append({**candidates[0], "lr": None, "n_failed": sum(c["n_failed"] for c in candidates)})
             continue
         chosen = max(scored, key=lambda c: c["holdout_top1_mean"] if on_holdout else c["top1_mean"])
-        summary.append({**chosen, "n_failed": sum(c["n_failed"] for c in candidates),
-                        "selected_on": "holdout" if on_holdout else "eval split (no hold-out: optimistic)"})
+        # The row is the chosen rate's: its n and n_failed are its own runs'. Runs that failed at the other rates
+        # are told where the choice is (a learning rate that diverged is part of why this one was chosen).
+        selected_on = "holdout" if on_holdout else "eval split (no hold-out: optimistic)"
+        others = [c for c in candidates if c is not chosen and c["n_failed"]]
+        if others:
+            rates = ", ".join(f"{c['lr']:g}" if isinstance(c["lr"], (int, float)) else str(c["lr"]) for c in others)
+            failed = sum(c["n_failed"] for c in others)
+            selected_on += (f"; {plural(failed, 'run')} failed at learning {'rate' if len(others) == 1 else 'rates'} "
+                            f"{rates}")
+        summary.append({**chosen, "selected_on": selected_on})
     return sorted(summary, key=lambda r: (r["pair"], r["gap"] or "", r["method"] or ""))

@@ -36,21 +36,27 @@ def table1_rows(summary: list[dict], originals: dict) -> list[dict]:
     """
     refs = [{"model": name, "top1": o["top1"], "gmacs": o.get("gmacs"), "source": o["source"]}
             for name, o in originals.items() if o.get("gmacs")]
-    stitched = [r for r in summary if r["kind"] in ("stitch", "finetune") and r["top1_mean"] is not None and r["gmacs"]]
+    finished = [r for r in summary if r["kind"] in ("stitch", "finetune") and r["top1_mean"] is not None and r["gmacs"]]
     rows, used = list(refs), set()
     for ref in refs:
-        near = [r for r in stitched if 0.8 * ref["gmacs"] <= r["gmacs"] <= 1.02 * ref["gmacs"]]
-        if not near:
-            continue
-        best = max(near, key=lambda r: r["top1_mean"])
-        key = (best["pair"], best["gap"], best["method"])
-        if key in used:
-            continue
-        used.add(key)
-        se = f" ± {best['top1_se']:.2f}" if best["top1_se"] is not None else ""
-        rows.append({"model": f"{best['pair']} Stage {best['gap'].replace(':', ' -> ')} ({best['method']})",
-                     "top1": best["top1_mean"], "top1_text": f"{best['top1_mean']:.1f}{se}", "gmacs": best["gmacs"],
-                     "source": f"stitched, mean of {plural(best['n'], 'seed')}"})
+        near = [r for r in finished if 0.8 * ref["gmacs"] <= r["gmacs"] <= 1.02 * ref["gmacs"]]
+        # The best stitch and, apart, the best fine-tuning baseline: a baseline is no stitch, and must not take the
+        # place of the stitch the table is about.
+        for group in ([r for r in near if r["kind"] == "stitch"], [r for r in near if r["kind"] == "finetune"]):
+            if not group:
+                continue
+            best = max(group, key=lambda r: r["top1_mean"])
+            key = (best["pair"], best["gap"], best["method"], best["sweep"])
+            if key in used:
+                continue
+            used.add(key)
+            seeds = f"mean of {plural(best['n'], 'seed')}"
+            stitch = best["kind"] == "stitch"
+            what = best["method"] if stitch else f"fine-tuning baseline, learning rate {_fmt(best['lr'])}"
+            rows.append({"model": f"{best['pair']} Stage {best['gap'].replace(':', ' -> ')} ({what})",
+                         "top1": best["top1_mean"], "top1_text": _accuracy(best["top1_mean"], best["top1_se"], ""),
+                         "gmacs": best["gmacs"],
+                         "source": f"stitched, {seeds}" if stitch else f"fine-tuning baseline (no stitch), {seeds}"})
     return sorted(rows, key=lambda r: r["gmacs"])
 
 
@@ -114,8 +120,9 @@ def _page_columns(columns: list[str]) -> list[str]:
     return [c for c in columns if c not in LEFT_OUT_OF_PAGE]
 
 
-def _accuracy(top1: float, se: float | None) -> str:
-    return f"{top1:.1f} ± {se:.1f} %" if se is not None else f"{top1:.1f} %"
+def _accuracy(top1: float, se: float | None, unit: str = " %") -> str:
+    """A mean and its standard error to the same one decimal (``68.8 ± 18.8 %``)."""
+    return f"{top1:.1f} ± {se:.1f}{unit}" if se is not None else f"{top1:.1f}{unit}"
 
 
 def _compared_with_destination(best: dict, originals: dict) -> str:
@@ -133,17 +140,36 @@ def _compared_with_destination(best: dict, originals: dict) -> str:
     return text
 
 
+def _at(row: dict) -> str:
+    compute = f" at {row['gmacs']:.3g} GMACs" if row.get("gmacs") else ""
+    return (f"at stage {row['src_stage']} -> {row['dst_stage']}, with {_accuracy(row['top1_mean'], row['top1_se'])} "
+            f"top-1{compute}")
+
+
+def _baseline_sentence(cells: list[dict]) -> str:
+    """`` The fine-tuning baseline (no stitch: ...): best at stage 1 -> 3, ...``, or nothing without one."""
+    done = [r for r in cells if r.get("kind") == "finetune" and r["top1_mean"] is not None]
+    if not done:
+        return ""
+    best = max(done, key=lambda r: r["top1_mean"])
+    chosen = f", learning rate {_fmt(best['lr'])}" + (f" chosen on {best['selected_on']}" if best.get("selected_on")
+                                                      else "") if best.get("lr") is not None else ""
+    return (f" The fine-tuning baseline (no stitch: the model cut across the gap, every weight trained): best "
+            f"{_at(best)} (mean of {plural(best['n'], 'seed')}{chosen}).")
+
+
 def pair_sentence(cells: list[dict], originals: dict) -> str:
     """One source -> destination pair in a sentence: its most accurate stitch (method, gap, accuracy, compute,
-    seeds) and how that compares with the destination model on its own."""
-    done = [r for r in cells if r["top1_mean"] is not None]
+    seeds) and how that compares with the destination model on its own; then, named as such, the fine-tuning
+    baseline's best (a baseline is never the pair's "stitch")."""
+    stitches = [r for r in cells if r.get("kind", "stitch") == "stitch"]
+    done = [r for r in stitches if r["top1_mean"] is not None]
+    baseline = _baseline_sentence(cells)
     if not done:
-        return f"no finished stitches yet ({plural(len(cells), 'cell')} pending or failed)."
+        return f"no finished stitches yet ({plural(len(stitches), 'cell')} pending or failed).{baseline}"
     best = max(done, key=lambda r: r["top1_mean"])
-    compute = f" at {best['gmacs']:.3g} GMACs" if best.get("gmacs") else ""
-    return (f"most accurate: {method_label(best['method'])} at stage {best['src_stage']} -> {best['dst_stage']}, "
-            f"with {_accuracy(best['top1_mean'], best['top1_se'])} top-1{compute} (mean of {plural(best['n'], 'seed')})"
-            f"{_compared_with_destination(best, originals)}.")
+    return (f"most accurate stitch: {method_label(best['method'])} {_at(best)} (mean of {plural(best['n'], 'seed')})"
+            f"{_compared_with_destination(best, originals)}.{baseline}")
 
 
 def _pairs_list(summary: list[dict], originals: dict) -> str:
