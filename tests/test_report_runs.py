@@ -164,3 +164,82 @@ def test_the_fine_tuning_baseline_is_named_as_a_baseline_and_counts_its_own_fail
             "baseline (no stitch), mean of 2 seeds |") in table
     # The stitch within reach of the original's compute keeps its row: the better baseline does not take its place.
     assert "| m -> m Stage 1 -> 3 (downsample_linear) | 35.0 ± 5.0 | 0.020 | stitched, mean of 2 seeds |" in table
+
+
+def _drawn(monkeypatch) -> dict:
+    """Figures the plots module draws, by file stem, instead of writing them."""
+    from stitchkit.reports import plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, out, stem: drawn.setdefault(stem, fig) and [])
+    return drawn
+
+
+def _lines(fig) -> dict[str, list[tuple]]:
+    """Each labelled line of a figure's panels: its (x, y) points."""
+    return {line.get_label(): list(zip(line.get_xdata(), line.get_ydata())) for ax in fig.axes
+            for line in ax.get_lines() if not line.get_label().startswith("_")}
+
+
+def test_two_sweeps_of_one_pair_are_not_drawn_as_one_line(tmp_path, monkeypatch):
+    """The same pair in two sweeps trained differently (128 and 96 images): summary.csv had a row each, but the
+    figures joined them into one zig-zag line per method, lost the title's training note, and drew the other
+    sweep's model trained from scratch as the reference. Now each way of training is a figure of its own, with
+    its note, its own lines and its own reference; two sweeps trained alike share a figure, and where both have a
+    point at the same place their lines are told apart by sweep."""
+    from stitchkit.reports import plots
+    from stitchkit.reports.collect import collect, summarize
+
+    runs = tmp_path / "runs"
+    g1 = [_result(runs, f"g1/{gap}/{seed}", **_stitch(seed, top1 + seed, gap=gap, train_images=128))
+          for gap, top1 in (("1:2", 14.0), ("1:3", 23.0)) for seed in range(2)]
+    f1 = [_result(runs, f"f1/{seed}", **_stitch(seed, 20.0 + seed, train_images=96)) for seed in range(2)]
+    f1 += [_result(runs, f"f1/scratch/{seed}", **{**_stitch(seed, 46.0 + seed, train_images=96), "kind": "scratch",
+                                                   "gap": None, "method": "scratch", "mode": "scratch"})
+           for seed in range(2)]
+    _manifest(runs, "g1", g1)
+    _manifest(runs, "f1", f1)
+    rows, originals = collect(runs)
+    summary = summarize(rows)
+    drawn = _drawn(monkeypatch)
+    plots.accuracy_vs_gap(summary, originals, tmp_path)
+    plots.accuracy_vs_compute(summary, originals, tmp_path)
+    assert sorted(drawn) == ["compute_m_m__f1", "compute_m_m__g1", "gap_m_m__f1", "gap_m_m__g1"]
+    assert _lines(drawn["gap_m_m__g1"]) == {"Downsample, Linear": [(2, 14.5), (3, 23.5)]}
+    f1_lines = _lines(drawn["gap_m_m__f1"])
+    assert f1_lines["Downsample, Linear"] == [(3, 20.5)]
+    assert [points for label, points in f1_lines.items() if label.startswith("m (original")] == [[(0, 46.5), (1, 46.5)]]
+    assert "x 128 images" in drawn["gap_m_m__g1"]._suptitle.get_text()
+    assert "x 96 images" in drawn["gap_m_m__f1"]._suptitle.get_text()
+    assert "(sweep g1)" in drawn["gap_m_m__g1"]._suptitle.get_text()
+    # g1 trained no model from scratch; f1's (trained on 96 images) is f1's reference, not g1's.
+    legend = [t.get_text() for t in drawn["gap_m_m__g1"].legends[0].get_texts()]
+    assert not any("original" in text for text in legend)
+    assert plots.figure_title(Path("gap_m_m__g1.png"), ["m -> m"]) == "Accuracy vs gap: m -> m (sweep g1)"
+
+    # Two sweeps trained alike: one figure; the method both ran at 1:3 is a line per sweep, the other one line.
+    alike = tmp_path / "alike"
+    a = [_result(alike, f"a/{gap}", **_stitch(0, top1, gap=gap)) for gap, top1 in (("1:2", 10.0), ("1:3", 30.0))]
+    b = [_result(alike, f"b/{gap}", **_stitch(0, top1, gap=gap)) for gap, top1 in (("1:3", 20.0), ("1:4", 40.0))]
+    b += [_result(alike, "b/bottleneck", **{**_stitch(0, 50.0), "method": "downsample_bottleneck",
+                                            "adapter": "bottleneck"})]
+    _manifest(alike, "a", a)
+    _manifest(alike, "b", b)
+    rows, originals = collect(alike)
+    drawn.clear()
+    plots.accuracy_vs_gap(summarize(rows), originals, tmp_path)
+    assert list(drawn) == ["gap_m_m"]
+    assert _lines(drawn["gap_m_m"]) == {"Downsample, Linear (sweep a)": [(2, 10.0), (3, 30.0)],
+                                        "Downsample, Linear (sweep b)": [(3, 20.0), (4, 40.0)],
+                                        "Downsample, Bottleneck": [(3, 50.0)]}
+
+
+def test_a_pairs_figure_replaced_by_one_per_sweep_does_not_stay_beside_them(tmp_path):
+    runs = tmp_path / "runs"
+    _manifest(runs, "g1", [_result(runs, f"g1/{seed}", **_stitch(seed, 20.0, train_images=128)) for seed in range(2)])
+    report = write_report(runs).parent
+    assert {p.name for p in report.glob("gap_*")} == {"gap_m_m.png", "gap_m_m.pdf"}
+    _manifest(runs, "f1", [_result(runs, f"f1/{seed}", **_stitch(seed, 30.0, train_images=96)) for seed in range(2)])
+    (report / "gap_notes.png").write_bytes(b"someone else's")  # not a figure of a pair of these runs: kept
+    write_report(runs)
+    assert {p.name for p in report.glob("gap_*.png")} == {"gap_m_m__g1.png", "gap_m_m__f1.png", "gap_notes.png"}

@@ -36,6 +36,19 @@ def _add_model_cards(rows: list[dict], originals: dict) -> None:
                                "source": card[1]}
 
 
+def _remove_replaced_figures(out: Path, summary: list[dict], written: list[Path]) -> None:
+    """A pair's figures from an earlier report that this one replaced under other names (one figure became one per
+    sweep, or the other way round): left there, they would show a pair as it no longer is beside the new ones."""
+    from .plots import FIGURE_KINDS, _slug
+
+    keep = {path.name for path in written}
+    for pair in {r["pair"] for r in summary}:
+        for kind in FIGURE_KINDS:
+            for path in [*out.glob(f"{kind}_{_slug(pair)}.*"), *out.glob(f"{kind}_{_slug(pair)}__*.*")]:
+                if path.suffix in (".png", ".pdf") and path.name not in keep:
+                    path.unlink()
+
+
 def write_report(runs_dir: str | Path, out: str | Path | None = None, log=None) -> Path:
     """Write results.csv, summary.csv, the figures (PNG and PDF), table1.md and index.html; returns index.html.
     ``log``: called with each note on what the report left out or could not read (the page says them too).
@@ -63,6 +76,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, log=None) 
     gap = accuracy_vs_gap(summary, originals, out)
     compute = accuracy_vs_compute(summary, originals, out)
     figures = {"gap": gap, "compute": pairs_overview(summary, originals, out) + compute}  # the overview leads
+    _remove_replaced_figures(out, summary, gap + compute)
     table1 = table1_rows(summary, originals)
     atomic_write_text(out / "table1.md", table1_markdown(table1, table1_missing(summary, originals, runs_dir)))
     index = out / "index.html"

@@ -201,7 +201,8 @@ def scratch_originals(rows: list[dict], exclude: set[str] = frozenset()) -> dict
         if len(settings) > 1:
             label += f"; {plural(len(settings) - 1, 'other setting')} in the folder not shown"
         originals[name] = {"top1": statistics.fmean(top1), "top1_se": standard_error(top1), "n": len(top1),
-                           "gmacs": runs[0]["gmacs"], "source": label, "dataset": runs[0]["dataset"]}
+                           "gmacs": runs[0]["gmacs"], "source": label, "dataset": runs[0]["dataset"],
+                           "sweep": runs[0].get("sweep")}  # whose reference it is, where a pair has several sweeps
     return originals
 
 
