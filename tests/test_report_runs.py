@@ -243,3 +243,12 @@ def test_a_pairs_figure_replaced_by_one_per_sweep_does_not_stay_beside_them(tmp_
     (report / "gap_notes.png").write_bytes(b"someone else's")  # not a figure of a pair of these runs: kept
     write_report(runs)
     assert {p.name for p in report.glob("gap_*.png")} == {"gap_m_m__g1.png", "gap_m_m__f1.png", "gap_notes.png"}
+
+
+def test_a_folder_whose_only_result_is_unreadable_says_so(tmp_path):
+    run = tmp_path / "runs" / "single"
+    run.mkdir(parents=True)
+    (run / "result.json").write_text('{"status": "fin')
+    with pytest.raises(StitchkitError, match=r"^no readable runs under .*single: result\.json unreadable \(corrupt\): "
+                                             r".*no checkpoint to resume from: run the command that wrote it again"):
+        write_report(tmp_path / "runs")

@@ -65,6 +65,10 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, log=None) 
         raise StitchkitError(f"runs folder {str(runs_dir)!r} does not exist; pass the --out folder of a sweep")
     rows, originals = collect(runs_dir)
     if not rows:
+        unreadable = report_notes(runs_dir, rows)  # result.json files that are there but cannot be read
+        if unreadable:
+            more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+            raise StitchkitError(f"no readable runs under {str(runs_dir)!r}: {unreadable[0]}{more}")
         raise StitchkitError(f"no runs found under {str(runs_dir)!r} (no sweeps/*.json manifest, no result.json)")
     _add_model_cards(rows, originals)
     summary = summarize(rows)
