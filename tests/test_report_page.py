@@ -92,7 +92,7 @@ def test_a_pair_in_one_sentence():
               "gmacs": 0.0289, "n": 1, "dst": "resnet18"}]
     originals = {"resnet18": {"top1": 88.32, "gmacs": 0.037}}
     assert pair_sentence(cells, originals) == (
-        "most accurate: Downsample, Bottleneck at stage 1 -> 1, with 84.4 ± 0.3 % top-1 at 0.0289 GMACs (mean of 1 "
+        "most accurate stitch: Downsample, Bottleneck at stage 1 -> 1, with 84.4 ± 0.3 % top-1 at 0.0289 GMACs (mean of 1 "
         "seed); that is 3.9 points below resnet18 on its own (88.3 % at 0.037 GMACs), with 78 % of its compute.")
     assert pair_sentence(cells[:1], {}) == "no finished stitches yet (1 cell pending or failed)."
     assert [plural(n, "seed") for n in (0, 1, 3)] == ["0 seeds", "1 seed", "3 seeds"]

@@ -5,7 +5,10 @@ cells, what the sweep runner adds (the cell's description, its attempts, its loc
 :class:`RunDir` for a path or the run's state instead of spelling file names.
 
 States (:meth:`RunDir.state`): ``finished`` and ``failed`` (``result.json`` says which), ``interrupted`` (a
-checkpoint but no result: resume it), ``new``.
+checkpoint but no result: resume it), ``new``. A ``result.json`` that cannot be read (corrupted on disk: runs write
+it atomically, so never torn by a kill) is no result: the run is ``interrupted`` when its last checkpoint is there
+(resuming re-evaluates it and writes result.json again) and ``new`` otherwise; :meth:`RunDir.result_problem` says
+what is wrong with the file.
 """
 from __future__ import annotations
 
@@ -57,17 +60,34 @@ class RunDir:
     # --- the state ----------------------------------------------------------------------------------------------
 
     def read_result(self) -> dict | None:
-        """``result.json``, or None when it is missing or unreadable (a foreign file: it cannot be torn)."""
+        """``result.json``, or None when it is missing or unreadable (see :meth:`result_problem`)."""
         try:
             data = json.loads(self.result.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # ValueError: not JSON, or not text (UnicodeDecodeError)
             return None
         return data if isinstance(data, dict) else None
+
+    def result_problem(self) -> str | None:
+        """What is wrong with a ``result.json`` that is there but cannot be read (``result.json unreadable
+        (corrupt): ...``), or None when it is missing or readable."""
+        try:
+            data = json.loads(self.result.read_text())
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            return f"result.json unreadable ({err.strerror or err})"
+        except ValueError as err:
+            return f"result.json unreadable (corrupt): {err}"
+        return None if isinstance(data, dict) else f"result.json unreadable (corrupt): a JSON {type(data).__name__}, " \
+                                                      "not an object"
 
     def state(self) -> str:
         if self.result.is_file():
             result = self.read_result()
-            return "finished" if result is not None and result.get("status") == "finished" else "failed"
+            if result is not None:
+                return "finished" if result.get("status") == "finished" else "failed"
+            # Unreadable: not a failure of the run (its weights and checkpoint may be whole), so the run is redone
+            # from what is left (result_problem() says what is wrong, for reports).
         if self.last_checkpoint.is_file():
             return "interrupted"
         return "new"

@@ -17,6 +17,6 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ..reports import write_report
 
-    index = write_report(args.runs_dir, args.out)
+    index = write_report(args.runs_dir, args.out, log=print)
     print(f"report written: {index}")
     return 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import StitchkitError
 from ..files import atomic_write_text, remove_own_temps
-from .collect import RESULT_COLUMNS, SUMMARY_COLUMNS, collect, standard_error, summarize
+from .collect import RESULT_COLUMNS, SUMMARY_COLUMNS, collect, left_out, report_notes, standard_error, summarize
 from ..zoo.metadata import published_top1
 from .page import table1_markdown, table1_missing, table1_rows, write_html
 from .plots import accuracy_vs_compute, accuracy_vs_gap, pairs_overview, pareto_front
@@ -36,16 +36,39 @@ def _add_model_cards(rows: list[dict], originals: dict) -> None:
                                "source": card[1]}
 
 
-def write_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
+def _remove_replaced_figures(out: Path, summary: list[dict], written: list[Path]) -> None:
+    """A pair's figures from an earlier report that this one replaced under other names (one figure became one per
+    sweep, or the other way round): left there, they would show a pair as it no longer is beside the new ones."""
+    from .plots import FIGURE_KINDS, _slug
+
+    keep = {path.name for path in written}
+    for pair in {r["pair"] for r in summary}:
+        for kind in FIGURE_KINDS:
+            for path in [*out.glob(f"{kind}_{_slug(pair)}.*"), *out.glob(f"{kind}_{_slug(pair)}__*.*")]:
+                if path.suffix in (".png", ".pdf") and path.name not in keep:
+                    path.unlink()
+
+
+def write_report(runs_dir: str | Path, out: str | Path | None = None, log=None) -> Path:
     """Write results.csv, summary.csv, the figures (PNG and PDF), table1.md and index.html; returns index.html.
+    ``log``: called with each note on what the report left out or could not read (the page says them too).
 
     Each file is written atomically and index.html last: a report killed half-way leaves whole files, and a rerun
     writes them all again."""
     runs_dir = Path(runs_dir)
+    if runs_dir.exists() and not runs_dir.is_dir():
+        # Most often the sweep file itself (`stitchkit report tiny.yaml`): name the folder its runs went to.
+        hint = f", runs/{runs_dir.stem} by default for this sweep file" if runs_dir.suffix in (".yaml", ".yml") else ""
+        raise StitchkitError(f"{str(runs_dir)!r} is a file, not a runs folder; pass the folder a sweep wrote its runs "
+                             f"into: the sweep's --out{hint}")
     if not runs_dir.is_dir():
         raise StitchkitError(f"runs folder {str(runs_dir)!r} does not exist; pass the --out folder of a sweep")
     rows, originals = collect(runs_dir)
     if not rows:
+        unreadable = report_notes(runs_dir, rows)  # result.json files that are there but cannot be read
+        if unreadable:
+            more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+            raise StitchkitError(f"no readable runs under {str(runs_dir)!r}: {unreadable[0]}{more}")
         raise StitchkitError(f"no runs found under {str(runs_dir)!r} (no sweeps/*.json manifest, no result.json)")
     _add_model_cards(rows, originals)
     summary = summarize(rows)
@@ -57,9 +80,13 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     gap = accuracy_vs_gap(summary, originals, out)
     compute = accuracy_vs_compute(summary, originals, out)
     figures = {"gap": gap, "compute": pairs_overview(summary, originals, out) + compute}  # the overview leads
+    _remove_replaced_figures(out, summary, gap + compute)
     table1 = table1_rows(summary, originals)
     atomic_write_text(out / "table1.md", table1_markdown(table1, table1_missing(summary, originals, runs_dir)))
     index = out / "index.html"
+    notes = report_notes(runs_dir, rows)
     write_html(index, runs_dir, rows, summary, originals, table1, figures,
-               {"results": RESULT_COLUMNS, "summary": SUMMARY_COLUMNS})
+               {"results": RESULT_COLUMNS, "summary": SUMMARY_COLUMNS}, notes, left_out(rows))
+    for note in notes if log else ():
+        log(f"note: {note}")
     return index

@@ -99,7 +99,14 @@ def collect(runs_dir: str | Path) -> tuple[list[dict], dict[str, dict]]:
             state = run.state()
             result = run.read_result() if state in ("finished", "failed") else None
             status = {"new": "pending", "interrupted": "interrupted"}.get(state, state)
-            rows.append(_row(cell, result, run_dir, status, sweep))
+            row = _row(cell, result, run_dir, status, sweep)
+            problem = run.result_problem()
+            if problem:  # not the run's failure: say so, and what the sweep will do about it (RunDir.state)
+                row["error"] = problem + ("; rerunning the sweep resumes the run from its last checkpoint, which "
+                                          "evaluates it again and rewrites result.json" if state == "interrupted" else
+                                          " and there is no checkpoint to resume from; rerunning the sweep trains "
+                                          "the run again")
+            rows.append(row)
     originals: dict[str, dict] = {}
     for path in sorted(runs_dir.rglob("result.json")):
         run_dir = path.parent
@@ -118,6 +125,50 @@ def collect(runs_dir: str | Path) -> tuple[list[dict], dict[str, dict]]:
     in_sweeps = [r for r in rows if r["sweep"]] if any(r["sweep"] for r in rows) else rows
     originals.update(scratch_originals(in_sweeps, exclude=set(originals)))
     return rows, originals
+
+
+def left_out(rows: list[dict]) -> list[dict]:
+    """The runs :func:`summarize` leaves out: in a folder with sweep manifests, those in no sweep's current manifest
+    (left over from a sweep rerun with other settings or a smaller grid). results.csv still lists them."""
+    return [r for r in rows if not r["sweep"]] if any(r["sweep"] for r in rows) else []
+
+
+def unreadable_results(runs_dir: str | Path, rows: list[dict]) -> list[tuple[Path, str]]:
+    """``(run folder, problem)`` of every result.json under ``runs_dir`` that cannot be read and belongs to no row
+    (a run outside the sweeps, which would otherwise vanish from the report without a word)."""
+    listed = {str(r["run_dir"]) for r in rows}
+    found = []
+    for path in sorted(Path(runs_dir).rglob("result.json")):
+        if str(path.parent) not in listed and (problem := RunDir(path.parent).result_problem()):
+            found.append((path.parent, problem))
+    return found
+
+
+def report_notes(runs_dir: str | Path, rows: list[dict]) -> list[str]:
+    """What the report leaves out or cannot read, one sentence each (the page and the command both say them)."""
+    notes = []
+    if left := left_out(rows):
+        counts = {}
+        for row in left:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        # finished runs first: they are what the summary would have counted
+        runs = ", ".join(plural(n, f"{status} run") for status, n in sorted(counts.items(),
+                                                                          key=lambda c: (c[0] != "finished", c[0])))
+        notes.append(f"{runs} below the folder {'is' if len(left) == 1 else 'are'} in no sweep's current manifest "
+                     "(left over from a sweep rerun with other settings or a smaller grid): left out of summary.csv, "
+                     "the figures, Table 1 and the pairs' sentences; results.csv lists them, with an empty sweep "
+                     "column")
+    for run_dir, problem in unreadable_results(runs_dir, rows):
+        fix = (f"resume it to evaluate it again: stitchkit train {run_dir}/config.yaml output.dir={run_dir} --resume"
+               if RunDir(run_dir).last_checkpoint.is_file() else
+               "it has no checkpoint to resume from: run the command that wrote it again, with --overwrite")
+        notes.append(f"{run_dir}: {problem}; left out of the report; {fix}")
+    corrupt = [r for r in rows if (r["error"] or "").startswith("result.json unreadable")]
+    if corrupt:
+        notes.append(f"{plural(len(corrupt), 'sweep run')} with an unreadable result.json, counted as "
+                     f"{' or '.join(sorted({r['status'] for r in corrupt}))} (see 'Failed, interrupted and pending "
+                     f"runs'): {', '.join(r['run_dir'] for r in corrupt[:3])}{' ...' if len(corrupt) > 3 else ''}")
+    return notes
 
 
 def training_label(row: dict) -> str:
@@ -150,7 +201,8 @@ def scratch_originals(rows: list[dict], exclude: set[str] = frozenset()) -> dict
         if len(settings) > 1:
             label += f"; {plural(len(settings) - 1, 'other setting')} in the folder not shown"
         originals[name] = {"top1": statistics.fmean(top1), "top1_se": standard_error(top1), "n": len(top1),
-                           "gmacs": runs[0]["gmacs"], "source": label, "dataset": runs[0]["dataset"]}
+                           "gmacs": runs[0]["gmacs"], "source": label, "dataset": runs[0]["dataset"],
+                           "sweep": runs[0].get("sweep")}  # whose reference it is, where a pair has several sweeps
     return originals
 
 
@@ -173,9 +225,10 @@ def summarize(rows: list[dict]) -> list[dict]:
     a folder without manifests, runs are grouped by their settings digest.
     """
     with_manifest = any(row["sweep"] for row in rows)
+    outside = {id(row) for row in left_out(rows)}
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        if row["status"] == "skipped" or (with_manifest and not row["sweep"]):
+        if row["status"] == "skipped" or id(row) in outside:
             continue
         scope = row["sweep"] if with_manifest else row.get("settings_id")
         key = (row["kind"], row["src"], row["dst"], row["gap"], row["method"], row["lr"], scope)
@@ -207,10 +260,18 @@ def summarize(rows: list[dict]) -> list[dict]:
             continue
         scored = [c for c in candidates if c["top1_mean"] is not None]
         on_holdout = bool(scored) and all(c["holdout_top1_mean"] is not None for c in scored)
-        if not scored:
+        if not scored:  # no learning rate has a finished run: the row stands for them all
             summary.append({**candidates[0], "lr": None, "n_failed": sum(c["n_failed"] for c in candidates)})
             continue
         chosen = max(scored, key=lambda c: c["holdout_top1_mean"] if on_holdout else c["top1_mean"])
-        summary.append({**chosen, "n_failed": sum(c["n_failed"] for c in candidates),
-                        "selected_on": "holdout" if on_holdout else "eval split (no hold-out: optimistic)"})
+        # The row is the chosen rate's: its n and n_failed are its own runs'. Runs that failed at the other rates
+        # are told where the choice is (a learning rate that diverged is part of why this one was chosen).
+        selected_on = "holdout" if on_holdout else "eval split (no hold-out: optimistic)"
+        others = [c for c in candidates if c is not chosen and c["n_failed"]]
+        if others:
+            rates = ", ".join(f"{c['lr']:g}" if isinstance(c["lr"], (int, float)) else str(c["lr"]) for c in others)
+            failed = sum(c["n_failed"] for c in others)
+            selected_on += (f"; {plural(failed, 'run')} failed at learning {'rate' if len(others) == 1 else 'rates'} "
+                            f"{rates}")
+        summary.append({**chosen, "selected_on": selected_on})
     return sorted(summary, key=lambda r: (r["pair"], r["gap"] or "", r["method"] or ""))

@@ -36,21 +36,27 @@ def table1_rows(summary: list[dict], originals: dict) -> list[dict]:
     """
     refs = [{"model": name, "top1": o["top1"], "gmacs": o.get("gmacs"), "source": o["source"]}
             for name, o in originals.items() if o.get("gmacs")]
-    stitched = [r for r in summary if r["kind"] in ("stitch", "finetune") and r["top1_mean"] is not None and r["gmacs"]]
+    finished = [r for r in summary if r["kind"] in ("stitch", "finetune") and r["top1_mean"] is not None and r["gmacs"]]
     rows, used = list(refs), set()
     for ref in refs:
-        near = [r for r in stitched if 0.8 * ref["gmacs"] <= r["gmacs"] <= 1.02 * ref["gmacs"]]
-        if not near:
-            continue
-        best = max(near, key=lambda r: r["top1_mean"])
-        key = (best["pair"], best["gap"], best["method"])
-        if key in used:
-            continue
-        used.add(key)
-        se = f" ± {best['top1_se']:.2f}" if best["top1_se"] is not None else ""
-        rows.append({"model": f"{best['pair']} Stage {best['gap'].replace(':', ' -> ')} ({best['method']})",
-                     "top1": best["top1_mean"], "top1_text": f"{best['top1_mean']:.1f}{se}", "gmacs": best["gmacs"],
-                     "source": f"stitched, mean of {plural(best['n'], 'seed')}"})
+        near = [r for r in finished if 0.8 * ref["gmacs"] <= r["gmacs"] <= 1.02 * ref["gmacs"]]
+        # The best stitch and, apart, the best fine-tuning baseline: a baseline is no stitch, and must not take the
+        # place of the stitch the table is about.
+        for group in ([r for r in near if r["kind"] == "stitch"], [r for r in near if r["kind"] == "finetune"]):
+            if not group:
+                continue
+            best = max(group, key=lambda r: r["top1_mean"])
+            key = (best["pair"], best["gap"], best["method"], best["sweep"])
+            if key in used:
+                continue
+            used.add(key)
+            seeds = f"mean of {plural(best['n'], 'seed')}"
+            stitch = best["kind"] == "stitch"
+            what = best["method"] if stitch else f"fine-tuning baseline, learning rate {_fmt(best['lr'])}"
+            rows.append({"model": f"{best['pair']} Stage {best['gap'].replace(':', ' -> ')} ({what})",
+                         "top1": best["top1_mean"], "top1_text": _accuracy(best["top1_mean"], best["top1_se"], ""),
+                         "gmacs": best["gmacs"],
+                         "source": f"stitched, {seeds}" if stitch else f"fine-tuning baseline (no stitch), {seeds}"})
     return sorted(rows, key=lambda r: r["gmacs"])
 
 
@@ -114,8 +120,9 @@ def _page_columns(columns: list[str]) -> list[str]:
     return [c for c in columns if c not in LEFT_OUT_OF_PAGE]
 
 
-def _accuracy(top1: float, se: float | None) -> str:
-    return f"{top1:.1f} ± {se:.1f} %" if se is not None else f"{top1:.1f} %"
+def _accuracy(top1: float, se: float | None, unit: str = " %") -> str:
+    """A mean and its standard error to the same one decimal (``68.8 ± 18.8 %``)."""
+    return f"{top1:.1f} ± {se:.1f}{unit}" if se is not None else f"{top1:.1f}{unit}"
 
 
 def _compared_with_destination(best: dict, originals: dict) -> str:
@@ -133,17 +140,36 @@ def _compared_with_destination(best: dict, originals: dict) -> str:
     return text
 
 
+def _at(row: dict) -> str:
+    compute = f" at {row['gmacs']:.3g} GMACs" if row.get("gmacs") else ""
+    return (f"at stage {row['src_stage']} -> {row['dst_stage']}, with {_accuracy(row['top1_mean'], row['top1_se'])} "
+            f"top-1{compute}")
+
+
+def _baseline_sentence(cells: list[dict]) -> str:
+    """`` The fine-tuning baseline (no stitch: ...): best at stage 1 -> 3, ...``, or nothing without one."""
+    done = [r for r in cells if r.get("kind") == "finetune" and r["top1_mean"] is not None]
+    if not done:
+        return ""
+    best = max(done, key=lambda r: r["top1_mean"])
+    chosen = f", learning rate {_fmt(best['lr'])}" + (f" chosen on {best['selected_on']}" if best.get("selected_on")
+                                                      else "") if best.get("lr") is not None else ""
+    return (f" The fine-tuning baseline (no stitch: the model cut across the gap, every weight trained): best "
+            f"{_at(best)} (mean of {plural(best['n'], 'seed')}{chosen}).")
+
+
 def pair_sentence(cells: list[dict], originals: dict) -> str:
     """One source -> destination pair in a sentence: its most accurate stitch (method, gap, accuracy, compute,
-    seeds) and how that compares with the destination model on its own."""
-    done = [r for r in cells if r["top1_mean"] is not None]
+    seeds) and how that compares with the destination model on its own; then, named as such, the fine-tuning
+    baseline's best (a baseline is never the pair's "stitch")."""
+    stitches = [r for r in cells if r.get("kind", "stitch") == "stitch"]
+    done = [r for r in stitches if r["top1_mean"] is not None]
+    baseline = _baseline_sentence(cells)
     if not done:
-        return f"no finished stitches yet ({plural(len(cells), 'cell')} pending or failed)."
+        return f"no finished stitches yet ({plural(len(stitches), 'cell')} pending or failed).{baseline}"
     best = max(done, key=lambda r: r["top1_mean"])
-    compute = f" at {best['gmacs']:.3g} GMACs" if best.get("gmacs") else ""
-    return (f"most accurate: {method_label(best['method'])} at stage {best['src_stage']} -> {best['dst_stage']}, "
-            f"with {_accuracy(best['top1_mean'], best['top1_se'])} top-1{compute} (mean of {plural(best['n'], 'seed')})"
-            f"{_compared_with_destination(best, originals)}.")
+    return (f"most accurate stitch: {method_label(best['method'])} {_at(best)} (mean of {plural(best['n'], 'seed')})"
+            f"{_compared_with_destination(best, originals)}.{baseline}")
 
 
 def _pairs_list(summary: list[dict], originals: dict) -> str:
@@ -183,25 +209,40 @@ td.failed{background:#fdd}td.pending,td.interrupted{background:#ffd}td.skipped{c
 .cards{display:flex;flex-wrap:wrap;gap:1em}.card{border:1px solid #ddd;border-radius:6px;padding:.6em 1em}
 .card b{font-size:1.4em;display:block}img{max-width:100%;height:auto;border:1px solid #eee;margin:.5em 0}
 ul.pairs{padding-left:1.2em}ul.pairs li{margin:.4em 0}
+.note{border-left:4px solid #e0b000;background:#fffbe6;padding:.4em .8em}
 """
 
 
-def _status_cards(rows: list[dict]) -> str:
+def _status_cards(rows: list[dict], left: list[dict]) -> str:
+    """Runs by status, counting only the runs the summary counts (``left``: the others, one card of their own),
+    so that "8 finished" is what the figures and tables are made of."""
     counts: dict[str, int] = {}
+    outside = {id(row) for row in left}
     for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    return "".join(f'<div class="card"><b>{n}</b>{html.escape(status)}</div>' for status, n in sorted(counts.items()))
+        if id(row) not in outside:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+    cards = [(str(n), status) for status, n in sorted(counts.items())]
+    if left:
+        cards.append((str(len(left)), "left out: in no current sweep"))
+    return "".join(f'<div class="card"><b>{n}</b>{html.escape(what)}</div>' for n, what in cards)
+
+
+def _notes(notes: list[str]) -> str:
+    return "".join(f'<p class="note">{html.escape(note)}.</p>' for note in notes)
 
 
 def write_html(path: Path, runs_dir: Path, rows: list[dict], summary: list[dict], originals: dict,
-               table1: list[dict], figures: dict[str, list[Path]], columns: dict[str, list[str]]) -> None:
+               table1: list[dict], figures: dict[str, list[Path]], columns: dict[str, list[str]],
+               notes: list[str] = (), left: list[dict] = ()) -> None:
     """The page, in the order people read it: what each pair achieved and the accuracy-vs-compute figures first,
     then Table 1 and the original models, the accuracy-vs-gap figures, and last the long per-cell and per-run
-    tables. ``figures`` holds the image files under "compute" and "gap"."""
+    tables. ``figures`` holds the image files under "compute" and "gap"; ``notes`` (:func:`report_notes`) say,
+    under the status cards, what the report left out and why; ``left``: the runs the summary leaves out."""
     originals_rows = [{"model": k, "top1": v["top1"], "gmacs": v.get("gmacs"), "source": v["source"]}
                       for k, v in sorted(originals.items())]
     pairs = sorted({r["pair"] for r in summary})
-    problems = [r for r in rows if r["status"] in ("failed", "interrupted", "pending")]
+    outside = {id(row) for row in left}
+    problems = [r for r in rows if r["status"] in ("failed", "interrupted", "pending") and id(r) not in outside]
     problems_table = html_table(problems, ["run_dir", "status", "error"]) if problems else "<p>None.</p>"
     t1 = [{"model": r["model"], "top1": r.get("top1_text") or _fmt(r["top1"], 1), "gmacs": r["gmacs"],
            "source": r["source"]} for r in table1]
@@ -210,10 +251,11 @@ def write_html(path: Path, runs_dir: Path, rows: list[dict], summary: list[dict]
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>stitchkit report</title>
 <style>{STYLE}</style></head><body>
-<h1>stitchkit report</h1><p class="sub">{html.escape(str(runs_dir))}: {plural(len(rows), 'run')}. Accuracy is top-1 (%)
+<h1>stitchkit report</h1><p class="sub">{html.escape(str(runs_dir))}: {plural(len(rows) - len(left), 'run')}{
+    f" (and {len(left)} left out)" if left else ""}. Accuracy is top-1 (%)
 on the evaluation split; ± is the standard error over seeds (sample standard deviation / &radic;n); compute is GMACs
 (multiply-accumulates) for one image.</p>
-<div class="cards">{_status_cards(rows)}</div>
+<div class="cards">{_status_cards(rows, left)}</div>{_notes(notes)}
 <h2>Each pair in one line</h2>{_pairs_list(summary, originals)}
 <h2>Accuracy vs compute</h2>{_figures(figures["compute"], pairs)}
 <h2>Table 1: stitched models next to models of similar compute</h2>{t1_table}

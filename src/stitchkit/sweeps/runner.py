@@ -194,7 +194,9 @@ def _train_alone(sweep: Sweep, cell: Cell, state: str, runs_dir: Path, launch) -
     _begin(sweep, cell, state, runs_dir)
     try:
         config = sweep.config(cell, runs_dir)
-        launch(config, resume=state == "interrupted", overwrite=state == "failed")
+        # A "new" cell may still hold an unreadable result.json (see RunDir.state), which training would refuse
+        # to replace: it is no result, so it is overwritten (a new cell has nothing else to lose).
+        launch(config, resume=state == "interrupted", overwrite=state in ("failed", "new"))
     except (StitchkitError, RuntimeError, ValueError, OSError) as err:  # RuntimeError covers out-of-memory
         _record_failure(run_dir, cell, err)
         return {cell.name: "failed"}
@@ -213,7 +215,7 @@ def _train_together(sweep: Sweep, members: list[tuple[Cell, str]], runs_dir: Pat
     try:
         configs = [sweep.config(cell, runs_dir) for cell, _ in members]
         results = train_group(configs, resume=[s == "interrupted" for _, s in members],
-                              overwrite=[s == "failed" for _, s in members])
+                              overwrite=[s in ("failed", "new") for _, s in members])
     except (StitchkitError, RuntimeError, ValueError, OSError) as err:
         outcomes = {}
         for cell, before in members:

@@ -1,0 +1,42 @@
+"""The dry run prices each cell as its run will record it: the heads its settings give the models included."""
+from pathlib import Path
+
+import pytest
+import torch
+
+import stitchkit
+from stitchkit.sweeps.dryrun import cell_costs
+from stitchkit.sweeps.grid import expand
+from stitchkit.training.modes import mode_for
+
+BASE = {"data": {"name": "synthetic", "input_size": 32, "synthetic_classes": 7}, "model": {"pretrained": False}}
+
+
+BASELINES = {"finetune": {"lrs": [0.01]}, "scratch": {"models": ["resnet10t"]}}
+
+
+@pytest.mark.parametrize("model, baselines", [({"num_classes": 7}, BASELINES), ({"new_head": True}, BASELINES),
+                                              ({}, BASELINES), ({"num_classes": 7, "unfreeze_last": 1}, {}),
+                                              ({"new_head": True, "unfreeze_last": 2}, {})])
+def test_the_dry_run_counts_what_the_run_builds(model, baselines):
+    """With model.num_classes the dry run priced a 1,000-class head (resnet10t 1:2 linear: 5.21M parameters, the
+    run 4,706,050), and a scratch run priced after a stitch counted the weights the stitch had frozen as not
+    trained. Each cell is compared with the network training builds from the cell's own settings."""
+    sweep = expand({"base": {**BASE, "model": {**BASE["model"], **model}},
+                    "pairs": [["resnet10t", "resnet10t"], ["resnet10t", "vit_pico_patch4_32"]], "gaps": ["1:2"],
+                    "methods": ["downsample_linear"], "seeds": [0], "baselines": baselines}, name="heads")
+    cells = sweep.runnable
+    if baselines:
+        assert [c.kind for c in cells] == ["stitch", "finetune", "stitch", "scratch"]  # scratch after stitches
+    for cell in cells:
+        config = sweep.config(cell, Path("runs"))
+        if not model and cell.kind != "scratch":
+            continue  # no head for 7 classes: training refuses these (the dry run prices the models' own heads)
+        torch.manual_seed(0)
+        built = mode_for(config).build(config, num_data_classes=7)
+        costs = cell_costs(sweep, cell)
+        assert costs == {"gmacs": pytest.approx(stitchkit.count_macs(built, 32) / 1e9, rel=1e-9),
+                         "params": stitchkit.count_params(built),
+                         "trainable_params": stitchkit.count_params(built, trainable_only=True)}, cell.name
+    if model == {"num_classes": 7}:  # scratch trains every weight: resnet10t's 4,922,488 and a 7-class head
+        assert cell_costs(sweep, cells[-1])["trainable_params"] == 4_922_488 + 512 * 7 + 7
