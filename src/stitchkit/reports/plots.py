@@ -181,15 +181,27 @@ def accuracy_vs_gap(summary: list[dict], originals: dict, out: Path) -> list[Pat
     return paths
 
 
-def _gap_figure(pair: str, suffix: str, rows: list[dict], originals: dict, out: Path) -> list[Path]:
+def _stage_panels(rows: list[dict]):
+    """A figure with one panel per source stage of ``rows`` (None without rows), one colour per line of the whole
+    figure, and per panel its axes, stage, rows and lines (``((method, sweep), rows)``, in a stable order)."""
     stages = sorted({r["src_stage"] for r in rows})
     if not stages:
-        return []
+        return None, {}, []
     fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 4), squeeze=False)
-    colours = _line_colours(_by_line(rows))
+    panels = []
     for ax, stage in zip(axes[0], stages):
-        for (method, sweep), members in sorted(_by_line([r for r in rows if r["src_stage"] == stage]).items(),
-                                               key=lambda item: (item[0][0], item[0][1] or "")):
+        panel = [r for r in rows if r["src_stage"] == stage]
+        lines = sorted(_by_line(panel).items(), key=lambda item: (item[0][0], item[0][1] or ""))
+        panels.append((ax, stage, panel, lines))
+    return fig, _line_colours(_by_line(rows)), panels
+
+
+def _gap_figure(pair: str, suffix: str, rows: list[dict], originals: dict, out: Path) -> list[Path]:
+    fig, colours, panels = _stage_panels(rows)
+    if fig is None:
+        return []
+    for ax, stage, _, lines in panels:
+        for (method, sweep), members in lines:
             members.sort(key=lambda r: r["dst_stage"])
             x = [r["dst_stage"] for r in members]
             y = [r["top1_mean"] for r in members]
@@ -206,7 +218,7 @@ def _gap_figure(pair: str, suffix: str, rows: list[dict], originals: dict, out: 
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_xticks(range(stage, 5))
         ax.grid(alpha=0.3)
-    _legend_below(fig, *axes[0])
+    _legend_below(fig, *(ax for ax, *_ in panels))
     fig.suptitle(_title(_pair_title(pair, suffix), "accuracy vs gap", rows, bands_note(rows)), fontsize=10, y=1.08)
     return _save(fig, out, f"gap_{_slug(pair)}" + (f"__{suffix}" if suffix else ""))
 
@@ -258,15 +270,11 @@ def accuracy_vs_compute(summary: list[dict], originals: dict, out: Path) -> list
 
 
 def _compute_figure(pair: str, suffix: str, rows: list[dict], originals: dict, out: Path) -> list[Path]:
-    stages = sorted({r["src_stage"] for r in rows})
-    if not stages:
+    fig, colours, panels = _stage_panels(rows)
+    if fig is None:
         return []
-    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 4), squeeze=False)
-    colours = _line_colours(_by_line(rows))
-    for ax, stage in zip(axes[0], stages):
-        panel = [r for r in rows if r["src_stage"] == stage]
-        for (method, sweep), members in sorted(_by_line(panel).items(), key=lambda item: (item[0][0],
-                                                                                          item[0][1] or "")):
+    for ax, stage, panel, lines in panels:
+        for (method, sweep), members in lines:
             members.sort(key=lambda r: r["gmacs"])
             fused = len(_sources(members[0])) > 1 and ":" in method
             label = (f"{method_label(method.split(':')[0])} with {members[0]['src'].replace('+', ' + ')}"
@@ -284,7 +292,7 @@ def _compute_figure(pair: str, suffix: str, rows: list[dict], originals: dict, o
         ax.set_xlabel("GMACs (multiply-accumulates, one image)")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3)
-    _legend_below(fig, *axes[0])
+    _legend_below(fig, *(ax for ax, *_ in panels))
     fig.suptitle(_title(_pair_title(pair, suffix), "accuracy vs compute (up and left is better)", rows), fontsize=10,
                  y=1.08)
     return _save(fig, out, f"compute_{_slug(pair)}" + (f"__{suffix}" if suffix else ""))
