@@ -694,7 +694,7 @@ def test_a_baseline_cut_from_a_graph_returns_timms_features(name):
     baseline's forward_features is timm's (with the baseline's removed blocks skipped), its forward_head takes that
     and gives its logits, and num_features is timm's."""
     from stitchkit.zoo import family_of
-    from stitchkit.zoo.anatomy import split_head
+    from stitchkit.zoo.split import split_head
 
     model = _timm(name)
     assert family_of(model).name == "graph"
@@ -718,7 +718,7 @@ def test_a_baseline_cut_from_a_graph_returns_timms_features(name):
 def test_a_graph_heads_lead_changes_nothing_but_where_forward_features_ends(tmp_path):
     """The lead is a marker in the head's graph: the head computes what it did bit for bit, lead and rest compose to
     it, the state dict and MACs are the model's, and the marker survives pickling (which re-traces the graph)."""
-    from stitchkit.zoo.anatomy import split_head
+    from stitchkit.zoo.split import split_head
 
     model = _timm("test_nfnet")
     ft = stitchkit.create_finetune_baseline(copy.deepcopy(model), "1:1", input_size=32, name="test_nfnet").eval()
@@ -741,7 +741,7 @@ def test_a_graph_heads_lead_changes_nothing_but_where_forward_features_ends(tmp_
 def test_a_graph_model_whose_features_end_at_its_last_block_has_no_lead():
     """ByobNet's forward_features ends at its last block. Its head pools a 1x1 map at 32 px, whose output has the
     features' very values: the first match (the last block's own output) wins, so the pooling stays in the head."""
-    from stitchkit.zoo.anatomy import split_head
+    from stitchkit.zoo.split import split_head
 
     model = _timm("test_byobnet")
     ft = stitchkit.create_finetune_baseline(copy.deepcopy(model), "1:1", input_size=32, name="test_byobnet").eval()

@@ -106,7 +106,7 @@ class Network(TrainSurface, SavesPretrained):
         ``forward_features``, returns everything before its pooling. A model cut from its exported graph returns
         what its own ``forward_features`` does where its head has a node that computes exactly that (a final norm
         or conv: :mod:`stitchkit.zoo.graph`), else (torchvision models) its last block's output."""
-        from .zoo.anatomy import split_head
+        from .zoo.split import split_head
 
         lead, _ = split_head(self.head())
         x = self.features(x)
@@ -115,7 +115,7 @@ class Network(TrainSurface, SavesPretrained):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """The head on :meth:`forward_features` output (``forward_head(forward_features(x))`` is ``forward(x)``);
         ``pre_logits=True`` returns what the classifier reads."""
-        from .zoo.anatomy import split_head
+        from .zoo.split import split_head
 
         _, head = split_head(self.head())  # without the part forward_features ran
         if not pre_logits:
@@ -213,7 +213,7 @@ class Network(TrainSurface, SavesPretrained):
         (EfficientNet's ``conv_head``, RegNet's ``final_conv``), from the lead run on one zero sample of that spec,
         in the layout the lead declares (a graph head's lead may turn channels-last maps back to NCHW)."""
         from .formats import Format
-        from .zoo.anatomy import split_head
+        from .zoo.split import split_head
 
         spec = self.features_spec()
         lead, _ = split_head(self.head())

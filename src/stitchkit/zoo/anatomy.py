@@ -41,7 +41,8 @@ class Call(nn.Module):
 
     A head may have a ``lead``: it runs ``fn(owner, lead(owner, x))``, where ``lead`` is what the model's own
     ``forward_features`` still runs after the last block (timm's final ``norm``) and ``fn`` its ``forward_head``.
-    The cut points stay before the lead (the paper cuts at blocks); :func:`split_head` gives the two apart.
+    The cut points stay before the lead (the paper cuts at blocks); :func:`stitchkit.zoo.split.split_head` gives
+    the two apart.
     """
 
     lead = None  # what a Call pickled by stitchkit <= 0.9, which had no lead, reads
@@ -68,25 +69,6 @@ class SequentialHead(nn.Sequential):
     def __init__(self, *modules: nn.Module, lead: int = 0):
         super().__init__(*modules)
         self.lead = lead  # (a slice of the head is a SequentialHead without a lead)
-
-
-def split_head(head: nn.Module) -> tuple[nn.Module | None, nn.Module]:
-    """``(lead, rest)``: the part of ``head`` that the model's own ``forward_features`` runs (None when its features
-    end at the last block) and the part after it, ``rest(lead(x)) == head(x)``. Both share ``head``'s modules, and
-    ``rest`` names them as ``head`` does (``rest.get_submodule(name)`` is ``head``'s classifier). A head cut from
-    an exported graph (:mod:`stitchkit.zoo.graph`) has a lead where it marks one (a ``FeaturesEnd``): two graph
-    modules; the lead's ``features_format`` is the layout of its output."""
-    if isinstance(head, Call) and getattr(head, "lead", None) is not None:
-        return Call(head.owner, head.lead, "lead"), Call(head.owner, head.fn, head.label)
-    if isinstance(head, SequentialHead) and head.lead:
-        return head[: head.lead], head[head.lead :]
-    if isinstance(head, torch.fx.GraphModule):  # a head cut from a graph: a lead where it marks one
-        from .graph import split_graph_head  # (graph.py builds on this module)
-
-        parts = split_graph_head(head)
-        if parts is not None:
-            return parts
-    return None, head
 
 
 @dataclass

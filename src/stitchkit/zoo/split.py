@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from ..train_surface import run_modules
-from .anatomy import Anatomy
+from .anatomy import Anatomy, Call, SequentialHead
 from .families import dissect
+from .graph import split_graph_head
 from .models import resolve_model
 from .spec import as_size, check_cut
 
@@ -77,3 +78,20 @@ def split(
     anatomy = dissect(model, as_size(input_size) if input_size is not None else None)
     n = anatomy.block_index(stage, position)
     return front_part(anatomy, n), back_part(anatomy, n)
+
+
+def split_head(head: nn.Module) -> tuple[nn.Module | None, nn.Module]:
+    """``(lead, rest)``: the part of ``head`` that the model's own ``forward_features`` runs (None when its features
+    end at the last block) and the part after it, ``rest(lead(x)) == head(x)``. Both share ``head``'s modules, and
+    ``rest`` names them as ``head`` does (``rest.get_submodule(name)`` is ``head``'s classifier). A head cut from
+    an exported graph (:mod:`stitchkit.zoo.graph`) has a lead where it marks one (a ``FeaturesEnd``): two graph
+    modules; the lead's ``features_format`` is the layout of its output."""
+    if isinstance(head, Call) and getattr(head, "lead", None) is not None:
+        return Call(head.owner, head.lead, "lead"), Call(head.owner, head.fn, head.label)
+    if isinstance(head, SequentialHead) and head.lead:
+        return head[: head.lead], head[head.lead :]
+    if isinstance(head, torch.fx.GraphModule):  # a head cut from a graph: a lead where it marks one
+        parts = split_graph_head(head)
+        if parts is not None:
+            return parts
+    return None, head
