@@ -84,6 +84,13 @@ def test_slurm_without_sbatch_is_refused_and_a_fake_sbatch_gets_the_sweeps_job_n
     assert code == 0 and "submitted 1 cells" in out, err
     script = (tmp_path / "script.sh").read_text()
     assert "#SBATCH --job-name=my_grid" in script and "#SBATCH --partition=gpu" in script
+    # Two cells on one front, trained together: one job, and the line says both counts.
+    grouped = tmp_path / "grouped.yaml"
+    grouped.write_text(sweep.read_text().replace("methods: [downsample_linear]",
+                                                 "methods: [downsample_linear, downsample_bottleneck]")
+                       + "group_by_front: true\n")
+    code, out, err = _run(capsys, "sweep", grouped, "--out", tmp_path / "grouped-runs", "--executor", "slurm")
+    assert code == 0 and "submitted 2 cells in 1 jobs" in out, (out, err)
 
 
 def test_a_queued_job_trains_what_was_submitted(tmp_path, monkeypatch):

@@ -21,8 +21,8 @@ command after an interruption to continue. Examples:
 # Options of the SLURM executor (the local one runs one cell at a time per visible GPU, and has none of them), and
 # those of them that reach SLURM only (submitit's local and debug clusters drop them).
 _SLURM_OPTIONS = {"gpus_per_job": "--gpus-per-job", "partition": "--partition", "time_min": "--time-min",
-                  "cpus_per_task": "--cpus-per-task", "array_parallelism": "--array-parallelism", "cluster": "--cluster",
-                  "wait": "--wait"}
+                  "cpus_per_task": "--cpus-per-task", "array_parallelism": "--array-parallelism",
+                  "cluster": "--cluster", "wait": "--wait"}
 _SLURM_CLUSTER_ONLY = ("partition", "cpus_per_task", "array_parallelism")
 _COUNTS = ("gpus_per_job", "time_min", "cpus_per_task", "array_parallelism")  # each at least 1
 
@@ -108,7 +108,7 @@ def run(args) -> int:
 
 
 def _run(args, sweep, runs_dir: Path) -> int:
-    from ..sweeps.runner import (check_shared_settings, failed_before, run_local, run_local_gpus,
+    from ..sweeps.runner import (check_shared_settings, failed_before, pending_cells, run_local, run_local_gpus,
                                  runs_of_other_versions, submit_slurm, wait_for, write_manifest)
     from ..training import RunInterrupted
 
@@ -123,11 +123,14 @@ def _run(args, sweep, runs_dir: Path) -> int:
                  f"{'it stays' if one else 'they stay'} on disk but the report summarises this version")
     write_manifest(sweep, runs_dir)
     if args.executor == "slurm":
+        cells = len(pending_cells(sweep, runs_dir, args.retry_failed))
         jobs = submit_slurm(sweep, runs_dir, retry_failed=args.retry_failed, partition=args.partition,
                             time_min=args.time_min or 24 * 60, gpus_per_job=args.gpus_per_job or 1,
                             cpus_per_task=args.cpus_per_task or 10, array_parallelism=args.array_parallelism or 64,
                             cluster=args.cluster or "slurm")
-        _out(f"submitted {len(jobs)} cells" + (f" (job ids {jobs[0].job_id} ...)" if jobs else " (nothing to run)"))
+        # A job trains one cell, or with group_by_front the cells that share a front.
+        what = f"{cells} cells" if len(jobs) == cells else f"{cells} cells in {len(jobs)} jobs"
+        _out(f"submitted {what}" + (f" (job ids {jobs[0].job_id} ...)" if jobs else " (nothing to run)"))
         skipped = 0 if args.retry_failed else failed_before(sweep, runs_dir)
         _hint_retry(skipped, "submitted")
         if not args.wait:

@@ -442,6 +442,11 @@ def check_slurm(cluster: str) -> None:
                              "PATH); load SLURM, or pass --cluster local to run the jobs on this machine")
 
 
+def pending_cells(sweep: Sweep, runs_dir: Path, retry_failed: bool) -> list[Cell]:
+    """The cells a submission would run: not finished, not failed unless ``retry_failed``."""
+    return [c for c in sweep.runnable if _needs_run(Path(runs_dir) / c.name, retry_failed)]
+
+
 def submit_slurm(sweep: Sweep, runs_dir: Path, *, retry_failed: bool, partition: str | None, time_min: int,
                  gpus_per_job: int, cpus_per_task: int, array_parallelism: int, cluster: str = "slurm") -> list:
     """Submit the pending cells as a SLURM job array (``cluster="local"`` runs them as local processes, for tests;
@@ -452,7 +457,7 @@ def submit_slurm(sweep: Sweep, runs_dir: Path, *, retry_failed: bool, partition:
         raise StitchkitError("--executor slurm needs submitit: pip install 'stitchkit[slurm]'") from None
     check_slurm(cluster)
     runs_dir = Path(runs_dir).resolve()
-    pending = [c for c in sweep.runnable if _needs_run(runs_dir / c.name, retry_failed)]
+    pending = pending_cells(sweep, runs_dir, retry_failed)
     if not pending:
         return []
     if sweep.group_by_front and gpus_per_job > 1:
