@@ -414,7 +414,8 @@ class Run:
             except OSError as err:  # disk full, quota, vanished mount: the previous checkpoint is still whole
                 raise StitchkitError(
                     f"cannot write a checkpoint at step {position.step} ({err.strerror or err}); the last good "
-                    f"checkpoint in {str(self.dir.checkpoints)!r} is kept. Free space, then continue with --resume"
+                    f"checkpoint in {str(self.dir.checkpoints)!r} is kept. Free space, then continue with "
+                    "stitchkit train --resume (in a sweep, --retry-failed trains the cell again)"
                 ) from None
         distributed.barrier(self.runtime.ctx)
 
