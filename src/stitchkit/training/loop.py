@@ -5,8 +5,9 @@ batch 512 by gradient accumulation over processes and micro-batches, cosine anne
 step with optional linear warm-up, 10 epochs, cross-entropy.
 
 Resumption is exact on CPU: checkpoints are taken only at optimizer-step boundaries and hold the trainable weights,
-optimizer, scheduler, scaler, position, loss accumulators and every RNG state; data order and augmentation depend
-only on (seed, epoch, index) (see :mod:`stitchkit.training.data`), so a resumed run replays the same micro-batches.
+optimizer, scheduler, scaler, position, loss accumulators (with several processes, each one's own) and every RNG
+state; data order and augmentation depend only on (seed, epoch, index) (see :mod:`stitchkit.training.data`), so a
+resumed run replays the same micro-batches.
 """
 from __future__ import annotations
 

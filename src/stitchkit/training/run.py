@@ -60,6 +60,10 @@ class RunStats:
     after_epoch: list | None = None  # validation top-1 after each finished epoch
 
 
+# The RunStats counters that are each process's own (the rest are the same on every rank, or rank 0's alone).
+PER_RANK_COUNTERS = ("images", "skipped", "warmup_images")
+
+
 def default_run_dir(config: Config) -> Path:
     return Path("runs") / "-".join([*mode_for(config).run_dir_parts(config), f"seed{config.train.seed}"])
 
@@ -270,7 +274,16 @@ class Run:
         self.epoch_loss = state["epoch_loss"].to(self.runtime.device)
         if "log_loss" in state:
             self.loss_sum, self.loss_count = (v.clone() for v in state["log_loss"].to(self.runtime.device))
-        set_rng_state(state["rng"])
+        # With several processes each takes back its own loss sums and counters. Without that table (one process,
+        # a checkpoint of an older version) or from another number of processes, every rank keeps rank 0's above.
+        ctx, rows = self.runtime.ctx, state.get("per_rank")
+        if rows is not None and len(rows) == ctx.world_size:
+            own = rows[ctx.rank]
+            self.epoch_loss = own["epoch_loss"].to(self.runtime.device)
+            self.loss_sum, self.loss_count = (v.clone() for v in own["log_loss"].to(self.runtime.device))
+            for name in PER_RANK_COUNTERS:
+                setattr(self.stats, name, own[name])
+        set_rng_state(state["rng"])  # the same on every rank: seeded alike, drawn from alike (augmentation: per image)
         return position
 
     # --- one step -------------------------------------------------------------------------------------------------
@@ -405,12 +418,14 @@ class Run:
     def checkpoint(self, position: Position, rng: dict | None = None) -> None:
         """Write ``checkpoints/last.pt`` (rank 0), after checking that no loss so far was NaN or infinite.
 
-        Called only at optimizer-step boundaries; ``rng`` is the RNG state at that boundary when it is not now.
+        Called only at optimizer-step boundaries, by every rank; ``rng`` is the RNG state at that boundary when it is
+        not now.
         """
         self.check_finite(position)
+        per_rank = self._per_rank()
         if self.is_main:
             try:
-                save_checkpoint(self.dir.last_checkpoint, self.state_dict(position, rng))
+                save_checkpoint(self.dir.last_checkpoint, self.state_dict(position, rng, per_rank))
             except OSError as err:  # disk full, quota, vanished mount: the previous checkpoint is still whole
                 raise StitchkitError(
                     f"cannot write a checkpoint at step {position.step} ({err.strerror or err}); the last good "
@@ -419,9 +434,26 @@ class Run:
                 ) from None
         distributed.barrier(self.runtime.ctx)
 
-    def state_dict(self, position: Position, rng: dict | None = None) -> dict:
-        """Everything resumption needs, at a step boundary."""
-        return {
+    def _per_rank(self) -> list[dict] | None:
+        """Each rank's own bookkeeping (the epoch's and the log line's loss sums, :data:`PER_RANK_COUNTERS`), indexed
+        by rank, for rank 0 to save: one small collective that every rank joins. None with one process (no
+        collective: the checkpoint's own entries are that process's)."""
+        ctx = self.runtime.ctx
+        if not ctx.enabled:
+            return None
+        counters = [float(getattr(self.stats, name)) for name in PER_RANK_COUNTERS]  # exact below 2**53
+        row = torch.cat([self.epoch_loss, self.loss_sum.view(1), self.loss_count.view(1),
+                         torch.tensor(counters, dtype=torch.float64, device=self.runtime.device)])
+        table = distributed.gather_rows(row, ctx).cpu()
+        if not self.is_main:
+            return None
+        return [{"epoch_loss": r[0:2].clone(), "log_loss": r[2:4].clone(),
+                 **{name: int(v) for name, v in zip(PER_RANK_COUNTERS, r[4:].tolist())}} for r in table]
+
+    def state_dict(self, position: Position, rng: dict | None = None, per_rank: list[dict] | None = None) -> dict:
+        """Everything resumption needs, at a step boundary; ``per_rank``: what :meth:`_per_rank` gathered (several
+        processes), saved as is."""
+        state = {
             "config_digest": config_digest(self.config),
             "model": trainable_state(self.model),
             "optimizer": self.optimizer.state_dict(),
@@ -434,6 +466,9 @@ class Run:
             "log_loss": torch.stack([self.loss_sum, self.loss_count]).cpu(),
             "rng": rng if rng is not None else rng_state(),
         }
+        if per_rank is not None:  # with one process the checkpoint is as before: the entries above are its own
+            state["per_rank"] = per_rank
+        return state
 
     def _seconds(self) -> dict[str, float]:
         return add_seconds(self.stats.seconds, self.clock.seconds())
