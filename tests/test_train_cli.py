@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -108,6 +109,43 @@ def test_two_process_ddp_with_gloo(tmp_path):
     assert [r["step"] for r in records if r["type"] == "train"] == list(range(1, 9))  # written once, by rank 0
     assert all(r["images"] == 64 for r in records if r["type"] == "eval")  # val split counted over both ranks
 
+
+
+def _torchrun(port: int, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """``stitchkit train ARGS`` in 2 processes (gloo), running this checkout's stitchkit whatever the working folder."""
+    import stitchkit
+
+    src = str(Path(stitchkit.__file__).resolve().parents[1])
+    environment = dict(_env(), **env)
+    environment["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [environment.get("PYTHONPATH")])])
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "-m", "stitchkit", "train", *args]
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_two_process_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path):
+    """Each rank's share of the epoch's loss so far is its own: both processes SIGKILLed in step 4 of 6 (after the
+    checkpoint of step 3), then resumed, end as an uninterrupted 2-process run does (the epoch's train_loss is
+    all-reduced over the ranks, so rank 1 must not restore rank 0's running sums)."""
+    settings = [*TINY, "data.synthetic_train_size=192", "train.epochs=1", "train.log_every=1",
+                "train.checkpoint_every=1"]  # 192 images / (2 processes x 16) = 6 steps
+    reference, run = tmp_path / "reference", tmp_path / "killed"
+    done = _torchrun(29531, *settings, f"output.dir={reference}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = _torchrun(29532, *settings, f"output.dir={run}", STITCHKIT_FAULT="step:4")
+    assert killed.returncode != 0 and not (run / "result.json").exists(), killed.stderr[-3000:]
+    assert (run / "checkpoints" / "last.pt").is_file()
+    resumed = _torchrun(29533, *settings, f"output.dir={run}", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = (json.loads((r / "result.json").read_text()) for r in (reference, run))
+    assert got["world_size"] == 2 and got["steps"] == 6
+    for key in ("train_loss", "top1", "top5", "loss", "steps", "images_seen", "skipped_images"):
+        assert got[key] == expected[key], (key, got[key], expected[key])
+    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k not in ("time", "images_per_s")}
+                          for line in (path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in strip(run) if r["type"] == "train"] == list(range(1, 7))
+    assert strip(run) == strip(reference)  # every training-loss line, the epoch's line, the evaluation
 
 def test_eval_finds_the_source_weights_from_anywhere_and_in_a_moved_runs_tree(tmp_path, monkeypatch, capsys):
     import shutil

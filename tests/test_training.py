@@ -73,6 +73,8 @@ def test_scratch_run_writes_a_self_describing_run_dir(tmp_path):
     assert lrs[-1] == 0.0 and all(a > b for a, b in zip(lrs, lrs[1:]))  # cosine to zero, stepped per step
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["counters"]["step"] == 8
+    assert set(state) == {"format", "config_digest", "model", "optimizer", "scheduler", "scaler", "counters",
+                          "epoch_loss", "log_loss", "rng"}  # one process: no per-rank table (several: "per_rank")
     assert set(torch.load(run / "model.pt", weights_only=True)) == set(stitchkit.create_model("resnet10t").state_dict())
 
 
