@@ -351,3 +351,48 @@ def test_nothing_inside_the_classifier_head_is_a_block(name):
         reference = model(x)
         for k in range(len(anatomy.blocks()) + 1):
             assert torch.equal(back_part(anatomy, k)(front_part(anatomy, k)(x)), reference), k
+
+
+class ConvHead(nn.Module):
+    """A head like timm's EfficientViT ClassifierHead: a convolution, then an MLP whose two Linears make the head
+    look like a stage holding a container of blocks."""
+
+    def __init__(self, channels: int, classes: int):
+        super().__init__()
+        self.in_conv = nn.Conv2d(channels, 2 * channels, 1)
+        self.classifier = nn.Sequential(nn.Linear(2 * channels, channels), nn.ReLU(), nn.Linear(channels, classes))
+
+    def forward(self, x):
+        return self.classifier(self.in_conv(x).mean((2, 3)))
+
+
+class ConvHeadNet(StagedNet):
+    def __init__(self):
+        super().__init__()
+        self.head = ConvHead(32, 10)
+
+    def forward(self, x):
+        return self.head(self.stages(self.stem(x)))
+
+
+class Wrapped(nn.Module):
+    """The whole network in one child: its classifier's top-level module is not a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = ConvHeadNet()
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_head_found_in_the_graph_holds_no_block():
+    """A model that declares no classifier (no get_classifier: torchvision, a model of one's own) has it found in its
+    graph, the module of the last weighted operation giving a vector per image; its head's convolution is then no
+    stage 4 block. A child that wraps the whole network is not taken for a head."""
+    model = ConvHeadNet().eval()
+    anatomy = _parity(model, 64)
+    assert [len(s) for s in anatomy.stages] == [3, 3, 4, 3] and anatomy.block_names[3][-1] == "stages.3.blocks.1"
+    wrapped = Wrapped().eval()
+    anatomy = _parity(wrapped, 64)
+    assert [len(s) for s in anatomy.stages] == [3, 3, 4, 3] and anatomy.block_names[3][-1] == "net.stages.3.blocks.1"
