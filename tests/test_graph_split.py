@@ -324,3 +324,75 @@ def test_hiera_fronts_give_tokens_row_by_row_as_timm_rerolls_them():
     assert stitched.trained_parts() == ["adapters", "layer4.0"] and stitched(x).shape == (2, 1000)
     into_hiera = stitchkit.create_stitched("resnet10t", model, "1:3", input_size=64, unfreeze_last=2)
     assert into_hiera.trained_parts() == ["adapters", "blocks.10", "blocks.11"]
+
+
+# timm models whose classifier head the module tree made look like blocks: MetaFormer's forward_head calls the
+# members of its ``head`` Sequential one by one (its pooling and norm were stage 4's last blocks), EfficientViT's
+# ClassifierHead holds a Sequential with two Linears, which made it look like a stage holding blocks (its ``in_conv``
+# was stage 4's last block).
+HEAD_MODELS = ["poolformerv2_s12", "efficientvit_b0"]
+
+
+@pytest.mark.parametrize("name", HEAD_MODELS)
+def test_nothing_inside_the_classifier_head_is_a_block(name):
+    """No block under ``head``; every stage ends where timm's forward_intermediates says; stage 4 carries a map (2x2
+    at 64 px), not pooled features; every front and back still compose to the model bit for bit."""
+    torch.manual_seed(0)
+    model = stitchkit.create_model(name, input_size=64, num_classes=5).eval()
+    anatomy = graph_anatomy(model, (64, 64))
+    assert not [b for stage in anatomy.block_names for b in stage if b.split(".")[0] == "head"]
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model.forward_intermediates(x, indices=4, intermediates_only=True)
+        for stage in range(1, 5):
+            ours = front_part(anatomy, anatomy.block_index(stage, "end"))(x)
+            torch.testing.assert_close(ours, expected[stage - 1], rtol=0, atol=1e-5)
+        assert front_part(anatomy, anatomy.block_index(4, "first"))(x).shape[-2:] == (2, 2)
+        reference = model(x)
+        for k in range(len(anatomy.blocks()) + 1):
+            assert torch.equal(back_part(anatomy, k)(front_part(anatomy, k)(x)), reference), k
+
+
+class ConvHead(nn.Module):
+    """A head like timm's EfficientViT ClassifierHead: a convolution, then an MLP whose two Linears make the head
+    look like a stage holding a container of blocks."""
+
+    def __init__(self, channels: int, classes: int):
+        super().__init__()
+        self.in_conv = nn.Conv2d(channels, 2 * channels, 1)
+        self.classifier = nn.Sequential(nn.Linear(2 * channels, channels), nn.ReLU(), nn.Linear(channels, classes))
+
+    def forward(self, x):
+        return self.classifier(self.in_conv(x).mean((2, 3)))
+
+
+class ConvHeadNet(StagedNet):
+    def __init__(self):
+        super().__init__()
+        self.head = ConvHead(32, 10)
+
+    def forward(self, x):
+        return self.head(self.stages(self.stem(x)))
+
+
+class Wrapped(nn.Module):
+    """The whole network in one child: its classifier's top-level module is not a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = ConvHeadNet()
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_head_found_in_the_graph_holds_no_block():
+    """A model that declares no classifier (no get_classifier: torchvision, a model of one's own) has it found in its
+    graph, the module of the last weighted operation giving a vector per image; its head's convolution is then no
+    stage 4 block. A child that wraps the whole network is not taken for a head."""
+    model = ConvHeadNet().eval()
+    anatomy = _parity(model, 64)
+    assert [len(s) for s in anatomy.stages] == [3, 3, 4, 3] and anatomy.block_names[3][-1] == "stages.3.blocks.1"
+    wrapped = Wrapped().eval()
+    anatomy = _parity(wrapped, 64)
+    assert [len(s) for s in anatomy.stages] == [3, 3, 4, 3] and anatomy.block_names[3][-1] == "net.stages.3.blocks.1"

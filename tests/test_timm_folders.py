@@ -750,3 +750,25 @@ def test_a_graph_model_whose_features_end_at_its_last_block_has_no_lead():
         theirs = _own_features(model, X, dict.fromkeys(ft.removed_blocks))
         assert theirs.shape[-2:] == (1, 1) and torch.allclose(ft.forward_features(X), theirs, atol=1e-5)
     assert ft.num_features == model.num_features
+
+
+@pytest.mark.parametrize("name, lead",
+                         [("poolformerv2_s12", False), ("efficientvit_b0", False), ("caformer_s18", True)])
+def test_a_graph_baselines_features_stop_before_the_classifier_head(name, lead):
+    """MetaFormer's head pools then norms, EfficientViT's starts with a convolution: modules inside the classifier head
+    are never blocks, so the baseline's forward_features is timm's (with the baseline's removed blocks skipped; no
+    pooling, no head convolution), its forward_head timm's, and its num_features timm's. CAFormer's last stage hands
+    on tokens, which its stage turns back into a map: that is the head's lead (before, the head's pooling and norm
+    were its last blocks and its token blocks were no cut at all)."""
+    from stitchkit.zoo.split import split_head
+
+    model = _timm(name)
+    ft = stitchkit.create_finetune_baseline(copy.deepcopy(model), "1:1", input_size=32, name=name).eval()
+    assert (split_head(ft.head())[0] is not None) == lead
+    with torch.no_grad():
+        theirs = _own_features(model, X, dict.fromkeys(ft.removed_blocks))
+        ours = ft.forward_features(X)
+        assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5)
+        assert torch.equal(ft.forward_head(ours), ft(X))
+        assert torch.allclose(ft(X), model.forward_head(theirs), atol=1e-5)
+    assert ft.num_features == model.num_features

@@ -12,8 +12,9 @@ size dynamic) and its graph is cut where a cut is possible and meaningful:
    a *group* (a plain ``Sequential``/``ModuleList``/``ModuleDict`` with repeated member classes, or a module that
    holds such a container, like a timm stage with its ``blocks``) is opened, anything else is a block. A cut node
    that is the last operation of a block inside a group is a block boundary. Modules that hang directly off the
-   model (a stem convolution, a max-pool, the final norm) are stem or head, never blocks; a block without
-   parameters (an activation, a pooling) joins the block before it.
+   model (a stem convolution, a max-pool, the final norm) are stem or head, never blocks, and neither is anything
+   inside the model's classifier head (:func:`_heads`), however it is built; a block without parameters
+   (an activation, a pooling) joins the block before it.
 3. **Stages by reduction.** Each boundary's tensor gives its layout (NCHW, NHWC, or tokens with prefix tokens) and
    its reduction (input size / feature size). Blocks at reductions below 4 join the stem; the remaining reductions
    are the stages. Four reductions (4x, 8x, 16x, 32x) are the paper's four stages. One reduction (ViT-like, Mixer,
@@ -123,6 +124,71 @@ def _repeated_children(model: nn.Module) -> set[str]:
 
 def _parent(name: str) -> str:
     return name.rpartition(".")[0]
+
+
+def _heads(g: "_Graph") -> set[str]:
+    """The qualified names of the modules that make up the model's classifier head: nothing inside them is a block.
+
+    A direct child of the model is never a block, but rule 2 can still reach its members. Where the model's own
+    ``forward_head`` calls them one by one (timm's MetaFormer: ``self.head.global_pool``, ``self.head.norm``), the
+    head itself never runs as a module, so the graph's module stacks start at ``head.global_pool``, which reads as
+    a block of the model's own group. Where the head holds a container of repeated classes (timm's EfficientViT:
+    ``head.classifier`` with two Linears), the head reads as a stage holding blocks, and ``head.in_conv`` as one of
+    them. Either way the head's pooling, norm or convolution became stage 4's last blocks, and stage 4's cuts
+    carried pooled features or ran past where the model's own ``forward_features`` ends.
+
+    The classifier is what the model declares (timm: ``get_classifier()``, found by identity, and
+    ``pretrained_cfg["classifier"]``); in a model that declares none (torchvision) it is found in the graph: the
+    innermost module of the last operation run inside a module with weights of its own, where that operation gives
+    a vector per image (logits; an encoder without a classifier ends in a map or tokens, and nothing is taken). The
+    head is the classifier's outermost ancestor that does not also run the model's first operation: ``head`` for
+    ``head.classifier.4``, ``net.head`` where a child ``net`` wraps the whole network."""
+    model = g.model
+    modules = dict(model.named_modules(remove_duplicate=False))
+    names = {id(m): n for n, m in modules.items()}
+    classifiers: set[str] = set()
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        try:
+            declared = get_classifier()
+        except Exception:  # a model whose get_classifier fails (no classifier): nothing declared
+            declared = None
+        for module in declared if isinstance(declared, (tuple, list)) else (declared,):
+            if isinstance(module, nn.Module) and names.get(id(module)):
+                classifiers.add(names[id(module)])
+    cfg = getattr(model, "pretrained_cfg", None)
+    configured = cfg.get("classifier") if isinstance(cfg, dict) else None
+    for name in (configured,) if isinstance(configured, str) else configured or ():
+        if isinstance(name, str) and name in modules:
+            classifiers.add(name)
+    computing = []  # (node, module stack) of each operation on the image that runs inside a module, in order
+    for node in g.nodes:
+        stack = [m for m in g.stack(node) if m in modules]
+        if node.op == "call_function" and node not in g.free and stack:
+            computing.append((node, stack))
+    if not classifiers:
+        for node, stack in reversed(computing):
+            if not any(True for _ in modules[stack[-1]].parameters(recurse=False)):
+                continue
+            value = node.meta.get("val")
+            if isinstance(value, torch.Tensor) and value.dim() == 2:
+                classifiers.add(stack[-1])
+            break
+    first = computing[0][1][-1].split(".") if computing else []
+    heads = set()
+    for name in classifiers:
+        path = name.split(".")
+        shared = 0
+        while shared < min(len(path), len(first)) and path[shared] == first[shared]:
+            shared += 1
+        if shared < len(path):
+            heads.add(".".join(path[: shared + 1]))
+    return heads
+
+
+def _inside(name: str, modules: set[str]) -> bool:
+    """Whether the module ``name`` is one of ``modules`` or inside one of them."""
+    return any(name == m or name.startswith(m + ".") for m in modules)
 
 
 # --- layouts ------------------------------------------------------------------------------------------------------
@@ -383,6 +449,7 @@ def _boundaries(g: _Graph, prefix_hint: int | None, rule: _Rule = _RULES[0]) -> 
     found: list[_Boundary] = []
     current, pending, own_layout = None, None, None
     repeated = _repeated_children(g.model)
+    heads = _heads(g)
 
     def flush():
         if pending is None:
@@ -396,6 +463,10 @@ def _boundaries(g: _Graph, prefix_hint: int | None, rule: _Rule = _RULES[0]) -> 
         if node in g.free or node.op in ("placeholder", "output"):
             continue
         stack = [name for name in g.stack(node) if name in modules]
+        if any(_inside(name, heads) for name in stack):
+            flush()
+            current = pending = None  # the classifier head, whatever its members look like: never a block
+            continue
         block = _block_of(stack, modules, rule) if stack else None
         if block is not None and _parent(block) == "" and block not in repeated:
             flush()
