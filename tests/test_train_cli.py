@@ -147,6 +147,34 @@ def test_two_process_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path):
     assert [r["step"] for r in strip(run) if r["type"] == "train"] == list(range(1, 7))
     assert strip(run) == strip(reference)  # every training-loss line, the epoch's line, the evaluation
 
+
+
+@pytest.mark.slow
+def test_two_process_run_counts_the_corrupt_images_each_process_skipped(tmp_path):
+    """One corrupt file among 20 falls to one of the 2 processes: skipped_images is 1 and images_seen 19, summed over
+    the ranks (rank 0's count times 2 said 0 or 2)."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        for label in range(2):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for i in range(10):
+                Image.fromarray(np.full((40, 40, 3), 40 * label + 5 * i, np.uint8)).save(folder / f"{i}.png")
+    (root / "train" / "class1" / "9.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    settings = [*[s for s in TINY if not s.startswith(("data.", "optim.batch", "train.batch"))], "data.input_size=32",
+                "data.name=imagefolder", f"data.root={root}", "data.skip_corrupt=true", "optim.batch_size=20",
+                "train.batch_size=10", "train.epochs=1", f"output.dir={tmp_path / 'run'}"]
+    done = _torchrun(29541, *settings)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["world_size"] == 2 and result["steps"] == 1
+    assert result["skipped_images"] == 1 and result["images_seen"] == 19
+    assert "stitchkit: skipped:" in done.stderr and "9.png" in done.stderr
+
+
 def test_eval_finds_the_source_weights_from_anywhere_and_in_a_moved_runs_tree(tmp_path, monkeypatch, capsys):
     import shutil
 

@@ -74,7 +74,8 @@ def test_scratch_run_writes_a_self_describing_run_dir(tmp_path):
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["counters"]["step"] == 8
     assert set(state) == {"format", "config_digest", "model", "optimizer", "scheduler", "scaler", "counters",
-                          "epoch_loss", "log_loss", "rng"}  # one process: no per-rank table (several: "per_rank")
+                          "epoch_loss", "log_loss", "rng", "world_size"}  # one process: no "per_rank" table
+    assert state["world_size"] == 1
     assert set(torch.load(run / "model.pt", weights_only=True)) == set(stitchkit.create_model("resnet10t").state_dict())
 
 
@@ -227,6 +228,27 @@ def test_a_run_whose_parameters_were_grouped_otherwise_is_refused_in_one_line(tm
             train(config)
     with pytest.raises(StitchkitError, match="no_decay_norm_bias=true also exempts .* --overwrite"):
         train(config, resume=True)
+
+
+def test_resuming_with_another_number_of_processes_is_refused_in_one_line(tmp_path, monkeypatch):
+    """A step's images and each process's share of the epoch depend on the number of processes: a run checkpointed
+    by 2 (torchrun) does not resume in one, and the checkpoint is left as it was."""
+    config = _cfg(tmp_path, "mode=scratch", "model.src=resnet10t", "train.epochs=1", "train.eval_at_start=false")
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, 2)
+        with pytest.raises(RunInterrupted):
+            train(config)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    assert state["world_size"] == 1
+    torch.save({**state, "world_size": 2}, last)  # as a 2-process run writes it (its per_rank table aside)
+    written = last.read_bytes()
+    with pytest.raises(StitchkitError, match=r"trained by 2 processes and this resume has 1: .*Resume it with 2 "
+                                             r"\(torchrun --nproc_per_node 2 .*--overwrite$"):
+        train(config, resume=True)
+    assert last.read_bytes() == written
+    torch.save({**state, "world_size": 1}, last)
+    assert train(config, resume=True)["status"] == "finished"
 
 
 def test_fashion_mnist_modes(tmp_path):

@@ -42,7 +42,6 @@ def all_reduce_sum(values: torch.Tensor, ctx: Dist) -> torch.Tensor:
     return values
 
 
-
 def gather_rows(row: torch.Tensor, ctx: Dist) -> torch.Tensor:
     """Every rank's ``row`` (a 1-D tensor of the same size on each), stacked in rank order: ``(world_size, n)``.
     Every rank takes part and gets the table (all_gather: gloo and NCCL both have it); one process: no collective."""
@@ -51,6 +50,7 @@ def gather_rows(row: torch.Tensor, ctx: Dist) -> torch.Tensor:
     rows = [torch.empty_like(row) for _ in range(ctx.world_size)]
     dist.all_gather(rows, row.contiguous())
     return torch.stack(rows)
+
 
 def any_true(flag: bool, ctx: Dist, device: torch.device) -> bool:
     """Whether ``flag`` is set on any rank (so that every rank stops together)."""

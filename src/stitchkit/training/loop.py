@@ -307,7 +307,7 @@ class TrainingPass:
             self._checkpoint_all()
         elif p.step == 0:  # train.epochs=0 evaluated at start: still a checkpoint, which export, eval and predict read
             self._checkpoint_all()
-        records = {id(r): r.record(p, "finished") for r in self.live}
+        records = {id(r): r.record(p, "finished", totals=r.summed_counters()) for r in self.live}
         faults.point("finish")
         for r in self.live:
             r.finish(records[id(r)])

@@ -251,6 +251,7 @@ class Run:
     def restore(self) -> Position:
         """Load the last checkpoint into the model, optimizer and statistics; returns where it was taken."""
         state = load_checkpoint(self.dir.last_checkpoint, accepted_digests(self.config))
+        self._check_world_size(state)
         try:
             load_trainable_state(self.model, state["model"])
         except RuntimeError as err:
@@ -275,9 +276,9 @@ class Run:
         if "log_loss" in state:
             self.loss_sum, self.loss_count = (v.clone() for v in state["log_loss"].to(self.runtime.device))
         # With several processes each takes back its own loss sums and counters. Without that table (one process,
-        # a checkpoint of an older version) or from another number of processes, every rank keeps rank 0's above.
+        # a checkpoint of stitchkit <= 0.10) every rank keeps rank 0's above.
         ctx, rows = self.runtime.ctx, state.get("per_rank")
-        if rows is not None and len(rows) == ctx.world_size:
+        if rows is not None:
             own = rows[ctx.rank]
             self.epoch_loss = own["epoch_loss"].to(self.runtime.device)
             self.loss_sum, self.loss_count = (v.clone() for v in own["log_loss"].to(self.runtime.device))
@@ -285,6 +286,23 @@ class Run:
                 setattr(self.stats, name, own[name])
         set_rng_state(state["rng"])  # the same on every rank: seeded alike, drawn from alike (augmentation: per image)
         return position
+
+    def _check_world_size(self, state: dict) -> None:
+        """Refuse to resume with another number of processes than the run's checkpoint was written by: the images
+        of an optimizer step and each process's share of the epoch depend on it, so the run would not go on as it
+        began (and each rank's own loss sums could not be handed back). A checkpoint of stitchkit <= 0.10 from one
+        process says nothing and is trusted."""
+        rows = state.get("per_rank")
+        saved = state.get("world_size", len(rows) if rows is not None else None)
+        world = self.runtime.ctx.world_size
+        if saved is None or saved == world:
+            return
+        how = "plain stitchkit train --resume" if saved == 1 else f"torchrun --nproc_per_node {saved} ... --resume"
+        raise StitchkitError(
+            f"the run in {str(self.run_dir)!r} was trained by {saved} process{'es' if saved > 1 else ''} and this "
+            f"resume has {world}: the images of each step and each process's share of the epoch depend on it. "
+            f"Resume it with {saved} ({how}), or start it again with --overwrite"
+        )
 
     # --- one step -------------------------------------------------------------------------------------------------
 
@@ -465,6 +483,7 @@ class Run:
             # steps as an uninterrupted run's (a checkpoint of an older version has none: it starts afresh).
             "log_loss": torch.stack([self.loss_sum, self.loss_count]).cpu(),
             "rng": rng if rng is not None else rng_state(),
+            "world_size": self.runtime.ctx.world_size,  # a resume must have as many processes
         }
         if per_rank is not None:  # with one process the checkpoint is as before: the entries above are its own
             state["per_rank"] = per_rank
@@ -473,11 +492,27 @@ class Run:
     def _seconds(self) -> dict[str, float]:
         return add_seconds(self.stats.seconds, self.clock.seconds())
 
-    def record(self, position: Position, status: str, error: str | None = None) -> dict:
-        """The result record (``result.json``)."""
+    def summed_counters(self) -> dict[str, int] | None:
+        """:data:`PER_RANK_COUNTERS` summed over the processes: one small collective that every rank joins (at the
+        end of a run; a rank whose images held more corrupt files than another's skipped more). None with one
+        process, whose own counters are the totals."""
+        ctx = self.runtime.ctx
+        if not ctx.enabled:
+            return None
+        values = torch.tensor([float(getattr(self.stats, name)) for name in PER_RANK_COUNTERS], dtype=torch.float64,
+                              device=self.runtime.device)  # exact below 2**53
+        summed = distributed.all_reduce_sum(values, ctx).tolist()
+        return {name: int(v) for name, v in zip(PER_RANK_COUNTERS, summed)}
+
+    def record(self, position: Position, status: str, error: str | None = None,
+               totals: dict[str, int] | None = None) -> dict:
+        """The result record (``result.json``); ``totals``: :meth:`summed_counters`, where every rank could join it
+        (else rank 0's counters times the number of processes stand for them: equal unless images were skipped)."""
         config, rt = self.config, self.runtime
         seconds = self._seconds()
-        images = self.stats.images * rt.ctx.world_size
+        world = rt.ctx.world_size
+        totals = totals or {name: getattr(self.stats, name) * world for name in PER_RANK_COUNTERS}
+        images = totals["images"]
         record = {
             "status": status, "error": error, "mode": config.mode, **mode_for(config).model_settings(config),
             "seed": config.train.seed, "lr": config.optim.lr, "warmup_steps": self.warmup_steps,
@@ -491,12 +526,12 @@ class Run:
             "epochs": position.epoch, "steps": position.step, "wall_time_s": sum(seconds.values()),
             "seconds": seconds, "images_seen": images,
             # Training images per second of training: set-up, calibration, evaluation and checkpoints excluded.
-            "images_per_s": ((images - self.stats.warmup_images * rt.ctx.world_size) / seconds["train"]
+            "images_per_s": ((images - totals["warmup_images"]) / seconds["train"]
                              if seconds["train"] > 0 else None),
             # Host synchronisations per training step of this process (train.count_host_syncs on CUDA), else None.
             "host_syncs_per_step": self.host_syncs.per_step if self.host_syncs else None,
-            "skipped_images": self.stats.skipped * rt.ctx.world_size,
-            "train_loss": self.stats.train_loss, "world_size": rt.ctx.world_size,
+            "skipped_images": totals["skipped"],
+            "train_loss": self.stats.train_loss, "world_size": world,
             "device": str(rt.device), "amp": rt.amp_name,
             # Runs trained in one pass share their wall time: wall_time_s is the pass's.
             "group_size": max(len(self.pass_members), 1), "group": self.pass_members,
