@@ -339,3 +339,28 @@ def test_loader_hygiene_prefetch_within_memory_and_evaluation_on_every_worker():
     images, labels, skipped, params = next(iter(DataLoader(items, batch_size=8, num_workers=1, collate_fn=collate)))
     assert images.is_shared() and torch.equal(images[5], items[5][0]) and labels.tolist() == list(range(8))
     assert not collate(items)[0].is_shared()
+
+
+def test_default_workers_fit_the_cpus_this_process_may_use(tmp_path, monkeypatch, recwarn):
+    """train.workers: null (the default) takes 4 workers, fewer where the process may run on fewer CPUs (shared
+    among torchrun's processes on the machine), at least one; a given number is kept. On a 2-core machine a default
+    run no longer spawns more workers than CPUs (torch warned twice: training and evaluation)."""
+    import os
+
+    from stitchkit.training.runtime import loader_workers
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    for cpus, processes, expected in ((2, 1, 2), (16, 1, 4), (16, 8, 2), (16, 16, 1), (1, 2, 1)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)), raising=False)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes))
+        assert loader_workers(None) == expected, (cpus, processes)
+        assert loader_workers(0) == 0 and loader_workers(7) == 7
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    config = load_config(None, ["mode=scratch", "model.src=resnet10t", "model.pretrained=false", "data.name=synthetic",
+                                "data.input_size=32", "data.synthetic_train_size=32", "data.synthetic_val_size=16",
+                                "optim.batch_size=16", "train.batch_size=16", "train.epochs=1", "train.threads=1",
+                                f"output.dir={tmp_path / 'run'}"])
+    assert config.train.workers is None
+    assert train(config)["status"] == "finished"
+    assert not [w for w in recwarn if "worker processes in total" in str(w.message)]

@@ -45,7 +45,8 @@ def add_eval_model(subparsers) -> None:
     p.add_argument("--pretrained", action="store_true", help="load the library's pretrained weights")
     p.add_argument("--checkpoint", default=None, help="a local state-dict file (.pt, .pth, .safetensors)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
-    p.add_argument("--workers", type=int, default=4, help="data-loader workers")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-loader workers (default: 4, or fewer where this machine has fewer CPUs)")
     p.add_argument("--limit-val", type=int, default=None, metavar="N", help="evaluate the first N images only")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--out", default=None, help="folder for result.json")
@@ -61,7 +62,8 @@ def _eval_model(args) -> int:
         raise StitchkitError("eval-model --data imagefolder needs --data-root DIR, a folder with val/<class>/ inside")
 
     overrides = [f"data.name={args.data}", f"data.input_size={args.input_size}", f"train.batch_size={args.batch_size}",
-                 f"train.workers={args.workers}", f"model.pretrained={str(args.pretrained).lower()}"]
+                 f"model.pretrained={str(args.pretrained).lower()}",
+                 *([f"train.workers={args.workers}"] if args.workers is not None else [])]
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
     if args.checkpoint:

@@ -222,7 +222,7 @@ def validate(config: Config) -> None:
         (config.data.input_size >= 8, f"data.input_size must be at least 8 pixels, got {config.data.input_size}"),
         (config.train.checkpoint_every >= 1, "train.checkpoint_every must be at least 1"),
         (config.train.log_every >= 1, "train.log_every must be at least 1"),
-        (config.train.workers >= 0, "train.workers must be >= 0"),
+        (config.train.workers is None or config.train.workers >= 0, "train.workers must be >= 0 (or null: auto)"),
         # A library model checkpoints itself (timm's own flag), BatchNorm statistics updated again in each second
         # run: the results would change. stitchkit's networks keep them (stitchkit.train_surface).
         (not config.train.grad_checkpointing or mode.network is not None,

@@ -24,7 +24,7 @@ from ..pretrained import load_described
 from ..zoo.metadata import Preprocessing, preprocessing
 from .data import build_splits
 
-from .runtime import Runtime, amp_dtype, machine, package_versions, resolve_device
+from .runtime import Runtime, amp_dtype, loader_workers, machine, package_versions, resolve_device
 from .scoring import evaluate
 from .stream import eval_loaders
 from .modes import build_model, load_trainable_state
@@ -75,7 +75,7 @@ def _evaluate_splits(model, splits, config: Config) -> dict[str, float]:
     """Top-1, top-5 and loss on every evaluation split (``val_*`` keys plain, others prefixed), in one process."""
     dev = resolve_device(config.train.device)
     runtime = Runtime(dev, amp_dtype(config.train.amp, dev), config.train.channels_last, distributed.Dist())
-    loaders = eval_loaders(splits, config.train.batch_size, config.train.workers, dev, runtime.ctx)
+    loaders = eval_loaders(splits, config.train.batch_size, loader_workers(config.train.workers), dev, runtime.ctx)
     return {(k if split == "val" else f"{split}_{k}"): v
             for split, loader in loaders.items() for k, v in evaluate(model, loader, runtime).items()}
 

@@ -89,6 +89,20 @@ def cpu_model() -> str | None:
     return None
 
 
+def loader_workers(setting: int | None, most: int = 4) -> int:
+    """Data-loader workers for train.workers: the setting where given, else ``most``, or fewer where this process
+    has fewer CPUs (those it may run on, shared among torchrun's processes on the machine). More workers than
+    CPUs only take turns (torch warns about it), and one per CPU still leaves the decoding beside the step."""
+    if setting is not None:
+        return setting
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    processes = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    return max(1, min(most, cpus // processes))
+
+
 def machine(device: torch.device | None = None) -> dict:
     """What a run's numbers depend on beyond its settings and package versions: torch's CPU thread count (a model
     trained on one thread differs from one trained on two) and the CPU, with the vector kernels torch chose for it

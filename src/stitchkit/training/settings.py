@@ -178,7 +178,9 @@ class TrainConfig:
                                               "that backward goes through keep only their input and run again in "
                                               "it: less device memory, more compute, the same results (stitch, "
                                               "finetune, probe)", kind="speed", since="0.10")
-    workers: int = setting(4, "data-loader worker processes", kind="run")
+    workers: Optional[int] = setting(None, "data-loader worker processes of each training process; null: 4, or "
+                                           "fewer where the process has fewer CPUs (those it may run on, shared "
+                                           "among torchrun's processes on the machine)", kind="run")
     eval_at_start: bool = setting(True, "evaluate before the first step too: the accuracy of the start alone "
                                         "(result.json: top1_at_start)", kind="run", since="0.5")
     checkpoint_every: int = setting(500, "optimizer steps between checkpoints", kind="run")

@@ -14,7 +14,7 @@ from ..zoo.metadata import preprocessing
 from . import distributed
 from .config import Config
 from .data import EpochSampler, Splits, build_splits, calibration_images, collate
-from .runtime import Runtime
+from .runtime import Runtime, loader_workers
 
 
 def make_loader(dataset, sampler, batch_size: int, workers: int, device: torch.device, train: bool,
@@ -88,6 +88,7 @@ class DataStream:
 
 def build_stream(config: Config, accum: int, runtime: Runtime) -> DataStream:
     t, device, ctx = config.train, runtime.device, runtime.ctx
+    workers = loader_workers(t.workers)
     prep = preprocessing(config.model.pixel_source)  # the model that sees the pixels sets normalisation and crop
     splits = build_splits(config.data, prep, t.seed)
     sampler = EpochSampler(len(splits.train), t.seed, ctx.rank, ctx.world_size, True)
@@ -98,15 +99,15 @@ def build_stream(config: Config, accum: int, runtime: Runtime) -> DataStream:
         from .gpu_loader import device_loader
 
         splits.device_augment = None  # the loader augments on the device itself
-        loader = device_loader(splits.train, config.data, prep, sampler, t.batch_size, t.workers, device, True,
-                               prefetch_factor(t.batch_size * train_bytes, t.workers))
+        loader = device_loader(splits.train, config.data, prep, sampler, t.batch_size, workers, device, True,
+                               prefetch_factor(t.batch_size * train_bytes, workers))
     elif config.data.loader == "dali":
         from .dali import DaliTrainLoader
 
         loader = DaliTrainLoader(splits.train, config.data, prep, sampler, t.batch_size,
-                                 t.workers, device, t.seed, ctx.rank, ctx.world_size)
+                                 workers, device, t.seed, ctx.rank, ctx.world_size)
     else:
-        loader = make_loader(splits.train, sampler, t.batch_size, t.workers, device, True,
+        loader = make_loader(splits.train, sampler, t.batch_size, workers, device, True,
                              train_bytes if config.data.augment_on == "device" else eval_bytes)
     micro_per_epoch = len(sampler) // t.batch_size
     if micro_per_epoch == 0:
@@ -118,11 +119,11 @@ def build_stream(config: Config, accum: int, runtime: Runtime) -> DataStream:
     total_steps = t.epochs * steps_per_epoch
     if t.max_steps is not None:
         total_steps = min(total_steps, t.max_steps)
-    evaluation = eval_loaders(splits, t.batch_size, t.workers, device, ctx, eval_bytes)
+    evaluation = eval_loaders(splits, t.batch_size, workers, device, ctx, eval_bytes)
     if config.data.loader == "gpu":  # evaluation decodes on the device too, with the same sampler and batch
         evaluation = {split: device_loader(loader.dataset, config.data, prep, loader.sampler, loader.batch_size,
-                                           t.workers, device, False, prefetch_factor(loader.batch_size * train_bytes,
-                                                                                     t.workers))
+                                           workers, device, False, prefetch_factor(loader.batch_size * train_bytes,
+                                                                                     workers))
                       for split, loader in evaluation.items()}
     return DataStream(config, splits, sampler, loader, evaluation,
                       accum, micro_per_epoch, steps_per_epoch, total_steps)
