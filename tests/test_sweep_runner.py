@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -203,6 +204,59 @@ def test_usr2_checkpoints_the_training_cell_before_submitit_requeues(tmp_path, m
     step = torch.load(cell.last_checkpoint, map_location="cpu", weights_only=False)["counters"]["step"]
     assert step == 2  # where it stood, not step 0 or the last multiple of checkpoint_every
     assert paths.submitted_pickle.is_file()  # the job to resume, as submitit requeues it
+
+
+_TORCHRUN_CELL = """
+import pathlib, sys
+from stitchkit.sweeps.runner import train_with_torchrun
+from stitchkit.training import RunInterrupted, load_config
+run = pathlib.Path(sys.argv[1])
+run.mkdir(parents=True, exist_ok=True)
+config = load_config(None, ["data.name=synthetic", "data.input_size=32", "data.synthetic_train_size=2048",
+                            "data.synthetic_val_size=32", "optim.batch_size=32", "train.batch_size=16",
+                            "train.workers=0", "train.threads=1", "model.pretrained=false", "mode=scratch",
+                            "model.src=resnet10t", "train.epochs=1", "train.log_every=1",
+                            "train.checkpoint_every=1000", f"output.dir={run}"])
+try:
+    train_with_torchrun(2)(config, resume=sys.argv[2] == "resume", overwrite=False)
+except RunInterrupted as stop:
+    print(stop, flush=True)
+    sys.exit(stop.exit_code)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("whom", ["job", "every process"])  # USR2 turned into SIGTERM reaches the job alone
+def test_a_torchrun_cell_stopped_by_sigterm_is_interrupted_not_failed(tmp_path, whom):
+    """SLURM's SIGTERM (preemption, time-out) to a job that trains a cell with torchrun: the training processes
+    checkpoint where they stand and the cell resumes next time. torchrun's exit code said "failed" before, and a
+    failed cell is not rerun without --retry-failed."""
+    from stitchkit.training.loop import EXIT_PREEMPTED
+
+    import stitchkit
+
+    run = tmp_path / "cell"
+    src = str(Path(stitchkit.__file__).resolve().parents[1])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=src)
+    env.pop("STITCHKIT_FAULT", None)
+    job = subprocess.Popen([sys.executable, "-c", _TORCHRUN_CELL, str(run), "new"], env=env, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count('"train"') >= 2):
+        time.sleep(0.05)
+    if whom == "job":
+        job.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(job.pid, signal.SIGTERM)
+    out, err = job.communicate(timeout=240)
+    assert job.returncode == EXIT_PREEMPTED, err[-3000:]
+    assert "stopped by SIGTERM at step" in out and RunDir(run).state() == "interrupted"
+    resumed = subprocess.run([sys.executable, "-c", _TORCHRUN_CELL, str(run), "resume"], env=env, text=True,
+                             capture_output=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "finished" and result["steps"] == 64 and result["world_size"] == 2
 
 
 # --- what the command says -----------------------------------------------------------------------------------------

@@ -110,7 +110,12 @@ def train_in_process(config, resume: bool, overwrite: bool) -> None:
 
 
 def train_with_torchrun(gpus: int):
-    """A launcher that trains one cell over ``gpus`` processes with torchrun (DDP), inside one SLURM job."""
+    """A launcher that trains one cell over ``gpus`` processes with torchrun (DDP), inside one SLURM job.
+
+    A SIGTERM to the job while torchrun runs (SLURM's preemption or time-out; USR2 becomes one, see :class:`_Usr2`)
+    is handed to torchrun, which hands it to its training processes: they checkpoint at the next step boundary and
+    stop. The cell is then interrupted, not failed (torchrun's own exit code does not tell the two apart): it raises
+    :class:`~stitchkit.training.RunInterrupted` and the cell resumes when the job runs again."""
 
     def launch(config, resume: bool, overwrite: bool) -> None:
         from ..training.config import to_yaml
@@ -119,12 +124,47 @@ def train_with_torchrun(gpus: int):
         cell_config = RunDir(run_dir).cell_config
         cell_config.write_text(to_yaml(config))
         flags = ["--resume"] if resume else (["--overwrite"] if overwrite else [])
-        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                               f"--nproc_per_node={gpus}", "-m", "stitchkit", "train", str(cell_config), *flags])
-        if done.returncode != 0:
-            raise StitchkitError(f"torchrun over {gpus} processes exited with code {done.returncode}")
+        process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                    f"--nproc_per_node={gpus}", "-m", "stitchkit", "train", str(cell_config), *flags])
+        stopped = []
+
+        def hand_on(signum, frame):
+            stopped.append(signum)
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, hand_on) if in_main else None
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached torchrun too: let its processes stop before saying so
+            process.wait()
+            raise
+        finally:
+            if in_main:
+                signal.signal(signal.SIGTERM, previous)
+        if stopped:
+            raise _interrupted_by_sigterm(RunDir(run_dir))
+        if code != 0:
+            raise StitchkitError(f"torchrun over {gpus} processes exited with code {code}")
 
     return launch
+
+
+def _interrupted_by_sigterm(run: RunDir):
+    """What a torchrun cell stopped by SIGTERM amounts to: the training processes' own interruption, with the step of
+    the checkpoint they wrote (none: stopped during set-up)."""
+    from ..training.checkpoint import load_checkpoint
+    from ..training.loop import EXIT_PREEMPTED, RunInterrupted
+
+    step = None
+    if run.last_checkpoint.is_file() and not run.result.is_file():
+        try:
+            step = load_checkpoint(run.last_checkpoint)["counters"]["step"]
+        except (StitchkitError, OSError, KeyError, RuntimeError):
+            pass
+    checkpoints = [str(run.last_checkpoint)] if step is not None else []
+    return RunInterrupted("stopped by SIGTERM", step, checkpoints, exit_code=EXIT_PREEMPTED)
 
 
 def run_cell(sweep: Sweep, cell: Cell, runs_dir: Path, retry_failed: bool = False, launch=train_in_process) -> str:
@@ -405,7 +445,8 @@ class _Usr2:
     """While installed: USR2 that arrives as a cell trains in this process (the training loop's SIGTERM handler is in
     place of the one the job started with) asks the loop to stop as SIGTERM does, and is remembered for
     :meth:`CellJob.__call__` to hand on. At any other moment (setting up, between cells) nothing unsaved is at stake,
-    and submitit's handler runs at once; so it does for torchrun cells, whose training processes it cannot reach."""
+    and submitit's handler runs at once. A torchrun cell's launcher puts its own SIGTERM handler in place while it
+    runs, which hands the stop on to the training processes (:func:`train_with_torchrun`)."""
 
     def __init__(self):
         self.signal = None
