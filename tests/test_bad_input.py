@@ -264,3 +264,24 @@ def test_missing_pretrained_weights_fail_in_one_line_before_any_data_is_read(tmp
     assert main(["train", "mode=scratch", "model.src=resnet10t", "data.name=synthetic", "data.input_size=32",
                  "data.synthetic_train_size=32", "data.synthetic_val_size=16", "train.batch_size=16",
                  "optim.batch_size=16", "train.epochs=1", "train.workers=0", f"output.dir={tmp_path / 'scratch'}"]) == 0
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--device", "foo"], "argument --device: unknown device 'foo'; use cpu, cuda or cuda:N"),
+    (["--device", "cuda:7"], "argument --device: cuda:7:"),  # no such CUDA device on any machine the tests run on
+    (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["--repeats", "0"], "argument --repeats: must be at least 1, got 0"),  # was taken as the default, 5
+    (["--warmup", "-1"], "argument --warmup: must be at least 0, got -1"),
+    (["--input-size", "x"], "argument --input-size: expected a whole number, got 'x'"),
+])
+def test_bench_refuses_devices_and_sizes_it_cannot_use_in_one_line(options, message, capsys):
+    """A device the machine does not have was a traceback at the first tensor; --batch-size 0 measured "0.0 images/s"
+    and --repeats 0 silently meant 5."""
+    import torch
+
+    if options[1] == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    with pytest.raises(SystemExit) as ended:
+        main(["bench", "--src", "resnet10t", "--input-size", "32", *options])
+    err = capsys.readouterr().err
+    assert ended.value.code == 2 and message in err and "Traceback" not in err, err

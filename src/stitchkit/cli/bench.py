@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..errors import StitchkitError
-from .common import add_command
+from .common import add_command, available_device, non_negative_int, positive_int
 
 COLUMNS = ("stitchkit", "naive", "full_dst", "lower_bound")
 
@@ -20,23 +20,24 @@ def add_parser(subparsers) -> None:
     p.add_argument("--gap", default=None, help="default 1:3 (with --grouped: 3:3,3:4)")
     p.add_argument("--adapter", default=None, help="default bottleneck (with --grouped: linear,bottleneck)")
     p.add_argument("--resize", default="bilinear", help="none, bilinear, area or integrated")
-    p.add_argument("--batch-size", type=int, default=8, help="images per step")
-    p.add_argument("--input-size", type=int, default=224, metavar="PX", help="image size")
-    p.add_argument("--repeats", type=int, default=None, help="timed steps (default 5); with --grouped, measurements")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per step")
+    p.add_argument("--input-size", type=positive_int, default=224, metavar="PX", help="image size")
+    p.add_argument("--repeats", type=positive_int, default=None,
+                   help="timed steps (default 5; --data: 3); with --grouped, measurements (default 1)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed steps first")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--device", type=available_device, default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--amp", default="none", choices=("none", "bf16"), help="autocast for stitchkit and full_dst")
     p.add_argument("--compile", action="store_true", help="torch.compile stitchkit's and full_dst's model")
     p.add_argument("--columns", default=None, help="comma-separated subset of " + ",".join(COLUMNS))
     p.add_argument("--grouped", action="store_true",
                    help="wall time of whole runs: each (gap, adapter) of the comma-separated --gap and --adapter lists "
                         "trained separately, then all in one pass over their shared front")
-    p.add_argument("--train-images", type=int, default=64,
+    p.add_argument("--train-images", type=positive_int, default=64,
                    help="with --grouped, --data or --pipeline: training images per run")
-    p.add_argument("--val-images", type=int, default=32, help="with --grouped: evaluation images per run")
-    p.add_argument("--workers", type=int, default=0, help="with --grouped or --pipeline: data-loader workers")
+    p.add_argument("--val-images", type=positive_int, default=32, help="with --grouped: evaluation images per run")
+    p.add_argument("--workers", type=non_negative_int, default=0, help="with --grouped or --pipeline: data-loader workers")
     p.add_argument("--data", action="store_true",
                    help="images/s of one data-loader worker per pipeline stage (decode, CPU augmentation, the worker "
                         "part of data.augment_on=device) and of the device-side augmentation")
@@ -56,7 +57,7 @@ def run(args) -> int:
     if args.data:
         from ..bench import format_data_bench, run_data_bench
 
-        result = run_data_bench(args.data_root, args.src, args.input_size, args.train_images, max(args.batch_size, 1),
+        result = run_data_bench(args.data_root, args.src, args.input_size, args.train_images, args.batch_size,
                                 args.repeats or 3)
         print(json.dumps(result, indent=2) if args.json else format_data_bench(result))
         return 0

@@ -64,3 +64,46 @@ def split_config_args(items: Sequence[str]) -> tuple[str | None, list[str]]:
 
 def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
+
+
+def _whole_number(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts that must be at least 1 (images per step, timed repetitions)."""
+    return _whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type for counts that may be 0 (untimed steps, data-loader workers)."""
+    return _whole_number(text, 0)
+
+
+def available_device(text: str) -> str:
+    """An argparse type for ``--device``: a device torch knows that this machine has (cpu, cuda, cuda:N, mps),
+    refused at parsing in one line rather than as a traceback at the first tensor placed on it."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: no CUDA device is visible; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to "
+                f"cuda:{torch.cuda.device_count() - 1}")
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise argparse.ArgumentTypeError(f"{text}: MPS is not available on this machine; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text}: stitchkit runs on cpu, cuda or mps")
+    return text
