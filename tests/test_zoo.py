@@ -251,3 +251,15 @@ def test_model_names_are_parsed_in_one_place():
     assert published_top1("torchvision:resnet50.IMAGENET1K_V2")[0] == 80.858  # torchvision's own metadata
     assert published_top1("resnet50.a1_in1k") == (80.4, "timm model card (paper)")
     assert published_top1("convnext_atto") is None
+
+
+def test_a_model_with_fewer_than_four_blocks_is_refused_by_name():
+    """A ViT of depth 2 splits into blocks per stage [1, 1, 0, 0]: a StitchkitError naming the model and the fix (it
+    was a bare ValueError about "an anatomy"), from the Python API as from the CLI."""
+    import timm
+
+    shallow = timm.create_model("vit_tiny_patch16_224", depth=2, img_size=32)
+    with pytest.raises(StitchkitError, match=r"^cannot cut vit_tiny_patch16_224 into stages: .*\[1, 1, 0, 0\].*deeper"):
+        stitchkit.model_spec(shallow)
+    with pytest.raises(StitchkitError, match="cannot cut vit_tiny_patch16_224"):
+        stitchkit.create_stitched(shallow, "resnet18", gap="3:4", input_size=32)

@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from ..errors import StitchkitError
 from ..formats import Format
 
 
@@ -71,6 +72,11 @@ class SequentialHead(nn.Sequential):
         self.lead = lead  # (a slice of the head is a SequentialHead without a lead)
 
 
+class TooFewBlocks(StitchkitError):
+    """A model that does not split into four non-empty stages (:class:`Anatomy`); :func:`~stitchkit.zoo.families.
+    dissect` names the model."""
+
+
 @dataclass
 class Anatomy:
     """A model as ``stem -> stages[0] blocks -> ... -> stages[3] blocks -> head``.
@@ -112,7 +118,10 @@ class Anatomy:
     def __post_init__(self):
         if len(self.stages) != 4 or any(len(s) == 0 for s in self.stages):
             sizes = [len(s) for s in self.stages]
-            raise ValueError(f"an anatomy needs four non-empty stages, got block counts {sizes}")
+            raise TooFewBlocks(
+                f"it splits into blocks per stage {sizes}, and a stitch needs four stages of at least one block "
+                "each (a model with fewer than four blocks, such as a ViT of depth < 4, cannot be cut: use a "
+                "deeper one)")
         if len(self.formats) != 4:
             raise ValueError("an anatomy needs one format per stage")
 

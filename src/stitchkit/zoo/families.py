@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import StitchkitError
 from ..formats import Format
 from ..registry import Registry
-from .anatomy import Anatomy, Call, SequentialHead, qualified_names, split_evenly, view
+from .anatomy import Anatomy, Call, SequentialHead, TooFewBlocks, qualified_names, split_evenly, view
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,14 @@ def dissect(model: nn.Module, input_size: tuple[int, int] | None = None) -> Anat
     without it they use the model's default input size.
     """
     family = family_of(model)
-    if family.sized:
-        anatomy = family.dissect(model, input_size or default_input_size(model))
-    else:
-        anatomy = family.dissect(model)
+    try:
+        if family.sized:
+            anatomy = family.dissect(model, input_size or default_input_size(model))
+        else:
+            anatomy = family.dissect(model)
+    except TooFewBlocks as err:
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        raise TooFewBlocks(f"cannot cut {cfg.get('architecture') or type(model).__name__} into stages: {err}") from None
     if not anatomy.block_names:
         names = qualified_names(model)
         anatomy.block_names = [[names.get(id(b), type(b).__name__) for b in stage] for stage in anatomy.stages]
