@@ -145,6 +145,9 @@ CASES = {
     "eval-model of an image folder without --data-root": (
         lambda w: ["eval-model", "resnet10t", "--input-size", "32"], "imagefolder needs --data-root DIR"),
     "eval of a non-run": (lambda w: ["eval", str(w["good"])], "not a run directory"),
+    "a stitch's options for the fine-tuning baseline": (lambda w: _inspect("--finetune", "--adapter", "linear",
+                                                                           "--unfreeze-last", "1"),
+                                                        "--adapter, --unfreeze-last would be ignored"),
     "unwritable output dir": (lambda w: _train(f"output.dir={w['yaml'] / 'run'}"), "cannot write to output directory"),
 }
 
@@ -260,6 +263,13 @@ def test_missing_pretrained_weights_fail_in_one_line_before_any_data_is_read(tmp
         assert "leave out --pretrained" in err and "--checkpoint PATH" in err and "model." not in err, err
         assert not run.exists()
     assert asked == expected + ["download.pytorch.org"]
+    # inspect and stages show what does not depend on the weights: the fix is to leave the option out.
+    for argv in (["inspect", "--src", "resnet18.a1_in1k", "--dst", "torchvision:resnet18", "--pretrained"],
+                 ["stages", "torchvision:swin_t", "--pretrained"]):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("stitchkit: error:") == 1, err
+        assert "leave out --pretrained: the cut" in err and "model." not in err, err
     # Scratch training never needs them.
     assert main(["train", "mode=scratch", "model.src=resnet10t", "data.name=synthetic", "data.input_size=32",
                  "data.synthetic_train_size=32", "data.synthetic_val_size=16", "train.batch_size=16",

@@ -230,3 +230,23 @@ def test_adapters_and_starts_line_up_their_columns_for_a_long_registered_name(co
         assert line.endswith(" " + described[name]), line
         starts_at.add(len(line) - len(described[name]))
     assert len(starts_at) == 1
+
+
+def test_inspect_prices_the_fine_tuning_baseline_with_its_new_head(capsys):
+    """--num-classes gives the baseline the head mode=finetune trains with (it was ignored: the 1000-class head was
+    priced), so inspect agrees with the sweep's dry run and the run's result.json."""
+    from stitchkit.finetune import create_finetune_baseline
+    from stitchkit.compute import count_params
+    from stitchkit.zoo import create_model
+    from stitchkit.zoo.models import fit_head
+
+    argv = ["inspect", "--src", "resnet10t", "--dst", "resnet10t", "--gap", "1:3", "--finetune", "--input-size", "32",
+            "--json"]
+    assert main(argv) == 0
+    own = json.loads(capsys.readouterr().out)["params"]
+    assert main([*argv, "--num-classes", "10"]) == 0
+    ten = json.loads(capsys.readouterr().out)["params"]
+    model = create_model("resnet10t", input_size=32)
+    fit_head(model, 10)
+    assert ten == count_params(create_finetune_baseline(model, "1:3", input_size=32)) < own
+    assert own - ten == 990 * (512 + 1)  # 990 fewer classes, each a row of 512 weights and a bias

@@ -41,6 +41,16 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..errors import WeightsUnavailableError
+
+    try:
+        return _run(args)
+    except WeightsUnavailableError as err:
+        raise err.with_fix("leave out --pretrained: the cuts, parameters and compute shown do not depend on the "
+                           "weights") from None
+
+
+def _run(args) -> int:
     from ..starts import get_start
     from ..stitching import create_stitched
     from ..summary import describe_stitch
@@ -119,16 +129,34 @@ def _parallel(args) -> int:
     return 0
 
 
+# The options of a stitch that the fine-tuning baseline (no adapter, every weight trained) has no use for, with the
+# value each has when it is not given.
+_STITCH_ONLY = (("--adapter", "adapter", "bottleneck"), ("--resize", "resize", "bilinear"),
+                ("--prefix-out", "prefix_out", "concat"), ("--prefix-in", "prefix_in", None),
+                ("--adapter-norm", "adapter_norm", None), ("--readd-pos-embed", "readd_pos_embed", False),
+                ("--train-head", "train_head", False), ("--unfreeze-last", "unfreeze_last", 0), ("--fusion", "fusion", "sum"))
+
+
 def _finetune(args) -> int:
     from ..finetune import create_finetune_baseline
     from ..summary import describe_finetune
+    from ..zoo import create_model
+    from ..zoo.models import fit_head
 
     if args.src != args.dst:
         raise StitchkitError(
             f"the fine-tuning baseline cuts one model and keeps its own blocks, so --src and --dst must be the same "
             f"model (got {args.src} and {args.dst}); to join two models, drop --finetune and pick an --adapter"
         )
-    baseline = create_finetune_baseline(args.src, args.gap, pretrained=args.pretrained, input_size=args.input_size)
+    ignored = [flag for flag, key, unset in _STITCH_ONLY if getattr(args, key) != unset]
+    if ignored:
+        raise StitchkitError(f"{', '.join(ignored)} would be ignored: the fine-tuning baseline has no adapter and "
+                             "trains every weight; drop them (or drop --finetune)")
+    # Its head as training gives it (mode=finetune, model.num_classes / model.new_head): priced as it will train.
+    model = create_model(args.src, pretrained=args.pretrained, input_size=args.input_size)
+    if args.num_classes is not None or args.new_head:
+        fit_head(model, args.num_classes, args.new_head or None)
+    baseline = create_finetune_baseline(model, args.gap, input_size=args.input_size, name=args.src)
     report = describe_finetune(baseline, args.src, args.gap, args.input_size)
     if args.json:
         print(json.dumps(report, indent=2))

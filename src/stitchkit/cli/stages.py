@@ -17,9 +17,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..errors import WeightsUnavailableError
     from ..zoo import create_model, model_spec
 
-    model = create_model(args.model, pretrained=args.pretrained, input_size=args.input_size)
+    try:
+        model = create_model(args.model, pretrained=args.pretrained, input_size=args.input_size)
+    except WeightsUnavailableError as err:
+        raise err.with_fix("leave out --pretrained: the cut points and shapes do not depend on the weights") from None
     spec = model_spec(model, args.input_size, args.model)
     if args.json:
         rows = [{"stage": c.stage, "position": c.position, "after": c.module, "format": str(c.feature.format),
