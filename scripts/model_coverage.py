@@ -118,10 +118,22 @@ def check_one(name: str) -> dict:
         row["gmacs"] = count_macs(model, (3, size, size)) / 1e9
         row["status"] = "ok"
     except Exception as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         row["step"] = step
-        row["reason"] = f"{type(err).__name__}: {message}"[:400]
+        row["reason"] = _reason(err)
     return row
+
+
+def _reason(err: Exception, most: int = 600) -> str:
+    """Why a model failed, as stitchkit states it when the model is asked for (zoo.models.family_for_name adds the
+    advice): the graph split's own finding without the size it was checked at or its advice, else the error's type
+    and first line; cut at a word, never mid-word."""
+    from stitchkit.zoo.graph import GraphSplitError
+
+    cause = err.__cause__ if isinstance(err, GraphSplitError) and isinstance(err.__cause__, GraphSplitError) else None
+    text = str(cause or err).strip()
+    message = text.splitlines()[0] if text else ""
+    reason = message if cause is not None else f"{type(err).__name__}: {message}" if message else type(err).__name__
+    return reason if len(reason) <= most else reason[:most].rsplit(" ", 1)[0] + " ..."
 
 
 # --- the scan -------------------------------------------------------------------------------------------------------

@@ -129,6 +129,15 @@ def test_unknown_and_unsupported_models(monkeypatch):
     with pytest.raises(StitchkitError, match="cannot cut timm model 'levit_128': GraphSplitError: some reason"):
         stitchkit.create_model("levit_128")
     assert "levit_128" not in stitchkit.list_models("levit*")
+    monkeypatch.undo()
+    # The table's reasons are whole sentences (they were cut at 400 characters, mid-word, and named the size the
+    # check ran at, whatever size was asked) and the advice is given once.
+    with pytest.raises(StitchkitError) as refused:
+        stitchkit.create_model("hrnet_w18_small", input_size=64)
+    message = str(refused.value)
+    assert message.startswith("stitchkit cannot cut timm model 'hrnet_w18_small': HighResolutionNet has 1 cuttable "
+                              "block; four stages need at least four: after 17 of its 18 blocks")
+    assert message.count("register a Family") == 1 and "32x32" not in message and message.endswith("by hand)")
     with pytest.raises(StitchkitError, match="cannot trace Linear"):
         dissect(torch.nn.Linear(2, 2), (32, 32))
 

@@ -127,8 +127,8 @@ def family_for_name(name: str) -> Family:
         reason = unsupported_reason(base)
         if reason is not None:
             raise StitchkitError(
-                f"stitchkit cannot cut timm model {base!r}: {reason} (docs/models.md lists every architecture; "
-                "register a Family for its class to cut it by hand)"
+                f"stitchkit cannot cut timm model {base!r}: {reason} (found by the coverage check of its class; "
+                "docs/models.md lists every architecture; register a Family for its class to cut it by hand)"
             )
         return by_name[GRAPH_FAMILY]
     raise unknown_name("model", name, timm.list_models() + list(_torchvision_names()),
