@@ -73,9 +73,18 @@ BAD = [
     (["inspect", "--src", "resnet18", "--dst", "resnet18", "--prefix-in", "avg"], "mean"),
     (["stages", "hrnet_w18_small", "--input-size", "64"], "cannot cut"),
     (["models", "nothing_like_this*"], "no supported model"),
-    (["models", "zzz*"], "try a wider pattern such as '*zzz*'\n"),  # not '*zzz**'
     (["models", "*zzz*"], "; `stitchkit models` lists them all"),  # already as wide as a pattern goes
+    # Only hints that match something: '*zzz*' matches nothing, so it is not offered for 'zzz*'.
+    (["models", "zzz*"], "no supported model matches 'zzz*'; `stitchkit models` lists them all\n"),
+    (["models", "net18d"], "try a wider pattern such as '*net18d*'\n"),
+    (["models", "resnet180"], "did you mean: resnet18, "),
+    (["models", "--pretrained", "vit_pico*"], "with pretrained weights in timm; 1 match without them (drop "
+                                              "--pretrained"),
 ]
+
+
+def test_model_patterns_ignore_case(capsys):
+    assert _run(capsys, "models", "ResNet18")[1] == "resnet18\n"
 
 
 @pytest.mark.parametrize("argv,message", BAD, ids=[" ".join(a[1:5]) for a, _ in BAD])

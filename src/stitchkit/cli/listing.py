@@ -17,13 +17,29 @@ def _models(args) -> int:
 
     names = list_models(args.pattern, pretrained=args.pretrained)
     if not names:
-        # The pattern's own leading and trailing stars are part of the wider one, not doubled ('zzz*' -> '*zzz*').
-        wider = f"*{args.pattern.strip('*')}*"
-        hint = (f"try a wider pattern such as {wider!r}" if wider != args.pattern else
-                "`stitchkit models` lists them all")
-        raise StitchkitError(f"no supported model matches {args.pattern!r}; {hint}")
+        raise StitchkitError(f"no supported model matches {args.pattern!r}{_models_hint(args.pattern, args.pretrained)}")
     print("\n".join(names))
     return 0
+
+
+def _models_hint(pattern: str, pretrained: bool) -> str:
+    """What to try instead of a pattern that matched nothing: only hints that do match something."""
+    from ..errors import close_matches
+    from ..zoo import list_models
+
+    if pretrained:
+        without = list_models(pattern)
+        if without:
+            return (f" with pretrained weights in timm; {len(without)} match without them (drop --pretrained to list "
+                    "them; torchvision's weights are named by tag, e.g. torchvision:resnet50.IMAGENET1K_V2)")
+    # The pattern's own leading and trailing stars are part of the wider one, not doubled ('zzz*' -> '*zzz*').
+    wider = f"*{pattern.strip('*')}*"
+    if wider != pattern and list_models(wider, pretrained):
+        return f"; try a wider pattern such as {wider!r}"
+    near = close_matches(pattern.strip("*"), list_models("*", pretrained), n=5)
+    if near:
+        return f"; did you mean: {', '.join(near)}?"
+    return "; `stitchkit models` lists them all"
 
 
 def add_adapters(subparsers) -> None:

@@ -103,7 +103,8 @@ def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
     else:
         timm_names = [n for n in timm.list_models() if supported_timm(n)]
     names = timm_names + list(_torchvision_names())
-    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+    wanted = pattern.lower()  # names are lower case; 'ResNet18' means resnet18
+    return sorted(n for n in names if fnmatch.fnmatchcase(n.lower(), wanted))
 
 
 def family_for_name(name: str) -> Family:
@@ -131,8 +132,7 @@ def family_for_name(name: str) -> Family:
                 "docs/models.md lists every architecture; register a Family for its class to cut it by hand)"
             )
         return by_name[GRAPH_FAMILY]
-    raise unknown_name("model", name, timm.list_models() + list(_torchvision_names()),
-                       "`stitchkit models PATTERN` lists them")
+    raise unknown_name("model", name, list_models(), "`stitchkit models PATTERN` lists them")
 
 
 def create_model(
