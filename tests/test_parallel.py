@@ -134,6 +134,7 @@ def test_parallel_runs_record_their_checkpoints(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (["model.src=[resnet10t]"], "lists one source.*model.src=resnet10t"),
+    (["model.src=[]"], "lists no source: .*model.src=NAME"),
     (["mode=finetune", "model.dst=null"], "only a parallel stitch \\(mode=stitch\\)"),
     (["model.gap=[1:3,2:3,1:3]"], "model.gap lists 3 entries for 2 sources"),
     (["model.gap=[1:3,1:4]"], "meet resnet10t at one cut"),

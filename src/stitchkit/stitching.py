@@ -445,7 +445,8 @@ class StitchedModel(Network, nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters an optimizer should see: the bridge's, and those of the back's trained blocks and head
         (``unfreeze_last``, ``train_head``). Warns once when the adapters should have started
-        from data (``lstsq``, ``dst_stats``) and were built without ``calibration_images``."""
+        from data (a start that needs images, as the default ``fitted``) and were built without
+        ``calibration_images``."""
         if getattr(self, "_built", False) and not self.bridge.calibrated and not self._warned:
             self._warned = True
             warnings.warn(UncalibratedWarning(
@@ -643,8 +644,9 @@ def create_stitched(
             destination's own class token; ``mean`` for the paper's starts, as the paper).
         readd_pos_embed: add the destination ViT's position embedding after the adapters.
         frozen_mode: ``eval`` (frozen parts always in eval mode) or ``train`` (the paper's code).
-        adapter_norm: where the adapters start (:data:`stitchkit.adapters.ADAPTER_NORMS`): ``lstsq`` (default),
-            ``dst_stats``, ``paper_code`` or ``paper_text``.
+        adapter_norm: where the adapters start, a registered start (:mod:`stitchkit.starts`; ``stitchkit starts``
+            lists them): ``fitted`` (default, chosen by measurement: docs/adapter_start.md), ``fitted_quick``,
+            ``lstsq``, ``dst_stats``, ``paper_code`` or ``paper_text``.
         token_adapters: between two token models (ViT to ViT), run ``linear`` and ``linear_relu`` on every token,
             keeping the class token, as the paper's code (default); False sends them through an image.
         num_classes: give the destination a new, randomly initialised head of this many classes (a task neither
@@ -658,9 +660,10 @@ def create_stitched(
         unfreeze_last: train this many blocks at the end of the destination's back with the adapters (0 to the
             number of blocks after the cut).
         calibration_images: a batch of training images (about 128-256, preprocessed for the source), or a pair
-            ``(for_source, for_destination)`` when the two models expect different normalisation. ``lstsq`` and
-            ``dst_stats`` measure both models' features on them to start the adapters; without them those
-            adapters keep their default initialisation (a warning says so when it trains). The training engine
+            ``(for_source, for_destination)`` when the two models expect different normalisation. The starts that
+            need them (``fitted``, ``fitted_quick``, ``lstsq``, ``dst_stats``) measure both models' features on
+            them to start the adapters; without them those adapters keep their default initialisation (a warning
+            says so when it trains). The training engine
             passes them.
         calibration_device: where to run the two models on those images (a GPU makes it take seconds at 224 px);
             the stitched model is returned on that device.

@@ -299,7 +299,8 @@ def check_sources(config: Config) -> None:
             raise StitchkitError(f"model.src lists {len(m.src)} sources, which only a parallel stitch (mode=stitch) "
                                  f"joins; mode={config.mode} trains one model: give model.src one name")
         if len(m.src) < 2:
-            raise StitchkitError("model.src lists one source: a parallel stitch needs two or more; for a single "
+            raise StitchkitError(f"model.src lists {'one source' if m.src else 'no source'}: a parallel stitch "
+                                 "needs two or more; for a single "
                                  f"stitch write model.src={m.src[0] if m.src else 'NAME'} (not a list)")
         if not all(isinstance(s, str) and s for s in m.src):
             raise StitchkitError(f"model.src must list model names, got {list(m.src)!r}")
