@@ -139,7 +139,7 @@ class Bridge(nn.Module):
     Token adapters run on the token sequence itself.
 
     Attributes:
-        adapter_norm: how the adapters are wrapped and where they start (:data:`stitchkit.adapters.ADAPTER_NORMS`).
+        adapter_norm: how the adapters are wrapped and where they start (a registered start, :mod:`stitchkit.starts`).
         calibrated: whether :func:`stitchkit.initialization.calibrate` has started the adapters from data (always
             True for norms that need none).
     """
