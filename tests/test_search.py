@@ -10,7 +10,7 @@ import torch
 import stitchkit
 from stitchkit.cli import main
 from stitchkit.errors import StitchkitError
-from stitchkit.stitch_search.candidates import Candidate, check_models, enumerate_candidates, price
+from stitchkit.stitch_search.candidates import check_models, enumerate_candidates
 from stitchkit.pareto import hypervolume, pareto_front
 from stitchkit.stitch_search.frontier import bootstrap_interval, kendall, select, spearman, top_by_score
 from stitchkit.stitch_search.run import DEFAULT_PROXY
@@ -70,17 +70,71 @@ def test_naswot_counts_agreeing_activation_codes():
     assert math.isnan(naswot_score(net, same))  # log-determinant of a singular kernel: no score
 
 
-def test_a_candidate_costs_what_its_built_stitch_counts():
-    """Priced on the meta device, with the heads at the data's class count (resnet10t's own has 1,000)."""
-    for src, dst in (("resnet10t", "vit_pico_patch4_32"), ("resnet10t", "resnet10t")):
-        priced = price(Candidate(src, dst, "1:3", "downsample_bottleneck"), 32, num_classes=10)
-        built = stitchkit.create_stitched(src, dst, "1:3", adapter="bottleneck", input_size=32, num_classes=10)
-        assert priced["gmacs"] == pytest.approx(stitchkit.count_macs(built, 32) / 1e9, rel=1e-9)
-        assert priced["params"] == stitchkit.count_params(built)
-    thousand = price(Candidate("resnet10t", "resnet10t", "1:3", "downsample_bottleneck"), 32)
-    assert thousand["gmacs"] - priced["gmacs"] == pytest.approx(512 * 990 / 1e9)  # the head's MACs at 1,000
-    assert price(Candidate("resnet10t", "resnet10t", "1:2", "vit_block"), 32)["skip_reason"].startswith("vit_block")
+def _built(src: str, dst: str, gap: str, method: str, settings: dict, classes: int = 10):
+    """The network ``stitchkit train`` builds for this stitch with these settings."""
+    from stitchkit.sweeps.grid import _nest
+    from stitchkit.sweeps.methods import get_method
+    from stitchkit.training.config import load_config
+    from stitchkit.training.modes import build_model
+
+    m = get_method(method)
+    stitch = {"mode": "stitch", "model.src": src, "model.dst": dst, "model.gap": gap, "model.adapter": m.adapter,
+              "model.resize": m.resize}
+    torch.manual_seed(0)
+    return build_model(load_config(layers=[("test", _nest({**settings, **stitch}))]), classes)
+
+
+@pytest.mark.parametrize("model", [{}, {"model.token_adapters": False},
+                                   {"model.token_adapters": False, "model.prefix_out": "drop"},
+                                   {"model.unfreeze_last": 1, "model.prefix_in": "learned"}])
+def test_a_candidate_costs_what_its_run_builds(model):
+    """Priced as the sweep cell that trains it, with the search's own model settings. Candidates were priced with
+    the default settings: with model.token_adapters=false, vit_pico -> vit_pico 1:3 linear was priced 0.0127
+    GMACs, its run measured 0.0133 and stood on the frontier over a budget of 0.013; trainable weights ignored the
+    new head that trains with the adapters."""
+    settings = {**TINY, **model}
+    records = stitchkit.search(["resnet10t", "vit_pico_patch4_32"], gaps=["1:3"], adapters=["bottleneck", "linear"],
+                               settings=settings, proxies=False)
+    assert len(records) == 8 and all(r.get("skip_reason") is None for r in records)
+    for r in records:
+        built = _built(r["src"], r["dst"], r["gap"], r["method"], settings)
+        assert r["gmacs"] == pytest.approx(stitchkit.count_macs(built, 32) / 1e9, rel=1e-9), r
+        assert (r["params"], r["trainable_params"]) == (stitchkit.count_params(built),
+                                                        stitchkit.count_params(built, trainable_only=True)), r
+    if model == {"model.token_adapters": False}:  # the audit's case: over a budget of 0.013 now
+        vit = next(r for r in records if r["src"] == r["dst"] == "vit_pico_patch4_32" and r["method"] ==
+                   "downsample_linear")
+        assert vit["gmacs"] > 0.013
+    skipped = stitchkit.search(["resnet10t"], gaps=["1:2"], adapters=["vit_block", "linear"], settings=settings,
+                               proxies=False)
+    assert skipped[0]["skip_reason"].startswith("vit_block") and skipped[1].get("skip_reason") is None
     assert len(enumerate_candidates(["a", "b"], 32, gaps=["1:2", "2:3"], adapters=["bottleneck", "linear"])) == 16
+
+
+def test_a_trained_run_over_the_budget_is_named_and_left_out_of_the_frontier(tmp_path, monkeypatch):
+    """The guard behind the prices: a run that measures more than the budget (here: a price made too low on
+    purpose) is never reported on the frontier, and the search says which one and why."""
+    from stitchkit.sweeps import dryrun
+
+    true_costs = dryrun.cell_costs
+
+    def half_price(*args, **kwargs):
+        costs = true_costs(*args, **kwargs)
+        return {**costs, "gmacs": costs["gmacs"] / 2}
+
+    monkeypatch.setattr(dryrun, "cell_costs", half_price)
+    real = _built("resnet10t", "resnet10t", "1:3", "downsample_linear", TINY)
+    budget = 0.75 * stitchkit.count_macs(real, 32) / 1e9
+    lines = []
+    result = stitchkit.run_search(["resnet10t"], tmp_path / "search", budget, gaps=["1:3"], adapters=["linear"],
+                                  train_top=1, settings=TINY, smoke=True, calibration_images=8, probe_images=8,
+                                  log=lines.append)
+    assert result["frontier"] == [] and result["trained"] == []
+    assert [t["method"] for t in result["over_budget"]] == ["downsample_linear"]
+    assert any(line.startswith("left out of the frontier: resnet10t -> resnet10t 1:3 downsample_linear was priced")
+               for line in lines), lines
+    saved = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert saved["frontier"] == [] and saved["over_budget"][0]["gmacs"] > budget
 
 
 def test_bad_input_is_one_clear_line(capsys):

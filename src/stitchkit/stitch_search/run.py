@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from ..errors import StitchkitError
@@ -22,6 +21,7 @@ from ..files import atomic_write_json, atomic_write_text, read_json
 from ..training.config import flatten
 from ..training.identity import NOT_IDENTITY, settings_digest
 from .candidates import Candidate, check_models, enumerate_candidates, price
+from .cells import search_sweep
 from ..pareto import pareto_front
 from .frontier import select, top_by_score
 from .proxies import (PROXIES, PROXY_VERSION, Zoo, calibration_and_probe, measure, proxy_path, proxy_revision,
@@ -44,11 +44,13 @@ def _base_config(settings: dict):
     return load_config(layers=[("the search's settings", _nest(settings))])
 
 
-def _records(candidates: list[Candidate], input_size: int, num_classes: int | None,
-             budget_gmacs: float | None) -> list[dict]:
+def _records(candidates: list[Candidate], settings: dict, checkpoints: dict[str, str], seed: int,
+             data_classes: int | None, budget_gmacs: float | None) -> list[dict]:
+    """Each candidate priced as the cell that would train it (the search's settings and checkpoints)."""
+    sweep, cells = search_sweep(candidates, settings, checkpoints, (seed,))
     records = []
     for candidate in candidates:
-        record = {**candidate.record(), **price(candidate, input_size, num_classes)}
+        record = {**candidate.record(), **price(sweep, cells[candidate][0], data_classes)}
         if record.get("gmacs") is not None and budget_gmacs is not None and record["gmacs"] > budget_gmacs:
             record["skip_reason"] = f"{record['gmacs']:.4f} GMACs, over the budget of {budget_gmacs:g}"
         records.append(record)
@@ -82,9 +84,8 @@ def search(models: list[str], budget_gmacs: float | None = None, *, checkpoints:
             raise StitchkitError(f"--checkpoint names {name!r}, which is not among --models ({', '.join(models)})")
     usable, unusable = check_models(models, size)
     data_classes = _data_classes(config)
-    # pretrained heads keep their own size; a zoo trained here predicts the data's classes
-    records = _records(enumerate_candidates(usable, size, gaps, adapters), size,
-                       None if config.model.pretrained else data_classes, budget_gmacs)
+    records = _records(enumerate_candidates(usable, size, gaps, adapters), settings or {}, checkpoints, seed,
+                       data_classes, budget_gmacs)
     records += [{"src": name, "dst": None, "gap": None, "method": None, "skip_reason": reason}
                 for name, reason in unusable.items()]
     within = [r for r in records if r.get("skip_reason") is None]
@@ -234,10 +235,26 @@ def run_search(models: list[str], out: str | Path, budget_gmacs: float | None = 
         record["selected"] = i in chosen
     log(f"training {len(chosen)} of {len(within)} candidates, chosen by {proxy} ({selection})")
     trained = _train([within[i] for i in chosen], out, settings, checkpoints or {}, seeds, workers, log)
+    trained, over_budget = _within_budget(trained, budget_gmacs, log)
     train_seconds = time.time() - began - proxy_seconds
     front = [trained[i] for i in pareto_front([(t["gmacs"], t["top1"]) for t in trained])]
-    _write_outputs(out, records, trained, front, proxy, selection, proxy_seconds, train_seconds, log)
-    return {"candidates": records, "trained": trained, "frontier": front}
+    _write_outputs(out, records, trained, front, proxy, selection, proxy_seconds, train_seconds, log,
+                   over_budget)
+    return {"candidates": records, "trained": trained, "frontier": front, "over_budget": over_budget}
+
+
+def _within_budget(trained: list[dict], budget_gmacs: float | None, log) -> tuple[list[dict], list[dict]]:
+    """The trained stitches whose runs measured at most the budget, and the others. A candidate is priced as its
+    run is built, so there should be none over it; one that is (a price that missed a setting) is named and left
+    out of the frontier, never reported as a stitch within the budget."""
+    if budget_gmacs is None:
+        return trained, []
+    over = [t for t in trained if t["gmacs"] > budget_gmacs]
+    for t in over:
+        log(f"left out of the frontier: {t['src']} -> {t['dst']} {t['gap']} {t['method']} was priced at "
+            f"{t['priced_gmacs']:.6g} GMACs but its run measured {t['gmacs']:.6g}, over the budget of "
+            f"{budget_gmacs:g} (a stitchkit pricing fault: please report it)")
+    return [t for t in trained if t["gmacs"] <= budget_gmacs], over
 
 
 def _train(chosen: list[dict], out: Path, settings: dict, checkpoints: dict[str, str], seeds: tuple[int, ...],
@@ -248,21 +265,12 @@ def _train(chosen: list[dict], out: Path, settings: dict, checkpoints: dict[str,
         return []
     from ..demo import run_stages
     from ..rundir import RunDir
-    from ..sweeps.grid import Sweep, _nest, expand
 
-    base = _nest(settings)
-    cells, by_candidate = [], {}
-    for record in chosen:
-        model = {"src_checkpoint": checkpoints.get(record["src"]), "dst_checkpoint": checkpoints.get(record["dst"])}
-        sweep = expand({"base": base, "pairs": [[record["src"], record["dst"]]], "gaps": [record["gap"]],
-                        "methods": [record["method"]], "seeds": list(seeds)}, name="search")
-        for cell in sweep.cells:
-            # the checkpoints live in each cell's own settings, as in findings: one sweep, any number of models
-            cell = replace(cell, settings={**cell.settings, "model": {**cell.settings["model"], **model}})
-            cells.append(cell)
-            by_candidate.setdefault(id(record), []).append(cell)
+    candidates = [Candidate(r["src"], r["dst"], r["gap"], r["method"]) for r in chosen]
+    sweep, cells = search_sweep(candidates, settings, checkpoints, seeds)
+    by_candidate = {id(record): cells[candidate] for record, candidate in zip(chosen, candidates)}
     runs = out / "runs"
-    failures, _ = run_stages([[Sweep("search", base, cells, group_by_front=True)]], runs, log, workers)
+    failures, _ = run_stages([[sweep]], runs, log, workers)
     if failures:
         raise StitchkitError(f"{len(failures)} search runs failed (see their result.json): {', '.join(failures[:3])};"
                              " run the same command again to retry them")
@@ -274,14 +282,15 @@ def _train(chosen: list[dict], out: Path, settings: dict, checkpoints: dict[str,
             continue
         trained.append({**{k: record[k] for k in ("src", "dst", "gap", "method")},
                         "top1": sum(top1) / len(top1), "seeds": len(top1),
-                        "gmacs": results[0].get("gmacs", record["gmacs"]),
+                        "gmacs": results[0].get("gmacs", record["gmacs"]), "priced_gmacs": record["gmacs"],
                         "runs": [c.name for c in by_candidate[id(record)]],
                         **{p: record.get(p) for p in PROXIES}})
     return trained
 
 
 def _write_outputs(out: Path, records: list[dict], trained: list[dict], front: list[dict], proxy: str,
-                   selection: str, proxy_seconds: float, train_seconds: float, log) -> None:
+                   selection: str, proxy_seconds: float, train_seconds: float, log,
+                   over_budget: list[dict] = ()) -> None:
     out.mkdir(parents=True, exist_ok=True)
     fields = ["src", "dst", "gap", "method", "gmacs", "params", "trainable_params", *PROXIES, "selected",
               "skip_reason", "proxy_error"]
@@ -295,7 +304,8 @@ def _write_outputs(out: Path, records: list[dict], trained: list[dict], front: l
               for t in front]
     atomic_write_text(out / "frontier.md", "\n".join(lines) + "\n")
     atomic_write_json(out / "search.json", {"proxy": proxy, "selection": selection, "proxy_seconds": proxy_seconds,
-                                            "train_seconds": train_seconds, "trained": trained, "frontier": front})
+                                            "train_seconds": train_seconds, "trained": trained, "frontier": front,
+                                            "over_budget": list(over_budget)})
     if trained:
         _figure(out / "frontier.png", records, trained, front, proxy)
         _export_frontier(out, front, log)

@@ -87,12 +87,13 @@ def _data_classes(settings: dict) -> int | None:
     return None  # an image folder: its classes are counted when it is read
 
 
-def cell_heads(sweep: Sweep, cell: Cell) -> Heads:
-    """The :class:`Heads` of a cell, from its settings (the sweep's base under the cell's own)."""
+def cell_heads(sweep: Sweep, cell: Cell, data_classes: int | None = None) -> Heads:
+    """The :class:`Heads` of a cell, from its settings (the sweep's base under the cell's own); ``data_classes``:
+    the data's classes where the caller has counted them (an image folder's, which the settings do not tell)."""
     from .grid import _settings
 
     settings = _settings(sweep.base, cell.settings)
-    classes, data = settings.get("model.num_classes"), _data_classes(settings)
+    classes, data = settings.get("model.num_classes"), data_classes or _data_classes(settings)
     checkpoints = settings.get("model.src_checkpoint"), settings.get("model.dst_checkpoint")
     own = tuple(classes or data if checkpoint else None for checkpoint in checkpoints)
     return Heads(num_classes=classes, data_classes=data, new_head=bool(settings.get("model.new_head")),
@@ -200,13 +201,13 @@ def _stitch_macs(model, src: str, dst: str, input_size: int, heads: Heads = Head
     return front + bridge + back
 
 
-def cell_costs(sweep: Sweep, cell: Cell) -> dict:
+def cell_costs(sweep: Sweep, cell: Cell, data_classes: int | None = None) -> dict:
     """``{"gmacs", "params", "trainable_params"}`` of one cell (``None`` values for skipped cells): what its run
-    records, its heads included (:func:`cell_heads`)."""
+    records, its heads (:func:`cell_heads`, with ``data_classes``) and other model settings included."""
     if cell.skip_reason:
         return {"gmacs": None, "params": None, "trainable_params": None}
     size = sweep.base.get("data", {}).get("input_size", 224)
-    heads, settings = cell_heads(sweep, cell), cell_stitch_settings(sweep, cell)
+    heads, settings = cell_heads(sweep, cell, data_classes), cell_stitch_settings(sweep, cell)
     sources = cell.settings.get("model", {}).get("src")
     if isinstance(sources, list):
         gmacs, params, trainable = parallel_costs(tuple(sources), cell.dst, cell.gap, cell.method, size, heads=heads,
