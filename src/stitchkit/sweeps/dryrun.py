@@ -150,13 +150,6 @@ def _costs(kind: str, src: str, dst: str, gap: str | None, method: str, input_si
         return macs / 1e9, count_params(model), count_params(model, trainable_only=True)
 
 
-def stitch_costs(src: str, dst: str, gap: str, method: str, input_size: int,
-                 num_classes: int | None = None) -> tuple[float, int, int]:
-    """GMACs, parameters and trainable parameters of one stitch, priced on the meta device; ``num_classes``: the
-    models' own head size, kept (a zoo trained on 10 classes costs less in its heads than at ImageNet's 1,000)."""
-    return _costs("stitch", src, dst, gap, method, input_size, Heads(own=(num_classes, num_classes)))
-
-
 @functools.lru_cache(maxsize=None)
 def parallel_costs(srcs: tuple[str, ...], dst: str, gap: str, method: str, input_size: int,
                    num_classes: int | None = None, heads: Heads | None = None,
