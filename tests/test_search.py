@@ -157,6 +157,26 @@ def test_bad_input_is_one_clear_line(capsys):
     assert "init_accuracy" in capsys.readouterr().err
 
 
+def test_parallel_methods_are_refused_and_a_chosen_candidate_without_a_result_is_an_error(tmp_path, capsys):
+    """--adapters parallel_gate_linear was priced as a single stitch; the sweep that was to train it skipped it (one
+    source), and the search ended "frontier: 0 stitches" with exit 0 after "training 1 of 1 candidates"."""
+    from stitchkit.stitch_search.candidates import DEFAULT_METHODS, method_names
+    from stitchkit.stitch_search.run import _train
+    from stitchkit.sweeps.methods import get_method
+
+    assert not any(get_method(m).parallel for m in method_names(None)) and method_names(None) == list(DEFAULT_METHODS)
+    for adapters in ("parallel_gate_linear", "linear,parallel_sum_bottleneck"):
+        assert main(["search", "--models", "resnet10t", "--gaps", "1:4", "--adapters", adapters, "--list",
+                     "data.input_size=32", "model.pretrained=false"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "a parallel_* method fuses several sources, but a search ranks " \
+            "single stitches; drop it" in err, err
+    chosen = [{"src": "resnet10t", "dst": "resnet10t", "gap": "1:4", "method": "parallel_gate_linear", "gmacs": 0.01}]
+    with pytest.raises(StitchkitError, match=r"1 of the 1 chosen candidates have no result: resnet10t -> resnet10t "
+                                             r"1:4 parallel_gate_linear \(the sweep skipped it: .*fuses several"):
+        _train(chosen, tmp_path, TINY, {}, (0,), 1, lambda *_: None)
+
+
 def test_a_destination_for_other_classes_is_refused_before_any_proxy(tmp_path):
     settings = {k: v for k, v in TINY.items() if k != "model.num_classes"}  # random 1000-class heads, 10 classes
     with pytest.raises(StitchkitError, match=r"predicts 1000 classes but the data has 10: pass --checkpoint "

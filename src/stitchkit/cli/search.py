@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--budget-gmacs", type=float, default=None, help="most compute a stitch may cost, in GMACs")
     p.add_argument("--adapters", default=None,
                    help="comma-separated methods or adapters (bottleneck = downsample_bottleneck; "
-                        "default: downsample_linear,downsample_bottleneck)")
+                        "default: downsample_linear,downsample_bottleneck); single stitches, no parallel_* methods")
     p.add_argument("--gaps", default=None, help="comma-separated gaps (default: the paper's nine)")
     p.add_argument("--data", default=None, metavar="NAME", help="shorthand for data.name=NAME")
     p.add_argument("--proxy", default=None,

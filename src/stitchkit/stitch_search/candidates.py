@@ -37,16 +37,23 @@ class Candidate:
 
 def method_names(adapters: list[str] | None) -> list[str]:
     """Method names from ``--adapters``: method names as they are (``integrated_bottleneck``), adapter names with
-    bilinear downsampling (``bottleneck`` -> ``downsample_bottleneck``; the paper's best resizing)."""
+    bilinear downsampling (``bottleneck`` -> ``downsample_bottleneck``; the paper's best resizing). A search ranks
+    single stitches (one source, one destination): the ``parallel_*`` methods, which fuse several sources, are
+    refused rather than priced as one stitch and then skipped by the sweep that was to train them."""
     names = []
     for name in adapters or DEFAULT_METHODS:
         try:
-            names.append(get_method(name).name)
+            method = get_method(name)
         except StitchkitError:
             try:
-                names.append(get_method(f"downsample_{name}").name)
+                method = get_method(f"downsample_{name}")
             except StitchkitError:
                 get_method(name)  # the error with the close method names
+        if method.parallel:
+            raise StitchkitError(f"--adapters {name}: a parallel_* method fuses several sources, but a search ranks "
+                                 "single stitches; drop it (train parallel stitches with stitchkit sweep, pairs "
+                                 "[[A, B], C])")
+        names.append(method.name)
     return list(dict.fromkeys(names))
 
 

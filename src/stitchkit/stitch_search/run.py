@@ -274,17 +274,24 @@ def _train(chosen: list[dict], out: Path, settings: dict, checkpoints: dict[str,
     if failures:
         raise StitchkitError(f"{len(failures)} search runs failed (see their result.json): {', '.join(failures[:3])};"
                              " run the same command again to retry them")
-    trained = []
+    trained, missing = [], []
     for record in chosen:
         results = [RunDir(runs / c.name).read_result() or {} for c in by_candidate[id(record)]]
         top1 = [r["top1"] for r in results if r.get("top1") is not None]
-        if not top1:
+        if not top1:  # chosen to train, and nothing to show for it: never a quiet gap in the frontier
+            cell = by_candidate[id(record)][0]
+            why = f"the sweep skipped it: {cell.skip_reason}" if cell.skip_reason else \
+                f"its run recorded no top-1 ({runs / cell.name})"
+            missing.append(f"{record['src']} -> {record['dst']} {record['gap']} {record['method']} ({why})")
             continue
         trained.append({**{k: record[k] for k in ("src", "dst", "gap", "method")},
                         "top1": sum(top1) / len(top1), "seeds": len(top1),
                         "gmacs": results[0].get("gmacs", record["gmacs"]), "priced_gmacs": record["gmacs"],
                         "runs": [c.name for c in by_candidate[id(record)]],
                         **{p: record.get(p) for p in PROXIES}})
+    if missing:
+        raise StitchkitError(f"{len(missing)} of the {len(chosen)} chosen candidates have no result: "
+                             f"{'; '.join(missing[:3])}")
     return trained
 
 
