@@ -177,6 +177,20 @@ def test_parallel_methods_are_refused_and_a_chosen_candidate_without_a_result_is
         _train(chosen, tmp_path, TINY, {}, (0,), 1, lambda *_: None)
 
 
+@pytest.mark.parametrize("budget", ["nan", "inf", "-inf", "0", "-0.5"])
+def test_a_budget_that_is_not_a_positive_finite_number_is_refused(budget, tmp_path, capsys):
+    """--budget-gmacs nan switched the budget off (every comparison with NaN is false: no candidate over it)."""
+    args = ["search", "--models", "resnet10t", "--gaps", "1:3", "--adapters", "linear", f"--budget-gmacs={budget}",
+            "data.input_size=32", "model.pretrained=false"]
+    for extra in (["--list"], ["--out", str(tmp_path / "search")]):
+        assert main([*args, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--budget-gmacs must be a positive finite number of GMACs" in err, err
+    with pytest.raises(StitchkitError, match="positive finite number"):
+        stitchkit.search(["resnet10t"], float("nan"), gaps=["1:3"], adapters=["linear"], proxies=False,
+                         settings={"data.input_size": 32, "model.pretrained": False})
+
+
 def test_a_destination_for_other_classes_is_refused_before_any_proxy(tmp_path):
     settings = {k: v for k, v in TINY.items() if k != "model.num_classes"}  # random 1000-class heads, 10 classes
     with pytest.raises(StitchkitError, match=r"predicts 1000 classes but the data has 10: pass --checkpoint "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import time
 from pathlib import Path
 
@@ -76,6 +77,7 @@ def search(models: list[str], budget_gmacs: float | None = None, *, checkpoints:
         ...     proxies=False)
     """
     log = log or (lambda *_: None)
+    _check_budget(budget_gmacs)
     config = _base_config(settings or {})
     size = config.data.input_size
     checkpoints = dict(checkpoints or {})
@@ -110,6 +112,17 @@ def search(models: list[str], budget_gmacs: float | None = None, *, checkpoints:
         _measure_all(within, config, checkpoints, calibration_images, probe_images, seed, cache, wanted,
                      data_classes, log)
     return records
+
+
+def _check_budget(budget_gmacs: float | None) -> None:
+    """None (no budget) or a positive finite number: NaN compares false with every price, so it let every
+    candidate through as within the budget; infinity, zero and negatives are mistakes, not budgets."""
+    if budget_gmacs is None:
+        return
+    if isinstance(budget_gmacs, bool) or not isinstance(budget_gmacs, (int, float)) or \
+            not math.isfinite(budget_gmacs) or budget_gmacs <= 0:
+        raise StitchkitError(f"--budget-gmacs must be a positive finite number of GMACs (e.g. 0.5), got "
+                             f"{budget_gmacs!r}; leave it out for no budget")
 
 
 def _data_classes(config) -> int | None:
