@@ -191,6 +191,20 @@ def test_a_budget_that_is_not_a_positive_finite_number_is_refused(budget, tmp_pa
                          settings={"data.input_size": 32, "model.pretrained": False})
 
 
+@pytest.mark.parametrize("option, count", [("--calibration-images", "0"), ("--probe-images", "0"),
+                                           ("--calibration-images", "-4"), ("--probe-images", "-1")])
+def test_no_calibration_or_probe_images_is_refused(option, count, tmp_path, capsys):
+    """A count of 0 or less ended in a traceback from the first proxy (stack expects a non-empty TensorList)."""
+    args = ["search", "--models", "resnet10t", "--gaps", "1:3", "--adapters", "linear", f"{option}={count}",
+            "--smoke", *[f"{k}={v}" for k, v in TINY.items()]]
+    for extra in (["--list"], ["--out", str(tmp_path / "search")]):
+        assert main([*args, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"{option} must be a whole number of images, 1 or more (default 256), got {count}"), err
+        assert len(err.splitlines()) == 1
+    assert not (tmp_path / "search").exists()  # refused before anything was measured or written
+
+
 def test_a_destination_for_other_classes_is_refused_before_any_proxy(tmp_path):
     settings = {k: v for k, v in TINY.items() if k != "model.num_classes"}  # random 1000-class heads, 10 classes
     with pytest.raises(StitchkitError, match=r"predicts 1000 classes but the data has 10: pass --checkpoint "

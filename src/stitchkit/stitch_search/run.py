@@ -78,6 +78,7 @@ def search(models: list[str], budget_gmacs: float | None = None, *, checkpoints:
     """
     log = log or (lambda *_: None)
     _check_budget(budget_gmacs)
+    _check_image_counts(calibration_images, probe_images)
     config = _base_config(settings or {})
     size = config.data.input_size
     checkpoints = dict(checkpoints or {})
@@ -123,6 +124,14 @@ def _check_budget(budget_gmacs: float | None) -> None:
             not math.isfinite(budget_gmacs) or budget_gmacs <= 0:
         raise StitchkitError(f"--budget-gmacs must be a positive finite number of GMACs (e.g. 0.5), got "
                              f"{budget_gmacs!r}; leave it out for no budget")
+
+
+def _check_image_counts(calibration_images: int, probe_images: int) -> None:
+    """Each proxy fits a start on calibration images and measures on probe images: with none (or a negative count)
+    the first stitch stopped on torch's "stack expects a non-empty TensorList"."""
+    for option, count in (("--calibration-images", calibration_images), ("--probe-images", probe_images)):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise StitchkitError(f"{option} must be a whole number of images, 1 or more (default 256), got {count!r}")
 
 
 def _data_classes(config) -> int | None:
