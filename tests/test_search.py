@@ -241,6 +241,52 @@ def test_a_smoke_search_trains_its_choice_writes_the_frontier_and_continues(tmp_
     again = capsys.readouterr().out
     assert "measuring proxies" not in again and "training stitch run" not in again
     assert json.loads((out / "search.json").read_text())["frontier"] == records["frontier"]
+    # one stitch of the two (nothing new trains): frontier/ holds exactly the new frontier's folders
+    from stitchkit.stitch_search.frontier_folders import exported_by_search
+
+    assert all(exported_by_search(out, f) for f in folders)  # what export writes is recognised as the search's
+    assert main([*args, "--train-top", "1"]) == 0
+    one = json.loads((out / "search.json").read_text())
+    assert "training stitch run" not in capsys.readouterr().out and len(one["trained"]) == 1
+    keys = {f"{t['src']}--{t['dst']}--{t['gap'].replace(':', 'to')}--{t['method']}" for t in one["frontier"]}
+    assert {f.name for f in (out / "frontier").iterdir()} == keys
+
+
+def test_a_rerun_removes_the_frontier_folders_it_exported_for_stitches_off_the_frontier_and_nothing_else(tmp_path):
+    """A rerun with a tighter budget left resnet18--resnet18--1to4--downsample_linear (0.0122 GMACs) in frontier/
+    over a budget of 0.010. A folder is the search's own when it is named as a candidate, holds the export's files and
+    records a stitch run of that candidate in OUT/runs; everything else stays."""
+    from stitchkit.stitch_search.frontier_folders import export_frontier
+
+    out = tmp_path / "search"
+
+    def exported(name: str, run: str | None, with_run_folder: bool = True):
+        folder = out / "frontier" / name
+        (folder / "model").mkdir(parents=True)
+        (folder / "export.json").write_text("{}")
+        (folder / "model" / "config.json").write_text(json.dumps({"stitchkit": {"provenance": {"run": run}}}))
+        src, dst, gap, method = name.split("--")
+        if with_run_folder:
+            (out / "runs" / "stitch" / f"{src}--{dst}" / gap / method / run).mkdir(parents=True, exist_ok=True)
+        return folder
+
+    stale = exported("resnet18--resnet18--1to4--downsample_linear", "seed0-3ccb6f4c")
+    kept = [exported("resnet18--resnet18--1to3--downsample_linear", "seed0-aaaaaaaa", with_run_folder=False),
+            exported("resnet18--resnet18--2to3--downsample_linear", "../../..")]
+    notes = out / "frontier" / "notes"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("a user's file")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "export.json").write_text("{}")
+    (out / "frontier" / "resnet18--resnet18--3to4--downsample_linear").symlink_to(elsewhere)
+    (out / "frontier" / "resnet18--resnet18--4to4--downsample_linear").write_text("a file")
+    lines = []
+    export_frontier(out, [], lines.append)
+    assert not stale.exists() and lines == ["removed 1 frontier model folders of stitches no longer on the frontier: "
+                                            "resnet18--resnet18--1to4--downsample_linear"]
+    assert all(k.is_dir() for k in kept) and (notes / "mine.txt").is_file() and (elsewhere / "export.json").is_file()
+    assert len(list((out / "frontier").iterdir())) == 5
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from .candidates import Candidate, check_models, enumerate_candidates, price
 from .cells import search_sweep
 from ..pareto import pareto_front
 from .frontier import select, top_by_score
+from .frontier_folders import export_frontier
 from .proxies import (PROXIES, PROXY_VERSION, Zoo, calibration_and_probe, measure, proxy_path, proxy_revision,
                       score)
 
@@ -337,10 +338,12 @@ def _write_outputs(out: Path, records: list[dict], trained: list[dict], front: l
                                             "over_budget": list(over_budget)})
     if trained:
         _figure(out / "frontier.png", records, trained, front, proxy)
-        _export_frontier(out, front, log)
         from ..reports import write_report
 
         write_report(out / "runs")
+    else:  # an earlier run's figure would stand on this run's page
+        (out / "frontier.png").unlink(missing_ok=True)
+    export_frontier(out, front, log)  # with an empty frontier too: frontier/ holds exactly the current one
     _page(out / "index.html", records, trained, front, proxy, selection)
     log(f"frontier: {len(front)} stitches; {out / 'index.html'}")
 
@@ -407,18 +410,3 @@ def _figure(path: Path, records: list[dict], trained: list[dict], front: list[di
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _export_frontier(out: Path, front: list[dict], log) -> None:
-    """A model folder (the Hub layout) per frontier stitch, from its first seed's run, replaced on a rerun."""
-    import shutil
-
-    from ..export import export_run
-
-    folder = out / "frontier"
-    for t in front:
-        target = folder / f"{t['src']}--{t['dst']}--{t['gap'].replace(':', 'to')}--{t['method']}"
-        if target.exists():
-            shutil.rmtree(target)
-        export_run(out / "runs" / t["runs"][0], target, formats=("safetensors",))
-    log(f"frontier model folders: {folder}")
