@@ -40,3 +40,34 @@ def test_the_dry_run_counts_what_the_run_builds(model, baselines):
                          "trainable_params": stitchkit.count_params(built, trainable_only=True)}, cell.name
     if model == {"num_classes": 7}:  # scratch trains every weight: resnet10t's 4,922,488 and a 7-class head
         assert cell_costs(sweep, cells[-1])["trainable_params"] == 4_922_488 + 512 * 7 + 7
+
+
+
+@pytest.mark.parametrize("model", [{"token_adapters": False, "prefix_out": "drop"}, {"prefix_in": "learned"},
+                                   {"adapter_norm": "paper_code"}, {"readd_pos_embed": True}])
+def test_the_dry_run_builds_with_the_cells_stitch_settings(model):
+    """The dry run priced every stitch with the default model settings: with model.token_adapters=false and
+    model.prefix_out=drop it showed vit_pico -> vit_pico 1:3 linear with 0.02M trainable weights (the run trains
+    28,320) and vit_pico -> resnet18 bottleneck at 0.021 GMACs (the run: 0.0203). Parallel stitches too."""
+    from stitchkit.errors import IncompatibleError
+
+    sweep = expand({"base": {**BASE, "model": {**BASE["model"], "num_classes": 7, **model}},
+                    "pairs": [["vit_pico_patch4_32", "vit_pico_patch4_32"], ["vit_pico_patch4_32", "resnet10t"],
+                              [["vit_pico_patch4_32", "resnet10t"], "vit_pico_patch4_32"]],
+                    "gaps": ["1:3"], "methods": ["downsample_linear", "downsample_bottleneck", "parallel_sum_linear"],
+                    "seeds": [0]}, name="settings")
+    assert len(sweep.runnable) == 5
+    for cell in sweep.runnable:
+        config = sweep.config(cell, Path("runs"))
+        torch.manual_seed(0)
+        try:
+            built = mode_for(config).build(config, num_data_classes=7)
+        except IncompatibleError as err:  # readd_pos_embed into a CNN: the dry run says so as the run would
+            with pytest.raises(IncompatibleError, match="readd_pos_embed needs a destination"):
+                cell_costs(sweep, cell)
+            assert "readd_pos_embed" in str(err)
+            continue
+        assert cell_costs(sweep, cell) == {
+            "gmacs": pytest.approx(stitchkit.count_macs(built, 32) / 1e9, rel=1e-9),
+            "params": stitchkit.count_params(built),
+            "trainable_params": stitchkit.count_params(built, trainable_only=True)}, cell.name

@@ -10,7 +10,7 @@ import torch
 import stitchkit
 from stitchkit.cli import main
 from stitchkit.errors import StitchkitError
-from stitchkit.stitch_search.candidates import Candidate, check_models, enumerate_candidates, price
+from stitchkit.stitch_search.candidates import check_models, enumerate_candidates
 from stitchkit.pareto import hypervolume, pareto_front
 from stitchkit.stitch_search.frontier import bootstrap_interval, kendall, select, spearman, top_by_score
 from stitchkit.stitch_search.run import DEFAULT_PROXY
@@ -70,17 +70,71 @@ def test_naswot_counts_agreeing_activation_codes():
     assert math.isnan(naswot_score(net, same))  # log-determinant of a singular kernel: no score
 
 
-def test_a_candidate_costs_what_its_built_stitch_counts():
-    """Priced on the meta device, with the heads at the data's class count (resnet10t's own has 1,000)."""
-    for src, dst in (("resnet10t", "vit_pico_patch4_32"), ("resnet10t", "resnet10t")):
-        priced = price(Candidate(src, dst, "1:3", "downsample_bottleneck"), 32, num_classes=10)
-        built = stitchkit.create_stitched(src, dst, "1:3", adapter="bottleneck", input_size=32, num_classes=10)
-        assert priced["gmacs"] == pytest.approx(stitchkit.count_macs(built, 32) / 1e9, rel=1e-9)
-        assert priced["params"] == stitchkit.count_params(built)
-    thousand = price(Candidate("resnet10t", "resnet10t", "1:3", "downsample_bottleneck"), 32)
-    assert thousand["gmacs"] - priced["gmacs"] == pytest.approx(512 * 990 / 1e9)  # the head's MACs at 1,000
-    assert price(Candidate("resnet10t", "resnet10t", "1:2", "vit_block"), 32)["skip_reason"].startswith("vit_block")
+def _built(src: str, dst: str, gap: str, method: str, settings: dict, classes: int = 10):
+    """The network ``stitchkit train`` builds for this stitch with these settings."""
+    from stitchkit.sweeps.grid import _nest
+    from stitchkit.sweeps.methods import get_method
+    from stitchkit.training.config import load_config
+    from stitchkit.training.modes import build_model
+
+    m = get_method(method)
+    stitch = {"mode": "stitch", "model.src": src, "model.dst": dst, "model.gap": gap, "model.adapter": m.adapter,
+              "model.resize": m.resize}
+    torch.manual_seed(0)
+    return build_model(load_config(layers=[("test", _nest({**settings, **stitch}))]), classes)
+
+
+@pytest.mark.parametrize("model", [{}, {"model.token_adapters": False},
+                                   {"model.token_adapters": False, "model.prefix_out": "drop"},
+                                   {"model.unfreeze_last": 1, "model.prefix_in": "learned"}])
+def test_a_candidate_costs_what_its_run_builds(model):
+    """Priced as the sweep cell that trains it, with the search's own model settings. Candidates were priced with
+    the default settings: with model.token_adapters=false, vit_pico -> vit_pico 1:3 linear was priced 0.0127
+    GMACs, its run measured 0.0133 and stood on the frontier over a budget of 0.013; trainable weights ignored the
+    new head that trains with the adapters."""
+    settings = {**TINY, **model}
+    records = stitchkit.search(["resnet10t", "vit_pico_patch4_32"], gaps=["1:3"], adapters=["bottleneck", "linear"],
+                               settings=settings, proxies=False)
+    assert len(records) == 8 and all(r.get("skip_reason") is None for r in records)
+    for r in records:
+        built = _built(r["src"], r["dst"], r["gap"], r["method"], settings)
+        assert r["gmacs"] == pytest.approx(stitchkit.count_macs(built, 32) / 1e9, rel=1e-9), r
+        assert (r["params"], r["trainable_params"]) == (stitchkit.count_params(built),
+                                                        stitchkit.count_params(built, trainable_only=True)), r
+    if model == {"model.token_adapters": False}:  # the audit's case: over a budget of 0.013 now
+        vit = next(r for r in records if r["src"] == r["dst"] == "vit_pico_patch4_32" and r["method"] ==
+                   "downsample_linear")
+        assert vit["gmacs"] > 0.013
+    skipped = stitchkit.search(["resnet10t"], gaps=["1:2"], adapters=["vit_block", "linear"], settings=settings,
+                               proxies=False)
+    assert skipped[0]["skip_reason"].startswith("vit_block") and skipped[1].get("skip_reason") is None
     assert len(enumerate_candidates(["a", "b"], 32, gaps=["1:2", "2:3"], adapters=["bottleneck", "linear"])) == 16
+
+
+def test_a_trained_run_over_the_budget_is_named_and_left_out_of_the_frontier(tmp_path, monkeypatch):
+    """The guard behind the prices: a run that measures more than the budget (here: a price made too low on
+    purpose) is never reported on the frontier, and the search says which one and why."""
+    from stitchkit.sweeps import dryrun
+
+    true_costs = dryrun.cell_costs
+
+    def half_price(*args, **kwargs):
+        costs = true_costs(*args, **kwargs)
+        return {**costs, "gmacs": costs["gmacs"] / 2}
+
+    monkeypatch.setattr(dryrun, "cell_costs", half_price)
+    real = _built("resnet10t", "resnet10t", "1:3", "downsample_linear", TINY)
+    budget = 0.75 * stitchkit.count_macs(real, 32) / 1e9
+    lines = []
+    result = stitchkit.run_search(["resnet10t"], tmp_path / "search", budget, gaps=["1:3"], adapters=["linear"],
+                                  train_top=1, settings=TINY, smoke=True, calibration_images=8, probe_images=8,
+                                  log=lines.append)
+    assert result["frontier"] == [] and result["trained"] == []
+    assert [t["method"] for t in result["over_budget"]] == ["downsample_linear"]
+    assert any(line.startswith("left out of the frontier: resnet10t -> resnet10t 1:3 downsample_linear was priced")
+               for line in lines), lines
+    saved = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert saved["frontier"] == [] and saved["over_budget"][0]["gmacs"] > budget
 
 
 def test_bad_input_is_one_clear_line(capsys):
@@ -101,6 +155,54 @@ def test_bad_input_is_one_clear_line(capsys):
     assert "bottleneck" in capsys.readouterr().err
     assert main(["search", "--models", "resnet10t", "--proxy", "accuracy", "--out", "x"]) == 2
     assert "init_accuracy" in capsys.readouterr().err
+
+
+def test_parallel_methods_are_refused_and_a_chosen_candidate_without_a_result_is_an_error(tmp_path, capsys):
+    """--adapters parallel_gate_linear was priced as a single stitch; the sweep that was to train it skipped it (one
+    source), and the search ended "frontier: 0 stitches" with exit 0 after "training 1 of 1 candidates"."""
+    from stitchkit.stitch_search.candidates import DEFAULT_METHODS, method_names
+    from stitchkit.stitch_search.run import _train
+    from stitchkit.sweeps.methods import get_method
+
+    assert not any(get_method(m).parallel for m in method_names(None)) and method_names(None) == list(DEFAULT_METHODS)
+    for adapters in ("parallel_gate_linear", "linear,parallel_sum_bottleneck"):
+        assert main(["search", "--models", "resnet10t", "--gaps", "1:4", "--adapters", adapters, "--list",
+                     "data.input_size=32", "model.pretrained=false"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "a parallel_* method fuses several sources, but a search ranks " \
+            "single stitches; drop it" in err, err
+    chosen = [{"src": "resnet10t", "dst": "resnet10t", "gap": "1:4", "method": "parallel_gate_linear", "gmacs": 0.01}]
+    with pytest.raises(StitchkitError, match=r"1 of the 1 chosen candidates have no result: resnet10t -> resnet10t "
+                                             r"1:4 parallel_gate_linear \(the sweep skipped it: .*fuses several"):
+        _train(chosen, tmp_path, TINY, {}, (0,), 1, lambda *_: None)
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "-inf", "0", "-0.5"])
+def test_a_budget_that_is_not_a_positive_finite_number_is_refused(budget, tmp_path, capsys):
+    """--budget-gmacs nan switched the budget off (every comparison with NaN is false: no candidate over it)."""
+    args = ["search", "--models", "resnet10t", "--gaps", "1:3", "--adapters", "linear", f"--budget-gmacs={budget}",
+            "data.input_size=32", "model.pretrained=false"]
+    for extra in (["--list"], ["--out", str(tmp_path / "search")]):
+        assert main([*args, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--budget-gmacs must be a positive finite number of GMACs" in err, err
+    with pytest.raises(StitchkitError, match="positive finite number"):
+        stitchkit.search(["resnet10t"], float("nan"), gaps=["1:3"], adapters=["linear"], proxies=False,
+                         settings={"data.input_size": 32, "model.pretrained": False})
+
+
+@pytest.mark.parametrize("option, count", [("--calibration-images", "0"), ("--probe-images", "0"),
+                                           ("--calibration-images", "-4"), ("--probe-images", "-1")])
+def test_no_calibration_or_probe_images_is_refused(option, count, tmp_path, capsys):
+    """A count of 0 or less ended in a traceback from the first proxy (stack expects a non-empty TensorList)."""
+    args = ["search", "--models", "resnet10t", "--gaps", "1:3", "--adapters", "linear", f"{option}={count}",
+            "--smoke", *[f"{k}={v}" for k, v in TINY.items()]]
+    for extra in (["--list"], ["--out", str(tmp_path / "search")]):
+        assert main([*args, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"{option} must be a whole number of images, 1 or more (default 256), got {count}"), err
+        assert len(err.splitlines()) == 1
+    assert not (tmp_path / "search").exists()  # refused before anything was measured or written
 
 
 def test_a_destination_for_other_classes_is_refused_before_any_proxy(tmp_path):
@@ -139,6 +241,52 @@ def test_a_smoke_search_trains_its_choice_writes_the_frontier_and_continues(tmp_
     again = capsys.readouterr().out
     assert "measuring proxies" not in again and "training stitch run" not in again
     assert json.loads((out / "search.json").read_text())["frontier"] == records["frontier"]
+    # one stitch of the two (nothing new trains): frontier/ holds exactly the new frontier's folders
+    from stitchkit.stitch_search.frontier_folders import exported_by_search
+
+    assert all(exported_by_search(out, f) for f in folders)  # what export writes is recognised as the search's
+    assert main([*args, "--train-top", "1"]) == 0
+    one = json.loads((out / "search.json").read_text())
+    assert "training stitch run" not in capsys.readouterr().out and len(one["trained"]) == 1
+    keys = {f"{t['src']}--{t['dst']}--{t['gap'].replace(':', 'to')}--{t['method']}" for t in one["frontier"]}
+    assert {f.name for f in (out / "frontier").iterdir()} == keys
+
+
+def test_a_rerun_removes_the_frontier_folders_it_exported_for_stitches_off_the_frontier_and_nothing_else(tmp_path):
+    """A rerun with a tighter budget left resnet18--resnet18--1to4--downsample_linear (0.0122 GMACs) in frontier/
+    over a budget of 0.010. A folder is the search's own when it is named as a candidate, holds the export's files and
+    records a stitch run of that candidate in OUT/runs; everything else stays."""
+    from stitchkit.stitch_search.frontier_folders import export_frontier
+
+    out = tmp_path / "search"
+
+    def exported(name: str, run: str | None, with_run_folder: bool = True):
+        folder = out / "frontier" / name
+        (folder / "model").mkdir(parents=True)
+        (folder / "export.json").write_text("{}")
+        (folder / "model" / "config.json").write_text(json.dumps({"stitchkit": {"provenance": {"run": run}}}))
+        src, dst, gap, method = name.split("--")
+        if with_run_folder:
+            (out / "runs" / "stitch" / f"{src}--{dst}" / gap / method / run).mkdir(parents=True, exist_ok=True)
+        return folder
+
+    stale = exported("resnet18--resnet18--1to4--downsample_linear", "seed0-3ccb6f4c")
+    kept = [exported("resnet18--resnet18--1to3--downsample_linear", "seed0-aaaaaaaa", with_run_folder=False),
+            exported("resnet18--resnet18--2to3--downsample_linear", "../../..")]
+    notes = out / "frontier" / "notes"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("a user's file")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "export.json").write_text("{}")
+    (out / "frontier" / "resnet18--resnet18--3to4--downsample_linear").symlink_to(elsewhere)
+    (out / "frontier" / "resnet18--resnet18--4to4--downsample_linear").write_text("a file")
+    lines = []
+    export_frontier(out, [], lines.append)
+    assert not stale.exists() and lines == ["removed 1 frontier model folders of stitches no longer on the frontier: "
+                                            "resnet18--resnet18--1to4--downsample_linear"]
+    assert all(k.is_dir() for k in kept) and (notes / "mine.txt").is_file() and (elsewhere / "export.json").is_file()
+    assert len(list((out / "frontier").iterdir())) == 5
 
 
 @pytest.mark.slow

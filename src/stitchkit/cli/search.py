@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--budget-gmacs", type=float, default=None, help="most compute a stitch may cost, in GMACs")
     p.add_argument("--adapters", default=None,
                    help="comma-separated methods or adapters (bottleneck = downsample_bottleneck; "
-                        "default: downsample_linear,downsample_bottleneck)")
+                        "default: downsample_linear,downsample_bottleneck); single stitches, no parallel_* methods")
     p.add_argument("--gaps", default=None, help="comma-separated gaps (default: the paper's nine)")
     p.add_argument("--data", default=None, metavar="NAME", help="shorthand for data.name=NAME")
     p.add_argument("--proxy", default=None,
@@ -107,7 +107,9 @@ def _search(args) -> int:
     models = _split(args.models) or []
     if not models:
         raise StitchkitError("stitchkit search needs --models A,B,... (or --study FILE)")
-    common = dict(checkpoints=checkpoints, gaps=_split(args.gaps), adapters=_split(args.adapters), settings=settings)
+    # the image counts too: a count --list would not use is still checked, as the search without --list refuses it
+    common = dict(checkpoints=checkpoints, gaps=_split(args.gaps), adapters=_split(args.adapters), settings=settings,
+                  calibration_images=args.calibration_images, probe_images=args.probe_images)
     if args.list:
         records = search(models, args.budget_gmacs, proxies=False, **common)
         for r in sorted(records, key=lambda r: (r.get("gmacs") is None, r.get("gmacs") or 0)):
@@ -118,8 +120,7 @@ def _search(args) -> int:
     try:
         result = run_search(models, args.out, args.budget_gmacs, train_top=args.train_top,
                             proxy=args.proxy or DEFAULT_PROXY,
-                            selection=args.selection, seeds=seeds, calibration_images=args.calibration_images,
-                            probe_images=args.probe_images, workers=args.workers, smoke=args.smoke, **common)
+                            selection=args.selection, seeds=seeds, workers=args.workers, smoke=args.smoke, **common)
     except RunInterrupted as stop:
         from .demo import _stopped
 

@@ -1,6 +1,7 @@
 """The candidates of a search: every (source, destination, gap, method) stitch of a zoo, priced without building it.
 
-Prices come from the sweep dry run (:mod:`stitchkit.sweeps.dryrun`): models built on PyTorch's meta device, each
+Prices come from the sweep dry run (:mod:`stitchkit.sweeps.dryrun`) of the cell that would train the candidate
+(:mod:`stitchkit.stitch_search.cells`), with the search's settings: models built on PyTorch's meta device, each
 front and back counted once, so a zoo of a dozen models and hundreds of stitches is priced in seconds. A model that
 cannot be cut, a method that does not apply to a pair (a ViT block between image layouts) or a stitch whose shapes
 do not join are candidates with a reason, listed, never errors that stop the others.
@@ -36,16 +37,23 @@ class Candidate:
 
 def method_names(adapters: list[str] | None) -> list[str]:
     """Method names from ``--adapters``: method names as they are (``integrated_bottleneck``), adapter names with
-    bilinear downsampling (``bottleneck`` -> ``downsample_bottleneck``; the paper's best resizing)."""
+    bilinear downsampling (``bottleneck`` -> ``downsample_bottleneck``; the paper's best resizing). A search ranks
+    single stitches (one source, one destination): the ``parallel_*`` methods, which fuse several sources, are
+    refused rather than priced as one stitch and then skipped by the sweep that was to train them."""
     names = []
     for name in adapters or DEFAULT_METHODS:
         try:
-            names.append(get_method(name).name)
+            method = get_method(name)
         except StitchkitError:
             try:
-                names.append(get_method(f"downsample_{name}").name)
+                method = get_method(f"downsample_{name}")
             except StitchkitError:
                 get_method(name)  # the error with the close method names
+        if method.parallel:
+            raise StitchkitError(f"--adapters {name}: a parallel_* method fuses several sources, but a search ranks "
+                                 "single stitches; drop it (train parallel stitches with stitchkit sweep, pairs "
+                                 "[[A, B], C])")
+        names.append(method.name)
     return list(dict.fromkeys(names))
 
 
@@ -84,19 +92,16 @@ def enumerate_candidates(models: list[str], input_size: int, gaps: list[str] | N
     return [Candidate(src, dst, gap, method) for src in models for dst in models for gap in gaps for method in methods]
 
 
-def price(candidate: Candidate, input_size: int, num_classes: int | None = None) -> dict:
-    """``{"gmacs", "params", "trainable_params"}`` of the candidate, or ``{"skip_reason"}`` when it cannot be
-    built (a method for token layouts between image models, shapes that do not join)."""
-    from ..sweeps.dryrun import stitch_costs
-    from ..zoo.models import is_token_model
+def price(sweep, cell, data_classes: int | None = None) -> dict:
+    """``{"gmacs", "params", "trainable_params"}`` of the sweep ``cell`` that trains a candidate (as the sweep's dry
+    run prices it, with the run's own settings; ``data_classes``: the data's, where the search has counted them), or
+    ``{"skip_reason"}`` when it cannot be built (a method for token layouts between image models, shapes that do
+    not join)."""
+    from ..sweeps.dryrun import cell_costs
 
-    method = get_method(candidate.method)
-    if method.needs_tokens and not (is_token_model(candidate.src, input_size)
-                                    and is_token_model(candidate.dst, input_size)):
-        return {"skip_reason": f"{method.name} joins token layouts only (ViT to ViT)"}
+    if cell.skip_reason:
+        return {"skip_reason": cell.skip_reason}
     try:
-        gmacs, params, trainable = stitch_costs(candidate.src, candidate.dst, candidate.gap, candidate.method,
-                                                input_size, num_classes)
+        return cell_costs(sweep, cell, data_classes)
     except StitchkitError as err:
         return {"skip_reason": str(err).splitlines()[0]}
-    return {"gmacs": gmacs, "params": params, "trainable_params": trainable}

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from ..errors import StitchkitError
@@ -22,8 +22,10 @@ from ..files import atomic_write_json, atomic_write_text, read_json
 from ..training.config import flatten
 from ..training.identity import NOT_IDENTITY, settings_digest
 from .candidates import Candidate, check_models, enumerate_candidates, price
+from .cells import search_sweep
 from ..pareto import pareto_front
 from .frontier import select, top_by_score
+from .frontier_folders import export_frontier
 from .proxies import (PROXIES, PROXY_VERSION, Zoo, calibration_and_probe, measure, proxy_path, proxy_revision,
                       score)
 
@@ -44,11 +46,13 @@ def _base_config(settings: dict):
     return load_config(layers=[("the search's settings", _nest(settings))])
 
 
-def _records(candidates: list[Candidate], input_size: int, num_classes: int | None,
-             budget_gmacs: float | None) -> list[dict]:
+def _records(candidates: list[Candidate], settings: dict, checkpoints: dict[str, str], seed: int,
+             data_classes: int | None, budget_gmacs: float | None) -> list[dict]:
+    """Each candidate priced as the cell that would train it (the search's settings and checkpoints)."""
+    sweep, cells = search_sweep(candidates, settings, checkpoints, (seed,))
     records = []
     for candidate in candidates:
-        record = {**candidate.record(), **price(candidate, input_size, num_classes)}
+        record = {**candidate.record(), **price(sweep, cells[candidate][0], data_classes)}
         if record.get("gmacs") is not None and budget_gmacs is not None and record["gmacs"] > budget_gmacs:
             record["skip_reason"] = f"{record['gmacs']:.4f} GMACs, over the budget of {budget_gmacs:g}"
         records.append(record)
@@ -74,6 +78,8 @@ def search(models: list[str], budget_gmacs: float | None = None, *, checkpoints:
         ...     proxies=False)
     """
     log = log or (lambda *_: None)
+    _check_budget(budget_gmacs)
+    _check_image_counts(calibration_images, probe_images)
     config = _base_config(settings or {})
     size = config.data.input_size
     checkpoints = dict(checkpoints or {})
@@ -82,9 +88,8 @@ def search(models: list[str], budget_gmacs: float | None = None, *, checkpoints:
             raise StitchkitError(f"--checkpoint names {name!r}, which is not among --models ({', '.join(models)})")
     usable, unusable = check_models(models, size)
     data_classes = _data_classes(config)
-    # pretrained heads keep their own size; a zoo trained here predicts the data's classes
-    records = _records(enumerate_candidates(usable, size, gaps, adapters), size,
-                       None if config.model.pretrained else data_classes, budget_gmacs)
+    records = _records(enumerate_candidates(usable, size, gaps, adapters), settings or {}, checkpoints, seed,
+                       data_classes, budget_gmacs)
     records += [{"src": name, "dst": None, "gap": None, "method": None, "skip_reason": reason}
                 for name, reason in unusable.items()]
     within = [r for r in records if r.get("skip_reason") is None]
@@ -109,6 +114,25 @@ def search(models: list[str], budget_gmacs: float | None = None, *, checkpoints:
         _measure_all(within, config, checkpoints, calibration_images, probe_images, seed, cache, wanted,
                      data_classes, log)
     return records
+
+
+def _check_budget(budget_gmacs: float | None) -> None:
+    """None (no budget) or a positive finite number: NaN compares false with every price, so it let every
+    candidate through as within the budget; infinity, zero and negatives are mistakes, not budgets."""
+    if budget_gmacs is None:
+        return
+    if isinstance(budget_gmacs, bool) or not isinstance(budget_gmacs, (int, float)) or \
+            not math.isfinite(budget_gmacs) or budget_gmacs <= 0:
+        raise StitchkitError(f"--budget-gmacs must be a positive finite number of GMACs (e.g. 0.5), got "
+                             f"{budget_gmacs!r}; leave it out for no budget")
+
+
+def _check_image_counts(calibration_images: int, probe_images: int) -> None:
+    """Each proxy fits a start on calibration images and measures on probe images: with none (or a negative count)
+    the first stitch stopped on torch's "stack expects a non-empty TensorList"."""
+    for option, count in (("--calibration-images", calibration_images), ("--probe-images", probe_images)):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise StitchkitError(f"{option} must be a whole number of images, 1 or more (default 256), got {count!r}")
 
 
 def _data_classes(config) -> int | None:
@@ -234,10 +258,26 @@ def run_search(models: list[str], out: str | Path, budget_gmacs: float | None = 
         record["selected"] = i in chosen
     log(f"training {len(chosen)} of {len(within)} candidates, chosen by {proxy} ({selection})")
     trained = _train([within[i] for i in chosen], out, settings, checkpoints or {}, seeds, workers, log)
+    trained, over_budget = _within_budget(trained, budget_gmacs, log)
     train_seconds = time.time() - began - proxy_seconds
     front = [trained[i] for i in pareto_front([(t["gmacs"], t["top1"]) for t in trained])]
-    _write_outputs(out, records, trained, front, proxy, selection, proxy_seconds, train_seconds, log)
-    return {"candidates": records, "trained": trained, "frontier": front}
+    _write_outputs(out, records, trained, front, proxy, selection, proxy_seconds, train_seconds, log,
+                   over_budget)
+    return {"candidates": records, "trained": trained, "frontier": front, "over_budget": over_budget}
+
+
+def _within_budget(trained: list[dict], budget_gmacs: float | None, log) -> tuple[list[dict], list[dict]]:
+    """The trained stitches whose runs measured at most the budget, and the others. A candidate is priced as its
+    run is built, so there should be none over it; one that is (a price that missed a setting) is named and left
+    out of the frontier, never reported as a stitch within the budget."""
+    if budget_gmacs is None:
+        return trained, []
+    over = [t for t in trained if t["gmacs"] > budget_gmacs]
+    for t in over:
+        log(f"left out of the frontier: {t['src']} -> {t['dst']} {t['gap']} {t['method']} was priced at "
+            f"{t['priced_gmacs']:.6g} GMACs but its run measured {t['gmacs']:.6g}, over the budget of "
+            f"{budget_gmacs:g} (a stitchkit pricing fault: please report it)")
+    return [t for t in trained if t["gmacs"] <= budget_gmacs], over
 
 
 def _train(chosen: list[dict], out: Path, settings: dict, checkpoints: dict[str, str], seeds: tuple[int, ...],
@@ -248,40 +288,39 @@ def _train(chosen: list[dict], out: Path, settings: dict, checkpoints: dict[str,
         return []
     from ..demo import run_stages
     from ..rundir import RunDir
-    from ..sweeps.grid import Sweep, _nest, expand
 
-    base = _nest(settings)
-    cells, by_candidate = [], {}
-    for record in chosen:
-        model = {"src_checkpoint": checkpoints.get(record["src"]), "dst_checkpoint": checkpoints.get(record["dst"])}
-        sweep = expand({"base": base, "pairs": [[record["src"], record["dst"]]], "gaps": [record["gap"]],
-                        "methods": [record["method"]], "seeds": list(seeds)}, name="search")
-        for cell in sweep.cells:
-            # the checkpoints live in each cell's own settings, as in findings: one sweep, any number of models
-            cell = replace(cell, settings={**cell.settings, "model": {**cell.settings["model"], **model}})
-            cells.append(cell)
-            by_candidate.setdefault(id(record), []).append(cell)
+    candidates = [Candidate(r["src"], r["dst"], r["gap"], r["method"]) for r in chosen]
+    sweep, cells = search_sweep(candidates, settings, checkpoints, seeds)
+    by_candidate = {id(record): cells[candidate] for record, candidate in zip(chosen, candidates)}
     runs = out / "runs"
-    failures, _ = run_stages([[Sweep("search", base, cells, group_by_front=True)]], runs, log, workers)
+    failures, _ = run_stages([[sweep]], runs, log, workers)
     if failures:
         raise StitchkitError(f"{len(failures)} search runs failed (see their result.json): {', '.join(failures[:3])};"
                              " run the same command again to retry them")
-    trained = []
+    trained, missing = [], []
     for record in chosen:
         results = [RunDir(runs / c.name).read_result() or {} for c in by_candidate[id(record)]]
         top1 = [r["top1"] for r in results if r.get("top1") is not None]
-        if not top1:
+        if not top1:  # chosen to train, and nothing to show for it: never a quiet gap in the frontier
+            cell = by_candidate[id(record)][0]
+            why = f"the sweep skipped it: {cell.skip_reason}" if cell.skip_reason else \
+                f"its run recorded no top-1 ({runs / cell.name})"
+            missing.append(f"{record['src']} -> {record['dst']} {record['gap']} {record['method']} ({why})")
             continue
         trained.append({**{k: record[k] for k in ("src", "dst", "gap", "method")},
                         "top1": sum(top1) / len(top1), "seeds": len(top1),
-                        "gmacs": results[0].get("gmacs", record["gmacs"]),
+                        "gmacs": results[0].get("gmacs", record["gmacs"]), "priced_gmacs": record["gmacs"],
                         "runs": [c.name for c in by_candidate[id(record)]],
                         **{p: record.get(p) for p in PROXIES}})
+    if missing:
+        raise StitchkitError(f"{len(missing)} of the {len(chosen)} chosen candidates have no result: "
+                             f"{'; '.join(missing[:3])}")
     return trained
 
 
 def _write_outputs(out: Path, records: list[dict], trained: list[dict], front: list[dict], proxy: str,
-                   selection: str, proxy_seconds: float, train_seconds: float, log) -> None:
+                   selection: str, proxy_seconds: float, train_seconds: float, log,
+                   over_budget: list[dict] = ()) -> None:
     out.mkdir(parents=True, exist_ok=True)
     fields = ["src", "dst", "gap", "method", "gmacs", "params", "trainable_params", *PROXIES, "selected",
               "skip_reason", "proxy_error"]
@@ -295,13 +334,16 @@ def _write_outputs(out: Path, records: list[dict], trained: list[dict], front: l
               for t in front]
     atomic_write_text(out / "frontier.md", "\n".join(lines) + "\n")
     atomic_write_json(out / "search.json", {"proxy": proxy, "selection": selection, "proxy_seconds": proxy_seconds,
-                                            "train_seconds": train_seconds, "trained": trained, "frontier": front})
+                                            "train_seconds": train_seconds, "trained": trained, "frontier": front,
+                                            "over_budget": list(over_budget)})
     if trained:
         _figure(out / "frontier.png", records, trained, front, proxy)
-        _export_frontier(out, front, log)
         from ..reports import write_report
 
         write_report(out / "runs")
+    else:  # an earlier run's figure would stand on this run's page
+        (out / "frontier.png").unlink(missing_ok=True)
+    export_frontier(out, front, log)  # with an empty frontier too: frontier/ holds exactly the current one
     _page(out / "index.html", records, trained, front, proxy, selection)
     log(f"frontier: {len(front)} stitches; {out / 'index.html'}")
 
@@ -368,18 +410,3 @@ def _figure(path: Path, records: list[dict], trained: list[dict], front: list[di
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _export_frontier(out: Path, front: list[dict], log) -> None:
-    """A model folder (the Hub layout) per frontier stitch, from its first seed's run, replaced on a rerun."""
-    import shutil
-
-    from ..export import export_run
-
-    folder = out / "frontier"
-    for t in front:
-        target = folder / f"{t['src']}--{t['dst']}--{t['gap'].replace(':', 'to')}--{t['method']}"
-        if target.exists():
-            shutil.rmtree(target)
-        export_run(out / "runs" / t["runs"][0], target, formats=("safetensors",))
-    log(f"frontier model folders: {folder}")

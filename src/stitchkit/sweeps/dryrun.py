@@ -15,7 +15,7 @@ import torch
 
 from ..compute import count_macs, count_macs_on, count_params
 from ..stitching import StitchedModel, create_stitched
-from ..training.modes import get_mode
+from ..training.modes import STITCH_SETTINGS, get_mode
 from ..zoo.models import classes_or_none, create_model, fit_head
 from .grid import Cell, Sweep
 from .methods import get_method
@@ -87,12 +87,13 @@ def _data_classes(settings: dict) -> int | None:
     return None  # an image folder: its classes are counted when it is read
 
 
-def cell_heads(sweep: Sweep, cell: Cell) -> Heads:
-    """The :class:`Heads` of a cell, from its settings (the sweep's base under the cell's own)."""
+def cell_heads(sweep: Sweep, cell: Cell, data_classes: int | None = None) -> Heads:
+    """The :class:`Heads` of a cell, from its settings (the sweep's base under the cell's own); ``data_classes``:
+    the data's classes where the caller has counted them (an image folder's, which the settings do not tell)."""
     from .grid import _settings
 
     settings = _settings(sweep.base, cell.settings)
-    classes, data = settings.get("model.num_classes"), _data_classes(settings)
+    classes, data = settings.get("model.num_classes"), data_classes or _data_classes(settings)
     checkpoints = settings.get("model.src_checkpoint"), settings.get("model.dst_checkpoint")
     own = tuple(classes or data if checkpoint else None for checkpoint in checkpoints)
     return Heads(num_classes=classes, data_classes=data, new_head=bool(settings.get("model.new_head")),
@@ -100,9 +101,20 @@ def cell_heads(sweep: Sweep, cell: Cell) -> Heads:
                  own=own, one_model=checkpoints[0] == checkpoints[1])
 
 
-def _build(kind: str, src: str, dst: str, gap: str | None, method: str, input_size: int, heads: Heads):
-    """The network a run of ``kind`` trains, on the meta device, with the heads its settings give it (mirrors each
-    mode's ``build``, from remembered models instead of names)."""
+def cell_stitch_settings(sweep: Sweep, cell: Cell) -> tuple[tuple[str, object], ...]:
+    """The model settings a cell's stitch is built with besides its heads (:data:`STITCH_SETTINGS`, as training
+    passes them), as ``(name, value)`` pairs: remembered prices are keyed by them."""
+    from .grid import _settings
+
+    settings = _settings(sweep.base, cell.settings)
+    return tuple((name, settings[f"model.{name}"]) for name in STITCH_SETTINGS)
+
+
+def _build(kind: str, src: str, dst: str, gap: str | None, method: str, input_size: int, heads: Heads,
+           settings: tuple[tuple[str, object], ...] = ()):
+    """The network a run of ``kind`` trains, on the meta device, with the heads its settings give it and, for a
+    stitch, its other model settings (:func:`cell_stitch_settings`; mirrors each mode's ``build``, from remembered
+    models instead of names)."""
     copy_it = heads.num_classes == 0  # no classifier: the build drops the model's own head, a change a copy takes
     if kind == "stitch":
         m = get_method(method)
@@ -111,7 +123,7 @@ def _build(kind: str, src: str, dst: str, gap: str | None, method: str, input_si
             _model(src, input_size, heads.own[0], copy_it=copy_it or src == dst)
         return create_stitched(front, back, gap, m.adapter, m.resize, input_size=input_size, check=False,
                                num_classes=heads.stitch_classes, new_head=new, train_head=heads.train_head,
-                               unfreeze_last=heads.unfreeze_last)
+                               unfreeze_last=heads.unfreeze_last, **dict(settings))
     if kind == "scratch":  # a new network, its head for the data unless model.num_classes says otherwise
         return _model(src, input_size, heads.num_classes or heads.data_classes, copy_it)
     if kind == "probe":
@@ -130,27 +142,22 @@ def _build(kind: str, src: str, dst: str, gap: str | None, method: str, input_si
 
 @functools.lru_cache(maxsize=None)
 def _costs(kind: str, src: str, dst: str, gap: str | None, method: str, input_size: int,
-           heads: Heads = Heads()) -> tuple[float, int, int]:
+           heads: Heads = Heads(), settings: tuple[tuple[str, object], ...] = ()) -> tuple[float, int, int]:
     with torch.device("meta"):
-        model = _build(kind, src, dst, gap, method, input_size, heads)
+        model = _build(kind, src, dst, gap, method, input_size, heads, settings)
         macs = _stitch_macs(model, src, dst, input_size, heads) if isinstance(model, StitchedModel) else \
             count_macs(model, input_size)
         return macs / 1e9, count_params(model), count_params(model, trainable_only=True)
 
 
-def stitch_costs(src: str, dst: str, gap: str, method: str, input_size: int,
-                 num_classes: int | None = None) -> tuple[float, int, int]:
-    """GMACs, parameters and trainable parameters of one stitch, priced on the meta device; ``num_classes``: the
-    models' own head size, kept (a zoo trained on 10 classes costs less in its heads than at ImageNet's 1,000)."""
-    return _costs("stitch", src, dst, gap, method, input_size, Heads(own=(num_classes, num_classes)))
-
-
 @functools.lru_cache(maxsize=None)
 def parallel_costs(srcs: tuple[str, ...], dst: str, gap: str, method: str, input_size: int,
-                   num_classes: int | None = None, heads: Heads | None = None) -> tuple[float, int, int]:
+                   num_classes: int | None = None, heads: Heads | None = None,
+                   settings: tuple[tuple[str, object], ...] = ()) -> tuple[float, int, int]:
     """GMACs, parameters and trainable parameters of a parallel stitch (a ``parallel_*`` method), on the meta
     device: every front, every chain, the fusion and the back, counted whole. ``num_classes``: the models' own
-    head size, kept; ``heads``: a sweep cell's (:func:`cell_heads`), instead."""
+    head size, kept; ``heads``: a sweep cell's (:func:`cell_heads`), instead; ``settings``: its other model
+    settings (:func:`cell_stitch_settings`)."""
     from ..parallel import create_parallel
 
     heads = heads or Heads(own=(num_classes, num_classes))
@@ -160,7 +167,7 @@ def parallel_costs(srcs: tuple[str, ...], dst: str, gap: str, method: str, input
         model = create_parallel([_model(s, input_size, heads.own[0]) for s in srcs], back, gap,
                                 fusion=m.fusion, adapter=m.adapter, resize=m.resize, input_size=input_size,
                                 check=False, num_classes=heads.stitch_classes, new_head=new,
-                                train_head=heads.train_head, unfreeze_last=heads.unfreeze_last)
+                                train_head=heads.train_head, unfreeze_last=heads.unfreeze_last, **dict(settings))
         return count_macs(model, input_size) / 1e9, count_params(model), count_params(model, trainable_only=True)
 
 
@@ -187,18 +194,19 @@ def _stitch_macs(model, src: str, dst: str, input_size: int, heads: Heads = Head
     return front + bridge + back
 
 
-def cell_costs(sweep: Sweep, cell: Cell) -> dict:
+def cell_costs(sweep: Sweep, cell: Cell, data_classes: int | None = None) -> dict:
     """``{"gmacs", "params", "trainable_params"}`` of one cell (``None`` values for skipped cells): what its run
-    records, its heads included (:func:`cell_heads`)."""
+    records, its heads (:func:`cell_heads`, with ``data_classes``) and other model settings included."""
     if cell.skip_reason:
         return {"gmacs": None, "params": None, "trainable_params": None}
     size = sweep.base.get("data", {}).get("input_size", 224)
-    heads = cell_heads(sweep, cell)
+    heads, settings = cell_heads(sweep, cell, data_classes), cell_stitch_settings(sweep, cell)
     sources = cell.settings.get("model", {}).get("src")
     if isinstance(sources, list):
-        gmacs, params, trainable = parallel_costs(tuple(sources), cell.dst, cell.gap, cell.method, size, heads=heads)
+        gmacs, params, trainable = parallel_costs(tuple(sources), cell.dst, cell.gap, cell.method, size, heads=heads,
+                                                  settings=settings)
     else:
-        gmacs, params, trainable = _costs(cell.kind, cell.src, cell.dst, cell.gap, cell.method, size, heads)
+        gmacs, params, trainable = _costs(cell.kind, cell.src, cell.dst, cell.gap, cell.method, size, heads, settings)
     return {"gmacs": gmacs, "params": params, "trainable_params": trainable}
 
 

@@ -33,6 +33,17 @@ from .settings import Config
 
 Calibration = Callable[[str], torch.Tensor]
 
+# The model settings that shape a stitch besides its models, gap, method, weights and heads, named as
+# create_stitched and create_parallel take them. Training builds with them (Stitch.build, ParallelStitch.build) and
+# a sweep's dry run prices with them (stitchkit.sweeps.dryrun), so a setting listed here reaches both; the heads'
+# settings (num_classes, new_head, train_head, unfreeze_last) reach the dry run through its Heads.
+STITCH_SETTINGS = ("prefix_out", "prefix_in", "readd_pos_embed", "frozen_mode", "adapter_norm", "token_adapters")
+
+
+def stitch_settings(model_config) -> dict:
+    """``{name: value}`` of :data:`STITCH_SETTINGS` in a :class:`~stitchkit.training.settings.ModelConfig`."""
+    return {name: getattr(model_config, name) for name in STITCH_SETTINGS}
+
 
 class Mode:
     """One way of training. Subclasses set the flags and implement :meth:`build`."""
@@ -128,9 +139,7 @@ class Stitch(Mode):
             images = (src_images, src_images if preprocessing(dst) == preprocessing(m.src) else calibration(dst))
         model = create_stitched(
             m.src, m.dst or m.src, gap=m.gap, adapter=m.adapter, resize=m.resize, pretrained=m.pretrained,
-            input_size=size, src_checkpoint=m.src_checkpoint, dst_checkpoint=m.dst_checkpoint,
-            prefix_out=m.prefix_out, prefix_in=m.prefix_in, readd_pos_embed=m.readd_pos_embed,
-            frozen_mode=m.frozen_mode, adapter_norm=m.adapter_norm, token_adapters=m.token_adapters,
+            input_size=size, src_checkpoint=m.src_checkpoint, dst_checkpoint=m.dst_checkpoint, **stitch_settings(m),
             num_classes=m.num_classes or (num_data_classes if m.new_head else None),  # new_head: for this data
             new_head=m.new_head or None, train_head=m.train_head,
             unfreeze_last=m.unfreeze_last,
@@ -174,9 +183,7 @@ class ParallelStitch(Stitch):
             pretrained=m.pretrained, input_size=size, src_checkpoints=m.source_checkpoints(),
             dst_checkpoint=m.dst_checkpoint, num_classes=m.num_classes or (num_data_classes if m.new_head else None),
             new_head=m.new_head or None, train_head=m.train_head, unfreeze_last=m.unfreeze_last,
-            prefix_out=m.prefix_out, prefix_in=m.prefix_in, readd_pos_embed=m.readd_pos_embed,
-            frozen_mode=m.frozen_mode, adapter_norm=m.adapter_norm, token_adapters=m.token_adapters,
-            calibration_images=images, calibration_device=device if images is not None else None,
+            **stitch_settings(m), calibration_images=images, calibration_device=device if images is not None else None,
         )
         _check_classes(model, m, size, num_data_classes)
         return model
