@@ -101,3 +101,35 @@ def test_export_files_have_the_umasks_permissions(stitch_run, tmp_path):
     modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
     assert modes.pop(".") == 0o755 and modes.pop("model") == 0o755
     assert set(modes.values()) == {0o644}, modes  # readable by others, as any file the user makes
+
+
+def test_an_export_leaves_a_live_exports_folder_beside_it_and_removes_a_killed_ones(stitch_run, tmp_path, live_pid,
+                                                                                   gone_pid):
+    """Two exports into one parent folder: the second, started while the first assembles its folder, neither
+    touches that folder nor fails; a folder left by a killed export is removed."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from stitchkit.temps import HOST
+
+    parent = tmp_path / "conc"
+    live = parent / f".A.{live_pid}@{HOST}.mxiv9wul.tmp"  # what `export --out conc/A` is assembling
+    (live / "model").mkdir(parents=True)
+    (live / "model" / "config.json").write_text("{}")
+    (live / "model.pt2").write_bytes(b"pt2")
+    killed = parent / f".C.{gone_pid}@{HOST}.abcdefgh.tmp"
+    (killed / "model").mkdir(parents=True)
+    src = Path(__file__).resolve().parents[1] / "src"
+    # In a new process, as a second `stitchkit export` is: everything above is older than it.
+    done = subprocess.run([sys.executable, "-m", "stitchkit", "export", str(stitch_run), "--out", str(parent / "B"),
+                           "--format", "safetensors"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(src)})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert sorted(p.relative_to(live).as_posix() for p in live.rglob("*")) == ["model", "model.pt2",
+                                                                               "model/config.json"]
+    assert not killed.exists()
+    assert sorted(p.name for p in (parent / "B" / "model").iterdir()) == ["README.md", "config.json",
+                                                                          "model.safetensors"]
+

@@ -25,17 +25,17 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .errors import StitchkitError
-from .files import atomic_write_json, atomic_write_bytes, remove_own_temps
+from .files import atomic_write_json, atomic_write_bytes
 from .modelfolder import EXPORT_MODEL_DIR, apply_umask, folder_config, local_folder, read_model_config, write_files
 from .modelfolder import WHOLE_MODEL
 from .pretrained import folder_or_run, load_described
 from .rundir import RunDir
+from .temps import make_temp_dir, remove_own_temps
 from .training.evaluation import load_trained
 from .summary import model_macs
 from .training.modes import mode_for
@@ -68,8 +68,8 @@ def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = F
     with torch.no_grad():
         expected = model(check)
     out.parent.mkdir(parents=True, exist_ok=True)
-    remove_own_temps(out.parent)  # the half-assembled folder of an export killed before
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    remove_own_temps(out.parent)  # the half-assembled folder of an export killed before (not a live export's)
+    staging = make_temp_dir(out)
     try:
         (staging / EXPORT_MODEL_DIR).mkdir()
         write_files(staging / EXPORT_MODEL_DIR, described, model)
