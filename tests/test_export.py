@@ -133,3 +133,22 @@ def test_an_export_leaves_a_live_exports_folder_beside_it_and_removes_a_killed_o
     assert sorted(p.name for p in (parent / "B" / "model").iterdir()) == ["README.md", "config.json",
                                                                           "model.safetensors"]
 
+
+def test_an_export_that_lost_a_file_while_written_fails_and_leaves_nothing(stitch_run, tmp_path, monkeypatch, capsys):
+    """export.json lists only files that are in the folder: one removed meanwhile (by another process) fails the
+    export in one line instead of a folder whose export.json says the file was written and checked."""
+    from stitchkit import export
+
+    real_write = export.atomic_write_bytes
+
+    def write_then_lose_the_weights(path, data):
+        real_write(path, data)
+        (path.parent / "model" / "model.safetensors").unlink()
+
+    monkeypatch.setattr(export, "atomic_write_bytes", write_then_lose_the_weights)
+    assert main(["export", str(stitch_run), "--out", str(tmp_path / "out"), "--format", "torchscript"]) == 2
+    err = capsys.readouterr().err  # (torch's deprecation warnings for TorchScript may come before it)
+    errors = [line for line in err.splitlines() if line.startswith("stitchkit: error:")]
+    assert len(errors) == 1 and "lost model/model.safetensors while it was written" in errors[0]
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its staging folder

@@ -82,6 +82,7 @@ def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = F
         manifest = {"model_folder": EXPORT_MODEL_DIR, "model_folder_files": ["config.json", "model.safetensors",
                                                                               "README.md"],
                     "formats": checks, "tolerance": TOLERANCE, "torch": torch.__version__}
+        _check_in_place(staging, manifest, out)  # export.json lists only files that are there
         atomic_write_json(staging / "export.json", manifest)
         apply_umask(staging)
         if out.exists():
@@ -91,6 +92,18 @@ def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = F
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _check_in_place(staging: Path, manifest: dict, out: Path) -> None:
+    """Refuse to finish an export whose files are not all in its folder: something else removed one while it was
+    written (a cleaner that took the folder for a killed export's leftover), and an export.json listing it would
+    say it was written and checked."""
+    listed = ([f"{manifest['model_folder']}/{name}" for name in manifest["model_folder_files"]]
+              + [check["file"] for check in manifest["formats"].values()] + ["preprocessing.json"])
+    missing = [name for name in listed if not (staging / name).is_file()]
+    if missing:
+        raise StitchkitError(f"the export to {str(out)!r} lost {', '.join(missing)} while it was written (removed by "
+                             "another process); nothing was exported, export again")
 
 
 def _model_and_config(source: str | Path):
