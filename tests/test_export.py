@@ -152,3 +152,26 @@ def test_an_export_that_lost_a_file_while_written_fails_and_leaves_nothing(stitc
     assert len(errors) == 1 and "lost model/model.safetensors while it was written" in errors[0]
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # neither the folder nor its staging folder
+
+
+def test_the_export_names_the_folder_timm_opens_and_stitchkit_takes_either(stitch_run, tmp_path, capsys):
+    """timm and the Hub take DIR/model, the folder `stitchkit export` names at its end (timm reads config.json and
+    the weights from exactly the folder it is given, so DIR is no model folder to it); stitchkit's readers take
+    DIR too. stdout stays the manifest's JSON."""
+    import timm
+
+    import stitchkit
+
+    out = tmp_path / "exported"
+    assert main(["export", str(stitch_run), "--out", str(out), "--format", "safetensors"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["model_folder"] == "model"
+    named = f"local-dir:{out / 'model'}"
+    assert f"timm.create_model('{named}', pretrained=True)" in captured.err
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = stitchkit.load_pretrained(out).eval()(x)
+        assert torch.equal(stitchkit.load_pretrained(out / "model").eval()(x), expected)
+        assert torch.equal(timm.create_model(named, pretrained=True).eval()(x), expected)
+    with pytest.raises(FileNotFoundError, match="Config file not found"):  # as README.md and --help say
+        timm.create_model(f"local-dir:{out}", pretrained=True)

@@ -3,11 +3,14 @@ deployment files checked against it.
 
 ``DIR/model`` is always a model folder (:mod:`stitchkit.modelfolder`: ``config.json``, ``model.safetensors`` with
 every weight, frozen parts included, and a ``README.md`` model card; load it with :func:`stitchkit.load_pretrained`
-or timm, predict and evaluate with it from any directory, push it to the Hugging Face Hub as it is: the deployment
-files sit beside it in ``DIR``, so they are not uploaded with it; ``DIR`` itself is accepted wherever a model folder
-is). Deployment formats (each
-with a dynamic batch size, checked at export time on a batch of another size against the eager model, max abs
-difference <= 1e-4 in fp32):
+or ``timm.create_model("local-dir:DIR/model", pretrained=True)``, predict and evaluate with it from any directory,
+push it to the Hugging Face Hub as it is: the deployment files sit beside it in ``DIR``, so they are not uploaded
+with it). stitchkit's own readers (``load_pretrained``, ``predict``, ``eval``, ``export``) also take ``DIR`` itself;
+timm and the Hub take ``DIR/model`` only: timm reads ``config.json`` and the weights from the very folder it is
+given, and a copy or link of them in ``DIR`` would duplicate the weights (a copy, or a link that ``scp -r`` follows)
+or make ``DIR`` look like a model folder to upload, deployment files and all. ``stitchkit export`` ends by naming
+the folder to give timm. Deployment formats (each with a dynamic batch size, checked at export time on a batch of
+another size against the eager model, max abs difference <= 1e-4 in fp32):
 
 * ``torch-export``: ``model.pt2`` from :func:`torch.export.export` (load with ``torch.export.load(...).module()``);
 * ``torchscript``: ``model.torchscript.pt`` from :func:`torch.jit.trace` (specialised to the run's image size);
