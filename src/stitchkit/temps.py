@@ -101,7 +101,7 @@ def _writer_may_be_alive(path: Path) -> bool:
     if named is None or named["host"] != HOST:
         return time.time() - changed < UNKNOWN_WRITER_AGE
     pid = int(named["pid"])
-    if pid == os.getpid():
+    if pid == os.getpid():  # this process may be writing it; one its PID's earlier owner left waits for a later cleaner
         return True
     if not _is_running(pid):
         return False
