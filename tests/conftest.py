@@ -23,6 +23,28 @@ def _model(name: str, input_size: int):
     return create_model(name, input_size=input_size)
 
 
+@pytest.fixture
+def live_pid():
+    """The PID of a process that lives until the test ends (it waits for its stdin to close, not for a time)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    yield child.pid
+    child.stdin.close()
+    child.wait()
+
+
+@pytest.fixture
+def gone_pid():
+    """The PID of a process that has ended (and been reaped)."""
+    import subprocess
+
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
 @pytest.fixture(scope="session")
 def model_factory():
     """``model_factory(name, input_size)``: a cached, randomly initialised model in eval mode (do not mutate)."""

@@ -101,3 +101,77 @@ def test_export_files_have_the_umasks_permissions(stitch_run, tmp_path):
     modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
     assert modes.pop(".") == 0o755 and modes.pop("model") == 0o755
     assert set(modes.values()) == {0o644}, modes  # readable by others, as any file the user makes
+
+
+def test_an_export_leaves_a_live_exports_folder_beside_it_and_removes_a_killed_ones(stitch_run, tmp_path, live_pid,
+                                                                                   gone_pid):
+    """Two exports into one parent folder: the second, started while the first assembles its folder, neither
+    touches that folder nor fails; a folder left by a killed export is removed."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from stitchkit.temps import HOST
+
+    parent = tmp_path / "conc"
+    live = parent / f".A.{live_pid}@{HOST}.mxiv9wul.tmp"  # what `export --out conc/A` is assembling
+    (live / "model").mkdir(parents=True)
+    (live / "model" / "config.json").write_text("{}")
+    (live / "model.pt2").write_bytes(b"pt2")
+    killed = parent / f".C.{gone_pid}@{HOST}.abcdefgh.tmp"
+    (killed / "model").mkdir(parents=True)
+    src = Path(__file__).resolve().parents[1] / "src"
+    # In a new process, as a second `stitchkit export` is: everything above is older than it.
+    done = subprocess.run([sys.executable, "-m", "stitchkit", "export", str(stitch_run), "--out", str(parent / "B"),
+                           "--format", "safetensors"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(src)})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert sorted(p.relative_to(live).as_posix() for p in live.rglob("*")) == ["model", "model.pt2",
+                                                                               "model/config.json"]
+    assert not killed.exists()
+    assert sorted(p.name for p in (parent / "B" / "model").iterdir()) == ["README.md", "config.json",
+                                                                          "model.safetensors"]
+
+
+def test_an_export_that_lost_a_file_while_written_fails_and_leaves_nothing(stitch_run, tmp_path, monkeypatch, capsys):
+    """export.json lists only files that are in the folder: one removed meanwhile (by another process) fails the
+    export in one line instead of a folder whose export.json says the file was written and checked."""
+    from stitchkit import export
+
+    real_write = export.atomic_write_bytes
+
+    def write_then_lose_the_weights(path, data):
+        real_write(path, data)
+        (path.parent / "model" / "model.safetensors").unlink()
+
+    monkeypatch.setattr(export, "atomic_write_bytes", write_then_lose_the_weights)
+    assert main(["export", str(stitch_run), "--out", str(tmp_path / "out"), "--format", "torchscript"]) == 2
+    err = capsys.readouterr().err  # (torch's deprecation warnings for TorchScript may come before it)
+    errors = [line for line in err.splitlines() if line.startswith("stitchkit: error:")]
+    assert len(errors) == 1 and "lost model/model.safetensors while it was written" in errors[0]
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its staging folder
+
+
+def test_the_export_names_the_folder_timm_opens_and_stitchkit_takes_either(stitch_run, tmp_path, capsys):
+    """timm and the Hub take DIR/model, the folder `stitchkit export` names at its end (timm reads config.json and
+    the weights from exactly the folder it is given, so DIR is no model folder to it); stitchkit's readers take
+    DIR too. stdout stays the manifest's JSON."""
+    import timm
+
+    import stitchkit
+
+    out = tmp_path / "exported"
+    assert main(["export", str(stitch_run), "--out", str(out), "--format", "safetensors"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["model_folder"] == "model"
+    named = f"local-dir:{out / 'model'}"
+    assert f"timm.create_model('{named}', pretrained=True)" in captured.err
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = stitchkit.load_pretrained(out).eval()(x)
+        assert torch.equal(stitchkit.load_pretrained(out / "model").eval()(x), expected)
+        assert torch.equal(timm.create_model(named, pretrained=True).eval()(x), expected)
+    with pytest.raises(FileNotFoundError, match="Config file not found"):  # as README.md and --help say
+        timm.create_model(f"local-dir:{out}", pretrained=True)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from stitchkit.files import append_line, atomic_write_text, cut_torn_tail, is_own_temp, remove_own_temps
+from stitchkit.files import append_line, atomic_write_text, cut_torn_tail
+from stitchkit.temps import is_own_temp, remove_own_temps
 from stitchkit.rundir import RunDir
 
 SWEEP = """
@@ -122,15 +123,15 @@ def test_own_leftovers_are_told_from_a_users_files(tmp_path):
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
     atomic_write_text(run.result, "{}")
-    leftover = run.path / ".result.json.k2j3ab_Z.tmp"  # what a kill before the rename leaves
+    leftover = run.path / ".result.json.k2j3ab_Z.tmp"  # what a kill before the rename left (before PIDs in names)
     leftover.write_text("half")
-    os.utime(leftover, (1e9, 1e9))  # written by a process that is gone (before this one started)
+    os.utime(leftover, (1e9, 1e9))  # unchanged for years: its writer is gone
     (run.path / "notes.txt").write_text("mine")
     assert run.foreign_files() == ["notes.txt"]
     assert run.remove_leftovers() == [".result.json.k2j3ab_Z.tmp"] and (run.path / "notes.txt").is_file()
     fresh = run.path / ".config.yaml.abcdefgh.tmp"
     fresh.write_text("a live writer's")
-    assert remove_own_temps(run.path) == [] and fresh.is_file()  # newer than this process: not a leftover
+    assert remove_own_temps(run.path) == [] and fresh.is_file()  # its writer cannot be asked and may be writing
 
 
 def test_a_torn_line_is_cut_before_the_next_append(tmp_path):

@@ -3,11 +3,14 @@ deployment files checked against it.
 
 ``DIR/model`` is always a model folder (:mod:`stitchkit.modelfolder`: ``config.json``, ``model.safetensors`` with
 every weight, frozen parts included, and a ``README.md`` model card; load it with :func:`stitchkit.load_pretrained`
-or timm, predict and evaluate with it from any directory, push it to the Hugging Face Hub as it is: the deployment
-files sit beside it in ``DIR``, so they are not uploaded with it; ``DIR`` itself is accepted wherever a model folder
-is). Deployment formats (each
-with a dynamic batch size, checked at export time on a batch of another size against the eager model, max abs
-difference <= 1e-4 in fp32):
+or ``timm.create_model("local-dir:DIR/model", pretrained=True)``, predict and evaluate with it from any directory,
+push it to the Hugging Face Hub as it is: the deployment files sit beside it in ``DIR``, so they are not uploaded
+with it). stitchkit's own readers (``load_pretrained``, ``predict``, ``eval``, ``export``) also take ``DIR`` itself;
+timm and the Hub take ``DIR/model`` only: timm reads ``config.json`` and the weights from the very folder it is
+given, and a copy or link of them in ``DIR`` would duplicate the weights (a copy, or a link that ``scp -r`` follows)
+or make ``DIR`` look like a model folder to upload, deployment files and all. ``stitchkit export`` ends by naming
+the folder to give timm. Deployment formats (each with a dynamic batch size, checked at export time on a batch of
+another size against the eager model, max abs difference <= 1e-4 in fp32):
 
 * ``torch-export``: ``model.pt2`` from :func:`torch.export.export` (load with ``torch.export.load(...).module()``);
 * ``torchscript``: ``model.torchscript.pt`` from :func:`torch.jit.trace` (specialised to the run's image size);
@@ -25,17 +28,17 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .errors import StitchkitError
-from .files import atomic_write_json, atomic_write_bytes, remove_own_temps
+from .files import atomic_write_json, atomic_write_bytes
 from .modelfolder import EXPORT_MODEL_DIR, apply_umask, folder_config, local_folder, read_model_config, write_files
 from .modelfolder import WHOLE_MODEL
 from .pretrained import folder_or_run, load_described
 from .rundir import RunDir
+from .temps import make_temp_dir, remove_own_temps
 from .training.evaluation import load_trained
 from .summary import model_macs
 from .training.modes import mode_for
@@ -68,8 +71,8 @@ def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = F
     with torch.no_grad():
         expected = model(check)
     out.parent.mkdir(parents=True, exist_ok=True)
-    remove_own_temps(out.parent)  # the half-assembled folder of an export killed before
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    remove_own_temps(out.parent)  # the half-assembled folder of an export killed before (not a live export's)
+    staging = make_temp_dir(out)
     try:
         (staging / EXPORT_MODEL_DIR).mkdir()
         write_files(staging / EXPORT_MODEL_DIR, described, model)
@@ -82,6 +85,7 @@ def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = F
         manifest = {"model_folder": EXPORT_MODEL_DIR, "model_folder_files": ["config.json", "model.safetensors",
                                                                               "README.md"],
                     "formats": checks, "tolerance": TOLERANCE, "torch": torch.__version__}
+        _check_in_place(staging, manifest, out)  # export.json lists only files that are there
         atomic_write_json(staging / "export.json", manifest)
         apply_umask(staging)
         if out.exists():
@@ -91,6 +95,18 @@ def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = F
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _check_in_place(staging: Path, manifest: dict, out: Path) -> None:
+    """Refuse to finish an export whose files are not all in its folder: something else removed one while it was
+    written (a cleaner that took the folder for a killed export's leftover), and an export.json listing it would
+    say it was written and checked."""
+    listed = ([f"{manifest['model_folder']}/{name}" for name in manifest["model_folder_files"]]
+              + [check["file"] for check in manifest["formats"].values()] + ["preprocessing.json"])
+    missing = [name for name in listed if not (staging / name).is_file()]
+    if missing:
+        raise StitchkitError(f"the export to {str(out)!r} lost {', '.join(missing)} while it was written (removed by "
+                             "another process); nothing was exported, export again")
 
 
 def _model_and_config(source: str | Path):

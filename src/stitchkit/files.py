@@ -1,10 +1,10 @@
 """Writing files so that a kill at any moment leaves either the old file or the new one, never half of one, and
 recognising what such a kill leaves behind.
 
-* :func:`atomic_write_bytes` writes a temporary ``.NAME.XXXXXXXX.tmp`` beside ``NAME``, fsyncs it, renames it over
-  ``NAME`` and fsyncs the folder. A kill before the rename leaves the temporary file: :func:`is_own_temp` knows it
-  by its name, and :func:`remove_own_temps` deletes those older than the process that finds them (so a process
-  never deletes what a live one is writing).
+* :func:`atomic_write_bytes` writes a temporary ``.NAME.PID@HOST.XXXXXXXX.tmp`` beside ``NAME``, fsyncs it, renames
+  it over ``NAME`` and fsyncs the folder. A kill before the rename leaves the temporary file:
+  :func:`stitchkit.temps.is_own_temp` knows it by its name, and :func:`stitchkit.temps.remove_own_temps` deletes it
+  once its writer is gone (never what a live process is writing).
 * :func:`append_line` appends one JSON line (metrics, attempts) with one write; a kill in the middle leaves a torn
   last line without its newline, which :func:`cut_torn_tail` removes before the next append.
 
@@ -15,24 +15,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from . import faults
-
-_TEMP = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp$")  # what tempfile.mkstemp makes for atomic writes
-PROCESS_START = time.time()
+from .temps import make_temp_file
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file, fsync, rename, fsync of the folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = make_temp_file(path)
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; runs are meant to be read by others too
         with os.fdopen(fd, "wb") as f:
@@ -102,30 +96,6 @@ def cut_torn_tail(path: Path) -> bool:
             return True
     except FileNotFoundError:
         return False
-
-
-def is_own_temp(path: Path) -> bool:
-    """Whether ``path`` is a temporary file of :func:`atomic_write_bytes`."""
-    return _TEMP.match(Path(path).name) is not None
-
-
-def remove_own_temps(folder: Path, older_than: float = PROCESS_START) -> list[str]:
-    """Delete this module's temporary files in ``folder`` last modified before ``older_than`` (default: when this
-    process started): the leftovers of killed writers. Returns their names."""
-    removed = []
-    if not Path(folder).is_dir():
-        return removed
-    for entry in Path(folder).iterdir():
-        try:
-            if is_own_temp(entry) and entry.stat().st_mtime < older_than:
-                if entry.is_dir():  # a folder being assembled (stitchkit export) when its writer was killed
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
-                removed.append(entry.name)
-        except FileNotFoundError:  # another process cleaned it first
-            continue
-    return removed
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -36,7 +36,8 @@ from torch import nn
 
 from . import faults
 from .errors import StitchkitError
-from .files import atomic_write_json, atomic_write_text, remove_own_temps
+from .files import atomic_write_json, atomic_write_text
+from .temps import make_temp_dir, remove_own_temps
 
 FORMAT = "stitchkit.model"
 FORMAT_VERSION = 2  # raise when a reader of this version could not build what a newer writer describes
@@ -97,7 +98,7 @@ def write_model_folder(directory: str | os.PathLike, config: dict, model: nn.Mod
                              "new or empty folder, or into an earlier save_pretrained folder")
     directory.parent.mkdir(parents=True, exist_ok=True)
     remove_own_temps(directory.parent)  # the staging folder of a save killed before
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    staging = make_temp_dir(directory)
     try:
         write_files(staging, config, model)
         if not existing:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StitchkitError
-from .files import atomic_write_text, is_own_temp, read_json, remove_own_temps
+from .files import atomic_write_text, read_json
+from .temps import is_own_temp, remove_own_temps
 
 
 class RunDir:
@@ -100,7 +101,7 @@ class RunDir:
         return sorted(p.name for p in self.path.iterdir() if p.name not in self.OWN and not is_own_temp(p))
 
     def remove_leftovers(self) -> list[str]:
-        """Delete temporary files left by killed writers (older than this process), here and in checkpoints/."""
+        """Delete temporary files left by writers that are gone (killed), here and in checkpoints/."""
         return remove_own_temps(self.path) + remove_own_temps(self.checkpoints)
 
     def remove_outputs(self) -> None:

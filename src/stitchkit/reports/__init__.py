@@ -6,7 +6,8 @@ import io
 from pathlib import Path
 
 from ..errors import StitchkitError
-from ..files import atomic_write_text, remove_own_temps
+from ..files import atomic_write_text
+from ..temps import remove_own_temps
 from .collect import RESULT_COLUMNS, SUMMARY_COLUMNS, collect, left_out, report_notes, standard_error, summarize
 from ..zoo.metadata import published_top1
 from .page import table1_markdown, table1_missing, table1_rows, write_html

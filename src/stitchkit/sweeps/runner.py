@@ -26,7 +26,8 @@ from pathlib import Path
 
 from ..errors import StitchkitError
 from .. import faults
-from ..files import append_line, atomic_write_json, cut_torn_tail, remove_own_temps
+from ..files import append_line, atomic_write_json, cut_torn_tail
+from ..temps import remove_own_temps
 from ..rundir import RunDir
 from .grid import Cell, Sweep, _slug
 
@@ -56,8 +57,8 @@ def cell_lock(run_dir: Path):
 
 def write_manifest(sweep: Sweep, runs_dir: Path) -> None:
     """Record every cell (skipped ones with their reason) so the report shows pending and skipped cells too."""
-    # Temporary files of a process killed while writing a manifest; an hour old, so never a live writer's.
-    remove_own_temps(runs_dir / MANIFEST_DIR, older_than=time.time() - 3600)
+    # Temporary files of a process killed while writing a manifest (those of a live sweep process are kept).
+    remove_own_temps(runs_dir / MANIFEST_DIR)
     atomic_write_json(runs_dir / MANIFEST_DIR / f"{sweep.name}.json",
                       {"sweep": sweep.name, "base": sweep.base, "cells": [c.describe() for c in sweep.cells]})
 
