@@ -238,14 +238,17 @@ def _torch_export(model, example, check, stated: str):
 def _torchscript(model, example, check, stated: str):
     import warnings
 
-    with warnings.catch_warnings():  # size checks in the adapters become constants: the image size is fixed
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # size checks become constants: the size is fixed
+        # torch deprecates TorchScript in favour of torch.export (model.pt2, written too); a user who asked for this
+        # format (libtorch, older runtimes) knows, and four FutureWarnings per export would only bury its output.
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*deprecated")
         traced = torch.jit.trace(model, example, check_trace=False)
-    buffer = io.BytesIO()
-    torch.jit.save(traced, buffer, _extra_files={"preprocessing.json": stated})
-    buffer.seek(0)
-    with torch.no_grad():
-        got = torch.jit.load(buffer)(check)
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files={"preprocessing.json": stated})
+        buffer.seek(0)
+        with torch.no_grad():
+            got = torch.jit.load(buffer)(check)
     return buffer.getvalue(), got
 
 
