@@ -145,6 +145,9 @@ def test_bad_input_is_one_clear_line(capsys):
     assert main([*args, "--budget-gmacs", "0.0001"]) == 2
     err = capsys.readouterr().err
     assert "no candidate fits a budget of 0.0001 GMACs: the cheapest" in err and "raise --budget-gmacs" in err
+    suggested = float(err.rsplit("raise --budget-gmacs to at least ", 1)[1].split()[0])
+    assert main([*args, "--budget-gmacs", str(suggested)]) == 0  # the suggestion admits the cheapest (rounded up)
+    capsys.readouterr()
     assert main(["search", "--models", "resnet10t,resnt18", "--list"]) == 2
     assert "unknown model 'resnt18'; did you mean: resnet18" in capsys.readouterr().err
     assert main(["search", "--models", "resnet10t,hrnet_w18_small", "--list", "--gaps", "1:3",

@@ -99,7 +99,8 @@ def search(models: list[str], budget_gmacs: float | None = None, *, checkpoints:
             cheapest = min(priced, key=lambda r: r["gmacs"])
             raise StitchkitError(f"no candidate fits a budget of {budget_gmacs:g} GMACs: the cheapest, "
                                  f"{cheapest['src']} -> {cheapest['dst']} {cheapest['gap']} {cheapest['method']}, "
-                                 f"costs {cheapest['gmacs']:.4f} GMACs; raise --budget-gmacs to at least that")
+                                 f"costs {cheapest['gmacs']:.6g} GMACs; raise --budget-gmacs to at least "
+                                 f"{_rounded_up(cheapest['gmacs'])}")
         raise StitchkitError("no candidate can be built from these models: "
                              + "; ".join(f"{r['src']}: {r['skip_reason']}" for r in records[:3]))
     log(f"{len(within)} candidates within the budget ({len(records) - len(within)} not: over it, not buildable or "
@@ -410,3 +411,10 @@ def _figure(path: Path, records: list[dict], trained: list[dict], front: list[di
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _rounded_up(gmacs: float, digits: int = 4) -> str:
+    """``gmacs`` to ``digits`` decimals, rounded up, so that a budget of that value admits it (0.012243968 -> 0.0123,
+    where rounding to the nearest gave 0.0122, which the stitch is over)."""
+    scale = 10**digits
+    return f"{math.ceil(gmacs * scale - 1e-9) / scale:.{digits}f}"
