@@ -71,3 +71,19 @@ def test_the_dry_run_builds_with_the_cells_stitch_settings(model):
             "gmacs": pytest.approx(stitchkit.count_macs(built, 32) / 1e9, rel=1e-9),
             "params": stitchkit.count_params(built),
             "trainable_params": stitchkit.count_params(built, trainable_only=True)}, cell.name
+
+
+def test_the_dry_run_counts_an_image_folders_classes(tmp_path):
+    """An image folder's classes are its train/ subfolders: the dry run counts them (no image is read), so a new
+    head for them (model.new_head) is priced at their number, not at the model's own 1,000."""
+    for name in ("ant", "bee", "cat"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+    (tmp_path / "train" / "notes.txt").write_text("not a class")
+    sweep = expand({"base": {"data": {"name": "imagefolder", "root": str(tmp_path), "input_size": 32},
+                             "model": {"pretrained": False, "new_head": True}},
+                    "pairs": [["resnet10t", "resnet10t"]], "gaps": ["1:2"], "methods": ["downsample_linear"],
+                    "seeds": [0]}, name="folder")
+    [cell] = sweep.runnable
+    config = sweep.config(cell, Path("runs"))
+    built = mode_for(config).build(config, num_data_classes=3)
+    assert cell_costs(sweep, cell)["params"] == stitchkit.count_params(built)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -84,7 +85,14 @@ def _data_classes(settings: dict) -> int | None:
         from ..training.data import FASHION_MNIST_CLASSES
 
         return len(FASHION_MNIST_CLASSES)
-    return None  # an image folder: its classes are counted when it is read
+    root = settings.get("data.root")
+    if settings.get("data.name") == "imagefolder" and root:
+        # As training counts them (ImageFolderSource: train/'s subfolders), without reading an image; relative to
+        # where the dry run is made, as the runs will read it. A missing folder is training's to refuse.
+        train = Path(root).expanduser() / "train"
+        if train.is_dir():
+            return sum(1 for d in train.iterdir() if d.is_dir()) or None
+    return None
 
 
 def cell_heads(sweep: Sweep, cell: Cell, data_classes: int | None = None) -> Heads:
