@@ -549,6 +549,17 @@ def _timm(name: str, **kwargs):
     return stitchkit.create_model(name, input_size=32, num_classes=5, **kwargs).eval()
 
 
+def _same_features_as_timms(model, ft):
+    """Check that the fine-tuning baseline ``ft`` of ``model`` ends its features where timm's forward_features does
+    (with its removed blocks skipped) and that its head reads them as timm's does; returns (ours, theirs)."""
+    theirs = _own_features(model, X, dict.fromkeys(ft.removed_blocks))
+    ours = ft.forward_features(X)
+    assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5)
+    assert torch.equal(ft.forward_head(ours), ft(X))
+    assert torch.allclose(ft(X), model.forward_head(theirs), atol=1e-5)
+    return ours, theirs
+
+
 def _own_features(model, x, replace: dict | None = None):
     """timm's own ``model.forward_features(x)``, with the output of each block named in ``replace`` swapped for the
     tensor given (what an adapter hands the destination at its cut), and blocks given None skipped."""
@@ -701,11 +712,7 @@ def test_a_baseline_cut_from_a_graph_returns_timms_features(name):
     ft = stitchkit.create_finetune_baseline(copy.deepcopy(model), "1:1", input_size=32, name=name).eval()
     assert split_head(ft.head())[0] is not None
     with torch.no_grad():
-        theirs = _own_features(model, X, dict.fromkeys(ft.removed_blocks))
-        ours = ft.forward_features(X)
-        assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5)
-        assert torch.equal(ft.forward_head(ours), ft(X))
-        assert torch.allclose(ft(X), model.forward_head(theirs), atol=1e-5)
+        ours, theirs = _same_features_as_timms(model, ft)
         if not ft.removed_blocks:
             assert torch.allclose(ft.forward_head(ours), model(X), atol=1e-5)
         # (ResNetV2's classifier is a 1x1 convolution, which get_classifier does not find in a graph head)
@@ -766,9 +773,5 @@ def test_a_graph_baselines_features_stop_before_the_classifier_head(name, lead):
     ft = stitchkit.create_finetune_baseline(copy.deepcopy(model), "1:1", input_size=32, name=name).eval()
     assert (split_head(ft.head())[0] is not None) == lead
     with torch.no_grad():
-        theirs = _own_features(model, X, dict.fromkeys(ft.removed_blocks))
-        ours = ft.forward_features(X)
-        assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5)
-        assert torch.equal(ft.forward_head(ours), ft(X))
-        assert torch.allclose(ft(X), model.forward_head(theirs), atol=1e-5)
+        _same_features_as_timms(model, ft)
     assert ft.num_features == model.num_features
