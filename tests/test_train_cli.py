@@ -63,6 +63,34 @@ def test_train_eval_and_eval_model_commands(tmp_path, capsys):
     assert json.loads((out / "result.json").read_text())["gmacs"] > 0
 
 
+def test_eval_model_replaces_a_result_only_with_overwrite_and_never_a_training_runs(tmp_path, capsys):
+    """eval-model --out DIR wrote over any result.json there, a finished training run's included (whose export then
+    failed: the class list was gone)."""
+    import torch
+
+    from stitchkit import create_model
+
+    torch.save(create_model("resnet10t", num_classes=10).state_dict(), tmp_path / "weights.pt")
+    measure = ["eval-model", "resnet10t", "--data", "synthetic", "--input-size", "32", "--workers", "0",
+               "--checkpoint", str(tmp_path / "weights.pt"), "--set", "data.synthetic_val_size=16"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("mode: scratch\n")
+    (run / "result.json").write_text('{"status": "finished", "class_names": ["a"]}')
+    for extra in ([], ["--overwrite"]):
+        assert main([*measure, "--out", str(run), *extra]) == 2
+        assert "is a training run's folder (config.yaml)" in capsys.readouterr().err
+    assert json.loads((run / "result.json").read_text())["class_names"] == ["a"]
+    out = tmp_path / "measured"
+    assert main([*measure, "--out", str(out)]) == 0
+    (out / "result.json").write_text('{"mine": true}')
+    assert main([*measure, "--out", str(out)]) == 2
+    assert "already holds a result.json; pass --overwrite to replace it" in capsys.readouterr().err
+    assert json.loads((out / "result.json").read_text()) == {"mine": True}
+    assert main([*measure, "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "result.json").read_text())["mode"] == "eval"
+
+
 def test_train_command_errors(tmp_path, capsys):
     assert main(["train", "model.gapp=1:3"]) == 2
     assert "did you mean model.gap" in capsys.readouterr().err

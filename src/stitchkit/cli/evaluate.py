@@ -49,7 +49,8 @@ def add_eval_model(subparsers) -> None:
                    help="data-loader workers (default: 4, or fewer where this machine has fewer CPUs)")
     p.add_argument("--limit-val", type=int, default=None, metavar="N", help="evaluate the first N images only")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--out", default=None, help="folder for result.json")
+    p.add_argument("--out", default=None, help="folder for result.json (not a training run's folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace a result.json that --out already holds")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="a further config override, e.g. --set data.crop_pct=1.0 (repeatable)")
 
@@ -73,7 +74,7 @@ def _eval_model(args) -> int:
     if args.device:
         overrides.append(f"train.device={args.device}")
     config = load_config(None, overrides + list(args.settings))
-    record = evaluate_model(args.model, config, args.out, checkpoint_option="--checkpoint PATH",
-                            pretrained_option="leave out --pretrained")
+    record = evaluate_model(args.model, config, args.out, overwrite=args.overwrite,
+                            checkpoint_option="--checkpoint PATH", pretrained_option="leave out --pretrained")
     print(json.dumps({k: v for k, v in record.items() if k != "versions"}, indent=2))
     return 0

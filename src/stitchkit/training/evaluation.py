@@ -129,14 +129,30 @@ def evaluate_folder(folder: str | Path, overrides: Sequence[str] = (), device: s
     return {"model_dir": str(Path(folder)), "dataset": config.data.name, **_evaluate_splits(model, splits, config)}
 
 
-def evaluate_model(name: str, config: Config, out_dir: str | Path | None = None, *,
+def _check_result_folder(out_dir: str | Path, overwrite: bool) -> None:
+    """Refuse, before measuring anything, to write ``result.json`` where it would replace a training run's (its
+    folder then no longer says what its weights are: export and predict need the run's result) or, without
+    ``overwrite``, an earlier measurement."""
+    out = RunDir(out_dir)
+    if out.config.is_file():
+        raise StitchkitError(f"{str(out_dir)!r} is a training run's folder (config.yaml); eval-model writes its "
+                             "result.json into a folder of its own: choose another --out")
+    if out.result.exists() and not overwrite:
+        raise StitchkitError(f"{str(out_dir)!r} already holds a result.json; pass --overwrite to replace it, or "
+                             "choose another --out")
+
+
+def evaluate_model(name: str, config: Config, out_dir: str | Path | None = None, *, overwrite: bool = False,
                    checkpoint_option: str = "model.src_checkpoint=PATH",
                    pretrained_option: str = "model.pretrained=false") -> dict:
     """Measure an unstitched model (``name``, with ``config.model.pretrained`` / ``src_checkpoint``) on
-    ``config.data``'s val split, with the model's own preprocessing. Writes ``result.json`` into ``out_dir``.
+    ``config.data``'s val split, with the model's own preprocessing. Writes ``result.json`` into ``out_dir`` (a
+    folder that holds one already only with ``overwrite``, and never a training run's folder).
     ``checkpoint_option`` / ``pretrained_option``: how the caller's user gives src_checkpoint / leaves out the
     pretrained weights, for the messages when the head does not fit the data or the weights cannot be had
     (``eval-model --checkpoint PATH``)."""
+    if out_dir is not None:
+        _check_result_folder(out_dir, overwrite)
     dev = resolve_device(config.train.device)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
