@@ -59,6 +59,12 @@ def _eval_model(args) -> int:
     from ..errors import StitchkitError
     from ..training import evaluate_model, load_config
 
+    for what, given, expected in (("MODEL", args.model, "a model name"), ("--checkpoint", args.checkpoint,
+                                                                           "a weights file")):
+        trained = _trained_folder(given)
+        if trained:  # eval-model measures a model by name; a trained folder is `stitchkit eval`'s
+            raise StitchkitError(f"{what} {given!r} is {trained}, not {expected}; evaluate it with "
+                                 f"`stitchkit eval {given}`")
     if args.data == "imagefolder" and not args.data_root and not any(s.startswith("data.root=") for s in args.settings):
         raise StitchkitError("eval-model --data imagefolder needs --data-root DIR, a folder with val/<class>/ inside")
 
@@ -78,3 +84,16 @@ def _eval_model(args) -> int:
                             checkpoint_option="--checkpoint PATH", pretrained_option="leave out --pretrained")
     print(json.dumps({k: v for k, v in record.items() if k != "versions"}, indent=2))
     return 0
+
+
+def _trained_folder(path: str | None) -> str | None:
+    """What ``path`` is when it is a run folder or a model folder (words for a message), else None."""
+    from pathlib import Path
+
+    from ..pretrained import is_model_folder
+
+    if not path or not Path(path).is_dir():
+        return None
+    if (Path(path) / "config.yaml").is_file():
+        return "a training run's folder"
+    return "a model folder" if is_model_folder(path) else None
