@@ -64,3 +64,12 @@ def split_config_args(items: Sequence[str]) -> tuple[str | None, list[str]]:
 
 def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
+
+
+def check_device_option(device: str | None) -> None:
+    """Refuse ``--device cuda`` where no CUDA device is visible, naming ``--device cpu`` (the library's message
+    names the train.device setting, which eval and predict do not take)."""
+    if device:
+        from ..training.runtime import resolve_device
+
+        resolve_device(device, given_as="--device ")

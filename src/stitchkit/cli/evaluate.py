@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .common import add_command
+from .common import add_command, check_device_option
 
 
 def add_eval(subparsers) -> None:
@@ -15,7 +15,8 @@ def add_eval(subparsers) -> None:
                    help="a run folder written by 'stitchkit train' or a sweep, or a model folder")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="for a model folder: data settings, e.g. "
                                                                      "data.root=/data/val-copy")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the run's own setting)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the run's own setting, the CPU "
+                                                 "where it names CUDA and none is visible; a model folder: auto)")
     p.add_argument("--workers", type=int, default=None, help="data-loader workers (default: the run's own)")
 
 
@@ -24,6 +25,7 @@ def _eval(args) -> int:
     from ..pretrained import is_model_folder
     from ..training import evaluate_folder, evaluate_run
 
+    check_device_option(args.device)
     if is_model_folder(args.run_dir):
         record = evaluate_folder(args.run_dir, args.overrides, device=args.device, workers=args.workers)
     elif args.overrides:
@@ -59,6 +61,7 @@ def _eval_model(args) -> int:
     from ..errors import StitchkitError
     from ..training import evaluate_model, load_config
 
+    check_device_option(args.device)
     for what, given, expected in (("MODEL", args.model, "a model name"), ("--checkpoint", args.checkpoint,
                                                                            "a weights file")):
         trained = _trained_folder(given)

@@ -5,7 +5,7 @@ import json
 import sys
 
 from ..errors import StitchkitError
-from .common import add_command
+from .common import add_command, check_device_option
 
 
 def add_parser(subparsers) -> None:
@@ -18,8 +18,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and folders of images")
     p.add_argument("--top-k", type=int, default=5, help="classes per image")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the run's own setting; for a model "
-                                                 "folder the GPU when there is one)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the run's own setting, the CPU "
+                                                 "where it names CUDA and none is visible; for a model folder the GPU "
+                                                 "when there is one)")
     p.add_argument("--json", action="store_true", help="print JSON instead of one line per image")
 
 
@@ -28,6 +29,7 @@ def run(args) -> int:
 
     if args.top_k < 1 or args.batch_size < 1:
         raise StitchkitError("--top-k and --batch-size must be at least 1")
+    check_device_option(args.device)
     files = image_files(args.inputs)
     if not files:
         raise StitchkitError(f"no image files in {', '.join(args.inputs)} ({', '.join(('.jpg', '.png', '...'))})")

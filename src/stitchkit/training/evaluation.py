@@ -5,6 +5,7 @@ model's own preprocessing, so stitched and original numbers come from one pipeli
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -24,7 +25,7 @@ from ..pretrained import load_described
 from ..zoo.metadata import Preprocessing, preprocessing
 from .data import build_splits
 
-from .runtime import Runtime, amp_dtype, loader_workers, machine, package_versions, resolve_device
+from .runtime import Runtime, amp_dtype, cuda_missing, loader_workers, machine, package_versions, resolve_device
 from .scoring import evaluate
 from .stream import eval_loaders
 from .modes import build_model, load_trainable_state
@@ -39,6 +40,12 @@ def _read_run(run_dir: str | Path, device: str | None, workers: int | None):
     config = from_yaml_file(run.config)
     if device is not None:
         config.train.device = device
+    elif cuda_missing(config.train.device):
+        # Where the run trained is how it ran, not what its model needs: a run copied to a machine without a GPU
+        # evaluates and predicts on the CPU (said, since it is slower and in full precision).
+        print(f"note: the run in {str(run_dir)!r} ran on {config.train.device} and no CUDA device is visible: using "
+              "the CPU (--device chooses)", file=sys.stderr)
+        config.train.device = "cpu"
     if workers is not None:
         config.train.workers = workers
     if not run.last_checkpoint.is_file():

@@ -14,13 +14,19 @@ from . import distributed
 from .settings import TrainConfig
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, given_as: str = "train.device=") -> torch.device:
+    """The device ``name`` (``auto``: the GPU when there is one). ``given_as``: how the user named it, so that the
+    error names a fix the command accepts (``--device `` for eval, eval-model and predict)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise StitchkitError(f"train.device={name} but no CUDA device is visible; use train.device=cpu")
-    return device
+    if cuda_missing(name):
+        raise StitchkitError(f"{given_as}{name} but no CUDA device is visible; use {given_as}cpu")
+    return torch.device(name)
+
+
+def cuda_missing(name: str) -> bool:
+    """Whether the device ``name`` is a CUDA device and none is visible."""
+    return name != "auto" and torch.device(name).type == "cuda" and not torch.cuda.is_available()
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:

@@ -1,0 +1,69 @@
+"""`stitchkit eval RUN_DIR` (and predict, export) of runs as they are found later: copied to a machine without a GPU,
+with their checkpoints deleted, interrupted, their data moved; every refusal one line naming a fix the command
+takes."""
+import json
+import shutil
+
+import pytest
+
+from stitchkit.cli import main
+from stitchkit.training import load_config, train
+
+TINY = ["data.name=synthetic", "data.input_size=32", "data.synthetic_train_size=64", "data.synthetic_val_size=32",
+        "optim.batch_size=32", "train.batch_size=16", "train.workers=0", "train.threads=1", "model.pretrained=false",
+        "train.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A finished scratch run (its weights in model.pt) and a finished stitch of it (adapters.pt)."""
+    root = tmp_path_factory.mktemp("runs")
+    source = root / "source"
+    train(load_config(None, [*TINY, "mode=scratch", "model.src=resnet10t", f"output.dir={source}"]))
+    stitch = root / "stitch"
+    train(load_config(None, [*TINY, "mode=stitch", "model.src=resnet10t", "model.gap=1:3",
+                             f"model.src_checkpoint={source / 'model.pt'}",
+                             f"model.dst_checkpoint={source / 'model.pt'}", f"output.dir={stitch}"]))
+    return {"source": source, "stitch": stitch}
+
+
+def _copy(run, tmp_path):
+    """A copy of a run to change (its source checkpoints stay where the run recorded them)."""
+    return shutil.copytree(run, tmp_path / run.name)
+
+
+def _result(run):
+    return json.loads((run / "result.json").read_text())
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("stitchkit: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_a_run_that_trained_on_cuda_evaluates_on_the_cpu_where_there_is_none(runs, tmp_path, monkeypatch, capsys):
+    """The run's config.yaml says device: cuda. The message was "train.device=cuda ...; use train.device=cpu", a
+    setting eval and predict do not take: without --device they use the CPU and say so; --device cuda is refused
+    naming --device cpu."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a machine with a GPU
+    run = _copy(runs["source"], tmp_path)
+    config = (run / "config.yaml").read_text()
+    assert "  device: auto\n" in config
+    (run / "config.yaml").write_text(config.replace("  device: auto\n", "  device: cuda\n"))
+    assert main(["eval", str(run)]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["top1"] == _result(run)["top1"]
+    assert f"note: the run in '{run}' ran on cuda and no CUDA device is visible: using the CPU" in err
+    image = tmp_path / "image.png"
+    from PIL import Image
+
+    Image.new("RGB", (36, 36)).save(image)
+    assert main(["predict", str(run), str(image)]) == 0
+    assert "using the CPU" in capsys.readouterr().err
+    for command in (["eval", str(run)], ["predict", str(run), str(image)],
+                    ["eval-model", "resnet10t", "--data", "synthetic", "--input-size", "32"]):
+        assert main([*command, "--device", "cuda"]) == 2
+        assert "--device cuda but no CUDA device is visible; use --device cpu" in _one_line_error(capsys)
