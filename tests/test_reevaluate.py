@@ -67,3 +67,28 @@ def test_a_run_that_trained_on_cuda_evaluates_on_the_cpu_where_there_is_none(run
                     ["eval-model", "resnet10t", "--data", "synthetic", "--input-size", "32"]):
         assert main([*command, "--device", "cuda"]) == 2
         assert "--device cuda but no CUDA device is visible; use --device cpu" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("kind, weights", [("stitch", "adapters.pt"), ("source", "model.pt")])
+def test_a_finished_run_without_its_checkpoints_uses_its_saved_weights(runs, kind, weights, tmp_path, capsys):
+    """eval, predict and export said "has no checkpoints/last.pt: the run never reached a checkpoint" of a finished
+    run whose checkpoints/ folder was deleted, though its trained weights were there."""
+    run = _copy(runs[kind], tmp_path)
+    shutil.rmtree(run / "checkpoints")
+    assert main(["eval", str(run)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["top1"] == _result(run)["top1"] and record["step"] == _result(run)["steps"]
+    image = tmp_path / "image.png"
+    from PIL import Image
+
+    Image.new("RGB", (36, 36)).save(image)
+    assert main(["predict", str(run), str(image), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["top"][0]["class"].startswith("class_")
+    assert main(["export", str(run), "--out", str(tmp_path / "exported"), "--format", "safetensors"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "exported")]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == _result(run)["top1"]
+    (run / weights).unlink()
+    assert main(["eval", str(run)]) == 2
+    assert ("is finished, but its checkpoints/last.pt and its trained weights (adapters.pt or model.pt) were deleted"
+            in _one_line_error(capsys))

@@ -36,7 +36,7 @@ from .modelfolder import EXPORT_MODEL_DIR, apply_umask, folder_config, local_fol
 from .modelfolder import WHOLE_MODEL
 from .pretrained import folder_or_run, load_described
 from .rundir import RunDir
-from .training.evaluation import load_trained
+from .training.trained import load_trained
 from .summary import model_macs
 from .training.modes import mode_for
 from .zoo.metadata import ModelName, preprocessing

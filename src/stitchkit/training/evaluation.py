@@ -5,7 +5,6 @@ model's own preprocessing, so stitched and original numbers come from one pipeli
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -17,65 +16,16 @@ from ..zoo.models import create_model, num_outputs
 from . import distributed
 from ..files import atomic_write_json
 from ..rundir import RunDir
-from .checkpoint import load_checkpoint
-from .config import Config, from_yaml_file, load_config
-from .identity import accepted_digests
+from .config import Config, load_config
 from ..modelfolder import local_folder, no_classifier, read_model_config
 from ..pretrained import load_described
 from ..zoo.metadata import Preprocessing, preprocessing
 from .data import build_splits
 
-from .runtime import Runtime, amp_dtype, cuda_missing, loader_workers, machine, package_versions, resolve_device
+from .runtime import Runtime, amp_dtype, loader_workers, machine, package_versions, resolve_device
+from .trained import read_run
 from .scoring import evaluate
 from .stream import eval_loaders
-from .modes import build_model, load_trainable_state
-
-
-def _read_run(run_dir: str | Path, device: str | None, workers: int | None):
-    """``(run, config, digests)``: the run's saved settings, with the weight files they name found from any
-    directory (:meth:`RunDir.locate`), and the digests its checkpoint must carry (of the settings as saved)."""
-    run = RunDir(run_dir)
-    if not run.config.is_file():
-        raise StitchkitError(f"{str(run_dir)!r} is not a run directory (no config.yaml); pass the output.dir of a run")
-    config = from_yaml_file(run.config)
-    if device is not None:
-        config.train.device = device
-    elif cuda_missing(config.train.device):
-        # Where the run trained is how it ran, not what its model needs: a run copied to a machine without a GPU
-        # evaluates and predicts on the CPU (said, since it is slower and in full precision).
-        print(f"note: the run in {str(run_dir)!r} ran on {config.train.device} and no CUDA device is visible: using "
-              "the CPU (--device chooses)", file=sys.stderr)
-        config.train.device = "cpu"
-    if workers is not None:
-        config.train.workers = workers
-    if not run.last_checkpoint.is_file():
-        raise StitchkitError(f"{str(run_dir)!r} has no checkpoints/last.pt: the run never reached a checkpoint")
-    digests = accepted_digests(config)  # before the paths are located
-    located = {key: str(run.locate(key, given)) if given else None  # from any directory, in a moved runs tree
-               for key, given in config.model.checkpoint_files().items()}
-    src = [v for k, v in located.items() if k.startswith("model.src_checkpoint")]
-    config.model.src_checkpoint = src if isinstance(config.model.src_checkpoint, (list, tuple)) else src[0]
-    config.model.dst_checkpoint = located["model.dst_checkpoint"]
-    return run, config, digests
-
-
-def _trained_model(run: RunDir, config: Config, digests: tuple[str, ...], num_classes: int):
-    torch.manual_seed(config.train.seed)
-    model = build_model(config, num_classes)
-    state = load_checkpoint(run.last_checkpoint, digests)
-    load_trainable_state(model, state["model"])
-    return model.to(resolve_device(config.train.device)).eval(), state
-
-
-def load_trained(run_dir: str | Path, device: str | None = None, workers: int | None = None):
-    """A finished run's model with its trained weights (``checkpoints/last.pt``), without its data: ``(run, config,
-    model, state)``. Its number of classes is what the run recorded in result.json."""
-    run, config, digests = _read_run(run_dir, device, workers)
-    num_classes = (run.read_result() or {}).get("classes")
-    if num_classes is None:
-        raise StitchkitError(f"the run in {str(run_dir)!r} has no result.json saying how many classes it "
-                             "predicts; finish it (train --resume) first")
-    return (run, config, *_trained_model(run, config, digests, num_classes))
 
 
 def _evaluate_splits(model, splits, config: Config) -> dict[str, float]:
@@ -88,14 +38,16 @@ def _evaluate_splits(model, splits, config: Config) -> dict[str, float]:
 
 
 def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | None = None) -> dict:
-    """Rebuild a run's model from its ``config.yaml`` and ``checkpoints/last.pt`` and evaluate it again.
+    """Rebuild a run's model from its ``config.yaml`` and weights (:mod:`stitchkit.training.trained`) and evaluate it
+    again.
 
     Writes ``eval.json`` next to the run's ``result.json`` and returns it.
     """
-    run, config, digests = _read_run(run_dir, device, workers)
+    trained = read_run(run_dir, device, workers)
+    run, config = trained.run, trained.config
     splits = build_splits(config.data, preprocessing(config.model.pixel_source), config.train.seed, need_train=False)
-    model, state = _trained_model(run, config, digests, len(splits.classes))
-    record = {"run_dir": str(run.path), "step": state["counters"]["step"], **_evaluate_splits(model, splits, config)}
+    model, progress = trained.model(len(splits.classes))
+    record = {"run_dir": str(run.path), "step": progress.step, **_evaluate_splits(model, splits, config)}
     run.remove_leftovers()  # a temporary eval.json of an evaluation killed before
     atomic_write_json(run.evaluation, record)
     return record
