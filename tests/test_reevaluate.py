@@ -36,6 +36,13 @@ def _result(run):
     return json.loads((run / "result.json").read_text())
 
 
+def _image(folder):
+    from PIL import Image
+
+    Image.new("RGB", (36, 36)).save(folder / "image.png")
+    return folder / "image.png"
+
+
 def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err
     assert err.startswith("stitchkit: error: ") and err.count("\n") == 1, err
@@ -57,10 +64,7 @@ def test_a_run_that_trained_on_cuda_evaluates_on_the_cpu_where_there_is_none(run
     out, err = capsys.readouterr()
     assert json.loads(out)["top1"] == _result(run)["top1"]
     assert f"note: the run in '{run}' ran on cuda and no CUDA device is visible: using the CPU" in err
-    image = tmp_path / "image.png"
-    from PIL import Image
-
-    Image.new("RGB", (36, 36)).save(image)
+    image = _image(tmp_path)
     assert main(["predict", str(run), str(image)]) == 0
     assert "using the CPU" in capsys.readouterr().err
     for command in (["eval", str(run)], ["predict", str(run), str(image)],
@@ -78,10 +82,7 @@ def test_a_finished_run_without_its_checkpoints_uses_its_saved_weights(runs, kin
     assert main(["eval", str(run)]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["top1"] == _result(run)["top1"] and record["step"] == _result(run)["steps"]
-    image = tmp_path / "image.png"
-    from PIL import Image
-
-    Image.new("RGB", (36, 36)).save(image)
+    image = _image(tmp_path)
     assert main(["predict", str(run), str(image), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["top"][0]["class"].startswith("class_")
     assert main(["export", str(run), "--out", str(tmp_path / "exported"), "--format", "safetensors"]) == 0
@@ -92,3 +93,37 @@ def test_a_finished_run_without_its_checkpoints_uses_its_saved_weights(runs, kin
     assert main(["eval", str(run)]) == 2
     assert ("is finished, but its checkpoints/last.pt and its trained weights (adapters.pt or model.pt) were deleted"
             in _one_line_error(capsys))
+
+
+def test_an_interrupted_run_evaluates_its_last_checkpoint_and_says_so(tmp_path, monkeypatch, capsys):
+    """eval of a run stopped at step 2 of 4 reported the checkpoint's accuracy as if it were the run's (exit 0,
+    "step": 2, --help promising final weights) while predict and export refused the run: it is evaluated (useful
+    mid-run), and stderr and eval.json say it is not finished and how far it got; predict and export still refuse."""
+    from stitchkit.training import logging as training_logging
+
+    original, steps = training_logging.MetricsLog.advance, []
+
+    def ctrl_c_at_step_2(self, count=1):
+        original(self, count)
+        steps.append(count)
+        if len(steps) == 2:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(training_logging.MetricsLog, "advance", ctrl_c_at_step_2)
+        assert main(["train", *TINY, "train.epochs=2", "mode=scratch", "model.src=resnet10t",
+                     f"output.dir={run}"]) == 130
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    out, err = capsys.readouterr()
+    assert (f"note: the run in '{run}' is interrupted, not finished: evaluating its last checkpoint, step 2 of 4 "
+            "(continue the run with `stitchkit train ... --resume`)") in err
+    record = json.loads(out)
+    assert (record["run_status"], record["step"], record["total_steps"]) == ("interrupted", 2, 4)
+    assert json.loads((run / "eval.json").read_text()) == record
+    image = _image(tmp_path)
+    for command in (["predict", str(run), str(image)], ["export", str(run), "--out", str(tmp_path / "x")]):
+        assert main(command) == 2
+        assert "finish it" in _one_line_error(capsys)
+    assert not (tmp_path / "x").exists()

@@ -8,9 +8,11 @@ from .common import add_command, check_device_option
 
 def add_eval(subparsers) -> None:
     p = add_command(subparsers, "eval", _eval, "evaluate a trained run or a model folder again",
-                    "Evaluate the run in RUN_DIR again with its own settings and final weights (writes eval.json "
-                    "there), or a model folder written by 'stitchkit export' on the data its run was evaluated on "
-                    "(key=value overrides such as data.root=DIR point it elsewhere); prints the record.")
+                    "Evaluate the run in RUN_DIR again with its own settings and latest weights: a finished run's "
+                    "final ones, an unfinished run's last checkpoint (said on stderr, and recorded as run_status and "
+                    "step of total_steps; predict and export take finished runs only). Writes eval.json there. Or "
+                    "evaluate a model folder written by 'stitchkit export' on the data its run was evaluated on "
+                    "(key=value overrides such as data.root=DIR point it elsewhere). Prints the record.")
     p.add_argument("run_dir", metavar="RUN_DIR_OR_MODEL_DIR",
                    help="a run folder written by 'stitchkit train' or a sweep, or a model folder")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="for a model folder: data settings, e.g. "

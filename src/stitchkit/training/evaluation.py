@@ -5,6 +5,7 @@ model's own preprocessing, so stitched and original numbers come from one pipeli
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -39,7 +40,8 @@ def _evaluate_splits(model, splits, config: Config) -> dict[str, float]:
 
 def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | None = None) -> dict:
     """Rebuild a run's model from its ``config.yaml`` and weights (:mod:`stitchkit.training.trained`) and evaluate it
-    again.
+    again: a finished run's final weights, an unfinished (interrupted or failed) run's last checkpoint, said on
+    stderr and in the record (``run_status``, ``step`` of ``total_steps``).
 
     Writes ``eval.json`` next to the run's ``result.json`` and returns it.
     """
@@ -47,7 +49,16 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | 
     run, config = trained.run, trained.config
     splits = build_splits(config.data, preprocessing(config.model.pixel_source), config.train.seed, need_train=False)
     model, progress = trained.model(len(splits.classes))
-    record = {"run_dir": str(run.path), "step": progress.step, **_evaluate_splits(model, splits, config)}
+    if not progress.finished:
+        # Measuring a run mid-way is useful (is it learning?), so it is evaluated, but never mistaken for the
+        # run's result: said here, and recorded in eval.json.
+        of = f" of {progress.total_steps}" if progress.total_steps else ""
+        how = ("continue the run with `stitchkit train ... --resume`" if progress.run_status == "interrupted"
+               else "result.json says why it failed")
+        print(f"note: the run in {str(run_dir)!r} is {progress.run_status}, not finished: evaluating its last "
+              f"checkpoint, step {progress.step}{of} ({how})", file=sys.stderr)
+    record = {"run_dir": str(run.path), "run_status": progress.run_status, "step": progress.step,
+              "total_steps": progress.total_steps, **_evaluate_splits(model, splits, config)}
     run.remove_leftovers()  # a temporary eval.json of an evaluation killed before
     atomic_write_json(run.evaluation, record)
     return record

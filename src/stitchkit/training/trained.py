@@ -26,10 +26,16 @@ from .runtime import cuda_missing, resolve_device
 
 @dataclass
 class Progress:
-    """How far the run had trained when its weights were saved."""
+    """How far the run had trained when its weights were saved: ``step`` of ``total_steps`` (None: a checkpoint
+    written before checkpoints said it), and the run's state (:meth:`RunDir.state`)."""
 
     step: int
-    finished: bool
+    total_steps: int | None
+    run_status: str
+
+    @property
+    def finished(self) -> bool:
+        return self.run_status == "finished"
 
 
 @dataclass
@@ -37,10 +43,6 @@ class TrainedRun:
     run: RunDir
     config: Config  # as saved, with its files located and this process's device and workers
     digests: tuple[str, ...]  # what its checkpoint must carry: of the settings as saved
-
-    @property
-    def finished(self) -> bool:
-        return self.run.state() == "finished"
 
     def model(self, num_classes: int) -> tuple[nn.Module, Progress]:
         """The run's network with its trained weights, on the run's device, in eval mode."""
@@ -51,10 +53,12 @@ class TrainedRun:
             state = load_checkpoint(run.last_checkpoint, self.digests)
             load_trainable_state(model, state["model"])
             step = state["counters"]["step"]
-            progress = Progress(step, self.finished)
+            finished_steps = (run.read_result() or {}).get("steps") if run.state() == "finished" else None
+            progress = Progress(step, state.get("total_steps", finished_steps), run.state())
         else:  # a finished run (read_run checked): its checkpoints were deleted, its trained weights were not
             _load_saved_weights(model, run)
-            progress = Progress((run.read_result() or {}).get("steps"), True)
+            steps = (run.read_result() or {}).get("steps")
+            progress = Progress(steps, steps, "finished")
         return model.to(resolve_device(config.train.device)).eval(), progress
 
 
@@ -90,8 +94,9 @@ def load_trained(run_dir: str | Path, device: str | None = None, workers: int | 
     trained = read_run(run_dir, device, workers)
     num_classes = (trained.run.read_result() or {}).get("classes")
     if num_classes is None:
-        raise StitchkitError(f"the run in {str(run_dir)!r} has no result.json saying how many classes it "
-                             "predicts; finish it (train --resume) first")
+        raise StitchkitError(f"the run in {str(run_dir)!r} is not finished (no result.json saying how many classes it "
+                             "predicts); finish it with `stitchkit train ... --resume` (`stitchkit eval` measures its "
+                             "last checkpoint meanwhile)")
     return (trained.run, trained.config, *trained.model(num_classes))
 
 
@@ -127,5 +132,6 @@ def _load_saved_weights(model: nn.Module, run: RunDir) -> None:
         else:
             model.load_state_dict(saved)
     except (KeyError, TypeError, RuntimeError) as err:
-        raise StitchkitError(f"{str(path)!r} does not fit the run's model ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0]}); train the run again (stitchkit train ... --overwrite)") from None
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise StitchkitError(f"{str(path)!r} does not fit the run's model ({first_line}); train the run again "
+                             "(stitchkit train ... --overwrite)") from None
