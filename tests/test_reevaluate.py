@@ -127,3 +127,48 @@ def test_an_interrupted_run_evaluates_its_last_checkpoint_and_says_so(tmp_path, 
         assert main(command) == 2
         assert "finish it" in _one_line_error(capsys)
     assert not (tmp_path / "x").exists()
+
+
+def _image_folder(root, splits=("train", "val"), classes=("ant", "bee")):
+    """Tiny PNGs, a colour per class, in ``root/<split>/<class>/``."""
+    from PIL import Image
+
+    for split in splits:
+        for label, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (36, 36), (120 * label, 40 * i, 90)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_a_run_finds_its_relative_data_as_its_weights_and_takes_data_root_where_it_moved(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """A run trained with a relative data.root could not be evaluated from another directory or once its data had
+    moved: eval said "data folder 'data/val' does not exist; set data.root ..." and refused data.root=... ("key=value
+    settings apply to a model folder")."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    _image_folder(work / "data")
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)  # settings name the data relative to here, as users type them
+    folder = [*TINY, "data.name=imagefolder", "data.root=data", "optim.batch_size=4", "train.batch_size=4",
+              "mode=scratch", "model.src=resnet10t", "model.num_classes=2"]
+    assert main(["train", *folder, "output.dir=runs/run"]) == 0
+    top1 = json.loads(capsys.readouterr().out)["top1"]
+    monkeypatch.chdir(elsewhere)
+    assert main(["eval", str(work / "runs" / "run")]) == 0  # by the absolute path it recorded
+    assert json.loads(capsys.readouterr().out)["top1"] == top1
+    shutil.move(work, tmp_path / "moved")  # the runs and the data together
+    run = tmp_path / "moved" / "runs" / "run"
+    assert main(["eval", str(run)]) == 0  # relative to the run
+    record = json.loads(capsys.readouterr().out)
+    assert record["top1"] == top1 and record["data_root"] == str(run / ".." / ".." / "data")
+    shutil.move(tmp_path / "moved" / "data", tmp_path / "data-now")  # the data alone
+    assert main(["eval", str(run)]) == 2
+    assert (f"the data of the run in '{run}' is not found (data.root: tried 'data', '{work / 'data'}', "
+            f"'{run / '..' / '..' / 'data'}'); name its folder: stitchkit eval {run} data.root=DIR"
+            ) in _one_line_error(capsys)
+    assert main(["eval", str(run), f"data.root={tmp_path / 'data-now'}"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == top1
+    assert main(["eval", str(run), f"data.root={tmp_path / 'data-now'}", "data.input_size=64"]) == 2
+    assert ("'data.input_size=64': a run is evaluated with its own settings; only where its data is may change "
+            "(data.root=...)") in _one_line_error(capsys)

@@ -12,28 +12,28 @@ def add_eval(subparsers) -> None:
                     "final ones, an unfinished run's last checkpoint (said on stderr, and recorded as run_status and "
                     "step of total_steps; predict and export take finished runs only). Writes eval.json there. Or "
                     "evaluate a model folder written by 'stitchkit export' on the data its run was evaluated on "
-                    "(key=value overrides such as data.root=DIR point it elsewhere). Prints the record.")
+                    "(key=value overrides such as data.root=DIR point it elsewhere). A run takes data.root=DIR "
+                    "alone, where its data moved. Prints the record.")
     p.add_argument("run_dir", metavar="RUN_DIR_OR_MODEL_DIR",
                    help="a run folder written by 'stitchkit train' or a sweep, or a model folder")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="for a model folder: data settings, e.g. "
-                                                                     "data.root=/data/val-copy")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="for a model folder: data settings, e.g. data.root=/data/val-copy; for a run: where its data "
+                        "is now (data.root=DIR; by default the run's own, found as given, where the run recorded it, "
+                        "or relative to the run)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the run's own setting, the CPU "
                                                  "where it names CUDA and none is visible; a model folder: auto)")
     p.add_argument("--workers", type=int, default=None, help="data-loader workers (default: the run's own)")
 
 
 def _eval(args) -> int:
-    from ..errors import StitchkitError
     from ..pretrained import is_model_folder
     from ..training import evaluate_folder, evaluate_run
 
     check_device_option(args.device)
     if is_model_folder(args.run_dir):
         record = evaluate_folder(args.run_dir, args.overrides, device=args.device, workers=args.workers)
-    elif args.overrides:
-        raise StitchkitError("key=value settings apply to a model folder; a run is evaluated with its own settings")
     else:
-        record = evaluate_run(args.run_dir, device=args.device, workers=args.workers)
+        record = evaluate_run(args.run_dir, device=args.device, workers=args.workers, locations=args.overrides)
     print(json.dumps(record, indent=2))
     return 0
 

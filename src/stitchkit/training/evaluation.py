@@ -38,14 +38,16 @@ def _evaluate_splits(model, splits, config: Config) -> dict[str, float]:
             for split, loader in loaders.items() for k, v in evaluate(model, loader, runtime).items()}
 
 
-def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | None = None) -> dict:
+def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | None = None,
+                 locations: Sequence[str] = ()) -> dict:
     """Rebuild a run's model from its ``config.yaml`` and weights (:mod:`stitchkit.training.trained`) and evaluate it
     again: a finished run's final weights, an unfinished (interrupted or failed) run's last checkpoint, said on
-    stderr and in the record (``run_status``, ``step`` of ``total_steps``).
+    stderr and in the record (``run_status``, ``step`` of ``total_steps``). ``locations``: ``data.root=DIR``
+    where the run's data is now (the record says which folder it read: ``data_root``).
 
     Writes ``eval.json`` next to the run's ``result.json`` and returns it.
     """
-    trained = read_run(run_dir, device, workers)
+    trained = read_run(run_dir, device, workers, locations)
     run, config = trained.run, trained.config
     splits = build_splits(config.data, preprocessing(config.model.pixel_source), config.train.seed, need_train=False)
     model, progress = trained.model(len(splits.classes))
@@ -58,7 +60,8 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | 
         print(f"note: the run in {str(run_dir)!r} is {progress.run_status}, not finished: evaluating its last "
               f"checkpoint, step {progress.step}{of} ({how})", file=sys.stderr)
     record = {"run_dir": str(run.path), "run_status": progress.run_status, "step": progress.step,
-              "total_steps": progress.total_steps, **_evaluate_splits(model, splits, config)}
+              "total_steps": progress.total_steps, "data_root": config.data.root,
+              **_evaluate_splits(model, splits, config)}
     run.remove_leftovers()  # a temporary eval.json of an evaluation killed before
     atomic_write_json(run.evaluation, record)
     return record

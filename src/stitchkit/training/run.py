@@ -155,7 +155,7 @@ class Run:
                 raise StitchkitError(f"cannot write to output directory {str(run.path)!r} ({err.strerror}); fix its "
                                      "permissions or free space, or choose another output.dir") from None
             if not self.resume:
-                run.record_sources(self.config.model.checkpoint_files())
+                run.record_sources({**self.config.model.checkpoint_files(), "data.root": self.config.data.root})
                 atomic_write_text(run.config, self.config_yaml)
             else:
                 # Killed after its last step but before result.json: the final evaluation at this step runs again.

@@ -1,7 +1,7 @@
 """A trained run's model found again, wherever the run is now: for ``stitchkit eval``, ``predict`` and ``export``.
 
-What it is built from: the run's ``config.yaml`` (the settings as saved; the weight files they name found from any
-directory, :meth:`RunDir.locate`), and its weights: the last checkpoint (``checkpoints/last.pt``, verified against
+What it is built from: the run's ``config.yaml`` (the settings as saved; the weight files and data folder they name
+found from any directory, :meth:`RunDir.candidates`; ``data.root=DIR`` where the data moved), and its weights: the last checkpoint (``checkpoints/last.pt``, verified against
 the settings' digest), or, for a finished run whose checkpoints were deleted, the trained weights it saved at the end
 (``adapters.pt`` or ``model.pt``: the same weights as its last checkpoint).
 """
@@ -10,18 +10,20 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from ..errors import StitchkitError
-from ..rundir import RunDir
+from ..rundir import RunDir, tried
 from ..stitching import StitchedModel
 from .checkpoint import load_checkpoint
-from .config import Config, from_yaml_file
+from .config import Config, from_yaml_file, load_config
 from .identity import accepted_digests
 from .modes import build_model, load_trainable_state
 from .runtime import cuda_missing, resolve_device
+from .settings import keys_of_kind
 
 
 @dataclass
@@ -62,12 +64,18 @@ class TrainedRun:
         return model.to(resolve_device(config.train.device)).eval(), progress
 
 
-def read_run(run_dir: str | Path, device: str | None = None, workers: int | None = None) -> TrainedRun:
-    """The run in ``run_dir`` with its settings, refusing one that has no weights to evaluate."""
+def read_run(run_dir: str | Path, device: str | None = None, workers: int | None = None,
+             locations: Sequence[str] = ()) -> TrainedRun:
+    """The run in ``run_dir`` with its settings, refusing one that has no weights to evaluate. ``locations``:
+    ``key=value`` location settings (``data.root=DIR``: where its data is now), the only ones that may change."""
     run = RunDir(run_dir)
     if not run.config.is_file():
         raise StitchkitError(f"{str(run_dir)!r} is not a run directory (no config.yaml); pass the output.dir of a run")
+    _check_locations(locations)
     config = from_yaml_file(run.config)
+    digests = accepted_digests(config)  # of the settings as saved: before locations change and paths are located
+    if locations:
+        config = load_config(run.config, locations)
     if device is not None:
         config.train.device = device
     elif cuda_missing(config.train.device):
@@ -79,13 +87,34 @@ def read_run(run_dir: str | Path, device: str | None = None, workers: int | None
     if workers is not None:
         config.train.workers = workers
     _check_weights(run, str(run_dir))
-    digests = accepted_digests(config)  # before the paths are located
     located = {key: str(run.locate(key, given)) if given else None  # from any directory, in a moved runs tree
                for key, given in config.model.checkpoint_files().items()}
     src = [v for k, v in located.items() if k.startswith("model.src_checkpoint")]
     config.model.src_checkpoint = src if isinstance(config.model.src_checkpoint, (list, tuple)) else src[0]
     config.model.dst_checkpoint = located["model.dst_checkpoint"]
+    if config.data.root and not any(item.startswith("data.root=") for item in locations):
+        config.data.root = str(_locate_data(run, config.data.root))
     return TrainedRun(run, config, digests)
+
+
+def _check_locations(locations: Sequence[str]) -> None:
+    """Refuse any setting but a location: a run is evaluated with the settings it trained with."""
+    allowed = sorted(keys_of_kind("location"))
+    for item in locations:
+        if item.partition("=")[0].strip() not in allowed:
+            raise StitchkitError(f"{item!r}: a run is evaluated with its own settings; only where its data is may "
+                                 f"change ({', '.join(f'{key}=...' for key in allowed)})")
+
+
+def _locate_data(run: RunDir, given: str) -> Path:
+    """The run's data folder, found as its weight files are (:meth:`RunDir.candidates`): ``data.root`` as given from
+    here, else where the run recorded it (absolute, then relative to the run)."""
+    candidates = run.candidates("data.root", given)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise StitchkitError(f"the data of the run in {str(run.path)!r} is not found (data.root: tried "
+                         f"{tried(candidates)}); name its folder: stitchkit eval {run.path} data.root=DIR")
 
 
 def load_trained(run_dir: str | Path, device: str | None = None, workers: int | None = None):
