@@ -1,12 +1,13 @@
-"""`stitchkit eval RUN_DIR` (and predict, export) of runs as they are found later: copied to a machine without a GPU,
-with their checkpoints deleted, interrupted, their data moved; every refusal one line naming a fix the command
-takes."""
+"""`stitchkit eval` (and predict, export) of runs and their exported folders as they are found later: copied to a
+machine without a GPU, with their checkpoints deleted, interrupted, their data moved or named again; every refusal
+one line naming a fix the command takes."""
 import json
 import shutil
 
 import pytest
 
 from stitchkit.cli import main
+from stitchkit.errors import StitchkitError
 from stitchkit.training import load_config, train
 
 TINY = ["data.name=synthetic", "data.input_size=32", "data.synthetic_train_size=64", "data.synthetic_val_size=32",
@@ -172,3 +173,39 @@ def test_a_run_finds_its_relative_data_as_its_weights_and_takes_data_root_where_
     assert main(["eval", str(run), f"data.root={tmp_path / 'data-now'}", "data.input_size=64"]) == 2
     assert ("'data.input_size=64': a run is evaluated with its own settings; only where its data is may change "
             "(data.root=...)") in _one_line_error(capsys)
+
+
+@pytest.fixture(scope="module")
+def image_export(tmp_path_factory):
+    """A run on an image folder (classes ant, bee), exported: the folder records the data as an image folder but
+    not its path."""
+    root = tmp_path_factory.mktemp("image-export")
+    data = _image_folder(root / "data")
+    result = train(load_config(None, [*TINY, "data.name=imagefolder", f"data.root={data}", "optim.batch_size=4",
+                                      "train.batch_size=4", "mode=scratch", "model.src=resnet10t",
+                                      "model.num_classes=2", f"output.dir={root / 'run'}"]))
+    assert main(["export", str(root / "run"), "--out", str(root / "exported"), "--format", "safetensors"]) == 0
+    return root / "exported", data, result
+
+
+def test_an_exported_image_folder_run_evaluates_on_a_val_folder_named_again(image_export, tmp_path, capsys):
+    """README's `stitchkit eval exported/my-stitch` said "data.name=imagefolder needs data.root, a folder with
+    train/<class>/ and val/<class>/" for an image-folder run: the folder keeps no path, and evaluation needs val/
+    alone."""
+    from stitchkit.training.data import build_splits, raw_sources
+    from stitchkit.zoo.metadata import preprocessing
+
+    exported, data, result = image_export
+    capsys.readouterr()
+    assert main(["eval", str(exported)]) == 2
+    assert (f"the model in '{exported}' was evaluated on an image folder, whose path a model folder does not keep; "
+            f"name it: stitchkit eval {exported} data.root=DIR (a folder with val/<class>/ inside)"
+            ) in _one_line_error(capsys)
+    shutil.copytree(data / "val", tmp_path / "val-only" / "val")
+    assert main(["eval", str(exported), f"data.root={tmp_path / 'val-only'}"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == result["top1"]
+    no_root = load_config(None, ["data.name=imagefolder"]).data
+    with pytest.raises(StitchkitError, match=r"needs data.root, a folder with val/<class>/$"):
+        build_splits(no_root, preprocessing("resnet10t"), 0, need_train=False)
+    with pytest.raises(StitchkitError, match=r"needs data.root, a folder with train/<class>/ and val/<class>/$"):
+        raw_sources(no_root)

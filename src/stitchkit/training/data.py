@@ -316,7 +316,8 @@ def _whole_sources(data: DataConfig, splits: tuple[str, ...]) -> dict[str, objec
         return {split: ArraySource(_read_idx(folder / images), _read_idx(folder / labels), FASHION_MNIST_CLASSES)
                 for split, (images, labels) in FASHION_MNIST_FILES.items() if split in splits}
     if not data.root:
-        raise StitchkitError("data.name=imagefolder needs data.root, a folder with train/<class>/ and val/<class>/")
+        needed = "train/<class>/ and val/<class>/" if "train" in splits else "val/<class>/"  # evaluation: val alone
+        raise StitchkitError(f"data.name=imagefolder needs data.root, a folder with {needed}")
     root = Path(data.root).expanduser()
     if "train" not in splits:
         # The val folder's own class folders, sorted: the class list (and label order) a whole folder gives too,

@@ -72,7 +72,7 @@ def evaluate_folder(folder: str | Path, overrides: Sequence[str] = (), device: s
     """Evaluate a model folder (``stitchkit export``, ``save_pretrained``) on the data its run was evaluated on
     (recorded in its config.json), or on ``data.*`` ``overrides`` (e.g. ``data.root=...`` on another machine);
     with its own preprocessing. Returns the record (nothing is written into the folder)."""
-    folder = local_folder(folder)
+    given, folder = folder, local_folder(folder)
     described = read_model_config(folder)
     recorded = described.get("evaluation") or {}
     layer = {"mode": "scratch", "model": {"src": "resnet18"}}  # validated, never built: the folder holds the model
@@ -86,6 +86,11 @@ def evaluate_folder(folder: str | Path, overrides: Sequence[str] = (), device: s
     config = load_config(None, [*overrides, *([f"train.device={device}"] if device else []),
                                 *([f"train.workers={workers}"] if workers is not None else [])],
                          layers=[(f"{str(folder)}/config.json", layer)])
+    if config.data.name == "imagefolder" and not config.data.root:
+        # Export keeps no path of the machine that wrote it, so an image folder is named again wherever it is.
+        raise StitchkitError(f"the model in {str(given)!r} was evaluated on an image folder, whose path a model folder "
+                             f"does not keep; name it: stitchkit eval {given} data.root=DIR (a folder with "
+                             "val/<class>/ inside)")
     prep = described["preprocessing"]
     if config.data.input_size != prep["input_size"][-1]:
         raise StitchkitError(f"the model in {str(folder)!r} is built for {prep['input_size'][-1]} px images; "
