@@ -209,3 +209,34 @@ def test_an_exported_image_folder_run_evaluates_on_a_val_folder_named_again(imag
         build_splits(no_root, preprocessing("resnet10t"), 0, need_train=False)
     with pytest.raises(StitchkitError, match=r"needs data.root, a folder with train/<class>/ and val/<class>/$"):
         raw_sources(no_root)
+
+
+def test_data_with_other_class_names_is_refused_and_the_same_names_are_matched_by_name(image_export, tmp_path,
+                                                                                        capsys):
+    """A val folder with as many classes as the model but other names scored top-1 0.0 without a word, though
+    config.json and result.json record the class names: refused, naming the first differing names; the same names
+    in another order are matched by name."""
+    import stitchkit
+
+    exported, data, result = image_export
+    _image_folder(tmp_path / "other", splits=("val",), classes=("ant", "cat"))
+    run = exported.parent / "run"
+    for target, model in ((exported, f"the model in '{exported / 'model'}'"), (run, f"the run in '{run}'")):
+        assert main(["eval", str(target), f"data.root={tmp_path / 'other'}"]) == 2
+        assert (f"{model} predicts other classes than the data has (the model's 'bee' not in the data; the data's "
+                "'cat' not the model's); evaluate it on the data it was trained for") in _one_line_error(capsys)
+    # The same model with its classes in the other order (its head's rows swapped): matched by name, same top-1.
+    model = stitchkit.load_pretrained(exported)
+    head = model.get_classifier()
+    head.weight.data, head.bias.data = head.weight.data.flip(0), head.bias.data.flip(0)
+    stitchkit.save_pretrained(model, tmp_path / "reordered", class_names=["bee", "ant"])
+    assert main(["eval", str(tmp_path / "reordered"), f"data.root={data}"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == result["top1"]
+    from stitchkit.training.data import ImageFolderSource, in_class_order
+
+    val = ImageFolderSource(data / "val")
+    relabelled = in_class_order(val, ["bee", "ant"])
+    assert relabelled.classes == ["bee", "ant"] and len(relabelled) == len(val)
+    for i, j in enumerate(relabelled.indices):  # every image keeps its class name, under the model's numbers
+        assert relabelled.classes[relabelled.label(i)] == val.classes[val.label(j)]
+        assert relabelled.label(i) != val.label(j)

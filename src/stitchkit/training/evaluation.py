@@ -49,7 +49,10 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | 
     """
     trained = read_run(run_dir, device, workers, locations)
     run, config = trained.run, trained.config
-    splits = build_splits(config.data, preprocessing(config.model.pixel_source), config.train.seed, need_train=False)
+    names = (run.read_result() or {}).get("class_names")  # None: an unfinished run, which has not said yet
+    splits = build_splits(config.data, preprocessing(config.model.pixel_source), config.train.seed, need_train=False,
+                          class_order=names)
+    check_classes(f"the run in {str(run_dir)!r}", names, len(names) if names else None, splits.classes)
     model, progress = trained.model(len(splits.classes))
     if not progress.finished:
         # Measuring a run mid-way is useful (is it learning?), so it is evaluated, but never mistaken for the
@@ -95,16 +98,41 @@ def evaluate_folder(folder: str | Path, overrides: Sequence[str] = (), device: s
     if config.data.input_size != prep["input_size"][-1]:
         raise StitchkitError(f"the model in {str(folder)!r} is built for {prep['input_size'][-1]} px images; "
                              f"remove data.input_size={config.data.input_size}")
+    names = described.get("class_names")
     splits = build_splits(config.data, Preprocessing(tuple(prep["mean"]), tuple(prep["std"]), prep["interpolation"],
-                                                     prep["crop_pct"]), config.train.seed, need_train=False)
+                                                     prep["crop_pct"]), config.train.seed, need_train=False,
+                          class_order=names)
     model = load_described(Path(folder), described, device=resolve_device(config.train.device))
     classes = model.pretrained_cfg.get("num_classes")
     if classes == 0:
         raise no_classifier(folder, "be evaluated")
-    if classes is not None and classes != len(splits.classes):
-        raise StitchkitError(f"the model in {str(folder)!r} predicts {classes} classes but the data has "
-                             f"{len(splits.classes)}; evaluate it on the data it was trained for")
+    check_classes(f"the model in {str(folder)!r}", names if names and len(names) == classes else None, classes,
+                  splits.classes)
     return {"model_dir": str(Path(folder)), "dataset": config.data.name, **_evaluate_splits(model, splits, config)}
+
+
+def check_classes(model: str, names: Sequence[str] | None, count: int | None, data_classes: Sequence[str]) -> None:
+    """Refuse data whose classes are not the ones ``model`` predicts: by name where it records them (``names``; the
+    same names in another order were matched by name already: :func:`~.data.in_class_order`), else by ``count``.
+    Scored against other classes, top-1 would be near 0 and say nothing."""
+    data_classes = list(data_classes)
+    if names is not None and list(names) != data_classes:
+        absent = [name for name in names if name not in data_classes]
+        foreign = [name for name in data_classes if name not in names]
+        differences = "; ".join(part for part in (
+            absent and f"the model's {_first(absent)} not in the data",
+            foreign and f"the data's {_first(foreign)} not the model's") if part)
+        size = (f"predicts {len(names)} classes but the data has {len(data_classes)}" if len(names) != len(data_classes)
+                else "predicts other classes than the data has")
+        raise StitchkitError(f"{model} {size} ({differences}); evaluate it on the data it was trained for")
+    if names is None and count is not None and count != len(data_classes):
+        raise StitchkitError(f"{model} predicts {count} classes but the data has {len(data_classes)}; evaluate it on "
+                             "the data it was trained for")
+
+
+def _first(names: Sequence[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(repr(name) for name in names[:shown]) + more
 
 
 def _check_result_folder(out_dir: str | Path, overwrite: bool) -> None:
