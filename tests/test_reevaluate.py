@@ -221,10 +221,10 @@ def test_data_with_other_class_names_is_refused_and_the_same_names_are_matched_b
     exported, data, result = image_export
     _image_folder(tmp_path / "other", splits=("val",), classes=("ant", "cat"))
     run = exported.parent / "run"
-    for target, model in ((exported, f"the model in '{exported / 'model'}'"), (run, f"the run in '{run}'")):
+    for target, model in ((exported, f"the model in '{exported}'"), (run, f"the run in '{run}'")):
         assert main(["eval", str(target), f"data.root={tmp_path / 'other'}"]) == 2
-        assert (f"{model} predicts other classes than the data has (the model's 'bee' not in the data; the data's "
-                "'cat' not the model's); evaluate it on the data it was trained for") in _one_line_error(capsys)
+        assert (f"{model} predicts other classes than the data has (its 'bee' not in the data; the data's 'cat' not "
+                "among its); evaluate it on the data it was trained for") in _one_line_error(capsys)
     # The same model with its classes in the other order (its head's rows swapped): matched by name, same top-1.
     model = stitchkit.load_pretrained(exported)
     head = model.get_classifier()

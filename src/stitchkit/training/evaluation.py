@@ -106,7 +106,7 @@ def evaluate_folder(folder: str | Path, overrides: Sequence[str] = (), device: s
     classes = model.pretrained_cfg.get("num_classes")
     if classes == 0:
         raise no_classifier(folder, "be evaluated")
-    check_classes(f"the model in {str(folder)!r}", names if names and len(names) == classes else None, classes,
+    check_classes(f"the model in {str(given)!r}", names if names and len(names) == classes else None, classes,
                   splits.classes)
     return {"model_dir": str(Path(folder)), "dataset": config.data.name, **_evaluate_splits(model, splits, config)}
 
@@ -120,8 +120,8 @@ def check_classes(model: str, names: Sequence[str] | None, count: int | None, da
         absent = [name for name in names if name not in data_classes]
         foreign = [name for name in data_classes if name not in names]
         differences = "; ".join(part for part in (
-            absent and f"the model's {_first(absent)} not in the data",
-            foreign and f"the data's {_first(foreign)} not the model's") if part)
+            absent and f"its {_first(absent)} not in the data",
+            foreign and f"the data's {_first(foreign)} not among its") if part)
         size = (f"predicts {len(names)} classes but the data has {len(data_classes)}" if len(names) != len(data_classes)
                 else "predicts other classes than the data has")
         raise StitchkitError(f"{model} {size} ({differences}); evaluate it on the data it was trained for")
