@@ -1,9 +1,10 @@
 """A trained run's model found again, wherever the run is now: for ``stitchkit eval``, ``predict`` and ``export``.
 
 What it is built from: the run's ``config.yaml`` (the settings as saved; the weight files and data folder they name
-found from any directory, :meth:`RunDir.candidates`; ``data.root=DIR`` where the data moved), and its weights: the last checkpoint (``checkpoints/last.pt``, verified against
-the settings' digest), or, for a finished run whose checkpoints were deleted, the trained weights it saved at the end
-(``adapters.pt`` or ``model.pt``: the same weights as its last checkpoint).
+found from any directory, :meth:`RunDir.candidates`; ``data.root=DIR`` where the data moved), and its weights: the
+last checkpoint (``checkpoints/last.pt``, verified against the settings' digest), or, for a finished run whose
+checkpoints were deleted, the trained weights it saved at the end (``adapters.pt`` or ``model.pt``: the same weights
+as its last checkpoint).
 """
 from __future__ import annotations
 
