@@ -6,7 +6,7 @@ import torch
 
 from stitchkit.cli import main
 from stitchkit.training import load_config, train
-from stitchkit.training.evaluation import load_trained
+from stitchkit.training.trained import load_trained
 
 TINY = ["data.name=synthetic", "data.input_size=32", "data.synthetic_train_size=64", "data.synthetic_val_size=32",
         "optim.batch_size=32", "train.batch_size=16", "train.workers=0", "train.threads=1", "model.pretrained=false",

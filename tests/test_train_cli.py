@@ -63,6 +63,61 @@ def test_train_eval_and_eval_model_commands(tmp_path, capsys):
     assert json.loads((out / "result.json").read_text())["gmacs"] > 0
 
 
+def test_eval_model_replaces_a_result_only_with_overwrite_and_never_a_training_runs(tmp_path, capsys):
+    """eval-model --out DIR wrote over any result.json there, a finished training run's included (whose export then
+    failed: the class list was gone)."""
+    import torch
+
+    from stitchkit import create_model
+
+    torch.save(create_model("resnet10t", num_classes=10).state_dict(), tmp_path / "weights.pt")
+    measure = ["eval-model", "resnet10t", "--data", "synthetic", "--input-size", "32", "--workers", "0",
+               "--checkpoint", str(tmp_path / "weights.pt"), "--set", "data.synthetic_val_size=16"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("mode: scratch\n")
+    (run / "result.json").write_text('{"status": "finished", "class_names": ["a"]}')
+    for extra in ([], ["--overwrite"]):
+        assert main([*measure, "--out", str(run), *extra]) == 2
+        assert "is a training run's folder (config.yaml)" in capsys.readouterr().err
+    assert json.loads((run / "result.json").read_text())["class_names"] == ["a"]
+    out = tmp_path / "measured"
+    assert main([*measure, "--out", str(out)]) == 0
+    (out / "result.json").write_text('{"mine": true}')
+    assert main([*measure, "--out", str(out)]) == 2
+    assert "already holds a result.json; pass --overwrite to replace it" in capsys.readouterr().err
+    assert json.loads((out / "result.json").read_text()) == {"mine": True}
+    assert main([*measure, "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "result.json").read_text())["mode"] == "eval"
+
+
+def test_eval_model_sends_trained_folders_and_adapter_files_to_eval(tmp_path, capsys):
+    """A run folder or model folder as MODEL or --checkpoint, or a stitch's adapters.pt, is `stitchkit eval`'s to
+    evaluate (the messages were "unknown model ...; 1460 choices exist", "checkpoint file ... does not exist" for an
+    existing folder, "does not hold a state dict of tensors")."""
+    import stitchkit
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("mode: stitch\n")
+    stitchkit.create_stitched("resnet10t", "resnet10t", (1, 3), input_size=32).save_adapters(run / "adapters.pt")
+    stitchkit.save_pretrained(stitchkit.create_model("resnet10t", num_classes=3), tmp_path / "folder", input_size=32)
+    measure = ["eval-model", "--data", "synthetic", "--input-size", "32", "--workers", "0"]
+    cases = [
+        ([str(tmp_path / "folder")], f"MODEL '{tmp_path / 'folder'}' is a model folder, not a model name; evaluate "
+                                     f"it with `stitchkit eval {tmp_path / 'folder'}`"),
+        (["resnet10t", "--checkpoint", str(run)], f"--checkpoint '{run}' is a training run's folder, not a weights "
+                                                  f"file; evaluate it with `stitchkit eval {run}`"),
+        (["resnet10t", "--checkpoint", str(tmp_path)], f"checkpoint '{tmp_path}' is a folder, not a weights file"),
+        (["resnet10t", "--checkpoint", str(run / "adapters.pt")],
+         f"holds a stitch's adapters, not a model's weights; evaluate the stitch with `stitchkit eval {run}`"),
+    ]
+    for argv, message in cases:
+        assert main([*measure, *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
 def test_train_command_errors(tmp_path, capsys):
     assert main(["train", "model.gapp=1:3"]) == 2
     assert "did you mean model.gap" in capsys.readouterr().err

@@ -74,8 +74,8 @@ def test_scratch_run_writes_a_self_describing_run_dir(tmp_path):
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["counters"]["step"] == 8
     assert set(state) == {"format", "config_digest", "model", "optimizer", "scheduler", "scaler", "counters",
-                          "epoch_loss", "log_loss", "rng", "world_size"}  # one process: no "per_rank" table
-    assert state["world_size"] == 1
+                          "epoch_loss", "log_loss", "rng", "world_size", "total_steps"}  # one process: no "per_rank"
+    assert state["world_size"] == 1 and state["total_steps"] == 8
     assert set(torch.load(run / "model.pt", weights_only=True)) == set(stitchkit.create_model("resnet10t").state_dict())
 
 

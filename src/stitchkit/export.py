@@ -39,7 +39,7 @@ from .modelfolder import WHOLE_MODEL
 from .pretrained import folder_or_run, load_described
 from .rundir import RunDir
 from .temps import make_temp_dir, remove_own_temps
-from .training.evaluation import load_trained
+from .training.trained import load_trained
 from .summary import model_macs
 from .training.modes import mode_for
 from .zoo.metadata import ModelName, preprocessing

@@ -19,7 +19,7 @@ from .errors import StitchkitError
 from .modelfolder import no_classifier
 from .pretrained import folder_or_run, load_pretrained
 from .training.data import IMAGE_EXTENSIONS, build_transforms, eval_transform
-from .training.evaluation import load_trained
+from .training.trained import load_trained
 from .training.runtime import resolve_device
 from .zoo.metadata import preprocessing
 

@@ -56,7 +56,7 @@ class RunDir:
     attempts = property(lambda self: self.path / "attempts.log")  # sweep cells: one line per start and end
     lock = property(lambda self: self.path / ".lock")  # sweep cells: flock while a process runs it
     cell_config = property(lambda self: self.path / "cell-config.yaml")  # torchrun cells: the settings handed over
-    sources = property(lambda self: self.path / "sources.json")  # where the weight files the settings name are
+    sources = property(lambda self: self.path / "sources.json")  # where the weight files and data the settings name are
 
     # --- the state ----------------------------------------------------------------------------------------------
 
@@ -129,9 +129,10 @@ class RunDir:
         atomic_write_text(self.metrics, "".join(f"{line}\n" for line in kept))
 
     def record_sources(self, files: dict[str, str | None]) -> None:
-        """Remember where the weight files named by the settings are (``{"model.src_checkpoint": path}``), as given,
-        absolute, and relative to this folder: config.yaml keeps them as given (relative to wherever the run was
-        started), and the run must still find them from another directory or after the runs tree moved."""
+        """Remember where the weight files and the data folder named by the settings are (``{"model.src_checkpoint":
+        path, "data.root": folder}``), as given, absolute, and relative to this folder: config.yaml keeps them as
+        given (relative to wherever the run was started), and the run must still find them from another directory
+        or after the runs tree moved."""
         entries = {}
         for key, given in files.items():
             if given:
@@ -141,20 +142,29 @@ class RunDir:
         atomic_write_text(self.sources, json.dumps(entries, indent=2, sort_keys=True) + "\n")
 
     def locate(self, key: str, given: str) -> Path:
-        """The weight file a setting names: as given if it exists from here, else where :meth:`record_sources` saw
-        it (absolute, then relative to this folder, for a runs tree moved as a whole)."""
+        """The weight file a setting names, found as :meth:`candidates` says."""
+        candidates = self.candidates(key, given)
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        raise StitchkitError(f"{key} of the run in {str(self.path)!r} is not found (tried {tried(candidates)}); put "
+                             "the file back or run from the directory the run was started in")
+
+    def candidates(self, key: str, given: str) -> list[Path]:
+        """Where the file or folder a setting names may be, in order: as given (from here), then where
+        :meth:`record_sources` saw it (absolute, then relative to this folder, for a runs tree moved as a whole)."""
         recorded = (self.read_json("sources.json") or {}).get(key) or {}
         candidates = [Path(given)]
         if recorded.get("absolute"):
             candidates.append(Path(recorded["absolute"]))
         if recorded.get("from_run"):
             candidates.append(self.path / recorded["from_run"])
-        for candidate in candidates:
-            if candidate.is_file():
-                return candidate
-        tried = ", ".join(repr(str(c)) for c in dict.fromkeys(candidates))
-        raise StitchkitError(f"{key} of the run in {str(self.path)!r} is not found (tried {tried}); put the file back "
-                             "or run from the directory the run was started in")
+        return list(dict.fromkeys(candidates))
 
     def read_json(self, name: str) -> Any:
         return read_json(self.path / name)
+
+
+def tried(candidates: list[Path]) -> str:
+    """The places :meth:`RunDir.candidates` gave, for a message."""
+    return ", ".join(repr(str(c)) for c in candidates)

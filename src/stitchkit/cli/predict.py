@@ -5,21 +5,22 @@ import json
 import sys
 
 from ..errors import StitchkitError
-from .common import add_command
+from .common import add_command, available_device
 
 
 def add_parser(subparsers) -> None:
     p = add_command(subparsers, "predict", run, "classify image files with a trained model",
                     "Classify image files (or every image in folders) with a model folder (stitchkit export) or the "
-                    "model of a finished run, preprocessed as its validation images were. Unreadable files are named on stderr and skipped; the exit code is "
-                    "non-zero when no file could be read.")
+                    "model of a finished run, preprocessed as its validation images were. Unreadable files are named "
+                    "on stderr and skipped; the exit code is non-zero when no file could be read.")
     p.add_argument("model", metavar="MODEL_DIR_OR_RUN_DIR",
                    help="a model folder (written by stitchkit export) or the output.dir of a finished run")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and folders of images")
     p.add_argument("--top-k", type=int, default=5, help="classes per image")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the run's own setting; for a model "
-                                                 "folder the GPU when there is one)")
+    p.add_argument("--device", type=available_device, default=None,
+                   help="cpu, cuda or cuda:N (default: the run's own setting, the CPU "
+                        "where it names CUDA and none is visible; for a model folder the GPU when there is one)")
     p.add_argument("--json", action="store_true", help="print JSON instead of one line per image")
 
 

@@ -294,6 +294,15 @@ class ClassSubset:
         return image, self.relabel[label]
 
 
+def in_class_order(source, names: Sequence[str]):
+    """``source`` labelled in the order of ``names`` when it has exactly these classes in another order (a trained
+    model's classes, matched by name); otherwise as it is, for the caller to compare its classes with the model's."""
+    own = list(source.classes)
+    if own == list(names) or sorted(own) != sorted(names):
+        return source
+    return ClassSubset(source, [own.index(name) for name in names])
+
+
 def raw_sources(data: DataConfig, splits: Sequence[str] = ("train", "val")) -> dict[str, object]:
     """``{"train": source, "val": source}`` for the configured dataset, with matching class lists (only
     ``data.classes`` when it is set); ``splits``: only those (``("val",)`` to evaluate: an image folder then needs
@@ -316,7 +325,8 @@ def _whole_sources(data: DataConfig, splits: tuple[str, ...]) -> dict[str, objec
         return {split: ArraySource(_read_idx(folder / images), _read_idx(folder / labels), FASHION_MNIST_CLASSES)
                 for split, (images, labels) in FASHION_MNIST_FILES.items() if split in splits}
     if not data.root:
-        raise StitchkitError("data.name=imagefolder needs data.root, a folder with train/<class>/ and val/<class>/")
+        needed = "train/<class>/ and val/<class>/" if "train" in splits else "val/<class>/"  # evaluation: val alone
+        raise StitchkitError(f"data.name=imagefolder needs data.root, a folder with {needed}")
     root = Path(data.root).expanduser()
     if "train" not in splits:
         # The val folder's own class folders, sorted: the class list (and label order) a whole folder gives too,
@@ -455,12 +465,16 @@ class Splits:
     val_split_images: int | None = None  # the whole validation split, of which data.limit_val draws ``val``
 
 
-def build_splits(data: DataConfig, prep: Preprocessing, seed: int, need_train: bool = True) -> Splits:
+def build_splits(data: DataConfig, prep: Preprocessing, seed: int, need_train: bool = True,
+                 class_order: Sequence[str] | None = None) -> Splits:
     """Train, val and the optional hold-out split (carved from train with ``holdout_seed``, the same for every seed).
     ``need_train=False`` (an evaluation): no train split, and the train images are not looked for unless the
-    hold-out needs them."""
+    hold-out needs them. ``class_order``: the class names a trained model predicts, in its order; data with these
+    classes in another order is labelled in the model's (:func:`in_class_order`)."""
     need_train = need_train or data.holdout_fraction > 0
     sources = raw_sources(data, ("train", "val") if need_train else ("val",))
+    if class_order is not None:
+        sources = {split: in_class_order(source, class_order) for split, source in sources.items()}
     train_source, val_source = sources.get("train"), sources["val"]
     split_rng = np.random.default_rng(data.holdout_seed)
     order = split_rng.permutation(len(train_source) if train_source is not None else 0)

@@ -5,6 +5,7 @@ model's own preprocessing, so stitched and original numbers come from one pipeli
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -16,59 +17,16 @@ from ..zoo.models import create_model, num_outputs
 from . import distributed
 from ..files import atomic_write_json
 from ..rundir import RunDir
-from .checkpoint import load_checkpoint
-from .config import Config, from_yaml_file, load_config
-from .identity import accepted_digests
+from .config import Config, load_config
 from ..modelfolder import local_folder, no_classifier, read_model_config
 from ..pretrained import load_described
 from ..zoo.metadata import Preprocessing, preprocessing
 from .data import build_splits
 
 from .runtime import Runtime, amp_dtype, loader_workers, machine, package_versions, resolve_device
+from .trained import read_run
 from .scoring import evaluate
 from .stream import eval_loaders
-from .modes import build_model, load_trainable_state
-
-
-def _read_run(run_dir: str | Path, device: str | None, workers: int | None):
-    """``(run, config, digests)``: the run's saved settings, with the weight files they name found from any
-    directory (:meth:`RunDir.locate`), and the digests its checkpoint must carry (of the settings as saved)."""
-    run = RunDir(run_dir)
-    if not run.config.is_file():
-        raise StitchkitError(f"{str(run_dir)!r} is not a run directory (no config.yaml); pass the output.dir of a run")
-    config = from_yaml_file(run.config)
-    if device is not None:
-        config.train.device = device
-    if workers is not None:
-        config.train.workers = workers
-    if not run.last_checkpoint.is_file():
-        raise StitchkitError(f"{str(run_dir)!r} has no checkpoints/last.pt: the run never reached a checkpoint")
-    digests = accepted_digests(config)  # before the paths are located
-    located = {key: str(run.locate(key, given)) if given else None  # from any directory, in a moved runs tree
-               for key, given in config.model.checkpoint_files().items()}
-    src = [v for k, v in located.items() if k.startswith("model.src_checkpoint")]
-    config.model.src_checkpoint = src if isinstance(config.model.src_checkpoint, (list, tuple)) else src[0]
-    config.model.dst_checkpoint = located["model.dst_checkpoint"]
-    return run, config, digests
-
-
-def _trained_model(run: RunDir, config: Config, digests: tuple[str, ...], num_classes: int):
-    torch.manual_seed(config.train.seed)
-    model = build_model(config, num_classes)
-    state = load_checkpoint(run.last_checkpoint, digests)
-    load_trainable_state(model, state["model"])
-    return model.to(resolve_device(config.train.device)).eval(), state
-
-
-def load_trained(run_dir: str | Path, device: str | None = None, workers: int | None = None):
-    """A finished run's model with its trained weights (``checkpoints/last.pt``), without its data: ``(run, config,
-    model, state)``. Its number of classes is what the run recorded in result.json."""
-    run, config, digests = _read_run(run_dir, device, workers)
-    num_classes = (run.read_result() or {}).get("classes")
-    if num_classes is None:
-        raise StitchkitError(f"the run in {str(run_dir)!r} has no result.json saying how many classes it "
-                             "predicts; finish it (train --resume) first")
-    return (run, config, *_trained_model(run, config, digests, num_classes))
 
 
 def _evaluate_splits(model, splits, config: Config) -> dict[str, float]:
@@ -80,15 +38,33 @@ def _evaluate_splits(model, splits, config: Config) -> dict[str, float]:
             for split, loader in loaders.items() for k, v in evaluate(model, loader, runtime).items()}
 
 
-def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | None = None) -> dict:
-    """Rebuild a run's model from its ``config.yaml`` and ``checkpoints/last.pt`` and evaluate it again.
+def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | None = None,
+                 locations: Sequence[str] = ()) -> dict:
+    """Rebuild a run's model from its ``config.yaml`` and weights (:mod:`stitchkit.training.trained`) and evaluate it
+    again: a finished run's final weights, an unfinished (interrupted or failed) run's last checkpoint, said on
+    stderr and in the record (``run_status``, ``step`` of ``total_steps``). ``locations``: ``data.root=DIR``
+    where the run's data is now (the record says which folder it read: ``data_root``).
 
     Writes ``eval.json`` next to the run's ``result.json`` and returns it.
     """
-    run, config, digests = _read_run(run_dir, device, workers)
-    splits = build_splits(config.data, preprocessing(config.model.pixel_source), config.train.seed, need_train=False)
-    model, state = _trained_model(run, config, digests, len(splits.classes))
-    record = {"run_dir": str(run.path), "step": state["counters"]["step"], **_evaluate_splits(model, splits, config)}
+    trained = read_run(run_dir, device, workers, locations)
+    run, config = trained.run, trained.config
+    names = (run.read_result() or {}).get("class_names")  # None: an unfinished run, which has not said yet
+    splits = build_splits(config.data, preprocessing(config.model.pixel_source), config.train.seed, need_train=False,
+                          class_order=names)
+    check_classes(f"the run in {str(run_dir)!r}", names, len(names) if names else None, splits.classes)
+    model, progress = trained.model(len(splits.classes))
+    if not progress.finished:
+        # Measuring a run mid-way is useful (is it learning?), so it is evaluated, but never mistaken for the
+        # run's result: said here, and recorded in eval.json.
+        of = f" of {progress.total_steps}" if progress.total_steps else ""
+        how = ("continue the run with `stitchkit train ... --resume`" if progress.run_status == "interrupted"
+               else "result.json says why it failed")
+        print(f"note: the run in {str(run_dir)!r} is {progress.run_status}, not finished: evaluating its last "
+              f"checkpoint, step {progress.step}{of} ({how})", file=sys.stderr)
+    record = {"run_dir": str(run.path), "run_status": progress.run_status, "step": progress.step,
+              "total_steps": progress.total_steps, "data_root": config.data.root,
+              **_evaluate_splits(model, splits, config)}
     run.remove_leftovers()  # a temporary eval.json of an evaluation killed before
     atomic_write_json(run.evaluation, record)
     return record
@@ -99,7 +75,7 @@ def evaluate_folder(folder: str | Path, overrides: Sequence[str] = (), device: s
     """Evaluate a model folder (``stitchkit export``, ``save_pretrained``) on the data its run was evaluated on
     (recorded in its config.json), or on ``data.*`` ``overrides`` (e.g. ``data.root=...`` on another machine);
     with its own preprocessing. Returns the record (nothing is written into the folder)."""
-    folder = local_folder(folder)
+    given, folder = folder, local_folder(folder)
     described = read_model_config(folder)
     recorded = described.get("evaluation") or {}
     layer = {"mode": "scratch", "model": {"src": "resnet18"}}  # validated, never built: the folder holds the model
@@ -113,30 +89,76 @@ def evaluate_folder(folder: str | Path, overrides: Sequence[str] = (), device: s
     config = load_config(None, [*overrides, *([f"train.device={device}"] if device else []),
                                 *([f"train.workers={workers}"] if workers is not None else [])],
                          layers=[(f"{str(folder)}/config.json", layer)])
+    if config.data.name == "imagefolder" and not config.data.root:
+        # Export keeps no path of the machine that wrote it, so an image folder is named again wherever it is.
+        raise StitchkitError(f"the model in {str(given)!r} was evaluated on an image folder, whose path a model folder "
+                             f"does not keep; name it: stitchkit eval {given} data.root=DIR (a folder with "
+                             "val/<class>/ inside)")
     prep = described["preprocessing"]
     if config.data.input_size != prep["input_size"][-1]:
         raise StitchkitError(f"the model in {str(folder)!r} is built for {prep['input_size'][-1]} px images; "
                              f"remove data.input_size={config.data.input_size}")
+    names = described.get("class_names")
     splits = build_splits(config.data, Preprocessing(tuple(prep["mean"]), tuple(prep["std"]), prep["interpolation"],
-                                                     prep["crop_pct"]), config.train.seed, need_train=False)
+                                                     prep["crop_pct"]), config.train.seed, need_train=False,
+                          class_order=names)
     model = load_described(Path(folder), described, device=resolve_device(config.train.device))
     classes = model.pretrained_cfg.get("num_classes")
     if classes == 0:
         raise no_classifier(folder, "be evaluated")
-    if classes is not None and classes != len(splits.classes):
-        raise StitchkitError(f"the model in {str(folder)!r} predicts {classes} classes but the data has "
-                             f"{len(splits.classes)}; evaluate it on the data it was trained for")
+    check_classes(f"the model in {str(given)!r}", names if names and len(names) == classes else None, classes,
+                  splits.classes)
     return {"model_dir": str(Path(folder)), "dataset": config.data.name, **_evaluate_splits(model, splits, config)}
 
 
-def evaluate_model(name: str, config: Config, out_dir: str | Path | None = None, *,
+def check_classes(model: str, names: Sequence[str] | None, count: int | None, data_classes: Sequence[str]) -> None:
+    """Refuse data whose classes are not the ones ``model`` predicts: by name where it records them (``names``; the
+    same names in another order were matched by name already: :func:`~.data.in_class_order`), else by ``count``.
+    Scored against other classes, top-1 would be near 0 and say nothing."""
+    data_classes = list(data_classes)
+    if names is not None and list(names) != data_classes:
+        absent = [name for name in names if name not in data_classes]
+        foreign = [name for name in data_classes if name not in names]
+        differences = "; ".join(part for part in (
+            absent and f"its {_first(absent)} not in the data",
+            foreign and f"the data's {_first(foreign)} not among its") if part)
+        size = (f"predicts {len(names)} classes but the data has {len(data_classes)}" if len(names) != len(data_classes)
+                else "predicts other classes than the data has")
+        raise StitchkitError(f"{model} {size} ({differences}); evaluate it on the data it was trained for")
+    if names is None and count is not None and count != len(data_classes):
+        raise StitchkitError(f"{model} predicts {count} classes but the data has {len(data_classes)}; evaluate it on "
+                             "the data it was trained for")
+
+
+def _first(names: Sequence[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(repr(name) for name in names[:shown]) + more
+
+
+def _check_result_folder(out_dir: str | Path, overwrite: bool) -> None:
+    """Refuse, before measuring anything, to write ``result.json`` where it would replace a training run's (its
+    folder then no longer says what its weights are: export and predict need the run's result) or, without
+    ``overwrite``, an earlier measurement."""
+    out = RunDir(out_dir)
+    if out.config.is_file():
+        raise StitchkitError(f"{str(out_dir)!r} is a training run's folder (config.yaml); eval-model writes its "
+                             "result.json into a folder of its own: choose another --out")
+    if out.result.exists() and not overwrite:
+        raise StitchkitError(f"{str(out_dir)!r} already holds a result.json; pass --overwrite to replace it, or "
+                             "choose another --out")
+
+
+def evaluate_model(name: str, config: Config, out_dir: str | Path | None = None, *, overwrite: bool = False,
                    checkpoint_option: str = "model.src_checkpoint=PATH",
                    pretrained_option: str = "model.pretrained=false") -> dict:
     """Measure an unstitched model (``name``, with ``config.model.pretrained`` / ``src_checkpoint``) on
-    ``config.data``'s val split, with the model's own preprocessing. Writes ``result.json`` into ``out_dir``.
+    ``config.data``'s val split, with the model's own preprocessing. Writes ``result.json`` into ``out_dir`` (a
+    folder that holds one already only with ``overwrite``, and never a training run's folder).
     ``checkpoint_option`` / ``pretrained_option``: how the caller's user gives src_checkpoint / leaves out the
     pretrained weights, for the messages when the head does not fit the data or the weights cannot be had
     (``eval-model --checkpoint PATH``)."""
+    if out_dir is not None:
+        _check_result_folder(out_dir, overwrite)
     dev = resolve_device(config.train.device)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)

@@ -155,7 +155,7 @@ class Run:
                 raise StitchkitError(f"cannot write to output directory {str(run.path)!r} ({err.strerror}); fix its "
                                      "permissions or free space, or choose another output.dir") from None
             if not self.resume:
-                run.record_sources(self.config.model.checkpoint_files())
+                run.record_sources({**self.config.model.checkpoint_files(), "data.root": self.config.data.root})
                 atomic_write_text(run.config, self.config_yaml)
             else:
                 # Killed after its last step but before result.json: the final evaluation at this step runs again.
@@ -208,6 +208,7 @@ class Run:
         loop runs once for all the runs of a pass."""
         config, rt = self.config, self.runtime
         self.splits = stream.splits
+        self.total_steps = stream.total_steps  # checkpoints say it: eval of an unfinished run tells how far it got
         torch.manual_seed(config.train.seed)
         def calibration_images(name: str) -> torch.Tensor:
             with self.clock.phase("calibration"):
@@ -484,6 +485,7 @@ class Run:
             "log_loss": torch.stack([self.loss_sum, self.loss_count]).cpu(),
             "rng": rng if rng is not None else rng_state(),
             "world_size": self.runtime.ctx.world_size,  # a resume must have as many processes
+            "total_steps": self.total_steps,
         }
         if per_rank is not None:  # with one process the checkpoint is as before: the entries above are its own
             state["per_rank"] = per_rank

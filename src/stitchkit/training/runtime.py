@@ -15,12 +15,18 @@ from .settings import TrainConfig
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device ``name`` (``auto``: the GPU when there is one). A command's ``--device`` option is checked where
+    it is parsed (:func:`stitchkit.cli.common.available_device`), so this names the setting."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if cuda_missing(name):
         raise StitchkitError(f"train.device={name} but no CUDA device is visible; use train.device=cpu")
-    return device
+    return torch.device(name)
+
+
+def cuda_missing(name: str) -> bool:
+    """Whether the device ``name`` is a CUDA device and none is visible."""
+    return name != "auto" and torch.device(name).type == "cuda" and not torch.cuda.is_available()
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:

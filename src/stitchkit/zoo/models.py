@@ -361,6 +361,10 @@ def fit_head(model: nn.Module, num_classes: int | None, new_head: bool | None = 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict from a local file, unwrapping the usual containers (``state_dict``, ``model``, DDP)."""
     path = Path(path)
+    if path.is_dir():
+        inside = next((path / name for name in ("model.pt", "model.safetensors") if (path / name).is_file()), None)
+        raise StitchkitError(f"checkpoint {str(path)!r} is a folder, not a weights file; pass the file (.pt, .pth, "
+                             f".safetensors){f', e.g. {str(inside)!r}' if inside else ''}")
     if not path.is_file():
         raise StitchkitError(f"checkpoint file {str(path)!r} does not exist; check the path")
     try:
@@ -377,6 +381,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             "unpickle arbitrary objects); pass a state dict saved with torch.save(model.state_dict(), PATH) or a "
             ".safetensors file"
         ) from None
+    if isinstance(state, dict) and str(state.get("format", "")).startswith("stitchkit.adapters"):
+        # A stitch's adapters.pt: the trained parts between two models, which it rebuilds by name, not a model.
+        run = str(path.parent) if (path.parent / "config.yaml").is_file() else "RUN_DIR"  # in its run folder?
+        raise StitchkitError(f"{str(path)!r} holds a stitch's adapters, not a model's weights; evaluate the stitch "
+                             f"with `stitchkit eval {run}` (the run that trained it), or load it with "
+                             "stitchkit.load_stitched")
     for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
