@@ -510,19 +510,7 @@ def model_card(config: dict, model: nn.Module | None = None) -> str:
                   + (f"; {start:.2f}% before training (the adapters' start alone)" if start is not None else "")
                   + ".", ""]
     if sources:
-        lines += ["## Compared with its parts", "", "| model | role | top-1 (%) | GMACs | this model's compute |",
-                  "|---|---|---|---|---|"]
-        if result.get("gmacs"):
-            lines.append(f"| this model | - | {_pct(result.get('top1'))} | {result['gmacs']:.4g} | - |")
-        for s in sources:
-            share = (f"{100 * result['gmacs'] / s['gmacs']:.0f}% of it" if result.get("gmacs") and s.get("gmacs")
-                     else "-")
-            lines.append(f"| {s['name']} | {s['role']}, {s.get('weights', 'weights unknown')} | "
-                         f"{_pct(s.get('top1'))}{' (' + s['top1_on'] + ')' if s.get('top1_on') else ''} | "
-                         f"{s['gmacs']:.4g} | {share} |" if s.get("gmacs") else
-                         f"| {s['name']} | {s['role']} | {_pct(s.get('top1'))} | - | - |")
-        lines += ["", "A part's top-1 is shown where stitchkit measured it (a source trained by a stitchkit run); "
-                  "a pretrained part's accuracy on this data was not measured.", ""]
+        lines += _parts_section(config, sources)
     lines += ["## Preprocessing", "",
               f"{prep['input_size'][1]} x {prep['input_size'][2]} px RGB, {prep['interpolation']} resize to "
               f"{prep['input_size'][1]} / {prep['crop_pct']} px and centre crop, normalised with mean "
@@ -548,6 +536,81 @@ def model_card(config: dict, model: nn.Module | None = None) -> str:
     else:
         lines += ["```", "", "```bash", "stitchkit predict path/to/this/folder image.jpg", "```", ""]
     return "\n".join(lines)
+
+
+def _parts_section(config: dict, sources: list[dict]) -> list[str]:
+    """The card's comparison with the models this one was made from: their compute, and their top-1 beside this
+    model's only where it was measured on the same task; a part measured on another task (other classes, other
+    images, another image size) is listed below the table with what it was measured on."""
+    result = config.get("result") or {}
+    lines = ["## Compared with its parts", "", "| model | role | top-1 (%) on this model's task | GMACs | "
+             "this model's compute |", "|---|---|---|---|---|"]
+    if result.get("gmacs"):
+        lines.append(f"| this model | - | {_pct(result.get('top1'))} | {result['gmacs']:.4g} | - |")
+    elsewhere = []
+    for s in sources:
+        same = _same_task(s, config)
+        if s.get("top1") is not None and not same:
+            elsewhere.append(s)
+        top1 = _pct(s.get("top1")) if same else "-"
+        share = (f"{100 * result['gmacs'] / s['gmacs']:.0f}% of it" if result.get("gmacs") and s.get("gmacs")
+                 else "-")
+        lines.append(f"| {s['name']} | {s['role']}, {s.get('weights', 'weights unknown')} | {top1} | "
+                     f"{s['gmacs']:.4g} | {share} |" if s.get("gmacs") else
+                     f"| {s['name']} | {s['role']} | {top1} | - | - |")
+    lines += ["", "A part's top-1 stands beside this model's only where a stitchkit run measured it on this model's "
+              "task (the same data, classes and validation images, at the same image size); a pretrained part's "
+              "accuracy on this data was not measured.", ""]
+    if elsewhere:
+        ours = (f"this model's {result['top1']:.2f}% is on " + _task_words(
+            config.get("class_names"), result.get("eval_images"), result.get("dataset"),
+            config["preprocessing"]["input_size"][-1]) if result.get("top1") is not None
+                else "this model has no top-1 recorded")
+        lines += [f"Measured on another task, so not comparable ({ours}):", ""]
+        for s in elsewhere:
+            lines.append(f"- {s['name']} ({s['role']}): {s['top1']:.2f}% top-1 on {_measured_words(s)}")
+        lines.append("")
+    return lines
+
+
+def _same_task(part: dict, config: dict) -> bool:
+    """Whether a part's top-1 was measured on this model's task: by a run that read the same data (dataset, class
+    selection, validation subset, image size; ``same_data``, judged at export) and, as this model's result says,
+    the same classes and number of images. A part recorded without saying what it was measured on is not."""
+    on, result, ours = part.get("measured_on") or {}, config.get("result") or {}, config.get("class_names")
+    return (result.get("top1") is not None and on.get("same_data") is True and bool(ours)
+            and sorted(map(str, on.get("class_names") or [])) == sorted(map(str, ours))
+            and on.get("eval_images") == result.get("eval_images")
+            and on.get("input_size") == config["preprocessing"]["input_size"][-1])
+
+
+def _measured_words(part: dict) -> str:
+    """What a part's top-1 was measured on, in words."""
+    on = part.get("measured_on")
+    if not on:  # recorded by an earlier stitchkit: the dataset and the run's mode alone
+        return f"{part.get('top1_on') or 'data'} (its classes and images are not recorded)"
+    words = _task_words(on.get("class_names"), on.get("eval_images"), on.get("dataset"), on.get("input_size"))
+    if on.get("same_data") is None:
+        words += " (whether these were this model's images could not be checked)"
+    elif on.get("same_data") is False:
+        words += " (not this model's evaluation data: another folder, class selection or validation subset)"
+    return words
+
+
+def _dataset_words(dataset: str | None) -> str:
+    """A dataset as the card names it: an image folder is a folder of the user's, not a dataset to look up."""
+    return {"imagefolder": "an image folder", "synthetic": "stitchkit's synthetic images", None: "unrecorded data"
+            }.get(dataset, dataset)
+
+
+def _task_words(class_names: list | None, images: int | None, dataset: str | None, size: int | None) -> str:
+    """``5 classes (sandal, shirt, ...), 50 validation images of an image folder, at 32 px``."""
+    words = []
+    if class_names:
+        shown = ", ".join(map(str, class_names[:10])) + (", ..." if len(class_names) > 10 else "")
+        words.append(f"{len(class_names)} classes ({shown})")
+    words.append(f"{images:,} validation images" if images else "validation images (how many is not recorded)")
+    return ", ".join(words) + f" of {_dataset_words(dataset)}" + (f", at {size} px" if size else "")
 
 
 def _pct(value) -> str:
