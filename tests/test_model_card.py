@@ -115,3 +115,65 @@ def test_a_part_recorded_without_its_task_is_not_compared(tmp_path):
     assert parts_table(card)["source (front)"]["top-1 (%) on this model's task"] == "-"
     assert ("- resnet10t (source (front)): 72.00% top-1 on imagefolder, scratch run (its classes and images are not "
             "recorded)") in section(card, "Compared with its parts")
+
+
+# One record of each kind stitchkit exports, with what its top-1 before training measured.
+KINDS = {
+    "stitch": ({**STITCH, "head_classes": 10}, {}, "the adapters as they started"),
+    "stitch with a new head": ({**STITCH, "num_classes": 10, "head_classes": 10}, {},
+                               "the adapters as they started, with the new head untrained"),
+    "parallel": ({"fusion": "gate", "stitches": [{**STITCH, "one_model": False},
+                                                 {**STITCH, "src": "vit_pico_patch4_32", "one_model": False}]},
+                 {}, "the adapters and the fusion as they started"),
+    "finetune": ({"model": "resnet10t", "gap": [1, 3], "input_size": 32, "num_classes": 10}, {},
+                 "resnet10t cut for gap 1:3, before any fine-tuning"),
+    "probe": ({"model": "resnet10t", "input_size": 32, "num_classes": 10, "unfreeze_last": 0}, {},
+              "the frozen resnet10t with the probe's initial head"),
+    "model": ({"name": "resnet10t", "input_size": 32, "num_classes": 10}, {"provenance": {"mode": "scratch"}},
+              "its random initialisation"),
+}
+TRAINED = {"stitch": ["adapters"], "stitch with a new head": ["adapters", "head"], "parallel": ["adapters", "fusion"],
+           "finetune": ["all"], "probe": ["head"], "model": ["all"]}
+
+
+def kind_card(name: str, **result) -> str:
+    architecture, extra, _ = KINDS[name]
+    kind = name.split()[0]
+    return model_card(folder_config(kind, architecture, PREPROCESSING, TEN, trained=TRAINED[name], **extra, result={
+        "top1": 76.0, "top1_at_start": 22.0, "dataset": "imagefolder", "eval_images": 100, "epochs": 1,
+        "steps": 9, **result}))
+
+
+def test_the_top1_before_training_says_what_each_kind_started_from():
+    """"the adapters' start alone" was said of every kind: a probe, a fine-tuning baseline and a scratch model have
+    no adapters."""
+    for name, (_, _, start) in KINDS.items():
+        evaluation = section(kind_card(name), "Evaluation")
+        assert evaluation[0].endswith(f" after 1 epoch(s) (9 optimizer steps); 22.00% before training ({start})."), \
+            (name, evaluation)
+        assert ("adapters" in evaluation[0]) == ("stitch" in name or name == "parallel"), name
+
+
+def test_a_run_of_no_steps_says_its_model_is_untrained():
+    """train.epochs=0: the card said "Trained: adapters" of adapters no step had changed."""
+    card = kind_card("stitch with a new head", top1=22.0, epochs=0, steps=0)
+    assert ("Not trained: its run took 0 optimizer steps, so what trains (adapters, head) is as it started; "
+            "everything else is frozen as its source left it.") in card.splitlines()
+    assert "Trained:" not in card and "with a new 10-class head, untrained (its run took 0 optimizer steps)." in card
+    assert section(card, "Evaluation")[0].endswith(", untrained: its run took 0 optimizer steps, so this is the "
+                                                   "adapters as they started, with the new head untrained.")
+    finetune = kind_card("finetune", epochs=0, steps=0)
+    assert "Not trained: its run took 0 optimizer steps, so what trains (every weight) is as it started." in finetune
+    assert "Trained: every weight." in kind_card("finetune")
+
+
+def test_the_fine_tuning_baseline_says_which_blocks_go_by_the_rule():
+    """A ResNet of one block per stage keeps every block of gap 1:3 (each starts a stage): "the gap's blocks
+    removed" was false of it."""
+    import stitchkit
+
+    assert stitchkit.create_finetune_baseline("resnet10t", "1:3", input_size=32).removed_blocks == ()
+    card = kind_card("finetune")
+    assert "gap's blocks removed" not in card
+    assert ("(the blocks inside the gap removed, but for the first block of each stage it enters and any block "
+            "that changes the features' shape; every weight trains)") in card

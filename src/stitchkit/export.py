@@ -45,8 +45,8 @@ DEPLOYMENT_FORMATS = ("torch-export", "torchscript", "onnx")
 FORMATS = ("safetensors", *DEPLOYMENT_FORMATS)
 TOLERANCE = 1e-4
 FILES = {"torch-export": "model.pt2", "torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
-RESULT_KEYS = ("top1", "top5", "loss", "gmacs", "params", "trainable_params", "epochs", "dataset", "eval_images",
-               "val_split_images", "top1_at_start")
+RESULT_KEYS = ("top1", "top5", "loss", "gmacs", "params", "trainable_params", "epochs", "steps", "dataset",
+               "eval_images", "val_split_images", "top1_at_start")
 
 
 def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = FORMATS) -> dict:

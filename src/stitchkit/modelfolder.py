@@ -442,6 +442,8 @@ def describe_head(config: dict) -> str:
             f"{arch['dst']}'s own {size}head"
     else:
         whose = f"its {size}head"
+    if trained and _training_done(config.get("result") or {}) is False:
+        return whose + ", untrained (its run took 0 optimizer steps)"
     return whose + (", trained" if trained else ", frozen")
 
 
@@ -474,7 +476,7 @@ def model_card(config: dict, model: nn.Module | None = None) -> str:
     arch, prep, result = config["architecture"], config["preprocessing"], config.get("result") or {}
     sources = config.get("sources") or []
     title = _title(config)
-    describe = type(model).describe if isinstance(model, SavesPretrained) else None
+    describe = _kind_class(config, model).describe if _kind_class(config, model) else None
     what = describe(arch, describe_head(config)) if describe else f"**{arch.get('name', '?')}**, {describe_head(config)}."
     dataset = result.get("dataset")
     licenses = {s.get("license") for s in sources}
@@ -497,18 +499,10 @@ def model_card(config: dict, model: nn.Module | None = None) -> str:
         for kind, value, name in metrics:
             lines += [f"    - type: {kind}", f"      value: {value:.2f}", f"      name: {json.dumps(name)}"]
     lines += ["---", "", f"# {title}", "", what, ""]
-    trained = config.get("trained")
-    if trained:
-        lines += [f"Trained: {', '.join(trained)}; everything else is frozen as its source left it."
-                  if "all" not in trained else "Trained: every weight.", ""]
+    if config.get("trained"):
+        lines += [_trained_sentence(config), ""]
     if result.get("top1") is not None:
-        start = result.get("top1_at_start")
-        lines += ["## Evaluation", "",
-                  f"Top-1 **{result['top1']:.2f}%**" + (f", top-5 {result['top5']:.2f}%" if result.get("top5")
-                                                         is not None else "")
-                  + f" on {evaluated}" + (f" after {result['epochs']} epoch(s)" if result.get("epochs") else "")
-                  + (f"; {start:.2f}% before training (the adapters' start alone)" if start is not None else "")
-                  + ".", ""]
+        lines += ["## Evaluation", "", _evaluation_sentence(config, evaluated), ""]
     if sources:
         lines += _parts_section(config, sources)
     lines += ["## Preprocessing", "",
@@ -536,6 +530,71 @@ def model_card(config: dict, model: nn.Module | None = None) -> str:
     else:
         lines += ["```", "", "```bash", "stitchkit predict path/to/this/folder image.jpg", "```", ""]
     return "\n".join(lines)
+
+
+def _kind_class(config: dict, model: nn.Module | None):
+    """The class whose ``describe`` words the card: the model's own, else the one its folder kind names (a card
+    written from a record alone); None for a whole model."""
+    if isinstance(model, SavesPretrained):
+        return type(model)
+    from .pretrained import network_class  # which imports every network class: each registers its kind
+
+    return network_class(config["kind"])
+
+
+def _training_done(result: dict) -> bool | None:
+    """Whether the model took any training step: a run's result says how many (``steps``; in a folder of an
+    earlier stitchkit, its finished ``epochs``); None where nothing says (save_pretrained without a result)."""
+    steps, epochs = result.get("steps"), result.get("epochs")
+    if isinstance(steps, int):
+        return steps > 0
+    return True if isinstance(epochs, int) and epochs > 0 else None
+
+
+def _trained_sentence(config: dict) -> str:
+    """The card's line on what training changed (``trained``), and what stayed as its source left it."""
+    trained, result = config["trained"], config.get("result") or {}
+    everything = "all" in trained
+    parts = "every weight" if everything else ", ".join(trained)
+    rest = "" if everything else "; everything else is frozen as its source left it"
+    if _training_done(result) is False:
+        return f"Not trained: its run took 0 optimizer steps, so what trains ({parts}) is as it started{rest}."
+    return f"Trained: {parts}{rest}."
+
+
+def _start_words(config: dict) -> str:
+    """What the model was before its first training step (what its top-1 at start measured), by kind."""
+    arch, kind = config["architecture"], config["kind"]
+    head, _ = _head_record(config)
+    new_head = ", with the new head untrained" if head.get("num_classes") or head.get("new_head") else ""
+    if kind == "stitch":
+        return f"the adapters as they started{new_head}"
+    if kind == "parallel":
+        return f"the adapters and the fusion as they started{new_head}"
+    if kind == "finetune":
+        return f"{arch['model']} cut for gap {arch['gap'][0]}:{arch['gap'][1]}, before any fine-tuning"
+    if kind == "probe":
+        return f"the frozen {arch['model']} with the probe's initial head"
+    if (config.get("provenance") or {}).get("mode") == "scratch":
+        return "its random initialisation"
+    return "the model as it started"
+
+
+def _evaluation_sentence(config: dict, evaluated: str) -> str:
+    """The card's line on the model's top-1: on what, after how much training, and what it started from."""
+    result = config["result"]
+    sentence = f"Top-1 **{result['top1']:.2f}%**" + (
+        f", top-5 {result['top5']:.2f}%" if result.get("top5") is not None else "") + f" on {evaluated}"
+    if _training_done(result) is False:
+        return sentence + f", untrained: its run took 0 optimizer steps, so this is {_start_words(config)}."
+    epochs, steps, start = result.get("epochs"), result.get("steps"), result.get("top1_at_start")
+    if epochs:
+        sentence += f" after {epochs} epoch(s)" + (f" ({steps:,} optimizer steps)" if steps else "")
+    elif steps:
+        sentence += f" after {steps:,} optimizer steps"
+    if start is not None:
+        sentence += f"; {start:.2f}% before training ({_start_words(config)})"
+    return sentence + "."
 
 
 def _parts_section(config: dict, sources: list[dict]) -> list[str]:
