@@ -177,3 +177,109 @@ def test_the_fine_tuning_baseline_says_which_blocks_go_by_the_rule():
     assert "gap's blocks removed" not in card
     assert ("(the blocks inside the gap removed, but for the first block of each stage it enters and any block "
             "that changes the features' shape; every weight trains)") in card
+
+
+X = None  # a batch of images, made once the tests need torch
+
+
+def images():
+    import torch
+
+    global X
+    if X is None:
+        X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    return X
+
+
+def train_a_step(model) -> None:
+    """One optimizer step on what the model trains: its classifier's weights change."""
+    import torch
+
+    trained = [p for p in model.parameters() if p.requires_grad]
+    model(images()).logsumexp(1).mean().backward()
+    torch.optim.SGD(trained, lr=0.1).step()
+
+
+def card_of(folder) -> str:
+    return (folder / "README.md").read_text()
+
+
+def build(kind: str):
+    import torch
+
+    import stitchkit
+    from stitchkit.parallel import create_parallel
+
+    torch.manual_seed(0)
+    return {"stitch": lambda: stitchkit.create_stitched("resnet10t", "resnet10t", "1:3", input_size=32),
+            "parallel": lambda: create_parallel(["resnet10t", "resnet10t"], "resnet10t", "1:3", input_size=32),
+            "finetune": lambda: stitchkit.create_finetune_baseline("resnet10t", "1:3", input_size=32),
+            "probe": lambda: stitchkit.create_probe("resnet10t", num_classes=6, input_size=32)}[kind]().eval()
+
+
+TRAINED_RESULT = {"top1": 72.0, "top5": 99.0, "dataset": "imagefolder", "eval_images": 100, "epochs": 1, "steps": 9,
+                  "gmacs": 0.0158}
+
+
+def test_a_head_from_reset_classifier_is_new_and_untrained_until_it_trains(tmp_path):
+    """The audit's case: a trained stitch loaded, reset_classifier(7), saved: the card said "a new 7-class head,
+    trained" and "Trained: adapters, head". It says the head is untrained, with no accuracy of the old head, and
+    so again after a load and save; once the head has trained a step it no longer does."""
+    import torch
+
+    import stitchkit
+
+    build("stitch").save_pretrained(tmp_path / "trained", class_names=TEN, result=TRAINED_RESULT)
+    assert "Trained: adapters; everything else is frozen" in card_of(tmp_path / "trained")
+    model = stitchkit.load_pretrained(tmp_path / "trained")
+    model.reset_classifier(7)
+    model.save_pretrained(tmp_path / "reset")
+    card = card_of(tmp_path / "reset")
+    assert ("with a new 7-class head, untrained (random weights from reset_classifier: train it before use)."
+            in card)
+    assert ("What trains: adapters, head (no training run is recorded with this model); the head is untrained "
+            "(random weights from reset_classifier); everything else is frozen as its source left it.") in card
+    assert "Trained:" not in card and ", trained" not in card
+    assert "## Evaluation" not in card and "72.00" not in card.split("## Compared")[0] and "## Classes" not in card
+    assert record(tmp_path / "reset")["untrained_head"] is True
+
+    stitchkit.load_pretrained(tmp_path / "reset").save_pretrained(tmp_path / "again")  # the folder carries it
+    assert "a new 7-class head, untrained" in card_of(tmp_path / "again")
+    model.to(torch.float64).save_pretrained(tmp_path / "cast")  # a cast is no training
+    assert "a new 7-class head, untrained" in card_of(tmp_path / "cast")
+
+    train_a_step(model.float())
+    model.save_pretrained(tmp_path / "trained-head")
+    card = card_of(tmp_path / "trained-head")
+    assert "untrained" not in card and "with a new 7-class head, trainable." in card
+    assert "untrained_head" not in record(tmp_path / "trained-head")
+
+
+def test_every_kind_says_its_reset_head_is_untrained(tmp_path):
+    for kind in ("stitch", "parallel", "finetune", "probe"):
+        model = build(kind)
+        model.reset_classifier(3)
+        model.save_pretrained(tmp_path / kind)
+        card = card_of(tmp_path / kind)
+        assert "3-class head, untrained (random weights from reset_classifier" in card, kind
+        assert "; the head is untrained (random weights from reset_classifier)" in card, kind
+        train_a_step(model)
+        model.save_pretrained(tmp_path / f"{kind}-trained")
+        assert "untrained" not in card_of(tmp_path / f"{kind}-trained"), kind
+
+
+def record(folder) -> dict:
+    return json.loads((folder / "config.json").read_text())["stitchkit"]
+
+
+def test_a_freshly_built_model_is_not_called_trained(tmp_path):
+    """save_pretrained of a model nobody has trained: what trains, not "Trained:"; a whole model's head is not
+    "frozen"."""
+    import stitchkit
+
+    build("stitch").save_pretrained(tmp_path / "stitch")
+    assert "What trains: adapters (no training run is recorded with this model); everything else is frozen" in \
+        card_of(tmp_path / "stitch")
+    stitchkit.save_pretrained(stitchkit.create_model("resnet10t", num_classes=3), tmp_path / "whole", input_size=32)
+    card = card_of(tmp_path / "whole")
+    assert "**resnet10t.c3_in1k**, its 3-class head.\n" in card and "frozen" not in card and "Trained" not in card

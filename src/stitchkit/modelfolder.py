@@ -7,12 +7,12 @@ so ``timm.create_model("local-dir:FOLDER", pretrained=True)`` opens it (a whole 
 stitch, fine-tuning baseline or probe once stitchkit is imported, which registers ``stitchkit_stitch`` and its
 siblings with timm). stitchkit's own record sits under the key ``stitchkit``: what to build (``kind`` and
 ``architecture``: model names, gap, adapters, every stitch option), how to feed it (``preprocessing``), what it
-predicts (``class_names``) and what it scored (``result``). ``model.safetensors`` holds every weight the model
-needs, frozen parts included, so loading needs neither the network nor the original checkpoints. A model saved
-without a classifier (after timm's ``reset_classifier(0)``) records ``num_classes`` 0 (timm's keys and every kind's
-``architecture``, as timm's own folders do) and loads as one that returns its pooled features. Nothing in a
-folder names a path of the machine that wrote it. Folders of format 1 (stitchkit 0.4 and 0.5, the record at the top
-level) still load.
+predicts (``class_names``) and what it scored (``result``; ``untrained_head`` while a head from ``reset_classifier``
+has not trained). ``model.safetensors`` holds every weight the model needs, frozen parts included, so loading needs
+neither the network nor the original checkpoints. A model saved without a classifier (after timm's
+``reset_classifier(0)``) records ``num_classes`` 0 (timm's keys and every kind's ``architecture``, as timm's own
+folders do) and loads as one that returns its pooled features. Nothing in a folder names a path of the machine that
+wrote it. Folders of format 1 (stitchkit 0.4 and 0.5, the record at the top level) still load.
 
 This module knows the folder; what each kind builds is its class's business (:class:`SavesPretrained`), and
 :func:`stitchkit.pretrained.load_pretrained` picks the class from ``kind``.
@@ -77,10 +77,35 @@ def folder_config(kind: str, architecture: dict, preprocessing: dict, class_name
 def model_config(model: nn.Module, kind: str, architecture: dict, preprocessing: dict | None = None,
                  **info: Any) -> dict:
     """:func:`folder_config` for ``model``: the preprocessing of its ``pretrained_cfg`` and what it was loaded with
-    (``stitchkit_info``: class names, result, ...), unless given (None values count as not given)."""
+    (``stitchkit_info``: class names, result, ...), unless given (None values count as not given);
+    ``untrained_head`` where its classifier is the one ``reset_classifier`` made, unchanged."""
     known = dict(getattr(model, "stitchkit_info", {}))
     known.update((k, v) for k, v in info.items() if v is not None)
+    if classifier_unchanged(model, getattr(model, "_fresh_classifier", None)):
+        known["untrained_head"] = True
     return folder_config(kind, architecture, preprocessing or getattr(model, "pretrained_cfg", None) or {}, **known)
+
+
+def classifier_snapshot(model: nn.Module) -> list[torch.Tensor] | None:
+    """A copy, on the CPU, of the weights of ``model``'s classifier, to tell later whether they changed; None where
+    the model has no one classifier layer."""
+    from .zoo.models import classifier_layer
+
+    layer = classifier_layer(model)
+    return None if layer is None else [p.detach().to("cpu", copy=True) for p in layer.parameters()]
+
+
+def classifier_unchanged(model: nn.Module, snapshot: list[torch.Tensor] | None) -> bool:
+    """Whether ``model``'s classifier holds the weights of ``snapshot`` (:func:`classifier_snapshot`), in whatever
+    dtype and device the model has since been moved to (a cast of the snapshot is what the model's cast made)."""
+    from .zoo.models import classifier_layer
+
+    layer = classifier_layer(model) if snapshot is not None else None
+    if layer is None:
+        return False
+    now = [p.detach() for p in layer.parameters()]
+    return len(now) == len(snapshot) and all(
+        a.shape == b.shape and torch.equal(b.to(a.dtype), a.cpu()) for a, b in zip(now, snapshot))
 
 
 def write_model_folder(directory: str | os.PathLike, config: dict, model: nn.Module) -> Path:
@@ -320,6 +345,8 @@ def apply_config(model: nn.Module, config: dict) -> nn.Module:
     }
     model.stitchkit_info = {k: config[k] for k in ("class_names", "result", "trained", "sources", "evaluation",
                                                    "provenance") if k in config}
+    # A head from reset_classifier, saved before it trained: a later save tells from it whether it still is untrained
+    model._fresh_classifier = classifier_snapshot(model) if config.get("untrained_head") else None
     return model
 
 
@@ -429,12 +456,13 @@ def _without_classifier(config: dict) -> bool:
 
 
 def describe_head(config: dict) -> str:
-    """The card's phrase for the head: new or the destination's own, how many classes, whether it trained."""
+    """The card's phrase for the head: new or the destination's own, how many classes, whether it trains and, as
+    far as the folder records, whether it was trained."""
     arch, kind = _head_record(config)
     if _without_classifier(config):
         return "no classifier (it returns the pooled features a classifier would read; give it one with " \
             "reset_classifier(num_classes))"
-    trained = "head" in (config.get("trained") or []) or "all" in (config.get("trained") or [])
+    trains = "head" in (config.get("trained") or []) or "all" in (config.get("trained") or [])
     classes = arch.get("head_classes") or arch.get("num_classes")
     size = f"{classes}-class " if classes else ""
     if kind == "stitch":
@@ -442,9 +470,16 @@ def describe_head(config: dict) -> str:
             f"{arch['dst']}'s own {size}head"
     else:
         whose = f"its {size}head"
-    if trained and _training_done(config.get("result") or {}) is False:
-        return whose + ", untrained (its run took 0 optimizer steps)"
-    return whose + (", trained" if trained else ", frozen")
+    if config.get("untrained_head"):
+        return whose + ", untrained (random weights from reset_classifier: train it before use)"
+    if config.get("trained") is None:  # a whole model saved without a record of its training: nothing to say
+        return whose
+    if not trains:
+        return whose + ", frozen"
+    done = _training_done(config.get("result") or {})
+    if done is None:  # saved without a training run's result: it trains, whether it was trained is not recorded
+        return whose + ", trainable"
+    return whose + (", trained" if done else ", untrained (its run took 0 optimizer steps)")
 
 
 def _title(config: dict) -> str:
@@ -476,8 +511,10 @@ def model_card(config: dict, model: nn.Module | None = None) -> str:
     arch, prep, result = config["architecture"], config["preprocessing"], config.get("result") or {}
     sources = config.get("sources") or []
     title = _title(config)
-    describe = _kind_class(config, model).describe if _kind_class(config, model) else None
-    what = describe(arch, describe_head(config)) if describe else f"**{arch.get('name', '?')}**, {describe_head(config)}."
+    kind_class = _kind_class(config, model)
+    describe = kind_class.describe if kind_class else None
+    head = describe_head(config)
+    what = describe(arch, head) if describe else f"**{arch.get('name', '?')}**, {head}."
     dataset = result.get("dataset")
     licenses = {s.get("license") for s in sources}
     lines = ["---", "library_name: stitchkit",
@@ -557,9 +594,13 @@ def _trained_sentence(config: dict) -> str:
     everything = "all" in trained
     parts = "every weight" if everything else ", ".join(trained)
     rest = "" if everything else "; everything else is frozen as its source left it"
-    if _training_done(result) is False:
-        return f"Not trained: its run took 0 optimizer steps, so what trains ({parts}) is as it started{rest}."
-    return f"Trained: {parts}{rest}."
+    head = "; the head is untrained (random weights from reset_classifier)" if config.get("untrained_head") else ""
+    done = _training_done(result)
+    if done is False:
+        return f"Not trained: its run took 0 optimizer steps, so what trains ({parts}) is as it started{head}{rest}."
+    if done is None:  # a model saved without a training run's result: whether anything trained is not known
+        return f"What trains: {parts} (no training run is recorded with this model){head}{rest}."
+    return f"Trained: {parts}{head}{rest}."
 
 
 def _start_words(config: dict) -> str:
