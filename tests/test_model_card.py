@@ -272,6 +272,31 @@ def record(folder) -> dict:
     return json.loads((folder / "config.json").read_text())["stitchkit"]
 
 
+def test_a_whole_model_given_another_head_keeps_no_score_of_the_old_one(tmp_path):
+    """timm's own reset_classifier on a loaded whole model (stitchkit cannot see it): the old head's top-1 and its
+    10 class names are not this model's, and its card said "its 7-class head, trained" beside both."""
+    import stitchkit
+
+    model = stitchkit.create_model("resnet10t", num_classes=10)
+    stitchkit.save_pretrained(model, tmp_path / "ten", input_size=32, class_names=TEN, trained=["all"],
+                              result=TRAINED_RESULT, provenance={"mode": "scratch"})
+    loaded = stitchkit.load_pretrained(tmp_path / "ten")
+    stitchkit.save_pretrained(loaded, tmp_path / "same")  # unchanged: its record stands
+    assert "Top-1 **72.00%**" in card_of(tmp_path / "same") and "## Classes (10)" in card_of(tmp_path / "same")
+    loaded.reset_classifier(7)
+    stitchkit.save_pretrained(loaded, tmp_path / "seven")
+    card = card_of(tmp_path / "seven")
+    assert "72.00" not in card and "model-index" not in card and "## Classes" not in card
+    assert "**resnet10t.c3_in1k**, its 7-class head, trainable." in card
+    assert "What trains: every weight (no training run is recorded with this model)." in card
+    assert "result" not in record(tmp_path / "seven") and "class_names" not in record(tmp_path / "seven")
+
+    again = stitchkit.load_pretrained(tmp_path / "ten")  # the same head trained further: the score is stale too
+    train_a_step(again)
+    stitchkit.save_pretrained(again, tmp_path / "further")
+    assert "72.00" not in card_of(tmp_path / "further") and record(tmp_path / "further")["class_names"] == TEN
+
+
 def test_a_freshly_built_model_is_not_called_trained(tmp_path):
     """save_pretrained of a model nobody has trained: what trains, not "Trained:"; a whole model's head is not
     "frozen"."""
@@ -283,3 +308,14 @@ def test_a_freshly_built_model_is_not_called_trained(tmp_path):
     stitchkit.save_pretrained(stitchkit.create_model("resnet10t", num_classes=3), tmp_path / "whole", input_size=32)
     card = card_of(tmp_path / "whole")
     assert "**resnet10t.c3_in1k**, its 3-class head.\n" in card and "frozen" not in card and "Trained" not in card
+
+
+def test_timm_without_pretrained_weights_keeps_no_score(tmp_path):
+    """timm.create_model("local-dir:...", pretrained=False) builds the architecture with fresh weights: the folder's
+    top-1 is not theirs."""
+    import timm
+
+    build("stitch").save_pretrained(tmp_path / "trained", class_names=TEN, result=TRAINED_RESULT)
+    fresh = timm.create_model(f"local-dir:{tmp_path / 'trained'}", pretrained=False)
+    fresh.save_pretrained(tmp_path / "fresh")
+    assert "72.00" not in card_of(tmp_path / "fresh") and "result" not in record(tmp_path / "fresh")

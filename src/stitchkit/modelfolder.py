@@ -7,12 +7,13 @@ so ``timm.create_model("local-dir:FOLDER", pretrained=True)`` opens it (a whole 
 stitch, fine-tuning baseline or probe once stitchkit is imported, which registers ``stitchkit_stitch`` and its
 siblings with timm). stitchkit's own record sits under the key ``stitchkit``: what to build (``kind`` and
 ``architecture``: model names, gap, adapters, every stitch option), how to feed it (``preprocessing``), what it
-predicts (``class_names``) and what it scored (``result``; ``untrained_head`` while a head from ``reset_classifier``
-has not trained). ``model.safetensors`` holds every weight the model needs, frozen parts included, so loading needs
-neither the network nor the original checkpoints. A model saved without a classifier (after timm's
-``reset_classifier(0)``) records ``num_classes`` 0 (timm's keys and every kind's ``architecture``, as timm's own
-folders do) and loads as one that returns its pooled features. Nothing in a folder names a path of the machine that
-wrote it. Folders of format 1 (stitchkit 0.4 and 0.5, the record at the top level) still load.
+predicts (``class_names``) and what it scored (``result``; left out once the classifier that scored it has changed,
+and ``untrained_head`` while a head from ``reset_classifier`` has not trained). ``model.safetensors`` holds every
+weight the model needs, frozen parts included, so loading needs neither the network nor the original checkpoints. A
+model saved without a classifier (after timm's ``reset_classifier(0)``) records ``num_classes`` 0 (timm's keys and
+every kind's ``architecture``, as timm's own folders do) and loads as one that returns its pooled features. Nothing
+in a folder names a path of the machine that wrote it. Folders of format 1 (stitchkit 0.4 and 0.5, the record at the
+top level) still load.
 
 This module knows the folder; what each kind builds is its class's business (:class:`SavesPretrained`), and
 :func:`stitchkit.pretrained.load_pretrained` picks the class from ``kind``.
@@ -77,13 +78,31 @@ def folder_config(kind: str, architecture: dict, preprocessing: dict, class_name
 def model_config(model: nn.Module, kind: str, architecture: dict, preprocessing: dict | None = None,
                  **info: Any) -> dict:
     """:func:`folder_config` for ``model``: the preprocessing of its ``pretrained_cfg`` and what it was loaded with
-    (``stitchkit_info``: class names, result, ...), unless given (None values count as not given);
-    ``untrained_head`` where its classifier is the one ``reset_classifier`` made, unchanged."""
-    known = dict(getattr(model, "stitchkit_info", {}))
+    (``stitchkit_info``: class names, result, ...) where it still describes the model, unless given (None values
+    count as not given); ``untrained_head`` where its classifier is the one ``reset_classifier`` made, unchanged."""
+    known = _still_true(model)
     known.update((k, v) for k, v in info.items() if v is not None)
     if classifier_unchanged(model, getattr(model, "_fresh_classifier", None)):
         known["untrained_head"] = True
     return folder_config(kind, architecture, preprocessing or getattr(model, "pretrained_cfg", None) or {}, **known)
+
+
+def _still_true(model: nn.Module) -> dict:
+    """What the model was loaded with (``stitchkit_info``), less what no longer describes it: the result, where the
+    classifier that scored it has changed since (replaced by timm's own reset_classifier on a whole model, or
+    trained further), and class names that number other than its outputs. A stitchkit network's
+    ``reset_classifier`` drops both itself."""
+    from .zoo.models import classes_or_none
+
+    known = dict(getattr(model, "stitchkit_info", None) or {})
+    scored = getattr(model, "_scored_classifier", None)
+    if "result" in known and scored is not None and not classifier_unchanged(model, scored):
+        del known["result"]
+    names, classes = known.get("class_names"), classes_or_none(model)
+    if names and classes is not None and len(names) != classes:
+        known.pop("class_names")
+        known.pop("result", None)
+    return known
 
 
 def classifier_snapshot(model: nn.Module) -> list[torch.Tensor] | None:
@@ -345,7 +364,9 @@ def apply_config(model: nn.Module, config: dict) -> nn.Module:
     }
     model.stitchkit_info = {k: config[k] for k in ("class_names", "result", "trained", "sources", "evaluation",
                                                    "provenance") if k in config}
-    # A head from reset_classifier, saved before it trained: a later save tells from it whether it still is untrained
+    # The classifier the result was measured with, and (a head from reset_classifier, saved before it trained) the
+    # one still untrained: a later save tells from them whether either still describes the model
+    model._scored_classifier = classifier_snapshot(model) if config.get("result") else None
     model._fresh_classifier = classifier_snapshot(model) if config.get("untrained_head") else None
     return model
 
