@@ -319,3 +319,23 @@ def test_timm_without_pretrained_weights_keeps_no_score(tmp_path):
     fresh = timm.create_model(f"local-dir:{tmp_path / 'trained'}", pretrained=False)
     fresh.save_pretrained(tmp_path / "fresh")
     assert "72.00" not in card_of(tmp_path / "fresh") and "result" not in record(tmp_path / "fresh")
+
+
+def test_a_result_on_some_classes_is_not_given_as_one_on_the_dataset():
+    """data.classes=[5,6,7,8,9] of Fashion-MNIST: the Hub's metadata and the card said the top-1 was on
+    fashion_mnist's validation split, as if on its 10 classes."""
+    def card(**evaluation):
+        return model_card(folder_config(
+            "probe", KINDS["probe"][0], PREPROCESSING, TEN[5:], trained=["head"], evaluation=evaluation or None,
+            result={"top1": 88.0, "dataset": "fashion_mnist", "eval_images": 5000, "val_split_images": 5000,
+                    "steps": 9}))
+
+    subset = card(data={"name": "fashion_mnist", "classes": [5, 6, 7, 8, 9]})
+    header = subset.split("\n---\n")[0]
+    assert 'name: "fashion_mnist (5 of its classes)"' in header
+    assert 'split: "validation, data.classes=[5, 6, 7, 8, 9] (5,000 images)"' in header
+    assert ("Top-1 **88.00%** on the 5,000 validation images of fashion_mnist, 5 of its classes "
+            "(data.classes=[5, 6, 7, 8, 9]) after 9 optimizer steps.") in subset
+    whole = card(data={"name": "fashion_mnist", "classes": None})
+    assert 'name: "fashion_mnist"' in whole and "Top-1 **88.00%** on the 5,000 validation images of fashion_mnist " \
+        "after 9 optimizer steps." in whole

@@ -544,16 +544,19 @@ def model_card(config: dict, model: nn.Module | None = None) -> str:
              *_yaml_list("base_model", [s["hub_id"] for s in sources if s.get("hub_id")]),
              "pipeline_tag: image-classification", "tags:", "- image-classification", "- model-stitching",
              "- stitchkit", "- timm"]
-    evaluated = _evaluated_on(result)
+    selected = _selected_classes(config)
+    evaluated = _evaluated_on(result, selected)
     if result.get("top1") is not None:
         metrics = [("accuracy", result["top1"], f"Top-1 accuracy ({evaluated})")]
         if result.get("top5") is not None:
             metrics.append(("top_5_accuracy", result["top5"], f"Top-5 accuracy ({evaluated})"))
+        # a subset of classes is a task of its own: its accuracy is not one on the whole dataset
+        task_name = (dataset or "unknown") + (f" ({len(selected)} of its classes)" if selected else "")
         lines += ["model-index:", f"- name: {json.dumps(title)}", "  results:", "  - task:",
                   "      type: image-classification", "    dataset:",
-                  f"      name: {json.dumps(dataset or 'unknown')}",
+                  f"      name: {json.dumps(task_name)}",
                   f"      type: {json.dumps(HUB_DATASETS.get(dataset, dataset or 'unknown'))}",
-                  f"      split: {json.dumps(_split_text(result))}", "    metrics:"]
+                  f"      split: {json.dumps(_split_text(result, selected))}", "    metrics:"]
         for kind, value, name in metrics:
             lines += [f"    - type: {kind}", f"      value: {value:.2f}", f"      name: {json.dumps(name)}"]
     lines += ["---", "", f"# {title}", "", what, ""]
@@ -720,7 +723,7 @@ def _measured_words(part: dict) -> str:
 
 def _dataset_words(dataset: str | None) -> str:
     """A dataset as the card names it: an image folder is a folder of the user's, not a dataset to look up."""
-    return {"imagefolder": "an image folder", "synthetic": "stitchkit's synthetic images", None: "unrecorded data"
+    return {"imagefolder": "an image folder", "synthetic": "stitchkit's synthetic data", None: "unrecorded data"
             }.get(dataset, dataset)
 
 
@@ -738,18 +741,27 @@ def _pct(value) -> str:
     return f"{value:.2f}" if isinstance(value, (int, float)) else "-"
 
 
-def _split_text(result: dict) -> str:
+def _selected_classes(config: dict) -> list | None:
+    """The classes a run trained and evaluated on where it chose some of its data's (``data.classes``), else None."""
+    return ((config.get("evaluation") or {}).get("data") or {}).get("classes") or None
+
+
+def _split_text(result: dict, selected: list | None = None) -> str:
     images, whole = result.get("eval_images"), result.get("val_split_images")
+    split = f"validation, data.classes={selected}" if selected else "validation"
     if images and whole and images < whole:
-        return f"validation ({images:,} of {whole:,} images)"
-    return f"validation ({images:,} images)" if images else "validation"
+        return f"{split} ({images:,} of {whole:,} images)"
+    return f"{split} ({images:,} images)" if images else split
 
 
-def _evaluated_on(result: dict) -> str:
-    images, whole, dataset = result.get("eval_images"), result.get("val_split_images"), result.get("dataset")
-    on = f" of {dataset}'s evaluation split" if dataset else ""
+def _evaluated_on(result: dict, selected: list | None = None) -> str:
+    """The images the top-1 was measured on: how many, of which validation split, of which classes."""
+    images, whole = result.get("eval_images"), result.get("val_split_images")
+    on = _dataset_words(result.get("dataset"))
+    if selected:  # a task of its own: its top-1 is not one on the whole dataset
+        on += f", {len(selected)} of its classes (data.classes={selected})"
     if images and whole and images < whole:
-        return f"{images:,} of the {whole:,} images{on} (a random subset, data.limit_val)"
+        return f"{images:,} of the {whole:,} validation images of {on} (a random subset, data.limit_val)"
     if images:
-        return f"the {images:,} images{on}"
-    return f"{dataset}'s evaluation split" if dataset else "its evaluation split (size not recorded)"
+        return f"the {images:,} validation images of {on}"
+    return f"the validation images of {on} (how many is not recorded)"
