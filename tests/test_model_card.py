@@ -149,8 +149,8 @@ def test_the_top1_before_training_says_what_each_kind_started_from():
     no adapters."""
     for name, (_, _, start) in KINDS.items():
         evaluation = section(kind_card(name), "Evaluation")
-        assert evaluation[0].endswith(f" after 1 epoch(s) (9 optimizer steps); 22.00% before training ({start})."), \
-            (name, evaluation)
+        ending = f" after 9 optimizer steps (1 full epoch(s)); 22.00% before training ({start})."
+        assert evaluation[0].endswith(ending), (name, evaluation)
         assert ("adapters" in evaluation[0]) == ("stitch" in name or name == "parallel"), name
 
 
@@ -339,3 +339,15 @@ def test_a_result_on_some_classes_is_not_given_as_one_on_the_dataset():
     whole = card(data={"name": "fashion_mnist", "classes": None})
     assert 'name: "fashion_mnist"' in whole and "Top-1 **88.00%** on the 5,000 validation images of fashion_mnist " \
         "after 9 optimizer steps." in whole
+
+
+def test_a_probe_is_not_titled_trained_before_it_is():
+    """The title (and the Hub's model name) said "resnet10t with a trained head" of every probe, a freshly built or
+    reset one too."""
+    import stitchkit
+
+    for unfreeze_last, title in [(0, "# resnet10t probe (frozen but for its head)"),
+                                 (1, "# resnet10t probe (frozen but for its head and last 1 blocks)")]:
+        probe = stitchkit.create_probe("resnet10t", num_classes=5, input_size=32, unfreeze_last=unfreeze_last)
+        card = model_card(folder_config("probe", probe.architecture(), PREPROCESSING), probe)
+        assert title in card.splitlines() and "trained head" not in card

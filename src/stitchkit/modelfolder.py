@@ -516,8 +516,9 @@ def _title(config: dict) -> str:
     if kind == "finetune":
         return f"{arch['model']} fine-tuning baseline, gap {arch['gap'][0]}:{arch['gap'][1]}"
     if kind == "probe":
-        return f"{arch['model']} with a trained head" + (f" and last {arch['unfreeze_last']} blocks"
-                                                          if arch.get("unfreeze_last") else "")
+        # what the probe is, whether or not it has trained yet (a new or reset head has not)
+        return f"{arch['model']} probe (frozen but for its head" + (
+            f" and last {arch['unfreeze_last']} blocks)" if arch.get("unfreeze_last") else ")")
     return arch.get("name", "model")
 
 
@@ -653,10 +654,10 @@ def _evaluation_sentence(config: dict, evaluated: str) -> str:
     if _training_done(result) is False:
         return sentence + f", untrained: its run took 0 optimizer steps, so this is {_start_words(config)}."
     epochs, steps, start = result.get("epochs"), result.get("steps"), result.get("top1_at_start")
-    if epochs:
-        sentence += f" after {epochs} epoch(s)" + (f" ({steps:,} optimizer steps)" if steps else "")
-    elif steps:
-        sentence += f" after {steps:,} optimizer steps"
+    if steps:  # epochs counts whole ones: train.max_steps may stop a run part-way through the next
+        sentence += f" after {steps:,} optimizer steps" + (f" ({epochs} full epoch(s))" if epochs else "")
+    elif epochs:
+        sentence += f" after {epochs} epoch(s)"
     if start is not None:
         sentence += f"; {start:.2f}% before training ({_start_words(config)})"
     return sentence + "."
