@@ -351,3 +351,15 @@ def test_a_probe_is_not_titled_trained_before_it_is():
         probe = stitchkit.create_probe("resnet10t", num_classes=5, input_size=32, unfreeze_last=unfreeze_last)
         card = model_card(folder_config("probe", probe.architecture(), PREPROCESSING), probe)
         assert title in card.splitlines() and "trained head" not in card
+
+
+def test_a_top5_of_five_classes_or_fewer_is_left_out():
+    """Every image is among the top 5 of 5 classes: the new-task card's "top-5 100.00%" (also in the Hub's metrics)
+    said nothing of the model."""
+    record = folder_config("probe", KINDS["probe"][0], PREPROCESSING, TEN[5:], trained=["head"],
+                           result={"top1": 76.0, "top5": 100.0, "dataset": "imagefolder", "eval_images": 50,
+                                   "steps": 9})
+    card = model_card(record)
+    assert "top-5" not in card.lower() and "top_5" not in card
+    ten = kind_card("probe", top5=99.0)  # 10 classes
+    assert "top-5 99.00%" in ten and "type: top_5_accuracy" in ten

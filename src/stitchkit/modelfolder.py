@@ -549,7 +549,7 @@ def model_card(config: dict, model: nn.Module | None = None) -> str:
     evaluated = _evaluated_on(result, selected)
     if result.get("top1") is not None:
         metrics = [("accuracy", result["top1"], f"Top-1 accuracy ({evaluated})")]
-        if result.get("top5") is not None:
+        if _telling_top5(config):
             metrics.append(("top_5_accuracy", result["top5"], f"Top-5 accuracy ({evaluated})"))
         # a subset of classes is a task of its own: its accuracy is not one on the whole dataset
         task_name = (dataset or "unknown") + (f" ({len(selected)} of its classes)" if selected else "")
@@ -646,11 +646,21 @@ def _start_words(config: dict) -> str:
     return "the model as it started"
 
 
+def _telling_top5(config: dict) -> bool:
+    """Whether the result's top-5 says anything: with 5 classes or fewer every image is among the top 5 (the
+    evaluation takes the top min(5, classes)), so it is 100% of any model."""
+    if (config.get("result") or {}).get("top5") is None:
+        return False
+    head, _ = _head_record(config)
+    classes = len(config.get("class_names") or []) or head.get("head_classes") or head.get("num_classes")
+    return not (isinstance(classes, int) and classes <= 5)
+
+
 def _evaluation_sentence(config: dict, evaluated: str) -> str:
     """The card's line on the model's top-1: on what, after how much training, and what it started from."""
     result = config["result"]
     sentence = f"Top-1 **{result['top1']:.2f}%**" + (
-        f", top-5 {result['top5']:.2f}%" if result.get("top5") is not None else "") + f" on {evaluated}"
+        f", top-5 {result['top5']:.2f}%" if _telling_top5(config) else "") + f" on {evaluated}"
     if _training_done(result) is False:
         return sentence + f", untrained: its run took 0 optimizer steps, so this is {_start_words(config)}."
     epochs, steps, start = result.get("epochs"), result.get("steps"), result.get("top1_at_start")
