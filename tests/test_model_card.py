@@ -363,3 +363,13 @@ def test_a_top5_of_five_classes_or_fewer_is_left_out():
     assert "top-5" not in card.lower() and "top_5" not in card
     ten = kind_card("probe", top5=99.0)  # 10 classes
     assert "top-5 99.00%" in ten and "type: top_5_accuracy" in ten
+
+
+def test_a_stitch_says_one_model_only_of_one_set_of_weights():
+    """Two checkpoints of resnet10t stitched are two models of one architecture: the title said "(one model)"."""
+    def title(**architecture):
+        return model_card(folder_config("stitch", {**STITCH, **architecture}, PREPROCESSING)).split("\n# ")[1]
+
+    assert title().startswith("resnet10t -> resnet10t (one model) stitch")
+    assert title(one_model=False).startswith("resnet10t -> resnet10t stitch")
+

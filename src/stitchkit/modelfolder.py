@@ -506,7 +506,8 @@ def describe_head(config: dict) -> str:
 def _title(config: dict) -> str:
     arch, kind = config["architecture"], config["kind"]
     if kind == "stitch":
-        same = " (one model)" if arch["src"] == arch["dst"] else ""
+        # one model: both ends are one set of weights, not merely one architecture (two checkpoints of resnet10t)
+        same = " (one model)" if arch.get("one_model") else ""
         return (f"{arch['src']} -> {arch['dst']}{same} stitch, stage {arch['gap'][0]} -> {arch['gap'][1]} "
                 f"({arch['adapter']} adapters)")
     if kind == "parallel":
