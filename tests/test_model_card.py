@@ -373,3 +373,11 @@ def test_a_stitch_says_one_model_only_of_one_set_of_weights():
     assert title().startswith("resnet10t -> resnet10t (one model) stitch")
     assert title(one_model=False).startswith("resnet10t -> resnet10t stitch")
 
+
+def test_frozen_parts_in_train_mode_are_not_said_to_be_as_their_source_left_them():
+    """frozen_mode=train: the frozen parts' BatchNorm statistics move with training (the checkpoint keeps them)."""
+    card = model_card(folder_config("stitch", {**STITCH, "frozen_mode": "train"}, PREPROCESSING,
+                                    trained=["adapters"], result={"top1": 70.0, "steps": 9}))
+    assert ("Trained: adapters; everything else keeps its source's weights, but its BatchNorm statistics moved with "
+            "training (frozen_mode=train).") in card.splitlines()
+    assert "Trained: adapters; everything else is frozen as its source left it." in kind_card("stitch")

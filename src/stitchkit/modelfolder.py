@@ -620,6 +620,9 @@ def _trained_sentence(config: dict) -> str:
     everything = "all" in trained
     parts = "every weight" if everything else ", ".join(trained)
     rest = "" if everything else "; everything else is frozen as its source left it"
+    if not everything and _head_record(config)[0].get("frozen_mode") == "train":  # frozen weights, moving statistics
+        rest = ("; everything else keeps its source's weights, but its BatchNorm statistics moved with training "
+                "(frozen_mode=train)")
     head = "; the head is untrained (random weights from reset_classifier)" if config.get("untrained_head") else ""
     done = _training_done(result)
     if done is False:
