@@ -229,8 +229,12 @@ def test_a_head_from_reset_classifier_is_new_and_untrained_until_it_trains(tmp_p
 
     import stitchkit
 
-    build("stitch").save_pretrained(tmp_path / "trained", class_names=TEN, result=TRAINED_RESULT)
+    parts = [{"name": "resnet10t", "role": "source (front)", "gmacs": 0.0224, "top1": 72.0,
+              "measured_on": {"dataset": "imagefolder", "class_names": TEN, "eval_images": 100, "input_size": 32,
+                              "same_data": True}}]
+    build("stitch").save_pretrained(tmp_path / "trained", class_names=TEN, result=TRAINED_RESULT, sources=parts)
     assert "Trained: adapters; everything else is frozen" in card_of(tmp_path / "trained")
+    assert parts_table(card_of(tmp_path / "trained"))["source (front)"]["top-1 (%) on this model's task"] == "72.00"
     model = stitchkit.load_pretrained(tmp_path / "trained")
     model.reset_classifier(7)
     model.save_pretrained(tmp_path / "reset")
@@ -241,6 +245,9 @@ def test_a_head_from_reset_classifier_is_new_and_untrained_until_it_trains(tmp_p
             "(random weights from reset_classifier); everything else is frozen as its source left it.") in card
     assert "Trained:" not in card and ", trained" not in card
     assert "## Evaluation" not in card and "72.00" not in card.split("## Compared")[0] and "## Classes" not in card
+    assert "another task" not in card  # nobody measured the new head on any
+    assert any(line.startswith("- resnet10t (source (front)): 72.00% top-1 on 10 classes (bag,")
+               for line in section(card, "Compared with its parts"))
     assert record(tmp_path / "reset")["untrained_head"] is True
 
     stitchkit.load_pretrained(tmp_path / "reset").save_pretrained(tmp_path / "again")  # the folder carries it

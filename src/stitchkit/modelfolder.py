@@ -700,16 +700,18 @@ def _parts_section(config: dict, sources: list[dict]) -> list[str]:
     lines += ["", "A part's top-1 stands beside this model's only where a stitchkit run measured it on this model's "
               "task (the same data, classes and validation images, at the same image size); a pretrained part's "
               "accuracy on this data was not measured.", ""]
-    if elsewhere:
-        ours = (f"this model's {result['top1']:.2f}% is on " + _task_words(
-            config.get("class_names"), result.get("eval_images"), result.get("dataset"),
-            config["preprocessing"]["input_size"][-1]) if result.get("top1") is not None
-                else "this model has no top-1 recorded")
-        lines += [f"Measured on another task, so not comparable ({ours}):", ""]
-        for s in elsewhere:
-            lines.append(f"- {s['name']} ({s['role']}): {s['top1']:.2f}% top-1 on {_measured_words(s)}")
-        lines.append("")
-    return lines
+    if not elsewhere:
+        return lines
+    if result.get("top1") is None:  # nothing of this model's to compare with (a reset head)
+        lines += ["Measured by the parts' own stitchkit runs (this model has no top-1 recorded):", ""]
+    else:
+        ours = _task_words(config.get("class_names"), result.get("eval_images"), result.get("dataset"),
+                           config["preprocessing"]["input_size"][-1])
+        lines += [f"Measured on another task, so not comparable (this model's {result['top1']:.2f}% is on {ours}):",
+                  ""]
+    for s in elsewhere:
+        lines.append(f"- {s['name']} ({s['role']}): {s['top1']:.2f}% top-1 on {_measured_words(s)}")
+    return lines + [""]
 
 
 def _same_task(part: dict, config: dict) -> bool:
