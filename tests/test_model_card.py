@@ -388,3 +388,46 @@ def test_frozen_parts_in_train_mode_are_not_said_to_be_as_their_source_left_them
     assert ("Trained: adapters; everything else keeps its source's weights, but its BatchNorm statistics moved with "
             "training (frozen_mode=train).") in card.splitlines()
     assert "Trained: adapters; everything else is frozen as its source left it." in kind_card("stitch")
+
+
+def test_exported_runs_compare_with_their_parts_only_on_the_same_task(tmp_path):
+    """The audit's runs, small: a scratch source on 10 classes, a new-task stitch of it on 5 (data.classes) and a
+    probe of it on the same 10, exported: the stitch's card lists the source's top-1 under its table, the probe's
+    sets it beside its own; each says what it started from."""
+    from stitchkit.cli import main
+    from stitchkit.training import train
+
+    tiny = ["data.name=synthetic", "data.input_size=32", "data.synthetic_train_size=64", "data.synthetic_val_size=40",
+            "optim.batch_size=16", "train.batch_size=16", "train.workers=0", "train.threads=1",
+            "model.pretrained=false", "train.epochs=1"]
+    source = train(load_config(None, [*tiny, "mode=scratch", "model.src=resnet10t", f"output.dir={tmp_path / 'src'}"]))
+    checkpoint = tmp_path / "src" / "model.pt"
+    train(load_config(None, [*tiny, "mode=stitch", "model.src=resnet10t", "model.dst=resnet10t", "model.gap=1:3",
+                             f"model.src_checkpoint={checkpoint}", f"model.dst_checkpoint={checkpoint}",
+                             "data.classes=[5,6,7,8,9]", "model.num_classes=5", f"output.dir={tmp_path / 'newtask'}"]))
+    probe = train(load_config(None, [*tiny, "mode=probe", "model.src=resnet10t", f"model.src_checkpoint={checkpoint}",
+                                     f"output.dir={tmp_path / 'probe'}"]))
+    for run in ("newtask", "probe"):
+        assert main(["export", str(tmp_path / run), "--out", str(tmp_path / f"{run}-folder"), "--format",
+                     "safetensors"]) == 0
+    column = "top-1 (%) on this model's task"
+
+    card = card_of(tmp_path / "newtask-folder" / "model")
+    assert {role: row[column] for role, row in parts_table(card).items()} == {
+        "-": parts_table(card)["-"][column], "source (front)": "-", "destination (back)": "-"}
+    below = section(card, "Compared with its parts")
+    assert any(line.startswith("Measured on another task, so not comparable (this model's ") and
+               "is on 5 classes (class_5, class_6, class_7, class_8, class_9), 20 validation images" in line
+               for line in below)
+    assert f"- resnet10t (source (front)): {source['top1']:.2f}% top-1 on 10 classes (class_0, " in "\n".join(below)
+    evaluation = section(card, "Evaluation")[0]
+    assert "of stitchkit's synthetic data, 5 of its classes (data.classes=[5, 6, 7, 8, 9])" in evaluation
+    assert evaluation.endswith("before training (the adapters as they started, with the new head untrained).")
+    assert "top-5" not in card.lower()
+
+    card = card_of(tmp_path / "probe-folder" / "model")
+    assert parts_table(card)["frozen body"][column] == f"{source['top1']:.2f}"
+    assert parts_table(card)["-"][column] == f"{probe['top1']:.2f}" and "not comparable" not in card
+    assert section(card, "Evaluation")[0].endswith("before training (the frozen resnet10t with the probe's initial "
+                                                   "head).")
+    assert "adapters" not in card and "# resnet10t probe (frozen but for its head)" in card.splitlines()
