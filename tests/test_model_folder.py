@@ -69,7 +69,7 @@ def test_the_folder_is_the_hub_layout_and_describes_the_model(exported):
     # a title in words, the Hub's metadata, the evaluation set's size, the parts' accuracy and compute, the head
     assert "\n# resnet10t -> resnet18 stitch, stage 1 -> 3 (bottleneck adapters)\n" in card
     assert "license: unknown" in card and "model-index:" in card and 'split: "validation (40 images)"' in card
-    assert f"value: {result['top1']:.2f}" in card and "on the 40 images of synthetic's evaluation split" in card
+    assert f"value: {result['top1']:.2f}" in card and "on the 40 validation images of stitchkit's synthetic data" in card
     assert "## Compared with its parts" in card and "| resnet10t | source (front), checkpoint model.pt" in card
     assert "with a new 10-class head, trained" in card and "seed" not in card.split("\n# ")[1].splitlines()[0]
 
@@ -277,7 +277,7 @@ def test_the_card_of_pretrained_parts_names_them_for_the_hub():
     assert "license: apache-2.0" in header and '- "zalando-datasets/fashion_mnist"' in header
     assert 'base_model:\n- "timm/resnet18.a1_in1k"\n- "timm/resnet34.a1_in1k"' in header
     assert 'split: "validation (2,000 of 10,000 images)"' in header and "value: 81.25" in header
-    assert "81.25%** on 2,000 of the 10,000 images of fashion_mnist's evaluation split (a random subset" in card
+    assert "81.25%** on 2,000 of the 10,000 validation images of fashion_mnist (a random subset" in card
     assert "| resnet18.a1_in1k | source (front), timm pretrained, timm/resnet18.a1_in1k |" in card
 
 

@@ -378,7 +378,7 @@ def test_reset_classifier_on_a_stitch_trains_a_new_head_that_saves_and_loads(tmp
     loaded = stitchkit.load_pretrained(tmp_path / "five")
     with torch.no_grad():
         assert torch.equal(loaded(X), stitch(X)) and loaded(X).shape == (2, 5)
-    assert "a new 5-class head, trained" in (tmp_path / "five" / "README.md").read_text()
+    assert "a new 5-class head, untrained" in (tmp_path / "five" / "README.md").read_text()  # not trained since
     probe = stitchkit.create_probe("resnet10t", num_classes=6, input_size=32).eval()
     with torch.no_grad():
         assert torch.allclose(probe.forward_head(probe.forward_features(X)), probe(X), atol=1e-6)
@@ -469,7 +469,7 @@ def test_every_network_drops_its_classifier_and_takes_a_new_one_as_timms_models_
     if kind.startswith("stitch"):
         assert model.config.num_classes == 3 and model.config.train_head
     model.save_pretrained(tmp_path / "three")
-    assert "3-class head, trained" in (tmp_path / "three" / "README.md").read_text()
+    assert "3-class head, untrained" in (tmp_path / "three" / "README.md").read_text()
     loaded = stitchkit.load_pretrained(tmp_path / "three")
     with torch.no_grad():
         assert torch.equal(loaded(X), model(X))

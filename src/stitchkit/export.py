@@ -48,8 +48,8 @@ DEPLOYMENT_FORMATS = ("torch-export", "torchscript", "onnx")
 FORMATS = ("safetensors", *DEPLOYMENT_FORMATS)
 TOLERANCE = 1e-4
 FILES = {"torch-export": "model.pt2", "torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
-RESULT_KEYS = ("top1", "top5", "loss", "gmacs", "params", "trainable_params", "epochs", "dataset", "eval_images",
-               "val_split_images", "top1_at_start")
+RESULT_KEYS = ("top1", "top5", "loss", "gmacs", "params", "trainable_params", "epochs", "steps", "dataset",
+               "eval_images", "val_split_images", "top1_at_start")
 
 
 def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = FORMATS) -> dict:
@@ -162,7 +162,8 @@ def _file_name(path: str | None) -> str | None:
 def parts_record(config, size: int) -> list[dict]:
     """The models a run's network was made from, for its model card: name, role, where the weights came from
     (the Hub id of pretrained timm weights: the card's ``base_model``), their compute at ``size`` and, for a
-    checkpoint written by a stitchkit run, the accuracy that run measured."""
+    checkpoint written by a stitchkit run, the accuracy that run measured and what it measured it on
+    (``measured_on``: the card sets it beside this model's only where that was this run's task)."""
     m = config.model
     if config.mode == "scratch":
         return []
@@ -178,12 +179,14 @@ def parts_record(config, size: int) -> list[dict]:
         part = {"name": name, "role": role, "gmacs": model_macs(name, size) / 1e9}
         if checkpoint:
             part["weights"] = f"checkpoint {Path(checkpoint).name}"
-            measured = RunDir(Path(checkpoint).parent).read_result() if Path(checkpoint).parent.is_dir() else None
+            source_run = RunDir(Path(checkpoint).parent)
+            measured = source_run.read_result() if source_run.path.is_dir() else None
             if measured and measured.get("gmacs") and measured.get("input_size") == size:
                 part["gmacs"] = measured["gmacs"]  # with the checkpoint's own head, not a 1000-class one
             if measured and measured.get("top1") is not None:
                 part["top1"] = measured["top1"]
                 part["top1_on"] = f"{measured.get('dataset')}, {measured.get('mode')} run"
+                part["measured_on"] = _measured_on(measured, _run_data(source_run), vars(config.data))
                 part["weights"] += f" (a stitchkit {measured.get('mode')} run)"
         elif m.pretrained:
             part.update(_pretrained_source(name))
@@ -191,6 +194,40 @@ def parts_record(config, size: int) -> list[dict]:
             part["weights"] = "random initialisation"
         parts.append(part)
     return parts
+
+
+def _run_data(run: RunDir) -> dict | None:
+    """The ``data`` settings in a run's ``config.yaml``, or None where they cannot be read."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(run.config.read_text()).get("data")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _evaluated_data(data: dict) -> dict:
+    """Of a run's ``data`` settings, those that decide which images (and labels) its top-1 was measured on: the
+    dataset (an image folder by where it is: a path is compared, never recorded), the classes selected, the
+    validation subset (``data.limit_val`` and the seed that draws it), the image size."""
+    picked = {key: data.get(key) for key in ("name", "classes", "limit_val", "input_size")}
+    if data.get("limit_val") is not None:
+        picked["holdout_seed"] = data.get("holdout_seed")
+    if data.get("name") == "imagefolder":
+        picked["root"] = str(Path(data["root"]).expanduser().resolve()) if data.get("root") else None
+    if data.get("name") == "synthetic":
+        picked.update({key: data.get(key) for key in ("synthetic_val_size", "synthetic_classes", "synthetic_jpeg")})
+    return picked
+
+
+def _measured_on(measured: dict, their_data: dict | None, our_data: dict) -> dict:
+    """What a part's stitchkit run measured its top-1 on: dataset, classes, validation images, image size, and
+    whether that was the very data this run evaluates on (``same_data``; None where the part's settings are gone)."""
+    same = None if their_data is None else _evaluated_data(their_data) == _evaluated_data(our_data)
+    return {"dataset": measured.get("dataset"), "class_names": measured.get("class_names"),
+            "eval_images": measured.get("eval_images"), "input_size": measured.get("input_size"),
+            "same_data": same}
 
 
 def _pretrained_source(name: str) -> dict:

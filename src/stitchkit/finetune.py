@@ -72,8 +72,10 @@ class FinetuneBaseline(Network, Part):
     @classmethod
     def describe(cls, architecture: dict, head: str) -> str:
         a = architecture
-        return (f"The fine-tuning baseline of **{a['model']}** for gap {a['gap'][0]}:{a['gap'][1]} (the gap's blocks "
-                f"removed, every weight trained), with {head}.")
+        # Which blocks went depends on the model (a ResNet of one block per stage keeps every one): say the rule
+        return (f"The fine-tuning baseline of **{a['model']}** for gap {a['gap'][0]}:{a['gap'][1]} (the blocks "
+                f"inside the gap removed, but for the first block of each stage it enters and any block that changes "
+                f"the features' shape; every weight trains), with {head}.")
 
     def architecture(self) -> dict:
         return {"model": self.source, "gap": list(self.gap), "input_size": self.input_size,

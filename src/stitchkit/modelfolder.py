@@ -7,12 +7,13 @@ so ``timm.create_model("local-dir:FOLDER", pretrained=True)`` opens it (a whole 
 stitch, fine-tuning baseline or probe once stitchkit is imported, which registers ``stitchkit_stitch`` and its
 siblings with timm). stitchkit's own record sits under the key ``stitchkit``: what to build (``kind`` and
 ``architecture``: model names, gap, adapters, every stitch option), how to feed it (``preprocessing``), what it
-predicts (``class_names``) and what it scored (``result``). ``model.safetensors`` holds every weight the model
-needs, frozen parts included, so loading needs neither the network nor the original checkpoints. A model saved
-without a classifier (after timm's ``reset_classifier(0)``) records ``num_classes`` 0 (timm's keys and every kind's
-``architecture``, as timm's own folders do) and loads as one that returns its pooled features. Nothing in a
-folder names a path of the machine that wrote it. Folders of format 1 (stitchkit 0.4 and 0.5, the record at the top
-level) still load.
+predicts (``class_names``) and what it scored (``result``; left out once the classifier that scored it has changed,
+and ``untrained_head`` while a head from ``reset_classifier`` has not trained). ``model.safetensors`` holds every
+weight the model needs, frozen parts included, so loading needs neither the network nor the original checkpoints. A
+model saved without a classifier (after timm's ``reset_classifier(0)``) records ``num_classes`` 0 (timm's keys and
+every kind's ``architecture``, as timm's own folders do) and loads as one that returns its pooled features. Nothing
+in a folder names a path of the machine that wrote it. Folders of format 1 (stitchkit 0.4 and 0.5, the record at the
+top level) still load.
 
 This module knows the folder; what each kind builds is its class's business (:class:`SavesPretrained`), and
 :func:`stitchkit.pretrained.load_pretrained` picks the class from ``kind``.
@@ -78,10 +79,53 @@ def folder_config(kind: str, architecture: dict, preprocessing: dict, class_name
 def model_config(model: nn.Module, kind: str, architecture: dict, preprocessing: dict | None = None,
                  **info: Any) -> dict:
     """:func:`folder_config` for ``model``: the preprocessing of its ``pretrained_cfg`` and what it was loaded with
-    (``stitchkit_info``: class names, result, ...), unless given (None values count as not given)."""
-    known = dict(getattr(model, "stitchkit_info", {}))
+    (``stitchkit_info``: class names, result, ...) where it still describes the model, unless given (None values
+    count as not given); ``untrained_head`` where its classifier is the one ``reset_classifier`` made, unchanged."""
+    known = _still_true(model)
     known.update((k, v) for k, v in info.items() if v is not None)
+    if classifier_unchanged(model, getattr(model, "_fresh_classifier", None)):
+        known["untrained_head"] = True
     return folder_config(kind, architecture, preprocessing or getattr(model, "pretrained_cfg", None) or {}, **known)
+
+
+def _still_true(model: nn.Module) -> dict:
+    """What the model was loaded with (``stitchkit_info``), less what no longer describes it: the result, where the
+    classifier that scored it has changed since (replaced by timm's own reset_classifier on a whole model, or
+    trained further), and class names that number other than its outputs. A stitchkit network's
+    ``reset_classifier`` drops both itself."""
+    from .zoo.models import classes_or_none
+
+    known = dict(getattr(model, "stitchkit_info", None) or {})
+    scored = getattr(model, "_scored_classifier", None)
+    if "result" in known and scored is not None and not classifier_unchanged(model, scored):
+        del known["result"]
+    names, classes = known.get("class_names"), classes_or_none(model)
+    if names and classes is not None and len(names) != classes:
+        known.pop("class_names")
+        known.pop("result", None)
+    return known
+
+
+def classifier_snapshot(model: nn.Module) -> list[torch.Tensor] | None:
+    """A copy, on the CPU, of the weights of ``model``'s classifier, to tell later whether they changed; None where
+    the model has no one classifier layer."""
+    from .zoo.models import classifier_layer
+
+    layer = classifier_layer(model)
+    return None if layer is None else [p.detach().to("cpu", copy=True) for p in layer.parameters()]
+
+
+def classifier_unchanged(model: nn.Module, snapshot: list[torch.Tensor] | None) -> bool:
+    """Whether ``model``'s classifier holds the weights of ``snapshot`` (:func:`classifier_snapshot`), in whatever
+    dtype and device the model has since been moved to (a cast of the snapshot is what the model's cast made)."""
+    from .zoo.models import classifier_layer
+
+    layer = classifier_layer(model) if snapshot is not None else None
+    if layer is None:
+        return False
+    now = [p.detach() for p in layer.parameters()]
+    return len(now) == len(snapshot) and all(
+        a.shape == b.shape and torch.equal(b.to(a.dtype), a.cpu()) for a, b in zip(now, snapshot))
 
 
 def write_model_folder(directory: str | os.PathLike, config: dict, model: nn.Module) -> Path:
@@ -321,6 +365,10 @@ def apply_config(model: nn.Module, config: dict) -> nn.Module:
     }
     model.stitchkit_info = {k: config[k] for k in ("class_names", "result", "trained", "sources", "evaluation",
                                                    "provenance") if k in config}
+    # The classifier the result was measured with, and (a head from reset_classifier, saved before it trained) the
+    # one still untrained: a later save tells from them whether either still describes the model
+    model._scored_classifier = classifier_snapshot(model) if config.get("result") else None
+    model._fresh_classifier = classifier_snapshot(model) if config.get("untrained_head") else None
     return model
 
 
@@ -430,12 +478,13 @@ def _without_classifier(config: dict) -> bool:
 
 
 def describe_head(config: dict) -> str:
-    """The card's phrase for the head: new or the destination's own, how many classes, whether it trained."""
+    """The card's phrase for the head: new or the destination's own, how many classes, whether it trains and, as
+    far as the folder records, whether it was trained."""
     arch, kind = _head_record(config)
     if _without_classifier(config):
         return "no classifier (it returns the pooled features a classifier would read; give it one with " \
             "reset_classifier(num_classes))"
-    trained = "head" in (config.get("trained") or []) or "all" in (config.get("trained") or [])
+    trains = "head" in (config.get("trained") or []) or "all" in (config.get("trained") or [])
     classes = arch.get("head_classes") or arch.get("num_classes")
     size = f"{classes}-class " if classes else ""
     if kind == "stitch":
@@ -443,13 +492,23 @@ def describe_head(config: dict) -> str:
             f"{arch['dst']}'s own {size}head"
     else:
         whose = f"its {size}head"
-    return whose + (", trained" if trained else ", frozen")
+    if config.get("untrained_head"):
+        return whose + ", untrained (random weights from reset_classifier: train it before use)"
+    if config.get("trained") is None:  # a whole model saved without a record of its training: nothing to say
+        return whose
+    if not trains:
+        return whose + ", frozen"
+    done = _training_done(config.get("result") or {})
+    if done is None:  # saved without a training run's result: it trains, whether it was trained is not recorded
+        return whose + ", trainable"
+    return whose + (", trained" if done else ", untrained (its run took 0 optimizer steps)")
 
 
 def _title(config: dict) -> str:
     arch, kind = config["architecture"], config["kind"]
     if kind == "stitch":
-        same = " (one model)" if arch["src"] == arch["dst"] else ""
+        # one model: both ends are one set of weights, not merely one architecture (two checkpoints of resnet10t)
+        same = " (one model)" if arch.get("one_model") else ""
         return (f"{arch['src']} -> {arch['dst']}{same} stitch, stage {arch['gap'][0]} -> {arch['gap'][1]} "
                 f"({arch['adapter']} adapters)")
     if kind == "parallel":
@@ -459,8 +518,9 @@ def _title(config: dict) -> str:
     if kind == "finetune":
         return f"{arch['model']} fine-tuning baseline, gap {arch['gap'][0]}:{arch['gap'][1]}"
     if kind == "probe":
-        return f"{arch['model']} with a trained head" + (f" and last {arch['unfreeze_last']} blocks"
-                                                          if arch.get("unfreeze_last") else "")
+        # what the probe is, whether or not it has trained yet (a new or reset head has not)
+        return f"{arch['model']} probe (frozen but for its head" + (
+            f" and last {arch['unfreeze_last']} blocks)" if arch.get("unfreeze_last") else ")")
     return arch.get("name", "model")
 
 
@@ -475,8 +535,10 @@ def model_card(config: dict, model: nn.Module | None = None) -> str:
     arch, prep, result = config["architecture"], config["preprocessing"], config.get("result") or {}
     sources = config.get("sources") or []
     title = _title(config)
-    describe = type(model).describe if isinstance(model, SavesPretrained) else None
-    what = describe(arch, describe_head(config)) if describe else f"**{arch.get('name', '?')}**, {describe_head(config)}."
+    kind_class = _kind_class(config, model)
+    describe = kind_class.describe if kind_class else None
+    head = describe_head(config)
+    what = describe(arch, head) if describe else f"**{arch.get('name', '?')}**, {head}."
     dataset = result.get("dataset")
     licenses = {s.get("license") for s in sources}
     lines = ["---", "library_name: stitchkit",
@@ -485,45 +547,28 @@ def model_card(config: dict, model: nn.Module | None = None) -> str:
              *_yaml_list("base_model", [s["hub_id"] for s in sources if s.get("hub_id")]),
              "pipeline_tag: image-classification", "tags:", "- image-classification", "- model-stitching",
              "- stitchkit", "- timm"]
-    evaluated = _evaluated_on(result)
+    selected = _selected_classes(config)
+    evaluated = _evaluated_on(result, selected)
     if result.get("top1") is not None:
         metrics = [("accuracy", result["top1"], f"Top-1 accuracy ({evaluated})")]
-        if result.get("top5") is not None:
+        if _telling_top5(config):
             metrics.append(("top_5_accuracy", result["top5"], f"Top-5 accuracy ({evaluated})"))
+        # a subset of classes is a task of its own: its accuracy is not one on the whole dataset
+        task_name = (dataset or "unknown") + (f" ({len(selected)} of its classes)" if selected else "")
         lines += ["model-index:", f"- name: {json.dumps(title)}", "  results:", "  - task:",
                   "      type: image-classification", "    dataset:",
-                  f"      name: {json.dumps(dataset or 'unknown')}",
+                  f"      name: {json.dumps(task_name)}",
                   f"      type: {json.dumps(HUB_DATASETS.get(dataset, dataset or 'unknown'))}",
-                  f"      split: {json.dumps(_split_text(result))}", "    metrics:"]
+                  f"      split: {json.dumps(_split_text(result, selected))}", "    metrics:"]
         for kind, value, name in metrics:
             lines += [f"    - type: {kind}", f"      value: {value:.2f}", f"      name: {json.dumps(name)}"]
     lines += ["---", "", f"# {title}", "", what, ""]
-    trained = config.get("trained")
-    if trained:
-        lines += [f"Trained: {', '.join(trained)}; everything else is frozen as its source left it."
-                  if "all" not in trained else "Trained: every weight.", ""]
+    if config.get("trained"):
+        lines += [_trained_sentence(config), ""]
     if result.get("top1") is not None:
-        start = result.get("top1_at_start")
-        lines += ["## Evaluation", "",
-                  f"Top-1 **{result['top1']:.2f}%**" + (f", top-5 {result['top5']:.2f}%" if result.get("top5")
-                                                         is not None else "")
-                  + f" on {evaluated}" + (f" after {result['epochs']} epoch(s)" if result.get("epochs") else "")
-                  + (f"; {start:.2f}% before training (the adapters' start alone)" if start is not None else "")
-                  + ".", ""]
+        lines += ["## Evaluation", "", _evaluation_sentence(config, evaluated), ""]
     if sources:
-        lines += ["## Compared with its parts", "", "| model | role | top-1 (%) | GMACs | this model's compute |",
-                  "|---|---|---|---|---|"]
-        if result.get("gmacs"):
-            lines.append(f"| this model | - | {_pct(result.get('top1'))} | {result['gmacs']:.4g} | - |")
-        for s in sources:
-            share = (f"{100 * result['gmacs'] / s['gmacs']:.0f}% of it" if result.get("gmacs") and s.get("gmacs")
-                     else "-")
-            lines.append(f"| {s['name']} | {s['role']}, {s.get('weights', 'weights unknown')} | "
-                         f"{_pct(s.get('top1'))}{' (' + s['top1_on'] + ')' if s.get('top1_on') else ''} | "
-                         f"{s['gmacs']:.4g} | {share} |" if s.get("gmacs") else
-                         f"| {s['name']} | {s['role']} | {_pct(s.get('top1'))} | - | - |")
-        lines += ["", "A part's top-1 is shown where stitchkit measured it (a source trained by a stitchkit run); "
-                  "a pretrained part's accuracy on this data was not measured.", ""]
+        lines += _parts_section(config, sources)
     lines += ["## Preprocessing", "",
               f"{prep['input_size'][1]} x {prep['input_size'][2]} px RGB, {prep['interpolation']} resize to "
               f"{prep['input_size'][1]} / {prep['crop_pct']} px and centre crop, normalised with mean "
@@ -551,22 +596,190 @@ def model_card(config: dict, model: nn.Module | None = None) -> str:
     return "\n".join(lines)
 
 
+def _kind_class(config: dict, model: nn.Module | None):
+    """The class whose ``describe`` words the card: the model's own, else the one its folder kind names (a card
+    written from a record alone); None for a whole model."""
+    if isinstance(model, SavesPretrained):
+        return type(model)
+    from .pretrained import network_class  # which imports every network class: each registers its kind
+
+    return network_class(config["kind"])
+
+
+def _training_done(result: dict) -> bool | None:
+    """Whether the model took any training step: a run's result says how many (``steps``; in a folder of an
+    earlier stitchkit, its finished ``epochs``); None where nothing says (save_pretrained without a result)."""
+    steps, epochs = result.get("steps"), result.get("epochs")
+    if isinstance(steps, int):
+        return steps > 0
+    return True if isinstance(epochs, int) and epochs > 0 else None
+
+
+def _trained_sentence(config: dict) -> str:
+    """The card's line on what training changed (``trained``), and what stayed as its source left it."""
+    trained, result = config["trained"], config.get("result") or {}
+    everything = "all" in trained
+    parts = "every weight" if everything else ", ".join(trained)
+    rest = "" if everything else "; everything else is frozen as its source left it"
+    if not everything and _head_record(config)[0].get("frozen_mode") == "train":  # frozen weights, moving statistics
+        rest = ("; everything else keeps its source's weights, but its BatchNorm statistics moved with training "
+                "(frozen_mode=train)")
+    head = "; the head is untrained (random weights from reset_classifier)" if config.get("untrained_head") else ""
+    done = _training_done(result)
+    if done is False:
+        return f"Not trained: its run took 0 optimizer steps, so what trains ({parts}) is as it started{head}{rest}."
+    if done is None:  # a model saved without a training run's result: whether anything trained is not known
+        return f"What trains: {parts} (no training run is recorded with this model){head}{rest}."
+    return f"Trained: {parts}{head}{rest}."
+
+
+def _start_words(config: dict) -> str:
+    """What the model was before its first training step (what its top-1 at start measured), by kind."""
+    arch, kind = config["architecture"], config["kind"]
+    head, _ = _head_record(config)
+    new_head = ", with the new head untrained" if head.get("num_classes") or head.get("new_head") else ""
+    if kind == "stitch":
+        return f"the adapters as they started{new_head}"
+    if kind == "parallel":
+        return f"the adapters and the fusion as they started{new_head}"
+    if kind == "finetune":
+        return f"{arch['model']} cut for gap {arch['gap'][0]}:{arch['gap'][1]}, before any fine-tuning"
+    if kind == "probe":
+        return f"the frozen {arch['model']} with the probe's initial head"
+    if (config.get("provenance") or {}).get("mode") == "scratch":
+        return "its random initialisation"
+    return "the model as it started"
+
+
+def _telling_top5(config: dict) -> bool:
+    """Whether the result's top-5 says anything: with 5 classes or fewer every image is among the top 5 (the
+    evaluation takes the top min(5, classes)), so it is 100% of any model."""
+    if (config.get("result") or {}).get("top5") is None:
+        return False
+    head, _ = _head_record(config)
+    classes = len(config.get("class_names") or []) or head.get("head_classes") or head.get("num_classes")
+    return not (isinstance(classes, int) and classes <= 5)
+
+
+def _evaluation_sentence(config: dict, evaluated: str) -> str:
+    """The card's line on the model's top-1: on what, after how much training, and what it started from."""
+    result = config["result"]
+    sentence = f"Top-1 **{result['top1']:.2f}%**" + (
+        f", top-5 {result['top5']:.2f}%" if _telling_top5(config) else "") + f" on {evaluated}"
+    if _training_done(result) is False:
+        return sentence + f", untrained: its run took 0 optimizer steps, so this is {_start_words(config)}."
+    epochs, steps, start = result.get("epochs"), result.get("steps"), result.get("top1_at_start")
+    if steps:  # epochs counts whole ones: train.max_steps may stop a run part-way through the next
+        sentence += f" after {steps:,} optimizer steps" + (f" ({epochs} full epoch(s))" if epochs else "")
+    elif epochs:
+        sentence += f" after {epochs} epoch(s)"
+    if start is not None:
+        sentence += f"; {start:.2f}% before training ({_start_words(config)})"
+    return sentence + "."
+
+
+def _parts_section(config: dict, sources: list[dict]) -> list[str]:
+    """The card's comparison with the models this one was made from: their compute, and their top-1 beside this
+    model's only where it was measured on the same task; a part measured on another task (other classes, other
+    images, another image size) is listed below the table with what it was measured on."""
+    result = config.get("result") or {}
+    lines = ["## Compared with its parts", "", "| model | role | top-1 (%) on this model's task | GMACs | "
+             "this model's compute |", "|---|---|---|---|---|"]
+    if result.get("gmacs"):
+        lines.append(f"| this model | - | {_pct(result.get('top1'))} | {result['gmacs']:.4g} | - |")
+    elsewhere = []
+    for s in sources:
+        same = _same_task(s, config)
+        if s.get("top1") is not None and not same:
+            elsewhere.append(s)
+        top1 = _pct(s.get("top1")) if same else "-"
+        share = (f"{100 * result['gmacs'] / s['gmacs']:.0f}% of it" if result.get("gmacs") and s.get("gmacs")
+                 else "-")
+        lines.append(f"| {s['name']} | {s['role']}, {s.get('weights', 'weights unknown')} | {top1} | "
+                     f"{s['gmacs']:.4g} | {share} |" if s.get("gmacs") else
+                     f"| {s['name']} | {s['role']} | {top1} | - | - |")
+    lines += ["", "A part's top-1 stands beside this model's only where a stitchkit run measured it on this model's "
+              "task (the same data, classes and validation images, at the same image size); a pretrained part's "
+              "accuracy on this data was not measured.", ""]
+    if not elsewhere:
+        return lines
+    if result.get("top1") is None:  # nothing of this model's to compare with (a reset head)
+        lines += ["Measured by the parts' own stitchkit runs (this model has no top-1 recorded):", ""]
+    else:
+        ours = _task_words(config.get("class_names"), result.get("eval_images"), result.get("dataset"),
+                           config["preprocessing"]["input_size"][-1])
+        lines += [f"Measured on another task, so not comparable (this model's {result['top1']:.2f}% is on {ours}):",
+                  ""]
+    for s in elsewhere:
+        lines.append(f"- {s['name']} ({s['role']}): {s['top1']:.2f}% top-1 on {_measured_words(s)}")
+    return lines + [""]
+
+
+def _same_task(part: dict, config: dict) -> bool:
+    """Whether a part's top-1 was measured on this model's task: by a run that read the same data (dataset, class
+    selection, validation subset, image size; ``same_data``, judged at export) and, as this model's result says,
+    the same classes and number of images. A part recorded without saying what it was measured on is not."""
+    on, result, ours = part.get("measured_on") or {}, config.get("result") or {}, config.get("class_names")
+    return (result.get("top1") is not None and on.get("same_data") is True and bool(ours)
+            and sorted(map(str, on.get("class_names") or [])) == sorted(map(str, ours))
+            and on.get("eval_images") == result.get("eval_images")
+            and on.get("input_size") == config["preprocessing"]["input_size"][-1])
+
+
+def _measured_words(part: dict) -> str:
+    """What a part's top-1 was measured on, in words."""
+    on = part.get("measured_on")
+    if not on:  # recorded by an earlier stitchkit: the dataset and the run's mode alone
+        return f"{part.get('top1_on') or 'data'} (its classes and images are not recorded)"
+    words = _task_words(on.get("class_names"), on.get("eval_images"), on.get("dataset"), on.get("input_size"))
+    if on.get("same_data") is None:
+        words += " (whether these were this model's images could not be checked)"
+    elif on.get("same_data") is False:
+        words += " (not this model's evaluation data: another folder, class selection or validation subset)"
+    return words
+
+
+def _dataset_words(dataset: str | None) -> str:
+    """A dataset as the card names it: an image folder is a folder of the user's, not a dataset to look up."""
+    return {"imagefolder": "an image folder", "synthetic": "stitchkit's synthetic data", None: "unrecorded data"
+            }.get(dataset, dataset)
+
+
+def _task_words(class_names: list | None, images: int | None, dataset: str | None, size: int | None) -> str:
+    """``5 classes (sandal, shirt, ...), 50 validation images of an image folder, at 32 px``."""
+    words = []
+    if class_names:
+        shown = ", ".join(map(str, class_names[:10])) + (", ..." if len(class_names) > 10 else "")
+        words.append(f"{len(class_names)} classes ({shown})")
+    words.append(f"{images:,} validation images" if images else "validation images (how many is not recorded)")
+    return ", ".join(words) + f" of {_dataset_words(dataset)}" + (f", at {size} px" if size else "")
+
+
 def _pct(value) -> str:
     return f"{value:.2f}" if isinstance(value, (int, float)) else "-"
 
 
-def _split_text(result: dict) -> str:
+def _selected_classes(config: dict) -> list | None:
+    """The classes a run trained and evaluated on where it chose some of its data's (``data.classes``), else None."""
+    return ((config.get("evaluation") or {}).get("data") or {}).get("classes") or None
+
+
+def _split_text(result: dict, selected: list | None = None) -> str:
     images, whole = result.get("eval_images"), result.get("val_split_images")
+    split = f"validation, data.classes={selected}" if selected else "validation"
     if images and whole and images < whole:
-        return f"validation ({images:,} of {whole:,} images)"
-    return f"validation ({images:,} images)" if images else "validation"
+        return f"{split} ({images:,} of {whole:,} images)"
+    return f"{split} ({images:,} images)" if images else split
 
 
-def _evaluated_on(result: dict) -> str:
-    images, whole, dataset = result.get("eval_images"), result.get("val_split_images"), result.get("dataset")
-    on = f" of {dataset}'s evaluation split" if dataset else ""
+def _evaluated_on(result: dict, selected: list | None = None) -> str:
+    """The images the top-1 was measured on: how many, of which validation split, of which classes."""
+    images, whole = result.get("eval_images"), result.get("val_split_images")
+    on = _dataset_words(result.get("dataset"))
+    if selected:  # a task of its own: its top-1 is not one on the whole dataset
+        on += f", {len(selected)} of its classes (data.classes={selected})"
     if images and whole and images < whole:
-        return f"{images:,} of the {whole:,} images{on} (a random subset, data.limit_val)"
+        return f"{images:,} of the {whole:,} validation images of {on} (a random subset, data.limit_val)"
     if images:
-        return f"the {images:,} images{on}"
-    return f"{dataset}'s evaluation split" if dataset else "its evaluation split (size not recorded)"
+        return f"the {images:,} validation images of {on}"
+    return f"the validation images of {on} (how many is not recorded)"

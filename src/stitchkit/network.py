@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .errors import StitchkitError
-from .modelfolder import SavesPretrained
+from .modelfolder import SavesPretrained, classifier_snapshot
 from .train_surface import TrainSurface
 
 if TYPE_CHECKING:
@@ -190,6 +190,8 @@ class Network(TrainSurface, SavesPretrained):
         record_head()
         if num_classes == 0:
             new.requires_grad_(False)  # nothing to train where there is no classifier
+        # A save before these weights change says the head is new and untrained (the card must not call it trained)
+        self._fresh_classifier = classifier_snapshot(self) if num_classes > 0 else None
 
     def _plan_head(self, num_classes: int) -> Callable[[], None]:
         """Check that this network can record a classifier of ``num_classes`` (0: none), raising before anything

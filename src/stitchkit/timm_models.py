@@ -72,7 +72,8 @@ def _from_folder(kind: str, pretrained: bool, pretrained_cfg, kwargs: dict) -> n
         arch = config["architecture"]
         model = (create_model(arch["name"], input_size=arch["input_size"], num_classes=arch["num_classes"])
                  if kind == WHOLE_MODEL else network_class(kind).from_architecture(arch))
-        model = apply_config(model.eval(), config)
+        # the folder's result was scored by its weights, not these: a save of this model must not claim it
+        model = apply_config(model.eval(), {k: v for k, v in config.items() if k != "result"})
     known = _global_pool(model) if pool is not None else None
     if pool is not None and pool != known:
         pools = f" ({known!r} pooling)" if known is not None else ""

@@ -292,6 +292,22 @@ def _get(model: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
+def classifier_layer(model: nn.Module) -> nn.Module | None:
+    """The layer that computes the logits: what the model's own ``get_classifier()`` returns (timm's models,
+    stitchkit's networks), else the layer :func:`num_outputs` reads (torchvision); None where there is no one layer
+    (a distilled DeiT's two classifiers, a model without a head)."""
+    get = getattr(model, "get_classifier", None)
+    if callable(get):
+        try:
+            layer = get()
+        except (StitchkitError, AttributeError):
+            return None
+    else:
+        name = _classifier_name(model)
+        layer = _get(model, name) if name else None
+    return layer if isinstance(layer, nn.Module) else None
+
+
 def _classifier_key(model: nn.Module) -> str | None:
     """State-dict key of the classifier weight."""
     name = _classifier_name(model)
