@@ -354,7 +354,7 @@ def test_a_probe_is_not_titled_trained_before_it_is():
     import stitchkit
 
     for unfreeze_last, title in [(0, "# resnet10t probe (frozen but for its head)"),
-                                 (1, "# resnet10t probe (frozen but for its head and last 1 blocks)")]:
+                                 (1, "# resnet10t probe (frozen but for its head and last 1 block)")]:
         probe = stitchkit.create_probe("resnet10t", num_classes=5, input_size=32, unfreeze_last=unfreeze_last)
         card = model_card(folder_config("probe", probe.architecture(), PREPROCESSING), probe)
         assert title in card.splitlines() and "trained head" not in card

@@ -520,7 +520,7 @@ def _title(config: dict) -> str:
     if kind == "probe":
         # what the probe is, whether or not it has trained yet (a new or reset head has not)
         return f"{arch['model']} probe (frozen but for its head" + (
-            f" and last {arch['unfreeze_last']} blocks)" if arch.get("unfreeze_last") else ")")
+            f" and last {_blocks(arch['unfreeze_last'])})" if arch.get("unfreeze_last") else ")")
     return arch.get("name", "model")
 
 
@@ -783,3 +783,7 @@ def _evaluated_on(result: dict, selected: list | None = None) -> str:
     if images:
         return f"the {images:,} validation images of {on}"
     return f"the validation images of {on} (how many is not recorded)"
+
+
+def _blocks(n: int) -> str:
+    return f"{n} block" if n == 1 else f"{n} blocks"

@@ -81,7 +81,8 @@ class HeadProbe(Network, nn.Module):
     @classmethod
     def describe(cls, architecture: dict, head: str) -> str:
         a = architecture
-        blocks = f" and its last {a['unfreeze_last']} blocks" if a.get("unfreeze_last") else ""
+        n = a.get("unfreeze_last")
+        blocks = f" and its last {n} block{'s' if n != 1 else ''}" if n else ""
         return f"**{a['model']}**, frozen but for its head{blocks}; {head}."
 
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
