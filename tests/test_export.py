@@ -79,13 +79,25 @@ def test_export_refusals_write_nothing(stitch_run, tmp_path, capsys):
     assert (taken / "mine.txt").read_text() == "keep"
 
 
-def test_an_unfinished_run_is_not_exported(stitch_run, tmp_path, capsys):
+def test_a_failed_or_unfinished_run_is_neither_exported_nor_asked_for_predictions(stitch_run, tmp_path, capsys):
+    """A failed run (a NaN loss) kept the weights where it stopped: export refused it, predict classified with
+    them."""
     import shutil
+
+    from PIL import Image
 
     copy = tmp_path / "copy"
     shutil.copytree(stitch_run, copy)
     result = json.loads((copy / "result.json").read_text())
-    (copy / "result.json").write_text(json.dumps({**result, "status": "failed"}))
+    (copy / "result.json").write_text(json.dumps({**result, "status": "failed", "error": "loss is NaN at step 3"}))
+    image = tmp_path / "image.png"
+    Image.new("RGB", (32, 32), (90, 30, 200)).save(image)
+    for command in (["export", str(copy), "--out", str(tmp_path / "out")], ["predict", str(copy), str(image)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"the run in '{copy}' failed (loss is NaN at step 3), so it has no trained model" in err, err
+        assert "--overwrite" in err and not (tmp_path / "out").exists()
+    (copy / "result.json").unlink()  # interrupted: a checkpoint, no result
     assert main(["export", str(copy), "--out", str(tmp_path / "out")]) == 2
     assert "is not finished" in capsys.readouterr().err and not (tmp_path / "out").exists()
 

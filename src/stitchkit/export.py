@@ -115,12 +115,8 @@ def _model_and_config(source: str | Path):
         folder = local_folder(source)
         described = read_model_config(folder)
         return load_described(folder, described), described
-    run, config, model, _ = load_trained(source, device="cpu")
-    result = run.read_result() or {}
-    if result.get("status") != "finished":
-        raise StitchkitError(f"the run in {str(source)!r} is not finished (status {result.get('status', 'none')}); "
-                             "finish it with `stitchkit train ... --resume`, then export")
-    return model, run_folder_config(run, config, model, result)
+    run, config, model, _ = load_trained(source, device="cpu")  # a finished run's: others are refused there
+    return model, run_folder_config(run, config, model, run.read_result())
 
 
 def run_folder_config(run: RunDir, config, model, result: dict) -> dict:

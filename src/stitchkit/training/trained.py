@@ -119,10 +119,16 @@ def _locate_data(run: RunDir, given: str) -> Path:
 
 
 def load_trained(run_dir: str | Path, device: str | None = None, workers: int | None = None):
-    """A run's model with its trained weights, without its data: ``(run, config, model, progress)``. Its number of
-    classes is what the run recorded in result.json (a run without one is refused)."""
+    """A finished run's model with its trained weights, without its data: ``(run, config, model, progress)``. Its
+    number of classes is what the run recorded in result.json; an unfinished or failed run is refused (export and
+    predict take only trained models; ``stitchkit eval`` measures an unfinished run's last checkpoint)."""
     trained = read_run(run_dir, device, workers)
-    num_classes = (trained.run.read_result() or {}).get("classes")
+    result = trained.run.read_result() or {}
+    if result.get("status") == "failed":  # its weights are where it stopped: NaN, or a crash part-way
+        why = str(result.get("error") or "no reason recorded").splitlines()[0]
+        raise StitchkitError(f"the run in {str(run_dir)!r} failed ({why}), so it has no trained model; train it "
+                             "again with `stitchkit train ... --overwrite` (in a sweep: --retry-failed)")
+    num_classes = result.get("classes")
     if num_classes is None:
         raise StitchkitError(f"the run in {str(run_dir)!r} is not finished (no result.json saying how many classes it "
                              "predicts); finish it with `stitchkit train ... --resume` (`stitchkit eval` measures its "
