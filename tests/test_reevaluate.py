@@ -242,3 +242,13 @@ def test_data_with_other_class_names_is_refused_and_the_same_names_are_matched_b
     for i, j in enumerate(relabelled.indices):  # every image keeps its class name, under the model's numbers
         assert relabelled.classes[relabelled.label(i)] == val.classes[val.label(j)]
         assert relabelled.label(i) != val.label(j)
+
+
+def test_an_exported_folders_refusals_name_the_folder_as_given(runs, tmp_path, capsys):
+    """The export folder holds model/: its refusals named the inner folder, not the one the user typed."""
+    out = tmp_path / "exported"
+    assert main(["export", str(runs["stitch"]), "--out", str(out), "--format", "safetensors"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "data.input_size=64"]) == 2
+    err = _one_line_error(capsys)
+    assert f"the model in '{out}' is built for 32 px images; remove data.input_size=64" in err, err

@@ -84,7 +84,7 @@ def evaluate_folder(folder: str | Path, overrides: Sequence[str] = (), device: s
                                                    "batch_size": recorded.get("batch_size", 64),
                                                    "amp": recorded.get("amp", "auto")})
     elif not any(item.startswith("data.") for item in overrides):
-        raise StitchkitError(f"{str(folder)!r} does not record the data it was evaluated on; name it, e.g. "
+        raise StitchkitError(f"{str(given)!r} does not record the data it was evaluated on; name it, e.g. "
                              "data.name=imagefolder data.root=DIR data.input_size=224")
     config = load_config(None, [*overrides, *([f"train.device={device}"] if device else []),
                                 *([f"train.workers={workers}"] if workers is not None else [])],
@@ -96,7 +96,7 @@ def evaluate_folder(folder: str | Path, overrides: Sequence[str] = (), device: s
                              "val/<class>/ inside)")
     prep = described["preprocessing"]
     if config.data.input_size != prep["input_size"][-1]:
-        raise StitchkitError(f"the model in {str(folder)!r} is built for {prep['input_size'][-1]} px images; "
+        raise StitchkitError(f"the model in {str(given)!r} is built for {prep['input_size'][-1]} px images; "
                              f"remove data.input_size={config.data.input_size}")
     names = described.get("class_names")
     splits = build_splits(config.data, Preprocessing(tuple(prep["mean"]), tuple(prep["std"]), prep["interpolation"],
