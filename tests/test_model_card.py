@@ -211,7 +211,9 @@ def build(kind: str):
     from stitchkit.parallel import create_parallel
 
     torch.manual_seed(0)
+    ten = lambda: stitchkit.create_model("resnet10t", num_classes=10, input_size=32)  # its own head: TEN's size
     return {"stitch": lambda: stitchkit.create_stitched("resnet10t", "resnet10t", "1:3", input_size=32),
+            "stitch of ten classes": lambda: stitchkit.create_stitched(ten(), ten(), "1:3", input_size=32),
             "parallel": lambda: create_parallel(["resnet10t", "resnet10t"], "resnet10t", "1:3", input_size=32),
             "finetune": lambda: stitchkit.create_finetune_baseline("resnet10t", "1:3", input_size=32),
             "probe": lambda: stitchkit.create_probe("resnet10t", num_classes=6, input_size=32)}[kind]().eval()
@@ -232,7 +234,7 @@ def test_a_head_from_reset_classifier_is_new_and_untrained_until_it_trains(tmp_p
     parts = [{"name": "resnet10t", "role": "source (front)", "gmacs": 0.0224, "top1": 72.0,
               "measured_on": {"dataset": "imagefolder", "class_names": TEN, "eval_images": 100, "input_size": 32,
                               "same_data": True}}]
-    build("stitch").save_pretrained(tmp_path / "trained", class_names=TEN, result=TRAINED_RESULT, sources=parts)
+    build("stitch of ten classes").save_pretrained(tmp_path / "trained", class_names=TEN, result=TRAINED_RESULT, sources=parts)
     assert "Trained: adapters; everything else is frozen" in card_of(tmp_path / "trained")
     assert parts_table(card_of(tmp_path / "trained"))["source (front)"]["top-1 (%) on this model's task"] == "72.00"
     model = stitchkit.load_pretrained(tmp_path / "trained")
@@ -322,7 +324,7 @@ def test_timm_without_pretrained_weights_keeps_no_score(tmp_path):
     top-1 is not theirs."""
     import timm
 
-    build("stitch").save_pretrained(tmp_path / "trained", class_names=TEN, result=TRAINED_RESULT)
+    build("stitch of ten classes").save_pretrained(tmp_path / "trained", class_names=TEN, result=TRAINED_RESULT)
     fresh = timm.create_model(f"local-dir:{tmp_path / 'trained'}", pretrained=False)
     fresh.save_pretrained(tmp_path / "fresh")
     assert "72.00" not in card_of(tmp_path / "fresh") and "result" not in record(tmp_path / "fresh")

@@ -252,6 +252,10 @@ def test_a_loaded_whole_model_saves_again_with_its_name_and_class_names(tmp_path
     assert config["architecture"] == first["architecture"] and config["class_names"] == ["x", "y", "z"]
     stitchkit.save_pretrained(stitchkit.load_pretrained(tmp_path / "b"), tmp_path / "c", class_names=["p", "q", "r"])
     assert record(tmp_path / "c")["class_names"] == ["p", "q", "r"]
+    # a name per output: two names for three classes were written as given, and predict named the third "2"
+    with pytest.raises(StitchkitError, match="class_names lists 2 names but the model predicts 3 classes"):
+        stitchkit.save_pretrained(model, tmp_path / "d", input_size=32, class_names=["p", "q"])
+    assert not (tmp_path / "d").exists()
 
 
 def test_the_card_of_pretrained_parts_names_them_for_the_hub():

@@ -81,6 +81,13 @@ def model_config(model: nn.Module, kind: str, architecture: dict, preprocessing:
     """:func:`folder_config` for ``model``: the preprocessing of its ``pretrained_cfg`` and what it was loaded with
     (``stitchkit_info``: class names, result, ...) where it still describes the model, unless given (None values
     count as not given); ``untrained_head`` where its classifier is the one ``reset_classifier`` made, unchanged."""
+    from .zoo.models import classes_or_none
+
+    names, classes = info.get("class_names"), classes_or_none(model)
+    if names is not None and classes is not None and len(names) != classes:
+        # a name per output, in the order of the outputs: predict and the Hub's widget read them so
+        raise StitchkitError(f"class_names lists {len(names)} names but the model predicts {classes} classes; give one "
+                             "name per class, in the order of its outputs")
     known = _still_true(model)
     known.update((k, v) for k, v in info.items() if v is not None)
     if classifier_unchanged(model, getattr(model, "_fresh_classifier", None)):
