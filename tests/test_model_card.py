@@ -6,7 +6,9 @@ import json
 import yaml
 
 from stitchkit.export import parts_record
-from stitchkit.modelfolder import folder_config, model_card
+from stitchkit.modelfolder import folder_config
+from stitchkit.modelfolder import model_card as _model_card
+from stitchkit.pretrained import network_class
 from stitchkit.training import load_config
 
 TEN = ["bag", "boot", "coat", "dress", "pullover", "sandal", "shirt", "sneaker", "trouser", "tshirt"]
@@ -14,6 +16,11 @@ PREPROCESSING = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3,
                  "crop_pct": 1.0}
 STITCH = {"src": "resnet10t", "dst": "resnet10t", "gap": [1, 3], "adapter": "bottleneck", "resize": "bilinear",
           "one_model": True}
+
+
+def model_card(config, model=None):
+    """The card as a folder of that kind gets it, also when written from a record alone."""
+    return _model_card(config, model, network_class(config["kind"]))
 
 
 def source_run(folder, data_root, top1=72.0, class_names=TEN, images=100, **data):

@@ -535,14 +535,16 @@ def _yaml_list(key: str, values: list[str]) -> list[str]:
     return [f"{key}:", *(f"- {json.dumps(v)}" for v in values)] if values else []
 
 
-def model_card(config: dict, model: nn.Module | None = None) -> str:
+def model_card(config: dict, model: nn.Module | None = None, kind_class: type | None = None) -> str:
     """A README.md for the Hub: what the model is, what it scored on how many images, what its parts score and
     cost, its head, how it sees images, how to load it (with stitchkit or timm). Its YAML header is the Hub's
-    model metadata (license, datasets, base models, model-index)."""
+    model metadata (license, datasets, base models, model-index). The sentence saying what the model is comes
+    from its class's ``describe``: ``model``'s own, or ``kind_class`` for a card written from a record alone
+    (:func:`stitchkit.pretrained.network_class` of its kind; this module sits below the network classes)."""
     arch, prep, result = config["architecture"], config["preprocessing"], config.get("result") or {}
     sources = config.get("sources") or []
     title = _title(config)
-    kind_class = _kind_class(config, model)
+    kind_class = type(model) if isinstance(model, SavesPretrained) else kind_class
     describe = kind_class.describe if kind_class else None
     head = describe_head(config)
     what = describe(arch, head) if describe else f"**{arch.get('name', '?')}**, {head}."
@@ -601,16 +603,6 @@ def model_card(config: dict, model: nn.Module | None = None) -> str:
     else:
         lines += ["```", "", "```bash", "stitchkit predict path/to/this/folder image.jpg", "```", ""]
     return "\n".join(lines)
-
-
-def _kind_class(config: dict, model: nn.Module | None):
-    """The class whose ``describe`` words the card: the model's own, else the one its folder kind names (a card
-    written from a record alone); None for a whole model."""
-    if isinstance(model, SavesPretrained):
-        return type(model)
-    from .pretrained import network_class  # which imports every network class: each registers its kind
-
-    return network_class(config["kind"])
 
 
 def _training_done(result: dict) -> bool | None:
