@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from ..files import read_json
-from ..sweeps.grid import _slug
+from ..sweeps.grid import cell_folder
 from .candidates import Candidate
 
 
@@ -48,8 +48,8 @@ def exported_by_search(out: Path, path: Path) -> bool:
     if not (path / "export.json").is_file() or run is None:
         return False
     src, dst, gap, method = parts
-    # the run folder as the search's sweep names a stitch's cell (stitchkit.sweeps.grid)
-    return (out / "runs" / "stitch" / f"{_slug(src)}--{_slug(dst)}" / gap / method / run).is_dir()
+    # the run folder as the search's sweep names a stitch's cell
+    return (out / "runs" / cell_folder("stitch", src, dst, gap.replace("to", ":"), method) / run).is_dir()
 
 
 def _recorded_run(folder: Path) -> str | None:

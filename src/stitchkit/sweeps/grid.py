@@ -321,18 +321,24 @@ def _names(pair) -> list[str]:
 
 
 def _seeded(base, settings, kind, src, dst, gap, method, lr, seeds, skip) -> list[Cell]:
-    from ..training.modes import get_mode
-
     cells = []
     for seed in seeds:
         layer = merge_settings(settings, {"train": {"seed": seed}})
-        parts = [kind, f"{_slug(src)}--{_slug(dst)}" if get_mode(kind).has_gap else _slug(src)]
-        if gap:
-            parts.append(gap.replace(":", "to"))
-        parts.append(method if lr is None else f"{method}-lr{lr:g}")
-        parts.append(f"seed{seed}-{_identity(base, layer)}")
-        cells.append(Cell(kind, src, dst, gap, method, seed, lr, "/".join(parts), layer, skip))
+        name = f"{cell_folder(kind, src, dst, gap, method, lr)}/seed{seed}-{_identity(base, layer)}"
+        cells.append(Cell(kind, src, dst, gap, method, seed, lr, name, layer, skip))
     return cells
+
+
+def cell_folder(kind: str, src, dst, gap: str | None, method: str, lr: float | None = None) -> str:
+    """The folder, under a sweep's runs folder, of the cells of one (kind, pair, gap, method, lr), one per seed and
+    settings: ``stitch/SRC--DST/1to3/downsample_linear``."""
+    from ..training.modes import get_mode
+
+    parts = [kind, f"{_slug(src)}--{_slug(dst)}" if get_mode(kind).has_gap else _slug(src)]
+    if gap:
+        parts.append(gap.replace(":", "to"))
+    parts.append(method if lr is None else f"{method}-lr{lr:g}")
+    return "/".join(parts)
 
 
 def merge_settings(a: dict, b: dict) -> dict:
