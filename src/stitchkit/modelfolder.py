@@ -88,25 +88,23 @@ def model_config(model: nn.Module, kind: str, architecture: dict, preprocessing:
         # a name per output, in the order of the outputs: predict and the Hub's widget read them so
         raise StitchkitError(f"class_names lists {len(names)} names but the model predicts {classes} classes; give one "
                              "name per class, in the order of its outputs")
-    known = _still_true(model)
+    known = _still_true(model, classes)
     known.update((k, v) for k, v in info.items() if v is not None)
     if classifier_unchanged(model, getattr(model, "_fresh_classifier", None)):
         known["untrained_head"] = True
     return folder_config(kind, architecture, preprocessing or getattr(model, "pretrained_cfg", None) or {}, **known)
 
 
-def _still_true(model: nn.Module) -> dict:
+def _still_true(model: nn.Module, classes: int | None) -> dict:
     """What the model was loaded with (``stitchkit_info``), less what no longer describes it: the result, where the
     classifier that scored it has changed since (replaced by timm's own reset_classifier on a whole model, or
-    trained further), and class names that number other than its outputs. A stitchkit network's
-    ``reset_classifier`` drops both itself."""
-    from .zoo.models import classes_or_none
-
+    trained further), and class names that number other than its outputs (``classes``; None: no classifier). A
+    stitchkit network's ``reset_classifier`` drops both itself."""
     known = dict(getattr(model, "stitchkit_info", None) or {})
     scored = getattr(model, "_scored_classifier", None)
     if "result" in known and scored is not None and not classifier_unchanged(model, scored):
         del known["result"]
-    names, classes = known.get("class_names"), classes_or_none(model)
+    names = known.get("class_names")
     if names and classes is not None and len(names) != classes:
         known.pop("class_names")
         known.pop("result", None)

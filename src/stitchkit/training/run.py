@@ -460,9 +460,7 @@ class Run:
         ctx = self.runtime.ctx
         if not ctx.enabled:
             return None
-        counters = [float(getattr(self.stats, name)) for name in PER_RANK_COUNTERS]  # exact below 2**53
-        row = torch.cat([self.epoch_loss, self.loss_sum.view(1), self.loss_count.view(1),
-                         torch.tensor(counters, dtype=torch.float64, device=self.runtime.device)])
+        row = torch.cat([self.epoch_loss, self.loss_sum.view(1), self.loss_count.view(1), self._own_counters()])
         table = distributed.gather_rows(row, ctx).cpu()
         if not self.is_main:
             return None
@@ -501,10 +499,13 @@ class Run:
         ctx = self.runtime.ctx
         if not ctx.enabled:
             return None
-        values = torch.tensor([float(getattr(self.stats, name)) for name in PER_RANK_COUNTERS], dtype=torch.float64,
-                              device=self.runtime.device)  # exact below 2**53
-        summed = distributed.all_reduce_sum(values, ctx).tolist()
+        summed = distributed.all_reduce_sum(self._own_counters(), ctx).tolist()
         return {name: int(v) for name, v in zip(PER_RANK_COUNTERS, summed)}
+
+    def _own_counters(self) -> torch.Tensor:
+        """This process's :data:`PER_RANK_COUNTERS`, as float64 on the device (exact below 2**53) for a collective."""
+        return torch.tensor([float(getattr(self.stats, name)) for name in PER_RANK_COUNTERS], dtype=torch.float64,
+                            device=self.runtime.device)
 
     def record(self, position: Position, status: str, error: str | None = None,
                totals: dict[str, int] | None = None) -> dict:
