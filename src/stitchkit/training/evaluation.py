@@ -52,7 +52,7 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | 
     names = (run.read_result() or {}).get("class_names")  # None: an unfinished run, which has not said yet
     splits = build_splits(config.data, preprocessing(config.model.pixel_source), config.train.seed, need_train=False,
                           class_order=names)
-    check_classes(f"the run in {str(run_dir)!r}", names, len(names) if names else None, splits.classes)
+    check_classes(f"the run in {str(run_dir)!r}", names, None, splits.classes)  # an unfinished run: no names yet
     model, progress = trained.model(len(splits.classes))
     if not progress.finished:
         # Measuring a run mid-way is useful (is it learning?), so it is evaluated, but never mistaken for the
@@ -105,7 +105,7 @@ def evaluate_folder(folder: str | Path, overrides: Sequence[str] = (), device: s
     model = load_described(Path(folder), described, device=resolve_device(config.train.device))
     classes = model.pretrained_cfg.get("num_classes")
     if classes == 0:
-        raise no_classifier(folder, "be evaluated")
+        raise no_classifier(given, "be evaluated")
     check_classes(f"the model in {str(given)!r}", names if names and len(names) == classes else None, classes,
                   splits.classes)
     return {"model_dir": str(Path(folder)), "dataset": config.data.name, **_evaluate_splits(model, splits, config)}
