@@ -127,3 +127,16 @@ def test_stitchkits_temporaries_name_the_process_that_writes_them(tmp_path, monk
     assert re.fullmatch(rf"\.export\.{writer}\.[a-z0-9_]{{8}}\.tmp", staging.name) and is_own_temp(staging)
     _set_changed(staging, LONG_AGO)
     assert remove_own_temps(tmp_path) == [] and staging.is_dir()  # this process's own: it is alive
+
+
+def test_a_target_name_near_the_limit_still_gets_a_temporary_of_its_writer(tmp_path):
+    """A file system takes names of up to 255 bytes; the writer's part must not make a valid target unwritable."""
+    for name in ["r" * 250 + ".json", "é" * 126]:  # 255 bytes: ASCII, and two-byte characters (never cut in half)
+        target = tmp_path / name
+        atomic_write_text(target, "{}")
+        assert target.read_text() == "{}"
+        staging = make_temp_dir(tmp_path / name)
+        assert len(os.fsencode(staging.name)) <= 255 and is_own_temp(staging)
+        assert f".{os.getpid()}@{HOST}." in staging.name
+        staging.rmdir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["r" * 250 + ".json", "é" * 126])

@@ -48,10 +48,30 @@ def _host_name() -> str:
 HOST = _host_name()
 
 
+# The longest name most file systems take (NAME_MAX, in bytes), and what tempfile adds after the prefix (8 random
+# characters and the ".tmp" suffix).
+_NAME_MAX = 255
+_RANDOM_AND_SUFFIX = 8 + len(".tmp")
+
+
 def temp_prefix(target: Path) -> str:
     """The start of a temporary name for ``target``, naming the process that asks (asked at each call: a forked
-    process has a PID of its own)."""
-    return f".{Path(target).name}.{os.getpid()}@{HOST}."
+    process has a PID of its own).
+
+    A target whose name is near the file system's limit gets a shortened one here (its start, ``~`` and a hash of the
+    whole): the writer's part and the random part add up to about 60 bytes, and a temporary that cannot be created
+    would make a name the target itself may have unwritable. Nothing reads the target back out of a temporary's
+    name; the writer's part is what the cleaners need, so that is never shortened."""
+    name = Path(target).name
+    writer = f".{os.getpid()}@{HOST}."
+    room = _NAME_MAX - len(".") - len(writer) - _RANDOM_AND_SUFFIX
+    if len(os.fsencode(name)) > room:
+        digest = hashlib.sha1(os.fsencode(name)).hexdigest()[:8]
+        keep = name
+        while len(os.fsencode(keep)) > room - len(digest) - 1:  # by characters: never half of a multi-byte one
+            keep = keep[:-1]
+        name = f"{keep}~{digest}"
+    return f".{name}{writer}"
 
 
 def make_temp_file(target: Path) -> tuple[int, str]:
