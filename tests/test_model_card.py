@@ -313,6 +313,32 @@ def test_a_whole_model_given_another_head_keeps_no_score_of_the_old_one(tmp_path
     assert "72.00" not in card_of(tmp_path / "further") and record(tmp_path / "further")["class_names"] == TEN
 
 
+def test_a_stitch_trained_further_keeps_no_score_of_its_earlier_adapters(tmp_path):
+    """A loaded stitch trains only its adapters (its head is frozen): the card kept the old top-1 after further
+    training, because only a changed classifier dropped it. A lossless cast keeps it; a rounding one does not."""
+    import torch
+
+    import stitchkit
+
+    build("stitch of ten classes").save_pretrained(tmp_path / "trained", class_names=TEN, result=TRAINED_RESULT)
+    loaded = stitchkit.load_pretrained(tmp_path / "trained")
+    loaded.save_pretrained(tmp_path / "same")
+    assert "Top-1 **72.00%**" in card_of(tmp_path / "same")
+    loaded.to(torch.float64).save_pretrained(tmp_path / "float64")  # nothing rounded: the same model
+    assert "Top-1 **72.00%**" in card_of(tmp_path / "float64")
+    loaded.to(torch.bfloat16).save_pretrained(tmp_path / "bfloat16")  # rounded: not the model that scored 72
+    assert "72.00" not in card_of(tmp_path / "bfloat16")
+
+    further = stitchkit.load_pretrained(tmp_path / "trained")
+    head = [p.detach().clone() for p in further.get_classifier().parameters()]
+    train_a_step(further)
+    assert all(torch.equal(a, b) for a, b in zip(head, further.get_classifier().parameters()))  # adapters alone
+    further.save_pretrained(tmp_path / "further")
+    card = card_of(tmp_path / "further")
+    assert "72.00" not in card and "## Evaluation" not in card and "result" not in record(tmp_path / "further")
+    assert record(tmp_path / "further")["class_names"] == TEN
+
+
 def test_a_freshly_built_model_is_not_called_trained(tmp_path):
     """save_pretrained of a model nobody has trained: what trains, not "Trained:"; a whole model's head is not
     "frozen"."""

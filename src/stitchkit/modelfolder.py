@@ -97,18 +97,37 @@ def model_config(model: nn.Module, kind: str, architecture: dict, preprocessing:
 
 def _still_true(model: nn.Module, classes: int | None) -> dict:
     """What the model was loaded with (``stitchkit_info``), less what no longer describes it: the result, where the
-    classifier that scored it has changed since (replaced by timm's own reset_classifier on a whole model, or
-    trained further), and class names that number other than its outputs (``classes``; None: no classifier). A
-    stitchkit network's ``reset_classifier`` drops both itself."""
+    weights that scored it have changed since (trained further, its adapters alone included; given another head by
+    timm's own reset_classifier on a whole model; cast to a dtype that rounds them), and class names that number
+    other than its outputs (``classes``; None: no classifier). A stitchkit network's ``reset_classifier`` drops both
+    itself."""
     known = dict(getattr(model, "stitchkit_info", None) or {})
-    scored = getattr(model, "_scored_classifier", None)
-    if "result" in known and scored is not None and not classifier_unchanged(model, scored):
+    scored = getattr(model, "_scored_weights", None)
+    if "result" in known and scored is not None and weights_digest(model, scored[1])[0] != scored[0]:
         del known["result"]
     names = known.get("class_names")
     if names and classes is not None and len(names) != classes:
         known.pop("class_names")
         known.pop("result", None)
     return known
+
+
+def weights_digest(model: nn.Module, dtypes: dict[str, torch.dtype] | None = None) -> tuple[str, dict]:
+    """A digest of every weight and buffer of ``model`` (``state_dict``), and each one's dtype: to tell later whether
+    the model still computes what a recorded result measured. Given ``dtypes`` (an earlier digest's), each tensor is
+    cast back to its dtype first, so a cast that loses nothing (float32 to float64 and back) changes no digest, and
+    one that rounds (to bfloat16) does, as does training any part, BatchNorm statistics included."""
+    import hashlib
+
+    digest, seen = hashlib.sha1(), {}
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach()
+        if dtypes is not None and name in dtypes:
+            tensor = tensor.to(dtypes[name])
+        seen[name] = tensor.dtype
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest(), seen
 
 
 def classifier_snapshot(model: nn.Module) -> list[torch.Tensor] | None:
@@ -370,9 +389,9 @@ def apply_config(model: nn.Module, config: dict) -> nn.Module:
     }
     model.stitchkit_info = {k: config[k] for k in ("class_names", "result", "trained", "sources", "evaluation",
                                                    "provenance") if k in config}
-    # The classifier the result was measured with, and (a head from reset_classifier, saved before it trained) the
-    # one still untrained: a later save tells from them whether either still describes the model
-    model._scored_classifier = classifier_snapshot(model) if config.get("result") else None
+    # The weights the result was measured with, and (a head from reset_classifier, saved before it trained) the
+    # classifier still untrained: a later save tells from them whether either still describes the model
+    model._scored_weights = weights_digest(model) if config.get("result") else None
     model._fresh_classifier = classifier_snapshot(model) if config.get("untrained_head") else None
     return model
 
