@@ -190,6 +190,19 @@ def test_every_option_has_help():
             assert action.help, f"stitchkit {name} {'/'.join(action.option_strings) or action.dest} has no help"
 
 
+def test_help_examples_keep_their_shell_line_continuations():
+    """A backslash-newline in a plain string joins an example's two lines into one with a run of spaces; written
+    as a backslash, the example shows as it is typed."""
+    import re
+
+    from stitchkit.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        for line in (sub.description or "").splitlines():
+            assert not re.search(r"\S {3,}\S", line), f"stitchkit {name} --help: {line!r}"
+
+
 def test_global_options_after_the_subcommand_and_overrides_after_options(capsys):
     assert main(["adapters", "--threads", "1"]) == 0
     code, out, _ = _run(capsys, "train", "mode=scratch", "--print-config", "model.src=resnet18", "train.epochs=3")

@@ -11,7 +11,7 @@ _DESCRIPTION = """\
 Train one run. Settings are the paper's recipe, then the YAML file, then the key=value overrides, e.g.
 
   stitchkit train mode=stitch model.src=resnet18 model.dst=resnet34 model.gap=1:3 data.name=fashion_mnist
-  stitchkit train model.src=resnet50.a1_in1k model.gap=1:4 data.name=imagefolder data.root=/data/imagenet \
+  stitchkit train model.src=resnet50.a1_in1k model.gap=1:4 data.name=imagefolder data.root=/data/imagenet \\
       train.epochs=2 --print-config
 
 The run folder (output.dir) holds config.yaml, checkpoints, metrics.jsonl and result.json; --resume continues it."""
