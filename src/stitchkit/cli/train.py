@@ -1,4 +1,4 @@
-"""``stitchkit train [CONFIG.yaml] [key=value ...]``: one stitch, fine-tuning baseline or scratch model."""
+"""``stitchkit train [CONFIG.yaml] [key=value ...]``: one stitch, fine-tuning baseline, scratch model or probe."""
 from __future__ import annotations
 
 import argparse
@@ -27,8 +27,9 @@ class _TrainParser(argparse.ArgumentParser):
 
 
 def add_parser(subparsers) -> None:
-    p = add_command(subparsers, "train", run, "train a stitch, the fine-tuning baseline, or a model from scratch",
-                    _DESCRIPTION, parser_class=_TrainParser)
+    p = add_command(subparsers, "train", run,
+                    "train a stitch, the fine-tuning baseline, a model from scratch or a probe", _DESCRIPTION,
+                    parser_class=_TrainParser)
     p.add_argument("settings", nargs="*", metavar="[CONFIG.yaml] key=value",
                    help="a YAML file of settings, then overrides")
     p.add_argument("--resume", action="store_true", help="continue the run in output.dir from its last checkpoint")
