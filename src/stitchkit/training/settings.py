@@ -200,7 +200,10 @@ class TrainConfig:
 
 @dataclass
 class OutputConfig:
-    dir: Optional[str] = setting(None, "run folder; default runs/<mode>-<models>-<gap>-<adapter>-<resize>-seed<N>",
+    dir: Optional[str] = setting(None, "run folder; default: named from the settings, e.g. runs/stitch-"
+                                       "resnet50.a1_in1k--resnet50.a1_in1k-1to3-bottleneck-bilinear-seed0 (mode, "
+                                       "source--destination, gap, adapter, resize, seed; ':' and '/' in names become "
+                                       "'_'), runs/finetune-resnet50.a1_in1k-1to3-seed0, runs/scratch-resnet18-seed0",
                                  kind="run", per_run=True)
 
 
