@@ -190,6 +190,30 @@ def test_every_option_has_help():
             assert action.help, f"stitchkit {name} {'/'.join(action.option_strings) or action.dest} has no help"
 
 
+def test_help_examples_keep_their_shell_line_continuations():
+    """A backslash-newline in a plain string joins an example's two lines into one with a run of spaces; written
+    as a backslash, the example shows as it is typed."""
+    import re
+
+    from stitchkit.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        for line in (sub.description or "").splitlines():
+            assert not re.search(r"\S {3,}\S", line), f"stitchkit {name} --help: {line!r}"
+
+
+def test_help_shows_the_defaults_of_optional_positionals_and_no_empty_ones(capsys):
+    """Every option shows its default (README): an optional positional too; a repeatable option's [] is noise."""
+    for argv, shown in ((["models", "--help"], "(default: *)"), (["findings", "--help"], "fashion_mnist.yaml)")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert shown in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["eval-model", "--help"])
+    assert "(default: [])" not in capsys.readouterr().out
+
+
 def test_global_options_after_the_subcommand_and_overrides_after_options(capsys):
     assert main(["adapters", "--threads", "1"]) == 0
     code, out, _ = _run(capsys, "train", "mode=scratch", "--print-config", "model.src=resnet18", "train.epochs=3")

@@ -25,7 +25,8 @@ def _env():
 
 
 def test_a_stitch_that_costs_more_than_its_source_says_so_before_it_trains(tmp_path, capsys):
-    """resnet10t to resnet18 from stage 3 on costs 10% more than resnet10t: the second line says so."""
+    """resnet10t to resnet18 at gap 1:3 (resnet18 from just after stage 3's first block on) costs 10% more than
+    resnet10t: the second line says so."""
     small = ["data.synthetic_train_size=16", "data.synthetic_val_size=16", "train.epochs=1", "mode=stitch",
              "model.gap=1:3", "model.num_classes=10"]
     assert main(["train", *TINY, *small, "model.dst=resnet18", f"output.dir={tmp_path / 'dearer'}"]) == 0

@@ -59,9 +59,10 @@ class Step:
 
 def gap_cuts(x: int, y: int) -> tuple[tuple[int, str], tuple[int, str]]:
     """Where a gap from stage ``x`` to stage ``y`` cuts the two models, as ``(stage, position)`` for
-    :meth:`~stitchkit.zoo.ModelSpec.cut`: the source after the first block of stage x; the destination before the
-    first block of stage y, or, when x == y, at the end of stage x (the paper's stage-x-to-stage-x stitch skips the
-    rest of stage x). The one rule for stitches and the fine-tuning baseline alike."""
+    :meth:`~stitchkit.zoo.ModelSpec.cut`: the source after the first block of stage x; the destination after the
+    first block of stage y (its back runs from there on), or, when x == y, at the end of stage x (the paper's
+    stage-x-to-stage-x stitch skips the rest of stage x). The one rule for stitches and the fine-tuning baseline
+    alike."""
     return (x, "first"), ((y, "first") if y > x else (x, "end"))
 
 

@@ -311,7 +311,8 @@ class ParallelStitchedModel(Network, nn.Module):
 
     @classmethod
     def describe(cls, architecture: dict, head: str) -> str:
-        fronts = ", ".join(f"**{s['src']}** to stage {s['gap'][0]}" for s in architecture["stitches"])
+        fronts = ", ".join(f"**{s['src']}** up to and including the first block of its stage {s['gap'][0]}"
+                           for s in architecture["stitches"])
         return (f"A parallel stitch: {fronts}, each with its own adapters, fused by {architecture['fusion']}, then "
                 f"**{architecture['stitches'][0]['dst']}** from its cut on, with {head}.")
 

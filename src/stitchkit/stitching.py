@@ -1,7 +1,8 @@
 """Stitched models: a frozen source front, a trainable bridge of adapters, a frozen destination back.
 
-``create_stitched("resnet50", "torchvision:swin_t", gap=(1, 4))`` keeps ResNet-50 up to the first block of stage 1,
-Swin-T from the first block of stage 4 on, and trains three bottleneck adapters in between (the paper's Figure 1).
+``create_stitched("resnet50", "torchvision:swin_t", gap=(1, 4))`` keeps ResNet-50 up to and including the first
+block of stage 1, Swin-T from just after the first block of stage 4 on, and trains three bottleneck adapters in
+between (the paper's Figure 1).
 
 Frozen means one tested policy: frozen weights have ``requires_grad=False`` and are never in the optimizer, and the
 frozen parts stay in eval mode whatever ``.train()`` says, so BatchNorm statistics never change and stochastic depth
@@ -536,9 +537,12 @@ class StitchedModel(Network, nn.Module):
     @classmethod
     def describe(cls, architecture: dict, head: str) -> str:
         a = architecture
-        return (f"A stitched network: **{a['src']}** up to the first block of its stage {a['gap'][0]}, "
-                f"{a['adapter']} adapters ({a['resize']} resizing), then **{a['dst']}** from stage {a['gap'][1]} "
-                f"on, with {head}.")
+        x, y = a["gap"]
+        # Where the back starts follows gap_cuts: after the first block of stage y, or after stage x when y == x.
+        back = f"the first block of its stage {y}" if y > x else f"the end of its stage {x}"
+        return (f"A stitched network: **{a['src']}** up to and including the first block of its stage {x}, "
+                f"{a['adapter']} adapters ({a['resize']} resizing), then **{a['dst']}** from just after {back} on, "
+                f"with {head}.")
 
     def architecture(self) -> dict:
         """What rebuilds this network without its weights (see :meth:`from_architecture`): the

@@ -14,8 +14,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Shows each option's default and keeps descriptions' line breaks (examples, settings lists)."""
 
     def _get_help_string(self, action):
-        # No "(default: None)" or "(default: False)" noise for optional values and flags.
-        if action.default in (None, False, argparse.SUPPRESS) or action.option_strings == []:
+        # No "(default: None)", "(default: False)" or "(default: [])" noise for optional values, flags and repeatable
+        # options; of the positionals only an optional one (nargs="?") has a default worth showing.
+        if action.default in (None, False, argparse.SUPPRESS) or action.default == [] or (
+                not action.option_strings and action.nargs != argparse.OPTIONAL):
             return action.help
         return super()._get_help_string(action)
 

@@ -51,7 +51,8 @@ def add_eval_model(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     p.add_argument("--workers", type=int, default=None,
                    help="data-loader workers (default: 4, or fewer where this machine has fewer CPUs)")
-    p.add_argument("--limit-val", type=int, default=None, metavar="N", help="evaluate the first N images only")
+    p.add_argument("--limit-val", type=int, default=None, metavar="N",
+                   help="evaluate N validation images only: a random subset, the same on every call (data.limit_val)")
     p.add_argument("--device", type=available_device, default=None, help="cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--out", default=None, help="folder for result.json (not a training run's folder)")
     p.add_argument("--overwrite", action="store_true", help="replace a result.json that --out already holds")

@@ -13,7 +13,7 @@ Run every cell of a sweep file (pairs x gaps x methods x seeds, baselines), skip
 command after an interruption to continue. Examples:
 
   stitchkit sweep configs/paper/grid.yaml data.root=/data/imagenet --dry-run
-  stitchkit sweep configs/examples/fashion_mnist_resnet10t.yaml model.src_checkpoint=runs/fm/model.pt \
+  stitchkit sweep configs/examples/fashion_mnist_resnet10t.yaml model.src_checkpoint=runs/fm/model.pt \\
       model.dst_checkpoint=runs/fm/model.pt train.epochs=1 --out runs/try
   stitchkit sweep configs/paper/grid.yaml data.root=/data/imagenet --executor slurm --partition gpu --gpus-per-job 1"""
 

@@ -1,4 +1,4 @@
-"""``stitchkit train [CONFIG.yaml] [key=value ...]``: one stitch, fine-tuning baseline or scratch model."""
+"""``stitchkit train [CONFIG.yaml] [key=value ...]``: one stitch, fine-tuning baseline, scratch model or probe."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ _DESCRIPTION = """\
 Train one run. Settings are the paper's recipe, then the YAML file, then the key=value overrides, e.g.
 
   stitchkit train mode=stitch model.src=resnet18 model.dst=resnet34 model.gap=1:3 data.name=fashion_mnist
-  stitchkit train model.src=resnet50.a1_in1k model.gap=1:4 data.name=imagefolder data.root=/data/imagenet \
+  stitchkit train model.src=resnet50.a1_in1k model.gap=1:4 data.name=imagefolder data.root=/data/imagenet \\
       train.epochs=2 --print-config
 
 The run folder (output.dir) holds config.yaml, checkpoints, metrics.jsonl and result.json; --resume continues it."""
@@ -27,8 +27,9 @@ class _TrainParser(argparse.ArgumentParser):
 
 
 def add_parser(subparsers) -> None:
-    p = add_command(subparsers, "train", run, "train a stitch, the fine-tuning baseline, or a model from scratch",
-                    _DESCRIPTION, parser_class=_TrainParser)
+    p = add_command(subparsers, "train", run,
+                    "train a stitch, the fine-tuning baseline, a model from scratch or a probe", _DESCRIPTION,
+                    parser_class=_TrainParser)
     p.add_argument("settings", nargs="*", metavar="[CONFIG.yaml] key=value",
                    help="a YAML file of settings, then overrides")
     p.add_argument("--resume", action="store_true", help="continue the run in output.dir from its last checkpoint")

@@ -282,8 +282,9 @@ def study_markdown(a: dict, spec: dict, command: str, figures: list[str]) -> str
     lines += ["", f"![{best} against trained accuracy]({figures[0]})", "",
               "## What a search that trains a fifth finds", "",
               f"A search trains {frontier['count']} of the candidates ({100 * a['top_fraction']:.0f}%): those a proxy "
-              "predicts best for their compute (frontier layers: the predicted frontier first, then the next layer) "
-              "or its top scores. Hypervolume: the area the trained frontier dominates, measured from the exhaustive "
+              "predicts best for their compute (frontier layers, `--selection frontier`, the default: the predicted "
+              "frontier first, then the next layer) or its top scores (`--selection top`). Hypervolume: the area the "
+              "trained frontier dominates, measured from the exhaustive "
               f"frontier's nadir ({a['reference'][1]:.2f}% at {a['reference'][0]:.4f} GMACs: its lowest accuracy "
               "and its dearest compute).",
               "Compute: the proxy's own measuring over every candidate plus the chosen stitches' training, against "

@@ -123,7 +123,8 @@ class DataConfig:
     holdout_fraction: float = setting(0.0, "carved from train (same images for every seed) for model selection")
     holdout_seed: int = setting(0, "which images the holdout takes")
     limit_train: Optional[int] = setting(None, "number of training images, for quick runs")
-    limit_val: Optional[int] = setting(None, "number of validation images")
+    limit_val: Optional[int] = setting(None, "number of validation images: a fixed random subset (drawn with "
+                                             "holdout_seed, the same for every seed); also caps the holdout")
     random_resized_crop: bool = setting(True, "random-resized-crop training images")
     hflip: bool = setting(True, "random horizontal flips")
     auto_augment: bool = setting(True, "AutoAugment (ImageNet policy)")
@@ -199,7 +200,10 @@ class TrainConfig:
 
 @dataclass
 class OutputConfig:
-    dir: Optional[str] = setting(None, "run folder; default runs/<mode>-<models>-<gap>-<adapter>-<resize>-seed<N>",
+    dir: Optional[str] = setting(None, "run folder; default: named from the settings, e.g. runs/stitch-"
+                                       "resnet50.a1_in1k--resnet50.a1_in1k-1to3-bottleneck-bilinear-seed0 (mode, "
+                                       "source--destination, gap, adapter, resize, seed; ':' and '/' in names become "
+                                       "'_'), runs/finetune-resnet50.a1_in1k-1to3-seed0, runs/scratch-resnet18-seed0",
                                  kind="run", per_run=True)
 
 
