@@ -341,6 +341,27 @@ def test_a_stitch_is_built_from_its_config_validated_once():
             StitchConfig(**{"src": "resnet10t", "dst": "resnet10t", "gap": (1, 2), **bad})
 
 
+def test_a_gap_of_numpy_integers_is_a_gap_and_a_bool_is_not():
+    """A gap read from an array (a sweep's grid, np.arange) is one: any whole number names a stage, and the config
+    keeps plain ints (it is saved as JSON). True is not stage 1."""
+    import json
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from stitchkit.chain import parse_gap
+    from stitchkit.errors import GapError
+    from stitchkit.stitching import StitchConfig
+
+    assert parse_gap((np.int64(1), np.int64(3))) == (1, 3)
+    config = StitchConfig("resnet10t", "resnet10t", [np.int32(2), np.uint8(4)])
+    assert config.gap == (2, 4) and all(type(s) is int for s in config.gap)
+    json.dumps(asdict(config))
+    for bad in [(True, 3), (1, np.float64(3.0)), (1, 3.0)]:
+        with pytest.raises(GapError, match="not a pair of stages"):
+            parse_gap(bad)
+
+
 def test_num_classes_0_builds_a_stitch_without_a_classifier_that_saves_its_adapters(tmp_path):
     """num_classes=0 means what timm's create_model(num_classes=0) means (no classifier, the pooled features),
     for create_stitched, a StitchConfig, build_stitch and an adapter file, not a new head of the destination's size;
