@@ -362,6 +362,29 @@ def test_a_gap_of_numpy_integers_is_a_gap_and_a_bool_is_not():
             parse_gap(bad)
 
 
+def test_input_size_is_one_side_refused_otherwise_before_any_model_is_built(monkeypatch):
+    """A stitch takes square images: (H, W) with H != W is one clear error before either model is built (it was a
+    TypeError in the test image, after both); (N, N) and a numpy integer are N."""
+    import numpy as np
+
+    from stitchkit.stitching import StitchConfig
+
+    with monkeypatch.context() as patch:
+        for module in (stitchkit.stitching, stitchkit.parallel):
+            patch.setattr(module, "resolve_model", lambda *a, **k: pytest.fail("a model was built"))
+        for bad in [(64, 96), (3, 64, 64), 0, 64.0, True]:
+            with pytest.raises(StitchkitError, match="input_size=N") as err:
+                create_stitched("resnet10t", "resnet10t", "1:3", input_size=bad)
+            assert "\n" not in str(err.value)
+        with pytest.raises(StitchkitError, match="square images"):
+            StitchConfig("resnet10t", "resnet10t", "1:3", input_size=(64, 96))
+        with pytest.raises(StitchkitError, match="square images"):
+            stitchkit.parallel.create_parallel(["resnet10t", "resnet10t"], "resnet10t", "1:3", input_size=[64, 96])
+    model = create_stitched("resnet10t", "resnet10t", "1:3", "linear", input_size=(32, 32))
+    assert model.config.input_size == 32 and model.pretrained_cfg["input_size"] == (3, 32, 32)
+    assert StitchConfig("resnet10t", "resnet10t", "1:3", input_size=np.int64(32)).input_size == 32
+
+
 def test_num_classes_0_builds_a_stitch_without_a_classifier_that_saves_its_adapters(tmp_path):
     """num_classes=0 means what timm's create_model(num_classes=0) means (no classifier, the pooled features),
     for create_stitched, a StitchConfig, build_stitch and an adapter file, not a new head of the destination's size;

@@ -29,7 +29,8 @@ from .formats import FeatureSpec, Format
 from .network import Network
 from .train_surface import back_units, bridge_units, mapped_no_weight_decay, prefixed, whole_unit
 from .starts import DEFAULT_START, get_start
-from .stitching import StitchConfig, StitchedModel, build_stitch, stitch_architecture, stitch_models, train_back_head
+from .stitching import (StitchConfig, StitchedModel, build_stitch, square_input_size, stitch_architecture, stitch_models,
+                        train_back_head)
 from .zoo import resolve_model
 from .zoo.models import classes_or_none, fit_head, num_outputs
 
@@ -391,6 +392,7 @@ def create_parallel(srcs: list[str | nn.Module], dst: str | nn.Module, gaps: str
         raise StitchkitError(f"{len(srcs)} sources but {len(checkpoints)} checkpoints: give one per source (None "
                              "where a source has none)")
     prefix_in = prefix_in or get_start(options.get("adapter_norm", DEFAULT_START)).prefix_in
+    input_size = square_input_size(input_size)  # before any model is built for it
     dst_model, dst_name = resolve_model(dst, pretrained, dst_checkpoint, input_size)
     new_head = num_classes != 0 and fit_head(dst_model, num_classes, new_head)  # 0: none (build_parallel drops it)
     if new_head:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import time
 
+import numbers
+import operator
 import os
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -81,6 +83,7 @@ class StitchConfig:
         # Validated once, here: every stitch is built from a config (build_stitch), and a search describes
         # thousands of them before it builds any.
         self.gap = parse_gap(self.gap)
+        self.input_size = square_input_size(self.input_size)
         check_choices(self.adapter, self.resize, self.prefix_out, self.prefix_in, self.frozen_mode, self.adapter_norm)
         if not isinstance(self.unfreeze_last, int) or self.unfreeze_last < 0:
             raise StitchkitError(f"unfreeze_last must be a whole number >= 0, got {self.unfreeze_last!r}")
@@ -100,6 +103,21 @@ class StitchConfig:
     @property
     def dst_cut(self) -> tuple[int, str]:
         return gap_cuts(*self.gap)[1]
+
+
+def square_input_size(input_size) -> int:
+    """The side of a stitch's images from ``N`` or ``(N, N)``. A stitch takes square images only: its cut shapes,
+    test image, saved config and data pipeline are all one side, so ``(H, W)`` with H != W is refused here, before
+    any model is built (it used to fail inside the build, with a TypeError)."""
+    side = input_size
+    if isinstance(input_size, (tuple, list)) and len(input_size) == 2 and input_size[0] == input_size[1]:
+        side = input_size[0]
+    if isinstance(side, numbers.Integral) and not isinstance(side, bool) and side > 0:
+        return operator.index(side)
+    if isinstance(input_size, (tuple, list)):
+        raise StitchkitError(f"a stitch takes square images: give one side, input_size=N, not {tuple(input_size)!r}")
+    raise StitchkitError(f"give input_size=N, a positive whole number (a stitch takes square N x N images), not "
+                         f"{input_size!r}")
 
 
 def check_choices(adapter: str, resize: str, prefix_out: str, prefix_in: str, frozen_mode: str,
@@ -636,7 +654,8 @@ def create_stitched(
             ``bottleneck`` or ``vit_block`` (token layouts at both ends).
         resize: ``none``, ``bilinear``, ``area`` or ``integrated`` (see :mod:`stitchkit.chain`).
         pretrained: load both models' pretrained weights.
-        input_size: image size; sets the feature shapes and builds fixed-size models (ViT, timm Swin) for it.
+        input_size: image size N (square N x N images; ``(N, N)`` is taken as N); sets the feature shapes and
+            builds fixed-size models (ViT, timm Swin) for it.
         src_checkpoint, dst_checkpoint: local state-dict files for the two models.
         prefix_out: class-token policy out of a token model: ``concat``, ``drop`` or ``add``.
         prefix_in: class-token policy into a token model: ``mean``, ``zeros``, ``learned`` or ``projected`` (see
@@ -676,6 +695,7 @@ def create_stitched(
         ['256@56x56 -> 512@28x28 (bilinear)', '512@28x28 -> 768@14x14 (bilinear)', '768@14x14 -> 768@7x7 (bilinear)']
     """
     x, y = parse_gap(gap)
+    input_size = square_input_size(input_size)  # before any model is built for it
     prefix_in = prefix_in or get_start(adapter_norm).prefix_in
     check_choices(adapter, resize, prefix_out, prefix_in, frozen_mode, adapter_norm)  # before any model is built
 
