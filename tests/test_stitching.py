@@ -360,6 +360,10 @@ def test_a_gap_of_numpy_integers_is_a_gap_and_a_bool_is_not():
     for bad in [(True, 3), (1, np.float64(3.0)), (1, 3.0)]:
         with pytest.raises(GapError, match="not a pair of stages"):
             parse_gap(bad)
+    # One pair of numpy stages for every source of a parallel stitch, as a pair of ints is (not one gap a source).
+    parallel = stitchkit.parallel.create_parallel(["resnet10t", "resnet10t"], "resnet10t", (np.int64(1), np.int64(3)),
+                                                  adapter="linear", input_size=32, check=False)
+    assert [c.gap for c in parallel.config.stitches] == [(1, 3), (1, 3)]
 
 
 def test_input_size_is_one_side_refused_otherwise_before_any_model_is_built(monkeypatch):

@@ -18,6 +18,7 @@ The paper names this as future work; its public code carries configurations for 
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, replace
 
 import torch
@@ -383,8 +384,10 @@ def create_parallel(srcs: list[str | nn.Module], dst: str | nn.Module, gaps: str
         raise StitchkitError("a parallel stitch needs two sources or more; for one source use create_stitched")
     if fusion not in FUSIONS:  # before any model is built
         raise unknown_name("fusion", fusion, FUSIONS)
-    gaps = [gaps] * len(srcs) if isinstance(gaps, str) or (isinstance(gaps, tuple) and len(gaps) == 2
-                                                           and all(isinstance(g, int) for g in gaps)) else list(gaps)
+    # One gap for all: a string, or a pair of stages (numpy integers too, as parse_gap takes them).
+    one_gap = isinstance(gaps, str) or (isinstance(gaps, tuple) and len(gaps) == 2
+                                        and all(isinstance(g, numbers.Integral) for g in gaps))
+    gaps = [gaps] * len(srcs) if one_gap else list(gaps)
     if len(gaps) != len(srcs):
         raise StitchkitError(f"{len(srcs)} sources but {len(gaps)} gaps: give one gap for all or one per source")
     checkpoints = list(src_checkpoints or [None] * len(srcs))
