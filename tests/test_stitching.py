@@ -189,6 +189,33 @@ def test_readd_position_embedding(model_factory):
         create_stitched(r50, r50, "1:3", input_size=SMALL, readd_pos_embed=True)
 
 
+def test_readd_position_embedding_into_a_torchvision_vit(tmp_path):
+    """torchvision's ViT keeps its position embedding as encoder.pos_embedding, added to [class_token; patches]
+    (timm's names are pos_embed and cls_token): readd_pos_embed re-adds it at every position, class token
+    included, and a learned class token starts at torchvision's. A checkpoint saved at 224 px fits a stitch
+    built for another size, its table resampled by torchvision's own interpolation (as its pretrained weights)."""
+    import torchvision
+    from torchvision.models.vision_transformer import interpolate_embeddings
+
+    weights = tmp_path / "vit_b_16.pt"
+    torch.manual_seed(0)
+    state = torchvision.models.vit_b_16().state_dict()  # built for 224 px: a (1, 197, 768) table
+    torch.save(state, weights)
+    r18 = stitchkit.create_model("resnet18", input_size=32)
+    plain = create_stitched(r18, "torchvision:vit_b_16", "1:3", "linear", input_size=32, dst_checkpoint=weights)
+    with_pos = create_stitched(r18, "torchvision:vit_b_16", "1:3", "linear", input_size=32, dst_checkpoint=weights,
+                               readd_pos_embed=True)
+    table = interpolate_embeddings(32, 16, state)["encoder.pos_embedding"]  # 1 + 2x2 positions at 32 px
+    assert table.shape == (1, 5, 768)
+    with_pos.bridge.load_state_dict(plain.bridge.state_dict())
+    with torch.no_grad():
+        h = plain.front(torch.randn(2, 3, 32, 32))
+        assert torch.allclose(with_pos.bridge(h) - plain.bridge(h), table.expand(2, -1, -1), atol=1e-5)
+    learned = create_stitched(r18, "torchvision:vit_b_16", "1:3", "linear", input_size=32, dst_checkpoint=weights,
+                              prefix_in="learned")
+    assert torch.allclose(learned.bridge.learned_prefix, state["class_token"] + table[:, :1])
+
+
 def test_vit_block_between_vits_keeps_the_class_token(model_factory):
     vit = model_factory(VIT, SMALL)
     model = create_stitched(vit, vit, "1:4", "vit_block", "bilinear", input_size=SMALL, adapter_norm="paper_text")
