@@ -9,6 +9,7 @@ from torch import nn
 import stitchkit
 from stitchkit import PAPER_GAPS, RESIZE_MODES, create_stitched, plan_chain
 from stitchkit.errors import GapError, IncompatibleError, StitchkitError, UnknownNameError
+from stitchkit.formats import PREFIX_IN_POLICIES as PREFIX_IN
 
 from conftest import PAPER_MODELS, SMALL
 
@@ -173,6 +174,87 @@ def test_class_token_policies(model_factory):
     zeros = create_stitched(r50, vit, "1:3", "linear", input_size=SMALL, prefix_in="zeros")
     h = zeros.bridge(zeros.front(torch.randn(2, 3, SMALL, SMALL)))
     assert torch.equal(h[:, 0], torch.zeros(2, 384))
+
+
+VIT1, VIT2 = "vit_micro_patch4_32", "deit_tiny_distilled_patch16_224"  # 1 prefix token; 2 (class, distillation)
+
+
+@pytest.mark.parametrize("adapter", ["linear", "vit_block"])
+def test_every_class_token_policy_between_vits_with_different_prefix_counts(adapter, tmp_path):
+    """Token adapters between ViTs with different prefix counts make the destination's prefix tokens before the
+    adapters, from the source's patch tokens, by every policy: learned crashed ("needs the learned token tensor")
+    and projected was silently the mean. The learned token and the projected map train and are saved."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    for policy in PREFIX_IN:
+        model = create_stitched(VIT1, VIT2, "1:3", adapter, input_size=32, prefix_in=policy, adapter_norm="paper_code")
+        bridge = model.bridge
+        assert bridge.tokens and bridge.enter_spec.num_prefix_tokens == 2
+        with torch.no_grad():
+            h = model.front(x)
+            entered, patches = bridge.enter(h), bridge.enter(h)[:, 2:]
+        mean = patches.mean(1, keepdim=True).expand(-1, 2, -1)
+        made = {"mean": mean, "zeros": torch.zeros_like(mean),
+                "learned": bridge.learned_prefix.expand(2, -1, -1) if bridge.learned_prefix is not None else None,
+                "projected": mean}[policy]  # the map starts as the mean
+        assert made is not None and torch.allclose(entered[:, :2], made, atol=1e-5), policy
+        assert (bridge.learned_prefix is not None) == (policy == "learned")
+        assert (bridge.prefix_map is not None) == (policy == "projected")
+        assert model(x).shape == (2, 1000)
+        # One training step moves the learned token or the map, which the optimizer sees.
+        own = bridge.prefix_parameters()
+        assert len(own) == {"mean": 0, "zeros": 0, "learned": 1, "projected": 2}[policy]
+        trained = {id(p) for p in model.trainable_parameters()}
+        assert all(id(p) in trained for p in own)
+        before = [p.detach().clone() for p in own]
+        optimizer = torch.optim.SGD(model.trainable_parameters(), lr=1.0)
+        model.train()
+        model(x).logsumexp(1).mean().backward()
+        optimizer.step()
+        assert all(not torch.equal(b, p) for b, p in zip(before, own)), policy
+        if not own:
+            continue
+        # Saved and loaded with the stitch (a folder and an adapter file).
+        model.eval()
+        folder = model.save_pretrained(tmp_path / f"{adapter}-{policy}")
+        loaded = stitchkit.load_pretrained(folder).eval()
+        model.save_adapters(tmp_path / "adapters.pt")
+        rebuilt = stitchkit.load_stitched(tmp_path / "adapters.pt").eval()
+        with torch.no_grad():
+            for other in (loaded, rebuilt):
+                assert all(torch.equal(a, b) for a, b in zip(other.bridge.prefix_parameters(), own))
+                assert torch.allclose(other.bridge(h), model.bridge(h), atol=1e-6)
+
+
+def test_the_default_start_fits_the_prefix_tokens_token_adapters_make():
+    """The default start fits the learned token and the projected map (the destination's class token, the
+    docstring says) with the adapters, through them, on the calibration images."""
+    torch.manual_seed(0)
+    images = torch.randn(32, 3, 32, 32)
+    for policy in ("learned", "projected"):
+        start = create_stitched(VIT1, VIT2, "1:3", "linear", input_size=32, prefix_in=policy,
+                                adapter_norm="fitted_quick")
+        fitted = create_stitched(VIT1, VIT2, "1:3", "linear", input_size=32, prefix_in=policy,
+                                 adapter_norm="fitted_quick", calibration_images=images)
+        assert all(not torch.equal(a, b) for a, b in zip(start.bridge.prefix_parameters(),
+                                                          fitted.bridge.prefix_parameters())), policy
+    assert stitchkit.stitching.get_start("fitted").prefix_in == "projected"  # what create_stitched gives by default
+
+
+def test_a_token_stitch_saved_when_projected_was_the_mean_loads_as_it_was(tmp_path):
+    """Between different prefix counts, prefix_in="projected" used to make the patch tokens' mean (no map was
+    built): such a file holds no map, and loads as that network."""
+    model = create_stitched(VIT1, VIT2, "1:3", "linear", input_size=32, prefix_in="projected", adapter_norm="paper_code")
+    assert model.bridge.prefix_map is not None
+    model.save_adapters(tmp_path / "adapters.pt")
+    saved = torch.load(tmp_path / "adapters.pt", weights_only=True)
+    saved["adapters"] = {k: v for k, v in saved["adapters"].items() if not k.startswith("prefix_map.")}
+    torch.save(saved, tmp_path / "old.pt")
+    old = stitchkit.load_stitched(tmp_path / "old.pt")
+    assert old.bridge.prefix_map is None
+    with torch.no_grad():
+        entered = old.bridge.enter(old.front(torch.randn(2, 3, 32, 32)))
+    assert torch.allclose(entered[:, :2], entered[:, 2:].mean(1, keepdim=True).expand(-1, 2, -1), atol=1e-6)
 
 
 def test_readd_position_embedding(model_factory):
