@@ -47,9 +47,12 @@ def test_inspect_text_and_finetune(capsys):
                         "64", "--adapter", "linear")
     assert code == 0 and "adapter chain (2)" in out and "GMACs" in out
     assert "costs more compute" not in out  # within one model a stitch skips blocks: cheaper than its source
+    compute = next(line for line in out.splitlines() if "GMACs" in line)
+    assert compute.count("% of resnet18") == 1, compute  # a self-stitch's one model, priced once
     code, out, _ = _run(capsys, "inspect", "--src", "resnet18", "--dst", "resnet50", "--gap", "1:2", "--input-size",
                         "64", "--adapter", "linear")
     assert code == 0 and "costs more compute than resnet18 itself" in out and "resnet50's later stages cost more" in out
+    assert "% of resnet18 (" in out and "% of resnet50 (" in out  # two models: a share of each
     # The same model with resize='none': its later stages run at the source's resolution, and the note says that.
     code, out, _ = _run(capsys, "inspect", "--src", "resnet18", "--dst", "resnet18", "--gap", "1:4", "--input-size",
                         "64", "--adapter", "linear", "--resize", "none")

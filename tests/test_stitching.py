@@ -9,6 +9,7 @@ from torch import nn
 import stitchkit
 from stitchkit import PAPER_GAPS, RESIZE_MODES, create_stitched, plan_chain
 from stitchkit.errors import GapError, IncompatibleError, StitchkitError, UnknownNameError
+from stitchkit.formats import PREFIX_IN_POLICIES as PREFIX_IN
 
 from conftest import PAPER_MODELS, SMALL
 
@@ -175,6 +176,87 @@ def test_class_token_policies(model_factory):
     assert torch.equal(h[:, 0], torch.zeros(2, 384))
 
 
+VIT1, VIT2 = "vit_micro_patch4_32", "deit_tiny_distilled_patch16_224"  # 1 prefix token; 2 (class, distillation)
+
+
+@pytest.mark.parametrize("adapter", ["linear", "vit_block"])
+def test_every_class_token_policy_between_vits_with_different_prefix_counts(adapter, tmp_path):
+    """Token adapters between ViTs with different prefix counts make the destination's prefix tokens before the
+    adapters, from the source's patch tokens, by every policy: learned crashed ("needs the learned token tensor")
+    and projected was silently the mean. The learned token and the projected map train and are saved."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    for policy in PREFIX_IN:
+        model = create_stitched(VIT1, VIT2, "1:3", adapter, input_size=32, prefix_in=policy, adapter_norm="paper_code")
+        bridge = model.bridge
+        assert bridge.tokens and bridge.enter_spec.num_prefix_tokens == 2
+        with torch.no_grad():
+            h = model.front(x)
+            entered, patches = bridge.enter(h), bridge.enter(h)[:, 2:]
+        mean = patches.mean(1, keepdim=True).expand(-1, 2, -1)
+        made = {"mean": mean, "zeros": torch.zeros_like(mean),
+                "learned": bridge.learned_prefix.expand(2, -1, -1) if bridge.learned_prefix is not None else None,
+                "projected": mean}[policy]  # the map starts as the mean
+        assert made is not None and torch.allclose(entered[:, :2], made, atol=1e-5), policy
+        assert (bridge.learned_prefix is not None) == (policy == "learned")
+        assert (bridge.prefix_map is not None) == (policy == "projected")
+        assert model(x).shape == (2, 1000)
+        # One training step moves the learned token or the map, which the optimizer sees.
+        own = bridge.prefix_parameters()
+        assert len(own) == {"mean": 0, "zeros": 0, "learned": 1, "projected": 2}[policy]
+        trained = {id(p) for p in model.trainable_parameters()}
+        assert all(id(p) in trained for p in own)
+        before = [p.detach().clone() for p in own]
+        optimizer = torch.optim.SGD(model.trainable_parameters(), lr=1.0)
+        model.train()
+        model(x).logsumexp(1).mean().backward()
+        optimizer.step()
+        assert all(not torch.equal(b, p) for b, p in zip(before, own)), policy
+        if not own:
+            continue
+        # Saved and loaded with the stitch (a folder and an adapter file).
+        model.eval()
+        folder = model.save_pretrained(tmp_path / f"{adapter}-{policy}")
+        loaded = stitchkit.load_pretrained(folder).eval()
+        model.save_adapters(tmp_path / "adapters.pt")
+        rebuilt = stitchkit.load_stitched(tmp_path / "adapters.pt").eval()
+        with torch.no_grad():
+            for other in (loaded, rebuilt):
+                assert all(torch.equal(a, b) for a, b in zip(other.bridge.prefix_parameters(), own))
+                assert torch.allclose(other.bridge(h), model.bridge(h), atol=1e-6)
+
+
+def test_the_default_start_fits_the_prefix_tokens_token_adapters_make():
+    """The default start fits the learned token and the projected map (the destination's class token, the
+    docstring says) with the adapters, through them, on the calibration images."""
+    torch.manual_seed(0)
+    images = torch.randn(32, 3, 32, 32)
+    for policy in ("learned", "projected"):
+        start = create_stitched(VIT1, VIT2, "1:3", "linear", input_size=32, prefix_in=policy,
+                                adapter_norm="fitted_quick")
+        fitted = create_stitched(VIT1, VIT2, "1:3", "linear", input_size=32, prefix_in=policy,
+                                 adapter_norm="fitted_quick", calibration_images=images)
+        assert all(not torch.equal(a, b) for a, b in zip(start.bridge.prefix_parameters(),
+                                                          fitted.bridge.prefix_parameters())), policy
+    assert stitchkit.stitching.get_start("fitted").prefix_in == "projected"  # what create_stitched gives by default
+
+
+def test_a_token_stitch_saved_when_projected_was_the_mean_loads_as_it_was(tmp_path):
+    """Between different prefix counts, prefix_in="projected" used to make the patch tokens' mean (no map was
+    built): such a file holds no map, and loads as that network."""
+    model = create_stitched(VIT1, VIT2, "1:3", "linear", input_size=32, prefix_in="projected", adapter_norm="paper_code")
+    assert model.bridge.prefix_map is not None
+    model.save_adapters(tmp_path / "adapters.pt")
+    saved = torch.load(tmp_path / "adapters.pt", weights_only=True)
+    saved["adapters"] = {k: v for k, v in saved["adapters"].items() if not k.startswith("prefix_map.")}
+    torch.save(saved, tmp_path / "old.pt")
+    old = stitchkit.load_stitched(tmp_path / "old.pt")
+    assert old.bridge.prefix_map is None
+    with torch.no_grad():
+        entered = old.bridge.enter(old.front(torch.randn(2, 3, 32, 32)))
+    assert torch.allclose(entered[:, :2], entered[:, 2:].mean(1, keepdim=True).expand(-1, 2, -1), atol=1e-6)
+
+
 def test_readd_position_embedding(model_factory):
     r50, vit = model_factory(R50, SMALL), model_factory(VIT, SMALL)
     plain = create_stitched(r50, vit, "1:3", "linear", input_size=SMALL)
@@ -187,6 +269,33 @@ def test_readd_position_embedding(model_factory):
     assert "pos_embed" not in with_pos.trained_state_dict()  # rebuilt from the destination, not saved
     with pytest.raises(IncompatibleError, match="position embedding"):
         create_stitched(r50, r50, "1:3", input_size=SMALL, readd_pos_embed=True)
+
+
+def test_readd_position_embedding_into_a_torchvision_vit(tmp_path):
+    """torchvision's ViT keeps its position embedding as encoder.pos_embedding, added to [class_token; patches]
+    (timm's names are pos_embed and cls_token): readd_pos_embed re-adds it at every position, class token
+    included, and a learned class token starts at torchvision's. A checkpoint saved at 224 px fits a stitch
+    built for another size, its table resampled by torchvision's own interpolation (as its pretrained weights)."""
+    import torchvision
+    from torchvision.models.vision_transformer import interpolate_embeddings
+
+    weights = tmp_path / "vit_b_16.pt"
+    torch.manual_seed(0)
+    state = torchvision.models.vit_b_16().state_dict()  # built for 224 px: a (1, 197, 768) table
+    torch.save(state, weights)
+    r18 = stitchkit.create_model("resnet18", input_size=32)
+    plain = create_stitched(r18, "torchvision:vit_b_16", "1:3", "linear", input_size=32, dst_checkpoint=weights)
+    with_pos = create_stitched(r18, "torchvision:vit_b_16", "1:3", "linear", input_size=32, dst_checkpoint=weights,
+                               readd_pos_embed=True)
+    table = interpolate_embeddings(32, 16, state)["encoder.pos_embedding"]  # 1 + 2x2 positions at 32 px
+    assert table.shape == (1, 5, 768)
+    with_pos.bridge.load_state_dict(plain.bridge.state_dict())
+    with torch.no_grad():
+        h = plain.front(torch.randn(2, 3, 32, 32))
+        assert torch.allclose(with_pos.bridge(h) - plain.bridge(h), table.expand(2, -1, -1), atol=1e-5)
+    learned = create_stitched(r18, "torchvision:vit_b_16", "1:3", "linear", input_size=32, dst_checkpoint=weights,
+                              prefix_in="learned")
+    assert torch.allclose(learned.bridge.learned_prefix, state["class_token"] + table[:, :1])
 
 
 def test_vit_block_between_vits_keeps_the_class_token(model_factory):
@@ -339,6 +448,54 @@ def test_a_stitch_is_built_from_its_config_validated_once():
                                 ({"unfreeze_last": -1}, StitchkitError, "unfreeze_last")]:
         with pytest.raises(error, match=message):
             StitchConfig(**{"src": "resnet10t", "dst": "resnet10t", "gap": (1, 2), **bad})
+
+
+def test_a_gap_of_numpy_integers_is_a_gap_and_a_bool_is_not():
+    """A gap read from an array (a sweep's grid, np.arange) is one: any whole number names a stage, and the config
+    keeps plain ints (it is saved as JSON). True is not stage 1."""
+    import json
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from stitchkit.chain import parse_gap
+    from stitchkit.errors import GapError
+    from stitchkit.stitching import StitchConfig
+
+    assert parse_gap((np.int64(1), np.int64(3))) == (1, 3)
+    config = StitchConfig("resnet10t", "resnet10t", [np.int32(2), np.uint8(4)])
+    assert config.gap == (2, 4) and all(type(s) is int for s in config.gap)
+    json.dumps(asdict(config))
+    for bad in [(True, 3), (1, np.float64(3.0)), (1, 3.0)]:
+        with pytest.raises(GapError, match="not a pair of stages"):
+            parse_gap(bad)
+    # One pair of numpy stages for every source of a parallel stitch, as a pair of ints is (not one gap a source).
+    parallel = stitchkit.parallel.create_parallel(["resnet10t", "resnet10t"], "resnet10t", (np.int64(1), np.int64(3)),
+                                                  adapter="linear", input_size=32, check=False)
+    assert [c.gap for c in parallel.config.stitches] == [(1, 3), (1, 3)]
+
+
+def test_input_size_is_one_side_refused_otherwise_before_any_model_is_built(monkeypatch):
+    """A stitch takes square images: (H, W) with H != W is one clear error before either model is built (it was a
+    TypeError in the test image, after both); (N, N) and a numpy integer are N."""
+    import numpy as np
+
+    from stitchkit.stitching import StitchConfig
+
+    with monkeypatch.context() as patch:
+        for module in (stitchkit.stitching, stitchkit.parallel):
+            patch.setattr(module, "resolve_model", lambda *a, **k: pytest.fail("a model was built"))
+        for bad in [(64, 96), (3, 64, 64), 0, 64.0, True]:
+            with pytest.raises(StitchkitError, match="input_size=N") as err:
+                create_stitched("resnet10t", "resnet10t", "1:3", input_size=bad)
+            assert "\n" not in str(err.value)
+        with pytest.raises(StitchkitError, match="square images"):
+            StitchConfig("resnet10t", "resnet10t", "1:3", input_size=(64, 96))
+        with pytest.raises(StitchkitError, match="square images"):
+            stitchkit.parallel.create_parallel(["resnet10t", "resnet10t"], "resnet10t", "1:3", input_size=[64, 96])
+    model = create_stitched("resnet10t", "resnet10t", "1:3", "linear", input_size=(32, 32))
+    assert model.config.input_size == 32 and model.pretrained_cfg["input_size"] == (3, 32, 32)
+    assert StitchConfig("resnet10t", "resnet10t", "1:3", input_size=np.int64(32)).input_size == 32
 
 
 def test_num_classes_0_builds_a_stitch_without_a_classifier_that_saves_its_adapters(tmp_path):

@@ -20,6 +20,8 @@ Resize modes decide where the spatial change happens:
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -167,9 +169,11 @@ def parse_gap(gap: str | tuple[int, int] | list[int]) -> tuple[int, int]:
             gap = tuple(int(p) for p in parts)
         except ValueError:
             raise GapError(f"gap {raw!r} is not of the form X:Y with stages 1-4, e.g. '1:3'") from None
-    if not isinstance(gap, (tuple, list)) or len(gap) != 2 or not all(isinstance(s, int) for s in gap):
+    # Any whole number names a stage (a numpy integer from a sweep's grid too), but not a bool: True is no stage.
+    if not isinstance(gap, (tuple, list)) or len(gap) != 2 or not all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in gap):
         raise GapError(f"gap {raw!r} is not a pair of stages; write it as X:Y, e.g. '1:3'")
-    x, y = gap
+    x, y = (operator.index(s) for s in gap)  # plain ints: the config is saved as JSON
     if not (1 <= x <= 4 and 1 <= y <= 4):
         raise GapError(f"gap {x}:{y} names a stage outside 1-4; models are cut into stages 1, 2, 3 and 4")
     if x > y:

@@ -186,11 +186,13 @@ def convert(
     prefix_out: str = "concat",
     prefix_in: str = "mean",
     learned_prefix: torch.Tensor | None = None,
+    prefix_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Convert ``x`` from layout ``src`` to layout ``dst`` (channels and grid must already agree).
+    """Convert ``x`` from layout ``src`` to layout ``dst`` (channels and grid must already agree); the prefix
+    tokens ``dst`` needs are made as :func:`from_nchw` makes them (``learned_prefix``, ``prefix_map``: its).
 
     Token sequences with the same number of prefix tokens pass through untouched.
     """
     if src.format is Format.NLC and dst.format is Format.NLC and src.num_prefix_tokens == dst.num_prefix_tokens:
         return x
-    return from_nchw(to_nchw(x, src, prefix_out), dst, prefix_in, learned_prefix)
+    return from_nchw(to_nchw(x, src, prefix_out), dst, prefix_in, learned_prefix, prefix_map)

@@ -18,6 +18,7 @@ The paper names this as future work; its public code carries configurations for 
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, replace
 
 import torch
@@ -29,7 +30,8 @@ from .formats import FeatureSpec, Format
 from .network import Network
 from .train_surface import back_units, bridge_units, mapped_no_weight_decay, prefixed, whole_unit
 from .starts import DEFAULT_START, get_start
-from .stitching import StitchConfig, StitchedModel, build_stitch, stitch_architecture, stitch_models, train_back_head
+from .stitching import (StitchConfig, StitchedModel, build_stitch, square_input_size, stitch_architecture, stitch_models,
+                        train_back_head)
 from .zoo import resolve_model
 from .zoo.models import classes_or_none, fit_head, num_outputs
 
@@ -383,8 +385,10 @@ def create_parallel(srcs: list[str | nn.Module], dst: str | nn.Module, gaps: str
         raise StitchkitError("a parallel stitch needs two sources or more; for one source use create_stitched")
     if fusion not in FUSIONS:  # before any model is built
         raise unknown_name("fusion", fusion, FUSIONS)
-    gaps = [gaps] * len(srcs) if isinstance(gaps, str) or (isinstance(gaps, tuple) and len(gaps) == 2
-                                                           and all(isinstance(g, int) for g in gaps)) else list(gaps)
+    # One gap for all: a string, or a pair of stages (numpy integers too, as parse_gap takes them).
+    one_gap = isinstance(gaps, str) or (isinstance(gaps, tuple) and len(gaps) == 2
+                                        and all(isinstance(g, numbers.Integral) for g in gaps))
+    gaps = [gaps] * len(srcs) if one_gap else list(gaps)
     if len(gaps) != len(srcs):
         raise StitchkitError(f"{len(srcs)} sources but {len(gaps)} gaps: give one gap for all or one per source")
     checkpoints = list(src_checkpoints or [None] * len(srcs))
@@ -392,6 +396,7 @@ def create_parallel(srcs: list[str | nn.Module], dst: str | nn.Module, gaps: str
         raise StitchkitError(f"{len(srcs)} sources but {len(checkpoints)} checkpoints: give one per source (None "
                              "where a source has none)")
     prefix_in = prefix_in or get_start(options.get("adapter_norm", DEFAULT_START)).prefix_in
+    input_size = square_input_size(input_size)  # before any model is built for it
     dst_model, dst_name = resolve_model(dst, pretrained, dst_checkpoint, input_size)
     new_head = num_classes != 0 and fit_head(dst_model, num_classes, new_head)  # 0: none (build_parallel drops it)
     if new_head:

@@ -306,17 +306,21 @@ def recalibrate_norms(module: nn.Module, x: torch.Tensor, chunk: int = 64) -> No
             m.training = mode
 
 
-def match_features(bridge: "Bridge", x: torch.Tensor, target: torch.Tensor, steps: int, lr: float,
+def match_features(bridge: "Bridge", source: torch.Tensor, target: torch.Tensor, steps: int, lr: float,
                    batch: int = 64) -> float:
-    """``steps`` Adam steps on the adapters (in training mode, on batches of ``batch``) towards ``target``, the
-    destination's own features, by mean squared error per channel in units of the target's spread; then every
-    norm's running statistics from the whole batch. The random batches come from a generator seeded from torch's
-    global one, so a run's seed decides them. Returns the last loss."""
+    """``steps`` Adam steps on the adapters (in training mode, on batches of ``batch``) from ``source``, the
+    source's features at its cut, towards ``target``, the destination's own features, by mean squared error per
+    channel in units of the target's spread; then every norm's running statistics from the whole batch. On tokens
+    the prefix tokens a bridge makes before its adapters (``prefix_in``: ``learned``, ``projected``) train too,
+    through them. The random batches come from a generator seeded from torch's global one, so a run's seed decides
+    them. Returns the last loss."""
     adapters = bridge.adapters
     dims = (0, 1) if target.dim() == 3 else (0, 2, 3)
     scale = target.std(dims, keepdim=True).clamp_min(1e-6)
     generator = torch.Generator(device="cpu").manual_seed(int(torch.randint(2**62, (1,)).item()))
     parameters = [p for p in adapters.parameters() if p.requires_grad]
+    if bridge.tokens:  # (after image adapters fit_prefix fits them, by least squares)
+        parameters += [p for p in bridge.prefix_parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=lr)
     modes = [(m, m.training) for m in adapters.modules()]
     adapters.train()
@@ -324,8 +328,8 @@ def match_features(bridge: "Bridge", x: torch.Tensor, target: torch.Tensor, step
     try:
         with torch.enable_grad():
             for _ in range(steps):
-                pick = torch.randperm(len(x), generator=generator)[:batch].to(x.device)
-                h = x[pick]
+                pick = torch.randperm(len(source), generator=generator)[:batch].to(source.device)
+                h = bridge.enter(source[pick])
                 for step in adapters:
                     h = step(h)
                 loss = ((h - target[pick]) / scale).pow(2).mean()
@@ -337,7 +341,7 @@ def match_features(bridge: "Bridge", x: torch.Tensor, target: torch.Tensor, step
         for m, mode in modes:
             m.training = mode
     with torch.no_grad():
-        h = x
+        h = bridge.enter(source)  # (with the prefix tokens as trained)
         for step in adapters:
             recalibrate_norms(step, h)
             h = step(h)
@@ -346,8 +350,9 @@ def match_features(bridge: "Bridge", x: torch.Tensor, target: torch.Tensor, step
 
 def fit_prefix(bridge: "Bridge", measured: Measured) -> None:
     """Fit the bridge's prefix map (``prefix_in="projected"``) to the destination's own prefix tokens at its cut,
-    from the patch tokens the calibrated adapters now make."""
-    if getattr(bridge, "prefix_map", None) is None:
+    from the patch tokens the calibrated adapters now make. A token bridge makes its prefix tokens before its
+    adapters, and feature matching fits them through them (:func:`match_features`)."""
+    if getattr(bridge, "prefix_map", None) is None or bridge.tokens:
         return
     x = bridge.enter(measured.source)
     for step in bridge.adapters:
@@ -508,8 +513,8 @@ class Fitted(Start):
                 self._fit_last(bridge, adapter, x, resize_target(target, bridge, i))
             x = adapter(x)
         if self.match_steps:
-            match_features(bridge, bridge.enter(measured.source),
-                           resize_target(target, bridge, len(bridge.adapters) - 1), self.match_steps, self.match_lr)
+            match_features(bridge, measured.source, resize_target(target, bridge, len(bridge.adapters) - 1),
+                           self.match_steps, self.match_lr)
         fit_prefix(bridge, measured)
 
     def _fit_last(self, bridge, adapter, x, goal):

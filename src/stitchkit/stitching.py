@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import time
 
+import numbers
+import operator
 import os
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -82,6 +84,7 @@ class StitchConfig:
         # Validated once, here: every stitch is built from a config (build_stitch), and a search describes
         # thousands of them before it builds any.
         self.gap = parse_gap(self.gap)
+        self.input_size = square_input_size(self.input_size)
         check_choices(self.adapter, self.resize, self.prefix_out, self.prefix_in, self.frozen_mode, self.adapter_norm)
         if not isinstance(self.unfreeze_last, int) or self.unfreeze_last < 0:
             raise StitchkitError(f"unfreeze_last must be a whole number >= 0, got {self.unfreeze_last!r}")
@@ -101,6 +104,21 @@ class StitchConfig:
     @property
     def dst_cut(self) -> tuple[int, str]:
         return gap_cuts(*self.gap)[1]
+
+
+def square_input_size(input_size) -> int:
+    """The side of a stitch's images from ``N`` or ``(N, N)``. A stitch takes square images only: its cut shapes,
+    test image, saved config and data pipeline are all one side, so ``(H, W)`` with H != W is refused here, before
+    any model is built (it used to fail inside the build, with a TypeError)."""
+    side = input_size
+    if isinstance(input_size, (tuple, list)) and len(input_size) == 2 and input_size[0] == input_size[1]:
+        side = input_size[0]
+    if isinstance(side, numbers.Integral) and not isinstance(side, bool) and side > 0:
+        return operator.index(side)
+    if isinstance(input_size, (tuple, list)):
+        raise StitchkitError(f"a stitch takes square images: give one side, input_size=N, not {tuple(input_size)!r}")
+    raise StitchkitError(f"give input_size=N, a positive whole number (a stitch takes square N x N images), not "
+                         f"{input_size!r}")
 
 
 def check_choices(adapter: str, resize: str, prefix_out: str, prefix_in: str, frozen_mode: str,
@@ -190,12 +208,26 @@ class Bridge(nn.Module):
         self.adapters = nn.ModuleList(self._step_module(i) for i in range(len(self.steps)))
         start.prepare(self, self.context)
         self.learned_prefix = self.prefix_map = None
-        if not self.tokens and dst.num_prefix_tokens and prefix_in == "learned":
-            init = prefix_init if prefix_init is not None else torch.zeros(1, dst.num_prefix_tokens, dst.channels)
+        # Where the prefix tokens that prefix_in makes are made: image adapters, after them in the destination's
+        # channels; token adapters between different prefix counts (a ViT into one with registers, or a DeiT's
+        # distillation token), before them, in the adapters' input channels, so that they run through the adapters
+        # as a class token does between equal counts (there the source's own pass through and none are made).
+        made = self.exit_spec if not self.tokens else (
+            self.enter_spec if src.num_prefix_tokens != dst.num_prefix_tokens else None)
+        if made is not None and made.num_prefix_tokens and prefix_in == "learned":
+            # The destination's class token (and its position) starts it after image adapters; before token adapters,
+            # in the source's channels, there is no such token to start from.
+            init = prefix_init if prefix_init is not None and not self.tokens else torch.zeros(
+                1, made.num_prefix_tokens, made.channels)
             self.learned_prefix = nn.Parameter(init.detach().clone())
-        if not self.tokens and dst.num_prefix_tokens and prefix_in == "projected":
-            self.prefix_map = PrefixMap(dst.channels, dst.num_prefix_tokens)
+        if made is not None and made.num_prefix_tokens and prefix_in == "projected":
+            self.prefix_map = PrefixMap(made.channels, made.num_prefix_tokens)
         self.register_buffer("pos_embed", pos_embed, persistent=False)
+
+    def prefix_parameters(self) -> list[nn.Parameter]:
+        """The parameters that make the destination's prefix tokens (``prefix_in``: ``learned``, ``projected``)."""
+        return [*([self.learned_prefix] if self.learned_prefix is not None else []),
+                *(self.prefix_map.parameters() if self.prefix_map is not None else [])]
 
     def no_weight_decay(self) -> set[str]:
         """The learned prefix tokens (``prefix_in="learned"``), which stand in for the destination's class token:
@@ -247,6 +279,10 @@ class Bridge(nn.Module):
                 self.rebuild_step(i, output_map=False)
                 if isinstance(getattr(old, "act_out", None), nn.Identity):  # what prepare() made of it stays
                     self.adapters[i].adapter.block.keep_sign()
+        if self.tokens and self.prefix_map is not None and keys and not any(k.startswith("prefix_map.") for k in keys):
+            # Saved before a token bridge made its prefix tokens with its map (prefix_in="projected" between
+            # different prefix counts was the patch tokens' mean then): without the map, enter() makes that again.
+            self.prefix_map = None
 
     @torch.no_grad()
     def calibrate(self, measured: Measured, device: str | torch.device | None = None) -> None:
@@ -270,7 +306,8 @@ class Bridge(nn.Module):
     def enter(self, x: torch.Tensor) -> torch.Tensor:
         """The source's feature in the adapters' layout (NCHW, or the destination's kind of token sequence)."""
         if self.tokens:
-            return convert(x, self.src, self.enter_spec, self.prefix_out, self.prefix_in)
+            return convert(x, self.src, self.enter_spec, self.prefix_out, self.prefix_in, self.learned_prefix,
+                           self.prefix_map)
         return to_nchw(x, self.src, self.prefix_out)
 
     def prefix_target(self, dst_feature: torch.Tensor) -> torch.Tensor:
@@ -318,7 +355,8 @@ class Bridge(nn.Module):
 class PrefixMap(nn.Module):
     """The prefix tokens (class token, registers) as a learned affine map of the patch tokens' mean
     (``prefix_in="projected"``): it starts as the mean itself, which is the paper's class token, until a start fits
-    it to the destination's own prefix tokens at its cut (:meth:`fit`)."""
+    it to the destination's own prefix tokens at its cut (after image adapters by :meth:`fit`; before token
+    adapters, through them, by the default start's feature matching)."""
 
     def __init__(self, channels: int, num_prefix_tokens: int):
         super().__init__()
@@ -640,12 +678,15 @@ def create_stitched(
             ``bottleneck`` or ``vit_block`` (token layouts at both ends).
         resize: ``none``, ``bilinear``, ``area`` or ``integrated`` (see :mod:`stitchkit.chain`).
         pretrained: load both models' pretrained weights.
-        input_size: image size; sets the feature shapes and builds fixed-size models (ViT, timm Swin) for it.
+        input_size: image size N (square N x N images; ``(N, N)`` is taken as N); sets the feature shapes and
+            builds fixed-size models (ViT, timm Swin) for it.
         src_checkpoint, dst_checkpoint: local state-dict files for the two models.
         prefix_out: class-token policy out of a token model: ``concat``, ``drop`` or ``add``.
         prefix_in: class-token policy into a token model: ``mean``, ``zeros``, ``learned`` or ``projected`` (see
             :mod:`stitchkit.formats`); default: the start's (``projected`` for the default, which fits it to the
-            destination's own class token; ``mean`` for the paper's starts, as the paper).
+            destination's own class token; ``mean`` for the paper's starts, as the paper). Token adapters between
+            ViTs with different prefix counts (into a ViT with registers) make the prefix tokens before the
+            adapters, from the source's patch tokens, and the default start fits them through the adapters.
         readd_pos_embed: add the destination ViT's position embedding after the adapters.
         frozen_mode: ``eval`` (frozen parts always in eval mode) or ``train`` (the paper's code).
         adapter_norm: where the adapters start, a registered start (:mod:`stitchkit.starts`; ``stitchkit starts``
@@ -680,6 +721,7 @@ def create_stitched(
         ['256@56x56 -> 512@28x28 (bilinear)', '512@28x28 -> 768@14x14 (bilinear)', '768@14x14 -> 768@7x7 (bilinear)']
     """
     x, y = parse_gap(gap)
+    input_size = square_input_size(input_size)  # before any model is built for it
     prefix_in = prefix_in or get_start(adapter_norm).prefix_in
     check_choices(adapter, resize, prefix_out, prefix_in, frozen_mode, adapter_norm)  # before any model is built
 

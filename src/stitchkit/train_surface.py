@@ -68,7 +68,8 @@ def bridge_units(chains: dict[str, int], coarse: bool) -> list[tuple[str, str]]:
     """The units of adapter chains (``{prefix of a Bridge: its number of adapters}``) that end at one place (a
     stitch's one; a parallel stitch's, which meet at its fusion): fine, one unit per depth counted from their end,
     so the adapters that feed the destination share a learning rate; coarse, one unit. What a bridge holds besides
-    its adapters (prefix tokens made after them) goes with its last adapter."""
+    its adapters (the prefix tokens it makes, after image adapters or before token adapters, for the destination's
+    prefix positions) goes with its last adapter."""
     after = [re.escape(p) + r"\.(?!adapters\.)" for p in chains]
     if coarse:
         return [whole_unit("adapters", *chains)]

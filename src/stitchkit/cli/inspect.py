@@ -86,8 +86,10 @@ def _run(args) -> int:
     print(f"  start           {report['start']}{when}")
     print(f"  parameters      {report['params'] / 1e6:.2f} M total, {report['trainable_params'] / 1e6:.3f} M trainable "
           f"({', '.join(report['trained'])})")
-    print(f"  compute         {report['gmacs']:.3f} GMACs = {100 * report['macs_vs_src']:.1f}% of {args.src} "
-          f"({report['gmacs_src']:.3f}), {100 * report['macs_vs_dst']:.1f}% of {args.dst} ({report['gmacs_dst']:.3f})")
+    shares = [f"{100 * report['macs_vs_src']:.1f}% of {args.src} ({report['gmacs_src']:.3f})"]
+    if args.dst != args.src:  # a model stitched to itself: the same share twice says nothing more
+        shares.append(f"{100 * report['macs_vs_dst']:.1f}% of {args.dst} ({report['gmacs_dst']:.3f})")
+    print(f"  compute         {report['gmacs']:.3f} GMACs = {', '.join(shares)}")
     if report["note"]:
         print(f"  note            {report['note']}")
     return 0

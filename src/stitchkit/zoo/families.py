@@ -280,7 +280,16 @@ def token_extras(model: nn.Module) -> tuple | None:
 
 
 def _generic_token_extras(model) -> tuple | None:
-    """A timm token model's class token and position embedding, when it has ViT's attributes."""
+    """A token model's class token and position embedding, when it has timm ViT's attributes or is torchvision's
+    ViT."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    if isinstance(model, VisionTransformer):
+        # torchvision adds encoder.pos_embedding to [class_token; patches] once, before its blocks (as timm's ViT
+        # without no_embed_class): one prefix position, then the patch grid the model was built for (stitchkit
+        # builds it at the input size, the table resampled by torchvision's own interpolate_embeddings).
+        side = model.image_size // model.patch_size
+        return model.class_token, model.encoder.pos_embedding, 1, (side, side)
     cls_token, pos_embed = getattr(model, "cls_token", None), getattr(model, "pos_embed", None)
     patch_embed = getattr(model, "patch_embed", None)
     grid = getattr(patch_embed, "grid_size", None)

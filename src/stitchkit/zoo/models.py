@@ -422,6 +422,12 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, state: dict[str, 
         filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
         if filter_fn is not None:
             state = filter_fn(state, model)
+        elif isinstance(model, torchvision.models.VisionTransformer) and "encoder.pos_embedding" in state:
+            # torchvision's ViT has no such filter: its own resampling, as its pretrained weights get at this size
+            # (_torchvision_vit_at_size).
+            from torchvision.models.vision_transformer import interpolate_embeddings
+
+            state = interpolate_embeddings(model.image_size, model.patch_size, state)
     missing, unexpected = own.keys() - state.keys(), state.keys() - own.keys()
     mismatched = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
     if missing or unexpected or mismatched:
