@@ -16,11 +16,10 @@ registered starts are in :mod:`stitchkit.starts`).
 """
 from __future__ import annotations
 
-import time
-
 import numbers
 import operator
 import os
+import time
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
