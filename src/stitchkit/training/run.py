@@ -136,7 +136,7 @@ class Run:
             raise StitchkitError(f"{str(run)!r} already holds {what}; pass --overwrite to replace it, or choose another "
                                  "output.dir")
 
-    def create_folder(self, position: Position, total_steps: int) -> None:
+    def create_folder(self, position: Position, total_steps: int, micro_per_epoch: int) -> None:
         """Make the run folder and write config.yaml (a resumed run: cut its metrics back to ``position``), once data
         and model have been built without error."""
         run = self.dir
@@ -158,9 +158,16 @@ class Run:
                 run.record_sources({**self.config.model.checkpoint_files(), "data.root": self.config.data.root})
                 atomic_write_text(run.config, self.config_yaml)
             else:
-                # Killed after its last step but before result.json: the final evaluation at this step runs again.
-                final = position.step >= total_steps or position.epoch >= self.config.train.epochs
-                run.cut_metrics_after(position.step, also_evaluation_at_step=final)
+                # What the resumed run writes again at this step: the end of the epoch (its loss line and
+                # evaluations) when stopped after the epoch's last step but before that end was checkpointed (Ctrl-C
+                # during its evaluation, SIGTERM); else, when killed after its last step but before result.json,
+                # the final evaluation.
+                if position.micro >= micro_per_epoch:
+                    redone = ("epoch", "eval")
+                else:
+                    final = position.step >= total_steps or position.epoch >= self.config.train.epochs
+                    redone = ("eval",) if final else ()
+                run.cut_metrics_after(position.step, redone_at_step=redone)
         distributed.barrier(self.runtime.ctx)
 
     def open_log(self, total_steps: int, initial_step: int, progress: bool, label: str | None) -> None:
