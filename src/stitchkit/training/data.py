@@ -207,8 +207,10 @@ class SyntheticSource:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
+    """An IDX file, gzipped or not (told by its first bytes, not its name)."""
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
     _, dtype, dims = struct.unpack(">HBB", data[:4])
     shape = struct.unpack(f">{dims}I", data[4 : 4 + 4 * dims])
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
@@ -228,8 +230,8 @@ def find_fashion_mnist(root: str | None) -> Path:
             return given / "FashionMNIST" / "raw"
         files = ", ".join(FASHION_MNIST_FILES["train"] + FASHION_MNIST_FILES["val"])
         problem = ("does not exist" if not given.exists() else
-                   f"holds no Fashion-MNIST files ({files}, directly or in FashionMNIST/raw/), and they could not be "
-                   "downloaded there")
+                   f"holds no Fashion-MNIST files ({files}, gzipped or not, directly or in FashionMNIST/raw/), and "
+                   "they could not be downloaded there")
         raise StitchkitError(f"data.root {str(given)!r} {problem}; correct data.root, or leave it unset to read "
                              f"Fashion-MNIST from {FASHION_MNIST_DIRS[0]} (apt-get install -y dataset-fashion-mnist) "
                              f"or download it into {FASHION_MNIST_DIRS[1]}")
@@ -244,25 +246,47 @@ def find_fashion_mnist(root: str | None) -> Path:
     raise StitchkitError(
             "Fashion-MNIST not found in " + ", ".join(str(Path(c).expanduser()) for c in candidates)
             + " and it could not be downloaded; install it with `apt-get install -y dataset-fashion-mnist` or put the "
-            "four *-ubyte.gz files in a folder and set data.root to it"
+            "four *-ubyte.gz (or extracted *-ubyte) files in a folder and set data.root to it"
         )
 
 
 def _download_fashion_mnist(folder: Path) -> bool:
     """Download Fashion-MNIST into ``folder``/FashionMNIST/raw (torchvision's layout); False where that fails (no
-    network, a mirror that is down), for the caller to say what to do instead."""
-    try:
-        import torchvision
+    network, a mirror that is down), for the caller to say what to do instead. torchvision makes its folders before
+    it downloads: it downloads into a temporary folder, and only what it fetched whole is moved into ``folder`` (a
+    user's data.root), so a failed attempt leaves nothing there."""
+    import shutil
+    import tempfile
 
-        torchvision.datasets.FashionMNIST(str(folder), train=True, download=True)
-        torchvision.datasets.FashionMNIST(str(folder), train=False, download=True)
-    except Exception:
-        return False
-    return _has_fashion_mnist(folder / "FashionMNIST" / "raw")
+    with tempfile.TemporaryDirectory(prefix="stitchkit-fashion-mnist-") as staging:
+        try:
+            import torchvision
+
+            torchvision.datasets.FashionMNIST(staging, train=True, download=True)
+            torchvision.datasets.FashionMNIST(staging, train=False, download=True)
+        except Exception:
+            return False
+        fetched = Path(staging) / "FashionMNIST" / "raw"
+        if not _has_fashion_mnist(fetched):
+            return False
+        raw = folder / "FashionMNIST" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        for path in fetched.iterdir():
+            shutil.move(str(path), str(raw / path.name))
+    return _has_fashion_mnist(raw)
+
+
+def _idx_file(folder: Path, name: str) -> Path | None:
+    """The file ``name`` (``*-ubyte.gz``) in ``folder``, or its extracted form (``*-ubyte``: torchvision extracts
+    what it downloads and reads either), or None."""
+    for candidate in (folder / name, folder / name.removesuffix(".gz")):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _has_fashion_mnist(folder: Path) -> bool:
-    return all((folder / name).is_file() for pair in FASHION_MNIST_FILES.values() for name in pair)
+    return all(_idx_file(folder, name) for pair in FASHION_MNIST_FILES.values() for name in pair)
 
 
 class ClassSubset:
@@ -322,7 +346,8 @@ def _whole_sources(data: DataConfig, splits: tuple[str, ...]) -> dict[str, objec
                                        jpeg=data.synthetic_jpeg)}
     if data.name == "fashion_mnist":
         folder = find_fashion_mnist(data.root)
-        return {split: ArraySource(_read_idx(folder / images), _read_idx(folder / labels), FASHION_MNIST_CLASSES)
+        return {split: ArraySource(_read_idx(_idx_file(folder, images)), _read_idx(_idx_file(folder, labels)),
+                                   FASHION_MNIST_CLASSES)
                 for split, (images, labels) in FASHION_MNIST_FILES.items() if split in splits}
     if not data.root:
         needed = "train/<class>/ and val/<class>/" if "train" in splits else "val/<class>/"  # evaluation: val alone
