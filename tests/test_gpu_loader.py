@@ -151,3 +151,36 @@ def test_grouped_stitches_equal_separate_runs_with_the_gpu_loader(tmp_path):
     together = train_group(configs("grouped"))
     for a, b in zip(alone, together):
         assert (a["loss"], a["train_loss"], a["top1"]) == (b["loss"], b["train_loss"], b["top1"])
+
+
+def test_16_bit_and_32_bit_images_keep_their_contrast_in_both_loaders(tmp_path):
+    """16-bit grayscale (PNG mode I;16, TIFF mode I) keeps its top 8 bits in either loader (PIL's convert("RGB")
+    clips it at 255: an almost white image); floating-point pixels (mode F), whose range is anyone's guess, are
+    refused, naming the file."""
+    from stitchkit.training.data import CorruptImageError
+    from stitchkit.training.gpu_loader import EncodedImages
+
+    ramp = np.add.outer(np.arange(40), np.arange(48)) * 700  # 0 .. 60900: the whole 16-bit range
+    images = {"wide.png": ramp.astype(np.uint16), "int.tif": (ramp - 3000).astype(np.int32)}  # below 0: clipped
+    expected = {"wide.png": ramp >> 8, "int.tif": np.clip(ramp - 3000, 0, None) >> 8}
+    for split in ("train", "val"):
+        folder = tmp_path / split / "gray"
+        folder.mkdir(parents=True)
+        for name, pixels in images.items():
+            Image.fromarray(pixels).save(folder / name)
+    assert Image.open(tmp_path / "val" / "gray" / "wide.png").mode == "I;16"
+    assert Image.open(tmp_path / "val" / "gray" / "int.tif").mode == "I"
+    data = _data(tmp_path)
+    val = build_splits(data, PREP, seed=0).val
+    for index, (path, _) in enumerate(val.source.samples):
+        want = np.repeat(expected[path.rsplit("/", 1)[-1]][..., None], 3, axis=2).astype(np.uint8)
+        cpu = np.asarray(val.source.load(index)[0])
+        gpu = EncodedImages(val, data, train=False)[index][0].permute(1, 2, 0).numpy()
+        assert np.array_equal(cpu, want) and np.array_equal(gpu, want), path
+    floating = tmp_path / "val" / "gray" / "float.tif"
+    Image.fromarray(ramp.astype(np.float32)).save(floating)
+    val = build_splits(data, PREP, seed=0).val
+    index = [path for path, _ in val.source.samples].index(str(floating))
+    for load in (val.source.load, lambda i: EncodedImages(val, data, train=False)[i]):
+        with pytest.raises(CorruptImageError, match=f"cannot decode image {str(floating)!r} .*mode F.* 8- or 16-bit"):
+            load(index)

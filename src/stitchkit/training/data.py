@@ -100,6 +100,26 @@ class _DrawParams:
 # --- raw image sources: index -> (PIL image, label) ---------------------------------------------------------------
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB, whatever its PIL mode.
+
+    Grayscale, palette, CMYK and alpha modes convert as PIL converts them. Integer grayscale wider than 8 bits (16-bit
+    PNG, TIFF and PGM files: modes ``I;16*``, and ``I``, which 32-bit integer TIFFs and older Pillows' 16-bit PNGs
+    open as) is read as 16-bit and keeps its top 8 bits, as torchvision's ``to_dtype(image, torch.uint8,
+    scale=True)`` takes a uint16 image to uint8; ``I`` values outside 0..65535 are clipped to it. PIL's own
+    conversion clips such pixels at 255 instead: an almost white image. Floating-point pixels (mode ``F``) have no
+    agreed range (0..1, 0..255, physical units), so they are refused with a ValueError, for the caller to name the
+    file.
+    """
+    if image.mode == "F":
+        raise ValueError("32-bit floating-point pixels (PIL mode F) have no agreed range; save the image with 8- or "
+                         "16-bit integer pixels")
+    if image.mode.startswith("I"):
+        top_bits = np.right_shift(np.clip(np.asarray(image), 0, 65535).astype(np.uint16), 8)
+        return Image.fromarray(top_bits.astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
 class ImageFolderSource:
     """``root/<class>/<image>`` files; corrupt files raise :class:`CorruptImageError` (or are skipped)."""
 
@@ -142,7 +162,7 @@ class ImageFolderSource:
         path, label = self.samples[index]
         try:
             with Image.open(path) as image:
-                return image.convert("RGB"), label  # grayscale, palette and CMYK become RGB here
+                return to_rgb(image), label
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise CorruptImageError(f"cannot decode image {path!r} ({err}); remove or replace it, or set "
                                     "data.skip_corrupt=true to skip and count such files") from None

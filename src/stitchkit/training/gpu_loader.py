@@ -27,7 +27,7 @@ from torchvision.transforms.v2 import functional as F
 
 from ..zoo.metadata import Preprocessing
 from .augment import AugmentPlan, DeviceAugment
-from .data import CorruptImageError, EpochSampler, SeededDataset, image_seed, say_skipped
+from .data import CorruptImageError, EpochSampler, SeededDataset, image_seed, say_skipped, to_rgb
 from .settings import DataConfig
 
 NO_BOX = (-1, -1, -1, -1)
@@ -62,7 +62,7 @@ class EncodedImages(Dataset):
                 if is_jpeg:
                     data = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
                 else:  # decoded here: the device decoder reads JPEGs only
-                    data = F.pil_to_tensor(image.convert("RGB"))
+                    data = F.pil_to_tensor(to_rgb(image))
         except CorruptImageError as err:
             if self.skip_corrupt:
                 say_skipped(err)
