@@ -142,6 +142,7 @@ def test_zero_epochs_saves_the_start_as_a_usable_run(tmp_path, source_model):
     result = TrainingPass([run]).run()[0]
     assert (result["status"], result["steps"], result["epochs"]) == ("finished", 0, 0)
     assert result["top1"] == result["top1_at_start"] and result["top1_after_epoch"] == []
+    assert result["images_per_s"] is None  # no image trained: no throughput (a 0 would be averaged into tables)
     rebuilt = stitchkit.load_stitched(tmp_path / "run" / "adapters.pt")
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

@@ -535,9 +535,11 @@ class Run:
             "trained": trained_parts(self.model),  # adapters, a stitch's trained blocks and head; or all
             "epochs": position.epoch, "steps": position.step, "wall_time_s": sum(seconds.values()),
             "seconds": seconds, "images_seen": images,
-            # Training images per second of training: set-up, calibration, evaluation and checkpoints excluded.
+            # Training images per second of training: set-up, calibration, evaluation and checkpoints excluded. None
+            # where no image was timed (train.epochs=0, or only the compiling first step): a 0 would be averaged into
+            # throughput tables.
             "images_per_s": ((images - totals["warmup_images"]) / seconds["train"]
-                             if seconds["train"] > 0 else None),
+                             if seconds["train"] > 0 and images > totals["warmup_images"] else None),
             # Host synchronisations per training step of this process (train.count_host_syncs on CUDA), else None.
             "host_syncs_per_step": self.host_syncs.per_step if self.host_syncs else None,
             "skipped_images": totals["skipped"],
