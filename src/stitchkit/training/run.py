@@ -93,6 +93,7 @@ class Run:
         self.pass_members: list[str] = []  # the run folders trained in the same pass (empty when alone)
         self.stats = RunStats()
         self.metrics: dict[str, dict] = {}  # the last evaluation, per split
+        self.metrics_step: int | None = None  # the optimizer step it was taken after
         self.log: MetricsLog | None = None
         self.clock = PhaseClock()  # this process's stretch; a pass gives its runs its own clock (wall time is shared)
         self.host_syncs: HostSyncCounter | None = None  # the pass's, when it counts them
@@ -432,7 +433,7 @@ class Run:
                     "model.dst_checkpoint), train.amp (fp16 can overflow) and the data")
             raise NonFiniteLossError(self._diverged(
                 f"the {split} loss became NaN or infinite at the evaluation after optimizer step {position.step}"))
-        self.metrics[split] = metrics
+        self.metrics[split], self.metrics_step = metrics, position.step
         self.log.write({"type": "eval", "split": split, "step": position.step, "epoch": epoch, **metrics})
         if at_start:
             self.stats.at_start = {**(self.stats.at_start or {}), split: metrics["top1"]}
@@ -552,10 +553,16 @@ class Run:
             # other settings (epochs, data, recipe).
             "settings_id": settings_id(config),
         }
+        evaluated = {}
         for split, values in self.metrics.items():
             prefix = "" if split == "val" else f"{split}_"
-            record.update({f"{prefix}top1": values["top1"], f"{prefix}top5": values["top5"],
-                           f"{prefix}loss": values["loss"], f"{prefix}eval_images": values.get("images")})
+            evaluated.update({f"{prefix}top1": values["top1"], f"{prefix}top5": values["top5"],
+                              f"{prefix}loss": values["loss"], f"{prefix}eval_images": values.get("images")})
+        if status != "finished" and evaluated:
+            # A failed run has no result: its last evaluation (often the start's, before the step that diverged) is
+            # kept under names no reader takes for the run's top-1, with the step it was taken after.
+            evaluated = {"last_eval_step": self.metrics_step, **{f"last_eval_{k}": v for k, v in evaluated.items()}}
+        record.update(evaluated)
         # Time to accuracy: top-1 before the first step (the start alone, no training) and after every epoch.
         for split, top1 in (self.stats.at_start or {}).items():
             record[f"{'' if split == 'val' else split + '_'}top1_at_start"] = top1
