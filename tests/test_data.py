@@ -78,7 +78,9 @@ def test_corrupt_image_message_survives_a_worker_process(tmp_path):
             "optim.batch_size=19", "train.batch_size=19", "train.workers=1", f"output.dir={tmp_path / 'run'}"]
     with pytest.raises(StitchkitError) as error:
         train(load_config(None, args))
-    assert str(error.value).startswith("cannot decode image") and "Traceback" not in str(error.value)
+    broken = str(root / "train" / "dog" / "broken.jpg")
+    assert str(error.value) == (f"cannot decode image {broken!r} (not an image format PIL can read); remove or "
+                                "replace it, or set data.skip_corrupt=true to skip and count such files")
 
 
 def test_missing_root_empty_class_and_mismatched_classes(tmp_path):

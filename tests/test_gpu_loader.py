@@ -137,6 +137,9 @@ def test_corrupt_files_are_named_or_skipped(tmp_path, capsys):
     assert sum(b[2] for b in batches) == 2 and sum(len(b[1]) for b in batches) == 14
     named = capsys.readouterr().err
     assert f"stitchkit: skipped: cannot decode image {str(bad)!r}" in named and "5.jpg" in named, named
+    # The file and the reason, not PIL's words for the bytes in memory ("<_io.BytesIO object at 0x7fd3...>").
+    assert f"{str(root / 'train' / 'cat' / '5.jpg')!r} (not an image format PIL can read)" in named, named
+    assert "object at 0x" not in named
 
 
 def test_training_with_the_gpu_loader_resumes_exactly(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 
@@ -47,6 +47,18 @@ class CorruptImageError(StitchkitError):
         message = super().__str__()
         marker = f"{type(self).__name__}: "
         return message.rsplit(marker, 1)[-1].strip() if "Original Traceback" in message else message
+
+
+def undecodable(name: str, err: BaseException) -> CorruptImageError:
+    """The error for image ``name`` that cannot be decoded, naming the file and why in one line. PIL's "cannot
+    identify image file" names what it was given, which for bytes read beforehand (data.loader=gpu) is an object
+    address (``<_io.BytesIO object at 0x7fd3...>``): that case gets its own words."""
+    if isinstance(err, UnidentifiedImageError):
+        why = "not an image format PIL can read"
+    else:
+        why = (str(err).splitlines() or [""])[0] or type(err).__name__
+    return CorruptImageError(f"cannot decode image {name!r} ({why}); remove or replace it, or set "
+                             "data.skip_corrupt=true to skip and count such files")
 
 
 def build_transforms(data: DataConfig, prep: Preprocessing, train: bool) -> Callable:
@@ -164,8 +176,7 @@ class ImageFolderSource:
             with Image.open(path) as image:
                 return to_rgb(image), label
         except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise CorruptImageError(f"cannot decode image {path!r} ({err}); remove or replace it, or set "
-                                    "data.skip_corrupt=true to skip and count such files") from None
+            raise undecodable(path, err) from None
 
 
 class ArraySource:

@@ -31,7 +31,7 @@ from torchvision.transforms.v2 import functional as F
 
 from ..zoo.metadata import Preprocessing
 from .augment import AugmentPlan, DeviceAugment
-from .data import CorruptImageError, EpochSampler, SeededDataset, image_seed, say_skipped, to_rgb
+from .data import CorruptImageError, EpochSampler, SeededDataset, image_seed, say_skipped, to_rgb, undecodable
 from .settings import DataConfig
 
 NO_BOX = (-1, -1, -1, -1)
@@ -73,8 +73,7 @@ class EncodedImages(Dataset):
                 return None
             raise
         except (OSError, ValueError, Image.DecompressionBombError) as err:
-            corrupt = CorruptImageError(f"cannot decode image {name!r} ({err}); remove or replace it, or set "
-                                        "data.skip_corrupt=true to skip and count such files")
+            corrupt = undecodable(name, err)
             if self.skip_corrupt:
                 say_skipped(corrupt)
                 return None
@@ -185,9 +184,7 @@ class DeviceBatches:
                     try:
                         decoded[i] = decode_jpeg(payloads[i], mode=ImageReadMode.RGB, device=self.device)
                     except RuntimeError as err:
-                        corrupt = CorruptImageError(
-                            f"cannot decode image {names[i]!r} ({str(err).splitlines()[0]}); remove or replace "
-                            "it, or set data.skip_corrupt=true to skip and count such files")
+                        corrupt = undecodable(names[i], err)
                         if not self.skip_corrupt:
                             raise corrupt from None
                         say_skipped(corrupt)
