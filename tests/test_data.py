@@ -9,7 +9,7 @@ from PIL import Image
 
 from stitchkit.errors import StitchkitError
 from stitchkit.training import load_config, train
-from stitchkit.training.data import EpochSampler, build_splits
+from stitchkit.training.data import EpochSampler, build_splits, raw_sources
 from stitchkit.zoo.metadata import Preprocessing, preprocessing
 
 PREP = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear", 1.0)
@@ -84,8 +84,13 @@ def test_corrupt_image_message_survives_a_worker_process(tmp_path):
 
 
 def test_missing_root_empty_class_and_mismatched_classes(tmp_path):
-    with pytest.raises(StitchkitError, match="does not exist"):
+    # A mistyped data.root is named as the setting that is wrong, not as its missing train/ subfolder.
+    with pytest.raises(StitchkitError, match=f"^data.root '{tmp_path / 'nowhere'}' does not exist; correct data.root, "
+                                             "a folder with train/<class>/ and val/<class>/$"):
         build_splits(_data(tmp_path / "nowhere"), PREP, 0)
+    with pytest.raises(StitchkitError, match=f"^data.root '{tmp_path / 'nowhere'}' does not exist; .* with "
+                                             "val/<class>/$"):  # evaluating: val/ alone is needed
+        raw_sources(_data(tmp_path / "nowhere"), ("val",))
     with pytest.raises(StitchkitError, match="needs data.root"):
         build_splits(load_config(None, ["data.name=imagefolder"]).data, PREP, 0)
     root = make_folder(tmp_path / "a")

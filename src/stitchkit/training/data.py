@@ -380,10 +380,13 @@ def _whole_sources(data: DataConfig, splits: tuple[str, ...]) -> dict[str, objec
         return {split: ArraySource(_read_idx(_idx_file(folder, images)), _read_idx(_idx_file(folder, labels)),
                                    FASHION_MNIST_CLASSES)
                 for split, (images, labels) in FASHION_MNIST_FILES.items() if split in splits}
+    needed = "train/<class>/ and val/<class>/" if "train" in splits else "val/<class>/"  # evaluation: val alone
     if not data.root:
-        needed = "train/<class>/ and val/<class>/" if "train" in splits else "val/<class>/"  # evaluation: val alone
         raise StitchkitError(f"data.name=imagefolder needs data.root, a folder with {needed}")
     root = Path(data.root).expanduser()
+    if not root.is_dir():  # a mistyped data.root: say so, not that its train/ folder is missing
+        problem = "is not a folder" if root.exists() else "does not exist"
+        raise StitchkitError(f"data.root {data.root!r} {problem}; correct data.root, a folder with {needed}")
     if "train" not in splits:
         # The val folder's own class folders, sorted: the class list (and label order) a whole folder gives too,
         # since that is train's sorted folders and val must have the same ones.
