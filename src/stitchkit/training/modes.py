@@ -75,19 +75,27 @@ class Mode:
             for gap in m.source_gaps():
                 parse_gap(gap)
 
-    def refuse_unused(self, config: Config) -> None:
-        """Refuse model settings this mode would ignore, set away from their defaults: model.train_head and
-        model.unfreeze_last where it trains every weight, and the :data:`OPTIONAL_MODEL_SETTINGS` it does not use.
-        Not asked of a run's saved config.yaml, which records every setting, used or not."""
+    def unused_settings(self, m) -> list[str]:
+        """The model settings (field names of ``m``, a model config) this mode would ignore, set away from their
+        defaults (and from earlier versions' defaults, :data:`EARLIER_DEFAULTS`): model.train_head and
+        model.unfreeze_last where it trains every weight, and the :data:`OPTIONAL_MODEL_SETTINGS` it does not use."""
         from .settings import ModelConfig
 
+        defaults = ModelConfig()
+        unused = [] if self.chooses_trained else [key for key in ("train_head", "unfreeze_last")
+                                                  if getattr(m, key) != getattr(defaults, key)]
+        return unused + [key for key in OPTIONAL_MODEL_SETTINGS if key not in self.uses and getattr(m, key) not in
+                         (getattr(defaults, key), *EARLIER_DEFAULTS.get(key, ()))]
+
+    def refuse_unused(self, config: Config) -> None:
+        """Refuse the :meth:`unused_settings`, naming the mode and the keys. Not asked of a run's saved config.yaml,
+        which records every setting, used or not; a sweep leaves its base's out of the cells of modes that do not
+        use them (:meth:`stitchkit.sweeps.grid.Sweep.config`)."""
         m = config.model
-        if not self.chooses_trained and (m.train_head is not None or m.unfreeze_last):
+        unused = self.unused_settings(m)
+        if {"train_head", "unfreeze_last"} & set(unused):
             raise StitchkitError(f"model.train_head and model.unfreeze_last choose what a stitch or a probe trains; "
                                  f"mode={self.name} trains every weight: remove them, or use mode=stitch or probe")
-        defaults = ModelConfig()
-        unused = [key for key in OPTIONAL_MODEL_SETTINGS if key not in self.uses and getattr(m, key) not in
-                  (getattr(defaults, key), *EARLIER_DEFAULTS.get(key, ()))]
         if not unused:
             return
         users = [name for name in MODES.names() if any(key in MODES.get(name).uses for key in unused)]
