@@ -9,7 +9,7 @@ from PIL import Image
 
 from stitchkit.errors import StitchkitError
 from stitchkit.training import load_config, train
-from stitchkit.training.data import EpochSampler, build_splits
+from stitchkit.training.data import EpochSampler, build_splits, raw_sources
 from stitchkit.zoo.metadata import Preprocessing, preprocessing
 
 PREP = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear", 1.0)
@@ -78,12 +78,19 @@ def test_corrupt_image_message_survives_a_worker_process(tmp_path):
             "optim.batch_size=19", "train.batch_size=19", "train.workers=1", f"output.dir={tmp_path / 'run'}"]
     with pytest.raises(StitchkitError) as error:
         train(load_config(None, args))
-    assert str(error.value).startswith("cannot decode image") and "Traceback" not in str(error.value)
+    broken = str(root / "train" / "dog" / "broken.jpg")
+    assert str(error.value) == (f"cannot decode image {broken!r} (not an image format PIL can read); remove or "
+                                "replace it, or set data.skip_corrupt=true to skip and count such files")
 
 
 def test_missing_root_empty_class_and_mismatched_classes(tmp_path):
-    with pytest.raises(StitchkitError, match="does not exist"):
+    # A mistyped data.root is named as the setting that is wrong, not as its missing train/ subfolder.
+    with pytest.raises(StitchkitError, match=f"^data.root '{tmp_path / 'nowhere'}' does not exist; correct data.root, "
+                                             "a folder with train/<class>/ and val/<class>/$"):
         build_splits(_data(tmp_path / "nowhere"), PREP, 0)
+    with pytest.raises(StitchkitError, match=f"^data.root '{tmp_path / 'nowhere'}' does not exist; .* with "
+                                             "val/<class>/$"):  # evaluating: val/ alone is needed
+        raw_sources(_data(tmp_path / "nowhere"), ("val",))
     with pytest.raises(StitchkitError, match="needs data.root"):
         build_splits(load_config(None, ["data.name=imagefolder"]).data, PREP, 0)
     root = make_folder(tmp_path / "a")
@@ -144,6 +151,7 @@ def test_fashion_mnist_is_read_from_data_root_alone_when_it_is_set(tmp_path, mon
 
     def no_network(root, train, download):  # torchvision's download, failing as it does offline
         asked.append(root)
+        Path(root, "FashionMNIST", "raw").mkdir(parents=True)  # torchvision makes its folders first
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
 
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", no_network)
@@ -155,7 +163,8 @@ def test_fashion_mnist_is_read_from_data_root_alone_when_it_is_set(tmp_path, mon
     with pytest.raises(StitchkitError, match=f"data.root '{empty}' holds no Fashion-MNIST files .* could not be "
                                              "downloaded there"):
         find_fashion_mnist(str(empty))
-    assert asked == [str(empty)]  # an existing empty folder: downloaded into, as torchvision's download=True does
+    assert len(asked) == 1  # an existing empty folder: downloaded into, as torchvision's download=True does ...
+    assert list(empty.iterdir()) == []  # ... but a failed download leaves no folders in it
     for folder in (tmp_path / "flat", tmp_path / "torchvision" / "FashionMNIST" / "raw"):
         folder.mkdir(parents=True)
         for pair in FASHION_MNIST_FILES.values():
@@ -167,6 +176,40 @@ def test_fashion_mnist_is_read_from_data_root_alone_when_it_is_set(tmp_path, mon
     assert main(["train", "mode=scratch", "model.src=resnet10t", "data.name=fashion_mnist", f"data.root={typo}",
                  "data.input_size=32", "train.workers=0", f"output.dir={run}"]) == 2
     assert not run.exists()
+
+
+def _write_idx(path, array):
+    """An IDX file as Fashion-MNIST's: magic (0, 0, 0x08 = unsigned bytes, dimensions), sizes, then the bytes."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_extracted_by_torchvision_is_read_without_a_download(tmp_path, monkeypatch):
+    """torchvision's download extracts the four files next to the .gz ones, and FashionMNIST(root) reads the
+    extracted ones alone: such a folder is read as it is, nothing downloaded."""
+    import gzip
+
+    import torchvision
+
+    from stitchkit.training.data import raw_sources
+    from stitchkit.training.settings import DataConfig
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", lambda *args, **kwargs: pytest.fail("downloaded"))
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = {split: rng.integers(0, 256, (n, 28, 28)) for split, n in (("train", 5), ("t10k", 3))}
+    labels = {split: np.arange(len(images[split])) % 10 for split in images}
+    for split in images:
+        _write_idx(raw / f"{split}-images-idx3-ubyte", images[split])
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", labels[split])
+    # One file gzipped, as a partly extracted folder has it: each file is found in either form.
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress((raw / "t10k-labels-idx1-ubyte").read_bytes()))
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    sources = raw_sources(DataConfig(name="fashion_mnist", root=str(tmp_path)))
+    for split, name in (("train", "train"), ("val", "t10k")):
+        assert np.array_equal(sources[split].images, images[name]), split
+        assert np.array_equal(sources[split].labels, labels[name]), split
 
 
 def test_class_count_must_match_the_head(tmp_path):

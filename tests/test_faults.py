@@ -68,3 +68,36 @@ def test_sigterm_checkpoints_and_exits_for_requeue(tmp_path, reference):
     expected, _ = reference
     for key in ("top1", "top5", "loss", "train_loss", "steps"):
         assert resumed[key] == expected[key], key
+
+
+# Ctrl-C checkpoints at the last step boundary. In an end-of-epoch evaluation that boundary is the epoch's last step,
+# whose end (loss line, evaluations) is not checkpointed yet: the resume ends that epoch again, so its lines must not
+# be logged twice, and after the run's last step it must still count the epoch. With a hold-out split each evaluation
+# is val (2 batches), then holdout (2): the 5th batch is the first epoch end's val, the 11th the last one's holdout
+# (its val line already written).
+@pytest.mark.parametrize("interrupted_batch", [5, 11])
+def test_ctrl_c_in_an_end_of_epoch_evaluation_resumes_to_the_same_result(tmp_path, monkeypatch, interrupted_batch):
+    from stitchkit import faults
+    from stitchkit.training.loop import RunInterrupted
+
+    settings = [*SETTINGS, "data.holdout_fraction=0.25"]
+    expected = train(load_config(None, [*settings, f"output.dir={tmp_path / 'reference'}"]))
+    seen = []
+
+    def point(name):
+        seen.append(name)
+        if name == "evaluation" and seen.count("evaluation") == interrupted_batch:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(faults, "point", point)
+        with pytest.raises(RunInterrupted):
+            train(load_config(None, [*settings, f"output.dir={run}"]))
+    resumed = train(load_config(None, [*settings, f"output.dir={run}"]), resume=True)
+    for key in ("top1", "top5", "loss", "holdout_top1", "train_loss", "steps", "epochs", "images_seen",
+                "top1_after_epoch"):
+        assert resumed[key] == expected[key], key
+    strip = lambda text: [{k: v for k, v in json.loads(l).items() if k not in ("time", "images_per_s")}
+                          for l in text.splitlines()]
+    assert strip((run / "metrics.jsonl").read_text()) == strip((tmp_path / "reference" / "metrics.jsonl").read_text())

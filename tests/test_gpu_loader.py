@@ -1,5 +1,6 @@
 """data.loader=gpu on the CPU: the same crops and augmentation draws as the default loader, decoding equal, resizing
-within one grey level; corrupt files named or skipped; training end to end, resumed exactly."""
+within one grey level (bicubic: but at a few pixels of sharp detail, where PIL clips its first pass); corrupt files
+named or skipped; training end to end, resumed exactly."""
 import numpy as np
 import pytest
 import torch
@@ -31,18 +32,32 @@ def jpeg_folder(root, classes=("cat", "dog"), per_class=8, size=(60, 44)):
     return root
 
 
+def noise_folder(root, classes=("cat", "dog"), per_class=6):
+    """High-frequency JPEGs: uniform noise of 30 to 90 pixels a side (every crop resamples sharp detail)."""
+    rng = np.random.default_rng(1)
+    for split in ("train", "val"):
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                height, width = rng.integers(30, 91, 2)
+                Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / f"{i}.jpg",
+                                                                                               quality=90)
+    return root
+
+
 def _data(root, *extra):
     return load_config(None, ["data.name=imagefolder", f"data.root={root}", "data.input_size=32", *extra]).data
 
 
-def _batches(root, train, *extra, loader="torch"):
+def _batches(root, train, *extra, loader="torch", prep=PREP):
     data = _data(root, *extra, "data.augment_on=device")
-    splits = build_splits(data, PREP, seed=3)
+    splits = build_splits(data, prep, seed=3)
     split = splits.train if train else splits.val
     sampler = EpochSampler(len(split), 3, shuffle=train)
     sampler.set_epoch(1)
     if loader == "gpu":
-        return list(device_loader(split, data, PREP, sampler, 4, 0, torch.device("cpu"), train, None))
+        return list(device_loader(split, data, prep, sampler, 4, 0, torch.device("cpu"), train, None))
     out = []
     for images, labels, skipped, params in DataLoader(split, batch_size=4, sampler=sampler, collate_fn=collate):
         out.append((splits.device_augment(images, params) if train else images, labels, skipped, None))
@@ -57,18 +72,57 @@ def test_training_batches_match_the_default_loader(tmp_path, extra):
     level = 1 / 255 / min(PREP.std) + 1e-5  # one grey level, normalised
     for (a, la, _, _), (b, lb, _, _) in zip(reference, gpu):
         assert torch.equal(la, lb) and a.shape == b.shape == (4, 3, 32, 32)
-        difference = (a - b).abs()
-        if extra:  # no AutoAugment: same box, same flip; resizing within one grey level
-            assert difference.max() <= level
-        assert difference.mean() < 0.25 * level  # AutoAugment's steps can amplify a level here and there
+    difference = torch.cat([(a - b).abs().flatten() for (a, *_), (b, *_) in zip(reference, gpu)])
+    if extra:  # no AutoAugment: same box, same flip; resizing within one grey level
+        assert difference.max() <= level and difference.mean() < 0.25 * level
+    else:  # AutoAugment's thresholds (solarize, posterize, equalize) turn one level into many at some pixels;
+        # other draws than the default loader's would change most pixels by many
+        assert (difference > level).float().mean() < 0.2 and difference.mean() < 2 * level
 
 
 def test_evaluation_batches_match_the_default_loader(tmp_path):
     root = jpeg_folder(tmp_path)
     level = 1 / 255 / min(PREP.std) + 1e-5
     for (a, la, _, _), (b, lb, _, _) in zip(_batches(root, False), _batches(root, False, loader="gpu")):
-        # Resize, then centre crop: within two grey levels of PIL's, and nearly always equal.
-        assert torch.equal(la, lb) and (a - b).abs().max() <= 2 * level and (a - b).abs().mean() < 0.1 * level
+        # Resize, then centre crop: within one grey level of PIL's.
+        assert torch.equal(la, lb) and (a - b).abs().max() <= level and (a - b).abs().mean() < 0.25 * level
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_sharp_detail_stays_within_the_stated_bounds(tmp_path, interpolation):
+    """On noise every crop resamples sharp detail. Bilinear stays within one grey level (its weights are positive:
+    only rounding differs). PIL's bicubic resamples in two 8-bit passes and clips the first one's overshoot, which
+    a float resize keeps until the end: a few pixels differ by more (up to about 20 levels), the rest within one."""
+    from stitchkit.zoo.metadata import Preprocessing
+
+    root = noise_folder(tmp_path)
+    prep = Preprocessing(PREP.mean, PREP.std, interpolation, PREP.crop_pct)
+    level = 1 / 255 / min(PREP.std) + 1e-5
+    for train in (True, False):
+        extra = ("data.auto_augment=false",)
+        reference = _batches(root, train, *extra, prep=prep)
+        gpu = _batches(root, train, *extra, loader="gpu", prep=prep)
+        difference = torch.cat([(a - b).abs().flatten() for (a, *_), (b, *_) in zip(reference, gpu)])
+        assert difference.mean() < 0.25 * level
+        if interpolation == "bilinear":
+            assert difference.max() <= level
+        else:
+            assert (difference > level).float().mean() < 0.005
+
+
+def test_crops_are_resized_in_float_on_every_device(tmp_path):
+    """The CPU resizes as CUDA does (in float32, rounded once), not with torchvision's CPU-only uint8 kernels, so
+    these tests check the arithmetic the GPU runs."""
+    from torchvision.transforms.v2 import functional as F
+
+    root = noise_folder(tmp_path)
+    data = _data(root)
+    batches = device_loader(build_splits(data, PREP, seed=3).val, data, PREP, EpochSampler(8, 3, shuffle=False), 4,
+                            0, torch.device("cpu"), False, None)
+    image = F.pil_to_tensor(Image.open(root / "val" / "cat" / "0.jpg"))
+    box = [3, 5, 20, 24]
+    expected = F.resized_crop(image.float(), *box, [32, 32], interpolation=batches.interpolation, antialias=True)
+    assert torch.equal(batches._crop(image, box), expected.round().clamp(0, 255).to(torch.uint8))
 
 
 def test_corrupt_files_are_named_or_skipped(tmp_path, capsys):
@@ -83,6 +137,9 @@ def test_corrupt_files_are_named_or_skipped(tmp_path, capsys):
     assert sum(b[2] for b in batches) == 2 and sum(len(b[1]) for b in batches) == 14
     named = capsys.readouterr().err
     assert f"stitchkit: skipped: cannot decode image {str(bad)!r}" in named and "5.jpg" in named, named
+    # The file and the reason, not PIL's words for the bytes in memory ("<_io.BytesIO object at 0x7fd3...>").
+    assert f"{str(root / 'train' / 'cat' / '5.jpg')!r} (not an image format PIL can read)" in named, named
+    assert "object at 0x" not in named
 
 
 def test_training_with_the_gpu_loader_resumes_exactly(tmp_path, monkeypatch):
@@ -129,8 +186,9 @@ def test_synthetic_jpeg_data_goes_through_either_loader_alike(tmp_path):
                              torch.device("cpu"), False, None))
     reference = [batch for batch in DataLoader(splits.val, batch_size=4, sampler=sampler, collate_fn=collate)]
     level = 1 / 255 / min(PREP.std) + 1e-5
-    for (a, *_), (b, *_) in zip(reference, gpu):
-        assert (a - b).abs().max() <= 2 * level
+    difference = torch.cat([(a - b).abs().flatten() for (a, *_), (b, *_) in zip(reference, gpu)])
+    # 60% noise, resized bicubic: within one level but at a few pixels (see test_sharp_detail_stays_within_...)
+    assert difference.mean() < 0.25 * level and (difference > level).float().mean() < 0.005
 
 
 def test_grouped_stitches_equal_separate_runs_with_the_gpu_loader(tmp_path):
@@ -151,3 +209,36 @@ def test_grouped_stitches_equal_separate_runs_with_the_gpu_loader(tmp_path):
     together = train_group(configs("grouped"))
     for a, b in zip(alone, together):
         assert (a["loss"], a["train_loss"], a["top1"]) == (b["loss"], b["train_loss"], b["top1"])
+
+
+def test_16_bit_and_32_bit_images_keep_their_contrast_in_both_loaders(tmp_path):
+    """16-bit grayscale (PNG mode I;16, TIFF mode I) keeps its top 8 bits in either loader (PIL's convert("RGB")
+    clips it at 255: an almost white image); floating-point pixels (mode F), whose range is anyone's guess, are
+    refused, naming the file."""
+    from stitchkit.training.data import CorruptImageError
+    from stitchkit.training.gpu_loader import EncodedImages
+
+    ramp = np.add.outer(np.arange(40), np.arange(48)) * 700  # 0 .. 60900: the whole 16-bit range
+    images = {"wide.png": ramp.astype(np.uint16), "int.tif": (ramp - 3000).astype(np.int32)}  # below 0: clipped
+    expected = {"wide.png": ramp >> 8, "int.tif": np.clip(ramp - 3000, 0, None) >> 8}
+    for split in ("train", "val"):
+        folder = tmp_path / split / "gray"
+        folder.mkdir(parents=True)
+        for name, pixels in images.items():
+            Image.fromarray(pixels).save(folder / name)
+    assert Image.open(tmp_path / "val" / "gray" / "wide.png").mode == "I;16"
+    assert Image.open(tmp_path / "val" / "gray" / "int.tif").mode == "I"
+    data = _data(tmp_path)
+    val = build_splits(data, PREP, seed=0).val
+    for index, (path, _) in enumerate(val.source.samples):
+        want = np.repeat(expected[path.rsplit("/", 1)[-1]][..., None], 3, axis=2).astype(np.uint8)
+        cpu = np.asarray(val.source.load(index)[0])
+        gpu = EncodedImages(val, data, train=False)[index][0].permute(1, 2, 0).numpy()
+        assert np.array_equal(cpu, want) and np.array_equal(gpu, want), path
+    floating = tmp_path / "val" / "gray" / "float.tif"
+    Image.fromarray(ramp.astype(np.float32)).save(floating)
+    val = build_splits(data, PREP, seed=0).val
+    index = [path for path, _ in val.source.samples].index(str(floating))
+    for load in (val.source.load, lambda i: EncodedImages(val, data, train=False)[i]):
+        with pytest.raises(CorruptImageError, match=f"cannot decode image {str(floating)!r} .*mode F.* 8- or 16-bit"):
+            load(index)

@@ -120,7 +120,8 @@ def test_a_parallel_stitch_trains_resumes_exactly_evaluates_and_exports(tmp_path
 def test_parallel_runs_record_their_checkpoints(tmp_path):
 
     source = tmp_path / "src"
-    train(load_config(None, [*TINY, "mode=scratch", "model.src=resnet10t", "train.max_steps=1",
+    scratch = [s for s in TINY if not s.startswith("model.init_images")]  # a stitch's setting: scratch refuses it
+    train(load_config(None, [*scratch, "mode=scratch", "model.src=resnet10t", "train.max_steps=1",
                              f"output.dir={source}"]))
     config = _cfg(tmp_path, f"model.src_checkpoint=[{source / 'model.pt'},null]", "train.max_steps=1",
                   "model.adapter_norm=paper_code", "model.fusion=sum")

@@ -293,8 +293,11 @@ def test_finished_runs_of_another_version_of_the_sweep_are_announced(tmp_path, c
 def test_a_missing_data_folder_is_refused_once_before_any_cell(tmp_path, capsys):
     sweep, runs = _one(tmp_path), tmp_path / "runs"
     code, _, err = _run(capsys, "sweep", sweep, "--out", runs, "data.name=imagefolder", f"data.root={tmp_path}/none")
-    assert code == 2 and f"data folder '{tmp_path}/none/train' does not exist" in err and err.count("\n") == 1, err
+    assert code == 2 and f"data.root '{tmp_path}/none' does not exist" in err and err.count("\n") == 1, err
     assert not runs.exists()
+    (tmp_path / "data").mkdir()  # the folder is there, its train/ is not
+    code, _, err = _run(capsys, "sweep", sweep, "--out", runs, "data.name=imagefolder", f"data.root={tmp_path}/data")
+    assert code == 2 and f"data folder '{tmp_path}/data/train' does not exist" in err and err.count("\n") == 1, err
 
 
 def test_local_gpu_workers_fail_the_sweep_when_any_does(monkeypatch):

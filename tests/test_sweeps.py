@@ -75,6 +75,28 @@ def test_run_names_are_derived_from_the_full_config(tmp_path):
     assert [c.name for c in moved.cells] == [c.name for c in sweep.cells]  # where data lives is not identity
 
 
+def test_a_base_applies_to_each_cell_as_far_as_its_mode_uses_it(tmp_path):
+    """A stitch's settings in the base (where the adapters start, on how many images, the paper code's train-mode
+    frozen parts, its trained last blocks) would make the baselines' cells refuse them: their configs leave them
+    at their defaults, and the folder names stay what they were."""
+    path = tmp_path / "mixed.yaml"
+    path.write_text((TINY % {"epochs": 1}).replace("  finetune: {lrs: [0.002]}\n", "  finetune: {lrs: [0.002]}\n"
+                                                                                "  scratch: {models: [resnet10t]}\n"))
+    stitch_only = ["model.adapter_norm=paper_code", "model.init_images=16", "model.frozen_mode=train",
+                   "model.unfreeze_last=1", "model.num_classes=10"]
+    sweep = load_sweep(path, stitch_only)
+    plain = load_sweep(path, ["model.num_classes=10"])
+    kinds = set()
+    for cell in sweep.runnable:
+        model = sweep.config(cell, tmp_path).model
+        kinds.add(cell.kind)
+        used = (model.adapter_norm, model.init_images, model.frozen_mode, model.unfreeze_last)
+        assert used == (("paper_code", 16, "train", 1) if cell.kind == "stitch" else ("fitted", 256, "eval", 0))
+    assert kinds == {"stitch", "finetune", "scratch"}
+    # The baselines' names still follow the base, as before (a baseline cell already trained keeps its folder).
+    assert all(a.name != b.name for a, b in zip(sweep.cells, plain.cells))
+
+
 def test_bad_sweep_files(tmp_path):
     cases = [({"pairs": [["resnet18", "resnet18"]], "method": ["downsample_linear"]}, "did you mean 'methods'"),
              ({"pairs": [["resnet18", "resnet18"]], "methods": ["downsample_linear", "downsample_linear"]}, "twice"),

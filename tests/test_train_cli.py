@@ -278,6 +278,9 @@ def test_a_stitch_that_diverges_fails_naming_the_fix_and_writes_strict_json(tmp_
     assert message.startswith("stitchkit: error: ") and "NaN or infinite" in message and "Lower optim.lr" in message
     result = _strict_json((run / "result.json").read_text())
     assert result["status"] == "failed" and "NaN or infinite" in result["error"]
+    # Not a result: the last evaluation (the start's, before the step that diverged) under its own names and step.
+    assert not {"top1", "top5", "loss"} & set(result)
+    assert result["last_eval_step"] == 0 and result["last_eval_top1"] == result["top1_at_start"]
     for line in (run / "metrics.jsonl").read_text().splitlines():
         _strict_json(line)
     assert not (run / "checkpoints" / "last.pt").exists() and not (run / "adapters.pt").exists()

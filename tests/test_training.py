@@ -55,6 +55,38 @@ def test_config_layers_and_unknown_keys(tmp_path):
         load_config(None, ["mode=finetune", "model.src=resnet18", "model.dst=torchvision:swin_t"])
 
 
+def test_settings_a_mode_does_not_use_are_refused_and_defaults_never_are(tmp_path):
+    """A stitch's settings given to a mode that ignores them (model.frozen_mode=train in a probe, whose frozen model
+    keeps its BatchNorm statistics anyway) are refused naming the mode and the key, as finetune refuses
+    model.unfreeze_last; at their defaults every mode takes them, and at the defaults of earlier versions too (runs
+    of then recorded those, and are resumed with them given). A run's own config.yaml records every setting: it is
+    read back whatever it holds."""
+    from stitchkit.training.config import from_yaml_file, to_yaml
+    from stitchkit.training.modes import MODES
+
+    for bad, message in [
+        (["mode=probe", "model.frozen_mode=train"], r"mode=probe does not use model.frozen_mode=train \(it would be "
+                                                     r"ignored\): remove it, or use mode=stitch$"),
+        (["mode=scratch", "model.gap=4:1", "model.adapter=nonsense"],
+         r"mode=scratch does not use model.gap=4:1, model.adapter=nonsense .*or use mode=finetune or stitch$"),
+        (["mode=scratch", "model.unfreeze_last=2"], "mode=scratch trains every weight"),
+        (["mode=finetune", "model.adapter_norm=dst_stats"], "mode=finetune does not use model.adapter_norm=dst_stats"),
+        (["mode=stitch", "model.fusion=concat"], r"or use a parallel stitch \(model.src=\[A, B\]\)$"),
+    ]:
+        with pytest.raises(StitchkitError, match=message):
+            load_config(None, ["model.src=resnet18", *bad])
+    for mode in MODES.names():
+        assert load_config(None, [f"mode={mode}", "model.src=resnet18"]).mode == mode
+    assert load_config(None, ["model.src=[resnet18,resnet18]", "model.dst=resnet18", "model.fusion=concat"])
+    old_defaults = load_config(None, ["mode=scratch", "model.src=resnet18", "model.adapter_norm=lstsq",
+                                      "model.prefix_in=mean"])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(old_defaults).replace("frozen_mode: eval", "frozen_mode: train"))
+    assert from_yaml_file(saved).model.frozen_mode == "train"
+    with pytest.raises(StitchkitError, match="mode=scratch does not use model.frozen_mode=train"):
+        load_config(saved)  # given to train, it is a config like any other
+
+
 def test_scratch_run_writes_a_self_describing_run_dir(tmp_path):
     result = train(_cfg(tmp_path, "mode=scratch", "model.src=resnet10t", "train.epochs=2"))
     run = tmp_path / "run"
@@ -142,6 +174,7 @@ def test_zero_epochs_saves_the_start_as_a_usable_run(tmp_path, source_model):
     result = TrainingPass([run]).run()[0]
     assert (result["status"], result["steps"], result["epochs"]) == ("finished", 0, 0)
     assert result["top1"] == result["top1_at_start"] and result["top1_after_epoch"] == []
+    assert result["images_per_s"] is None  # no image trained: no throughput (a 0 would be averaged into tables)
     rebuilt = stitchkit.load_stitched(tmp_path / "run" / "adapters.pt")
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import StitchkitError
 from .stitching import create_stitched
 from .zoo.models import create_model
 
@@ -492,6 +493,9 @@ def run_pipeline_bench(src: str = "resnet50", dst: str | None = None, gap: str =
         step = run_bench(src, dst, gap, adapter, resize, batch_size, input_size, repeats, 2, channels_last, threads,
                          str(runtime.device), amp, compile, ("stitchkit",))["columns"]["stitchkit"]
         result = train(config)
+    if result["images_per_s"] is None:  # its only step compiled: no training step was timed
+        raise StitchkitError(f"the whole run timed no training step (with --compile the first one compiles); pass "
+                             f"--train-images of at least {2 * batch_size} (two batches)")
     loaded = seen / loader_s
     return {"src": src, "dst": dst, "gap": gap, "adapter": adapter, "batch_size": batch_size,
             "input_size": input_size, "images": seen, "workers": workers, "device": str(runtime.device),

@@ -18,7 +18,7 @@ from PIL import Image
 from .errors import StitchkitError
 from .modelfolder import no_classifier
 from .pretrained import folder_or_run, load_pretrained
-from .training.data import IMAGE_EXTENSIONS, build_transforms, eval_transform
+from .training.data import IMAGE_EXTENSIONS, build_transforms, eval_transform, to_rgb
 from .training.trained import load_trained
 from .training.runtime import resolve_device
 from .zoo.metadata import preprocessing
@@ -48,7 +48,7 @@ class Predictor:
     @torch.no_grad()
     def predict(self, images: Sequence[Image.Image], top_k: int = 5) -> list[list[dict]]:
         """For each image, its ``top_k`` classes: ``{"class", "index", "probability"}``, most probable first."""
-        batch = torch.stack([self.transform(image.convert("RGB")) for image in images]).to(self.device)
+        batch = torch.stack([self.transform(to_rgb(image)) for image in images]).to(self.device)
         probabilities = self.model(batch).float().softmax(dim=-1)
         values, indices = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
         return [[{"class": self._name(int(i)), "index": int(i), "probability": float(p)} for p, i in zip(row_p, row_i)]
@@ -95,7 +95,7 @@ def predict_files(predictor: Predictor, files: Sequence[Path], top_k: int = 5, b
             for path in chunk:
                 try:
                     with Image.open(path) as image:
-                        images.append((path, image.convert("RGB")))
+                        images.append((path, to_rgb(image)))
                 except (OSError, ValueError, Image.DecompressionBombError) as err:
                     on_skip(Skipped(path, str(err).splitlines()[0] if str(err) else type(err).__name__))
             if images:

@@ -111,9 +111,9 @@ class RunDir:
         for name in self.OUTPUT_DIRS:
             shutil.rmtree(self.path / name, ignore_errors=True)
 
-    def cut_metrics_after(self, step: int, also_evaluation_at_step: bool = False) -> None:
+    def cut_metrics_after(self, step: int, redone_at_step: tuple[str, ...] = ()) -> None:
         """Drop the metric lines written after ``step`` (a resumed run is about to write them again), and torn ones;
-        ``also_evaluation_at_step``: the evaluation at ``step`` too (it runs again)."""
+        ``redone_at_step``: the line types (``"eval"``, ``"epoch"``) at ``step`` too (they are written again)."""
         if not self.metrics.is_file():
             return
         kept = []
@@ -123,7 +123,7 @@ class RunDir:
             except json.JSONDecodeError:
                 continue  # a line torn by the kill
             at_step = record.get("step", 0)
-            if at_step > step or (also_evaluation_at_step and at_step == step and record.get("type") == "eval"):
+            if at_step > step or (at_step == step and record.get("type") in redone_at_step):
                 continue
             kept.append(line)
         atomic_write_text(self.metrics, "".join(f"{line}\n" for line in kept))

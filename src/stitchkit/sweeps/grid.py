@@ -2,7 +2,8 @@
 
 A sweep file names the grid::
 
-    base:            # training settings, as for `stitchkit train` (nested or dotted keys)
+    base:            # training settings, as for `stitchkit train` (nested or dotted keys); each cell takes those
+                     # its mode uses (a stitch's model.adapter_norm stays out of the baselines' cells)
       data: {root: /data/imagenet}
     pairs:           # [src, dst]; the same model twice stitches a model to itself
       - [resnet50.a1_in1k, torchvision:swin_t]
@@ -89,9 +90,12 @@ class Sweep:
         return [[cells[i] for i in group] for group in partition(keys, self.max_group_size)]
 
     def config(self, cell: Cell, runs_dir: Path) -> Config:
-        """The cell's full training config, writing into its run directory under ``runs_dir``."""
-        return load_config(None, [f"output.dir={runs_dir / cell.name}"],
-                           layers=[("the sweep's base", self.base), (f"cell {cell.name}", cell.settings)])
+        """The cell's full training config, writing into its run directory under ``runs_dir``. The base applies to
+        each cell as far as its mode uses it: a stitch's settings there (model.adapter_norm, init_images, ...) stay
+        out of the baselines' cells, which would refuse them (:meth:`~stitchkit.training.modes.Mode.refuse_unused`)."""
+        layers = [("the sweep's base", self.base), (f"cell {cell.name}", cell.settings)]
+        unused = ("the settings its mode does not use, at their defaults", _unused_at_defaults(self.base, cell.settings))
+        return load_config(None, [f"output.dir={runs_dir / cell.name}"], layers=[*layers, unused])
 
 
 def _slug(text: str) -> str:
@@ -147,6 +151,26 @@ def _settings(*layers: dict) -> dict[str, Any]:
         for key, value in _flat(layer).items():
             settings[key] = _coerce(settings.get(key), value)
     return settings
+
+
+def _unused_at_defaults(*layers: dict) -> dict:
+    """A layer that puts back at their defaults the model settings these layers set that their mode does not use
+    (:meth:`~stitchkit.training.modes.Mode.unused_settings`); empty for an unknown mode, which loading names."""
+    from types import SimpleNamespace
+
+    from ..training.modes import MODES, PARALLEL_STITCH
+    from ..training.settings import ModelConfig
+
+    settings = _settings(*layers)
+    if settings["mode"] not in MODES:
+        return {}
+    model = SimpleNamespace(**{key.split(".", 1)[1]: value for key, value in settings.items()
+                               if key.startswith("model.")})
+    mode = MODES.get(settings["mode"])
+    if mode.joins_models and isinstance(model.src, (list, tuple)):
+        mode = PARALLEL_STITCH
+    defaults = ModelConfig()
+    return {"model": {key: getattr(defaults, key) for key in mode.unused_settings(model)}}
 
 
 def _identity(*layers: dict) -> str:

@@ -95,7 +95,12 @@ def check_shared_settings(sweep: Sweep) -> None:
         if not data.root:
             raise StitchkitError("data.name=imagefolder needs data.root, a folder with train/<class>/ and "
                                  "val/<class>/; pass data.root=PATH")
-        train = Path(data.root).expanduser() / "train"
+        root = Path(data.root).expanduser()
+        train = root / "train"
+        if not root.is_dir():
+            raise StitchkitError(f"data.root {data.root!r} {'is not a folder' if root.exists() else 'does not exist'}"
+                                 ", so every cell would fail; correct data.root, a folder with train/<class>/ and "
+                                 "val/<class>/")
         if not train.is_dir():
             raise StitchkitError(f"data folder {str(train)!r} does not exist, so every cell would fail; set data.root "
                                  "to a folder with train/<class>/ and val/<class>/ subfolders")

@@ -130,9 +130,11 @@ def _parse_yaml(text: str, source: str) -> Any:
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *,
-                layers: Sequence[tuple[str, dict]] = ()) -> Config:
+                layers: Sequence[tuple[str, dict]] = (), saved: bool = False) -> Config:
     """Defaults, then the YAML file at ``path`` (optional), then ``layers`` (``(source, dict)`` pairs, e.g. a sweep's
-    base settings and a cell's), then ``key=value`` overrides; validated.
+    base settings and a cell's), then ``key=value`` overrides; validated. ``saved``: ``path`` is a run's own
+    config.yaml, which records every setting, so settings its mode does not use are not refused (see
+    :meth:`~stitchkit.training.modes.Mode.refuse_unused`).
 
     Example:
         >>> cfg = load_config(None, ["mode=scratch", "model.src=resnet18", "train.epochs=2"])
@@ -163,12 +165,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
             value = {part: value}
         merged = _merge(merged, value, "the command line")
     config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    validate(config)
+    validate(config, saved=saved)
     return config
 
 
-def validate(config: Config) -> None:
-    """Check values that types alone do not catch; each error names the fix. The mode checks its own settings."""
+def validate(config: Config, saved: bool = False) -> None:
+    """Check values that types alone do not catch; each error names the fix. The mode checks its own settings,
+    and (unless ``saved``: a run's config.yaml) refuses those it would ignore."""
     from ..errors import unknown_name
     from .modes import check_sources, mode_for
 
@@ -207,6 +210,8 @@ def validate(config: Config) -> None:
             except StitchkitError as err:
                 raise type(err)(f"{key}: {err}") from None
     mode.validate(config)
+    if not saved:
+        mode.refuse_unused(config)
     checks = [
         (config.optim.lr > 0, f"optim.lr must be positive, got {config.optim.lr}"),
         (config.optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {config.optim.weight_decay}"),
@@ -245,7 +250,7 @@ def to_yaml(config: Config) -> str:
 
 def from_yaml_file(path: str | Path) -> Config:
     """A saved ``config.yaml`` (as written into a run directory) back into a :class:`Config`."""
-    return load_config(path)
+    return load_config(path, saved=True)
 
 
 def flatten(config: Config) -> dict[str, Any]:

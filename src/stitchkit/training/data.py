@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 
@@ -47,6 +47,18 @@ class CorruptImageError(StitchkitError):
         message = super().__str__()
         marker = f"{type(self).__name__}: "
         return message.rsplit(marker, 1)[-1].strip() if "Original Traceback" in message else message
+
+
+def undecodable(name: str, err: BaseException) -> CorruptImageError:
+    """The error for image ``name`` that cannot be decoded, naming the file and why in one line. PIL's "cannot
+    identify image file" names what it was given, which for bytes read beforehand (data.loader=gpu) is an object
+    address (``<_io.BytesIO object at 0x7fd3...>``): that case gets its own words."""
+    if isinstance(err, UnidentifiedImageError):
+        why = "not an image format PIL can read"
+    else:
+        why = (str(err).splitlines() or [""])[0] or type(err).__name__
+    return CorruptImageError(f"cannot decode image {name!r} ({why}); remove or replace it, or set "
+                             "data.skip_corrupt=true to skip and count such files")
 
 
 def build_transforms(data: DataConfig, prep: Preprocessing, train: bool) -> Callable:
@@ -100,6 +112,26 @@ class _DrawParams:
 # --- raw image sources: index -> (PIL image, label) ---------------------------------------------------------------
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB, whatever its PIL mode.
+
+    Grayscale, palette, CMYK and alpha modes convert as PIL converts them. Integer grayscale wider than 8 bits (16-bit
+    PNG, TIFF and PGM files: modes ``I;16*``, and ``I``, which 32-bit integer TIFFs and older Pillows' 16-bit PNGs
+    open as) is read as 16-bit and keeps its top 8 bits, as torchvision's ``to_dtype(image, torch.uint8,
+    scale=True)`` takes a uint16 image to uint8; ``I`` values outside 0..65535 are clipped to it. PIL's own
+    conversion clips such pixels at 255 instead: an almost white image. Floating-point pixels (mode ``F``) have no
+    agreed range (0..1, 0..255, physical units), so they are refused with a ValueError, for the caller to name the
+    file.
+    """
+    if image.mode == "F":
+        raise ValueError("32-bit floating-point pixels (PIL mode F) have no agreed range; save the image with 8- or "
+                         "16-bit integer pixels")
+    if image.mode.startswith("I"):
+        top_bits = np.right_shift(np.clip(np.asarray(image), 0, 65535).astype(np.uint16), 8)
+        return Image.fromarray(top_bits.astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
 class ImageFolderSource:
     """``root/<class>/<image>`` files; corrupt files raise :class:`CorruptImageError` (or are skipped)."""
 
@@ -142,10 +174,9 @@ class ImageFolderSource:
         path, label = self.samples[index]
         try:
             with Image.open(path) as image:
-                return image.convert("RGB"), label  # grayscale, palette and CMYK become RGB here
+                return to_rgb(image), label
         except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise CorruptImageError(f"cannot decode image {path!r} ({err}); remove or replace it, or set "
-                                    "data.skip_corrupt=true to skip and count such files") from None
+            raise undecodable(path, err) from None
 
 
 class ArraySource:
@@ -207,8 +238,10 @@ class SyntheticSource:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
+    """An IDX file, gzipped or not (told by its first bytes, not its name)."""
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
     _, dtype, dims = struct.unpack(">HBB", data[:4])
     shape = struct.unpack(f">{dims}I", data[4 : 4 + 4 * dims])
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
@@ -228,8 +261,8 @@ def find_fashion_mnist(root: str | None) -> Path:
             return given / "FashionMNIST" / "raw"
         files = ", ".join(FASHION_MNIST_FILES["train"] + FASHION_MNIST_FILES["val"])
         problem = ("does not exist" if not given.exists() else
-                   f"holds no Fashion-MNIST files ({files}, directly or in FashionMNIST/raw/), and they could not be "
-                   "downloaded there")
+                   f"holds no Fashion-MNIST files ({files}, gzipped or not, directly or in FashionMNIST/raw/), and "
+                   "they could not be downloaded there")
         raise StitchkitError(f"data.root {str(given)!r} {problem}; correct data.root, or leave it unset to read "
                              f"Fashion-MNIST from {FASHION_MNIST_DIRS[0]} (apt-get install -y dataset-fashion-mnist) "
                              f"or download it into {FASHION_MNIST_DIRS[1]}")
@@ -244,25 +277,47 @@ def find_fashion_mnist(root: str | None) -> Path:
     raise StitchkitError(
             "Fashion-MNIST not found in " + ", ".join(str(Path(c).expanduser()) for c in candidates)
             + " and it could not be downloaded; install it with `apt-get install -y dataset-fashion-mnist` or put the "
-            "four *-ubyte.gz files in a folder and set data.root to it"
+            "four *-ubyte.gz (or extracted *-ubyte) files in a folder and set data.root to it"
         )
 
 
 def _download_fashion_mnist(folder: Path) -> bool:
     """Download Fashion-MNIST into ``folder``/FashionMNIST/raw (torchvision's layout); False where that fails (no
-    network, a mirror that is down), for the caller to say what to do instead."""
-    try:
-        import torchvision
+    network, a mirror that is down), for the caller to say what to do instead. torchvision makes its folders before
+    it downloads: it downloads into a temporary folder, and only what it fetched whole is moved into ``folder`` (a
+    user's data.root), so a failed attempt leaves nothing there."""
+    import shutil
+    import tempfile
 
-        torchvision.datasets.FashionMNIST(str(folder), train=True, download=True)
-        torchvision.datasets.FashionMNIST(str(folder), train=False, download=True)
-    except Exception:
-        return False
-    return _has_fashion_mnist(folder / "FashionMNIST" / "raw")
+    with tempfile.TemporaryDirectory(prefix="stitchkit-fashion-mnist-") as staging:
+        try:
+            import torchvision
+
+            torchvision.datasets.FashionMNIST(staging, train=True, download=True)
+            torchvision.datasets.FashionMNIST(staging, train=False, download=True)
+        except Exception:
+            return False
+        fetched = Path(staging) / "FashionMNIST" / "raw"
+        if not _has_fashion_mnist(fetched):
+            return False
+        raw = folder / "FashionMNIST" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        for path in fetched.iterdir():
+            shutil.move(str(path), str(raw / path.name))
+    return _has_fashion_mnist(raw)
+
+
+def _idx_file(folder: Path, name: str) -> Path | None:
+    """The file ``name`` (``*-ubyte.gz``) in ``folder``, or its extracted form (``*-ubyte``: torchvision extracts
+    what it downloads and reads either), or None."""
+    for candidate in (folder / name, folder / name.removesuffix(".gz")):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _has_fashion_mnist(folder: Path) -> bool:
-    return all((folder / name).is_file() for pair in FASHION_MNIST_FILES.values() for name in pair)
+    return all(_idx_file(folder, name) for pair in FASHION_MNIST_FILES.values() for name in pair)
 
 
 class ClassSubset:
@@ -322,12 +377,16 @@ def _whole_sources(data: DataConfig, splits: tuple[str, ...]) -> dict[str, objec
                                        jpeg=data.synthetic_jpeg)}
     if data.name == "fashion_mnist":
         folder = find_fashion_mnist(data.root)
-        return {split: ArraySource(_read_idx(folder / images), _read_idx(folder / labels), FASHION_MNIST_CLASSES)
+        return {split: ArraySource(_read_idx(_idx_file(folder, images)), _read_idx(_idx_file(folder, labels)),
+                                   FASHION_MNIST_CLASSES)
                 for split, (images, labels) in FASHION_MNIST_FILES.items() if split in splits}
+    needed = "train/<class>/ and val/<class>/" if "train" in splits else "val/<class>/"  # evaluation: val alone
     if not data.root:
-        needed = "train/<class>/ and val/<class>/" if "train" in splits else "val/<class>/"  # evaluation: val alone
         raise StitchkitError(f"data.name=imagefolder needs data.root, a folder with {needed}")
     root = Path(data.root).expanduser()
+    if not root.is_dir():  # a mistyped data.root: say so, not that its train/ folder is missing
+        problem = "is not a folder" if root.exists() else "does not exist"
+        raise StitchkitError(f"data.root {data.root!r} {problem}; correct data.root, a folder with {needed}")
     if "train" not in splits:
         # The val folder's own class folders, sorted: the class list (and label order) a whole folder gives too,
         # since that is train's sorted folders and val must have the same ones.

@@ -140,7 +140,8 @@ class TrainingPass:
         if self.live:
             self.position = restored.get(id(self.live[0]), Position())
         for r in self.live:
-            self._guard(r, lambda r=r: r.create_folder(self.position, self.stream.total_steps))
+            self._guard(r, lambda r=r: r.create_folder(self.position, self.stream.total_steps,
+                                                         self.stream.micro_per_epoch))
 
     # --- the loop -------------------------------------------------------------------------------------------------
 
@@ -201,6 +202,13 @@ class TrainingPass:
         train_seconds = lambda: self.clock.seconds()["train"]  # noqa: E731 (evaluation, checkpoints excluded)
         log_start, log_images = train_seconds(), 0
         compiling = t.compile  # this process's first step compiles the model: its own phase, its syncs not counted
+        if p.micro >= s.micro_per_epoch:
+            # Resumed from a stop (Ctrl-C in its evaluation, SIGTERM) after an epoch's last step but before its end
+            # was checkpointed: that end comes first, even when the step was the run's last (else the epoch would
+            # not count and its top-1 would miss from top1_after_epoch).
+            self._end_epoch()
+            if not self.live:
+                return
         while p.step < s.total_steps and p.epoch < t.epochs:
             s.train_sampler.set_epoch(p.epoch, start=p.micro * t.batch_size)
             batches = iter(s.train_loader)

@@ -40,6 +40,14 @@ Calibration = Callable[[str], torch.Tensor]
 STITCH_SETTINGS = ("prefix_out", "prefix_in", "readd_pos_embed", "frozen_mode", "adapter_norm", "token_adapters")
 
 
+# The model settings only some modes use (Mode.uses says which). One set away from its default in a mode that does
+# not use it is refused (Mode.refuse_unused): it would be accepted, saved in config.yaml and silently ignored.
+OPTIONAL_MODEL_SETTINGS = ("gap", "adapter", "resize", "fusion", *STITCH_SETTINGS, "init_images")
+# Defaults of earlier versions (0.5 changed these), which every run of then recorded, whatever its mode, and which
+# its checkpoint's digest holds: such a run is resumed with them given, so they are not refused either.
+EARLIER_DEFAULTS = {"adapter_norm": ("lstsq",), "prefix_in": ("mean",)}
+
+
 def stitch_settings(model_config) -> dict:
     """``{name: value}`` of :data:`STITCH_SETTINGS` in a :class:`~stitchkit.training.settings.ModelConfig`."""
     return {name: getattr(model_config, name) for name in STITCH_SETTINGS}
@@ -56,6 +64,7 @@ class Mode:
     sweeps_lr: bool = False  # a sweep's baselines list learning rates for it (they name its cells)
     chooses_trained: bool = False  # model.train_head / model.unfreeze_last choose what trains besides the new part
     loads_pretrained: bool = True  # model.pretrained applies (to the models without a checkpoint)
+    uses: frozenset[str] = frozenset()  # the OPTIONAL_MODEL_SETTINGS it uses
     # The class of the network it builds (its model folder's kind); None: a whole library model.
     network: type[Network] | None = None
 
@@ -65,9 +74,36 @@ class Mode:
         if self.has_gap:
             for gap in m.source_gaps():
                 parse_gap(gap)
-        if not self.chooses_trained and (m.train_head is not None or m.unfreeze_last):
+
+    def unused_settings(self, m) -> list[str]:
+        """The model settings (field names of ``m``, a model config) this mode would ignore, set away from their
+        defaults (and from earlier versions' defaults, :data:`EARLIER_DEFAULTS`): model.train_head and
+        model.unfreeze_last where it trains every weight, and the :data:`OPTIONAL_MODEL_SETTINGS` it does not use."""
+        from .settings import ModelConfig
+
+        defaults = ModelConfig()
+        unused = [] if self.chooses_trained else [key for key in ("train_head", "unfreeze_last")
+                                                  if getattr(m, key) != getattr(defaults, key)]
+        return unused + [key for key in OPTIONAL_MODEL_SETTINGS if key not in self.uses and getattr(m, key) not in
+                         (getattr(defaults, key), *EARLIER_DEFAULTS.get(key, ()))]
+
+    def refuse_unused(self, config: Config) -> None:
+        """Refuse the :meth:`unused_settings`, naming the mode and the keys. Not asked of a run's saved config.yaml,
+        which records every setting, used or not; a sweep leaves its base's out of the cells of modes that do not
+        use them (:meth:`stitchkit.sweeps.grid.Sweep.config`)."""
+        m = config.model
+        unused = self.unused_settings(m)
+        if {"train_head", "unfreeze_last"} & set(unused):
             raise StitchkitError(f"model.train_head and model.unfreeze_last choose what a stitch or a probe trains; "
                                  f"mode={self.name} trains every weight: remove them, or use mode=stitch or probe")
+        if not unused:
+            return
+        users = [name for name in MODES.names() if any(key in MODES.get(name).uses for key in unused)]
+        where = f"mode={' or '.join(users)}" if users else "a parallel stitch (model.src=[A, B])"
+        listed = ", ".join(f"model.{key}={getattr(m, key)}" for key in unused)
+        one = len(unused) == 1
+        raise StitchkitError(f"mode={self.name} does not use {listed} ({'it' if one else 'they'} would be ignored): "
+                             f"remove {'it' if one else 'them'}, or use {where}")
 
     def build(self, config: Config, num_data_classes: int, calibration: Calibration | None = None,
               device: torch.device | None = None) -> nn.Module:
@@ -119,6 +155,7 @@ class Stitch(Mode):
     joins_models = True
     shares_front = True
     chooses_trained = True
+    uses = frozenset({"gap", "adapter", "resize", *STITCH_SETTINGS, "init_images"})
 
     def validate(self, config: Config) -> None:
         super().validate(config)
@@ -159,6 +196,7 @@ class ParallelStitch(Stitch):
 
     network = ParallelStitchedModel
     description = "train adapters from several frozen source fronts, fused into one frozen destination back"
+    uses = Stitch.uses | {"fusion"}
 
     def validate(self, config: Config) -> None:
         super().validate(config)
@@ -205,6 +243,7 @@ class Finetune(Mode):
     network = FinetuneBaseline
     description = "the paper's fine-tuning baseline: one model cut across the gap, every weight trainable"
     sweeps_lr = True
+    uses = frozenset({"gap"})
 
     def validate(self, config: Config) -> None:
         super().validate(config)
@@ -235,6 +274,7 @@ class Scratch(Mode):
     loads_pretrained = False  # a new network: model.pretrained does not apply
 
     def validate(self, config: Config) -> None:
+        super().validate(config)
         m = config.model
         if m.src_checkpoint is not None:
             raise StitchkitError("mode=scratch trains model.src from random initialisation, so it cannot load "

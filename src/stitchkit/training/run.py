@@ -93,6 +93,7 @@ class Run:
         self.pass_members: list[str] = []  # the run folders trained in the same pass (empty when alone)
         self.stats = RunStats()
         self.metrics: dict[str, dict] = {}  # the last evaluation, per split
+        self.metrics_step: int | None = None  # the optimizer step it was taken after
         self.log: MetricsLog | None = None
         self.clock = PhaseClock()  # this process's stretch; a pass gives its runs its own clock (wall time is shared)
         self.host_syncs: HostSyncCounter | None = None  # the pass's, when it counts them
@@ -136,7 +137,7 @@ class Run:
             raise StitchkitError(f"{str(run)!r} already holds {what}; pass --overwrite to replace it, or choose another "
                                  "output.dir")
 
-    def create_folder(self, position: Position, total_steps: int) -> None:
+    def create_folder(self, position: Position, total_steps: int, micro_per_epoch: int) -> None:
         """Make the run folder and write config.yaml (a resumed run: cut its metrics back to ``position``), once data
         and model have been built without error."""
         run = self.dir
@@ -158,9 +159,16 @@ class Run:
                 run.record_sources({**self.config.model.checkpoint_files(), "data.root": self.config.data.root})
                 atomic_write_text(run.config, self.config_yaml)
             else:
-                # Killed after its last step but before result.json: the final evaluation at this step runs again.
-                final = position.step >= total_steps or position.epoch >= self.config.train.epochs
-                run.cut_metrics_after(position.step, also_evaluation_at_step=final)
+                # What the resumed run writes again at this step: the end of the epoch (its loss line and
+                # evaluations) when stopped after the epoch's last step but before that end was checkpointed (Ctrl-C
+                # during its evaluation, SIGTERM); else, when killed after its last step but before result.json,
+                # the final evaluation.
+                if position.micro >= micro_per_epoch:
+                    redone = ("epoch", "eval")
+                else:
+                    final = position.step >= total_steps or position.epoch >= self.config.train.epochs
+                    redone = ("eval",) if final else ()
+                run.cut_metrics_after(position.step, redone_at_step=redone)
         distributed.barrier(self.runtime.ctx)
 
     def open_log(self, total_steps: int, initial_step: int, progress: bool, label: str | None) -> None:
@@ -425,7 +433,7 @@ class Run:
                     "model.dst_checkpoint), train.amp (fp16 can overflow) and the data")
             raise NonFiniteLossError(self._diverged(
                 f"the {split} loss became NaN or infinite at the evaluation after optimizer step {position.step}"))
-        self.metrics[split] = metrics
+        self.metrics[split], self.metrics_step = metrics, position.step
         self.log.write({"type": "eval", "split": split, "step": position.step, "epoch": epoch, **metrics})
         if at_start:
             self.stats.at_start = {**(self.stats.at_start or {}), split: metrics["top1"]}
@@ -528,9 +536,11 @@ class Run:
             "trained": trained_parts(self.model),  # adapters, a stitch's trained blocks and head; or all
             "epochs": position.epoch, "steps": position.step, "wall_time_s": sum(seconds.values()),
             "seconds": seconds, "images_seen": images,
-            # Training images per second of training: set-up, calibration, evaluation and checkpoints excluded.
+            # Training images per second of training: set-up, calibration, evaluation and checkpoints excluded. None
+            # where no image was timed (train.epochs=0, or only the compiling first step): a 0 would be averaged into
+            # throughput tables.
             "images_per_s": ((images - totals["warmup_images"]) / seconds["train"]
-                             if seconds["train"] > 0 else None),
+                             if seconds["train"] > 0 and images > totals["warmup_images"] else None),
             # Host synchronisations per training step of this process (train.count_host_syncs on CUDA), else None.
             "host_syncs_per_step": self.host_syncs.per_step if self.host_syncs else None,
             "skipped_images": totals["skipped"],
@@ -543,10 +553,16 @@ class Run:
             # other settings (epochs, data, recipe).
             "settings_id": settings_id(config),
         }
+        evaluated = {}
         for split, values in self.metrics.items():
             prefix = "" if split == "val" else f"{split}_"
-            record.update({f"{prefix}top1": values["top1"], f"{prefix}top5": values["top5"],
-                           f"{prefix}loss": values["loss"], f"{prefix}eval_images": values.get("images")})
+            evaluated.update({f"{prefix}top1": values["top1"], f"{prefix}top5": values["top5"],
+                              f"{prefix}loss": values["loss"], f"{prefix}eval_images": values.get("images")})
+        if status != "finished" and evaluated:
+            # A failed run has no result: its last evaluation (often the start's, before the step that diverged) is
+            # kept under names no reader takes for the run's top-1, with the step it was taken after.
+            evaluated = {"last_eval_step": self.metrics_step, **{f"last_eval_{k}": v for k, v in evaluated.items()}}
+        record.update(evaluated)
         # Time to accuracy: top-1 before the first step (the start alone, no training) and after every epoch.
         for split, top1 in (self.stats.at_start or {}).items():
             record[f"{'' if split == 'val' else split + '_'}top1_at_start"] = top1

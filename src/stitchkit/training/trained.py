@@ -76,7 +76,7 @@ def read_run(run_dir: str | Path, device: str | None = None, workers: int | None
     config = from_yaml_file(run.config)
     digests = accepted_digests(config)  # of the settings as saved: before locations change and paths are located
     if locations:
-        config = load_config(run.config, locations)
+        config = load_config(run.config, locations, saved=True)
     if device is not None:
         config.train.device = device
     elif cuda_missing(config.train.device):
