@@ -86,6 +86,7 @@ def check_shared_settings(sweep: Sweep) -> None:
     """Fail once, before the first cell, on what every cell shares and would fail on in turn: a logger package
     this machine lacks, a data folder that is not there. Cheap checks only (no listing of the images)."""
     from ..training.config import load_config
+    from ..training.data import folder_problem
     from ..training.logging import require_loggers
 
     config = load_config(layers=[("the sweep's base", sweep.base)])
@@ -97,10 +98,10 @@ def check_shared_settings(sweep: Sweep) -> None:
                                  "val/<class>/; pass data.root=PATH")
         root = Path(data.root).expanduser()
         train = root / "train"
-        if not root.is_dir():
-            raise StitchkitError(f"data.root {data.root!r} {'is not a folder' if root.exists() else 'does not exist'}"
-                                 ", so every cell would fail; correct data.root, a folder with train/<class>/ and "
-                                 "val/<class>/")
+        problem = folder_problem(root)
+        if problem:
+            raise StitchkitError(f"data.root {data.root!r} {problem}, so every cell would fail; correct data.root, a "
+                                 "folder with train/<class>/ and val/<class>/")
         if not train.is_dir():
             raise StitchkitError(f"data folder {str(train)!r} does not exist, so every cell would fail; set data.root "
                                  "to a folder with train/<class>/ and val/<class>/ subfolders")

@@ -368,6 +368,14 @@ def raw_sources(data: DataConfig, splits: Sequence[str] = ("train", "val")) -> d
     return sources
 
 
+def folder_problem(path: Path) -> str | None:
+    """What is wrong with ``path`` as a folder, in words that follow its name ("does not exist", "is not a
+    folder"), or None: for the one message about a mistyped data.root, from training and from a sweep's check."""
+    if path.is_dir():
+        return None
+    return "is not a folder" if path.exists() else "does not exist"
+
+
 def _whole_sources(data: DataConfig, splits: tuple[str, ...]) -> dict[str, object]:
     if data.name == "synthetic":
         size = data.input_size + data.input_size // 8
@@ -384,8 +392,8 @@ def _whole_sources(data: DataConfig, splits: tuple[str, ...]) -> dict[str, objec
     if not data.root:
         raise StitchkitError(f"data.name=imagefolder needs data.root, a folder with {needed}")
     root = Path(data.root).expanduser()
-    if not root.is_dir():  # a mistyped data.root: say so, not that its train/ folder is missing
-        problem = "is not a folder" if root.exists() else "does not exist"
+    problem = folder_problem(root)
+    if problem:  # a mistyped data.root: say so, not that its train/ folder is missing
         raise StitchkitError(f"data.root {data.root!r} {problem}; correct data.root, a folder with {needed}")
     if "train" not in splits:
         # The val folder's own class folders, sorted: the class list (and label order) a whole folder gives too,
