@@ -396,3 +396,24 @@ def test_a_head_found_in_the_graph_holds_no_block():
     wrapped = Wrapped().eval()
     anatomy = _parity(wrapped, 64)
     assert [len(s) for s in anatomy.stages] == [3, 3, 4, 3] and anatomy.block_names[3][-1] == "net.stages.3.blocks.1"
+
+
+def _cuts(model, size):
+    spec = model_spec(model, size)
+    return [(spec.cut(s, p).module, spec.cut(s, p).feature) for s in stitchkit.zoo.STAGES for p in stitchkit.zoo.POSITIONS]
+
+
+def test_torchvision_vit_is_cut_after_the_same_blocks_as_timms_vit():
+    """torchvision's ViT keeps its blocks in ``encoder.layers`` between a parameter-free ``encoder.dropout`` and the
+    final norm ``encoder.ln``. Neither is a block: the 12 layers make four stages of three, after the same blocks as
+    timm's ViT-B/16 (hand-written family) with the same features; the final norm runs in the head."""
+    torch.manual_seed(0)
+    model = stitchkit.create_model("torchvision:vit_b_16", input_size=32).eval()
+    ours = _cuts(model, 32)
+    theirs = _cuts(stitchkit.create_model("vit_base_patch16_224", input_size=32).eval(), 32)
+    after = (0, 2, 3, 5, 6, 8, 9, 11)  # first and end of each stage
+    assert [m for m, _ in theirs] == [f"blocks.{i}" for i in after]
+    assert [m for m, _ in ours] == [f"encoder.layers.encoder_layer_{i}" for i in after]
+    assert [(f.format, f.shape, f.num_prefix_tokens) for _, f in ours] == [
+        (f.format, f.shape, f.num_prefix_tokens) for _, f in theirs]
+    _parity(model, 32)

@@ -12,9 +12,11 @@ size dynamic) and its graph is cut where a cut is possible and meaningful:
    a *group* (a plain ``Sequential``/``ModuleList``/``ModuleDict`` with repeated member classes, or a module that
    holds such a container, like a timm stage with its ``blocks``) is opened, anything else is a block. A cut node
    that is the last operation of a block inside a group is a block boundary. Modules that hang directly off the
-   model (a stem convolution, a max-pool, the final norm) are stem or head, never blocks, and neither is anything
-   inside the model's classifier head (:func:`_heads`), however it is built; a block without parameters
-   (an activation, a pooling) joins the block before it.
+   model (a stem convolution, a max-pool, the final norm) are stem or head, never blocks, and so are the members
+   of the model's trunk (a direct child, the only one of its class, that holds the blocks beside members of its
+   own: torchvision ViT's ``encoder``) before its first block or after its last one (:func:`_trunk_member`);
+   neither is anything inside the model's classifier head (:func:`_heads`), however it is built. A block without
+   parameters (an activation, a pooling) joins the block before it, or the stem when there is none.
 3. **Stages by reduction.** Each boundary's tensor gives its layout (NCHW, NHWC, or tokens with prefix tokens) and
    its reduction (input size / feature size). Blocks at reductions below 4 join the stem; the remaining reductions
    are the stages. Four reductions (4x, 8x, 16x, 32x) are the paper's four stages. One reduction (ViT-like, Mixer,
@@ -454,8 +456,10 @@ def _boundaries(g: _Graph, prefix_hint: int | None, rule: _Rule = _RULES[0]) -> 
     def flush():
         if pending is None:
             return
-        if found and not any(True for _ in modules[pending.block].parameters()):
-            found[-1] = pending  # a block without weights (activation, pooling) joins the block before it
+        if not any(True for _ in modules[pending.block].parameters()):
+            if found:
+                found[-1] = pending  # a block without weights (activation, pooling) joins the block before it
+            # else: nothing before it (a dropout after the position embedding): it joins the stem
         else:
             found.append(pending)
 
@@ -492,7 +496,36 @@ def _boundaries(g: _Graph, prefix_hint: int | None, rule: _Rule = _RULES[0]) -> 
             # stage's forward): the block ends there. Not a head's token pooling or reshaping, which changes it.
             pending = _Boundary(node, current, *layout)
     flush()
+    # The trunk's own stem and head: members of a trunk wrapper before its first block or after its last one
+    while found and _trunk_member(found[0].block, modules, rule, before=True):
+        found.pop(0)
+    while found and _trunk_member(found[-1].block, modules, rule, before=False):
+        found.pop()
     return found
+
+
+def _trunk_member(name: str, modules: dict[str, nn.Module], rule: _Rule, before: bool) -> bool:
+    """Whether block ``name`` is a member of the model's *trunk* that stands before (``before``) or after all of the
+    trunk's containers of blocks: stem or head, not a block.
+
+    The trunk is a direct child of the model that holds the model's blocks in a container, beside members of its
+    own, and is the only module of its class (torchvision's ViT ``encoder``: ``dropout``, ``layers``, ``ln``; timm's
+    Gemma-4 and DeepSeek ViT classifiers: ``encoder`` with ``patch_embed``, ``blocks``, ``norm`` or ``pooler``). Its
+    own members are what hangs directly off the model in other models (a patch embedding, a final norm), so they are
+    stem or head in the same way; a stage of which the model has several (timm's ``stages.N``) is no trunk: its
+    ``downsample`` is its first block and a norm after its blocks its last, in every stage alike."""
+    trunk = _parent(name)
+    if not trunk or _parent(trunk) != "":
+        return False
+    holder = modules[trunk]
+    if type(holder) in _PLAIN_CONTAINERS or sum(type(m) is type(holder) for m in modules.values()) != 1:
+        return False
+    children = list(holder.named_children())
+    containers = [i for i, (_, child) in enumerate(children) if _is_plain_group(child, rule)]
+    if not containers:
+        return False
+    at = next(i for i, (child_name, _) in enumerate(children) if f"{trunk}.{child_name}" == name)
+    return at < containers[0] if before else at > containers[-1]
 
 
 def _stages(found: list[_Boundary], name: str) -> list[list[_Boundary]]:
