@@ -417,3 +417,30 @@ def test_torchvision_vit_is_cut_after_the_same_blocks_as_timms_vit():
     assert [(f.format, f.shape, f.num_prefix_tokens) for _, f in ours] == [
         (f.format, f.shape, f.num_prefix_tokens) for _, f in theirs]
     _parity(model, 32)
+
+
+# torchvision inverted-residual models and their timm twins (hand-written efficientnet/mobilenetv3 families)
+TWINS = [("torchvision:mobilenet_v3_large", "mobilenetv3_large_100"), ("torchvision:efficientnet_b0", "efficientnet_b0"),
+         ("torchvision:mobilenet_v2", "mobilenetv2_100")]
+
+
+@pytest.mark.parametrize("name,twin", TWINS)
+def test_inverted_residual_blocks_are_whole_blocks_as_in_their_timm_twins(name, twin):
+    """An InvertedResidual (MBConv) holds its layers in a Sequential; only the strided first block of a stage can be
+    cut inside it (the others add their input back at the end). Its inside cuts are no block boundaries: every cut
+    falls after a whole block, with the features of the timm twin's cut. Stage 4 ends where the model's own
+    ``features`` ends: timm's MobileNetV3 keeps its last 1x1 convolution (960) in ``blocks`` too; torchvision's
+    EfficientNet and MobileNetV2 keep their conv head (1280) in ``features``, timm outside ``blocks`` (320)."""
+    torch.manual_seed(0)
+    model = stitchkit.create_model(name, input_size=64).eval()
+    ours = _cuts(model, 64)
+    theirs = _cuts(stitchkit.create_model(twin, input_size=64).eval(), 64)
+    shapes = [(f.format, f.shape) for _, f in ours]
+    assert shapes[:7] == [(f.format, f.shape) for _, f in theirs[:7]]
+    last = f"features.{len(model.features) - 1}"
+    assert ours[-1][0] == last and shapes[-1][1] == (model.features[-1].out_channels, 2, 2)
+    assert all(m.count(".") <= 2 and ".block" not in m and ".conv" not in m for m, _ in ours), ours
+    if name.endswith("mobilenet_v3_large"):
+        assert shapes == [(f.format, f.shape) for _, f in theirs]
+        assert [m for m, _ in ours] == [f"features.{i}" for i in (2, 3, 4, 6, 7, 12, 13, 16)]
+        _parity(model, 64)

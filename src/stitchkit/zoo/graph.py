@@ -10,9 +10,12 @@ size dynamic) and its graph is cut where a cut is possible and meaningful:
    block) and multi-branch stages (HRNet) have no cut node inside them, which is why they cannot be cut there.
 2. **Which cut nodes are block boundaries.** The model's module tree says where blocks are: starting at the model,
    a *group* (a plain ``Sequential``/``ModuleList``/``ModuleDict`` with repeated member classes, or a module that
-   holds such a container, like a timm stage with its ``blocks``) is opened, anything else is a block. A cut node
-   that is the last operation of a block inside a group is a block boundary. Modules that hang directly off the
-   model (a stem convolution, a max-pool, the final norm) are stem or head, never blocks, and so are the members
+   holds such a container, like a timm stage with its ``blocks``) is opened, anything else is a block. Blocks of one
+   class are cut alike: a class that holds a container is opened only where every one of its modules can be cut
+   inside (:func:`_rule_boundaries`; torchvision's InvertedResidual cannot where it adds its input back, so it is
+   a block everywhere, also where a strided one could be cut between its convolutions). A cut node that is the
+   last operation of a block inside a group is a block boundary. Modules that hang directly off the model (a stem
+   convolution, a max-pool, the final norm) are stem or head, never blocks, and so are the members
    of the model's trunk (a direct child, the only one of its class, that holds the blocks beside members of its
    own: torchvision ViT's ``encoder``) before its first block or after its last one (:func:`_trunk_member`);
    neither is anything inside the model's classifier head (:func:`_heads`), however it is built. A block without
@@ -90,20 +93,33 @@ def _is_plain_group(module: nn.Module, rule: _Rule = _RULES[0]) -> bool:
     return bool(counts) and max(counts.values()) >= 2
 
 
-def _is_group(module: nn.Module, is_root: bool, rule: _Rule = _RULES[0]) -> bool:
-    if is_root or _is_plain_group(module, rule):
+def _is_group(name: str, modules: dict[str, nn.Module], rule: _Rule = _RULES[0],
+              closed: frozenset[str] = frozenset()) -> bool:
+    """Whether the module ``name`` is opened as a group (the model always is; one of ``closed`` never is)."""
+    if name == "":
+        return True
+    if name in closed:
+        return False
+    module = modules[name]
+    if _is_plain_group(module, rule):
         return True
     # A stage object that holds its blocks in a container (timm's ``stages.N`` with ``downsample`` and ``blocks``).
-    return type(module) not in _PLAIN_CONTAINERS and any(_is_plain_group(c, rule) for c in module.children())
+    return type(module) not in _PLAIN_CONTAINERS and any(
+        _is_plain_group(child, rule) and f"{name}.{child_name}" not in closed
+        for child_name, child in module.named_children())
 
 
-def _block_of(stack: list[str], modules: dict[str, nn.Module], rule: _Rule = _RULES[0]) -> str | None:
-    """The block a node belongs to: open groups from the model down along the node's module stack.
+def _block_of(stack: list[str], modules: dict[str, nn.Module], rule: _Rule = _RULES[0],
+              closed: frozenset[str] = frozenset(), opened: set[str] | None = None) -> str | None:
+    """The block a node belongs to: open groups from the model down along the node's module stack (adding the
+    groups opened, other than the model, to ``opened``).
 
     Returns ``None`` for code that runs in a group's own forward (a ViT's position embedding), ``""`` never.
     """
     current, depth = "", 0
-    while _is_group(modules[current], current == "", rule):
+    while _is_group(current, modules, rule, closed):
+        if current and opened is not None:
+            opened.add(current)
         if depth == len(stack):
             return None
         current = stack[depth]
@@ -300,6 +316,11 @@ class _Graph:
                 self.free.add(node)
         self.cut_nodes = self._cut_nodes()
         self.uncut_blocks: list[str] = []  # blocks after which more than one tensor is needed (set by _boundaries)
+        self.opened: set[str] = set()  # the groups opened, other than the model (set by _boundaries)
+        self.last_index: dict[str, int] = {}  # module name -> index of the last node that runs inside it
+        for node in self.nodes:
+            for name in self.stack(node):
+                self.last_index[name] = self.index[node]
 
     def _is_free(self, node: fx.Node) -> bool:
         """Readable or recomputable by every part: a weight, buffer, constant or graph attribute, the batch size,
@@ -440,14 +461,42 @@ def _mutates(node: fx.Node) -> bool:
 # --- the anatomy ----------------------------------------------------------------------------------------------------
 
 
-def _boundaries(g: _Graph, prefix_hint: int | None, rule: _Rule = _RULES[0]) -> list[_Boundary]:
-    """Block ends, in order, with their layouts (rule 2 of the module docstring)."""
-    g.uncut_blocks = []
+def _rule_boundaries(g: _Graph, prefix_hint: int | None, rule: _Rule = _RULES[0]) -> list[_Boundary]:
+    """Block ends under one grouping rule, with the classes that hold blocks only in some of their modules closed.
+
+    Blocks of one class are cut alike. A class of module that holds a container (torchvision's InvertedResidual
+    with its ``block`` Sequential, ConvNeXt's CNBlock) is opened as a group only where every module of that class
+    the rule opens has a block boundary inside it, before its own end. Where some of them cannot be cut inside (a
+    residual connection around the container needs the block's input at its end) and others can (the same layers
+    without the residual: a stage's first, strided block), the inside cuts are not block boundaries but an accident
+    of a missing skip connection: the class is a block, in all its modules. timm's stages (``stages.N`` holding
+    ``downsample`` and ``blocks``) can all be cut inside, and stay groups."""
     modules = dict(g.model.named_modules(remove_duplicate=False))
-    last_index: dict[str, int] = {}
-    for node in g.nodes:
-        for name in g.stack(node):
-            last_index[name] = g.index[node]
+    closed: set[str] = set()
+    while True:
+        found = _boundaries(g, prefix_hint, rule, frozenset(closed))
+        inside: dict[str, bool] = {n: False for n in g.opened if type(modules[n]) not in _PLAIN_CONTAINERS}
+        for b in found:
+            for name in g.stack(b.node):
+                if name in inside and g.index[b.node] < g.last_index[name]:
+                    inside[name] = True
+        by_class: dict[type, list[str]] = {}
+        for name in inside:
+            by_class.setdefault(type(modules[name]), []).append(name)
+        more = {n for names in by_class.values() if not all(inside[n] for n in names) for n in names}
+        if more <= closed:
+            return found
+        closed |= more
+
+
+def _boundaries(g: _Graph, prefix_hint: int | None, rule: _Rule = _RULES[0],
+                closed: frozenset[str] = frozenset()) -> list[_Boundary]:
+    """Block ends, in order, with their layouts (rule 2 of the module docstring), the modules in ``closed`` taken
+    for blocks. Sets ``g.opened`` to the groups opened (other than the model) and ``g.uncut_blocks``."""
+    g.uncut_blocks = []
+    g.opened = set()
+    modules = dict(g.model.named_modules(remove_duplicate=False))
+    last_index = g.last_index
     found: list[_Boundary] = []
     current, pending, own_layout = None, None, None
     repeated = _repeated_children(g.model)
@@ -471,7 +520,7 @@ def _boundaries(g: _Graph, prefix_hint: int | None, rule: _Rule = _RULES[0]) -> 
             flush()
             current = pending = None  # the classifier head, whatever its members look like: never a block
             continue
-        block = _block_of(stack, modules, rule) if stack else None
+        block = _block_of(stack, modules, rule, closed, g.opened) if stack else None
         if block is not None and _parent(block) == "" and block not in repeated:
             flush()
             current = pending = None  # a direct child of the model: stem or head, never a block
@@ -497,14 +546,15 @@ def _boundaries(g: _Graph, prefix_hint: int | None, rule: _Rule = _RULES[0]) -> 
             pending = _Boundary(node, current, *layout)
     flush()
     # The trunk's own stem and head: members of a trunk wrapper before its first block or after its last one
-    while found and _trunk_member(found[0].block, modules, rule, before=True):
+    while found and _trunk_member(found[0].block, modules, rule, closed, before=True):
         found.pop(0)
-    while found and _trunk_member(found[-1].block, modules, rule, before=False):
+    while found and _trunk_member(found[-1].block, modules, rule, closed, before=False):
         found.pop()
     return found
 
 
-def _trunk_member(name: str, modules: dict[str, nn.Module], rule: _Rule, before: bool) -> bool:
+def _trunk_member(name: str, modules: dict[str, nn.Module], rule: _Rule, closed: frozenset[str],
+                  before: bool) -> bool:
     """Whether block ``name`` is a member of the model's *trunk* that stands before (``before``) or after all of the
     trunk's containers of blocks: stem or head, not a block.
 
@@ -521,7 +571,8 @@ def _trunk_member(name: str, modules: dict[str, nn.Module], rule: _Rule, before:
     if type(holder) in _PLAIN_CONTAINERS or sum(type(m) is type(holder) for m in modules.values()) != 1:
         return False
     children = list(holder.named_children())
-    containers = [i for i, (_, child) in enumerate(children) if _is_plain_group(child, rule)]
+    containers = [i for i, (child_name, child) in enumerate(children)
+                  if _is_plain_group(child, rule) and f"{trunk}.{child_name}" not in closed]
     if not containers:
         return False
     at = next(i for i, (child_name, _) in enumerate(children) if f"{trunk}.{child_name}" == name)
@@ -723,14 +774,14 @@ def graph_anatomy(model: nn.Module, input_size: tuple[int, int]) -> Anatomy:
 def _find_stages(g: _Graph, prefix_hint: int | None, name: str) -> list[list[_Boundary]]:
     """Rules 2 and 3 under each grouping rule in turn (_RULES); the first that finds four stages wins. The error
     is the first rule's, saying why when most blocks hand on more than one tensor."""
-    found = _boundaries(g, prefix_hint)
+    found = _rule_boundaries(g, prefix_hint)
     uncut = list(g.uncut_blocks)
     try:
         return _stages(found, name)
     except GraphSplitError as err:
         for rule in _RULES[1:]:
             try:
-                return _stages(_boundaries(g, prefix_hint, rule), name)
+                return _stages(_rule_boundaries(g, prefix_hint, rule), name)
             except GraphSplitError:
                 pass
         if len(uncut) > len(found):
