@@ -444,3 +444,24 @@ def test_inverted_residual_blocks_are_whole_blocks_as_in_their_timm_twins(name, 
         assert shapes == [(f.format, f.shape) for _, f in theirs]
         assert [m for m, _ in ours] == [f"features.{i}" for i in (2, 3, 4, 6, 7, 12, 13, 16)]
         _parity(model, 64)
+
+
+@pytest.mark.parametrize("name,twin", [("torchvision:regnet_y_400mf", "regnety_004"),
+                                       ("torchvision:convnext_tiny", "convnext_tiny")])
+def test_stages_hold_their_blocks_as_in_their_timm_twins(name, twin):
+    """torchvision's RegNet keeps each stage's blocks in AnyStage (a Sequential subclass, which the first grouping
+    rule takes for one block) and ConvNeXt its CNBlocks (which hold a Sequential of their own) in plain Sequentials:
+    both were cut only at stage ends (first == end at every stage: a gap x:x removed nothing). Now their stages hold
+    the blocks timm's twins hold (hand-written families), with the same features at every cut; regnety_004's stage 1
+    has one block in both."""
+    torch.manual_seed(0)
+    model = stitchkit.create_model(name, input_size=64).eval()
+    twin_model = stitchkit.create_model(twin, input_size=64).eval()
+    assert [len(s) for s in dissect(model, (64, 64)).stages] == [len(s) for s in dissect(twin_model, (64, 64)).stages]
+    ours, theirs = _cuts(model, 64), _cuts(twin_model, 64)
+    assert [(f.format, f.shape) for _, f in ours] == [(f.format, f.shape) for _, f in theirs]
+    assert [ours[2 * k][0] != ours[2 * k + 1][0] for k in range(4)] == [
+        theirs[2 * k][0] != theirs[2 * k + 1][0] for k in range(4)]
+    if "regnet" in name:
+        assert ours[2][0] == "trunk_output.block2.block2-0" and ours[3][0] == "trunk_output.block2.block2-2"
+        _parity(model, 64)

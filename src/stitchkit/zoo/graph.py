@@ -68,7 +68,8 @@ class _Boundary:
 
 @dataclass(frozen=True)
 class _Rule:
-    """Which containers open a group of blocks (rule 2). The first rule that finds four stages wins (_RULES)."""
+    """Which containers open a group of blocks (rule 2). The rule that finds four stages of more than one block
+    each, or the most such stages, wins (_find_stages)."""
 
     subclasses: bool = False  # subclasses of the plain containers count too
     composite: bool = False  # only containers whose members have members (blocks, not a conv-norm-act sequence)
@@ -76,7 +77,8 @@ class _Rule:
 
 # Plain containers; then their subclasses too: a subclass usually has its own forward (DenseNet's dense block
 # concatenates its layers' outputs) and is one block, but PiT's ``SequentialTuple`` of stages passes (tokens, class
-# token) pairs between stages with one token tensor inside; then only containers of composite members, for models
+# token) pairs between stages with one token tensor inside, and torchvision's RegNet keeps a stage's blocks in
+# ``AnyStage``, a Sequential by another name; then only containers of composite members, for models
 # whose blocks hold conv-norm-act Sequentials in parallel branches (torchvision's ShuffleNetV2: its branches would
 # otherwise be taken for groups, and their convolutions for blocks).
 _RULES = (_Rule(), _Rule(subclasses=True), _Rule(composite=True))
@@ -772,24 +774,34 @@ def graph_anatomy(model: nn.Module, input_size: tuple[int, int]) -> Anatomy:
 
 
 def _find_stages(g: _Graph, prefix_hint: int | None, name: str) -> list[list[_Boundary]]:
-    """Rules 2 and 3 under each grouping rule in turn (_RULES); the first that finds four stages wins. The error
-    is the first rule's, saying why when most blocks hand on more than one tensor."""
+    """Rules 2 and 3 under each grouping rule (_RULES). The first rule whose four stages all hold more than one
+    block wins; else the rule whose stages do most often (the earlier one of equals). A stage of one block has its
+    first block for its end (a gap x:x removes nothing), and a coarser rule can hide the blocks a later one finds:
+    torchvision's RegNet keeps them in AnyStage, a Sequential subclass that the first rule takes for one block. The
+    error is the first rule's, saying why when most blocks hand on more than one tensor."""
     found = _rule_boundaries(g, prefix_hint)
     uncut = list(g.uncut_blocks)
-    try:
-        return _stages(found, name)
-    except GraphSplitError as err:
-        for rule in _RULES[1:]:
-            try:
-                return _stages(_rule_boundaries(g, prefix_hint, rule), name)
-            except GraphSplitError:
-                pass
-        if len(uncut) > len(found):
-            raise GraphSplitError(
-                f"{err}: after {len(uncut)} of its {len(uncut) + len(found)} blocks more than one tensor is still "
-                f"needed (e.g. after {uncut[0]}: parallel branches, two streams, or an earlier output kept for "
-                "later), and an adapter maps one tensor") from None
-        raise
+    best, first_error = None, None
+    for i, rule in enumerate(_RULES):
+        try:
+            stages = _stages(found if i == 0 else _rule_boundaries(g, prefix_hint, rule), name)
+        except GraphSplitError as err:
+            first_error = first_error or (err if i == 0 else None)
+            continue
+        score = sum(len(stage) > 1 for stage in stages)
+        if best is None or score > best[0]:
+            best = (score, stages)
+        if score == len(stages):
+            break
+    if best is not None:
+        return best[1]
+    err = first_error
+    if len(uncut) > len(found):
+        raise GraphSplitError(
+            f"{err}: after {len(uncut)} of its {len(uncut) + len(found)} blocks more than one tensor is still "
+            f"needed (e.g. after {uncut[0]}: parallel branches, two streams, or an earlier output kept for "
+            "later), and an adapter maps one tensor") from None
+    raise err
 
 
 def _build(model: nn.Module, hw: tuple[int, int]) -> Anatomy:
