@@ -11,9 +11,9 @@ size dynamic) and its graph is cut where a cut is possible and meaningful:
 2. **Which cut nodes are block boundaries.** The model's module tree says where blocks are: starting at the model,
    a *group* (a plain ``Sequential``/``ModuleList``/``ModuleDict`` with repeated member classes, or a module that
    holds such a container, like a timm stage with its ``blocks``) is opened, anything else is a block. Blocks of one
-   class are cut alike: a class that holds a container is opened only where every one of its modules can be cut
-   inside (:func:`_rule_boundaries`; torchvision's InvertedResidual cannot where it adds its input back, so it is
-   a block everywhere, also where a strided one could be cut between its convolutions). A cut node that is the
+   class are cut alike: a class that holds a container is a block wherever one of its modules is, that is, cannot
+   be cut inside but at its end (:func:`_rule_boundaries`; torchvision's InvertedResidual where it adds its input
+   back, so it is a block everywhere, also where a strided one could be cut between its convolutions). A cut node that is the
    last operation of a block inside a group is a block boundary. Modules that hang directly off the model (a stem
    convolution, a max-pool, the final norm) are stem or head, never blocks, and so are the members
    of the model's trunk (a direct child, the only one of its class, that holds the blocks beside members of its
@@ -464,15 +464,16 @@ def _mutates(node: fx.Node) -> bool:
 
 
 def _rule_boundaries(g: _Graph, prefix_hint: int | None, rule: _Rule = _RULES[0]) -> list[_Boundary]:
-    """Block ends under one grouping rule, with the classes that hold blocks only in some of their modules closed.
+    """Block ends under one grouping rule, with the classes that are blocks in some of their modules closed.
 
-    Blocks of one class are cut alike. A class of module that holds a container (torchvision's InvertedResidual
-    with its ``block`` Sequential, ConvNeXt's CNBlock) is opened as a group only where every module of that class
-    the rule opens has a block boundary inside it, before its own end. Where some of them cannot be cut inside (a
-    residual connection around the container needs the block's input at its end) and others can (the same layers
-    without the residual: a stage's first, strided block), the inside cuts are not block boundaries but an accident
-    of a missing skip connection: the class is a block, in all its modules. timm's stages (``stages.N`` holding
-    ``downsample`` and ``blocks``) can all be cut inside, and stay groups."""
+    Blocks of one class are cut alike. A module of a class that holds a container (torchvision's InvertedResidual
+    with its ``block`` Sequential, ConvNeXt's CNBlock) that the rule opens, but that has no block boundary inside
+    it while its own end is a cut node, is a block: a residual connection around its container needs the block's
+    input at its end. Then the class is a block in all its modules: where others of them can be cut inside (the
+    same layers without the residual: a stage's first, strided block), those cuts are an accident of a missing skip
+    connection, not block boundaries. timm's stages (``stages.N`` holding ``downsample`` and ``blocks``) can all be
+    cut inside, and stay groups; so do modules that can be cut neither inside nor at their end (blocks that pass
+    two tensors on), whose cuts elsewhere in their class are all there is."""
     modules = dict(g.model.named_modules(remove_duplicate=False))
     closed: set[str] = set()
     while True:
@@ -482,10 +483,8 @@ def _rule_boundaries(g: _Graph, prefix_hint: int | None, rule: _Rule = _RULES[0]
             for name in g.stack(b.node):
                 if name in inside and g.index[b.node] < g.last_index[name]:
                     inside[name] = True
-        by_class: dict[type, list[str]] = {}
-        for name in inside:
-            by_class.setdefault(type(modules[name]), []).append(name)
-        more = {n for names in by_class.values() if not all(inside[n] for n in names) for n in names}
+        blocks = {type(modules[n]) for n, cut in inside.items() if not cut and g.nodes[g.last_index[n]] in g.cut_nodes}
+        more = {n for n in inside if type(modules[n]) in blocks}
         if more <= closed:
             return found
         closed |= more
