@@ -503,31 +503,44 @@ def _boundaries(g: _Graph, prefix_hint: int | None, rule: _Rule = _RULES[0],
     repeated = _repeated_children(g.model)
     heads = _heads(g)
 
+    weighted_before = False  # whether a block with weights came before the current one
+
+    def weighted(name: str) -> bool:
+        return any(True for _ in modules[name].parameters())
+
     def flush():
         if pending is None:
             return
-        if not any(True for _ in modules[pending.block].parameters()):
-            if found:
-                found[-1] = pending  # a block without weights (activation, pooling) joins the block before it
-            # else: nothing before it (a dropout after the position embedding): it joins the stem
-        else:
+        if weighted(pending.block):
             found.append(pending)
+        elif found:
+            found[-1] = pending  # a block without weights (activation, pooling) joins the block before it
+        elif weighted_before:
+            found.append(pending)  # the blocks before it hand on more than one tensor: it ends them
+        # else: no block before it (a dropout after the position embedding): it joins the stem
+
+    def leave():
+        nonlocal weighted_before
+        flush()
+        weighted_before = weighted_before or (current is not None and weighted(current))
 
     for node in g.nodes:
         if node in g.free or node.op in ("placeholder", "output"):
             continue
         stack = [name for name in g.stack(node) if name in modules]
         if any(_inside(name, heads) for name in stack):
-            flush()
+            leave()
             current = pending = None  # the classifier head, whatever its members look like: never a block
             continue
         block = _block_of(stack, modules, rule, closed, g.opened) if stack else None
-        if block is not None and _parent(block) == "" and block not in repeated:
-            flush()
-            current = pending = None  # a direct child of the model: stem or head, never a block
+        if block is not None and _parent(block) == "" and block not in repeated and block not in closed:
+            # A direct child of the model: stem or head, never a block. Unless it holds blocks of a class that is
+            # a block (_rule_boundaries): Inception-ResNet's mixed_6a, a reduction block beside the model's stages
+            leave()
+            current = pending = None
             continue
         if block is not None and block != current:
-            flush()
+            leave()
             current, pending, own_layout = block, None, None
         if current is None:
             continue
