@@ -8,23 +8,26 @@ size dynamic) and its graph is cut where a cut is possible and meaningful:
    operations need: no other activation computed before it is used after it. Weights, buffers, constants and the
    batch size do not count (every part can read them). Dense connections (DenseNet's concatenations inside a dense
    block) and multi-branch stages (HRNet) have no cut node inside them, which is why they cannot be cut there.
-2. **Which cut nodes are block boundaries.** The model's module tree says where blocks are: starting at the model,
-   a *group* (a plain ``Sequential``/``ModuleList``/``ModuleDict`` with repeated member classes, or a module that
-   holds such a container, like a timm stage with its ``blocks``) is opened, anything else is a block. Blocks of one
-   class are cut alike: a class that holds a container is a block wherever one of its modules is, that is, cannot
-   be cut inside but at its end (:func:`_rule_boundaries`; torchvision's InvertedResidual where it adds its input
-   back, so it is a block everywhere, also where a strided one could be cut between its convolutions). A cut node that is the
-   last operation of a block inside a group is a block boundary. Modules that hang directly off the model (a stem
-   convolution, a max-pool, the final norm) are stem or head, never blocks, and so are the members
-   of the model's trunk (a direct child, the only one of its class, that holds the blocks beside members of its
-   own: torchvision ViT's ``encoder``) before its first block or after its last one (:func:`_trunk_member`);
-   neither is anything inside the model's classifier head (:func:`_heads`), however it is built. A block without
-   parameters (an activation, a pooling) joins the block before it, or the stem when there is none.
-3. **Stages by reduction.** Each boundary's tensor gives its layout (NCHW, NHWC, or tokens with prefix tokens) and
-   its reduction (input size / feature size). Blocks at reductions below 4 join the stem; the remaining reductions
-   are the stages. Four reductions (4x, 8x, 16x, 32x) are the paper's four stages. One reduction (ViT-like, Mixer,
-   ConvMixer: isotropic) is split into four equal groups of blocks, as for ViT. More than four: the deepest ones join
-   stage 4. Fewer than four (but more than one): the stage with most blocks is halved until there are four.
+2. **Which cut nodes are block boundaries.** The model's module tree says where blocks are: starting at the model, a
+   *group* (a plain ``Sequential``/``ModuleList``/``ModuleDict`` with repeated member classes, or a module that holds
+   such a container, like a timm stage with its ``blocks``) is opened, anything else is a block. Blocks of one class
+   are cut alike: a class that holds a container is a block wherever one of its modules is, that is, ends at a cut
+   node while nothing inside it does (:func:`_rule_boundaries`; torchvision's InvertedResidual where it adds its input
+   back, so it is a block everywhere, also where a strided one could be cut between its convolutions). A cut node that
+   is the last operation of a block inside a group is a block boundary. Modules that hang directly off the model (a
+   stem convolution, a max-pool, the final norm) are stem or head, never blocks (but one that holds a container and is
+   a block by its class, as Inception-ResNet's reduction block ``mixed_6a``), and so are the members of the model's
+   trunk (a direct child, the only one of its class, that holds the blocks beside members of its own: torchvision
+   ViT's ``encoder``) before its first block or after its last one (:func:`_trunk_member`); neither is anything inside
+   the model's classifier head (:func:`_heads`), however it is built. A block without parameters (an activation, a
+   pooling) joins the block before it, or the stem when no block came before it.
+3. **Stages by reduction.** Each boundary's tensor gives its layout (NCHW, NHWC, or tokens with prefix tokens) and its
+   reduction (input size / feature size). Blocks at reductions below 4 join the stem; the remaining reductions are the
+   stages. Four reductions (4x, 8x, 16x, 32x) are the paper's four stages. One reduction (ViT-like, Mixer, ConvMixer:
+   isotropic) is split into four equal groups of blocks, as for ViT. More than four: the deepest ones join stage 4.
+   Fewer than four (but more than one): the stage with most blocks is halved until there are four. Of the grouping
+   rules (``_RULES``), the first whose four stages all hold more than one block wins, else the one whose stages do
+   most often (:func:`_find_stages`): a stage of one block has its first block for its end.
 
 The parts are :class:`torch.fx.GraphModule` segments of the exported graph that use the model's own parameters and
 buffers (shared, not copied). What this costs, compared with a hand-written family:
@@ -467,24 +470,28 @@ def _rule_boundaries(g: _Graph, prefix_hint: int | None, rule: _Rule = _RULES[0]
     """Block ends under one grouping rule, with the classes that are blocks in some of their modules closed.
 
     Blocks of one class are cut alike. A module of a class that holds a container (torchvision's InvertedResidual
-    with its ``block`` Sequential, ConvNeXt's CNBlock) that the rule opens, but that has no block boundary inside
-    it while its own end is a cut node, is a block: a residual connection around its container needs the block's
-    input at its end. Then the class is a block in all its modules: where others of them can be cut inside (the
-    same layers without the residual: a stage's first, strided block), those cuts are an accident of a missing skip
-    connection, not block boundaries. timm's stages (``stages.N`` holding ``downsample`` and ``blocks``) can all be
-    cut inside, and stay groups; so do modules that can be cut neither inside nor at their end (blocks that pass
-    two tensors on), whose cuts elsewhere in their class are all there is."""
+    with its ``block`` Sequential, ConvNeXt's CNBlock) that the rule opens, but in which no module ends at a cut
+    node before its own end does, is a block: a residual connection around its container (or branches side by
+    side) keeps the block's input needed to its end (past the add, at most an activation follows). Then the class is a block in all its modules: where others of them can be cut
+    inside (the same layers without the residual: a stage's first, strided block), those cuts are an accident of a
+    missing skip connection, not block boundaries. timm's stages (``stages.N`` holding ``downsample`` and
+    ``blocks``) can all be cut between their blocks, and stay groups; so do modules with cut nodes inside that are no
+    boundaries (Nest's levels, whose blocks hand on a layout that is read as no image) and modules that cannot be
+    cut at their end either (blocks that pass two tensors on)."""
     modules = dict(g.model.named_modules(remove_duplicate=False))
+    cut_inside: set[str] = set()  # modules inside which a module ends at a cut node, before their own end
+    for name, last in g.last_index.items():
+        if g.nodes[last] in g.cut_nodes:
+            parts = name.split(".")
+            cut_inside.update(a for a in (".".join(parts[:i]) for i in range(1, len(parts)))
+                              if last < g.last_index.get(a, -1))
     closed: set[str] = set()
     while True:
         found = _boundaries(g, prefix_hint, rule, frozenset(closed))
-        inside: dict[str, bool] = {n: False for n in g.opened if type(modules[n]) not in _PLAIN_CONTAINERS}
-        for b in found:
-            for name in g.stack(b.node):
-                if name in inside and g.index[b.node] < g.last_index[name]:
-                    inside[name] = True
-        blocks = {type(modules[n]) for n, cut in inside.items() if not cut and g.nodes[g.last_index[n]] in g.cut_nodes}
-        more = {n for n in inside if type(modules[n]) in blocks}
+        opened = [n for n in g.opened if type(modules[n]) not in _PLAIN_CONTAINERS]
+        blocks = {type(modules[n]) for n in opened
+                  if n not in cut_inside and g.nodes[g.last_index[n]] in g.cut_nodes}
+        more = {n for n in opened if type(modules[n]) in blocks}
         if more <= closed:
             return found
         closed |= more
