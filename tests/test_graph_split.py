@@ -400,7 +400,8 @@ def test_a_head_found_in_the_graph_holds_no_block():
 
 def _cuts(model, size):
     spec = model_spec(model, size)
-    return [(spec.cut(s, p).module, spec.cut(s, p).feature) for s in stitchkit.zoo.STAGES for p in stitchkit.zoo.POSITIONS]
+    cuts = [spec.cut(s, p) for s in stitchkit.zoo.STAGES for p in stitchkit.zoo.POSITIONS]
+    return [(c.module, c.feature) for c in cuts]
 
 
 def test_torchvision_vit_is_cut_after_the_same_blocks_as_timms_vit():
@@ -420,8 +421,8 @@ def test_torchvision_vit_is_cut_after_the_same_blocks_as_timms_vit():
 
 
 # torchvision inverted-residual models and their timm twins (hand-written efficientnet/mobilenetv3 families)
-TWINS = [("torchvision:mobilenet_v3_large", "mobilenetv3_large_100"), ("torchvision:efficientnet_b0", "efficientnet_b0"),
-         ("torchvision:mobilenet_v2", "mobilenetv2_100")]
+TWINS = [("torchvision:mobilenet_v3_large", "mobilenetv3_large_100"),
+         ("torchvision:efficientnet_b0", "efficientnet_b0"), ("torchvision:mobilenet_v2", "mobilenetv2_100")]
 
 
 @pytest.mark.parametrize("name,twin", TWINS)
@@ -465,3 +466,21 @@ def test_stages_hold_their_blocks_as_in_their_timm_twins(name, twin):
     if "regnet" in name:
         assert ours[2][0] == "trunk_output.block2.block2-0" and ours[3][0] == "trunk_output.block2.block2-2"
         _parity(model, 64)
+
+
+def test_blocks_closed_by_their_class_keep_their_cuts():
+    """Inception-ResNet's reduction blocks (mixed_5b/6a/7a) hang directly off the model and hold their branches in
+    Sequentials; they are blocks by their class (nothing inside can be cut) and stay blocks: stage 3 starts after
+    mixed_6a, and stages 2 and 3 end where timm's forward_intermediates says (after their last residual block). Nest's
+    first level cannot be cut inside only because its blocks hand on blocked tokens: its class stays a group, and the
+    model is still cut at four stages."""
+    torch.manual_seed(0)
+    model = stitchkit.create_model("inception_resnet_v2", input_size=96, num_classes=5).eval()
+    anatomy = _parity(model, 96)
+    assert [stage[0] for stage in anatomy.block_names[1:]] == ["mixed_5b", "mixed_6a", "mixed_7a"]
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        expected = model.forward_intermediates(x, intermediates_only=True)
+        for stage, index in ((2, 2), (3, 3)):
+            torch.testing.assert_close(front_part(anatomy, anatomy.block_index(stage, "end"))(x), expected[index])
+    _parity(stitchkit.create_model("nest_tiny", input_size=32, num_classes=5).eval(), 32)

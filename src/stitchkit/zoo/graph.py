@@ -471,13 +471,13 @@ def _rule_boundaries(g: _Graph, prefix_hint: int | None, rule: _Rule = _RULES[0]
 
     Blocks of one class are cut alike. A module of a class that holds a container (torchvision's InvertedResidual
     with its ``block`` Sequential, ConvNeXt's CNBlock) that the rule opens, but in which no module ends at a cut
-    node before its own end does, is a block: a residual connection around its container (or branches side by
-    side) keeps the block's input needed to its end (past the add, at most an activation follows). Then the class is a block in all its modules: where others of them can be cut
-    inside (the same layers without the residual: a stage's first, strided block), those cuts are an accident of a
-    missing skip connection, not block boundaries. timm's stages (``stages.N`` holding ``downsample`` and
-    ``blocks``) can all be cut between their blocks, and stay groups; so do modules with cut nodes inside that are no
-    boundaries (Nest's levels, whose blocks hand on a layout that is read as no image) and modules that cannot be
-    cut at their end either (blocks that pass two tensors on)."""
+    node before its own end does, is a block: a residual connection around its container (or branches side by side)
+    keeps the block's input needed to its end (past the add, at most an activation follows). Then the class is a
+    block in all its modules: where others of them can be cut inside (the same layers without the residual: a
+    stage's first, strided block), those cuts are an accident of a missing skip connection, not block boundaries.
+    timm's stages (``stages.N`` holding ``downsample`` and ``blocks``) can all be cut between their blocks, and stay
+    groups; so do modules with cut nodes inside that are no boundaries (Nest's levels, whose blocks hand on a layout
+    that is read as no image) and modules that cannot be cut at their end either (blocks that pass two tensors on)."""
     modules = dict(g.model.named_modules(remove_duplicate=False))
     cut_inside: set[str] = set()  # modules inside which a module ends at a cut node, before their own end
     for name, last in g.last_index.items():
@@ -805,7 +805,8 @@ def _find_stages(g: _Graph, prefix_hint: int | None, name: str) -> list[list[_Bo
         try:
             stages = _stages(found if i == 0 else _rule_boundaries(g, prefix_hint, rule), name)
         except GraphSplitError as err:
-            first_error = first_error or (err if i == 0 else None)
+            if i == 0:
+                first_error = err
             continue
         score = sum(len(stage) > 1 for stage in stages)
         if best is None or score > best[0]:
