@@ -100,6 +100,10 @@ def check_one(name: str) -> dict:
         row["parity"] = worst
         if not worst <= TOLERANCE:
             raise RuntimeError(f"split parity error {worst:.1e} > {TOLERANCE:g}")
+        # Counted before the stitches, which freeze the parts they take: frozen, torchvision's attention runs
+        # nn.MultiheadAttention's fused fast path, whose projections the flop counter does not see.
+        step = "macs"
+        gmacs = count_macs(model, (3, size, size)) / 1e9
         step = "stitch"
         resnet = _build("resnet18", size)
         for src, dst, label in ((model, resnet, "to"), (resnet, model, "from")):
@@ -114,8 +118,7 @@ def check_one(name: str) -> dict:
             if tuple(logits.shape) != expected or not torch.isfinite(logits).all():
                 raise RuntimeError(f"stitch {label} resnet18 gave {tuple(logits.shape)} (expected {expected}) "
                                    "or non-finite outputs")
-        step = "macs"
-        row["gmacs"] = count_macs(model, (3, size, size)) / 1e9
+        row["gmacs"] = gmacs
         row["status"] = "ok"
     except Exception as err:
         row["step"] = step
@@ -274,7 +277,10 @@ def write_outputs(work: Path, results: dict[str, dict], doc: Path, data: Path) -
         "another model sees positions where they are. (Before 0.4 they arrived scrambled.)",
         "* **Coarse splits**: where a model's blocks hand on a layout the graph split cannot read as an image or "
         "tokens (Nest's blocked tokens), or dense connections tie blocks together (DLA), only stage boundaries are "
-        "cuts (a `1/1/1/1` row): every cut is exact, there are just fewer of them.",
+        "cuts (a `1/1/1/1` row): every cut is exact, there are just fewer of them. torchvision's RegNet and ConvNeXt "
+        "are no longer among them: their stages are cut after every block, as timm's twins (regnety, convnext) are, "
+        "where the stages' containers (RegNet's `AnyStage`, a Sequential subclass) or blocks (ConvNeXt's `CNBlock`, "
+        "which holds a Sequential of its own) used to hide them.",
         "* **Encoders without a classifier** (the `_enc` models): a stitch into one ends in the encoder's own "
         "output (tokens or a feature map), which is what the check compares; training one needs a head.",
         "* Models cut by the graph split are specialised to the input size they were exported for, and their graph "

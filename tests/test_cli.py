@@ -30,6 +30,14 @@ def test_stages_json(capsys):
 def test_stages_table(capsys):
     code, out, _ = _run(capsys, "stages", "torchvision:swin_t", "--input-size", "64")
     assert code == 0 and "features.6" in out and "NHWC" in out
+    assert "one block" not in out
+
+
+def test_stages_table_says_when_a_stage_has_one_block(capsys):
+    """regnety_004's stage 1 holds one block: its two rows name the same module, and a note says what that means."""
+    code, out, _ = _run(capsys, "stages", "regnety_004", "--input-size", "64")
+    assert code == 0 and out.count("s1.b1") == 2
+    assert "stage 1 has one block: its first cut is its end (a gap 1:1 removes nothing)" in out
 
 
 def test_inspect_json_matches_the_api(capsys):

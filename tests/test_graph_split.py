@@ -396,3 +396,91 @@ def test_a_head_found_in_the_graph_holds_no_block():
     wrapped = Wrapped().eval()
     anatomy = _parity(wrapped, 64)
     assert [len(s) for s in anatomy.stages] == [3, 3, 4, 3] and anatomy.block_names[3][-1] == "net.stages.3.blocks.1"
+
+
+def _cuts(model, size):
+    spec = model_spec(model, size)
+    cuts = [spec.cut(s, p) for s in stitchkit.zoo.STAGES for p in stitchkit.zoo.POSITIONS]
+    return [(c.module, c.feature) for c in cuts]
+
+
+def test_torchvision_vit_is_cut_after_the_same_blocks_as_timms_vit():
+    """torchvision's ViT keeps its blocks in ``encoder.layers`` between a parameter-free ``encoder.dropout`` and the
+    final norm ``encoder.ln``. Neither is a block: the 12 layers make four stages of three, after the same blocks as
+    timm's ViT-B/16 (hand-written family) with the same features; the final norm runs in the head."""
+    torch.manual_seed(0)
+    model = stitchkit.create_model("torchvision:vit_b_16", input_size=32).eval()
+    ours = _cuts(model, 32)
+    theirs = _cuts(stitchkit.create_model("vit_base_patch16_224", input_size=32).eval(), 32)
+    after = (0, 2, 3, 5, 6, 8, 9, 11)  # first and end of each stage
+    assert [m for m, _ in theirs] == [f"blocks.{i}" for i in after]
+    assert [m for m, _ in ours] == [f"encoder.layers.encoder_layer_{i}" for i in after]
+    assert [(f.format, f.shape, f.num_prefix_tokens) for _, f in ours] == [
+        (f.format, f.shape, f.num_prefix_tokens) for _, f in theirs]
+    _parity(model, 32)
+
+
+# torchvision inverted-residual models and their timm twins (hand-written efficientnet/mobilenetv3 families)
+TWINS = [("torchvision:mobilenet_v3_large", "mobilenetv3_large_100"),
+         ("torchvision:efficientnet_b0", "efficientnet_b0"), ("torchvision:mobilenet_v2", "mobilenetv2_100")]
+
+
+@pytest.mark.parametrize("name,twin", TWINS)
+def test_inverted_residual_blocks_are_whole_blocks_as_in_their_timm_twins(name, twin):
+    """An InvertedResidual (MBConv) holds its layers in a Sequential; only the strided first block of a stage can be
+    cut inside it (the others add their input back at the end). Its inside cuts are no block boundaries: every cut
+    falls after a whole block, with the features of the timm twin's cut. Stage 4 ends where the model's own
+    ``features`` ends: timm's MobileNetV3 keeps its last 1x1 convolution (960) in ``blocks`` too; torchvision's
+    EfficientNet and MobileNetV2 keep their conv head (1280) in ``features``, timm outside ``blocks`` (320)."""
+    torch.manual_seed(0)
+    model = stitchkit.create_model(name, input_size=64).eval()
+    ours = _cuts(model, 64)
+    theirs = _cuts(stitchkit.create_model(twin, input_size=64).eval(), 64)
+    shapes = [(f.format, f.shape) for _, f in ours]
+    assert shapes[:7] == [(f.format, f.shape) for _, f in theirs[:7]]
+    last = f"features.{len(model.features) - 1}"
+    assert ours[-1][0] == last and shapes[-1][1] == (model.features[-1].out_channels, 2, 2)
+    assert all(m.count(".") <= 2 and ".block" not in m and ".conv" not in m for m, _ in ours), ours
+    if name.endswith("mobilenet_v3_large"):
+        assert shapes == [(f.format, f.shape) for _, f in theirs]
+        assert [m for m, _ in ours] == [f"features.{i}" for i in (2, 3, 4, 6, 7, 12, 13, 16)]
+        _parity(model, 64)
+
+
+@pytest.mark.parametrize("name,twin", [("torchvision:regnet_y_400mf", "regnety_004"),
+                                       ("torchvision:convnext_tiny", "convnext_tiny")])
+def test_stages_hold_their_blocks_as_in_their_timm_twins(name, twin):
+    """torchvision's RegNet keeps each stage's blocks in AnyStage (a Sequential subclass, which the first grouping
+    rule takes for one block) and ConvNeXt its CNBlocks (which hold a Sequential of their own) in plain Sequentials:
+    both were cut only at stage ends (first == end at every stage: a gap x:x removed nothing). Now their stages hold
+    the blocks timm's twins hold (hand-written families), with the same features at every cut; regnety_004's stage 1
+    has one block in both."""
+    torch.manual_seed(0)
+    model = stitchkit.create_model(name, input_size=64).eval()
+    twin_model = stitchkit.create_model(twin, input_size=64).eval()
+    assert [len(s) for s in dissect(model, (64, 64)).stages] == [len(s) for s in dissect(twin_model, (64, 64)).stages]
+    ours, theirs = _cuts(model, 64), _cuts(twin_model, 64)
+    assert [(f.format, f.shape) for _, f in ours] == [(f.format, f.shape) for _, f in theirs]
+    assert [ours[2 * k][0] != ours[2 * k + 1][0] for k in range(4)] == [
+        theirs[2 * k][0] != theirs[2 * k + 1][0] for k in range(4)]
+    if "regnet" in name:
+        assert ours[2][0] == "trunk_output.block2.block2-0" and ours[3][0] == "trunk_output.block2.block2-2"
+        _parity(model, 64)
+
+
+def test_blocks_closed_by_their_class_keep_their_cuts():
+    """Inception-ResNet's reduction blocks (mixed_5b/6a/7a) hang directly off the model and hold their branches in
+    Sequentials; they are blocks by their class (nothing inside can be cut) and stay blocks: stage 3 starts after
+    mixed_6a, and stages 2 and 3 end where timm's forward_intermediates says (after their last residual block). Nest's
+    first level cannot be cut inside only because its blocks hand on blocked tokens: its class stays a group, and the
+    model is still cut at four stages."""
+    torch.manual_seed(0)
+    model = stitchkit.create_model("inception_resnet_v2", input_size=96, num_classes=5).eval()
+    anatomy = _parity(model, 96)
+    assert [stage[0] for stage in anatomy.block_names[1:]] == ["mixed_5b", "mixed_6a", "mixed_7a"]
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        expected = model.forward_intermediates(x, intermediates_only=True)
+        for stage, index in ((2, 2), (3, 3)):
+            torch.testing.assert_close(front_part(anatomy, anatomy.block_index(stage, "end"))(x), expected[index])
+    _parity(stitchkit.create_model("nest_tiny", input_size=32, num_classes=5).eval(), 32)

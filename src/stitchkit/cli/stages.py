@@ -37,4 +37,12 @@ def run(args) -> int:
     for c in spec.cut_points:
         shape = c.feature.describe().split(" ", 1)[1]
         print(f"{c.stage:>5}  {c.position:8}  {c.module:24}  {str(c.feature.format):6}  {shape}")
+    single = [s for s in sorted({c.stage for c in spec.cut_points})
+              if spec.cut(s, "first").blocks == spec.cut(s, "end").blocks]
+    if len(single) == 1:
+        print(f"stage {single[0]} has one block: its first cut is its end (a gap {single[0]}:{single[0]} removes "
+              "nothing)")
+    elif single:
+        print(f"stages {', '.join(str(s) for s in single)} have one block each: their first cut is their end (a gap "
+              "x:x there removes nothing)")
     return 0

@@ -8,18 +8,26 @@ size dynamic) and its graph is cut where a cut is possible and meaningful:
    operations need: no other activation computed before it is used after it. Weights, buffers, constants and the
    batch size do not count (every part can read them). Dense connections (DenseNet's concatenations inside a dense
    block) and multi-branch stages (HRNet) have no cut node inside them, which is why they cannot be cut there.
-2. **Which cut nodes are block boundaries.** The model's module tree says where blocks are: starting at the model,
-   a *group* (a plain ``Sequential``/``ModuleList``/``ModuleDict`` with repeated member classes, or a module that
-   holds such a container, like a timm stage with its ``blocks``) is opened, anything else is a block. A cut node
-   that is the last operation of a block inside a group is a block boundary. Modules that hang directly off the
-   model (a stem convolution, a max-pool, the final norm) are stem or head, never blocks, and neither is anything
-   inside the model's classifier head (:func:`_heads`), however it is built; a block without parameters
-   (an activation, a pooling) joins the block before it.
-3. **Stages by reduction.** Each boundary's tensor gives its layout (NCHW, NHWC, or tokens with prefix tokens) and
-   its reduction (input size / feature size). Blocks at reductions below 4 join the stem; the remaining reductions
-   are the stages. Four reductions (4x, 8x, 16x, 32x) are the paper's four stages. One reduction (ViT-like, Mixer,
-   ConvMixer: isotropic) is split into four equal groups of blocks, as for ViT. More than four: the deepest ones join
-   stage 4. Fewer than four (but more than one): the stage with most blocks is halved until there are four.
+2. **Which cut nodes are block boundaries.** The model's module tree says where blocks are: starting at the model, a
+   *group* (a plain ``Sequential``/``ModuleList``/``ModuleDict`` with repeated member classes, or a module that holds
+   such a container, like a timm stage with its ``blocks``) is opened, anything else is a block. Blocks of one class
+   are cut alike: a class that holds a container is a block wherever one of its modules is, that is, ends at a cut
+   node while nothing inside it does (:func:`_rule_boundaries`; torchvision's InvertedResidual where it adds its input
+   back, so it is a block everywhere, also where a strided one could be cut between its convolutions). A cut node that
+   is the last operation of a block inside a group is a block boundary. Modules that hang directly off the model (a
+   stem convolution, a max-pool, the final norm) are stem or head, never blocks (but one that holds a container and is
+   a block by its class, as Inception-ResNet's reduction block ``mixed_6a``), and so are the members of the model's
+   trunk (a direct child, the only one of its class, that holds the blocks beside members of its own: torchvision
+   ViT's ``encoder``) before its first block or after its last one (:func:`_trunk_member`); neither is anything inside
+   the model's classifier head (:func:`_heads`), however it is built. A block without parameters (an activation, a
+   pooling) joins the block before it, or the stem when no block came before it.
+3. **Stages by reduction.** Each boundary's tensor gives its layout (NCHW, NHWC, or tokens with prefix tokens) and its
+   reduction (input size / feature size). Blocks at reductions below 4 join the stem; the remaining reductions are the
+   stages. Four reductions (4x, 8x, 16x, 32x) are the paper's four stages. One reduction (ViT-like, Mixer, ConvMixer:
+   isotropic) is split into four equal groups of blocks, as for ViT. More than four: the deepest ones join stage 4.
+   Fewer than four (but more than one): the stage with most blocks is halved until there are four. Of the grouping
+   rules (``_RULES``), the first whose four stages all hold more than one block wins, else the one whose stages do
+   most often (:func:`_find_stages`): a stage of one block has its first block for its end.
 
 The parts are :class:`torch.fx.GraphModule` segments of the exported graph that use the model's own parameters and
 buffers (shared, not copied). What this costs, compared with a hand-written family:
@@ -63,7 +71,8 @@ class _Boundary:
 
 @dataclass(frozen=True)
 class _Rule:
-    """Which containers open a group of blocks (rule 2). The first rule that finds four stages wins (_RULES)."""
+    """Which containers open a group of blocks (rule 2). The rule that finds four stages of more than one block
+    each, or the most such stages, wins (_find_stages)."""
 
     subclasses: bool = False  # subclasses of the plain containers count too
     composite: bool = False  # only containers whose members have members (blocks, not a conv-norm-act sequence)
@@ -71,7 +80,8 @@ class _Rule:
 
 # Plain containers; then their subclasses too: a subclass usually has its own forward (DenseNet's dense block
 # concatenates its layers' outputs) and is one block, but PiT's ``SequentialTuple`` of stages passes (tokens, class
-# token) pairs between stages with one token tensor inside; then only containers of composite members, for models
+# token) pairs between stages with one token tensor inside, and torchvision's RegNet keeps a stage's blocks in
+# ``AnyStage``, a Sequential by another name; then only containers of composite members, for models
 # whose blocks hold conv-norm-act Sequentials in parallel branches (torchvision's ShuffleNetV2: its branches would
 # otherwise be taken for groups, and their convolutions for blocks).
 _RULES = (_Rule(), _Rule(subclasses=True), _Rule(composite=True))
@@ -88,20 +98,33 @@ def _is_plain_group(module: nn.Module, rule: _Rule = _RULES[0]) -> bool:
     return bool(counts) and max(counts.values()) >= 2
 
 
-def _is_group(module: nn.Module, is_root: bool, rule: _Rule = _RULES[0]) -> bool:
-    if is_root or _is_plain_group(module, rule):
+def _is_group(name: str, modules: dict[str, nn.Module], rule: _Rule = _RULES[0],
+              closed: frozenset[str] = frozenset()) -> bool:
+    """Whether the module ``name`` is opened as a group (the model always is; one of ``closed`` never is)."""
+    if name == "":
+        return True
+    if name in closed:
+        return False
+    module = modules[name]
+    if _is_plain_group(module, rule):
         return True
     # A stage object that holds its blocks in a container (timm's ``stages.N`` with ``downsample`` and ``blocks``).
-    return type(module) not in _PLAIN_CONTAINERS and any(_is_plain_group(c, rule) for c in module.children())
+    return type(module) not in _PLAIN_CONTAINERS and any(
+        _is_plain_group(child, rule) and f"{name}.{child_name}" not in closed
+        for child_name, child in module.named_children())
 
 
-def _block_of(stack: list[str], modules: dict[str, nn.Module], rule: _Rule = _RULES[0]) -> str | None:
-    """The block a node belongs to: open groups from the model down along the node's module stack.
+def _block_of(stack: list[str], modules: dict[str, nn.Module], rule: _Rule = _RULES[0],
+              closed: frozenset[str] = frozenset(), opened: set[str] | None = None) -> str | None:
+    """The block a node belongs to: open groups from the model down along the node's module stack (adding the
+    groups opened, other than the model, to ``opened``).
 
     Returns ``None`` for code that runs in a group's own forward (a ViT's position embedding), ``""`` never.
     """
     current, depth = "", 0
-    while _is_group(modules[current], current == "", rule):
+    while _is_group(current, modules, rule, closed):
+        if current and opened is not None:
+            opened.add(current)
         if depth == len(stack):
             return None
         current = stack[depth]
@@ -298,6 +321,11 @@ class _Graph:
                 self.free.add(node)
         self.cut_nodes = self._cut_nodes()
         self.uncut_blocks: list[str] = []  # blocks after which more than one tensor is needed (set by _boundaries)
+        self.opened: set[str] = set()  # the groups opened, other than the model (set by _boundaries)
+        self.last_index: dict[str, int] = {}  # module name -> index of the last node that runs inside it
+        for node in self.nodes:
+            for name in self.stack(node):
+                self.last_index[name] = self.index[node]
 
     def _is_free(self, node: fx.Node) -> bool:
         """Readable or recomputable by every part: a weight, buffer, constant or graph attribute, the batch size,
@@ -438,42 +466,88 @@ def _mutates(node: fx.Node) -> bool:
 # --- the anatomy ----------------------------------------------------------------------------------------------------
 
 
-def _boundaries(g: _Graph, prefix_hint: int | None, rule: _Rule = _RULES[0]) -> list[_Boundary]:
-    """Block ends, in order, with their layouts (rule 2 of the module docstring)."""
-    g.uncut_blocks = []
+def _rule_boundaries(g: _Graph, prefix_hint: int | None, rule: _Rule = _RULES[0]) -> list[_Boundary]:
+    """Block ends under one grouping rule, with the classes that are blocks in some of their modules closed.
+
+    Blocks of one class are cut alike. A module of a class that holds a container (torchvision's InvertedResidual
+    with its ``block`` Sequential, ConvNeXt's CNBlock) that the rule opens, but in which no module ends at a cut
+    node before its own end does, is a block: a residual connection around its container (or branches side by side)
+    keeps the block's input needed to its end (past the add, at most an activation follows). Then the class is a
+    block in all its modules: where others of them can be cut inside (the same layers without the residual: a
+    stage's first, strided block), those cuts are an accident of a missing skip connection, not block boundaries.
+    timm's stages (``stages.N`` holding ``downsample`` and ``blocks``) can all be cut between their blocks, and stay
+    groups; so do modules with cut nodes inside that are no boundaries (Nest's levels, whose blocks hand on a layout
+    that is read as no image) and modules that cannot be cut at their end either (blocks that pass two tensors on)."""
     modules = dict(g.model.named_modules(remove_duplicate=False))
-    last_index: dict[str, int] = {}
-    for node in g.nodes:
-        for name in g.stack(node):
-            last_index[name] = g.index[node]
+    cut_inside: set[str] = set()  # modules inside which a module ends at a cut node, before their own end
+    for name, last in g.last_index.items():
+        if g.nodes[last] in g.cut_nodes:
+            parts = name.split(".")
+            cut_inside.update(a for a in (".".join(parts[:i]) for i in range(1, len(parts)))
+                              if last < g.last_index.get(a, -1))
+    closed: set[str] = set()
+    while True:
+        found = _boundaries(g, prefix_hint, rule, frozenset(closed))
+        opened = [n for n in g.opened if type(modules[n]) not in _PLAIN_CONTAINERS]
+        blocks = {type(modules[n]) for n in opened
+                  if n not in cut_inside and g.nodes[g.last_index[n]] in g.cut_nodes}
+        more = {n for n in opened if type(modules[n]) in blocks}
+        if more <= closed:
+            return found
+        closed |= more
+
+
+def _boundaries(g: _Graph, prefix_hint: int | None, rule: _Rule = _RULES[0],
+                closed: frozenset[str] = frozenset()) -> list[_Boundary]:
+    """Block ends, in order, with their layouts (rule 2 of the module docstring), the modules in ``closed`` taken
+    for blocks. Sets ``g.opened`` to the groups opened (other than the model) and ``g.uncut_blocks``."""
+    g.uncut_blocks = []
+    g.opened = set()
+    modules = dict(g.model.named_modules(remove_duplicate=False))
+    last_index = g.last_index
     found: list[_Boundary] = []
     current, pending, own_layout = None, None, None
     repeated = _repeated_children(g.model)
     heads = _heads(g)
 
+    weighted_before = False  # whether a block with weights came before the current one
+
+    def weighted(name: str) -> bool:
+        return any(True for _ in modules[name].parameters())
+
     def flush():
         if pending is None:
             return
-        if found and not any(True for _ in modules[pending.block].parameters()):
-            found[-1] = pending  # a block without weights (activation, pooling) joins the block before it
-        else:
+        if weighted(pending.block):
             found.append(pending)
+        elif found:
+            found[-1] = pending  # a block without weights (activation, pooling) joins the block before it
+        elif weighted_before:
+            found.append(pending)  # the blocks before it hand on more than one tensor: it ends them
+        # else: no block before it (a dropout after the position embedding): it joins the stem
+
+    def leave():
+        nonlocal weighted_before
+        flush()
+        weighted_before = weighted_before or (current is not None and weighted(current))
 
     for node in g.nodes:
         if node in g.free or node.op in ("placeholder", "output"):
             continue
         stack = [name for name in g.stack(node) if name in modules]
         if any(_inside(name, heads) for name in stack):
-            flush()
+            leave()
             current = pending = None  # the classifier head, whatever its members look like: never a block
             continue
-        block = _block_of(stack, modules, rule) if stack else None
-        if block is not None and _parent(block) == "" and block not in repeated:
-            flush()
-            current = pending = None  # a direct child of the model: stem or head, never a block
+        block = _block_of(stack, modules, rule, closed, g.opened) if stack else None
+        if block is not None and _parent(block) == "" and block not in repeated and block not in closed:
+            # A direct child of the model: stem or head, never a block. Unless it holds blocks of a class that is
+            # a block (_rule_boundaries): Inception-ResNet's mixed_6a, a reduction block beside the model's stages
+            leave()
+            current = pending = None
             continue
         if block is not None and block != current:
-            flush()
+            leave()
             current, pending, own_layout = block, None, None
         if current is None:
             continue
@@ -492,7 +566,38 @@ def _boundaries(g: _Graph, prefix_hint: int | None, rule: _Rule = _RULES[0]) -> 
             # stage's forward): the block ends there. Not a head's token pooling or reshaping, which changes it.
             pending = _Boundary(node, current, *layout)
     flush()
+    # The trunk's own stem and head: members of a trunk wrapper before its first block or after its last one
+    while found and _trunk_member(found[0].block, modules, rule, closed, before=True):
+        found.pop(0)
+    while found and _trunk_member(found[-1].block, modules, rule, closed, before=False):
+        found.pop()
     return found
+
+
+def _trunk_member(name: str, modules: dict[str, nn.Module], rule: _Rule, closed: frozenset[str],
+                  before: bool) -> bool:
+    """Whether block ``name`` is a member of the model's *trunk* that stands before (``before``) or after all of the
+    trunk's containers of blocks: stem or head, not a block.
+
+    The trunk is a direct child of the model that holds the model's blocks in a container, beside members of its
+    own, and is the only module of its class (torchvision's ViT ``encoder``: ``dropout``, ``layers``, ``ln``; timm's
+    Gemma-4 and DeepSeek ViT classifiers: ``encoder`` with ``patch_embed``, ``blocks``, ``norm`` or ``pooler``). Its
+    own members are what hangs directly off the model in other models (a patch embedding, a final norm), so they are
+    stem or head in the same way; a stage of which the model has several (timm's ``stages.N``) is no trunk: its
+    ``downsample`` is its first block and a norm after its blocks its last, in every stage alike."""
+    trunk = _parent(name)
+    if not trunk or _parent(trunk) != "":
+        return False
+    holder = modules[trunk]
+    if type(holder) in _PLAIN_CONTAINERS or sum(type(m) is type(holder) for m in modules.values()) != 1:
+        return False
+    children = list(holder.named_children())
+    containers = [i for i, (child_name, child) in enumerate(children)
+                  if _is_plain_group(child, rule) and f"{trunk}.{child_name}" not in closed]
+    if not containers:
+        return False
+    at = next(i for i, (child_name, _) in enumerate(children) if f"{trunk}.{child_name}" == name)
+    return at < containers[0] if before else at > containers[-1]
 
 
 def _stages(found: list[_Boundary], name: str) -> list[list[_Boundary]]:
@@ -688,24 +793,35 @@ def graph_anatomy(model: nn.Module, input_size: tuple[int, int]) -> Anatomy:
 
 
 def _find_stages(g: _Graph, prefix_hint: int | None, name: str) -> list[list[_Boundary]]:
-    """Rules 2 and 3 under each grouping rule in turn (_RULES); the first that finds four stages wins. The error
-    is the first rule's, saying why when most blocks hand on more than one tensor."""
-    found = _boundaries(g, prefix_hint)
+    """Rules 2 and 3 under each grouping rule (_RULES). The first rule whose four stages all hold more than one
+    block wins; else the rule whose stages do most often (the earlier one of equals). A stage of one block has its
+    first block for its end (a gap x:x removes nothing), and a coarser rule can hide the blocks a later one finds:
+    torchvision's RegNet keeps them in AnyStage, a Sequential subclass that the first rule takes for one block. The
+    error is the first rule's, saying why when most blocks hand on more than one tensor."""
+    found = _rule_boundaries(g, prefix_hint)
     uncut = list(g.uncut_blocks)
-    try:
-        return _stages(found, name)
-    except GraphSplitError as err:
-        for rule in _RULES[1:]:
-            try:
-                return _stages(_boundaries(g, prefix_hint, rule), name)
-            except GraphSplitError:
-                pass
-        if len(uncut) > len(found):
-            raise GraphSplitError(
-                f"{err}: after {len(uncut)} of its {len(uncut) + len(found)} blocks more than one tensor is still "
-                f"needed (e.g. after {uncut[0]}: parallel branches, two streams, or an earlier output kept for "
-                "later), and an adapter maps one tensor") from None
-        raise
+    best, first_error = None, None
+    for i, rule in enumerate(_RULES):
+        try:
+            stages = _stages(found if i == 0 else _rule_boundaries(g, prefix_hint, rule), name)
+        except GraphSplitError as err:
+            if i == 0:
+                first_error = err
+            continue
+        score = sum(len(stage) > 1 for stage in stages)
+        if best is None or score > best[0]:
+            best = (score, stages)
+        if score == len(stages):
+            break
+    if best is not None:
+        return best[1]
+    err = first_error
+    if len(uncut) > len(found):
+        raise GraphSplitError(
+            f"{err}: after {len(uncut)} of its {len(uncut) + len(found)} blocks more than one tensor is still "
+            f"needed (e.g. after {uncut[0]}: parallel branches, two streams, or an earlier output kept for "
+            "later), and an adapter maps one tensor") from None
+    raise err
 
 
 def _build(model: nn.Module, hw: tuple[int, int]) -> Anatomy:
