@@ -100,8 +100,8 @@ def check_one(name: str) -> dict:
         row["parity"] = worst
         if not worst <= TOLERANCE:
             raise RuntimeError(f"split parity error {worst:.1e} > {TOLERANCE:g}")
-        # Counted before the stitches, which freeze the parts they take: frozen, torchvision's attention runs
-        # nn.MultiheadAttention's fused fast path, whose projections the flop counter does not see.
+        # Counted before the stitches, which freeze the parts they take (count_macs counts a frozen model alike; it
+        # did not before 0.12.1, and counting first keeps this table independent of that).
         step = "macs"
         gmacs = count_macs(model, (3, size, size)) / 1e9
         step = "stitch"

@@ -53,6 +53,21 @@ def test_matches_torchvision_weight_metadata():
     assert count_params(model) == meta["num_params"]
 
 
+def test_frozen_torchvision_attention_is_counted():
+    """A frozen torchvision ViT in eval mode runs nn.MultiheadAttention's fused fast path, one op the flop counter
+    has no formula for: its attention and projections went uncounted (ViT-B/16: 11.27 of 17.56 GMACs). Frozen or
+    not, the count is torchvision's own figure, and so is a stitch's whose back is a frozen torchvision ViT."""
+    meta = torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1.meta
+    model = stitchkit.create_model("torchvision:vit_b_16")
+    model.requires_grad_(False)
+    assert _gmacs(model) == pytest.approx(meta["_ops"], rel=0.001)
+    assert torch.backends.mha.get_fastpath_enabled()  # switched off only while counting
+    stitch = create_stitched("resnet18", "torchvision:vit_b_16", "1:3", "linear", input_size=64)
+    frozen = count_macs(stitch, 64)
+    stitch.requires_grad_(True)
+    assert frozen == count_macs(stitch, 64)
+
+
 def test_trainable_params_and_mode_restored():
     model = create_stitched("resnet18", "resnet18", "1:3", "linear", input_size=64)
     model.train()
