@@ -65,6 +65,19 @@ def test_pipeline_bench_measures_loader_step_and_whole_run_in_one_go(capsys):
         assert line in text
 
 
+def test_pipeline_bench_refuses_a_whole_run_that_timed_no_step(capsys, monkeypatch):
+    """With --compile the run's first step compiles and is not timed: a run of one batch times none. The bench says
+    so and how to fix it, instead of dividing by nothing (reached here by a run that reports no timed image)."""
+    import stitchkit.training
+
+    real_train = stitchkit.training.train
+    monkeypatch.setattr(stitchkit.training, "train", lambda config: dict(real_train(config), images_per_s=None))
+    assert main(["--threads", "1", "bench", "--pipeline", "--src", "resnet10t", "--gap", "1:2", "--adapter", "linear",
+                 "--batch-size", "4", "--input-size", "32", "--train-images", "4", "--repeats", "1"]) != 0
+    err = capsys.readouterr().err
+    assert "timed no training step" in err and "--train-images of at least 8" in err
+
+
 @pytest.mark.slow
 def test_gpu_check_script_runs_at_smoke_size(tmp_path):
     """The GPU check is prepared for a GPU machine; --smoke runs every part of it on the CPU at tiny sizes."""
