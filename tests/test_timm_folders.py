@@ -775,3 +775,67 @@ def test_a_graph_baselines_features_stop_before_the_classifier_head(name, lead):
     with torch.no_grad():
         _same_features_as_timms(model, ft)
     assert ft.num_features == model.num_features
+
+
+@pytest.mark.parametrize("name", ["torchvision:resnet18", "torchvision:vit_b_16", "vit_tiny_patch16_224"])
+def test_a_whole_model_saved_without_input_size_records_the_size_it_was_built_for(name, tmp_path):
+    """save_pretrained without input_size= recorded 224 px for a model built for 32: a torchvision ViT's folder then
+    could not be loaded (its position table is built for 32 px), and a ResNet's told predict and timm's data config
+    to resize images to 224. It records the size create_model built it for."""
+    torch.manual_seed(0)
+    model = stitchkit.create_model(name, input_size=32, num_classes=3).eval()
+    stitchkit.save_pretrained(model, tmp_path / "m", name=name)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert list(config["pretrained_cfg"]["input_size"]) == [3, 32, 32]
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(stitchkit.load_pretrained(tmp_path / "m")(x), model(x))
+
+
+def test_a_torchvision_model_opened_by_timm_with_a_new_head_says_so(tmp_path):
+    """timm's num_classes=0 asks for features: a torchvision model's folder gave a zero-width output (its classifier
+    became nn.Linear(512, 0)). A new head of 5 classes kept the old head's 10 in pretrained_cfg with their names."""
+    torch.manual_seed(0)
+    model = stitchkit.create_model("torchvision:resnet18", input_size=32, num_classes=10).eval()
+    stitchkit.save_pretrained(model, tmp_path / "tv", name="torchvision:resnet18",
+                              class_names=[f"c{i}" for i in range(10)])
+    import timm
+
+    features = timm.create_model(f"local-dir:{tmp_path / 'tv'}", pretrained=True, num_classes=0).eval()
+    with torch.no_grad():
+        assert features(X).shape == (2, 512)
+    five = timm.create_model(f"local-dir:{tmp_path / 'tv'}", pretrained=True, num_classes=5)
+    assert five(X).shape == (2, 5)
+    assert five.pretrained_cfg["num_classes"] == 5 and five.pretrained_cfg["label_names"] is None
+    assert "class_names" not in five.stitchkit_info
+    kept = timm.create_model(f"local-dir:{tmp_path / 'tv'}", pretrained=True, num_classes=10)
+    assert kept.pretrained_cfg["label_names"][3] == "c3"  # the same head: its names still describe it
+
+
+def test_a_hub_name_pinned_to_a_revision_loads_that_revision(tmp_path, monkeypatch):
+    """timm.create_model("hf-hub:owner/name@v1") failed for every stitchkit folder ("'owner/name@v1' is not a
+    folder"): the revision reached stitchkit inside the repository id. It loads the pinned revision, not main's
+    (an offline Hub cache made by hand: two snapshots with different weights)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = tmp_path / "models--you--stitch"
+    x = torch.randn(1, 3, 32, 32)
+    outputs = {}
+    for seed, (ref, commit) in enumerate((("main", "a" * 40), ("v1", "b" * 40))):
+        torch.manual_seed(seed)
+        model = stitchkit.create_stitched("resnet10t", "resnet10t", gap="1:3", input_size=32).eval()
+        model.save_pretrained(repo / "snapshots" / commit)
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+        with torch.no_grad():
+            outputs[ref] = model(x)
+    import timm
+
+    for name, ref in (("you/stitch", "main"), ("you/stitch@v1", "v1"), (f"you/stitch@{'b' * 40}", "v1")):
+        model = timm.create_model(f"hf-hub:{name}", pretrained=True, cache_dir=str(tmp_path)).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), outputs[ref], msg=name)
+    loaded = stitchkit.load_pretrained("you/stitch@v1", cache_dir=tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), outputs["v1"])
+    with pytest.raises(stitchkit.StitchkitError, match="give one of them"):
+        stitchkit.load_pretrained("you/stitch@v1", revision="main", cache_dir=tmp_path)

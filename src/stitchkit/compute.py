@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .zoo.families import default_input_size
 from .zoo.spec import as_size
 
 
@@ -56,16 +57,13 @@ def count_macs(model: nn.Module, input_size: int | tuple[int, ...] | None = None
 
 
 def own_input_size(model: nn.Module) -> tuple[int, int, int]:
-    """The ``(channels, height, width)`` that ``model`` was built for: a timm transformer's patch embedding's size
-    (``img_size=32`` leaves its ``pretrained_cfg`` at the weights' 224 px), else what it declares in timm's
-    ``pretrained_cfg`` (stitchkit's networks declare the size they were built for), else ImageNet's 224 px."""
+    """The ``(channels, height, width)`` that ``model`` was built for: the size of
+    :func:`stitchkit.zoo.default_input_size` (stitchkit's own record of it, a timm transformer's patch embedding,
+    timm's ``pretrained_cfg``; else ImageNet's 224 px) with the channels of its ``pretrained_cfg`` (else 3)."""
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     size = tuple(cfg.get("input_size") or ()) if isinstance(cfg, dict) else ()
     channels = size[0] if len(size) == 3 else 3
-    built = getattr(getattr(model, "patch_embed", None), "img_size", None)  # None when it takes any size
-    if isinstance(built, (tuple, list)) and len(built) == 2:
-        return (channels, *built)
-    return size if len(size) == 3 else (3, 224, 224)
+    return (channels, *default_input_size(model))
 
 
 def count_macs_on(model: nn.Module, inputs: torch.Tensor) -> int:

@@ -399,8 +399,15 @@ def apply_config(model: nn.Module, config: dict) -> nn.Module:
 def local_folder(path_or_repo: str | os.PathLike, revision: str | None = None, **hub: Any) -> Path:
     """A local folder as it is (an export's folder: the model folder inside it); otherwise a Hugging Face Hub
     repository id (``owner/name``), downloaded (which needs the network unless ``local_files_only``). ``hub``:
-    ``snapshot_download``'s keywords (``cache_dir``, ``local_files_only``, ``token``, ``force_download``, ...)."""
+    ``snapshot_download``'s keywords (``cache_dir``, ``local_files_only``, ``token``, ``force_download``, ...).
+    A repository id may pin its revision as timm's ``hf-hub:`` names do (``owner/name@v1``)."""
     path = Path(path_or_repo)
+    repo, at, pinned = str(path_or_repo).partition("@")
+    if at and not path.exists() and _REPO_ID.match(repo):
+        if revision is not None and revision != pinned:
+            raise StitchkitError(f"{str(path_or_repo)!r} pins revision {pinned!r} and revision={revision!r} was "
+                                 "also given; give one of them")
+        path_or_repo, revision, path = repo, pinned, Path(repo)
     if path.exists() or not _REPO_ID.match(str(path_or_repo)):
         if (path / EXPORT_MODEL_DIR / CONFIG_FILE).is_file() and not (path / CONFIG_FILE).exists():
             return path / EXPORT_MODEL_DIR  # `stitchkit export --out DIR` puts the model folder in DIR/model

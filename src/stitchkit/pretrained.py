@@ -34,6 +34,7 @@ from .modelfolder import (
 from .network import data_config, network_class, network_kinds
 from .probe import HeadProbe  # noqa: F401  (each network class registers its folder kind when imported)
 from .stitching import StitchedModel  # noqa: F401
+from .zoo.families import default_input_size
 from .zoo.models import create_model, instance_name, num_outputs
 
 
@@ -41,7 +42,8 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, name: str
                     input_size: int | None = None, **info) -> Path:
     """Write ``model`` into ``directory`` as a model folder. A stitch or a fine-tuning baseline describes itself;
     for a whole model, ``name`` is what rebuilds it (``resnet18``, ``torchvision:resnet50``; default: timm's
-    architecture name) and ``input_size`` the image size it is built for (default: its ``pretrained_cfg``'s).
+    architecture name) and ``input_size`` the image size it is built for (default: the size it was built for,
+    :func:`stitchkit.zoo.default_input_size`).
     ``info``: ``class_names``, ``preprocessing``, ``result`` and other records (see
     :meth:`~stitchkit.modelfolder.SavesPretrained.save_pretrained`)."""
     if isinstance(model, SavesPretrained):
@@ -51,7 +53,9 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, name: str
     if not name:
         raise StitchkitError(f"cannot tell which model a {type(model).__name__} is; pass name= (e.g. "
                              "'torchvision:resnet50') so that the folder can rebuild it")
-    size = input_size or (cfg.get("input_size") or (3, 224, 224))[-1]
+    # The size it was built for (a torchvision model built by create_model(input_size=32) has no pretrained_cfg; a
+    # timm ViT built for 32 px keeps its weights' 224 in it): a folder of another size would not rebuild it
+    size = input_size or default_input_size(model)[-1]
     # a torchvision model has no pretrained_cfg: its weights' transforms say how it sees images
     base = cfg if cfg.get("mean") else data_config(name, name, model, size, None)
     preprocessing = info.pop("preprocessing", None) or {**base, "input_size": [3, size, size]}

@@ -99,12 +99,17 @@ def dissect(model: nn.Module, input_size: tuple[int, int] | None = None) -> Anat
 
 
 def default_input_size(model: nn.Module) -> tuple[int, int]:
-    """The input size a model was built for: the ``input_size`` it was created with by stitchkit, else timm's
-    pretrained config, else ImageNet's 224."""
+    """The input size a model was built for: the ``input_size`` it was created with by stitchkit (a torchvision
+    model has no other record of it), else a timm transformer's patch embedding's size (``img_size=32`` leaves its
+    ``pretrained_cfg`` at the weights' 224 px), else timm's pretrained config, else ImageNet's 224."""
     made = getattr(model, "stitchkit_input_size", None)
     if made is not None:
         return (int(made[0]), int(made[1]))
-    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    built = getattr(getattr(model, "patch_embed", None), "img_size", None)  # None when it takes any size
+    if isinstance(built, (tuple, list)) and len(built) == 2:
+        return (int(built[0]), int(built[1]))
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    size = cfg.get("input_size") if isinstance(cfg, dict) else None
     return (int(size[-2]), int(size[-1])) if size else (224, 224)
 
 

@@ -332,7 +332,8 @@ def num_outputs(model: nn.Module) -> int:
 
 
 def reset_classifier(model: nn.Module, num_classes: int) -> None:
-    """A new, randomly initialised head of ``num_classes`` outputs (timm's own method where it exists)."""
+    """A new, randomly initialised head of ``num_classes`` outputs (timm's own method where it exists); 0: none, the
+    model then returns the classifier's input, as timm's models do."""
     if hasattr(model, "reset_classifier"):
         model.reset_classifier(num_classes)
         return
@@ -341,7 +342,8 @@ def reset_classifier(model: nn.Module, num_classes: int) -> None:
     if not isinstance(layer, nn.Linear):
         raise StitchkitError(f"cannot replace the head of {type(model).__name__}")
     parent, _, attr = name.rpartition(".")
-    new = nn.Linear(layer.in_features, num_classes, bias=layer.bias is not None)
+    new = (nn.Linear(layer.in_features, num_classes, bias=layer.bias is not None) if num_classes > 0
+           else nn.Identity())  # a torchvision model: nn.Linear(in, 0) would give a zero-width output
     setattr(model.get_submodule(parent) if parent else model, attr, new.to(layer.weight.device))
     if isinstance(getattr(model, "num_classes", None), int):
         model.num_classes = num_classes
