@@ -252,3 +252,31 @@ def test_a_folder_whose_only_result_is_unreadable_says_so(tmp_path):
     with pytest.raises(StitchkitError, match=r"^no readable runs under .*single: result\.json unreadable \(corrupt\): "
                                              r".*no checkpoint to resume from: run the command that wrote it again"):
         write_report(tmp_path / "runs")
+
+
+def test_the_accuracy_vs_compute_figure_has_standard_error_bars(tmp_path, monkeypatch):
+    """README promises standard-error bands in both figures (the paper's Figure 5 has them); the accuracy-vs-compute
+    figure had none and its title said nothing of them. Now each point with seeds has a ± standard error bar, and the
+    title says what the bars are (or that one seed per point has none)."""
+    runs = tmp_path / "runs"
+    cells = [_result(runs, f"{gap}/{seed}", **_stitch(seed, top1, gap=gap, gmacs=gmacs))
+             for gap, gmacs in (("1:2", 0.03), ("1:3", 0.02)) for seed, top1 in enumerate((40.0, 60.0, 80.0))]
+    _manifest(runs, "s", cells)
+    drawn = _drawn(monkeypatch)
+    write_report(runs)
+    fig = drawn["compute_m_m"]
+    [bars] = [c for ax in fig.axes for c in ax.containers]
+    [segments] = bars.lines[2]
+    assert sorted(tuple(map(tuple, s)) for s in segments.get_segments()) == [
+        ((0.02, 60.0 - 11.547005383792516), (0.02, 60.0 + 11.547005383792516)),
+        ((0.03, 60.0 - 11.547005383792516), (0.03, 60.0 + 11.547005383792516))]
+    assert fig._suptitle.get_text().endswith("; error bars: standard error over seeds, n = 3")
+
+    one = tmp_path / "one"
+    _manifest(one, "s", [_result(one, gap, **_stitch(0, 50.0, gap=gap, gmacs=gmacs))
+                         for gap, gmacs in (("1:2", 0.03), ("1:3", 0.02))])
+    drawn.clear()
+    write_report(one)
+    fig = drawn["compute_m_m"]
+    assert not [c for ax in fig.axes for c in ax.containers]
+    assert fig._suptitle.get_text().endswith("; one seed per point: no error bars")
