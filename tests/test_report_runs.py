@@ -254,6 +254,39 @@ def test_a_folder_whose_only_result_is_unreadable_says_so(tmp_path):
         write_report(tmp_path / "runs")
 
 
+def _card_runs(runs: Path, dataset: str, classes: int, input_size: int) -> None:
+    cells = [_result(runs, f"stitch/{gap}/{seed}", **_stitch(seed, 92.0 + seed, gap=gap, src="resnet18", dst="resnet18",
+                                                             gmacs=gmacs, dataset=dataset, classes=classes,
+                                                             input_size=input_size))
+             for gap, gmacs in (("1:2", 1.6), ("1:3", 1.7)) for seed in range(2)]
+    _manifest(runs, "cards", cells)
+
+
+def test_model_cards_stand_in_only_for_runs_on_imagenet(tmp_path):
+    """Published ImageNet top-1 (model cards) was the 'original' of any image-folder run: a 10-class 64 px folder
+    got resnet18 at 71.5 % (and its MACs at 224 px) in Table 1, and the page said the stitch was 21 points above
+    resnet18. Now only runs on an image folder of 1000 classes at 224 px get model cards; others get none, and
+    Table 1 says how to measure the originals."""
+    flowers = tmp_path / "flowers"
+    _card_runs(flowers, "imagefolder", 10, 64)
+    page = write_report(flowers)
+    table = (page.parent / "table1.md").read_text()
+    assert "(model card)" not in table and "71.5" not in table
+    assert "No reference models to compare the 2 finished stitched cells with" in table
+    assert f"stitchkit eval-model resnet18 --data ... --out {flowers / 'originals' / 'resnet18'}" in table
+    assert "only for runs on ImageNet itself (an image folder of 1000 classes at 224 px)" in table
+    text = page.read_text()
+    assert "points above resnet18" not in text and "(model card)" not in text
+    assert "with 92.5 ± 0.5 % top-1 at 1.6 GMACs (mean of 2 seeds)." in text
+
+    imagenet = tmp_path / "imagenet"
+    _card_runs(imagenet, "imagefolder", 1000, 224)
+    page = write_report(imagenet)
+    table = (page.parent / "table1.md").read_text()
+    assert "| resnet18 | 71.5 | 1.8" in table and "model card" in table
+    assert "points above resnet18 on its own (71.5 %" in page.read_text()
+
+
 def test_the_accuracy_vs_compute_figure_has_standard_error_bars(tmp_path, monkeypatch):
     """README promises standard-error bands in both figures (the paper's Figure 5 has them); the accuracy-vs-compute
     figure had none and its title said nothing of them. Now each point with seeds has a ± standard error bar, and the

@@ -24,14 +24,26 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     atomic_write_text(path, text.getvalue())
 
 
+# What marks a run as trained and evaluated on ImageNet (as far as result.json can tell): an image folder of 1000
+# classes at 224 px. A model card's published top-1 (and its MACs at 224 px) describes such runs only.
+IMAGENET_LIKE = {"dataset": "imagefolder", "classes": 1000, "input_size": 224}
+
+
+def imagenet_like(row: dict) -> bool:
+    return all(row.get(key) == value for key, value in IMAGENET_LIKE.items())
+
+
 def _add_model_cards(rows: list[dict], originals: dict) -> None:
-    """Fill in published accuracies for models not measured here, only for ImageNet-sized runs (1000 classes)."""
-    if not any(r.get("dataset") == "imagefolder" for r in rows):
+    """Fill in published ImageNet accuracies for the models of ImageNet-like runs (:data:`IMAGENET_LIKE`) not
+    measured here. Any other data (another image folder, another size) gets none: an ImageNet top-1 says nothing of
+    a model's accuracy there, and table1_missing says how to measure it."""
+    imagenet = [r for r in rows if imagenet_like(r)]
+    if not imagenet:
         return
     from ..sweeps.dryrun import meta_model
     from ..compute import count_macs
 
-    for name in sorted({r["src"] for r in rows} | {r["dst"] for r in rows}):
+    for name in sorted({r["src"] for r in imagenet} | {r["dst"] for r in imagenet}):
         if name and name not in originals and (card := published_top1(name)):
             originals[name] = {"top1": card[0], "gmacs": count_macs(meta_model(name, 224), 224) / 1e9,
                                "source": card[1]}

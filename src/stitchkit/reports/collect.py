@@ -18,7 +18,7 @@ from .words import plural
 
 RESULT_COLUMNS = ["pair", "src", "dst", "gap", "src_stage", "dst_stage", "method", "kind", "seed", "lr", "top1", "top5",
                   "top1_at_start", "holdout_top1", "gmacs", "params", "trainable_params", "epochs", "wall_time_s", "status", "error",
-                  "dataset", "input_size", "train_images", "adapter_norm", "sweep", "settings_id", "run_dir"]
+                  "dataset", "input_size", "classes", "train_images", "adapter_norm", "sweep", "settings_id", "run_dir"]
 SUMMARY_COLUMNS = ["pair", "src", "dst", "gap", "src_stage", "dst_stage", "method", "kind", "lr", "n", "top1_mean",
                    "top1_se", "top1_at_start_mean", "top5_mean", "holdout_top1_mean", "gmacs", "params", "trainable_params", "selected_on",
                    "n_failed", "training", "sweep"]
@@ -39,7 +39,7 @@ def _row(cell: dict, result: dict | None, run_dir: Path, status: str, sweep: str
         "sweep": sweep,
     }
     for key in ("top1", "top5", "top1_at_start", "holdout_top1", "gmacs", "params", "trainable_params", "epochs", "wall_time_s",
-                "dataset", "input_size", "train_images", "adapter_norm", "settings_id"):
+                "dataset", "input_size", "classes", "train_images", "adapter_norm", "settings_id"):
         row[key] = result.get(key)
     if row["settings_id"] and _written_before_0_3(result):
         row["settings_id"] = _current_settings_id(run_dir) or row["settings_id"]

@@ -72,8 +72,9 @@ def table1_missing(summary: list[dict], originals: dict, runs_dir: str | Path = 
     text += (": Table 1 puts stitched models next to models on their own of similar compute. Measure each source "
              f"and destination{named} on this data with `stitchkit eval-model "
              f"{model} --data ... --out {Path(runs_dir) / 'originals' / model}` (the report reads every result.json "
-             "under the runs folder), or train it from scratch in the folder (mode=scratch); models with a published "
-             "ImageNet top-1 are added from their model cards.")
+             "under the runs folder), or train it from scratch in the folder (mode=scratch). Published ImageNet top-1 "
+             "from model cards stands in only for runs on ImageNet itself (an image folder of 1000 classes at 224 "
+             "px): on other data it says nothing of a model's accuracy.")
     uncounted = sorted(name for name, o in originals.items() if not o.get("gmacs"))
     if uncounted:
         text += f" ({', '.join(uncounted)}: accuracy known, compute not recorded.)"

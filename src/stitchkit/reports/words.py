@@ -48,6 +48,7 @@ COLUMN_LABELS = {
     "train_images": "training images",
     "adapter_norm": "adapter norm",
     "sweep": "sweep",
+    "classes": "classes",
     "settings_id": "settings digest",
     "run_dir": "run folder",
     "model": "model",
