@@ -254,6 +254,55 @@ def test_a_folder_whose_only_result_is_unreadable_says_so(tmp_path):
         write_report(tmp_path / "runs")
 
 
+def test_a_cell_two_sweeps_share_counts_in_each_and_once_where_sweeps_are_combined(tmp_path, monkeypatch):
+    """A pilot sweep (seed 0) and the full grid (seeds 0-2) run into one folder share the seed-0 run. The report
+    gave each run to the first manifest that listed it and averaged within a sweep: the grid's row had 2 seeds
+    (the pilot's 1), no row was the 3-seed mean, and Table 1 and the pair's sentence picked the pilot's 1-seed row.
+    Now each sweep's row counts every run its manifest lists (the grid's: 3 seeds); the pilot's row, whose run the
+    grid's row holds too, stays in summary.csv (subset_of: grid) but not in the figures, Table 1 or the sentences."""
+    from stitchkit.reports import plots
+    from stitchkit.reports.collect import collect, summarize
+
+    runs = tmp_path / "runs"
+    grid = [_result(runs, f"cell/seed{seed}", **_stitch(seed, top1)) for seed, top1 in ((0, 90.0), (1, 70.0), (2, 80.0))]
+    _manifest(runs, "a_pilot", grid[:1])
+    _manifest(runs, "grid", grid)
+    rows, originals = collect(runs)
+    assert len(rows) == 3  # one row per run in results.csv
+    summary = {r["sweep"]: r for r in summarize(rows)}
+    assert (summary["grid"]["n"], summary["grid"]["top1_mean"]) == (3, 80.0)
+    assert summary["grid"]["top1_se"] == pytest.approx(5.7735, abs=1e-4)
+    assert (summary["a_pilot"]["n"], summary["a_pilot"]["top1_mean"], summary["a_pilot"]["subset_of"]) == \
+        (1, 90.0, "grid")
+    assert summary["grid"]["subset_of"] is None
+    shared = next(r for r in rows if r["run_dir"].endswith("seed0"))
+    assert (shared["sweep"], shared["sweeps"], shared["also_in"]) == ("a_pilot", ["a_pilot", "grid"], "grid")
+
+    (runs / "originals" / "m").mkdir(parents=True)  # a reference for Table 1, of the stitches' compute
+    (runs / "originals" / "m" / "result.json").write_text(json.dumps({
+        "status": "finished", "mode": "eval", "src": "m", "dst": "m", "top1": 85.0, "gmacs": 1.0,
+        "dataset": "synthetic"}))
+    drawn = _drawn(monkeypatch)
+    page = write_report(runs)
+    assert _lines(drawn["gap_m_m"])["Downsample, Linear"] == [(3, 80.0)]  # one point, the grid's: no second line
+    assert _lines(drawn["compute_m_m"])["Downsample, Linear"] == [(1.0, 80.0)]
+    table = (page.parent / "table1.md").read_text()
+    assert "| m -> m Stage 1 -> 3 (downsample_linear) | 80.0 ± 5.8 | 1.000 | stitched, mean of 3 seeds |" in table
+    assert "90.0" not in table
+    text = page.read_text()
+    assert "most accurate stitch: Downsample, Linear at stage 1 -&gt; 3, with 80.0 ± 5.8 % top-1" in text
+    summary_csv = list(__import__("csv").DictReader((page.parent / "summary.csv").open()))
+    assert [(r["sweep"], r["n"], r["subset_of"]) for r in summary_csv] == [("a_pilot", "1", "grid"), ("grid", "3", "")]
+    results_csv = list(__import__("csv").DictReader((page.parent / "results.csv").open()))
+    assert sorted((r["sweep"], r["also_in"]) for r in results_csv) == [("a_pilot", "grid"), ("grid", ""), ("grid", "")]
+
+    # Two sweeps listing the very same runs: both rows in summary.csv, the second by name marked as the first's.
+    _manifest(runs, "a_pilot", grid)
+    summary = {r["sweep"]: r for r in summarize(collect(runs)[0])}
+    assert (summary["a_pilot"]["n"], summary["grid"]["n"]) == (3, 3)
+    assert (summary["a_pilot"]["subset_of"], summary["grid"]["subset_of"]) == (None, "a_pilot")
+
+
 def _card_runs(runs: Path, dataset: str, classes: int, input_size: int) -> None:
     cells = [_result(runs, f"stitch/{gap}/{seed}", **_stitch(seed, 92.0 + seed, gap=gap, src="resnet18", dst="resnet18",
                                                              gmacs=gmacs, dataset=dataset, classes=classes,

@@ -8,7 +8,8 @@ from pathlib import Path
 from ..errors import StitchkitError
 from ..files import atomic_write_text
 from ..temps import remove_own_temps
-from .collect import RESULT_COLUMNS, SUMMARY_COLUMNS, collect, left_out, report_notes, standard_error, summarize
+from .collect import (RESULT_COLUMNS, SUMMARY_COLUMNS, collect, distinct, left_out, report_notes, standard_error,
+                      summarize)
 from ..zoo.metadata import published_top1
 from .page import table1_markdown, table1_missing, table1_rows, write_html
 from .plots import accuracy_vs_compute, accuracy_vs_gap, pairs_overview, pareto_front
@@ -90,12 +91,13 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, log=None) 
     remove_own_temps(out)  # temporary files of a report killed while writing
     _write_csv(out / "results.csv", rows, RESULT_COLUMNS)
     _write_csv(out / "summary.csv", summary, SUMMARY_COLUMNS)
-    gap = accuracy_vs_gap(summary, originals, out)
-    compute = accuracy_vs_compute(summary, originals, out)
-    figures = {"gap": gap, "compute": pairs_overview(summary, originals, out) + compute}  # the overview leads
+    shown = distinct(summary)  # a sweep's row whose runs another sweep's row counts too is in summary.csv only
+    gap = accuracy_vs_gap(shown, originals, out)
+    compute = accuracy_vs_compute(shown, originals, out)
+    figures = {"gap": gap, "compute": pairs_overview(shown, originals, out) + compute}  # the overview leads
     _remove_replaced_figures(out, summary, gap + compute)
-    table1 = table1_rows(summary, originals)
-    atomic_write_text(out / "table1.md", table1_markdown(table1, table1_missing(summary, originals, runs_dir)))
+    table1 = table1_rows(shown, originals)
+    atomic_write_text(out / "table1.md", table1_markdown(table1, table1_missing(shown, originals, runs_dir)))
     index = out / "index.html"
     notes = report_notes(runs_dir, rows)
     write_html(index, runs_dir, rows, summary, originals, table1, figures,

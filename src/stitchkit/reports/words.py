@@ -48,6 +48,8 @@ COLUMN_LABELS = {
     "train_images": "training images",
     "adapter_norm": "adapter norm",
     "sweep": "sweep",
+    "also_in": "also in sweeps",
+    "subset_of": "every run also in sweep",
     "classes": "classes",
     "settings_id": "settings digest",
     "run_dir": "run folder",
