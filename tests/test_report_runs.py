@@ -336,6 +336,64 @@ def test_model_cards_stand_in_only_for_runs_on_imagenet(tmp_path):
     assert "points above resnet18 on its own (71.5 %" in page.read_text()
 
 
+def _loose_finetune(runs: Path, name: str, seed: int, lr: float, top1: float, with_config: bool = True,
+                    **settings) -> None:
+    """A fine-tuning run trained with `stitchkit train` (no sweep): result.json and, as such a run has, its
+    config.yaml, whose settings_id the result records."""
+    from stitchkit.training.config import load_config, to_yaml
+    from stitchkit.training.identity import settings_id
+
+    config = load_config(None, ["mode=finetune", "model.src=resnet10t", "model.gap=1:3", f"optim.lr={lr}",
+                                f"train.seed={seed}", *(f"{k}={v}" for k, v in settings.items())])
+    _result(runs, name, **{**_stitch(seed, top1, kind="finetune", method="finetune", mode="finetune", lr=lr),
+                           "settings_id": settings_id(config)})
+    if with_config:
+        (runs / name / "config.yaml").write_text(to_yaml(config))
+
+
+def test_learning_rates_of_runs_outside_sweeps_are_compared_as_a_sweeps_are(tmp_path, monkeypatch):
+    """Fine-tuning runs made with `stitchkit train` at two learning rates: grouped by their settings digest, which
+    holds the rate, each rate was a row of its own (no choice, no 'optimistic' label), the gap figure drew both
+    on one line labelled 'Fine-Tuning (sweep )', and the page's 'best' baseline was the better rate on the eval
+    split, unlabelled. Now the rates of runs alike otherwise (their config.yaml without the rate) are compared as
+    a sweep's are; runs that differ in another setting are not, and their lines are told apart."""
+    from stitchkit.reports import plots
+    from stitchkit.reports.collect import collect, summarize
+
+    runs = tmp_path / "runs"
+    for lr, top1s in ((0.01, (60.0, 62.0)), (0.002, (70.0, 71.0))):
+        for seed, top1 in enumerate(top1s):
+            _loose_finetune(runs, f"ft/{lr}/{seed}", seed, lr, top1)
+    [row] = summarize(collect(runs)[0])
+    assert (row["lr"], row["n"], row["top1_mean"], row["sweep"]) == (0.002, 2, 70.5, None)
+    assert row["selected_on"] == "eval split (no hold-out: optimistic)"
+    drawn = _drawn(monkeypatch)
+    page = write_report(runs)
+    assert _lines(drawn["gap_m_m"]) == {"Fine-Tuning": [(3, 70.5)]}
+    assert ("best at stage 1 -&gt; 3, with 70.5 ± 0.5 % top-1 at 1 GMACs (mean of 2 seeds, learning rate 0.002 "
+            "chosen on eval split (no hold-out: optimistic))") in page.read_text()
+
+    # Another weight decay is another setting: not a learning rate to choose among. Each is a line of its own.
+    _loose_finetune(runs, "wd/0", 0, 0.0005, 75.0, **{"optim.weight_decay": 0.1})
+    summary = summarize(collect(runs)[0])
+    assert sorted((r["lr"], r["n"], r["selected_on"]) for r in summary) == [
+        (0.0005, 1, None), (0.002, 2, "eval split (no hold-out: optimistic)")]
+    drawn.clear()
+    write_report(runs)
+    assert sorted(_lines(drawn["gap_m_m"]).values()) == [[(3, 70.5)], [(3, 75.0)]]
+    assert sorted(_lines(drawn["gap_m_m"])) == ["Fine-Tuning (settings 1)", "Fine-Tuning (settings 2)"]
+
+    # Without config.yaml (copied result.json files), runs that recorded the same training are compared, and the
+    # choice says on what it rests.
+    bare = tmp_path / "bare"
+    for lr, top1 in ((0.01, 60.0), (0.002, 70.0)):
+        _loose_finetune(bare, f"ft/{lr}", 0, lr, top1, with_config=False)
+    [row] = summarize(collect(bare)[0])
+    assert row["lr"] == 0.002 and row["selected_on"] == ("eval split (no hold-out: optimistic); no readable "
+                                                         "config.yaml: runs matched on recorded data, classes, images "
+                                                         "and epochs only")
+
+
 def test_the_accuracy_vs_compute_figure_has_standard_error_bars(tmp_path, monkeypatch):
     """README promises standard-error bands in both figures (the paper's Figure 5 has them); the accuracy-vs-compute
     figure had none and its title said nothing of them. Now each point with seeds has a ± standard error bar, and the

@@ -66,6 +66,23 @@ def _current_settings_id(run_dir: Path) -> str | None:
         return None
 
 
+def _settings_without_lr(run_dir: Path, recorded: str | None) -> str | None:
+    """The digest of a run's settings without its seed and its learning rate, from its saved config: runs trained
+    outside a sweep at several learning rates, alike otherwise, share it (their rates are compared as a sweep's
+    are). None when config.yaml cannot be read or is not the config the run recorded (its settings_id differs)."""
+    from ..training.config import flatten, from_yaml_file
+    from ..training.identity import settings_digest, settings_id
+    from ..training.settings import keys_of_kind
+
+    try:
+        config = from_yaml_file(RunDir(run_dir).config)
+    except Exception:
+        return None
+    if recorded and settings_id(config) != recorded:
+        return None
+    return settings_digest(flatten(config), keys_of_kind("run") | {"train.seed", "optim.lr"})
+
+
 def _cell_from_result(result: dict) -> dict:
     """A row's identity for a run trained outside a sweep: a baseline's method is its mode's name, a stitch's the
     stitching method with its adapter and resizing (or ``<resize>_<adapter>`` when no method is registered)."""
@@ -127,7 +144,10 @@ def collect(runs_dir: str | Path) -> tuple[list[dict], dict[str, dict]]:
         if run_dir in seen or result.get("mode") is None:
             continue
         seen.add(run_dir)
-        rows.append(_row(_cell_from_result(result), result, run_dir, result.get("status", "failed")))
+        row = _row(_cell_from_result(result), result, run_dir, result.get("status", "failed"))
+        if row["lr"] is not None:  # a baseline trained at several learning rates: its rates are compared
+            row["settings_without_lr"] = _settings_without_lr(run_dir, row["settings_id"])
+        rows.append(row)
     # As for summaries: in a folder with sweep manifests, only the sweeps' own runs count (not leftovers).
     in_sweeps = [r for r in rows if r["sweep"]] if any(r["sweep"] for r in rows) else rows
     originals.update(scratch_originals(in_sweeps, exclude=set(originals)))
@@ -223,13 +243,25 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+# Where a loose run's config cannot be read, rates are compared among runs that recorded the same training
+# (these result.json fields) and the selection says so.
+RECORDED_TRAINING = ("dataset", "input_size", "classes", "train_images", "epochs")
+
+
 def _scopes(row: dict, with_manifest: bool) -> list[tuple[Any, Any]]:
     """``(scope, selection scope)`` pairs of a run: it is averaged with the runs of the same cell and learning rate
     in its scope, and a cell's learning rates are compared within a selection scope. In a folder with manifests
-    both are a sweep, one pair per sweep that lists the run; without, both are the settings digest."""
+    both are a sweep, one pair per sweep that lists the run. Without, the scope is the settings digest (which holds
+    the learning rate) and the selection scope the digest without the learning rate (:func:`_settings_without_lr`),
+    or, where the run's config could not be read, the training its result.json recorded."""
     if with_manifest:
         return [(sweep, sweep) for sweep in row.get("sweeps") or [row["sweep"]]]
-    return [(row.get("settings_id"), row.get("settings_id"))]
+    scope = row.get("settings_id")
+    if row["lr"] is None:
+        return [(scope, scope)]
+    if row.get("settings_without_lr"):
+        return [(scope, row["settings_without_lr"])]
+    return [(scope, ("recorded",) + tuple(row.get(k) for k in RECORDED_TRAINING))]
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -241,7 +273,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     all in another sweep's row of the same cell names that sweep in ``subset_of`` (:func:`distinct` leaves it out
     of what combines sweeps: figures, Table 1, the pairs' sentences). In a folder with sweep manifests, runs
     outside them (left over from other settings) are listed in results.csv but not summarized; in a folder without
-    manifests, runs are grouped by their settings digest.
+    manifests, runs are grouped by their settings digest, and learning rates compared among runs alike otherwise.
     """
     with_manifest = any(row["sweep"] for row in rows)
     outside = {id(row) for row in left_out(rows)}
@@ -279,9 +311,14 @@ def summarize(rows: list[dict]) -> list[dict]:
         best.setdefault((row["kind"], row["src"], row["dst"], row["gap"], row["method"], row.pop("_selection")),
                         []).append(row)
     summary = []
-    for candidates in best.values():
+    for (*_, selection), candidates in best.items():
         if len(candidates) == 1:
             summary.append(candidates[0])
+            continue
+        if len({c["lr"] for c in candidates}) < len(candidates):
+            # Loose runs told apart only by what result.json recorded, at one rate under several settings: no
+            # choice of a rate can be made among them; each stands as it is.
+            summary += candidates
             continue
         scored = [c for c in candidates if c["top1_mean"] is not None]
         on_holdout = bool(scored) and all(c["holdout_top1_mean"] is not None for c in scored)
@@ -299,6 +336,8 @@ def summarize(rows: list[dict]) -> list[dict]:
             failed = sum(c["n_failed"] for c in others)
             selected_on += (f"; {plural(failed, 'run')} failed at learning {'rate' if len(others) == 1 else 'rates'} "
                             f"{rates}")
+        if isinstance(selection, tuple) and selection[:1] == ("recorded",):
+            selected_on += "; no readable config.yaml: runs matched on recorded data, classes, images and epochs only"
         summary.append({**chosen, "selected_on": selected_on})
     _mark_subsets(summary)
     for row in summary:

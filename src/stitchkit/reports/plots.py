@@ -109,8 +109,9 @@ def _legend_below(fig, *axes) -> None:
 def _by_line(rows: list[dict], key: str = "method") -> dict[tuple, list[dict]]:
     """The rows of a figure's lines: one line per method (``key``), joining its points across sweeps, except where
     two sweeps have a point at the same place (source and destination stage): then one line per (method, sweep),
-    so that no line zig-zags between two sweeps' results. Keys are ``(method, sweep)``, with sweep None for a line
-    that is the method's whole."""
+    so that no line zig-zags between two sweeps' results. Runs outside sweeps (no sweep) at the same place under
+    different settings are told apart the same way, as ``settings 1``, ``settings 2``. Keys are ``(method, what)``,
+    with ``what`` the words that tell the line apart (``sweep tiny``), None for a line that is the method's whole."""
     by_key: dict[str, list[dict]] = {}
     for row in rows:
         by_key.setdefault(row[key], []).append(row)
@@ -119,9 +120,12 @@ def _by_line(rows: list[dict], key: str = "method") -> dict[tuple, list[dict]]:
         places = [(r["src_stage"], r["dst_stage"]) for r in members]
         if len(places) == len(set(places)):
             lines[(name, None)] = members
-        else:
-            for row in members:
-                lines.setdefault((name, row.get("sweep") or ""), []).append(row)
+            continue
+        loose = sorted({repr(r.get("_scope")) for r in members if not r.get("sweep")})
+        for row in members:
+            what = (f"sweep {row['sweep']}" if row.get("sweep") else
+                    f"settings {loose.index(repr(row.get('_scope'))) + 1}")
+            lines.setdefault((name, what), []).append(row)
     return lines
 
 
@@ -130,8 +134,8 @@ def _line_colours(lines: dict[tuple, list[dict]]) -> dict[tuple, str]:
     return {k: f"C{i % 10}" for i, k in enumerate(sorted(lines, key=lambda k: (k[0], k[1] or "")))}
 
 
-def _line_label(text: str, sweep: str | None) -> str:
-    return f"{text} (sweep {sweep})" if sweep is not None else text
+def _line_label(text: str, what: str | None) -> str:
+    return f"{text} ({what})" if what else text
 
 
 def _figures_of_pair(rows: list[dict]) -> list[tuple[str, list[dict]]]:
