@@ -252,3 +252,171 @@ def test_a_folder_whose_only_result_is_unreadable_says_so(tmp_path):
     with pytest.raises(StitchkitError, match=r"^no readable runs under .*single: result\.json unreadable \(corrupt\): "
                                              r".*no checkpoint to resume from: run the command that wrote it again"):
         write_report(tmp_path / "runs")
+
+
+def test_a_cell_two_sweeps_share_counts_in_each_and_once_where_sweeps_are_combined(tmp_path, monkeypatch):
+    """A pilot sweep (seed 0) and the full grid (seeds 0-2) run into one folder share the seed-0 run. The report
+    gave each run to the first manifest that listed it and averaged within a sweep: the grid's row had 2 seeds
+    (the pilot's 1), no row was the 3-seed mean, and Table 1 and the pair's sentence picked the pilot's 1-seed row.
+    Now each sweep's row counts every run its manifest lists (the grid's: 3 seeds); the pilot's row, whose run the
+    grid's row holds too, stays in summary.csv (subset_of: grid) but not in the figures, Table 1 or the sentences."""
+    from stitchkit.reports import plots
+    from stitchkit.reports.collect import collect, summarize
+
+    runs = tmp_path / "runs"
+    grid = [_result(runs, f"cell/seed{seed}", **_stitch(seed, top1)) for seed, top1 in ((0, 90.0), (1, 70.0), (2, 80.0))]
+    _manifest(runs, "a_pilot", grid[:1])
+    _manifest(runs, "grid", grid)
+    rows, originals = collect(runs)
+    assert len(rows) == 3  # one row per run in results.csv
+    summary = {r["sweep"]: r for r in summarize(rows)}
+    assert (summary["grid"]["n"], summary["grid"]["top1_mean"]) == (3, 80.0)
+    assert summary["grid"]["top1_se"] == pytest.approx(5.7735, abs=1e-4)
+    assert (summary["a_pilot"]["n"], summary["a_pilot"]["top1_mean"], summary["a_pilot"]["subset_of"]) == \
+        (1, 90.0, "grid")
+    assert summary["grid"]["subset_of"] is None
+    shared = next(r for r in rows if r["run_dir"].endswith("seed0"))
+    assert (shared["sweep"], shared["sweeps"], shared["also_in"]) == ("a_pilot", ["a_pilot", "grid"], "grid")
+
+    (runs / "originals" / "m").mkdir(parents=True)  # a reference for Table 1, of the stitches' compute
+    (runs / "originals" / "m" / "result.json").write_text(json.dumps({
+        "status": "finished", "mode": "eval", "src": "m", "dst": "m", "top1": 85.0, "gmacs": 1.0,
+        "dataset": "synthetic"}))
+    drawn = _drawn(monkeypatch)
+    page = write_report(runs)
+    assert _lines(drawn["gap_m_m"])["Downsample, Linear"] == [(3, 80.0)]  # one point, the grid's: no second line
+    assert _lines(drawn["compute_m_m"])["Downsample, Linear"] == [(1.0, 80.0)]
+    table = (page.parent / "table1.md").read_text()
+    assert "| m -> m Stage 1 -> 3 (downsample_linear) | 80.0 ± 5.8 | 1.000 | stitched, mean of 3 seeds |" in table
+    assert "90.0" not in table
+    text = page.read_text()
+    assert "most accurate stitch: Downsample, Linear at stage 1 -&gt; 3, with 80.0 ± 5.8 % top-1" in text
+    summary_csv = list(__import__("csv").DictReader((page.parent / "summary.csv").open()))
+    assert [(r["sweep"], r["n"], r["subset_of"]) for r in summary_csv] == [("a_pilot", "1", "grid"), ("grid", "3", "")]
+    results_csv = list(__import__("csv").DictReader((page.parent / "results.csv").open()))
+    assert sorted((r["sweep"], r["also_in"]) for r in results_csv) == [("a_pilot", "grid"), ("grid", ""), ("grid", "")]
+
+    # Two sweeps listing the very same runs: both rows in summary.csv, the second by name marked as the first's.
+    _manifest(runs, "a_pilot", grid)
+    summary = {r["sweep"]: r for r in summarize(collect(runs)[0])}
+    assert (summary["a_pilot"]["n"], summary["grid"]["n"]) == (3, 3)
+    assert (summary["a_pilot"]["subset_of"], summary["grid"]["subset_of"]) == (None, "a_pilot")
+
+
+def _card_runs(runs: Path, dataset: str, classes: int, input_size: int) -> None:
+    cells = [_result(runs, f"stitch/{gap}/{seed}", **_stitch(seed, 92.0 + seed, gap=gap, src="resnet18", dst="resnet18",
+                                                             gmacs=gmacs, dataset=dataset, classes=classes,
+                                                             input_size=input_size))
+             for gap, gmacs in (("1:2", 1.6), ("1:3", 1.7)) for seed in range(2)]
+    _manifest(runs, "cards", cells)
+
+
+def test_model_cards_stand_in_only_for_runs_on_imagenet(tmp_path):
+    """Published ImageNet top-1 (model cards) was the 'original' of any image-folder run: a 10-class 64 px folder
+    got resnet18 at 71.5 % (and its MACs at 224 px) in Table 1, and the page said the stitch was 21 points above
+    resnet18. Now only runs on an image folder of 1000 classes at 224 px get model cards; others get none, and
+    Table 1 says how to measure the originals."""
+    flowers = tmp_path / "flowers"
+    _card_runs(flowers, "imagefolder", 10, 64)
+    page = write_report(flowers)
+    table = (page.parent / "table1.md").read_text()
+    assert "(model card)" not in table and "71.5" not in table
+    assert "No reference models to compare the 2 finished stitched cells with" in table
+    assert f"stitchkit eval-model resnet18 --data ... --out {flowers / 'originals' / 'resnet18'}" in table
+    assert "only for runs on ImageNet itself (an image folder of 1000 classes at 224 px)" in table
+    text = page.read_text()
+    assert "points above resnet18" not in text and "(model card)" not in text
+    assert "with 92.5 ± 0.5 % top-1 at 1.6 GMACs (mean of 2 seeds)." in text
+
+    imagenet = tmp_path / "imagenet"
+    _card_runs(imagenet, "imagefolder", 1000, 224)
+    page = write_report(imagenet)
+    table = (page.parent / "table1.md").read_text()
+    assert "| resnet18 | 71.5 | 1.8" in table and "model card" in table
+    assert "points above resnet18 on its own (71.5 %" in page.read_text()
+
+
+def _loose_finetune(runs: Path, name: str, seed: int, lr: float, top1: float, with_config: bool = True,
+                    **settings) -> None:
+    """A fine-tuning run trained with `stitchkit train` (no sweep): result.json and, as such a run has, its
+    config.yaml, whose settings_id the result records."""
+    from stitchkit.training.config import load_config, to_yaml
+    from stitchkit.training.identity import settings_id
+
+    config = load_config(None, ["mode=finetune", "model.src=resnet10t", "model.gap=1:3", f"optim.lr={lr}",
+                                f"train.seed={seed}", *(f"{k}={v}" for k, v in settings.items())])
+    _result(runs, name, **{**_stitch(seed, top1, kind="finetune", method="finetune", mode="finetune", lr=lr),
+                           "settings_id": settings_id(config)})
+    if with_config:
+        (runs / name / "config.yaml").write_text(to_yaml(config))
+
+
+def test_learning_rates_of_runs_outside_sweeps_are_compared_as_a_sweeps_are(tmp_path, monkeypatch):
+    """Fine-tuning runs made with `stitchkit train` at two learning rates: grouped by their settings digest, which
+    holds the rate, each rate was a row of its own (no choice, no 'optimistic' label), the gap figure drew both
+    on one line labelled 'Fine-Tuning (sweep )', and the page's 'best' baseline was the better rate on the eval
+    split, unlabelled. Now the rates of runs alike otherwise (their config.yaml without the rate) are compared as
+    a sweep's are; runs that differ in another setting are not, and their lines are told apart."""
+    from stitchkit.reports import plots
+    from stitchkit.reports.collect import collect, summarize
+
+    runs = tmp_path / "runs"
+    for lr, top1s in ((0.01, (60.0, 62.0)), (0.002, (70.0, 71.0))):
+        for seed, top1 in enumerate(top1s):
+            _loose_finetune(runs, f"ft/{lr}/{seed}", seed, lr, top1)
+    [row] = summarize(collect(runs)[0])
+    assert (row["lr"], row["n"], row["top1_mean"], row["sweep"]) == (0.002, 2, 70.5, None)
+    assert row["selected_on"] == "eval split (no hold-out: optimistic)"
+    drawn = _drawn(monkeypatch)
+    page = write_report(runs)
+    assert _lines(drawn["gap_m_m"]) == {"Fine-Tuning": [(3, 70.5)]}
+    assert ("best at stage 1 -&gt; 3, with 70.5 ± 0.5 % top-1 at 1 GMACs (mean of 2 seeds, learning rate 0.002 "
+            "chosen on eval split (no hold-out: optimistic))") in page.read_text()
+
+    # Another weight decay is another setting: not a learning rate to choose among. Each is a line of its own.
+    _loose_finetune(runs, "wd/0", 0, 0.0005, 75.0, **{"optim.weight_decay": 0.1})
+    summary = summarize(collect(runs)[0])
+    assert sorted((r["lr"], r["n"], r["selected_on"]) for r in summary) == [
+        (0.0005, 1, None), (0.002, 2, "eval split (no hold-out: optimistic)")]
+    drawn.clear()
+    write_report(runs)
+    assert sorted(_lines(drawn["gap_m_m"]).values()) == [[(3, 70.5)], [(3, 75.0)]]
+    assert sorted(_lines(drawn["gap_m_m"])) == ["Fine-Tuning (settings 1)", "Fine-Tuning (settings 2)"]
+
+    # Without config.yaml (copied result.json files), runs that recorded the same training are compared, and the
+    # choice says on what it rests.
+    bare = tmp_path / "bare"
+    for lr, top1 in ((0.01, 60.0), (0.002, 70.0)):
+        _loose_finetune(bare, f"ft/{lr}", 0, lr, top1, with_config=False)
+    [row] = summarize(collect(bare)[0])
+    assert row["lr"] == 0.002 and row["selected_on"] == ("eval split (no hold-out: optimistic); no readable "
+                                                         "config.yaml: runs matched on recorded data, classes, images "
+                                                         "and epochs only")
+
+
+def test_the_accuracy_vs_compute_figure_has_standard_error_bars(tmp_path, monkeypatch):
+    """README promises standard-error bands in both figures (the paper's Figure 5 has them); the accuracy-vs-compute
+    figure had none and its title said nothing of them. Now each point with seeds has a ± standard error bar, and the
+    title says what the bars are (or that one seed per point has none)."""
+    runs = tmp_path / "runs"
+    cells = [_result(runs, f"{gap}/{seed}", **_stitch(seed, top1, gap=gap, gmacs=gmacs))
+             for gap, gmacs in (("1:2", 0.03), ("1:3", 0.02)) for seed, top1 in enumerate((40.0, 60.0, 80.0))]
+    _manifest(runs, "s", cells)
+    drawn = _drawn(monkeypatch)
+    write_report(runs)
+    fig = drawn["compute_m_m"]
+    [bars] = [c for ax in fig.axes for c in ax.containers]
+    [segments] = bars.lines[2]
+    assert sorted(tuple(map(tuple, s)) for s in segments.get_segments()) == [
+        ((0.02, 60.0 - 11.547005383792516), (0.02, 60.0 + 11.547005383792516)),
+        ((0.03, 60.0 - 11.547005383792516), (0.03, 60.0 + 11.547005383792516))]
+    assert fig._suptitle.get_text().endswith("; error bars: standard error over seeds, n = 3")
+
+    one = tmp_path / "one"
+    _manifest(one, "s", [_result(one, gap, **_stitch(0, 50.0, gap=gap, gmacs=gmacs))
+                         for gap, gmacs in (("1:2", 0.03), ("1:3", 0.02))])
+    drawn.clear()
+    write_report(one)
+    fig = drawn["compute_m_m"]
+    assert not [c for ax in fig.axes for c in ax.containers]
+    assert fig._suptitle.get_text().endswith("; one seed per point: no error bars")

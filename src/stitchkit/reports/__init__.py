@@ -8,7 +8,8 @@ from pathlib import Path
 from ..errors import StitchkitError
 from ..files import atomic_write_text
 from ..temps import remove_own_temps
-from .collect import RESULT_COLUMNS, SUMMARY_COLUMNS, collect, left_out, report_notes, standard_error, summarize
+from .collect import (RESULT_COLUMNS, SUMMARY_COLUMNS, collect, distinct, left_out, report_notes, standard_error,
+                      summarize)
 from ..zoo.metadata import published_top1
 from .page import table1_markdown, table1_missing, table1_rows, write_html
 from .plots import accuracy_vs_compute, accuracy_vs_gap, pairs_overview, pareto_front
@@ -24,14 +25,26 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     atomic_write_text(path, text.getvalue())
 
 
+# What marks a run as trained and evaluated on ImageNet (as far as result.json can tell): an image folder of 1000
+# classes at 224 px. A model card's published top-1 (and its MACs at 224 px) describes such runs only.
+IMAGENET_LIKE = {"dataset": "imagefolder", "classes": 1000, "input_size": 224}
+
+
+def imagenet_like(row: dict) -> bool:
+    return all(row.get(key) == value for key, value in IMAGENET_LIKE.items())
+
+
 def _add_model_cards(rows: list[dict], originals: dict) -> None:
-    """Fill in published accuracies for models not measured here, only for ImageNet-sized runs (1000 classes)."""
-    if not any(r.get("dataset") == "imagefolder" for r in rows):
+    """Fill in published ImageNet accuracies for the models of ImageNet-like runs (:data:`IMAGENET_LIKE`) not
+    measured here. Any other data (another image folder, another size) gets none: an ImageNet top-1 says nothing of
+    a model's accuracy there, and table1_missing says how to measure it."""
+    imagenet = [r for r in rows if imagenet_like(r)]
+    if not imagenet:
         return
     from ..sweeps.dryrun import meta_model
     from ..compute import count_macs
 
-    for name in sorted({r["src"] for r in rows} | {r["dst"] for r in rows}):
+    for name in sorted({r["src"] for r in imagenet} | {r["dst"] for r in imagenet}):
         if name and name not in originals and (card := published_top1(name)):
             originals[name] = {"top1": card[0], "gmacs": count_macs(meta_model(name, 224), 224) / 1e9,
                                "source": card[1]}
@@ -78,12 +91,13 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, log=None) 
     remove_own_temps(out)  # temporary files of a report killed while writing
     _write_csv(out / "results.csv", rows, RESULT_COLUMNS)
     _write_csv(out / "summary.csv", summary, SUMMARY_COLUMNS)
-    gap = accuracy_vs_gap(summary, originals, out)
-    compute = accuracy_vs_compute(summary, originals, out)
-    figures = {"gap": gap, "compute": pairs_overview(summary, originals, out) + compute}  # the overview leads
+    shown = distinct(summary)  # a sweep's row whose runs another sweep's row counts too is in summary.csv only
+    gap = accuracy_vs_gap(shown, originals, out)
+    compute = accuracy_vs_compute(shown, originals, out)
+    figures = {"gap": gap, "compute": pairs_overview(shown, originals, out) + compute}  # the overview leads
     _remove_replaced_figures(out, summary, gap + compute)
-    table1 = table1_rows(summary, originals)
-    atomic_write_text(out / "table1.md", table1_markdown(table1, table1_missing(summary, originals, runs_dir)))
+    table1 = table1_rows(shown, originals)
+    atomic_write_text(out / "table1.md", table1_markdown(table1, table1_missing(shown, originals, runs_dir)))
     index = out / "index.html"
     notes = report_notes(runs_dir, rows)
     write_html(index, runs_dir, rows, summary, originals, table1, figures,

@@ -18,10 +18,11 @@ from .words import plural
 
 RESULT_COLUMNS = ["pair", "src", "dst", "gap", "src_stage", "dst_stage", "method", "kind", "seed", "lr", "top1", "top5",
                   "top1_at_start", "holdout_top1", "gmacs", "params", "trainable_params", "epochs", "wall_time_s", "status", "error",
-                  "dataset", "input_size", "train_images", "adapter_norm", "sweep", "settings_id", "run_dir"]
+                  "dataset", "input_size", "classes", "train_images", "adapter_norm", "sweep", "also_in", "settings_id",
+                  "run_dir"]
 SUMMARY_COLUMNS = ["pair", "src", "dst", "gap", "src_stage", "dst_stage", "method", "kind", "lr", "n", "top1_mean",
                    "top1_se", "top1_at_start_mean", "top5_mean", "holdout_top1_mean", "gmacs", "params", "trainable_params", "selected_on",
-                   "n_failed", "training", "sweep"]
+                   "n_failed", "training", "sweep", "subset_of"]
 
 
 def _stages(gap: str | None) -> tuple[int | None, int | None]:
@@ -36,10 +37,12 @@ def _row(cell: dict, result: dict | None, run_dir: Path, status: str, sweep: str
         "src_stage": src_stage, "dst_stage": dst_stage, "method": cell.get("method"), "kind": cell.get("kind"),
         "seed": cell.get("seed"), "lr": cell.get("lr"),
         "status": status, "error": result.get("error") or cell.get("skip_reason"), "run_dir": str(run_dir),
-        "sweep": sweep,
+        # every sweep whose manifest lists the run (two sweeps share a cell's folder when they have that cell in
+        # common): "sweep" is the first, "also_in" names the others
+        "sweep": sweep, "sweeps": [sweep] if sweep else [], "also_in": None,
     }
     for key in ("top1", "top5", "top1_at_start", "holdout_top1", "gmacs", "params", "trainable_params", "epochs", "wall_time_s",
-                "dataset", "input_size", "train_images", "adapter_norm", "settings_id"):
+                "dataset", "input_size", "classes", "train_images", "adapter_norm", "settings_id"):
         row[key] = result.get(key)
     if row["settings_id"] and _written_before_0_3(result):
         row["settings_id"] = _current_settings_id(run_dir) or row["settings_id"]
@@ -63,6 +66,23 @@ def _current_settings_id(run_dir: Path) -> str | None:
         return None
 
 
+def _settings_without_lr(run_dir: Path, recorded: str | None) -> str | None:
+    """The digest of a run's settings without its seed and its learning rate, from its saved config: runs trained
+    outside a sweep at several learning rates, alike otherwise, share it (their rates are compared as a sweep's
+    are). None when config.yaml cannot be read or is not the config the run recorded (its settings_id differs)."""
+    from ..training.config import flatten, from_yaml_file
+    from ..training.identity import settings_digest, settings_id
+    from ..training.settings import keys_of_kind
+
+    try:
+        config = from_yaml_file(RunDir(run_dir).config)
+    except Exception:
+        return None
+    if recorded and settings_id(config) != recorded:
+        return None
+    return settings_digest(flatten(config), keys_of_kind("run") | {"train.seed", "optim.lr"})
+
+
 def _cell_from_result(result: dict) -> dict:
     """A row's identity for a run trained outside a sweep: a baseline's method is its mode's name, a stitch's the
     stitching method with its adapter and resizing (or ``<resize>_<adapter>`` when no method is registered)."""
@@ -83,23 +103,24 @@ def _cell_from_result(result: dict) -> dict:
 def collect(runs_dir: str | Path) -> tuple[list[dict], dict[str, dict]]:
     """``(rows, measured_originals)``; originals map a model name to ``{"top1", "gmacs", "source"}``."""
     runs_dir = Path(runs_dir)
-    rows, seen = [], set()
+    rows, listed = [], {}
     for manifest in sorted((runs_dir / MANIFEST_DIR).glob("*.json")):
         data = read_json(manifest) or {}
         sweep = data.get("sweep", manifest.stem)
         for cell in data.get("cells", []):
             run_dir = runs_dir / cell["name"]
-            if run_dir in seen:
+            if run_dir in listed:  # a cell this sweep has in common with another: one run, counted by both sweeps
+                if sweep not in listed[run_dir]["sweeps"]:
+                    listed[run_dir]["sweeps"].append(sweep)
                 continue
-            seen.add(run_dir)
             if cell.get("skip_reason"):
-                rows.append(_row(cell, None, run_dir, "skipped", sweep))
+                rows.append(listed.setdefault(run_dir, _row(cell, None, run_dir, "skipped", sweep)))
                 continue
             run = RunDir(run_dir)
             state = run.state()
             result = run.read_result() if state in ("finished", "failed") else None
             status = {"new": "pending", "interrupted": "interrupted"}.get(state, state)
-            row = _row(cell, result, run_dir, status, sweep)
+            row = listed[run_dir] = _row(cell, result, run_dir, status, sweep)
             problem = run.result_problem()
             if problem:  # not the run's failure: say so, and what the sweep will do about it (RunDir.state)
                 row["error"] = problem + ("; rerunning the sweep resumes the run from its last checkpoint, which "
@@ -107,6 +128,9 @@ def collect(runs_dir: str | Path) -> tuple[list[dict], dict[str, dict]]:
                                           " and there is no checkpoint to resume from; rerunning the sweep trains "
                                           "the run again")
             rows.append(row)
+    for row in listed.values():
+        row["also_in"] = ", ".join(row["sweeps"][1:]) or None
+    seen = set(listed)
     originals: dict[str, dict] = {}
     for path in sorted(runs_dir.rglob("result.json")):
         run_dir = path.parent
@@ -120,7 +144,10 @@ def collect(runs_dir: str | Path) -> tuple[list[dict], dict[str, dict]]:
         if run_dir in seen or result.get("mode") is None:
             continue
         seen.add(run_dir)
-        rows.append(_row(_cell_from_result(result), result, run_dir, result.get("status", "failed")))
+        row = _row(_cell_from_result(result), result, run_dir, result.get("status", "failed"))
+        if row["lr"] is not None:  # a baseline trained at several learning rates: its rates are compared
+            row["settings_without_lr"] = _settings_without_lr(run_dir, row["settings_id"])
+        rows.append(row)
     # As for summaries: in a folder with sweep manifests, only the sweeps' own runs count (not leftovers).
     in_sweeps = [r for r in rows if r["sweep"]] if any(r["sweep"] for r in rows) else rows
     originals.update(scratch_originals(in_sweeps, exclude=set(originals)))
@@ -216,25 +243,52 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+# Where a loose run's config cannot be read, rates are compared among runs that recorded the same training
+# (these result.json fields) and the selection says so.
+RECORDED_TRAINING = ("dataset", "input_size", "classes", "train_images", "epochs")
+
+
+def _scopes(row: dict, with_manifest: bool) -> list[tuple[Any, Any]]:
+    """``(scope, selection scope)`` pairs of a run: it is averaged with the runs of the same cell and learning rate
+    in its scope, and a cell's learning rates are compared within a selection scope. In a folder with manifests
+    both are a sweep, one pair per sweep that lists the run. Without, the scope is the settings digest (which holds
+    the learning rate) and the selection scope the digest without the learning rate (:func:`_settings_without_lr`),
+    or, where the run's config could not be read, the training its result.json recorded."""
+    if with_manifest:
+        return [(sweep, sweep) for sweep in row.get("sweeps") or [row["sweep"]]]
+    scope = row.get("settings_id")
+    if row["lr"] is None:
+        return [(scope, scope)]
+    if row.get("settings_without_lr"):
+        return [(scope, row["settings_without_lr"])]
+    return [(scope, ("recorded",) + tuple(row.get(k) for k in RECORDED_TRAINING))]
+
+
 def summarize(rows: list[dict]) -> list[dict]:
     """One row per cell (pair, gap, method), averaged over seeds; for methods run at several learning rates (the
     fine-tuning baseline), the best learning rate, selected on the hold-out split when every run has one.
 
-    Seeds are averaged only within one sweep (runs of one sweep share every other setting). In a folder with sweep
-    manifests, runs outside them (left over from other settings) are listed in results.csv but not summarized; in
-    a folder without manifests, runs are grouped by their settings digest.
+    Seeds are averaged only within one sweep (runs of one sweep share every other setting); a run that several
+    sweeps list (a cell they have in common, trained once) counts in each of their rows, and a row whose runs are
+    all in another sweep's row of the same cell names that sweep in ``subset_of`` (:func:`distinct` leaves it out
+    of what combines sweeps: figures, Table 1, the pairs' sentences). In a folder with sweep manifests, runs
+    outside them (left over from other settings) are listed in results.csv but not summarized; in a folder without
+    manifests, runs are grouped by their settings digest, and learning rates compared among runs alike otherwise.
     """
     with_manifest = any(row["sweep"] for row in rows)
     outside = {id(row) for row in left_out(rows)}
     groups: dict[tuple, list[dict]] = {}
+    selection_of: dict[tuple, Any] = {}
     for row in rows:
         if row["status"] == "skipped" or id(row) in outside:
             continue
-        scope = row["sweep"] if with_manifest else row.get("settings_id")
-        key = (row["kind"], row["src"], row["dst"], row["gap"], row["method"], row["lr"], scope)
-        groups.setdefault(key, []).append(row)
+        for scope, selection in _scopes(row, with_manifest):
+            key = (row["kind"], row["src"], row["dst"], row["gap"], row["method"], row["lr"], scope)
+            groups.setdefault(key, []).append(row)
+            selection_of[key] = selection
     per_lr = []
-    for (kind, src, dst, gap, method, lr, scope), members in groups.items():
+    for key, members in groups.items():
+        kind, src, dst, gap, method, lr, scope = key
         done = [r for r in members if r["status"] == "finished" and r["top1"] is not None]
         top1 = [r["top1"] for r in done]
         src_stage, dst_stage = _stages(gap)
@@ -248,20 +302,29 @@ def summarize(rows: list[dict]) -> list[dict]:
             "gmacs": _mean(r["gmacs"] for r in done), "params": _mean(r["params"] for r in done),
             "trainable_params": _mean(r["trainable_params"] for r in done),
             "n_failed": sum(r["status"] == "failed" for r in members), "selected_on": None,
-            "sweep": members[0]["sweep"], "_scope": scope, "training": training_label(done[0]) if done else None,
+            "sweep": scope if with_manifest else None, "subset_of": None, "_scope": scope,
+            "_selection": selection_of[key], "_runs": frozenset(str(r["run_dir"]) for r in members),
+            "training": training_label(done[0]) if done else None,
         })
     best: dict[tuple, list[dict]] = {}
     for row in per_lr:
-        best.setdefault((row["kind"], row["src"], row["dst"], row["gap"], row["method"], row.pop("_scope")), []).append(row)
+        best.setdefault((row["kind"], row["src"], row["dst"], row["gap"], row["method"], row.pop("_selection")),
+                        []).append(row)
     summary = []
-    for candidates in best.values():
+    for (*_, selection), candidates in best.items():
         if len(candidates) == 1:
             summary.append(candidates[0])
+            continue
+        if len({c["lr"] for c in candidates}) < len(candidates):
+            # Loose runs told apart only by what result.json recorded, at one rate under several settings: no
+            # choice of a rate can be made among them; each stands as it is.
+            summary += candidates
             continue
         scored = [c for c in candidates if c["top1_mean"] is not None]
         on_holdout = bool(scored) and all(c["holdout_top1_mean"] is not None for c in scored)
         if not scored:  # no learning rate has a finished run: the row stands for them all
-            summary.append({**candidates[0], "lr": None, "n_failed": sum(c["n_failed"] for c in candidates)})
+            summary.append({**candidates[0], "lr": None, "n_failed": sum(c["n_failed"] for c in candidates),
+                            "_runs": frozenset().union(*(c["_runs"] for c in candidates))})
             continue
         chosen = max(scored, key=lambda c: c["holdout_top1_mean"] if on_holdout else c["top1_mean"])
         # The row is the chosen rate's: its n and n_failed are its own runs'. Runs that failed at the other rates
@@ -273,5 +336,32 @@ def summarize(rows: list[dict]) -> list[dict]:
             failed = sum(c["n_failed"] for c in others)
             selected_on += (f"; {plural(failed, 'run')} failed at learning {'rate' if len(others) == 1 else 'rates'} "
                             f"{rates}")
+        if isinstance(selection, tuple) and selection[:1] == ("recorded",):
+            selected_on += "; no readable config.yaml: runs matched on recorded data, classes, images and epochs only"
         summary.append({**chosen, "selected_on": selected_on})
-    return sorted(summary, key=lambda r: (r["pair"], r["gap"] or "", r["method"] or ""))
+    _mark_subsets(summary)
+    for row in summary:
+        del row["_runs"]
+    return sorted(summary, key=lambda r: (r["pair"], r["gap"] or "", r["method"] or "", r["sweep"] or ""))
+
+
+def _mark_subsets(summary: list[dict]) -> None:
+    """Set ``subset_of`` on each sweep's row whose runs are all counted in another sweep's row of the same cell
+    (a pilot's seed inside the full grid's seeds): the sweep whose row holds the most of them (of equal rows, the
+    first sweep by name keeps its place)."""
+    cells: dict[tuple, list[dict]] = {}
+    for row in summary:
+        if row["sweep"]:
+            cells.setdefault((row["kind"], row["src"], row["dst"], row["gap"], row["method"]), []).append(row)
+    for rows in cells.values():
+        for row in rows:
+            within = [other for other in rows if other is not row and row["_runs"] <= other["_runs"]
+                      and (row["_runs"] < other["_runs"] or other["sweep"] < row["sweep"])]
+            if within:
+                row["subset_of"] = min(within, key=lambda o: (-len(o["_runs"]), o["sweep"]))["sweep"]
+
+
+def distinct(summary: list[dict]) -> list[dict]:
+    """The summary rows that figures, Table 1 and the pairs' sentences show: a row whose runs are all in another
+    sweep's row (``subset_of``) would count them twice there. summary.csv keeps every row."""
+    return [r for r in summary if not r.get("subset_of")]

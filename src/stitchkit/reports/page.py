@@ -6,6 +6,7 @@ import html
 from pathlib import Path
 
 from ..files import atomic_write_text
+from .collect import distinct
 from .plots import figure_title, method_label
 from .words import COUNT_COLUMNS, column_label, plural
 
@@ -72,8 +73,9 @@ def table1_missing(summary: list[dict], originals: dict, runs_dir: str | Path = 
     text += (": Table 1 puts stitched models next to models on their own of similar compute. Measure each source "
              f"and destination{named} on this data with `stitchkit eval-model "
              f"{model} --data ... --out {Path(runs_dir) / 'originals' / model}` (the report reads every result.json "
-             "under the runs folder), or train it from scratch in the folder (mode=scratch); models with a published "
-             "ImageNet top-1 are added from their model cards.")
+             "under the runs folder), or train it from scratch in the folder (mode=scratch). Published ImageNet top-1 "
+             "from model cards stands in only for runs on ImageNet itself (an image folder of 1000 classes at 224 "
+             "px): on other data it says nothing of a model's accuracy.")
     uncounted = sorted(name for name, o in originals.items() if not o.get("gmacs"))
     if uncounted:
         text += f" ({', '.join(uncounted)}: accuracy known, compute not recorded.)"
@@ -175,7 +177,7 @@ def pair_sentence(cells: list[dict], originals: dict) -> str:
 def _pairs_list(summary: list[dict], originals: dict) -> str:
     """What each stitched pair achieved, one line each: the first thing the page says."""
     by_pair: dict[str, list[dict]] = {}
-    for row in summary:
+    for row in distinct(summary):  # a row whose runs another sweep's row holds is counted there
         if row["gap"]:  # stitches and fine-tuning; a model trained from scratch is no pair
             by_pair.setdefault(row["pair"], []).append(row)
     if not by_pair:
@@ -247,7 +249,7 @@ def write_html(path: Path, runs_dir: Path, rows: list[dict], summary: list[dict]
     t1 = [{"model": r["model"], "top1": r.get("top1_text") or _fmt(r["top1"], 1), "gmacs": r["gmacs"],
            "source": r["source"]} for r in table1]
     t1_table = (html_table(t1, ["model", "top1", "gmacs", "source"]) if t1 else
-                f"<p>{html.escape(table1_missing(summary, originals, runs_dir))}</p>")
+                f"<p>{html.escape(table1_missing(distinct(summary), originals, runs_dir))}</p>")
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>stitchkit report</title>
 <style>{STYLE}</style></head><body>

@@ -73,13 +73,14 @@ def original_label(name: str, originals: dict) -> str:
     return f"{name} (original: {source})" if source else f"{name} (original)"
 
 
-def bands_note(rows: list[dict]) -> str:
-    """What the shaded bands are, honestly: standard error over n seeds, or nothing when every point is one run."""
+def bands_note(rows: list[dict], what: str = "bands") -> str:
+    """What the shaded bands (or the error bars: ``what="error bars"``) are, honestly: standard error over n seeds,
+    or nothing when every point is one run."""
     counts = sorted({r["n"] for r in rows if r.get("n")})
     if not counts or counts[-1] < 2:
-        return "one seed per point: no error bands"
+        return f"one seed per point: no {'error bands' if what == 'bands' else what}"
     n = f"n = {counts[0]}" if len(counts) == 1 else f"n = {counts[0]}-{counts[-1]}"
-    return f"bands: standard error over seeds, {n}"
+    return f"{what}: standard error over seeds, {n}"
 
 
 def training_note(rows: list[dict]) -> str:
@@ -108,8 +109,9 @@ def _legend_below(fig, *axes) -> None:
 def _by_line(rows: list[dict], key: str = "method") -> dict[tuple, list[dict]]:
     """The rows of a figure's lines: one line per method (``key``), joining its points across sweeps, except where
     two sweeps have a point at the same place (source and destination stage): then one line per (method, sweep),
-    so that no line zig-zags between two sweeps' results. Keys are ``(method, sweep)``, with sweep None for a line
-    that is the method's whole."""
+    so that no line zig-zags between two sweeps' results. Runs outside sweeps (no sweep) at the same place under
+    different settings are told apart the same way, as ``settings 1``, ``settings 2``. Keys are ``(method, what)``,
+    with ``what`` the words that tell the line apart (``sweep tiny``), None for a line that is the method's whole."""
     by_key: dict[str, list[dict]] = {}
     for row in rows:
         by_key.setdefault(row[key], []).append(row)
@@ -118,9 +120,12 @@ def _by_line(rows: list[dict], key: str = "method") -> dict[tuple, list[dict]]:
         places = [(r["src_stage"], r["dst_stage"]) for r in members]
         if len(places) == len(set(places)):
             lines[(name, None)] = members
-        else:
-            for row in members:
-                lines.setdefault((name, row.get("sweep") or ""), []).append(row)
+            continue
+        loose = sorted({repr(r.get("_scope")) for r in members if not r.get("sweep")})
+        for row in members:
+            what = (f"sweep {row['sweep']}" if row.get("sweep") else
+                    f"settings {loose.index(repr(row.get('_scope'))) + 1}")
+            lines.setdefault((name, what), []).append(row)
     return lines
 
 
@@ -129,8 +134,8 @@ def _line_colours(lines: dict[tuple, list[dict]]) -> dict[tuple, str]:
     return {k: f"C{i % 10}" for i, k in enumerate(sorted(lines, key=lambda k: (k[0], k[1] or "")))}
 
 
-def _line_label(text: str, sweep: str | None) -> str:
-    return f"{text} (sweep {sweep})" if sweep is not None else text
+def _line_label(text: str, what: str | None) -> str:
+    return f"{text} ({what})" if what else text
 
 
 def _figures_of_pair(rows: list[dict]) -> list[tuple[str, list[dict]]]:
@@ -281,6 +286,11 @@ def _compute_figure(pair: str, suffix: str, rows: list[dict], originals: dict, o
                      if fused else method_label(method))
             ax.plot([r["gmacs"] for r in members], [r["top1_mean"] for r in members], marker="D" if fused else "o",
                     linestyle="--" if fused else "-", label=_line_label(label, sweep), color=colours[(method, sweep)])
+            spread = [r for r in members if r.get("top1_se")]  # ± one standard error, where a point has seeds
+            if spread:
+                ax.errorbar([r["gmacs"] for r in spread], [r["top1_mean"] for r in spread],
+                            yerr=[r["top1_se"] for r in spread], fmt="none", ecolor=colours[(method, sweep)],
+                            elinewidth=1, capsize=3, alpha=0.7)
             for r in members:  # which gap each point is
                 ax.annotate(r["gap"], (r["gmacs"], r["top1_mean"]), textcoords="offset points", xytext=(4, 3),
                             fontsize=7, color="dimgrey")
@@ -293,8 +303,8 @@ def _compute_figure(pair: str, suffix: str, rows: list[dict], originals: dict, o
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3)
     _legend_below(fig, *(ax for ax, *_ in panels))
-    fig.suptitle(_title(_pair_title(pair, suffix), "accuracy vs compute (up and left is better)", rows), fontsize=10,
-                 y=1.08)
+    fig.suptitle(_title(_pair_title(pair, suffix), "accuracy vs compute (up and left is better)", rows,
+                        bands_note(rows, "error bars")), fontsize=10, y=1.08)
     return _save(fig, out, f"compute_{_slug(pair)}" + (f"__{suffix}" if suffix else ""))
 
 
