@@ -108,13 +108,16 @@ def run(args) -> int:
 
 
 def _run(args, sweep, runs_dir: Path) -> int:
-    from ..sweeps.runner import (check_shared_settings, failed_before, pending_cells, run_local, run_local_gpus,
-                                 runs_of_other_versions, submit_slurm, wait_for, write_manifest)
+    from ..sweeps.runner import (adopt_earlier_runs, check_shared_settings, failed_before, pending_cells, run_local,
+                                 run_local_gpus, runs_of_other_versions, submit_slurm, wait_for, write_manifest)
     from ..training import RunInterrupted
 
     if args.executor == "local":
         check_shared_settings(sweep)  # before the manifest: a sweep refused here leaves nothing behind
-    if not os.environ.get("STITCHKIT_SWEEP_WORKER"):  # once, not again in each GPU's worker
+    worker = bool(os.environ.get("STITCHKIT_SWEEP_WORKER"))
+    # Runs made under a cell's earlier name keep it (each GPU's worker decides the same, and says nothing).
+    sweep = adopt_earlier_runs(sweep, runs_dir, log=None if worker else _say)
+    if not worker:  # once, not again in each GPU's worker
         others = runs_of_other_versions(sweep, runs_dir)
         if others:
             one = others == 1
