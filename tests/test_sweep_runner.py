@@ -447,3 +447,49 @@ def test_a_run_under_a_cells_earlier_name_with_other_settings_is_not_taken_up(tm
     assert "train.epochs=2 there, 1 now" in said[0]
     # Nothing under the earlier name, or a run under the cell's own name already: nothing to take up.
     assert [c.name for c in adopt_earlier_runs(sweep, tmp_path / "none").cells] == [c.name for c in sweep.cells]
+
+
+# --- cells that do not apply ---------------------------------------------------------------------------------------
+
+def test_a_sweep_whose_every_cell_is_inapplicable_is_refused(tmp_path, capsys):
+    """A ViT block between two CNNs: each cell is skipped, so the sweep would train nothing and exit 0, as an empty
+    grid would; it is refused as one, with the reason and the fix, before anything is written."""
+    path, runs = tmp_path / "cnn_vit_block.yaml", tmp_path / "runs"
+    path.write_text((ONE % {"images": 32, "every": 1000}).replace("[downsample_linear]", "[vit_block]")
+                    .replace("seeds: [0]", "seeds: [0, 1, 2]"))
+    for extra in ([], ["--dry-run"]):
+        code, _, err = _run(capsys, "sweep", path, "--out", runs, *extra)
+        assert code == 2 and err.count("\n") == 1, err
+        assert "has nothing to run: none of its 3 cells applies; vit_block joins token layouts only (ViT to ViT); " \
+               "resnet10t -> resnet10t is not. Add pairs or methods that apply to each other" in err
+    assert not runs.exists()
+    # with a fine-tuning baseline across models too, two reasons:
+    path.write_text((ONE % {"images": 32, "every": 1000}).replace("[downsample_linear]", "[vit_block]")
+                    .replace("[[resnet10t, resnet10t]]", "[[resnet10t, resnet18]]")
+                    + "baselines: {finetune: {lrs: [0.01]}}\n")
+    with pytest.raises(StitchkitError, match=r"nothing to run: none of its 2 cells applies; vit_block .*"
+                                             r" \(and 1 other reason\)"):
+        load_sweep(path)
+
+
+def test_a_sweep_that_skips_some_cells_says_how_many_and_why(tmp_path, capsys):
+    path, runs = tmp_path / "some.yaml", tmp_path / "runs"
+    path.write_text((ONE % {"images": 32, "every": 1000}).replace("[downsample_linear]", "[downsample_linear, vit_block]")
+                    .replace("[[resnet10t, resnet10t]]", "[[resnet10t, resnet10t], [resnet10t, resnet18]]")
+                    + "baselines: {finetune: {lrs: [0.01]}}\n")
+    sweep = load_sweep(path)
+    assert len(sweep.runnable) == 3 and len(sweep.cells) == 6
+    for cell in sweep.runnable:  # finished already: nothing trains here
+        _fake_result(runs / cell.name, "finished", "some")
+    code, out, err = _run(capsys, "sweep", path, "--out", runs)
+    assert code == 0 and json.loads(out.splitlines()[-1])["skipped-finished"] == 3
+    assert ("stitchkit: 3 cells skipped (inapplicable): vit_block joins token layouts only (ViT to ViT); "
+            "resnet10t -> resnet10t is not (1 cell); 2 more for 2 other reasons (--dry-run lists each cell's)\n") in err
+    assert err.count("skipped (inapplicable)") == 1  # said once, not again by run_local
+    from stitchkit.sweeps.runner import run_local
+
+    said = []
+    run_local(load_sweep(path), runs, log=said.append)
+    assert said[0].startswith("3 cells skipped (inapplicable): vit_block") and len(said) == 1 + 3, said
+    path.write_text(ONE % {"images": 32, "every": 1000})  # nothing skipped: nothing said
+    assert load_sweep(path).skipped_summary() is None

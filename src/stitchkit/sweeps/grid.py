@@ -19,7 +19,8 @@ A sweep file names the grid::
 Each cell is one training run. Its run directory name is derived from its settings alone, as its mode uses them
 (readable parts plus a digest of every setting that changes results; a stitch's settings in the base name no
 baseline cell), so rerunning a sweep finds the same directories, skips finished cells and resumes interrupted ones. Methods that do not apply to a pair (a ViT block between image layouts, a
-fine-tuning baseline across architectures) become cells with a skip reason, never errors mid-sweep.
+fine-tuning baseline across architectures) become cells with a skip reason, never errors mid-sweep; a sweep file
+with no cell that applies is refused when loaded.
 """
 from __future__ import annotations
 
@@ -82,6 +83,20 @@ class Sweep:
     @property
     def runnable(self) -> list[Cell]:
         return [c for c in self.cells if c.skip_reason is None]
+
+    def skipped_summary(self) -> str | None:
+        """``N cells skipped (inapplicable): REASON`` (the first cell's reason, and how many cells have others), or
+        None when every cell can run; said at the start of every sweep that skips some."""
+        skipped = [c for c in self.cells if c.skip_reason]
+        if not skipped:
+            return None
+        first = skipped[0].skip_reason
+        others = [c for c in skipped if c.skip_reason != first]
+        reasons = len({c.skip_reason for c in others})
+        return (f"{len(skipped)} cell{'s' if len(skipped) != 1 else ''} skipped (inapplicable): {first}"
+                + (f" ({len(skipped) - len(others)} cell{'s' if len(skipped) - len(others) != 1 else ''}); "
+                   f"{len(others)} more for {reasons} other "
+                   f"reason{'s' if reasons != 1 else ''} (--dry-run lists each cell's)" if others else ""))
 
     def groups(self, cells: list[Cell]) -> list[list[Cell]]:
         """``cells`` in the groups that train in one pass (see :mod:`stitchkit.training.grouped`): with
@@ -203,6 +218,14 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     if not sweep.cells:  # a file whose grid is empty is a mistake: running it would "succeed" having done nothing
         raise StitchkitError(f"sweep file {str(path)!r} lists no runs; add pairs: [[src, dst], ...] (with methods or "
                              "baselines.finetune.lrs), or baselines.scratch.models")
+    if not sweep.runnable:  # every cell inapplicable: as empty, and the reason says which pair or method to change
+        first = sweep.cells[0].skip_reason
+        more = len({c.skip_reason for c in sweep.cells}) - 1
+        raise StitchkitError(f"sweep file {str(path)!r} has nothing to run: none of its {len(sweep.cells)} cells "
+                             f"applies; {first}" + (f" (and {more} other reason{'s' if more != 1 else ''})" if more
+                                                    else "")
+                             + ". Add pairs or methods that apply to each other (`stitchkit methods` says what each "
+                             "method joins), or remove the ones that do not")
     return sweep
 
 

@@ -365,12 +365,15 @@ def _attempt(run_dir: Path, event: str) -> None:
                 f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid={os.getpid()} host={os.uname().nodename} {event}")
 
 
-def run_local(sweep: Sweep, runs_dir: Path, retry_failed: bool = False, log=print) -> dict[str, int]:
+def run_local(sweep: Sweep, runs_dir: Path, retry_failed: bool = False, log=print,
+              say_skipped: bool = True) -> dict[str, int]:
     """Run every runnable cell in this process, one after another (or a group at a time with ``group_by_front``);
-    returns counts of outcomes."""
+    returns counts of outcomes. ``say_skipped``: first log how many cells are skipped as inapplicable, and why."""
     # A logger package the base asks for and this machine lacks, or a missing data folder, fails the sweep once,
     # here, not every cell in turn.
     check_shared_settings(sweep)
+    if say_skipped and (skipped := sweep.skipped_summary()):
+        log(skipped)
     counts: dict[str, int] = {}
     cells = sweep.runnable
     done = 0
