@@ -310,6 +310,41 @@ def judged_alone(monkeypatch):
     return lambda failing=None: monkeypatch.setattr(findings, "run_stages", _fake_stages(failing))
 
 
+def test_only_the_sweeps_this_invocation_built_are_judged(tmp_path, judged_alone):
+    """`findings` and `findings --smoke` share an output folder by default. The manifests of sweeps a smoke run
+    does not build (blocks cut to one gap, a block since removed) stay there: their runs must not be judged
+    beside this run's (a full-size stitch on the smoke run's Pareto front), nor deleted."""
+    import json
+
+    judged_alone()
+    out = tmp_path / "runs"
+    sweeps = findings_sweeps(load_findings_file(FILE, smoke=True), out)
+    ours = next(s for s in sweeps if s.name.startswith("findings_resizing"))
+    shared = next(c for c in ours.runnable if c.method == "downsample_bottleneck")
+    stale_run = out / "stitch" / "old" / "seed0-full"
+    stale_run.mkdir(parents=True)
+    (stale_run / "result.json").write_text(json.dumps({"status": "finished", "top1": 99.0, "gmacs": 0.001}))
+    (out / "sweeps").mkdir(parents=True)
+    stale = {"kind": "stitch", "src": R, "dst": R, "gap": "1:2", "method": "downsample_bottleneck", "seed": 0,
+             "lr": None, "skip_reason": None}
+    # A removed block's manifest, sorted before this run's: one cell of its own, and one this run asks for too.
+    (out / "sweeps" / "findings_a_removed_block.json").write_text(json.dumps(
+        {"sweep": "findings_a_removed_block", "cells": [{**stale, "name": "stitch/old/seed0-full"},
+                                                        {**shared.describe()}]}))
+    doc = tmp_path / "findings.md"
+    findings = run_findings(FILE, out, doc, smoke=True)
+    four = findings[3]
+    assert all(row[0] == "1:4" for row in four.table[1:]), four.table  # the 1:2 point at 99% is not judged
+    assert "99.0" not in str([f.table for f in findings])
+    three = findings[2]
+    bottleneck = next(row for row in three.table[1:] if row[0] == f"{R} -> {R}" and row[1] == "1:4")
+    assert "(n=2)" in bottleneck[5]  # the shared cell's seeds average in this run's sweep
+    text = doc.read_text()
+    assert "Left out of the verdicts and tables: 1 sweep in the output folder that is not this findings file's" in text
+    assert "findings_a_removed_block" in text
+    assert (out / "sweeps" / "findings_a_removed_block.json").is_file() and stale_run.is_dir()  # nothing deleted
+
+
 def test_failed_runs_are_listed_on_the_page(tmp_path, judged_alone):
     judged_alone(failing="downsample_linear_relu")
     doc = tmp_path / "findings.md"

@@ -26,6 +26,7 @@ from .errors import StitchkitError
 from .rundir import RunDir
 from .reports.plots import pareto_front
 from .sweeps.grid import Sweep, expand
+from .sweeps.runner import MANIFEST_DIR
 from .sweeps.methods import list_methods
 from .chain import parse_gap
 
@@ -497,6 +498,23 @@ def _runs(n: int) -> str:
     return f"{n} run" + ("" if n == 1 else "s")
 
 
+def _sweeps(n: int) -> str:
+    return f"{n} sweep" + ("" if n == 1 else "s")
+
+
+def _this_invocation(rows: list[dict], originals: dict, sweeps: list[Sweep], out: Path) -> tuple[list[dict], dict]:
+    """``collect(out)``'s rows and originals cut to the cells of ``sweeps`` (what this invocation asked for), each
+    row under the sweep that asks for it now: manifests of earlier runs into the same folder (a full run before a
+    --smoke one, a block since removed) stay on disk and are read by the report, but are not judged. Originals
+    measured with eval-model are kept; those trained from scratch come from these sweeps' source runs."""
+    from .reports.collect import scratch_originals
+
+    owner = {str(out / cell.name): sweep.name for sweep in sweeps for cell in sweep.cells}
+    rows = [{**row, "sweep": owner[row["run_dir"]]} for row in rows if row["run_dir"] in owner]
+    measured = {name: o for name, o in originals.items() if "sweep" not in o}  # eval-model runs, not scratch ones
+    return rows, {**scratch_originals(rows, exclude=set(measured)), **measured}
+
+
 def _environment(versions: dict, machine: dict) -> str:
     gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ""
     return (f"stitchkit {versions.get('stitchkit', '?')}, torch {versions.get('torch', '?')}, timm "
@@ -506,9 +524,11 @@ def _environment(versions: dict, machine: dict) -> str:
 
 
 def findings_markdown(findings: list[Finding], originals: dict, spec: dict, command: str, figures: list[str],
-                      minutes: float | None, setup: str = "", failures: list[tuple[str, str]] = ()) -> str:
+                      minutes: float | None, setup: str = "", failures: list[tuple[str, str]] = (),
+                      left_out: list[str] = ()) -> str:
     """The page. ``failures``: ``(run folder, error)`` of the runs that failed, listed before the findings (their
-    numbers are missing from every table)."""
+    numbers are missing from every table); ``left_out``: the sweeps in the output folder that are not this findings
+    file's (an earlier run with other settings), named as left out of the verdicts."""
     from .starts import DEFAULT_START
 
     src, st = spec["sources"], spec["stitches"]
@@ -542,6 +562,12 @@ def findings_markdown(findings: list[Finding], originals: dict, spec: dict, comm
         lines += [f"- `{name}`: {error}" for name, error in failures[:20]]
         lines += [f"- and {len(failures) - 20} more" for _ in [0] if len(failures) > 20]
         lines.append("")
+    if left_out:
+        lines += [f"Left out of the verdicts and tables: {_sweeps(len(left_out))} in the output folder that "
+                  f"{'is' if len(left_out) == 1 else 'are'} not this findings file's (an earlier run with other "
+                  f"settings, such as --smoke, or a block since removed: {', '.join(left_out[:3])}"
+                  f"{' ...' if len(left_out) > 3 else ''}); their runs stay on disk, and the figures, drawn from "
+                  "the whole folder's report, still show them.", ""]
     lines += [
         "| source model | top-1 | GMACs at 32 px | trained |",
         "|---|---|---|---|",
@@ -593,7 +619,12 @@ def run_findings(path: str | Path, out: str | Path = "runs/findings", doc: str |
     minutes = _add_compute_time(out, time.time() - start) / 60
     index = write_report(out)
     built = [sources, *stitches]
-    rows, originals = collect(out)
+    rows, originals = _this_invocation(*collect(out), built, out)
+    names = {sweep.name for sweep in built}
+    left_out = sorted(p.stem for p in (out / MANIFEST_DIR).glob("*.json") if p.stem not in names)
+    if left_out:
+        log(f"left out of the findings: {_sweeps(len(left_out))} in {out / MANIFEST_DIR} not in this findings file "
+            f"({', '.join(left_out[:3])}{' ...' if len(left_out) > 3 else ''}); their runs stay on disk")
     summary = summarize(rows)
     findings = judge(summary, originals, chance=10.0)
     for f in findings:
@@ -611,7 +642,7 @@ def run_findings(path: str | Path, out: str | Path = "runs/findings", doc: str |
         errors = {name: str((RunDir(out / name).read_result() or {}).get("error") or "").strip() for name in failures}
         failed = [(name, (error or "no error recorded").splitlines()[0][:300]) for name, error in errors.items()]
         doc.write_text(findings_markdown(findings, originals, spec, command, figures, minutes,
-                                         environment(threads, runs), failed))
+                                         environment(threads, runs), failed, left_out))
         log(f"wrote {doc}")
     log(f"{cells} runs in {time.time() - start:.0f} s; report: {index.resolve()}")
     if failures:
