@@ -222,3 +222,134 @@ def test_the_page_names_what_its_numbers_depend_on(monkeypatch):
     assert findings.environment(1, [{}, {}]).startswith("not recorded by 2 runs")
     gpu = findings.environment(1, [{"versions": versions, "machine": {**here, "gpu": "NVIDIA H100"}}])
     assert "kernels), GPU NVIDIA H100, Python" in gpu
+
+
+# --- too few seeds -------------------------------------------------------------------------------------------------
+
+def test_a_side_with_one_seed_is_not_measured_never_a_zero_standard_error():
+    """With one finished seed a cell has no standard error. Taken as zero, a 0.1-point difference 'beat' by more
+    than 2 standard errors and findings 2 and 3 came out confirmed on noise (seeds: [0], or every seed but one
+    failed). Such a comparison is not measured: out of the verdict, and shown as such."""
+    from stitchkit.findings import _beats, _diff, findings_markdown
+
+    rows = []
+    for gap in ("1:2", "1:3", "1:4"):
+        rows += [_row(R, R, gap, m, top1, se=None, n=1) for m, top1 in (
+            ("downsample_bottleneck", 80.1), ("integrated_bottleneck", 80.0), ("downsample_conv3x3_relu", 80.0),
+            ("integrated_conv3x3_relu", 79.9), ("downsample_linear", 79.95), ("downsample_linear_relu", 80.05))]
+    assert _beats(rows[0], rows[1]) is None and _diff(rows[0], rows[1]) is None
+    assert _beats(rows[0], _row(R, R, "1:4", "x", 80.0, se=3.0, n=3)) is None  # one side is enough
+    assert _beats(_row(R, R, "1:4", "x", 80.1, se=0.01, n=2), _row(R, R, "1:4", "y", 80.0, se=0.01, n=2))
+    findings = {f.number: f for f in judge(rows, {R: {"top1": 85.0}}, chance=10.0)}
+    for number, unmeasured in ((2, 6), (3, 6), (4, 3)):  # finding 3: the 1:3 and 1:4 gaps, three adapters each
+        verdict = findings[number].verdict
+        assert (verdict.checks, verdict.unmeasured) == (0 if number != 4 else 1, unmeasured), number
+    assert findings[2].verdict == "not measured" and findings[3].verdict == "not measured"
+    table = str(findings[2].table) + str(findings[3].table)
+    assert "± 0.0" not in table and "not measured (n=1)" in table and "3 not measured" in table
+    assert not findings[2].notes  # no 'clearly ahead' note on single seeds
+    spec = load_findings_file(FILE)
+    page = findings_markdown(list(findings.values()), {R: {"top1": 85.0}}, spec, "stitchkit findings", [], None)
+    assert "**Verdict at this scale: not measured** (0 of 0 comparisons hold; confirmed needs 3 in 4; 6 not " \
+           "measured, left out: a side has fewer than 2 finished seeds, so no standard error)" in page
+    # Where every cell has its seeds, nothing changes: the paper's pattern is confirmed, nothing unmeasured.
+    assert all(f.verdict.unmeasured == 0 for f in judge(_summary(), ORIGINALS, chance=10.0))
+
+
+def test_a_parallel_stitch_with_one_seed_is_not_measured():
+    fused = "resnet18+vit_micro_patch4_32"
+    rows = _summary() + [_row(fused, R, "1:4", "parallel_gate_bottleneck", 90.0, se=None, n=1, gmacs=1.6)]
+    six = judge(rows, ORIGINALS, chance=10.0)[5]
+    assert six.verdict == "not measured" and six.verdict.unmeasured == 1 and six.verdict.checks == 0
+    assert six.table[1][6:9] == ["not measured (n=1)", "not measured", "not measured"]
+
+
+# --- what one invocation judges ------------------------------------------------------------------------------------
+
+def _fake_stages(failing: str | None = None):
+    """In place of training: every runnable cell finished with made-up numbers (a stitch's method sets its
+    accuracy, the seed moves it a little), ``failing`` (a method) failed; the manifests written as a run writes
+    them. Returns what run_stages returns."""
+    import json
+
+    from stitchkit.rundir import RunDir
+    from stitchkit.sweeps.runner import write_manifest
+
+    top1 = {"scratch": 85.0, "downsample_bottleneck": 80.0, "downsample_conv3x3_relu": 79.0, "vit_block": 70.0,
+            "downsample_linear": 60.0, "downsample_linear_relu": 65.0, "integrated_bottleneck": 70.0}
+
+    def run_stages(stages, out, log=print, workers=1):
+        failures, count = [], 0
+        for sweeps in stages:
+            for sweep in sweeps:
+                write_manifest(sweep, out)
+                for cell in sweep.runnable:
+                    run, count = RunDir(out / cell.name), count + 1
+                    run.path.mkdir(parents=True, exist_ok=True)
+                    if cell.method == failing:
+                        run.result.write_text(json.dumps({"status": "failed", "error": "RuntimeError: boom\nmore"}))
+                        failures.append(cell.name)
+                        continue
+                    run.result.write_text(json.dumps({
+                        "status": "finished", "mode": cell.kind, "top1": top1.get(cell.method, 50.0) + cell.seed / 4,
+                        "top5": 99.0, "gmacs": 0.01 if cell.kind == "stitch" else 0.04, "dataset": "fashion_mnist",
+                        "input_size": 32, "epochs": 1, "train_images": 128}))
+        return failures, count
+
+    return run_stages
+
+
+@pytest.fixture
+def judged_alone(monkeypatch):
+    """run_findings without training, data or report drawing."""
+    from stitchkit import findings, reports
+    from stitchkit.training import data
+
+    monkeypatch.setattr(data, "find_fashion_mnist", lambda root: None)
+    monkeypatch.setattr(reports, "write_report", lambda out: out / "report" / "index.html")
+    return lambda failing=None: monkeypatch.setattr(findings, "run_stages", _fake_stages(failing))
+
+
+def test_only_the_sweeps_this_invocation_built_are_judged(tmp_path, judged_alone):
+    """`findings` and `findings --smoke` share an output folder by default. The manifests of sweeps a smoke run
+    does not build (blocks cut to one gap, a block since removed) stay there: their runs must not be judged
+    beside this run's (a full-size stitch on the smoke run's Pareto front), nor deleted."""
+    import json
+
+    judged_alone()
+    out = tmp_path / "runs"
+    sweeps = findings_sweeps(load_findings_file(FILE, smoke=True), out)
+    ours = next(s for s in sweeps if s.name.startswith("findings_resizing"))
+    shared = next(c for c in ours.runnable if c.method == "downsample_bottleneck")
+    stale_run = out / "stitch" / "old" / "seed0-full"
+    stale_run.mkdir(parents=True)
+    (stale_run / "result.json").write_text(json.dumps({"status": "finished", "top1": 99.0, "gmacs": 0.001}))
+    (out / "sweeps").mkdir(parents=True)
+    stale = {"kind": "stitch", "src": R, "dst": R, "gap": "1:2", "method": "downsample_bottleneck", "seed": 0,
+             "lr": None, "skip_reason": None}
+    # A removed block's manifest, sorted before this run's: one cell of its own, and one this run asks for too.
+    (out / "sweeps" / "findings_a_removed_block.json").write_text(json.dumps(
+        {"sweep": "findings_a_removed_block", "cells": [{**stale, "name": "stitch/old/seed0-full"},
+                                                        {**shared.describe()}]}))
+    doc = tmp_path / "findings.md"
+    findings = run_findings(FILE, out, doc, smoke=True)
+    four = findings[3]
+    assert all(row[0] == "1:4" for row in four.table[1:]), four.table  # the 1:2 point at 99% is not judged
+    assert "99.0" not in str([f.table for f in findings])
+    three = findings[2]
+    bottleneck = next(row for row in three.table[1:] if row[0] == f"{R} -> {R}" and row[1] == "1:4")
+    assert "(n=2)" in bottleneck[5]  # the shared cell's seeds average in this run's sweep
+    text = doc.read_text()
+    assert "Left out of the verdicts and tables: 1 sweep in the output folder that is not this findings file's" in text
+    assert "findings_a_removed_block" in text
+    assert (out / "sweeps" / "findings_a_removed_block.json").is_file() and stale_run.is_dir()  # nothing deleted
+
+
+def test_failed_runs_are_listed_on_the_page(tmp_path, judged_alone):
+    judged_alone(failing="downsample_linear_relu")
+    doc = tmp_path / "findings.md"
+    with pytest.raises(StitchkitError, match="runs failed"):
+        run_findings(FILE, tmp_path / "runs", doc, smoke=True)
+    text = doc.read_text()
+    assert "**2 runs failed** and are missing from every number below" in text
+    assert text.count("downsample_linear_relu/seed") == 2 and text.count(": RuntimeError: boom\n") == 2

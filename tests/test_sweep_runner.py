@@ -372,3 +372,124 @@ def test_a_sweep_file_without_runs_is_refused(tmp_path, capsys):
     path.write_text("pairs: [[resnet10t, resnet10t]]\nmethods: []\n")
     with pytest.raises(StitchkitError, match="lists no runs"):
         load_sweep(path)
+
+
+# --- cells renamed since -------------------------------------------------------------------------------------------
+
+BASELINES = """
+base:
+  model: {pretrained: false, num_classes: 10, init_images: 64}
+  data: {name: synthetic, input_size: 32, synthetic_train_size: 32, synthetic_val_size: 16}
+  train: {epochs: 1, workers: 0, threads: 1}
+pairs: [[resnet10t, resnet10t]]
+gaps: ["1:3"]
+methods: []
+baselines:
+  finetune: {lrs: [0.01]}
+  scratch: {models: [resnet10t]}
+seeds: [0]
+"""
+
+
+def _made_under_earlier_name(runs: Path, sweep, cell, **changed) -> Path:
+    """A finished run as stitchkit 0.12.0 left it: in the folder named after the whole base, with the settings the
+    cell trains with (``changed``: ``{"section.key": value}`` differing from them)."""
+    from dataclasses import replace
+
+    from stitchkit.training.config import to_yaml
+
+    config = sweep.config(replace(cell, name=cell.earlier_name), runs)
+    for key, value in changed.items():
+        section, name = key.split(".")
+        setattr(getattr(config, section), name, value)
+    run = RunDir(runs / cell.earlier_name)
+    run.path.mkdir(parents=True)
+    run.config.write_text(to_yaml(config))
+    run.result.write_text(json.dumps({"status": "finished", "top1": 50.0, **cell.describe(),
+                                      "name": cell.earlier_name}))
+    run.cell.write_text(json.dumps({"sweep": sweep.name, **cell.describe(), "name": cell.earlier_name}))
+    return run.path
+
+
+def test_runs_made_under_a_cells_earlier_name_are_taken_up_not_retrained(tmp_path, capsys):
+    """Up to 0.12.0 a baseline cell's name took the base's stitch-only settings (model.init_images here): its
+    name is now that of the settings it trains with. A resumed sweep finds the runs finished under the earlier
+    names and keeps them there, neither training them again nor leaving them out of the report."""
+    path, runs = tmp_path / "baselines.yaml", tmp_path / "runs"
+    path.write_text(BASELINES)
+    sweep = load_sweep(path)
+    assert [c.kind for c in sweep.cells] == ["finetune", "scratch"]
+    assert all(c.earlier_name and c.earlier_name != c.name for c in sweep.cells)
+    _made_under_earlier_name(runs, sweep, sweep.cells[0])
+    # Before the sweep's base applied to each cell as far as its mode uses it, a scratch run recorded the stitch's
+    # setting too: it changed nothing such a run does, so the run is the cell's all the same.
+    _made_under_earlier_name(runs, sweep, sweep.cells[1], **{"model.init_images": 64})
+    code, out, err = _run(capsys, "sweep", path, "--out", runs)
+    assert code == 0 and json.loads(out.splitlines()[-1]) == {"runs_dir": str(runs), "skipped-finished": 2}, err
+    assert "2 cells found under the names stitchkit 0.12.0 and earlier gave them (2 finished), and kept there" in err
+    assert "another version" not in err and not any((runs / c.name).exists() for c in sweep.cells)
+    manifest = json.loads((runs / "sweeps" / "baselines.json").read_text())
+    assert [c["name"] for c in manifest["cells"]] == [c.earlier_name for c in sweep.cells]
+
+
+def test_a_run_under_a_cells_earlier_name_with_other_settings_is_not_taken_up(tmp_path):
+    from stitchkit.sweeps.runner import adopt_earlier_runs
+
+    path, runs = tmp_path / "baselines.yaml", tmp_path / "runs"
+    path.write_text(BASELINES)
+    sweep = load_sweep(path)
+    _made_under_earlier_name(runs, sweep, sweep.cells[0], **{"train.epochs": 2})
+    said = []
+    kept = adopt_earlier_runs(sweep, runs, said.append)
+    assert [c.name for c in kept.cells] == [c.name for c in sweep.cells]
+    assert len(said) == 1 and "not taken up under its earlier name, the cell trains as new" in said[0], said
+    assert f"{sweep.cells[0].earlier_name} (finished): its settings differ" in said[0]
+    assert "train.epochs=2 there, 1 now" in said[0]
+    # Nothing under the earlier name, or a run under the cell's own name already: nothing to take up.
+    assert [c.name for c in adopt_earlier_runs(sweep, tmp_path / "none").cells] == [c.name for c in sweep.cells]
+
+
+# --- cells that do not apply ---------------------------------------------------------------------------------------
+
+def test_a_sweep_whose_every_cell_is_inapplicable_is_refused(tmp_path, capsys):
+    """A ViT block between two CNNs: each cell is skipped, so the sweep would train nothing and exit 0, as an empty
+    grid would; it is refused as one, with the reason and the fix, before anything is written."""
+    path, runs = tmp_path / "cnn_vit_block.yaml", tmp_path / "runs"
+    path.write_text((ONE % {"images": 32, "every": 1000}).replace("[downsample_linear]", "[vit_block]")
+                    .replace("seeds: [0]", "seeds: [0, 1, 2]"))
+    for extra in ([], ["--dry-run"]):
+        code, _, err = _run(capsys, "sweep", path, "--out", runs, *extra)
+        assert code == 2 and err.count("\n") == 1, err
+        assert "has nothing to run: none of its 3 cells applies; vit_block joins token layouts only (ViT to ViT); " \
+               "resnet10t -> resnet10t is not. Add pairs or methods that apply to each other" in err
+    assert not runs.exists()
+    # with a fine-tuning baseline across models too, two reasons:
+    path.write_text((ONE % {"images": 32, "every": 1000}).replace("[downsample_linear]", "[vit_block]")
+                    .replace("[[resnet10t, resnet10t]]", "[[resnet10t, resnet18]]")
+                    + "baselines: {finetune: {lrs: [0.01]}}\n")
+    with pytest.raises(StitchkitError, match=r"nothing to run: none of its 2 cells applies; vit_block .*"
+                                             r" \(and 1 other reason\)"):
+        load_sweep(path)
+
+
+def test_a_sweep_that_skips_some_cells_says_how_many_and_why(tmp_path, capsys):
+    path, runs = tmp_path / "some.yaml", tmp_path / "runs"
+    path.write_text((ONE % {"images": 32, "every": 1000}).replace("[downsample_linear]", "[downsample_linear, vit_block]")
+                    .replace("[[resnet10t, resnet10t]]", "[[resnet10t, resnet10t], [resnet10t, resnet18]]")
+                    + "baselines: {finetune: {lrs: [0.01]}}\n")
+    sweep = load_sweep(path)
+    assert len(sweep.runnable) == 3 and len(sweep.cells) == 6
+    for cell in sweep.runnable:  # finished already: nothing trains here
+        _fake_result(runs / cell.name, "finished", "some")
+    code, out, err = _run(capsys, "sweep", path, "--out", runs)
+    assert code == 0 and json.loads(out.splitlines()[-1])["skipped-finished"] == 3
+    assert ("stitchkit: 3 cells skipped (inapplicable): vit_block joins token layouts only (ViT to ViT); "
+            "resnet10t -> resnet10t is not (1 cell); 2 more for 2 other reasons (--dry-run lists each cell's)\n") in err
+    assert err.count("skipped (inapplicable)") == 1  # said once, not again by run_local
+    from stitchkit.sweeps.runner import run_local
+
+    said = []
+    run_local(load_sweep(path), runs, log=said.append)
+    assert said[0].startswith("3 cells skipped (inapplicable): vit_block") and len(said) == 1 + 3, said
+    path.write_text(ONE % {"images": 32, "every": 1000})  # nothing skipped: nothing said
+    assert load_sweep(path).skipped_summary() is None

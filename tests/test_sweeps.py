@@ -93,8 +93,32 @@ def test_a_base_applies_to_each_cell_as_far_as_its_mode_uses_it(tmp_path):
         used = (model.adapter_norm, model.init_images, model.frozen_mode, model.unfreeze_last)
         assert used == (("paper_code", 16, "train", 1) if cell.kind == "stitch" else ("fitted", 256, "eval", 0))
     assert kinds == {"stitch", "finetune", "scratch"}
-    # The baselines' names still follow the base, as before (a baseline cell already trained keeps its folder).
-    assert all(a.name != b.name for a, b in zip(sweep.cells, plain.cells))
+    # The names follow the settings as each cell trains with them: the baselines' are those of the base without
+    # the stitch's settings; the names earlier versions gave them (from the whole base) are kept beside, so that a
+    # resumed sweep takes up runs made under them (test_sweep_runner.py).
+    for a, b in zip(sweep.cells, plain.cells):
+        assert (a.name == b.name) == (a.kind != "stitch"), (a.name, b.name)
+        assert (a.earlier_name is not None) == (a.kind != "stitch") and a.earlier_name != a.name
+        assert b.earlier_name is None
+    # What the settings ask of a stitch alone renames no baseline (before: every one, so a resumed grid retrained
+    # them and the report left the finished ones out).
+    init = load_sweep(path, ["model.num_classes=10", "model.init_images=128"])
+    assert [c.name for c in init.cells if c.kind != "stitch"] == [c.name for c in plain.cells if c.kind != "stitch"]
+    assert all(a.name != b.name for a, b in zip(init.cells, plain.cells) if a.kind == "stitch")
+
+
+def test_cell_names_of_bases_without_stitch_only_settings_are_unchanged():
+    """Cell names are where finished runs are found: a base that sets nothing its cells' modes leave unused names
+    them as every earlier version did (digests computed with stitchkit 0.12.0), the paper's grid included."""
+    spec = {"base": {"data": {"name": "synthetic", "input_size": 32}, "model": {"pretrained": False}},
+            "pairs": [["resnet10t", "resnet10t"]], "gaps": ["1:3"], "methods": ["downsample_linear"],
+            "baselines": {"finetune": {"lrs": [0.01]}, "scratch": {"models": ["resnet10t"]}}, "seeds": [0]}
+    assert [c.name for c in expand(spec).cells] == [
+        "stitch/resnet10t--resnet10t/1to3/downsample_linear/seed0-8ae682dc",
+        "finetune/resnet10t--resnet10t/1to3/finetune-lr0.01/seed0-8271a99d",
+        "scratch/resnet10t/scratch/seed0-0057f7eb"]
+    grid = load_sweep(ROOT / "configs" / "paper" / "grid.yaml", ["data.root=/data/imagenet"])
+    assert all(c.earlier_name is None for c in grid.cells)  # the earlier naming gives the same name to every cell
 
 
 def test_bad_sweep_files(tmp_path):

@@ -7,7 +7,9 @@ measured numbers by a rule written below next to it (never by hand), and ``docs/
 (mean ± standard error over seeds, n), the verdict and the figures.
 
 The rules say "beats" only when the difference in means is larger than twice its standard error
-(``sqrt(se_a^2 + se_b^2)``): with three seeds that is a rough, not a formal, test.
+(``sqrt(se_a^2 + se_b^2)``): with three seeds that is a rough, not a formal, test. A side with fewer than two
+finished seeds has no standard error: such a comparison is "not measured", shown as such and left out of the
+verdict (never taken as a standard error of zero, which would let any difference count).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from .errors import StitchkitError
 from .rundir import RunDir
 from .reports.plots import pareto_front
 from .sweeps.grid import Sweep, expand
+from .sweeps.runner import MANIFEST_DIR
 from .sweeps.methods import list_methods
 from .chain import parse_gap
 
@@ -110,39 +113,60 @@ def _fmt(row: dict | None) -> str:
     return f"{row['top1_mean']:.1f}" + (f" ± {se:.1f}" if se is not None else "") + f" (n={row['n']})"
 
 
+MIN_SEEDS = 2  # a comparison needs a standard error on both sides: at least this many finished seeds each
+
+
+def _measured(row: dict | None) -> bool:
+    return bool(row) and row.get("top1_mean") is not None
+
+
+def _unmeasured(a: dict | None, b: dict | None) -> bool:
+    """Both measured, but one side has fewer than :data:`MIN_SEEDS` finished seeds (no standard error): the
+    comparison is not measured. A missing standard error is unknown, not zero."""
+    return _measured(a) and _measured(b) and any(
+        (row.get("n") or 0) < MIN_SEEDS or row.get("top1_se") is None for row in (a, b))
+
+
 def _diff(a: dict | None, b: dict | None) -> tuple[float, float] | None:
-    """``(mean_a - mean_b, its standard error)``; None when either is missing."""
-    if not a or not b or a.get("top1_mean") is None or b.get("top1_mean") is None:
+    """``(mean_a - mean_b, its standard error)``; None when either is missing or has fewer than two seeds."""
+    if not _measured(a) or not _measured(b) or _unmeasured(a, b):
         return None
-    se = math.sqrt((a.get("top1_se") or 0.0) ** 2 + (b.get("top1_se") or 0.0) ** 2)
-    return a["top1_mean"] - b["top1_mean"], se
+    return a["top1_mean"] - b["top1_mean"], math.sqrt(a["top1_se"] ** 2 + b["top1_se"] ** 2)
 
 
 def _beats(a: dict | None, b: dict | None) -> bool | None:
+    """Ahead by more than twice the standard error of the difference; None when that cannot be said (a side
+    missing, or with fewer than two seeds)."""
     d = _diff(a, b)
     return None if d is None else d[0] > 2 * d[1] and d[0] > 0
 
 
-def _fmt_diff(d: tuple[float, float] | None) -> str:
+def _fmt_diff(a: dict | None, b: dict | None) -> str:
+    """``a - b`` as ``+x.x ± y.y``; ``-`` when a side is missing; ``not measured (n=1)`` with too few seeds."""
+    if _unmeasured(a, b):
+        return f"not measured (n={min(a.get('n') or 0, b.get('n') or 0)})"
+    d = _diff(a, b)
     return "-" if d is None else f"{d[0]:+.1f} ± {d[1]:.1f}"
 
 
 class Verdict(str):
     """``confirmed`` (at least 3 in 4 comparisons hold), ``partly confirmed`` (at least 1 in 4), ``not confirmed``
-    or ``not measured``; it also keeps how many of its comparisons held, which the page shows next to it."""
+    or ``not measured``; it also keeps how many of its comparisons held, which the page shows next to it, and how
+    many could not be made (a side with fewer than two seeds), which it leaves out."""
 
     held: int = 0
     checks: int = 0
+    unmeasured: int = 0
 
 
-def _verdict(outcomes: list[bool]) -> Verdict:
+def _verdict(outcomes: list[bool], unmeasured: int = 0) -> Verdict:
     share = sum(outcomes) / len(outcomes) if outcomes else None
     if share is None:
         text = "not measured"
     else:
         text = "confirmed" if share >= 0.75 else ("partly confirmed" if share >= 0.25 else "not confirmed")
     verdict = Verdict(text)
-    verdict.held, verdict.checks = sum(outcomes), len(outcomes)
+    verdict.held, verdict.checks, verdict.unmeasured = sum(outcomes), len(outcomes), unmeasured
     return verdict
 
 
@@ -221,7 +245,7 @@ def _fmt_original(original: dict | None) -> str:
 def _finding2(rows: _Rows, cnn) -> Finding:
     table = [["gap", "adapter", "downsample", "integrated", "no resize", "downsample - integrated",
               "downsample - no resize", "downsample ahead of integrated"]]
-    outcomes, behind, beats_none, compared_none = [], [], 0, 0
+    outcomes, behind, beats_none, compared_none, unmeasured = [], [], 0, 0, 0
     if cnn:
         src, dst = cnn
         for gap in rows.gaps(src, dst):
@@ -239,8 +263,11 @@ def _finding2(rows: _Rows, cnn) -> Finding:
                     held = bool(_beats(down, integ))
                     outcomes.append(held)
                     ahead = "yes" if held else "no"
-                table.append([gap, adapter, _fmt(down), _fmt(integ), _fmt(none), _fmt_diff(d_int), _fmt_diff(d_none),
-                              ahead])
+                elif _unmeasured(down, integ):
+                    unmeasured += 1
+                    ahead = "not measured"
+                table.append([gap, adapter, _fmt(down), _fmt(integ), _fmt(none), _fmt_diff(down, integ),
+                              _fmt_diff(down, none), ahead])
                 if d_int is not None and -d_int[0] > 2 * d_int[1]:
                     behind.append(f"{gap} {adapter} ({d_int[0]:+.1f} ± {d_int[1]:.1f})")
                 if d_none is not None and d_none[0] > 2 * d_none[1]:
@@ -252,7 +279,7 @@ def _finding2(rows: _Rows, cnn) -> Finding:
                      "The first half of the claim holds more widely: downsampling beats no resizing by more than 2 "
                      f"standard errors in {beats_none} of {compared_none} comparisons.")
     return Finding(2, "A plain bilinear downsample before each adapter is enough, and integrating the downsampling "
-                      "into the adapter (a strided convolution) is worse.", _verdict(outcomes),
+                      "into the adapter (a strided convolution) is worse.", _verdict(outcomes, unmeasured),
                    "at every gap that changes scale, for every adapter measured both ways, the downsample method beats "
                    "the integrated one by more than twice the standard error of the difference (the no-resize "
                    "column is shown, not counted)", table, notes)
@@ -261,7 +288,7 @@ def _finding2(rows: _Rows, cnn) -> Finding:
 def _finding3(rows: _Rows) -> Finding:
     table = [["pair", "gap", "linear", "linear + ReLU", "conv3x3 + ReLU", "bottleneck", "bottleneck - linear",
               "nonlinear ahead"]]
-    outcomes, small, missed = [], [], []
+    outcomes, small, missed, unmeasured = [], [], [], 0
     nonlinear = ("downsample_linear_relu", "downsample_conv3x3_relu", "downsample_bottleneck")
     for src, dst in rows.pairs():
         for gap in rows.gaps(src, dst):
@@ -272,15 +299,19 @@ def _finding3(rows: _Rows) -> Finding:
             x, y = parse_gap(gap)
             ahead = ""
             if y - x >= 2:  # a large gap (1:3 and up): every nonlinear adapter measured must beat the linear one
-                held = [bool(_beats(row, linear)) for row in others.values() if row is not None]
+                compared = [row for row in others.values() if _diff(row, linear) is not None]
+                not_measured = sum(_unmeasured(row, linear) for row in others.values())
+                held = [bool(_beats(row, linear)) for row in compared]
                 outcomes += held
-                missed += [_diff(row, linear) for row in others.values() if row is not None and not _beats(row, linear)]
-                ahead = f"{sum(held)} of {len(held)}"
-            elif gap == "1:1" and others["downsample_bottleneck"]:
+                unmeasured += not_measured
+                missed += [_diff(row, linear) for row in compared if not _beats(row, linear)]
+                ahead = ", ".join(([f"{sum(held)} of {len(held)}"] if held else [])
+                                  + ([f"{not_measured} not measured"] if not_measured else []))
+            elif gap == "1:1" and _diff(others["downsample_bottleneck"], linear) is not None:
                 small.append(_diff(others["downsample_bottleneck"], linear))
             table.append([f"{src} -> {dst}", gap, _fmt(linear), _fmt(others["downsample_linear_relu"]),
                           _fmt(others["downsample_conv3x3_relu"]), _fmt(others["downsample_bottleneck"]),
-                          _fmt_diff(_diff(others["downsample_bottleneck"], linear)), ahead])
+                          _fmt_diff(others["downsample_bottleneck"], linear), ahead])
     notes = []
     if missed:
         ahead = sum(1 for d in missed if d and d[0] > 0)
@@ -293,7 +324,7 @@ def _finding3(rows: _Rows) -> Finding:
         close = sum(abs(d[0]) <= max(2 * d[1], 1.0) for d in small if d)
         notes.append(f"At gap 1:1 the linear adapter is within noise (or 1 point) of the bottleneck in {close} of "
                      f"{len(small)} pairs (the paper: linear adapters suffice for small gaps).")
-    return Finding(3, "Nonlinear adapters beat linear ones on large gaps.", _verdict(outcomes),
+    return Finding(3, "Nonlinear adapters beat linear ones on large gaps.", _verdict(outcomes, unmeasured),
                    "at every gap of two stages or more (1:3, 1:4, 2:4), every nonlinear adapter measured (linear + ReLU, "
                    "conv3x3 + ReLU, bottleneck) beats the linear adapter by more than twice the standard error of the "
                    "difference", table, notes)
@@ -301,7 +332,7 @@ def _finding3(rows: _Rows) -> Finding:
 
 def _finding4(rows: _Rows, cnn) -> Finding:
     table = [["gap", "method", "GMACs", "top-1", "on the Pareto front"]]
-    outcomes = []
+    outcomes, unmeasured = [], 0
     if cnn:
         src, dst = cnn
         points = [r for (s, d, g, m), r in rows.by_key.items() if s == src and d == dst and g.startswith("1:")
@@ -312,16 +343,18 @@ def _finding4(rows: _Rows, cnn) -> Finding:
                 continue
             bottleneck = rows.get(src, dst, gap, "downsample_bottleneck")
             conv = rows.get(src, dst, gap, "downsample_conv3x3_relu")
-            if bottleneck and conv:  # the bottleneck gives as much accuracy for less compute than a full conv3x3
-                outcomes.append(bottleneck["gmacs"] < conv["gmacs"] and
-                                bottleneck["top1_mean"] >= conv["top1_mean"] - 2 * (_diff(bottleneck, conv) or (0, 0))[1])
+            d = _diff(bottleneck, conv)
+            if d is not None:  # the bottleneck gives as much accuracy for less compute than a full conv3x3
+                outcomes.append(bottleneck["gmacs"] < conv["gmacs"] and d[0] >= -2 * d[1])
+            elif _unmeasured(bottleneck, conv):
+                unmeasured += 1
         for r in sorted(points, key=lambda r: (r["gap"], r["gmacs"])):
             on = (r["gmacs"], r["top1_mean"]) in front
             table.append([r["gap"], r["method"], f"{r['gmacs']:.4f}", _fmt(r), "yes" if on else ""])
         outcomes.append(any(r["method"] == "downsample_bottleneck" and (r["gmacs"], r["top1_mean"]) in front
                             for r in points))
     return Finding(4, "Bottleneck adapters are on the accuracy-compute Pareto front: as accurate as a full Conv3x3 "
-                      "adapter for a fraction of its compute.", _verdict(outcomes),
+                      "adapter for a fraction of its compute.", _verdict(outcomes, unmeasured),
                    "at every gap from Stage 1 the downsample bottleneck costs fewer MACs than the downsample conv3x3 and "
                    "is not less accurate by more than twice the standard error, and at least one bottleneck point is "
                    "on the Pareto front of all methods and gaps from Stage 1", table)
@@ -385,7 +418,7 @@ def _finding6(rows: _Rows) -> Finding:
     their single fronts (``A -> C``, ``B -> C``) with the same adapter, bilinear resizing and gap."""
     table = [["fronts -> destination", "gap", "fusion", "fused top-1", "better single front", "its top-1",
               "fused - single", "beyond 2 SE", f"by >= {FUSED_LEAD:g} point beyond 2 SE", "GMACs fused / single"]]
-    outcomes, strong, costs = [], [], []
+    outcomes, strong, costs, unmeasured = [], [], [], 0
     for (src, dst, gap, name), fused in sorted(rows.by_key.items()):  # by pair, gap, method
         method = PARALLEL_METHODS.get(name) if "+" in src else None
         if method is None or fused.get("top1_mean") is None:
@@ -396,14 +429,18 @@ def _finding6(rows: _Rows) -> Finding:
             continue
         best = max(singles, key=lambda r: r["top1_mean"])
         diff = _diff(fused, best)
-        held, lead = _beats(fused, best), diff[0] - 2 * diff[1] >= FUSED_LEAD
-        outcomes.append(held)
-        strong.append(lead)
         ratio = fused["gmacs"] / best["gmacs"] if fused.get("gmacs") and best.get("gmacs") else None
-        costs.append(ratio)
+        if diff is None:  # a side with fewer than two seeds: not measured
+            unmeasured += 1
+            held = lead = "not measured"
+        else:
+            held, lead = _beats(fused, best), diff[0] - 2 * diff[1] >= FUSED_LEAD
+            outcomes.append(held)
+            strong.append(lead)
+            costs.append(ratio)
+            held, lead = "yes" if held else "no", "yes" if lead else "no"
         table.append([f"{src.replace('+', ' + ')} -> {dst}", gap, f"{method.fusion} ({method.adapter})", _fmt(fused),
-                      best["src"], _fmt(best), _fmt_diff(diff), "yes" if held else "no", "yes" if lead else "no",
-                      f"{ratio:.2f}x" if ratio else "-"])
+                      best["src"], _fmt(best), _fmt_diff(fused, best), held, lead, f"{ratio:.2f}x" if ratio else "-"])
     notes = []
     if outcomes:
         known = [c for c in costs if c]
@@ -417,7 +454,7 @@ def _finding6(rows: _Rows) -> Finding:
             "average; what it gains is the second front's complementary features.")
     return Finding(6, "Beyond the paper (its future work): two fronts fused into one destination beat the better "
                       "of the two single fronts at the same gap.",
-                   _verdict(outcomes),
+                   _verdict(outcomes, unmeasured),
                    "each parallel stitch (two sources' fronts, each with its own chain of the same adapter, fused) is "
                    "ahead of the better of its two single-front stitches (downsampling, same adapter, same gap, "
                    "same destination) by more than twice the standard error of the difference", table, notes)
@@ -461,6 +498,23 @@ def _runs(n: int) -> str:
     return f"{n} run" + ("" if n == 1 else "s")
 
 
+def _sweeps(n: int) -> str:
+    return f"{n} sweep" + ("" if n == 1 else "s")
+
+
+def _this_invocation(rows: list[dict], originals: dict, sweeps: list[Sweep], out: Path) -> tuple[list[dict], dict]:
+    """``collect(out)``'s rows and originals cut to the cells of ``sweeps`` (what this invocation asked for), each
+    row under the sweep that asks for it now: manifests of earlier runs into the same folder (a full run before a
+    --smoke one, a block since removed) stay on disk and are read by the report, but are not judged. Originals
+    measured with eval-model are kept; those trained from scratch come from these sweeps' source runs."""
+    from .reports.collect import scratch_originals
+
+    owner = {str(out / cell.name): sweep.name for sweep in sweeps for cell in sweep.cells}
+    rows = [{**row, "sweep": owner[row["run_dir"]]} for row in rows if row["run_dir"] in owner]
+    measured = {name: o for name, o in originals.items() if "sweep" not in o}  # eval-model runs, not scratch ones
+    return rows, {**scratch_originals(rows, exclude=set(measured)), **measured}
+
+
 def _environment(versions: dict, machine: dict) -> str:
     gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ""
     return (f"stitchkit {versions.get('stitchkit', '?')}, torch {versions.get('torch', '?')}, timm "
@@ -470,7 +524,11 @@ def _environment(versions: dict, machine: dict) -> str:
 
 
 def findings_markdown(findings: list[Finding], originals: dict, spec: dict, command: str, figures: list[str],
-                      minutes: float | None, setup: str = "") -> str:
+                      minutes: float | None, setup: str = "", failures: list[tuple[str, str]] = (),
+                      left_out: list[str] = ()) -> str:
+    """The page. ``failures``: ``(run folder, error)`` of the runs that failed, listed before the findings (their
+    numbers are missing from every table); ``left_out``: the sweeps in the output folder that are not this findings
+    file's (an earlier run with other settings), named as left out of the verdicts."""
     from .starts import DEFAULT_START
 
     src, st = spec["sources"], spec["stitches"]
@@ -496,14 +554,32 @@ def findings_markdown(findings: list[Finding], originals: dict, spec: dict, comm
         "grid throughout), so a stitch into Stage 3 or 4 of a CNN sees a 2x2 or 1x1 map, where resizing has little "
         "to do and a 3x3 convolution is mostly padding.",
         "",
+    ]
+    if failures:
+        lines += [f"**{_runs(len(failures))} failed** and {'is' if len(failures) == 1 else 'are'} missing from every "
+                  "number below (a failed source model also keeps the stitches that read it from training; each "
+                  "run's result.json says why):", ""]
+        lines += [f"- `{name}`: {error}" for name, error in failures[:20]]
+        lines += [f"- and {len(failures) - 20} more" for _ in [0] if len(failures) > 20]
+        lines.append("")
+    if left_out:
+        lines += [f"Left out of the verdicts and tables: {_sweeps(len(left_out))} in the output folder that "
+                  f"{'is' if len(left_out) == 1 else 'are'} not this findings file's (an earlier run with other "
+                  f"settings, such as --smoke, or a block since removed: {', '.join(left_out[:3])}"
+                  f"{' ...' if len(left_out) > 3 else ''}); their runs stay on disk, and the figures, drawn from "
+                  "the whole folder's report, still show them.", ""]
+    lines += [
         "| source model | top-1 | GMACs at 32 px | trained |",
         "|---|---|---|---|",
     ]
     for name, o in sorted(originals.items()):
         lines.append(f"| {name} | {_fmt_original(o)} | {o.get('gmacs') or 0:.4f} | {o.get('source', '')} |")
     for f in findings:
+        unmeasured = getattr(f.verdict, "unmeasured", 0)
         lines += ["", f"## Finding {f.number}: {f.claim}", "", f"**Verdict at this scale: {f.verdict}** ({getattr(f.verdict, 'held', '?')} of "
-                  f"{getattr(f.verdict, 'checks', '?')} comparisons hold; confirmed needs 3 in 4). Rule: {f.rule}.",
+                  f"{getattr(f.verdict, 'checks', '?')} comparisons hold; confirmed needs 3 in 4"
+                  + (f"; {unmeasured} not measured, left out: a side has fewer than {MIN_SEEDS} finished seeds, so no "
+                     "standard error" if unmeasured else "") + f"). Rule: {f.rule}.",
                   ""]
         if len(f.table) > 1:
             lines.append("| " + " | ".join(f.table[0]) + " |")
@@ -542,7 +618,13 @@ def run_findings(path: str | Path, out: str | Path = "runs/findings", doc: str |
     failures, cells = run_stages([[sources], stitches], out, log, workers)
     minutes = _add_compute_time(out, time.time() - start) / 60
     index = write_report(out)
-    rows, originals = collect(out)
+    built = [sources, *stitches]
+    rows, originals = _this_invocation(*collect(out), built, out)
+    names = {sweep.name for sweep in built}
+    left_out = sorted(p.stem for p in (out / MANIFEST_DIR).glob("*.json") if p.stem not in names)
+    if left_out:
+        log(f"left out of the findings: {_sweeps(len(left_out))} in {out / MANIFEST_DIR} not in this findings file "
+            f"({', '.join(left_out[:3])}{' ...' if len(left_out) > 3 else ''}); their runs stay on disk")
     summary = summarize(rows)
     findings = judge(summary, originals, chance=10.0)
     for f in findings:
@@ -556,9 +638,11 @@ def run_findings(path: str | Path, out: str | Path = "runs/findings", doc: str |
             shutil.copyfile(png, assets / png.name)
             figures.append(f"{assets.name}/{png.name}")
         command = f"stitchkit findings {path} --out {out} --doc {doc}" + (" --smoke" if smoke else "")
-        runs = [RunDir(out / cell.name).read_result() or {} for sweep in [sources, *stitches] for cell in sweep.cells]
+        runs = [RunDir(out / cell.name).read_result() or {} for sweep in built for cell in sweep.cells]
+        errors = {name: str((RunDir(out / name).read_result() or {}).get("error") or "").strip() for name in failures}
+        failed = [(name, (error or "no error recorded").splitlines()[0][:300]) for name, error in errors.items()]
         doc.write_text(findings_markdown(findings, originals, spec, command, figures, minutes,
-                                         environment(threads, runs)))
+                                         environment(threads, runs), failed, left_out))
         log(f"wrote {doc}")
     log(f"{cells} runs in {time.time() - start:.0f} s; report: {index.resolve()}")
     if failures:

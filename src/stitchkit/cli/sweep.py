@@ -108,13 +108,16 @@ def run(args) -> int:
 
 
 def _run(args, sweep, runs_dir: Path) -> int:
-    from ..sweeps.runner import (check_shared_settings, failed_before, pending_cells, run_local, run_local_gpus,
-                                 runs_of_other_versions, submit_slurm, wait_for, write_manifest)
+    from ..sweeps.runner import (adopt_earlier_runs, check_shared_settings, failed_before, pending_cells, run_local,
+                                 run_local_gpus, runs_of_other_versions, submit_slurm, wait_for, write_manifest)
     from ..training import RunInterrupted
 
     if args.executor == "local":
         check_shared_settings(sweep)  # before the manifest: a sweep refused here leaves nothing behind
-    if not os.environ.get("STITCHKIT_SWEEP_WORKER"):  # once, not again in each GPU's worker
+    worker = bool(os.environ.get("STITCHKIT_SWEEP_WORKER"))
+    # Runs made under a cell's earlier name keep it (each GPU's worker decides the same, and says nothing).
+    sweep = adopt_earlier_runs(sweep, runs_dir, log=None if worker else _say)
+    if not worker:  # once, not again in each GPU's worker
         others = runs_of_other_versions(sweep, runs_dir)
         if others:
             one = others == 1
@@ -122,6 +125,9 @@ def _run(args, sweep, runs_dir: Path) -> int:
                  f"belong{'s' if one else ''} to another version of this sweep (other settings); "
                  f"{'it stays' if one else 'they stay'} on disk but the report summarises this version")
     write_manifest(sweep, runs_dir)
+    skipped = sweep.skipped_summary()
+    if skipped and not worker:  # once, not again in each GPU's worker (nor by run_local)
+        _say(f"stitchkit: {skipped}")
     if args.executor == "slurm":
         cells = len(pending_cells(sweep, runs_dir, args.retry_failed))
         jobs = submit_slurm(sweep, runs_dir, retry_failed=args.retry_failed, partition=args.partition,
@@ -143,10 +149,10 @@ def _run(args, sweep, runs_dir: Path) -> int:
     import torch
 
     gpus = torch.cuda.device_count()
-    if gpus > 1 and not os.environ.get("STITCHKIT_SWEEP_WORKER"):
+    if gpus > 1 and not worker:
         return run_local_gpus(args.argv, gpus)
     try:
-        counts = run_local(sweep, runs_dir, retry_failed=args.retry_failed, log=_say)
+        counts = run_local(sweep, runs_dir, retry_failed=args.retry_failed, log=_say, say_skipped=False)
     except RunInterrupted as stop:
         _say(f"stitchkit: sweep stopped: {stop}; rerun the same command to continue")
         return stop.exit_code

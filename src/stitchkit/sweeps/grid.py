@@ -16,10 +16,11 @@ A sweep file names the grid::
     seeds: [0, 1, 2]
     group_by_front: true   # or N: train stitches that share a source front N at a time, in one pass
 
-Each cell is one training run. Its run directory name is derived from its settings alone (readable parts plus a
-digest of every setting that changes results), so rerunning a sweep finds the same directories, skips finished
-cells and resumes interrupted ones. Methods that do not apply to a pair (a ViT block between image layouts, a
-fine-tuning baseline across architectures) become cells with a skip reason, never errors mid-sweep.
+Each cell is one training run. Its run directory name is derived from its settings alone, as its mode uses them
+(readable parts plus a digest of every setting that changes results; a stitch's settings in the base name no
+baseline cell), so rerunning a sweep finds the same directories, skips finished cells and resumes interrupted ones. Methods that do not apply to a pair (a ViT block between image layouts, a
+fine-tuning baseline across architectures) become cells with a skip reason, never errors mid-sweep; a sweep file
+with no cell that applies is refused when loaded.
 """
 from __future__ import annotations
 
@@ -54,6 +55,10 @@ class Cell:
     name: str  # run directory, relative to the sweep's output folder
     settings: dict = field(default_factory=dict, hash=False, compare=False)  # the cell's config layer
     skip_reason: str | None = None
+    # The name stitchkit up to 0.12.0 gave this cell, where it differs: its digest took the base's settings that
+    # the cell's mode does not use (a stitch's model.init_images in a fine-tuning cell). A run made under it is
+    # taken up again, not retrained (:func:`stitchkit.sweeps.runner.adopt_earlier_runs`).
+    earlier_name: str | None = field(default=None, compare=False)
 
     @property
     def pair(self) -> str:
@@ -78,6 +83,20 @@ class Sweep:
     @property
     def runnable(self) -> list[Cell]:
         return [c for c in self.cells if c.skip_reason is None]
+
+    def skipped_summary(self) -> str | None:
+        """``N cells skipped (inapplicable): REASON`` (the first cell's reason, and how many cells have others), or
+        None when every cell can run; said at the start of every sweep that skips some."""
+        skipped = [c for c in self.cells if c.skip_reason]
+        if not skipped:
+            return None
+        first = skipped[0].skip_reason
+        others = [c for c in skipped if c.skip_reason != first]
+        reasons = len({c.skip_reason for c in others})
+        return (f"{len(skipped)} cell{'s' if len(skipped) != 1 else ''} skipped (inapplicable): {first}"
+                + (f" ({len(skipped) - len(others)} cell{'s' if len(skipped) - len(others) != 1 else ''}); "
+                   f"{len(others)} more for {reasons} other "
+                   f"reason{'s' if reasons != 1 else ''} (--dry-run lists each cell's)" if others else ""))
 
     def groups(self, cells: list[Cell]) -> list[list[Cell]]:
         """``cells`` in the groups that train in one pass (see :mod:`stitchkit.training.grouped`): with
@@ -156,12 +175,17 @@ def _settings(*layers: dict) -> dict[str, Any]:
 def _unused_at_defaults(*layers: dict) -> dict:
     """A layer that puts back at their defaults the model settings these layers set that their mode does not use
     (:meth:`~stitchkit.training.modes.Mode.unused_settings`); empty for an unknown mode, which loading names."""
+    return {"model": _unused_in(_settings(*layers))}
+
+
+def _unused_in(settings: dict[str, Any]) -> dict[str, Any]:
+    """``{model setting: its default}`` for the model settings of ``settings`` (flat, over the defaults) that their
+    mode does not use; empty for an unknown mode."""
     from types import SimpleNamespace
 
     from ..training.modes import MODES, PARALLEL_STITCH
     from ..training.settings import ModelConfig
 
-    settings = _settings(*layers)
     if settings["mode"] not in MODES:
         return {}
     model = SimpleNamespace(**{key.split(".", 1)[1]: value for key, value in settings.items()
@@ -170,7 +194,7 @@ def _unused_at_defaults(*layers: dict) -> dict:
     if mode.joins_models and isinstance(model.src, (list, tuple)):
         mode = PARALLEL_STITCH
     defaults = ModelConfig()
-    return {"model": {key: getattr(defaults, key) for key in mode.unused_settings(model)}}
+    return {key: getattr(defaults, key) for key in mode.unused_settings(model)}
 
 
 def _identity(*layers: dict) -> str:
@@ -194,6 +218,14 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     if not sweep.cells:  # a file whose grid is empty is a mistake: running it would "succeed" having done nothing
         raise StitchkitError(f"sweep file {str(path)!r} lists no runs; add pairs: [[src, dst], ...] (with methods or "
                              "baselines.finetune.lrs), or baselines.scratch.models")
+    if not sweep.runnable:  # every cell inapplicable: as empty, and the reason says which pair or method to change
+        first = sweep.cells[0].skip_reason
+        more = len({c.skip_reason for c in sweep.cells}) - 1
+        raise StitchkitError(f"sweep file {str(path)!r} has nothing to run: none of its {len(sweep.cells)} cells "
+                             f"applies; {first}" + (f" (and {more} other reason{'s' if more != 1 else ''})" if more
+                                                    else "")
+                             + ". Add pairs or methods that apply to each other (`stitchkit methods` says what each "
+                             "method joins), or remove the ones that do not")
     return sweep
 
 
@@ -345,11 +377,21 @@ def _names(pair) -> list[str]:
 
 
 def _seeded(base, settings, kind, src, dst, gap, method, lr, seeds, skip) -> list[Cell]:
+    """One cell per seed. Its name's digest is of the settings as the cell trains with them (:meth:`Sweep.config`):
+    the base's settings that its mode does not use are at their defaults there, so a stitch-only setting in the base
+    (model.init_images, model.adapter_norm) leaves the baselines' names alone. Where no such setting is in the base
+    that layer is empty, and the names are those of every earlier version."""
     cells = []
+    folder = cell_folder(kind, src, dst, gap, method, lr)
     for seed in seeds:
         layer = merge_settings(settings, {"train": {"seed": seed}})
-        name = f"{cell_folder(kind, src, dst, gap, method, lr)}/seed{seed}-{_identity(base, layer)}"
-        cells.append(Cell(kind, src, dst, gap, method, seed, lr, name, layer, skip))
+        given = _settings(base, layer)
+        unused = _unused_in(given)
+        used = {**given, **{f"model.{key}": value for key, value in unused.items()}}
+        name = f"{folder}/seed{seed}-{settings_digest(used, NOT_IDENTITY, length=8)}"
+        earlier = f"{folder}/seed{seed}-{settings_digest(given, NOT_IDENTITY, length=8)}" if unused else name
+        cells.append(Cell(kind, src, dst, gap, method, seed, lr, name, layer, skip,
+                          earlier_name=earlier if earlier != name else None))
     return cells
 
 

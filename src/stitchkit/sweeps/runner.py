@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import Counter
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -80,6 +81,57 @@ def runs_of_other_versions(sweep: Sweep, runs_dir: Path) -> int:
         if owner == sweep.name and RunDir(run_dir).state() == "finished":
             count += 1
     return count
+
+
+def adopt_earlier_runs(sweep: Sweep, runs_dir: Path, log=None) -> Sweep:
+    """``sweep`` with each cell that has an :attr:`~stitchkit.sweeps.grid.Cell.earlier_name` under that name where
+    a run was made there (finished, failed or interrupted) and none under its own name yet, and the run's saved
+    settings are the cell's as it trains (the settings its mode does not use left aside): stitchkit up to 0.12.0
+    named a baseline cell after the base's stitch-only settings too, and a resumed sweep must neither retrain
+    nor leave out what it finished. ``log`` is told how many were taken up, and each one not taken up and why."""
+    from dataclasses import replace
+
+    from ..training.config import flatten, from_yaml_file
+    from ..training.identity import NOT_IDENTITY
+    from .grid import _unused_in
+
+    def effective(settings: dict) -> dict:  # as the run's mode uses them; where the run lives left aside
+        unused = {f"model.{key}": value for key, value in _unused_in(settings).items()}
+        return {k: v for k, v in {**settings, **unused}.items() if k not in NOT_IDENTITY}
+
+    cells, taken, refused = [], Counter(), []
+    for cell in sweep.cells:
+        earlier = cell.earlier_name
+        if (earlier is None or cell.skip_reason or RunDir(runs_dir / cell.name).state() != "new"
+                or (state := RunDir(runs_dir / earlier).state()) == "new"):
+            cells.append(cell)
+            continue
+        adopted = replace(cell, name=earlier)
+        try:
+            saved = effective(flatten(from_yaml_file(RunDir(runs_dir / earlier).config)))
+        except (StitchkitError, OSError, ValueError) as err:
+            refused.append(f"{earlier} ({state}): its config.yaml cannot be read ({str(err)[:200]})")
+            cells.append(cell)
+            continue
+        wanted = effective(flatten(sweep.config(adopted, runs_dir)))
+        differ = [k for k in sorted(saved.keys() | wanted.keys()) if saved.get(k) != wanted.get(k)]
+        if differ:
+            refused.append(f"{earlier} ({state}): its settings differ from the cell's ("
+                           + ", ".join(f"{k}={saved.get(k)!r} there, {wanted.get(k)!r} now" for k in differ[:3])
+                           + (" ..." if len(differ) > 3 else "") + ")")
+            cells.append(cell)
+            continue
+        taken[state] += 1
+        cells.append(adopted)
+    if log and taken:
+        states = ", ".join(f"{n} {state}" for state, n in sorted(taken.items()))
+        one = sum(taken.values()) == 1
+        log(f"stitchkit: {sum(taken.values())} cell{'' if one else 's'} found under the name{'' if one else 's'} "
+            f"stitchkit 0.12.0 and earlier gave {'it' if one else 'them'} ({states}), and kept there: those names took "
+            "the base's settings a cell's mode does not use; the runs are taken up, not trained again")
+    for line in refused if log else []:
+        log(f"stitchkit: warning: not taken up under its earlier name, the cell trains as new: {line}")
+    return Sweep(sweep.name, sweep.base, cells, sweep.group_by_front, sweep.max_group_size)
 
 
 def check_shared_settings(sweep: Sweep) -> None:
@@ -313,12 +365,15 @@ def _attempt(run_dir: Path, event: str) -> None:
                 f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid={os.getpid()} host={os.uname().nodename} {event}")
 
 
-def run_local(sweep: Sweep, runs_dir: Path, retry_failed: bool = False, log=print) -> dict[str, int]:
+def run_local(sweep: Sweep, runs_dir: Path, retry_failed: bool = False, log=print,
+              say_skipped: bool = True) -> dict[str, int]:
     """Run every runnable cell in this process, one after another (or a group at a time with ``group_by_front``);
-    returns counts of outcomes."""
+    returns counts of outcomes. ``say_skipped``: first log how many cells are skipped as inapplicable, and why."""
     # A logger package the base asks for and this machine lacks, or a missing data folder, fails the sweep once,
     # here, not every cell in turn.
     check_shared_settings(sweep)
+    if say_skipped and (skipped := sweep.skipped_summary()):
+        log(skipped)
     counts: dict[str, int] = {}
     cells = sweep.runnable
     done = 0
