@@ -189,7 +189,7 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, scale: DemoScale
     """Run the demo into ``out`` and return the path of its HTML report; ``workers`` processes train side by side
     (one torch thread each unless ``threads`` says otherwise)."""
     from .reports import write_report
-    from .reports.collect import collect, summarize
+    from .reports.collect import collect, distinct, summarize
     from .training.data import find_fashion_mnist
 
     find_fashion_mnist(None)  # fail now, with the install command, rather than after the first model is built
@@ -201,7 +201,7 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, scale: DemoScale
     index = write_report(out)
     rows, originals = collect(out)
     log("")
-    log(summary_table(summarize(rows), originals))
+    log(summary_table(distinct(summarize(rows)), originals))  # a cell two sweeps share: one line
     log(f"\n{cells} runs in {time.time() - start:.0f} s; report: {index.resolve()}")
     if failures:
         raise StitchkitError(f"{len(failures)} demo runs failed (see their result.json): {', '.join(failures[:3])}")
