@@ -102,7 +102,13 @@ def _install(written_by: str | None) -> str:
         f"pip install stitchkit=={LAST_UNRECORDED}"
 
 
-_ROLES = {"src": ("source", "front ends"), "dst": ("destination", "back starts")}
+def _this_version() -> str:
+    from .version import __version__
+
+    return __version__
+
+
+_ROLES = {"src": ("source", "front ends", "its front ended"), "dst": ("destination", "back starts", "its back started")}
 
 
 def check_cuts(parts: list[Part], *, source: str, written_by: str | None, trust_cuts: bool = False,
@@ -120,11 +126,12 @@ def check_cuts(parts: list[Part], *, source: str, written_by: str | None, trust_
             if saved is None or saved == now[end]:
                 continue
             model = config.src if end == "src" else config.dst
-            role, what = _ROLES[end]
+            role, what, _ = _ROLES[end]
             stage, position = config.src_cut if end == "src" else config.dst_cut
             raise CutsChangedError(
                 f"{source} was saved by {_describe_version(written_by)} with its {role} {model} cut after {saved!r} "
-                f"(where the {what}), but this stitchkit cuts {model} at stage {stage} ({position}) after "
+                f"(where the {what}), but this stitchkit ({_this_version()}) cuts {model} at stage {stage} "
+                f"({position}) after "
                 f"{now[end]!r}: its trained weights belong to another network, so it is not loaded (nothing was "
                 f"changed). Load it with the stitchkit that wrote it ({_install(written_by)}), or retrain the stitch "
                 "with this version")
@@ -139,14 +146,15 @@ def check_cuts(parts: list[Part], *, source: str, written_by: str | None, trust_
             changed = split_changed(model)
             if changed is None:
                 continue
-            role, what = _ROLES[end]
+            role, _, was = _ROLES[end]
             stage, position = config.src_cut if end == "src" else config.dst_cut
-            written = f"by stitchkit {written_by}, " if written_by else ""
+            written = f"stitchkit {written_by}" if written_by else "a stitchkit"
             raise CutsChangedError(
-                f"{source} was written {written}before {CUTS_RECORDED_SINCE}, which records where a stitch's models "
-                f"are cut, and {changed} changed where the graph split cuts {model} (its {role}): this version cuts "
-                f"it at stage {stage} ({position}) after {now[end]!r}, which may not be where the {what} when the "
-                f"stitch was trained, so it is not loaded (nothing was changed). Load it with the stitchkit that wrote "
-                f"it ({_install(written_by)}), or retrain the stitch with this version; if you know its cuts did not "
-                f"change (`stitchkit stages {model}` names the same module at stage {stage} in both versions), load "
-                f"it with {trust_hint} and save it again, which records them")
+                f"{source} records no cuts (written by {written} before {CUTS_RECORDED_SINCE}, which began recording "
+                f"where a stitch's models are cut), and {changed} changed where the graph split cuts {model} (its "
+                f"{role}): this version cuts it at stage {stage} ({position}) after {now[end]!r}, which may not be "
+                f"where {was} when the stitch was trained, so it is not loaded (nothing was changed). "
+                f"Load it with the stitchkit that wrote it ({_install(written_by)}), or retrain the stitch with this "
+                f"version; if you know its cuts did not change (`stitchkit stages {model}` names the same module at "
+                f"stage {stage} ({position}) in both versions), load it with {trust_hint} and save it again, which "
+                "records them")
