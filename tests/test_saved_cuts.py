@@ -189,3 +189,17 @@ def test_an_adapter_file_of_a_newer_format_says_to_upgrade(tmp_path):
     torch.save({"format": "stitchkit.adapters.v9", "stitchkit_version": "9.0", "config": {}, "adapters": {}}, path)
     with pytest.raises(stitchkit.StitchkitError, match="newer stitchkit \\(9.0.*pip install -U stitchkit"):
         stitchkit.load_stitched(path)
+
+
+def test_an_end_asked_for_elsewhere_is_not_held_to_its_saved_cut(tmp_path):
+    """load_stitched(path, gap=...) asks for another stitch: its moved end has no saved cut to keep (its weights then
+    do not fit, as before), while the end left where it was is still checked."""
+    path = tmp_path / "adapters.pt"
+    stitchkit.create_stitched("resnet18", "resnet18", "1:3", **CHEAP).save_adapters(path)
+    with pytest.raises(stitchkit.StitchkitError, match="do not fit"):
+        stitchkit.load_stitched(path, gap=[1, 4])
+    saved = torch.load(path, weights_only=True)
+    saved["cuts"]["src"] = "layer1.1"
+    torch.save(saved, path)
+    with pytest.raises(CutsChangedError, match="cut after 'layer1.1'"):
+        stitchkit.load_stitched(path, gap=[1, 4])

@@ -677,7 +677,10 @@ def load_stitched(path: str | os.PathLike, pretrained: bool | None = None, *, tr
         config["pretrained"] = pretrained
     model = create_stitched(**config)
     # before any weight is loaded: weights of another cut would load where their shapes agree (nothing says so)
-    model.check_saved_cuts({"cuts": saved.get("cuts")}, source=f"the adapter file {str(path)!r}",
+    recorded = saved.get("cuts")
+    if isinstance(recorded, dict) and overrides:  # an end asked for elsewhere (another gap, model) is not the saved one
+        recorded = {end: cut for end, cut in recorded.items() if _same_end(saved["config"], model.config, end)}
+    model.check_saved_cuts({"cuts": recorded}, source=f"the adapter file {str(path)!r}",
                            written_by=saved.get("stitchkit_version"), trust_cuts=trust_cuts,
                            trust_hint="stitchkit.load_stitched(PATH, trust_cuts=True)")
     model.bridge.calibrated = True  # the saved weights replace the starting point
@@ -687,6 +690,21 @@ def load_stitched(path: str | os.PathLike, pretrained: bool | None = None, *, tr
     except RuntimeError as err:
         raise StitchkitError(f"the adapters in {str(path)!r} do not fit the rebuilt stitch: {err}") from err
     return model
+
+
+def _same_end(saved: dict, config: StitchConfig, end: str) -> bool:
+    """Whether ``config``'s ``end`` (``src``, ``dst``) is the one the ``saved`` config describes: the same model (its
+    weights tag aside) cut at the same stage and position, so that the saved cut applies to it."""
+    from .zoo.metadata import ModelName
+
+    now = config.src if end == "src" else config.dst
+    if not isinstance(saved.get(end), str) or ModelName.parse(saved[end]).key != ModelName.parse(now).key:
+        return False
+    try:
+        cut = gap_cuts(*parse_gap(tuple(saved["gap"])))[0 if end == "src" else 1]
+    except (KeyError, TypeError, StitchkitError):
+        return False
+    return cut == (config.src_cut if end == "src" else config.dst_cut)
 
 
 def create_stitched(
