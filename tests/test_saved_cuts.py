@@ -158,6 +158,11 @@ def test_an_old_folder_with_a_torchvision_mobilenet_is_refused_unless_trusted(tm
         stitchkit.load_pretrained(folder)
     assert main(["predict", str(folder), str(image)]) == 2
     assert "load_pretrained(FOLDER, trust_cuts=True)" in capsys.readouterr().err
+    import timm
+
+    for pretrained in (True, False):  # timm's local-dir: the folder's network, with its weights or fresh ones
+        with pytest.raises(CutsChangedError, match="records no cuts"):
+            timm.create_model(f"local-dir:{folder}", pretrained=pretrained)
     assert stitchkit.load_pretrained(folder, trust_cuts=True).cuts()["dst"] == "features.4"
     assert stitchkit.StitchedModel.from_pretrained(folder, trust_cuts=True).cuts()["dst"] == "features.4"
 
