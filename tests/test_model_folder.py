@@ -207,7 +207,7 @@ def test_bad_folders_are_one_clear_error_each(exported, tmp_path, capsys):
         shutil.copy(tmp_path / "other" / "model.safetensors", copy / "model.safetensors")
 
     cases = [
-        (broken("newer", newer), "newer stitchkit (9.0, model format 99; this one reads up to 2): upgrade"),
+        (broken("newer", newer), "newer stitchkit (9.0, model format 99; this one reads up to 3): upgrade"),
         (broken("mismatch", other_weights), "do not match the model its config.json describes"),
         (broken("torn", lambda c: (c / "model.safetensors").write_bytes(b"\x00" * 64)), "not a readable safetensors"),
         (broken("unsaved", lambda c: (c / "config.json").unlink()), "an interrupted save, or the file was removed"),

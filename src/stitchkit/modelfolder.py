@@ -41,8 +41,12 @@ from .files import atomic_write_json, atomic_write_text
 from .temps import make_temp_dir, remove_own_temps
 
 FORMAT = "stitchkit.model"
-FORMAT_VERSION = 2  # raise when a reader of this version could not build what a newer writer describes
-# 2: timm's keys at the top level, stitchkit's record under "stitchkit" (1: the record alone)
+FORMAT_VERSION = 3  # raise when a reader of this version could not build what a newer writer describes
+# 2: timm's keys at the top level, stitchkit's record under "stitchkit" (1: the record alone); 3: a stitch with a model
+# whose cuts changed in 0.13.0 (stitchkit.saved_cuts), which readers of 2 would rebuild at their cuts. Every other
+# folder is still written as 2 (its stitches record their cuts too, which readers of 2 ignore): what they build alike,
+# they still load.
+CHANGED_CUTS_FORMAT_VERSION = 3
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
 EXPORT_MODEL_DIR = "model"  # the model folder inside an export's folder, beside the deployment files
 PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
@@ -69,11 +73,21 @@ def folder_config(kind: str, architecture: dict, preprocessing: dict, class_name
     prep["input_size"] = list(prep["input_size"]) if isinstance(prep["input_size"], (tuple, list)) else [
         3, prep["input_size"], prep["input_size"]]
     prep["mean"], prep["std"] = list(prep["mean"]), list(prep["std"])
-    config = {"format": FORMAT, "format_version": FORMAT_VERSION, "stitchkit_version": __version__, "kind": kind,
+    config = {"format": FORMAT, "format_version": _format_version(kind, architecture), "stitchkit_version": __version__,
+              "kind": kind,
               "architecture": architecture, "preprocessing": prep,
               "class_names": list(class_names) if class_names else None}
     config.update({k: v for k, v in info.items() if v is not None})
     return {k: v for k, v in config.items() if v is not None}
+
+
+def _format_version(kind: str, architecture: dict) -> int:
+    """The lowest format whose readers rebuild the network ``architecture`` describes as it is (see FORMAT_VERSION)."""
+    from .saved_cuts import needs_new_format
+
+    singles = architecture.get("stitches", []) if kind == "parallel" else [architecture] if kind == "stitch" else []
+    names = [a.get(end) for a in singles for end in ("src", "dst")]
+    return CHANGED_CUTS_FORMAT_VERSION if needs_new_format(names) else 2
 
 
 def model_config(model: nn.Module, kind: str, architecture: dict, preprocessing: dict | None = None,
@@ -473,19 +487,36 @@ class SavesPretrained:
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | os.PathLike, device: str | torch.device = "cpu",
-                        revision: str | None = None, **hub: Any) -> nn.Module:
+                        revision: str | None = None, *, trust_cuts: bool = False, **hub: Any) -> nn.Module:
         """The model saved in a folder (or a Hugging Face Hub repository), in eval mode on ``device``; ``hub``:
-        the Hub's usual keywords (``cache_dir``, ``local_files_only``, ``token``)."""
+        the Hub's usual keywords (``cache_dir``, ``local_files_only``, ``token``); ``trust_cuts``: as for
+        :func:`stitchkit.load_pretrained`."""
         directory = local_folder(path_or_repo, revision, **hub)
         config = read_model_config(directory)
         if config["kind"] != cls.folder_kind:
             raise StitchkitError(f"{str(path_or_repo)!r} holds a {config['kind']} model, not a {cls.folder_kind}; "
                                  "load it with stitchkit.load_pretrained")
-        return finish_loading(cls.from_architecture(config["architecture"]), directory, config, device)
+        return finish_loading(cls.from_architecture(config["architecture"]), directory, config, device,
+                              trust_cuts=trust_cuts)
 
 
-def finish_loading(model: nn.Module, directory: Path, config: dict, device: str | torch.device = "cpu") -> nn.Module:
-    """Load the weights into a freshly built ``model`` and attach what the folder says about it."""
+def check_folder_cuts(model: nn.Module, directory: Path, config: dict, trust_cuts: bool = False) -> None:
+    """Refuse a folder's stitch that this version rebuilt at other cuts than the folder records, or that records
+    none while a model in it is one whose cuts changed (unless ``trust_cuts``; :mod:`stitchkit.saved_cuts`). Networks
+    that cut nothing (a whole model) have nothing to check."""
+    check = getattr(model, "check_saved_cuts", None)
+    if check is not None:
+        check(config["architecture"], source=f"the model folder {str(directory)!r}",
+              written_by=config.get("stitchkit_version"), trust_cuts=trust_cuts,
+              trust_hint="stitchkit.load_pretrained(FOLDER, trust_cuts=True)")
+
+
+def finish_loading(model: nn.Module, directory: Path, config: dict, device: str | torch.device = "cpu", *,
+                   trust_cuts: bool = False) -> nn.Module:
+    """Load the weights into a freshly built ``model`` and attach what the folder says about it; first refuse a
+    stitch rebuilt at other cuts than it was saved with (:func:`check_folder_cuts`), whose weights would otherwise
+    load where their shapes agree."""
+    check_folder_cuts(model, directory, config, trust_cuts)
     load_weights(model, directory, device)
     return apply_config(model.to(device).eval(), config)
 

@@ -30,8 +30,8 @@ from .formats import FeatureSpec, Format
 from .network import Network
 from .train_surface import back_units, bridge_units, mapped_no_weight_decay, prefixed, whole_unit
 from .starts import DEFAULT_START, get_start
-from .stitching import (StitchConfig, StitchedModel, build_stitch, square_input_size, stitch_architecture, stitch_models,
-                        train_back_head)
+from .stitching import (StitchConfig, StitchedModel, build_stitch, square_input_size, stitch_architecture, stitch_cuts,
+                        stitch_models, train_back_head)
 from .zoo import resolve_model
 from .zoo.models import classes_or_none, fit_head, num_outputs
 
@@ -287,12 +287,28 @@ class ParallelStitchedModel(Network, nn.Module):
                     self._back_parts = [*self._back_parts, "head"]
         return record
 
+    def cuts(self) -> list[dict[str, str]]:
+        """Where each source's stitch cuts its models (:func:`~stitchkit.stitching.stitch_cuts`): its front, and the
+        destination's back (the same for all)."""
+        return [stitch_cuts(s, spec, self.dst_spec) for s, spec in zip(self.config.stitches, self.src_specs)]
+
+    def check_saved_cuts(self, architecture: dict, *, source: str, written_by: str | None,
+                         trust_cuts: bool = False, trust_hint: str = "trust_cuts=True") -> None:
+        """As a single stitch's (:meth:`StitchedModel.check_saved_cuts
+        <stitchkit.stitching.StitchedModel.check_saved_cuts>`), for every source's record."""
+        from .saved_cuts import Part, check_cuts
+
+        records = architecture.get("stitches") or []
+        check_cuts([Part(s, now, (records[i].get("cuts") if i < len(records) else None))
+                    for i, (s, now) in enumerate(zip(self.config.stitches, self.cuts()))],
+                   source=source, written_by=written_by, trust_cuts=trust_cuts, trust_hint=trust_hint)
+
     def architecture(self) -> dict:
         """What rebuilds it without weights: the fusion and each source's single-stitch architecture (as the model
-        is now: a head replaced since it was built is recorded)."""
+        is now: a head replaced since it was built is recorded), with where it cuts its models."""
         classes = classes_or_none(self)  # the head itself: pretrained_cfg is the user's to change
-        return {"fusion": self.config.fusion, "stitches": [stitch_architecture(s, one, classes) for s, one in
-                                                           zip(self.config.stitches, self._one_model)]}
+        return {"fusion": self.config.fusion, "stitches": [stitch_architecture(s, one, classes, cuts) for s, one, cuts
+                                                           in zip(self.config.stitches, self._one_model, self.cuts())]}
 
     @classmethod
     def from_architecture(cls, architecture: dict) -> "ParallelStitchedModel":

@@ -65,17 +65,24 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, name: str
 
 def load_pretrained(path_or_repo: str | os.PathLike, device: str | torch.device = "cpu",
                     revision: str | None = None, *, cache_dir: str | os.PathLike | None = None,
-                    local_files_only: bool = False, token: str | bool | None = None, **hub) -> nn.Module:
+                    local_files_only: bool = False, token: str | bool | None = None, trust_cuts: bool = False,
+                    **hub) -> nn.Module:
     """The model in a folder written by :func:`save_pretrained` or ``stitchkit export`` (or a Hugging Face Hub
     repository id, which needs the network unless ``local_files_only``), with every weight, in eval mode on
     ``device``. ``cache_dir``, ``local_files_only``, ``token`` and other ``hub`` keywords go to
-    ``huggingface_hub.snapshot_download``."""
+    ``huggingface_hub.snapshot_download``.
+
+    A stitch is rebuilt where this version cuts its models: a folder that records other cuts is refused
+    (:mod:`stitchkit.saved_cuts`), and so is one written before 0.13.0 (no cuts recorded) with a model whose cuts
+    changed in 0.13.0, unless ``trust_cuts``: you know that the stitch's cuts did not change (save it again then,
+    which records them)."""
     directory = local_folder(path_or_repo, revision, cache_dir=cache_dir, local_files_only=local_files_only,
                              token=token, **hub)
-    return load_described(directory, read_model_config(directory), device)
+    return load_described(directory, read_model_config(directory), device, trust_cuts=trust_cuts)
 
 
-def load_described(directory: Path, config: dict, device: str | torch.device = "cpu") -> nn.Module:
+def load_described(directory: Path, config: dict, device: str | torch.device = "cpu", *,
+                   trust_cuts: bool = False) -> nn.Module:
     """:func:`load_pretrained` for a local folder whose ``config.json`` the caller has read already
     (:func:`stitchkit.modelfolder.read_model_config`)."""
     kind, arch = config["kind"], config["architecture"]
@@ -91,7 +98,7 @@ def load_described(directory: Path, config: dict, device: str | torch.device = "
     except KeyError as err:
         raise StitchkitError(f"the architecture in {str(directory / 'config.json')!r} lacks {err}; export or save "
                              "the model again") from None
-    return finish_loading(model, Path(directory), config, device)
+    return finish_loading(model, Path(directory), config, device, trust_cuts=trust_cuts)
 
 
 def is_model_folder(path: str | os.PathLike) -> bool:

@@ -50,7 +50,12 @@ from .zoo.split import TokenOrder
 
 FROZEN_MODES = ("eval", "train")
 ADAPTER_FILE_FORMAT = "stitchkit.adapters.v3"  # v3: also the trained head and blocks of the back (new-task stitches)
-READABLE_ADAPTER_FORMATS = ("stitchkit.adapters.v2", ADAPTER_FILE_FORMAT)  # v2: adapters carry adapter_norm
+# v4: the file of a stitch with a model whose cuts changed in 0.13.0 (saved_cuts.needs_new_format), which 0.12 and
+# earlier cannot rebuild as it was trained: they refuse v4. Every other file stays v3 (it records its cuts too, which
+# earlier readers ignore), so that they still load what they build alike.
+CHANGED_CUTS_ADAPTER_FORMAT = "stitchkit.adapters.v4"
+# v2: adapters carry adapter_norm
+READABLE_ADAPTER_FORMATS = ("stitchkit.adapters.v2", ADAPTER_FILE_FORMAT, CHANGED_CUTS_ADAPTER_FORMAT)
 CALIBRATION_BATCH = 64  # images per forward pass while calibrating
 
 
@@ -385,17 +390,26 @@ def _add_pos_embed(x: torch.Tensor, pos: torch.Tensor, num_prefix_tokens: int) -
     return torch.cat([x[:, :num_prefix_tokens], x[:, num_prefix_tokens:] + pos], dim=1)
 
 
-def stitch_architecture(config: StitchConfig, one_model: bool, head_classes: int | None) -> dict:
+def stitch_architecture(config: StitchConfig, one_model: bool, head_classes: int | None,
+                        cuts: dict[str, str] | None = None) -> dict:
     """A stitch's :meth:`StitchedModel.architecture` (also each source's record in a parallel stitch's): its config
-    without where the weights came from, whether source and destination were one model, and how many classes its
-    head predicts now (0: no classifier)."""
+    without where the weights came from, whether source and destination were one model, how many classes its
+    head predicts now (0: no classifier), and where its models are cut (``cuts``, :mod:`stitchkit.saved_cuts`)."""
     arch = asdict(config)
     for key in ("pretrained", "src_checkpoint", "dst_checkpoint"):
         arch.pop(key)
     arch["gap"] = list(arch["gap"])
     arch["one_model"] = one_model
     arch["head_classes"] = head_classes
+    if cuts is not None:
+        arch["cuts"] = dict(cuts)
     return arch
+
+
+def stitch_cuts(config: StitchConfig, src_spec: ModelSpec, dst_spec: ModelSpec) -> dict[str, str]:
+    """Where a stitch of ``config`` cuts its models: the module after which the source's front ends (``src``) and
+    the one after which the destination's back starts (``dst``), as ``stitchkit inspect`` names them."""
+    return {"src": src_spec.cut(*config.src_cut).module, "dst": dst_spec.cut(*config.dst_cut).module}
 
 
 def train_back_head(model: nn.Module) -> None:
@@ -451,6 +465,20 @@ class StitchedModel(Network, nn.Module):
     @property
     def steps(self) -> tuple[Step, ...]:
         return self.bridge.steps
+
+    def cuts(self) -> dict[str, str]:
+        """Where this stitch cuts its models (:func:`stitch_cuts`): what its saved files record, and what loading
+        them checks (:mod:`stitchkit.saved_cuts`)."""
+        return stitch_cuts(self.config, self.src_spec, self.dst_spec)
+
+    def check_saved_cuts(self, architecture: dict, *, source: str, written_by: str | None,
+                         trust_cuts: bool = False, trust_hint: str = "trust_cuts=True") -> None:
+        """Refuse to load saved weights into this freshly rebuilt stitch where the cuts ``architecture`` records
+        (none: a file written before 0.13.0) are not this stitch's (:func:`stitchkit.saved_cuts.check_cuts`)."""
+        from .saved_cuts import Part, check_cuts
+
+        check_cuts([Part(self.config, self.cuts(), architecture.get("cuts"))], source=source, written_by=written_by,
+                   trust_cuts=trust_cuts, trust_hint=trust_hint)
 
     def train(self, mode: bool = True) -> "StitchedModel":
         super().train(mode)
@@ -585,7 +613,7 @@ class StitchedModel(Network, nn.Module):
         """What rebuilds this network without its weights (see :meth:`from_architecture`): the
         :class:`StitchConfig` without where the weights came from, whether source and destination were one model,
         and how many classes the head predicts."""
-        return stitch_architecture(self.config, getattr(self, "one_model", False), classes_or_none(self))
+        return stitch_architecture(self.config, getattr(self, "one_model", False), classes_or_none(self), self.cuts())
 
     @classmethod
     def from_architecture(cls, architecture: dict) -> "StitchedModel":
@@ -605,17 +633,27 @@ class StitchedModel(Network, nn.Module):
 
     def save_adapters(self, path: str | os.PathLike) -> None:
         """Save the trained weights (adapters; a trained head and blocks) with the config that rebuilds the frozen parts
-        (see :func:`load_stitched`)."""
+        and where they were cut (see :func:`load_stitched`)."""
+        from .saved_cuts import needs_new_format
+        from .version import __version__
+
         config = asdict(self.config)
         config["gap"] = list(config["gap"])
-        torch.save({"format": ADAPTER_FILE_FORMAT, "config": config, "adapters": self.trained_state_dict()}, path)
+        form = CHANGED_CUTS_ADAPTER_FORMAT if needs_new_format((self.config.src, self.config.dst)) else \
+            ADAPTER_FILE_FORMAT
+        torch.save({"format": form, "stitchkit_version": __version__, "config": config, "cuts": self.cuts(),
+                    "adapters": self.trained_state_dict()}, path)
 
 
-def load_stitched(path: str | os.PathLike, pretrained: bool | None = None, **overrides) -> StitchedModel:
+def load_stitched(path: str | os.PathLike, pretrained: bool | None = None, *, trust_cuts: bool = False,
+                  **overrides) -> StitchedModel:
     """Rebuild a stitched model from :meth:`StitchedModel.save_adapters` output.
 
     The frozen parts are rebuilt by name (with pretrained weights or checkpoints as recorded, unless
-    ``pretrained`` or other config fields are overridden) and the adapter weights loaded.
+    ``pretrained`` or other config fields are overridden) and the adapter weights loaded. A file whose recorded
+    cuts are not where this version cuts its models is refused (:mod:`stitchkit.saved_cuts`), and so is one written
+    before 0.13.0 (no cuts recorded) with a model whose cuts changed in 0.13.0, unless ``trust_cuts``: you know that
+    the stitch's cuts did not change (save it again then, which records them).
     """
     path = Path(path)
     if not path.is_file():
@@ -627,12 +665,24 @@ def load_stitched(path: str | os.PathLike, pretrained: bool | None = None, **ove
             "them away from the destination's features (fixed in 0.2); retrain the stitch with this version"
         )
     if not isinstance(saved, dict) or saved.get("format") not in READABLE_ADAPTER_FORMATS:
+        form = saved.get("format") if isinstance(saved, dict) else None
+        if isinstance(form, str) and form.startswith("stitchkit.adapters.v"):
+            raise StitchkitError(f"{str(path)!r} was written by a newer stitchkit "
+                                 f"({saved.get('stitchkit_version', '?')}, adapter format {form}): upgrade with pip "
+                                 "install -U stitchkit")
         raise StitchkitError(f"{str(path)!r} is not a stitchkit adapter file (written by StitchedModel.save_adapters)")
     config = dict(saved["config"], **overrides)
     config.setdefault("new_head", bool(config.get("num_classes")))  # num_classes is recorded for new heads (and 0)
     if pretrained is not None:
         config["pretrained"] = pretrained
     model = create_stitched(**config)
+    # before any weight is loaded: weights of another cut would load where their shapes agree (nothing says so)
+    recorded = saved.get("cuts")
+    if isinstance(recorded, dict) and overrides:  # an end asked for elsewhere (another gap, model) is not the saved one
+        recorded = {end: cut for end, cut in recorded.items() if _same_end(saved["config"], model.config, end)}
+    model.check_saved_cuts({"cuts": recorded}, source=f"the adapter file {str(path)!r}",
+                           written_by=saved.get("stitchkit_version"), trust_cuts=trust_cuts,
+                           trust_hint="stitchkit.load_stitched(PATH, trust_cuts=True)")
     model.bridge.calibrated = True  # the saved weights replace the starting point
     model.bridge.conform_to_saved(set(saved["adapters"]))
     try:
@@ -640,6 +690,21 @@ def load_stitched(path: str | os.PathLike, pretrained: bool | None = None, **ove
     except RuntimeError as err:
         raise StitchkitError(f"the adapters in {str(path)!r} do not fit the rebuilt stitch: {err}") from err
     return model
+
+
+def _same_end(saved: dict, config: StitchConfig, end: str) -> bool:
+    """Whether ``config``'s ``end`` (``src``, ``dst``) is the one the ``saved`` config describes: the same model (its
+    weights tag aside) cut at the same stage and position, so that the saved cut applies to it."""
+    from .zoo.metadata import ModelName
+
+    now = config.src if end == "src" else config.dst
+    if not isinstance(saved.get(end), str) or ModelName.parse(saved[end]).key != ModelName.parse(now).key:
+        return False
+    try:
+        cut = gap_cuts(*parse_gap(tuple(saved["gap"])))[0 if end == "src" else 1]
+    except (KeyError, TypeError, StitchkitError):
+        return False
+    return cut == (config.src_cut if end == "src" else config.dst_cut)
 
 
 def create_stitched(

@@ -28,7 +28,8 @@ from torch import nn
 # Only modules that never import timm: this module runs as timm's own import finishes (stitchkit.__init__), when
 # stitchkit.zoo may itself be half-way through importing timm.
 from .errors import StitchkitError
-from .modelfolder import TIMM_ARCHITECTURES, WEIGHTS_FILE, WHOLE_MODEL, apply_config, local_folder, read_model_config
+from .modelfolder import (TIMM_ARCHITECTURES, WEIGHTS_FILE, WHOLE_MODEL, apply_config, check_folder_cuts, local_folder,
+                          read_model_config)
 
 
 # What timm's factory and scripts pass to every model they build (validate.py: in_chans; train.py: in_chans and
@@ -72,6 +73,7 @@ def _from_folder(kind: str, pretrained: bool, pretrained_cfg, kwargs: dict) -> n
         arch = config["architecture"]
         model = (create_model(arch["name"], input_size=arch["input_size"], num_classes=arch["num_classes"])
                  if kind == WHOLE_MODEL else network_class(kind).from_architecture(arch))
+        check_folder_cuts(model, folder, config)  # the folder's network, or none: not one cut elsewhere
         # the folder's result was scored by its weights, not these: a save of this model must not claim it
         model = apply_config(model.eval(), {k: v for k, v in config.items() if k != "result"})
     known = _global_pool(model) if pool is not None else None
