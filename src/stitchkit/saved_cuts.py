@@ -173,13 +173,15 @@ def check_cuts(parts: list[Part], *, source: str, written_by: str | None, trust_
             if changed is None:
                 continue
             written = f"stitchkit {written_by}" if written_by else "a stitchkit"
-            same = f"names the same module {where}" if not isinstance(config, CutModel) else "names the same modules"
+            one_model = isinstance(config, CutModel)
+            same = "names the same modules" if one_model else f"names the same module {where}"
+            recording = f"where a {noun} cuts its model" if one_model else f"where a {noun}'s models are cut"
             remedy = fix.format(install=_install(written_by)) if fix else (
                 f"Load it with the stitchkit that wrote it ({_install(written_by)}), or retrain the {noun} with this "
                 f"version; if you know its cuts did not change (`stitchkit stages {model}` {same} in both "
                 f"versions), load it with {trust_hint} and save it again, which records them")
             raise CutsChangedError(
                 f"{source} records no cuts (written by {written} before {CUTS_RECORDED_SINCE}, which began recording "
-                f"where a {noun}'s models are cut), and {changed} changed where the graph split cuts {model} (its "
+                f"{recording}), and {changed} changed where the graph split cuts {model} (its "
                 f"{role}): this version cuts it {where} after {now[end]!r}, which may not be "
                 f"where {was} when the {noun} was trained, so it is not loaded (nothing was changed). {remedy}")
