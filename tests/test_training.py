@@ -106,8 +106,11 @@ def test_scratch_run_writes_a_self_describing_run_dir(tmp_path):
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["counters"]["step"] == 8
     assert set(state) == {"format", "config_digest", "model", "optimizer", "scheduler", "scaler", "counters",
-                          "epoch_loss", "log_loss", "rng", "world_size", "total_steps"}  # one process: no "per_rank"
+                          "epoch_loss", "log_loss", "rng", "world_size", "total_steps", "architecture",
+                          "stitchkit_version"}  # one process: no "per_rank"
     assert state["world_size"] == 1 and state["total_steps"] == 8
+    assert state["architecture"] is None and result["architecture"] is None  # a whole model: no cuts to record
+    assert state["stitchkit_version"] == stitchkit.__version__
     assert set(torch.load(run / "model.pt", weights_only=True)) == set(stitchkit.create_model("resnet10t").state_dict())
 
 

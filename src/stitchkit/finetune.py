@@ -35,6 +35,7 @@ class FinetuneBaseline(Network, Part):
     gap: tuple[int, int]
     input_size: int
     features_out: FeatureSpec  # what its last block gives: the model's last block's (removed blocks kept its shape)
+    cut_modules: dict[str, str]  # where a stitch of its gap cuts the model (see cuts())
 
     folder_kind = "finetune"
 
@@ -77,9 +78,33 @@ class FinetuneBaseline(Network, Part):
                 f"inside the gap removed, but for the first block of each stage it enters and any block that changes "
                 f"the features' shape; every weight trains), with {head}.")
 
+    def cuts(self) -> dict[str, str]:
+        """Where it cuts its model (:mod:`stitchkit.saved_cuts`): where a stitch of its gap would (the module after
+        which the front before the removed blocks ends, ``src``, and the one after which the blocks it keeps after
+        them start, ``dst``), as ``stitchkit inspect`` names them. Its saved folders and runs record them."""
+        return dict(self.cut_modules)
+
+    def check_saved_cuts(self, architecture: dict, *, source: str, written_by: str | None,
+                         trust_cuts: bool = False, trust_hint: str = "trust_cuts=True", fix: str | None = None) -> None:
+        """Refuse to load saved weights into this freshly rebuilt baseline where the cuts ``architecture`` records
+        (none: written before 0.13.0) are not its own (:func:`stitchkit.saved_cuts.check_cuts`)."""
+        from .chain import gap_cuts
+        from .saved_cuts import CutModel, Part, check_cuts
+
+        (src_stage, src_at), (dst_stage, dst_at) = gap_cuts(*self.gap)
+        described = CutModel(self.source, "fine-tuning baseline", {
+            "src": ("model", "blocks it removes begin", "its removed blocks began",
+                    f"at stage {src_stage} ({src_at})"),
+            "dst": ("model", "blocks it keeps after the gap start", "its kept blocks started",
+                    f"at stage {dst_stage} ({dst_at})")})
+        check_cuts([Part(described, self.cuts(), architecture.get("cuts"))], source=source, written_by=written_by,
+                   trust_cuts=trust_cuts, trust_hint=trust_hint, fix=fix)
+
     def architecture(self) -> dict:
+        """What rebuilds it without weights (:meth:`from_architecture`), with where it cuts its model
+        (:meth:`cuts`)."""
         return {"model": self.source, "gap": list(self.gap), "input_size": self.input_size,
-                "num_classes": self.num_classes}
+                "num_classes": self.num_classes, "cuts": self.cuts()}
 
     @classmethod
     def from_architecture(cls, architecture: dict) -> "FinetuneBaseline":
@@ -132,6 +157,7 @@ def create_finetune_baseline(
     baseline.removed_blocks = tuple(spec.block_names[i] for i in removed)
     baseline.source, baseline.gap, baseline.input_size = name, (x, y), input_size
     baseline.features_out = spec.block_features[-1]
+    baseline.cut_modules = {"src": spec.cut(*src_cut).module, "dst": spec.cut(*dst_cut).module}
     baseline.requires_grad_(True)
     baseline._mapped_no_weight_decay = mapped_no_weight_decay(baseline, [model])
     try:

@@ -42,10 +42,10 @@ from .temps import make_temp_dir, remove_own_temps
 
 FORMAT = "stitchkit.model"
 FORMAT_VERSION = 3  # raise when a reader of this version could not build what a newer writer describes
-# 2: timm's keys at the top level, stitchkit's record under "stitchkit" (1: the record alone); 3: a stitch with a model
-# whose cuts changed in 0.13.0 (stitchkit.saved_cuts), which readers of 2 would rebuild at their cuts. Every other
-# folder is still written as 2 (its stitches record their cuts too, which readers of 2 ignore): what they build alike,
-# they still load.
+# 2: timm's keys at the top level, stitchkit's record under "stitchkit" (1: the record alone); 3: a stitch (or a
+# fine-tuning baseline, a probe) with a model whose cuts changed in 0.13.0 (stitchkit.saved_cuts), which readers of 2
+# would rebuild at their cuts. Every other folder is still written as 2 (its networks record their cuts too, which
+# readers of 2 ignore): what they build alike, they still load.
 CHANGED_CUTS_FORMAT_VERSION = 3
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
 EXPORT_MODEL_DIR = "model"  # the model folder inside an export's folder, beside the deployment files
@@ -87,6 +87,8 @@ def _format_version(kind: str, architecture: dict) -> int:
 
     singles = architecture.get("stitches", []) if kind == "parallel" else [architecture] if kind == "stitch" else []
     names = [a.get(end) for a in singles for end in ("src", "dst")]
+    if kind in ("finetune", "probe"):  # cut from one model too (which blocks go, which train)
+        names.append(architecture.get("model"))
     return CHANGED_CUTS_FORMAT_VERSION if needs_new_format(names) else 2
 
 

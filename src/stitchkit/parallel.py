@@ -293,7 +293,7 @@ class ParallelStitchedModel(Network, nn.Module):
         return [stitch_cuts(s, spec, self.dst_spec) for s, spec in zip(self.config.stitches, self.src_specs)]
 
     def check_saved_cuts(self, architecture: dict, *, source: str, written_by: str | None,
-                         trust_cuts: bool = False, trust_hint: str = "trust_cuts=True") -> None:
+                         trust_cuts: bool = False, trust_hint: str = "trust_cuts=True", fix: str | None = None) -> None:
         """As a single stitch's (:meth:`StitchedModel.check_saved_cuts
         <stitchkit.stitching.StitchedModel.check_saved_cuts>`), for every source's record."""
         from .saved_cuts import Part, check_cuts
@@ -301,7 +301,7 @@ class ParallelStitchedModel(Network, nn.Module):
         records = architecture.get("stitches") or []
         check_cuts([Part(s, now, (records[i].get("cuts") if i < len(records) else None))
                     for i, (s, now) in enumerate(zip(self.config.stitches, self.cuts()))],
-                   source=source, written_by=written_by, trust_cuts=trust_cuts, trust_hint=trust_hint)
+                   source=source, written_by=written_by, trust_cuts=trust_cuts, trust_hint=trust_hint, fix=fix)
 
     def architecture(self) -> dict:
         """What rebuilds it without weights: the fusion and each source's single-stitch architecture (as the model

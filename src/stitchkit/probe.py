@@ -33,7 +33,7 @@ class HeadProbe(Network, nn.Module):
     folder_kind = "probe"
 
     def __init__(self, body: Part, top: Part, source: str, input_size: int, unfreeze_last: int,
-                 top_block_names: tuple[str, ...], features_out: FeatureSpec):
+                 top_block_names: tuple[str, ...], features_out: FeatureSpec, cut_after: str = ""):
         super().__init__()
         self.body, self.top = body, top
         self.body.requires_grad_(False)
@@ -41,6 +41,7 @@ class HeadProbe(Network, nn.Module):
         self.source, self.input_size, self.unfreeze_last = source, input_size, unfreeze_last
         self.top_block_names = top_block_names
         self.features_out = features_out  # what its last block gives (the model's last block's)
+        self.cut_after = cut_after  # the module after which its trained part starts (see cuts())
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "HeadProbe":
@@ -92,9 +93,29 @@ class HeadProbe(Network, nn.Module):
     def load_trained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.top.load_state_dict({k[len("top."):]: v for k, v in state.items()})
 
+    def cuts(self) -> dict[str, str]:
+        """Where it cuts its model (:mod:`stitchkit.saved_cuts`): the module after which its trained part starts
+        (``dst``: the last frozen block, or the stem when every block trains). Its saved folders and runs record it."""
+        return {"dst": self.cut_after}
+
+    def check_saved_cuts(self, architecture: dict, *, source: str, written_by: str | None,
+                         trust_cuts: bool = False, trust_hint: str = "trust_cuts=True", fix: str | None = None) -> None:
+        """Refuse to load saved weights into this freshly rebuilt probe where the cut ``architecture`` records
+        (none: written before 0.13.0) is not its own (:func:`stitchkit.saved_cuts.check_cuts`)."""
+        from .saved_cuts import CutModel, Part, check_cuts
+
+        n = self.unfreeze_last
+        trains = f"to train its last {n} block{'s' if n != 1 else ''}" if n else "to train its head alone"
+        described = CutModel(self.source, "probe", {"dst": ("model", "part it trains begins",
+                                                            "its trained part began", trains)})
+        check_cuts([Part(described, self.cuts(), architecture.get("cuts"))], source=source, written_by=written_by,
+                   trust_cuts=trust_cuts, trust_hint=trust_hint, fix=fix)
+
     def architecture(self) -> dict:
+        """What rebuilds it without weights (:meth:`from_architecture`), with where it cuts its model
+        (:meth:`cuts`)."""
         return {"model": self.source, "input_size": self.input_size, "num_classes": self.num_classes,
-                "unfreeze_last": self.unfreeze_last}
+                "unfreeze_last": self.unfreeze_last, "cuts": self.cuts()}
 
     @classmethod
     def from_architecture(cls, architecture: dict) -> "HeadProbe":
@@ -137,7 +158,8 @@ def create_probe(
         raise IncompatibleError(f"unfreeze_last={unfreeze_last}, but {name} has {blocks} blocks; use 0 to {blocks}")
     cut = blocks - unfreeze_last
     probe = HeadProbe(front_part(anatomy, cut), back_part(anatomy, cut), name, input_size, unfreeze_last,
-                      tuple(spec.block_names[cut:]), spec.block_features[-1])
+                      tuple(spec.block_names[cut:]), spec.block_features[-1],
+                      spec.block_names[cut - 1] if cut else "stem")
     probe._mapped_no_weight_decay = mapped_no_weight_decay(probe, [model])
     probe.pretrained_cfg = data_config(f"probe:{name}", name, model, input_size, num_outputs(model))
     if num_classes == 0:  # no classifier (timm's num_classes=0): the model's own was cut with the head, and goes now

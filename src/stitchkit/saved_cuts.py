@@ -111,50 +111,77 @@ def _this_version() -> str:
 _ROLES = {"src": ("source", "front ends", "its front ended"), "dst": ("destination", "back starts", "its back started")}
 
 
+class CutModel(NamedTuple):
+    """A network cut from one model (a fine-tuning baseline, a probe), as :func:`check_cuts` names it: the ``config``
+    of its :class:`Part`, whose ``now`` and ``recorded`` have the keys of ``ends``.
+
+    ``model``: the model's name; ``noun``: what the network is ("fine-tuning baseline"); ``ends``: per cut (``src``,
+    ``dst``), ``(role, what, was, where)``: what the model is to the network ("model"), what begins or ends at the
+    cut ("blocks it trains begin"), the same in the past tense ("its trained blocks began") and where this version
+    cuts it ("at stage 1 (first)", "to train its last 2 blocks")."""
+
+    model: str
+    noun: str
+    ends: dict[str, tuple[str, str, str, str]]
+
+
+def _describe(config, end: str) -> tuple[str, str, str, str, str, str]:
+    """``(model, role, what, was, where, noun)`` of one end of a part's ``config`` (a
+    :class:`~stitchkit.stitching.StitchConfig`, or a :class:`CutModel`), for the messages."""
+    if isinstance(config, CutModel):
+        return (config.model, *config.ends[end], config.noun)
+    model = config.src if end == "src" else config.dst
+    stage, position = config.src_cut if end == "src" else config.dst_cut
+    return (model, *_ROLES[end], f"at stage {stage} ({position})", "stitch")
+
+
 def check_cuts(parts: list[Part], *, source: str, written_by: str | None, trust_cuts: bool = False,
-               trust_hint: str = "trust_cuts=True") -> None:
+               trust_hint: str = "trust_cuts=True", fix: str | None = None) -> None:
     """Refuse a saved stitch (``source``: how the file is named in the message) whose rebuilt cuts differ from its
     recorded ones, or that records none while a model in it is one whose cuts changed (unless ``trust_cuts``).
     ``written_by``: the stitchkit version that wrote the file, where it says; ``trust_hint``: how the caller passes
-    ``trust_cuts``."""
+    ``trust_cuts``; ``fix``: what the message ends with instead of loading it with the version that wrote it or
+    retraining it (a run folder: finish it with that version, or start it again), where ``{install}`` stands for
+    ``pip install stitchkit==VERSION``. A part's ends are the keys of its ``now`` cuts (``src`` and ``dst`` for a
+    stitch; a :class:`CutModel` names its own)."""
     for part in parts:
         config, now, recorded = part
         if recorded is None:
             continue
-        for end in ("src", "dst"):
+        for end in now:
             saved = recorded.get(end)
             if saved is None or saved == now[end]:
                 continue
-            model = config.src if end == "src" else config.dst
-            role, what, _ = _ROLES[end]
-            stage, position = config.src_cut if end == "src" else config.dst_cut
+            model, role, what, _, where, noun = _describe(config, end)
+            remedy = fix.format(install=_install(written_by)) if fix else (
+                f"Load it with the stitchkit that wrote it ({_install(written_by)}), or retrain the {noun} with this "
+                "version")
             raise CutsChangedError(
                 f"{source} was saved by {_describe_version(written_by)} with its {role} {model} cut after {saved!r} "
-                f"(where the {what}), but this stitchkit ({_this_version()}) cuts {model} at stage {stage} "
-                f"({position}) after "
+                f"(where the {what}), but this stitchkit ({_this_version()}) cuts {model} {where} after "
                 f"{now[end]!r}: its trained weights belong to another network, so it is not loaded (nothing was "
-                f"changed). Load it with the stitchkit that wrote it ({_install(written_by)}), or retrain the stitch "
-                "with this version")
+                f"changed). {remedy}")
     if trust_cuts:
         return
     for part in parts:
         config, now, recorded = part
         if recorded is not None:
             continue
-        for end in ("src", "dst"):
-            model = config.src if end == "src" else config.dst
+        for end in now:
+            model, role, _, was, where, noun = _describe(config, end)
             changed = split_changed(model)
             if changed is None:
                 continue
-            role, _, was = _ROLES[end]
-            stage, position = config.src_cut if end == "src" else config.dst_cut
             written = f"stitchkit {written_by}" if written_by else "a stitchkit"
+            one_model = isinstance(config, CutModel)
+            same = "names the same modules" if one_model else f"names the same module {where}"
+            recording = f"where a {noun} cuts its model" if one_model else f"where a {noun}'s models are cut"
+            remedy = fix.format(install=_install(written_by)) if fix else (
+                f"Load it with the stitchkit that wrote it ({_install(written_by)}), or retrain the {noun} with this "
+                f"version; if you know its cuts did not change (`stitchkit stages {model}` {same} in both "
+                f"versions), load it with {trust_hint} and save it again, which records them")
             raise CutsChangedError(
                 f"{source} records no cuts (written by {written} before {CUTS_RECORDED_SINCE}, which began recording "
-                f"where a stitch's models are cut), and {changed} changed where the graph split cuts {model} (its "
-                f"{role}): this version cuts it at stage {stage} ({position}) after {now[end]!r}, which may not be "
-                f"where {was} when the stitch was trained, so it is not loaded (nothing was changed). "
-                f"Load it with the stitchkit that wrote it ({_install(written_by)}), or retrain the stitch with this "
-                f"version; if you know its cuts did not change (`stitchkit stages {model}` names the same module at "
-                f"stage {stage} ({position}) in both versions), load it with {trust_hint} and save it again, which "
-                "records them")
+                f"{recording}), and {changed} changed where the graph split cuts {model} (its "
+                f"{role}): this version cuts it {where} after {now[end]!r}, which may not be "
+                f"where {was} when the {noun} was trained, so it is not loaded (nothing was changed). {remedy}")

@@ -472,13 +472,13 @@ class StitchedModel(Network, nn.Module):
         return stitch_cuts(self.config, self.src_spec, self.dst_spec)
 
     def check_saved_cuts(self, architecture: dict, *, source: str, written_by: str | None,
-                         trust_cuts: bool = False, trust_hint: str = "trust_cuts=True") -> None:
+                         trust_cuts: bool = False, trust_hint: str = "trust_cuts=True", fix: str | None = None) -> None:
         """Refuse to load saved weights into this freshly rebuilt stitch where the cuts ``architecture`` records
         (none: a file written before 0.13.0) are not this stitch's (:func:`stitchkit.saved_cuts.check_cuts`)."""
         from .saved_cuts import Part, check_cuts
 
         check_cuts([Part(self.config, self.cuts(), architecture.get("cuts"))], source=source, written_by=written_by,
-                   trust_cuts=trust_cuts, trust_hint=trust_hint)
+                   trust_cuts=trust_cuts, trust_hint=trust_hint, fix=fix)
 
     def train(self, mode: bool = True) -> "StitchedModel":
         super().train(mode)

@@ -417,6 +417,36 @@ def _match_head(model: nn.Module, num_classes: int | None, num_data_classes: int
         )
 
 
+# How a run folder that cannot be rebuilt at its cuts (stitchkit.saved_cuts) is put right: resumed, and loaded to be
+# evaluated, exported or predicted with ({install}: pip install stitchkit==VERSION, the version that wrote it).
+RESUME_CUTS_FIX = ("Finish the run with the stitchkit that started it ({install}), or start it again with this version "
+                   "in a new output.dir (or with --overwrite)")
+LOAD_CUTS_FIX = ("Use the run with the stitchkit that trained it ({install}), or train it again with this version in a "
+                 "new output.dir (or with --overwrite)")
+
+
+def cuts_record(model: nn.Module) -> dict | None:
+    """What a run's checkpoint and ``result.json`` record of its network for :func:`check_run_cuts`: its
+    architecture (plain values), which says where it cuts its models (:mod:`stitchkit.saved_cuts`). None for a
+    network that cuts none (a whole model)."""
+    if getattr(model, "check_saved_cuts", None) is None:
+        return None
+    import json
+
+    return json.loads(json.dumps(model.architecture()))
+
+
+def check_run_cuts(model: nn.Module, record: dict | None, *, source: str, written_by: str | None,
+                   fix: str) -> None:
+    """Refuse a run's trained weights for ``model`` (rebuilt from the run's settings) where the ``record``
+    (:func:`cuts_record`; None: a run of stitchkit before 0.13.0) says its models were cut elsewhere, or says nothing
+    while one of them is a model whose cuts changed (:func:`stitchkit.saved_cuts.check_cuts`). A run has no
+    ``trust_cuts``: ``fix`` says what to do instead (:data:`RESUME_CUTS_FIX`, :data:`LOAD_CUTS_FIX`)."""
+    check = getattr(model, "check_saved_cuts", None)
+    if check is not None:
+        check(record if isinstance(record, dict) else {}, source=source, written_by=written_by, fix=fix)
+
+
 def trainable_state(model: nn.Module) -> dict:
     """What a checkpoint must hold to restore training: what a stitch or a probe trains (adapters, a trained head
     and blocks), everything otherwise."""

@@ -20,12 +20,14 @@ from ..compute import count_macs, count_params
 from ..errors import StitchkitError
 from ..files import atomic_write_json, atomic_write_text
 from ..rundir import RunDir
+from ..version import __version__
 from . import distributed
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, from_yaml_file, to_yaml
 from .identity import accepted_digests, config_digest, resume_differences, settings_id
 from .logging import MetricsLog, json_safe, require_loggers
-from .modes import build_model, export_weights, load_trainable_state, mode_for, trainable_state, trained_parts
+from .modes import (RESUME_CUTS_FIX, build_model, check_run_cuts, cuts_record, export_weights, load_trainable_state,
+                    mode_for, trainable_state, trained_parts)
 from .optim import build_optimizer, warmup_steps
 from ..zoo.models import require_weights
 from .clock import PhaseClock, add_seconds
@@ -261,6 +263,10 @@ class Run:
         """Load the last checkpoint into the model, optimizer and statistics; returns where it was taken."""
         state = load_checkpoint(self.dir.last_checkpoint, accepted_digests(self.config))
         self._check_world_size(state)
+        # Before any weight loads: the run rebuilt from its settings must be cut where it trained (a checkpoint of
+        # stitchkit before 0.13.0 records nothing, and says nothing of its version)
+        check_run_cuts(self.model, state.get("architecture"), source=f"the run in {str(self.run_dir)!r}",
+                       written_by=state.get("stitchkit_version"), fix=RESUME_CUTS_FIX)
         try:
             load_trainable_state(self.model, state["model"])
         except RuntimeError as err:
@@ -492,6 +498,9 @@ class Run:
             "rng": rng if rng is not None else rng_state(),
             "world_size": self.runtime.ctx.world_size,  # a resume must have as many processes
             "total_steps": self.total_steps,
+            # Where its network cuts its models (None: it cuts none), and who wrote it: what resuming checks
+            "architecture": cuts_record(self.model),
+            "stitchkit_version": __version__,
         }
         if per_rank is not None:  # with one process the checkpoint is as before: the entries above are its own
             state["per_rank"] = per_rank
@@ -534,6 +543,8 @@ class Run:
             "val_split_images": self.splits.val_split_images,
             "gmacs": self.gmacs, "params": self.params, "trainable_params": self.trainable,
             "trained": trained_parts(self.model),  # adapters, a stitch's trained blocks and head; or all
+            # Where its network cut its models (None: it cuts none): what loading a run without its checkpoint checks
+            "architecture": cuts_record(self.model),
             "epochs": position.epoch, "steps": position.step, "wall_time_s": sum(seconds.values()),
             "seconds": seconds, "images_seen": images,
             # Training images per second of training: set-up, calibration, evaluation and checkpoints excluded. None

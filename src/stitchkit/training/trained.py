@@ -22,7 +22,7 @@ from ..stitching import StitchedModel
 from .checkpoint import load_checkpoint
 from .config import Config, from_yaml_file, load_config
 from .identity import accepted_digests
-from .modes import build_model, load_trainable_state
+from .modes import LOAD_CUTS_FIX, build_model, check_run_cuts, load_trainable_state
 from .runtime import cuda_missing, resolve_device
 from .settings import keys_of_kind
 
@@ -52,13 +52,19 @@ class TrainedRun:
         config, run = self.config, self.run
         torch.manual_seed(config.train.seed)
         model = build_model(config, num_classes)
+        result = run.read_result() or {}
         if run.last_checkpoint.is_file():
             state = load_checkpoint(run.last_checkpoint, self.digests)
+            written_by = state.get("stitchkit_version") or (result.get("versions") or {}).get("stitchkit")
+            check_run_cuts(model, state.get("architecture"), source=f"the run in {str(run.path)!r}",
+                           written_by=written_by, fix=LOAD_CUTS_FIX)
             load_trainable_state(model, state["model"])
             step = state["counters"]["step"]
             finished_steps = (run.read_result() or {}).get("steps") if run.state() == "finished" else None
             progress = Progress(step, state.get("total_steps", finished_steps), run.state())
         else:  # a finished run (read_run checked): its checkpoints were deleted, its trained weights were not
+            check_run_cuts(model, result.get("architecture"), source=f"the run in {str(run.path)!r}",
+                           written_by=(result.get("versions") or {}).get("stitchkit"), fix=LOAD_CUTS_FIX)
             _load_saved_weights(model, run)
             steps = (run.read_result() or {}).get("steps")
             progress = Progress(steps, steps, "finished")
