@@ -40,7 +40,6 @@ from stitchkit.findings import environment
 from stitchkit.reports.collect import standard_error
 from stitchkit.rundir import RunDir
 from stitchkit.sweeps.grid import Sweep, expand, merge_settings
-from stitchkit.training.settings import ModelConfig
 
 R18, MNV3 = "resnet18", "mobilenetv3_large_100"
 PICO, MICRO = "vit_pico_patch4_32", "vit_micro_patch4_32"
@@ -48,7 +47,7 @@ SOURCES = [R18, MNV3, PICO, MICRO]  # a subset of scripts/adapter_start_study.py
 SOURCE_IMAGES, SOURCE_EPOCHS = 16000, 2
 STITCH_IMAGES, STITCH_EPOCHS, VAL_IMAGES, BATCH = 4000, 2, 2000, 128
 
-DEFAULT = ModelConfig().init_images
+DEFAULT = 256  # the fixed default until 0.12 (since, model.init_images null: the start chooses; see chosen())
 ARMS = [64, 256, 1024, 2048]  # model.init_images
 BLOCKS = [  # (pairs, gaps, methods): the cells with the fewest rows per channel, and two controls
     ([(R18, R18)], ["1:3", "1:4"], ["downsample_linear", "downsample_bottleneck"]),
@@ -100,14 +99,56 @@ def _stitch_base(threads: int | None, src_checkpoint: str) -> dict:
 
 def rows_per_channel(src: str, dst: str, gap: str, method: str) -> float:
     """Rows the least-squares fit of the chain's last fitted map gets per input channel, per calibration image: its
-    output positions over its input channels (built at random, no weights read)."""
-    from stitchkit import create_stitched
-    from stitchkit.starts import last_mapped
+    output positions over its input channels (:func:`stitchkit.starts.fit_shape`, on the meta device)."""
+    import torch
 
-    bridge = create_stitched(src, dst, gap, method.removeprefix("downsample_"), input_size=32, num_classes=10).bridge
-    i = last_mapped(bridge)
-    step = bridge.steps[len(bridge.adapters) - 1 if i is None else i]
-    return step.out_size[0] * step.out_size[1] / step.in_channels
+    from stitchkit import create_stitched
+    from stitchkit.starts import fit_shape
+
+    with torch.device("meta"):
+        bridge = create_stitched(src, dst, gap, method.removeprefix("downsample_"), input_size=32, check=False).bridge
+    rows, columns = fit_shape(bridge)
+    return rows / columns if columns else float("nan")
+
+
+def chosen(src: str, dst: str, gap: str, method: str) -> int:
+    """The calibration images the default start asks for in this cell (``model.init_images`` null)."""
+    import torch
+
+    from stitchkit import create_stitched
+    from stitchkit.starts import DEFAULT_START, get_start
+
+    with torch.device("meta"):
+        bridge = create_stitched(src, dst, gap, method.removeprefix("downsample_"), input_size=32, check=False).bridge
+    return get_start(DEFAULT_START).images_wanted(bridge)
+
+
+def time_starts(sources_dir: Path, arms: list[int], repeats: int = 2) -> str:
+    """Wall seconds of the default start alone (``start_seconds``: measuring both models on the images, the fits,
+    the feature matching) per cell and count, one thread, on random images (the time does not depend on them);
+    the fastest of ``repeats``."""
+    import torch
+
+    from stitchkit import create_stitched
+
+    torch.set_num_threads(1)
+    sources = expand({"base": fashion_mnist_base(SOURCE_IMAGES, SOURCE_EPOCHS, VAL_IMAGES, BATCH, 1),
+                      "baselines": {"scratch": {"models": SOURCES}}, "seeds": [0]}, name="start_sources")
+    checkpoint = {c.src: RunDir(sources_dir / c.name).model_weights for c in sources.cells}
+    cells = [(R18, R18, "1:3", "linear"), (R18, R18, "1:4", "bottleneck"), (R18, PICO, "1:3", "linear"),
+             (MNV3, MNV3, "1:4", "bottleneck")]
+    lines = ["| pair | gap | adapter | " + " | ".join(f"{a} images" for a in arms) + " |",
+             "|---" * (3 + len(arms)) + "|"]
+    for src, dst, gap, adapter in cells:
+        row = []
+        for count in arms:
+            images = torch.randn(count, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+            seconds = min(create_stitched(src, dst, gap, adapter, input_size=32, src_checkpoint=checkpoint[src],
+                                          dst_checkpoint=checkpoint[dst], calibration_images=images).start_seconds
+                          for _ in range(repeats))
+            row.append(f"{seconds:.1f}")
+        lines.append(f"| {src} -> {'itself' if src == dst else dst} | {gap} | {adapter} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 # --- reading the results -------------------------------------------------------------------------------------------
@@ -145,17 +186,18 @@ def arm_cell(runs: list[dict]) -> dict:
             "by_seed": {r["seed"]: r["top1"] for r in runs}}
 
 
-def judge(cells: dict, arms: list[int]) -> list[tuple]:
-    """Per cell and arm other than the default: the end accuracy's difference to the default's, paired by seed
-    (mean, standard error, seeds), and whether it is ahead by more than its standard error (and by more than two)."""
+def judge(cells: dict, arms: list[int], reference=lambda key: DEFAULT) -> list[tuple]:
+    """Per cell and arm other than the cell's ``reference`` arm (default: the fixed default, 256): the end
+    accuracy's difference to the reference's, paired by seed (mean, standard error, seeds), and whether it is ahead
+    by more than its standard error (and by more than two)."""
     verdicts = []
     for key in sorted(cells):
-        by = cells[key]
-        if DEFAULT not in by:
+        by, ref = cells[key], reference(key)
+        if ref not in by:
             continue
-        base = arm_cell(by[DEFAULT])["by_seed"]
+        base = arm_cell(by[ref])["by_seed"]
         for arm in arms:
-            if arm == DEFAULT or arm not in by:
+            if arm == ref or arm not in by:
                 continue
             other = arm_cell(by[arm])["by_seed"]
             diffs = [other[s] - base[s] for s in sorted(base) if s in other]
@@ -167,6 +209,13 @@ def judge(cells: dict, arms: list[int]) -> list[tuple]:
     return verdicts
 
 
+def _ahead(verdicts: list[tuple]) -> str:
+    ahead = [v for v in verdicts if v[5]]
+    return "none." if not ahead else "; ".join(
+        f"{_label(k).replace(' | ', ' ')} with {a} images +{m:.1f} ± {se:.1f}"
+        + (" (more than 2 standard errors)" if two else "") for k, a, m, se, _, _, two in ahead) + "."
+
+
 def _label(key: tuple) -> str:
     src, dst, gap, method = key
     return f"{src} -> {'itself' if src == dst else dst} | {gap} | {method.removeprefix('downsample_')}"
@@ -174,8 +223,8 @@ def _label(key: tuple) -> str:
 
 def table(cells: dict, arms: list[int], seeds: int) -> str:
     order = [(s, d, g, m) for pairs, gaps, methods in BLOCKS for s, d in pairs for g in gaps for m in methods]
-    head = ["pair", "gap", "adapter", "rows per channel per image"] + [
-        f"{a} images" + (" (default)" if a == DEFAULT else "") for a in arms]
+    head = ["pair", "gap", "adapter", "rows per channel per image", "null chooses"] + [
+        f"{a} images" + (" (0.12's default)" if a == DEFAULT else "") for a in arms]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for key in sorted(cells, key=order.index):
         row = []
@@ -186,7 +235,7 @@ def table(cells: dict, arms: list[int], seeds: int) -> str:
                 continue
             s = arm_cell(runs)
             row.append(f"{_fmt(s['end'], seeds)} (start {_fmt(s['start'], seeds)}; {s['seconds'][0]:.1f} s)")
-        lines.append(f"| {_label(key)} | {rows_per_channel(*key):.3g} | " + " | ".join(row) + " |")
+        lines.append(f"| {_label(key)} | {rows_per_channel(*key):.3g} | {chosen(*key)} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -205,20 +254,22 @@ def report(cells: dict, arms: list[int], seeds: int, minutes: float | None, thre
              "times the images, the rows its least-squares fit gets per input channel.", "",
              table(cells, arms, seeds), ""]
     verdicts = judge(cells, arms)
-    ahead = [v for v in verdicts if v[5]]
-    lines.append(f"Paired by seed, an arm ahead of the default ({DEFAULT}) at the end by more than the standard error "
-                 "of the difference: " + ("none." if not ahead else "; ".join(
-                     f"{_label(k).replace(' | ', ' ')} with {a} images +{m:.1f} ± {se:.1f}"
-                     + (" (more than 2 standard errors)" if two else "") for k, a, m, se, _, _, two in ahead) + "."))
+    lines.append(f"Paired by seed, an arm ahead of 0.12's default ({DEFAULT}) at the end by more than the standard "
+                 "error of the difference: " + _ahead(verdicts))
     behind = [v for v in verdicts if v[3] is not None and v[2] < -v[3]]
     lines.append("")
-    lines.append(f"Behind the default by more than the standard error: " + ("none." if not behind else "; ".join(
+    lines.append(f"Behind {DEFAULT} by more than the standard error: " + ("none." if not behind else "; ".join(
         f"{_label(k).replace(' | ', ' ')} with {a} images {m:.1f} ± {se:.1f}" for k, a, m, se, *_ in behind) + "."))
+    lines += ["", "Paired by seed, an arm ahead of the count the default chooses (`model.init_images` null) by more "
+              "than the standard error of the difference: " + _ahead(judge(cells, arms, lambda key: chosen(*key)))]
     means = {a: statistics.fmean(arm_cell(by[a])["end"][0] for by in cells.values())
              for a in arms if all(a in by for by in cells.values())}
     if means:
+        picked = statistics.fmean(arm_cell(by[chosen(*key)])["end"][0] for key, by in cells.items()
+                                  if chosen(*key) in by) if all(chosen(*k) in by for k, by in cells.items()) else None
         lines += ["", f"Mean top-1 at the end over the {len(cells)} cells: "
-                  + ", ".join(f"{a} images {v:.2f}" for a, v in means.items()) + "."]
+                  + ", ".join(f"{a} images {v:.2f}" for a, v in means.items())
+                  + (f", the default's choice {picked:.2f}" if picked is not None else "") + "."]
     return "\n".join(lines)
 
 
@@ -241,9 +292,14 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="processes training passes side by side")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default 1 with workers)")
     parser.add_argument("--table-only", action="store_true", help="train nothing: the table of what is finished")
+    parser.add_argument("--time-starts", action="store_true", help="train nothing: time the default start alone "
+                                                                   "per count on a few cells, one thread")
     args = parser.parse_args(argv)
     out = Path(args.out)
     sources_dir = Path(args.sources) if args.sources else out
+    if args.time_starts:
+        print(time_starts(sources_dir, sorted(set(args.arms))))
+        return 0
     threads = threads_per_run(args.threads, args.workers)
     arms = sorted(set(args.arms))
     sources, arm_sweeps = sweeps(out, sources_dir, args.seeds, arms, threads)
