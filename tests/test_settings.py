@@ -28,11 +28,12 @@ def test_digests_keep_what_earlier_versions_wrote():
     """Values computed by stitchkit 0.2.1 (commit f0166ab) for these settings: a sweep cell keeps its folder name,
     and a 0.2 checkpoint is still accepted when its run is resumed or evaluated. 0.5 changed two defaults (the start,
     model.adapter_norm: lstsq -> fitted; the class token, model.prefix_in: mean -> the start's choice): such a run
-    is resumed with its own values given, as config.yaml records them."""
+    is resumed with its own values given, as config.yaml records them; so is one from before 0.13, which changed
+    model.init_images (256 -> null: the start chooses)."""
     old_defaults = ["model.adapter_norm=lstsq", "model.prefix_in=mean"]
     config = load_config(None, ["mode=scratch", "model.src=resnet10t", "train.channels_last=true", *old_defaults])
     assert accepted_digests(config)[1] == "76b118c59238773c"
-    then = {"src": "resnet18", "adapter_norm": "lstsq", "prefix_in": "mean"}
+    then = {"src": "resnet18", "adapter_norm": "lstsq", "prefix_in": "mean", "init_images": 256}
     assert _identity({"train": {"epochs": 2}}, {"model": then}) == "bf3c5442"
     # With 0.5's defaults the same cell is another run (another start), so it gets another folder: never reused.
     assert _identity({"train": {"epochs": 2}}, {"model": {"src": "resnet18"}}) != "bf3c5442"
@@ -41,6 +42,22 @@ def test_digests_keep_what_earlier_versions_wrote():
                                 "data.classes=[0, 1]"])
     assert accepted_digests(subset)[0] != accepted_digests(config)[0]
     assert _identity({"data": {"classes": [0, 1]}}, {"model": {"src": "resnet18"}}) != _identity({}, {"model": {"src": "resnet18"}})
+
+
+def test_a_stitch_settings_new_default_renames_stitches_only():
+    """0.13 changed model.init_images (256 -> null: the start chooses how many): a stitch at the new default is
+    another run (another start), a scratch, finetune or probe run, which does not use it, keeps its folder, its
+    checkpoints and its settings_id."""
+    for mode in ("scratch", "finetune", "probe"):
+        now = load_config(None, [f"mode={mode}", "model.src=resnet18"])
+        then = load_config(None, [f"mode={mode}", "model.src=resnet18", "model.init_images=256"])
+        assert accepted_digests(now) == accepted_digests(then) and settings_id(now) == settings_id(then)
+        cell = {"mode": mode, "model": {"src": "resnet18"}}
+        assert _identity({}, cell) == _identity({"model": {"init_images": 256}}, cell)
+    stitch = {"mode": "stitch", "model": {"src": "resnet18"}}
+    assert _identity({}, stitch) != _identity({"model": {"init_images": 256}}, stitch)
+    assert settings_id(load_config(None, ["model.src=resnet18"])) != settings_id(
+        load_config(None, ["model.src=resnet18", "model.init_images=256"]))
 
 
 def test_settings_id_ignores_the_seed_and_how_a_run_ran_but_not_its_precision():

@@ -139,3 +139,48 @@ def test_the_fitted_start_warms_up_only_where_it_fitted():
                              calibration_images=images)
     assert tokens.bridge.tokens and tokens.bridge.warmup() == 0.25
     assert create_stitched("resnet18", "resnet18", "1:3", "linear", input_size=SIZE).bridge.warmup() == 0.0
+
+
+def _wanted(src, dst, gap, adapter, size, start=DEFAULT_START):
+    with torch.device("meta"):  # shapes only
+        bridge = create_stitched(src, dst, gap, adapter, input_size=size, check=False, adapter_norm=start).bridge
+    return get_start(start).images_wanted(bridge)
+
+
+def test_a_start_asks_for_enough_calibration_images_for_its_least_squares_fit():
+    """As many images as give the least-squares fit of the chain's last fitted map 64 rows per input channel (one
+    row per position of its output), from 256 to 2048 (docs/calibration_images.md): small maps need many."""
+    assert _wanted("resnet18", "resnet18", "1:2", "linear", SIZE) == 256  # 64 channels on 4 x 4: 64 * 64 / 16
+    assert _wanted("resnet18", "resnet18", "1:3", "linear", SIZE) == 2048  # 128 on 2 x 2: 64 * 128 / 4
+    assert _wanted("resnet18", "resnet18", "1:4", "bottleneck", SIZE) == 2048  # 256 on 1 x 1: 16384, at most 2048
+    assert _wanted("resnet18", "resnet18", "1:1", "linear", SIZE) == 256  # 64 on 8 x 8: 64, at least 256
+    assert _wanted("resnet18", "resnet18", "1:3", "linear", 224) == 256  # 128 on 14 x 14
+    assert _wanted("resnet50", "resnet50", "1:4", "bottleneck", 224) == 1338  # 1024 on 7 x 7: 64 * 1024 / 49
+    assert _wanted("mobilenetv3_large_100", "mobilenetv3_large_100", "1:3", "bottleneck", SIZE) == 768  # 48 on 2 x 2
+    assert _wanted("resnet18", "resnet18", "1:1", "bottleneck", SIZE) == 256  # an identity: no map to fit
+
+
+def test_training_measures_the_images_the_start_asks_for_unless_told(tmp_path):
+    """model.init_images null (the default): each stitch of a pass gets the calibration images its start asks for;
+    a number is taken as it is; result.json records how many were measured."""
+    from stitchkit.training.modes import build_model
+
+    asked = []
+
+    def calibration(name, count):
+        asked.append((name, count))
+        return torch.randn(count, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+
+    def build(*settings):
+        config = load_config(None, [*TINY, "model.src=resnet18", "model.adapter_norm=lstsq", *settings])
+        return build_model(config, 10, calibration)
+
+    assert build("model.gap=1:4").bridge.calibrated and asked == [("resnet18", 2048)]
+    build("model.gap=1:4", "model.init_images=32")
+    build("model.src=[resnet18,resnet18]", "model.dst=resnet18", "model.gap=[1:2,1:2]")  # each chain's own count
+    assert asked[1:] == [("resnet18", 32)] + [("resnet18", 256)] * 4
+    # Training: 64 synthetic training images, fewer than the start asks for (1:3), all of them measured.
+    result = train(load_config(None, [*TINY, "model.gap=1:3", f"output.dir={tmp_path / 'auto'}"]))
+    assert result["status"] == "finished" and result["init_images"] == 64
+    result = train(load_config(None, [*TINY, "model.init_images=16", f"output.dir={tmp_path / 'given'}"]))
+    assert result["init_images"] == 16

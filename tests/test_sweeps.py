@@ -91,7 +91,7 @@ def test_a_base_applies_to_each_cell_as_far_as_its_mode_uses_it(tmp_path):
         model = sweep.config(cell, tmp_path).model
         kinds.add(cell.kind)
         used = (model.adapter_norm, model.init_images, model.frozen_mode, model.unfreeze_last)
-        assert used == (("paper_code", 16, "train", 1) if cell.kind == "stitch" else ("fitted", 256, "eval", 0))
+        assert used == (("paper_code", 16, "train", 1) if cell.kind == "stitch" else ("fitted", None, "eval", 0))
     assert kinds == {"stitch", "finetune", "scratch"}
     # The names follow the settings as each cell trains with them: the baselines' are those of the base without
     # the stitch's settings; the names earlier versions gave them (from the whole base) are kept beside, so that a

@@ -79,7 +79,7 @@ def test_settings_a_mode_does_not_use_are_refused_and_defaults_never_are(tmp_pat
         assert load_config(None, [f"mode={mode}", "model.src=resnet18"]).mode == mode
     assert load_config(None, ["model.src=[resnet18,resnet18]", "model.dst=resnet18", "model.fusion=concat"])
     old_defaults = load_config(None, ["mode=scratch", "model.src=resnet18", "model.adapter_norm=lstsq",
-                                      "model.prefix_in=mean"])
+                                      "model.prefix_in=mean", "model.init_images=256"])
     saved = tmp_path / "config.yaml"
     saved.write_text(to_yaml(old_defaults).replace("frozen_mode: eval", "frozen_mode: train"))
     assert from_yaml_file(saved).model.frozen_mode == "train"

@@ -110,6 +110,28 @@ class Start:
         to keep."""
         return 0.0
 
+    # How many calibration images a start that needs them asks for (training's model.init_images when it is not
+    # given): enough for fit_rows rows per input channel in the least-squares fit of the chain's last fitted map,
+    # within fit_images. Each image gives that fit one row per position of the map's output, so small maps need
+    # many images: ResNet-18 to itself at 1:3 on 32-pixel images fits 128 channels on a 2 x 2 grid (1/32 of a row
+    # per channel per image), at 1:4 256 channels on one position. There 2,048 images ended 1.0-2.5 points above
+    # 256 after training (and 0.5-0.6 above 1,024 in two cells of four), MobileNetV3 to itself at 1:4 2.0 points
+    # above; where 256 images already gave 170 rows per channel or more, the counts ended within 0.6 points of
+    # each other (docs/calibration_images.md). At 224 pixels this asks for more than 256 only into the last stage
+    # of a wide CNN (ResNet-50 into Stage 4: 1,338 images, about 5 GB of float32 features at the two cuts).
+    fit_rows: ClassVar[int] = 64
+    fit_images: ClassVar[tuple[int, int]] = (256, 2048)  # never fewer (the fixed default until 0.12), never more
+
+    def images_wanted(self, bridge: "Bridge") -> int:
+        """The calibration images this start wants for ``bridge`` (built, possibly on the meta device: only its
+        shapes are read): :attr:`fit_rows` rows per input channel of the last fitted map, within
+        :attr:`fit_images`; the fewest where no map is fitted."""
+        least, most = self.fit_images
+        rows, columns = fit_shape(bridge)
+        if not rows:
+            return least
+        return max(least, min(most, -(-self.fit_rows * columns // rows)))
+
 
 _STARTS: Registry[Start] = Registry("adapter start", "model.adapter_norm names where the adapters start")
 
@@ -160,6 +182,17 @@ def last_mapped(bridge: "Bridge") -> int | None:
     """Index of the chain's last adapter that has an output map to fit (adapters after it are identities), or None."""
     mapped = [i for i, step in enumerate(bridge.adapters) if has_output_map(step.adapter.block)]
     return mapped[-1] if mapped else None
+
+
+def fit_shape(bridge: "Bridge") -> tuple[int, int]:
+    """``(rows per image, columns)`` of the least-squares fit of the chain's last adapter with an output map: one
+    row per position of its output (pixels, or patch tokens), one column per input channel; ``(0, 0)`` when no
+    adapter has a map to fit."""
+    last = last_mapped(bridge)
+    if last is None:
+        return 0, 0
+    step = bridge.steps[last]
+    return step.out_size[0] * step.out_size[1], step.in_channels
 
 
 @register_start

@@ -235,9 +235,9 @@ def validate(config: Config, saved: bool = False) -> None:
          "trains a whole library model: drop train.grad_checkpointing"),
         (config.data.limit_train is None or config.data.limit_train >= 1, "data.limit_train must be at least 1"),
         (config.data.limit_val is None or config.data.limit_val >= 1, "data.limit_val must be at least 1"),
-        (config.model.init_images >= 1, f"model.init_images must be at least 1 (the training images a start such as "
-                                        f"the default measures both models on; 256 is plenty), got "
-                                        f"{config.model.init_images}"),
+        (config.model.init_images is None or config.model.init_images >= 1,
+         f"model.init_images must be at least 1 (the training images a start such as the default measures both "
+         f"models on), or null (the start chooses), got {config.model.init_images}"),
     ]
     for ok, message in checks:
         if not ok:

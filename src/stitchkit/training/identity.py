@@ -7,7 +7,9 @@ import hashlib
 from typing import Any, Iterable, Mapping
 
 from .config import Config, flatten
-from .settings import added_later, keys_of_kind
+from .settings import added_later, changed_defaults, keys_of_kind
+
+_CHANGED = changed_defaults()
 
 
 def _at_later_defaults(settings: Mapping[str, Any]) -> set[str]:
@@ -15,9 +17,19 @@ def _at_later_defaults(settings: Mapping[str, Any]) -> set[str]:
     return {k for k, default in added_later().items() if k in settings and settings[k] == default}
 
 
+def _as_before(settings: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A stitch's setting whose default changed, at that default in a run of another mode (which does not use it):
+    its earlier default, as that run's digest had it (see ``earlier_default`` in settings.py)."""
+    if settings.get("mode") == "stitch":
+        return settings
+    earlier = {k: before for k, (now, before) in _CHANGED.items() if k in settings and settings[k] == now}
+    return {**settings, **earlier} if earlier else settings
+
+
 def settings_digest(settings: Mapping[str, Any], skip: Iterable[str] = (), length: int = 16) -> str:
     """The one digest of a run's settings (flat ``key: value``), without the ``skip`` keys: the same relevant
     settings give the same digest. What is relevant is each caller's choice of KINDS."""
+    settings = _as_before(settings)
     skip = set(skip) | _at_later_defaults(settings)
     relevant = sorted((k, v) for k, v in settings.items() if k not in skip)
     return hashlib.sha256(repr(relevant).encode()).hexdigest()[:length]
@@ -37,7 +49,7 @@ def config_digest(config: Config) -> str:
 def accepted_digests(config: Config) -> tuple[str, str]:
     """This version's :func:`config_digest` and the one stitchkit 0.2 wrote into checkpoints (other text, same
     settings), so runs trained before 0.3 still resume and evaluate."""
-    flat = flatten(config)
+    flat = _as_before(flatten(config))
     legacy_skip = RESUMABLE_CHANGES - keys_of_kind("speed")  # 0.2 refused speed changes on resume
     legacy_skip = legacy_skip | _at_later_defaults(flat)
     legacy = "\n".join(f"{k}={v!r}" for k, v in sorted(flat.items()) if k not in legacy_skip)

@@ -9,6 +9,7 @@ mode's name asks its :class:`Mode` instead, as timm's model registry stands in f
 """
 from __future__ import annotations
 
+import functools
 import io
 from typing import Callable
 
@@ -31,7 +32,7 @@ from ..zoo.metadata import preprocessing
 from ..zoo.models import create_model, fit_head, num_outputs
 from .settings import Config
 
-Calibration = Callable[[str], torch.Tensor]
+Calibration = Callable[[str, int], torch.Tensor]
 
 # The model settings that shape a stitch besides its models, gap, method, weights and heads, named as
 # create_stitched and create_parallel take them. Training builds with them (Stitch.build, ParallelStitch.build) and
@@ -45,7 +46,8 @@ STITCH_SETTINGS = ("prefix_out", "prefix_in", "readd_pos_embed", "frozen_mode", 
 OPTIONAL_MODEL_SETTINGS = ("gap", "adapter", "resize", "fusion", *STITCH_SETTINGS, "init_images")
 # Defaults of earlier versions (0.5 changed these), which every run of then recorded, whatever its mode, and which
 # its checkpoint's digest holds: such a run is resumed with them given, so they are not refused either.
-EARLIER_DEFAULTS = {"adapter_norm": ("lstsq",), "prefix_in": ("mean",)}
+# init_images was 256 until 0.12 (now null: the start chooses, docs/calibration_images.md).
+EARLIER_DEFAULTS = {"adapter_norm": ("lstsq",), "prefix_in": ("mean",), "init_images": (256,)}
 
 
 def stitch_settings(model_config) -> dict:
@@ -172,8 +174,10 @@ class Stitch(Mode):
         images = None
         if calibration is not None and get_start(m.adapter_norm).needs_images:
             dst = m.dst or m.src
-            src_images = calibration(m.src)
-            images = (src_images, src_images if preprocessing(dst) == preprocessing(m.src) else calibration(dst))
+            count = calibration_count(m, m.src, m.gap, size)
+            src_images = calibration(m.src, count)
+            images = (src_images,
+                      src_images if preprocessing(dst) == preprocessing(m.src) else calibration(dst, count))
         model = create_stitched(
             m.src, m.dst or m.src, gap=m.gap, adapter=m.adapter, resize=m.resize, pretrained=m.pretrained,
             input_size=size, src_checkpoint=m.src_checkpoint, dst_checkpoint=m.dst_checkpoint, **stitch_settings(m),
@@ -215,7 +219,8 @@ class ParallelStitch(Stitch):
         m, size = config.model, config.data.input_size
         images = None
         if calibration is not None and get_start(m.adapter_norm).needs_images:
-            images = [(calibration(s), calibration(m.dst)) for s in m.sources()]  # drawn once per model
+            counts = [calibration_count(m, s, g, size) for s, g in zip(m.sources(), m.source_gaps())]
+            images = [(calibration(s, n), calibration(m.dst, n)) for s, n in zip(m.sources(), counts)]
         model = create_parallel(
             m.sources(), m.dst, m.source_gaps(), fusion=m.fusion, adapter=m.adapter, resize=m.resize,
             pretrained=m.pretrained, input_size=size, src_checkpoints=m.source_checkpoints(),
@@ -374,10 +379,31 @@ def build_model(config: Config, num_data_classes: int, calibration: Calibration 
                 device: torch.device | None = None) -> nn.Module:
     """The model for ``config.mode`` (see each :class:`Mode`'s ``build``).
 
-    ``calibration(model_name)`` returns a batch of training images preprocessed for that model; a stitch whose
-    ``model.adapter_norm`` starts from data measures both models' features on it, on ``device``.
+    ``calibration(model_name, count)`` returns ``count`` training images preprocessed for that model (the same
+    first ones for every count); a stitch whose ``model.adapter_norm`` starts from data measures both models'
+    features on them (:func:`calibration_count` of them), on ``device``.
     """
     return mode_for(config).build(config, num_data_classes, calibration, device)
+
+
+def calibration_count(m, src: str, gap: str, input_size: int) -> int:
+    """The calibration images for the chain from ``src`` across ``gap`` into ``m.dst`` (``m``: a model config):
+    ``m.init_images`` when given, otherwise what its start asks for (:meth:`~stitchkit.starts.Start.images_wanted`,
+    from the chain's shapes on the meta device: no weights, no memory)."""
+    if m.init_images is not None:
+        return m.init_images
+    return _images_wanted(src, m.dst or src, gap, m.adapter, m.resize, input_size,
+                          tuple(sorted(stitch_settings(m).items())))
+
+
+@functools.lru_cache(maxsize=64)
+def _images_wanted(src: str, dst: str, gap: str, adapter: str, resize: str, input_size: int,
+                   settings: tuple) -> int:
+    settings = dict(settings)
+    with torch.device("meta"):
+        bridge = create_stitched(src, dst, gap=gap, adapter=adapter, resize=resize, input_size=input_size,
+                                 check=False, **settings).bridge
+    return get_start(settings["adapter_norm"]).images_wanted(bridge)
 
 
 def _check_classes(model: nn.Module, m, size: int, num_data_classes: int) -> None:

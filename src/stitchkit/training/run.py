@@ -220,11 +220,16 @@ class Run:
         self.splits = stream.splits
         self.total_steps = stream.total_steps  # checkpoints say it: eval of an unfinished run tells how far it got
         torch.manual_seed(config.train.seed)
-        def calibration_images(name: str) -> torch.Tensor:
+        counts = []  # the calibration images measured (model.init_images, or the start's choice; at most the split)
+
+        def calibration_images(name: str, count: int) -> torch.Tensor:
             with self.clock.phase("calibration"):
-                return stream.calibration_images(name)
+                images = stream.calibration_images(name, count)
+            counts.append(len(images))
+            return images
 
         self.model = build_model(config, len(self.splits.classes), calibration_images, rt.device).to(rt.device)
+        self.init_images = max(counts, default=None)  # result.json records it
         if config.train.grad_checkpointing:  # on the parts themselves, so a pass's shared tail checkpoints too
             self.model.set_grad_checkpointing(True)
         self.clock.reassign(getattr(self.model, "start_seconds", 0.0), "calibration")
@@ -536,6 +541,7 @@ class Run:
         record = {
             "status": status, "error": error, "mode": config.mode, **mode_for(config).model_settings(config),
             "seed": config.train.seed, "lr": config.optim.lr, "warmup_steps": self.warmup_steps,
+            "init_images": self.init_images,
             "dataset": config.data.name,
             "input_size": config.data.input_size, "classes": len(self.splits.classes),
             "class_names": list(self.splits.classes),  # what `stitchkit predict` names its answers with

@@ -19,13 +19,18 @@ KINDS = ("result", "speed", "location", "run")
 
 
 def setting(default: Any = MISSING, help: str = "", *, kind: str = "result", per_run: bool = False,
-            factory: Any = MISSING, since: str | None = None):
+            factory: Any = MISSING, since: str | None = None, earlier_default: Any = MISSING):
     """A config field with its help text and class. ``per_run``: runs trained in one pass over a shared front
     (stitchkit.training.grouped) may each choose their own value; every other setting is shared by the group.
     ``since``: the version that added it. At its default such a setting is left out of every digest, so adding a
-    setting does not rename existing sweep cells or orphan existing checkpoints."""
+    setting does not rename existing sweep cells or orphan existing checkpoints. ``earlier_default``: a stitch's
+    setting whose default changed: at its default it is digested as this in the runs of every other mode, which
+    do not use it, so that the change renames no scratch, finetune or probe run (stitches, whose results it
+    changes, get new names)."""
     assert kind in KINDS, kind
     metadata = {"help": help, "kind": kind, "per_run": per_run, "since": since}
+    if earlier_default is not MISSING:
+        metadata["earlier_default"] = earlier_default
     if factory is not MISSING:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -74,8 +79,11 @@ class ModelConfig:
     frozen_mode: str = setting("eval", "frozen parts in eval mode (BatchNorm statistics fixed) or train mode")
     adapter_norm: str = setting("fitted", "where adapters start ('stitchkit starts' lists them): fitted, "
                                           "fitted_quick, lstsq, dst_stats, paper_code or paper_text", per_run=True)
-    init_images: int = setting(256, "training images a start that needs them (fitted, lstsq, dst_stats) measures both "
-                                    "models' features on")
+    init_images: Optional[int] = setting(None, "training images a start that needs them (fitted, lstsq, dst_stats) "
+                                               "measures both models' features on; null: as many as give the "
+                                               "least-squares fit of the chain's last fitted map 64 rows per input "
+                                               "channel, from 256 to 2048 (256 until 0.12; "
+                                               "docs/calibration_images.md)", earlier_default=256)
     # sum: the best mean in the first measurement (3 configurations x 3 seeds on Fashion-MNIST, 0.7: sum 76.4, gate
     # 76.4, concat 76.1; every difference within noise) and the fewest parameters (one weight per source).
     fusion: str = setting("sum", "parallel stitch: how the sources' adapter outputs are joined: sum (a learned "
@@ -231,6 +239,11 @@ def _fields(cls=Config, prefix: str = ""):
 def keys_of_kind(*kinds: str) -> frozenset[str]:
     """The settings of these classes (see KINDS), e.g. ``keys_of_kind("run", "speed")``."""
     return frozenset(k for k, f in _fields() if f.metadata["kind"] in kinds)
+
+
+def changed_defaults() -> dict[str, tuple[Any, Any]]:
+    """``{key: (default, earlier default)}`` of the settings whose default changed (``earlier_default``)."""
+    return {k: (_default(f), f.metadata["earlier_default"]) for k, f in _fields() if "earlier_default" in f.metadata}
 
 
 def added_later() -> dict[str, Any]:

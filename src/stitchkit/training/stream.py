@@ -76,12 +76,12 @@ class DataStream:
     # preprocess the images once for the whole pass.
     calibration: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
 
-    def calibration_images(self, model_name: str) -> torch.Tensor:
-        """A batch of training images for ``model_name`` (the same for every run of this seed, in a pass or not)."""
-        data, model = self.config.data, self.config.model
-        key = (model_name, model.init_images)
+    def calibration_images(self, model_name: str, count: int) -> torch.Tensor:
+        """``count`` training images for ``model_name`` (the same for every run of this seed, in a pass or not; a
+        smaller count takes the first ones of a larger count's)."""
+        key = (model_name, count)
         if key not in self.calibration:
-            self.calibration[key] = calibration_images(self.splits, data, model_name, model.init_images,
+            self.calibration[key] = calibration_images(self.splits, self.config.data, model_name, count,
                                                        self.config.train.seed)
         return self.calibration[key]
 
