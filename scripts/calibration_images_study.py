@@ -41,6 +41,9 @@ from stitchkit.reports.collect import standard_error
 from stitchkit.rundir import RunDir
 from stitchkit.sweeps.grid import Sweep, expand, merge_settings
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling study, also when loaded by path (tests)
+from adapter_start_study import _fmt, _stats, results  # noqa: E402  (its results, mean ± SE and their text)
+
 R18, MNV3 = "resnet18", "mobilenetv3_large_100"
 PICO, MICRO = "vit_pico_patch4_32", "vit_micro_patch4_32"
 SOURCES = [R18, MNV3, PICO, MICRO]  # a subset of scripts/adapter_start_study.py's (the same settings and names)
@@ -152,28 +155,6 @@ def time_starts(sources_dir: Path, arms: list[int], repeats: int = 2) -> str:
 
 
 # --- reading the results -------------------------------------------------------------------------------------------
-
-
-def results(out: Path, arm_sweeps) -> dict[tuple, dict[int, list[dict]]]:
-    """``{(src, dst, gap, method): {arm: [result.json of each finished seed]}}``."""
-    cells: dict[tuple, dict[int, list[dict]]] = {}
-    for arm, sweep in arm_sweeps:
-        for cell in sweep.runnable:
-            result = RunDir(out / cell.name).read_result()
-            if result and result.get("status") == "finished":
-                cells.setdefault((cell.src, cell.dst, cell.gap, cell.method), {}).setdefault(arm, []).append(result)
-    return cells
-
-
-def _stats(values: list[float]) -> tuple[float, float | None, int] | None:
-    return (statistics.fmean(values), standard_error(values), len(values)) if values else None
-
-
-def _fmt(stat, seeds: int) -> str:
-    if stat is None:
-        return "-"
-    mean, se, n = stat
-    return f"{mean:.1f}" + (f" ± {se:.1f}" if se is not None else "") + (f" (n={n})" if n != seeds else "")
 
 
 def arm_cell(runs: list[dict]) -> dict:
