@@ -153,18 +153,21 @@ def sweeps(out: Path, seeds: list[int], arms: list[str], threads: int | None) ->
     return sources, found
 
 
-def by_source(arm_sweeps: list[tuple[str, Sweep]], threads: int | None) -> list[Sweep]:
-    """One sweep per source model holding every arm's stitches from it: they share passes over the source front."""
+def by_source(arm_sweeps: list[tuple[str, Sweep]], threads: int | None, arm_settings=lambda arm: ARMS[arm],
+              prefix: str = "start_from") -> list[Sweep]:
+    """One sweep per source model (named ``{prefix}_{src}``) holding every arm's stitches from it: they share passes
+    over the source front. ``arm_settings``: an arm's own settings (any section); the calibration-images study
+    passes its own."""
     merged: dict[str, Sweep] = {}
     for arm, sweep in arm_sweeps:
         src = sweep.cells[0].src
         # What every arm shares is the stitches' base from this source; each cell carries its destination and its
         # arm's own settings (any section) on top.
-        own = merge_settings({"model": {"dst_checkpoint": sweep.base["model"]["dst_checkpoint"]}}, ARMS[arm])
+        own = merge_settings({"model": {"dst_checkpoint": sweep.base["model"]["dst_checkpoint"]}}, arm_settings(arm))
         cells = [replace(c, settings=merge_settings(c.settings, own)) for c in sweep.cells]
         if src not in merged:
             common = _stitch_base(threads, sweep.base["model"]["src_checkpoint"])
-            merged[src] = Sweep(f"start_from_{src}", common, [], group_by_front=True, max_group_size=MAX_PASS)
+            merged[src] = Sweep(f"{prefix}_{src}", common, [], group_by_front=True, max_group_size=MAX_PASS)
         merged[src].cells.extend(cells)
     return list(merged.values())
 
@@ -300,6 +303,21 @@ def write_doc(doc: Path, text: str) -> None:
     doc.write_text(text if text.endswith("\n") else text + "\n")
 
 
+def add_study_time(out: Path, seconds: float) -> float:
+    """The study's wall seconds over all its invocations: ``seconds`` added to what ``out/study_time.txt`` holds."""
+    clock = out / "study_time.txt"
+    total = (float(clock.read_text()) if clock.is_file() else 0.0) + seconds
+    out.mkdir(parents=True, exist_ok=True)
+    clock.write_text(f"{total:.0f}")
+    return total
+
+
+def finished_sources(sources: Sweep, folder: Path) -> dict[str, dict]:
+    """``{source model: result.json}`` of the source models trained to the end in ``folder``."""
+    trained = {cell.src: RunDir(folder / cell.name).read_result() for cell in sources.cells}
+    return {name: r for name, r in trained.items() if r and r.get("status") == "finished"}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/adapter_start")
@@ -319,12 +337,8 @@ def main(argv=None) -> int:
         failures, _ = run_stages([[sources], by_source(arm_sweeps, threads)], out, workers=args.workers)
         if failures:
             print(f"{len(failures)} runs failed (see their result.json): {failures[:3]}", file=sys.stderr)
-    clock = out / "study_time.txt"
-    seconds = (float(clock.read_text()) if clock.is_file() else 0.0) + (0 if args.table_only else time.time() - start)
-    out.mkdir(parents=True, exist_ok=True)
-    clock.write_text(f"{seconds:.0f}")
-    trained = {cell.src: RunDir(out / cell.name).read_result() for cell in sources.cells}
-    finished = {name: r for name, r in trained.items() if r and r.get("status") == "finished"}
+    seconds = add_study_time(out, 0 if args.table_only else time.time() - start)
+    finished = finished_sources(sources, out)
     text = report(results(out, arm_sweeps), arms, len(args.seeds), seconds / 60 if seconds else None, threads,
                   finished)
     print(text)

@@ -28,8 +28,6 @@ markers (or the whole file, when it has none).
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
-import math
 import statistics
 import sys
 import time
@@ -42,13 +40,14 @@ from stitchkit.rundir import RunDir
 from stitchkit.sweeps.grid import Sweep, expand, merge_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling study, also when loaded by path (tests)
-from adapter_start_study import _fmt, _stats, results  # noqa: E402  (its results, mean ± SE and their text)
+# Its recipe (the source models are shared, so their settings and names must be its own), its passes over a source
+# front, its results reader, mean ± SE and their text, its page writer and its clock
+from adapter_start_study import (BATCH, MICRO, MNV3, PICO, R18, SOURCE_EPOCHS, SOURCE_IMAGES,  # noqa: E402
+                                 STITCH_EPOCHS, STITCH_IMAGES, VAL_IMAGES, _fmt, _stats, _stitch_base,
+                                 add_study_time, finished_sources, results, write_doc)
+from adapter_start_study import by_source as passes_by_source  # noqa: E402
 
-R18, MNV3 = "resnet18", "mobilenetv3_large_100"
-PICO, MICRO = "vit_pico_patch4_32", "vit_micro_patch4_32"
 SOURCES = [R18, MNV3, PICO, MICRO]  # a subset of scripts/adapter_start_study.py's (the same settings and names)
-SOURCE_IMAGES, SOURCE_EPOCHS = 16000, 2
-STITCH_IMAGES, STITCH_EPOCHS, VAL_IMAGES, BATCH = 4000, 2, 2000, 128
 
 DEFAULT = 256  # the fixed default until 0.12 (since, model.init_images null: the start chooses; see chosen())
 ARMS = [64, 256, 1024, 2048]  # model.init_images
@@ -59,7 +58,6 @@ BLOCKS = [  # (pairs, gaps, methods): the cells with the fewest rows per channel
     ([(R18, R18)], ["1:1"], ["downsample_linear"]),  # control: 1 row per channel per image
     ([(MICRO, MICRO)], ["1:4"], ["downsample_linear"]),  # control: tokens, 1 row per channel per image
 ]
-MAX_PASS = 24
 
 
 def sweeps(out: Path, sources_dir: Path, seeds: list[int], arms: list[int],
@@ -81,23 +79,9 @@ def sweeps(out: Path, sources_dir: Path, seeds: list[int], arms: list[int],
 
 
 def by_source(arm_sweeps: list[tuple[int, Sweep]], threads: int | None) -> list[Sweep]:
-    """One sweep per source model holding every arm's stitches from it; its passes split by seed and arm (both are
-    shared by a pass), and share the source front within one."""
-    merged: dict[str, Sweep] = {}
-    for arm, sweep in arm_sweeps:
-        src = sweep.cells[0].src
-        own = {"model": {"dst_checkpoint": sweep.base["model"]["dst_checkpoint"], "init_images": arm}}
-        cells = [replace(c, settings=merge_settings(c.settings, own)) for c in sweep.cells]
-        if src not in merged:
-            common = _stitch_base(threads, sweep.base["model"]["src_checkpoint"])
-            merged[src] = Sweep(f"calib_from_{src}", common, [], group_by_front=True, max_group_size=MAX_PASS)
-        merged[src].cells.extend(cells)
-    return list(merged.values())
-
-
-def _stitch_base(threads: int | None, src_checkpoint: str) -> dict:
-    return merge_settings(fashion_mnist_base(STITCH_IMAGES, STITCH_EPOCHS, VAL_IMAGES, BATCH, threads),
-                          {"model": {"pretrained": False, "src_checkpoint": src_checkpoint}})
+    """One sweep per source model holding every arm's stitches from it, each with its arm's model.init_images; its
+    passes split by seed and arm (both are shared by a pass), and share the source front within one."""
+    return passes_by_source(arm_sweeps, threads, lambda arm: {"model": {"init_images": arm}}, "calib_from")
 
 
 def rows_per_channel(src: str, dst: str, gap: str, method: str) -> float:
@@ -254,14 +238,6 @@ def report(cells: dict, arms: list[int], seeds: int, minutes: float | None, thre
     return "\n".join(lines)
 
 
-def write_doc(doc: Path, text: str) -> None:
-    begin, end = "<!-- study -->", "<!-- /study -->"
-    old = doc.read_text() if doc.is_file() else ""
-    if begin in old and end in old:
-        text = old[: old.index(begin) + len(begin)] + "\n" + text + "\n" + old[old.index(end):]
-    doc.write_text(text if text.endswith("\n") else text + "\n")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/calibration_images")
@@ -296,12 +272,8 @@ def main(argv=None) -> int:
         failures, _ = run_stages(stages, out, workers=args.workers)
         if failures:
             print(f"{len(failures)} runs failed (see their result.json): {failures[:3]}", file=sys.stderr)
-    clock = out / "study_time.txt"
-    seconds = (float(clock.read_text()) if clock.is_file() else 0.0) + (0 if args.table_only else time.time() - start)
-    out.mkdir(parents=True, exist_ok=True)
-    clock.write_text(f"{seconds:.0f}")
-    trained = {cell.src: RunDir(sources_dir / cell.name).read_result() for cell in sources.cells}
-    finished = {name: r for name, r in trained.items() if r and r.get("status") == "finished"}
+    seconds = add_study_time(out, 0 if args.table_only else time.time() - start)
+    finished = finished_sources(sources, sources_dir)
     text = report(results(out, arm_sweeps), arms, len(args.seeds), seconds / 60 if seconds else None, threads,
                   finished)
     print(text)
