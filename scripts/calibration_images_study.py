@@ -228,7 +228,7 @@ def report(cells: dict, arms: list[int], seeds: int, minutes: float | None, thre
     lines += ["", "Paired by seed, an arm ahead of the count the default chooses (`model.init_images` null) by more "
               "than the standard error of the difference: " + _ahead(judge(cells, arms, lambda key: chosen(*key)))]
     means = {a: statistics.fmean(arm_cell(by[a])["end"][0] for by in cells.values())
-             for a in arms if all(a in by for by in cells.values())}
+             for a in arms if cells and all(a in by for by in cells.values())}  # nothing finished: no means
     if means:
         picked = statistics.fmean(arm_cell(by[chosen(*key)])["end"][0] for key, by in cells.items()
                                   if chosen(*key) in by) if all(chosen(*k) in by for k, by in cells.items()) else None

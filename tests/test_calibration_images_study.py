@@ -47,3 +47,11 @@ def test_the_verdict_pairs_seeds_against_the_default(study):
     assert verdicts[("1:4", 1024)] == (pytest.approx(1.5), True)
     assert verdicts[("1:1", 1024)] == (pytest.approx(0.0), False)
     assert study.arm_cell(cells[("resnet18", "resnet18", "1:4", "downsample_linear")][1024])["seconds"][0] == 2.0
+
+
+def test_a_table_of_nothing_finished_is_written(study):
+    """--table-only before any stitch finished: the page's table is empty and there are no means to give (fmean of
+    nothing raised)."""
+    text = study.report({}, study.ARMS, 3, None, 1)
+    assert "| pair | gap | adapter |" in text and "ahead of 0.12's default (256) at the end" in text
+    assert "Mean top-1" not in text
