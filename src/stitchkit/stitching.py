@@ -23,6 +23,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable, Union
 
 import torch
 from torch import nn
@@ -57,6 +58,10 @@ CHANGED_CUTS_ADAPTER_FORMAT = "stitchkit.adapters.v4"
 # v2: adapters carry adapter_norm
 READABLE_ADAPTER_FORMATS = ("stitchkit.adapters.v2", ADAPTER_FILE_FORMAT, CHANGED_CUTS_ADAPTER_FORMAT)
 CALIBRATION_BATCH = 64  # images per forward pass while calibrating
+# What a stitch starts from: images for both models, a (source, destination) pair of them, or a function of the
+# built bridge that returns either (so that the start can say how many it wants from the chain's shapes).
+CalibrationImages = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor],
+                          Callable[["Bridge"], Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]]]
 
 
 @dataclass
@@ -728,7 +733,7 @@ def create_stitched(
     new_head: bool | None = None,
     train_head: bool | None = None,
     unfreeze_last: int = 0,
-    calibration_images: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+    calibration_images: CalibrationImages | None = None,
     calibration_device: str | torch.device | None = None,
     check: bool = True,
 ) -> StitchedModel:
@@ -772,8 +777,9 @@ def create_stitched(
             ``(for_source, for_destination)`` when the two models expect different normalisation. The starts that
             need them (``fitted``, ``fitted_quick``, ``lstsq``, ``dst_stats``) measure both models' features on
             them to start the adapters; without them those adapters keep their default initialisation (a warning
-            says so when it trains). The training engine
-            passes them.
+            says so when it trains). Or a function of the built bridge that returns them, for a caller that
+            asks the start how many it wants (:meth:`~stitchkit.starts.Start.images_wanted`), as the training
+            engine does.
         calibration_device: where to run the two models on those images (a GPU makes it take seconds at 224 px);
             the stitched model is returned on that device.
         check: run one image through the stitch so that a shape problem is an error now (default). Off only
@@ -831,7 +837,7 @@ def build_stitch(
     src_model: nn.Module | None = None,
     dst_model: nn.Module | None = None,
     *,
-    calibration_images: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+    calibration_images: CalibrationImages | None = None,
     calibration_device: str | torch.device | None = None,
     check: bool = True,
 ) -> StitchedModel:
@@ -887,6 +893,8 @@ def build_stitch(
         _check_runs(model, input_size)
     model.start_seconds = 0.0  # wall time of fitting the start on calibration images (training reports it)
     if calibration_images is not None and not bridge.calibrated:
+        if callable(calibration_images):  # the caller reads the chain's shapes first (how many images it wants)
+            calibration_images = calibration_images(bridge)
         began = time.perf_counter()
         src_images, dst_images = (calibration_images if isinstance(calibration_images, (tuple, list))
                                   else (calibration_images, calibration_images))

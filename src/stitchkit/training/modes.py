@@ -9,7 +9,6 @@ mode's name asks its :class:`Mode` instead, as timm's model registry stands in f
 """
 from __future__ import annotations
 
-import functools
 import io
 from typing import Callable
 
@@ -174,10 +173,13 @@ class Stitch(Mode):
         images = None
         if calibration is not None and get_start(m.adapter_norm).needs_images:
             dst = m.dst or m.src
-            count = calibration_count(m, m.src, m.gap, size)
-            src_images = calibration(m.src, count)
-            images = (src_images,
-                      src_images if preprocessing(dst) == preprocessing(m.src) else calibration(dst, count))
+
+            def start_images(bridge) -> tuple[torch.Tensor, torch.Tensor]:  # once the chain is built: its count
+                count = calibration_count(m, bridge)
+                src_images = calibration(m.src, count)
+                return src_images, (src_images if preprocessing(dst) == preprocessing(m.src) else
+                                    calibration(dst, count))
+            images = start_images
         model = create_stitched(
             m.src, m.dst or m.src, gap=m.gap, adapter=m.adapter, resize=m.resize, pretrained=m.pretrained,
             input_size=size, src_checkpoint=m.src_checkpoint, dst_checkpoint=m.dst_checkpoint, **stitch_settings(m),
@@ -219,8 +221,11 @@ class ParallelStitch(Stitch):
         m, size = config.model, config.data.input_size
         images = None
         if calibration is not None and get_start(m.adapter_norm).needs_images:
-            counts = [calibration_count(m, s, g, size) for s, g in zip(m.sources(), m.source_gaps())]
-            images = [(calibration(s, n), calibration(m.dst, n)) for s, n in zip(m.sources(), counts)]
+            def chain(src: str):  # each source's chain, once built: its start's count, drawn once per model
+                return lambda bridge: (calibration(src, count := calibration_count(m, bridge)),
+                                       calibration(m.dst, count))
+
+            images = [chain(s) for s in m.sources()]
         model = create_parallel(
             m.sources(), m.dst, m.source_gaps(), fusion=m.fusion, adapter=m.adapter, resize=m.resize,
             pretrained=m.pretrained, input_size=size, src_checkpoints=m.source_checkpoints(),
@@ -381,29 +386,16 @@ def build_model(config: Config, num_data_classes: int, calibration: Calibration 
 
     ``calibration(model_name, count)`` returns ``count`` training images preprocessed for that model (the same
     first ones for every count); a stitch whose ``model.adapter_norm`` starts from data measures both models'
-    features on them (:func:`calibration_count` of them), on ``device``.
+    features on them (as many as :func:`calibration_count` says), on ``device``.
     """
     return mode_for(config).build(config, num_data_classes, calibration, device)
 
 
-def calibration_count(m, src: str, gap: str, input_size: int) -> int:
-    """The calibration images for the chain from ``src`` across ``gap`` into ``m.dst`` (``m``: a model config):
-    ``m.init_images`` when given, otherwise what its start asks for (:meth:`~stitchkit.starts.Start.images_wanted`,
-    from the chain's shapes on the meta device: no weights, no memory)."""
-    if m.init_images is not None:
-        return m.init_images
-    return _images_wanted(src, m.dst or src, gap, m.adapter, m.resize, input_size,
-                          tuple(sorted(stitch_settings(m).items())))
-
-
-@functools.lru_cache(maxsize=64)
-def _images_wanted(src: str, dst: str, gap: str, adapter: str, resize: str, input_size: int,
-                   settings: tuple) -> int:
-    settings = dict(settings)
-    with torch.device("meta"):
-        bridge = create_stitched(src, dst, gap=gap, adapter=adapter, resize=resize, input_size=input_size,
-                                 check=False, **settings).bridge
-    return get_start(settings["adapter_norm"]).images_wanted(bridge)
+def calibration_count(m, bridge) -> int:
+    """How many calibration images the chain ``bridge`` (built: :func:`~stitchkit.stitching.build_stitch` passes it to
+    the function it was given for its images) starts from: ``m.init_images`` (``m``: a model config) when given,
+    otherwise as many as its start asks for from the chain's shapes (:meth:`~stitchkit.starts.Start.images_wanted`)."""
+    return m.init_images if m.init_images is not None else get_start(m.adapter_norm).images_wanted(bridge)
 
 
 def _check_classes(model: nn.Module, m, size: int, num_data_classes: int) -> None:
