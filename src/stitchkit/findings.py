@@ -25,6 +25,7 @@ from .demo import fashion_mnist_base, read_study_file, run_stages, threads_per_r
 from .errors import StitchkitError
 from .rundir import RunDir
 from .reports.plots import pareto_front
+from .reports.words import plural
 from .sweeps.grid import Sweep, expand
 from .sweeps.runner import MANIFEST_DIR
 from .sweeps.methods import list_methods
@@ -487,19 +488,11 @@ def environment(threads: int | None, runs: list[dict] | None = None) -> str:
     unrecorded = seen.pop(None, 0)
     if len(seen) == 1 and not unrecorded:
         return next(iter(seen))
-    parts = [f"{text} ({_runs(n)})" for text, n in seen.most_common()]
+    parts = [f"{text} ({plural(n, 'run')})" for text, n in seen.most_common()]
     if unrecorded:
-        parts.append(f"not recorded by {_runs(unrecorded)} (made before stitchkit 0.9.1; the process that wrote this "
-                     f"page: {here})")
+        parts.append(f"not recorded by {plural(unrecorded, 'run')} (made before stitchkit 0.9.1; the process that "
+                     f"wrote this page: {here})")
     return ("runs made in more than one environment: " if len(seen) > 1 else "") + "; ".join(parts)
-
-
-def _runs(n: int) -> str:
-    return f"{n} run" + ("" if n == 1 else "s")
-
-
-def _sweeps(n: int) -> str:
-    return f"{n} sweep" + ("" if n == 1 else "s")
 
 
 def _this_invocation(rows: list[dict], originals: dict, sweeps: list[Sweep], out: Path) -> tuple[list[dict], dict]:
@@ -556,14 +549,14 @@ def findings_markdown(findings: list[Finding], originals: dict, spec: dict, comm
         "",
     ]
     if failures:
-        lines += [f"**{_runs(len(failures))} failed** and {'is' if len(failures) == 1 else 'are'} missing from every "
-                  "number below (a failed source model also keeps the stitches that read it from training; each "
+        lines += [f"**{plural(len(failures), 'run')} failed** and {'is' if len(failures) == 1 else 'are'} missing from "
+                  "every number below (a failed source model also keeps the stitches that read it from training; each "
                   "run's result.json says why):", ""]
         lines += [f"- `{name}`: {error}" for name, error in failures[:20]]
         lines += [f"- and {len(failures) - 20} more" for _ in [0] if len(failures) > 20]
         lines.append("")
     if left_out:
-        lines += [f"Left out of the verdicts and tables: {_sweeps(len(left_out))} in the output folder that "
+        lines += [f"Left out of the verdicts and tables: {plural(len(left_out), 'sweep')} in the output folder that "
                   f"{'is' if len(left_out) == 1 else 'are'} not this findings file's (an earlier run with other "
                   f"settings, such as --smoke, or a block since removed: {', '.join(left_out[:3])}"
                   f"{' ...' if len(left_out) > 3 else ''}); their runs stay on disk, and the figures, drawn from "
@@ -623,8 +616,8 @@ def run_findings(path: str | Path, out: str | Path = "runs/findings", doc: str |
     names = {sweep.name for sweep in built}
     left_out = sorted(p.stem for p in (out / MANIFEST_DIR).glob("*.json") if p.stem not in names)
     if left_out:
-        log(f"left out of the findings: {_sweeps(len(left_out))} in {out / MANIFEST_DIR} not in this findings file "
-            f"({', '.join(left_out[:3])}{' ...' if len(left_out) > 3 else ''}); their runs stay on disk")
+        log(f"left out of the findings: {plural(len(left_out), 'sweep')} in {out / MANIFEST_DIR} not in this findings "
+            f"file ({', '.join(left_out[:3])}{' ...' if len(left_out) > 3 else ''}); their runs stay on disk")
     summary = summarize(rows)
     findings = judge(summary, originals, chance=10.0)
     for f in findings:
