@@ -183,10 +183,7 @@ class Network(TrainSurface, SavesPretrained):
         for owner in head.modules():
             if owner is not new and isinstance(getattr(owner, "num_classes", None), int):
                 owner.num_classes = num_classes  # a timm model kept inside the head
-        if isinstance(getattr(self, "pretrained_cfg", None), dict):
-            self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes, "label_names": None}
-        if isinstance(getattr(self, "stitchkit_info", None), dict):  # the old head's class names and scores
-            self.stitchkit_info = {k: v for k, v in self.stitchkit_info.items() if k not in ("class_names", "result")}
+        forget_old_head(self, num_classes)
         record_head()
         if num_classes == 0:
             new.requires_grad_(False)  # nothing to train where there is no classifier
@@ -251,6 +248,15 @@ class Network(TrainSurface, SavesPretrained):
     def default_cfg(self, cfg: dict) -> None:
         # timm's models hold it as a plain attribute that code still assigns (timm's own builder does)
         self.pretrained_cfg = cfg
+
+
+def forget_old_head(model: nn.Module, num_classes: int) -> None:
+    """After a new head of ``num_classes`` (0: none): what the model says of its head (``pretrained_cfg``) and what its
+    folder said of the old one (``stitchkit_info``: its classes' names, their score) no longer describe it."""
+    if isinstance(getattr(model, "pretrained_cfg", None), dict):
+        model.pretrained_cfg = {**model.pretrained_cfg, "num_classes": num_classes, "label_names": None}
+    if isinstance(getattr(model, "stitchkit_info", None), dict):
+        model.stitchkit_info = {k: v for k, v in model.stitchkit_info.items() if k not in ("class_names", "result")}
 
 
 def _is_graph_held(module: nn.Module) -> bool:

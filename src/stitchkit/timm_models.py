@@ -42,7 +42,7 @@ _WEIGHT_SOURCES = ("file", "url", "hf_hub_id", "hf_hub_filename")
 
 
 def _from_folder(kind: str, pretrained: bool, pretrained_cfg, kwargs: dict) -> nn.Module:
-    from .network import network_class
+    from .network import forget_old_head, network_class
     from .pretrained import load_described
     from .zoo.models import classes_or_none, create_model, reset_classifier
 
@@ -89,12 +89,9 @@ def _from_folder(kind: str, pretrained: bool, pretrained_cfg, kwargs: dict) -> n
     # timm's meaning: the head the folder holds when it has that many classes, a new one otherwise
     if num_classes is not None and num_classes != held:
         reset_classifier(model, num_classes)
-        # What the folder said about the old head (its classes' names, their score) describes it, not the new one.
-        # A stitchkit network's reset_classifier says so itself; a whole model's (timm's or torchvision's) does not.
-        if isinstance(getattr(model, "pretrained_cfg", None), dict):
-            model.pretrained_cfg = {**model.pretrained_cfg, "num_classes": num_classes, "label_names": None}
-        if isinstance(getattr(model, "stitchkit_info", None), dict):
-            model.stitchkit_info = {k: v for k, v in model.stitchkit_info.items() if k not in ("class_names", "result")}
+        # A stitchkit network's reset_classifier forgets its old head's record itself; a whole model's (timm's or
+        # torchvision's) does not
+        forget_old_head(model, num_classes)
     if device is not None or dtype is not None:  # after the new head, which is built in float32
         model.to(device=device, dtype=dtype)
     if overlay:  # what timm.data.resolve_model_data_config reads (a timm model's pretrained_cfg takes it so too)
