@@ -141,10 +141,13 @@ def test_the_fitted_start_warms_up_only_where_it_fitted():
     assert create_stitched("resnet18", "resnet18", "1:3", "linear", input_size=SIZE).bridge.warmup() == 0.0
 
 
-def _wanted(src, dst, gap, adapter, size, start=DEFAULT_START):
+def _built(src, dst, gap, adapter, size, start=DEFAULT_START):
     with torch.device("meta"):  # shapes only
-        bridge = create_stitched(src, dst, gap, adapter, input_size=size, check=False, adapter_norm=start).bridge
-    return get_start(start).images_wanted(bridge)
+        return create_stitched(src, dst, gap, adapter, input_size=size, check=False, adapter_norm=start).bridge
+
+
+def _wanted(src, dst, gap, adapter, size, start=DEFAULT_START):
+    return get_start(start).images_wanted(_built(src, dst, gap, adapter, size, start))
 
 
 def test_a_start_asks_for_enough_calibration_images_for_its_least_squares_fit():
@@ -155,9 +158,29 @@ def test_a_start_asks_for_enough_calibration_images_for_its_least_squares_fit():
     assert _wanted("resnet18", "resnet18", "1:4", "bottleneck", SIZE) == 2048  # 256 on 1 x 1: 16384, at most 2048
     assert _wanted("resnet18", "resnet18", "1:1", "linear", SIZE) == 256  # 64 on 8 x 8: 64, at least 256
     assert _wanted("resnet18", "resnet18", "1:3", "linear", 224) == 256  # 128 on 14 x 14
-    assert _wanted("resnet50", "resnet50", "1:4", "bottleneck", 224) == 1338  # 1024 on 7 x 7: 64 * 1024 / 49
+    assert _wanted("resnet50", "resnet50", "3:4", "bottleneck", 224) == 1338  # 1024 on 7 x 7: 64 * 1024 / 49
     assert _wanted("mobilenetv3_large_100", "mobilenetv3_large_100", "1:3", "bottleneck", SIZE) == 768  # 48 on 2 x 2
     assert _wanted("resnet18", "resnet18", "1:1", "bottleneck", SIZE) == 256  # an identity: no map to fit
+
+
+def test_a_start_asks_for_no_more_calibration_images_than_memory_allows():
+    """Never more than 2 GiB of float32 features at the two cuts (Start.fit_memory), never fewer than 256 images.
+    At 224 px a ResNet-50 gives 256 x 56 x 56 values an image after Stage 1, 512 x 28 x 28 after Stage 2 and
+    2048 x 7 x 7 after Stage 4 (torchvision's and timm's ResNet-50), and the rows alone would ask for 1338 images."""
+    after_stage1, after_stage2, after_stage4 = 256 * 56 * 56, 512 * 28 * 28, 2048 * 7 * 7
+    assert _wanted("resnet50", "resnet50", "1:4", "bottleneck", 224) == 2**31 // (4 * (after_stage1 + after_stage4))
+    assert _wanted("resnet50", "resnet50", "1:4", "bottleneck", 224) == 594
+    assert _wanted("resnet50", "resnet50", "2:4", "bottleneck", 224) == 2**31 // (4 * (after_stage2 + after_stage4))
+
+    class Lavish(get_start(DEFAULT_START).__class__):  # the rows' count where memory is no object
+        fit_memory = 2**40
+
+    class Frugal(get_start(DEFAULT_START).__class__):  # the floor holds even where the features would not fit
+        fit_memory = 2**20
+
+    bridge = _built("resnet50", "resnet50", "1:4", "bottleneck", 224)
+    assert Lavish().images_wanted(bridge) == 1338
+    assert Frugal().images_wanted(bridge) == 256
 
 
 def test_training_measures_the_images_the_start_asks_for_unless_told(tmp_path):

@@ -29,6 +29,7 @@ The measurements behind the default are in ``docs/adapter_start.md``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -117,19 +118,27 @@ class Start:
     # per channel per image), at 1:4 256 channels on one position. There 2,048 images ended 1.0-2.5 points above
     # 256 after training (and 0.5-0.6 above 1,024 in two cells of four), MobileNetV3 to itself at 1:4 2.0 points
     # above; where 256 images already gave 170 rows per channel or more, the counts ended within 0.6 points of
-    # each other (docs/calibration_images.md). At 224 pixels this asks for more than 256 only into the last stage
-    # of a wide CNN (ResNet-50 into Stage 4: 1,338 images, about 5 GB of float32 features at the two cuts).
+    # each other (docs/calibration_images.md). At 224 pixels it asks for more than 256 only into the last stage of
+    # a wide CNN, where memory decides instead (fit_memory).
     fit_rows: ClassVar[int] = 64
     fit_images: ClassVar[tuple[int, int]] = (256, 2048)  # never fewer (the fixed default until 0.12), never more
+    # Nor more than fit_memory bytes of float32 features at the two cuts (still never fewer than 256 images): the fit
+    # holds them, and what the chain makes of them, all at once, on the training device. ResNet-50 to itself at 1:4
+    # at 224 pixels (3.6 MB of features an image) took 3.4 GB of memory with 256 images and 13.9 GB with the 1,338
+    # the rows alone ask for; the cap gives it 594 images and 7.2 GB (scripts/calibration_memory.py, on a CPU). At
+    # 32 pixels no stitch comes near it, so the counts docs/calibration_images.md measured are unchanged.
+    fit_memory: ClassVar[int] = 2 * 2**30
 
     def images_wanted(self, bridge: "Bridge") -> int:
         """The calibration images this start wants for ``bridge`` (built, possibly on the meta device: only its
         shapes are read): :attr:`fit_rows` rows per input channel of the last fitted map, within
-        :attr:`fit_images`; the fewest where no map is fitted."""
+        :attr:`fit_images` and :attr:`fit_memory`; the fewest where no map is fitted."""
         least, most = self.fit_images
         rows, columns = fit_shape(bridge)
         if not rows:
             return least
+        features = 4 * (math.prod(bridge.src.shape) + math.prod(bridge.dst.shape))  # bytes an image, both cuts
+        most = min(most, self.fit_memory // features)
         return max(least, min(most, -(-self.fit_rows * columns // rows)))
 
 
