@@ -225,3 +225,15 @@ def test_a_back_that_trains_is_never_shared(tmp_path):
         alone = torch.load(tmp_path / f"alone{i}" / "checkpoints" / "last.pt", weights_only=False)["model"]
         together = torch.load(tmp_path / f"group{i}" / "checkpoints" / "last.pt", weights_only=False)["model"]
         assert alone.keys() == together.keys() and all(torch.equal(alone[k], together[k]) for k in alone)
+
+
+def test_identical_frozen_backs_are_held_once_where_the_pass_runs_them(tmp_path):
+    """The back a member trains and evaluates through (its tail) is the shared one: the tails were made before the
+    backs were shared, so every member ran, and kept in memory, its own copy (found in 0.13)."""
+    members = [Run(c) for c in _configs(tmp_path, "g", [["model.gap=1:3", f"model.adapter={a}"]
+                                                        for a in ("bottleneck", "linear", "conv3x3_relu")],
+                                        extra=["train.max_steps=1"])]
+    TrainingPass(members).run()
+    backs = {id(module) for r in members for module in r.head.children() if module is not r.model.bridge}
+    assert backs == {id(members[0].model.back)}
+    assert all(r.model.back is members[0].model.back for r in members)

@@ -389,3 +389,61 @@ seeds: [0]
     assert last.startswith("stitchkit: sweep stopped: interrupted at step 2; checkpoint written to ")
     assert last.endswith("last.pt'; rerun the same command to continue") and "--resume" not in last, last
     assert main(command) == 0  # as it said
+
+
+def test_a_resume_may_switch_to_fp16(tmp_path, monkeypatch):
+    """train.amp may change on resume (a job requeued onto a card without bf16): a run that trained without fp16
+    saved a disabled scaler's empty state, which an fp16 scaler refused with torch's own traceback."""
+    command = ["train", *TINY, "train.epochs=1", "train.checkpoint_every=1", f"output.dir={tmp_path / 'run'}"]
+    with monkeypatch.context() as patch:
+        _interrupt_at_step(patch, 2)
+        assert _interrupted_main([*command, "train.amp=none"]) == 130
+    assert main([*command, "train.amp=fp16", "--resume"]) == 0
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "finished" and result["steps"] == 4
+
+
+def test_ctrl_c_in_the_first_step_writes_the_start_evaluation_once(tmp_path, monkeypatch):
+    """Stopped during step 1 (with train.compile, a long one), the run checkpoints at step 0 and its resume
+    evaluates the start again: its metrics lines are an uninterrupted run's, not the start's twice."""
+    from stitchkit.training import run as training_run
+
+    command = ["train", *TINY, "train.epochs=1", "train.eval_at_start=true", "train.log_every=1"]
+    assert main([*command, f"output.dir={tmp_path / 'alone'}"]) == 0
+    original, calls = training_run.Run.micro_step, []
+
+    def micro_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training_run.Run, "micro_step", micro_step)
+        assert _interrupted_main([*command, f"output.dir={tmp_path / 'run'}"]) == 130
+    assert main([*command, f"output.dir={tmp_path / 'run'}", "--resume"]) == 0
+
+    def lines(run):
+        return [(line["type"], line["step"], line.get("split"), line.get("top1"), line.get("loss"))
+                for line in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())]
+
+    assert [line[:3] for line in lines("run")].count(("eval", 0, "val")) == 1
+    assert lines("run") == lines("alone")
+
+
+def test_resuming_a_finished_run_leaves_it_as_it_is(tmp_path, capsys):
+    """A job that always passes --resume, requeued after its run finished: nothing trains again, nothing is
+    rewritten (it evaluated again and added a second set-up to result.json's times), and it says so; its checkpoints
+    may have been deleted to save space."""
+    run = tmp_path / "run"
+    command = ["train", *TINY, "train.epochs=1", f"output.dir={run}"]
+    assert main(command) == 0
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main([*command, "--resume"]) == 0
+    assert capsys.readouterr().err.splitlines() == [f"{str(run)!r} holds a finished run: nothing to resume (its "
+                                                    "result.json stands)"]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
+    (run / "checkpoints" / "last.pt").unlink()
+    assert main([*command, "--resume"]) == 0
+    assert main([*command, "model.src=resnet18", "--resume"]) == 2  # another run's settings: refused, as before

@@ -1,5 +1,6 @@
 """Training end to end, in-process, on tiny synthetic data and a small real Fashion-MNIST subset."""
 import json
+import math
 
 import pytest
 import torch
@@ -102,7 +103,9 @@ def test_scratch_run_writes_a_self_describing_run_dir(tmp_path):
     assert [r["step"] for r in lines if r["type"] == "train"] == list(range(1, 9))
     assert [r["epoch"] for r in lines if r["type"] == "eval"] == [-1, 0, 1]  # before training, after each epoch
     lrs = [r["lr"] for r in lines if r["type"] == "train"]
-    assert lrs[-1] == 0.0 and all(a > b for a, b in zip(lrs, lrs[1:]))  # cosine to zero, stepped per step
+    # Cosine to zero, stepped per step; each line logs the rate its step took (the first the full rate, as no
+    # warm-up: the last one above zero, which is the rate after it).
+    assert lrs == pytest.approx([2e-3 * (1 + math.cos(math.pi * step / 8)) / 2 for step in range(8)])
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["counters"]["step"] == 8
     assert set(state) == {"format", "config_digest", "model", "optimizer", "scheduler", "scaler", "counters",
@@ -480,3 +483,32 @@ def test_compiled_training_keeps_compilation_out_of_the_training_speed(tmp_path,
     lines = [json.loads(line) for line in (tmp_path / "compiled" / "metrics.jsonl").read_text().splitlines()]
     rates = [r["images_per_s"] for r in lines if r["type"] == "train"]
     assert rates[0] is None and all(r > 0 for r in rates[1:]) and len(rates) == 4  # log_every=1, 4 steps
+
+
+def test_a_train_line_logs_the_learning_rate_its_step_took(tmp_path, monkeypatch):
+    """metrics.jsonl's lr is the rate of the logged step, not of the next one (it was one step ahead: above the
+    step's rate in the warm-up, 0 on the last line)."""
+    from stitchkit.training import run as run_module
+
+    used, original = [], run_module.Run.optimizer_step
+
+    def optimizer_step(self, images, skipped):
+        used.append(self.optimizer.param_groups[0]["lr"])
+        original(self, images, skipped)
+
+    monkeypatch.setattr(run_module.Run, "optimizer_step", optimizer_step)
+    train(_cfg(tmp_path, "mode=scratch", "model.src=resnet10t", "train.epochs=2", "optim.warmup_steps=3"))
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [line["lr"] for line in lines if line["type"] == "train"]
+    assert len(logged) == len(used) == 8 and logged == pytest.approx(used)
+    assert logged[0] == pytest.approx(2e-3 / 3) and logged[-1] > 0
+
+
+def test_a_warmup_as_long_as_the_run_is_said_before_it_trains(tmp_path, capsys):
+    """optim.warmup_steps not shorter than the run: the rate never reaches optim.lr, and the run says so."""
+    result = train(_cfg(tmp_path, "mode=scratch", "model.src=resnet10t", "train.epochs=1", "optim.warmup_steps=100"))
+    assert result["status"] == "finished" and result["warmup_steps"] == 100
+    err = capsys.readouterr().err
+    assert "optim.warmup_steps=100 is not shorter than the run's 4 optimizer steps" in err
+    train(_cfg(tmp_path, "mode=scratch", "model.src=resnet10t", "train.epochs=1", "optim.warmup_steps=2", name="short"))
+    assert "warmup_steps" not in capsys.readouterr().err

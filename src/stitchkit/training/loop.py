@@ -118,15 +118,21 @@ class TrainingPass:
             check_groupable([r.config for r in self.runs])
         for r in self.runs:
             self._guard(r, r.check_folder)
+            if r.finished_record is not None:  # resumed, and already finished: its result is its outcome
+                self.outcomes[id(r)] = r.finished_record
+        if not self.live:
+            return
         for r in self.live:
             self._guard(r, r.check_loggers)
         for r in self.live:
             self._guard(r, r.check_weights)
         self.stream = build_stream(self.config, self.runs[0].accum, self.runtime)
         for r in self.live:
-            self._guard(r, lambda r=r: r.build(self.stream, tail_only=self.shared))
+            self._guard(r, lambda r=r: r.build(self.stream))
         if self.shared and self.live:
             self.front = share_frozen_parts([r.model for r in self.live])
+        for r in self.live:
+            self._guard(r, lambda r=r: r.wire(self.stream, tail_only=self.shared))
         restored: dict[int, Position] = {}
         for r in self.live:
             if r.resume:

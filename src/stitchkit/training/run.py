@@ -80,6 +80,7 @@ class Run:
 
     def __init__(self, config: Config, resume: bool = False, overwrite: bool = False, runtime: Runtime | None = None):
         self.config, self.resume, self.overwrite = config, resume, overwrite
+        self.finished_record: dict | None = None  # resumed and found finished: its result, and nothing to train
         self.runtime = runtime or Runtime.from_settings(config.train)
         t, world = config.train, self.runtime.ctx.world_size
         per_step = t.batch_size * world
@@ -121,7 +122,8 @@ class Run:
             )
         result, last = self.dir.result, self.dir.last_checkpoint
         if self.resume:
-            if not last.is_file() and (result.is_file() or not self.dir.config.is_file()):
+            finished = self.dir.state() == "finished"  # (its checkpoints may have been deleted to save space)
+            if not finished and not last.is_file() and (result.is_file() or not self.dir.config.is_file()):
                 raise StitchkitError(f"nothing to resume in {str(run)!r}: no checkpoints/last.pt; drop --resume to start")
             differences = resume_differences(from_yaml_file(self.dir.config), self.config)
             if differences:
@@ -129,6 +131,13 @@ class Run:
                     f"the run in {str(run)!r} was started with another config; resume with the same settings or use a "
                     "new output.dir. Differences (saved -> now): " + "; ".join(differences)
                 )
+            if finished:
+                # A requeued job that always passes --resume: the run is done, and training it again would
+                # evaluate it again and add a second set-up to its times.
+                print(f"{str(run)!r} holds a finished run: nothing to resume (its result.json stands)",
+                      file=sys.stderr)
+                self.finished_record = self.dir.read_result()
+                return
             if not last.is_file():
                 # Started, then killed before its first checkpoint (e.g. during the evaluation of the start): a
                 # requeued job with --resume starts it again from the beginning, as a rerun without --resume would.
@@ -169,7 +178,9 @@ class Run:
                     redone = ("epoch", "eval")
                 else:
                     final = position.step >= total_steps or position.epoch >= self.config.train.epochs
-                    redone = ("eval",) if final else ()
+                    # Stopped in the first step (Ctrl-C while it compiles): the loop evaluates the start again.
+                    again = position.step == 0 and self.config.train.eval_at_start
+                    redone = ("eval",) if final or again else ()
                 run.cut_metrics_after(position.step, redone_at_step=redone)
         distributed.barrier(self.runtime.ctx)
 
@@ -213,9 +224,8 @@ class Run:
             if checkpoint is None:
                 require_weights(name)
 
-    def build(self, stream: DataStream, tail_only: bool = False) -> None:
-        """Build the model and optimizer; ``tail_only``: the forward pass starts after the stitch's front, which the
-        loop runs once for all the runs of a pass."""
+    def build(self, stream: DataStream) -> None:
+        """Build the model (then :meth:`wire` makes what trains it)."""
         config, rt = self.config, self.runtime
         self.splits = stream.splits
         self.total_steps = stream.total_steps  # checkpoints say it: eval of an unfinished run tells how far it got
@@ -242,7 +252,13 @@ class Run:
         if rt.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.train()
-        # What evaluation calls, and what training calls (compiled and wrapped in DDP).
+
+    def wire(self, stream: DataStream, tail_only: bool = False) -> None:
+        """What evaluation and training call (compiled and wrapped in DDP), the optimizer and the bookkeeping;
+        ``tail_only``: the forward pass starts after the stitch's front, which the loop runs once for all the runs
+        of a pass. After the runs of a pass share their frozen parts (:func:`~.grouped.share_frozen_parts` swaps
+        whole modules, which a tail, a compiled module or DDP made before would keep holding)."""
+        config, rt = self.config, self.runtime
         self.head = self.model.tail() if tail_only else self.model
         forward_model = self.head
         if config.train.compile:
@@ -257,6 +273,12 @@ class Run:
         self.warmup_steps = warmup_steps(self.model, config.optim, stream.total_steps)  # result.json records it
         self.optimizer, self.scheduler = build_optimizer(self.model, config.optim, stream.total_steps, rt.device,
                                                          self.warmup_steps)
+        self.step_lr = self.optimizer.param_groups[0]["lr"]
+        if config.optim.warmup_steps and self.warmup_steps >= stream.total_steps:
+            self.notes.append(
+                f"optim.warmup_steps={self.warmup_steps} is not shorter than the run's {stream.total_steps} optimizer "
+                f"steps: the learning rate never reaches optim.lr={config.optim.lr:g} and never decays; lower "
+                "optim.warmup_steps, or give optim.warmup (a share of the run's steps)")
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
         zeros = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=rt.device)  # noqa: E731
         self.loss_sum, self.loss_count = zeros(), zeros()  # since the last log line
@@ -286,7 +308,10 @@ class Run:
                 "transformer's embeddings too (class token, position embedding, relative-position tables): finish "
                 "the run with the stitchkit that started it, or start it again with --overwrite") from None
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] or not self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        # else: the run trained without fp16 (a disabled scaler saves nothing) and resumes with it (train.amp may
+        # change on resume, e.g. requeued from a bf16 card onto one without): a fresh scaler finds its scale.
         counters = dict(state["counters"])
         if "train_seconds" in counters:  # a checkpoint of stitchkit <= 0.5: one total, counted as training
             counters["seconds"] = {"train": counters.pop("train_seconds")}
@@ -348,6 +373,7 @@ class Run:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        self.step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step took, for its log line
         self.scheduler.step()
         # Commit the step's bookkeeping only now, so a checkpoint always describes a step boundary.
         self.loss_sum += self.step_loss[0]
@@ -398,7 +424,7 @@ class Run:
     def log_train(self, position: Position, images_per_s: float | None) -> None:
         loss = (self.loss_sum / self.loss_count.clamp(min=1)).item()
         self.log.write({"type": "train", "step": position.step, "epoch": position.epoch, "loss": loss,
-                        "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": images_per_s})
+                        "lr": self.step_lr, "images_per_s": images_per_s})
         self.loss_sum.zero_(), self.loss_count.zero_()
 
     def end_epoch(self, position: Position) -> None:
