@@ -294,3 +294,11 @@ def test_inspect_prices_the_fine_tuning_baseline_with_its_new_head(capsys):
     fit_head(model, 10)
     assert ten == count_params(create_finetune_baseline(model, "1:3", input_size=32)) < own
     assert own - ten == 990 * (512 + 1)  # 990 fewer classes, each a row of 512 weights and a bias
+
+
+def test_stages_refuses_a_bad_input_size_in_one_line(capsys):
+    """As inspect does (a ViT ended in timm's traceback, a ResNet in a line that named no fix)."""
+    for model, size in (("vit_tiny_patch16_224", "0"), ("resnet18", "-3")):
+        assert main(["stages", model, "--input-size", size]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "positive whole number" in err, err

@@ -208,3 +208,56 @@ def test_an_end_asked_for_elsewhere_is_not_held_to_its_saved_cut(tmp_path):
     torch.save(saved, path)
     with pytest.raises(CutsChangedError, match="cut after 'layer1.1'"):
         stitchkit.load_stitched(path, gap=[1, 4])
+
+
+def test_integrated_resizing_strides_where_a_cnn_makes_odd_sizes():
+    """A ResNet's own padded stride-2 convolutions make 25 -> 13 -> 7 -> 4 at 100 px (ceil(n / 2)), and 7 -> 4 at
+    112 px: resize='integrated' strides its adapters there too (before 0.13.1 it found no stride, 25 // 13 = 1, and
+    resized bilinearly in front of a stride-1 adapter, though the stitch was labelled integrated)."""
+    from stitchkit.chain import plan_chain
+
+    conv = torch.nn.Conv2d(1, 1, 3, stride=2, padding=1)
+    assert [conv(torch.zeros(1, 1, n, n)).shape[-1] for n in (25, 13, 7)] == [13, 7, 4]
+    steps = plan_chain(64, (25, 25), 512, (4, 4), 3, "integrated")
+    assert [(s.resize, s.stride) for s in steps] == [("stride", 2)] * 3
+    assert [(s.resize, s.stride) for s in plan_chain(64, (24, 24), 512, (3, 3), 3, "integrated")] == [("stride", 2)] * 3
+    assert plan_chain(64, (9, 9), 128, (4, 4), 1, "integrated")[0].resize == "bilinear"  # no stride makes 9 -> 4
+    model = stitchkit.create_stitched("resnet18", "resnet18", "1:4", "conv3x3_relu", "integrated", input_size=112,
+                                      adapter_norm="paper_code")
+    assert [(s.in_size, s.out_size, s.resize) for s in model.steps] == [
+        ((28, 28), (14, 14), "stride"), ((14, 14), (7, 7), "stride"), ((7, 7), (4, 4), "stride")]
+    assert model(torch.zeros(1, 3, 112, 112)).shape == (1, 1000)
+
+
+def test_an_integrated_stitch_saved_before_its_odd_steps_strided_is_refused(tmp_path, image, capsys):
+    """A file of 0.13.0 or earlier whose integrated chain this version strides where that one resized bilinearly
+    holds weights of the same shapes for another network: refused (adapter file, folder), in one line by the CLI;
+    files of this version, and old ones whose sizes a stride divides, load."""
+    odd = stitchkit.create_stitched("resnet18", "resnet18", "2:4", "linear", "integrated", input_size=112,
+                                    adapter_norm="paper_code")
+    path = tmp_path / "adapters.pt"
+    odd.save_adapters(path)
+    assert stitchkit.load_stitched(path).steps == odd.steps
+    saved = torch.load(path, weights_only=True)
+    saved["stitchkit_version"] = "0.13.0"
+    torch.save(saved, path)
+    before = path.read_bytes()
+    with pytest.raises(CutsChangedError) as error:
+        stitchkit.load_stitched(path, trust_cuts=True)  # the chain is not a cut: trusting the cuts does not cover it
+    message = str(error.value)
+    for part in ("stitchkit 0.13.0", "from 7x7 to 4x4 bilinearly", "strides that adapter by 2",
+                 "pip install stitchkit==0.13.0", "retrain the stitch"):
+        assert part in message, message
+    assert path.read_bytes() == before
+    odd.save_pretrained(tmp_path / "folder")
+    edit_record(tmp_path / "folder", lambda config: config.update(stitchkit_version="0.13.0"))
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "folder"), str(image)]) == 2
+    assert "from 7x7 to 4x4 bilinearly" in capsys.readouterr().err
+    even = stitchkit.create_stitched("resnet18", "resnet18", "2:4", "linear", "integrated", input_size=128,
+                                     adapter_norm="paper_code")
+    even.save_adapters(path)
+    saved = torch.load(path, weights_only=True)
+    saved["stitchkit_version"] = "0.13.0"
+    torch.save(saved, path)
+    assert stitchkit.load_stitched(path).steps == even.steps  # 16 -> 8 -> 4: strided in 0.13.0 too

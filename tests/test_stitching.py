@@ -552,3 +552,29 @@ def test_images_of_another_size_are_refused_not_squeezed():
         with pytest.raises(StitchkitError, match=r"built for other images.*NCHW \[64, 8, 8\].*NCHW \[64, 16, 16\]"
                                                  r".*input_size"):
             model(torch.zeros(1, 3, 64, 64))
+
+
+def test_a_learned_class_token_with_readd_pos_embed_starts_as_the_destinations_own():
+    """prefix_in='learned' starts the token at the ViT's class token plus its position; with readd_pos_embed the
+    bridge adds the position embedding after the adapters to every token, the class token too, so the learned token
+    starts at the class token alone (it had the position twice: cls + 2 pos[0])."""
+    torch.manual_seed(0)
+    vit = stitchkit.create_model("vit_tiny_patch16_224", input_size=32)
+    torch.nn.init.normal_(vit.pos_embed, std=1.0)
+    torch.nn.init.normal_(vit.cls_token, std=1.0)
+    own = (vit.cls_token + vit.pos_embed[:, :1])[0, 0]  # what the ViT's own stem puts at position 0
+    for readd in (True, False):
+        model = create_stitched("resnet18", vit, "1:3", "linear", input_size=32, prefix_in="learned",
+                                readd_pos_embed=readd, adapter_norm="paper_code")
+        with torch.no_grad():
+            h = model.bridge(model.front(torch.randn(2, 3, 32, 32)))
+        torch.testing.assert_close(h[0, 0], own)
+
+
+def test_a_model_built_for_another_size_is_one_clear_error():
+    """A timm ViT object built for 224 px, stitched at 32 px: one StitchkitError that names the size and the fix
+    (timm's own AssertionError escaped before)."""
+    import timm
+
+    with pytest.raises(StitchkitError, match=r"does not accept 32x32 images.*build the model for this size"):
+        create_stitched("resnet18", timm.create_model("vit_tiny_patch16_224"), "1:3", input_size=32)

@@ -106,8 +106,8 @@ def plan_chain(
         how, stride = "none", 1
         if s_in != s_out:
             shrinks = all(a > b for a, b in zip(s_in, s_out))
-            if resize == "integrated" and shrinks and _even_stride(s_in, s_out):
-                how, stride = "stride", s_in[0] // s_out[0]
+            if resize == "integrated" and shrinks and (stride := integer_stride(s_in, s_out)):
+                how = "stride"
             elif resize == "area" and shrinks:
                 how = "area"
             else:
@@ -116,10 +116,13 @@ def plan_chain(
     return tuple(steps)
 
 
-def _even_stride(s_in: tuple[int, int], s_out: tuple[int, int]) -> bool:
-    """Whether one integer stride maps ``s_in`` exactly onto ``s_out`` (with a padded 3x3 or 1x1 kernel)."""
-    stride = s_in[0] // s_out[0]
-    return all(math.ceil(a / stride) == b for a, b in zip(s_in, s_out))
+def integer_stride(s_in: tuple[int, int], s_out: tuple[int, int]) -> int | None:
+    """The integer stride that maps ``s_in`` exactly onto ``s_out`` with a padded 3x3 or a 1x1 kernel, whose output
+    is ceil(in / stride), as a CNN's own strided convolutions make odd sizes (25 -> 13, 7 -> 4); None when there is
+    none. The smallest stride that can is ceil(in / out); before 0.13.1 only in / out rounded down was tried, so
+    sizes a stride does not divide were resized bilinearly instead (:data:`stitchkit.saved_cuts.STRIDES_CHANGED`)."""
+    stride = math.ceil(s_in[0] / s_out[0])
+    return stride if all(math.ceil(a / stride) == b for a, b in zip(s_in, s_out)) else None
 
 
 class Resize(nn.Module):

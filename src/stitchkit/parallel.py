@@ -299,8 +299,8 @@ class ParallelStitchedModel(Network, nn.Module):
         from .saved_cuts import Part, check_cuts
 
         records = architecture.get("stitches") or []
-        check_cuts([Part(s, now, (records[i].get("cuts") if i < len(records) else None))
-                    for i, (s, now) in enumerate(zip(self.config.stitches, self.cuts()))],
+        check_cuts([Part(s, now, (records[i].get("cuts") if i < len(records) else None), bridge.steps)
+                    for i, (s, now, bridge) in enumerate(zip(self.config.stitches, self.cuts(), self.bridges))],
                    source=source, written_by=written_by, trust_cuts=trust_cuts, trust_hint=trust_hint, fix=fix)
 
     def architecture(self) -> dict:

@@ -46,6 +46,13 @@ SPLIT_CHANGES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+# resize='integrated' strides its adapters where a padded stride maps a size onto the next exactly though it does
+# not divide it (a CNN's odd sizes: 25 -> 13, 7 -> 4, at 100 or 112 px); earlier versions resized such steps
+# bilinearly before a stride-1 adapter. The weights have the same shapes either way, so a file of such a stitch
+# written before this version is refused rather than loaded into the strided network (:func:`check_cuts`).
+STRIDES_CHANGED = "0.13.1"
+
+
 class CutsChangedError(StitchkitError):
     """A saved stitch that this version would rebuild at other cuts than it was trained at (or might: it records
     none, and a model in it is one whose cuts changed)."""
@@ -53,11 +60,13 @@ class CutsChangedError(StitchkitError):
 
 class Part(NamedTuple):
     """One stitch of a saved file to check: its config (:class:`~stitchkit.stitching.StitchConfig`), the cuts this
-    version made (``{"src": module, "dst": module}``) and the cuts the file records (None: none recorded)."""
+    version made (``{"src": module, "dst": module}``), the cuts the file records (None: none recorded) and the
+    chain of adapters this version built (its :class:`~stitchkit.chain.Step` s; none for a model without one)."""
 
     config: object
     now: dict[str, str]
     recorded: dict | None
+    steps: tuple = ()
 
 
 def split_changed(name: str) -> str | None:
@@ -145,7 +154,7 @@ def check_cuts(parts: list[Part], *, source: str, written_by: str | None, trust_
     ``pip install stitchkit==VERSION``. A part's ends are the keys of its ``now`` cuts (``src`` and ``dst`` for a
     stitch; a :class:`CutModel` names its own)."""
     for part in parts:
-        config, now, recorded = part
+        config, now, recorded, _ = part
         if recorded is None:
             continue
         for end in now:
@@ -161,10 +170,11 @@ def check_cuts(parts: list[Part], *, source: str, written_by: str | None, trust_
                 f"(where the {what}), but this stitchkit ({_this_version()}) cuts {model} {where} after "
                 f"{now[end]!r}: its trained weights belong to another network, so it is not loaded (nothing was "
                 f"changed). {remedy}")
+    _check_strides(parts, source, written_by, fix)
     if trust_cuts:
         return
     for part in parts:
-        config, now, recorded = part
+        config, now, recorded, _ = part
         if recorded is not None:
             continue
         for end in now:
@@ -185,3 +195,33 @@ def check_cuts(parts: list[Part], *, source: str, written_by: str | None, trust_
                 f"{recording}), and {changed} changed where the graph split cuts {model} (its "
                 f"{role}): this version cuts it {where} after {now[end]!r}, which may not be "
                 f"where {was} when the {noun} was trained, so it is not loaded (nothing was changed). {remedy}")
+
+
+def _older(written_by: str | None, version: str) -> bool:
+    """Whether ``written_by`` (None: a version that did not say) is a stitchkit before ``version``."""
+    def key(v: str) -> tuple[int, ...]:
+        return tuple(int(n) for n in re.findall(r"\d+", v)[:3])
+
+    return written_by is None or key(written_by) < key(version)
+
+
+def _check_strides(parts: list[Part], source: str, written_by: str | None, fix: str | None) -> None:
+    """Refuse a stitch with resize='integrated' written before :data:`STRIDES_CHANGED` whose chain now strides a
+    step that version resized bilinearly (a stride that does not divide the size)."""
+    if not _older(written_by, STRIDES_CHANGED):
+        return
+    for part in parts:
+        if getattr(part.config, "resize", None) != "integrated":
+            continue
+        moved = [s for s in part.steps if s.resize == "stride" and any(a % b for a, b in zip(s.in_size, s.out_size))]
+        if moved:
+            step = moved[0]
+            remedy = fix.format(install=_install(written_by)) if fix else (
+                f"Load it with the stitchkit that wrote it ({_install(written_by)}), or retrain the stitch with this "
+                "version")
+            raise CutsChangedError(
+                f"{source} was saved by {_describe_version(written_by)}, which resized its features from "
+                f"{step.in_size[0]}x{step.in_size[1]} to {step.out_size[0]}x{step.out_size[1]} bilinearly before a "
+                f"stride-1 adapter, where this stitchkit ({_this_version()}) strides that adapter by {step.stride} "
+                f"(resize='integrated' at sizes a stride does not divide): its trained weights belong to another "
+                f"network, so it is not loaded (nothing was changed). {remedy}")

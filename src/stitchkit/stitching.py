@@ -479,11 +479,12 @@ class StitchedModel(Network, nn.Module):
     def check_saved_cuts(self, architecture: dict, *, source: str, written_by: str | None,
                          trust_cuts: bool = False, trust_hint: str = "trust_cuts=True", fix: str | None = None) -> None:
         """Refuse to load saved weights into this freshly rebuilt stitch where the cuts ``architecture`` records
-        (none: a file written before 0.13.0) are not this stitch's (:func:`stitchkit.saved_cuts.check_cuts`)."""
+        (none: a file written before 0.13.0) are not this stitch's, or where its chain changed since the version that
+        wrote it (:func:`stitchkit.saved_cuts.check_cuts`)."""
         from .saved_cuts import Part, check_cuts
 
-        check_cuts([Part(self.config, self.cuts(), architecture.get("cuts"))], source=source, written_by=written_by,
-                   trust_cuts=trust_cuts, trust_hint=trust_hint, fix=fix)
+        check_cuts([Part(self.config, self.cuts(), architecture.get("cuts"), self.steps)], source=source,
+                   written_by=written_by, trust_cuts=trust_cuts, trust_hint=trust_hint, fix=fix)
 
     def train(self, mode: bool = True) -> "StitchedModel":
         super().train(mode)
@@ -871,7 +872,7 @@ def build_stitch(
     prefix_init = pos_embed = None
     extras = token_extras(dst_model) if dst_feature.is_tokens else None
     if extras is not None:
-        prefix_init, pos_embed = _token_init(extras, dst_feature)
+        prefix_init, pos_embed = _token_init(extras, dst_feature, config.readd_pos_embed)
     bridge = Bridge(
         src_feature, dst_feature, adapter, resize, num_adapters(x, y), prefix_out, prefix_in,
         prefix_init=prefix_init if prefix_in == "learned" else None,
@@ -936,8 +937,11 @@ def _features(part: nn.Module, images: torch.Tensor, device: str | torch.device 
 
 
 
-def _token_init(extras: tuple, dst: FeatureSpec) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Initial learned prefix tokens (the destination's class token plus its position) and its position embedding."""
+def _token_init(extras: tuple, dst: FeatureSpec, readd_pos_embed: bool = False
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Initial learned prefix tokens (the destination's class token plus its position, as its own stem makes them)
+    and its position embedding. With ``readd_pos_embed`` the bridge adds the position embedding after the adapters,
+    to the prefix tokens too where it covers them: the learned token then starts at the class token alone."""
     cls_token, pos_embed, pos_prefix, pos_grid = extras
     if pos_embed is not None:
         pos_embed = pos_embed.detach()
@@ -945,7 +949,7 @@ def _token_init(extras: tuple, dst: FeatureSpec) -> tuple[torch.Tensor | None, t
     if cls_token is not None and dst.num_prefix_tokens:
         prefix = torch.zeros(1, dst.num_prefix_tokens, dst.channels)
         prefix[:, :1] = cls_token.detach()
-        if pos_embed is not None and pos_prefix:
+        if pos_embed is not None and pos_prefix and not readd_pos_embed:
             prefix[:, :1] += pos_embed[:, :1]
     return prefix, (pos_embed, pos_prefix, pos_grid) if pos_embed is not None else None
 

@@ -18,8 +18,10 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..errors import WeightsUnavailableError
+    from ..stitching import square_input_size
     from ..zoo import create_model, model_spec
 
+    args.input_size = square_input_size(args.input_size)  # one line for 0 or -3, as inspect says it
     try:
         model = create_model(args.model, pretrained=args.pretrained, input_size=args.input_size)
     except WeightsUnavailableError as err:

@@ -125,8 +125,11 @@ def _measure(model: nn.Module, input_size: int | tuple[int, ...], name: str | No
                 nonnegative.append(x.device.type != "meta" and bool((x >= 0).all()))
                 names.append(block_name)
                 stage_of.append(stage)
-    except RuntimeError as err:
-        raise StitchkitError(f"{name or type(model).__name__} does not accept {hw[0]}x{hw[1]} images: {err}") from err
+    except (RuntimeError, AssertionError, ValueError) as err:  # (timm asserts a fixed-size model's image size)
+        raise StitchkitError(
+            f"{name or type(model).__name__} does not accept {hw[0]}x{hw[1]} images: {err}; build the model for this "
+            "size (a name instead of a model object is built for it; timm: img_size=) or stitch at the size it was "
+            "built for") from err
     finally:
         model.train(was_training)
     cuts = []
