@@ -18,7 +18,7 @@ from PIL import Image
 from .errors import StitchkitError
 from .modelfolder import no_classifier
 from .pretrained import folder_or_run, load_pretrained
-from .training.data import IMAGE_EXTENSIONS, build_transforms, eval_transform, to_rgb
+from .training.data import DECODE_ERRORS, IMAGE_EXTENSIONS, build_transforms, eval_transform, to_rgb
 from .training.trained import load_trained
 from .training.runtime import resolve_device
 from .zoo.metadata import preprocessing
@@ -96,7 +96,7 @@ def predict_files(predictor: Predictor, files: Sequence[Path], top_k: int = 5, b
                 try:
                     with Image.open(path) as image:
                         images.append((path, to_rgb(image)))
-                except (OSError, ValueError, Image.DecompressionBombError) as err:
+                except DECODE_ERRORS as err:
                     on_skip(Skipped(path, str(err).splitlines()[0] if str(err) else type(err).__name__))
             if images:
                 tops = predictor.predict([image for _, image in images], top_k)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import struct
 import sys
 from dataclasses import dataclass
@@ -47,6 +48,12 @@ class CorruptImageError(StitchkitError):
         message = super().__str__()
         marker = f"{type(self).__name__}: "
         return message.rsplit(marker, 1)[-1].strip() if "Original Traceback" in message else message
+
+
+# What PIL raises for a file it cannot decode: OSError and ValueError mostly, but a PNG with a damaged chunk raises
+# SyntaxError ("broken PNG file"), some truncated headers EOFError or struct.error, and an image over PIL's pixel
+# limit DecompressionBombError. Every reader of image files catches these, and only these, around PIL.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 
 
 def undecodable(name: str, err: BaseException) -> CorruptImageError:
@@ -147,10 +154,11 @@ class ImageFolderSource:
         self.classes = list(classes) if classes is not None else found
         self.samples: list[tuple[str, int]] = []
         for label, name in enumerate(self.classes):
-            files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+            files = sorted(p for p in _files_below(root / name) if p.suffix.lower() in IMAGE_EXTENSIONS)
             if not files:
                 raise StitchkitError(f"class folder {str(root / name)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                                     "add images or remove the folder")
+                                     f"add images, or remove the class {name!r} from every split (train/ and val/ "
+                                     "need the same class folders)")
             self.samples += [(str(p), label) for p in files]
 
     def __len__(self) -> int:
@@ -175,8 +183,21 @@ class ImageFolderSource:
         try:
             with Image.open(path) as image:
                 return to_rgb(image), label
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
+        except DECODE_ERRORS as err:
             raise undecodable(path, err) from None
+
+
+def _files_below(folder: Path) -> Iterator[Path]:
+    """Every file in ``folder`` and its subfolders, following links to folders as torchvision's ImageFolder does
+    (``Path.rglob`` does not follow them), each folder once (a link back up does not loop)."""
+    seen = set()
+    for top, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        yield from (Path(top) / n for n in names)
 
 
 class ArraySource:
@@ -381,8 +402,9 @@ def _whole_sources(data: DataConfig, splits: tuple[str, ...]) -> dict[str, objec
         size = data.input_size + data.input_size // 8
         return {"train": SyntheticSource(data.synthetic_train_size, data.synthetic_classes, size,
                                          jpeg=data.synthetic_jpeg),
-                "val": SyntheticSource(data.synthetic_val_size, data.synthetic_classes, size, offset=10**6,
-                                       jpeg=data.synthetic_jpeg)}
+                # (past the training images: from 10**6, as ever, or after an ImageNet-sized training set)
+                "val": SyntheticSource(data.synthetic_val_size, data.synthetic_classes, size,
+                                       offset=max(10**6, data.synthetic_train_size), jpeg=data.synthetic_jpeg)}
     if data.name == "fashion_mnist":
         folder = find_fashion_mnist(data.root)
         return {split: ArraySource(_read_idx(_idx_file(folder, images)), _read_idx(_idx_file(folder, labels)),

@@ -26,14 +26,15 @@ from .data import build_splits
 from .runtime import Runtime, amp_dtype, loader_workers, machine, package_versions, resolve_device
 from .trained import read_run
 from .scoring import evaluate
-from .stream import eval_loaders
+from .stream import evaluation_loaders
 
 
-def _evaluate_splits(model, splits, config: Config) -> dict[str, float]:
-    """Top-1, top-5 and loss on every evaluation split (``val_*`` keys plain, others prefixed), in one process."""
+def _evaluate_splits(model, splits, config: Config, prep: Preprocessing) -> dict[str, float]:
+    """Top-1, top-5 and loss on every evaluation split (``val_*`` keys plain, others prefixed), in one process, read
+    as the config's ``data.loader`` reads them in training (``prep``: the model's preprocessing)."""
     dev = resolve_device(config.train.device)
     runtime = Runtime(dev, amp_dtype(config.train.amp, dev), config.train.channels_last, distributed.Dist())
-    loaders = eval_loaders(splits, config.train.batch_size, loader_workers(config.train.workers), dev, runtime.ctx)
+    loaders = evaluation_loaders(config, splits, prep, loader_workers(config.train.workers), dev, runtime.ctx)
     return {(k if split == "val" else f"{split}_{k}"): v
             for split, loader in loaders.items() for k, v in evaluate(model, loader, runtime).items()}
 
@@ -50,8 +51,8 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | 
     trained = read_run(run_dir, device, workers, locations)
     run, config = trained.run, trained.config
     names = (run.read_result() or {}).get("class_names")  # None: an unfinished run, which has not said yet
-    splits = build_splits(config.data, preprocessing(config.model.pixel_source), config.train.seed, need_train=False,
-                          class_order=names)
+    prep = preprocessing(config.model.pixel_source)
+    splits = build_splits(config.data, prep, config.train.seed, need_train=False, class_order=names)
     check_classes(f"the run in {str(run_dir)!r}", names, None, splits.classes)  # an unfinished run: no names yet
     model, progress = trained.model(len(splits.classes))
     if not progress.finished:
@@ -64,7 +65,7 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, workers: int | 
               f"checkpoint, step {progress.step}{of} ({how})", file=sys.stderr)
     record = {"run_dir": str(run.path), "run_status": progress.run_status, "step": progress.step,
               "total_steps": progress.total_steps, "data_root": config.data.root,
-              **_evaluate_splits(model, splits, config)}
+              **_evaluate_splits(model, splits, config, prep)}
     run.remove_leftovers()  # a temporary eval.json of an evaluation killed before
     atomic_write_json(run.evaluation, record)
     return record
@@ -99,16 +100,16 @@ def evaluate_folder(folder: str | Path, overrides: Sequence[str] = (), device: s
         raise StitchkitError(f"the model in {str(given)!r} is built for {prep['input_size'][-1]} px images; "
                              f"remove data.input_size={config.data.input_size}")
     names = described.get("class_names")
-    splits = build_splits(config.data, Preprocessing(tuple(prep["mean"]), tuple(prep["std"]), prep["interpolation"],
-                                                     prep["crop_pct"]), config.train.seed, need_train=False,
-                          class_order=names)
+    own = Preprocessing(tuple(prep["mean"]), tuple(prep["std"]), prep["interpolation"], prep["crop_pct"])
+    splits = build_splits(config.data, own, config.train.seed, need_train=False, class_order=names)
     model = load_described(Path(folder), described, device=resolve_device(config.train.device))
     classes = model.pretrained_cfg.get("num_classes")
     if classes == 0:
         raise no_classifier(given, "be evaluated")
     check_classes(f"the model in {str(given)!r}", names if names and len(names) == classes else None, classes,
                   splits.classes)
-    return {"model_dir": str(Path(folder)), "dataset": config.data.name, **_evaluate_splits(model, splits, config)}
+    return {"model_dir": str(Path(folder)), "dataset": config.data.name,
+            **_evaluate_splits(model, splits, config, own)}
 
 
 def check_classes(model: str, names: Sequence[str] | None, count: int | None, data_classes: Sequence[str]) -> None:
@@ -168,7 +169,8 @@ def evaluate_model(name: str, config: Config, out_dir: str | Path | None = None,
     except WeightsUnavailableError as err:
         raise err.with_fix(f"evaluate it without them ({pretrained_option}) or with local weights "
                            f"({checkpoint_option})") from None
-    splits = build_splits(config.data, preprocessing(name, model), config.train.seed, need_train=False)
+    prep = preprocessing(name, model)
+    splits = build_splits(config.data, prep, config.train.seed, need_train=False)
     if num_outputs(model) != len(splits.classes):
         raise StitchkitError(
             f"{name} predicts {num_outputs(model)} classes but the data has {len(splits.classes)}; evaluate a model "
@@ -180,7 +182,7 @@ def evaluate_model(name: str, config: Config, out_dir: str | Path | None = None,
               "input_size": config.data.input_size, "pretrained": config.model.pretrained,
               "checkpoint": config.model.src_checkpoint, "gmacs": gmacs, "params": params, "trainable_params": 0,
               "versions": package_versions(), "machine": machine(dev),
-              **_evaluate_splits(model, splits, config)}
+              **_evaluate_splits(model, splits, config, prep)}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

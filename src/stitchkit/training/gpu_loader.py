@@ -31,7 +31,8 @@ from torchvision.transforms.v2 import functional as F
 
 from ..zoo.metadata import Preprocessing
 from .augment import AugmentPlan, DeviceAugment
-from .data import CorruptImageError, EpochSampler, SeededDataset, image_seed, say_skipped, to_rgb, undecodable
+from .data import (DECODE_ERRORS, CorruptImageError, EpochSampler, SeededDataset, image_seed, say_skipped, to_rgb,
+                   undecodable)
 from .settings import DataConfig
 
 NO_BOX = (-1, -1, -1, -1)
@@ -72,7 +73,7 @@ class EncodedImages(Dataset):
                 say_skipped(err)
                 return None
             raise
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
+        except DECODE_ERRORS as err:
             corrupt = undecodable(name, err)
             if self.skip_corrupt:
                 say_skipped(corrupt)

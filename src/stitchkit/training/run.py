@@ -600,7 +600,8 @@ class Run:
         for split, values in self.metrics.items():
             prefix = "" if split == "val" else f"{split}_"
             evaluated.update({f"{prefix}top1": values["top1"], f"{prefix}top5": values["top5"],
-                              f"{prefix}loss": values["loss"], f"{prefix}eval_images": values.get("images")})
+                              f"{prefix}loss": values["loss"], f"{prefix}eval_images": values.get("images"),
+                              f"{prefix}eval_skipped_images": values.get("skipped", 0)})
         if status != "finished" and evaluated:
             # A failed run has no result: its last evaluation (often the start's, before the step that diverged) is
             # kept under names no reader takes for the run's top-1, with the step it was taken after.

@@ -33,7 +33,9 @@ def evaluate_heads(front: nn.Module | None, heads: list[nn.Module], loader: Data
     """
     device = runtime.device
     totals = [torch.zeros(4, dtype=torch.float64, device=device) for _ in heads]  # correct@1, @5, loss sum, count
-    for images, labels, _, _ in loader:
+    skipped = torch.zeros((), dtype=torch.float64, device=device)  # images skipped as corrupt (data.skip_corrupt)
+    for images, labels, batch_skipped, _ in loader:
+        skipped += batch_skipped
         if images.numel() == 0:
             continue
         images, labels = runtime.to_device(images, labels)
@@ -49,9 +51,10 @@ def evaluate_heads(front: nn.Module | None, heads: list[nn.Module], loader: Data
                                   torch.tensor(labels.numel(), device=device)]).double()
     results = []
     for total in totals:
-        correct1, correct5, loss_sum, count = distributed.all_reduce_sum(total, runtime.ctx).tolist()
+        summed = distributed.all_reduce_sum(torch.cat([total, skipped[None]]), runtime.ctx).tolist()
+        correct1, correct5, loss_sum, count, lost = summed
         if count == 0:
             raise StitchkitError("the evaluation split yielded no images (all skipped as corrupt?)")
         results.append({"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count,
-                        "images": int(count)})
+                        "images": int(count), "skipped": int(lost)})
     return results

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import StitchkitError
-from ..zoo.metadata import preprocessing
+from ..zoo.metadata import Preprocessing, preprocessing
 from . import distributed
 from .config import Config
 from .data import EpochSampler, Splits, build_splits, calibration_images, collate
@@ -57,6 +57,21 @@ def eval_loaders(splits: Splits, batch_size: int, workers: int, device: torch.de
             batch = eval_batch_size(len(sampler), batch_size, workers)
             loaders[split] = make_loader(dataset, sampler, batch, workers, device, False, image_bytes)
     return loaders
+
+
+def evaluation_loaders(config: Config, splits: Splits, prep: Preprocessing, workers: int, device: torch.device,
+                       ctx: distributed.Dist) -> dict:
+    """The evaluation splits' loaders as ``data.loader`` reads images (training's, and evaluating a run again:
+    ``data.loader=gpu`` decodes on the device, with the same sampler and batch)."""
+    image_bytes = 3 * config.data.input_size**2
+    evaluation = eval_loaders(splits, config.train.batch_size, workers, device, ctx, 4 * image_bytes)
+    if config.data.loader != "gpu":
+        return evaluation
+    from .gpu_loader import device_loader
+
+    return {split: device_loader(loader.dataset, config.data, prep, loader.sampler, loader.batch_size, workers, device,
+                                 False, prefetch_factor(loader.batch_size * image_bytes, workers))
+            for split, loader in evaluation.items()}
 
 
 @dataclass
@@ -119,11 +134,6 @@ def build_stream(config: Config, accum: int, runtime: Runtime) -> DataStream:
     total_steps = t.epochs * steps_per_epoch
     if t.max_steps is not None:
         total_steps = min(total_steps, t.max_steps)
-    evaluation = eval_loaders(splits, t.batch_size, workers, device, ctx, eval_bytes)
-    if config.data.loader == "gpu":  # evaluation decodes on the device too, with the same sampler and batch
-        evaluation = {split: device_loader(loader.dataset, config.data, prep, loader.sampler, loader.batch_size,
-                                           workers, device, False, prefetch_factor(loader.batch_size * train_bytes,
-                                                                                     workers))
-                      for split, loader in evaluation.items()}
+    evaluation = evaluation_loaders(config, splits, prep, workers, device, ctx)
     return DataStream(config, splits, sampler, loader, evaluation,
                       accum, micro_per_epoch, steps_per_epoch, total_steps)

@@ -70,7 +70,11 @@ def preprocessing(name: str, model: torch.nn.Module | None = None) -> Preprocess
     if model is not None:
         cfg = timm.data.resolve_model_data_config(model)
     else:
-        pretrained = timm.models.get_pretrained_cfg(parsed.base)
+        try:  # the weights the name's tag asks for (each tag has its own: resnet50.tv_in1k is torchvision's recipe)
+            pretrained = timm.models.get_pretrained_cfg(f"{parsed.base}.{parsed.tag}" if parsed.tag else parsed.base)
+        except RuntimeError:  # timm: "Invalid pretrained tag"
+            raise StitchkitError(f"timm has no weights tagged {parsed.tag!r} for {parsed.base}; check the model name "
+                                 "(`stitchkit models PATTERN` lists them)") from None
         if pretrained is None:
             raise StitchkitError(f"timm has no pretrained config for {name!r}; check the model name "
                                  "(`stitchkit models PATTERN` lists them)")
