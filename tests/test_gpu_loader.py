@@ -142,6 +142,26 @@ def test_corrupt_files_are_named_or_skipped(tmp_path, capsys):
     assert "object at 0x" not in named
 
 
+def test_a_decoder_error_names_the_reason_not_the_decoders_source_file(tmp_path):
+    """torchvision's decode_jpeg says where in its C++ sources it stopped ("decode_jpeg, /__w/vision/.../
+    decode_jpeg.cpp:171, Image is incomplete or truncated"); the skip line keeps the decoder and the reason."""
+    import io
+    import warnings
+
+    from torchvision.io import decode_jpeg
+
+    from stitchkit.training.data import undecodable
+
+    payload = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(payload, "JPEG")
+    with warnings.catch_warnings(), pytest.raises(RuntimeError) as raised:
+        warnings.simplefilter("ignore")
+        decode_jpeg(torch.frombuffer(bytearray(payload.getvalue()[:300]), dtype=torch.uint8))
+    assert ".cpp:" in str(raised.value)  # what torchvision says (if it stops naming its sources, this goes)
+    message = str(undecodable("x.jpg", raised.value))
+    assert message.startswith("cannot decode image 'x.jpg' (decode_jpeg: ") and ".cpp" not in message, message
+
+
 def test_training_with_the_gpu_loader_resumes_exactly(tmp_path, monkeypatch):
     from stitchkit.training import logging as training_logging
 

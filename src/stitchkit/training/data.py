@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import re
 import struct
 import sys
 from dataclasses import dataclass
@@ -64,6 +65,9 @@ def undecodable(name: str, err: BaseException) -> CorruptImageError:
         why = "not an image format PIL can read"
     else:
         why = (str(err).splitlines() or [""])[0] or type(err).__name__
+        # torchvision's decoders name their own source file: "decode_jpeg, /__w/.../decode_jpeg.cpp:171, Image is
+        # incomplete or truncated" says "decode_jpeg: Image is incomplete or truncated"
+        why = re.sub(r"^(\w+), \S+\.(?:cpp|cu|h):\d+, ", r"\1: ", why)
     return CorruptImageError(f"cannot decode image {name!r} ({why}); remove or replace it, or set "
                              "data.skip_corrupt=true to skip and count such files")
 
