@@ -18,8 +18,11 @@ OUT="${OUT:-gpu-check-out}"
 mkdir -p "$OUT/check"
 if ! python3 -c "import omegaconf" 2>/dev/null; then
     ls .whl/*.whl >/dev/null 2>&1 || { echo "device_gpu_check: omegaconf is missing and .whl/ holds no wheels; see this script's header" >&2; exit 2; }
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 2
+    # Pure-Python wheels are zip files: unpacked onto the path they import as installed, with no pip needed (the
+    # device's python3 is not known to have one).
+    for wheel in .whl/*.whl; do python3 -m zipfile -e "$wheel" /tmp/site || exit 2; done
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+    python3 -c "import omegaconf, antlr4" || { echo "device_gpu_check: the carried wheels do not import" >&2; exit 2; }
 fi
 export PYTHONPATH="$PWD/src:${PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"

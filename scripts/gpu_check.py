@@ -95,13 +95,19 @@ def engine_checks(size: dict, device: str, out: Path) -> dict:
                                                  f"output.dir={out / 'torchrun-run'}"])))
     env = dict(os.environ, OMP_NUM_THREADS="2")
     start = time.time()
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-                           "-m", "stitchkit", "train", str(config)], env=env, capture_output=True, text=True)
-    results["torchrun"] = {"returncode": done.returncode, "seconds": time.time() - start,
-                           "backend": "nccl" if device == "cuda" else "gloo", "stderr_tail": done.stderr[-1500:]}
-    if done.returncode == 0:
+    try:  # bounded: a hung rendezvous or NCCL start must not spend the rest of a device session
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                               "-m", "stitchkit", "train", str(config)], env=env, capture_output=True, text=True,
+                              timeout=300)
+        returncode, stderr = done.returncode, done.stderr
+    except subprocess.TimeoutExpired as err:
+        returncode = "timeout"
+        stderr = (err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else err.stderr or "")
+    results["torchrun"] = {"returncode": returncode, "seconds": time.time() - start,
+                           "backend": "nccl" if device == "cuda" else "gloo", "stderr_tail": stderr[-1500:]}
+    if returncode == 0:
         results["torchrun"]["result"] = json.loads((out / "torchrun-run" / "result.json").read_text())
-    say(f"torchrun ({results['torchrun']['backend']}): exit {done.returncode} in {results['torchrun']['seconds']:.0f} s")
+    say(f"torchrun ({results['torchrun']['backend']}): exit {returncode} in {results['torchrun']['seconds']:.0f} s")
 
     members = [["model.gap=1:3", "model.adapter=bottleneck"], ["model.gap=1:2", "model.adapter=linear"],
                ["model.gap=1:4", "model.adapter=conv3x3_relu"]]
@@ -121,15 +127,21 @@ def engine_checks(size: dict, device: str, out: Path) -> dict:
         "separate_s": separate_s, "grouped_s": grouped_s,
         "loss_separate": [r["loss"] for r in alone],
         "loss_grouped": [r["loss"] if isinstance(r, dict) else repr(r) for r in together],
-        "max_abs_loss_difference": max(abs(a["loss"] - b["loss"]) for a, b in zip(alone, together)),
+        # None where a member of the pass failed (its error is in loss_grouped)
+        "max_abs_loss_difference": max(abs(a["loss"] - b["loss"]) for a, b in zip(alone, together))
+        if all(isinstance(b, dict) for b in together) else None,
     }
+    difference = results["grouped"]["max_abs_loss_difference"]
     say(f"grouped vs separate on {device}: {grouped_s:.1f} s vs {separate_s:.1f} s, largest loss difference "
-        f"{results['grouped']['max_abs_loss_difference']:.2e}")
+        + (f"{difference:.2e}" if difference is not None else "- (a grouped run failed: see loss_grouped)"))
     return results
 
 
-def data_path_checks(size: dict, device: str, tmp: Path, compile: bool = True) -> dict:
-    """Section 4: each loader on one JPEG folder, end to end against the step (see the module's docstring)."""
+def data_path_checks(size: dict, device: str, tmp: Path, compile: bool = True, rows: dict | None = None,
+                     save=lambda: None) -> dict:
+    """Section 4: each loader on one JPEG folder, end to end against the step (see the module's docstring).
+    ``rows`` (filled in place) and ``save`` keep each loader's row in the JSON as soon as it is measured, so a
+    run stopped at its limit during a later loader keeps the rows before it."""
     from multiprocessing import Pool
 
     from stitchkit.bench import _write_jpegs, run_pipeline_bench
@@ -141,7 +153,7 @@ def data_path_checks(size: dict, device: str, tmp: Path, compile: bool = True) -
         pool.starmap(_write_jpegs, [(root, count, 500, 375, 4, list(range(i, count, processes)))
                                     for i in range(processes)])
     say(f"   wrote {count} JPEGs of 500x375 in {time.perf_counter() - start:.0f} s")
-    rows = {}
+    rows = {} if rows is None else rows
     loaders = [("torch_cpu_augment", "torch", "cpu", False), ("torch_device_augment", "torch", "device", False),
                ("gpu", "gpu", "cpu", False)]
     if compile:  # last: the compiled run (the issue's 8,500 images/s), its compilation timed apart by the run
@@ -155,8 +167,10 @@ def data_path_checks(size: dict, device: str, tmp: Path, compile: bool = True) -
         except Exception as err:  # one loader failing must not hide the others' figures
             rows[name] = {"error": f"{type(err).__name__}: {err}"}
             say(f"   {name}: FAILED {rows[name]['error']}")
+            save()
             continue
         rows[name] = result
+        save()
         syncs, step_syncs = result["host_syncs_per_batch"], result.get("run_host_syncs_per_step")
         say(f"   {name}: loader {result['loader_images_per_s']:.0f}, step {result['step_images_per_s']:.0f}, run "
             f"{result['run_images_per_s']:.0f} images/s = {result['run_fraction_of_step']:.2f} of the step"
@@ -232,7 +246,7 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, to test this script")
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--sections", default="1,2,3,4",
-                        help="which sections to run, comma-separated (default: all four; run in the order 1, 4, 2, 3)")
+                        help="which sections to run, comma-separated (default: all four; run in the order 4, 1, 2, 3)")
     args = parser.parse_args()
     sections = {s.strip() for s in args.sections.split(",") if s.strip()}
     if not sections or not sections <= {"1", "2", "3", "4"}:
@@ -254,9 +268,10 @@ def main() -> int:
     common = dict(src=size["src"], dst=size["dst"], gap=size["gap"], adapter="bottleneck", resize="bilinear",
                   input_size=size["input"], repeats=size["repeats"], warmup=size["warmup"], device=device)
     report["section_seconds"] = {}
-    # The step and the data path first: they are what the open work needs measured; a run cut short at its limit
-    # then loses the peak-memory and engine sections, which earlier GPU sessions have already measured.
-    for number in [n for n in ("1", "4", "2", "3") if n in sections]:
+    # The data path first: issue 22's done-when is its figures (each loader's run against the step measured in the
+    # same section, the compiled row last); then the step of section 1; a run cut short at its limit then loses the
+    # peak-memory and engine sections, which earlier GPU sessions have already measured.
+    for number in [n for n in ("4", "1", "2", "3") if n in sections]:
         start = time.perf_counter()
         if number == "1":
             step_checks(size, common, args.skip_compile, report, save)
@@ -269,7 +284,9 @@ def main() -> int:
         else:
             say("4. the data path: one epoch from a JPEG folder with each loader")
             with tempfile.TemporaryDirectory() as tmp:
-                report["data_path"] = data_path_checks(size, device, Path(tmp), compile=not args.skip_compile)
+                report["data_path"] = {}
+                data_path_checks(size, device, Path(tmp), compile=not args.skip_compile, rows=report["data_path"],
+                                 save=save)
         report["section_seconds"][number] = round(time.perf_counter() - start, 1)
         save()
     say(f"written {out / 'gpu_check.json'}; seconds per section: {report['section_seconds']}")

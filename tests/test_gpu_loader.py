@@ -262,3 +262,72 @@ def test_16_bit_and_32_bit_images_keep_their_contrast_in_both_loaders(tmp_path):
     for load in (val.source.load, lambda i: EncodedImages(val, data, train=False)[i]):
         with pytest.raises(CorruptImageError, match=f"cannot decode image {str(floating)!r} .*mode F.* 8- or 16-bit"):
             load(index)
+
+
+def test_cuda_decoding_allocates_on_its_own_stream_and_marks_the_images_used(monkeypatch):
+    """On CUDA, torchvision's decoder writes on a private stream into memory allocated on the current stream and
+    orders nothing before its writes: the images must come from a decoding stream of their own, be waited for by the
+    stream that crops them, and be marked as used there (so the allocator does not hand their blocks to the next
+    batch's decoding while this batch's crops are still queued). Checked with stand-ins for the CUDA calls."""
+    from contextlib import contextmanager
+
+    from stitchkit.training.gpu_loader import DeviceBatches
+
+    events = []
+
+    class Stream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_stream(self, other):
+            events.append(("wait", self.name, other.name))
+
+    class Image:
+        def __init__(self, i):
+            self.i = i
+
+        def record_stream(self, stream):
+            events.append(("record", self.i, stream.name))
+
+    side, current = Stream("side"), []
+
+    @contextmanager
+    def stream(s):
+        current.append(s)
+        try:
+            yield
+        finally:
+            current.pop()
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[-1] if current else side)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: Stream("decode"))
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+
+    def decode(payloads, **kwargs):
+        events.append(("decode on", current[-1].name))
+        return [Image(i) for i in range(len(payloads))] if isinstance(payloads, list) else Image("one")
+
+    loader = DeviceBatches.__new__(DeviceBatches)
+    loader.device, loader._decode_stream = torch.device("cuda"), None
+    loader._decode_jpeg_cuda(decode, [b"a", b"b"], mode=None, device=loader.device)
+    assert events == [("decode on", "decode"), ("wait", "side", "decode"), ("record", 0, "side"),
+                      ("record", 1, "side")]
+    events.clear()
+    loader._decode_jpeg_cuda(decode, b"a", mode=None, device=loader.device)  # one image (naming a bad file)
+    assert events == [("decode on", "decode"), ("wait", "side", "decode"), ("record", "one", "side")]
+
+
+def test_a_batch_of_payloads_travels_as_one_tensor():
+    """Each tensor a worker sends costs the training process a file descriptor and a round trip to the worker (5x
+    the receiving time for 512 images sent one tensor each): a batch's bytes travel packed, and unpack to the same
+    contiguous payloads (JPEG bytes, and the images decoded in the worker, of any shape)."""
+    from stitchkit.training.gpu_loader import collate_encoded, unpack_payloads
+
+    jpeg, decoded = torch.arange(7, dtype=torch.uint8), torch.arange(24, dtype=torch.uint8).view(3, 2, 4)
+    item = lambda data, jpeg_flag: (data, jpeg_flag, torch.tensor([0, 0, 2, 2]), None, 1, "x", (2, 2))  # noqa: E731
+    payloads, is_jpeg, *_ = collate_encoded([item(jpeg, True), None, item(decoded, False)])
+    flat, shapes = payloads
+    assert isinstance(flat, torch.Tensor) and flat.dim() == 1 and shapes == [(7,), (3, 2, 4)]
+    out = unpack_payloads(payloads)
+    assert all(torch.equal(a, b) and b.is_contiguous() for a, b in zip((jpeg, decoded), out)) and is_jpeg == [True, False]
+    assert unpack_payloads(collate_encoded([None])[0]) == []
