@@ -111,6 +111,14 @@ def _install(written_by: str | None) -> str:
         f"pip install stitchkit=={LAST_UNRECORDED}"
 
 
+def _remedy(fix: str | None, written_by: str | None, noun: str) -> str:
+    """What a refusal ends with: the caller's ``fix`` (``{install}``: the pip command), else load the file with the
+    version that wrote it or retrain the ``noun``."""
+    if fix:
+        return fix.format(install=_install(written_by))
+    return f"Load it with the stitchkit that wrote it ({_install(written_by)}), or retrain the {noun} with this version"
+
+
 def _this_version() -> str:
     from .version import __version__
 
@@ -162,9 +170,7 @@ def check_cuts(parts: list[Part], *, source: str, written_by: str | None, trust_
             if saved is None or saved == now[end]:
                 continue
             model, role, what, _, where, noun = _describe(config, end)
-            remedy = fix.format(install=_install(written_by)) if fix else (
-                f"Load it with the stitchkit that wrote it ({_install(written_by)}), or retrain the {noun} with this "
-                "version")
+            remedy = _remedy(fix, written_by, noun)
             raise CutsChangedError(
                 f"{source} was saved by {_describe_version(written_by)} with its {role} {model} cut after {saved!r} "
                 f"(where the {what}), but this stitchkit ({_this_version()}) cuts {model} {where} after "
@@ -216,9 +222,7 @@ def _check_strides(parts: list[Part], source: str, written_by: str | None, fix: 
         moved = [s for s in part.steps if s.resize == "stride" and any(a % b for a, b in zip(s.in_size, s.out_size))]
         if moved:
             step = moved[0]
-            remedy = fix.format(install=_install(written_by)) if fix else (
-                f"Load it with the stitchkit that wrote it ({_install(written_by)}), or retrain the stitch with this "
-                "version")
+            remedy = _remedy(fix, written_by, "stitch")
             raise CutsChangedError(
                 f"{source} was saved by {_describe_version(written_by)}, which resized its features from "
                 f"{step.in_size[0]}x{step.in_size[1]} to {step.out_size[0]}x{step.out_size[1]} bilinearly before a "
