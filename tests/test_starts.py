@@ -121,8 +121,9 @@ def test_the_start_decides_the_warm_up_unless_the_run_says(tmp_path):
 
     assert run("fitted")[0] == 2 and run("paper", "model.adapter_norm=paper_code")[0] == 0
     steps, lrs = run("own", f"model.adapter_norm={HalfWarmup.name}")
-    # Each line logs the learning rate of the next step: steps 1-4 climb by 0.002 / 4, then the cosine decays.
-    assert steps == 4 and lrs[:4] == pytest.approx([0.001, 0.0015, 0.002, 0.002]) and lrs[4] < 0.002
+    # Each line logs the learning rate its step took: steps 1-4 climb by 0.002 / 4, the cosine starts at the peak
+    # (step 5) and decays.
+    assert steps == 4 and lrs[:5] == pytest.approx([0.0005, 0.001, 0.0015, 0.002, 0.002]) and lrs[5] < 0.002
     assert run("share", "optim.warmup=0.75")[0] == 6 and run("off", "optim.warmup=0")[0] == 0
     assert run("steps", "optim.warmup_steps=1", "optim.warmup=0.75")[0] == 1
     with pytest.raises(ValueError, match="optim.warmup is a share"):
