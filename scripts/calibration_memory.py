@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import subprocess
 import sys
@@ -28,7 +27,7 @@ def measure(args: argparse.Namespace, count: str) -> dict:
     import torch
 
     from stitchkit import create_stitched
-    from stitchkit.starts import DEFAULT_START, get_start
+    from stitchkit.starts import DEFAULT_START, feature_bytes, get_start
 
     torch.manual_seed(0)
     start = get_start(DEFAULT_START)
@@ -49,8 +48,7 @@ def measure(args: argparse.Namespace, count: str) -> dict:
         peak, where = torch.cuda.max_memory_allocated(device), "allocated on " + torch.cuda.get_device_name(device)
     else:
         peak, where = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before, "resident, CPU"
-    bridge = model.bridge
-    per_image = 4 * (math.prod(bridge.src.shape) + math.prod(bridge.dst.shape))  # float32 bytes at the two cuts
+    per_image = feature_bytes(model.bridge)
     return {"stitch": f"{args.src} -> {args.dst} {args.gap} {args.adapter} @ {args.size} px", "images": chosen["images"],
             "features_gb": round(chosen["images"] * per_image / 1e9, 2), "peak_gb": round(peak / 1e9, 2),
             "peak": where, "match_steps": args.match_steps, "start_s": round(model.start_seconds, 1),

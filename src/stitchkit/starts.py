@@ -137,8 +137,7 @@ class Start:
         rows, columns = fit_shape(bridge)
         if not rows:
             return least
-        features = 4 * (math.prod(bridge.src.shape) + math.prod(bridge.dst.shape))  # bytes an image, both cuts
-        most = min(most, self.fit_memory // features)
+        most = min(most, self.fit_memory // feature_bytes(bridge))
         return max(least, min(most, -(-self.fit_rows * columns // rows)))
 
 
@@ -191,6 +190,12 @@ def last_mapped(bridge: "Bridge") -> int | None:
     """Index of the chain's last adapter that has an output map to fit (adapters after it are identities), or None."""
     mapped = [i for i, step in enumerate(bridge.adapters) if has_output_map(step.adapter.block)]
     return mapped[-1] if mapped else None
+
+
+def feature_bytes(bridge: "Bridge") -> int:
+    """Bytes of float32 features one calibration image gives at the bridge's two cuts (the source's and the
+    destination's own), which a start holds for every image at once."""
+    return 4 * (math.prod(bridge.src.shape) + math.prod(bridge.dst.shape))
 
 
 def fit_shape(bridge: "Bridge") -> tuple[int, int]:
