@@ -179,6 +179,38 @@ def data_path_checks(size: dict, device: str, tmp: Path, compile: bool = True, r
     return rows
 
 
+def crop_checks(size: dict, device: str, repeats: int = 5) -> dict:
+    """The gpu loader's crop and resize of one batch of decoded 500x375 images, each crop rounded alone or the batch
+    at once (the same bits; gpu_loader.resized_crops rounds the batch at once on CUDA, each crop on the CPU): host
+    milliseconds per batch (until the calls return) and milliseconds until the device is done, best of
+    ``repeats``, the two alternated."""
+    from torchvision import transforms as T
+
+    from stitchkit.training.gpu_loader import resized_crops
+
+    height, width = (375, 500) if device == "cuda" else (30, 40)
+    generator = torch.Generator(device).manual_seed(0)
+    images = [torch.randint(0, 256, (3, height, width), dtype=torch.uint8, device=device, generator=generator)
+              for _ in range(size["data_batch"])]
+    boxes = [list(T.RandomResizedCrop.get_params(image, (0.08, 1.0), (3 / 4, 4 / 3))) for image in images]
+    best: dict = {}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, each in (("round_each", True), ("round_batch", False)):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            resized_crops(images, boxes, size["input"], T.InterpolationMode.BILINEAR, 0.875, round_each=each)
+            host = time.perf_counter() - start
+            if device == "cuda":
+                torch.cuda.synchronize()
+            done = time.perf_counter() - start
+            if _ and (name not in best or done < best[name]["done_ms"] / 1e3):
+                best[name] = {"host_ms": host * 1e3, "done_ms": done * 1e3}
+    say("   crop of one batch of " + str(len(images)) + " images: " + ", ".join(
+        f"{name} host {row['host_ms']:.1f} ms, done {row['done_ms']:.1f} ms" for name, row in best.items()))
+    return {"images": len(images), "image_size": [height, width], **best}
+
+
 def step_checks(size: dict, common: dict, skip_compile: bool, report: dict, save) -> None:
     """Section 1: the largest batch whose step fits, its speed against the naive step and under torch.compile."""
     say(f"1. {size['src']} S1 -> {size['dst']} S3 bottleneck: stitchkit step, bf16 + channels_last")
@@ -283,6 +315,8 @@ def main() -> int:
                 report["engine"] = engine_checks(size, device, Path(tmp))
         else:
             say("4. the data path: one epoch from a JPEG folder with each loader")
+            report["gpu_loader_crop"] = crop_checks(size, device)
+            save()
             with tempfile.TemporaryDirectory() as tmp:
                 report["data_path"] = {}
                 data_path_checks(size, device, Path(tmp), compile=not args.skip_compile, rows=report["data_path"],

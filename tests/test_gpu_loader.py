@@ -110,19 +110,28 @@ def test_sharp_detail_stays_within_the_stated_bounds(tmp_path, interpolation):
             assert (difference > level).float().mean() < 0.005
 
 
-def test_crops_are_resized_in_float_on_every_device(tmp_path):
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_crops_are_resized_in_float_on_every_device(tmp_path, interpolation):
     """The CPU resizes as CUDA does (in float32, rounded once), not with torchvision's CPU-only uint8 kernels, so
-    these tests check the arithmetic the GPU runs."""
+    these tests check the arithmetic the GPU runs: torchvision's resized_crop (training) and resize + centre crop
+    (evaluation) on float images, rounded, bit for bit, whether each crop is rounded alone (the CPU) or the batch at
+    once (CUDA)."""
+    from torchvision import transforms as T
     from torchvision.transforms.v2 import functional as F
 
+    from stitchkit.training.gpu_loader import NO_BOX, resized_crops
+
     root = noise_folder(tmp_path)
-    data = _data(root)
-    batches = device_loader(build_splits(data, PREP, seed=3).val, data, PREP, EpochSampler(8, 3, shuffle=False), 4,
-                            0, torch.device("cpu"), False, None)
-    image = F.pil_to_tensor(Image.open(root / "val" / "cat" / "0.jpg"))
-    box = [3, 5, 20, 24]
-    expected = F.resized_crop(image.float(), *box, [32, 32], interpolation=batches.interpolation, antialias=True)
-    assert torch.equal(batches._crop(image, box), expected.round().clamp(0, 255).to(torch.uint8))
+    images = [F.pil_to_tensor(Image.open(path)) for path in sorted((root / "val" / "cat").glob("*.jpg"))[:3]]
+    mode = T.InterpolationMode(interpolation)
+    boxes = [[3, 5, 20, 24], list(NO_BOX), [0, 0, *images[2].shape[1:]]]  # a box, the evaluation view, the image
+    expected = [F.resized_crop(images[0].float(), *boxes[0], [32, 32], interpolation=mode, antialias=True),
+                F.center_crop(F.resize(images[1].float(), [int(32 / 0.875)], interpolation=mode, antialias=True),
+                              [32, 32]),
+                F.resized_crop(images[2].float(), *boxes[2], [32, 32], interpolation=mode, antialias=True)]
+    expected = torch.stack(expected).round().clamp(0, 255).to(torch.uint8)
+    for round_each in (True, False):
+        assert torch.equal(resized_crops(images, boxes, 32, mode, 0.875, round_each), expected)
 
 
 def test_corrupt_files_are_named_or_skipped(tmp_path, capsys):
