@@ -15,9 +15,10 @@ Measures, printing each figure as it comes and writing them all to OUT_DIR/gpu_c
    results must match separate runs within tolerance;
 4. the data path: a folder of 500x375 JPEGs (20,000), and one epoch of ResNet-50 S1 -> S3 bottleneck at 224 px
    (bf16, channels_last, batch 512, 14 workers) with each loader (torch with CPU augmentation, torch with device
-   augmentation, gpu; then gpu under torch.compile unless --skip-compile): the loader alone, the step alone and
-   the whole run, the run as a share of the step, and the host synchronisations per batch of the loader and per
-   training step of the whole run (`stitchkit bench --pipeline`; the run with train.count_host_syncs=true).
+   augmentation, gpu, gpu preparing batches in the training thread; then the two gpu rows under torch.compile
+   unless --skip-compile): the loader alone, the step alone and the whole run, the run as a share of the step, and
+   the host synchronisations per batch of the loader and per training step of the whole run (`stitchkit bench
+   --pipeline`; the run with train.count_host_syncs=true).
 """
 from __future__ import annotations
 
@@ -154,11 +155,17 @@ def data_path_checks(size: dict, device: str, tmp: Path, compile: bool = True, r
                                     for i in range(processes)])
     say(f"   wrote {count} JPEGs of 500x375 in {time.perf_counter() - start:.0f} s")
     rows = {} if rows is None else rows
-    loaders = [("torch_cpu_augment", "torch", "cpu", False), ("torch_device_augment", "torch", "device", False),
-               ("gpu", "gpu", "cpu", False)]
-    if compile:  # last: the compiled run (the issue's 8,500 images/s), its compilation timed apart by the run
-        loaders.append(("gpu_compiled", "gpu", "cpu", True))
-    for name, loader, augment_on, compiled in loaders:
+    from stitchkit.training.gpu_loader import DeviceBatches
+
+    # The gpu loader prepares batches in a thread of its own; the *_inline rows prepare them in the training thread
+    # (DeviceBatches.prepare_ahead=False): which of the two the loader should use.
+    loaders = [("torch_cpu_augment", "torch", "cpu", False, True),
+               ("torch_device_augment", "torch", "device", False, True),
+               ("gpu", "gpu", "cpu", False, True), ("gpu_inline", "gpu", "cpu", False, False)]
+    if compile:  # last: the compiled runs (the issue's 8,500 images/s), their compilation timed apart by the run
+        loaders += [("gpu_compiled", "gpu", "cpu", True, True), ("gpu_compiled_inline", "gpu", "cpu", True, False)]
+    for name, loader, augment_on, compiled, ahead in loaders:
+        DeviceBatches.prepare_ahead = ahead
         try:
             result = run_pipeline_bench(size["data_model"], None, "1:3", "bottleneck", "bilinear", size["data_batch"],
                                         size["input"], count, size["data_workers"], device,
@@ -169,6 +176,8 @@ def data_path_checks(size: dict, device: str, tmp: Path, compile: bool = True, r
             say(f"   {name}: FAILED {rows[name]['error']}")
             save()
             continue
+        finally:
+            DeviceBatches.prepare_ahead = True
         rows[name] = result
         save()
         syncs, step_syncs = result["host_syncs_per_batch"], result.get("run_host_syncs_per_step")

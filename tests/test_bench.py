@@ -96,7 +96,7 @@ def test_gpu_check_script_runs_at_smoke_size(tmp_path):
     assert set(report["no_downsample"]) == {"naive_fp32", "stitchkit_bf16"}
     assert report["engine"]["torchrun"]["returncode"] == 0
     assert report["engine"]["grouped"]["max_abs_loss_difference"] == 0.0  # on the CPU, exactly equal
-    assert set(report["data_path"]) == {"torch_cpu_augment", "torch_device_augment", "gpu"}
+    assert set(report["data_path"]) == {"torch_cpu_augment", "torch_device_augment", "gpu", "gpu_inline"}
     assert all(row.get("run_fraction_of_step", 0) > 0 for row in report["data_path"].values()), report["data_path"]
     assert list(report["section_seconds"]) == ["4", "1", "2", "3"]  # the data path first, then the step
     assert all(report["gpu_loader_crop"][way]["done_ms"] > 0 for way in ("round_each", "round_batch"))

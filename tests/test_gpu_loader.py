@@ -340,3 +340,66 @@ def test_a_batch_of_payloads_travels_as_one_tensor():
     out = unpack_payloads(payloads)
     assert all(torch.equal(a, b) and b.is_contiguous() for a, b in zip((jpeg, decoded), out)) and is_jpeg == [True, False]
     assert unpack_payloads(collate_encoded([None])[0]) == []
+
+
+def test_batches_prepared_ahead_come_in_order_with_errors_at_their_batch():
+    """The background thread hands over every batch in order; an error preparing one is raised where that batch
+    would have come (the ones before it delivered), of its own type."""
+    import threading
+
+    from stitchkit.training.gpu_loader import one_ahead, prepared_ahead
+
+    assert list(prepared_ahead(iter(range(7)), lambda x: x * x, 2)) == [x * x for x in range(7)]
+    assert list(one_ahead(iter(range(7)), lambda x: x * x)) == [x * x for x in range(7)]
+
+    def prepare(x):
+        if x == 3:
+            raise StitchkitError("image 3 is corrupt")
+        return x
+
+    got = []
+    with pytest.raises(StitchkitError, match="image 3"):
+        for x in prepared_ahead(iter(range(7)), prepare, 2):
+            got.append(x)
+    assert got == [0, 1, 2]
+
+    def failing_source():
+        yield 0
+        raise OSError("worker died")
+
+    with pytest.raises(OSError, match="worker died"):
+        list(prepared_ahead(failing_source(), lambda x: x, 2))
+    assert not [t for t in threading.enumerate() if t.name == "stitchkit-gpu-loader"]
+
+
+def test_a_consumer_that_stops_early_stops_the_thread():
+    """Closing the batches (a run stopped at max_steps, interrupted, or failing) stops the preparing thread and
+    waits for it: it has drawn at most the batches in flight, and the data loader's iterator is idle."""
+    import threading
+
+    from stitchkit.training.gpu_loader import prepared_ahead
+
+    drawn = []
+
+    def source():
+        for i in range(1000):
+            drawn.append(i)
+            yield i
+
+    batches = prepared_ahead(source(), lambda x: x, 2)
+    assert [next(batches), next(batches)] == [0, 1]
+    batches.close()
+    assert not [t for t in threading.enumerate() if t.name == "stitchkit-gpu-loader"]
+    assert len(drawn) <= 2 + 2 + 1  # the two consumed, two waiting, one being prepared
+
+
+def test_batches_prepared_in_the_training_thread_equal_those_prepared_ahead(tmp_path, monkeypatch):
+    from stitchkit.training.gpu_loader import DeviceBatches
+
+    root = jpeg_folder(tmp_path)
+    ahead = _batches(root, True, loader="gpu")
+    monkeypatch.setattr(DeviceBatches, "prepare_ahead", False)
+    inline = _batches(root, True, loader="gpu")
+    assert len(ahead) == len(inline) == 4
+    for a, b in zip(ahead, inline):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]

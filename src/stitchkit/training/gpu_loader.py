@@ -5,7 +5,8 @@ in the same order as the default loader with ``data.augment_on=device`` (the ran
 augmentation parameters, see :mod:`stitchkit.training.augment`); they never decode a JPEG. The training process then
 decodes the whole batch at once with ``torchvision.io.decode_jpeg`` on the training device (nvJPEG on CUDA), crops
 and resizes each image there, augments the batch with :class:`~stitchkit.training.augment.DeviceAugment` and
-normalises it. On CUDA this runs on a side stream with the next batch prepared while the current one trains.
+normalises it, in a thread of its own a few batches ahead of training (on CUDA on a side stream), so that the
+decoder's waits and the per-image calls do not hold up the queueing of training steps.
 
 The same code runs on the CPU, where the tests check it against the default loader: the same crop boxes and
 augmentation draws; decoding equal (both libjpeg-turbo); resizing (in float32 on every device, as CUDA does) within
@@ -19,9 +20,13 @@ with its name, as with the default loader.
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
-from typing import Iterator
+import queue
+import threading
+import warnings
+from typing import Callable, Iterator
 
 import torch
 from PIL import Image
@@ -37,6 +42,12 @@ from .data import (DECODE_ERRORS, CorruptImageError, EpochSampler, SeededDataset
 from .settings import DataConfig
 
 NO_BOX = (-1, -1, -1, -1)
+
+# torchvision >= 0.29 warns at every call that its image decoders will move to TorchCodec; they are what this loader
+# is for. Filtered once here, for that message only: a `catch_warnings` around each call is not thread-safe (batches
+# are prepared in a thread of their own, beside the training thread's own warning filters, see host_syncs.py).
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
 
 
 class EncodedImages(Dataset):
@@ -114,9 +125,77 @@ def unpack_payloads(packed) -> list[torch.Tensor]:
     return [chunk.view(shape) for chunk, shape in zip(flat.split(sizes), shapes)]
 
 
+def prepared_ahead(batches: Iterator, prepare: Callable, depth: int) -> Iterator:
+    """``prepare(batch)`` of each batch, in order, computed in a background thread up to ``depth`` batches ahead of
+    the consumer.
+
+    Why a thread: on CUDA, torchvision's batched JPEG decoder waits on the host until its own decoding is done
+    (about 30 ms for 512 images of 500x375 on an H100/H200-class card); in the training thread that wait, and the
+    per-image crop calls, would keep the next training steps from being queued, so the card idles while the host
+    decodes. In a thread of their own they overlap the steps (the decoder and torch's kernels release the GIL).
+
+    An exception raised while preparing a batch is raised here, where that batch would have been yielded.
+    Closing this generator (the consumer stops early, fails, or is interrupted) stops the thread and waits for it,
+    so the data loader's iterator is idle again before anything resets it for the next epoch."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item) -> bool:  # False once the consumer has gone
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work() -> None:
+        try:
+            for batch in batches:
+                if not offer((True, prepare(batch))):
+                    return
+        except BaseException as err:  # raised in the consumer, at its batch
+            offer((False, err))
+            return
+        offer((False, None))
+
+    thread = threading.Thread(target=work, name="stitchkit-gpu-loader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, value = slots.get()
+            if ok:
+                yield value
+            elif value is None:
+                return
+            else:
+                raise value
+    finally:
+        stop.set()
+        thread.join()
+
+
+def one_ahead(batches: Iterator, prepare: Callable) -> Iterator:
+    """``prepare(batch)`` of each batch in the consumer's thread, one batch ahead: batch i+1 is prepared (queued on
+    the device) before batch i is handed over, so on CUDA two batches are in flight."""
+    pending = None
+    for batch in batches:
+        ready = prepare(batch)
+        if pending is not None:
+            yield pending
+        pending = ready
+    if pending is not None:
+        yield pending
+
+
 class DeviceBatches:
     """Batches of :class:`EncodedImages` made ready on ``device``: yields ``(images, labels, skipped, None)`` like
     the default loader, with images already cropped, augmented and normalised (float32) there."""
+
+    #: Prepare batches in a background thread (:func:`prepared_ahead`), or in the training thread between steps
+    #: (:func:`one_ahead`); ``scripts/gpu_check.py`` times both on a GPU. ``ahead``: batches prepared and waiting.
+    prepare_ahead = True
+    ahead = 2
 
     def __init__(self, loader: DataLoader, data: DataConfig, prep: Preprocessing, device: torch.device, train: bool):
         self.loader, self.device, self.train = loader, device, train
@@ -137,29 +216,25 @@ class DeviceBatches:
         return len(self.loader)
 
     def __iter__(self) -> Iterator:
+        batches = iter(self.loader)
         if self.device.type != "cuda":
-            for batch in self.loader:
-                yield self.prepare(batch)
-            return
-        yield from self._on_side_stream(iter(self.loader))
+            prepare, hand_over = self.prepare, None
+        else:
+            side, main = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
+            prepare = functools.partial(self._prepare_on_side_stream, side=side, main=main)
+            hand_over = functools.partial(self._hand_over, main=main)
+        ready = prepared_ahead(batches, prepare, self.ahead) if self.prepare_ahead else one_ahead(batches, prepare)
+        return ready if hand_over is None else map(hand_over, ready)
 
-    def _on_side_stream(self, batches) -> Iterator:
-        """Prepare batch i+1 on a side stream while batch i trains: two batches in flight."""
-        side, main = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
-        pending = None
-        for batch in batches:
-            side.wait_stream(main)  # memory the training stream freed may be reused here
-            with torch.cuda.stream(side):
-                ready = self.prepare(batch)
-                done = side.record_event()
-            if pending is not None:
-                yield self._hand_over(*pending, main)
-            pending = (ready, done)
-        if pending is not None:
-            yield self._hand_over(*pending, main)
+    def _prepare_on_side_stream(self, batch, side, main):
+        """On CUDA: the batch prepared on a side stream, and the event that says it is done there."""
+        side.wait_stream(main)  # memory the training stream freed may be reused here
+        with torch.cuda.device(self.device), torch.cuda.stream(side):  # a thread's current device is its own
+            ready = self.prepare(batch)
+            return ready, side.record_event()
 
-    @staticmethod
-    def _hand_over(ready, done, main):
+    def _hand_over(self, prepared, main):
+        ready, done = prepared
         main.wait_event(done)
         images, labels = ready[0], ready[1]
         images.record_stream(main)  # made on the side stream, used on the training stream
@@ -185,18 +260,13 @@ class DeviceBatches:
 
     def _decode(self, payloads, is_jpeg, names) -> tuple[list[torch.Tensor], list[int]]:
         """Every JPEG of the batch in one call on the device; where that fails, one by one, to name the bad file."""
-        import warnings
-
         from torchvision.io import ImageReadMode
         from torchvision.io import decode_jpeg as _decode_jpeg
 
         def decode_jpeg(*args, **kwargs):
-            # torchvision >= 0.29 warns that its decoders will move to TorchCodec; they are what this loader is for.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                if self.device.type != "cuda":
-                    return _decode_jpeg(*args, **kwargs)
-                return self._decode_jpeg_cuda(_decode_jpeg, *args, **kwargs)
+            if self.device.type != "cuda":
+                return _decode_jpeg(*args, **kwargs)
+            return self._decode_jpeg_cuda(_decode_jpeg, *args, **kwargs)
 
         jpegs = [i for i, flag in enumerate(is_jpeg) if flag]
         decoded: dict[int, torch.Tensor] = {i: payloads[i].to(self.device, non_blocking=True)
