@@ -63,6 +63,23 @@ def test_a_parallel_stitch_saves_loads_and_opens_in_timm(tmp_path):
     assert loaded.num_classes == 7 and loaded.trained_parts() == ["adapters", "fusion", "head"]
 
 
+def test_a_model_given_for_two_sources_is_copied_so_the_stitch_reloads_and_is_priced_whole(tmp_path):
+    """A front under two names was saved once and loaded into no rebuilt model; the dry run counted it once."""
+    from stitchkit.sweeps.dryrun import parallel_costs
+
+    torch.manual_seed(0)
+    src = stitchkit.create_model("resnet10t", input_size=32)
+    model = create_parallel([src, src], "resnet18", "1:3", adapter="linear", input_size=32).eval()
+    assert not {id(p) for p in model.fronts[0].parameters()} & {id(p) for p in model.fronts[1].parameters()}
+    model.save_pretrained(tmp_path / "p")
+    with torch.no_grad():
+        assert torch.equal(model.fronts[1](X), model.fronts[0](X))  # a copy: the same front
+        assert torch.equal(stitchkit.load_pretrained(tmp_path / "p")(X), model(X))
+    priced = parallel_costs(("resnet10t", "resnet10t"), "resnet18", "1:3", "parallel_sum_linear", 32)
+    built = create_parallel(["resnet10t", "resnet10t"], "resnet18", "1:3", adapter="linear", input_size=32)
+    assert priced[1:] == (stitchkit.count_params(built), stitchkit.count_params(built, trainable_only=True))
+
+
 def test_impossible_parallel_stitches_are_one_clear_error():
     with pytest.raises(StitchkitError, match="two sources or more"):
         create_parallel(["resnet10t"], "resnet10t", "1:3", input_size=32)

@@ -18,6 +18,7 @@ The paper names this as future work; its public code carries configurations for 
 """
 from __future__ import annotations
 
+import copy
 import numbers
 from dataclasses import dataclass, replace
 
@@ -335,6 +336,19 @@ class ParallelStitchedModel(Network, nn.Module):
                 f"**{architecture['stitches'][0]['dst']}** from its cut on, with {head}.")
 
 
+def _own_models(src_models: list[nn.Module]) -> list[nn.Module]:
+    """The source models, a model given for a second source copied: every front its own modules. A module under two
+    fronts would be saved once (safetensors keeps one name of a shared tensor) and load into no rebuilt model
+    (rebuilt, the fronts are two models; shared again, torch's BatchNorm fills in the second name's
+    num_batches_tracked, which safetensors then calls unexpected), and sweeps priced it once. Sharing the
+    destination's model with one source stays: front and back are other modules of it."""
+    seen, own = set(), []
+    for model in src_models:
+        own.append(copy.deepcopy(model) if id(model) in seen else model)
+        seen.add(id(model))
+    return own
+
+
 def build_parallel(config: ParallelConfig, src_models: list[nn.Module] | None = None,
                    dst_model: nn.Module | None = None, *, calibration_images=None, calibration_device=None,
                    check: bool = True) -> ParallelStitchedModel:
@@ -347,6 +361,9 @@ def build_parallel(config: ParallelConfig, src_models: list[nn.Module] | None = 
     if src_models is None:
         src_models = [dst_model if s.src == s.dst and s.src_checkpoint == s.dst_checkpoint else
                       resolve_model(s.src, s.pretrained, s.src_checkpoint, s.input_size)[0] for s in config.stitches]
+    if len(src_models) != len(config.stitches):
+        raise StitchkitError(f"{len(config.stitches)} sources but {len(src_models)} source models")
+    src_models = _own_models(src_models)
     images = calibration_images or [None] * len(config.stitches)
     # No classifier (num_classes=0) is dropped from the parallel stitch's head below, not from each source's own
     # stitch: the network asks its head for the classifier it dropped.
