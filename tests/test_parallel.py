@@ -47,6 +47,28 @@ def test_only_adapters_and_fusion_train_and_frozen_parts_stay_in_eval():
     assert stitchkit.count_macs(model, 32) > max(stitchkit.count_macs(s, 32) for s in singles)
 
 
+def test_a_source_named_as_the_destination_is_built_once_as_a_single_stitch_to_itself(monkeypatch):
+    """As create_stitched: the destination's model is that source's too (no second copy in memory), its chain
+    starts within one model (a bottleneck across 2:2 then needs no projection), and the config rebuilds the same
+    network (build_parallel shares the model too), as a sweep's dry run prices it."""
+    from stitchkit.parallel import build_parallel
+    from stitchkit.sweeps.dryrun import Heads, parallel_costs
+    from stitchkit.zoo import models
+
+    built, create = [], models.create_model
+    monkeypatch.setattr(models, "create_model", lambda name, *a, **k: built.append(name) or create(name, *a, **k))
+    torch.manual_seed(0)
+    model = create_parallel(["resnet10t", "vit_pico_patch4_32"], "resnet10t", "2:2", input_size=32, num_classes=10,
+                            adapter_norm="lstsq")
+    assert built == ["resnet10t", "vit_pico_patch4_32"]
+    assert [s["one_model"] for s in model.architecture()["stitches"]] == [True, False]
+    assert [b.context.within_one_model for b in model.bridges] == [True, False]
+    assert model.bridges.state_dict().keys() == build_parallel(model.config).bridges.state_dict().keys()
+    priced = parallel_costs(("resnet10t", "vit_pico_patch4_32"), "resnet10t", "2:2", "parallel_sum_bottleneck", 32,
+                            heads=Heads(num_classes=10), settings=(("adapter_norm", "lstsq"),))
+    assert priced[1:] == (stitchkit.count_params(model), stitchkit.count_params(model, trainable_only=True))
+
+
 def test_a_parallel_stitch_saves_loads_and_opens_in_timm(tmp_path):
     import timm
 

@@ -435,7 +435,17 @@ def create_parallel(srcs: list[str | nn.Module], dst: str | nn.Module, gaps: str
     if new_head:
         num_classes = num_outputs(dst_model)
     train_head = new_head if train_head is None else train_head
-    models, names = zip(*(resolve_model(s, pretrained, c, input_size) for s, c in zip(srcs, checkpoints)))
+
+    def source(src, checkpoint) -> tuple[nn.Module, str]:
+        # A source named as the destination, with its checkpoint, is the destination's model, built once, as
+        # create_stitched builds a model stitched to itself and build_parallel rebuilds this config: a second copy
+        # cost its memory and time, and its chain started as between two models, not within one.
+        if isinstance(src, str) and src == dst and (str(checkpoint) if checkpoint else None) == (
+                str(dst_checkpoint) if dst_checkpoint else None):
+            return dst_model, dst_name
+        return resolve_model(src, pretrained, checkpoint, input_size)
+
+    models, names = zip(*(source(s, c) for s, c in zip(srcs, checkpoints)))
     configs = [StitchConfig(name, dst_name, parse_gap(g), adapter=adapter, resize=resize, input_size=input_size,
                             pretrained=bool(pretrained), src_checkpoint=str(c) if c else None,
                             dst_checkpoint=str(dst_checkpoint) if dst_checkpoint else None,
