@@ -115,6 +115,15 @@ def test_impossible_parallel_stitches_are_one_clear_error():
         create_parallel(["resnet10t", "resnet10t"], "resnet10t", ["1:3", "2:3", "1:3"], input_size=32)
 
 
+def test_calibration_images_are_one_entry_per_source_or_a_clear_error():
+    """One entry short built a stitch without the last front, without a word; one batch for all failed on
+    ``bool(tensor)``. Both are refused before any model is built, naming the fix."""
+    for images, got in [([IMAGES], "got 1 entries"), ([IMAGES] * 3, "got 3 entries"), (IMAGES, "got one batch")]:
+        with pytest.raises(StitchkitError, match=f"one entry per source, 2 here.*{got}.*\\[images\\] \\* 2"):
+            create_parallel(["resnet10t", "vit_pico_patch4_32"], "resnet10t", "1:3", input_size=32,
+                            calibration_images=images)
+
+
 # --- training: mode=stitch with several sources (model.src=[A, B]) ---------------------------------------------------
 
 from stitchkit.training import load_config, train  # noqa: E402

@@ -349,6 +349,22 @@ def _own_models(src_models: list[nn.Module]) -> list[nn.Module]:
     return own
 
 
+def _per_source(calibration_images, sources: int) -> list:
+    """``calibration_images`` as one entry per source (None: none for any), checked: the chains are built by zipping
+    them, so a list one short would build a stitch without the last front (one too long would drop images) without
+    a word, and one batch for all would be cut into single images."""
+    if calibration_images is None:
+        return [None] * sources
+    if isinstance(calibration_images, torch.Tensor) or callable(calibration_images) \
+            or len(calibration_images) != sources:
+        got = "one batch" if isinstance(calibration_images, torch.Tensor) else "a function" \
+            if callable(calibration_images) else f"{len(calibration_images)} entries"
+        raise StitchkitError(f"calibration_images takes one entry per source, {sources} here (the images for that "
+                             f"source, or a pair: for the source, for the destination), but got {got}; for the "
+                             f"same images for every source pass [images] * {sources}")
+    return list(calibration_images)
+
+
 def build_parallel(config: ParallelConfig, src_models: list[nn.Module] | None = None,
                    dst_model: nn.Module | None = None, *, calibration_images=None, calibration_device=None,
                    check: bool = True) -> ParallelStitchedModel:
@@ -364,7 +380,7 @@ def build_parallel(config: ParallelConfig, src_models: list[nn.Module] | None = 
     if len(src_models) != len(config.stitches):
         raise StitchkitError(f"{len(config.stitches)} sources but {len(src_models)} source models")
     src_models = _own_models(src_models)
-    images = calibration_images or [None] * len(config.stitches)
+    images = _per_source(calibration_images, len(config.stitches))
     # No classifier (num_classes=0) is dropped from the parallel stitch's head below, not from each source's own
     # stitch: the network asks its head for the classifier it dropped.
     singles = [replace(s, num_classes=None) if s.num_classes == 0 else s for s in config.stitches]
@@ -418,6 +434,7 @@ def create_parallel(srcs: list[str | nn.Module], dst: str | nn.Module, gaps: str
         raise StitchkitError("a parallel stitch needs two sources or more; for one source use create_stitched")
     if fusion not in FUSIONS:  # before any model is built
         raise unknown_name("fusion", fusion, FUSIONS)
+    _per_source(calibration_images, len(srcs))
     # One gap for all: a string, or a pair of stages (numpy integers too, as parse_gap takes them).
     one_gap = isinstance(gaps, str) or (isinstance(gaps, tuple) and len(gaps) == 2
                                         and all(isinstance(g, numbers.Integral) for g in gaps))
