@@ -47,6 +47,28 @@ def test_only_adapters_and_fusion_train_and_frozen_parts_stay_in_eval():
     assert stitchkit.count_macs(model, 32) > max(stitchkit.count_macs(s, 32) for s in singles)
 
 
+def test_a_source_named_as_the_destination_is_built_once_as_a_single_stitch_to_itself(monkeypatch):
+    """As create_stitched: the destination's model is that source's too (no second copy in memory), its chain
+    starts within one model (a bottleneck across 2:2 then needs no projection), and the config rebuilds the same
+    network (build_parallel shares the model too), as a sweep's dry run prices it."""
+    from stitchkit.parallel import build_parallel
+    from stitchkit.sweeps.dryrun import Heads, parallel_costs
+    from stitchkit.zoo import models
+
+    built, create = [], models.create_model
+    monkeypatch.setattr(models, "create_model", lambda name, *a, **k: built.append(name) or create(name, *a, **k))
+    torch.manual_seed(0)
+    model = create_parallel(["resnet10t", "vit_pico_patch4_32"], "resnet10t", "2:2", input_size=32, num_classes=10,
+                            adapter_norm="lstsq")
+    assert built == ["resnet10t", "vit_pico_patch4_32"]
+    assert [s["one_model"] for s in model.architecture()["stitches"]] == [True, False]
+    assert [b.context.within_one_model for b in model.bridges] == [True, False]
+    assert model.bridges.state_dict().keys() == build_parallel(model.config).bridges.state_dict().keys()
+    priced = parallel_costs(("resnet10t", "vit_pico_patch4_32"), "resnet10t", "2:2", "parallel_sum_bottleneck", 32,
+                            heads=Heads(num_classes=10), settings=(("adapter_norm", "lstsq"),))
+    assert priced[1:] == (stitchkit.count_params(model), stitchkit.count_params(model, trainable_only=True))
+
+
 def test_a_parallel_stitch_saves_loads_and_opens_in_timm(tmp_path):
     import timm
 
@@ -63,6 +85,23 @@ def test_a_parallel_stitch_saves_loads_and_opens_in_timm(tmp_path):
     assert loaded.num_classes == 7 and loaded.trained_parts() == ["adapters", "fusion", "head"]
 
 
+def test_a_model_given_for_two_sources_is_copied_so_the_stitch_reloads_and_is_priced_whole(tmp_path):
+    """A front under two names was saved once and loaded into no rebuilt model; the dry run counted it once."""
+    from stitchkit.sweeps.dryrun import parallel_costs
+
+    torch.manual_seed(0)
+    src = stitchkit.create_model("resnet10t", input_size=32)
+    model = create_parallel([src, src], "resnet18", "1:3", adapter="linear", input_size=32).eval()
+    assert not {id(p) for p in model.fronts[0].parameters()} & {id(p) for p in model.fronts[1].parameters()}
+    model.save_pretrained(tmp_path / "p")
+    with torch.no_grad():
+        assert torch.equal(model.fronts[1](X), model.fronts[0](X))  # a copy: the same front
+        assert torch.equal(stitchkit.load_pretrained(tmp_path / "p")(X), model(X))
+    priced = parallel_costs(("resnet10t", "resnet10t"), "resnet18", "1:3", "parallel_sum_linear", 32)
+    built = create_parallel(["resnet10t", "resnet10t"], "resnet18", "1:3", adapter="linear", input_size=32)
+    assert priced[1:] == (stitchkit.count_params(built), stitchkit.count_params(built, trainable_only=True))
+
+
 def test_impossible_parallel_stitches_are_one_clear_error():
     with pytest.raises(StitchkitError, match="two sources or more"):
         create_parallel(["resnet10t"], "resnet10t", "1:3", input_size=32)
@@ -74,6 +113,15 @@ def test_impossible_parallel_stitches_are_one_clear_error():
         create_parallel(["resnet10t", "resnet10t"], "resnet10t", ["1:3", "2:3"], resize="none", input_size=32)
     with pytest.raises(StitchkitError, match="2 sources but 3 gaps"):
         create_parallel(["resnet10t", "resnet10t"], "resnet10t", ["1:3", "2:3", "1:3"], input_size=32)
+
+
+def test_calibration_images_are_one_entry_per_source_or_a_clear_error():
+    """One entry short built a stitch without the last front, without a word; one batch for all failed on
+    ``bool(tensor)``. Both are refused before any model is built, naming the fix."""
+    for images, got in [([IMAGES], "got 1 entries"), ([IMAGES] * 3, "got 3 entries"), (IMAGES, "got one batch")]:
+        with pytest.raises(StitchkitError, match=f"one entry per source, 2 here.*{got}.*\\[images\\] \\* 2"):
+            create_parallel(["resnet10t", "vit_pico_patch4_32"], "resnet10t", "1:3", input_size=32,
+                            calibration_images=images)
 
 
 # --- training: mode=stitch with several sources (model.src=[A, B]) ---------------------------------------------------

@@ -18,6 +18,7 @@ The paper names this as future work; its public code carries configurations for 
 """
 from __future__ import annotations
 
+import copy
 import numbers
 from dataclasses import dataclass, replace
 
@@ -335,6 +336,35 @@ class ParallelStitchedModel(Network, nn.Module):
                 f"**{architecture['stitches'][0]['dst']}** from its cut on, with {head}.")
 
 
+def _own_models(src_models: list[nn.Module]) -> list[nn.Module]:
+    """The source models, a model given for a second source copied: every front its own modules. A module under two
+    fronts would be saved once (safetensors keeps one name of a shared tensor) and load into no rebuilt model
+    (rebuilt, the fronts are two models; shared again, torch's BatchNorm fills in the second name's
+    num_batches_tracked, which safetensors then calls unexpected), and sweeps priced it once. Sharing the
+    destination's model with one source stays: front and back are other modules of it."""
+    seen, own = set(), []
+    for model in src_models:
+        own.append(copy.deepcopy(model) if id(model) in seen else model)
+        seen.add(id(model))
+    return own
+
+
+def _per_source(calibration_images, sources: int) -> list:
+    """``calibration_images`` as one entry per source (None: none for any), checked: the chains are built by zipping
+    them, so a list one short would build a stitch without the last front (one too long would drop images) without
+    a word, and one batch for all would be cut into single images."""
+    if calibration_images is None:
+        return [None] * sources
+    if isinstance(calibration_images, torch.Tensor) or callable(calibration_images) \
+            or len(calibration_images) != sources:
+        got = "one batch" if isinstance(calibration_images, torch.Tensor) else "a function" \
+            if callable(calibration_images) else f"{len(calibration_images)} entries"
+        raise StitchkitError(f"calibration_images takes one entry per source, {sources} here (the images for that "
+                             f"source, or a pair: for the source, for the destination), but got {got}; for the "
+                             f"same images for every source pass [images] * {sources}")
+    return list(calibration_images)
+
+
 def build_parallel(config: ParallelConfig, src_models: list[nn.Module] | None = None,
                    dst_model: nn.Module | None = None, *, calibration_images=None, calibration_device=None,
                    check: bool = True) -> ParallelStitchedModel:
@@ -347,7 +377,10 @@ def build_parallel(config: ParallelConfig, src_models: list[nn.Module] | None = 
     if src_models is None:
         src_models = [dst_model if s.src == s.dst and s.src_checkpoint == s.dst_checkpoint else
                       resolve_model(s.src, s.pretrained, s.src_checkpoint, s.input_size)[0] for s in config.stitches]
-    images = calibration_images or [None] * len(config.stitches)
+    if len(src_models) != len(config.stitches):
+        raise StitchkitError(f"{len(config.stitches)} sources but {len(src_models)} source models")
+    src_models = _own_models(src_models)
+    images = _per_source(calibration_images, len(config.stitches))
     # No classifier (num_classes=0) is dropped from the parallel stitch's head below, not from each source's own
     # stitch: the network asks its head for the classifier it dropped.
     singles = [replace(s, num_classes=None) if s.num_classes == 0 else s for s in config.stitches]
@@ -401,6 +434,7 @@ def create_parallel(srcs: list[str | nn.Module], dst: str | nn.Module, gaps: str
         raise StitchkitError("a parallel stitch needs two sources or more; for one source use create_stitched")
     if fusion not in FUSIONS:  # before any model is built
         raise unknown_name("fusion", fusion, FUSIONS)
+    _per_source(calibration_images, len(srcs))
     # One gap for all: a string, or a pair of stages (numpy integers too, as parse_gap takes them).
     one_gap = isinstance(gaps, str) or (isinstance(gaps, tuple) and len(gaps) == 2
                                         and all(isinstance(g, numbers.Integral) for g in gaps))
@@ -418,7 +452,17 @@ def create_parallel(srcs: list[str | nn.Module], dst: str | nn.Module, gaps: str
     if new_head:
         num_classes = num_outputs(dst_model)
     train_head = new_head if train_head is None else train_head
-    models, names = zip(*(resolve_model(s, pretrained, c, input_size) for s, c in zip(srcs, checkpoints)))
+
+    def source(src, checkpoint) -> tuple[nn.Module, str]:
+        # A source named as the destination, with its checkpoint, is the destination's model, built once, as
+        # create_stitched builds a model stitched to itself and build_parallel rebuilds this config: a second copy
+        # cost its memory and time, and its chain started as between two models, not within one.
+        if isinstance(src, str) and src == dst and (str(checkpoint) if checkpoint else None) == (
+                str(dst_checkpoint) if dst_checkpoint else None):
+            return dst_model, dst_name
+        return resolve_model(src, pretrained, checkpoint, input_size)
+
+    models, names = zip(*(source(s, c) for s, c in zip(srcs, checkpoints)))
     configs = [StitchConfig(name, dst_name, parse_gap(g), adapter=adapter, resize=resize, input_size=input_size,
                             pretrained=bool(pretrained), src_checkpoint=str(c) if c else None,
                             dst_checkpoint=str(dst_checkpoint) if dst_checkpoint else None,

@@ -172,7 +172,9 @@ def parallel_costs(srcs: tuple[str, ...], dst: str, gap: str, method: str, input
     m = get_method(method)
     with torch.device("meta"):
         back, new = _head_model(dst, input_size, heads.own[1], heads.stitch_classes, heads.new_head)
-        model = create_parallel([_model(s, input_size, heads.own[0]) for s in srcs], back, gap,
+        # a source named as the destination is its model, as training builds it (create_parallel)
+        model = create_parallel([back if s == dst and heads.one_model else _model(s, input_size, heads.own[0])
+                                 for s in srcs], back, gap,
                                 fusion=m.fusion, adapter=m.adapter, resize=m.resize, input_size=input_size,
                                 check=False, num_classes=heads.stitch_classes, new_head=new,
                                 train_head=heads.train_head, unfreeze_last=heads.unfreeze_last, **dict(settings))
