@@ -751,7 +751,9 @@ def create_stitched(
         input_size: image size N (square N x N images; ``(N, N)`` is taken as N); sets the feature shapes and
             builds fixed-size models (ViT, timm Swin) for it.
         src_checkpoint, dst_checkpoint: local state-dict files for the two models.
-        prefix_out: class-token policy out of a token model: ``concat``, ``drop`` or ``add``.
+        prefix_out: class-token policy out of a token model: ``concat``, ``drop`` or ``add``, where the class token
+            is merged into the patch tokens (image adapters; token adapters into another prefix count). A model
+            whose prefix tokens are all registers has no class token: ``drop`` only.
         prefix_in: class-token policy into a token model: ``mean``, ``zeros``, ``learned`` or ``projected`` (see
             :mod:`stitchkit.formats`); default: the start's (``projected`` for the default, which fits it to the
             destination's own class token; ``mean`` for the paper's starts, as the paper). Token adapters between
