@@ -71,3 +71,23 @@ def test_spec_shapes_and_description():
     assert spec.size == (14, 14) and spec.describe() == "NLC [1+196, 384] (14x14)"
     with pytest.raises(ValueError):
         FeatureSpec(Format.NCHW, 3, 2, 2, num_prefix_tokens=1)
+
+
+def test_concat_and_add_need_a_class_token():
+    """Prefix tokens that are all registers (timm's class_token=False) have no class token to merge: concat and add
+    took the first register as one; drop is the image of the patch tokens."""
+    from stitchkit.errors import IncompatibleError
+    from stitchkit.formats import channels_after_prefix_out
+
+    spec = FeatureSpec(Format.NLC, 4, 2, 2, num_prefix_tokens=4, class_token=False)
+    x = torch.randn(1, 8, 4)
+    for policy in ("concat", "add"):
+        with pytest.raises(IncompatibleError, match="prefix_out='drop'"):
+            to_nchw(x, spec, policy)
+        with pytest.raises(IncompatibleError, match="registers"):
+            channels_after_prefix_out(spec, policy)
+    assert torch.equal(to_nchw(x, spec, "drop")[0, :, 1, 0], x[0, 4 + 2])
+    assert channels_after_prefix_out(spec, "drop") == 4
+    # No prefix tokens at all (a ViT with average pooling and no registers): nothing to merge, as for an image.
+    plain = FeatureSpec(Format.NLC, 4, 2, 2, class_token=False)
+    assert to_nchw(x[:, 4:], plain, "concat").shape == (1, 4, 2, 2)

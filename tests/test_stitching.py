@@ -226,6 +226,65 @@ def test_every_class_token_policy_between_vits_with_different_prefix_counts(adap
                 assert torch.allclose(other.bridge(h), model.bridge(h), atol=1e-6)
 
 
+def _registers_only_vit():
+    """A ViT with four registers and no class token (timm's ``vit_*_reg4_gap_*``), as small as VIT1."""
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model(VIT1, class_token=False, reg_tokens=4, global_pool="avg", fc_norm=False).eval()
+
+
+def test_a_vit_with_registers_and_no_class_token_has_no_class_token_to_merge():
+    """concat and add merge the class token into every patch token; a ViT whose prefix tokens are all registers has
+    none, and the first register was concatenated (or added) as if it were one. They are refused, naming drop; drop
+    gives the patch tokens timm itself reports at the cut."""
+    reg = _registers_only_vit()
+    assert not reg.has_class_token and reg.num_prefix_tokens == 4
+    x = torch.randn(2, 3, 32, 32)
+    # Out through an image (bottleneck), and by token adapters into a ViT with another prefix count (VIT1: 1).
+    for dst, adapter in ((reg, "bottleneck"), (VIT1, "linear")):
+        for policy in ("concat", "add"):
+            with pytest.raises(IncompatibleError, match="prefix_out='drop'"):
+                create_stitched(reg, dst, "1:3", adapter, input_size=32, prefix_out=policy, adapter_norm="paper_code")
+    model = create_stitched(reg, reg, "1:3", "bottleneck", input_size=32, prefix_out="drop", adapter_norm="paper_code")
+    cut = model.src_spec.cut(*model.config.src_cut)
+    assert cut.feature.num_prefix_tokens == 4 and not cut.feature.class_token
+    with torch.no_grad():
+        patches = reg.forward_intermediates(x, indices=[cut.blocks - 1], intermediates_only=True)[0]  # NCHW
+        assert model.steps[0].in_channels == 64
+        torch.testing.assert_close(model.bridge.enter(model.front(x)), patches, rtol=0, atol=1e-5)
+    # Into it, and between two of them on tokens (the registers pass through), nothing is merged: the default builds.
+    create_stitched("resnet10t", reg, "1:3", "bottleneck", input_size=32, adapter_norm="paper_code")
+    create_stitched(reg, reg, "1:3", "linear", input_size=32, adapter_norm="paper_code")
+
+
+@pytest.mark.parametrize("adapter", ["linear", "vit_block"])
+def test_token_adapters_between_equal_prefix_counts_refuse_a_prefix_out_they_cannot_apply(adapter, tmp_path):
+    """Between ViTs with equal prefix counts token adapters carry the source's class token through as a token, so
+    prefix_out="drop" or "add" built the very network "concat" builds; they are refused (also from a file that
+    recorded them, which loads with prefix_out="concat" as the network it was). Through an image it applies."""
+    vit = stitchkit.create_model(VIT1, input_size=32).eval()
+    for policy in ("drop", "add"):
+        with pytest.raises(IncompatibleError, match="prefix_out='concat'"):
+            create_stitched(vit, vit, "1:3", adapter, input_size=32, prefix_out=policy, adapter_norm="paper_code")
+    model = create_stitched(VIT1, VIT1, "1:3", adapter, input_size=32, adapter_norm="paper_code").eval()
+    h = model.front(torch.randn(2, 3, 32, 32))
+    assert model.bridge.tokens and torch.equal(model.bridge.enter(h), h)  # the class token passes through
+    model.save_adapters(tmp_path / "adapters.pt")
+    saved = torch.load(tmp_path / "adapters.pt", weights_only=True)
+    saved["config"]["prefix_out"] = "drop"  # as an earlier version wrote it
+    torch.save(saved, tmp_path / "old.pt")
+    with pytest.raises(IncompatibleError, match="prefix_out='concat'"):
+        stitchkit.load_stitched(tmp_path / "old.pt")
+    old = stitchkit.load_stitched(tmp_path / "old.pt", prefix_out="concat").eval()
+    with torch.no_grad():
+        assert torch.equal(old.bridge(h), model.bridge(h))
+    if adapter == "linear":
+        image = create_stitched(vit, vit, "1:3", adapter, input_size=32, prefix_out="drop", token_adapters=False,
+                                adapter_norm="paper_code")
+        assert not image.bridge.tokens and image.steps[0].in_channels == 64
+
+
 def test_the_default_start_fits_the_prefix_tokens_token_adapters_make():
     """The default start fits the learned token and the projected map (the destination's class token, the
     docstring says) with the adapters, through them, on the calibration images."""

@@ -11,7 +11,10 @@ through NCHW, the layout of the convolutional adapters. Prefix tokens need a pol
 image has no place for them:
 
 * out of a token sequence (:data:`PREFIX_OUT_POLICIES`): ``concat`` the class token to every patch token as extra
-  channels (the paper), ``drop`` it, or ``add`` it to every patch token;
+  channels (the paper), ``drop`` it, or ``add`` it to every patch token. Registers are never merged: they hold no
+  summary of the image (the head reads the class token, or averages the patch tokens), so prefix tokens that are
+  all registers (timm's ``class_token=False, reg_tokens=N``) leave nothing to concat or add, and only ``drop``
+  applies to them;
 * into a token sequence (:data:`PREFIX_IN_POLICIES`): the ``mean`` of the patch tokens (the paper), ``zeros``, a
   ``learned`` token, or a learned affine map of the patch tokens' mean (``projected``: the destination's class
   token at a cut depends on the image, which a constant cannot follow and the plain mean does not resemble).
@@ -25,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from .errors import StitchkitError, unknown_name
+from .errors import IncompatibleError, StitchkitError, unknown_name
 
 PREFIX_OUT_POLICIES = ("concat", "drop", "add")
 PREFIX_IN_POLICIES = ("mean", "zeros", "learned", "projected")
@@ -47,6 +50,8 @@ class FeatureSpec:
     """One feature tensor at a cut point: layout, channels, spatial grid and prefix tokens.
 
     For ``NLC`` the grid is the patch grid; the sequence length is ``num_prefix_tokens + height * width``.
+    ``class_token``: whether the first prefix token is a class token (timm's ``has_class_token``); False when they
+    are all registers.
     """
 
     format: Format
@@ -54,6 +59,7 @@ class FeatureSpec:
     height: int
     width: int
     num_prefix_tokens: int = 0
+    class_token: bool = True
 
     def __post_init__(self):
         if self.num_prefix_tokens and self.format is not Format.NLC:
@@ -88,7 +94,8 @@ class FeatureSpec:
 
     @classmethod
     def from_tensor(
-        cls, x: torch.Tensor, fmt: Format, num_prefix_tokens: int = 0, grid: tuple[int, int] | None = None
+        cls, x: torch.Tensor, fmt: Format, num_prefix_tokens: int = 0, grid: tuple[int, int] | None = None,
+        class_token: bool = True,
     ) -> "FeatureSpec":
         """Describe a batched tensor ``x`` whose layout is ``fmt``.
 
@@ -108,11 +115,12 @@ class FeatureSpec:
             grid = (side, side)
         if grid[0] * grid[1] != patches:
             raise ValueError(f"grid {grid} does not hold {patches} patch tokens")
-        return cls(fmt, x.shape[2], grid[0], grid[1], num_prefix_tokens)
+        return cls(fmt, x.shape[2], grid[0], grid[1], num_prefix_tokens, class_token)
 
 
 def channels_after_prefix_out(spec: FeatureSpec, policy: str) -> int:
     """Channels of the image that :func:`to_nchw` makes from ``spec`` under prefix policy ``policy``."""
+    check_prefix_out(spec, policy)
     if spec.num_prefix_tokens and policy == "concat":
         return 2 * spec.channels
     return spec.channels
@@ -123,17 +131,29 @@ def check_policy(policy: str, choices: tuple[str, ...], direction: str) -> None:
         raise unknown_name(f"class-token policy {direction}", policy, choices)
 
 
+def check_prefix_out(spec: FeatureSpec, policy: str) -> None:
+    """``policy`` is a prefix policy out of tokens that ``spec``'s prefix tokens allow: ``concat`` and ``add`` merge
+    the class token, which prefix tokens that are all registers do not hold (the first register was taken for it)."""
+    check_policy(policy, PREFIX_OUT_POLICIES, "out of tokens")
+    if spec.num_prefix_tokens and not spec.class_token and policy != "drop":
+        raise IncompatibleError(
+            f"prefix_out={policy!r} merges the class token into every patch token, but these features "
+            f"({spec.describe()}) have no class token: their {spec.num_prefix_tokens} prefix tokens are registers "
+            "(timm's class_token=False), which summarise nothing of the image; use prefix_out='drop' (the patch "
+            "tokens alone; registers are never merged)")
+
+
 def to_nchw(x: torch.Tensor, spec: FeatureSpec, prefix_policy: str = "concat") -> torch.Tensor:
     """Convert a batched tensor described by ``spec`` to NCHW.
 
     Prefix tokens are merged into the image by ``prefix_policy``; with several prefix tokens (class token plus
-    registers) only the first, the class token, is used.
+    registers) only the first, the class token, is used; without a class token only ``drop`` is allowed.
     """
     if spec.format is Format.NCHW:
         return x
     if spec.format is Format.NHWC:
         return x.permute(0, 3, 1, 2)
-    check_policy(prefix_policy, PREFIX_OUT_POLICIES, "out of tokens")
+    check_prefix_out(spec, prefix_policy)
     batch = x.shape[0]
     prefix, patches = x[:, : spec.num_prefix_tokens], x[:, spec.num_prefix_tokens :]
     if spec.num_prefix_tokens and prefix_policy == "concat":

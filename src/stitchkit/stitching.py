@@ -202,6 +202,8 @@ class Bridge(nn.Module):
                           and src.is_tokens and dst.is_tokens and resize != "integrated")
         self.kind = kind.on_tokens() if self.on_tokens else kind
         self.tokens = self.kind.layout == "tokens"
+        if self.tokens and src.num_prefix_tokens == dst.num_prefix_tokens and src.num_prefix_tokens:
+            _refuse_prefix_out_on_tokens(prefix_out, src, adapter)
         if self.tokens:
             # Work on the destination's kind of sequence: same prefix count, source channels and grid.
             self.enter_spec = src if src.num_prefix_tokens == dst.num_prefix_tokens else FeatureSpec(
@@ -359,6 +361,20 @@ class Bridge(nn.Module):
         # In the destination's own memory layout: an NHWC permute of an NCHW image is a strided view, and a
         # destination that reshapes with .view (timm's swinv2_cr, through the graph split) cannot take one.
         return x.contiguous()
+
+
+def _refuse_prefix_out_on_tokens(prefix_out: str, src: FeatureSpec, adapter: str) -> None:
+    """Token adapters between equal prefix counts carry the source's prefix tokens through as tokens (the paper's
+    code): no prefix token is merged into the patches, so ``drop`` and ``add`` built the very network the default
+    builds, silently. They are refused; a file that recorded one was built as with ``concat``."""
+    if prefix_out == "concat":  # the default: nothing was asked of the prefix tokens
+        return
+    raise IncompatibleError(
+        f"prefix_out={prefix_out!r} cannot apply: between two token models with {src.num_prefix_tokens} prefix "
+        f"token(s) each, {adapter} adapters run on the prefix tokens as tokens (the paper's code) and merge none into "
+        "the patch tokens; leave prefix_out='concat', the default (a stitch saved with another value was built as "
+        "with it: load_stitched(path, prefix_out='concat')), or merge the class token through an image: "
+        + ("token_adapters=False, or " if adapter != "vit_block" else "") + "an image adapter such as bottleneck")
 
 
 class PrefixMap(nn.Module):
@@ -751,7 +767,10 @@ def create_stitched(
         input_size: image size N (square N x N images; ``(N, N)`` is taken as N); sets the feature shapes and
             builds fixed-size models (ViT, timm Swin) for it.
         src_checkpoint, dst_checkpoint: local state-dict files for the two models.
-        prefix_out: class-token policy out of a token model: ``concat``, ``drop`` or ``add``.
+        prefix_out: class-token policy out of a token model: ``concat``, ``drop`` or ``add``, where the class token
+            is merged into the patch tokens (image adapters; token adapters into another prefix count). A model
+            whose prefix tokens are all registers has no class token: ``drop`` only. Token adapters between equal
+            prefix counts run on the class token as a token: ``concat``, the default, only.
         prefix_in: class-token policy into a token model: ``mean``, ``zeros``, ``learned`` or ``projected`` (see
             :mod:`stitchkit.formats`); default: the start's (``projected`` for the default, which fits it to the
             destination's own class token; ``mean`` for the paper's starts, as the paper). Token adapters between

@@ -92,6 +92,8 @@ class Anatomy:
             network's ``forward_features`` then ends with it.
         formats: layout of the activations between blocks of each stage.
         num_prefix_tokens: prefix (class, register) tokens of token layouts.
+        class_token: whether the first prefix token is a class token (:func:`has_class_token`); False when they are
+            all registers.
         token_grid: for token layouts, the patch grid for an input size ``(H, W)``.
         block_names: qualified module names of the blocks, parallel to ``stages``, for display.
         reductions: for anatomies cut from a graph, each stage's reduction (input size / feature size); token grids
@@ -109,6 +111,7 @@ class Anatomy:
     head: nn.Module
     formats: list[Format]
     num_prefix_tokens: int = 0
+    class_token: bool = True
     token_grid: Callable[[tuple[int, int]], tuple[int, int]] | None = None
     block_names: list[list[str]] = field(default_factory=list)
     reductions: list[int] | None = None
@@ -144,6 +147,16 @@ class Anatomy:
             r = self.reductions[stage - 1]
             return (-(-input_hw[0] // r), -(-input_hw[1] // r))
         return self.token_grid(input_hw) if self.token_grid else None
+
+
+def has_class_token(model: nn.Module) -> bool:
+    """Whether ``model``'s first prefix token is a class token: timm's ``has_class_token`` where the model says it
+    (ViT), otherwise whether a ``cls_token`` it declares is set (timm's EVA, whose registers-only variants set it to
+    None). Models that declare neither (torchvision's ViT, CaiT's late class token) have one, as before."""
+    declared = getattr(model, "has_class_token", None)
+    if isinstance(declared, bool):
+        return declared
+    return getattr(model, "cls_token", True) is not None
 
 
 def split_evenly(items: Sequence, parts: int) -> list[list]:

@@ -269,6 +269,7 @@ def _vit(model) -> Anatomy:
         head,
         [Format.NLC] * 4,
         num_prefix_tokens=model.num_prefix_tokens,
+        class_token=model.has_class_token,
         token_grid=model.patch_embed.dynamic_feat_size,
     )
 

@@ -82,7 +82,8 @@ def _bad_size(input_size) -> tuple[int, int]:
 def _describe(x: torch.Tensor, anatomy: Anatomy, stage: int, input_hw: tuple[int, int]) -> FeatureSpec:
     fmt = anatomy.formats[stage - 1]
     grid = anatomy.grid(stage, input_hw) if fmt is Format.NLC else None
-    return FeatureSpec.from_tensor(x, fmt, anatomy.prefix_tokens(stage) if fmt is Format.NLC else 0, grid)
+    return FeatureSpec.from_tensor(x, fmt, anatomy.prefix_tokens(stage) if fmt is Format.NLC else 0, grid,
+                                   anatomy.class_token)
 
 
 # Specs depend only on the model's structure, not its weights: remember them per model, keyed by input size and
