@@ -855,7 +855,8 @@ def _build(model: nn.Module, hw: tuple[int, int]) -> Anatomy:
     # The parts carry shapes baked in for this size: refuse another one in one line, not deep inside a reshape.
     (stem if stem_end is not None else stage_parts[0][0]).register_forward_pre_hook(MadeFor(hw))
     anatomy = Anatomy(stem, stage_parts, head, formats, num_prefix_tokens=max(prefixes),
-                      class_token=has_class_token(model), reductions=[s[-1].reduction for s in stages], stage_prefix_tokens=prefixes)
+                      class_token=has_class_token(model), reductions=[s[-1].reduction for s in stages],
+                      stage_prefix_tokens=prefixes)
     anatomy.block_names = [[b.block for b in stage] for stage in stages]
     anatomy.token_order = _unrolled_order(model, [b for stage in anatomy.block_names for b in stage])
     return anatomy
