@@ -203,7 +203,8 @@ def test_no_calibration_or_probe_images_is_refused(option, count, tmp_path, caps
     for extra in (["--list"], ["--out", str(tmp_path / "search")]):
         assert main([*args, *extra]) == 2
         err = capsys.readouterr().err.strip()
-        assert err.endswith(f"{option} must be a whole number of images, 1 or more (default 256), got {count}"), err
+        default = "256" if option == "--probe-images" else "as many as a run's start"
+        assert err.endswith(f"{option} must be a whole number of images, 1 or more (default {default}), got {count}"), err
         assert len(err.splitlines()) == 1
     assert not (tmp_path / "search").exists()  # refused before anything was measured or written
 
@@ -474,3 +475,28 @@ def test_every_search_study_file_loads_and_names_valid_gaps_and_adapters():
             get_method(adapter)
         gaps.update(grid["gaps"])
     assert {"1:1", "3:4"} <= gaps  # the study's grid and the held-out later gaps
+
+
+def test_each_start_is_fitted_on_as_many_images_as_its_run_measures_and_never_on_a_probe_image():
+    """--calibration-images was a fixed 256 while a run's start measures model.init_images or, by default, as many
+    as its chain asks for (256 to 2,048): the proxy scored a start fitted on an eighth of the run's images exactly
+    where that count matters (ResNet-18 to itself at 1:4: 79.8% at the full start on 256 images, 86.2% on 2,048),
+    and so underrated the cheap stitches into late stages. Now the same count as the run (at most what the split
+    leaves beside the probe images), and the probe images come after the most a start may ask for."""
+    from stitchkit.stitch_search.proxies import calibration_and_probe
+    from stitchkit.stitch_search.run import _base_config, search
+
+    settings = {**TINY, "data.synthetic_train_size": 600}
+    kwargs = dict(gaps=["1:1", "1:3"], adapters=["linear"], settings=settings, probe_images=16,
+                  proxies=["lstsq_accuracy"])
+    counts = {r["gap"]: r["calibration_images"] for r in search(["resnet10t"], **kwargs)}
+    # 1:1 fits 64 channels on 8 x 8 positions (256 images give 256 rows per channel); 1:3 256 channels on 2 x 2,
+    # which asks for 4,096 images, so 2,048, of which this split has 584 beside the 16 probe images
+    assert counts == {"1:1": 256, "1:3": 584}
+    runs = search(["resnet10t"], **{**kwargs, "gaps": ["1:3"], "settings": {**settings, "model.init_images": 48}})
+    assert runs[0]["calibration_images"] == 48  # a number fixes the count, as model.init_images fixes a run's
+    images, _ = calibration_and_probe(_base_config(settings).data, ["resnet10t"], None, 16, 0)
+    calibration, probe = images("resnet10t", "calibration").flatten(1), images("resnet10t", "probe").flatten(1)
+    assert len(calibration) == 584 and len(probe) == 16
+    assert torch.equal(images("resnet10t", "calibration", 100).flatten(1), calibration[:100])  # a smaller count: the first
+    assert torch.cdist(probe, calibration).min() > 0  # no probe image is a calibration image

@@ -48,6 +48,8 @@ PROXY_COSTS = {"init_accuracy": ("features", "fitted"), "fit_residual": ("featur
                "kl": ("features", "fitted"), "init_accuracy_quick": ("features", "fitted_quick"),
                "lstsq_accuracy": ("features", "lstsq"), "cka": ("features",),
                "naswot": ("naswot",)}
+# the starts proxies fit on calibration images (a proxy each: init_accuracy, init_accuracy_quick, lstsq_accuracy)
+CALIBRATED_STARTS = (DEFAULT_START, "fitted_quick", "lstsq")
 PROXY_VERSION = 2  # raise when what measure() returns changes: cached proxies of another version are measured again
 # Raise one proxy's revision when only it changes (its start's settings, say): the cache then measures that proxy
 # again and keeps the others. Unlisted proxies are at revision 1.
@@ -79,8 +81,10 @@ def score(name: str, value: float | None) -> float | None:
 class Zoo:
     """The search's models with their weights, and the images proxies are measured on, loaded once.
 
-    ``images(name, split)``: ``calibration`` images (what the start is fitted on) or ``probe`` images (what the
-    proxies are measured on), preprocessed as ``name`` sees pixels; ``labels``: the probe images' classes."""
+    ``images(name, split, count=None)``: ``calibration`` images (what the start is fitted on; the first ``count``)
+    or ``probe`` images (what the proxies are measured on), preprocessed as ``name`` sees pixels; ``labels``: the
+    probe images' classes. ``calibration``: how many images each start is fitted on; None: as many as training's
+    start would measure for the stitch (:meth:`~stitchkit.starts.Start.images_wanted`)."""
 
     input_size: int
     checkpoints: dict[str, str]
@@ -88,6 +92,7 @@ class Zoo:
     images: callable
     labels: torch.Tensor
     num_classes: int | None = None  # every stitch with a new head of this size (model.num_classes); None: the dst's
+    calibration: int | None = None
     _models: dict[str, nn.Module] = field(default_factory=dict)
     _cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
 
@@ -135,10 +140,23 @@ def measure(candidate: Candidate, zoo: Zoo, seed: int = 0, proxies: list[str] | 
     probe_src, probe_dst = zoo.images(candidate.src, "probe"), zoo.images(candidate.dst, "probe")
     config = stitch_config(candidate, zoo)
 
+    counts = []  # the calibration images each start was fitted on
+
+    def start_images(start: str):
+        def images(bridge) -> tuple[torch.Tensor, torch.Tensor]:
+            # As many images as training's start measures for this chain (model.init_images null: the start asks
+            # by its shapes, 256 to 2048): a proxy fitted on fewer images than the run will be predicts a worse
+            # start than the run gets, and most so for the cheap stitches into late stages (ResNet-18 to itself at
+            # 1:4: the full start's accuracy 79.8% on 256 images, 86.2% on the 2,048 a run measures).
+            count = zoo.calibration or get_start(start).images_wanted(bridge)
+            pair = zoo.images(candidate.src, "calibration", count), zoo.images(candidate.dst, "calibration", count)
+            counts.append(len(pair[0]))
+            return pair
+        return images
+
     def build(start: str | None) -> StitchedModel:
         torch.manual_seed(seed)
-        images = None if start is None else (zoo.images(candidate.src, "calibration"),
-                                             zoo.images(candidate.dst, "calibration"))
+        images = None if start is None else start_images(start)
         chosen = config if start in (None, DEFAULT_START) else replace(config, adapter_norm=start,
                                                                         prefix_in=get_start(start).prefix_in)
         with warnings.catch_warnings():
@@ -178,6 +196,8 @@ def measure(candidate: Candidate, zoo: Zoo, seed: int = 0, proxies: list[str] | 
                           reduction="batchmean").item()
         result.update(init_accuracy=fitted["accuracy"], fit_residual=fitted["residual"], kl=kl)
         lap("fitted")
+    if counts:
+        result["calibration_images"] = max(counts)
     return {**result, "seconds": sum(seconds.values()), "part_seconds": seconds}
 
 
@@ -243,32 +263,48 @@ def naswot_score(model: nn.Module, images: torch.Tensor) -> float:
     return float(logdet) if sign > 0 else float("nan")
 
 
-def calibration_and_probe(data_config, models: list[str], calibration: int, probe: int, seed: int):
-    """The images proxies need, from the training split of ``data_config`` (a :class:`DataConfig`): ``calibration``
-    images to fit each start on and ``probe`` other images, with labels, to measure on; each preprocessed as the
-    model that reads it expects (cached per model). Returns ``(images(name, split), labels)``."""
+def calibration_and_probe(data_config, models: list[str], calibration: int | None, probe: int, seed: int):
+    """The images proxies need, from the training split of ``data_config`` (a :class:`DataConfig`): up to
+    ``calibration`` images to fit each start on (None: up to the most any start asks for, as training's start
+    chooses its count) and ``probe`` other images, with labels, to measure on; each preprocessed as the model that
+    reads it expects (cached per model). The calibration images are training's own (the same seeded order, a smaller
+    count the first of a larger one's), and the probe images come after the most that may be asked for, so they are
+    never among them. Returns ``(images(name, split, count=None), labels)``."""
     from ..training.data import build_splits, build_transforms
     from ..zoo.metadata import preprocessing
 
     splits = build_splits(data_config, preprocessing(models[0]), seed)
     train = splits.train
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
-    if len(order) < calibration + probe:
-        raise StitchkitError(f"the training split has {len(order)} images; the search needs {calibration} to start "
-                             f"the adapters and {probe} others to measure proxies on: lower --calibration-images / "
-                             "--probe-images or add data")
+    if calibration is None:  # the most a start asks for, or what the split leaves beside the probe images
+        calibration = min(max(get_start(s).fit_images[1] for s in CALIBRATED_STARTS), len(order) - probe)
+        fixed = False
+    else:
+        fixed = True
+    if calibration < 1 or len(order) < calibration + probe:
+        raise StitchkitError(f"the training split has {len(order)} images; the search needs "
+                             f"{calibration if fixed else 'at least 1'} to start the adapters and {probe} others to "
+                             "measure proxies on: lower " + ("--calibration-images / " if fixed else "")
+                             + "--probe-images or add data")
     picked = {"calibration": order[:calibration], "probe": order[calibration:calibration + probe]}
-    raw = {split: [train.source.load(train.indices[i]) for i in positions] for split, positions in picked.items()}
+    raw = {"probe": [train.source.load(train.indices[i]) for i in picked["probe"]], "calibration": []}
     labels = torch.tensor([label for _, label in raw["probe"]])
     cache: dict[tuple[str, str], torch.Tensor] = {}
 
-    def images(name: str, split: str) -> torch.Tensor:
+    def images(name: str, split: str, count: int | None = None) -> torch.Tensor:
+        # calibration images are read as far as a start asks (most stitches want 256 of a reserve of 2,048)
+        count = min(len(picked[split]), count or len(picked[split]))
+        loaded = raw[split]
+        if len(loaded) < count:
+            loaded += [train.source.load(train.indices[i]) for i in picked[split][len(loaded):count]]
         prep = preprocessing(name)
         key = (repr(prep), split)  # models with the same preprocessing share the tensors
-        if key not in cache:
+        have = cache.get(key)
+        if have is None or len(have) < count:
             transform = build_transforms(data_config, prep, train=False)
-            cache[key] = torch.stack([transform(image) for image, _ in raw[split]])
-        return cache[key]
+            more = torch.stack([transform(image) for image, _ in loaded[0 if have is None else len(have):count]])
+            cache[key] = more if have is None else torch.cat([have, more])
+        return cache[key][:count]
 
     return images, labels
 

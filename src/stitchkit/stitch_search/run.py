@@ -61,7 +61,7 @@ def _records(candidates: list[Candidate], settings: dict, checkpoints: dict[str,
 
 def search(models: list[str], budget_gmacs: float | None = None, *, checkpoints: dict[str, str] | None = None,
            gaps: list[str] | None = None, adapters: list[str] | None = None, settings: dict | None = None,
-           proxies: bool | list[str] = True, cache: str | Path | None = None, calibration_images: int = 256,
+           proxies: bool | list[str] = True, cache: str | Path | None = None, calibration_images: int | None = None,
            probe_images: int = 256, seed: int = 0, log=None) -> list[dict]:
     """The candidates of a zoo as plain records, one per (src, dst, gap, method): ``gmacs``, ``params``,
     ``trainable_params``, ``skip_reason`` (over the budget, cannot be built, a model that cannot be cut) and, with
@@ -71,6 +71,9 @@ def search(models: list[str], budget_gmacs: float | None = None, *, checkpoints:
     ``settings``: training settings as for ``stitchkit train`` (``{"data.name": "fashion_mnist", ...}``): the data
     the proxies are measured on, the input size and whether weights are pretrained; ``checkpoints``: model name ->
     weights file. ``cache``: a folder where each candidate's proxies are kept (a rerun reads them).
+    ``calibration_images``: how many images each start is fitted on; None (the default): as many as training's start
+    measures for that stitch (``model.init_images`` in ``settings``, or as its start asks: 256 to 2,048), so that a
+    proxy scores the start the stitch's run will have.
 
     Example:
         >>> records = stitchkit.search(["resnet18", "vit_micro_patch4_32"], budget_gmacs=0.05,
@@ -81,6 +84,8 @@ def search(models: list[str], budget_gmacs: float | None = None, *, checkpoints:
     _check_budget(budget_gmacs)
     _check_image_counts(calibration_images, probe_images)
     config = _base_config(settings or {})
+    if calibration_images is None:  # what training's start measures: model.init_images, or (null) its own choice
+        calibration_images = config.model.init_images
     size = config.data.input_size
     checkpoints = dict(checkpoints or {})
     for name in checkpoints:
@@ -128,12 +133,17 @@ def _check_budget(budget_gmacs: float | None) -> None:
                              f"{budget_gmacs!r}; leave it out for no budget")
 
 
-def _check_image_counts(calibration_images: int, probe_images: int) -> None:
+def _check_image_counts(calibration_images: int | None, probe_images: int) -> None:
     """Each proxy fits a start on calibration images and measures on probe images: with none (or a negative count)
-    the first stitch stopped on torch's "stack expects a non-empty TensorList"."""
-    for option, count in (("--calibration-images", calibration_images), ("--probe-images", probe_images)):
+    the first stitch stopped on torch's "stack expects a non-empty TensorList". No calibration count (None) is as
+    many as training's start measures."""
+    for option, count, default in (("--calibration-images", calibration_images, "as many as a run's start"),
+                                   ("--probe-images", probe_images, "256")):
+        if count is None and option == "--calibration-images":
+            continue
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise StitchkitError(f"{option} must be a whole number of images, 1 or more (default 256), got {count!r}")
+            raise StitchkitError(f"{option} must be a whole number of images, 1 or more (default {default}), got "
+                                 f"{count!r}")
 
 
 def _data_classes(config) -> int | None:
@@ -147,14 +157,15 @@ def _data_classes(config) -> int | None:
         return None
 
 
-def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calibration: int, probe: int, seed: int,
-                 cache: str | Path | None, wanted: list[str], data_classes: int | None, log) -> None:
+def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calibration: int | None, probe: int,
+                 seed: int, cache: str | Path | None, wanted: list[str], data_classes: int | None, log) -> None:
     # what the proxies depend on: the data (not where it is stored, nor how fast it loads), the weights, the counts
     data = {k: v for k, v in flatten(config).items() if k.startswith("data.")}
     # the weights by their contents, not their paths: a moved or renamed output folder keeps its cached proxies
     weights = {name: _file_digest(path) for name, path in sorted(checkpoints.items())}
     digest = settings_digest({**data, "checkpoints": repr(sorted(weights.items())),
-                              "model.pretrained": config.model.pretrained, "calibration": calibration,
+                              "model.pretrained": config.model.pretrained,
+                              "calibration": calibration if calibration is not None else _calibration_rule(),
                               "probe": probe, "seed": seed, "proxies": PROXY_VERSION}, skip=NOT_IDENTITY)
     folder = Path(cache) if cache is not None else None
     todo = []
@@ -175,7 +186,7 @@ def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calib
     models = sorted({r["src"] for r, *_ in todo} | {r["dst"] for r, *_ in todo})
     images, labels = calibration_and_probe(config.data, models, calibration, probe, seed)
     zoo = Zoo(config.data.input_size, checkpoints, config.model.pretrained, images, labels,
-              num_classes=config.model.num_classes)
+              num_classes=config.model.num_classes, calibration=calibration)
     _check_heads(zoo, sorted({r["dst"] for r, *_ in todo}), config, data_classes)
     began = time.time()
     for k, (record, candidate, missing, known) in enumerate(todo, 1):
@@ -194,6 +205,16 @@ def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calib
                 "revisions": {p: proxy_revision(p) for p in proxies if p in PROXIES}})
         if k % 10 == 0 or k == len(todo):
             log(f"  proxies {k}/{len(todo)} ({time.time() - began:.0f} s)")
+
+
+def _calibration_rule() -> str:
+    """The rule by which each start chooses its calibration images (and so which images are probe images, after
+    the most it may ask for): proxies measured under another rule are measured again."""
+    from ..starts import get_start
+    from .proxies import CALIBRATED_STARTS
+
+    return "start's choice " + repr([(get_start(s).fit_rows, get_start(s).fit_images, get_start(s).fit_memory)
+                                     for s in CALIBRATED_STARTS])
 
 
 def _file_digest(path: str) -> str:
@@ -227,7 +248,7 @@ def _check_heads(zoo: Zoo, destinations: list[str], config, classes: int | None)
 def run_search(models: list[str], out: str | Path, budget_gmacs: float | None = None, *, train_top: int = 10,
                proxy: str = DEFAULT_PROXY, selection: str = "frontier", checkpoints: dict[str, str] | None = None,
                gaps: list[str] | None = None, adapters: list[str] | None = None, settings: dict | None = None,
-               calibration_images: int = 256, probe_images: int = 256, seeds: tuple[int, ...] = (0,),
+               calibration_images: int | None = None, probe_images: int = 256, seeds: tuple[int, ...] = (0,),
                workers: int = 1, smoke: bool = False, log=print) -> dict:
     """Search, train the chosen candidates and write the frontier into ``out`` (see the module's docstring);
     returns ``{"candidates", "trained", "frontier"}`` as plain records."""
@@ -245,7 +266,8 @@ def run_search(models: list[str], out: str | Path, budget_gmacs: float | None = 
     settings = dict(settings or {})
     if smoke:
         settings = {**settings, **SMOKE}
-        calibration_images, probe_images = min(calibration_images, 32), min(probe_images, 32)
+        calibration_images, probe_images = (32 if calibration_images is None else min(calibration_images, 32),
+                                           min(probe_images, 32))
     began = time.time()
     records = search(models, budget_gmacs, checkpoints=checkpoints, gaps=gaps, adapters=adapters,
                      settings=settings, proxies=[proxy], cache=out / "proxies", calibration_images=calibration_images,
