@@ -500,3 +500,33 @@ def test_each_start_is_fitted_on_as_many_images_as_its_run_measures_and_never_on
     assert len(calibration) == 584 and len(probe) == 16
     assert torch.equal(images("resnet10t", "calibration", 100).flatten(1), calibration[:100])  # a smaller count: the first
     assert torch.cdist(probe, calibration).min() > 0  # no probe image is a calibration image
+
+
+def test_a_destination_that_predicts_the_datas_classes_keeps_its_head_in_the_proxies_as_in_its_run(tmp_path,
+                                                                                                  monkeypatch):
+    """model.num_classes equal to the destination's own keeps its head in a run (as timm's create_model does), but
+    the proxies gave every stitch a new random head whenever model.num_classes was set: accuracy at the start was
+    then chance for every candidate, and KL was not measured. model.new_head=true, which a run honours, the proxies
+    ignored."""
+    import timm
+
+    from stitchkit.stitch_search import proxies as proxies_module
+
+    checkpoint = tmp_path / "resnet10t.pt"
+    torch.save(timm.create_model("resnet10t", num_classes=10).state_dict(), checkpoint)
+    own = torch.load(checkpoint)["fc.weight"]
+    heads = []
+    started = proxies_module._started
+
+    def record(stitch, *args):
+        heads.append(stitch.back.state_dict()[next(k for k in stitch.back.state_dict() if k.endswith("fc.weight"))])
+        return started(stitch, *args)
+
+    monkeypatch.setattr(proxies_module, "_started", record)
+    settings = {k: v for k, v in TINY.items() if k != "model.num_classes"}
+    kwargs = dict(checkpoints={"resnet10t": str(checkpoint)}, gaps=["1:3"], adapters=["linear"],
+                  calibration_images=16, probe_images=16, proxies=["lstsq_accuracy"])
+    for extra, kept in (({"model.num_classes": 10}, True), ({"model.new_head": True}, False)):
+        heads.clear()
+        stitchkit.search(["resnet10t"], settings={**settings, **extra}, **kwargs)
+        assert len(heads) == 1 and torch.equal(heads[0], own) == kept, extra

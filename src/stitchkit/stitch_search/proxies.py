@@ -38,7 +38,7 @@ from ..starts import DEFAULT_START, get_start
 from ..stitching import StitchConfig, StitchedModel, UncalibratedWarning, build_stitch
 from ..sweeps.methods import get_method
 from ..zoo import dissect, front_part
-from ..zoo.models import fit_head, resolve_model
+from ..zoo.models import classes_or_none, fit_head, resolve_model
 from .candidates import Candidate
 
 # proxy -> +1 where higher predicts a better stitch, -1 where lower does
@@ -91,7 +91,10 @@ class Zoo:
     pretrained: bool
     images: callable
     labels: torch.Tensor
-    num_classes: int | None = None  # every stitch with a new head of this size (model.num_classes); None: the dst's
+    # The head of every stitch, as a run builds it: the destination's own, unless num_classes (model.num_classes, or
+    # the data's with model.new_head) differs from it or new_head asks for a new one anyway.
+    num_classes: int | None = None
+    new_head: bool = False
     calibration: int | None = None
     _models: dict[str, nn.Module] = field(default_factory=dict)
     _cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
@@ -113,14 +116,22 @@ class Zoo:
         return self.cached(("logits", name), lambda: _batched(self.model(name), self.images(name, "probe")))
 
 
-def stitch_config(candidate: Candidate, zoo: Zoo) -> StitchConfig:
+def new_head(candidate: Candidate, zoo: Zoo) -> bool:
+    """Whether ``candidate``'s run gives its destination a new head (as :func:`~stitchkit.zoo.models.fit_head`
+    decides in ``create_stitched``): a destination that already predicts ``model.num_classes`` keeps its own."""
+    if zoo.new_head:
+        return True
+    return zoo.num_classes not in (None, 0) and zoo.num_classes != classes_or_none(zoo.model(candidate.dst))
+
+
+def stitch_config(candidate: Candidate, zoo: Zoo, new: bool = False) -> StitchConfig:
     method = get_method(candidate.method)
     return StitchConfig(candidate.src, candidate.dst, candidate.gap, adapter=method.adapter, resize=method.resize,
                         input_size=zoo.input_size, adapter_norm=DEFAULT_START,
                         prefix_in=get_start(DEFAULT_START).prefix_in, pretrained=zoo.pretrained,
                         src_checkpoint=zoo.checkpoints.get(candidate.src),
-                        dst_checkpoint=zoo.checkpoints.get(candidate.dst), num_classes=zoo.num_classes,
-                        train_head=zoo.num_classes is not None)
+                        dst_checkpoint=zoo.checkpoints.get(candidate.dst),
+                        num_classes=zoo.num_classes if new else None, train_head=new)
 
 
 def measure(candidate: Candidate, zoo: Zoo, seed: int = 0, proxies: list[str] | None = None) -> dict:
@@ -133,12 +144,15 @@ def measure(candidate: Candidate, zoo: Zoo, seed: int = 0, proxies: list[str] | 
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     src, dst = zoo.model(candidate.src), zoo.model(candidate.dst)
-    if zoo.num_classes is not None:  # a new head: the stitch must not change the zoo's shared destination
+    # A new head only where the run has one: with model.num_classes equal to the destination's own classes the run
+    # keeps its trained head, and accuracy at a new random head would be chance for every candidate.
+    new = new_head(candidate, zoo)
+    if new:  # the stitch must not change the zoo's shared destination
         dst = copy.deepcopy(dst)
         src = dst if candidate.src == candidate.dst else src
         fit_head(dst, zoo.num_classes, new_head=True)
     probe_src, probe_dst = zoo.images(candidate.src, "probe"), zoo.images(candidate.dst, "probe")
-    config = stitch_config(candidate, zoo)
+    config = stitch_config(candidate, zoo, new)
 
     counts = []  # the calibration images each start was fitted on
 
@@ -190,7 +204,7 @@ def measure(candidate: Candidate, zoo: Zoo, seed: int = 0, proxies: list[str] | 
     if "fitted" in parts:
         fitted = _started(build(DEFAULT_START), features, target, zoo.labels)
         kl = None  # with a new head there are no destination predictions to compare with
-        if zoo.num_classes is None:
+        if not new:
             reference = F.log_softmax(zoo.logits(candidate.dst), 1)
             kl = F.kl_div(F.log_softmax(fitted["logits"], 1), reference, log_target=True,
                           reduction="batchmean").item()

@@ -165,6 +165,8 @@ def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calib
     weights = {name: _file_digest(path) for name, path in sorted(checkpoints.items())}
     digest = settings_digest({**data, "checkpoints": repr(sorted(weights.items())),
                               "model.pretrained": config.model.pretrained,
+                              # the stitches' heads: the destination's own or a new one
+                              "model.num_classes": config.model.num_classes, "model.new_head": config.model.new_head,
                               "calibration": calibration if calibration is not None else _calibration_rule(),
                               "probe": probe, "seed": seed, "proxies": PROXY_VERSION}, skip=NOT_IDENTITY)
     folder = Path(cache) if cache is not None else None
@@ -185,8 +187,10 @@ def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calib
     log(f"measuring proxies of {len(todo)} candidates ({len(records) - len(todo)} cached)")
     models = sorted({r["src"] for r, *_ in todo} | {r["dst"] for r, *_ in todo})
     images, labels = calibration_and_probe(config.data, models, calibration, probe, seed)
-    zoo = Zoo(config.data.input_size, checkpoints, config.model.pretrained, images, labels,
-              num_classes=config.model.num_classes, calibration=calibration)
+    m = config.model
+    zoo = Zoo(config.data.input_size, checkpoints, m.pretrained, images, labels,  # heads as Stitch.build makes them
+              num_classes=m.num_classes or (data_classes if m.new_head else None), new_head=m.new_head,
+              calibration=calibration)
     _check_heads(zoo, sorted({r["dst"] for r, *_ in todo}), config, data_classes)
     began = time.time()
     for k, (record, candidate, missing, known) in enumerate(todo, 1):
@@ -235,7 +239,7 @@ def _check_heads(zoo: Zoo, destinations: list[str], config, classes: int | None)
     found before any proxy is measured, not by the first run that trains."""
     from ..zoo.models import classes_or_none
 
-    if config.model.num_classes is not None or classes is None:  # None: reading the images says what is wrong
+    if config.model.num_classes is not None or config.model.new_head or classes is None:  # None: the images say
         return
     for name in destinations:
         own = classes_or_none(zoo.model(name))
