@@ -530,3 +530,22 @@ def test_a_destination_that_predicts_the_datas_classes_keeps_its_head_in_the_pro
         heads.clear()
         stitchkit.search(["resnet10t"], settings={**settings, **extra}, **kwargs)
         assert len(heads) == 1 and torch.equal(heads[0], own) == kept, extra
+
+
+def test_a_proxy_builds_the_stitch_its_run_builds_with_the_runs_model_settings(monkeypatch):
+    """The search priced candidates with the run's model settings but measured their proxies on stitches of the
+    default shape: with model.token_adapters=false a run sends ViT-to-ViT linear adapters through an image, while
+    the proxy scored them on tokens; model.prefix_in, prefix_out and readd_pos_embed were ignored likewise."""
+    from stitchkit.stitch_search import proxies as proxies_module
+
+    built = []
+    started = proxies_module._started
+    monkeypatch.setattr(proxies_module, "_started", lambda stitch, *args: (built.append(stitch.config),
+                                                                          started(stitch, *args))[1])
+    shape = {"model.token_adapters": False, "model.prefix_in": "mean", "model.prefix_out": "drop",
+             "model.readd_pos_embed": True}
+    stitchkit.search(["vit_pico_patch4_32"], gaps=["1:3"], adapters=["linear"], settings={**TINY, **shape},
+                     calibration_images=16, probe_images=16, proxies=["lstsq_accuracy"])
+    assert len(built) == 1
+    assert (built[0].token_adapters, built[0].prefix_in, built[0].prefix_out, built[0].readd_pos_embed) == \
+        (False, "mean", "drop", True)

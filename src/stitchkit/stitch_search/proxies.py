@@ -95,6 +95,11 @@ class Zoo:
     # the data's with model.new_head) differs from it or new_head asks for a new one anyway.
     num_classes: int | None = None
     new_head: bool = False
+    # The run's settings that shape the stitch (training's STITCH_SETTINGS but the start, which each proxy names, and
+    # frozen_mode, moot in eval mode): prefix_out, prefix_in (None: the start's), token_adapters, readd_pos_embed.
+    # Without them a proxy scored the default shapes whatever the run would build (a ViT-to-ViT chain on tokens
+    # where model.token_adapters=false sends it through an image).
+    shape: dict = field(default_factory=dict)
     calibration: int | None = None
     _models: dict[str, nn.Module] = field(default_factory=dict)
     _cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
@@ -127,11 +132,17 @@ def new_head(candidate: Candidate, zoo: Zoo) -> bool:
 def stitch_config(candidate: Candidate, zoo: Zoo, new: bool = False) -> StitchConfig:
     method = get_method(candidate.method)
     return StitchConfig(candidate.src, candidate.dst, candidate.gap, adapter=method.adapter, resize=method.resize,
-                        input_size=zoo.input_size, adapter_norm=DEFAULT_START,
-                        prefix_in=get_start(DEFAULT_START).prefix_in, pretrained=zoo.pretrained,
+                        input_size=zoo.input_size, adapter_norm=DEFAULT_START, **_shape(zoo, DEFAULT_START),
+                        pretrained=zoo.pretrained,
                         src_checkpoint=zoo.checkpoints.get(candidate.src),
                         dst_checkpoint=zoo.checkpoints.get(candidate.dst),
                         num_classes=zoo.num_classes if new else None, train_head=new)
+
+
+def _shape(zoo: Zoo, start: str) -> dict:
+    """The stitch settings of ``zoo.shape`` for a stitch at ``start``: the class token into a ViT as the run sets
+    it, or as the start chooses (training's model.prefix_in null)."""
+    return {**zoo.shape, "prefix_in": zoo.shape.get("prefix_in") or get_start(start).prefix_in}
 
 
 def measure(candidate: Candidate, zoo: Zoo, seed: int = 0, proxies: list[str] | None = None) -> dict:
@@ -172,7 +183,7 @@ def measure(candidate: Candidate, zoo: Zoo, seed: int = 0, proxies: list[str] | 
         torch.manual_seed(seed)
         images = None if start is None else start_images(start)
         chosen = config if start in (None, DEFAULT_START) else replace(config, adapter_norm=start,
-                                                                        prefix_in=get_start(start).prefix_in)
+                                                                        prefix_in=_shape(zoo, start)["prefix_in"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UncalibratedWarning)
             return build_stitch(chosen, src, dst, check=False, calibration_images=images).eval()
