@@ -137,7 +137,7 @@ def test_a_trained_run_over_the_budget_is_named_and_left_out_of_the_frontier(tmp
     assert saved["frontier"] == [] and saved["over_budget"][0]["gmacs"] > budget
 
 
-def test_bad_input_is_one_clear_line(capsys):
+def test_bad_input_is_one_clear_line(capsys, tmp_path):
     usable, reasons = check_models(["resnet10t", "hrnet_w18_small"], 32)
     assert usable == ["resnet10t"] and "cannot cut" in reasons["hrnet_w18_small"]
     args = ["search", "--models", "resnet10t,vit_pico_patch4_32", "--list", "data.input_size=32",
@@ -158,6 +158,10 @@ def test_bad_input_is_one_clear_line(capsys):
     assert "bottleneck" in capsys.readouterr().err
     assert main(["search", "--models", "resnet10t", "--proxy", "accuracy", "--out", "x"]) == 2
     assert "init_accuracy" in capsys.readouterr().err
+    # a seed twice: refused before any proxy is measured or anything written (the sweep refused it only after)
+    assert main(["search", "--models", "resnet10t", "--seeds", "0,1,0", "--out", str(tmp_path / "s")]) == 2
+    assert "--seeds takes distinct integers (one run per seed), got 0,1,0" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 def test_parallel_methods_are_refused_and_a_chosen_candidate_without_a_result_is_an_error(tmp_path, capsys):

@@ -274,6 +274,8 @@ def run_search(models: list[str], out: str | Path, budget_gmacs: float | None = 
         raise unknown_name("selection", selection, SELECTIONS)
     if train_top < 0:
         raise StitchkitError(f"--train-top must be 0 or more, got {train_top}")
+    if not seeds or len(set(seeds)) != len(seeds):  # the sweep refuses them too, but only after every proxy
+        raise StitchkitError(f"--seeds takes distinct integers (one run per seed), got {','.join(map(str, seeds))}")
     out = Path(out)
     settings = dict(settings or {})
     if smoke:
