@@ -208,7 +208,8 @@ def test_no_calibration_or_probe_images_is_refused(option, count, tmp_path, caps
         assert main([*args, *extra]) == 2
         err = capsys.readouterr().err.strip()
         default = "256" if option == "--probe-images" else "as many as a run's start"
-        assert err.endswith(f"{option} must be a whole number of images, 1 or more (default {default}), got {count}"), err
+        assert err.endswith(f"{option} must be a whole number of images, 1 or more (default {default}), got "
+                            f"{count}"), err
         assert len(err.splitlines()) == 1
     assert not (tmp_path / "search").exists()  # refused before anything was measured or written
 
@@ -502,7 +503,8 @@ def test_each_start_is_fitted_on_as_many_images_as_its_run_measures_and_never_on
     images, _ = calibration_and_probe(_base_config(settings).data, ["resnet10t"], None, 16, 0)
     calibration, probe = images("resnet10t", "calibration").flatten(1), images("resnet10t", "probe").flatten(1)
     assert len(calibration) == 584 and len(probe) == 16
-    assert torch.equal(images("resnet10t", "calibration", 100).flatten(1), calibration[:100])  # a smaller count: the first
+    first = images("resnet10t", "calibration", 100).flatten(1)
+    assert torch.equal(first, calibration[:100])  # a smaller count: the first images of a larger one
     assert torch.cdist(probe, calibration).min() > 0  # no probe image is a calibration image
 
 
