@@ -137,7 +137,7 @@ def test_a_trained_run_over_the_budget_is_named_and_left_out_of_the_frontier(tmp
     assert saved["frontier"] == [] and saved["over_budget"][0]["gmacs"] > budget
 
 
-def test_bad_input_is_one_clear_line(capsys):
+def test_bad_input_is_one_clear_line(capsys, tmp_path):
     usable, reasons = check_models(["resnet10t", "hrnet_w18_small"], 32)
     assert usable == ["resnet10t"] and "cannot cut" in reasons["hrnet_w18_small"]
     args = ["search", "--models", "resnet10t,vit_pico_patch4_32", "--list", "data.input_size=32",
@@ -158,6 +158,10 @@ def test_bad_input_is_one_clear_line(capsys):
     assert "bottleneck" in capsys.readouterr().err
     assert main(["search", "--models", "resnet10t", "--proxy", "accuracy", "--out", "x"]) == 2
     assert "init_accuracy" in capsys.readouterr().err
+    # a seed twice: refused before any proxy is measured or anything written (the sweep refused it only after)
+    assert main(["search", "--models", "resnet10t", "--seeds", "0,1,0", "--out", str(tmp_path / "s")]) == 2
+    assert "--seeds takes distinct integers (one run per seed), got 0,1,0" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 def test_parallel_methods_are_refused_and_a_chosen_candidate_without_a_result_is_an_error(tmp_path, capsys):
@@ -203,7 +207,9 @@ def test_no_calibration_or_probe_images_is_refused(option, count, tmp_path, caps
     for extra in (["--list"], ["--out", str(tmp_path / "search")]):
         assert main([*args, *extra]) == 2
         err = capsys.readouterr().err.strip()
-        assert err.endswith(f"{option} must be a whole number of images, 1 or more (default 256), got {count}"), err
+        default = "256" if option == "--probe-images" else "as many as a run's start"
+        assert err.endswith(f"{option} must be a whole number of images, 1 or more (default {default}), got "
+                            f"{count}"), err
         assert len(err.splitlines()) == 1
     assert not (tmp_path / "search").exists()  # refused before anything was measured or written
 
@@ -474,3 +480,78 @@ def test_every_search_study_file_loads_and_names_valid_gaps_and_adapters():
             get_method(adapter)
         gaps.update(grid["gaps"])
     assert {"1:1", "3:4"} <= gaps  # the study's grid and the held-out later gaps
+
+
+def test_each_start_is_fitted_on_as_many_images_as_its_run_measures_and_never_on_a_probe_image():
+    """--calibration-images was a fixed 256 while a run's start measures model.init_images or, by default, as many
+    as its chain asks for (256 to 2,048): the proxy scored a start fitted on an eighth of the run's images exactly
+    where that count matters (ResNet-18 to itself at 1:4: 79.8% at the full start on 256 images, 86.2% on 2,048),
+    and so underrated the cheap stitches into late stages. Now the same count as the run (at most what the split
+    leaves beside the probe images), and the probe images come after the most a start may ask for."""
+    from stitchkit.stitch_search.proxies import calibration_and_probe
+    from stitchkit.stitch_search.run import _base_config, search
+
+    settings = {**TINY, "data.synthetic_train_size": 600}
+    kwargs = dict(gaps=["1:1", "1:3"], adapters=["linear"], settings=settings, probe_images=16,
+                  proxies=["lstsq_accuracy"])
+    counts = {r["gap"]: r["calibration_images"] for r in search(["resnet10t"], **kwargs)}
+    # 1:1 fits 64 channels on 8 x 8 positions (256 images give 256 rows per channel); 1:3 256 channels on 2 x 2,
+    # which asks for 4,096 images, so 2,048, of which this split has 584 beside the 16 probe images
+    assert counts == {"1:1": 256, "1:3": 584}
+    runs = search(["resnet10t"], **{**kwargs, "gaps": ["1:3"], "settings": {**settings, "model.init_images": 48}})
+    assert runs[0]["calibration_images"] == 48  # a number fixes the count, as model.init_images fixes a run's
+    images, _ = calibration_and_probe(_base_config(settings).data, ["resnet10t"], None, 16, 0)
+    calibration, probe = images("resnet10t", "calibration").flatten(1), images("resnet10t", "probe").flatten(1)
+    assert len(calibration) == 584 and len(probe) == 16
+    first = images("resnet10t", "calibration", 100).flatten(1)
+    assert torch.equal(first, calibration[:100])  # a smaller count: the first images of a larger one
+    assert torch.cdist(probe, calibration).min() > 0  # no probe image is a calibration image
+
+
+def test_a_destination_that_predicts_the_datas_classes_keeps_its_head_in_the_proxies_as_in_its_run(tmp_path,
+                                                                                                  monkeypatch):
+    """model.num_classes equal to the destination's own keeps its head in a run (as timm's create_model does), but
+    the proxies gave every stitch a new random head whenever model.num_classes was set: accuracy at the start was
+    then chance for every candidate, and KL was not measured. model.new_head=true, which a run honours, the proxies
+    ignored."""
+    import timm
+
+    from stitchkit.stitch_search import proxies as proxies_module
+
+    checkpoint = tmp_path / "resnet10t.pt"
+    torch.save(timm.create_model("resnet10t", num_classes=10).state_dict(), checkpoint)
+    own = torch.load(checkpoint)["fc.weight"]
+    heads = []
+    started = proxies_module._started
+
+    def record(stitch, *args):
+        heads.append(stitch.back.state_dict()[next(k for k in stitch.back.state_dict() if k.endswith("fc.weight"))])
+        return started(stitch, *args)
+
+    monkeypatch.setattr(proxies_module, "_started", record)
+    settings = {k: v for k, v in TINY.items() if k != "model.num_classes"}
+    kwargs = dict(checkpoints={"resnet10t": str(checkpoint)}, gaps=["1:3"], adapters=["linear"],
+                  calibration_images=16, probe_images=16, proxies=["lstsq_accuracy"])
+    for extra, kept in (({"model.num_classes": 10}, True), ({"model.new_head": True}, False)):
+        heads.clear()
+        stitchkit.search(["resnet10t"], settings={**settings, **extra}, **kwargs)
+        assert len(heads) == 1 and torch.equal(heads[0], own) == kept, extra
+
+
+def test_a_proxy_builds_the_stitch_its_run_builds_with_the_runs_model_settings(monkeypatch):
+    """The search priced candidates with the run's model settings but measured their proxies on stitches of the
+    default shape: with model.token_adapters=false a run sends ViT-to-ViT linear adapters through an image, while
+    the proxy scored them on tokens; model.prefix_in, prefix_out and readd_pos_embed were ignored likewise."""
+    from stitchkit.stitch_search import proxies as proxies_module
+
+    built = []
+    started = proxies_module._started
+    monkeypatch.setattr(proxies_module, "_started", lambda stitch, *args: (built.append(stitch.config),
+                                                                          started(stitch, *args))[1])
+    shape = {"model.token_adapters": False, "model.prefix_in": "mean", "model.prefix_out": "drop",
+             "model.readd_pos_embed": True}
+    stitchkit.search(["vit_pico_patch4_32"], gaps=["1:3"], adapters=["linear"], settings={**TINY, **shape},
+                     calibration_images=16, probe_images=16, proxies=["lstsq_accuracy"])
+    assert len(built) == 1
+    assert (built[0].token_adapters, built[0].prefix_in, built[0].prefix_out, built[0].readd_pos_embed) == \
+        (False, "mean", "drop", True)

@@ -36,7 +36,9 @@ def add_parser(subparsers) -> None:
                    help="frontier: the best predicted stitch at every compute; top: the best K scores")
     p.add_argument("--train-top", type=int, default=10, metavar="K", help="how many candidates to train (0: none)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds each chosen stitch trains with")
-    p.add_argument("--calibration-images", type=int, default=256, help="images each start is fitted on")
+    p.add_argument("--calibration-images", type=int, default=None,
+                   help="images each start is fitted on (default: as many as training's start measures for the "
+                        "stitch, model.init_images or its own choice, 256 to 2048)")
     p.add_argument("--probe-images", type=int, default=256, help="other images the proxies are measured on")
     p.add_argument("--list", action="store_true", help="list the candidates with their cost and stop")
     p.add_argument("--out", default="runs/search", help="output folder (resumable)")
@@ -85,7 +87,7 @@ def _search(args) -> int:
         # choose a search's candidates or what it trains would be ignored, so they are refused.
         defaults = {"models": None, "checkpoint": [], "budget_gmacs": None, "adapters": None, "gaps": None,
                     "data": None, "proxy": None, "selection": "frontier", "train_top": 10, "seeds": "0",
-                    "calibration_images": 256, "probe_images": 256, "list": False, "settings": []}
+                    "calibration_images": None, "probe_images": 256, "list": False, "settings": []}
         ignored = [name for name, default in defaults.items() if getattr(args, name) != default]
         if ignored:
             spelled = ", ".join("key=value settings" if n == "settings" else "--" + n.replace("_", "-")

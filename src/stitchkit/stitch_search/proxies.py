@@ -38,7 +38,7 @@ from ..starts import DEFAULT_START, get_start
 from ..stitching import StitchConfig, StitchedModel, UncalibratedWarning, build_stitch
 from ..sweeps.methods import get_method
 from ..zoo import dissect, front_part
-from ..zoo.models import fit_head, resolve_model
+from ..zoo.models import classes_or_none, fit_head, resolve_model
 from .candidates import Candidate
 
 # proxy -> +1 where higher predicts a better stitch, -1 where lower does
@@ -48,6 +48,8 @@ PROXY_COSTS = {"init_accuracy": ("features", "fitted"), "fit_residual": ("featur
                "kl": ("features", "fitted"), "init_accuracy_quick": ("features", "fitted_quick"),
                "lstsq_accuracy": ("features", "lstsq"), "cka": ("features",),
                "naswot": ("naswot",)}
+# the starts proxies fit on calibration images (a proxy each: init_accuracy, init_accuracy_quick, lstsq_accuracy)
+CALIBRATED_STARTS = (DEFAULT_START, "fitted_quick", "lstsq")
 PROXY_VERSION = 2  # raise when what measure() returns changes: cached proxies of another version are measured again
 # Raise one proxy's revision when only it changes (its start's settings, say): the cache then measures that proxy
 # again and keeps the others. Unlisted proxies are at revision 1.
@@ -79,15 +81,26 @@ def score(name: str, value: float | None) -> float | None:
 class Zoo:
     """The search's models with their weights, and the images proxies are measured on, loaded once.
 
-    ``images(name, split)``: ``calibration`` images (what the start is fitted on) or ``probe`` images (what the
-    proxies are measured on), preprocessed as ``name`` sees pixels; ``labels``: the probe images' classes."""
+    ``images(name, split, count=None)``: ``calibration`` images (what the start is fitted on; the first ``count``)
+    or ``probe`` images (what the proxies are measured on), preprocessed as ``name`` sees pixels; ``labels``: the
+    probe images' classes. ``calibration``: how many images each start is fitted on; None: as many as training's
+    start would measure for the stitch (:meth:`~stitchkit.starts.Start.images_wanted`)."""
 
     input_size: int
     checkpoints: dict[str, str]
     pretrained: bool
     images: callable
     labels: torch.Tensor
-    num_classes: int | None = None  # every stitch with a new head of this size (model.num_classes); None: the dst's
+    # The head of every stitch, as a run builds it: the destination's own, unless num_classes (model.num_classes, or
+    # the data's with model.new_head) differs from it or new_head asks for a new one anyway.
+    num_classes: int | None = None
+    new_head: bool = False
+    # The run's settings that shape the stitch (training's STITCH_SETTINGS but the start, which each proxy names, and
+    # frozen_mode, moot in eval mode): prefix_out, prefix_in (None: the start's), token_adapters, readd_pos_embed.
+    # Without them a proxy scored the default shapes whatever the run would build (a ViT-to-ViT chain on tokens
+    # where model.token_adapters=false sends it through an image).
+    shape: dict = field(default_factory=dict)
+    calibration: int | None = None
     _models: dict[str, nn.Module] = field(default_factory=dict)
     _cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
 
@@ -108,14 +121,28 @@ class Zoo:
         return self.cached(("logits", name), lambda: _batched(self.model(name), self.images(name, "probe")))
 
 
-def stitch_config(candidate: Candidate, zoo: Zoo) -> StitchConfig:
+def new_head(candidate: Candidate, zoo: Zoo) -> bool:
+    """Whether ``candidate``'s run gives its destination a new head (as :func:`~stitchkit.zoo.models.fit_head`
+    decides in ``create_stitched``): a destination that already predicts ``model.num_classes`` keeps its own."""
+    if zoo.new_head:
+        return True
+    return zoo.num_classes not in (None, 0) and zoo.num_classes != classes_or_none(zoo.model(candidate.dst))
+
+
+def stitch_config(candidate: Candidate, zoo: Zoo, new: bool = False) -> StitchConfig:
     method = get_method(candidate.method)
     return StitchConfig(candidate.src, candidate.dst, candidate.gap, adapter=method.adapter, resize=method.resize,
-                        input_size=zoo.input_size, adapter_norm=DEFAULT_START,
-                        prefix_in=get_start(DEFAULT_START).prefix_in, pretrained=zoo.pretrained,
+                        input_size=zoo.input_size, adapter_norm=DEFAULT_START, **_shape(zoo, DEFAULT_START),
+                        pretrained=zoo.pretrained,
                         src_checkpoint=zoo.checkpoints.get(candidate.src),
-                        dst_checkpoint=zoo.checkpoints.get(candidate.dst), num_classes=zoo.num_classes,
-                        train_head=zoo.num_classes is not None)
+                        dst_checkpoint=zoo.checkpoints.get(candidate.dst),
+                        num_classes=zoo.num_classes if new else None, train_head=new)
+
+
+def _shape(zoo: Zoo, start: str) -> dict:
+    """The stitch settings of ``zoo.shape`` for a stitch at ``start``: the class token into a ViT as the run sets
+    it, or as the start chooses (training's model.prefix_in null)."""
+    return {**zoo.shape, "prefix_in": zoo.shape.get("prefix_in") or get_start(start).prefix_in}
 
 
 def measure(candidate: Candidate, zoo: Zoo, seed: int = 0, proxies: list[str] | None = None) -> dict:
@@ -128,19 +155,35 @@ def measure(candidate: Candidate, zoo: Zoo, seed: int = 0, proxies: list[str] | 
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     src, dst = zoo.model(candidate.src), zoo.model(candidate.dst)
-    if zoo.num_classes is not None:  # a new head: the stitch must not change the zoo's shared destination
+    # A new head only where the run has one: with model.num_classes equal to the destination's own classes the run
+    # keeps its trained head, and accuracy at a new random head would be chance for every candidate.
+    new = new_head(candidate, zoo)
+    if new:  # the stitch must not change the zoo's shared destination
         dst = copy.deepcopy(dst)
         src = dst if candidate.src == candidate.dst else src
         fit_head(dst, zoo.num_classes, new_head=True)
     probe_src, probe_dst = zoo.images(candidate.src, "probe"), zoo.images(candidate.dst, "probe")
-    config = stitch_config(candidate, zoo)
+    config = stitch_config(candidate, zoo, new)
+
+    counts = []  # the calibration images each start was fitted on
+
+    def start_images(start: str):
+        def images(bridge) -> tuple[torch.Tensor, torch.Tensor]:
+            # As many images as training's start measures for this chain (model.init_images null: the start asks
+            # by its shapes, 256 to 2048): a proxy fitted on fewer images than the run will be predicts a worse
+            # start than the run gets, and most so for the cheap stitches into late stages (ResNet-18 to itself at
+            # 1:4: the full start's accuracy 79.8% on 256 images, 86.2% on the 2,048 a run measures).
+            count = zoo.calibration or get_start(start).images_wanted(bridge)
+            pair = zoo.images(candidate.src, "calibration", count), zoo.images(candidate.dst, "calibration", count)
+            counts.append(len(pair[0]))
+            return pair
+        return images
 
     def build(start: str | None) -> StitchedModel:
         torch.manual_seed(seed)
-        images = None if start is None else (zoo.images(candidate.src, "calibration"),
-                                             zoo.images(candidate.dst, "calibration"))
+        images = None if start is None else start_images(start)
         chosen = config if start in (None, DEFAULT_START) else replace(config, adapter_norm=start,
-                                                                        prefix_in=get_start(start).prefix_in)
+                                                                        prefix_in=_shape(zoo, start)["prefix_in"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UncalibratedWarning)
             return build_stitch(chosen, src, dst, check=False, calibration_images=images).eval()
@@ -172,12 +215,14 @@ def measure(candidate: Candidate, zoo: Zoo, seed: int = 0, proxies: list[str] | 
     if "fitted" in parts:
         fitted = _started(build(DEFAULT_START), features, target, zoo.labels)
         kl = None  # with a new head there are no destination predictions to compare with
-        if zoo.num_classes is None:
+        if not new:
             reference = F.log_softmax(zoo.logits(candidate.dst), 1)
             kl = F.kl_div(F.log_softmax(fitted["logits"], 1), reference, log_target=True,
                           reduction="batchmean").item()
         result.update(init_accuracy=fitted["accuracy"], fit_residual=fitted["residual"], kl=kl)
         lap("fitted")
+    if counts:
+        result["calibration_images"] = max(counts)
     return {**result, "seconds": sum(seconds.values()), "part_seconds": seconds}
 
 
@@ -243,32 +288,48 @@ def naswot_score(model: nn.Module, images: torch.Tensor) -> float:
     return float(logdet) if sign > 0 else float("nan")
 
 
-def calibration_and_probe(data_config, models: list[str], calibration: int, probe: int, seed: int):
-    """The images proxies need, from the training split of ``data_config`` (a :class:`DataConfig`): ``calibration``
-    images to fit each start on and ``probe`` other images, with labels, to measure on; each preprocessed as the
-    model that reads it expects (cached per model). Returns ``(images(name, split), labels)``."""
+def calibration_and_probe(data_config, models: list[str], calibration: int | None, probe: int, seed: int):
+    """The images proxies need, from the training split of ``data_config`` (a :class:`DataConfig`): up to
+    ``calibration`` images to fit each start on (None: up to the most any start asks for, as training's start
+    chooses its count) and ``probe`` other images, with labels, to measure on; each preprocessed as the model that
+    reads it expects (cached per model). The calibration images are training's own (the same seeded order, a smaller
+    count the first of a larger one's), and the probe images come after the most that may be asked for, so they are
+    never among them. Returns ``(images(name, split, count=None), labels)``."""
     from ..training.data import build_splits, build_transforms
     from ..zoo.metadata import preprocessing
 
     splits = build_splits(data_config, preprocessing(models[0]), seed)
     train = splits.train
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
-    if len(order) < calibration + probe:
-        raise StitchkitError(f"the training split has {len(order)} images; the search needs {calibration} to start "
-                             f"the adapters and {probe} others to measure proxies on: lower --calibration-images / "
-                             "--probe-images or add data")
+    if calibration is None:  # the most a start asks for, or what the split leaves beside the probe images
+        calibration = min(max(get_start(s).fit_images[1] for s in CALIBRATED_STARTS), len(order) - probe)
+        fixed = False
+    else:
+        fixed = True
+    if calibration < 1 or len(order) < calibration + probe:
+        raise StitchkitError(f"the training split has {len(order)} images; the search needs "
+                             f"{calibration if fixed else 'at least 1'} to start the adapters and {probe} others to "
+                             "measure proxies on: lower " + ("--calibration-images / " if fixed else "")
+                             + "--probe-images or add data")
     picked = {"calibration": order[:calibration], "probe": order[calibration:calibration + probe]}
-    raw = {split: [train.source.load(train.indices[i]) for i in positions] for split, positions in picked.items()}
+    raw = {"probe": [train.source.load(train.indices[i]) for i in picked["probe"]], "calibration": []}
     labels = torch.tensor([label for _, label in raw["probe"]])
     cache: dict[tuple[str, str], torch.Tensor] = {}
 
-    def images(name: str, split: str) -> torch.Tensor:
+    def images(name: str, split: str, count: int | None = None) -> torch.Tensor:
+        # calibration images are read as far as a start asks (most stitches want 256 of a reserve of 2,048)
+        count = min(len(picked[split]), count or len(picked[split]))
+        loaded = raw[split]
+        if len(loaded) < count:
+            loaded += [train.source.load(train.indices[i]) for i in picked[split][len(loaded):count]]
         prep = preprocessing(name)
         key = (repr(prep), split)  # models with the same preprocessing share the tensors
-        if key not in cache:
+        have = cache.get(key)
+        if have is None or len(have) < count:
             transform = build_transforms(data_config, prep, train=False)
-            cache[key] = torch.stack([transform(image) for image, _ in raw[split]])
-        return cache[key]
+            more = torch.stack([transform(image) for image, _ in loaded[0 if have is None else len(have):count]])
+            cache[key] = more if have is None else torch.cat([have, more])
+        return cache[key][:count]
 
     return images, labels
 

@@ -61,7 +61,7 @@ def _records(candidates: list[Candidate], settings: dict, checkpoints: dict[str,
 
 def search(models: list[str], budget_gmacs: float | None = None, *, checkpoints: dict[str, str] | None = None,
            gaps: list[str] | None = None, adapters: list[str] | None = None, settings: dict | None = None,
-           proxies: bool | list[str] = True, cache: str | Path | None = None, calibration_images: int = 256,
+           proxies: bool | list[str] = True, cache: str | Path | None = None, calibration_images: int | None = None,
            probe_images: int = 256, seed: int = 0, log=None) -> list[dict]:
     """The candidates of a zoo as plain records, one per (src, dst, gap, method): ``gmacs``, ``params``,
     ``trainable_params``, ``skip_reason`` (over the budget, cannot be built, a model that cannot be cut) and, with
@@ -71,6 +71,9 @@ def search(models: list[str], budget_gmacs: float | None = None, *, checkpoints:
     ``settings``: training settings as for ``stitchkit train`` (``{"data.name": "fashion_mnist", ...}``): the data
     the proxies are measured on, the input size and whether weights are pretrained; ``checkpoints``: model name ->
     weights file. ``cache``: a folder where each candidate's proxies are kept (a rerun reads them).
+    ``calibration_images``: how many images each start is fitted on; None (the default): as many as training's start
+    measures for that stitch (``model.init_images`` in ``settings``, or as its start asks: 256 to 2,048), so that a
+    proxy scores the start the stitch's run will have.
 
     Example:
         >>> records = stitchkit.search(["resnet18", "vit_micro_patch4_32"], budget_gmacs=0.05,
@@ -81,6 +84,8 @@ def search(models: list[str], budget_gmacs: float | None = None, *, checkpoints:
     _check_budget(budget_gmacs)
     _check_image_counts(calibration_images, probe_images)
     config = _base_config(settings or {})
+    if calibration_images is None:  # what training's start measures: model.init_images, or (null) its own choice
+        calibration_images = config.model.init_images
     size = config.data.input_size
     checkpoints = dict(checkpoints or {})
     for name in checkpoints:
@@ -128,12 +133,17 @@ def _check_budget(budget_gmacs: float | None) -> None:
                              f"{budget_gmacs!r}; leave it out for no budget")
 
 
-def _check_image_counts(calibration_images: int, probe_images: int) -> None:
+def _check_image_counts(calibration_images: int | None, probe_images: int) -> None:
     """Each proxy fits a start on calibration images and measures on probe images: with none (or a negative count)
-    the first stitch stopped on torch's "stack expects a non-empty TensorList"."""
-    for option, count in (("--calibration-images", calibration_images), ("--probe-images", probe_images)):
+    the first stitch stopped on torch's "stack expects a non-empty TensorList". No calibration count (None) is as
+    many as training's start measures."""
+    for option, count, default in (("--calibration-images", calibration_images, "as many as a run's start"),
+                                   ("--probe-images", probe_images, "256")):
+        if count is None and option == "--calibration-images":
+            continue
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise StitchkitError(f"{option} must be a whole number of images, 1 or more (default 256), got {count!r}")
+            raise StitchkitError(f"{option} must be a whole number of images, 1 or more (default {default}), got "
+                                 f"{count!r}")
 
 
 def _data_classes(config) -> int | None:
@@ -147,14 +157,18 @@ def _data_classes(config) -> int | None:
         return None
 
 
-def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calibration: int, probe: int, seed: int,
-                 cache: str | Path | None, wanted: list[str], data_classes: int | None, log) -> None:
+def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calibration: int | None, probe: int,
+                 seed: int, cache: str | Path | None, wanted: list[str], data_classes: int | None, log) -> None:
     # what the proxies depend on: the data (not where it is stored, nor how fast it loads), the weights, the counts
     data = {k: v for k, v in flatten(config).items() if k.startswith("data.")}
     # the weights by their contents, not their paths: a moved or renamed output folder keeps its cached proxies
     weights = {name: _file_digest(path) for name, path in sorted(checkpoints.items())}
     digest = settings_digest({**data, "checkpoints": repr(sorted(weights.items())),
-                              "model.pretrained": config.model.pretrained, "calibration": calibration,
+                              "model.pretrained": config.model.pretrained,
+                              # the stitches' heads: the destination's own or a new one
+                              "model.num_classes": config.model.num_classes, "model.new_head": config.model.new_head,
+                              **{f"model.{k}": v for k, v in _shape(config.model).items()},
+                              "calibration": calibration if calibration is not None else _calibration_rule(),
                               "probe": probe, "seed": seed, "proxies": PROXY_VERSION}, skip=NOT_IDENTITY)
     folder = Path(cache) if cache is not None else None
     todo = []
@@ -174,8 +188,10 @@ def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calib
     log(f"measuring proxies of {len(todo)} candidates ({len(records) - len(todo)} cached)")
     models = sorted({r["src"] for r, *_ in todo} | {r["dst"] for r, *_ in todo})
     images, labels = calibration_and_probe(config.data, models, calibration, probe, seed)
-    zoo = Zoo(config.data.input_size, checkpoints, config.model.pretrained, images, labels,
-              num_classes=config.model.num_classes)
+    m = config.model
+    zoo = Zoo(config.data.input_size, checkpoints, m.pretrained, images, labels,  # heads as Stitch.build makes them
+              num_classes=m.num_classes or (data_classes if m.new_head else None), new_head=m.new_head,
+              calibration=calibration, shape=_shape(m))
     _check_heads(zoo, sorted({r["dst"] for r, *_ in todo}), config, data_classes)
     began = time.time()
     for k, (record, candidate, missing, known) in enumerate(todo, 1):
@@ -196,6 +212,23 @@ def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calib
             log(f"  proxies {k}/{len(todo)} ({time.time() - began:.0f} s)")
 
 
+def _shape(model_config) -> dict:
+    """The model settings besides the start that shape a run's stitch, which its proxies must build alike."""
+    from ..training.modes import stitch_settings
+
+    return {k: v for k, v in stitch_settings(model_config).items() if k not in ("adapter_norm", "frozen_mode")}
+
+
+def _calibration_rule() -> str:
+    """The rule by which each start chooses its calibration images (and so which images are probe images, after
+    the most it may ask for): proxies measured under another rule are measured again."""
+    from ..starts import get_start
+    from .proxies import CALIBRATED_STARTS
+
+    return "start's choice " + repr([(get_start(s).fit_rows, get_start(s).fit_images, get_start(s).fit_memory)
+                                     for s in CALIBRATED_STARTS])
+
+
 def _file_digest(path: str) -> str:
     import hashlib
 
@@ -214,7 +247,7 @@ def _check_heads(zoo: Zoo, destinations: list[str], config, classes: int | None)
     found before any proxy is measured, not by the first run that trains."""
     from ..zoo.models import classes_or_none
 
-    if config.model.num_classes is not None or classes is None:  # None: reading the images says what is wrong
+    if config.model.num_classes is not None or config.model.new_head or classes is None:  # None: the images say
         return
     for name in destinations:
         own = classes_or_none(zoo.model(name))
@@ -227,7 +260,7 @@ def _check_heads(zoo: Zoo, destinations: list[str], config, classes: int | None)
 def run_search(models: list[str], out: str | Path, budget_gmacs: float | None = None, *, train_top: int = 10,
                proxy: str = DEFAULT_PROXY, selection: str = "frontier", checkpoints: dict[str, str] | None = None,
                gaps: list[str] | None = None, adapters: list[str] | None = None, settings: dict | None = None,
-               calibration_images: int = 256, probe_images: int = 256, seeds: tuple[int, ...] = (0,),
+               calibration_images: int | None = None, probe_images: int = 256, seeds: tuple[int, ...] = (0,),
                workers: int = 1, smoke: bool = False, log=print) -> dict:
     """Search, train the chosen candidates and write the frontier into ``out`` (see the module's docstring);
     returns ``{"candidates", "trained", "frontier"}`` as plain records."""
@@ -241,11 +274,14 @@ def run_search(models: list[str], out: str | Path, budget_gmacs: float | None = 
         raise unknown_name("selection", selection, SELECTIONS)
     if train_top < 0:
         raise StitchkitError(f"--train-top must be 0 or more, got {train_top}")
+    if not seeds or len(set(seeds)) != len(seeds):  # the sweep refuses them too, but only after every proxy
+        raise StitchkitError(f"--seeds takes distinct integers (one run per seed), got {','.join(map(str, seeds))}")
     out = Path(out)
     settings = dict(settings or {})
     if smoke:
         settings = {**settings, **SMOKE}
-        calibration_images, probe_images = min(calibration_images, 32), min(probe_images, 32)
+        calibration_images, probe_images = (32 if calibration_images is None else min(calibration_images, 32),
+                                           min(probe_images, 32))
     began = time.time()
     records = search(models, budget_gmacs, checkpoints=checkpoints, gaps=gaps, adapters=adapters,
                      settings=settings, proxies=[proxy], cache=out / "proxies", calibration_images=calibration_images,

@@ -66,7 +66,7 @@ def run_study(path: str | Path, out: str | Path = "runs/search_study", doc: str 
     proxy_began = time.time()
     records = search(models, grid.get("budget_gmacs"), checkpoints=checkpoints, gaps=grid.get("gaps"),
                      adapters=grid.get("adapters"), settings=settings, cache=out / "proxies",
-                     calibration_images=grid.get("calibration_images", 256),
+                     calibration_images=grid.get("calibration_images"),
                      probe_images=grid.get("probe_images", 256), log=log)
     del proxy_began
     within = [r for r in records if r.get("skip_reason") is None and r.get("proxy_error") is None]
@@ -260,7 +260,8 @@ def study_markdown(a: dict, spec: dict, command: str, figures: list[str]) -> str
              f"epochs, the paper's recipe, one seed) so that each proxy can be held against the accuracy it "
              f"predicts: {a['stitches']} trained stitches. Proxies are measured on "
              f"{grid.get('probe_images', 256)} training images the start was not fitted on (it is fitted on "
-             f"{grid.get('calibration_images', 256)} others)."
+             + (f"{grid['calibration_images']} others)." if grid.get("calibration_images") else
+                "as many others as a run's start measures, 256 to 2,048).")
              + ("" if "init_accuracy_quick" not in a["correlations"] else
                 f" `init_accuracy_quick`'s start (`fitted_quick`: {quick.match_steps} feature-matching steps at "
                 f"lr {quick.match_lr:g}) was chosen among variants "
