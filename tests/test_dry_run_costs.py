@@ -87,3 +87,32 @@ def test_the_dry_run_counts_an_image_folders_classes(tmp_path):
     config = sweep.config(cell, Path("runs"))
     built = mode_for(config).build(config, num_data_classes=3)
     assert cell_costs(sweep, cell)["params"] == stitchkit.count_params(built)
+
+
+@pytest.mark.parametrize("name", ["resnet10t", "torchvision:resnet18", "mobilenetv3_small_050"])
+def test_the_meta_device_knows_which_cuts_are_non_negative(name):
+    """Whether a cut's feature is never negative decides a fitted start's shape (an output ReLU, or a projection
+    shortcut in front of signed features). On the meta device, where dry runs and searches price models, there are
+    no values to look at: every cut counted as signed, so a ResNet stitched to itself at 2:2 with a bottleneck was
+    priced with a projection it is built without. The module (timm) or the ATen graph (torchvision, graph split)
+    says it there: the same answer as the values on the CPU, at every cut."""
+    from stitchkit.zoo.models import create_model
+    from stitchkit.zoo.spec import _measure
+
+    real = _measure(create_model(name, input_size=32), 32, name)
+    with torch.device("meta"):
+        meta = _measure(create_model(name, input_size=32), 32, name)
+    assert [c.nonnegative for c in meta.cut_points] == [c.nonnegative for c in real.cut_points]
+    assert any(c.nonnegative for c in real.cut_points) == (name != "mobilenetv3_small_050")
+
+
+def test_a_stitch_within_one_model_at_one_stage_is_priced_as_built():
+    sweep = expand({"base": {**BASE, "model": {**BASE["model"], "num_classes": 7}},
+                    "pairs": [["resnet10t", "resnet10t"]], "gaps": ["2:2"], "methods": ["downsample_bottleneck"],
+                    "seeds": [0]}, name="within")
+    (cell,) = sweep.runnable
+    torch.manual_seed(0)
+    built = mode_for(sweep.config(cell, Path("runs"))).build(sweep.config(cell, Path("runs")), num_data_classes=7)
+    assert cell_costs(sweep, cell) == {"gmacs": pytest.approx(stitchkit.count_macs(built, 32) / 1e9, rel=1e-9),
+                                       "params": stitchkit.count_params(built),
+                                       "trainable_params": stitchkit.count_params(built, trainable_only=True)}
