@@ -394,12 +394,29 @@ def test_a_consumer_that_stops_early_stops_the_thread():
 
 
 def test_batches_prepared_in_the_training_thread_equal_those_prepared_ahead(tmp_path, monkeypatch):
+    """With a worker process batches are prepared in a thread (seen running while they come); without one, in the
+    training thread, which then also draws each image's crop under torch's global generator, as the default loader
+    does: no other thread's draws interleave with the training's. Either way the same batches."""
+    import threading
+
     from stitchkit.training.gpu_loader import DeviceBatches
 
+    def batches(workers):
+        data = _data(root, "data.augment_on=device")
+        split = build_splits(data, PREP, seed=3).train
+        sampler = EpochSampler(len(split), 3, shuffle=True)
+        sampler.set_epoch(1)
+        out, threads = [], set()
+        for batch in device_loader(split, data, PREP, sampler, 4, workers, torch.device("cpu"), True, None):
+            out.append(batch)
+            threads |= {t.name for t in threading.enumerate()}
+        return out, "stitchkit-gpu-loader" in threads
+
     root = jpeg_folder(tmp_path)
-    ahead = _batches(root, True, loader="gpu")
+    (ahead, threaded), (inline, threaded_without_workers) = batches(1), batches(0)
     monkeypatch.setattr(DeviceBatches, "prepare_ahead", False)
-    inline = _batches(root, True, loader="gpu")
-    assert len(ahead) == len(inline) == 4
-    for a, b in zip(ahead, inline):
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+    (switched_off, threaded_when_off) = batches(1)
+    assert (threaded, threaded_without_workers, threaded_when_off) == (True, False, False)
+    assert len(ahead) == len(inline) == len(switched_off) == 4
+    for a, b, c in zip(ahead, inline, switched_off):
+        assert all(torch.equal(x[0], a[0]) and torch.equal(x[1], a[1]) and x[2] == a[2] for x in (b, c))

@@ -192,8 +192,9 @@ class DeviceBatches:
     """Batches of :class:`EncodedImages` made ready on ``device``: yields ``(images, labels, skipped, None)`` like
     the default loader, with images already cropped, augmented and normalised (float32) there."""
 
-    #: Prepare batches in a background thread (:func:`prepared_ahead`), or in the training thread between steps
-    #: (:func:`one_ahead`); ``scripts/gpu_check.py`` times both on a GPU. ``ahead``: batches prepared and waiting.
+    #: Prepare batches in a background thread (:func:`prepared_ahead`; with data-loader workers), or in the training
+    #: thread between steps (:func:`one_ahead`); ``scripts/gpu_check.py`` times both on a GPU. ``ahead``: batches
+    #: prepared and waiting.
     prepare_ahead = True
     ahead = 2
 
@@ -223,7 +224,11 @@ class DeviceBatches:
             side, main = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
             prepare = functools.partial(self._prepare_on_side_stream, side=side, main=main)
             hand_over = functools.partial(self._hand_over, main=main)
-        ready = prepared_ahead(batches, prepare, self.ahead) if self.prepare_ahead else one_ahead(batches, prepare)
+        # Without worker processes the data loader reads the files, and draws each image's crop under torch's global
+        # random generator (seeded per image, as the default loader does), in whichever thread iterates it: that
+        # stays the training thread, whose own draws (drop path, say) would otherwise interleave with those.
+        ahead = self.prepare_ahead and self.loader.num_workers > 0
+        ready = prepared_ahead(batches, prepare, self.ahead) if ahead else one_ahead(batches, prepare)
         return ready if hand_over is None else map(hand_over, ready)
 
     def _prepare_on_side_stream(self, batch, side, main):
