@@ -116,3 +116,28 @@ def test_a_stitch_within_one_model_at_one_stage_is_priced_as_built():
     assert cell_costs(sweep, cell) == {"gmacs": pytest.approx(stitchkit.count_macs(built, 32) / 1e9, rel=1e-9),
                                        "params": stitchkit.count_params(built),
                                        "trainable_params": stitchkit.count_params(built, trainable_only=True)}
+
+
+def test_a_model_whose_constructor_computes_with_tensors_is_built_for_the_meta_device_on_the_cpu():
+    from stitchkit.sweeps.dryrun import meta_model
+
+    model = meta_model("torchvision:regnet_x_400mf", 32)  # its widths: torch.round(...).tolist() in __init__
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["repvgg_a0", "torchvision:regnet_x_400mf"])
+def test_models_the_meta_device_cannot_build_or_split_alone_are_priced_as_built(name):
+    """The dry run (and the search, which prices with it) called such models impossible to cut: a graph split
+    that finds where timm's forward_features ends compares values (none on the meta device; the marker it places
+    computes nothing, so it is left out there), and torchvision's RegNets compute their widths with tensors in
+    their constructors (built on the CPU once, then moved to the meta device)."""
+    sweep = expand({"base": {**BASE, "model": {**BASE["model"], "num_classes": 7}}, "pairs": [[name, name]],
+                    "gaps": ["1:3"], "methods": ["downsample_bottleneck"], "seeds": [0]}, name="meta")
+    (cell,) = sweep.runnable
+    config = sweep.config(cell, Path("runs"))
+    torch.manual_seed(0)
+    built = mode_for(config).build(config, num_data_classes=7)
+    assert cell_costs(sweep, cell) == {"gmacs": pytest.approx(stitchkit.count_macs(built, 32) / 1e9, rel=1e-9),
+                                       "params": stitchkit.count_params(built),
+                                       "trainable_params": stitchkit.count_params(built, trainable_only=True)}

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..compute import count_macs, count_macs_on, count_params
+from ..errors import StitchkitError
 from ..stitching import StitchedModel, create_stitched
 from ..training.modes import STITCH_SETTINGS, get_mode
 from ..zoo.models import classes_or_none, create_model, fit_head
@@ -26,8 +27,17 @@ from .methods import get_method
 def meta_model(name: str, input_size: int, num_classes: int | None = None):
     """The model ``name`` on the meta device: shapes only, no memory, no weights (remembered: build on it through
     :func:`_model`); ``num_classes``: its head's size (default: the model's own)."""
-    with torch.device("meta"):
-        return create_model(name, input_size=input_size, **({"num_classes": num_classes} if num_classes else {}))
+    kwargs = {"num_classes": num_classes} if num_classes else {}
+    try:
+        with torch.device("meta"):
+            return create_model(name, input_size=input_size, **kwargs)
+    except (NotImplementedError, StitchkitError) as err:
+        if not isinstance(err, NotImplementedError) and not isinstance(err.__cause__, NotImplementedError):
+            raise
+        # A constructor that computes with tensors (torchvision's RegNets: their widths) needs values: built on the
+        # CPU once (remembered; the CPU whatever device the caller builds on), then moved to the meta device
+        with torch.device("cpu"):
+            return create_model(name, input_size=input_size, **kwargs).to("meta")
 
 
 def _model(name: str, input_size: int, num_classes: int | None = None, copy_it: bool = False):

@@ -680,6 +680,10 @@ def _features_end(g: _Graph, start: fx.Node, prefix_hint: int | None) -> tuple[f
     forward_features = getattr(model, "forward_features", None)
     if not callable(forward_features):
         return None  # torchvision: no forward_features; the last block's output stands for it
+    if model_device(model).type == "meta":
+        # No values to compare (dry runs and searches price models there): the marker computes nothing and holds no
+        # weights, so without it the model's parts, MACs and parameters are the same.
+        return None
     # One image of a private generator: the caller's random numbers stay as they were
     x = torch.randn(1, input_channels(model), *g.hw, generator=torch.Generator().manual_seed(0))
     x = x.to(model_device(model))
