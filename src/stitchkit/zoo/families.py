@@ -18,7 +18,8 @@ from torch import nn
 from ..errors import StitchkitError
 from ..formats import Format
 from ..registry import Registry
-from .anatomy import Anatomy, Call, SequentialHead, TooFewBlocks, qualified_names, split_evenly, view
+from .anatomy import (Anatomy, Call, SequentialHead, TooFewBlocks, has_class_token, qualified_names, split_evenly,
+                      view)
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,7 @@ def _vit(model) -> Anatomy:
         head,
         [Format.NLC] * 4,
         num_prefix_tokens=model.num_prefix_tokens,
-        class_token=model.has_class_token,
+        class_token=has_class_token(model),
         token_grid=model.patch_embed.dynamic_feat_size,
     )
 

@@ -136,6 +136,13 @@ class _SignTracker:
         """Whether ``x`` is known to be non-negative."""
         return isinstance(x, torch.Tensor) and self.nonnegative.get(id(x)) is x
 
+    def of(self, part: nn.Module, output: torch.Tensor, input_nonnegative: bool) -> bool:
+        """Whether ``part``'s ``output`` is known to be non-negative: from the ATen graph of a graph-split part
+        (where no module hook fires; ``input_nonnegative``: what is known of its input), else from the hooks."""
+        if isinstance(part, fx.GraphModule):
+            return _graph_output_nonnegative(part, input_nonnegative)
+        return self.knows(output)
+
     def close(self) -> None:
         for handle in self.handles:
             handle.remove()
@@ -196,19 +203,14 @@ def _measure(model: nn.Module, input_size: int | tuple[int, ...], name: str | No
         # A fixed random image: shapes do not depend on it, and a feature that is signed shows negative values.
         image = torch.randn(1, input_channels(model), *hw, generator=torch.Generator().manual_seed(0))
         x = anatomy.stem(image.to(model_device(model)))
-        stem_out = meta and (_graph_output_nonnegative(anatomy.stem, False) if isinstance(anatomy.stem, fx.GraphModule)
-                             else signs.knows(x))
+        sign = meta and signs.of(anatomy.stem, x, False)  # on meta: what is known of the last output's sign
         blocks, names, stage_of, nonnegative = [], [], [], []
         for stage, (stage_blocks, stage_names) in enumerate(zip(anatomy.stages, anatomy.block_names), start=1):
             for block, block_name in zip(stage_blocks, stage_names):
                 x = block(x)
                 blocks.append(_describe(x, anatomy, stage, hw))
-                if not meta:
-                    nonnegative.append(bool((x >= 0).all()))
-                elif isinstance(block, fx.GraphModule):
-                    nonnegative.append(_graph_output_nonnegative(block, nonnegative[-1] if nonnegative else stem_out))
-                else:
-                    nonnegative.append(signs.knows(x))
+                sign = signs.of(block, x, sign) if meta else bool((x >= 0).all())
+                nonnegative.append(sign)
                 names.append(block_name)
                 stage_of.append(stage)
     except (RuntimeError, AssertionError, ValueError) as err:  # (timm asserts a fixed-size model's image size)
