@@ -272,3 +272,18 @@ def test_a_model_with_fewer_than_four_blocks_is_refused_by_name():
         stitchkit.model_spec(shallow)
     with pytest.raises(StitchkitError, match="cannot cut vit_tiny_patch16_224"):
         stitchkit.create_stitched(shallow, "resnet18", gap="3:4", input_size=32)
+
+
+@pytest.mark.parametrize("num_classes,new_head", [(None, None), (5, None), (7, None), (0, None), (0, True),
+                                                  (None, True), (7, False), (5, True)])
+def test_the_head_rule_predicted_without_a_model_is_the_one_builds_apply(num_classes, new_head):
+    # Dry runs and search proxies predict a run's head with wants_new_head and never touch a model; fit_head is
+    # what builds apply. They must agree case by case, or priced and proxied networks differ from those trained.
+    from stitchkit.zoo.models import fit_head, num_outputs, wants_new_head
+
+    model = stitchkit.create_model("resnet10t", num_classes=5)
+    head = model.get_classifier()
+    predicted = wants_new_head(5, num_classes, new_head)
+    assert fit_head(model, num_classes, new_head) is predicted
+    assert (model.get_classifier() is not head) is predicted
+    assert num_outputs(model) == ((num_classes or 5) if predicted else 5)

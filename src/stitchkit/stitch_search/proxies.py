@@ -38,7 +38,7 @@ from ..starts import DEFAULT_START, get_start
 from ..stitching import StitchConfig, StitchedModel, UncalibratedWarning, build_stitch
 from ..sweeps.methods import get_method
 from ..zoo import dissect, front_part
-from ..zoo.models import classes_or_none, fit_head, resolve_model
+from ..zoo.models import classes_or_none, fit_head, resolve_model, wants_new_head
 from .candidates import Candidate
 
 # proxy -> +1 where higher predicts a better stitch, -1 where lower does
@@ -124,9 +124,7 @@ class Zoo:
 def new_head(candidate: Candidate, zoo: Zoo) -> bool:
     """Whether ``candidate``'s run gives its destination a new head (as :func:`~stitchkit.zoo.models.fit_head`
     decides in ``create_stitched``): a destination that already predicts ``model.num_classes`` keeps its own."""
-    if zoo.new_head:
-        return True
-    return zoo.num_classes not in (None, 0) and zoo.num_classes != classes_or_none(zoo.model(candidate.dst))
+    return wants_new_head(classes_or_none(zoo.model(candidate.dst)), zoo.num_classes, zoo.new_head or None)
 
 
 def stitch_config(candidate: Candidate, zoo: Zoo, new: bool = False) -> StitchConfig:

@@ -18,7 +18,7 @@ from ..compute import count_macs, count_macs_on, count_params
 from ..errors import StitchkitError
 from ..stitching import StitchedModel, create_stitched
 from ..training.modes import STITCH_SETTINGS, get_mode
-from ..zoo.models import classes_or_none, create_model, fit_head
+from ..zoo.models import classes_or_none, create_model, fit_head, wants_new_head
 from .grid import Cell, Sweep
 from .methods import get_method
 
@@ -61,7 +61,7 @@ def _head_model(name: str, input_size: int, own: int | None, classes: int | None
     built with the head ``own``: the remembered model that already has the head the run's model ends up with, and
     whether the build must make it a new one (as :func:`~stitchkit.zoo.models.fit_head` decides for the run)."""
     has = classes_or_none(meta_model(name, input_size, own))
-    new = new_head or (classes is not None and classes != has)
+    new = wants_new_head(has, classes, new_head or None)
     return _model(name, input_size, classes if new and classes else own, copy_it), new or None
 
 

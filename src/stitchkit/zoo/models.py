@@ -357,17 +357,27 @@ def classes_or_none(model: nn.Module) -> int | None:
         return None
 
 
+def wants_new_head(own: int | None, num_classes: int | None, new_head: bool | None = None) -> bool:
+    """Whether a model whose head predicts ``own`` classes (None: it has none) gets a new head when a build asks
+    for ``num_classes`` (None: the model's own) with ``new_head`` (None: only where the sizes differ). The one rule
+    that :func:`fit_head` applies and that dry runs and search proxies predict without changing a model.
+    ``num_classes=0`` (no classifier) never gets one: ``num_classes or own`` would make it a new random head of
+    the own size."""
+    if num_classes == 0:
+        return False
+    if new_head is None:
+        return num_classes is not None and num_classes != own
+    return new_head
+
+
 def fit_head(model: nn.Module, num_classes: int | None, new_head: bool | None = None) -> bool:
     """Give ``model`` a new, randomly initialised head of ``num_classes`` when that differs from what its head
     predicts (as timm's ``create_model(num_classes=...)`` keeps a pretrained head of the same size), or whenever
     ``new_head`` asks for one (of the model's own size when ``num_classes`` is None). Returns whether it did.
     ``num_classes=0`` (timm's no classifier) leaves the head as it is: the caller drops it once the model is cut
     (``reset_classifier(0)`` on the network; a torchvision classifier has no 0-wide replacement here)."""
-    if num_classes == 0:  # `num_classes or own` below would otherwise make it a new random head of the own size
-        return False
     own = classes_or_none(model)
-    if new_head is None:
-        new_head = num_classes is not None and num_classes != own
+    new_head = wants_new_head(own, num_classes, new_head)
     if new_head:
         if (num_classes or own) is None:
             raise IncompatibleError(f"{type(model).__name__} has no classifier to replace; pass num_classes= for the "
