@@ -130,14 +130,14 @@ def new_head(candidate: Candidate, zoo: Zoo) -> bool:
 def stitch_config(candidate: Candidate, zoo: Zoo, new: bool = False) -> StitchConfig:
     method = get_method(candidate.method)
     return StitchConfig(candidate.src, candidate.dst, candidate.gap, adapter=method.adapter, resize=method.resize,
-                        input_size=zoo.input_size, adapter_norm=DEFAULT_START, **_shape(zoo, DEFAULT_START),
+                        input_size=zoo.input_size, adapter_norm=DEFAULT_START, **_shape_at_start(zoo, DEFAULT_START),
                         pretrained=zoo.pretrained,
                         src_checkpoint=zoo.checkpoints.get(candidate.src),
                         dst_checkpoint=zoo.checkpoints.get(candidate.dst),
                         num_classes=zoo.num_classes if new else None, train_head=new)
 
 
-def _shape(zoo: Zoo, start: str) -> dict:
+def _shape_at_start(zoo: Zoo, start: str) -> dict:
     """The stitch settings of ``zoo.shape`` for a stitch at ``start``: the class token into a ViT as the run sets
     it, or as the start chooses (training's model.prefix_in null)."""
     return {**zoo.shape, "prefix_in": zoo.shape.get("prefix_in") or get_start(start).prefix_in}
@@ -180,8 +180,8 @@ def measure(candidate: Candidate, zoo: Zoo, seed: int = 0, proxies: list[str] | 
     def build(start: str | None) -> StitchedModel:
         torch.manual_seed(seed)
         images = None if start is None else start_images(start)
-        chosen = config if start in (None, DEFAULT_START) else replace(config, adapter_norm=start,
-                                                                        prefix_in=_shape(zoo, start)["prefix_in"])
+        chosen = config if start in (None, DEFAULT_START) else \
+            replace(config, adapter_norm=start, prefix_in=_shape_at_start(zoo, start)["prefix_in"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UncalibratedWarning)
             return build_stitch(chosen, src, dst, check=False, calibration_images=images).eval()

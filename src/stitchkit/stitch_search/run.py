@@ -167,7 +167,7 @@ def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calib
                               "model.pretrained": config.model.pretrained,
                               # the stitches' heads: the destination's own or a new one
                               "model.num_classes": config.model.num_classes, "model.new_head": config.model.new_head,
-                              **{f"model.{k}": v for k, v in _shape(config.model).items()},
+                              **{f"model.{k}": v for k, v in _run_shape(config.model).items()},
                               "calibration": calibration if calibration is not None else _calibration_rule(),
                               "probe": probe, "seed": seed, "proxies": PROXY_VERSION}, skip=NOT_IDENTITY)
     folder = Path(cache) if cache is not None else None
@@ -191,7 +191,7 @@ def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calib
     m = config.model
     zoo = Zoo(config.data.input_size, checkpoints, m.pretrained, images, labels,  # heads as Stitch.build makes them
               num_classes=m.num_classes or (data_classes if m.new_head else None), new_head=m.new_head,
-              calibration=calibration, shape=_shape(m))
+              calibration=calibration, shape=_run_shape(m))
     _check_heads(zoo, sorted({r["dst"] for r, *_ in todo}), config, data_classes)
     began = time.time()
     for k, (record, candidate, missing, known) in enumerate(todo, 1):
@@ -212,7 +212,7 @@ def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calib
             log(f"  proxies {k}/{len(todo)} ({time.time() - began:.0f} s)")
 
 
-def _shape(model_config) -> dict:
+def _run_shape(model_config) -> dict:
     """The model settings besides the start that shape a run's stitch, which its proxies must build alike."""
     from ..training.modes import stitch_settings
 
