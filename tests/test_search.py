@@ -428,6 +428,27 @@ def test_a_revised_proxy_is_measured_again_and_the_others_are_kept(tmp_path, mon
     assert records[0]["lstsq_accuracy"] == -1.0 and "init_accuracy_quick" not in records[0]
 
 
+def test_a_cached_proxy_error_stands_for_its_version_and_is_retried_by_another(tmp_path):
+    """A candidate whose proxies failed (a stitch that could not be built) is not measured again by the same
+    stitchkit, which would fail alike, but is by another version, which may build it."""
+    from stitchkit.stitch_search.run import search
+
+    kwargs = dict(gaps=["1:3"], adapters=["linear"], settings=TINY, calibration_images=16, probe_images=16,
+                  cache=tmp_path / "proxies")
+    search(["resnet10t"], proxies=["lstsq_accuracy"], **kwargs)
+    path = next((tmp_path / "proxies").iterdir())
+    saved = json.loads(path.read_text())
+    assert saved["stitchkit"] == stitchkit.__version__
+    saved["proxies"] = {"proxy_error": "resnet10t cannot be cut"}
+    path.write_text(json.dumps(saved))
+    records = search(["resnet10t"], proxies=["lstsq_accuracy"], **kwargs)
+    assert records[0]["proxy_error"] == "resnet10t cannot be cut" and "lstsq_accuracy" not in records[0]
+    path.write_text(json.dumps({**saved, "stitchkit": "0.13.1"}))
+    records = search(["resnet10t"], proxies=["lstsq_accuracy"], **kwargs)
+    assert "proxy_error" not in records[0] and 0 <= records[0]["lstsq_accuracy"] <= 100
+    assert "proxy_error" not in json.loads(path.read_text())["proxies"]
+
+
 def test_the_study_chooses_the_cheapest_proxy_that_ranks_within_the_best_ones_interval():
     """A proxy whose Spearman lies inside the highest one's bootstrap interval ranks alike over these stitches: the
     cheaper of the two is the best proxy (a search pays it over every candidate); one outside the interval is not

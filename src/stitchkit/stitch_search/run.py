@@ -24,6 +24,7 @@ from ..training.identity import NOT_IDENTITY, settings_digest
 from .candidates import Candidate, check_models, enumerate_candidates, price
 from .cells import search_sweep
 from ..pareto import pareto_front
+from ..version import __version__
 from .frontier import select, top_by_score
 from .frontier_folders import export_frontier
 from .proxies import (PROXIES, PROXY_VERSION, Zoo, calibration_and_probe, measure, proxy_path, proxy_revision,
@@ -179,6 +180,11 @@ def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calib
         revisions = (saved or {}).get("revisions", {})
         for name in [p for p in known if p in PROXIES and revisions.get(p, 1) != proxy_revision(p)]:
             del known[name]  # measured by an earlier revision of this proxy: measured again, the others kept
+        if "proxy_error" in known and (saved or {}).get("stitchkit") != __version__:
+            # A stitch an earlier stitchkit could not build or measure may be one this version can (0.13.2 cut
+            # dla34 and inception_v3 on the meta device, which 0.13.1 refused): its error is retried once per
+            # version, and stays cached for this one (the same settings give the same error).
+            del known["proxy_error"]
         record.update(known)
         missing = [p for p in wanted if p not in known]
         if missing and "proxy_error" not in known:
@@ -207,7 +213,7 @@ def _measure_all(records: list[dict], config, checkpoints: dict[str, str], calib
         if folder is not None:
             atomic_write_json(proxy_path(folder, candidate), {
                 "candidate": candidate.record(), "settings": digest, "proxies": proxies,
-                "revisions": {p: proxy_revision(p) for p in proxies if p in PROXIES}})
+                "revisions": {p: proxy_revision(p) for p in proxies if p in PROXIES}, "stitchkit": __version__})
         if k % 10 == 0 or k == len(todo):
             log(f"  proxies {k}/{len(todo)} ({time.time() - began:.0f} s)")
 
