@@ -15,6 +15,22 @@ PAPER_MODELS = ["resnet50", "mobilenetv3_large_100", "vit_small_patch16_224", "t
 SMALL = 64
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (the README's test command): one worker per core this process may run on, at most one per 3 GiB
+    of memory (a worker holds torch, its models and the data-loader and training processes its tests start) and at
+    most 8. Each worker runs one torch thread, so on CI's 2 cores two workers finish in about half the time of one
+    process, where torch's own threads had little to share out across tiny models."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        memory_gib = 3 * cores
+    return max(1, min(cores, int(memory_gib // 3), 8))
+
+
 @functools.lru_cache(maxsize=None)
 def _model(name: str, input_size: int):
     from stitchkit import create_model
