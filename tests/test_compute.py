@@ -97,3 +97,38 @@ def test_count_macs_defaults_to_the_size_the_model_was_built_for():
     assert stitchkit.count_macs(vit) == stitchkit.count_macs(vit, 32)
     resnet = timm.create_model("resnet18")
     assert stitchkit.count_macs(resnet) == stitchkit.count_macs(resnet, 224)
+
+
+def test_what_a_mac_count_includes():
+    """The documented convention: only the multiply-accumulates of convolutions, linear layers and matrix products
+    (attention's two included) count, per image, at batch 1 unless given more. Biases, norms (an adapter's
+    BatchNorm too), activations, softmax, element-wise adds and products (residuals, a sum fusion) and resizes
+    (bilinear, area) count nothing."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    from stitchkit.compute import count_macs_on
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 8, 3, padding=1, bias=True)
+            self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.bn = nn.BatchNorm2d(8)
+            self.fc = nn.Linear(8, 5, bias=True)
+
+        def forward(self, x):
+            h = torch.relu(self.bn(self.conv(x)))
+            h = h + self.dw(h) * 0.5
+            h = F.interpolate(h, size=(4, 4), mode="bilinear", align_corners=False)
+            h = F.adaptive_avg_pool2d(h, 2) + 1.0
+            t = h.flatten(2).transpose(1, 2)  # (1, 4 tokens, 8)
+            a = F.scaled_dot_product_attention(t[:, None], t[:, None], t[:, None])[:, 0]
+            return self.fc(a.softmax(-1)).mean(1)
+
+    conv, dw, fc, attention = 8 * 4 * 9 * 8 * 8, 8 * 9 * 8 * 8, 4 * 8 * 5, 2 * 4 * 4 * 8
+    block = Block()
+    assert count_macs_on(block, torch.zeros(1, 4, 8, 8)) == conv + dw + fc + attention
+    assert count_macs_on(block, torch.zeros(3, 4, 8, 8)) == 3 * (conv + dw + fc + attention)
+    with torch.device("meta"):  # where dry runs and searches price: attention runs as two bmm there, same count
+        assert count_macs_on(Block(), torch.zeros(1, 4, 8, 8)) == conv + dw + fc + attention

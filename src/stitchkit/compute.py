@@ -4,6 +4,11 @@ MACs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` (FLOPs / 2
 matrix products. The paper's "FLOPs" are MACs in this sense (ResNet-50 at 224 px: 4.089 G). Unlike the paper's tool,
 attention's two matrix products are counted too: on the CPU, ``scaled_dot_product_attention`` runs as a fused kernel
 the stock counter has no formula for, so one is registered here.
+
+Counted: convolutions (grouped and depthwise by their own weights), linear layers, matrix products and attention's
+two products. Not counted: biases, norms, activations, softmax, element-wise adds and products, pooling and resizes
+(bilinear, area). A count is of one forward pass in eval mode: per image for :func:`count_macs`, for the whole batch
+given to :func:`count_macs_on`.
 """
 from __future__ import annotations
 
