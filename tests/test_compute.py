@@ -132,3 +132,25 @@ def test_what_a_mac_count_includes():
     assert count_macs_on(block, torch.zeros(3, 4, 8, 8)) == 3 * (conv + dw + fc + attention)
     with torch.device("meta"):  # where dry runs and searches price: attention runs as two bmm there, same count
         assert count_macs_on(Block(), torch.zeros(1, 4, 8, 8)) == conv + dw + fc + attention
+
+
+def test_a_grayscale_model_is_built_checked_and_counted_on_its_own_channels():
+    """timm's create_model(..., in_chans=1) keeps pretrained_cfg's 3-channel input_size: counting it at a size, and
+    building a stitch, baseline, parallel stitch or probe of it (each runs one image through to check it), fed it
+    3 channels and failed. Networks record their source's channels in their pretrained_cfg."""
+    import timm
+
+    from stitchkit.compute import count_macs_on
+    from stitchkit.parallel import create_parallel
+
+    model = timm.create_model("resnet10t", in_chans=1, num_classes=10)
+    assert model.pretrained_cfg["input_size"][0] == 3  # timm's own record: why the declared in_chans comes first
+    assert stitchkit.count_macs(model, 32) == stitchkit.count_macs(model, (1, 32, 32)) > 0
+    networks = [stitchkit.create_stitched(model, model, "1:3", input_size=32),
+                stitchkit.create_finetune_baseline(model, "1:3", input_size=32),
+                create_parallel([model, model], model, "1:3", input_size=32),
+                stitchkit.create_probe(model, num_classes=5, input_size=32)]
+    for network in networks:
+        assert network.pretrained_cfg["input_size"] == (1, 32, 32)
+        assert network.eval()(torch.zeros(2, 1, 32, 32)).shape[0] == 2
+        assert stitchkit.count_macs(network) == count_macs_on(network, torch.zeros(1, 1, 32, 32)) > 0

@@ -22,7 +22,7 @@ from .errors import IncompatibleError
 from .formats import FeatureSpec
 from .network import Network, data_config
 from .train_surface import mapped_no_weight_decay, whole_unit
-from .zoo import Part, create_model, dissect, model_spec, resolve_model
+from .zoo import Part, create_model, dissect, input_channels, model_spec, resolve_model
 
 
 class FinetuneBaseline(Network, Part):
@@ -162,7 +162,8 @@ def create_finetune_baseline(
     baseline._mapped_no_weight_decay = mapped_no_weight_decay(baseline, [model])
     try:
         with torch.no_grad():
-            out = baseline.eval()(torch.zeros(1, 3, *spec.input_size, device=next(baseline.parameters()).device))
+            out = baseline.eval()(torch.zeros(1, input_channels(model), *spec.input_size,
+                                              device=next(baseline.parameters()).device))
     except RuntimeError as err:
         raise IncompatibleError(
             f"the fine-tuning baseline of {name} for gap {x}:{y} does not chain ({err}); this model's blocks need "

@@ -52,7 +52,10 @@ def data_config(architecture: str, source: str, source_model: nn.Module | None, 
         mean, std, interpolation, crop = prep.mean, prep.std, prep.interpolation, prep.crop_pct
     except (StitchkitError, ValueError, KeyError):  # a model the zoo has no metadata for: ImageNet's statistics
         mean, std, interpolation, crop = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", 0.875
-    cfg = {"architecture": architecture, "input_size": (3, input_size, input_size), "fixed_input_size": True,
+    from .zoo import input_channels
+
+    channels = input_channels(source_model) if source_model is not None else 3  # a grayscale timm model: 1
+    cfg = {"architecture": architecture, "input_size": (channels, input_size, input_size), "fixed_input_size": True,
            "mean": tuple(mean), "std": tuple(std), "interpolation": interpolation, "crop_pct": crop,
            "crop_mode": "center"}
     if num_classes is not None:  # an encoder has no classifier

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .chain import parse_gap
+from .compute import own_channels
 from .errors import IncompatibleError, StitchkitError, unknown_name
 from .formats import FeatureSpec, Format
 from .network import Network
@@ -409,7 +410,7 @@ def build_parallel(config: ParallelConfig, src_models: list[nn.Module] | None = 
     if check:
         size = first.input_size
         with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+            model.eval()(torch.zeros(1, own_channels(model), size, size, device=next(model.parameters()).device))
         model.train()
     return model
 

@@ -45,7 +45,8 @@ from .formats import (
     from_nchw,
     to_nchw,
 )
-from .zoo import ModelSpec, back_part, dissect, front_part, model_spec, resolve_model, token_extras
+from .zoo import (ModelSpec, back_part, dissect, front_part, input_channels, model_spec, resolve_model,
+                  token_extras)
 from .zoo.models import classes_or_none, create_model, fit_head, num_outputs
 from .zoo.split import TokenOrder
 
@@ -910,7 +911,7 @@ def build_stitch(
     model.one_model = dst_model is src_model  # with the same weights for both ends, within-model adapters
     model._mapped_no_weight_decay = mapped_no_weight_decay(model, [src_model, dst_model])
     if check:
-        _check_runs(model, input_size)
+        _check_runs(model, input_size, input_channels(src_model))
     model.start_seconds = 0.0  # wall time of fitting the start on calibration images (training reports it)
     if calibration_images is not None and not bridge.calibrated:
         if callable(calibration_images):  # the caller reads the chain's shapes first (how many images it wants)
@@ -983,12 +984,13 @@ def _resample_pos(pos: tuple, dst: FeatureSpec, grid: tuple[int, int]) -> torch.
 
 
 @torch.no_grad()
-def _check_runs(model: StitchedModel, input_size: int) -> None:
-    """Run one zero image through the stitch so that shape problems surface now, with a clear message."""
+def _check_runs(model: StitchedModel, input_size: int, channels: int = 3) -> None:
+    """Run one zero image (of the source's ``channels``) through the stitch so that shape problems surface now,
+    with a clear message."""
     was_training = model.training
     model.eval()
     try:
-        model(torch.zeros(1, 3, input_size, input_size, device=next(model.parameters()).device))
+        model(torch.zeros(1, channels, input_size, input_size, device=next(model.parameters()).device))
     except RuntimeError as err:
         c = model.config
         hint = " (resize='none' feeds it the source's resolution; try resize='bilinear')" if c.resize == "none" else ""

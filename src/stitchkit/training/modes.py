@@ -17,6 +17,7 @@ from torch import nn
 
 from ..adapters import list_adapters
 from ..chain import RESIZE_MODES, gap_cuts, parse_gap
+from ..compute import own_channels
 from ..errors import StitchkitError, unknown_name
 from ..files import atomic_write_bytes
 from ..finetune import FinetuneBaseline, create_finetune_baseline
@@ -415,7 +416,8 @@ def _check_classes(model: nn.Module, m, size: int, num_data_classes: int) -> Non
 def _classes_of_back(model: nn.Module, size: int) -> int:
     """Classes the stitched model predicts (its destination head may be a timm ``forward_head`` call)."""
     was_training = model.training
-    classes = model.eval()(torch.zeros(1, 3, size, size, device=next(model.parameters()).device)).shape[-1]
+    image = torch.zeros(1, own_channels(model), size, size, device=next(model.parameters()).device)
+    classes = model.eval()(image).shape[-1]
     model.train(was_training)
     return classes
 

@@ -1,5 +1,5 @@
 """The model zoo: supported architectures, their cut points, and cutting them."""
-from .anatomy import Anatomy, view
+from .anatomy import Anatomy, input_channels, view
 from .families import Family, default_input_size, dissect, families, family_of, register_family, token_extras
 from .models import create_model, family_for_name, list_models, load_checkpoint, read_state_dict, resolve_model
 from .spec import POSITIONS, STAGES, CutPoint, ModelSpec, as_size, model_spec
