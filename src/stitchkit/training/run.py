@@ -194,10 +194,11 @@ class Run:
     def _compute_note(self) -> str | None:
         """A stitch is usually meant to cost less than the model it starts from: say so before it trains when it
         does not (a destination whose later stages cost more than the source's)."""
-        from ..summary import costlier_note, model_macs
+        from ..summary import costlier_note, head_classes, model_macs
 
         m, size = self.config.model, self.config.data.input_size
-        return costlier_note(self.model, m.src, m.dst or m.src, self.gmacs * 1e9, model_macs(m.src, size))
+        return costlier_note(self.model, m.src, m.dst or m.src, self.gmacs * 1e9,
+                             model_macs(m.src, size, head_classes(self.model)))
 
     def share_pass(self, run_dirs: list[str]) -> None:
         """Record the runs trained in the same pass (their wall time is the pass's)."""
