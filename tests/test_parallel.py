@@ -331,3 +331,18 @@ def test_a_reopened_parallel_stitch_reports_its_classes_and_keeps_its_head_when_
     if head == "none":
         with pytest.raises(StitchkitError, match="has no classifier"):
             Predictor(tmp_path / "p")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"adapter": "bottelneck"}, "bottleneck"), ({"resize": "bilinar"}, "bilinear"), ({"gaps": "3:1"}, "gap"),
+    ({"prefix_out": "drip"}, "drop"), ({"adapter_norm": "fited"}, "fitted"), ({"colour": 1}, "unknown option")])
+def test_names_and_gaps_are_checked_before_any_model_is_built(kwargs, message, monkeypatch):
+    """create_parallel refuses a misspelt choice at once, as create_stitched does, not after building every model."""
+    from stitchkit import parallel
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a model was built before the choices were checked")
+
+    monkeypatch.setattr(parallel, "resolve_model", no_build)
+    with pytest.raises(StitchkitError, match=message):
+        parallel.create_parallel(["resnet10t", "resnet18"], "resnet10t", **{"gaps": "1:3", **kwargs})

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import numbers
+import dataclasses
 from dataclasses import dataclass, replace
 
 import torch
@@ -32,8 +33,8 @@ from .formats import FeatureSpec, Format
 from .network import Network
 from .train_surface import back_units, bridge_units, mapped_no_weight_decay, prefixed, whole_unit
 from .starts import DEFAULT_START, get_start
-from .stitching import (StitchConfig, StitchedModel, build_stitch, square_input_size, stitch_architecture, stitch_cuts,
-                        stitch_models, train_back_head)
+from .stitching import (StitchConfig, StitchedModel, build_stitch, check_choices, square_input_size,
+                        stitch_architecture, stitch_cuts, stitch_models, train_back_head)
 from .zoo import resolve_model
 from .zoo.models import classes_or_none, fit_head, num_outputs
 
@@ -447,6 +448,16 @@ def create_parallel(srcs: list[str | nn.Module], dst: str | nn.Module, gaps: str
         raise StitchkitError(f"{len(srcs)} sources but {len(checkpoints)} checkpoints: give one per source (None "
                              "where a source has none)")
     prefix_in = prefix_in or get_start(options.get("adapter_norm", DEFAULT_START)).prefix_in
+    # Every name and gap before any model is built (building two or more models first took seconds to say a name
+    # was misspelt), as create_stitched checks them.
+    fields = {f.name: f.default for f in dataclasses.fields(StitchConfig)}  # (the defaults of the choices)
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise StitchkitError(f"create_parallel got unknown option(s) {', '.join(unknown)}; the options are "
+                             "StitchConfig's fields: " + ", ".join(sorted(fields)))
+    gaps = [parse_gap(g) for g in gaps]
+    chosen = {**fields, **options}
+    check_choices(adapter, resize, chosen["prefix_out"], prefix_in, chosen["frozen_mode"], chosen["adapter_norm"])
     input_size = square_input_size(input_size)  # before any model is built for it
     dst_model, dst_name = resolve_model(dst, pretrained, dst_checkpoint, input_size)
     new_head = num_classes != 0 and fit_head(dst_model, num_classes, new_head)  # 0: none (build_parallel drops it)
@@ -464,7 +475,7 @@ def create_parallel(srcs: list[str | nn.Module], dst: str | nn.Module, gaps: str
         return resolve_model(src, pretrained, checkpoint, input_size)
 
     models, names = zip(*(source(s, c) for s, c in zip(srcs, checkpoints)))
-    configs = [StitchConfig(name, dst_name, parse_gap(g), adapter=adapter, resize=resize, input_size=input_size,
+    configs = [StitchConfig(name, dst_name, g, adapter=adapter, resize=resize, input_size=input_size,
                             pretrained=bool(pretrained), src_checkpoint=str(c) if c else None,
                             dst_checkpoint=str(dst_checkpoint) if dst_checkpoint else None,
                             num_classes=num_classes if new_head or num_classes == 0 else None,
