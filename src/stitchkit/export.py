@@ -58,6 +58,8 @@ def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = F
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise StitchkitError(f"unknown export format {unknown[0]!r}; formats are {', '.join(FORMATS)}")
+    if "onnx" in formats:
+        _require_onnx()  # before minutes of exporting the other formats, which a missing package would throw away
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise StitchkitError(f"{str(out)!r} already exists; export into a new folder")
@@ -285,11 +287,24 @@ def _torchscript(model, example, check, stated: str):
     return buffer.getvalue(), got
 
 
+def _require_onnx() -> None:
+    """Refuse ONNX export where torch's dynamo exporter cannot run: it needs onnx and onnxscript (torch imports the
+    latter inside ``torch.onnx.export``, which would otherwise end the export with a ModuleNotFoundError)."""
+    missing = []
+    for package in ("onnx", "onnxscript"):
+        try:
+            __import__(package)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise StitchkitError(f"--format onnx needs the onnx and onnxscript packages ({' and '.join(missing)} "
+                             f"{'is' if len(missing) == 1 else 'are'} not installed): pip install 'stitchkit[export]'")
+
+
 def _onnx(model, example, check, stated: str):
-    try:
-        import onnx
-    except ImportError:
-        raise StitchkitError("--format onnx needs the onnx and onnxscript packages: pip install 'stitchkit[export]'") from None
+    _require_onnx()
+    import onnx
+
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.onnx.export(model, (example,), dynamic_shapes=({0: batch},), input_names=["image"],
                                 output_names=["logits"], dynamo=True, verbose=False)
