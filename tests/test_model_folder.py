@@ -301,3 +301,19 @@ def test_a_folder_saved_without_a_classifier_refuses_to_evaluate_or_predict(expo
                     ["predict", str(tmp_path / "features"), str(images)]):
         assert main(command) == 2
         assert "has no classifier" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_loading_onto_a_device_the_machine_lacks_blames_the_device_not_the_folder(tmp_path):
+    """A folder copied from a GPU machine, loaded with device="cuda" on one without: the error said the weights did
+    not match config.json ("the two files come from different models: export the folder again")."""
+    import timm
+
+    model = stitchkit.create_stitched("vit_micro_patch4_32", "vit_pico_patch4_32", "1:3", input_size=32)
+    model.save_pretrained(tmp_path / "m")
+    for load in (lambda: stitchkit.load_pretrained(tmp_path / "m", device="cuda"),
+                 lambda: timm.create_model(f"local-dir:{tmp_path / 'm'}", pretrained=True, device="cuda")):
+        with pytest.raises(StitchkitError) as err:
+            load()
+        assert "cannot load the model onto device 'cuda'" in str(err.value), str(err.value)
+        assert "device='cpu'" in str(err.value) and "different models" not in str(err.value)

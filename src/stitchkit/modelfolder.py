@@ -519,8 +519,20 @@ def finish_loading(model: nn.Module, directory: Path, config: dict, device: str 
     stitch rebuilt at other cuts than it was saved with (:func:`check_folder_cuts`), whose weights would otherwise
     load where their shapes agree."""
     check_folder_cuts(model, directory, config, trust_cuts)
+    _check_device(device)  # else the weights' load fails there, and its error would blame the folder
     load_weights(model, directory, device)
     return apply_config(model.to(device).eval(), config)
+
+
+def _check_device(device: str | torch.device) -> None:
+    """Refuse a device this machine does not have (``cuda`` without a GPU, ``cuda:3`` on a machine with two) in
+    one line that says so."""
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise StitchkitError(f"cannot load the model onto device {str(device)!r}: this machine does not have it "
+                             f"({detail[:200]}); pass device='cpu' or a device it has") from None
 
 
 # Hugging Face Hub ids of the datasets stitchkit reads by name (the card's ``datasets`` metadata).
