@@ -208,3 +208,19 @@ def test_onnx_without_onnxscript_is_refused_before_anything_is_exported(tmp_path
     err = capsys.readouterr().err
     assert "onnxscript is not installed" in err and "pip install 'stitchkit[export]'" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_an_exporter_cannot_export_is_one_line_naming_the_format(tmp_path, capsys):
+    """torch.jit.trace fixes shapes a LeViT back computes from the batch size: traced on 2 images, the TorchScript
+    module fails on 3 (the check's batch). `stitchkit export` ended in the interpreter's traceback, the other
+    formats' work thrown away without a word on how to export the model."""
+    import stitchkit
+
+    model = stitchkit.create_stitched("resnet10t", "levit_128s", "1:3", input_size=32)
+    model.save_pretrained(tmp_path / "m")
+    argv = ["export", str(tmp_path / "m"), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--format", "torchscript", "--format", "safetensors"]) == 2
+    err = capsys.readouterr().err
+    assert "could not be exported as torchscript (RuntimeError: split_with_sizes" in err, err
+    assert "export again without it (--format safetensors)" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -80,7 +80,7 @@ def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = F
         write_files(staging / EXPORT_MODEL_DIR, described, model)
         checks = {}
         for fmt in (f for f in DEPLOYMENT_FORMATS if f in formats):
-            data, got = _EXPORTERS[fmt](model, example, check, json.dumps(stated))
+            data, got = _export(fmt, model, example, check, json.dumps(stated), formats)
             atomic_write_bytes(staging / FILES[fmt], data)
             checks[fmt] = {"file": FILES[fmt], **_compare(fmt, got, expected)}
         atomic_write_json(staging / "preprocessing.json", stated)
@@ -97,6 +97,25 @@ def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = F
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _export(fmt: str, model, example, check, stated: str, formats: tuple[str, ...]):
+    """``fmt``'s exporter on ``model``; a model it cannot export (torch.jit.trace fixes a shape the graph computes
+    from the batch size, torch.export meets an operation it does not support) is one line naming the format and
+    the command without it, not the exporter's traceback."""
+    try:
+        return _EXPORTERS[fmt](model, example, check, stated)
+    except StitchkitError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any exporter failure is this model not exporting to this format
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        last = lines[-1][:300] if lines else ""
+        detail = last if last.startswith(f"{type(err).__name__}:") else f"{type(err).__name__}: {last}".rstrip(": ")
+        others = [f for f in formats if f != fmt]
+        retry = (f"export again without it ({' '.join(f'--format {f}' for f in others)})" if others
+                 else f"export another format ({', '.join(f for f in FORMATS if f != fmt)})")
+        raise StitchkitError(f"this model could not be exported as {fmt} ({detail}); nothing was exported: "
+                             f"{retry}") from err
 
 
 def _check_in_place(staging: Path, manifest: dict, out: Path) -> None:
