@@ -317,3 +317,19 @@ def test_loading_onto_a_device_the_machine_lacks_blames_the_device_not_the_folde
             load()
         assert "cannot load the model onto device 'cuda'" in str(err.value), str(err.value)
         assert "device='cpu'" in str(err.value) and "different models" not in str(err.value)
+
+
+def test_timms_prefixes_given_to_stitchkit_name_the_folder_to_pass(tmp_path, capsys):
+    """README shows timm.create_model("local-dir:FOLDER") beside stitchkit.load_pretrained(FOLDER): given the timm
+    name, stitchkit called a folder that exists "not a folder" (predict: "neither a run folder nor a model
+    folder")."""
+    model = stitchkit.create_stitched("vit_micro_patch4_32", "vit_pico_patch4_32", "1:3", input_size=32)
+    folder = tmp_path / "m"
+    model.save_pretrained(folder)
+    with pytest.raises(StitchkitError, match="timm model name .* without the prefix: 'someone/my-stitch'"):
+        stitchkit.load_pretrained("hf-hub:someone/my-stitch")
+    with pytest.raises(StitchkitError, match=f"without the prefix: '{folder}'"):
+        stitchkit.load_pretrained(f"local-dir:{folder}")
+    (tmp_path / "image.png").write_bytes(b"")
+    assert main(["predict", f"local-dir:{folder}", str(tmp_path / "image.png")]) == 2
+    assert f"without the prefix: '{folder}'" in capsys.readouterr().err

@@ -418,6 +418,7 @@ def local_folder(path_or_repo: str | os.PathLike, revision: str | None = None, *
     ``snapshot_download``'s keywords (``cache_dir``, ``local_files_only``, ``token``, ``force_download``, ...).
     A repository id may pin its revision as timm's ``hf-hub:`` names do (``owner/name@v1``)."""
     path = Path(path_or_repo)
+    refuse_timm_prefix(path_or_repo)
     repo, at, pinned = str(path_or_repo).partition("@")
     if at and not path.exists() and _REPO_ID.match(repo):
         if revision is not None and revision != pinned:
@@ -437,6 +438,21 @@ def local_folder(path_or_repo: str | os.PathLike, revision: str | None = None, *
         first = str(err).splitlines()[0] if str(err) else ""
         raise StitchkitError(f"{str(path_or_repo)!r} is not a local folder and could not be downloaded from the "
                              f"Hugging Face Hub ({type(err).__name__}: {first}); pass a model folder") from None
+
+
+TIMM_PREFIXES = ("local-dir:", "hf-hub:")
+
+
+def refuse_timm_prefix(path_or_repo: str | os.PathLike) -> None:
+    """timm's model-name prefixes (``local-dir:FOLDER``, ``hf-hub:OWNER/NAME``) given to stitchkit, which takes the
+    folder or repository id itself: one line saying what to pass (without it, a folder that exists was called no
+    folder)."""
+    text = str(path_or_repo)
+    prefix = next((p for p in TIMM_PREFIXES if text.startswith(p)), None)
+    if prefix is not None and not Path(text).exists():
+        raise StitchkitError(f"{text!r} is a timm model name ({prefix} is timm.create_model's prefix); stitchkit "
+                             f"takes the folder itself (load_pretrained also a Hub repository id), without the "
+                             f"prefix: {text[len(prefix):]!r}")
 
 
 def push_folder(directory: Path, repo_id: str, private: bool | None = None, token: str | None = None,
