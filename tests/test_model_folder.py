@@ -333,3 +333,16 @@ def test_timms_prefixes_given_to_stitchkit_name_the_folder_to_pass(tmp_path, cap
     (tmp_path / "image.png").write_bytes(b"")
     assert main(["predict", f"local-dir:{folder}", str(tmp_path / "image.png")]) == 2
     assert f"without the prefix: '{folder}'" in capsys.readouterr().err
+
+
+def test_preprocessing_for_another_image_size_than_the_model_is_refused(tmp_path):
+    """save_pretrained(preprocessing=timm's data config of the source) for a stitch built at 32 px wrote a folder
+    that rebuilt the stitch at 32 and told predict, eval and timm to feed it 176 px images: every reader failed."""
+    model = stitchkit.create_stitched("resnet10t", "vit_pico_patch4_32", "1:3", input_size=32)
+    prep = {"input_size": (3, 176, 176), "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406),
+            "std": (0.229, 0.224, 0.225), "crop_pct": 0.875}
+    with pytest.raises(StitchkitError, match="input_size is 176x176 but the model is built for 32x32"):
+        model.save_pretrained(tmp_path / "m", preprocessing=prep)
+    assert not (tmp_path / "m").exists()
+    model.save_pretrained(tmp_path / "m", preprocessing={**prep, "input_size": (3, 32, 32)})
+    assert stitchkit.load_pretrained(tmp_path / "m").pretrained_cfg["input_size"] == (3, 32, 32)

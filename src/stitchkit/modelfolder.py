@@ -108,7 +108,26 @@ def model_config(model: nn.Module, kind: str, architecture: dict, preprocessing:
     known.update((k, v) for k, v in info.items() if v is not None)
     if classifier_unchanged(model, getattr(model, "_fresh_classifier", None)):
         known["untrained_head"] = True
-    return folder_config(kind, architecture, preprocessing or getattr(model, "pretrained_cfg", None) or {}, **known)
+    prep = preprocessing or getattr(model, "pretrained_cfg", None) or {}
+    _check_built_size(architecture, prep)
+    return folder_config(kind, architecture, prep, **known)
+
+
+def _check_built_size(architecture: dict, preprocessing: dict) -> None:
+    """Refuse preprocessing for another image size than the one the network is built for (``architecture``'s
+    ``input_size``; a parallel stitch's in its sources' records): the folder would rebuild the network at the one and
+    tell every reader (predict, eval, timm's data config) to feed it the other."""
+    built = architecture.get("input_size")
+    if built is None and architecture.get("stitches"):
+        built = architecture["stitches"][0].get("input_size")
+    size = preprocessing.get("input_size")
+    if built is None or size is None:
+        return
+    side = tuple(size)[-2:] if isinstance(size, (tuple, list)) else (size, size)
+    if tuple(side) != (built, built):
+        raise StitchkitError(f"the preprocessing's input_size is {side[0]}x{side[1]} but the model is built for "
+                             f"{built}x{built} images; pass preprocessing with input_size {built} (the model's "
+                             f"pretrained_cfg has it), or build the model for {side[0]} px")
 
 
 def _still_true(model: nn.Module, classes: int | None) -> dict:
