@@ -189,3 +189,38 @@ def test_the_export_names_the_folder_timm_opens_and_stitchkit_takes_either(stitc
         assert torch.equal(timm.create_model(named, pretrained=True).eval()(x), expected)
     with pytest.raises(FileNotFoundError, match="Config file not found"):  # as README.md and --help say
         timm.create_model(f"local-dir:{out}", pretrained=True)
+
+
+def test_onnx_without_onnxscript_is_refused_before_anything_is_exported(tmp_path, monkeypatch, capsys):
+    """torch's ONNX exporter imports onnxscript itself: with onnx installed and onnxscript not, the export ended in
+    a ModuleNotFoundError traceback after the other formats had been exported and thrown away."""
+    import sys
+
+    import stitchkit
+    from stitchkit import export
+
+    model = stitchkit.create_stitched("vit_micro_patch4_32", "vit_pico_patch4_32", "1:3", input_size=32)
+    model.save_pretrained(tmp_path / "m")
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript raises ImportError
+    monkeypatch.setattr(export, "_torch_export", lambda *a: pytest.fail("exported before the refusal"))
+    monkeypatch.setitem(export._EXPORTERS, "torch-export", export._torch_export)
+    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "onnxscript is not installed" in err and "pip install 'stitchkit[export]'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_an_exporter_cannot_export_is_one_line_naming_the_format(tmp_path, capsys):
+    """torch.jit.trace fixes shapes a LeViT back computes from the batch size: traced on 2 images, the TorchScript
+    module fails on 3 (the check's batch). `stitchkit export` ended in the interpreter's traceback, the other
+    formats' work thrown away without a word on how to export the model."""
+    import stitchkit
+
+    model = stitchkit.create_stitched("resnet10t", "levit_128s", "1:3", input_size=32)
+    model.save_pretrained(tmp_path / "m")
+    argv = ["export", str(tmp_path / "m"), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--format", "torchscript", "--format", "safetensors"]) == 2
+    err = capsys.readouterr().err
+    assert "could not be exported as torchscript (RuntimeError: split_with_sizes" in err, err
+    assert "export again without it (--format safetensors)" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

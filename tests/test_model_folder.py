@@ -301,3 +301,48 @@ def test_a_folder_saved_without_a_classifier_refuses_to_evaluate_or_predict(expo
                     ["predict", str(tmp_path / "features"), str(images)]):
         assert main(command) == 2
         assert "has no classifier" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_loading_onto_a_device_the_machine_lacks_blames_the_device_not_the_folder(tmp_path):
+    """A folder copied from a GPU machine, loaded with device="cuda" on one without: the error said the weights did
+    not match config.json ("the two files come from different models: export the folder again")."""
+    import timm
+
+    model = stitchkit.create_stitched("vit_micro_patch4_32", "vit_pico_patch4_32", "1:3", input_size=32)
+    model.save_pretrained(tmp_path / "m")
+    for load in (lambda: stitchkit.load_pretrained(tmp_path / "m", device="cuda"),
+                 lambda: timm.create_model(f"local-dir:{tmp_path / 'm'}", pretrained=True, device="cuda")):
+        with pytest.raises(StitchkitError) as err:
+            load()
+        assert "cannot load the model onto device 'cuda'" in str(err.value), str(err.value)
+        assert "device='cpu'" in str(err.value) and "different models" not in str(err.value)
+
+
+def test_timms_prefixes_given_to_stitchkit_name_the_folder_to_pass(tmp_path, capsys):
+    """README shows timm.create_model("local-dir:FOLDER") beside stitchkit.load_pretrained(FOLDER): given the timm
+    name, stitchkit called a folder that exists "not a folder" (predict: "neither a run folder nor a model
+    folder")."""
+    model = stitchkit.create_stitched("vit_micro_patch4_32", "vit_pico_patch4_32", "1:3", input_size=32)
+    folder = tmp_path / "m"
+    model.save_pretrained(folder)
+    with pytest.raises(StitchkitError, match="timm model name .* without the prefix: 'someone/my-stitch'"):
+        stitchkit.load_pretrained("hf-hub:someone/my-stitch")
+    with pytest.raises(StitchkitError, match=f"without the prefix: '{folder}'"):
+        stitchkit.load_pretrained(f"local-dir:{folder}")
+    (tmp_path / "image.png").write_bytes(b"")
+    assert main(["predict", f"local-dir:{folder}", str(tmp_path / "image.png")]) == 2
+    assert f"without the prefix: '{folder}'" in capsys.readouterr().err
+
+
+def test_preprocessing_for_another_image_size_than_the_model_is_refused(tmp_path):
+    """save_pretrained(preprocessing=timm's data config of the source) for a stitch built at 32 px wrote a folder
+    that rebuilt the stitch at 32 and told predict, eval and timm to feed it 176 px images: every reader failed."""
+    model = stitchkit.create_stitched("resnet10t", "vit_pico_patch4_32", "1:3", input_size=32)
+    prep = {"input_size": (3, 176, 176), "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406),
+            "std": (0.229, 0.224, 0.225), "crop_pct": 0.875}
+    with pytest.raises(StitchkitError, match="input_size is 176x176 but the model is built for 32x32"):
+        model.save_pretrained(tmp_path / "m", preprocessing=prep)
+    assert not (tmp_path / "m").exists()
+    model.save_pretrained(tmp_path / "m", preprocessing={**prep, "input_size": (3, 32, 32)})
+    assert stitchkit.load_pretrained(tmp_path / "m").pretrained_cfg["input_size"] == (3, 32, 32)

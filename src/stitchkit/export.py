@@ -58,6 +58,8 @@ def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = F
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise StitchkitError(f"unknown export format {unknown[0]!r}; formats are {', '.join(FORMATS)}")
+    if "onnx" in formats:
+        _require_onnx()  # before minutes of exporting the other formats, which a missing package would throw away
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise StitchkitError(f"{str(out)!r} already exists; export into a new folder")
@@ -78,7 +80,7 @@ def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = F
         write_files(staging / EXPORT_MODEL_DIR, described, model)
         checks = {}
         for fmt in (f for f in DEPLOYMENT_FORMATS if f in formats):
-            data, got = _EXPORTERS[fmt](model, example, check, json.dumps(stated))
+            data, got = _export(fmt, model, example, check, json.dumps(stated), formats)
             atomic_write_bytes(staging / FILES[fmt], data)
             checks[fmt] = {"file": FILES[fmt], **_compare(fmt, got, expected)}
         atomic_write_json(staging / "preprocessing.json", stated)
@@ -95,6 +97,25 @@ def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = F
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _export(fmt: str, model, example, check, stated: str, formats: tuple[str, ...]):
+    """``fmt``'s exporter on ``model``; a model it cannot export (torch.jit.trace fixes a shape the graph computes
+    from the batch size, torch.export meets an operation it does not support) is one line naming the format and
+    the command without it, not the exporter's traceback."""
+    try:
+        return _EXPORTERS[fmt](model, example, check, stated)
+    except StitchkitError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any exporter failure is this model not exporting to this format
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        last = lines[-1][:300] if lines else ""
+        detail = last if last.startswith(f"{type(err).__name__}:") else f"{type(err).__name__}: {last}".rstrip(": ")
+        others = [f for f in formats if f != fmt]
+        retry = (f"export again without it ({' '.join(f'--format {f}' for f in others)})" if others
+                 else f"export another format ({', '.join(f for f in FORMATS if f != fmt)})")
+        raise StitchkitError(f"this model could not be exported as {fmt} ({detail}); nothing was exported: "
+                             f"{retry}") from err
 
 
 def _check_in_place(staging: Path, manifest: dict, out: Path) -> None:
@@ -285,11 +306,24 @@ def _torchscript(model, example, check, stated: str):
     return buffer.getvalue(), got
 
 
+def _require_onnx() -> None:
+    """Refuse ONNX export where torch's dynamo exporter cannot run: it needs onnx and onnxscript (torch imports the
+    latter inside ``torch.onnx.export``, which would otherwise end the export with a ModuleNotFoundError)."""
+    missing = []
+    for package in ("onnx", "onnxscript"):
+        try:
+            __import__(package)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise StitchkitError(f"--format onnx needs the onnx and onnxscript packages ({' and '.join(missing)} "
+                             f"{'is' if len(missing) == 1 else 'are'} not installed): pip install 'stitchkit[export]'")
+
+
 def _onnx(model, example, check, stated: str):
-    try:
-        import onnx
-    except ImportError:
-        raise StitchkitError("--format onnx needs the onnx and onnxscript packages: pip install 'stitchkit[export]'") from None
+    _require_onnx()
+    import onnx
+
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.onnx.export(model, (example,), dynamic_shapes=({0: batch},), input_names=["image"],
                                 output_names=["logits"], dynamo=True, verbose=False)

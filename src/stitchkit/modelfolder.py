@@ -108,7 +108,26 @@ def model_config(model: nn.Module, kind: str, architecture: dict, preprocessing:
     known.update((k, v) for k, v in info.items() if v is not None)
     if classifier_unchanged(model, getattr(model, "_fresh_classifier", None)):
         known["untrained_head"] = True
-    return folder_config(kind, architecture, preprocessing or getattr(model, "pretrained_cfg", None) or {}, **known)
+    prep = preprocessing or getattr(model, "pretrained_cfg", None) or {}
+    _check_built_size(architecture, prep)
+    return folder_config(kind, architecture, prep, **known)
+
+
+def _check_built_size(architecture: dict, preprocessing: dict) -> None:
+    """Refuse preprocessing for another image size than the one the network is built for (``architecture``'s
+    ``input_size``; a parallel stitch's in its sources' records): the folder would rebuild the network at the one and
+    tell every reader (predict, eval, timm's data config) to feed it the other."""
+    built = architecture.get("input_size")
+    if built is None and architecture.get("stitches"):
+        built = architecture["stitches"][0].get("input_size")
+    size = preprocessing.get("input_size")
+    if built is None or size is None:
+        return
+    side = tuple(size)[-2:] if isinstance(size, (tuple, list)) else (size, size)
+    if tuple(side) != (built, built):
+        raise StitchkitError(f"the preprocessing's input_size is {side[0]}x{side[1]} but the model is built for "
+                             f"{built}x{built} images; pass preprocessing with input_size {built} (the model's "
+                             f"pretrained_cfg has it), or build the model for {side[0]} px")
 
 
 def _still_true(model: nn.Module, classes: int | None) -> dict:
@@ -418,6 +437,7 @@ def local_folder(path_or_repo: str | os.PathLike, revision: str | None = None, *
     ``snapshot_download``'s keywords (``cache_dir``, ``local_files_only``, ``token``, ``force_download``, ...).
     A repository id may pin its revision as timm's ``hf-hub:`` names do (``owner/name@v1``)."""
     path = Path(path_or_repo)
+    refuse_timm_prefix(path_or_repo)
     repo, at, pinned = str(path_or_repo).partition("@")
     if at and not path.exists() and _REPO_ID.match(repo):
         if revision is not None and revision != pinned:
@@ -437,6 +457,21 @@ def local_folder(path_or_repo: str | os.PathLike, revision: str | None = None, *
         first = str(err).splitlines()[0] if str(err) else ""
         raise StitchkitError(f"{str(path_or_repo)!r} is not a local folder and could not be downloaded from the "
                              f"Hugging Face Hub ({type(err).__name__}: {first}); pass a model folder") from None
+
+
+TIMM_PREFIXES = ("local-dir:", "hf-hub:")
+
+
+def refuse_timm_prefix(path_or_repo: str | os.PathLike) -> None:
+    """timm's model-name prefixes (``local-dir:FOLDER``, ``hf-hub:OWNER/NAME``) given to stitchkit, which takes the
+    folder or repository id itself: one line saying what to pass (without it, a folder that exists was called no
+    folder)."""
+    text = str(path_or_repo)
+    prefix = next((p for p in TIMM_PREFIXES if text.startswith(p)), None)
+    if prefix is not None and not Path(text).exists():
+        raise StitchkitError(f"{text!r} is a timm model name ({prefix} is timm.create_model's prefix); stitchkit "
+                             f"takes the folder itself (load_pretrained also a Hub repository id), without the "
+                             f"prefix: {text[len(prefix):]!r}")
 
 
 def push_folder(directory: Path, repo_id: str, private: bool | None = None, token: str | None = None,
@@ -519,8 +554,20 @@ def finish_loading(model: nn.Module, directory: Path, config: dict, device: str 
     stitch rebuilt at other cuts than it was saved with (:func:`check_folder_cuts`), whose weights would otherwise
     load where their shapes agree."""
     check_folder_cuts(model, directory, config, trust_cuts)
+    _check_device(device)  # else the weights' load fails there, and its error would blame the folder
     load_weights(model, directory, device)
     return apply_config(model.to(device).eval(), config)
+
+
+def _check_device(device: str | torch.device) -> None:
+    """Refuse a device this machine does not have (``cuda`` without a GPU, ``cuda:3`` on a machine with two) in
+    one line that says so."""
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise StitchkitError(f"cannot load the model onto device {str(device)!r}: this machine does not have it "
+                             f"({detail[:200]}); pass device='cpu' or a device it has") from None
 
 
 # Hugging Face Hub ids of the datasets stitchkit reads by name (the card's ``datasets`` metadata).

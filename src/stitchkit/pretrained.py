@@ -29,6 +29,7 @@ from .modelfolder import (
     local_folder,
     model_config,
     read_model_config,
+    refuse_timm_prefix,
     write_model_folder,
 )
 from .network import data_config, network_class, network_kinds
@@ -115,6 +116,7 @@ def folder_or_run(path: str | os.PathLike) -> str:
     """``"folder"`` for a model folder, ``"run"`` for a run folder; for anything else the one error naming both."""
     if is_model_folder(path):
         return "folder"
+    refuse_timm_prefix(path)
     if not (Path(path) / "config.yaml").is_file():
         raise StitchkitError(f"{str(path)!r} is neither a run folder (config.yaml) nor a model folder "
                              "(config.json); pass the output.dir of a run or a folder written by export")
