@@ -52,3 +52,15 @@ def test_unreadable_files_are_named_and_skipped(trained, tmp_path, capsys):
     assert "none of the 1 files could be read" in capsys.readouterr().err
     assert main(["predict", str(tmp_path), str(images)]) == 2  # not a run folder
     assert "neither a run folder" in capsys.readouterr().err
+
+
+def test_the_python_predictor_takes_a_batch_of_any_size_even_none(trained):
+    from PIL import Image
+
+    from stitchkit.predict import Predictor
+
+    run, images, _, _ = trained
+    predictor = Predictor(run)
+    assert predictor.predict([]) == []  # torch.stack of nothing raised
+    one = predictor.predict([Image.open(images / "000.png")], top_k=2)
+    assert len(one) == 1 and len(one[0]) == 2

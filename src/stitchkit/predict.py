@@ -48,6 +48,8 @@ class Predictor:
     @torch.no_grad()
     def predict(self, images: Sequence[Image.Image], top_k: int = 5) -> list[list[dict]]:
         """For each image, its ``top_k`` classes: ``{"class", "index", "probability"}``, most probable first."""
+        if not images:  # (torch.stack has nothing to stack: no images, no predictions)
+            return []
         batch = torch.stack([self.transform(to_rgb(image)) for image in images]).to(self.device)
         probabilities = self.model(batch).float().softmax(dim=-1)
         values, indices = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
