@@ -15,6 +15,7 @@ PAPER_MODELS = ["resnet50", "mobilenetv3_large_100", "vit_small_patch16_224", "t
 SMALL = 64
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: without it installed, pytest must not refuse it
 def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (the README's test command): one worker per core this process may run on, at most one per 3 GiB
     of memory (a worker holds torch, its models and the data-loader and training processes its tests start) and at
