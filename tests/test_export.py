@@ -224,3 +224,20 @@ def test_a_model_an_exporter_cannot_export_is_one_line_naming_the_format(tmp_pat
     assert "could not be exported as torchscript (RuntimeError: split_with_sizes" in err, err
     assert "export again without it (--format safetensors)" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_exports_are_checked_within_the_scale_of_the_outputs():
+    """fp32's rounding grows with the values: an encoder's features in the hundreds, exported correctly, differ by
+    more than 1e-4 in absolute terms; a real error is refused whatever the scale."""
+    from stitchkit.errors import StitchkitError
+    from stitchkit.export import _compare
+
+    features = torch.randn(4, 64, generator=torch.Generator().manual_seed(0)) * 500
+    rounded = features * (1 + 2e-7)  # a few fp32 ulps
+    assert (rounded - features).abs().max() > 1e-4
+    assert _compare("onnx", rounded, features)["checked"]
+    with pytest.raises(StitchkitError, match="differs from the model"):
+        _compare("onnx", features + 0.5, features)
+    logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(StitchkitError, match="differs from the model"):
+        _compare("onnx", logits + 1e-3, logits)  # logits of a few units: a bound of a few 1e-4

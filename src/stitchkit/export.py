@@ -10,7 +10,9 @@ timm and the Hub take ``DIR/model`` only: timm reads ``config.json`` and the wei
 given, and a copy or link of them in ``DIR`` would duplicate the weights (a copy, or a link that ``scp -r`` follows)
 or make ``DIR`` look like a model folder to upload, deployment files and all. ``stitchkit export`` ends by naming
 the folder to give timm. Deployment formats (each with a dynamic batch size, checked at export time on a batch of
-another size against the eager model, max abs difference <= 1e-4 in fp32):
+another size against the eager model in fp32: max abs difference <= 1e-4 times the largest output magnitude, at
+least 1e-4, since fp32's rounding grows with the values: an encoder's features of a few hundred differ by more than
+1e-4 in a correct file):
 
 * ``torch-export``: ``model.pt2`` from :func:`torch.export.export` (load with ``torch.export.load(...).module()``);
 * ``torchscript``: ``model.torchscript.pt`` from :func:`torch.jit.trace` (specialised to the run's image size);
@@ -266,12 +268,15 @@ def _pretrained_source(name: str) -> dict:
 
 
 def _compare(fmt: str, got, expected: torch.Tensor) -> dict:
+    """The export's outputs against the eager model's, within :data:`TOLERANCE` of the outputs' scale."""
     if got is None:
         return {"checked": False, "why": "onnxruntime is not installed (pip install onnxruntime)"}
     diff = float((torch.as_tensor(got) - expected).abs().max())
-    if not diff <= TOLERANCE:
-        raise StitchkitError(f"the {fmt} export differs from the model by {diff:.2e} (> {TOLERANCE:g}); not written")
-    return {"checked": True, "max_abs_diff": diff}
+    allowed = TOLERANCE * max(1.0, float(expected.abs().max()))
+    if not diff <= allowed:
+        raise StitchkitError(f"the {fmt} export differs from the model by {diff:.2e} (> {allowed:.2g}, {TOLERANCE:g} "
+                             "of its largest output); not written")
+    return {"checked": True, "max_abs_diff": diff, "allowed": allowed}
 
 
 def _torch_export(model, example, check, stated: str):
