@@ -241,3 +241,20 @@ def test_exports_are_checked_within_the_scale_of_the_outputs():
     logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
     with pytest.raises(StitchkitError, match="differs from the model"):
         _compare("onnx", logits + 1e-3, logits)  # logits of a few units: a bound of a few 1e-4
+
+
+
+def test_a_failed_export_leaves_no_folders_behind(stitch_run, tmp_path, monkeypatch):
+    """An export that fails removes the folders it made for --out, not only its half-written files; folders that
+    were there before stay."""
+    from stitchkit import export as export_module
+    from stitchkit.errors import StitchkitError
+
+    def broken(*args):
+        raise StitchkitError("no")
+
+    monkeypatch.setitem(export_module._EXPORTERS, "torch-export", broken)
+    (tmp_path / "there").mkdir()
+    with pytest.raises(StitchkitError):
+        export_module.export_run(stitch_run, tmp_path / "there" / "new" / "deeper" / "out", formats=("torch-export",))
+    assert (tmp_path / "there").is_dir() and not (tmp_path / "there" / "new").exists()

@@ -71,9 +71,12 @@ def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = F
     size = prep["input_size"][-1]
     stated = {**prep, "class_names": described.get("class_names"), "top1": result.get("top1"),
               "run": (described.get("provenance") or {}).get("run")}
-    example, check = torch.randn(2, 3, size, size), torch.randn(3, 3, size, size)  # two batch sizes: dynamic batch
+    channels = prep["input_size"][0] if len(prep["input_size"]) == 3 else 3  # a grayscale model's: 1
+    # two batch sizes: a dynamic batch
+    example, check = torch.randn(2, channels, size, size), torch.randn(3, channels, size, size)
     with torch.no_grad():
         expected = model(check)
+    created = [p for p in reversed(out.parents) if not p.exists()]  # removed again if the export fails
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_own_temps(out.parent)  # the half-assembled folder of an export killed before (not a live export's)
     staging = make_temp_dir(out)
@@ -97,6 +100,11 @@ def export_run(source: str | Path, out: str | Path, formats: tuple[str, ...] = F
         os.rename(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in reversed(created):  # the deepest first; only while empty (another process may write there)
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
     return manifest
 
