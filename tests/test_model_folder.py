@@ -346,3 +346,16 @@ def test_preprocessing_for_another_image_size_than_the_model_is_refused(tmp_path
     assert not (tmp_path / "m").exists()
     model.save_pretrained(tmp_path / "m", preprocessing={**prep, "input_size": (3, 32, 32)})
     assert stitchkit.load_pretrained(tmp_path / "m").pretrained_cfg["input_size"] == (3, 32, 32)
+
+
+def test_a_model_of_other_than_rgb_images_is_refused_before_a_folder_is_written(tmp_path):
+    """A grayscale model (timm's in_chans=1) saved as a folder could not be loaded again (the folder rebuilds its
+    models by name, with 3 channels), and the load blamed the folder: it is refused when saving, writing nothing."""
+    import timm
+
+    model = timm.create_model("resnet10t", in_chans=1, num_classes=10)
+    for kind, network in [("whole", model), ("stitch", stitchkit.create_stitched(model, model, "1:3", input_size=32)),
+                          ("probe", stitchkit.create_probe(model, num_classes=5, input_size=32))]:
+        with pytest.raises(StitchkitError, match="1-channel images"):
+            stitchkit.save_pretrained(network, tmp_path / kind)
+        assert not (tmp_path / kind).exists()

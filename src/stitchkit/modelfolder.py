@@ -108,9 +108,22 @@ def model_config(model: nn.Module, kind: str, architecture: dict, preprocessing:
     known.update((k, v) for k, v in info.items() if v is not None)
     if classifier_unchanged(model, getattr(model, "_fresh_classifier", None)):
         known["untrained_head"] = True
+    _check_channels(model, kind)
     prep = preprocessing or getattr(model, "pretrained_cfg", None) or {}
     _check_built_size(architecture, prep)
     return folder_config(kind, architecture, prep, **known)
+
+
+def _check_channels(model: nn.Module, kind: str) -> None:
+    """Refuse, before anything is written, a model of other than 3-channel images (timm's ``in_chans=1``): a folder
+    rebuilds its models by name, with 3 channels, and its weights would not load into them."""
+    from .compute import own_channels
+
+    channels = own_channels(model)
+    if channels != 3:
+        raise StitchkitError(f"this {kind} model takes {channels}-channel images, and a model folder rebuilds its "
+                             "models by name with 3: it cannot be saved as one yet; save model.state_dict() with "
+                             f"torch.save and load it into the model built again with in_chans={channels}")
 
 
 def _check_built_size(architecture: dict, preprocessing: dict) -> None:
