@@ -56,7 +56,7 @@ def count_macs(model: nn.Module, input_size: int | tuple[int, ...] | None = None
     if input_size is None:
         input_size = own_input_size(model)
     height, width = as_size(input_size)
-    channels = input_size[0] if isinstance(input_size, tuple) and len(input_size) == 3 else own_channels(model)
+    channels = input_size[0] if isinstance(input_size, tuple) and len(input_size) == 3 else input_channels(model)
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     return count_macs_on(model, torch.zeros(1, channels, height, width, device=device))
@@ -65,20 +65,8 @@ def count_macs(model: nn.Module, input_size: int | tuple[int, ...] | None = None
 def own_input_size(model: nn.Module) -> tuple[int, int, int]:
     """The ``(channels, height, width)`` that ``model`` was built for: the size of
     :func:`stitchkit.zoo.default_input_size` (stitchkit's own record of it, a timm transformer's patch embedding,
-    timm's ``pretrained_cfg``; else ImageNet's 224 px) with the channels of its ``pretrained_cfg`` (else 3)."""
-    return (own_channels(model), *default_input_size(model))
-
-
-def own_channels(model: nn.Module) -> int:
-    """The image channels ``model`` takes: what it declares (timm's ``in_chans``, 1 for ``create_model(...,
-    in_chans=1)``, whose ``pretrained_cfg`` still says 3; a stitchkit network's from its source), else its
-    ``pretrained_cfg``'s, else its first convolution's (else 3)."""
-    declared = getattr(model, "in_chans", None)
-    if isinstance(declared, int) and declared > 0:
-        return declared
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    size = tuple(cfg.get("input_size") or ()) if isinstance(cfg, dict) else ()
-    return size[0] if len(size) == 3 else input_channels(model)
+    timm's ``pretrained_cfg``; else ImageNet's 224 px) with its channels (:func:`~stitchkit.zoo.input_channels`)."""
+    return (input_channels(model), *default_input_size(model))
 
 
 def count_macs_on(model: nn.Module, inputs: torch.Tensor) -> int:

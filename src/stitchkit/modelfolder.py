@@ -117,9 +117,9 @@ def model_config(model: nn.Module, kind: str, architecture: dict, preprocessing:
 def _check_channels(model: nn.Module, kind: str) -> None:
     """Refuse, before anything is written, a model of other than 3-channel images (timm's ``in_chans=1``): a folder
     rebuilds its models by name, with 3 channels, and its weights would not load into them."""
-    from .compute import own_channels
+    from .zoo import input_channels
 
-    channels = own_channels(model)
+    channels = input_channels(model)
     if channels != 3:
         raise StitchkitError(f"this {kind} model takes {channels}-channel images, and a model folder rebuilds its "
                              "models by name with 3: it cannot be saved as one yet; save model.state_dict() with "

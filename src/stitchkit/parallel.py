@@ -19,15 +19,14 @@ The paper names this as future work; its public code carries configurations for 
 from __future__ import annotations
 
 import copy
-import numbers
 import dataclasses
+import numbers
 from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from .chain import parse_gap
-from .compute import own_channels
 from .errors import IncompatibleError, StitchkitError, unknown_name
 from .formats import FeatureSpec, Format
 from .network import Network
@@ -35,7 +34,7 @@ from .train_surface import back_units, bridge_units, mapped_no_weight_decay, pre
 from .starts import DEFAULT_START, get_start
 from .stitching import (StitchConfig, StitchedModel, build_stitch, check_choices, square_input_size,
                         stitch_architecture, stitch_cuts, stitch_models, train_back_head)
-from .zoo import resolve_model
+from .zoo import input_channels, resolve_model
 from .zoo.models import classes_or_none, fit_head, num_outputs
 
 FUSIONS = ("sum", "concat", "gate")
@@ -411,7 +410,7 @@ def build_parallel(config: ParallelConfig, src_models: list[nn.Module] | None = 
     if check:
         size = first.input_size
         with torch.no_grad():
-            model.eval()(torch.zeros(1, own_channels(model), size, size, device=next(model.parameters()).device))
+            model.eval()(torch.zeros(1, input_channels(model), size, size, device=next(model.parameters()).device))
         model.train()
     return model
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-from ..compute import count_macs, count_macs_on, count_params, own_channels
+from ..compute import count_macs, count_macs_on, count_params
 from ..errors import StitchkitError
 from ..stitching import StitchedModel, create_stitched
 from ..training.modes import STITCH_SETTINGS, get_mode
+from ..zoo import input_channels
 from ..zoo.models import classes_or_none, create_model, fit_head, wants_new_head
 from .grid import Cell, Sweep
 from .methods import get_method
@@ -205,7 +206,7 @@ def _stitch_macs(model, src: str, dst: str, input_size: int, heads: Heads = Head
         return _PART_MACS[key]
 
     model.eval()  # as count_macs measures: BatchNorm with running statistics (a 1x1 map has no batch statistics)
-    image = torch.zeros(1, own_channels(model), input_size, input_size, device="meta")
+    image = torch.zeros(1, input_channels(model), input_size, input_size, device="meta")
     front, features = part(("front", src, model.config.src_cut, input_size, heads), model.front, image)
     with torch.no_grad():
         bridged = model.bridge(features)

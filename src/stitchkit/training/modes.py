@@ -17,7 +17,6 @@ from torch import nn
 
 from ..adapters import list_adapters
 from ..chain import RESIZE_MODES, gap_cuts, parse_gap
-from ..compute import own_channels
 from ..errors import StitchkitError, unknown_name
 from ..files import atomic_write_bytes
 from ..finetune import FinetuneBaseline, create_finetune_baseline
@@ -28,6 +27,7 @@ from ..starts import get_start
 from ..network import Network
 from ..parallel import FUSIONS, ParallelStitchedModel, create_parallel
 from ..stitching import StitchedModel, create_stitched
+from ..zoo import input_channels
 from ..zoo.metadata import preprocessing
 from ..zoo.models import create_model, fit_head, num_outputs
 from .settings import Config
@@ -416,7 +416,7 @@ def _check_classes(model: nn.Module, m, size: int, num_data_classes: int) -> Non
 def _classes_of_back(model: nn.Module, size: int) -> int:
     """Classes the stitched model predicts (its destination head may be a timm ``forward_head`` call)."""
     was_training = model.training
-    image = torch.zeros(1, own_channels(model), size, size, device=next(model.parameters()).device)
+    image = torch.zeros(1, input_channels(model), size, size, device=next(model.parameters()).device)
     classes = model.eval()(image).shape[-1]
     model.train(was_training)
     return classes

@@ -185,12 +185,17 @@ def input_channels(model: nn.Module) -> int:
     """Input image channels (3 for every ImageNet model, 1 for e.g. a grayscale variant).
 
     timm models declare it as ``in_chans``; that comes first because the first convolution can see something else
-    (TResNet rearranges the image into 48 channels before its first convolution). Otherwise the first
-    convolution's input channels, else 3.
+    (TResNet rearranges the image into 48 channels before its first convolution), and before ``pretrained_cfg``,
+    which timm leaves at 3 for ``create_model(..., in_chans=1)``. Then ``pretrained_cfg``'s ``input_size`` (a
+    stitchkit network records its source's channels there), then the first convolution's input channels, else 3.
     """
     declared = getattr(model, "in_chans", None)
     if isinstance(declared, int) and declared > 0:
         return declared
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    size = tuple(cfg.get("input_size") or ()) if isinstance(cfg, dict) else ()
+    if len(size) == 3:
+        return size[0]
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             return module.in_channels
